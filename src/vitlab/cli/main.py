@@ -1,0 +1,121 @@
+"""The ``vitlab`` command: ``fit``, ``eval``, ``predict``, ``data install|list``, ``demo``.
+
+Each subcommand has ``--help``. ``python -m vitlab`` is the same command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+from jsonargparse import ArgumentParser, Namespace
+
+from vitlab import __version__
+
+__all__ = ["build_parser", "main"]
+
+
+def _eval_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="vitlab eval", description="Top-1 accuracy of a checkpoint on a dataset split.")
+    parser.add_argument("--checkpoint", type=str, required=True, help="model.safetensors or a run folder")
+    parser.add_argument("--data", type=str, required=True, help="dataset name (see `vitlab data list`)")
+    parser.add_argument("--root", type=str | None, default=None, help="data folder (default: vitlab's cache)")
+    parser.add_argument("--split", type=str, default="test", help="test (official test set) or val")
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--device", type=str | None, default=None, help="cpu or cuda (default: cuda if present)")
+    return parser
+
+
+def _predict_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="vitlab predict", description="Classify image files with a checkpoint.")
+    parser.add_argument("--checkpoint", type=str, required=True, help="model.safetensors or a run folder")
+    parser.add_argument("--topk", type=int, default=1, help="how many classes to print per image")
+    parser.add_argument("images", nargs="+", type=str, help="image files (PNG, JPEG, ...)")
+    return parser
+
+
+def _data_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="vitlab data", description="Install datasets into vitlab's cache, or list them.")
+    commands = parser.add_subcommands(dest="data_command")
+    install = ArgumentParser(description="Install a dataset into $VITLAB_DATA (default ~/.cache/vitlab).")
+    install.add_argument("name", type=str, help="mnist, fashion_mnist, digits, cifar10, cifar100")
+    commands.add_subcommand("install", install, help="install a dataset into the cache")
+    commands.add_subcommand("list", ArgumentParser(description="Show datasets and where they are."),
+                            help="show what is present and where")
+    return parser
+
+
+def _demo_parser() -> ArgumentParser:
+    from vitlab.cli.demo import DEMO_CONFIG
+
+    parser = ArgumentParser(prog="vitlab demo", description="Train the small ViT on Fashion-MNIST (CPU) and "
+                            "write runs/demo/: metrics.csv, model.safetensors, training_curves.png, report.md.")
+    parser.add_argument("--config", type=str, default=str(DEMO_CONFIG), help="run config of the demo")
+    parser.add_argument("--output_dir", type=str, default="runs")
+    parser.add_argument("--resume", type=bool, default=False, help="continue an interrupted demo")
+    return parser
+
+
+def build_parser() -> ArgumentParser:
+    """The whole ``vitlab`` parser with its subcommands."""
+    from vitlab.cli.fit import build_fit_parser
+
+    parser = ArgumentParser(prog="vitlab", description="vitlab: Vision Transformer research toolkit.")
+    parser.add_argument("--version", action="version", version=f"vitlab {__version__}")
+    commands = parser.add_subcommands(dest="command")
+    commands.add_subcommand("fit", build_fit_parser(), help="train from a YAML config")
+    commands.add_subcommand("eval", _eval_parser(), help="evaluate a checkpoint")
+    commands.add_subcommand("predict", _predict_parser(), help="classify image files")
+    commands.add_subcommand("data", _data_parser(), help="install or list datasets")
+    commands.add_subcommand("demo", _demo_parser(), help="the README's demo")
+    return parser
+
+
+def _run_data(ns: Namespace) -> None:
+    from vitlab.data import install_dataset, list_datasets
+
+    if ns.data_command == "install":
+        print(f"{ns.install.name}: {install_dataset(ns.install.name)}")
+        return
+    for row in list_datasets():
+        state = "present" if row["present"] else "missing"
+        print(f"{row['name']:<14} {state:<8} {row.get('path') or '-'}  ({row.get('source', '')})")
+
+
+def dispatch(ns: Namespace) -> None:
+    """Run the subcommand chosen in a parsed namespace."""
+    command = ns.command
+    sub = ns[command]
+    if command == "fit":
+        from vitlab.cli.fit import run_fit
+
+        run_fit(sub)
+    elif command == "eval":
+        from vitlab.eval.evaluate import evaluate_checkpoint
+
+        result = evaluate_checkpoint(sub.checkpoint, sub.data, root=sub.root, split=sub.split,
+                                     batch_size=sub.batch_size, device=sub.device)
+        print(json.dumps(result))
+    elif command == "predict":
+        from vitlab.eval.evaluate import predict_images
+
+        for row in predict_images(sub.checkpoint, sub.images, topk=sub.topk):
+            print(row["image"] + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in row["predictions"]))
+    elif command == "data":
+        _run_data(sub)
+    elif command == "demo":
+        from vitlab.cli.demo import run_demo
+
+        run_demo(sub.config, output_dir=sub.output_dir, resume=sub.resume)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point. Errors a user can fix print one line and exit with status 1."""
+    ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        dispatch(ns)
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, KeyError) as err:
+        print(f"vitlab {ns.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,156 @@
+"""The run configuration schema: one dataclass per top-level YAML section.
+
+A run YAML has the top-level keys ``name``, ``seed``, ``output_dir`` and the sections ``model``, ``data``,
+``trainer``, ``optim``, ``negatives`` and ``peft``. ``trainer`` takes any ``lightning.Trainer`` keyword (checked
+against its signature); every other section is a dataclass below, so a misspelt key is an error that names it.
+``docs/config.md`` documents every key; ``vitlab fit --print_config`` prints a full, resolved config.
+
+Example:
+    >>> cfg = RunConfig(model=ModelConfig(name="vitlab_vit_tiny_32"), data=DataConfig(name="digits"))
+    >>> cfg.optim.lr
+    0.001
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "NegativesConfig",
+    "OptimConfig",
+    "PeftConfig",
+    "RunConfig",
+]
+
+
+@dataclass
+class ModelConfig:
+    """``model`` section: what ``timm.create_model`` builds.
+
+    Args:
+        name: timm registry name (vitlab's own, e.g. ``vitlab_vit_tiny_32``, or any timm model).
+        kwargs: extra ``timm.create_model`` keywords (``drop_path_rate``, ``patch_size``, ...). ``num_classes`` and
+            ``img_size`` come from the data unless given here; ``in_chans`` given here makes the data adapt to it.
+        pretrained: path of a vitlab ``model.safetensors`` (or run folder) to start from; its classifier is
+            re-initialised when the class count differs.
+    """
+
+    name: str = "vitlab_vit_tiny_32"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None
+
+
+@dataclass
+class DataConfig:
+    """``data`` section: the arguments of ``vitlab.data.build_datamodule``.
+
+    Args:
+        name: dataset name (``mnist``, ``fashion_mnist``, ``digits``, ``cifar10``, ``cifar100``, ``imagefolder``,
+            ``idx``).
+        root: folder with the data; ``null`` uses vitlab's cache ``$VITLAB_DATA`` and installs what is missing.
+        img_size: model input size in pixels.
+        batch_size: per-device batch size.
+        val_fraction: share of the training set held out for validation (seeded split).
+        augment: positive augmentation preset: ``none``, ``randaugment``, ``augmix``.
+        num_workers: DataLoader worker processes.
+        mixup: timm Mixup alpha (0 disables).
+        cutmix: timm CutMix alpha (0 disables).
+        random_erasing: RandomErasing probability (0 disables).
+        options: further ``build_datamodule`` keywords (e.g. ``limit_train``, file paths for ``idx``).
+    """
+
+    name: str = "fashion_mnist"
+    root: str | None = None
+    img_size: int = 32
+    batch_size: int = 128
+    val_fraction: float = 0.1
+    augment: str = "none"
+    num_workers: int = 0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    random_erasing: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """``optim`` section: AdamW with linear warm-up then cosine decay, stepped every optimizer step.
+
+    Args:
+        lr: peak learning rate (after warm-up).
+        min_lr: final learning rate of the cosine.
+        weight_decay: applied only to parameters with >= 2 dimensions not named by the model's ``no_weight_decay()``.
+        betas: AdamW betas.
+        warmup_epochs: warm-up length in epochs (fractions allowed).
+        label_smoothing: cross-entropy label smoothing.
+        ema_decay: keep an exponential moving average of the weights with this decay (timm ``ModelEmaV3``);
+            validation, test and the saved model then use the EMA weights. ``null`` disables.
+    """
+
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    ema_decay: float | None = None
+
+
+@dataclass
+class NegativesConfig:
+    """``negatives`` section (reserved for patch-based negative augmentation, the ``loss terms`` extension point).
+
+    Args:
+        enabled: add the negative-augmentation loss term.
+        kinds: negative views to draw from (``shuffle``, ``rotate``, ``infill``).
+        patch_size: cell size in pixels of the patch transforms.
+        loss: negative loss (``uniform``, ``l2``, ``contrastive``).
+        weight: weight of the term added to the cross-entropy.
+        options: further keywords of the loss term.
+    """
+
+    enabled: bool = False
+    kinds: list[str] = field(default_factory=lambda: ["shuffle"])
+    patch_size: int = 8
+    loss: str = "uniform"
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PeftConfig:
+    """``peft`` section (reserved for parameter-efficient methods, the ``model transform`` extension point).
+
+    Args:
+        method: ``null`` (train everything) or a registered method name (see ``vitlab.train.extensions``).
+        target_modules: module names or a regex the method adapts (peft convention).
+        options: further keywords of the method's config.
+    """
+
+    method: str | None = None
+    target_modules: list[str] | str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    """A whole run. ``trainer`` holds ``lightning.Trainer`` keywords (validated by the CLI against its signature).
+
+    Args:
+        name: run name; the run folder is ``<output_dir>/<name>``.
+        seed: seeds every random number generator (model init, split, shuffling, augmentation).
+        output_dir: parent folder of run folders.
+    """
+
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)

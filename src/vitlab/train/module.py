@@ -1,0 +1,205 @@
+"""``ClassificationTask``: the LightningModule that trains any timm model, with vitlab's extension points.
+
+Example:
+    >>> task = ClassificationTask("vitlab_vit_tiny_32", num_classes=10, in_chans=1)
+    >>> task.model(torch.zeros(2, 1, 32, 32)).shape
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+import vitlab.models  # noqa: F401  (registers vitlab's timm models)
+from vitlab.train.config import OptimConfig
+from vitlab.train.extensions import LossTerm, ModelTransform
+
+__all__ = ["ClassificationTask", "build_timm_model", "parameter_groups"]
+
+
+def build_timm_model(name: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, **kwargs)`` with an error that lists close model names when ``name`` is unknown."""
+    if not timm.is_model(name):
+        pattern = f"*{name.split('_')[0]}*"
+        close = timm.list_models(pattern)[:20]
+        raise ValueError(
+            f"unknown model {name!r}. vitlab models: {timm.list_models('vitlab_*') + timm.list_models('inception_transformer_*')}"
+            f"; timm models matching {pattern!r}: {close} (full list: timm.list_models())"
+        )
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on trainable tensors with >= 2 dims, none on biases, norms and ``no_weight_decay()`` names.
+
+    Args:
+        model: the model; only ``requires_grad`` parameters are returned.
+        weight_decay: decay of the first group.
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or name in skip or any(name.startswith(f"{s}.") or name.endswith(f".{s}") for s in skip):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    if not decay and not no_decay:
+        raise ValueError("the model has no trainable parameter: check the peft method / model transform")
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class ClassificationTask(L.LightningModule):
+    """Image classification with cross-entropy plus weighted loss terms (extension point A).
+
+    Args:
+        model: a timm model name, built with ``num_classes``/``in_chans``/``img_size``/``model_kwargs``, or a built
+            ``nn.Module`` (mapping ``(B, C, H, W) -> (B, K)`` logits).
+        num_classes: classes ``K`` (required with a name).
+        in_chans: input channels ``C`` (with a name; ``None`` keeps the model's default).
+        img_size: input size (with a name; passed only to models that take ``img_size``).
+        model_kwargs: extra ``timm.create_model`` keywords.
+        optim: optimizer and schedule settings.
+        loss_terms: extra loss terms, each ``term(task, batch, outputs) -> {key: scalar}``.
+        model_transform: ``nn.Module -> nn.Module`` applied once after the model is built (extension point B).
+    """
+
+    def __init__(
+        self,
+        model: str | nn.Module,
+        num_classes: int | None = None,
+        in_chans: int | None = None,
+        img_size: int | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        optim: OptimConfig | None = None,
+        loss_terms: Sequence[LossTerm] = (),
+        model_transform: ModelTransform | None = None,
+    ) -> None:
+        super().__init__()
+        self.optim = optim or OptimConfig()
+        if isinstance(model, str):
+            if num_classes is None:
+                raise ValueError("ClassificationTask(model=<name>) needs num_classes")
+            kwargs = dict(model_kwargs or {}, num_classes=num_classes)
+            if in_chans is not None:
+                kwargs["in_chans"] = in_chans
+            if img_size is not None:
+                kwargs.setdefault("img_size", img_size)
+            model = build_timm_model(model, **kwargs)
+        elif not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a timm name or an nn.Module, got {type(model).__name__}")
+        if model_transform is not None:
+            model = model_transform(model)
+            if not isinstance(model, nn.Module):
+                raise TypeError("the model transform must return an nn.Module")
+        self.model = model
+        self.loss_terms = list(loss_terms)
+        self.num_classes = num_classes or _infer_num_classes(model)
+        self.ema = None
+        if self.optim.ema_decay is not None:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=self.optim.ema_decay)
+        self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
+        self.save_hyperparameters({"optim": asdict(self.optim), "num_classes": self.num_classes})
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, C, H, W)`` images -> ``(B, K)`` logits of the trained model."""
+        return self.model(images)
+
+    def eval_model(self) -> nn.Module:
+        """The weights used for evaluation and saving: the EMA copy when enabled, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, targets = batch
+        logits = self.model(images)
+        loss_ce = F.cross_entropy(logits, targets, label_smoothing=self.optim.label_smoothing)
+        outputs = {"logits": logits, "loss_ce": loss_ce}
+        loss = loss_ce
+        for term in self.loss_terms:
+            for key, value in term(self, batch, outputs).items():
+                loss = loss + term.weight * value
+                self.log(f"train/{term.name}/{key}", value.detach(), on_step=True, on_epoch=True)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}); training stopped. The last good checkpoint is "
+                "kept in the run's checkpoints/ folder: lower optim.lr, enable gradient clipping "
+                "(trainer.gradient_clip_val) or check the data"
+            )
+        hard = targets.argmax(dim=1) if targets.ndim == 2 else targets
+        acc = (logits.detach().argmax(dim=1) == hard).float().mean()
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/loss_ce", loss_ce.detach(), on_step=False, on_epoch=True)
+        self.log("train/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], metric: MulticlassAccuracy, stage: str) -> None:
+        images, targets = batch
+        logits = self.eval_model()(images)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, targets), on_epoch=True, sync_dist=True)
+        metric.update(logits, targets)
+        self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_acc, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_acc, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim
+        optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = min(total - 1, int(round(cfg.warmup_epochs * total / epochs))) if cfg.warmup_epochs > 0 else 0
+        floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning does not restore the global RNG on resume; keeping it makes dropout/augmentation resume exactly.
+        checkpoint["vitlab_rng"] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["vitlab_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("vitlab_rng")
+        if state is not None:
+            torch.set_rng_state(state["cpu"])
+            if "cuda" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _infer_num_classes(model: nn.Module) -> int:
+    classes = getattr(model, "num_classes", None)
+    if not isinstance(classes, int) or classes <= 0:
+        raise ValueError("pass num_classes=: it cannot be read from this model (no positive .num_classes)")
+    return classes

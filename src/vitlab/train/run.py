@@ -1,0 +1,185 @@
+"""``fit(config)``: one training run from a ``RunConfig`` to a run folder.
+
+The run folder ``<output_dir>/<name>/`` holds:
+
+- ``config.yaml``: the resolved run configuration;
+- ``checkpoints/last.ckpt``: resumable Lightning checkpoint (written every epoch);
+- ``metrics.csv``: every logged metric (Lightning ``CSVLogger``);
+- ``model.safetensors`` + ``config.json``: final weights with the ``vitlab`` metadata (``vitlab.checkpoint``);
+- ``training_curves.png`` and ``summary.json``: loss/accuracy curves, final metrics, wall time, weight hashes.
+
+Example:
+    >>> from vitlab.train import RunConfig, fit
+    >>> result = fit(RunConfig(name="digits", data=DataConfig(name="digits")))  # doctest: +SKIP
+    >>> result.metrics["test/acc"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
+
+from vitlab.checkpoint import load_checkpoint, save_checkpoint, state_dict_sha256
+from vitlab.data import build_datamodule
+from vitlab.train.config import RunConfig
+from vitlab.train.extensions import build_loss_terms, build_model_transform
+from vitlab.train.module import ClassificationTask, build_timm_model
+from vitlab.train.plots import plot_training_curves
+
+__all__ = ["TRAINER_DEFAULTS", "RunResult", "build_trainer", "fit", "load_pretrained"]
+
+# vitlab's defaults for ``lightning.Trainer`` keywords the ``trainer`` section does not set.
+TRAINER_DEFAULTS: dict[str, Any] = {"max_epochs": 10, "accelerator": "auto", "devices": 1, "log_every_n_steps": 10}
+
+
+@dataclass
+class RunResult:
+    """What ``fit`` returns: the run folder, final metrics and the saved weights path."""
+
+    run_dir: Path
+    metrics: dict[str, float]
+    weights: Path | None
+    wall_time_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> None:
+    """Load a vitlab ``model.safetensors`` into ``model``; a classifier whose class count differs is skipped.
+
+    Raises:
+        ValueError: when a non-classifier tensor is missing or has another shape (a different architecture).
+    """
+    tensors, _ = load_checkpoint(path, expected_kind="model")
+    own = model.state_dict()
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "head")
+    classifier = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    bad = [k for k in own if k not in tensors or tensors[k].shape != own[k].shape]
+    bad = [k for k in bad if not any(k.startswith(f"{c}.") for c in classifier)]
+    if bad:
+        raise ValueError(f"pretrained weights {path} do not fit this model: mismatched or missing {bad[:10]}")
+    usable = {k: v for k, v in tensors.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(usable, strict=False)
+
+
+def _build_model(config: RunConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the configured model; returns it with the exact ``timm.create_model`` kwargs that rebuild it."""
+    kwargs = dict(config.model.kwargs, num_classes=num_classes, in_chans=in_chans)
+    kwargs.setdefault("img_size", config.data.img_size)
+    try:
+        model = build_timm_model(config.model.name, **kwargs)
+    except TypeError as err:  # convolutional models take no img_size
+        if "img_size" not in str(err) or "img_size" in config.model.kwargs:
+            raise
+        kwargs.pop("img_size")
+        model = build_timm_model(config.model.name, **kwargs)
+    if config.model.pretrained:
+        load_pretrained(model, config.model.pretrained)
+    return model, kwargs
+
+
+def build_trainer(config: RunConfig, run_dir: Path, **overrides: Any) -> L.Trainer:
+    """The Lightning Trainer of a run: CSV metrics, per-epoch ``last.ckpt``, progress bar, ``trainer`` section."""
+    kwargs = dict(TRAINER_DEFAULTS, **config.trainer)
+    kwargs.update(overrides)
+    callbacks = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1),
+        LearningRateMonitor(logging_interval="epoch"),
+    ]
+    if kwargs.get("enable_progress_bar", True):
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    return L.Trainer(
+        default_root_dir=str(run_dir),
+        logger=CSVLogger(str(run_dir), name="", version=""),
+        callbacks=callbacks,
+        **kwargs,
+    )
+
+
+def fit(config: RunConfig, resume: bool = False, **trainer_overrides: Any) -> RunResult:
+    """Train, test and save one run (see the module docstring for the run folder's contents).
+
+    Args:
+        config: the run configuration.
+        resume: continue from ``<run>/checkpoints/last.ckpt`` when it exists (read with ``weights_only=True``).
+        trainer_overrides: extra ``lightning.Trainer`` keywords that win over ``config.trainer``.
+    """
+    start = time.perf_counter()
+    run_dir = Path(config.output_dir) / config.name
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not resume and last.exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a run: resume it with --resume true, or choose another name (--name)"
+        )
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    _write_config(run_dir, config)
+    data = config.data
+    in_chans = config.model.kwargs.get("in_chans")
+    datamodule = build_datamodule(
+        data.name, root=data.root, img_size=data.img_size, in_chans=in_chans, batch_size=data.batch_size,
+        val_fraction=data.val_fraction, augment=data.augment, seed=config.seed, num_workers=data.num_workers,
+        mixup=data.mixup, cutmix=data.cutmix, random_erasing=data.random_erasing, **data.options,
+    )
+    base, model_kwargs = _build_model(config, datamodule.num_classes, datamodule.in_chans)
+    base_sha = state_dict_sha256(base.state_dict()) if config.peft.method else None
+    task = ClassificationTask(
+        base, optim=config.optim, loss_terms=build_loss_terms(config.negatives),
+        model_transform=build_model_transform(config.peft),
+    )
+    trainer = build_trainer(config, run_dir, **trainer_overrides)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None,
+                weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    test = trainer.test(task, datamodule=datamodule, verbose=False)
+    metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
+    hashes = _gather_weight_hashes(task)
+    weights = _save_outputs(
+        run_dir, config, task, datamodule, model_kwargs, metrics, hashes, base_sha, time.perf_counter() - start
+    )
+    return RunResult(run_dir, metrics, weights, time.perf_counter() - start, {"weights_sha256_per_rank": hashes})
+
+
+def _gather_weight_hashes(task: ClassificationTask) -> list[str]:
+    digest = state_dict_sha256(task.model.state_dict())
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        hashes: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(hashes, digest)
+        return [str(h) for h in hashes]
+    return [digest]
+
+
+@rank_zero_only
+def _write_config(run_dir: Path, config: RunConfig) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+
+
+@rank_zero_only
+def _save_outputs(
+    run_dir: Path, config: RunConfig, task: ClassificationTask, datamodule: Any, model_kwargs: dict[str, Any],
+    metrics: dict[str, float], hashes: list[str], base_sha: str | None, wall_time_s: float,
+) -> Path:
+    model = task.eval_model()
+    extra = {"data": datamodule.data_config(), "metrics": metrics, "run": config.name, "peft": asdict(config.peft)}
+    kind = "model" if config.peft.method is None else "adapter"
+    weights = save_checkpoint(
+        run_dir / "model.safetensors", model.state_dict(), kind=kind, model_name=config.model.name,
+        model_kwargs=model_kwargs,
+        base_sha256=base_sha, extra=extra,
+    )
+    summary = {"metrics": metrics, "wall_time_s": wall_time_s, "weights_sha256_per_rank": hashes,
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "trainable_parameters": sum(p.numel() for p in task.model.parameters() if p.requires_grad)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png")
+    return weights

@@ -1,0 +1,73 @@
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from vitlab.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    read_metadata,
+    save_checkpoint,
+    state_dict_sha256,
+)
+
+
+def _tiny(num_classes=10):
+    return timm.create_model("vitlab_vit_tiny_32", num_classes=num_classes, in_chans=1, depth=1, embed_dim=32,
+                             num_heads=2)
+
+
+def test_model_round_trip_rebuilds_same_outputs(tmp_path):
+    model = _tiny().eval()
+    kwargs = {"num_classes": 10, "in_chans": 1, "depth": 1, "embed_dim": 32, "num_heads": 2}
+    path = save_checkpoint(tmp_path / "run", model.state_dict(), kind="model", model_name="vitlab_vit_tiny_32",
+                           model_kwargs=kwargs, extra={"data": {"name": "digits"}})
+    assert path == tmp_path / "run" / "model.safetensors"
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert meta == read_metadata(tmp_path / "run")
+    assert meta["format_version"] == 1 and meta["kind"] == "model" and meta["model_kwargs"] == kwargs
+    rebuilt, meta2 = load_model(tmp_path / "run")
+    x = torch.randn(3, 1, 32, 32)
+    torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
+    assert meta2["extra"]["data"]["name"] == "digits"
+
+
+def test_sha256_depends_on_values_names_and_not_order():
+    a = {"w": torch.ones(2, 2), "b": torch.zeros(2)}
+    assert state_dict_sha256(a) == state_dict_sha256({"b": torch.zeros(2), "w": torch.ones(2, 2)})
+    assert state_dict_sha256(a) != state_dict_sha256({"w": torch.ones(2, 2), "b": torch.tensor([0.0, 1e-7])})
+    assert state_dict_sha256(a) != state_dict_sha256({"w2": torch.ones(2, 2), "b": torch.zeros(2)})
+    assert len(state_dict_sha256(a)) == 64
+
+
+def test_plain_safetensors_without_metadata_is_rejected(tmp_path):
+    save_file({"w": torch.ones(1)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="no 'vitlab' metadata"):
+        read_metadata(tmp_path / "model.safetensors")
+
+
+def test_wrong_kind_and_base_hash_are_named(tmp_path):
+    base = {"w": torch.ones(2)}
+    path = save_checkpoint(tmp_path / "a.safetensors", {"delta": torch.zeros(2)}, kind="adapter",
+                           model_name="vitlab_vit_tiny_32", model_kwargs={}, base_sha256=state_dict_sha256(base))
+    with pytest.raises(CheckpointError, match="holds a 'adapter' checkpoint but a 'model' one was expected"):
+        load_checkpoint(path, expected_kind="model")
+    with pytest.raises(CheckpointError, match="made for base weights"):
+        load_checkpoint(path, expected_kind="adapter", base_sha256=state_dict_sha256({"w": torch.zeros(2)}))
+    tensors, meta = load_checkpoint(path, expected_kind="adapter", base_sha256=state_dict_sha256(base))
+    assert meta["base_sha256"] == state_dict_sha256(base) and set(tensors) == {"delta"}
+
+
+def test_derived_kind_needs_base_hash_and_missing_file_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="needs base_sha256"):
+        save_checkpoint(tmp_path / "x.safetensors", {}, kind="subspace", model_name=None, model_kwargs={})
+    with pytest.raises(CheckpointError, match="unknown checkpoint kind"):
+        save_checkpoint(tmp_path / "x.safetensors", {}, kind="weights", model_name=None, model_kwargs={})
+    with pytest.raises(CheckpointError, match="no weights at"):
+        read_metadata(tmp_path / "nothing")
+    (tmp_path / "m.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        read_metadata(tmp_path / "m.pt")

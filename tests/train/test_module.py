@@ -1,0 +1,118 @@
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from vitlab.train import ClassificationTask, OptimConfig, parameter_groups
+
+
+def test_weight_decay_only_on_matrices_and_never_on_no_weight_decay_names(tiny_vit):
+    groups = parameter_groups(tiny_vit, 0.05)
+    names = {id(p): n for n, p in tiny_vit.named_parameters()}
+    decayed = {names[id(p)] for p in groups[0]["params"]}
+    plain = {names[id(p)] for p in groups[1]["params"]}
+    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+    assert "pos_embed" in plain and "cls_token" in plain  # 3-D, but named by no_weight_decay()
+    assert all(tiny_vit.get_parameter(n).ndim >= 2 for n in decayed)
+    assert all(n.endswith("bias") or "norm" in n or n in ("pos_embed", "cls_token") for n in plain)
+    assert "blocks.0.attn.qkv.weight" in decayed
+    assert decayed | plain == {n for n, _ in tiny_vit.named_parameters()}
+
+
+def test_frozen_parameters_are_left_out(tiny_vit):
+    for name, p in tiny_vit.named_parameters():
+        p.requires_grad_(name.startswith("head"))
+    groups = parameter_groups(tiny_vit, 0.1)
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in tiny_vit.head.parameters())
+    tiny_vit.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        parameter_groups(tiny_vit, 0.1)
+
+
+def _fit(task, steps=12, max_epochs=2):
+    x = torch.randn(64, 1, 32, 32)
+    y = torch.randint(0, 10, (64,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(task, loader)
+    return trainer
+
+
+def test_schedule_warms_up_then_decays_to_min_lr(tiny_vit):
+    task = ClassificationTask(tiny_vit, optim=OptimConfig(lr=1e-2, min_lr=1e-4, warmup_epochs=1))
+    lrs = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[Record()])
+    loader = DataLoader(TensorDataset(torch.randn(64, 1, 32, 32), torch.randint(0, 10, (64,))), batch_size=8)
+    trainer.fit(task, loader)
+    assert len(lrs) == 16
+    assert lrs[0] < lrs[4] < lrs[7]  # warm-up over the first epoch (8 steps)
+    assert max(lrs) == pytest.approx(1e-2, rel=0.2)
+    assert all(a >= b for a, b in zip(lrs[8:], lrs[9:], strict=False))  # cosine decays monotonically
+    assert lrs[-1] < 2e-3
+
+
+def test_loss_terms_are_weighted_added_and_logged(tiny_vit):
+    class Const:
+        name, weight = "const", 0.5
+
+        def __call__(self, task, batch, outputs):
+            assert outputs["logits"].shape == (16, 10) and task.model is tiny_vit
+            return {"value": torch.tensor(2.0)}
+
+    seen = []
+
+    class Capture(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen.append((outputs["loss"].item(), trainer.callback_metrics["train/loss_ce"].item()
+                         if "train/loss_ce" in trainer.callback_metrics else None))
+
+    task = ClassificationTask(tiny_vit, loss_terms=[Const()])
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[Capture()])
+    x, y = torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,))
+    ce = torch.nn.functional.cross_entropy(tiny_vit(x), y).item()
+    trainer.fit(task, DataLoader(TensorDataset(x, y), batch_size=16))
+    assert seen[0][0] == pytest.approx(ce + 0.5 * 2.0, rel=1e-4)
+    assert trainer.callback_metrics["train/const/value_epoch"].item() == pytest.approx(2.0)
+
+
+def test_non_finite_loss_stops_and_names_the_step(tiny_vit):
+    class Explode:
+        name, weight = "explode", 1.0
+
+        def __call__(self, task, batch, outputs):
+            return {"value": torch.tensor(float("nan") if task.global_step == 3 else 0.0)}
+
+    with pytest.raises(FloatingPointError, match="at global step 3"):
+        _fit(ClassificationTask(tiny_vit, loss_terms=[Explode()]))
+
+
+def test_soft_targets_and_ema(tiny_vit):
+    task = ClassificationTask(tiny_vit, optim=OptimConfig(ema_decay=0.5))
+    x = torch.randn(16, 1, 32, 32)
+    soft = torch.softmax(torch.randn(16, 10), dim=1)
+    loss = task.training_step((x, soft), 0)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    before = [p.clone() for p in task.ema.module.parameters()]
+    _fit(task, max_epochs=1)
+    after = list(task.ema.module.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert task.eval_model() is task.ema.module
+    # the EMA lies between its start and the trained weights, so it differs from both
+    assert not torch.equal(after[0], task.model.patch_embed.proj.weight)
+
+
+def test_builds_timm_model_by_name_and_rejects_unknown():
+    task = ClassificationTask("vitlab_vit_tiny_32", num_classes=7, in_chans=3)
+    assert task.model(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
+    with pytest.raises(ValueError, match="unknown model 'vitlab_vit_tiny_99'.*vitlab_vit_tiny_32"):
+        ClassificationTask("vitlab_vit_tiny_99", num_classes=7)
+    with pytest.raises(ValueError, match="needs num_classes"):
+        ClassificationTask("vitlab_vit_tiny_32")
