@@ -37,5 +37,8 @@ test: data
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 
+bench: data
+	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

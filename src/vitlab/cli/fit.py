@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 

@@ -35,15 +35,13 @@ def _predict_parser() -> ArgumentParser:
     return parser
 
 
-def _data_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="vitlab data", description="Install datasets into vitlab's cache, or list them.")
+def _add_data_subcommands(parser: ArgumentParser) -> None:
     commands = parser.add_subcommands(dest="data_command")
     install = ArgumentParser(description="Install a dataset into $VITLAB_DATA (default ~/.cache/vitlab).")
     install.add_argument("name", type=str, help="mnist, fashion_mnist, digits, cifar10, cifar100")
     commands.add_subcommand("install", install, help="install a dataset into the cache")
     commands.add_subcommand("list", ArgumentParser(description="Show datasets and where they are."),
                             help="show what is present and where")
-    return parser
 
 
 def _demo_parser() -> ArgumentParser:
@@ -67,8 +65,10 @@ def build_parser() -> ArgumentParser:
     commands.add_subcommand("fit", build_fit_parser(), help="train from a YAML config")
     commands.add_subcommand("eval", _eval_parser(), help="evaluate a checkpoint")
     commands.add_subcommand("predict", _predict_parser(), help="classify image files")
-    commands.add_subcommand("data", _data_parser(), help="install or list datasets")
+    data = ArgumentParser(prog="vitlab data", description="Install datasets into vitlab's cache, or list them.")
+    commands.add_subcommand("data", data, help="install or list datasets")
     commands.add_subcommand("demo", _demo_parser(), help="the README's demo")
+    _add_data_subcommands(data)  # jsonargparse adds nested subcommands after their parent
     return parser
 
 

@@ -101,5 +101,6 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
             batch = transform(image).unsqueeze(0)
         probs = model(batch).softmax(dim=1)[0]
         values, indices = probs.topk(topk)
-        results.append({"image": str(path), "predictions": [(names[i], float(v)) for v, i in zip(values, indices)]})
+        predictions = [(names[i], float(v)) for v, i in zip(values, indices, strict=True)]
+        results.append({"image": str(path), "predictions": predictions})
     return results

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,13 +89,25 @@ def _build_model(config: RunConfig, num_classes: int, in_chans: int) -> tuple[nn
     return model, kwargs
 
 
-def build_trainer(config: RunConfig, run_dir: Path, **overrides: Any) -> L.Trainer:
-    """The Lightning Trainer of a run: CSV metrics, per-epoch ``last.ckpt``, progress bar, ``trainer`` section."""
+def build_trainer(
+    config: RunConfig, run_dir: Path, callbacks: Sequence[L.Callback] = (), **overrides: Any
+) -> L.Trainer:
+    """The Lightning Trainer of a run: CSV metrics, per-epoch ``last.ckpt``, progress bar, ``trainer`` section.
+
+    Args:
+        config: the run configuration (its ``trainer`` section gives the ``lightning.Trainer`` keywords).
+        run_dir: the run folder.
+        callbacks: extra Lightning callbacks, after vitlab's own.
+        overrides: ``lightning.Trainer`` keywords that win over the ``trainer`` section.
+    """
     kwargs = dict(TRAINER_DEFAULTS, **config.trainer)
     kwargs.update(overrides)
     callbacks = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1),
+        # monitor=None + save_top_k=1 keeps exactly the newest epoch as last.ckpt (Lightning 2.6 writes no
+        # ``save_last`` file when save_top_k=0).
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, every_n_epochs=1),
         LearningRateMonitor(logging_interval="epoch"),
+        *callbacks,
     ]
     if kwargs.get("enable_progress_bar", True):
         callbacks.append(TQDMProgressBar(refresh_rate=10))
@@ -106,12 +119,16 @@ def build_trainer(config: RunConfig, run_dir: Path, **overrides: Any) -> L.Train
     )
 
 
-def fit(config: RunConfig, resume: bool = False, **trainer_overrides: Any) -> RunResult:
+def fit(
+    config: RunConfig, resume: bool = False, callbacks: Sequence[L.Callback] = (), **trainer_overrides: Any
+) -> RunResult:
     """Train, test and save one run (see the module docstring for the run folder's contents).
 
     Args:
         config: the run configuration.
         resume: continue from ``<run>/checkpoints/last.ckpt`` when it exists (read with ``weights_only=True``).
+            Resuming is exact at epoch boundaries: the data order is seeded per epoch and the RNG state is saved.
+        callbacks: extra Lightning callbacks.
         trainer_overrides: extra ``lightning.Trainer`` keywords that win over ``config.trainer``.
     """
     start = time.perf_counter()
@@ -136,7 +153,7 @@ def fit(config: RunConfig, resume: bool = False, **trainer_overrides: Any) -> Ru
         base, optim=config.optim, loss_terms=build_loss_terms(config.negatives),
         model_transform=build_model_transform(config.peft),
     )
-    trainer = build_trainer(config, run_dir, **trainer_overrides)
+    trainer = build_trainer(config, run_dir, callbacks, **trainer_overrides)
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None,
                 weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

@@ -1,0 +1,314 @@
+"""`build_datamodule` / `VitlabDataModule`: one LightningDataModule for every dataset vitlab knows.
+
+Example:
+    >>> from vitlab.data import build_datamodule
+    >>> dm = build_datamodule("digits", img_size=32, in_chans=3, batch_size=64)
+    >>> dm.prepare_data(); dm.setup("fit")
+    >>> x, y = next(iter(dm.train_dataloader()))
+    >>> x.shape, x.dtype, y.dtype, dm.num_classes
+    (torch.Size([64, 3, 32, 32]), torch.float32, torch.int64, 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup
+from timm.data.random_erasing import RandomErasing
+from torch.utils.data import DataLoader
+
+from .datasets import (
+    EpochRandomSampler,
+    ImageFolderDataset,
+    TensorImageDataset,
+    image_folder_classes,
+    scan_image_folder,
+)
+from .install import install_dataset, is_installed
+from .loading import LoadedData, channel_stats, load_in_memory, resolve_image_folder
+from .registry import check_name, get_spec
+from .transforms import AUGMENT_PRESETS, Normalize, build_augment
+
+__all__ = ["VitlabDataModule", "build_datamodule"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Meta:
+    source_chans: int
+    native_size: int | None
+    pad_to: int | None
+    num_classes: int
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class VitlabDataModule(L.LightningDataModule):
+    """Train / validation / test loaders for one dataset, yielding ``(float32 [B, C, H, W], int64 [B])``.
+
+    Rules:
+        * Splits: validation is carved from the official training set (``val_fraction``, default 0.1) by a random
+          permutation drawn from ``torch.Generator().manual_seed(seed)``; ``limit_train`` keeps the first N of the
+          remaining training indices; test is the official test set in file order (digits: last 360 images;
+          imagefolder: ``root/test``, else ``root/val``).
+        * Geometry: images already ``img_size`` are unchanged; MNIST-family 28-px images (also 28-px ``idx`` files)
+          are zero-padded to 32 (not resized), then resized (bilinear, antialiased) if ``img_size`` != 32; other
+          datasets are resized to ``img_size``; imagefolder files: shorter side resized to ``img_size``, center crop.
+        * Channels: ``in_chans=None`` keeps the data's channels; grayscale data repeats its channel when
+          ``in_chans=3``; 3-channel data with ``in_chans=1`` is an error (build the model with ``in_chans=3``),
+          except imagefolder, whose files are converted to "L" (``in_chans=1``) or "RGB" (default).
+        * Normalisation: ``(x / 255 - mean) / std`` per channel with the per-dataset constants listed in
+          `vitlab.data.registry` (imagefolder: ImageNet mean/std, or 0.5/0.5 for grey; idx: computed from the
+          training images); ``mean``/``std`` override them.
+        * Installation: with ``root=None``, `prepare_data` installs missing data into vitlab's cache (progress shown);
+          with ``root=PATH`` nothing is installed and missing files raise an error naming the fix.
+        * Augmentation (training only): ``augment`` preset per sample (see `vitlab.data.transforms`), then
+          ``random_erasing`` (timm RandomErasing, pixel mode, probability p) on the normalised image; ``mixup`` /
+          ``cutmix`` alphas > 0 enable timm's Mixup in `on_after_batch_transfer` while training, which turns labels
+          into soft float targets [B, num_classes] (no label smoothing there; the training loss applies it) and needs
+          an even ``batch_size`` (the last incomplete training batch is dropped).
+
+    Args:
+        name: one of `vitlab.data.DATASET_NAMES`.
+        root: your own data folder (see rules), or None for vitlab's cache.
+        img_size: output side in pixels.
+        in_chans: channels the model takes (1 or 3), or None for the data's own.
+        batch_size: training batch size. eval_batch_size: validation/test batch size (default: batch_size).
+        val_fraction: share of the training set held out for validation, in [0, 1).
+        augment: ``"none"``, ``"randaugment"`` or ``"augmix"``.
+        seed: seed of the validation split and of the training order (epoch ``e`` uses ``(seed, e)``).
+        num_workers: DataLoader worker processes. pin_memory: DataLoader pin_memory.
+        mixup, cutmix: timm Mixup ``mixup_alpha`` / ``cutmix_alpha`` (0 disables).
+        random_erasing: probability of timm's RandomErasing per training image (0 disables).
+        limit_train: keep at most this many training images (after the validation split), or None.
+        cache_dir: vitlab's cache root when ``root`` is None (default ``$VITLAB_DATA`` or ``~/.cache/vitlab``).
+        train_images, train_labels, test_images, test_labels: ``idx`` only; IDX file paths (relative to ``root``
+            when given). Unset ones default to the MNIST names ``train-images-idx3-ubyte[.gz]`` etc. in ``root``.
+        mean, std: per-channel normalisation override (one value per data channel).
+        randaugment_num_ops, randaugment_magnitude, augmix_severity: preset strengths.
+    """
+
+    def __init__(
+        self, name: str, root: str | Path | None = None, img_size: int = 32, in_chans: int | None = None,
+        batch_size: int = 128, val_fraction: float = 0.1, augment: str = "none", seed: int = 0, num_workers: int = 0,
+        mixup: float = 0.0, cutmix: float = 0.0, random_erasing: float = 0.0, limit_train: int | None = None,
+        eval_batch_size: int | None = None, cache_dir: str | Path | None = None, train_images: str | None = None,
+        train_labels: str | None = None, test_images: str | None = None, test_labels: str | None = None,
+        mean: Sequence[float] | None = None, std: Sequence[float] | None = None, randaugment_num_ops: int = 2,
+        randaugment_magnitude: int = 9, augmix_severity: int = 3, pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.spec = get_spec(check_name(name))
+        root = None if root is None else str(Path(root).expanduser())
+        cache_dir = None if cache_dir is None else str(cache_dir)
+        _check(isinstance(img_size, int) and img_size >= 4, f"img_size must be an int >= 4, got {img_size!r}")
+        _check(in_chans in (None, 1, 3), f"in_chans must be None, 1 or 3, got {in_chans!r}")
+        _check(isinstance(batch_size, int) and batch_size >= 1, f"batch_size must be an int >= 1, got {batch_size!r}")
+        _check(eval_batch_size is None or eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {eval_batch_size}")
+        _check(0.0 <= val_fraction < 1.0, f"val_fraction must be in [0, 1), got {val_fraction}")
+        _check(augment in AUGMENT_PRESETS, f"unknown augment {augment!r}; valid presets: {', '.join(AUGMENT_PRESETS)}")
+        _check(mixup >= 0 and cutmix >= 0, f"mixup and cutmix are Beta alphas >= 0, got {mixup}, {cutmix}")
+        _check(not (mixup or cutmix) or batch_size % 2 == 0, f"mixup/cutmix need an even batch_size, got {batch_size}")
+        _check(0.0 <= random_erasing <= 1.0, f"random_erasing is a probability in [0, 1], got {random_erasing}")
+        _check(limit_train is None or limit_train >= 1, f"limit_train must be None or >= 1, got {limit_train}")
+        _check(num_workers >= 0, f"num_workers must be >= 0, got {num_workers}")
+        train_images, train_labels, test_images, test_labels = (
+            None if p is None else str(p) for p in (train_images, train_labels, test_images, test_labels)
+        )  # str, not Path: hyper-parameters must load with torch.load(weights_only=True)
+        idx_files = dict(train_images=train_images, train_labels=train_labels, test_images=test_images,
+                         test_labels=test_labels)
+        _check(name == "idx" or all(v is None for v in idx_files.values()),
+               "train_images/train_labels/test_images/test_labels apply to name='idx' only")
+        _check((mean is None) == (std is None), "give both mean and std, or neither")
+        self.save_hyperparameters()
+        self.name, self.root, self.cache_dir, self.idx_files = name, root, cache_dir, idx_files
+        self.img_size, self.batch_size, self.seed = img_size, batch_size, seed
+        self._in_chans, self._meta, self._data = in_chans, None, None
+        self._augment = build_augment(augment, randaugment_num_ops=randaugment_num_ops,
+                                      randaugment_magnitude=randaugment_magnitude, augmix_severity=augmix_severity)
+        self.train_dataset = self.val_dataset = self.test_dataset = None
+        self.mixup_fn: Mixup | None = None
+
+    # ---- metadata (available before setup; idx/cifar100/imagefolder read their files on first use) ----
+    def _load(self) -> LoadedData:
+        if self._data is None:
+            self._data = load_in_memory(self.name, self.root, self.cache_dir, self.idx_files)
+        return self._data
+
+    def _resolve(self) -> _Meta:
+        if self._meta is not None:
+            return self._meta
+        spec, hp = self.spec, self.hparams
+        if self.name == "imagefolder":
+            class_names = image_folder_classes(resolve_image_folder(self.root)[0])
+            chans = self._in_chans or 3
+            mean, std = (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if chans == 3 else ((0.5,), (0.5,))
+            meta = _Meta(chans, None, None, len(class_names), class_names, tuple(mean), tuple(std))
+        elif self.name == "idx":
+            data = self._load()
+            images = data.train.images
+            side = images.shape[-1] if images.shape[-2] == images.shape[-1] else None
+            mean, std = channel_stats(images)
+            meta = _Meta(images.shape[1], side, 32 if side == 28 else None, len(data.class_names), data.class_names,
+                         mean, std)
+        else:
+            class_names = spec.class_names or self._load().class_names
+            meta = _Meta(spec.channels, spec.native_size, spec.pad_to, spec.num_classes, class_names, spec.mean,
+                         spec.std)
+        if hp.mean is not None:
+            _check(len(hp.mean) == len(hp.std) == meta.source_chans,
+                   f"mean/std need {meta.source_chans} values (one per data channel), got {hp.mean} / {hp.std}")
+            meta = dataclasses.replace(meta, mean=tuple(hp.mean), std=tuple(hp.std))
+        if self._in_chans == 1 and meta.source_chans == 3:
+            raise ValueError(f"{self.name} images have 3 channels but in_chans=1 was requested; build the model with "
+                             "in_chans=3 (or leave in_chans=None)")
+        self._meta = meta
+        return meta
+
+    @property
+    def in_chans(self) -> int:
+        """Channels of the images the loaders yield."""
+        return self._in_chans or self._resolve().source_chans
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (labels are 0 .. num_classes - 1)."""
+        return self._resolve().num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names in label order."""
+        return self._resolve().class_names
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel normalisation mean of the yielded images (``in_chans`` values)."""
+        meta = self._resolve()
+        return meta.mean * (self.in_chans // meta.source_chans)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """Per-channel normalisation std of the yielded images (``in_chans`` values)."""
+        meta = self._resolve()
+        return meta.std * (self.in_chans // meta.source_chans)
+
+    def data_config(self) -> dict[str, Any]:
+        """JSON-able description for checkpoints and `build_eval_transform`.
+
+        Keys: name, img_size, in_chans, mean, std, num_classes, class_names, source_chans, native_size, pad_to.
+        """
+        meta = self._resolve()
+        return {"name": self.name, "img_size": self.img_size, "in_chans": self.in_chans, "mean": list(self.mean),
+                "std": list(self.std), "num_classes": meta.num_classes, "class_names": list(meta.class_names),
+                "source_chans": meta.source_chans, "native_size": meta.native_size, "pad_to": meta.pad_to}
+
+    # ---- Lightning hooks ----
+    def prepare_data(self) -> None:
+        """Install missing data into vitlab's cache when ``root`` is None (never writes into a user's root)."""
+        if self.root is None and self.spec.installable and not is_installed(self.name, self.cache_dir):
+            install_dataset(self.name, self.cache_dir, progress=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        meta, hp = self._resolve(), self.hparams
+        normalize = Normalize(meta.mean, meta.std, self.in_chans)
+        erase = RandomErasing(hp.random_erasing, mode="pixel", device="cpu") if hp.random_erasing > 0 else None
+        if self.name == "imagefolder":
+            train_dir, test_dir = resolve_image_folder(self.root)
+            samples = scan_image_folder(train_dir)
+            test_samples = scan_image_folder(test_dir, meta.class_names)
+            train_idx, val_idx = self._split(len(samples))
+            mode = "RGB" if meta.source_chans == 3 else "L"
+
+            def make(items, **kw):
+                return ImageFolderDataset(items, normalize, self.img_size, mode, **kw)
+
+            self.train_dataset = make([samples[i] for i in train_idx], augment=self._augment, erase=erase)
+            self.val_dataset = make([samples[i] for i in val_idx])
+            self.test_dataset = make(test_samples)
+        else:
+            data = self._load()
+            train_idx, val_idx = self._split(len(data.train.labels))
+
+            def make(images, labels, **kw):
+                return TensorImageDataset(images, labels, normalize, self.img_size, meta.pad_to, **kw)
+
+            self.train_dataset = make(data.train.images[train_idx], data.train.labels[train_idx],
+                                      augment=self._augment, erase=erase)
+            self.val_dataset = make(data.train.images[val_idx], data.train.labels[val_idx])
+            self.test_dataset = make(data.test.images, data.test.labels)
+        if hp.mixup > 0 or hp.cutmix > 0:
+            _check(len(self.train_dataset) >= self.batch_size, f"mixup/cutmix drop the last incomplete batch, but "
+                   f"the {len(self.train_dataset)} training images fill none of batch_size={self.batch_size}")
+            self.mixup_fn = Mixup(mixup_alpha=hp.mixup, cutmix_alpha=hp.cutmix, label_smoothing=0.0,
+                                  num_classes=meta.num_classes)
+
+    def _split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sorted (train, val) index tensors: a seeded permutation, the first ``round(n * val_fraction)`` to val."""
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        n_val = int(round(n * self.hparams.val_fraction))
+        train = perm[n_val:]
+        if self.hparams.limit_train is not None:
+            train = train[: self.hparams.limit_train]
+        _check(len(train) > 0, f"no training images left: {n} images, val_fraction={self.hparams.val_fraction}")
+        return train.sort().values, perm[:n_val].sort().values
+
+    def _loader(self, dataset, train: bool) -> DataLoader:
+        hp = self.hparams
+        workers = hp.num_workers
+        return DataLoader(
+            dataset, batch_size=self.batch_size if train else (hp.eval_batch_size or self.batch_size),
+            sampler=EpochRandomSampler(dataset, self.seed) if train else None,
+            drop_last=train and self.mixup_fn is not None,
+            num_workers=workers, persistent_workers=workers > 0, pin_memory=hp.pin_memory,
+        )
+
+    def _require_setup(self) -> None:
+        if self.train_dataset is None:
+            raise RuntimeError("call datamodule.setup() (after prepare_data()) before asking for dataloaders")
+
+    def train_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return self._loader(self.train_dataset, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation loader; an empty list (no validation) when ``val_fraction`` is 0."""
+        self._require_setup()
+        return self._loader(self.val_dataset, train=False) if len(self.val_dataset) else []
+
+    def test_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return self._loader(self.test_dataset, train=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Apply Mixup/CutMix (if enabled) to training batches: labels become soft float [B, num_classes]."""
+        trainer = self.trainer
+        if self.mixup_fn is not None and trainer is not None and trainer.training:
+            images, labels = batch
+            batch = self.mixup_fn(images, labels)
+        return batch
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def build_datamodule(name: str, root: str | Path | None = None, img_size: int = 32, in_chans: int | None = None,
+                     batch_size: int = 128, val_fraction: float = 0.1, augment: str = "none", seed: int = 0,
+                     **kwargs: Any) -> VitlabDataModule:
+    """Build the `VitlabDataModule` for dataset `name` (checked now; the error lists the valid names).
+
+    See `VitlabDataModule` for the splitting, geometry, channel, normalisation and augmentation rules and the
+    remaining keyword arguments (num_workers, mixup, cutmix, random_erasing, limit_train, eval_batch_size,
+    cache_dir, train_images, train_labels, test_images, test_labels, mean, std, ...).
+    """
+    check_name(name)
+    return VitlabDataModule(name, root=root, img_size=img_size, in_chans=in_chans, batch_size=batch_size,
+                            val_fraction=val_fraction, augment=augment, seed=seed, **kwargs)

@@ -1,0 +1,178 @@
+"""Map-style datasets that yield normalised float images, plus an epoch-seeded shuffling sampler.
+
+Both datasets implement ``__getitems__`` (which ``torch.utils.data.DataLoader`` calls with a whole batch of
+indices): the batch is gathered once, geometry and normalisation run as tensor ops on the whole batch, and only the
+optional augmentation runs per sample. Items are ``(image float32 [C, H, W], label int64 [])``; the default collate
+stacks them into ``[B, C, H, W]`` and ``[B]``.
+
+Example:
+    >>> import torch
+    >>> from vitlab.data.transforms import Normalize
+    >>> ds = TensorImageDataset(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.arange(4),
+    ...                         Normalize([0.5], [0.5], out_chans=3), img_size=32, pad_to=32)
+    >>> x, y = ds[0]
+    >>> x.shape, x.dtype, y.dtype
+    (torch.Size([3, 32, 32]), torch.float32, torch.int64)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, RandomSampler
+from torchvision.datasets import ImageFolder
+from torchvision.transforms.v2 import functional as TF
+
+from .transforms import Normalize, fit_geometry, resize_center_crop
+
+__all__ = [
+    "TensorImageDataset", "ImageFolderDataset", "EpochRandomSampler", "image_folder_classes", "scan_image_folder",
+]
+
+Augment = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _ImageDataset(Dataset, ABC):
+    """Shared batch pipeline: load uint8 -> geometry -> per-sample augment -> normalise -> erase -> repeat."""
+
+    def __init__(self, normalize: Normalize, augment: Augment | None = None,
+                 erase: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.normalize, self.augment, self.erase = normalize, augment, erase
+
+    @abstractmethod
+    def _load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images [B, C, img_size, img_size] and int64 labels [B] for `indices`."""
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        images, labels = self._load(indices)
+        if self.augment is not None:
+            images = torch.stack([self.augment(img) for img in images])
+        x = self.normalize.scale(images)
+        if self.erase is not None:
+            x = self.erase(x)
+        x = self.normalize.repeat(x)
+        return list(zip(x.unbind(0), labels.unbind(0), strict=True))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.__getitems__([index])[0]
+
+
+class TensorImageDataset(_ImageDataset):
+    """In-memory images: uint8 [N, C, H, W] at native size, labels int64 [N].
+
+    Args:
+        images: uint8 [N, C, H, W] (C = 1 or 3).
+        labels: int64 [N].
+        normalize: float conversion, normalisation and channel repeat (`Normalize`).
+        img_size: output side; `fit_geometry` (pad to `pad_to`, then resize) runs per batch.
+        pad_to: zero-pad side for small native images (MNIST family: 32), or None.
+        augment: per-sample uint8 [C, H, W] -> uint8 [C, H, W] augmentation, or None.
+        erase: batch-wise random erasing on normalised floats [B, C, H, W] (timm's RandomErasing), or None.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize, img_size: int,
+                 pad_to: int | None = None, augment: Augment | None = None,
+                 erase: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"images must be uint8 [N, C, H, W] with one label each; got {images.dtype} "
+                             f"{list(images.shape)} and {len(labels)} labels")
+        super().__init__(normalize, augment, erase)
+        self.images, self.labels = images, labels.to(torch.int64)
+        self.img_size, self.pad_to = img_size, pad_to
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return fit_geometry(self.images[idx], self.img_size, self.pad_to), self.labels[idx]
+
+
+def image_folder_classes(folder: str | Path) -> tuple[str, ...]:
+    """Sorted class-folder names of an ImageFolder split, e.g. ``root/train`` (torchvision's rule).
+
+    Raises:
+        FileNotFoundError: the folder has no class sub-folders.
+    """
+    classes = tuple(sorted(entry.name for entry in Path(folder).iterdir() if entry.is_dir()))
+    if not classes:
+        raise FileNotFoundError(f"{folder} has no class folders; expected {folder}/<class>/<image>.png")
+    return classes
+
+
+def scan_image_folder(folder: str | Path, class_names: Sequence[str] | None = None) -> list[tuple[str, int]]:
+    """List ``(path, label)`` for an ImageFolder tree ``folder/<class>/<image>`` (torchvision's ImageFolder rules).
+
+    Args:
+        folder: the split folder, e.g. ``root/train``.
+        class_names: the label order (from the training folder); None uses ``folder``'s own sorted class folders.
+
+    Raises:
+        ValueError: a class folder in `folder` is not among `class_names`.
+    """
+    tree = ImageFolder(str(folder), allow_empty=class_names is not None)
+    if class_names is None:
+        return list(tree.samples)
+    unknown = sorted(set(tree.classes) - set(class_names))
+    if unknown:
+        raise ValueError(f"{folder} has class folders {unknown} that the training folder lacks; "
+                         f"training classes: {list(class_names)}")
+    index = {name: i for i, name in enumerate(class_names)}
+    return [(path, index[tree.classes[t]]) for path, t in tree.samples]
+
+
+class ImageFolderDataset(_ImageDataset):
+    """Images read from disk per sample: converted to ``mode`` ("L" or "RGB"), shorter side resized to `img_size`,
+    center-cropped, then normalised like `TensorImageDataset`.
+
+    Args:
+        samples: ``(path, label)`` pairs, e.g. from `scan_image_folder`.
+        normalize, augment, erase: as in `TensorImageDataset`.
+        img_size: output side.
+        mode: PIL mode every file is converted to: "L" (1 channel) or "RGB" (3).
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], normalize: Normalize, img_size: int, mode: str = "RGB",
+                 augment: Augment | None = None, erase: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        if mode not in ("L", "RGB"):
+            raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+        super().__init__(normalize, augment, erase)
+        self.samples, self.img_size, self.mode = list(samples), img_size, mode
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = []
+        for i in indices:
+            with Image.open(self.samples[i][0]) as img:
+                images.append(resize_center_crop(TF.pil_to_tensor(img.convert(self.mode)), self.img_size))
+        labels = torch.tensor([self.samples[i][1] for i in indices], dtype=torch.int64)
+        return torch.stack(images), labels
+
+
+class EpochRandomSampler(RandomSampler):
+    """Random order drawn from ``torch.Generator`` seeded by ``(seed, epoch)``: the same seed gives the same order,
+    and a run resumed at an epoch boundary sees the same order as an uninterrupted one.
+
+    Lightning calls `set_epoch` before every epoch (as for ``DistributedSampler``, which replaces this sampler under
+    DDP); without it each new iteration moves to the next epoch by itself.
+    """
+
+    def __init__(self, data_source: Sequence, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed, self.epoch, self._epoch_set = seed, 0, False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._epoch_set = epoch, True
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if not self._epoch_set:
+            self.epoch += 1
+        self._epoch_set = False
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()

@@ -1,0 +1,216 @@
+"""Readers for the on-disk formats vitlab accepts: IDX (raw or gzip), CIFAR python pickles, sklearn digits.
+
+Every reader returns a `Split`: ``images`` uint8 ``[N, C, H, W]`` and ``labels`` int64 ``[N]`` (torch tensors).
+CIFAR pickles are read with a restricted unpickler that only builds dicts, lists, strings, bytes and numpy
+arrays; any other global in the file is refused, so a tampered file cannot run code.
+
+Example:
+    >>> from vitlab.data.readers import read_digits
+    >>> train, test = read_digits()
+    >>> train.images.shape, train.images.dtype, test.labels.shape
+    (torch.Size([1437, 1, 8, 8]), torch.uint8, torch.Size([360]))
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import pickle
+import struct
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from .registry import IDX_FILE_STEMS
+
+__all__ = [
+    "Split", "read_idx", "find_idx_files", "read_idx_split", "resolve_cifar_dir", "read_cifar", "read_digits",
+    "load_cifar_pickle",
+]
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_CIFAR_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+_CIFAR_FILES = {
+    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta", "labels", "label_names"),
+    "cifar100": (["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
+}
+DIGITS_TRAIN_SIZE = 1437  # sklearn digits has no official test set: the first 1437 images train, the last 360 test
+
+
+class Split(NamedTuple):
+    """One split held in memory: ``images`` uint8 [N, C, H, W], ``labels`` int64 [N]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (raw or gzip-compressed, detected from its first bytes) into a numpy array.
+
+    Args:
+        path: the file, e.g. ``train-images-idx3-ubyte`` or ``train-images-idx3-ubyte.gz``.
+
+    Returns:
+        An array with the shape the header declares, e.g. uint8 [60000, 28, 28]; big-endian types become native.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: bad magic number, unknown type code or truncated data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"IDX file not found: {path}")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (the magic number must be 0x00 0x00 <type> <ndim>)")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - 4 - 4 * ndim != expected:
+        raise ValueError(f"{path}: header declares shape {shape} ({expected} bytes) but the file holds "
+                         f"{len(raw) - 4 - 4 * ndim} data bytes; the file is truncated or corrupt")
+    data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(shape)
+    return data.astype(dtype.newbyteorder("="), copy=True)
+
+
+def find_idx_files(folder: str | Path) -> tuple[dict[str, Path], list[str]]:
+    """Locate the four MNIST-layout IDX files in `folder` (also in its ``MNIST/raw`` or ``FashionMNIST/raw``).
+
+    Returns:
+        ``(found, missing)``: found maps ``train_images``/``train_labels``/``test_images``/``test_labels`` to paths
+        (the raw file or its ``.gz``); missing lists the expected file names that were not found.
+    """
+    folder = Path(folder)
+    candidates = [folder, folder / "MNIST" / "raw", folder / "FashionMNIST" / "raw"]
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    for key, stem in IDX_FILE_STEMS.items():
+        hits = [d / name for d in candidates for name in (stem, stem + ".gz") if (d / name).is_file()]
+        if hits:
+            found[key] = hits[0]
+        else:
+            missing.append(f"{stem}[.gz]")
+    return found, missing
+
+
+def _split_from_idx(images_path: Path, labels_path: Path) -> Split:
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)):
+        raise ValueError(f"{images_path}: expected uint8 images [N, H, W] or [N, H, W, 1|3], "
+                         f"got {images.dtype} {list(images.shape)}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(images):
+        raise ValueError(f"{labels_path}: expected {len(images)} integer labels [N], got {labels.dtype} "
+                         f"{list(labels.shape)}")
+    tensor = torch.from_numpy(images)
+    tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2).contiguous()
+    return Split(tensor, torch.from_numpy(labels.astype(np.int64)))
+
+
+def read_idx_split(files: dict[str, Path]) -> tuple[Split, Split]:
+    """Read train and test splits from IDX paths keyed like `IDX_FILE_STEMS` (see `find_idx_files`).
+
+    Images [N, H, W] become [N, 1, H, W]; channels-last [N, H, W, C] becomes [N, C, H, W].
+    """
+    return (_split_from_idx(files["train_images"], files["train_labels"]),
+            _split_from_idx(files["test_images"], files["test_labels"]))
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that builds only builtin containers and numpy arrays/scalars/dtypes."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: a CIFAR batch file holds only "
+                                         "dicts, lists and numpy arrays, so this file is not one")
+        if module.startswith("numpy.core") and hasattr(np, "_core"):  # numpy >= 2 renamed the private module
+            module = "numpy._core" + module[len("numpy.core"):]
+        return getattr(importlib.import_module(module), name)
+
+
+def load_cifar_pickle(path: str | Path) -> dict[str, Any]:
+    """Load one CIFAR python-format file (a pickled dict) safely; bytes keys are decoded to str.
+
+    Raises:
+        pickle.UnpicklingError: the file references anything other than builtins and numpy arrays.
+    """
+    with open(path, "rb") as f:
+        obj = _RestrictedUnpickler(f, encoding="latin1").load()
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def resolve_cifar_dir(root: str | Path, name: str) -> Path:
+    """Return the CIFAR batches folder: ``root/cifar-10-batches-py`` (or ``cifar-100-python``) or `root` itself.
+
+    Raises:
+        FileNotFoundError: neither holds the expected files; the message lists them.
+    """
+    root = Path(root)
+    train_files, test_files, meta, _, _ = _CIFAR_FILES[name]
+    expected = [*train_files, *test_files, meta]
+    for folder in (root / _CIFAR_DIRS[name], root):
+        if all((folder / f).is_file() for f in expected):
+            return folder
+    raise FileNotFoundError(
+        f"{name} files not found under {root}: expected {root / _CIFAR_DIRS[name]}/ (or {root}/ itself) to hold "
+        f"{', '.join(expected)} (the python version of {name}). Pass root=None to use vitlab's cache "
+        f"(`vitlab data install {name}` downloads it), or unpack cifar-*-python.tar.gz into {root}."
+    )
+
+
+def _cifar_part(folder: Path, files: list[str], label_key: str, num_classes: int) -> Split:
+    images, labels = [], []
+    for fname in files:
+        batch = load_cifar_pickle(folder / fname)
+        data = np.asarray(batch.get("data"))
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"{folder / fname}: 'data' must be uint8 [N, 3072], got {data.dtype} {list(data.shape)}")
+        lab = np.asarray(batch.get(label_key, []), dtype=np.int64)
+        if lab.shape != (len(data),) or (lab.size and (lab.min() < 0 or lab.max() >= num_classes)):
+            raise ValueError(f"{folder / fname}: '{label_key}' must hold {len(data)} labels in [0, {num_classes})")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(lab)
+    return Split(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
+
+
+def read_cifar(root: str | Path, name: str) -> tuple[Split, Split, tuple[str, ...]]:
+    """Read CIFAR-10 (``name="cifar10"``) or CIFAR-100 (``"cifar100"``, fine labels) from the python layout.
+
+    Returns:
+        ``(train, test, class_names)``; images uint8 [N, 3, 32, 32] in file order (train 50000, test 10000).
+    """
+    if name not in _CIFAR_FILES:
+        raise ValueError(f"read_cifar reads 'cifar10' or 'cifar100', not {name!r}")
+    folder = resolve_cifar_dir(root, name)
+    train_files, test_files, meta_file, label_key, names_key = _CIFAR_FILES[name]
+    class_names = tuple(n.decode() if isinstance(n, bytes) else str(n)
+                        for n in load_cifar_pickle(folder / meta_file)[names_key])
+    num_classes = len(class_names)
+    return (_cifar_part(folder, train_files, label_key, num_classes),
+            _cifar_part(folder, test_files, label_key, num_classes), class_names)
+
+
+def read_digits() -> tuple[Split, Split]:
+    """scikit-learn's 8x8 digits: values 0..16 scaled to uint8 0..255 (``round(v * 255 / 16)``).
+
+    The first 1437 images (file order) are the training split, the last 360 the test split.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    n = DIGITS_TRAIN_SIZE
+    return Split(images[:n], labels[:n]), Split(images[n:], labels[n:])

@@ -1,0 +1,197 @@
+"""Image geometry, positive-augmentation presets, normalisation and the inference transform.
+
+Geometry rule (`fit_geometry`, shared by training, evaluation and `vitlab predict`):
+
+1. images already ``img_size`` x ``img_size`` are left alone (so ``img_size=28`` keeps MNIST-family images native);
+2. datasets with a ``pad_to`` side (MNIST family: 28 -> 32) are zero-padded symmetrically to it;
+3. if the side still differs from ``img_size``, the image is resized (bilinear, antialiased) to ``img_size``.
+   Hence MNIST-family images are zero-padded to 32 by default and, for other sizes, padded to 32 then resized.
+
+Augmentation presets (torchvision.transforms.v2, per sample, on uint8 images), in the ImageNet-C-disjoint form of the
+negative-augmentation paper: the four ops that overlap ImageNet-C corruptions (brightness, contrast, color,
+sharpness) are removed.
+
+- ``none``: no augmentation;
+- ``randaugment``: `RandAugmentImageNetCDisjoint` (RandAugment with those four ops removed from its op table);
+- ``augmix``: ``v2.AugMix(all_ops=False)``, which already leaves out exactly those four ops.
+
+Example:
+    >>> import torch
+    >>> fit_geometry(torch.zeros(5, 1, 28, 28, dtype=torch.uint8), img_size=32, pad_to=32).shape
+    torch.Size([5, 1, 32, 32])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+__all__ = [
+    "AUGMENT_PRESETS", "IMAGENET_C_OPS", "RandAugmentImageNetCDisjoint", "build_augment", "fit_geometry",
+    "resize_center_crop", "Normalize", "EvalTransform", "build_eval_transform",
+]
+
+#: Augmentation preset names accepted by `build_augment` and `build_datamodule(augment=...)`.
+AUGMENT_PRESETS: tuple[str, ...] = ("none", "randaugment", "augmix")
+
+#: RandAugment/AugMix ops removed because they overlap ImageNet-C corruptions.
+IMAGENET_C_OPS: tuple[str, ...] = ("Brightness", "Color", "Contrast", "Sharpness")
+
+
+class RandAugmentImageNetCDisjoint(v2.RandAugment):
+    """torchvision's v2 RandAugment without the brightness, color, contrast and sharpness ops.
+
+    Input: uint8 tensor [..., 1 or 3, H, W] or PIL image; output: same type and shape.
+
+    Example:
+        >>> import torch
+        >>> aug = RandAugmentImageNetCDisjoint(num_ops=2, magnitude=9)
+        >>> aug(torch.zeros(1, 32, 32, dtype=torch.uint8)).shape
+        torch.Size([1, 32, 32])
+    """
+
+    _AUGMENTATION_SPACE = {k: v for k, v in v2.RandAugment._AUGMENTATION_SPACE.items() if k not in IMAGENET_C_OPS}
+
+
+def build_augment(
+    preset: str, *, randaugment_num_ops: int = 2, randaugment_magnitude: int = 9, augmix_severity: int = 3
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The per-sample augmentation for `preset` (one of `AUGMENT_PRESETS`), or None for ``"none"``.
+
+    The returned callable maps uint8 [C, H, W] to uint8 [C, H, W].
+    """
+    if preset not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown augment preset {preset!r}; valid presets: {', '.join(AUGMENT_PRESETS)}")
+    if preset == "randaugment":
+        return RandAugmentImageNetCDisjoint(num_ops=randaugment_num_ops, magnitude=randaugment_magnitude)
+    if preset == "augmix":
+        return v2.AugMix(severity=augmix_severity, all_ops=False)
+    return None
+
+
+def fit_geometry(images: torch.Tensor, img_size: int, pad_to: int | None = None) -> torch.Tensor:
+    """Apply the module's geometry rule to uint8 images [..., C, H, W] -> [..., C, img_size, img_size]."""
+    h, w = images.shape[-2:]
+    if (h, w) == (img_size, img_size):
+        return images
+    if pad_to is not None and h <= pad_to and w <= pad_to:
+        top, left = (pad_to - h) // 2, (pad_to - w) // 2
+        images = TF.pad(images, [left, top, pad_to - w - left, pad_to - h - top], fill=0)
+    if tuple(images.shape[-2:]) != (img_size, img_size):
+        images = TF.resize(images, [img_size, img_size], antialias=True)
+    return images
+
+
+def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side of uint8 [..., C, H, W] to `size` (antialiased), then center-crop to size x size."""
+    if tuple(image.shape[-2:]) != (size, size):
+        image = TF.center_crop(TF.resize(image, size, antialias=True), [size, size])
+    return image
+
+
+class Normalize:
+    """uint8 images [B, C, H, W] -> float32 ((x / 255 - mean) / std), channels repeated to `out_chans`.
+
+    Args:
+        mean: per-channel mean of the C source channels, in [0, 1].
+        std: per-channel standard deviation of the C source channels.
+        out_chans: channels the model wants: C, or 3 when C == 1 (the grey channel is repeated).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], out_chans: int) -> None:
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"mean {list(mean)} and std {list(std)} need equal lengths and std > 0")
+        if out_chans != len(mean) and not (len(mean) == 1 and out_chans == 3):
+            raise ValueError(f"cannot turn {len(mean)}-channel images into {out_chans} channels; "
+                             "only 1 -> 3 (repeat) is supported")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.out_chans = out_chans
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.repeat(self.scale(images))
+
+    def scale(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> float32 (x / 255 - mean) / std, still C channels."""
+        return images.to(torch.float32, copy=True).div_(255.0).sub_(self.mean).div_(self.std)
+
+    def repeat(self, x: torch.Tensor) -> torch.Tensor:
+        """Repeat a 1-channel float batch [B, 1, H, W] to [B, out_chans, H, W] (no-op when channels match)."""
+        if x.shape[-3] == self.out_chans:
+            return x
+        return x.expand(*x.shape[:-3], self.out_chans, *x.shape[-2:]).contiguous()
+
+
+class EvalTransform:
+    """Turn one image into the model's normalised float tensor [in_chans, img_size, img_size].
+
+    Accepts a PIL image, a uint8 numpy array [H, W] or [H, W, C], or a uint8 tensor [C, H, W]. Steps:
+    convert to the dataset's source channels (RGB -> grey by luma, grey -> RGB by repeat, alpha dropped);
+    when the dataset has a native size and the image differs, resize its shorter side to it and center-crop
+    (datasets without one: straight to ``img_size`` that way); apply `fit_geometry`; normalise; repeat
+    channels up to ``in_chans``.
+
+    Args:
+        data_config: the dict from ``VitlabDataModule.data_config()`` (keys ``img_size``, ``in_chans``, ``mean``,
+            ``std``; optional ``source_chans``, ``native_size``, ``pad_to``).
+    """
+
+    def __init__(self, data_config: dict[str, Any]) -> None:
+        missing = [k for k in ("img_size", "in_chans", "mean", "std") if k not in data_config]
+        if missing:
+            raise ValueError(f"data_config lacks {missing}; build it with VitlabDataModule.data_config()")
+        self.img_size = int(data_config["img_size"])
+        self.in_chans = int(data_config["in_chans"])
+        self.source_chans = int(data_config.get("source_chans") or self.in_chans)
+        self.native_size = data_config.get("native_size")
+        self.pad_to = data_config.get("pad_to")
+        mean, std = list(data_config["mean"]), list(data_config["std"])
+        if len(mean) != self.in_chans or len(std) != self.in_chans:
+            raise ValueError(f"data_config mean/std must have in_chans={self.in_chans} entries, got {mean} / {std}")
+        self.normalize = Normalize(mean[: self.source_chans], std[: self.source_chans], self.in_chans)
+
+    def _to_tensor(self, image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(image, Image.Image):
+            return TF.pil_to_tensor(image.convert("L" if self.source_chans == 1 else "RGB"))
+        if isinstance(image, np.ndarray):
+            if image.ndim not in (2, 3):
+                raise ValueError(f"expected an array [H, W] or [H, W, C], got shape {image.shape}")
+            image = torch.from_numpy(np.ascontiguousarray(image))
+            image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
+        if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.ndim != 3:
+            raise TypeError("expected a PIL image or uint8 [H, W(, C)] array / [C, H, W] tensor; convert float images "
+                            "with (x * 255).round().astype('uint8')")
+        if image.shape[0] in (2, 4):  # grey+alpha or RGBA: drop alpha
+            image = image[:-1]
+        if image.shape[0] == 3 and self.source_chans == 1:
+            image = TF.rgb_to_grayscale(image)
+        elif image.shape[0] == 1 and self.source_chans == 3:
+            image = image.expand(3, -1, -1)
+        return image
+
+    def __call__(self, image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = self._to_tensor(image)
+        if self.native_size is None:
+            x = resize_center_crop(x, self.img_size)
+        else:
+            x = fit_geometry(resize_center_crop(x, int(self.native_size)), self.img_size, self.pad_to)
+        return self.normalize(x.unsqueeze(0))[0]
+
+
+def build_eval_transform(data_config: dict[str, Any]) -> EvalTransform:
+    """The inference transform for a model trained with `data_config` (see `EvalTransform`).
+
+    Example:
+        >>> import numpy as np
+        >>> cfg = {"img_size": 32, "in_chans": 3, "mean": [0.286] * 3, "std": [0.353] * 3, "source_chans": 1,
+        ...        "native_size": 28, "pad_to": 32}
+        >>> build_eval_transform(cfg)(np.zeros((28, 28), dtype=np.uint8)).shape
+        torch.Size([3, 32, 32])
+    """
+    return EvalTransform(data_config)

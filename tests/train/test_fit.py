@@ -1,0 +1,136 @@
+"""End-to-end runs on scikit-learn's digits (real data, offline) with a tiny ViT."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from vitlab.checkpoint import load_model, read_metadata, state_dict_sha256
+from vitlab.eval.evaluate import evaluate_checkpoint, predict_images
+from vitlab.train import DataConfig, ModelConfig, OptimConfig, RunConfig, fit
+from vitlab.train.plots import read_metrics
+
+TINY = {"depth": 2, "embed_dim": 48, "num_heads": 2}
+
+
+def _config(tmp_path, name, epochs=2, batch_size=64, **trainer):
+    return RunConfig(
+        name=name, seed=3, output_dir=str(tmp_path),
+        model=ModelConfig(name="vitlab_vit_tiny_32", kwargs=dict(TINY)),
+        data=DataConfig(name="digits", batch_size=batch_size),
+        optim=OptimConfig(lr=3e-3, warmup_epochs=0.5),
+        trainer={"max_epochs": epochs, "accelerator": "cpu", "enable_progress_bar": False,
+                 "enable_model_summary": False, **trainer},
+    )
+
+
+@pytest.fixture(scope="module")
+def learned_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    return fit(_config(tmp, "learn", epochs=8, batch_size=16))
+
+
+def test_fit_learns_and_writes_the_run_folder(learned_run):
+    run = learned_run.run_dir
+    for name in ("config.yaml", "config.json", "metrics.csv", "model.safetensors", "summary.json",
+                 "training_curves.png", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    rows = read_metrics(run / "metrics.csv")
+    losses = [r["train/loss_epoch"] for r in rows if "train/loss_epoch" in r]
+    assert len(losses) == 8 and losses[-1] < 0.4 * losses[0]
+    assert learned_run.metrics["test/acc"] > 0.6  # chance is 0.1
+    meta = read_metadata(run)
+    assert meta["kind"] == "model" and meta["model_name"] == "vitlab_vit_tiny_32"
+    assert meta["model_kwargs"] == {**TINY, "num_classes": 10, "in_chans": 1, "img_size": 32}
+    assert meta["extra"]["data"]["name"] == "digits"
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 3e-3
+
+
+def test_eval_and_predict_agree_with_the_run(learned_run, tmp_path):
+    result = evaluate_checkpoint(learned_run.run_dir, "digits", batch_size=100)
+    assert result["acc"] == pytest.approx(learned_run.metrics["test/acc"], abs=1e-6)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray((digits.images[-1 - i] * 255 / 16).astype(np.uint8)).save(path)
+        paths.append(path)
+    rows = predict_images(learned_run.run_dir / "model.safetensors", paths, topk=3)
+    assert [len(r["predictions"]) for r in rows] == [3, 3, 3]
+    for row in rows:
+        probs = [p for _, p in row["predictions"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_same_seed_gives_same_metrics_and_weights(tmp_path):
+    a = fit(_config(tmp_path, "a", epochs=1, limit_train_batches=6))
+    b = fit(_config(tmp_path, "b", epochs=1, limit_train_batches=6))
+    assert a.metrics == b.metrics
+    assert a.extra["weights_sha256_per_rank"] == b.extra["weights_sha256_per_rank"]
+
+
+class _Crash(L.Callback):
+    """Simulates an interruption (or corrupts the weights) at a given global step."""
+
+    def __init__(self, step, nan=False):
+        self.step, self.nan = step, nan
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            if not self.nan:
+                raise RuntimeError("simulated crash")
+            with torch.no_grad():
+                module.model.head.weight.fill_(float("nan"))
+
+
+def test_resume_after_interruption_ends_with_same_weights(tmp_path):
+    steps_per_epoch = 4
+    full = fit(_config(tmp_path, "full", epochs=3, limit_train_batches=steps_per_epoch))
+    config = _config(tmp_path, "crashed", epochs=3, limit_train_batches=steps_per_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(config, callbacks=[_Crash(step=steps_per_epoch + 1)])
+    assert (tmp_path / "crashed" / "checkpoints" / "last.ckpt").is_file()
+    with pytest.raises(FileExistsError, match="--resume true"):
+        fit(config)
+    resumed = fit(config, resume=True)
+    assert resumed.extra["weights_sha256_per_rank"] == full.extra["weights_sha256_per_rank"]
+    assert resumed.metrics["test/acc"] == full.metrics["test/acc"]
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = _config(tmp_path, "nan", epochs=3, limit_train_batches=4)
+    with pytest.raises(FloatingPointError, match="at global step 6"):
+        fit(config, callbacks=[_Crash(step=6, nan=True)])
+    last = tmp_path / "nan" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True, map_location="cpu")["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_ddp_two_processes_end_with_identical_weights(tmp_path):
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "ddp", "seed": 1, "output_dir": str(tmp_path),
+        "model": {"name": "vitlab_vit_tiny_32", "kwargs": TINY},
+        "data": {"name": "digits", "batch_size": 32},
+        "trainer": {"max_epochs": 1, "limit_train_batches": 3, "limit_val_batches": 2, "accelerator": "cpu",
+                    "devices": 2, "strategy": "ddp", "enable_progress_bar": False},
+    }))
+    vitlab = Path(sys.executable).parent / "vitlab"
+    out = subprocess.run([str(vitlab), "fit", "--config", str(cfg)], capture_output=True, text=True, timeout=240,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    hashes = summary["weights_sha256_per_rank"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    model, _ = load_model(tmp_path / "ddp")
+    assert state_dict_sha256(model.state_dict()) == hashes[0]
