@@ -1,5 +1,16 @@
-"""vitlab.models: architectures registered in timm's registry on import."""
+"""vitlab.models: architectures registered in timm's registry on import.
 
+- ``vitlab_vit_tiny_32``: a small ViT for 32-px inputs (`vitlab.models.vit`);
+- ``inception_transformer_{tiny,small,base,large}[_384]``: the Inception Transformer (iFormer), state-dict compatible
+  with the official code (`vitlab.models.inception_transformer`).
+
+Example:
+    >>> import timm, vitlab.models
+    >>> sorted(timm.list_models("inception_transformer_*"))[:2]
+    ['inception_transformer_base', 'inception_transformer_base_384']
+"""
+
+from vitlab.models.inception_transformer import InceptionTransformer, load_official_checkpoint
 from vitlab.models.vit import vitlab_vit_tiny_32
 
-__all__ = ["vitlab_vit_tiny_32"]
+__all__ = ["InceptionTransformer", "load_official_checkpoint", "vitlab_vit_tiny_32"]

@@ -1,0 +1,624 @@
+"""Inception Transformer (iFormer), equivalent to the official implementation and its checkpoints.
+
+Paper: `Inception Transformer` (Si, Yu, Zhou, Zhou, Wang, Yan, NeurIPS 2022) - https://arxiv.org/abs/2205.12956
+Original code: https://github.com/sail-sg/iFormer (Apache-2.0). This is an independent implementation that keeps the
+official parameter names and shapes, so official ``.pth`` files load with ``strict=True`` and no renaming.
+
+Each block splits its channels: a high-frequency part (max-pool and depthwise-conv branches) and a low-frequency part
+(self-attention on a 2x2 average-pooled map in stages 1-2). ``attention_heads`` lists, per block, how many of the
+stage's heads go to attention; the rest of the channels go to the high-frequency mixer (the "frequency ramp").
+
+Registered in timm (on ``import vitlab``): ``inception_transformer_{small,base,large}[_384]`` and
+``inception_transformer_tiny``. The name ``iformer_*`` is left alone: timm ships an unrelated mobile model there.
+
+Example:
+    >>> import timm, torch, vitlab
+    >>> model = timm.create_model("inception_transformer_tiny", num_classes=10, in_chans=1).eval()
+    >>> model(torch.randn(2, 1, 32, 32)).shape
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, Mlp, resample_abs_pos_embed_nhwc, to_2tuple, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, load_state_dict, register_model
+from torch import nn
+
+__all__ = ["InceptionTransformer", "checkpoint_filter_fn", "load_official_checkpoint"]
+
+_NUM_STAGES = 4
+_POOL_SIZES = (2, 2, 1, 1)  # attention pooling per stage (official)
+
+
+def _stage_sizes(height: int, width: int) -> list[tuple[int, int]]:
+    """Feature-map size of each stage for an input of ``height x width`` (stride-2 3x3 convs: ceil halving)."""
+    h, w = math.ceil(height / 4), math.ceil(width / 4)
+    sizes = [(h, w)]
+    for _ in range(_NUM_STAGES - 1):
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+        sizes.append((h, w))
+    return sizes
+
+
+def _check_size(height: int, width: int) -> list[tuple[int, int]]:
+    """Return the stage sizes, or raise if the 2x2 attention pooling of stages 1-2 cannot be undone exactly."""
+    sizes = _stage_sizes(height, width)
+    if any(s % 2 for hw in sizes[:2] for s in hw):
+        raise ValueError(
+            f"InceptionTransformer cannot take a {height}x{width} input: the stage-1 and stage-2 maps "
+            f"{sizes[0]} and {sizes[1]} (ceil(size/4), ceil(size/8)) must be even in both directions, because "
+            "attention runs on a 2x2 average-pooled map that is upsampled back. Any multiple of 16 works "
+            "(e.g. 32, 48, 64, 224, 384); other sizes work when ceil(size/4) and ceil(size/8) are even."
+        )
+    return sizes
+
+
+def _take_indices(num_features: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
+    """Absolute stage indices to return (``None``: all, int ``n``: last ``n``, sequence: as given) and their max."""
+    if indices is None:
+        indices = num_features
+    if isinstance(indices, int):
+        if not 0 < indices <= num_features:
+            raise ValueError(f"indices={indices} must be between 1 and {num_features} (the last n stages)")
+        take = list(range(num_features - indices, num_features))
+    else:
+        take = [i + num_features if i < 0 else i for i in indices]
+        if not take or any(not 0 <= i < num_features for i in take):
+            raise ValueError(f"indices={list(indices)} must be stage indices in [-{num_features}, {num_features})")
+    return take, max(take)
+
+
+def _check_global_pool(global_pool: str) -> None:
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+
+
+class Stem(nn.Module):
+    """Conv3x3/2 -> BN -> GELU -> Conv3x3/2 -> BN: ``(B, in_chans, H, W) -> (B, ceil(H/4), ceil(W/4), dim)``."""
+
+    def __init__(self, in_chans: int, dim: int, act_layer: type[nn.Module] = nn.GELU, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.proj1 = nn.Conv2d(in_chans, dim // 2, 3, stride=2, padding=1, **dd)
+        self.norm1 = nn.BatchNorm2d(dim // 2, **dd)
+        self.act = act_layer()
+        self.proj2 = nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1, **dd)
+        self.norm2 = nn.BatchNorm2d(dim, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)  # so every conv below runs channels-last
+        x = self.norm2(self.proj2(self.act(self.norm1(self.proj1(x)))))
+        return x.permute(0, 2, 3, 1)
+
+
+class Downsample(nn.Module):
+    """Conv3x3/2 -> BN between stages: ``(B, H, W, in_dim) -> (B, ceil(H/2), ceil(W/2), out_dim)``."""
+
+    def __init__(self, in_dim: int, out_dim: int, device=None, dtype=None):
+        super().__init__()
+        self.proj = nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1, device=device, dtype=dtype)
+        self.norm = nn.BatchNorm2d(out_dim, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+
+
+class HighMixer(nn.Module):
+    """High-frequency mixer on ``dim`` channels (NCHW): conv branch and max-pool branch, ``dim -> 2 * dim`` channels.
+
+    The first ``dim / 2`` channels go through 1x1 conv -> depthwise 3x3 -> GELU, the others through max-pool 3x3 ->
+    1x1 conv (with bias) -> GELU; the outputs are concatenated in that order.
+    """
+
+    def __init__(self, dim: int, act_layer: type[nn.Module] = nn.GELU, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.half = dim // 2
+        self.conv1 = nn.Conv2d(self.half, dim, 1, bias=False, **dd)
+        self.proj1 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False, **dd)
+        self.act1 = act_layer()
+        self.pool = nn.MaxPool2d(3, stride=1, padding=1)
+        self.proj2 = nn.Conv2d(self.half, dim, 1, **dd)
+        self.act2 = act_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cx = self.act1(self.proj1(self.conv1(x[:, : self.half])))
+        px = self.act2(self.proj2(self.pool(x[:, self.half :])))
+        return torch.cat((cx, px), dim=1)
+
+
+class LowMixer(nn.Module):
+    """Low-frequency mixer (NCHW -> NCHW, ``dim`` channels): avg-pool, multi-head self-attention, nearest upsample.
+
+    There is no output projection (official); the output channels run head-major (``c = head * head_dim + d``).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, pool_size: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+        device=None, dtype=None,
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, device=device, dtype=dtype)
+        self.attn_drop = attn_drop
+        self.pool = nn.AvgPool2d(pool_size) if pool_size > 1 else nn.Identity()
+        self.uppool = nn.Upsample(scale_factor=pool_size, mode="nearest") if pool_size > 1 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(x)
+        B, C, H, W = x.shape
+        tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+        q, k, v = self.qkv(tokens).reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
+        return self.uppool(x)
+
+
+class Mixer(nn.Module):
+    """Inception token mixer: ``(B, H, W, dim) -> (B, H, W, dim)``.
+
+    Channels ``[0, high_dim)`` go to :class:`HighMixer`, the last ``attention_heads * head_dim`` to :class:`LowMixer`;
+    the outputs are concatenated (high first), fused by a residual depthwise 3x3 conv and projected by a 1x1 conv.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, attention_heads: int, pool_size: int, qkv_bias: bool = True,
+        attn_drop: float = 0.0, proj_drop: float = 0.0, device=None, dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        head_dim = dim // num_heads
+        self.low_dim = attention_heads * head_dim
+        self.high_dim = dim - self.low_dim
+        fuse_dim = self.low_dim + 2 * self.high_dim
+        self.high_mixer = HighMixer(self.high_dim, **dd)
+        self.low_mixer = LowMixer(self.low_dim, attention_heads, pool_size, qkv_bias, attn_drop, **dd)
+        self.conv_fuse = nn.Conv2d(fuse_dim, fuse_dim, 3, padding=1, groups=fuse_dim, bias=False, **dd)
+        self.proj = nn.Conv2d(fuse_dim, dim, 1, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)  # a view: channels-last memory, NCHW shape
+        x = torch.cat((self.high_mixer(x[:, : self.high_dim]), self.low_mixer(x[:, self.high_dim :])), dim=1)
+        x = x + self.conv_fuse(x)
+        return self.proj_drop(self.proj(x)).permute(0, 2, 3, 1)
+
+
+class Block(nn.Module):
+    """Pre-norm block on ``(B, H, W, dim)``: ``x + ls1 * Mixer(LN(x))``, then ``x + ls2 * Mlp(LN(x))``.
+
+    ``layer_scale_init_value=None`` means no LayerScale (official stages 1-2).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, attention_heads: int, pool_size: int, mlp_ratio: float = 4.0,
+        qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+        layer_scale_init_value: float | None = None, norm_layer: type[nn.Module] = nn.LayerNorm,
+        act_layer: type[nn.Module] = nn.GELU, device=None, dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if layer_scale_init_value is not None:
+            self.layer_scale_1 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value), **dd))
+            self.layer_scale_2 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value), **dd))
+        else:
+            self.layer_scale_1 = self.layer_scale_2 = None
+        self.norm1 = norm_layer(dim, eps=1e-6, **dd)
+        self.attn = Mixer(dim, num_heads, attention_heads, pool_size, qkv_bias, attn_drop, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim, eps=1e-6, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.attn(self.norm1(x))
+        x = x + self.drop_path(y if self.layer_scale_1 is None else self.layer_scale_1 * y)
+        z = self.mlp(self.norm2(x))
+        return x + self.drop_path(z if self.layer_scale_2 is None else self.layer_scale_2 * z)
+
+
+class InceptionTransformer(nn.Module):
+    """Inception Transformer with the official parameter layout.
+
+    Parameter names follow the official code: ``pos_embed1..4``, ``patch_embed[2-4]``, ``blocks1..4``.
+
+    Args:
+        depths: Blocks per stage (4 ints).
+        embed_dims: Channels per stage (4 ints).
+        num_heads: Heads per stage; the head dim is ``embed_dims[i] // num_heads[i]``.
+        attention_heads: Per block (``sum(depths)`` ints): heads given to attention, ``0 < a < num_heads[stage]``.
+            The remaining ``(num_heads - a) * head_dim`` channels form the high-frequency part (must be even).
+        num_classes: Classifier outputs (0: no classifier).
+        in_chans: Input channels.
+        img_size: Native input size (int or (H, W)); sets the position-embedding grids. Other sizes interpolate
+            the position embeddings bilinearly at forward time, as the official code does.
+        mlp_ratio: MLP hidden width / channels.
+        drop_rate: Dropout inside the MLPs (the official meaning of ``drop_rate``; there is no head dropout).
+        drop_path_rate: Stochastic depth, linearly increasing over all blocks.
+        layer_scale_init_value: LayerScale init in stages 3-4 (official: LayerScale only there); ``None`` disables.
+        attn_drop_rate: Attention dropout.
+        qkv_bias: Bias in the attention's qkv projection (official: True).
+        global_pool: ``"avg"`` (mean over tokens after the final norm) or ``""`` (no pooling).
+
+    Shapes: input ``(B, in_chans, H, W)``; stage ``i`` works on ``(B, H_i, W_i, embed_dims[i])`` channels-last with
+    ``H_1 = ceil(H / 4)`` and ``H_{i+1} = ceil(H_i / 2)``; ``forward`` returns ``(B, num_classes)``.
+    """
+
+    def __init__(
+        self, depths: Sequence[int], embed_dims: Sequence[int], num_heads: Sequence[int],
+        attention_heads: Sequence[int], num_classes: int = 1000, in_chans: int = 3,
+        img_size: int | Sequence[int] = 224, mlp_ratio: float = 4.0, drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0, layer_scale_init_value: float | None = 1e-6, attn_drop_rate: float = 0.0,
+        qkv_bias: bool = True, global_pool: str = "avg", device=None, dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        depths, embed_dims, num_heads = list(depths), list(embed_dims), list(num_heads)
+        attention_heads = list(attention_heads)
+        self._validate(depths, embed_dims, num_heads, attention_heads, global_pool)
+        self.img_size = tuple(to_2tuple(img_size))
+        pos_sizes = _check_size(*self.img_size)
+        self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
+        self.num_stages = _NUM_STAGES
+        self.embed_dims = embed_dims
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.grad_checkpointing = False
+
+        for i, (h, w) in enumerate(pos_sizes):
+            self.register_parameter(f"pos_embed{i + 1}", nn.Parameter(torch.zeros(1, h, w, embed_dims[i], **dd)))
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self.feature_info = []
+        start = 0
+        for i in range(_NUM_STAGES):
+            if i == 0:
+                self.patch_embed = Stem(in_chans, embed_dims[0], **dd)
+            else:
+                self.add_module(f"patch_embed{i + 1}", Downsample(embed_dims[i - 1], embed_dims[i], **dd))
+            blocks = [
+                Block(
+                    embed_dims[i], num_heads[i], attention_heads[j], _POOL_SIZES[i], mlp_ratio, qkv_bias,
+                    drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[j],
+                    layer_scale_init_value=layer_scale_init_value if i >= 2 else None, **dd,
+                )
+                for j in range(start, start + depths[i])
+            ]
+            self.add_module(f"blocks{i + 1}", nn.Sequential(*blocks))
+            start += depths[i]
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"blocks{i + 1}"))
+        self.norm = nn.LayerNorm(embed_dims[-1], eps=1e-6, **dd)
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    @staticmethod
+    def _validate(depths, embed_dims, num_heads, attention_heads, global_pool) -> None:
+        if not (len(depths) == len(embed_dims) == len(num_heads) == _NUM_STAGES) or min(depths) < 1:
+            raise ValueError(
+                f"depths, embed_dims and num_heads need {_NUM_STAGES} entries each with depths >= 1; got "
+                f"depths={depths}, embed_dims={embed_dims}, num_heads={num_heads}"
+            )
+        if len(attention_heads) != sum(depths):
+            raise ValueError(
+                f"attention_heads lists one entry per block: need sum(depths)={sum(depths)}, got {len(attention_heads)}"
+            )
+        stage_of = [i for i, d in enumerate(depths) for _ in range(d)]
+        for i, (dim, heads) in enumerate(zip(embed_dims, num_heads, strict=True)):
+            if heads < 1 or dim % heads:
+                raise ValueError(f"embed_dims[{i}]={dim} must be divisible by num_heads[{i}]={heads}")
+        for j, (a, i) in enumerate(zip(attention_heads, stage_of, strict=True)):
+            high_dim = (num_heads[i] - a) * (embed_dims[i] // num_heads[i])
+            if not 0 < a < num_heads[i] or high_dim % 2:
+                raise ValueError(
+                    f"attention_heads[{j}]={a} (stage {i + 1}) must satisfy 0 < a < num_heads[{i}]={num_heads[i]} "
+                    f"and leave an even number of high-frequency channels (got {high_dim})"
+                )
+        _check_global_pool(global_pool)
+
+    def init_weights(self) -> None:
+        """Official init: trunc-normal(0.02) position embeddings, Linear and Conv weights (head included); 0 biases."""
+        for i in range(self.num_stages):
+            trunc_normal_(getattr(self, f"pos_embed{i + 1}"), std=0.02)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {f"pos_embed{i + 1}" for i in range(self.num_stages)}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        blocks = r"^blocks(\d+)" if coarse else r"^blocks(\d+)\.(\d+)"
+        return dict(
+            stem=r"^patch_embed\.|^pos_embed1$",
+            blocks=[(blocks, None), (r"^(?:patch|pos)_embed(\d+)", (-1,)), (r"^norm", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head by a fresh ``Linear(num_features, num_classes)`` (``Identity`` for 0)."""
+        if global_pool is not None:
+            _check_global_pool(global_pool)
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        ref = self.pos_embed1
+        self.head = (
+            nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+            if num_classes > 0 else nn.Identity()
+        )
+
+    def _add_pos_embed(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Add stage ``stage``'s position embedding, bilinearly resized (align_corners=False) if the map differs."""
+        pos = getattr(self, f"pos_embed{stage + 1}")
+        H, W = x.shape[1:3]
+        if pos.shape[1:3] != (H, W):
+            pos = F.interpolate(pos.permute(0, 3, 1, 2), size=(H, W), mode="bilinear").permute(0, 2, 3, 1)
+        return x + pos
+
+    def _stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        x = self.patch_embed(x) if stage == 0 else getattr(self, f"patch_embed{stage + 1}")(x)
+        x = self._add_pos_embed(x, stage)
+        blocks = getattr(self, f"blocks{stage + 1}")
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(blocks, x)
+        return blocks(x)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected input (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        _check_size(x.shape[2], x.shape[3])
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+        stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs for dense heads: ``(B, embed_dims[i], H / 2**(i+2), W / 2**(i+2))`` for ``i`` in ``indices``.
+
+        Args:
+            x: Images ``(B, in_chans, H, W)``.
+            indices: Stages to return: ``None`` all, int ``n`` the last ``n``, or a list of stage indices (0-3).
+            norm: Apply the final LayerNorm to the last stage's map when it is returned.
+            stop_early: Skip the stages after the last requested one (implies ``intermediates_only``).
+            output_fmt: ``"NCHW"`` (default) or ``"NHWC"``.
+            intermediates_only: Return only the list of maps; otherwise ``(forward_features(x), maps)``.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take, max_index = _take_indices(self.num_stages, indices)
+        self._check_input(x)
+        last = max_index if stop_early or intermediates_only else self.num_stages - 1
+        intermediates = []
+        for stage in range(last + 1):
+            x = self._stage(x, stage)
+            if stage in take:
+                y = self.norm(x) if norm and stage == self.num_stages - 1 else x
+                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
+        if intermediates_only or stop_early:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Delete the stages after the last index in ``indices`` (and the norm/head if asked); return the indices."""
+        take, max_index = _take_indices(self.num_stages, indices)
+        for stage in range(max_index + 1, self.num_stages):
+            for name in (f"patch_embed{stage + 1}", f"pos_embed{stage + 1}", f"blocks{stage + 1}"):
+                delattr(self, name)
+        pruned_end = max_index < self.num_stages - 1
+        self.num_stages = max_index + 1
+        self.feature_info = self.feature_info[: self.num_stages]
+        if pruned_end:
+            self.num_features = self.head_hidden_size = self.embed_dims[max_index]
+        if prune_norm or pruned_end:
+            self.norm = nn.Identity()
+        if prune_head or pruned_end:
+            self.reset_classifier(0)
+        return take
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, in_chans, H, W)`` -> final-normalised, unpooled features ``(B, H/32, W/32, num_features)``."""
+        self._check_input(x)
+        for stage in range(self.num_stages):
+            x = self._stage(x, stage)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``(B, h, w, C)`` features -> logits ``(B, num_classes)``, or pooled features ``(B, C)`` if ``pre_logits``."""
+        if self.global_pool == "avg":
+            x = x.mean(dim=(1, 2))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: InceptionTransformer) -> dict[str, torch.Tensor]:
+    """Adapt an official iFormer state dict to ``model`` (no key renaming is needed: the names are the official ones).
+
+    Unwraps ``{"model": ...}`` / ``{"state_dict": ...}``, strips ``module.`` prefixes (DataParallel/DDP), resizes
+    position embeddings whose grid differs from the model's (bilinear, ``align_corners=False``, no antialias: the
+    interpolation the official code applies at forward time, e.g. 224-px weights into a 384-px model), and casts
+    ``num_batches_tracked`` to the model's dtype.
+    """
+    for key in ("model", "state_dict"):
+        if key in state_dict and isinstance(state_dict[key], Mapping):
+            state_dict = state_dict[key]
+            break
+    own = model.state_dict()
+    out = {}
+    for name, value in state_dict.items():
+        name = name.removeprefix("module.")
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"checkpoint entry {name!r} is a {type(value).__name__}, not a tensor")
+        target = own.get(name)
+        if target is not None and name.startswith("pos_embed") and value.ndim == 4 and value.shape != target.shape:
+            if value.shape[-1] == target.shape[-1]:
+                value = resample_abs_pos_embed_nhwc(
+                    value, list(target.shape[1:3]), interpolation="bilinear", antialias=False
+                )
+        elif target is not None and name.endswith("num_batches_tracked"):
+            value = value.to(target.dtype)
+        out[name] = value
+    return out
+
+
+def load_official_checkpoint(
+    model: InceptionTransformer, path_or_state_dict: str | Path | Mapping[str, Any]
+) -> InceptionTransformer:
+    """Load official iFormer weights (``.pth`` read with ``weights_only=True``, or ``.safetensors``) into ``model``.
+
+    Accepts a bare state dict or one wrapped in ``"model"``/``"state_dict"``, with or without ``module.`` prefixes.
+    Position embeddings are resized bilinearly when the checkpoint's grid differs (e.g. 224-px weights into an
+    ``inception_transformer_small_384``). Raises ``ValueError`` naming every missing, unexpected and mis-shaped key.
+
+    Example:
+        >>> import timm, vitlab
+        >>> model = timm.create_model("inception_transformer_small")  # doctest: +SKIP
+        >>> load_official_checkpoint(model, "iformer_small.pth")  # doctest: +SKIP
+    """
+    if isinstance(path_or_state_dict, (str, Path)):
+        path = Path(path_or_state_dict)
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {path}; pass the path of an official iformer_*.pth file")
+        state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
+    elif isinstance(path_or_state_dict, Mapping):
+        state_dict = path_or_state_dict
+    else:
+        raise TypeError(f"expected a path or a state dict, got {type(path_or_state_dict).__name__}")
+    state_dict = checkpoint_filter_fn(state_dict, model)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    misshaped = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items() if k in own and v.shape != own[k].shape
+    ]
+    if missing or unexpected or misshaped:
+        raise ValueError(
+            "checkpoint does not fit this InceptionTransformer (was it built with the checkpoint's variant, "
+            "num_classes and in_chans?):"
+            + "".join(f"\n  {label} ({len(keys)}): {', '.join(keys)}" for label, keys in (
+                ("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys)
+        )
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def _create_inception_transformer(variant: str, pretrained: bool = False, **kwargs) -> InceptionTransformer:
+    return build_model_with_cfg(
+        InceptionTransformer, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = "", **kwargs) -> dict[str, Any]:
+    return {
+        "url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.9,
+        "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj1", "classifier": "head", "license": "apache-2.0",
+        "paper_ids": "arXiv:2205.12956", "paper_name": "Inception Transformer",
+        "origin_url": "https://github.com/sail-sg/iFormer", **kwargs,
+    }
+
+
+_URL = "https://huggingface.co/sail/dl2/resolve/main/iformer/"
+_384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)
+default_cfgs = generate_default_cfgs({
+    "inception_transformer_small.sail_in1k": _cfg(url=_URL + "iformer_small.pth"),
+    "inception_transformer_base.sail_in1k": _cfg(url=_URL + "iformer_base.pth"),
+    "inception_transformer_large.sail_in1k": _cfg(url=_URL + "iformer_large.pth"),
+    "inception_transformer_small_384.sail_in1k": _cfg(url=_URL + "iformer_small_384.pth", **_384),
+    "inception_transformer_base_384.sail_in1k": _cfg(url=_URL + "iformer_base_384.pth", **_384),
+    "inception_transformer_large_384.sail_in1k": _cfg(url=_URL + "iformer_large_384.pth", **_384),
+    "inception_transformer_tiny": _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0),
+})
+
+# Official frequency ramps: attention heads per block (the rest of each stage's heads are high-frequency channels).
+_SMALL = dict(
+    depths=(3, 3, 9, 3), embed_dims=(96, 192, 320, 384), num_heads=(3, 6, 10, 12),
+    attention_heads=(1,) * 3 + (3,) * 3 + (7,) * 4 + (9,) * 5 + (11,) * 3,
+)
+_BASE = dict(
+    depths=(4, 6, 14, 6), embed_dims=(96, 192, 384, 512), num_heads=(3, 6, 12, 16),
+    attention_heads=(1,) * 4 + (3,) * 6 + (8,) * 7 + (10,) * 7 + (15,) * 6,
+)
+_LARGE = dict(
+    depths=(4, 6, 18, 8), embed_dims=(96, 192, 448, 640), num_heads=(3, 6, 14, 20),
+    attention_heads=(1,) * 4 + (3,) * 6 + (10,) * 9 + (12,) * 9 + (19,) * 8,
+)
+
+
+@register_model
+def inception_transformer_small(pretrained: bool = False, **kwargs) -> InceptionTransformer:
+    """iFormer-S at 224 px: 19.866M params, 4.85 GFLOPs, 83.4% ImageNet top-1 (official)."""
+    model_args = dict(_SMALL, img_size=224)
+    return _create_inception_transformer("inception_transformer_small", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def inception_transformer_base(pretrained: bool = False, **kwargs) -> InceptionTransformer:
+    """iFormer-B at 224 px: 47.866M params, 9.38 GFLOPs, 84.6% ImageNet top-1 (official)."""
+    model_args = dict(_BASE, img_size=224)
+    return _create_inception_transformer("inception_transformer_base", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def inception_transformer_large(pretrained: bool = False, **kwargs) -> InceptionTransformer:
+    """iFormer-L at 224 px: 86.637M params, 14.05 GFLOPs, 84.8% ImageNet top-1 (official)."""
+    model_args = dict(_LARGE, img_size=224)
+    return _create_inception_transformer("inception_transformer_large", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def inception_transformer_small_384(pretrained: bool = False, **kwargs) -> InceptionTransformer:
+    """iFormer-S fine-tuned at 384 px: 20.900M params, 16.1 GFLOPs, 84.6% top-1 (official)."""
+    model_args = dict(_SMALL, img_size=384)
+    return _create_inception_transformer("inception_transformer_small_384", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def inception_transformer_base_384(pretrained: bool = False, **kwargs) -> InceptionTransformer:
+    """iFormer-B fine-tuned at 384 px: 48.936M params, 30.5 GFLOPs, 85.7% top-1 (official)."""
+    model_args = dict(_BASE, img_size=384)
+    return _create_inception_transformer("inception_transformer_base_384", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def inception_transformer_large_384(pretrained: bool = False, **kwargs) -> InceptionTransformer:
+    """iFormer-L fine-tuned at 384 px: 87.744M params, 45.3 GFLOPs, 85.8% top-1 (official)."""
+    model_args = dict(_LARGE, img_size=384)
+    return _create_inception_transformer("inception_transformer_large_384", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def inception_transformer_tiny(pretrained: bool = False, **kwargs) -> InceptionTransformer:
+    """A CPU-sized iFormer for 32-64 px inputs (no official weights), defaults: 32 px, 10 classes.
+
+    Widths are half of iFormer-S (48/96/160/192) with head dim 16, so every stage keeps iFormer-S's head count
+    (3/6/10/12) and its frequency ramp carries over unchanged in head units: 1 of 3 heads attend in stage 1 (2/3 of
+    the channels high-frequency), 3 of 6 in stage 2, 7 then 9 of 10 in stage 3 (iFormer-S's two steps, one block
+    each), 11 of 12 in stage 4. Depths (1, 1, 2, 1) keep it small enough to train on a CPU.
+    """
+    model_args = dict(
+        depths=(1, 1, 2, 1), embed_dims=(48, 96, 160, 192), num_heads=(3, 6, 10, 12),
+        attention_heads=(1, 3, 7, 9, 11), img_size=32,
+    )
+    return _create_inception_transformer("inception_transformer_tiny", pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,186 @@
+"""Inception Transformer: equivalence with the official code, checkpoint compatibility, sizes and FLOPs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vitlab.models.inception_transformer import InceptionTransformer, load_official_checkpoint
+
+FIXTURE = "iformer_official_reference_tiny.safetensors"
+SHAPES = "iformer_official_state_dict_shapes.json"
+
+
+def _fixture_path(name: str) -> Path:
+    """Fixtures made with the official code: tests/fixtures/, $VITLAB_FIXTURES, or the shared research folder."""
+    candidates = [Path(__file__).parents[1] / "fixtures", Path(os.environ.get("VITLAB_FIXTURES", "")), Path(
+        "/work/shared/fixtures"
+    )]
+    for folder in candidates:
+        if (folder / name).is_file():
+            return folder / name
+    pytest.skip(f"fixture {name} not found in {[str(c) for c in candidates]}")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one intra-op thread avoids OpenMP barrier stalls on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _small_model(**kwargs) -> InceptionTransformer:
+    args = dict(
+        depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), num_heads=(2, 4, 6, 8), attention_heads=(1, 2, 3, 4),
+        num_classes=5, img_size=32,
+    )
+    return InceptionTransformer(**dict(args, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with safe_open(str(_fixture_path(FIXTURE)), "pt") as f:
+        config = json.loads(f.metadata()["config"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return config, tensors
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("res", [64, 96])  # 96 != img_size: exercises the forward-time pos-embed interpolation
+def test_matches_official_outputs(reference, dtype, atol, res):
+    config, tensors = reference
+    model = InceptionTransformer(**config)
+    load_official_checkpoint(model, {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    model = model.to(dtype).eval()
+    x = tensors[f"input_{res}"].to(dtype)
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+        logits = model(x)
+    torch.testing.assert_close(pooled.double(), tensors[f"pooled_features_{res}"], rtol=0, atol=atol)
+    torch.testing.assert_close(logits.double(), tensors[f"logits_{res}"], rtol=0, atol=atol)
+
+
+OFFICIAL = {  # timm name -> (official name in the shapes JSON, parameter count in millions)
+    "inception_transformer_small": ("iformer_small", 19.866),
+    "inception_transformer_base": ("iformer_base", 47.866),
+    "inception_transformer_large": ("iformer_large", 86.637),
+    "inception_transformer_small_384": ("iformer_small_384", 20.900),
+}
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL))
+def test_state_dict_and_param_count_match_official(name):
+    official, millions = OFFICIAL[name]
+    expected = json.loads(_fixture_path(SHAPES).read_text())[official]
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert list(shapes) == list(expected)  # same names in the same order
+    assert shapes == expected
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 3) == millions
+
+
+@pytest.mark.parametrize(
+    "name, gflops", [("inception_transformer_small", 4.85), ("inception_transformer_base", 9.38),
+                     ("inception_transformer_large", 14.05)],
+)
+def test_flops_match_official_readme(name, gflops):
+    pytest.importorskip("fvcore")
+    from vitlab.models.flops import count_flops
+
+    flops = count_flops(timm.create_model(name), (3, 224, 224))
+    assert abs(flops / 1e9 - gflops) / gflops < 0.02
+
+
+def test_sdpa_flops_are_counted():
+    pytest.importorskip("fvcore")
+    from vitlab.models.flops import count_flops
+
+    class Attention(torch.nn.Module):
+        def forward(self, x):
+            return F.scaled_dot_product_attention(x, x, x)
+
+    # q @ k^T and attn @ v on (batch 3, 2 heads, 16 tokens, dim 8)
+    assert count_flops(Attention(), (2, 16, 8), batch_size=3) == 3 * 2 * 16 * 16 * (8 + 8)
+
+
+def test_load_official_checkpoint_unwraps_and_strips_module_prefix(tmp_path):
+    source, target = _small_model(), _small_model()
+    path = tmp_path / "iformer.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}, "epoch": 3}, path)
+    load_official_checkpoint(target, path)
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_safetensors_round_trip(tmp_path):
+    source, target = _small_model().eval(), _small_model().eval()
+    save_file(source.state_dict(), str(tmp_path / "weights.safetensors"))
+    load_official_checkpoint(target, tmp_path / "weights.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
+
+
+def test_vitlab_checkpoint_round_trip(tmp_path):
+    checkpoint = pytest.importorskip("vitlab.checkpoint")
+    kwargs = dict(num_classes=4, in_chans=1)
+    model = timm.create_model("inception_transformer_tiny", **kwargs).eval()
+    path = checkpoint.save_checkpoint(
+        tmp_path / "model.safetensors", model.state_dict(), kind="model", model_name="inception_transformer_tiny",
+        model_kwargs=kwargs,
+    )
+    rebuilt, _ = checkpoint.load_model(path)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
+
+
+def test_resizes_position_embeddings_like_the_forward_pass():
+    # the 224 -> 384 case in miniature: 32-px weights into a 64-px model
+    source = _small_model().eval()
+    target = _small_model(img_size=64).eval()
+    load_official_checkpoint(target, source.state_dict())
+    expected = F.interpolate(source.pos_embed1.permute(0, 3, 1, 2), size=(16, 16), mode="bilinear")
+    torch.testing.assert_close(target.pos_embed1, expected.permute(0, 2, 3, 1))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():  # the source interpolates at forward time with the same rule
+        torch.testing.assert_close(target(x), source(x), rtol=0, atol=1e-6)
+
+
+def test_load_errors_name_the_offending_keys(tmp_path):
+    model = _small_model()
+    state = dict(model.state_dict())
+    del state["blocks2.0.attn.low_mixer.qkv.weight"]
+    state["blocks9.0.extra"] = torch.zeros(1)
+    state["head.weight"] = torch.zeros(1000, 128)
+    with pytest.raises(ValueError) as err:
+        load_official_checkpoint(model, state)
+    message = str(err.value)
+    assert "missing (1): blocks2.0.attn.low_mixer.qkv.weight" in message
+    assert "unexpected (1): blocks9.0.extra" in message
+    assert "head.weight: checkpoint (1000, 128) vs model (5, 128)" in message
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_official_checkpoint(model, tmp_path / "absent.pth")
+    with pytest.raises(TypeError, match="path or a state dict"):
+        load_official_checkpoint(model, 3)
+
+
+def test_timm_pretrained_loads_a_local_official_file(tmp_path):
+    source = timm.create_model("inception_transformer_tiny")
+    path = tmp_path / "iformer_tiny.pth"
+    torch.save({"model": source.state_dict()}, path)
+    model = timm.create_model("inception_transformer_tiny", pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path)))
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
