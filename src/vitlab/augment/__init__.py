@@ -8,8 +8,10 @@ Example:
     torch.Size([4, 3, 32, 32])
 """
 
+from vitlab.augment.base import PatchTransform
 from vitlab.augment.functional import cell_grid, remap_cells, valid_patch_sizes
-from vitlab.augment.transforms import KINDS, NegativeViews, PatchInfill, PatchRotate, PatchShuffle
+from vitlab.augment.transforms import PatchInfill, PatchRotate, PatchShuffle
+from vitlab.augment.views import KINDS, NegativeViews
 
 __all__ = [
     "KINDS",
@@ -17,6 +19,7 @@ __all__ = [
     "PatchInfill",
     "PatchRotate",
     "PatchShuffle",
+    "PatchTransform",
     "cell_grid",
     "remap_cells",
     "valid_patch_sizes",

@@ -1,0 +1,148 @@
+"""Shared flow of the patch transforms (kornia-style): validate the grid, draw parameters, apply one remap.
+
+Contract of every transform built on `PatchTransform`:
+
+- ``forward(x, generator=None, params=None)``: ``x`` is float or uint8, ``(B, C, H, W)`` or ``(C, H, W)``; the result
+  is a **new** tensor of the same shape, dtype and device (``x`` is never modified).
+- Randomness is per sample, drawn on the generator's device (CPU by default, torch's default generator when
+  ``generator`` is None) and moved to ``x``'s device. The drawn parameters are kept in ``last_params`` and can be
+  replayed: ``t(y, params=t.last_params)``.
+- ``p``: probability that a sample is transformed (untransformed samples pass through bit-identical);
+  ``same_on_batch``: one draw shared by the whole batch.
+- No silent no-op: a transformed sample never comes back with all its cells in place, and a ``patch_size`` that
+  does not fit the input raises an error that lists the sizes that do (``valid_patch_sizes(H, W)``).
+- ``model_patch_size`` enforces the paper's alignment rule: ``patch_size`` must be a multiple of the ViT's patch size.
+
+Parameters (``last_params``): ``source`` and ``rotation`` ``(B, N)`` int64 (see `vitlab.augment.remap_cells`),
+``applied`` ``(B,)`` bool, ``grid`` ``(2,)`` = (rows, cols); `NegativeViews` adds ``kind`` ``(B,)`` (index into
+``kinds``, -1 for untransformed samples).
+
+Example:
+    >>> import torch
+    >>> from vitlab.augment import PatchRotate
+    >>> t = PatchRotate(8)
+    >>> x = torch.rand(2, 3, 16, 16)
+    >>> torch.equal(t(x, generator=torch.Generator().manual_seed(0)), t(x, params=t.last_params))
+    True
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from vitlab.augment.functional import cell_grid, remap_cells, valid_patch_sizes
+from vitlab.augment.generators import apply_probability
+
+__all__ = ["Params", "PatchTransform", "check_positive_int"]
+
+Params = dict[str, Tensor]
+
+
+def check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _as_batch(x: Tensor) -> tuple[Tensor, bool]:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected a torch.Tensor (B, C, H, W) or (C, H, W), got {type(x).__name__}")
+    if x.ndim not in (3, 4):
+        raise ValueError(f"expected images (B, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
+    if not (x.dtype.is_floating_point or x.dtype == torch.uint8):
+        raise TypeError(f"expected a float or uint8 tensor, got {x.dtype}; convert with x.float() or x.to(torch.uint8)")
+    return (x.unsqueeze(0), True) if x.ndim == 3 else (x, False)
+
+
+class PatchTransform(nn.Module, ABC):
+    """Base of the patch transforms: subclasses define ``_draw`` (and ``_problem`` for grid conditions)."""
+
+    def __init__(
+        self, patch_size: int, *, p: float = 1.0, same_on_batch: bool = False, model_patch_size: int | None = None
+    ) -> None:
+        super().__init__()
+        self.patch_size = check_positive_int("patch_size", patch_size)
+        if model_patch_size is not None:
+            check_positive_int("model_patch_size", model_patch_size)
+            if patch_size % model_patch_size:
+                multiples = ", ".join(str(model_patch_size * k) for k in range(1, 5))
+                raise ValueError(
+                    f"patch_size={patch_size} is not a multiple of model_patch_size={model_patch_size} (the paper's "
+                    f"alignment rule): use one of {multiples}, ... that divides the input (see .valid_patch_sizes)"
+                )
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"p must be a probability in [0, 1], got {p}")
+        self.p = float(p)
+        self.same_on_batch = bool(same_on_batch)
+        self.model_patch_size = model_patch_size
+        self.last_params: Params | None = None
+
+    def _problem(self, rows: int, cols: int) -> str | None:
+        """Why a ``rows`` x ``cols`` cell grid cannot be used, or None."""
+        return None
+
+    @abstractmethod
+    def _draw(self, batch: int, rows: int, cols: int, generator: torch.Generator | None) -> Params:
+        """Draw ``{"source": (B, N), "rotation": (B, N)}`` (plus optional per-sample keys) for transformed samples."""
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """The cell grid ``(rows, cols)`` for an ``height`` x ``width`` input; raises listing the sizes that fit."""
+        return cell_grid(height, width, self.patch_size, self.model_patch_size, self._problem)
+
+    def valid_patch_sizes(self, height: int, width: int) -> list[int]:
+        """Every ``patch_size`` this transform accepts for an ``height`` x ``width`` input (same other settings)."""
+        return valid_patch_sizes(height, width, self.model_patch_size, lambda r, c: self._problem(r, c) is None)
+
+    def generate_parameters(self, shape: Sequence[int], generator: torch.Generator | None = None) -> Params:
+        """Draw parameters for a batch of ``shape = (B, C, H, W)`` on the generator's device."""
+        batch, height, width = shape[0], shape[-2], shape[-1]
+        rows, cols = self.grid(height, width)
+        count = 1 if self.same_on_batch else batch
+        applied = apply_probability(count, self.p, generator)
+        params = _keep_applied(self._draw(count, rows, cols, generator), applied)
+        params["grid"] = torch.tensor([rows, cols])
+        return _expand(params, batch) if self.same_on_batch else params
+
+    def apply_transform(self, x: Tensor, params: Params) -> Tensor:
+        """Apply drawn ``params`` to a ``(B, C, H, W)`` batch."""
+        rows, cols = self.grid(x.shape[-2], x.shape[-1])
+        expected = (x.shape[0], rows * cols)
+        for key in ("source", "rotation"):
+            if key not in params or tuple(params[key].shape) != expected:
+                got = tuple(params[key].shape) if key in params else "missing"
+                raise ValueError(f"params[{key!r}] has shape {got} but this batch needs {expected}: replay params "
+                                 "only on a batch of the same size and image size they were drawn for")
+        return remap_cells(x, self.patch_size, params["source"], params["rotation"])
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None, params: Params | None = None) -> Tensor:
+        """``(B, C, H, W)`` or ``(C, H, W)`` float/uint8 -> a new tensor of the same shape, dtype and device."""
+        images, single = _as_batch(x)
+        if params is None:
+            params = self.generate_parameters(images.shape, generator)
+        self.last_params = params
+        out = self.apply_transform(images, params)
+        return out[0] if single else out
+
+    def extra_repr(self) -> str:
+        extra = f", model_patch_size={self.model_patch_size}" if self.model_patch_size is not None else ""
+        return f"patch_size={self.patch_size}, p={self.p}, same_on_batch={self.same_on_batch}{extra}"
+
+
+def _keep_applied(params: Params, applied: Tensor) -> Params:
+    """Reset the parameters of samples that are not transformed to the identity remap (and ``kind`` to -1)."""
+    source, rotation = params["source"], params["rotation"]
+    identity = torch.arange(source.shape[1], device=source.device).expand_as(source)
+    params["source"] = torch.where(applied[:, None], source, identity)
+    params["rotation"] = torch.where(applied[:, None], rotation, torch.zeros_like(rotation))
+    if "kind" in params:
+        params["kind"] = torch.where(applied, params["kind"], torch.full_like(params["kind"], -1))
+    params["applied"] = applied
+    return params
+
+
+def _expand(params: Params, batch: int) -> Params:
+    return {k: v if k == "grid" else v.expand(batch, *v.shape[1:]).clone() for k, v in params.items()}

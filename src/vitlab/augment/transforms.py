@@ -1,0 +1,143 @@
+"""P-Shuffle, P-Rotate and P-Infill (Qin et al., NeurIPS 2022) as batched ``nn.Module`` transforms.
+
+Each cuts the images into ``patch_size`` x ``patch_size`` cells and destroys global structure while keeping local
+content; the shared contract (dtypes, generator, ``p``, ``same_on_batch``, replay, errors) is in
+`vitlab.augment.base`.
+
+Example:
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.rand(8, 3, 32, 32)
+    >>> y = PatchShuffle(8)(x, generator=g)
+    >>> y.shape, torch.equal(y.flatten().sort().values, x.flatten().sort().values)
+    (torch.Size([8, 3, 32, 32]), True)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vitlab.augment.base import Params, PatchTransform, check_positive_int
+from vitlab.augment.generators import infill_layout, infill_sources, rotation_turns, shuffle_sources
+
+__all__ = ["PatchInfill", "PatchRotate", "PatchShuffle"]
+
+
+class PatchShuffle(PatchTransform):
+    """P-Shuffle: put the cells of each image back in a uniformly random order (never the original order).
+
+    Args:
+        patch_size: cell side in pixels; must divide H and W and give at least 2 cells.
+        p: probability that a sample is shuffled.
+        same_on_batch: use one permutation for the whole batch.
+        model_patch_size: if given, require ``patch_size`` to be a multiple of it.
+
+    Example:
+        >>> import torch
+        >>> x = torch.arange(16.0).view(1, 1, 4, 4)
+        >>> y = PatchShuffle(2)(x, generator=torch.Generator().manual_seed(0))
+        >>> sorted(y.flatten().tolist()) == list(range(16)), torch.equal(x, y)
+        (True, False)
+    """
+
+    def _problem(self, rows: int, cols: int) -> str | None:
+        return "P-Shuffle needs at least 2 cells" if rows * cols < 2 else None
+
+    def _draw(self, batch: int, rows: int, cols: int, generator: torch.Generator | None) -> Params:
+        source = shuffle_sources(batch, rows * cols, generator)
+        return {"source": source, "rotation": torch.zeros_like(source)}
+
+
+class PatchRotate(PatchTransform):
+    """P-Rotate: turn every cell in place by 0, 90, 180 or 270 degrees (uniform, exact ``rot90``).
+
+    Draws with every cell at 0 degrees are rejected, so a transformed sample always has at least one turned cell.
+
+    Args:
+        patch_size: cell side in pixels; must divide H and W.
+        p: probability that a sample is rotated.
+        same_on_batch: use one set of turns for the whole batch.
+        model_patch_size: if given, require ``patch_size`` to be a multiple of it.
+
+    Example:
+        >>> import torch
+        >>> x = torch.arange(4.0).view(1, 2, 2)
+        >>> PatchRotate(2)(x, params={"source": torch.tensor([[0]]), "rotation": torch.tensor([[1]])})
+        tensor([[[1., 3.],
+                 [0., 2.]]])
+    """
+
+    def _draw(self, batch: int, rows: int, cols: int, generator: torch.Generator | None) -> Params:
+        rotation = rotation_turns(batch, rows * cols, generator)
+        return {"source": torch.arange(rows * cols, device=rotation.device).repeat(batch, 1), "rotation": rotation}
+
+
+class PatchInfill(PatchTransform):
+    """P-Infill: overwrite a centred block of cells with copies of cells from the border ring.
+
+    The replace rate is (replaced centre cells) / (all cells). The block is centred exactly and lies strictly
+    inside the outermost ring of cells, so border cells never change and every replaced cell copies a border cell.
+    With ``centre_shape=None`` its shape is derived from ``replace_rate`` (see `infill_layout`): on an 8x8 grid
+    25 % gives 4x4 and 37.5 % gives 4x6; on a 4x4 grid 25 % gives 2x2. A rate that no centred block meets exactly
+    raises an error listing the patch sizes that work.
+
+    Args:
+        patch_size: cell side in pixels.
+        replace_rate: fraction of cells replaced (0 < rate < 1); with ``centre_shape``, ``None`` or the block's rate.
+        centre_shape: explicit ``(rows, cols)`` of the centre block instead of deriving it from the rate.
+        source: how border cells are picked: ``"random"`` (independent uniform draw per centre cell) or
+            ``"distinct"`` (no border cell used twice in one image).
+        p: probability that a sample is in-filled.
+        same_on_batch: one draw for the whole batch.
+        model_patch_size: if given, require ``patch_size`` to be a multiple of it.
+
+    Example:
+        >>> import torch
+        >>> x = torch.arange(64.0).view(1, 8, 8)
+        >>> y = PatchInfill(2, replace_rate=0.25)(x, generator=torch.Generator().manual_seed(0))
+        >>> torch.equal(y[:, :2], x[:, :2]), torch.equal(y[:, 2:6, 2:6], x[:, 2:6, 2:6])
+        (True, False)
+    """
+
+    def __init__(
+        self,
+        patch_size: int,
+        replace_rate: float | None = 0.25,
+        *,
+        centre_shape: tuple[int, int] | None = None,
+        source: str = "random",
+        p: float = 1.0,
+        same_on_batch: bool = False,
+        model_patch_size: int | None = None,
+    ) -> None:
+        super().__init__(patch_size, p=p, same_on_batch=same_on_batch, model_patch_size=model_patch_size)
+        if replace_rate is None and centre_shape is None:
+            raise ValueError("give replace_rate (e.g. 0.25 or 0.375) or centre_shape=(rows, cols)")
+        if replace_rate is not None and not 0.0 < float(replace_rate) < 1.0:
+            raise ValueError(f"replace_rate must be in (0, 1) (the paper uses 0.25 and 0.375), got {replace_rate}")
+        if centre_shape is not None:
+            centre_shape = (check_positive_int("centre_shape[0]", centre_shape[0]),
+                            check_positive_int("centre_shape[1]", centre_shape[1]))
+        if source not in ("random", "distinct"):
+            raise ValueError(f"source must be 'random' or 'distinct', got {source!r}")
+        self.replace_rate = None if replace_rate is None else float(replace_rate)
+        self.centre_shape = centre_shape
+        self.source = source
+
+    def _problem(self, rows: int, cols: int) -> str | None:
+        block = infill_layout(rows, cols, self.replace_rate, self.centre_shape)
+        if isinstance(block, str):
+            return block
+        ring = 2 * (rows + cols) - 4
+        if self.source == "distinct" and block[0] * block[1] > ring:
+            return f"source='distinct' needs {block[0] * block[1]} border cells, the grid has {ring}"
+        return None
+
+    def _draw(self, batch: int, rows: int, cols: int, generator: torch.Generator | None) -> Params:
+        block = infill_layout(rows, cols, self.replace_rate, self.centre_shape)
+        source = infill_sources(batch, rows, cols, block, self.source, generator)
+        return {"source": source, "rotation": torch.zeros_like(source)}
+
+    def extra_repr(self) -> str:
+        shape = f", centre_shape={self.centre_shape}" if self.centre_shape is not None else ""
+        return f"{super().extra_repr()}, replace_rate={self.replace_rate}{shape}, source={self.source!r}"

@@ -1,0 +1,280 @@
+"""Common-corruption test sets: generate them with ``imagecorruptions-imaug`` or read a published CIFAR-C folder.
+
+Layout (that of the published CIFAR-10-C / CIFAR-100-C, so both kinds of folder load the same way):
+``<corruption>.npy`` uint8 ``(5 * N, H, W, C)``, severity-major (rows ``[(s - 1) N, s N)`` are severity ``s``),
+and ``labels.npy`` int64 ``(5 * N,)``. A generated folder also holds ``clean.npy`` ``(N, H, W, C)`` (the source
+images) and ``meta.json`` (``"generated": true``, package versions, seed, a hash of the source images); it is never
+presented as the published benchmark. Note that imagecorruptions uses the ImageNet-C severities, so a generated
+CIFAR set is *not* CIFAR-10-C.
+
+Generation runs over processes (``workers``), in fixed-size chunks each seeded from ``(seed, corruption, severity,
+chunk)``, so the result does not depend on the number of workers; finished corruptions are kept on disk and skipped
+when the same images are generated again. Glass blur uses vitlab's vectorised `glass_blur`.
+
+Example:
+    >>> import numpy as np
+    >>> images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+    >>> folder = generate_corruption_set(images, np.array([0, 1]), tmp_dir, corruptions=["contrast"],
+    ...                                  workers=1, progress=False)  # doctest: +SKIP
+    >>> np.load(folder / "contrast.npy").shape  # doctest: +SKIP
+    (10, 32, 32, 3)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import inspect
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vitlab.eval.glass_blur import glass_blur
+
+__all__ = [
+    "ALL_CORRUPTIONS",
+    "COMMON_CORRUPTIONS",
+    "EXTRA_CORRUPTIONS",
+    "SEVERITIES",
+    "corrupt_images",
+    "generate_corruption_set",
+    "images_from_loader",
+    "import_imagecorruptions",
+]
+
+#: The 15 ImageNet-C corruptions used for the headline numbers, in Hendrycks' order.
+COMMON_CORRUPTIONS: tuple[str, ...] = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+)
+#: The 4 held-out ("validation") corruptions, reported separately.
+EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+ALL_CORRUPTIONS: tuple[str, ...] = COMMON_CORRUPTIONS + EXTRA_CORRUPTIONS
+SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+_INSTALL = "pip install imagecorruptions-imaug"
+
+
+def import_imagecorruptions():
+    """Import the maintained fork ``imagecorruptions-imaug`` (module ``imagecorruptions``), or explain how."""
+    try:
+        import imagecorruptions
+    except ImportError as error:
+        raise ImportError(
+            f"generating corruptions needs imagecorruptions-imaug: `{_INSTALL}` (the original imagecorruptions "
+            "1.1.2 breaks on numpy 2)"
+        ) from error
+    return imagecorruptions
+
+
+def _check_images(images: np.ndarray) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError("images must be a uint8 array (N, H, W, C); see vitlab.eval.robustness.images_from_loader")
+    if images.shape[-1] not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels (last axis), got {images.shape[-1]}")
+    if min(images.shape[1:3]) < 32:
+        raise ValueError(f"imagecorruptions needs images of at least 32x32 px, got {images.shape[1]}x"
+                         f"{images.shape[2]}; build the test set with img_size=32 (MNIST-family data is padded to 32)")
+
+
+def corrupt_images(images: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
+    """Apply one corruption at one severity to a batch ``(N, H, W, C)`` uint8 (C = 1 or 3) -> same shape.
+
+    1-channel images are repeated to 3 channels for the corruption and averaged back. The global NumPy RNG (which
+    imagecorruptions reads) is seeded from ``seed``, so the output is a function of the arguments.
+    """
+    _check_images(images)
+    if corruption not in ALL_CORRUPTIONS:
+        raise ValueError(f"unknown corruption {corruption!r}; valid: {', '.join(ALL_CORRUPTIONS)}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be in 1..5, got {severity!r}")
+    grey = images.shape[-1] == 1
+    rgb = np.repeat(images, 3, axis=-1) if grey else images
+    rng = np.random.default_rng(seed)
+    if corruption == "glass_blur":
+        out = glass_blur(rgb, severity, rng=rng)
+    else:
+        module = import_imagecorruptions()
+        function = module.corruption_dict[corruption]
+        takes_seed = "seed" in inspect.signature(function).parameters
+        np.random.seed(int(rng.integers(2**31)))
+        out = np.stack([
+            module.corrupt(image, severity=severity, corruption_name=corruption,
+                           **({"seed": int(rng.integers(2**31))} if takes_seed else {}))
+            for image in rgb
+        ])
+    return np.round(out.mean(axis=-1, keepdims=True)).astype(np.uint8) if grey else out
+
+
+def _task(images: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+    return corrupt_images(images, corruption, severity, seed)
+
+
+def _digest(images: np.ndarray, labels: np.ndarray) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    digest.update(np.ascontiguousarray(labels.astype(np.int64)).tobytes())
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in ("imagecorruptions-imaug", "numpy", "scipy", "scikit-image", "opencv-python"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "missing"
+    return versions
+
+
+def generate_corruption_set(
+    images: np.ndarray,
+    labels: np.ndarray,
+    folder: str | Path,
+    corruptions: Sequence[str] = ALL_CORRUPTIONS,
+    seed: int = 0,
+    workers: int | None = None,
+    chunk_size: int = 64,
+    progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Generate (or complete) a corruption set for ``images`` in the CIFAR-C layout; returns the folder.
+
+    Args:
+        images: uint8 ``(N, H, W, C)``, C = 1 or 3, H and W >= 32 (the test images, un-normalised).
+        labels: int ``(N,)`` labels.
+        folder: output folder (created); an existing generated set of the same images is completed, not redone.
+        corruptions: names from `ALL_CORRUPTIONS` (default: all 19).
+        seed: base seed; each (corruption, severity, chunk) gets its own stream.
+        workers: processes (default ``os.cpu_count()``); 1 runs in this process.
+        chunk_size: images per task (fixed so the output does not depend on ``workers``).
+        progress: show a tqdm bar.
+        on_progress: optional callback ``(done_tasks, total_tasks)``.
+    """
+    _check_images(images)
+    labels = np.asarray(labels)
+    if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be ints of shape ({images.shape[0]},), got {labels.shape} {labels.dtype}")
+    unknown = [c for c in corruptions if c not in ALL_CORRUPTIONS]
+    if unknown or not corruptions:
+        raise ValueError(f"unknown corruptions {unknown}; valid: {', '.join(ALL_CORRUPTIONS)}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = _digest(images, labels)
+    meta_path = folder / "meta.json"
+    if any(c != "glass_blur" for c in corruptions):
+        import_imagecorruptions()
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("images_sha256") != digest or meta.get("seed") != seed:
+            raise ValueError(f"{folder} holds a corruption set of other images or another seed; use a new folder "
+                             "or delete this one")
+    else:
+        meta = {"generated": True, "generator": "imagecorruptions-imaug (glass_blur: vitlab.eval.glass_blur)",
+                "images_sha256": digest, "seed": seed, "n": int(images.shape[0]), "shape": list(images.shape[1:]),
+                "severities": list(SEVERITIES), "versions": _versions(), "corruptions": []}
+        meta_path.write_text(json.dumps(meta, indent=2))
+        np.save(folder / "clean.npy", images)
+        np.save(folder / "labels.npy", np.tile(labels.astype(np.int64), len(SEVERITIES)))
+    todo = [c for c in corruptions if not (folder / f"{c}.npy").exists()]
+    if todo:
+        _generate(images, folder, todo, seed, workers, chunk_size, progress, on_progress)
+    meta["corruptions"] = [c for c in ALL_CORRUPTIONS if (folder / f"{c}.npy").exists()]
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def _generate(images: np.ndarray, folder: Path, corruptions: Sequence[str], seed: int, workers: int | None,
+              chunk_size: int, progress: bool, on_progress: Callable[[int, int], None] | None) -> None:
+    from tqdm.auto import tqdm
+
+    count = images.shape[0]
+    starts = range(0, count, chunk_size)
+    tasks = [(c, s, start) for c in corruptions for s in SEVERITIES for start in starts]
+    outputs = {}
+    for corruption in corruptions:
+        path = folder / f"{corruption}.npy.partial"
+        outputs[corruption] = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
+                                                        shape=(len(SEVERITIES) * count, *images.shape[1:]))
+    remaining = {c: len(SEVERITIES) * len(starts) for c in corruptions}
+    bar = tqdm(total=len(tasks), desc="corruptions", unit="chunk", disable=not progress)
+
+    def store(task: tuple[str, int, int], result: np.ndarray) -> None:
+        corruption, severity, start = task
+        row = (severity - 1) * count + start
+        outputs[corruption][row : row + result.shape[0]] = result
+        remaining[corruption] -= 1
+        if remaining[corruption] == 0:
+            outputs[corruption].flush()
+            del outputs[corruption]
+            os.replace(folder / f"{corruption}.npy.partial", folder / f"{corruption}.npy")
+        bar.update(1)
+        if on_progress is not None:
+            on_progress(bar.n, len(tasks))
+
+    def task_seed(task: tuple[str, int, int]) -> int:
+        corruption, severity, start = task
+        sequence = np.random.SeedSequence([seed, ALL_CORRUPTIONS.index(corruption), severity, start // chunk_size])
+        return int(sequence.generate_state(1)[0])
+
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers <= 1:
+        for task in tasks:
+            store(task, _task(images[task[2] : task[2] + chunk_size], task[0], task[1], task_seed(task)))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_task, images[t[2] : t[2] + chunk_size], t[0], t[1], task_seed(t)): t
+                       for t in tasks}
+            for future in as_completed(futures):
+                store(futures[future], future.result())
+    bar.close()
+
+
+@torch.no_grad()
+def images_from_loader(
+    loader: Iterable[tuple[Tensor, Tensor]],
+    mean: Sequence[float],
+    std: Sequence[float],
+    n: int | None = None,
+    channels: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Undo ``Normalize(mean, std)`` on a test loader: the first ``n`` images as uint8 ``(N, H, W, C)`` + labels.
+
+    Args:
+        loader: batches ``(images (B, C, H, W) normalised float, labels (B,))``, in a fixed order (no shuffling).
+        mean: per-channel mean used by the loader's normalisation (fractions of 255).
+        std: per-channel std.
+        n: images to take (``None``: all).
+        channels: keep only the first ``channels`` channels (1 for grey data repeated to 3 for the model).
+    """
+    mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+    images, labels, taken = [], [], 0
+    for batch, target in loader:
+        if batch.shape[1] != mean_t.shape[1]:
+            raise ValueError(f"loader images have {batch.shape[1]} channels but mean has {mean_t.shape[1]} entries")
+        pixels = ((batch.float() * std_t + mean_t) * 255.0).round().clamp(0, 255).to(torch.uint8)
+        if channels is not None:
+            pixels = pixels[:, :channels]
+        take = batch.shape[0] if n is None else min(batch.shape[0], n - taken)
+        images.append(pixels[:take].permute(0, 2, 3, 1).numpy())
+        labels.append(target[:take].numpy())
+        taken += take
+        if n is not None and taken >= n:
+            break
+    if not images:
+        raise ValueError("the loader yielded no image")
+    if n is not None and taken < n:
+        raise ValueError(f"asked for n={n} images but the loader has only {taken}")
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64)

@@ -1,0 +1,83 @@
+"""Robustness on a published ImageNet-C folder (JPEGs), with AlexNet-normalised mCE (see `vitlab.eval.robustness`).
+
+Example:
+    >>> report = evaluate_imagenet_c(model, "/data/ImageNet-C", transform, clean_accuracy=0.81)  # doctest: +SKIP
+    >>> report["metrics"]["mce"]  # doctest: +SKIP
+    48.2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vitlab.eval.corruptions import COMMON_CORRUPTIONS, SEVERITIES
+from vitlab.eval.robustness import Accuracies, corruption_metrics, top1_accuracy
+
+__all__ = ["evaluate_imagenet_c"]
+
+
+def evaluate_imagenet_c(
+    model: nn.Module,
+    root: str | Path,
+    transform: Callable[[Any], Tensor],
+    clean_accuracy: float | None = None,
+    n: int | None = None,
+    corruptions: Sequence[str] = COMMON_CORRUPTIONS,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    num_workers: int = 0,
+    alexnet_normalise: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Accuracy on a published ImageNet-C folder ``<root>/<corruption>/<severity>/<wnid>/<image>.JPEG``.
+
+    Args:
+        model: ImageNet classifier (1000 classes, wnid folders in sorted order = the standard class indices).
+        root: ImageNet-C folder.
+        transform: PIL image -> model input ``(C, H, W)`` (resize, crop, normalise).
+        clean_accuracy: clean ImageNet accuracy of the model, for the relative mCE.
+        n: images per (corruption, severity), evenly spaced over the folder; ``None`` uses all (50,000).
+        corruptions: corruptions to evaluate (the 15 common ones by default).
+        batch_size: evaluation batch size.
+        device: where the model runs.
+        num_workers: DataLoader workers.
+        alexnet_normalise: add mCE and relative mCE (needs all 15 common corruptions).
+        progress: show a tqdm bar.
+    """
+    from torch.utils.data import DataLoader, Subset
+    from torchvision.datasets import ImageFolder
+    from tqdm.auto import tqdm
+
+    root = Path(root)
+    missing = [f"{c}/{s}" for c in corruptions for s in SEVERITIES if not (root / c / str(s)).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{root} lacks ImageNet-C folders {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    accuracy: Accuracies = {}
+    counts = set()
+    bar = tqdm(total=len(corruptions) * len(SEVERITIES), desc="ImageNet-C", unit="set", disable=not progress)
+    for corruption in corruptions:
+        accuracy[corruption] = {}
+        for severity in SEVERITIES:
+            dataset = ImageFolder(str(root / corruption / str(severity)), transform=transform)
+            if n is not None:
+                if not 1 <= n <= len(dataset):
+                    raise ValueError(f"n={n} but {corruption}/{severity} has {len(dataset)} images")
+                dataset = Subset(dataset, np.linspace(0, len(dataset) - 1, n).round().astype(int).tolist())
+            counts.add(len(dataset))
+            loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+            accuracy[corruption][severity] = top1_accuracy(model, loader, device)
+            bar.update(1)
+    bar.close()
+    return {
+        "source": "ImageNet-C", "folder": str(root), "meta": None, "n": min(counts), "n_available": None,
+        "accuracy": accuracy, "clean_accuracy": clean_accuracy,
+        "metrics": corruption_metrics(accuracy, clean_accuracy, alexnet_normalise),
+    }

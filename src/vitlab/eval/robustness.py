@@ -1,0 +1,247 @@
+"""Common-corruption robustness of a classifier: accuracy per corruption and severity, and the usual summaries.
+
+Notation: ``A_{c,s}`` is top-1 accuracy (a fraction) on corruption ``c`` at severity ``s``; ``E_{c,s} = 1 - A_{c,s}``;
+``E_clean`` the clean error. Over the 15 common corruptions ``C`` (the 4 extra ones are summarised separately):
+
+- mean accuracy ``= mean_{c in C, s} A_{c,s}`` (the paper's ImageNet-C / CIFAR-C number);
+- per severity ``mean_{c in C} A_{c,s}``; per corruption ``mean_s A_{c,s}``;
+- unnormalised mean corruption error ``mCE_u = 100 * (1 - mean accuracy)`` (the CIFAR-C convention, in %);
+- with ``alexnet_normalise`` (ImageNet-C only): ``CE_c = sum_s E_{c,s} / sum_s E^AlexNet_{c,s}``,
+  ``mCE = 100 * mean_{c in C} CE_c``, relative ``rCE_c = sum_s (E_{c,s} - E_clean) / sum_s (E^AlexNet_{c,s} -
+  E^AlexNet_clean)``, ``relative mCE = 100 * mean_c rCE_c``; sums over the 5 severities are replaced by means, both
+  sides having 5 terms, with the AlexNet mean errors of `ALEXNET_ERRORS` and ``E^AlexNet_clean`` = 0.4348.
+
+Entry points: `evaluate_corruptions` (a CIFAR-C-layout folder, generated or published; ImageNet-C JPEG folders are
+in `vitlab.eval.imagenet_c`), `corruption_metrics` (the formulas above) and `format_robustness_report` (markdown).
+
+Example:
+    >>> acc = {c: {s: 0.5 for s in range(1, 6)} for c in COMMON_CORRUPTIONS}
+    >>> corruption_metrics(acc)["mce_unnormalised"]
+    50.0
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vitlab.eval.corruptions import ALL_CORRUPTIONS, COMMON_CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
+
+__all__ = [
+    "ALEXNET_CLEAN_ERROR",
+    "ALEXNET_ERRORS",
+    "corruption_metrics",
+    "evaluate_corruptions",
+    "format_robustness_report",
+    "top1_accuracy",
+]
+
+#: AlexNet top-1 error on ImageNet-C per common corruption, averaged over the 5 severities (Hendrycks & Dietterich).
+ALEXNET_ERRORS: dict[str, float] = {
+    "gaussian_noise": 0.886428, "shot_noise": 0.894468, "impulse_noise": 0.922640, "defocus_blur": 0.819880,
+    "glass_blur": 0.826268, "motion_blur": 0.785948, "zoom_blur": 0.798360, "snow": 0.866816, "frost": 0.826572,
+    "fog": 0.819324, "brightness": 0.564592, "contrast": 0.853204, "elastic_transform": 0.646056,
+    "pixelate": 0.717840, "jpeg_compression": 0.606500,
+}
+#: AlexNet clean top-1 error on ImageNet (for relative mCE).
+ALEXNET_CLEAN_ERROR = 0.4348
+
+Accuracies = dict[str, dict[int, float]]
+
+
+def corruption_metrics(
+    accuracy: Accuracies, clean_accuracy: float | None = None, alexnet_normalise: bool = False
+) -> dict[str, Any]:
+    """Summaries of ``accuracy[corruption][severity]`` (fractions); see the module docstring for the formulas.
+
+    Returns a dict with ``mean_accuracy``, ``per_severity``, ``per_corruption``, ``mce_unnormalised`` (over the
+    common corruptions present), ``missing_common``, ``extra_mean_accuracy`` / ``extra_per_corruption`` (the 4 extra
+    corruptions), and with ``alexnet_normalise`` ``ce``, ``mce`` and, given ``clean_accuracy``, ``relative_ce`` and
+    ``relative_mce``.
+    """
+    unknown = [c for c in accuracy if c not in ALL_CORRUPTIONS]
+    if unknown:
+        raise ValueError(f"unknown corruptions {unknown}; valid: {', '.join(ALL_CORRUPTIONS)}")
+    common = [c for c in COMMON_CORRUPTIONS if c in accuracy]
+    extra = [c for c in EXTRA_CORRUPTIONS if c in accuracy]
+    if not common:
+        raise ValueError("no common corruption in the results; the summary needs at least one of "
+                         f"{', '.join(COMMON_CORRUPTIONS)}")
+    severities = sorted({s for c in common for s in accuracy[c]})
+    per_corruption = {c: float(np.mean([accuracy[c][s] for s in sorted(accuracy[c])])) for c in common + extra}
+    result: dict[str, Any] = {
+        "mean_accuracy": float(np.mean([accuracy[c][s] for c in common for s in accuracy[c]])),
+        "per_severity": {s: float(np.mean([accuracy[c][s] for c in common if s in accuracy[c]])) for s in severities},
+        "per_corruption": {c: per_corruption[c] for c in common},
+        "missing_common": [c for c in COMMON_CORRUPTIONS if c not in accuracy],
+    }
+    result["mce_unnormalised"] = 100.0 * (1.0 - result["mean_accuracy"])
+    if extra:
+        result["extra_per_corruption"] = {c: per_corruption[c] for c in extra}
+        result["extra_mean_accuracy"] = float(np.mean([accuracy[c][s] for c in extra for s in accuracy[c]]))
+    if alexnet_normalise:
+        incomplete = [c for c in COMMON_CORRUPTIONS if c not in accuracy or sorted(accuracy[c]) != list(SEVERITIES)]
+        if incomplete:
+            raise ValueError(f"AlexNet-normalised mCE needs all 15 common corruptions at severities 1-5; incomplete: "
+                             f"{incomplete}")
+        error = {c: 1.0 - per_corruption[c] for c in COMMON_CORRUPTIONS}
+        result["ce"] = {c: error[c] / ALEXNET_ERRORS[c] for c in COMMON_CORRUPTIONS}
+        result["mce"] = 100.0 * float(np.mean(list(result["ce"].values())))
+        if clean_accuracy is not None:
+            clean_error = 1.0 - clean_accuracy
+            result["relative_ce"] = {c: (error[c] - clean_error) / (ALEXNET_ERRORS[c] - ALEXNET_CLEAN_ERROR)
+                                     for c in COMMON_CORRUPTIONS}
+            result["relative_mce"] = 100.0 * float(np.mean(list(result["relative_ce"].values())))
+    return result
+
+
+@torch.no_grad()
+def top1_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device) -> float:
+    """Fraction of correct top-1 predictions of ``model`` over batches ``(images (B, C, H, W), labels (B,))``."""
+    correct = total = 0
+    for images, labels in batches:
+        logits = model(images.to(device))
+        correct += int((logits.argmax(dim=1).cpu() == labels).sum())
+        total += labels.numel()
+    if total == 0:
+        raise ValueError("no image to evaluate")
+    return correct / total
+
+
+def _uint8_batches(images: np.ndarray, labels: np.ndarray, preprocess: Callable[[Tensor], Tensor],
+                   batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
+    for start in range(0, images.shape[0], batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
+        yield preprocess(chunk), torch.from_numpy(labels[start : start + batch_size].astype(np.int64))
+
+
+def _default_preprocess(images: Tensor) -> Tensor:
+    return images.float().div(255.0)
+
+
+def evaluate_corruptions(
+    model: nn.Module,
+    folder: str | Path,
+    preprocess: Callable[[Tensor], Tensor] | None = None,
+    n: int | None = None,
+    corruptions: Sequence[str] | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    alexnet_normalise: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Accuracy of ``model`` on a CIFAR-C-layout folder (generated by vitlab, or a published CIFAR-10/100-C).
+
+    Args:
+        model: classifier ``(B, C, H, W) -> (B, K)``; put in eval mode.
+        folder: folder with ``labels.npy`` and ``<corruption>.npy`` files (see `vitlab.eval.corruptions`).
+        preprocess: uint8 ``(B, C, H, W)`` -> model input, e.g. ``vitlab.data.transforms.Normalize(mean, std,
+            in_chans)``; default ``x / 255``.
+        n: images per severity (the first ``n``); ``None`` uses all of them. The count used is in the report.
+        corruptions: subset to evaluate (default: every corruption file in the folder).
+        batch_size: evaluation batch size.
+        device: where the model runs.
+        alexnet_normalise: add AlexNet-normalised mCE (meaningful for ImageNet-C only).
+        progress: show a tqdm bar.
+
+    Returns:
+        ``{"source", "folder", "n", "n_available", "accuracy": {c: {s: acc}}, "clean_accuracy", "metrics"}``;
+        ``source`` is ``"generated"`` (with ``meta``) or ``"published"``; ``clean_accuracy`` is measured on the
+        same ``n`` source images for generated sets (``None`` otherwise).
+    """
+    from tqdm.auto import tqdm
+
+    folder = Path(folder)
+    if not (folder / "labels.npy").is_file():
+        raise FileNotFoundError(f"{folder} has no labels.npy: not a CIFAR-C-layout folder (generate one with "
+                                "vitlab.eval.corruptions.generate_corruption_set)")
+    meta_path = folder / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    labels_all = np.load(folder / "labels.npy")
+    if labels_all.shape[0] % len(SEVERITIES):
+        raise ValueError(f"{folder}/labels.npy has {labels_all.shape[0]} rows, not a multiple of 5 severities")
+    available = labels_all.shape[0] // len(SEVERITIES)
+    n_used = available if n is None else int(n)
+    if not 1 <= n_used <= available:
+        raise ValueError(f"n={n} but {folder} has {available} images per severity")
+    present = [c for c in ALL_CORRUPTIONS if (folder / f"{c}.npy").is_file()]
+    names = present if corruptions is None else list(corruptions)
+    missing = [c for c in names if c not in present]
+    if missing or not names:
+        raise ValueError(f"{folder} lacks corruption files for {missing or 'every corruption'}; present: {present}")
+    preprocess = preprocess or _default_preprocess
+    device = torch.device(device)
+    model = model.to(device).eval()
+    accuracy: Accuracies = {}
+    bar = tqdm(total=len(names) * len(SEVERITIES), desc="robustness", unit="set", disable=not progress)
+    for corruption in names:
+        data = np.load(folder / f"{corruption}.npy", mmap_mode="r")
+        if data.shape[0] != labels_all.shape[0]:
+            raise ValueError(f"{corruption}.npy has {data.shape[0]} rows but labels.npy has {labels_all.shape[0]}")
+        accuracy[corruption] = {}
+        for severity in SEVERITIES:
+            rows = slice((severity - 1) * available, (severity - 1) * available + n_used)
+            batches = _uint8_batches(data[rows], labels_all[rows], preprocess, batch_size)
+            accuracy[corruption][severity] = top1_accuracy(model, batches, device)
+            bar.update(1)
+    bar.close()
+    clean_accuracy = None
+    if meta is not None and (folder / "clean.npy").is_file():
+        clean = np.load(folder / "clean.npy", mmap_mode="r")[:n_used]
+        batches = _uint8_batches(clean, labels_all[:n_used], preprocess, batch_size)
+        clean_accuracy = top1_accuracy(model, batches, device)
+    return {
+        "source": "generated" if meta is not None and meta.get("generated") else "published",
+        "folder": str(folder), "meta": meta, "n": n_used, "n_available": available, "accuracy": accuracy,
+        "clean_accuracy": clean_accuracy,
+        "metrics": corruption_metrics(accuracy, clean_accuracy, alexnet_normalise),
+    }
+
+
+def format_robustness_report(report: dict[str, Any]) -> str:
+    """Markdown report of `evaluate_corruptions` / `evaluate_imagenet_c`: provenance, N, summaries, tables."""
+    metrics = report["metrics"]
+    if report["source"] == "generated":
+        meta = report.get("meta") or {}
+        version = meta.get("versions", {}).get("imagecorruptions-imaug", "?")
+        origin = (f"generated with imagecorruptions-imaug {version} (ImageNet-C severities; seed "
+                  f"{meta.get('seed')}) — a generated set, not the published CIFAR-10-C/CIFAR-100-C benchmark")
+    else:
+        origin = f"{report['source']} folder"
+    available = f" of {report['n_available']}" if report.get("n_available") else ""
+    lines = [
+        f"Corruptions: {origin} ({report['folder']}).",
+        f"Test images per corruption and severity: {report['n']}{available}.",
+        "",
+        f"- mean accuracy over {15 - len(metrics['missing_common'])} common corruptions x 5 severities: "
+        f"{100 * metrics['mean_accuracy']:.2f} %",
+        f"- unnormalised mCE (100 - mean accuracy): {metrics['mce_unnormalised']:.2f}",
+    ]
+    if report.get("clean_accuracy") is not None:
+        lines.append(f"- clean accuracy on the same images: {100 * report['clean_accuracy']:.2f} %")
+    if metrics["missing_common"]:
+        lines.append(f"- missing common corruptions: {', '.join(metrics['missing_common'])}")
+    if "mce" in metrics:
+        lines.append(f"- AlexNet-normalised mCE: {metrics['mce']:.2f}")
+    if "relative_mce" in metrics:
+        lines.append(f"- relative mCE: {metrics['relative_mce']:.2f}")
+    if "extra_mean_accuracy" in metrics:
+        lines.append(f"- mean accuracy over the extra corruptions ({', '.join(metrics['extra_per_corruption'])}): "
+                     f"{100 * metrics['extra_mean_accuracy']:.2f} %")
+    severities = sorted(metrics["per_severity"])
+    lines += ["", "| severity | " + " | ".join(map(str, severities)) + " |",
+              "|---|" + "---|" * len(severities),
+              "| accuracy (%) | " + " | ".join(f"{100 * metrics['per_severity'][s]:.2f}" for s in severities) + " |",
+              "", "| corruption | " + " | ".join(map(str, SEVERITIES)) + " | mean |", "|---|" + "---|" * 6]
+    for corruption, per_severity in report["accuracy"].items():
+        cells = [f"{100 * per_severity[s]:.2f}" if s in per_severity else "-" for s in SEVERITIES]
+        extra = " (extra)" if corruption in EXTRA_CORRUPTIONS else ""
+        mean = 100 * float(np.mean(list(per_severity.values())))
+        lines.append(f"| {corruption}{extra} | " + " | ".join(cells) + f" | {mean:.2f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,158 @@
+"""``NegativeAugmentationLoss``: the training loss term of patch-based negative augmentation.
+
+It implements the harness's loss-term protocol (``vitlab.train.extensions.LossTerm``): ``name = "negatives"``, a
+``weight`` (the paper's lambda, swept over {0.5, 1, 1.5}), and ``term(task, batch, outputs) -> {"loss": L_neg}``;
+the harness adds ``weight * L_neg`` to the cross-entropy, giving the paper's objective L = L_ce + lambda * L_neg.
+Inside the training step it makes one negative view per image of the (positively augmented) batch on the batch's
+device, runs ``task.model`` on them and applies the chosen negative loss. Only ``task.model`` is used, so any
+object with a ``.model`` attribute works in a plain PyTorch loop.
+
+The ``negatives`` config section maps onto the constructor directly::
+
+    negatives: {enabled: true, kinds: [shuffle], patch_size: 8, loss: uniform, weight: 1.0,
+                options: {temperature: 0.1}}
+    -> NegativeAugmentationLoss(kinds, patch_size, loss, weight, **options)
+
+Example:
+    >>> import timm, torch
+    >>> from types import SimpleNamespace
+    >>> model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=1,
+    ...                           num_heads=2, num_classes=10)
+    >>> term = NegativeAugmentationLoss(["shuffle", "rotate"], patch_size=8, loss="uniform", weight=1.0)
+    >>> images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    >>> out = term(SimpleNamespace(model=model), (images, labels), {"logits": model(images)})
+    >>> sorted(out), sorted(term.last_metrics)
+    (['loss'], ['neg_acc', 'neg_confidence'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vitlab.augment import NegativeViews
+from vitlab.losses.negative import ContrastiveNegativeLoss, L2NegativeLoss, UniformNegativeLoss
+
+__all__ = ["LOSSES", "NegativeAugmentationLoss"]
+
+#: Negative-loss names accepted by `NegativeAugmentationLoss` (the ``negatives.loss`` config key).
+LOSSES: tuple[str, ...] = ("uniform", "l2", "contrastive")
+
+_LOSS_CLASSES = {"uniform": UniformNegativeLoss, "l2": L2NegativeLoss, "contrastive": ContrastiveNegativeLoss}
+
+
+def _features_and_logits(model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
+    """Pre-logits features ``(N, D)`` (the paper's penultimate g(x), no projection head) and logits ``(N, K)``."""
+    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+        raise TypeError(f"loss='contrastive' needs a timm-style model with forward_features() and "
+                        f"forward_head(x, pre_logits=True); {type(model).__name__} has not")
+    tokens = model.forward_features(images)
+    return model.forward_head(tokens, pre_logits=True), model.forward_head(tokens)
+
+
+class NegativeAugmentationLoss(nn.Module):
+    """Loss term ``L_neg`` on one patch-based negative view per training image.
+
+    Args:
+        kinds: negative-view kinds, one drawn per image (``shuffle``, ``rotate``, ``infill``).
+        patch_size: cell size in pixels; must divide the training image size (ideally a multiple of the model's
+            patch size, which ``model_patch_size`` enforces).
+        loss: ``"uniform"`` (`UniformNegativeLoss`), ``"l2"`` (`L2NegativeLoss`), ``"contrastive"``
+            (`ContrastiveNegativeLoss`), or an instance of one of these classes.
+        weight: lambda, the factor the harness applies before adding the term to the cross-entropy.
+        temperature: contrastive temperature (default 0.1); only with ``loss="contrastive"``.
+        detach_clean: stop the gradient through the clean branch (default False); only with ``loss="l2"``.
+        gather_distributed: contrastive negatives from the global batch under DDP (default True).
+        model_patch_size: require ``patch_size`` to be a multiple of it (the paper's alignment rule).
+        replace_rate: P-Infill replace rate (default 0.25).
+        centre_shape: P-Infill centre block ``(rows, cols)`` instead of the rate's default shape.
+        source: P-Infill border-cell rule, ``"random"`` or ``"distinct"``.
+
+    Call: ``term(task, (images (B, C, H, W), targets (B,) or soft (B, K)), {"logits": (B, K), ...})``
+    -> ``{"loss": scalar}``. For ``"contrastive"``, ``outputs["features"]`` ``(B, D)`` (pre-logits of the clean batch)
+    is used when the harness provides it; otherwise the clean batch is run through the model again with the
+    negatives. After each call ``last_metrics`` holds detached ``neg_acc`` (accuracy of the negative views against
+    the original labels; chance is 1/K) and ``neg_confidence`` (mean max-softmax) for logging.
+    """
+
+    name = "negatives"
+
+    def __init__(
+        self,
+        kinds: Sequence[str] = ("shuffle",),
+        patch_size: int = 8,
+        loss: str | nn.Module = "uniform",
+        weight: float = 1.0,
+        *,
+        temperature: float | None = None,
+        detach_clean: bool | None = None,
+        gather_distributed: bool | None = None,
+        model_patch_size: int | None = None,
+        replace_rate: float | None = 0.25,
+        centre_shape: tuple[int, int] | None = None,
+        source: str = "random",
+    ) -> None:
+        super().__init__()
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ValueError(f"weight (lambda) must be a number >= 0 (the paper sweeps 0.5, 1, 1.5), got {weight!r}")
+        self.weight = float(weight)
+        self.loss = self._build_loss(loss, temperature, detach_clean, gather_distributed)
+        self.views = NegativeViews(kinds, patch_size, model_patch_size=model_patch_size, replace_rate=replace_rate,
+                                   centre_shape=tuple(centre_shape) if centre_shape is not None else None,
+                                   source=source)
+        self.last_metrics: dict[str, Tensor] = {}
+
+    @staticmethod
+    def _build_loss(loss: str | nn.Module, temperature: float | None, detach_clean: bool | None,
+                    gather_distributed: bool | None) -> nn.Module:
+        options = {"temperature": temperature, "detach_clean": detach_clean, "gather_distributed": gather_distributed}
+        given = {key for key, value in options.items() if value is not None}
+        if isinstance(loss, tuple(_LOSS_CLASSES.values())):
+            if given:
+                raise ValueError(f"options {sorted(given)} apply only with a loss name; set them on the loss object")
+            return loss
+        if loss not in _LOSS_CLASSES:
+            raise ValueError(f"unknown negative loss {loss!r}; use one of {list(LOSSES)} or a loss instance")
+        allowed = {"uniform": set(), "l2": {"detach_clean"}, "contrastive": {"temperature", "gather_distributed"}}
+        wrong = given - allowed[loss]
+        if wrong:
+            raise ValueError(f"options {sorted(wrong)} do not apply to loss={loss!r} "
+                             f"(it accepts {sorted(allowed[loss]) or 'none'})")
+        return _LOSS_CLASSES[loss](**{key: options[key] for key in given})
+
+    def forward(self, task: Any, batch: Sequence[Tensor], outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        images, targets = batch[0], batch[1]
+        model = task.model
+        labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
+        with torch.no_grad():
+            negatives = self.views(images)
+        if isinstance(self.loss, ContrastiveNegativeLoss):
+            clean_features = outputs.get("features")
+            if clean_features is not None and clean_features.shape[0] == images.shape[0]:
+                negative_features, negative_logits = _features_and_logits(model, negatives)
+            else:
+                features, logits = _features_and_logits(model, torch.cat([images, negatives]))
+                clean_features, negative_features = features.split(images.shape[0])
+                negative_logits = logits[images.shape[0]:]
+            value = self.loss(clean_features, negative_features, labels)
+        else:
+            negative_logits = model(negatives)
+            if isinstance(self.loss, L2NegativeLoss):
+                if "logits" not in outputs:
+                    raise KeyError("loss='l2' needs outputs['logits'] (B, K), the clean logits of the batch")
+                value = self.loss(outputs["logits"], negative_logits)
+            else:
+                value = self.loss(negative_logits)
+        with torch.no_grad():
+            probs = negative_logits.detach().float().softmax(dim=1)
+            self.last_metrics = {
+                "neg_acc": (probs.argmax(dim=1) == labels).float().mean(),
+                "neg_confidence": probs.max(dim=1).values.mean(),
+            }
+        return {"loss": value}
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, weight={self.weight}"

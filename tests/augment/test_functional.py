@@ -1,0 +1,130 @@
+"""Grid checks, the cell remap and the parameter generators."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitlab.augment import cell_grid, remap_cells, valid_patch_sizes
+from vitlab.augment.generators import (
+    apply_probability,
+    infill_layout,
+    infill_sources,
+    rotation_turns,
+    shuffle_sources,
+)
+
+
+def reference_remap(x: torch.Tensor, ps: int, source: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Loop over images and cells with torch.rot90: the obvious implementation."""
+    out = torch.empty_like(x)
+    cols = x.shape[-1] // ps
+    for b in range(x.shape[0]):
+        for n in range(source.shape[1]):
+            r, c = divmod(n, cols)
+            sr, sc = divmod(int(source[b, n]), cols)
+            cell = x[b, :, sr * ps : (sr + 1) * ps, sc * ps : (sc + 1) * ps]
+            out[b, :, r * ps : (r + 1) * ps, c * ps : (c + 1) * ps] = torch.rot90(cell, int(rotation[b, n]), (1, 2))
+    return out
+
+
+@pytest.mark.parametrize("shape,ps", [((3, 2, 12, 12), 4), ((2, 3, 8, 16), 4), ((1, 1, 6, 6), 3), ((2, 1, 5, 5), 5)])
+def test_remap_matches_rot90_loop(shape, ps):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(shape, generator=g)
+    cells = (shape[2] // ps) * (shape[3] // ps)
+    source = torch.stack([torch.randperm(cells, generator=g) for _ in range(shape[0])])
+    rotation = torch.randint(0, 4, (shape[0], cells), generator=g)
+    assert torch.equal(remap_cells(x, ps, source, rotation), reference_remap(x, ps, source, rotation))
+    assert torch.equal(remap_cells(x, ps, source), reference_remap(x, ps, source, torch.zeros_like(rotation)))
+
+
+def test_remap_identity_and_dtypes():
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    identity = torch.arange(4).repeat(2, 1)
+    out = remap_cells(x, 4, identity, torch.zeros_like(identity))
+    assert out.dtype == torch.uint8 and torch.equal(out, x) and out.data_ptr() != x.data_ptr()
+
+
+def test_valid_patch_sizes():
+    assert valid_patch_sizes(32, 32) == [1, 2, 4, 8, 16, 32]
+    assert valid_patch_sizes(384, 384, model_patch_size=16) == [16, 32, 48, 64, 96, 128, 192, 384]
+    assert valid_patch_sizes(224, 224, model_patch_size=32) == [32, 224]
+    assert valid_patch_sizes(16, 24, accept=lambda r, c: r * c >= 2) == [1, 2, 4, 8]
+
+
+def test_cell_grid_errors_list_sizes():
+    assert cell_grid(16, 24, 8) == (2, 3)
+    with pytest.raises(ValueError, match=r"does not divide the 32x32 input.*fit this 32x32 input: 1, 2, 4, 8, 16, 32"):
+        cell_grid(32, 32, 5)
+    with pytest.raises(ValueError, match=r"not a multiple of model_patch_size=4.*: 4, 8, 16, 32"):
+        cell_grid(32, 32, 2, model_patch_size=4)
+    with pytest.raises(ValueError, match=r"1x1 cell grid: one cell.*: 1, 2, 4, 8, 16$"):
+        cell_grid(32, 32, 32, problem=lambda r, c: "one cell" if r * c < 2 else None)
+
+
+@pytest.mark.parametrize(
+    "grid,rate,expected",
+    [((8, 8), 0.25, (4, 4)), ((8, 8), 0.375, (4, 6)), ((4, 4), 0.25, (2, 2)), ((4, 8), 0.25, (2, 4)),
+     ((4, 8), 0.375, (2, 6)), ((6, 6), 1 / 9, (2, 2))],
+)
+def test_infill_layout_meets_rate_exactly(grid, rate, expected):
+    block = infill_layout(*grid, rate, None)
+    assert block == expected
+    assert block[0] * block[1] == pytest.approx(rate * grid[0] * grid[1])
+
+
+@pytest.mark.parametrize(
+    "grid,rate,shape,reason",
+    [((4, 4), 0.375, None, "no centred block"), ((8, 8), 0.3, None, "not a whole number"),
+     ((8, 8), None, (7, 2), "border ring"), ((8, 8), None, (3, 4), "centred exactly"),
+     ((8, 8), 0.25, (4, 6), "pass replace_rate=0.375")],
+)
+def test_infill_layout_reasons(grid, rate, shape, reason):
+    assert reason in infill_layout(*grid, rate, shape)
+
+
+def test_infill_sources_copy_border_into_centre():
+    g = torch.Generator().manual_seed(0)
+    for rule in ("random", "distinct"):
+        src = infill_sources(500, 8, 8, (4, 6), rule, g).view(500, 8, 8)
+        centre = torch.zeros(8, 8, dtype=torch.bool)
+        centre[2:6, 1:7] = True
+        border = torch.ones(8, 8, dtype=torch.bool)
+        border[1:-1, 1:-1] = False
+        grid = torch.arange(64).view(8, 8)
+        assert torch.equal(src[:, ~centre], grid[~centre].expand(500, -1))
+        picked = src[:, centre]
+        assert bool(border.flatten()[picked].all())
+        if rule == "distinct":
+            assert all(len(set(row.tolist())) == 24 for row in picked)
+        else:
+            assert len(set(picked.flatten().tolist())) == 28  # every border cell gets used
+    with pytest.raises(ValueError, match="needs 64 border cells"):
+        infill_sources(1, 12, 12, (8, 8), "distinct")
+
+
+def test_shuffle_sources_uniform_over_non_identity():
+    g = torch.Generator().manual_seed(0)
+    perms = shuffle_sources(6000, 3, g)
+    keys = [tuple(p) for p in perms.tolist()]
+    assert (0, 1, 2) not in keys
+    counts = torch.tensor([keys.count(k) for k in set(keys)], dtype=torch.float)
+    assert len(counts) == 5 and float(((counts - 1200) ** 2 / 1200).sum()) < 20.5  # chi2(4) p < 0.0004
+    assert torch.equal(shuffle_sources(64, 2, g), torch.tensor([[1, 0]]).expand(64, 2))
+    with pytest.raises(ValueError, match="at least 2 cells"):
+        shuffle_sources(1, 1)
+
+
+def test_rotation_turns_uniform_and_never_all_zero():
+    g = torch.Generator().manual_seed(0)
+    single = rotation_turns(4000, 1, g)
+    assert bool((single > 0).all())
+    freq = torch.bincount(rotation_turns(2000, 16, g).flatten(), minlength=4).float() / 32000
+    assert torch.allclose(freq, torch.full((4,), 0.25), atol=0.01)
+
+
+def test_apply_probability():
+    g = torch.Generator().manual_seed(0)
+    assert bool(apply_probability(5, 1.0, g).all()) and not bool(apply_probability(5, 0.0, g).any())
+    assert 0.45 < float(apply_probability(4000, 0.5, g).float().mean()) < 0.55

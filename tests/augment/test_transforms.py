@@ -1,0 +1,228 @@
+"""PatchShuffle / PatchRotate / PatchInfill / NegativeViews: the contract of issue 5 and kornia-style checks."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from vitlab.augment import KINDS, NegativeViews, PatchInfill, PatchRotate, PatchShuffle, remap_cells
+
+CASES = {
+    "shuffle": lambda **kw: PatchShuffle(4, **kw),
+    "rotate": lambda **kw: PatchRotate(4, **kw),
+    "infill": lambda **kw: PatchInfill(4, 0.25, **kw),
+    "views": lambda **kw: NegativeViews(KINDS, 4, **kw),
+}
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def cells(x: torch.Tensor, ps: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, C, ps, ps)."""
+    b, c, h, w = x.shape
+    return x.view(b, c, h // ps, ps, w // ps, ps).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c, ps, ps)
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.uint8])
+def test_new_tensor_same_shape_dtype_device_input_untouched(name, dtype):
+    x = (torch.rand(4, 3, 16, 32) * 255).to(dtype)  # non-square: a 4x8 cell grid
+    before = x.clone()
+    y = CASES[name]()(x, generator=gen())
+    assert y.shape == x.shape and y.dtype == dtype and y.device == x.device
+    assert y.data_ptr() != x.data_ptr() and torch.equal(x, before)
+    assert not any(torch.equal(y[i], x[i]) for i in range(4))  # never a silent no-op
+    single = CASES[name]()(x[0], generator=gen())
+    assert single.shape == x[0].shape and torch.equal(single, CASES[name]()(x[:1], generator=gen())[0])
+
+
+@pytest.mark.parametrize("name", ["shuffle", "rotate"])
+def test_pixel_multiset_preserved(name):
+    x = torch.rand(6, 2, 16, 16)
+    y = CASES[name]()(x, generator=gen())
+    assert torch.equal(y.flatten(1).sort(dim=1).values, x.flatten(1).sort(dim=1).values)
+
+
+def test_rotate_keeps_cells_in_place_and_inverse_restores():
+    x = torch.rand(5, 3, 16, 16)
+    rotate = PatchRotate(4)
+    y = rotate(x, generator=gen())
+    cx, cy = cells(x, 4), cells(y, 4)
+    assert torch.equal(cx.flatten(2).sort(dim=2).values, cy.flatten(2).sort(dim=2).values)
+    params = rotate.last_params
+    assert torch.equal(params["source"], torch.arange(16).expand(5, 16))
+    assert torch.equal(remap_cells(y, 4, params["source"], (4 - params["rotation"]) % 4), x)
+    for k in range(4):  # exact rot90 of each cell, counter-clockwise
+        chosen = params["rotation"] == k
+        assert torch.equal(cy[chosen], torch.rot90(cx[chosen], k, (-2, -1)))
+
+
+def test_shuffle_never_keeps_original_order():
+    shuffle = PatchShuffle(8)
+    x = torch.arange(16 * 8, dtype=torch.float).view(1, 1, 16, 8).repeat(3000, 1, 1, 1)  # 2 cells
+    y = shuffle(x, generator=gen())
+    assert torch.equal(y[:, :, :8], x[:, :, 8:]) and torch.equal(y[:, :, 8:], x[:, :, :8])
+    shuffle4 = PatchShuffle(4)  # 2x2 grid: 1 draw in 24 would be the identity without the rejection step
+    shuffle4(torch.rand(2000, 1, 8, 8), generator=gen())
+    assert not bool((shuffle4.last_params["source"] == torch.arange(4)).all(dim=1).any())
+
+
+def test_numerical_seeded_values():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    y = PatchShuffle(2)(x, generator=gen(0))
+    expected = torch.tensor([[8.0, 9.0, 10.0, 11.0], [12.0, 13.0, 14.0, 15.0], [0.0, 1.0, 2.0, 3.0],
+                             [4.0, 5.0, 6.0, 7.0]])
+    assert torch.equal(y[0, 0], expected)
+
+
+@pytest.mark.parametrize("rate,block", [(0.25, (slice(8, 24), slice(8, 24))), (0.375, (slice(8, 24), slice(4, 28)))])
+def test_infill_changes_only_centre_and_copies_border(rate, block):
+    x = torch.rand(20, 3, 32, 32)
+    infill = PatchInfill(4, rate)
+    y = infill(x, generator=gen())
+    centre = torch.zeros(32, 32, dtype=torch.bool)
+    centre[block] = True
+    assert torch.equal(y[..., ~centre], x[..., ~centre])  # non-centre cells bit-identical
+    assert centre.sum() / centre.numel() == rate
+    cx, cy = cells(x, 4), cells(y, 4)
+    grid = torch.ones(8, 8, dtype=torch.bool)
+    grid[1:-1, 1:-1] = False
+    ring = grid.flatten().nonzero().flatten()
+    centre_cells = cells(centre.view(1, 1, 32, 32), 4)[0].flatten(1).all(dim=1).nonzero().flatten()
+    for b in range(20):
+        for n in centre_cells:
+            assert any(torch.equal(cy[b, n], cx[b, r]) for r in ring)
+
+
+def test_infill_rate_error_lists_sizes():
+    with pytest.raises(ValueError, match=r"4x4 cell grid: no centred block of 6 cells.*fit this 32x32 input: 1, 2, 4$"):
+        PatchInfill(8, 0.375)(torch.rand(1, 3, 32, 32))
+    assert PatchInfill(8, 0.375).valid_patch_sizes(32, 32) == [1, 2, 4]
+    assert PatchInfill(4, None, centre_shape=(4, 6)).grid(32, 32) == (8, 8)
+    with pytest.raises(ValueError, match="replace_rate"):
+        PatchInfill(4, None)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        PatchInfill(4, 1.0)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_commutes_with_per_channel_normalize(name):
+    x = torch.rand(4, 3, 16, 16)
+    mean, std = torch.tensor([0.4, 0.5, 0.6]).view(3, 1, 1), torch.tensor([0.2, 0.3, 0.25]).view(3, 1, 1)
+    t = CASES[name]()
+    after = (t(x, generator=gen()) - mean) / std
+    before = t((x - mean) / std, params=t.last_params)
+    assert torch.equal(after, before)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_generator_determinism_and_replay(name):
+    x = torch.rand(8, 3, 16, 16)
+    t = CASES[name]()
+    a, b, c = t(x, generator=gen(3)), t(x, generator=gen(3)), t(x, generator=gen(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(t(x, params=t.last_params), c)
+    torch.manual_seed(5)
+    d = t(x)
+    torch.manual_seed(5)
+    assert torch.equal(t(x), d)  # generator=None: torch's default generator
+    with pytest.raises(ValueError, match="replay params only on a batch of the same size"):
+        t(x[:4], params=t.last_params)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_p_and_same_on_batch(name):
+    x = torch.rand(64, 3, 16, 16)
+    t = CASES[name](p=0.0)
+    y = t(x, generator=gen())
+    assert torch.equal(y, x) and y.data_ptr() != x.data_ptr() and not bool(t.last_params["applied"].any())
+    half = CASES[name](p=0.5)
+    y = half(x, generator=gen())
+    applied = half.last_params["applied"]
+    assert 10 < int(applied.sum()) < 54
+    assert torch.equal(y[~applied], x[~applied])
+    assert not any(torch.equal(y[i], x[i]) for i in applied.nonzero().flatten())
+    same = CASES[name](same_on_batch=True)
+    y = same(x[:1].expand(5, -1, -1, -1), generator=gen())
+    assert all(torch.equal(y[0], y[i]) for i in range(5))
+    with pytest.raises(ValueError, match="probability"):
+        CASES[name](p=1.5)
+
+
+def test_alignment_rule_with_model_patch_size():
+    with pytest.raises(ValueError, match="not a multiple of model_patch_size=4"):
+        PatchShuffle(6, model_patch_size=4)
+    with pytest.raises(ValueError, match=r"does not divide the 28x28 input.*model_patch_size=4\): 4$"):
+        PatchShuffle(8, model_patch_size=4)(torch.rand(1, 1, 28, 28))
+    assert PatchRotate(16, model_patch_size=16).valid_patch_sizes(224, 224) == [16, 32, 112, 224]
+    assert PatchShuffle(16, model_patch_size=16).valid_patch_sizes(224, 224) == [16, 32, 112]
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="does not divide the 32x32 input.*: 1, 2, 4, 8, 16$"):
+        PatchShuffle(5)(torch.rand(2, 3, 32, 32))
+    with pytest.raises(TypeError, match="float or uint8"):
+        PatchShuffle(4)(torch.zeros(1, 3, 8, 8, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\) or \(C, H, W\)"):
+        PatchShuffle(4)(torch.rand(8, 8))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        PatchShuffle(4)([[0.0]])
+    with pytest.raises(ValueError, match="positive int"):
+        PatchRotate(0)
+    assert PatchShuffle(4)(torch.rand(0, 3, 8, 8), generator=gen()).shape == (0, 3, 8, 8)
+
+
+def test_single_cell_rotate_never_identity():
+    x = torch.arange(64.0).view(1, 1, 8, 8).repeat(200, 1, 1, 1)
+    y = PatchRotate(8)(x, generator=gen())
+    assert not any(torch.equal(y[i], x[i]) for i in range(200))
+
+
+def test_negative_views_draws_each_kind_and_applies_it():
+    views = NegativeViews(KINDS, 4)
+    x = torch.rand(300, 3, 16, 16)
+    y = views(x, generator=gen())
+    params = views.last_params
+    kind = params["kind"]
+    assert set(kind.tolist()) == {0, 1, 2}
+    identity = torch.arange(16).expand(300, 16)
+    is_shuffle, is_rotate, is_infill = kind == 0, kind == 1, kind == 2
+    assert bool((params["rotation"][is_shuffle | is_infill] == 0).all())
+    assert torch.equal(params["source"][is_rotate], identity[is_rotate])
+    assert torch.equal(y[is_infill][..., :4, :], x[is_infill][..., :4, :])  # border row of an infilled image
+    assert torch.equal(params["source"][is_shuffle].sort(dim=1).values, identity[is_shuffle])
+    with pytest.raises(ValueError, match="kinds must be"):
+        NegativeViews(["shuffle", "jigsaw"], 4)
+    with pytest.raises(ValueError, match="kind 'shuffle'"):
+        NegativeViews(["rotate", "shuffle"], 16)(torch.rand(1, 3, 16, 16))
+
+
+def _vit(pos_embed: str) -> torch.nn.Module:
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2,
+                              num_classes=10, pos_embed=pos_embed).eval()
+    for param in model.parameters():  # large weights: far from the near-linear regime of the default init
+        torch.nn.init.normal_(param, std=0.3)
+    return model
+
+
+@torch.no_grad()
+def test_shuffle_at_model_patch_size_leaves_position_free_vit_unchanged():
+    x = torch.rand(4, 3, 32, 32)
+    y = PatchShuffle(8, model_patch_size=8)(x, generator=gen())
+    free = _vit("none")
+    assert torch.allclose(free(x), free(y), atol=1e-5)
+    learned = _vit("learn")
+    assert not torch.allclose(learned(x), learned(y), atol=1e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_input_with_cpu_and_cuda_generator():
+    x = torch.rand(4, 3, 16, 16, device="cuda")
+    views = NegativeViews(KINDS, 4)
+    y = views(x, generator=gen())
+    assert y.device == x.device and torch.equal(y.cpu(), views(x.cpu(), params=views.last_params))
+    cuda_gen = torch.Generator(device="cuda").manual_seed(0)
+    assert views(x, generator=cuda_gen).device == x.device
