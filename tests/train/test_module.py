@@ -116,3 +116,19 @@ def test_builds_timm_model_by_name_and_rejects_unknown():
         ClassificationTask("vitlab_vit_tiny_99", num_classes=7)
     with pytest.raises(ValueError, match="needs num_classes"):
         ClassificationTask("vitlab_vit_tiny_32")
+
+
+def test_reserved_sections_build_the_builtin_extensions(tiny_vit):
+    from vitlab.losses import NegativeAugmentationLoss
+    from vitlab.train.config import NegativesConfig, PeftConfig
+    from vitlab.train.extensions import build_loss_terms, build_model_transform
+
+    assert build_loss_terms(NegativesConfig()) == []  # disabled by default
+    (term,) = build_loss_terms(NegativesConfig(enabled=True, kinds=["rotate"], patch_size=8, loss="l2", weight=0.5))
+    assert isinstance(term, NegativeAugmentationLoss) and term.weight == 0.5 and term.name == "negatives"
+    assert build_model_transform(PeftConfig()) is None
+    model = build_model_transform(PeftConfig(method="linear"))(tiny_vit)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight", "head.bias"}
+    with pytest.raises(ValueError, match="registered methods: .*kadaptation"):
+        build_model_transform(PeftConfig(method="no_such_method"))

@@ -1,0 +1,197 @@
+"""``wrap_in_subspace``: train a model only through θ = θ₀ + P·θ_d (Li et al. 2018; SAID of Aghajanyan et al. 2021).
+
+The base model's parameters stay frozen (θ₀, never copied). Each forward computes the D-vector ``P·θ_d`` once, adds
+each segment to its θ₀ tensor (one new tensor per subspace parameter) and calls the base model through
+``torch.func.functional_call``, so gradients reach θ_d (and the SAID scales) through the projection.
+
+The state dict holds only what a subspace run trains and needs: ``theta_d``, ``said_scales``, a directly trained
+head, the base model's buffers (e.g. BatchNorm statistics), and ``projection.seed`` / ``projection.checksum``.
+The frozen base parameters are left out (the checkpoint references the base model instead) and are kept from the
+module itself when loading.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> base = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    >>> model = wrap_in_subspace(base, SubspaceConfig(dim=20))
+    >>> sum(p.numel() for p in model.parameters() if p.requires_grad)
+    20
+    >>> x = torch.randn(4, 8)
+    >>> torch.equal(model(x), base(x))
+    True
+    >>> sorted(model.state_dict())
+    ['projection.checksum', 'projection.seed', 'theta_d']
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ..targets import classifier_names
+from .config import SubspaceConfig
+from .layout import Segment, build_layout, layout_digest
+from .projection import DenseProjection, FastfoodProjection, SubspaceProjection
+
+__all__ = ["SubspaceModel", "merge_subspace", "subspace_size", "wrap_in_subspace"]
+
+
+def _head_parameter_names(model: nn.Module, config: SubspaceConfig) -> set[str]:
+    if not config.train_head:
+        return set()
+    heads = classifier_names(model, config.head_modules)
+    if not heads:
+        raise ValueError(f"train_head=True but {type(model).__name__} has no get_classifier(); pass "
+                         "SubspaceConfig(head_modules=['<name of the classifier module>'])")
+    return {n for n, _ in model.named_parameters() if any(n.startswith(h + ".") for h in heads)}
+
+
+def subspace_size(model: nn.Module, config: SubspaceConfig) -> int:
+    """D, the number of parameters ``config`` puts into the subspace of ``model`` (e.g. to cap a d grid)."""
+    return sum(s.numel for s in build_layout(model, config.target_modules, _head_parameter_names(model, config)))
+
+
+class SubspaceModel(nn.Module):
+    """``base`` reparameterised as θ = θ₀ + P·θ_d (DID) or θ_i = θ₀,i + λ_i (P·θ_d)_i (SAID).
+
+    Args:
+        base: the model (its parameters are frozen in place, except a head trained directly).
+        config: the ``SubspaceConfig``.
+
+    Attributes:
+        theta_d: trainable ``[d]``, zeros at start (so the wrapped model computes exactly the base model).
+        said_scales: trainable ``[#segments]``, ones at start (only with ``said=True``; ``d = dim - #segments``).
+        projection: the ``DenseProjection`` or ``FastfoodProjection``.
+        segments: the ``Segment`` list (where each subspace block lives in the D-vector).
+    """
+
+    def __init__(self, base: nn.Module, config: SubspaceConfig) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Module):
+            raise TypeError(f"wrap_in_subspace needs an nn.Module, got {type(base).__name__}")
+        if isinstance(base, SubspaceModel):
+            raise ValueError("the model is already wrapped in a subspace; wrap the base model (model.base) instead")
+        self.config = config
+        head = _head_parameter_names(base, config)
+        self.segments: list[Segment] = build_layout(base, config.target_modules, head)
+        num_params = sum(s.numel for s in self.segments)
+        num_scales = len(self.segments) if config.said else 0
+        d = config.dim - num_scales
+        if d < 1:
+            raise ValueError(f"said=True needs dim > {num_scales} (one scale per segment is counted inside dim), "
+                             f"got dim={config.dim}; raise dim or set said=False")
+        first = next(base.parameters())
+        self.base = base
+        kwargs: dict[str, Any] = dict(seed=config.seed, layout=layout_digest(self.segments), device=first.device)
+        if config.projection == "dense":
+            kwargs["max_bytes"] = config.max_dense_bytes
+        cls = DenseProjection if config.projection == "dense" else FastfoodProjection
+        self.projection: SubspaceProjection = cls(num_params, d, **kwargs)
+        self.theta_d = nn.Parameter(torch.zeros(d, device=first.device))
+        self.said_scales = nn.Parameter(torch.ones(num_scales, device=first.device)) if config.said else None
+        for name, p in base.named_parameters():
+            p.requires_grad_(name in head)
+        self._frozen = [n for n, p in base.named_parameters() if not p.requires_grad]
+        self._by_param: dict[str, list[int]] = {}
+        for i, s in enumerate(self.segments):
+            self._by_param.setdefault(s.name, []).append(i)
+        self.register_state_dict_post_hook(_drop_frozen_base)
+        self.register_load_state_dict_pre_hook(_fill_frozen_base)
+
+    @property
+    def num_params(self) -> int:
+        """D, the number of parameters in the subspace."""
+        return self.projection.num_params
+
+    def subspace_parameters(self) -> dict[str, Tensor]:
+        """θ₀ + P·θ_d for every subspace parameter, by name (the dict passed to ``functional_call``)."""
+        flat = self.projection(self.theta_d)
+        theta0 = dict(self.base.named_parameters())
+        out = {}
+        for name, indices in self._by_param.items():
+            base = theta0[name]
+            blocks = []
+            for i in indices:
+                s = self.segments[i]
+                block = flat[s.offset: s.offset + s.numel].view(s.shape)
+                if self.said_scales is not None:
+                    block = block * self.said_scales[i]
+                blocks.append((s.rows, block.to(base.dtype)))
+            out[name] = _add_blocks(base, blocks)
+        return out
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Calls the base model with the subspace parameters; same inputs and outputs as ``base``."""
+        return functional_call(self.base, self.subspace_parameters(), args, kwargs)
+
+    def extra_repr(self) -> str:
+        said = f", said_scales={len(self.segments)}" if self.said_scales is not None else ""
+        return f"dim={self.config.dim}, segments={len(self.segments)}{said}"
+
+
+def _add_blocks(base: Tensor, blocks: list[tuple[tuple[int, int] | None, Tensor]]) -> Tensor:
+    """θ₀ plus blocks on dim-0 row ranges (one output tensor, no zero-filled delta)."""
+    if blocks[0][0] is None:
+        return base + blocks[0][1]
+    pieces, cursor = [], 0
+    for (start, stop), block in blocks:
+        pieces += [base[cursor:start], base[start:stop] + block]
+        cursor = stop
+    pieces.append(base[cursor:])
+    return torch.cat(pieces, 0)
+
+
+def _drop_frozen_base(module: SubspaceModel, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    for name in module._frozen:
+        state_dict.pop(f"{prefix}base.{name}", None)
+
+
+def _fill_frozen_base(module: SubspaceModel, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                      missing: list, unexpected: list, errors: list) -> None:
+    stored = state_dict.get(prefix + "theta_d")
+    if stored is not None and stored.shape != module.theta_d.shape:
+        raise ValueError(f"the checkpoint's theta_d has {stored.numel()} entries but this subspace has "
+                         f"{module.theta_d.numel()}; rebuild with the checkpoint's SubspaceConfig (dim, said, "
+                         "target_modules, train_head)")
+    params = dict(module.base.named_parameters())
+    for name in module._frozen:
+        state_dict.setdefault(f"{prefix}base.{name}", params[name].detach())
+
+
+def wrap_in_subspace(model: nn.Module, config: SubspaceConfig) -> SubspaceModel:
+    """Wrap ``model`` for random-subspace training; the result computes exactly ``model`` until θ_d moves.
+
+    Args:
+        model: any ``nn.Module`` (e.g. a timm ViT); its parameters are frozen in place.
+        config: the ``SubspaceConfig``.
+
+    Returns:
+        A ``SubspaceModel``: its only trainable parameters are θ_d, the SAID scales and, with ``train_head``, the
+        head. With the defaults that is exactly ``config.dim`` numbers.
+
+    Raises:
+        ValueError: bad selection, ``dim`` larger than D, or ``dim`` too small for SAID. MemoryError: a dense P
+            that would not fit (the message suggests Fastfood).
+    """
+    if not isinstance(config, SubspaceConfig):
+        raise TypeError(f"config must be a SubspaceConfig, got {type(config).__name__}; "
+                        "build one with SubspaceConfig(dim=...)")
+    return SubspaceModel(model, config)
+
+
+@torch.no_grad()
+def merge_subspace(model: SubspaceModel) -> nn.Module:
+    """A plain copy of the base model with θ₀ + P·θ_d written into its parameters (for fast evaluation/export)."""
+    if not isinstance(model, SubspaceModel):
+        raise TypeError(f"merge_subspace needs a SubspaceModel (from wrap_in_subspace), got {type(model).__name__}")
+    merged = copy.deepcopy(model.base)
+    values = model.subspace_parameters()
+    for name, p in merged.named_parameters():
+        if name in values:
+            p.copy_(values[name])
+        p.requires_grad_(True)
+    return merged

@@ -1,0 +1,114 @@
+"""Adapter checkpoints: only the adaptation and the classifier head it trained, as a vitlab ``kind="adapter"`` file.
+
+The file holds the tensors recorded by ``set_peft_spec`` (adapter parameters plus the trained head — peft users often
+lose the head, a known pitfall), and its metadata ``extra["peft"]`` holds ``{method, target_modules, options}``, so
+``load_adapter`` re-applies the same transform to a fresh base model and fills in the tensors.
+
+``base_sha256`` identifies the frozen base: ``frozen_base_sha256(model)`` hashes the base model's state dict
+**without** the classifier head (the head is part of the adapter file; a downstream head starts random) and works
+on the base model before adaptation and on the adapted model alike (``.base_layer`` names are folded back).
+
+Example:
+    >>> import timm
+    >>> from vitlab.peft import build_peft_transform
+    >>> def base():
+    ...     return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=1,
+    ...                              num_heads=2, num_classes=10)
+    >>> model = build_peft_transform("lora_qv", r=2)(base())
+    >>> path = save_adapter("/tmp/vitlab_doctest_adapter/adapter.safetensors", model)  # doctest: +SKIP
+    >>> restored = load_adapter(path, base())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, state_dict_sha256
+from vitlab.peft.control import get_peft_spec
+from vitlab.peft.targets import classifier_names
+
+__all__ = ["adapter_state_dict", "frozen_base_sha256", "load_adapter", "save_adapter"]
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors an adapter checkpoint holds: the adapter parameters and the trained head (detached)."""
+    spec = get_peft_spec(model)
+    if spec["method"] == "full":
+        raise ValueError("full fine-tuning has no adapter: save the whole model with "
+                         "vitlab.checkpoint.save_checkpoint(kind='model')")
+    params = dict(model.named_parameters())
+    return {name: params[name].detach() for name in spec["params"]}
+
+
+def frozen_base_sha256(model: nn.Module, head_modules: list[str] | None = None) -> str:
+    """SHA-256 of the frozen base weights (classifier excluded), for a base or an adapted (unmerged) model."""
+    spec = model.__dict__.get("vitlab_peft")
+    adapter_names = set(spec["params"]) if spec else set()
+    heads = classifier_names(model, head_modules or (spec or {}).get("options", {}).get("head_modules"))
+    base = {}
+    for name, tensor in model.state_dict().items():
+        if name in adapter_names or any(name.startswith(h + ".") for h in heads):
+            continue
+        base[name.replace(".base_layer.", ".")] = tensor
+    return state_dict_sha256(base)
+
+
+def save_adapter(
+    path: str | Path, model: nn.Module, *, base_sha256: str | None = None, model_name: str | None = None,
+    model_kwargs: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the adaptation (+ head) of ``model`` as a vitlab adapter checkpoint.
+
+    Args:
+        path: ``.safetensors`` file or folder.
+        model: an adapted, unmerged model.
+        base_sha256: hash of the frozen base (default: ``frozen_base_sha256(model)``).
+        model_name, model_kwargs: how to rebuild the base architecture (timm name and kwargs).
+        extra: more JSON metadata (data config, metrics); ``extra["peft"]`` is written by this function.
+
+    Returns:
+        The written file path.
+    """
+    spec = get_peft_spec(model)
+    tensors = adapter_state_dict(model)
+    meta_extra = dict(extra or {})
+    meta_extra["peft"] = {k: spec[k] for k in ("method", "target_modules", "options")}
+    return save_checkpoint(path, tensors, kind="adapter", model_name=model_name, model_kwargs=model_kwargs or {},
+                           base_sha256=base_sha256 or frozen_base_sha256(model), extra=meta_extra)
+
+
+def load_adapter(path: str | Path, base_model: nn.Module, check_base: bool = True) -> nn.Module:
+    """Re-apply the saved method to ``base_model`` (in place) and load the saved adapter and head tensors.
+
+    Args:
+        path: adapter checkpoint written by ``save_adapter``.
+        base_model: the base the adapter was trained on (same architecture; the head may be freshly initialised).
+        check_base: refuse a base whose frozen weights hash differently from the one recorded.
+
+    Returns:
+        The adapted model, equal to the one that was saved.
+    """
+    from vitlab.peft.methods import build_peft_transform
+
+    expected = frozen_base_sha256(base_model) if check_base else None
+    tensors, meta = load_checkpoint(path, expected_kind="adapter", base_sha256=expected)
+    peft = meta.get("extra", {}).get("peft")
+    if not peft:
+        raise CheckpointError(f"{path} has no extra['peft'] record; it was not written by vitlab.peft.save_adapter")
+    model = build_peft_transform(peft["method"], peft["target_modules"], **peft["options"])(base_model)
+    params = dict(model.named_parameters())
+    expected_names = set(get_peft_spec(model)["params"])
+    missing, unexpected = sorted(expected_names - set(tensors)), sorted(set(tensors) - expected_names)
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not fit the re-applied {peft['method']!r} adapter: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if params[name].shape != tensor.shape:
+                raise CheckpointError(f"{name}: saved shape {tuple(tensor.shape)} != model {tuple(params[name].shape)}")
+            params[name].copy_(tensor)
+    return model

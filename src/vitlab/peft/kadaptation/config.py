@@ -1,0 +1,111 @@
+"""``KAdaptationConfig``: every hyperparameter of Kronecker Adaptation (He et al., AAAI 2023; PEViT code).
+
+Defaults reproduce the reference structure — n = 32 Kronecker terms, rank-1 ``B_i``, rank-1 ``A_i`` shared by all
+layers (one set for queries, one for values), one bias per layer shared by the query and value deltas, targets the
+query and value projections — which gives exactly 50,176 trainable adaptation parameters on a 12-layer, width-768 ViT.
+They differ from the reference code in three documented places:
+
+* **Initialisation** (``init``): the reference zero-initialises both ``u_i`` and ``v_i``, so ΔW sits at a saddle
+  and never receives gradient. Here only ``u_i`` is zero (ΔW = 0 at start, as LoRA zeroes ``B``); ``v_i`` is
+  Kaiming-uniform like LoRA's ``A`` and the shared factors are N(0, 1/n), so every factor trains from the 2nd step on.
+* **Scale** (``scale`` = 1): the reference multiplies by α/r·5 = 160 because its shared factors start at
+  U(±0.01), i.e. ``A_i`` entries ~1e-5. With the N(0, 1/n) init above ``A_i`` entries are ~1/n, so s = 1 gives
+  per-step weight changes of the same order as LoRA with α = r under Adam; raise it for plain SGD.
+* **Dropout** (``dropout`` = 0): the reference applies dropout p = 0.5 to the dense ΔW. Dropout on a dense ΔW
+  forces materialising it every step; with p = 0 the update is applied as a Kronecker–vector product that never forms
+  the ``d × d`` matrix (``path="auto"``). ``dropout > 0`` is supported and switches to the dense path.
+
+Example:
+    >>> cfg = KAdaptationConfig(n=16, target_modules=r".*\\.attn\\.qkv")
+    >>> cfg.rank, cfg.a_rank, cfg.scale
+    (1, 1, 1.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from vitlab.peft.targets import FUSED_SLICES
+
+__all__ = ["KAdaptationConfig"]
+
+PATHS = ("auto", "factored", "dense")
+
+
+@dataclass
+class KAdaptationConfig:
+    """Configuration of ``apply_kadaptation``: ΔW = s · Σ_{i=1..n} A_i ⊗ (u_i v_iᵀ) on each targeted weight block.
+
+    Args:
+        n: number of Kronecker terms and size of each ``A_i`` (n × n). Must divide both dimensions of every targeted
+            weight block; ``B_i`` is ``(out/n) × (in/n)``.
+        rank: rank ``r`` of each ``B_i = u_i v_iᵀ``.
+        a_rank: rank of each shared ``A_i = a_i c_iᵀ``; ``None`` keeps ``A_i`` a full n × n matrix.
+        share_a: share the ``A`` factors across layers, one set per role (``q``, ``v``, or a Linear's last name
+            component such as ``fc1``); ``False`` gives every targeted block its own ``A``.
+        bias: one trainable bias per adapted layer, added to every adapted slice (shared by Q and V, as in the
+            reference); needs the base Linear to have a bias so that merging can fold it.
+        scale: the constant ``s`` multiplying ΔW (see the module docstring for why 1 and not the reference's 160).
+        dropout: dropout probability on the dense ΔW during training (reference 0.5); 0 keeps the cheap path.
+        path: ``"factored"`` (Kronecker–vector product, no dense ΔW), ``"dense"`` (materialise ΔW each forward),
+            or ``"auto"`` (factored unless dropout > 0 or the dense product is cheaper for the layer shape).
+        target_modules: ``None`` (attention query and value projections), a preset of
+            ``vitlab.peft.TIMM_TARGET_PRESETS``, a list of module names, a regex, or ``"auto"`` (read
+            ``intrinsic_table``).
+        fused_slices: rows of a matched fused ``qkv`` Linear to adapt, subset of ``("q", "k", "v")``.
+        intrinsic_table: CSV written by ``vitlab intrinsic-dim --per-module`` (columns ``module,d90``), read when
+            ``target_modules == "auto"``.
+        auto_top_k: ``auto`` adapts the ``auto_top_k`` module kinds with the smallest d90 that this model has.
+        train_head: keep the classifier head trainable (the base model is always frozen).
+        head_modules: names of the classifier modules; default: timm's ``model.get_classifier()``.
+        seed: seed of the initialisation (a private ``torch.Generator``, global RNG untouched); ``None`` uses the
+            global RNG.
+    """
+
+    n: int = field(default=32, metadata={"help": "Kronecker terms; A_i is n x n"})
+    rank: int = field(default=1, metadata={"help": "rank of B_i = u_i v_i^T"})
+    a_rank: int | None = field(default=1, metadata={"help": "rank of the shared A_i (None: full n x n)"})
+    share_a: bool = field(default=True, metadata={"help": "share A across layers, one set per role (q, v, ...)"})
+    bias: bool = field(default=True, metadata={"help": "one bias per layer shared by its adapted slices"})
+    scale: float = field(default=1.0, metadata={"help": "constant s multiplying Delta W"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the dense Delta W (forces the dense path)"})
+    path: Literal["auto", "factored", "dense"] = field(default="auto", metadata={"help": "how Delta W is applied"})
+    target_modules: str | list[str] | None = field(default=None, metadata={"help": "names, regex, preset or 'auto'"})
+    fused_slices: tuple[str, ...] = field(default=("q", "v"), metadata={"help": "rows of a fused qkv to adapt"})
+    intrinsic_table: str | None = field(default=None, metadata={"help": "per-module d90 CSV for target 'auto'"})
+    auto_top_k: int = field(default=2, metadata={"help": "module kinds chosen by 'auto'"})
+    train_head: bool = field(default=True, metadata={"help": "keep the classifier head trainable"})
+    head_modules: list[str] | None = field(default=None, metadata={"help": "classifier module names"})
+    seed: int | None = field(default=0, metadata={"help": "seed of the factor initialisation"})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be a positive int, got {self.n!r}")
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"rank must be a positive int, got {self.rank!r}")
+        if self.a_rank is not None and (not isinstance(self.a_rank, int) or not 1 <= self.a_rank <= self.n):
+            raise ValueError(f"a_rank must be None (full A_i) or an int in 1..n={self.n}, got {self.a_rank!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
+        if self.path == "factored" and self.dropout > 0:
+            raise ValueError("dropout on Delta W needs the dense Delta W: use path='dense' or 'auto', or dropout=0")
+        self.fused_slices = tuple(self.fused_slices)
+        if not self.fused_slices or any(s not in FUSED_SLICES for s in self.fused_slices):
+            raise ValueError(f"fused_slices must be a non-empty subset of {FUSED_SLICES}, got {self.fused_slices}")
+        if self.target_modules == "auto" and not self.intrinsic_table:
+            raise ValueError("target_modules='auto' reads the per-module intrinsic-dimension table: set "
+                             "intrinsic_table to the CSV written by `vitlab intrinsic-dim --per-module`")
+        if isinstance(self.target_modules, Sequence) and not isinstance(self.target_modules, str):
+            self.target_modules = list(self.target_modules)
+        if not isinstance(self.auto_top_k, int) or self.auto_top_k < 1:
+            raise ValueError(f"auto_top_k must be a positive int, got {self.auto_top_k!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (stored in adapter checkpoints); ``KAdaptationConfig(**d)`` rebuilds it."""
+        out = asdict(self)
+        out["fused_slices"] = list(self.fused_slices)
+        return out

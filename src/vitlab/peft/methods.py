@@ -1,0 +1,178 @@
+"""One entry point for every fine-tuning method: ``build_peft_transform(method, target_modules, **options)``.
+
+It returns a model transform ``nn.Module -> nn.Module`` (the training harness's extension point B, applied before the
+optimizer collects ``requires_grad`` parameters), so the config section ``peft: {method, target_modules, options}``
+maps to ``build_peft_transform(peft.method, peft.target_modules, **peft.options)``.
+
+| method | what trains | options (besides ``train_head``, ``head_modules``) |
+|---|---|---|
+| ``full`` | everything | — |
+| ``linear`` (alias ``linear_probe``) | the classifier head | — |
+| ``kadaptation`` | Kronecker factors + per-layer bias + head | fields of ``KAdaptationConfig`` |
+| ``lora`` | HF peft LoRA on whole Linears (default fused ``qkv``) + head | ``r, alpha, dropout`` |
+| ``lokr`` | HF peft LoKr + head | ``r, alpha, decompose_factor, decompose_both`` |
+| ``lora_qv`` | LoRA on Q and V rows of fused ``qkv`` + head | ``r, alpha, dropout, fused_slices, seed`` |
+| ``adapter`` | bottleneck adapters after each MLP + head | ``bottleneck`` |
+
+Other packages add methods with ``register_peft_method`` (the intrinsic-dimension code adds ``subspace``).
+``count_parameters`` reports every method's trainable parameters the same way.
+
+Example:
+    >>> import timm
+    >>> model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=2,
+    ...                           num_heads=2, num_classes=10)
+    >>> model = build_peft_transform("linear")(model)
+    >>> count_parameters(model)["trainable"], count_parameters(model)["adaptation"]
+    (490, 0)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from vitlab.peft.adapter import apply_bottleneck_adapters
+from vitlab.peft.control import set_peft_spec
+from vitlab.peft.freeze import freeze_base
+from vitlab.peft.kadaptation import KAdaptationConfig, apply_kadaptation
+from vitlab.peft.lora import apply_lokr, apply_lora, apply_lora_qv
+from vitlab.peft.targets import classifier_names
+
+__all__ = ["PEFT_METHODS", "build_peft_transform", "count_parameters", "register_peft_method"]
+
+Transform = Callable[[nn.Module], nn.Module]
+Builder = Callable[..., Transform]
+
+
+def _full(target_modules: None = None, **options: Any) -> Transform:
+    _no_targets("full", target_modules)
+    _check_options("full", options, ())
+
+    def transform(model: nn.Module) -> nn.Module:
+        for param in model.parameters():
+            param.requires_grad_(True)
+        set_peft_spec(model, "full", None, {})
+        return model
+
+    return transform
+
+
+def _linear(target_modules: None = None, head_modules: Sequence[str] | None = None, **options: Any) -> Transform:
+    _no_targets("linear", target_modules)
+    _check_options("linear", options, ())
+
+    def transform(model: nn.Module) -> nn.Module:
+        heads = classifier_names(model, head_modules)
+        if not heads:
+            raise ValueError(f"linear probing needs a classifier head, and {type(model).__name__} has no "
+                             "get_classifier(); pass options={'head_modules': ['<name>']}")
+        freeze_base(model, trainable_modules=heads)
+        set_peft_spec(model, "linear", None, {"head_modules": head_modules})
+        return model
+
+    return transform
+
+
+def _kadaptation(target_modules: Any = None, **options: Any) -> Transform:
+    _check_options("kadaptation", options, [n for n in inspect.signature(KAdaptationConfig).parameters
+                                            if n != "target_modules"])
+    config = KAdaptationConfig(target_modules=target_modules, **options)  # validates now, before any model exists
+    return lambda model: apply_kadaptation(model, config)
+
+
+def _wrap(name: str, fn: Callable[..., nn.Module]) -> Builder:
+    allowed = [p for p in inspect.signature(fn).parameters if p not in ("model", "target_modules")]
+
+    def builder(target_modules: Any = None, **options: Any) -> Transform:
+        _check_options(name, options, allowed)
+        return lambda model: fn(model, target_modules, **options)
+
+    return builder
+
+
+def _adapter(target_modules: Any = None, **options: Any) -> Transform:
+    allowed = ("bottleneck", "train_head", "head_modules")
+    _check_options("adapter", options, allowed)
+    train_head, head_modules = options.pop("train_head", True), options.get("head_modules")
+
+    def transform(model: nn.Module) -> nn.Module:
+        before = {id(p) for p in model.parameters()}
+        apply_bottleneck_adapters(model, target_modules, **options)
+        new = [p for p in model.parameters() if id(p) not in before]
+        heads = classifier_names(model, head_modules) if train_head else []
+        freeze_base(model, trainable_modules=heads, trainable_params=new)
+        set_peft_spec(model, "adapter", target_modules, {**options, "train_head": train_head})
+        return model
+
+    return transform
+
+
+PEFT_METHODS: dict[str, Builder] = {
+    "full": _full,
+    "linear": _linear,
+    "linear_probe": _linear,
+    "kadaptation": _kadaptation,
+    "lora": _wrap("lora", apply_lora),
+    "lokr": _wrap("lokr", apply_lokr),
+    "lora_qv": _wrap("lora_qv", apply_lora_qv),
+    "adapter": _adapter,
+}
+
+
+def _no_targets(method: str, target_modules: Any) -> None:
+    if target_modules is not None:
+        raise ValueError(f"method {method!r} takes no target_modules (got {target_modules!r}); set it to null")
+
+
+def _check_options(method: str, options: dict[str, Any], allowed: Sequence[str]) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for peft method {method!r}; valid options: {sorted(allowed)}")
+
+
+def register_peft_method(name: str, builder: Builder) -> None:
+    """Add a method: ``builder(target_modules, **options)`` must return an ``nn.Module -> nn.Module`` transform that
+    freezes what it does not train and calls ``vitlab.peft.set_peft_spec`` (so its adapters can be saved)."""
+    if not name or not callable(builder):
+        raise ValueError("register_peft_method needs a non-empty name and a callable builder")
+    if name in PEFT_METHODS and PEFT_METHODS[name] is not builder:
+        raise ValueError(f"peft method {name!r} is already registered")
+    PEFT_METHODS[name] = builder
+
+
+def build_peft_transform(method: str | None, target_modules: str | Sequence[str] | None = None,
+                         **options: Any) -> Transform:
+    """The model transform for ``method``; options are validated now, targets when the transform runs.
+
+    Args:
+        method: a key of ``PEFT_METHODS``; ``None`` means ``"full"``.
+        target_modules: what to adapt (method-specific default when ``None``): preset, list of names, regex, or
+            ``"auto"`` for KAdaptation.
+        **options: method options (see the module table).
+
+    Returns:
+        ``transform(model) -> model`` that adapts ``model`` in place and returns it.
+    """
+    method = method or "full"
+    if method not in PEFT_METHODS:
+        raise ValueError(f"unknown peft method {method!r}; choose one of {sorted(PEFT_METHODS)}")
+    return PEFT_METHODS[method](target_modules, **options)
+
+
+def count_parameters(model: nn.Module, head_modules: Sequence[str] | None = None) -> dict[str, int]:
+    """Parameter counts, the same way for every method (shared tensors counted once).
+
+    Returns:
+        ``total`` (all parameters), ``trainable``, ``head`` (trainable parameters of the classifier) and
+        ``adaptation`` = ``trainable - head`` (the number PEFT papers report, e.g. 50,176 for KAdaptation on ViT-B).
+    """
+    params = {id(p): p for p in model.parameters()}
+    heads = classifier_names(model, head_modules)
+    head_ids = {id(p) for h in heads for p in model.get_submodule(h).parameters()}
+    trainable = sum(p.numel() for p in params.values() if p.requires_grad)
+    head = sum(p.numel() for i, p in params.items() if p.requires_grad and i in head_ids)
+    return {"total": sum(p.numel() for p in params.values()), "trainable": trainable, "head": head,
+            "adaptation": trainable - head}

@@ -1,0 +1,139 @@
+"""d90 sweeps: grid, d90, resumable CSV with claims, plot, per-module table, and a real sweep on digits."""
+
+import json
+import os
+
+import pytest
+import timm
+import torch
+from sklearn.datasets import load_digits
+
+from vitlab.peft.intrinsic import SubspaceConfig, wrap_in_subspace
+from vitlab.peft.intrinsic.mnist_fc import MnistFC
+from vitlab.peft.intrinsic.per_module import (
+    PER_MODULE_CSV,
+    PER_MODULE_JSON,
+    available_module_kinds,
+    module_kind_targets,
+    read_module_table,
+    run_per_module_sweep,
+    select_modules,
+)
+from vitlab.peft.intrinsic.sweep import find_d90, log_grid, read_sweep, run_sweep
+from vitlab.peft.intrinsic.trainer import FitSettings, fit_classifier
+
+
+def test_log_grid():
+    assert log_grid(10, 1000, 3) == [10, 100, 1000]
+    assert log_grid(1, 4, 10) == [1, 2, 3, 4]  # rounding duplicates dropped
+    with pytest.raises(ValueError, match="start <= stop"):
+        log_grid(100, 10, 3)
+
+
+def test_find_d90_raw_and_interpolated():
+    d90 = find_d90({10: 0.2, 100: 0.6, 1000: 0.9, 10000: 0.95}, reference=0.8)
+    assert d90.threshold == pytest.approx(0.72) and d90.raw == 1000
+    assert d90.interpolated == pytest.approx(100 * 10 ** 0.4)  # 0.72 is 40 % of the way from 0.6 to 0.9
+    assert find_d90({10: 0.9}, reference=0.9).interpolated == 10.0
+    assert find_d90({10: 0.1, 20: 0.2}, reference=1.0).raw is None
+
+
+def test_sweep_resumes_and_records_the_reference_once(tmp_path):
+    calls, ref_calls = [], []
+
+    def train(dim):
+        calls.append(dim)
+        if dim == 100 and len(calls) == 2:
+            raise KeyboardInterrupt  # interrupted in the middle of the second point
+        return min(1.0, dim / 500)
+
+    def reference():
+        ref_calls.append(1)
+        return 1.0
+
+    csv_path = tmp_path / "sweep.csv"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(train, [10, 100, 1000], csv_path, reference=reference)
+    assert [(r["group"], r["dim"]) for r in read_sweep(csv_path)] == [("reference", None), ("all", 10)]
+    result = run_sweep(train, [10, 100, 1000], csv_path, reference=reference, plot_path=tmp_path / "sweep.png")
+    assert calls == [10, 100, 100, 1000] and ref_calls == [1]
+    assert result.complete and result.points == {10: 0.02, 100: 0.2, 1000: 1.0}
+    assert result.d90.raw == 1000 and (tmp_path / "sweep.png").stat().st_size > 1000
+    assert not (tmp_path / "sweep.csv.locks").exists() or not any((tmp_path / "sweep.csv.locks").iterdir())
+    with pytest.raises(ValueError, match="records reference accuracy 1.0"):
+        run_sweep(train, [10], csv_path, reference=0.5)
+
+
+def test_claims_skip_points_held_by_live_processes_and_take_over_dead_ones(tmp_path):
+    locks = tmp_path / "sweep.csv.locks"
+    locks.mkdir()
+    host = os.uname().nodename
+    (locks / "all-1.lock").write_text(f"{host}:{os.getpid()}")  # alive: another worker is on it
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    (locks / "all-2.lock").write_text(f"{host}:{dead}")  # its process has died
+    result = run_sweep(lambda d: 0.5, [1, 2], tmp_path / "sweep.csv", reference=1.0, stop_after_reached=None)
+    assert result.points == {2: 0.5} and not result.complete
+
+
+def test_stop_after_reached_skips_larger_dims(tmp_path):
+    seen = []
+    result = run_sweep(lambda d: seen.append(d) or (1.0 if d >= 20 else 0.0), [10, 20, 40, 80], tmp_path / "s.csv",
+                       reference=1.0, stop_after_reached=1)
+    assert seen == [10, 20] and result.d90.raw == 20 and not result.complete
+
+
+def _digits():
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target)
+    return (x[:1400], y[:1400]), (x[1400:], y[1400:])
+
+
+def test_a_small_sweep_on_digits_finds_d90_and_writes_its_plot(tmp_path):
+    train, test = _digits()
+    settings = FitSettings(epochs=8, batch_size=64, lr=0.1)
+
+    def train_and_eval(dim):
+        model = wrap_in_subspace(MnistFC(in_features=64, hidden=(32,)), SubspaceConfig(dim=dim))
+        return fit_classifier(model, train, test, settings).accuracy
+
+    def reference():
+        return fit_classifier(MnistFC(in_features=64, hidden=(32,)), train, test,
+                              FitSettings(epochs=20, batch_size=32, lr=3e-3)).accuracy
+
+    result = run_sweep(train_and_eval, [2, 8, 32, 128, 512], tmp_path / "sweep.csv", reference=reference,
+                       plot_path=tmp_path / "sweep.png")
+    assert result.reference > 0.9
+    assert result.points[2] < 0.9 * result.reference <= result.points[512]
+    assert result.d90.raw in (8, 32, 128, 512) and 2 < result.d90.interpolated <= result.d90.raw
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_per_module_table_ranks_writes_and_reads_back(tmp_path):
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2,
+                              num_classes=10)
+    kinds = available_module_kinds(model)
+    assert kinds == ["attn_q", "attn_k", "attn_v", "attn_out", "mlp_fc1", "mlp_fc2"]
+    targets = module_kind_targets(model, "attn_q")
+    assert targets == ["qkv@q", "head"]
+    wrapped = wrap_in_subspace(model, SubspaceConfig(dim=10, target_modules=targets))
+    assert wrapped.num_params == 2 * (48 * 48 + 48) + 48 * 10 + 10
+    scale = {"attn_q": 10, "attn_k": 400, "attn_v": 40, "attn_out": 100, "mlp_fc1": 1000, "mlp_fc2": 10**6}
+
+    def train_and_eval(kind, dim):
+        return min(1.0, dim / scale[kind])
+
+    records = run_per_module_sweep(model, train_and_eval, [10, 100, 1000], tmp_path, reference=1.0)
+    assert [r.module for r in records] == ["attn_q", "attn_v", "attn_out", "attn_k", "mlp_fc1", "mlp_fc2"]
+    assert [r.rank for r in records] == [1, 2, 3, 4, 5, 6] and not records[-1].reached
+    assert records[0].num_params == 2 * (48 * 48 + 48) and records[0].targets == ("qkv@q", "head")
+    assert select_modules(records) == ["attn_q", "attn_v"]
+    payload = json.loads((tmp_path / PER_MODULE_JSON).read_text())
+    assert payload["modules"][1]["module"] == "attn_v" and "selection_rule" in payload
+    assert read_module_table(tmp_path / PER_MODULE_CSV) == records == read_module_table(tmp_path)
+    assert (tmp_path / "intrinsic_dim_per_module.png").exists()
+    with pytest.raises(ValueError, match="unknown module kinds"):
+        run_per_module_sweep(model, train_and_eval, [10], tmp_path, reference=1.0, kinds=["attn_qq"])
