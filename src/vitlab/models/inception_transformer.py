@@ -21,16 +21,17 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, resample_abs_pos_embed_nhwc, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, load_state_dict, register_model
+from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
+
+from vitlab.models.iformer_checkpoint import checkpoint_filter_fn, load_official_checkpoint
 
 __all__ = ["InceptionTransformer", "checkpoint_filter_fn", "load_official_checkpoint"]
 
@@ -446,78 +447,6 @@ class InceptionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: InceptionTransformer) -> dict[str, torch.Tensor]:
-    """Adapt an official iFormer state dict to ``model`` (no key renaming is needed: the names are the official ones).
-
-    Unwraps ``{"model": ...}`` / ``{"state_dict": ...}``, strips ``module.`` prefixes (DataParallel/DDP), resizes
-    position embeddings whose grid differs from the model's (bilinear, ``align_corners=False``, no antialias: the
-    interpolation the official code applies at forward time, e.g. 224-px weights into a 384-px model), and casts
-    ``num_batches_tracked`` to the model's dtype.
-    """
-    for key in ("model", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], Mapping):
-            state_dict = state_dict[key]
-            break
-    own = model.state_dict()
-    out = {}
-    for name, value in state_dict.items():
-        name = name.removeprefix("module.")
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"checkpoint entry {name!r} is a {type(value).__name__}, not a tensor")
-        target = own.get(name)
-        if target is not None and name.startswith("pos_embed") and value.ndim == 4 and value.shape != target.shape:
-            if value.shape[-1] == target.shape[-1]:
-                value = resample_abs_pos_embed_nhwc(
-                    value, list(target.shape[1:3]), interpolation="bilinear", antialias=False
-                )
-        elif target is not None and name.endswith("num_batches_tracked"):
-            value = value.to(target.dtype)
-        out[name] = value
-    return out
-
-
-def load_official_checkpoint(
-    model: InceptionTransformer, path_or_state_dict: str | Path | Mapping[str, Any]
-) -> InceptionTransformer:
-    """Load official iFormer weights (``.pth`` read with ``weights_only=True``, or ``.safetensors``) into ``model``.
-
-    Accepts a bare state dict or one wrapped in ``"model"``/``"state_dict"``, with or without ``module.`` prefixes.
-    Position embeddings are resized bilinearly when the checkpoint's grid differs (e.g. 224-px weights into an
-    ``inception_transformer_small_384``). Raises ``ValueError`` naming every missing, unexpected and mis-shaped key.
-
-    Example:
-        >>> import timm, vitlab
-        >>> model = timm.create_model("inception_transformer_small")  # doctest: +SKIP
-        >>> load_official_checkpoint(model, "iformer_small.pth")  # doctest: +SKIP
-    """
-    if isinstance(path_or_state_dict, (str, Path)):
-        path = Path(path_or_state_dict)
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint at {path}; pass the path of an official iformer_*.pth file")
-        state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
-    elif isinstance(path_or_state_dict, Mapping):
-        state_dict = path_or_state_dict
-    else:
-        raise TypeError(f"expected a path or a state dict, got {type(path_or_state_dict).__name__}")
-    state_dict = checkpoint_filter_fn(state_dict, model)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    misshaped = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state_dict.items() if k in own and v.shape != own[k].shape
-    ]
-    if missing or unexpected or misshaped:
-        raise ValueError(
-            "checkpoint does not fit this InceptionTransformer (was it built with the checkpoint's variant, "
-            "num_classes and in_chans?):"
-            + "".join(f"\n  {label} ({len(keys)}): {', '.join(keys)}" for label, keys in (
-                ("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys)
-        )
-    model.load_state_dict(state_dict, strict=True)
-    return model
 
 
 def _create_inception_transformer(variant: str, pretrained: bool = False, **kwargs) -> InceptionTransformer:
