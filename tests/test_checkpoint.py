@@ -43,6 +43,12 @@ def test_sha256_depends_on_values_names_and_not_order():
     assert len(state_dict_sha256(a)) == 64
 
 
+def test_sha256_hashes_zero_dim_tensors_of_any_dtype():
+    counters = {"bn.num_batches_tracked": torch.tensor(3), "scale": torch.tensor(0.5)}  # 0-d int64 and float32
+    assert state_dict_sha256(counters) != state_dict_sha256({**counters, "bn.num_batches_tracked": torch.tensor(4)})
+    assert state_dict_sha256(counters) == state_dict_sha256({k: v.clone() for k, v in counters.items()})
+
+
 def test_plain_safetensors_without_metadata_is_rejected(tmp_path):
     save_file({"w": torch.ones(1)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(CheckpointError, match="no 'vitlab' metadata"):
