@@ -139,4 +139,7 @@ def test_one_lightning_training_step_with_the_term():
     loader = DataLoader(TensorDataset(images, labels), batch_size=8)
     trainer.fit(task, loader, loader)
     assert "train/negatives/loss" in trainer.callback_metrics
+    for key in ("neg_acc", "neg_confidence"):  # the accuracy on negative views is logged too
+        value = trainer.callback_metrics[f"train/negatives/{key}"].item()
+        assert 0.0 <= value <= 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, task.model.parameters(), strict=True))

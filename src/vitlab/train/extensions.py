@@ -10,6 +10,8 @@
 - ``outputs``: ``{"logits": (B, K), "loss_ce": scalar}``.
 
 Every returned scalar is multiplied by ``weight``, added to the cross-entropy, and logged as ``train/<name>/<key>``.
+A term may also expose ``last_metrics: dict[str, Tensor]`` (detached scalars refreshed by each call); they are logged
+as ``train/<name>/<key>`` per epoch, not added to the loss.
 The ``negatives`` config section builds one (patch-based negative augmentation).
 
 **B. Model transforms.** A callable ``nn.Module -> nn.Module`` applied after the model is built (and its

@@ -137,6 +137,9 @@ class ClassificationTask(L.LightningModule):
             for key, value in term(self, batch, outputs).items():
                 loss = loss + term.weight * value
                 self.log(f"train/{term.name}/{key}", value.detach(), on_step=True, on_epoch=True)
+            # optional diagnostics a term exposes after its call (negatives: neg_acc, neg_confidence)
+            for key, value in getattr(term, "last_metrics", {}).items():
+                self.log(f"train/{term.name}/{key}", value, on_step=False, on_epoch=True)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
