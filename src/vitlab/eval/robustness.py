@@ -117,7 +117,7 @@ def top1_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], de
 def _uint8_batches(images: np.ndarray, labels: np.ndarray, preprocess: Callable[[Tensor], Tensor],
                    batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
     for start in range(0, images.shape[0], batch_size):
-        chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
+        chunk = torch.from_numpy(np.array(images[start : start + batch_size])).permute(0, 3, 1, 2)  # writable copy
         yield preprocess(chunk), torch.from_numpy(labels[start : start + batch_size].astype(np.int64))
 
 
