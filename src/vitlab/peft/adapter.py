@@ -25,7 +25,7 @@ from vitlab.peft.targets import classifier_names, match_module_names, resolve_pr
 
 __all__ = ["AdapterWrapper", "BottleneckAdapter", "apply_bottleneck_adapters"]
 
-DEFAULT_ADAPTER_TARGETS = r"(.*\.)?blocks\.\d+\.mlp"
+DEFAULT_ADAPTER_TARGETS = r"(.*\.)?blocks\d*\.\d+\.mlp"  # timm ViT blocks.<i>.mlp, iFormer blocks<s>.<i>.mlp
 
 
 class BottleneckAdapter(nn.Module):
@@ -74,7 +74,7 @@ def apply_bottleneck_adapters(
     Args:
         model: the model to adapt.
         target_modules: modules whose output gets an adapter (peft matching: list or regex); default every
-            ``blocks.<i>.mlp``. Their output width is that of their last ``nn.Linear``.
+            ``blocks.<i>.mlp`` (iFormer: ``blocks<s>.<i>.mlp``). Their output width is that of their last ``nn.Linear``.
         bottleneck: hidden width ``m``.
         head_modules: classifier modules, never targets (default: timm ``get_classifier()``).
 

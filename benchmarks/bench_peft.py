@@ -1,0 +1,231 @@
+"""PEFT speed: KAdaptation beside HF peft LoRA and LoKr at similar parameter counts, and merged inference.
+
+On timm ``vit_small_patch16_224`` at 224 px (random weights, a 10-class head; speed does not depend on the weights):
+
+- **training**: time of one optimizer step (forward, cross-entropy, backward, AdamW step) and peak memory, for
+  ``kadaptation`` (default config: n = 32, r = 1, Q and V rows of every fused ``qkv``), peft ``lora`` and ``lokr`` on
+  every ``qkv`` with the rank (LoKr: also ``decompose_factor``) whose adaptation-parameter count is closest to
+  KAdaptation's, and ``full`` fine-tuning as the reference. Each method runs in its own process, so its peak memory
+  is its own: on the CPU the peak resident set while training (Linux ``/proc/self/clear_refs`` resets it after the
+  model is built; otherwise ``ru_maxrss``) and its excess over the resident set before the first step; on CUDA
+  ``torch.cuda.max_memory_allocated``.
+- **inference**: forward time of the base model, of the KAdaptation model before merging (Kronecker factors made
+  non-zero, so ΔW ≠ 0) and after ``merge_adapters`` (a plain model with the base model's parameters); the largest
+  output difference between the merged and unmerged model is printed as a check.
+
+Prints a table (times, memory and ratios to KAdaptation / the base model) and writes JSON. Ratios, not absolute
+times, are the result: they hold across machines.
+
+Usage:
+    python benchmarks/bench_peft.py [--batch-size 4] [--steps 5] [--warmup 1] [--device cpu]
+                                    [--out benchmarks/results/bench_peft.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+MODEL, NUM_CLASSES, IMG = "vit_small_patch16_224", 10, 224
+WIDTH, DEPTH = 384, 12  # of MODEL: its fused qkv Linears are WIDTH -> 3 * WIDTH
+TRAIN_METHODS = ("kadaptation", "lora", "lokr", "full")
+
+
+def matching_options(method: str, target: int, in_features: int, layers: int) -> tuple[dict, int]:
+    """Options of peft ``method`` (``lora`` or ``lokr``) on ``layers`` fused ``qkv`` Linears (``in_features`` ->
+    ``3 * in_features``) whose adaptation-parameter count is closest to ``target``: rank 1..32 and, for LoKr, also
+    ``decompose_factor`` in {-1, 4, 8, 16, 32} (LoKr's count saturates in ``r`` with the default factor).
+
+    Returns:
+        ``({"r": ..., ["decompose_factor": ...]}, count)``.
+    """
+    from peft import LoKrConfig, LoraConfig, inject_adapter_in_model
+
+    if method not in ("lora", "lokr") or target < 1:
+        raise ValueError(f"method must be 'lora' or 'lokr' and target >= 1, got {method!r}, {target}")
+    best = None
+    for factor in (-1,) if method == "lora" else (-1, 4, 8, 16, 32):
+        for r in range(1, 33):
+            layer = torch.nn.ModuleDict({"qkv": torch.nn.Linear(in_features, 3 * in_features)})
+            config = (LoraConfig(r=r, lora_alpha=r, target_modules=["qkv"]) if method == "lora"
+                      else LoKrConfig(r=r, alpha=r, target_modules=["qkv"], decompose_factor=factor))
+            inject_adapter_in_model(config, layer)
+            count = layers * sum(p.numel() for n, p in layer.named_parameters() if f"{method}_" in n)
+            options = {"r": r} if method == "lora" else {"r": r, "decompose_factor": factor}
+            if best is None or abs(count - target) < abs(best[1] - target):
+                best = (options, count)
+    return best
+
+
+def _build(method: str | None, options: dict | None = None) -> torch.nn.Module:
+    import timm
+
+    from vitlab.peft import build_peft_transform
+
+    torch.manual_seed(0)
+    model = timm.create_model(MODEL, num_classes=NUM_CLASSES)
+    if method is None:
+        return model
+    return build_peft_transform(method, None, **(options or {}))(model)
+
+
+def _rss_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _timed(fn, steps: int, warmup: int, device: torch.device) -> float:
+    """Median seconds of ``fn()`` over ``steps`` calls after ``warmup`` calls."""
+    times = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def worker_train(method: str, options: dict, args: argparse.Namespace) -> dict:
+    """One process: train-step time and peak memory of one method."""
+    from vitlab.peft import count_parameters
+
+    device = torch.device(args.device)
+    model = _build(method, options).to(device).train()
+    counts = count_parameters(model)
+    x = torch.randn(args.batch_size, 3, IMG, IMG, device=device)
+    y = torch.randint(0, NUM_CLASSES, (args.batch_size,), device=device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    rss_before = _rss_mb("VmRSS")
+    reset = False
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) to the current RSS
+            reset = True
+        except OSError:
+            pass
+    seconds = _timed(step, args.steps, args.warmup, device)
+    if device.type == "cuda":
+        peak, excess = torch.cuda.max_memory_allocated() / 2**20, None
+    else:
+        peak = _rss_mb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        excess = None if rss_before is None else peak - rss_before
+    return {"method": method, "options": options, "trainable": counts["trainable"], "adaptation": counts["adaptation"],
+            "step_s": seconds, "peak_mb": peak, "excess_mb": excess}
+
+
+def worker_infer(args: argparse.Namespace) -> list[dict]:
+    """One process: forward time of the base model and of KAdaptation unmerged / merged."""
+    from vitlab.peft import merge_adapters
+
+    device = torch.device(args.device)
+    x = torch.randn(args.batch_size, 3, IMG, IMG, device=device)
+    base = _build(None).to(device).eval()
+    adapted = _build("kadaptation").to(device).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # ΔW = 0 at initialisation; make it non-zero so that the merge check means something
+        for name, param in adapted.named_parameters():
+            if param.requires_grad and not name.startswith("head"):
+                param.copy_(0.02 * torch.randn(param.shape, generator=generator))
+    rows = []
+    with torch.inference_mode():
+        for label, model in (("base", base), ("kadaptation (unmerged)", adapted)):
+            rows.append({"model": label, "params": sum(p.numel() for p in model.parameters()),
+                         "forward_s": _timed(lambda m=model: m(x), args.steps, args.warmup, device)})
+        unmerged = adapted(x)
+    merged = merge_adapters(adapted)
+    with torch.inference_mode():
+        diff = (merged(x) - unmerged).abs().max().item()
+        rows.append({"model": "kadaptation merged", "params": sum(p.numel() for p in merged.parameters()),
+                     "forward_s": _timed(lambda: merged(x), args.steps, args.warmup, device), "max_abs_diff": diff})
+    return rows
+
+
+def _spawn(args: argparse.Namespace, *worker: str) -> dict | list:
+    cmd = [sys.executable, __file__, "--worker", *worker, "--batch-size", str(args.batch_size), "--steps",
+           str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"worker {' '.join(worker)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5, help="timed iterations (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_peft.json"))
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
+        parser.error("--batch-size and --steps must be >= 1, --warmup >= 0")
+    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
+        parser.error(f"--device must be cpu, or cuda on a machine with a GPU; got {args.device!r}")
+    if args.worker:
+        kind, *rest = args.worker
+        if kind == "infer":
+            result = worker_infer(args)
+        else:
+            result = worker_train(rest[0], json.loads(rest[1]), args)
+        print(json.dumps(result))
+        return
+
+    start = time.perf_counter()
+    kad = _spawn(args, "train", "kadaptation", "{}")
+    options = {m: matching_options(m, kad["adaptation"], WIDTH, DEPTH)[0] for m in ("lora", "lokr")}
+    train = [kad] + [_spawn(args, "train", m, json.dumps(options.get(m, {}))) for m in TRAIN_METHODS[1:]]
+    infer = _spawn(args, "infer")
+
+    print(f"{MODEL} at {IMG} px, batch {args.batch_size}, {args.device}, {torch.get_num_threads()} threads")
+    memory = "peak CUDA MB" if args.device == "cuda" else "peak RSS MB"
+    print(f"\n{'method':<12} {'options':<26} {'adaptation':>11} {'step s':>8} {'vs KAd.':>8} {memory:>12} "
+          f"{'excess MB':>10}")
+    for row in train:
+        excess = "-" if row["excess_mb"] is None else f"{row['excess_mb']:.0f}"
+        opts = ", ".join(f"{k}={v}" for k, v in row["options"].items()) or "default"
+        print(f"{row['method']:<12} {opts:<26} {row['adaptation']:>11,} {row['step_s']:>8.3f} "
+              f"{row['step_s'] / kad['step_s']:>7.2f}x {row['peak_mb']:>12.0f} {excess:>10}")
+    base_s = infer[0]["forward_s"]
+    print(f"\n{'inference':<24} {'parameters':>12} {'forward s':>10} {'vs base':>8}")
+    for row in infer:
+        print(f"{row['model']:<24} {row['params']:>12,} {row['forward_s']:>10.3f} {row['forward_s'] / base_s:>7.2f}x")
+    print(f"merged vs unmerged outputs: max |diff| = {infer[-1]['max_abs_diff']:.2e}")
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+           "processor": platform.processor(), "device": args.device, "model": MODEL, "img_size": IMG,
+           "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
+           "wall_time_s": round(time.perf_counter() - start, 1)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"env": env, "train": train, "inference": infer}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
