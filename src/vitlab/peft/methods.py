@@ -13,8 +13,9 @@ maps to ``build_peft_transform(peft.method, peft.target_modules, **peft.options)
 | ``lokr`` | HF peft LoKr + head | ``r, alpha, decompose_factor, decompose_both`` |
 | ``lora_qv`` | LoRA on Q and V rows of fused ``qkv`` + head | ``r, alpha, dropout, fused_slices, seed`` |
 | ``adapter`` | bottleneck adapters after each MLP + head | ``bottleneck`` |
+| ``subspace`` | θ_d of θ = θ₀ + P·θ_d (intrinsic dimension) | fields of ``SubspaceConfig`` (``dim`` required) |
 
-Other packages add methods with ``register_peft_method`` (the intrinsic-dimension code adds ``subspace``).
+Other packages add methods with ``register_peft_method``; ``subspace`` lives in ``vitlab.peft.subspace``.
 ``count_parameters`` reports every method's trainable parameters the same way.
 
 Example:
@@ -39,6 +40,7 @@ from vitlab.peft.control import set_peft_spec
 from vitlab.peft.freeze import freeze_base
 from vitlab.peft.kadaptation import KAdaptationConfig, apply_kadaptation
 from vitlab.peft.lora import apply_lokr, apply_lora, apply_lora_qv
+from vitlab.peft.subspace import build_subspace_transform
 from vitlab.peft.targets import classifier_names
 
 __all__ = ["PEFT_METHODS", "build_peft_transform", "count_parameters", "register_peft_method"]
@@ -119,6 +121,7 @@ PEFT_METHODS: dict[str, Builder] = {
     "lokr": _wrap("lokr", apply_lokr),
     "lora_qv": _wrap("lora_qv", apply_lora_qv),
     "adapter": _adapter,
+    "subspace": build_subspace_transform,
 }
 
 

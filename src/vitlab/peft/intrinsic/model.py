@@ -67,6 +67,7 @@ class SubspaceModel(nn.Module):
         said_scales: trainable ``[#segments]``, ones at start (only with ``said=True``; ``d = dim - #segments``).
         projection: the ``DenseProjection`` or ``FastfoodProjection``.
         segments: the ``Segment`` list (where each subspace block lives in the D-vector).
+        num_classes: the base model's ``num_classes`` (``None`` when it has none).
     """
 
     def __init__(self, base: nn.Module, config: SubspaceConfig) -> None:
@@ -86,6 +87,7 @@ class SubspaceModel(nn.Module):
                              f"got dim={config.dim}; raise dim or set said=False")
         first = next(base.parameters())
         self.base = base
+        self.num_classes = getattr(base, "num_classes", None)  # read by the harness (ClassificationTask)
         kwargs: dict[str, Any] = dict(seed=config.seed, layout=layout_digest(self.segments), device=first.device)
         if config.projection == "dense":
             kwargs["max_bytes"] = config.max_dense_bytes
@@ -109,7 +111,9 @@ class SubspaceModel(nn.Module):
 
     def subspace_parameters(self) -> dict[str, Tensor]:
         """θ₀ + P·θ_d for every subspace parameter, by name (the dict passed to ``functional_call``)."""
-        flat = self.projection(self.theta_d)
+        # one split (segments tile the D-vector in order): its backward is one concatenation, whereas a slice per
+        # segment would make each slice's backward allocate and fill a D-sized zero gradient (O(#segments · D))
+        pieces = self.projection(self.theta_d).split([s.numel for s in self.segments], dim=-1)
         theta0 = dict(self.base.named_parameters())
         out = {}
         for name, indices in self._by_param.items():
@@ -117,7 +121,7 @@ class SubspaceModel(nn.Module):
             blocks = []
             for i in indices:
                 s = self.segments[i]
-                block = flat[s.offset: s.offset + s.numel].view(s.shape)
+                block = pieces[i].view(s.shape)
                 if self.said_scales is not None:
                     block = block * self.said_scales[i]
                 blocks.append((s.rows, block.to(base.dtype)))

@@ -9,6 +9,11 @@ The ranked table is written to ``<out_dir>/intrinsic_dim_per_module.csv`` and ``
 by best accuracy). Selection rule for KAdaptation's ``target_modules: auto``: ``select_modules(table, k=2)``, the
 ``k`` best-ranked kinds that reached the threshold.
 
+The CSV is the file KAdaptation reads (``KAdaptationConfig(target_modules="auto", intrinsic_table=<csv>)``, see
+``vitlab.peft.auto``): its ``module`` column uses the KAdaptation kind names (``KADAPTATION_KINDS``: ``attn.q``,
+``attn.proj``, ``mlp.fc1``, ...) and its ``d90`` column is empty where 90 % was not reached. The JSON keeps this
+module's names in ``module`` and adds ``kadaptation_kind``; ``read_module_table`` reads either file.
+
 Example:
     >>> from torch import nn
     >>> class Block(nn.Module):
@@ -38,8 +43,9 @@ from .layout import build_layout
 from .sweep import find_d90, plot_sweep, run_sweep
 
 __all__ = [
-    "MODULE_KINDS", "PER_MODULE_CSV", "PER_MODULE_JSON", "TABLE_COLUMNS", "ModuleRecord", "available_module_kinds",
-    "module_kind_targets", "read_module_table", "run_per_module_sweep", "select_modules", "write_module_table",
+    "KADAPTATION_KINDS", "MODULE_KINDS", "PER_MODULE_CSV", "PER_MODULE_JSON", "TABLE_COLUMNS", "ModuleRecord",
+    "available_module_kinds", "module_kind_targets", "read_module_table", "run_per_module_sweep", "select_modules",
+    "write_module_table",
 ]
 
 MODULE_KINDS: dict[str, tuple[str, ...]] = {
@@ -51,6 +57,10 @@ MODULE_KINDS: dict[str, tuple[str, ...]] = {
     "mlp_fc2": ("mlp.fc2",),
     "high_mixer": ("attn.high_mixer",),
 }
+# the names of the same kinds in ``vitlab.peft.auto.MODULE_KINDS`` (what KAdaptation's ``target_modules: auto`` reads)
+KADAPTATION_KINDS = {"attn_q": "attn.q", "attn_k": "attn.k", "attn_v": "attn.v", "attn_out": "attn.proj",
+                     "mlp_fc1": "mlp.fc1", "mlp_fc2": "mlp.fc2", "high_mixer": "high_mixer"}
+_FROM_KADAPTATION = {v: k for k, v in KADAPTATION_KINDS.items()}
 PER_MODULE_CSV = "intrinsic_dim_per_module.csv"
 PER_MODULE_JSON = "intrinsic_dim_per_module.json"
 SWEEP_CSV = "intrinsic_dim_per_module_sweep.csv"
@@ -190,11 +200,12 @@ def write_module_table(
         writer = csv.writer(f)
         writer.writerow(TABLE_COLUMNS)
         for r in records:
-            writer.writerow(["" if v is None else (";".join(v) if isinstance(v, tuple) else v)
-                             for v in (getattr(r, c) for c in TABLE_COLUMNS)])
+            values = [KADAPTATION_KINDS[r.module] if c == "module" else getattr(r, c) for c in TABLE_COLUMNS]
+            writer.writerow(["" if v is None else (";".join(v) if isinstance(v, tuple) else v) for v in values])
     payload = dict(fraction=fraction, selection_rule="select_modules(table, k): the k best-ranked kinds that "
                    "reached the threshold (rank 1 = smallest interpolated d90)",
-                   modules=[asdict(r) | {"targets": list(r.targets)} for r in records])
+                   modules=[asdict(r) | {"targets": list(r.targets), "kadaptation_kind": KADAPTATION_KINDS[r.module]}
+                            for r in records])
     json_path.write_text(json.dumps(payload, indent=2) + "\n")
     return csv_path, json_path
 
@@ -217,7 +228,8 @@ def read_module_table(path: str | Path) -> list[ModuleRecord]:
         missing = set(TABLE_COLUMNS) - set(r)
         if missing:
             raise ValueError(f"{p} lacks columns {sorted(missing)}; rewrite it with write_module_table")
-        value = dict(r)
+        value = {c: r[c] for c in TABLE_COLUMNS}
+        value["module"] = _FROM_KADAPTATION.get(r["module"], r["module"])
         value["targets"] = tuple(r["targets"].split(";") if isinstance(r["targets"], str) else r["targets"])
         value["reached"] = r["reached"] in (True, "True")
         for name in ("rank", "num_params", "d90"):

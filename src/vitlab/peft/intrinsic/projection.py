@@ -5,9 +5,9 @@
   permutation Π and Gaussian gains G (all of length LL), ``P·θ = (H G Π H B pad(θ, LL))[:D] / sqrt(D · ΣG²)``, H the
   unnormalised Walsh–Hadamard matrix, so each column has unit norm in expectation. O(D) memory, O(D log D) time.
 
-Both register buffers ``seed`` (int64 scalar) and ``checksum`` (SHA-256 bytes of the regenerated B, Π, G, or of the
-dense P, plus D, d and the layout digest), which go into the state dict; loading a state dict whose seed or checksum
-differs from the regenerated ones raises, so another torch version or device cannot silently use another P.
+Both register buffers ``seed`` (int64, shape ``[1]``) and ``checksum`` (SHA-256 bytes of the regenerated B, Π, G,
+or of the dense P, plus D, d and the layout digest), which go into the state dict; loading a state dict whose seed or
+checksum differs from the regenerated ones raises, so another torch version or device cannot silently use another P.
 
 Example:
     >>> import torch
@@ -73,7 +73,8 @@ class SubspaceProjection(nn.Module):
             raise ValueError(f"d={dim} exceeds the D={num_params} numbers in the subspace: a subspace larger than the "
                              "parameter space is meaningless; lower dim or select more parameters")
         self.num_params, self.dim = num_params, dim
-        self.register_buffer("seed", torch.tensor(seed, dtype=torch.int64))
+        # shape [1], not a 0-d scalar: byte views for hashing (``vitlab.checkpoint.state_dict_sha256``) need a dimension
+        self.register_buffer("seed", torch.tensor([seed], dtype=torch.int64))
         self.register_buffer("checksum", torch.zeros(32, dtype=torch.uint8))
 
     def _generator(self) -> torch.Generator:

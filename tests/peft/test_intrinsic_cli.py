@@ -1,0 +1,129 @@
+"""``peft.method: subspace`` in the training harness, and ``vitlab intrinsic-dim`` end to end on digits."""
+
+import csv
+import json
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+import vitlab.train.run
+from vitlab.cli.main import main
+from vitlab.data import build_datamodule
+from vitlab.peft import KAdaptationConfig, apply_kadaptation, get_peft_spec
+from vitlab.peft.auto import read_intrinsic_table
+from vitlab.peft.intrinsic import merge_subspace
+from vitlab.peft.intrinsic.per_module import PER_MODULE_CSV, read_module_table
+from vitlab.peft.intrinsic.sweep import find_d90, read_sweep
+from vitlab.peft.kadaptation import kadaptation_layers
+from vitlab.train import ClassificationTask
+from vitlab.train.config import OptimConfig, PeftConfig
+from vitlab.train.extensions import build_model_transform
+
+TINY = {"patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2}
+
+
+def test_subspace_method_trains_only_theta_d_in_lightning(tiny_vit):
+    base = tiny_vit.eval()
+    x = torch.randn(4, 1, 32, 32)
+    expected = base(x)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    transform = build_model_transform(PeftConfig(method="subspace", options={"dim": 64, "sweep": {"lr": 0.1}}))
+    task = ClassificationTask(base, optim=OptimConfig(lr=0.05, warmup_epochs=0), model_transform=transform)
+    assert [n for n, p in task.model.named_parameters() if p.requires_grad] == ["theta_d"]
+    assert task.num_classes == 10 and get_peft_spec(task.model)["params"] == ["theta_d"]
+    assert torch.equal(task.model.eval()(x), expected)  # θ_d = 0: exactly the base model
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    task.model.train()
+    trainer.fit(task, datamodule=build_datamodule("digits", img_size=32, batch_size=32))
+    assert task.model.theta_d.shape == (64,) and task.model.theta_d.abs().min() > 0  # Adam moved every entry
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # θ₀ untouched
+    merged = merge_subspace(task.model).eval()
+    assert not torch.allclose(merged(x), expected) and torch.allclose(merged(x), task.model.eval()(x), atol=1e-5)
+
+
+def test_subspace_method_options(tiny_vit):
+    model = build_model_transform(PeftConfig(method="subspace", target_modules=["qkv@q", "head"],
+                                             options={"dim": 16, "said": True}))(tiny_vit)
+    assert model.num_params == 2 * (48 * 48 + 48) + 48 * 10 + 10 and model.said_scales.numel() == 6
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 16
+    for options, match in [({"dim": 8, "rank": 2}, "unknown option"), ({"seed": 1}, "needs options"),
+                           ({"dim": 8, "sweep": 3}, "sweep must be a mapping"), ({"dim": 0}, "positive int")]:
+        with pytest.raises(ValueError, match=match):
+            build_model_transform(PeftConfig(method="subspace", options=options))
+
+
+def _write_config(tmp_path, name, epochs, sweep, batch_size=64):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name, "seed": 0, "output_dir": str(tmp_path / "runs"),
+        "model": {"name": "vitlab_vit_tiny_32", "kwargs": TINY},
+        "data": {"name": "digits", "batch_size": batch_size},
+        "optim": {"lr": 3e-3, "warmup_epochs": 0.5},
+        "trainer": {"max_epochs": epochs, "accelerator": "cpu", "enable_progress_bar": False,
+                    "enable_model_summary": False},
+        "peft": {"method": "subspace", "options": {"dim": 100, "sweep": sweep}},
+    }))
+    return path
+
+
+def test_intrinsic_dim_cli_writes_csv_plot_json_and_resumes(tmp_path, monkeypatch):
+    config = _write_config(tmp_path, "vit", epochs=2, sweep={"lr": 0.05, "stop_after_reached": None})
+    assert main(["intrinsic-dim", "--config", str(config), "--dims", "[8, 256]"]) == 0
+    folder = tmp_path / "runs" / "vit"
+    rows = read_sweep(folder / "intrinsic_dim.csv")
+    assert [(r["group"], r["dim"]) for r in rows] == [("reference", None), ("all", 8), ("all", 256)]
+    assert all(0 <= r["accuracy"] <= 1 for r in rows) and rows[0]["accuracy"] > 0.15  # chance is 0.1
+    assert (folder / "intrinsic_dim.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((folder / "intrinsic_dim.json").read_text())
+    points = {r["dim"]: r["accuracy"] for r in rows[1:]}
+    d90 = find_d90(points, rows[0]["accuracy"])
+    assert summary["d90"] == d90.raw and summary["d90_interpolated"] == d90.interpolated
+    assert summary["threshold"] == pytest.approx(0.9 * rows[0]["accuracy"]) and summary["complete"]
+    assert json.loads((folder / "d256" / "summary.json").read_text())["trainable_parameters"] == 256
+
+    calls = []
+    real_fit = vitlab.train.run.fit
+    monkeypatch.setattr(vitlab.train.run, "fit",
+                        lambda config, **kw: calls.append(config.name) or real_fit(config, **kw))
+    assert main(["intrinsic-dim", "--config", str(config), "--dims", "[8, 256]"]) == 0
+    assert calls == [] and read_sweep(folder / "intrinsic_dim.csv") == rows  # finished: nothing retrained
+    # interrupted before the last point was recorded and its run folder finished
+    lines = (folder / "intrinsic_dim.csv").read_text().splitlines(keepends=True)
+    (folder / "intrinsic_dim.csv").write_text("".join(lines[:-1]))
+    (folder / "d256" / "summary.json").unlink()
+    (folder / "d256" / "checkpoints" / "last.ckpt").unlink()
+    assert main(["intrinsic-dim", "--config", str(config), "--dims", "[8, 256]"]) == 0
+    resumed = read_sweep(folder / "intrinsic_dim.csv")
+    assert calls == ["d256"] and resumed[-1]["accuracy"] == rows[-1]["accuracy"]  # same seed: same result
+
+
+def test_intrinsic_dim_per_module_table_feeds_kadaptation_auto(tmp_path, tiny_vit):
+    sweep = {"engine": "plain", "lr": 0.1, "reference": 0.4, "kinds": ["attn_q", "mlp_fc1"]}
+    config = _write_config(tmp_path, "per_module", epochs=4, sweep=sweep, batch_size=32)
+    assert main(["intrinsic-dim", "--config", str(config), "--dims", "[512]", "--per-module"]) == 0
+    folder = tmp_path / "runs" / "per_module"
+    assert not (folder / "intrinsic_dim.csv").exists()  # --per-module replaces the whole-model sweep
+    records = read_module_table(folder)
+    assert [r.module for r in records] == ["mlp_fc1", "attn_q"]  # measured: fc1 reaches 0.36 at d=512, q does not
+    assert records[0].reached and records[0].d90 == 512 and not records[1].reached
+    assert records[0].reference_accuracy == 0.4 and records[0].targets == ("mlp.fc1", "head")
+    with (folder / PER_MODULE_CSV).open() as f:
+        assert [r["module"] for r in csv.DictReader(f)] == ["mlp.fc1", "attn.q"]
+    assert read_intrinsic_table(folder / PER_MODULE_CSV) == [("mlp.fc1", 512.0), ("attn.q", float("inf"))]
+    assert (folder / "intrinsic_dim_per_module.png").read_bytes()[:4] == b"\x89PNG"
+    adapted = apply_kadaptation(tiny_vit, KAdaptationConfig(n=8, target_modules="auto",
+                                                            intrinsic_table=str(folder / PER_MODULE_CSV)))
+    assert sorted(dict(kadaptation_layers(adapted))) == ["blocks.0.mlp.fc1", "blocks.1.mlp.fc1"]
+
+
+def test_intrinsic_dim_refuses_bad_settings(tmp_path, capsys):
+    bad = _write_config(tmp_path, "bad", epochs=1, sweep={"grid": [1, 2]})
+    assert main(["intrinsic-dim", "--config", str(bad)]) == 1
+    assert "unknown peft.options.sweep key(s) ['grid']" in capsys.readouterr().err
+    config = _write_config(tmp_path, "full", epochs=1, sweep={})
+    assert main(["intrinsic-dim", "--config", str(config), "--peft.method", "lora"]) == 1
+    assert "needs peft.method: subspace" in capsys.readouterr().err
+
