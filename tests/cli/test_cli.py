@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 
 
-@pytest.mark.parametrize("command", [[], ["fit"], ["eval"], ["predict"], ["data"], ["data", "install"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["fit"], ["eval"], ["predict"], ["data"], ["data", "install"], ["demo"],
+                                     ["peft-study"], ["intrinsic-dim"], ["robustness"], ["diagnose-negatives"]])
 def test_help_for_every_subcommand(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*command, "--help"])

@@ -1,4 +1,5 @@
-"""The ``vitlab`` command: ``fit``, ``eval``, ``predict``, ``data install|list``, ``demo``.
+"""The ``vitlab`` command: ``fit``, ``eval``, ``predict``, ``robustness``, ``diagnose-negatives``, ``intrinsic-dim``,
+``peft-study``, ``data install|list``, ``demo``.
 
 Each subcommand has ``--help``. ``python -m vitlab`` is the same command.
 """
@@ -57,7 +58,11 @@ def _demo_parser() -> ArgumentParser:
 
 def build_parser() -> ArgumentParser:
     """The whole ``vitlab`` parser with its subcommands."""
+    from vitlab.cli.diagnose import build_diagnose_parser
     from vitlab.cli.fit import build_fit_parser
+    from vitlab.cli.intrinsic_dim import build_intrinsic_dim_parser
+    from vitlab.cli.peft_study import build_peft_study_parser
+    from vitlab.cli.robustness import build_robustness_parser
 
     parser = ArgumentParser(prog="vitlab", description="vitlab: Vision Transformer research toolkit.")
     parser.add_argument("--version", action="version", version=f"vitlab {__version__}")
@@ -65,9 +70,14 @@ def build_parser() -> ArgumentParser:
     commands.add_subcommand("fit", build_fit_parser(), help="train from a YAML config")
     commands.add_subcommand("eval", _eval_parser(), help="evaluate a checkpoint")
     commands.add_subcommand("predict", _predict_parser(), help="classify image files")
+    commands.add_subcommand("robustness", build_robustness_parser(), help="accuracy under common corruptions")
+    commands.add_subcommand("diagnose-negatives", build_diagnose_parser(),
+                            help="accuracy and confidence on patch-based negative views")
     data = ArgumentParser(prog="vitlab data", description="Install datasets into vitlab's cache, or list them.")
     commands.add_subcommand("data", data, help="install or list datasets")
     commands.add_subcommand("demo", _demo_parser(), help="the README's demo")
+    commands.add_subcommand("intrinsic-dim", build_intrinsic_dim_parser(), help="d90 sweeps of subspace training")
+    commands.add_subcommand("peft-study", build_peft_study_parser(), help="accuracy vs parameters of every PEFT method")
     _add_data_subcommands(data)  # jsonargparse adds nested subcommands after their parent
     return parser
 
@@ -102,12 +112,28 @@ def dispatch(ns: Namespace) -> None:
 
         for row in predict_images(sub.checkpoint, sub.images, topk=sub.topk):
             print(row["image"] + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in row["predictions"]))
+    elif command == "robustness":
+        from vitlab.cli.robustness import run_robustness
+
+        run_robustness(sub)
+    elif command == "diagnose-negatives":
+        from vitlab.cli.diagnose import run_diagnose
+
+        run_diagnose(sub)
     elif command == "data":
         _run_data(sub)
     elif command == "demo":
         from vitlab.cli.demo import run_demo
 
         run_demo(sub.config, output_dir=sub.output_dir, resume=sub.resume)
+    elif command == "intrinsic-dim":
+        from vitlab.cli.intrinsic_dim import run_cli
+
+        run_cli(sub)
+    elif command == "peft-study":
+        from vitlab.cli.peft_study import run_peft_study
+
+        run_peft_study(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
