@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from tests.models.conftest import small_model
 from vitlab.models.inception_transformer import InceptionTransformer, load_official_checkpoint
 
 FIXTURE = "iformer_official_reference_tiny.safetensors"
@@ -28,23 +29,6 @@ def _fixture_path(name: str) -> Path:
         if (folder / name).is_file():
             return folder / name
     pytest.skip(f"fixture {name} not found in {[str(c) for c in candidates]}")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread avoids OpenMP barrier stalls on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _small_model(**kwargs) -> InceptionTransformer:
-    args = dict(
-        depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), num_heads=(2, 4, 6, 8), attention_heads=(1, 2, 3, 4),
-        num_classes=5, img_size=32,
-    )
-    return InceptionTransformer(**dict(args, **kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +99,7 @@ def test_sdpa_flops_are_counted():
 
 
 def test_load_official_checkpoint_unwraps_and_strips_module_prefix(tmp_path):
-    source, target = _small_model(), _small_model()
+    source, target = small_model(), small_model()
     path = tmp_path / "iformer.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}, "epoch": 3}, path)
     load_official_checkpoint(target, path)
@@ -124,7 +108,7 @@ def test_load_official_checkpoint_unwraps_and_strips_module_prefix(tmp_path):
 
 
 def test_safetensors_round_trip(tmp_path):
-    source, target = _small_model().eval(), _small_model().eval()
+    source, target = small_model().eval(), small_model().eval()
     save_file(source.state_dict(), str(tmp_path / "weights.safetensors"))
     load_official_checkpoint(target, tmp_path / "weights.safetensors")
     x = torch.randn(2, 3, 32, 32)
@@ -148,8 +132,8 @@ def test_vitlab_checkpoint_round_trip(tmp_path):
 
 def test_resizes_position_embeddings_like_the_forward_pass():
     # the 224 -> 384 case in miniature: 32-px weights into a 64-px model
-    source = _small_model().eval()
-    target = _small_model(img_size=64).eval()
+    source = small_model().eval()
+    target = small_model(img_size=64).eval()
     load_official_checkpoint(target, source.state_dict())
     expected = F.interpolate(source.pos_embed1.permute(0, 3, 1, 2), size=(16, 16), mode="bilinear")
     torch.testing.assert_close(target.pos_embed1, expected.permute(0, 2, 3, 1))
@@ -159,7 +143,7 @@ def test_resizes_position_embeddings_like_the_forward_pass():
 
 
 def test_load_errors_name_the_offending_keys(tmp_path):
-    model = _small_model()
+    model = small_model()
     state = dict(model.state_dict())
     del state["blocks2.0.attn.low_mixer.qkv.weight"]
     state["blocks9.0.extra"] = torch.zeros(1)

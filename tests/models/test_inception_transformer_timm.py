@@ -10,26 +10,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import get_pretrained_cfg, is_model_in_modules
 from timm.optim import create_optimizer_v2
 
-from vitlab.models.inception_transformer import InceptionTransformer
+from tests.models.conftest import small_model
 
 VARIANTS = ["small", "base", "large"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread avoids OpenMP barrier stalls on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _small_model(**kwargs) -> InceptionTransformer:
-    args = dict(
-        depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), num_heads=(2, 4, 6, 8), attention_heads=(1, 2, 3, 4),
-        num_classes=5, img_size=32,
-    )
-    return InceptionTransformer(**dict(args, **kwargs))
 
 
 def test_registry_names_and_no_iformer_prefix():
@@ -59,7 +42,7 @@ def test_tiny_variant_size_and_grayscale_input():
 
 
 def test_forward_features_head_and_reset_classifier():
-    model = _small_model().eval()
+    model = small_model().eval()
     x = torch.randn(2, 3, 32, 64)  # non-square
     feats = model.forward_features(x)
     assert feats.shape == (2, 1, 2, 128)
@@ -77,7 +60,7 @@ def test_forward_features_head_and_reset_classifier():
 
 
 def test_no_weight_decay_names_the_position_embeddings():
-    model = _small_model()
+    model = small_model()
     names = model.no_weight_decay()
     assert names == {f"pos_embed{i}" for i in range(1, 5)} and names <= dict(model.named_parameters()).keys()
     optimizer = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)  # asks model.no_weight_decay()
@@ -95,7 +78,7 @@ def test_features_only_strides_and_shapes():
 
 
 def test_forward_intermediates_and_pruning():
-    model = _small_model().eval()
+    model = small_model().eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         final, maps = model.forward_intermediates(x)
@@ -116,7 +99,7 @@ def test_forward_intermediates_and_pruning():
 
 def test_grad_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
-    model = _small_model(layer_scale_init_value=0.5)
+    model = small_model(layer_scale_init_value=0.5)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
     grads = []
     for enable in (False, True):
@@ -130,12 +113,12 @@ def test_grad_checkpointing_gives_the_same_gradients():
 
 
 def test_unsupported_sizes_raise_one_clear_error():
-    model = _small_model()
+    model = small_model()
     for bad in [(72, 72), (64, 40)]:  # ceil(72/8) = 9 and ceil(40/8) = 5 are odd
         with pytest.raises(ValueError, match="multiple of 16"):
             model(torch.randn(1, 3, *bad))
     with pytest.raises(ValueError, match="multiple of 16"):
-        _small_model(img_size=72)
+        small_model(img_size=72)
     with pytest.raises(ValueError, match=r"expected input \(B, 3, H, W\)"):
         model(torch.randn(1, 1, 32, 32))
     assert model(torch.randn(1, 3, 16, 80)).shape == (1, 5)  # smallest height; odd stage-3/4 maps are fine
@@ -152,11 +135,11 @@ def test_unsupported_sizes_raise_one_clear_error():
 )
 def test_invalid_configs_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        _small_model(**kwargs)
+        small_model(**kwargs)
 
 
 def test_torch_compile_fullgraph_matches_eager():
-    model = _small_model().eval()
+    model = small_model().eval()
     x = torch.randn(2, 3, 32, 32)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
@@ -164,7 +147,7 @@ def test_torch_compile_fullgraph_matches_eager():
 
 
 def test_torch_export_matches_eager():
-    model = _small_model().eval()
+    model = small_model().eval()
     x = torch.randn(2, 3, 32, 48)
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
