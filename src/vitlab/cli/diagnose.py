@@ -22,7 +22,13 @@ from jsonargparse import ArgumentParser, Namespace
 from torch import nn
 
 from vitlab.checkpoint import resolve_weights_path
-from vitlab.cli.robustness import DEFAULT_N, command_line, count_test_images, load_checkpoint_and_test_data
+from vitlab.cli.robustness import (
+    DEFAULT_N,
+    add_checkpoint_arguments,
+    command_line,
+    count_test_images,
+    load_checkpoint_and_test_data,
+)
 
 __all__ = ["build_diagnose_parser", "model_patch_size", "run_diagnose"]
 
@@ -37,13 +43,8 @@ def build_diagnose_parser() -> ArgumentParser:
         "patch-shuffled, -rotated and -infilled test images, beside chance and the clean images. Writes "
         "<out>/diagnose_negatives_<data>.md and .json.",
     )
-    parser.add_argument("--checkpoint", type=str, required=True, help="model.safetensors or a run folder")
-    parser.add_argument("--data", type=str | None, default=None,
-                        help="dataset whose test set is used (default: the checkpoint's training dataset)")
-    parser.add_argument("--root", type=str | None, default=None, help="data folder (default: vitlab's cache)")
-    parser.add_argument("--n", type=str | None, default=None,
-                        help=f"test images: an int, or 'all' for the whole test set (default: {DEFAULT_N}, or all "
-                        "when the test set is smaller)")
+    add_checkpoint_arguments(parser, "used", f"test images: an int, or 'all' for the whole test set (default: "
+                             f"{DEFAULT_N}, or all when the test set is smaller)")
     parser.add_argument("--patch_size", type=int | None, default=None,
                         help="cell size of the views in pixels (default: the model's patch size)")
     parser.add_argument("--kinds", type=list[str], default=list(KINDS), help="view kinds, e.g. '[shuffle, rotate]'")

@@ -48,6 +48,21 @@ __all__ = [
 DEFAULT_N = 1000
 
 
+def add_checkpoint_arguments(parser: ArgumentParser, use: str, n_help: str) -> None:
+    """Add ``--checkpoint``, ``--data``, ``--root`` and ``--n``, shared by the commands that evaluate a checkpoint.
+
+    Args:
+        parser: the subcommand's parser.
+        use: what the command does with the test set, for ``--data``'s help ("corrupted", "used").
+        n_help: ``--n``'s help text.
+    """
+    parser.add_argument("--checkpoint", type=str, required=True, help="model.safetensors or a run folder")
+    parser.add_argument("--data", type=str | None, default=None,
+                        help=f"dataset whose test set is {use} (default: the checkpoint's training dataset)")
+    parser.add_argument("--root", type=str | None, default=None, help="data folder (default: vitlab's cache)")
+    parser.add_argument("--n", type=str | None, default=None, help=n_help)
+
+
 def build_robustness_parser() -> ArgumentParser:
     """The ``vitlab robustness`` parser."""
     parser = ArgumentParser(
@@ -56,14 +71,12 @@ def build_robustness_parser() -> ArgumentParser:
         "on a generated set (imagecorruptions-imaug, cached in the CIFAR-10-C layout), a published CIFAR-10-C/100-C "
         "folder or ImageNet-C. Writes <out>/robustness_<data>.md and .json.",
     )
-    parser.add_argument("--checkpoint", type=str, required=True, help="model.safetensors or a run folder")
-    parser.add_argument("--data", type=str | None, default=None,
-                        help="dataset whose test set is corrupted (default: the checkpoint's training dataset)")
-    parser.add_argument("--root", type=str | None, default=None, help="data folder (default: vitlab's cache)")
-    parser.add_argument("--n", type=str | None, default=None,
-                        help="test images per corruption and severity: an int, or 'all' for the whole test set "
-                        f"(default: {DEFAULT_N} for generated sets, or all when the test set is smaller; all for "
-                        "--corruption_dir and --imagenet_c)")
+    add_checkpoint_arguments(
+        parser, "corrupted",
+        "test images per corruption and severity: an int, or 'all' for the whole test set "
+        f"(default: {DEFAULT_N} for generated sets, or all when the test set is smaller; all for "
+        "--corruption_dir and --imagenet_c)",
+    )
     parser.add_argument("--corruptions", type=list[str] | None, default=None,
                         help="subset of corruptions, e.g. '[fog, contrast]' (default: all 19)")
     parser.add_argument("--cache_dir", type=str | None, default=None,
