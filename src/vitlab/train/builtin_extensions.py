@@ -25,5 +25,7 @@ def _negatives(config: NegativesConfig) -> NegativeAugmentationLoss | None:
                                     **config.options)
 
 
-for _method in PEFT_METHODS:
-    MODEL_TRANSFORMS.setdefault(_method, partial(build_peft_transform, _method))
+def sync_peft_methods() -> None:
+    """Expose every `vitlab.peft.PEFT_METHODS` entry as a model transform, including ones registered after import."""
+    for method in PEFT_METHODS:
+        MODEL_TRANSFORMS.setdefault(method, partial(build_peft_transform, method))

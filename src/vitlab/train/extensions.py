@@ -125,4 +125,6 @@ def build_loss_terms(negatives: NegativesConfig) -> list[LossTerm]:
 
 def _load_builtin_extensions() -> None:
     """Import the modules that register vitlab's own methods (kept lazy: lower layers stay Lightning-free)."""
-    import vitlab.train.builtin_extensions  # noqa: F401
+    from vitlab.train.builtin_extensions import sync_peft_methods
+
+    sync_peft_methods()
