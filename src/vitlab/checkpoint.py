@@ -53,6 +53,7 @@ FORMAT_VERSION = 1
 KINDS = ("model", "adapter", "subspace")
 METADATA_KEY = "vitlab"
 WEIGHTS_NAME = "model.safetensors"
+ADAPTER_NAME = "adapter.safetensors"
 
 
 class CheckpointError(ValueError):
@@ -140,7 +141,9 @@ def resolve_weights_path(path: str | Path) -> Path:
     """Accept a ``.safetensors`` file or a run folder holding ``model.safetensors``; return the file path."""
     path = Path(path)
     if path.is_dir():
-        path = path / WEIGHTS_NAME
+        # a run of a nonlinear (bottleneck) adapter has only adapter.safetensors (see vitlab.peft.export)
+        path = path / WEIGHTS_NAME if (path / WEIGHTS_NAME).is_file() or not (path / ADAPTER_NAME).is_file() \
+            else path / ADAPTER_NAME
     if not path.is_file():
         raise CheckpointError(
             f"no weights at {path}: pass a model.safetensors file or a run folder that holds one "
@@ -208,7 +211,15 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a ``kind="model"`` checkpoint without the training code; returns ``(model.eval(), metadata)``."""
+    """Rebuild a ``kind="model"`` checkpoint without the training code; returns ``(model.eval(), metadata)``.
+
+    An ``adapter`` file whose metadata records its base weights (``vitlab fit`` of a bottleneck adapter, which cannot
+    be merged) is rebuilt as the adapted model by ``vitlab.peft.export.load_adapted_model``.
+    """
+    if read_metadata(path)["kind"] == "adapter":
+        from vitlab.peft.export import load_adapted_model
+
+        return load_adapted_model(path)
     tensors, meta = load_checkpoint(path, expected_kind="model")
     model = build_model(meta)
     model.load_state_dict(tensors, strict=True)

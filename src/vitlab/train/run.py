@@ -33,6 +33,7 @@ from torch import nn
 
 from vitlab.checkpoint import load_checkpoint, save_checkpoint, state_dict_sha256
 from vitlab.data import build_datamodule
+from vitlab.peft.export import export_adapted_model
 from vitlab.train.config import RunConfig
 from vitlab.train.extensions import build_loss_terms, build_model_transform
 from vitlab.train.module import ClassificationTask, build_timm_model
@@ -188,12 +189,12 @@ def _save_outputs(
 ) -> Path:
     model = task.eval_model()
     extra = {"data": datamodule.data_config(), "metrics": metrics, "run": config.name, "peft": asdict(config.peft)}
-    kind = "model" if config.peft.method is None else "adapter"
-    weights = save_checkpoint(
-        run_dir / "model.safetensors", model.state_dict(), kind=kind, model_name=config.model.name,
-        model_kwargs=model_kwargs,
-        base_sha256=base_sha, extra=extra,
-    )
+    if config.peft.method in (None, "full"):
+        weights = save_checkpoint(run_dir / "model.safetensors", model.state_dict(), kind="model",
+                                  model_name=config.model.name, model_kwargs=model_kwargs, extra=extra)
+    else:  # merged model.safetensors (what eval reads) + the adaptation alone (adapter/subspace.safetensors)
+        weights = export_adapted_model(run_dir, model, model_name=config.model.name, model_kwargs=model_kwargs,
+                                       base_sha256=base_sha, base_weights=config.model.pretrained, extra=extra)[0]
     summary = {"metrics": metrics, "wall_time_s": wall_time_s, "weights_sha256_per_rank": hashes,
                "parameters": sum(p.numel() for p in model.parameters()),
                "trainable_parameters": sum(p.numel() for p in task.model.parameters() if p.requires_grad)}
