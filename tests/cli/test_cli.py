@@ -10,7 +10,9 @@ from vitlab.cli.fit import parse_run_config
 from vitlab.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+ALL_CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+STUDIES = [p for p in ALL_CONFIGS if "backbones" in yaml.safe_load(p.read_text())]  # `vitlab study` configs
+CONFIGS = [p for p in ALL_CONFIGS if p not in STUDIES]  # `vitlab fit` / `vitlab intrinsic-dim` run configs
 
 
 @pytest.mark.parametrize("command", [[], ["fit"], ["eval"], ["predict"], ["data"], ["data", "install"], ["demo"],
@@ -39,6 +41,19 @@ def test_every_config_file_loads(path):
             assert asdict(getattr(config, section))[key] == (list(value) if isinstance(value, tuple) else value)
     for key, value in (raw.get("trainer") or {}).items():
         assert config.trainer[key] == value
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.name for p in STUDIES])
+def test_every_study_config_loads_with_and_without_full(path):
+    from vitlab.cli.study_config import load_study_config
+
+    for full in (False, True):
+        study = load_study_config(path, full=full)
+        for label in study.used_backbones():
+            assert Path(study.backbones[label].pretrain).is_file()
+            assert parse_run_config(["--config", study.backbones[label].pretrain])[0].model.name
+        assert parse_run_config(["--config", study.intrinsic_dim.config])[0].peft.method == "subspace"
+    assert len(STUDIES) >= 2  # configs/study.yaml and configs/demo_study.yaml
 
 
 def test_overrides_win_over_the_file(tmp_path):

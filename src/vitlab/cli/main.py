@@ -1,5 +1,5 @@
 """The ``vitlab`` command: ``fit``, ``eval``, ``predict``, ``robustness``, ``diagnose-negatives``, ``intrinsic-dim``,
-``peft-study``, ``data install|list``, ``demo``.
+``peft-study``, ``study``, ``data install|list``, ``demo``.
 
 Each subcommand has ``--help``. ``python -m vitlab`` is the same command.
 """
@@ -45,24 +45,15 @@ def _add_data_subcommands(parser: ArgumentParser) -> None:
                             help="show what is present and where")
 
 
-def _demo_parser() -> ArgumentParser:
-    from vitlab.cli.demo import DEMO_CONFIG
-
-    parser = ArgumentParser(prog="vitlab demo", description="Train the small ViT on Fashion-MNIST (CPU) and "
-                            "write runs/demo/: metrics.csv, model.safetensors, training_curves.png, report.md.")
-    parser.add_argument("--config", type=str, default=str(DEMO_CONFIG), help="run config of the demo")
-    parser.add_argument("--output_dir", type=str, default="runs")
-    parser.add_argument("--resume", type=bool, default=False, help="continue an interrupted demo")
-    return parser
-
-
 def build_parser() -> ArgumentParser:
     """The whole ``vitlab`` parser with its subcommands."""
+    from vitlab.cli.demo import build_demo_parser
     from vitlab.cli.diagnose import build_diagnose_parser
     from vitlab.cli.fit import build_fit_parser
     from vitlab.cli.intrinsic_dim import build_intrinsic_dim_parser
     from vitlab.cli.peft_study import build_peft_study_parser
     from vitlab.cli.robustness import build_robustness_parser
+    from vitlab.cli.study import build_study_parser
 
     parser = ArgumentParser(prog="vitlab", description="vitlab: Vision Transformer research toolkit.")
     parser.add_argument("--version", action="version", version=f"vitlab {__version__}")
@@ -75,9 +66,10 @@ def build_parser() -> ArgumentParser:
                             help="accuracy and confidence on patch-based negative views")
     data = ArgumentParser(prog="vitlab data", description="Install datasets into vitlab's cache, or list them.")
     commands.add_subcommand("data", data, help="install or list datasets")
-    commands.add_subcommand("demo", _demo_parser(), help="the README's demo")
+    commands.add_subcommand("demo", build_demo_parser(), help="the README's demo: a 15-minute slice of the study")
     commands.add_subcommand("intrinsic-dim", build_intrinsic_dim_parser(), help="d90 sweeps of subspace training")
     commands.add_subcommand("peft-study", build_peft_study_parser(), help="accuracy vs parameters of every PEFT method")
+    commands.add_subcommand("study", build_study_parser(), help="all three advances end to end, with a report")
     _add_data_subcommands(data)  # jsonargparse adds nested subcommands after their parent
     return parser
 
@@ -93,8 +85,8 @@ def _run_data(ns: Namespace) -> None:
         print(f"{row['name']:<14} {state:<8} {row.get('path') or '-'}  ({row.get('source', '')})")
 
 
-def dispatch(ns: Namespace) -> None:
-    """Run the subcommand chosen in a parsed namespace."""
+def dispatch(ns: Namespace, argv: Sequence[str] = ()) -> None:
+    """Run the subcommand chosen in a parsed namespace (``argv``: the arguments, recorded by study reports)."""
     command = ns.command
     sub = ns[command]
     if command == "fit":
@@ -125,7 +117,7 @@ def dispatch(ns: Namespace) -> None:
     elif command == "demo":
         from vitlab.cli.demo import run_demo
 
-        run_demo(sub.config, output_dir=sub.output_dir, resume=sub.resume)
+        run_demo(sub, argv=list(argv))
     elif command == "intrinsic-dim":
         from vitlab.cli.intrinsic_dim import run_cli
 
@@ -134,13 +126,18 @@ def dispatch(ns: Namespace) -> None:
         from vitlab.cli.peft_study import run_peft_study
 
         run_peft_study(sub)
+    elif command == "study":
+        from vitlab.cli.study import run_study_cli
+
+        run_study_cli(sub, argv=list(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point. Errors a user can fix print one line and exit with status 1."""
-    ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    ns = build_parser().parse_args(args)
     try:
-        dispatch(ns)
+        dispatch(ns, args)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, KeyError) as err:
         print(f"vitlab {ns.command}: error: {err}", file=sys.stderr)
         return 1

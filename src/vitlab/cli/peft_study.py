@@ -40,7 +40,8 @@ from jsonargparse import ArgumentParser, Namespace
 
 from vitlab.peft.study import STUDY_METHODS, plot_accuracy_vs_params, study_run_configs, summarize_study, write_csv
 
-__all__ = ["DEFAULT_BACKBONE", "build_peft_study_parser", "plan_study", "run_peft_study", "run_study"]
+__all__ = ["DEFAULT_BACKBONE", "backbone_model", "build_peft_study_parser", "launch_run", "plan_study",
+           "read_result_rows", "run_peft_study", "run_study"]
 
 DEFAULT_BACKBONE = "runs/pretrain_vit_mnist"
 _SPEC, _RESULT = "study_spec.json", "study_result.json"
@@ -83,8 +84,8 @@ def _int_list(text: str | Sequence[int], option: str) -> list[int]:
     return values
 
 
-def _backbone_model(backbone: str | None, model: str | None, model_kwargs: Mapping[str, Any],
-                    img_size: int | None) -> tuple[dict[str, Any], int]:
+def backbone_model(backbone: str | None, model: str | None, model_kwargs: Mapping[str, Any],
+                   img_size: int | None) -> tuple[dict[str, Any], int]:
     """``(model section, img_size)`` of the runs: architecture from the backbone's metadata, or ``model``."""
     from vitlab.checkpoint import read_metadata
 
@@ -152,7 +153,7 @@ def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mni
         spec = dict(STUDY_METHODS.get(name, {"options": {}, "lr": 3e-3}))
         spec["options"] = {**spec["options"], **extra.get(name, {})}
         specs_by_method[name] = spec
-    model_section, size = _backbone_model(backbone, model, model_kwargs or {}, img_size)
+    model_section, size = backbone_model(backbone, model, model_kwargs or {}, img_size)
     num_classes = build_datamodule(data, root=root, img_size=size).num_classes
     base_trainer = {"accelerator": accelerator, "devices": 1, "limit_val_batches": 0, "num_sanity_val_steps": 0,
                     "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1}
@@ -177,7 +178,8 @@ def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mni
     return specs
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
+def read_result_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a ``results.csv`` written by `run_study` (numbers parsed; ``[]`` when the file does not exist)."""
     if not path.is_file():
         return []
     rows = []
@@ -191,8 +193,10 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _launch(spec: dict[str, Any], run_dir: Path, keep_checkpoints: bool) -> dict[str, Any]:
-    """Run one spec in a child process; returns its result row (raises ``RuntimeError`` if the child failed)."""
+def launch_run(spec: dict[str, Any], run_dir: Path, keep_checkpoints: bool) -> dict[str, Any]:
+    """Run one spec in a child process; returns its result row (raises ``RuntimeError`` if the child failed).
+
+    A spec is what `plan_study` returns; its ``config`` may also hold a ``negatives`` section (``vitlab study``)."""
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run starts over
     run_dir.mkdir(parents=True)
@@ -229,7 +233,7 @@ def run_study(output_dir: str = "runs/peft_study", keep_checkpoints: bool = Fals
     specs = plan_study(output_dir=output_dir, **options)
     out = Path(output_dir)
     results_path = out / "results.csv"
-    rows = _read_rows(results_path)
+    rows = read_result_rows(results_path)
     done, failed = {row["run"] for row in rows}, []
     for i, spec in enumerate(specs, 1):
         name = spec["config"]["name"]
@@ -237,7 +241,7 @@ def run_study(output_dir: str = "runs/peft_study", keep_checkpoints: bool = Fals
             print(f"[{i}/{len(specs)}] {name}: already in {results_path}, skipped", flush=True)
             continue
         try:
-            row = _launch(spec, Path(spec["config"]["output_dir"]) / name, keep_checkpoints)
+            row = launch_run(spec, Path(spec["config"]["output_dir"]) / name, keep_checkpoints)
         except RuntimeError as err:
             failed.append(name)
             print(f"[{i}/{len(specs)}] {name}: FAILED, {err}", flush=True)
@@ -278,13 +282,14 @@ def _child(spec_path: str) -> int:
     from vitlab.peft.methods import count_parameters
     from vitlab.peft.study import few_shot_indices
     from vitlab.train import fit
-    from vitlab.train.config import DataConfig, ModelConfig, OptimConfig, PeftConfig, RunConfig
+    from vitlab.train.config import DataConfig, ModelConfig, NegativesConfig, OptimConfig, PeftConfig, RunConfig
 
     spec = json.loads(Path(spec_path).read_text())
     raw = spec["config"]
     config = RunConfig(name=raw["name"], seed=raw["seed"], output_dir=raw["output_dir"], trainer=raw["trainer"],
                        model=ModelConfig(**raw["model"]), data=DataConfig(**raw["data"]),
-                       optim=OptimConfig(**raw["optim"]), peft=PeftConfig(**raw["peft"]))
+                       optim=OptimConfig(**raw["optim"]), peft=PeftConfig(**raw["peft"]),
+                       negatives=NegativesConfig(**raw.get("negatives", {})))
 
     class StudyCallback(L.Callback):
         """Swaps in the few-shot subset after the datamodule's setup; counts parameters and times training."""

@@ -1,0 +1,174 @@
+"""``vitlab study``: Inception Transformer + negative augmentation + parameter-efficient fine-tuning, end to end.
+
+Stages, each cached so that a rerun of the same command resumes where it stopped:
+
+1. ``pretrain``: each backbone the study uses is trained by its `vitlab fit` config (MNIST), or its cached run
+   folder (``model.safetensors`` present) is used; an interrupted pretraining resumes from ``last.ckpt``;
+2. ``finetune``: the grid of `vitlab.cli.study_config.FinetuneSpec` and the ``extra_runs``, one process per run
+   (`vitlab.cli.peft_study.launch_run`), rows in ``finetune/results.csv``; finished runs are skipped;
+3. ``evaluate``: for every run, generated-corruption accuracy (`vitlab robustness`, ``evaluation.corruption_n``
+   test images, the set generated once) and negative-view accuracy (`vitlab diagnose-negatives`); each writes its
+   JSON into the run folder and is skipped when present;
+4. ``intrinsic_dim``: the d90 sweep (and with ``per_module`` the per-module sweep) of `vitlab intrinsic-dim` on each
+   listed backbone, fine-tuning from the pretrained weights; folders ``intrinsic/<backbone>/``;
+5. ``report``: ``results.csv``, ``robustness.csv``, ``study.json``, ``report.md``, ``report.html`` and ``plots/``
+   (`vitlab.eval.study_report`); ``--readme README.md`` also rewrites the README's Results section from it.
+
+Before starting, a measured time estimate per stage is printed (`vitlab.cli.study_estimate`); ``--estimate_only``
+stops there. A GPU is used when present (``accelerator: auto``). Everything lands in ``<output_dir>/<name>/``.
+
+Example:
+    vitlab study --config configs/study.yaml            # the default, about an hour on 2 CPU cores
+    vitlab study --config configs/study.yaml --full     # both backbones, all shots and seeds
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from jsonargparse import ArgumentParser, Namespace
+
+from vitlab.cli.study_config import StudyConfig, load_study_config
+from vitlab.cli.study_estimate import estimate_study, format_estimates
+from vitlab.cli.study_stages import (
+    evaluate_runs,
+    finetune_specs,
+    pretrain_backbones,
+    run_finetune,
+    run_intrinsic,
+    write_tables,
+)
+
+__all__ = ["build_study_parser", "run_study_cli", "run_vitlab_study"]
+
+
+def build_study_parser(prog: str = "vitlab study", default_config: str | None = "configs/study.yaml") -> ArgumentParser:
+    """The ``vitlab study`` parser."""
+    parser = ArgumentParser(prog=prog, description="Pretrain, fine-tune (full / LoRA / KAdaptation, with and "
+                            "without negative views), evaluate clean, corrupted and negative-view accuracy, sweep the "
+                            "intrinsic dimension, and write report.md + report.html. Rerunning resumes.")
+    parser.add_argument("--config", type=str, default=default_config, help="study YAML (see configs/study.yaml)")
+    parser.add_argument("--full", type=bool, default=False, help="merge the config's `full` overrides: everything")
+    parser.add_argument("--name", type=str | None, default=None, help="study folder name (default: the config's)")
+    parser.add_argument("--output_dir", type=str | None, default=None, help="parent folder (default: the config's)")
+    parser.add_argument("--accelerator", type=str | None, default=None, help="cpu, gpu or auto (default: config)")
+    parser.add_argument("--estimate_only", type=bool, default=False, help="print the time estimates and stop")
+    parser.add_argument("--readme", type=str | None, default=None,
+                        help="rewrite this README's Results section (between study-results markers) from the report")
+    return parser
+
+
+def _hardware(accelerator: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    threads = torch.get_num_threads()
+    if accelerator != "cpu" and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} GPU, {threads} CPU threads ({cpu})"
+    return f"{threads} CPU threads ({cpu}), no GPU used"
+
+
+class _Stages:
+    """Times each stage and records it in ``study.json`` (written after every stage, so a crash keeps the record)."""
+
+    def __init__(self, config: StudyConfig, command: str, estimates: list[dict[str, Any]]) -> None:
+        self.path = config.folder / "study.json"
+        old = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        measured = {s["stage"]: s.get("measured_s") for s in old.get("stages", [])}
+        self.record: dict[str, Any] = {
+            "name": config.name, "command": command,
+            "started": old.get("started", datetime.now(UTC).isoformat(timespec="seconds")),
+            "vitlab_version": _version(), "torch_version": torch.__version__,
+            "hardware": _hardware(config.accelerator), "config": asdict(config),
+            # a cached stage keeps the time measured when it ran (an earlier invocation of the same study)
+            "stages": [{**e, "measured_s": measured.get(e["stage"]) if e["estimated_s"] == 0.0 else None,
+                        "status": "pending"} for e in estimates],
+        }
+        self.earlier_s = float(old.get("wall_time_s") or 0.0)
+        self.start = time.perf_counter()
+
+    def run(self, stage: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+        print(f"\n== {stage} ==", flush=True)
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        entry = next(e for e in self.record["stages"] if e["stage"] == stage)
+        if entry["estimated_s"] == 0.0 and entry["measured_s"] is not None:
+            entry["status"] = "cached"
+        else:
+            entry.update(measured_s=round(time.perf_counter() - start, 1), status="done")
+        self.save()
+        return result
+
+    def save(self, **fields: Any) -> None:
+        # wall time of every invocation of this study so far (a resumed study adds up its parts)
+        self.record.update(fields, wall_time_s=round(self.earlier_s + time.perf_counter() - self.start, 1))
+        self.path.write_text(json.dumps(self.record, indent=2, default=str) + "\n")
+
+
+def _version() -> str:
+    from vitlab import __version__
+
+    return __version__
+
+
+def run_vitlab_study(config: StudyConfig, command: str, estimate_only: bool = False,
+                     readme: str | None = None) -> dict[str, Any]:
+    """Run (or resume) a study; returns the report paths (``{"markdown", "html", "plots", "rows"}``).
+
+    Args:
+        config: the study (`vitlab.cli.study_config.load_study_config`).
+        command: the command line, recorded in the report.
+        estimate_only: print the per-stage time estimates and return ``{"estimates": [...]}``.
+        readme: a README whose ``<!-- study-results:start/end -->`` section is rewritten from the report.
+    """
+    from vitlab.eval.study_report import results_markdown, update_readme, write_study_report
+
+    folder = config.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "study_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    estimates = estimate_study(config)
+    print(f"study {folder}: measured time estimate per stage (cached work counts zero)\n"
+          f"{format_estimates(estimates)}\n{'total':<14} {'':>4} {sum(e['estimated_s'] for e in estimates) / 60:>7.1f}"
+          " min", flush=True)
+    if estimate_only:
+        return {"estimates": estimates}
+    stages = _Stages(config, command, estimates)
+    stages.save()
+    weights = stages.run("pretrain", pretrain_backbones, config)
+    specs = finetune_specs(config, weights)
+    rows = stages.run("finetune", run_finetune, config, specs)
+    stages.run("evaluate", evaluate_runs, config, rows, specs)
+    stages.run("intrinsic_dim", run_intrinsic, config, weights)
+    extra = write_tables(config, rows, weights)
+    stages.save(**extra)
+    report = stages.run("report", write_study_report, folder)
+    stages.save(**extra)
+    report = write_study_report(folder)  # again, so the report's stage table includes the report stage itself
+    print(f"\nreport: {report['markdown']} and {report['html']}")
+    if readme:
+        update_readme(readme, results_markdown(folder))
+        print(f"README results section rewritten: {readme}")
+    return report
+
+
+def run_study_cli(ns: Namespace, prog: str = "vitlab study", argv: list[str] | None = None) -> dict[str, Any]:
+    """The ``vitlab study`` subcommand from its parsed namespace; ``argv`` (the arguments after ``vitlab``) is
+    recorded in the report as the exact command."""
+    if not ns.config:
+        raise ValueError(f"{prog} needs --config <study YAML> (e.g. configs/study.yaml)")
+    config = load_study_config(ns.config, full=ns.full, name=ns.name, output_dir=ns.output_dir,
+                               accelerator=ns.accelerator)
+    command = shlex.join(["vitlab", *argv]) if argv else f"{prog} --config {ns.config}"
+    return run_vitlab_study(config, command, estimate_only=ns.estimate_only, readme=ns.readme)

@@ -1,0 +1,230 @@
+"""The ``vitlab study`` configuration: backbones, fine-tuning grid, evaluation and intrinsic-dimension stages.
+
+A study YAML (``configs/study.yaml``) has these top-level keys; ``full`` holds overrides that ``--full`` merges over
+the rest (dicts merge key by key, everything else is replaced), so one file describes the default (about an hour on
+2 CPU cores) and the complete study::
+
+    name: study                     # the study folder is <output_dir>/<name>
+    output_dir: runs
+    downstream: fashion_mnist       # fine-tuning and evaluation dataset
+    accelerator: auto               # a GPU is used when present
+    backbones:                      # label -> pretraining: a `vitlab fit` config (its run folder is the cache)
+      vit: {pretrain: configs/pretrain_vit_mnist.yaml}
+      iformer: {pretrain: configs/pretrain_iformer_mnist.yaml, method_options: {kadaptation: {n: 16}}}
+    finetune:                       # the grid: backbones x methods x negatives x (shots + full data) x seeds
+      backbones: [vit]
+      methods: {full: {}, lora: {}, kadaptation: {}}        # method -> peft options over vitlab's defaults
+      negatives: {none: null, rotate_l2: {kinds: [rotate], loss: l2, weight: 1.0, patch_size: 8}}
+      shots: [5]
+      full_data: true
+      seeds: [0]
+      steps: 200                    # optimizer steps of each few-shot run
+      full_epochs: 1
+      batch_size: 128
+    extra_runs:                     # single runs outside the grid
+      - {backbone: iformer, method: kadaptation, negatives: rotate_l2, shots: 20}
+    evaluation: {corruption_n: 200, negative_view_n: 1000, patch_size: 8, kinds: [shuffle, rotate, infill]}
+    intrinsic_dim: {config: configs/intrinsic_dim_study.yaml, backbones: [vit], per_module: true}
+    full: {finetune: {backbones: [vit, iformer], shots: [5, 20], seeds: [0, 1, 2]}, ...}
+
+Example:
+    >>> cfg = study_config_from_dict({"backbones": {"vit": {"pretrain": "configs/pretrain_vit_mnist.yaml"}}})
+    >>> list(cfg.finetune.methods), cfg.evaluation.corruption_n
+    (['full', 'lora', 'kadaptation'], 200)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["BackboneSpec", "EvaluationSpec", "ExtraRun", "FinetuneSpec", "IntrinsicSpec", "StudyConfig",
+           "deep_merge", "load_study_config", "study_config_from_dict"]
+
+NEGATIVE_KEYS = ("kinds", "loss", "weight", "patch_size", "options")
+
+
+@dataclass
+class BackboneSpec:
+    """One pretrained backbone: ``pretrain`` is a `vitlab fit` config whose run folder (``<output_dir>/<name>`` of
+    that config) caches the weights; ``method_options`` override peft options for this backbone only."""
+
+    label: str
+    pretrain: str
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class FinetuneSpec:
+    """The fine-tuning grid (see the module docstring); ``methods`` maps a peft method to its option overrides and
+    ``negatives`` a label to a ``negatives`` section (``null``: without negative views)."""
+
+    backbones: list[str] = field(default_factory=lambda: ["vit"])
+    methods: dict[str, dict[str, Any]] = field(default_factory=lambda: {"full": {}, "lora": {}, "kadaptation": {}})
+    negatives: dict[str, dict[str, Any] | None] = field(default_factory=lambda: {
+        "none": None, "rotate_l2": {"kinds": ["rotate"], "loss": "l2", "weight": 1.0, "patch_size": 8}})
+    shots: list[int] = field(default_factory=lambda: [5])
+    full_data: bool = True
+    seeds: list[int] = field(default_factory=lambda: [0])
+    steps: int = 200
+    full_epochs: int = 1
+    batch_size: int = 128
+
+
+@dataclass
+class ExtraRun:
+    """A single fine-tuning run outside the grid (e.g. Inception Transformer + KAdaptation + P-Rotate/l2)."""
+
+    backbone: str
+    method: str
+    negatives: str = "none"
+    shots: int | str = "full"
+    seed: int = 0
+
+
+@dataclass
+class EvaluationSpec:
+    """Test images of the generated corruption set and of the negative-view diagnostics, and the views' cells."""
+
+    corruption_n: int = 200
+    negative_view_n: int = 1000
+    patch_size: int = 8
+    kinds: list[str] = field(default_factory=lambda: ["shuffle", "rotate", "infill"])
+
+
+@dataclass
+class IntrinsicSpec:
+    """``config``: a `vitlab intrinsic-dim` config (its model is replaced by each backbone, fine-tuned from the
+    pretrained weights); ``per_module`` adds the per-module sweep. ``backbones: []`` skips the stage."""
+
+    config: str = "configs/intrinsic_dim_study.yaml"
+    backbones: list[str] = field(default_factory=lambda: ["vit"])
+    per_module: bool = True
+
+
+@dataclass
+class StudyConfig:
+    """A whole study (see the module docstring)."""
+
+    backbones: dict[str, BackboneSpec]
+    name: str = "study"
+    output_dir: str = "runs"
+    downstream: str = "fashion_mnist"
+    accelerator: str = "auto"
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    extra_runs: list[ExtraRun] = field(default_factory=list)
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    intrinsic_dim: IntrinsicSpec = field(default_factory=IntrinsicSpec)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def used_backbones(self) -> list[str]:
+        """Backbone labels some stage needs, in config order."""
+        wanted = {*self.finetune.backbones, *(r.backbone for r in self.extra_runs), *self.intrinsic_dim.backbones}
+        return [label for label in self.backbones if label in wanted]
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in: nested dicts merge key by key, other values are replaced (copies)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where} must be a mapping, got {raw!r}")
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; valid keys: {valid}")
+    try:
+        return cls(**raw)
+    except TypeError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def _check(config: StudyConfig) -> None:
+    labels = list(config.backbones)
+    ft = config.finetune
+    for where, names in (("finetune.backbones", ft.backbones), ("intrinsic_dim.backbones",
+                                                                 config.intrinsic_dim.backbones),
+                         ("extra_runs[].backbone", [r.backbone for r in config.extra_runs])):
+        missing = [n for n in names if n not in config.backbones]
+        if missing:
+            raise ValueError(f"{where} names {missing}, which are not in backbones {labels}: add them under backbones")
+    for label, neg in ft.negatives.items():
+        if neg is not None and set(neg) - set(NEGATIVE_KEYS):
+            raise ValueError(f"finetune.negatives.{label} has unknown key(s) {sorted(set(neg) - set(NEGATIVE_KEYS))};"
+                             f" valid: {list(NEGATIVE_KEYS)} (the negatives section of `vitlab fit`)")
+    for run in config.extra_runs:
+        if run.negatives not in ft.negatives:
+            raise ValueError(f"extra run negatives {run.negatives!r} is not a finetune.negatives label "
+                             f"{list(ft.negatives)}")
+        if run.shots != "full" and (not isinstance(run.shots, int) or run.shots < 1):
+            raise ValueError(f"extra run shots must be a positive int or 'full', got {run.shots!r}")
+    if not ft.methods or (not ft.shots and not ft.full_data) or not ft.seeds or not ft.negatives:
+        raise ValueError("finetune needs at least one method, one negatives entry, one seed and shots or full_data")
+    if min(ft.steps, ft.full_epochs, ft.batch_size, config.evaluation.corruption_n,
+           config.evaluation.negative_view_n) < 1:
+        raise ValueError("finetune.steps/full_epochs/batch_size and evaluation.corruption_n/negative_view_n must be "
+                         ">= 1")
+
+
+def study_config_from_dict(raw: dict[str, Any], full: bool = False) -> StudyConfig:
+    """Validate a study mapping (the YAML's content) into a `StudyConfig`; ``full`` merges its ``full`` overrides.
+
+    Raises:
+        ValueError: an unknown key (the message lists the valid ones), a backbone used but not defined, ...
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"a study config is a mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    overrides = raw.pop("full", None) or {}
+    if full:
+        raw = deep_merge(raw, overrides)
+    backbones = raw.pop("backbones", None)
+    if not backbones or not isinstance(backbones, dict):
+        raise ValueError("a study needs `backbones: {label: {pretrain: <vitlab fit config>}}`")
+    parsed = {label: _build(BackboneSpec, {"label": label, **(spec or {})}, f"backbones.{label}")
+              for label, spec in backbones.items()}
+    sections = {"finetune": FinetuneSpec, "evaluation": EvaluationSpec, "intrinsic_dim": IntrinsicSpec}
+    kwargs = {key: _build(cls, raw.pop(key), key) for key, cls in sections.items() if key in raw}
+    extra = [_build(ExtraRun, r, f"extra_runs[{i}]") for i, r in enumerate(raw.pop("extra_runs", None) or [])]
+    config = _build(StudyConfig, {"backbones": parsed, "extra_runs": extra, **kwargs, **raw}, "the study config")
+    _check(config)
+    return config
+
+
+def load_study_config(path: str | Path, full: bool = False, **overrides: Any) -> StudyConfig:
+    """Read a study YAML; ``overrides`` (``name``, ``output_dir``, ``accelerator``) win over the file.
+
+    Config paths inside it (``pretrain``, ``intrinsic_dim.config``) are taken from the working directory, or from the
+    YAML's own folder (symbolic links followed) when they are not found there (a packaged study names its configs
+    beside it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no study config at {path}: pass --config configs/study.yaml")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    config = study_config_from_dict(raw, full=full)
+    for spec in config.backbones.values():
+        spec.pretrain = _resolve(spec.pretrain, path.resolve().parent)
+    config.intrinsic_dim.config = _resolve(config.intrinsic_dim.config, path.resolve().parent)
+    return config
+
+
+def _resolve(file: str, beside: Path) -> str:
+    """A config path as given when it exists from the working directory, else beside the study YAML."""
+    return file if Path(file).exists() or not (beside / file).exists() else str(beside / file)

@@ -1,0 +1,215 @@
+"""Measured time estimates of the ``vitlab study`` stages, printed before anything starts.
+
+Each backbone's cost is *measured* on this machine: a few timed AdamW training steps at the batch sizes the stages use
+(forward, backward, step; after one warm-up step) and the evaluation throughput; corruption generation is timed on a
+few images per corruption. The stage estimates multiply these by the work each stage will do (optimizer steps,
+images evaluated), so they follow the hardware; process start-up and data loading are a fixed allowance per run.
+Cached stages (pretrained weights present, runs already finished) count zero.
+
+Example:
+    >>> format_estimates([{"stage": "finetune", "runs": 6, "estimated_s": 125.0}])
+    'stage          runs  estimate\\nfinetune          6     2.1 min'
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["RUN_OVERHEAD_S", "estimate_study", "format_estimates", "time_corruptions", "time_model"]
+
+#: Allowance per run for starting a process, building the model and data, testing and saving (seconds).
+RUN_OVERHEAD_S = 8.0
+#: Cost of a training step with negative views relative to one without (a second forward and backward).
+NEGATIVES_FACTOR = 2.0
+#: Cost of a subspace (Fastfood) training step relative to full fine-tuning (bench_subspace, small models).
+SUBSPACE_FACTOR = 1.5
+
+
+def time_model(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequence[int], num_classes: int,
+               device: str | torch.device = "cpu", repeats: int = 2) -> dict[str, Any]:
+    """Seconds per training step at each batch size, and evaluation seconds per image.
+
+    Args:
+        model: the backbone (its weights are restored afterwards).
+        input_shape: ``(C, H, W)`` of one image.
+        batch_sizes: training batch sizes to time.
+        num_classes: logits count (targets are drawn below it).
+        device: where to time.
+        repeats: timed steps per batch size (after one warm-up step).
+
+    Returns:
+        ``{"train_step_s": {batch: seconds}, "eval_image_s": seconds}``.
+    """
+    if len(input_shape) != 3 or not batch_sizes or repeats < 1:
+        raise ValueError(f"need input_shape (C, H, W), batch sizes and repeats >= 1; got {input_shape}, "
+                         f"{batch_sizes}, {repeats}")
+    device = torch.device(device)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    step_s = {}
+    for batch in sorted(set(batch_sizes)):
+        x = torch.randn(batch, *input_shape, device=device)
+        y = torch.randint(0, num_classes, (batch,), device=device)
+        times = []
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - start)
+        step_s[batch] = min(times)
+    model.eval()
+    x = torch.randn(256, *input_shape, device=device)
+    with torch.no_grad():
+        model(x)
+        start = time.perf_counter()
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        eval_s = (time.perf_counter() - start) / 256
+    model.load_state_dict(state)
+    return {"train_step_s": step_s, "eval_image_s": eval_s}
+
+
+def time_corruptions(height: int, width: int, images: int = 2) -> float:
+    """Mean seconds to corrupt one ``height x width`` RGB image, over every corruption at severity 3."""
+    import numpy as np
+
+    from vitlab.eval.corruptions import ALL_CORRUPTIONS, corrupt_images
+
+    batch = np.random.default_rng(0).integers(0, 256, (images, height, width, 3), dtype=np.uint8)
+    start = time.perf_counter()
+    for corruption in ALL_CORRUPTIONS:
+        corrupt_images(batch, corruption, 3, seed=0)
+    return (time.perf_counter() - start) / (images * len(ALL_CORRUPTIONS))
+
+
+def few_shot_steps(steps: int, shots: int | str, num_classes: int, batch_size: int, train_size: int,
+                   full_epochs: int) -> tuple[int, int]:
+    """``(optimizer steps, batch size)`` of one fine-tuning run, as `vitlab.cli.peft_study.plan_study` sets them."""
+    if shots == "full":
+        return full_epochs * math.ceil(train_size / batch_size), batch_size
+    return steps, min(batch_size, int(shots) * num_classes)
+
+
+def format_estimates(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A small text table of ``{"stage", "runs", "estimated_s"}`` rows (minutes)."""
+    lines = [f"{'stage':<14} {'runs':>4}  estimate"]
+    for row in rows:
+        lines.append(f"{row['stage']:<14} {row['runs']:>4} {row['estimated_s'] / 60:>7.1f} min")
+    return "\n".join(lines)
+
+
+def _pretrain_model(config: Any, label: str) -> tuple[Any, nn.Module, Any]:
+    """``(pretrain RunConfig, randomly initialised model for the downstream data, downstream datamodule)``."""
+    from vitlab.cli.study_stages import pretrain_config
+    from vitlab.data import build_datamodule
+    from vitlab.train.module import build_timm_model
+
+    run_config = pretrain_config(config, label)
+    datamodule = build_datamodule(config.downstream, img_size=run_config.data.img_size)
+    kwargs = dict(run_config.model.kwargs, num_classes=datamodule.num_classes, in_chans=datamodule.in_chans)
+    try:
+        model = build_timm_model(run_config.model.name, img_size=run_config.data.img_size, **kwargs)
+    except TypeError:  # convolutional models take no img_size
+        model = build_timm_model(run_config.model.name, **kwargs)
+    return run_config, model, datamodule
+
+
+def _sizes(datamodule: Any) -> tuple[int, int]:
+    """``(training images after the validation split, test images)`` of a datamodule."""
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    return len(datamodule.train_dataset), len(datamodule.test_dataset)
+
+
+def estimate_study(config: Any) -> list[dict[str, Any]]:
+    """Per-stage ``{"stage", "runs", "estimated_s"}`` of a `vitlab.cli.study_config.StudyConfig` on this machine.
+
+    Finished work counts zero: pretrained weights present, runs in ``finetune/results.csv``, evaluation JSONs, the
+    corruption set in the cache, intrinsic-dimension rows in the sweep CSVs (counted per backbone: all or nothing).
+    The intrinsic-dimension figure is an upper bound (the sweep stops early once d90 is found).
+    """
+    from vitlab.cli.intrinsic_dim import SweepSettings
+    from vitlab.cli.peft_study import read_result_rows
+    from vitlab.cli.study_stages import run_name
+    from vitlab.data import default_cache_dir
+    from vitlab.peft.intrinsic.per_module import available_module_kinds
+
+    device = "cuda" if config.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+    ft, ev = config.finetune, config.evaluation
+    done = {row["run"] for row in read_result_rows(config.folder / "finetune" / "results.csv")}
+    stages = {name: {"stage": name, "runs": 0, "estimated_s": 0.0}
+              for name in ("pretrain", "finetune", "evaluate", "intrinsic_dim", "report")}
+    runs: list[tuple[str, str, str, int | str, int]] = [
+        (b, m, n, k, s) for b in ft.backbones for m in ft.methods for n in ft.negatives
+        for k in [*ft.shots, *(["full"] if ft.full_data else [])] for s in (ft.seeds if k != "full" else ft.seeds[:1])]
+    runs += [(r.backbone, r.method, r.negatives, r.shots, r.seed) for r in config.extra_runs]
+    runs = list(dict.fromkeys(runs))
+    timings = {}
+    for label in config.used_backbones():
+        run_config, model, datamodule = _pretrain_model(config, label)
+        shape = (datamodule.in_chans, run_config.data.img_size, run_config.data.img_size)
+        batches = {run_config.data.batch_size, ft.batch_size, *(min(ft.batch_size, k * datamodule.num_classes)
+                                                                for k in ft.shots)}
+        timings[label] = t = time_model(model, shape, sorted(batches), datamodule.num_classes, device)
+        train, test = _sizes(datamodule)
+        run_dir = Path(run_config.output_dir) / run_config.name
+        if not (run_dir / "model.safetensors").is_file():
+            steps = run_config.trainer.get("max_epochs", 10) * math.ceil(train / run_config.data.batch_size)
+            stages["pretrain"]["runs"] += 1
+            stages["pretrain"]["estimated_s"] += (steps * t["train_step_s"][run_config.data.batch_size] * 1.1
+                                                 + 2 * test * t["eval_image_s"]
+                                                 + RUN_OVERHEAD_S)
+        timings[label]["train_size"], timings[label]["test_size"] = train, test
+        timings[label]["model"], timings[label]["num_classes"] = model, datamodule.num_classes
+    for backbone, method, negatives, shots, seed in runs:
+        t = timings[backbone]
+        name = run_name(backbone, method, negatives, shots, seed)
+        if name not in done:
+            steps, batch = few_shot_steps(ft.steps, shots, t["num_classes"], ft.batch_size, t["train_size"],
+                                          ft.full_epochs)
+            factor = NEGATIVES_FACTOR if ft.negatives[negatives] else 1.0
+            step_s = t["train_step_s"].get(batch) or max(t["train_step_s"].values()) * batch / ft.batch_size
+            stages["finetune"]["runs"] += 1
+            stages["finetune"]["estimated_s"] += steps * step_s * factor + t["test_size"] * t["eval_image_s"] \
+                + RUN_OVERHEAD_S
+        run_dir = config.folder / "finetune" / "runs" / name
+        if not (run_dir / f"robustness_{config.downstream}.json").is_file():
+            images = ev.corruption_n * 96 + ev.negative_view_n * (len(ev.kinds) + 1)
+            stages["evaluate"]["runs"] += 1
+            stages["evaluate"]["estimated_s"] += images * t["eval_image_s"] + 2.0
+    pattern = f"{config.downstream}_*_n{ev.corruption_n}_seed0"
+    if runs and not any((default_cache_dir() / "corruptions").glob(pattern)):
+        stages["evaluate"]["estimated_s"] += ev.corruption_n * 95 * time_corruptions(32, 32) / (os.cpu_count() or 1)
+    if config.intrinsic_dim.backbones:
+        from vitlab.cli.fit import parse_run_config
+
+        base, _ = parse_run_config(["--config", config.intrinsic_dim.config])
+        settings = SweepSettings.from_options(base.peft.options)
+        points = len(settings.grid(None))
+        for label in config.intrinsic_dim.backbones:
+            t = timings[label]
+            if (config.folder / "intrinsic" / label / "intrinsic_dim.json").is_file():
+                continue
+            kinds = len(available_module_kinds(t["model"])) if config.intrinsic_dim.per_module else 0
+            train = min(t["train_size"], base.data.options.get("limit_train") or t["train_size"])
+            steps = base.trainer.get("max_epochs", 10) * math.ceil(train / base.data.batch_size)
+            step_s = t["train_step_s"].get(base.data.batch_size) or min(t["train_step_s"].values())
+            per_run = steps * step_s * SUBSPACE_FACTOR + t["test_size"] * t["eval_image_s"] + RUN_OVERHEAD_S
+            stages["intrinsic_dim"]["runs"] += 1 + points * (1 + kinds)
+            stages["intrinsic_dim"]["estimated_s"] += per_run * (1 + points * (1 + kinds))
+    stages["report"].update(runs=1, estimated_s=10.0)
+    return [{**row, "estimated_s": round(row["estimated_s"], 1)} for row in stages.values()]

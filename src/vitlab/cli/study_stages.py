@@ -1,0 +1,238 @@
+"""The stages of ``vitlab study`` (see `vitlab.cli.study`): pretrain, fine-tune, evaluate, intrinsic dimension, tables.
+
+Each stage reuses the subcommand that does the job alone (`vitlab fit`, `vitlab peft-study`'s one-process-per-run
+launcher, `vitlab robustness`, `vitlab diagnose-negatives`, `vitlab intrinsic-dim`) and skips what is already done.
+
+Fine-tuning run names are ``<backbone>-<method>-<negatives>-k<k>-s<seed>`` (few-shot) and
+``<backbone>-<method>-<negatives>-full-s<seed>`` (whole training split), folders ``finetune/runs/<name>/``.
+
+Example:
+    >>> run_name("vit", "kadaptation", "rotate_l2", 5, 0), run_name("iformer", "lora", "none", "full", 1)
+    ('vit-kadaptation-rotate_l2-k5-s0', 'iformer-lora-none-full-s1')
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from contextlib import redirect_stdout
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from vitlab.cli.fit import parse_run_config
+from vitlab.cli.peft_study import backbone_model, launch_run, plan_study, read_result_rows
+from vitlab.cli.study_config import StudyConfig
+from vitlab.peft.study import write_csv
+from vitlab.train.config import ModelConfig, RunConfig
+
+__all__ = ["evaluate_runs", "finetune_specs", "pretrain_backbones", "pretrain_config", "run_finetune",
+           "run_intrinsic", "run_name", "write_tables"]
+
+SEVERITIES = (1, 2, 3, 4, 5)
+
+
+def run_name(backbone: str, method: str, negatives: str, shots: int | str, seed: int) -> str:
+    """The folder name of one fine-tuning run."""
+    return f"{backbone}-{method}-{negatives}-{'full' if shots == 'full' else f'k{shots}'}-s{seed}"
+
+
+def pretrain_config(config: StudyConfig, label: str) -> RunConfig:
+    """The `vitlab fit` config that pretrains backbone ``label`` (its accelerator replaced by the study's)."""
+    run_config, _ = parse_run_config(["--config", config.backbones[label].pretrain])
+    return replace(run_config, trainer={**run_config.trainer, "accelerator": config.accelerator})
+
+
+def pretrain_backbones(config: StudyConfig) -> dict[str, Path]:
+    """Pretrain (or find cached) every backbone the study uses; returns label -> run folder with model.safetensors."""
+    from vitlab.train import fit
+
+    weights = {}
+    for label in config.used_backbones():
+        run_config = pretrain_config(config, label)
+        run_dir = Path(run_config.output_dir) / run_config.name
+        if (run_dir / "model.safetensors").is_file():
+            print(f"{label}: cached pretrained weights {run_dir / 'model.safetensors'}", flush=True)
+        else:
+            resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+            print(f"{label}: {'resuming' if resume else 'starting'} pretraining "
+                  f"`vitlab fit --config {config.backbones[label].pretrain}`", flush=True)
+            fit(run_config, resume=resume)
+        weights[label] = run_dir
+    return weights
+
+
+def _with_negatives(spec: dict[str, Any], backbone: str, label: str, negatives: dict[str, Any] | None) -> dict:
+    spec = copy.deepcopy(spec)
+    spec["config"]["name"] = run_name(backbone, spec["method"], label, spec["shots"], spec["seed"])
+    spec["config"]["negatives"] = {"enabled": True, **negatives} if negatives else {"enabled": False}
+    spec.update(backbone=backbone, negatives=label)
+    return spec
+
+
+def finetune_specs(config: StudyConfig, weights: dict[str, Path]) -> list[dict[str, Any]]:
+    """Specs (`vitlab.cli.peft_study.plan_study` format + ``backbone``, ``negatives``) of the grid and extra runs."""
+    ft = config.finetune
+    out = str(config.folder / "finetune")
+
+    def plan(label: str, methods: list[str], shots: list[int], seeds: list[int], full_data: bool) -> list[dict]:
+        own = config.backbones[label].method_options
+        options = {m: {**ft.methods.get(m, {}), **own.get(m, {})} for m in methods}
+        return plan_study(str(weights[label]), config.downstream, methods=methods, method_options=options,
+                          shots=shots, seeds=seeds, full_data=full_data, steps=ft.steps, full_epochs=ft.full_epochs,
+                          batch_size=ft.batch_size, accelerator=config.accelerator, output_dir=out)
+
+    specs: dict[str, dict[str, Any]] = {}
+    for label in ft.backbones:
+        for spec in plan(label, list(ft.methods), ft.shots, ft.seeds, ft.full_data):
+            for neg_label, negatives in ft.negatives.items():
+                made = _with_negatives(spec, label, neg_label, negatives)
+                specs[made["config"]["name"]] = made
+    for run in config.extra_runs:
+        shots = [] if run.shots == "full" else [run.shots]
+        for spec in plan(run.backbone, [run.method], shots, [run.seed], run.shots == "full"):
+            if spec["shots"] == run.shots:
+                made = _with_negatives(spec, run.backbone, run.negatives, ft.negatives[run.negatives])
+                specs.setdefault(made["config"]["name"], made)
+    return list(specs.values())
+
+
+def run_finetune(config: StudyConfig, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run every spec not yet in ``finetune/results.csv`` (one process each); returns the rows of ``specs``."""
+    results = config.folder / "finetune" / "results.csv"
+    rows = read_result_rows(results)
+    done = {row["run"] for row in rows}
+    todo = [s for s in specs if s["config"]["name"] not in done]
+    print(f"{len(specs)} fine-tuning runs, {len(specs) - len(todo)} already done", flush=True)
+    failed = []
+    for i, spec in enumerate(todo, 1):
+        name = spec["config"]["name"]
+        try:
+            row = launch_run(spec, Path(spec["config"]["output_dir"]) / name, keep_checkpoints=False)
+        except RuntimeError as err:
+            failed.append(name)
+            print(f"[{i}/{len(todo)}] {name}: FAILED, {err}", flush=True)
+            continue
+        rows.append({**row, "backbone": spec["backbone"], "negatives": spec["negatives"]})
+        write_csv(rows, results)
+        print(f"[{i}/{len(todo)}] {name}: accuracy {row['accuracy']:.4f}, {row['trainable_params']:,} trainable, "
+              f"{row['wall_time_s']:.0f} s", flush=True)
+    if failed:
+        raise ValueError(f"{len(failed)} fine-tuning run(s) failed: {failed}; see their log.txt under "
+                         f"{config.folder / 'finetune' / 'runs'}, then rerun the same command (finished runs are kept)")
+    wanted = {s["config"]["name"] for s in specs}
+    return [row for row in rows if row["run"] in wanted]
+
+
+def _run_dir(config: StudyConfig, run: str) -> Path:
+    return config.folder / "finetune" / "runs" / run
+
+
+def evaluate_runs(config: StudyConfig, rows: list[dict[str, Any]], specs: list[dict[str, Any]]) -> None:
+    """Generated-corruption and negative-view accuracy of every run (JSON in its folder; skipped when present)."""
+    from vitlab.cli.diagnose import build_diagnose_parser, run_diagnose
+    from vitlab.cli.robustness import build_robustness_parser, run_robustness
+
+    ev = config.evaluation
+    for i, row in enumerate(rows, 1):
+        run_dir = _run_dir(config, row["run"])
+        robustness = run_dir / f"robustness_{config.downstream}.json"
+        diagnose = run_dir / f"diagnose_negatives_{config.downstream}.json"
+        with (run_dir / "evaluate_log.txt").open("a") as log, redirect_stdout(log):
+            if not robustness.is_file():
+                run_robustness(build_robustness_parser().parse_args(
+                    ["--checkpoint", str(run_dir), "--n", str(ev.corruption_n)]))
+            if not diagnose.is_file():
+                run_diagnose(build_diagnose_parser().parse_args(
+                    ["--checkpoint", str(run_dir), "--n", str(ev.negative_view_n), "--patch_size", str(ev.patch_size),
+                     "--kinds", json.dumps(ev.kinds)]))
+        rob, diag = json.loads(robustness.read_text()), json.loads(diagnose.read_text())
+        views = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in diag["views"].items() if k != "clean")
+        print(f"[{i}/{len(rows)}] {row['run']}: corruption accuracy {rob['metrics']['mean_accuracy']:.4f} "
+              f"(N={rob['n']}); negative views: {views}", flush=True)
+
+
+def run_intrinsic(config: StudyConfig, weights: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """The d90 sweep (and per-module sweep) of each listed backbone; returns label -> the sweep summary."""
+    from vitlab.cli.intrinsic_dim import run_intrinsic_dim
+
+    spec = config.intrinsic_dim
+    if not spec.backbones:
+        print("intrinsic_dim.backbones is empty: stage skipped")
+        return {}
+    base, _ = parse_run_config(["--config", spec.config])
+    summaries = {}
+    for label in spec.backbones:
+        model, size = backbone_model(str(weights[label]), None, {}, None)
+        run_config = replace(base, name=label, output_dir=str(config.folder / "intrinsic"),
+                             model=ModelConfig(**model), data=replace(base.data, name=config.downstream, img_size=size),
+                             trainer={**base.trainer, "accelerator": config.accelerator})
+        summaries[label] = run_intrinsic_dim(run_config)
+        print(f"{label}: d90 {summaries[label].get('d90')} (interpolated {summaries[label].get('d90_interpolated')})")
+        if spec.per_module:
+            table = run_intrinsic_dim(run_config, per_module=True)
+            print(f"{label}: per-module ranking {[r['module'] for r in table.get('per_module', [])]}")
+    return summaries
+
+
+def _backbone_record(run_dir: Path) -> dict[str, Any]:
+    import math
+
+    from safetensors import safe_open
+
+    from vitlab.checkpoint import read_metadata, resolve_weights_path
+
+    meta = read_metadata(run_dir)
+    with safe_open(str(resolve_weights_path(run_dir)), framework="pt") as handle:
+        parameters = sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())
+    extra = meta.get("extra", {})
+    return {"model": meta["model_name"], "parameters": parameters, "weights": str(run_dir),
+            "pretrain_data": extra.get("data", {}).get("name"), "img_size": extra.get("data", {}).get("img_size"),
+            "pretrain_accuracy": extra.get("metrics", {}).get("test/acc")}
+
+
+def _split_sizes(name: str) -> tuple[int, int]:
+    """``(training images after the validation split, test images)`` of a dataset with vitlab's defaults."""
+    from vitlab.data import build_datamodule
+
+    datamodule = build_datamodule(name)
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    return len(datamodule.train_dataset), len(datamodule.test_dataset)
+
+
+def write_tables(config: StudyConfig, rows: list[dict[str, Any]], weights: dict[str, Path]) -> dict[str, Any]:
+    """Write ``results.csv`` (one row per run) and ``robustness.csv`` (run, corruption, severity, accuracy) from the
+    run folders; returns the ``study.json`` fields that describe the data, evaluation sets and backbones."""
+    table, long, rob, diag = [], [], {}, {}
+    for row in rows:
+        run_dir = _run_dir(config, row["run"])
+        rob = json.loads((run_dir / f"robustness_{config.downstream}.json").read_text())
+        diag = json.loads((run_dir / f"diagnose_negatives_{config.downstream}.json").read_text())
+        metrics, per_severity = rob["metrics"], {int(k): v for k, v in rob["metrics"]["per_severity"].items()}
+        entry = {key: row[key] for key in ("run", "backbone", "method", "negatives", "shots", "seed")}
+        entry.update(trainable_params=row["trainable_params"], clean_acc=row["accuracy"],
+                     corruption_acc=metrics["mean_accuracy"],
+                     **{f"corruption_acc_s{s}": per_severity.get(s) for s in SEVERITIES},
+                     extra_corruption_acc=metrics.get("extra_mean_accuracy"),
+                     **{f"neg_{kind}_acc": diag["views"].get(kind, {}).get("accuracy") for kind in
+                        ("shuffle", "rotate", "infill")},
+                     train_time_s=row.get("train_time_s"), run_dir=str(run_dir.relative_to(config.folder)))
+        table.append(entry)
+        long += [{"run": row["run"], "corruption": c, "severity": int(s), "accuracy": a}
+                 for c, by_severity in rob["accuracy"].items() for s, a in by_severity.items()]
+    write_csv(table, config.folder / "results.csv")
+    write_csv(long, config.folder / "robustness.csv")
+    backbones = {label: _backbone_record(run_dir) for label, run_dir in weights.items()}
+    train_images, test_images = _split_sizes(config.downstream)
+    return {
+        "data": {"pretrain": ", ".join(sorted({b["pretrain_data"] for b in backbones.values() if b["pretrain_data"]})),
+                 "downstream": config.downstream, "train_images": train_images,
+                 "test_images": test_images,
+                 "img_size": next((b["img_size"] for b in backbones.values() if b["img_size"]), None)},
+        "corruption": {"n": rob.get("n"), "severities": list(SEVERITIES),
+                       "source": f"generated with imagecorruptions-imaug from the first {rob.get('n')} "
+                                 f"{config.downstream} test images (a generated set, not a published benchmark)"},
+        "negative_views": {"n": diag.get("n"), "chance": diag.get("chance"), "patch_size": diag.get("patch_size")},
+        "backbones": backbones,
+    }

@@ -1,0 +1,253 @@
+"""The plots of a ``vitlab study`` report (matplotlib, Agg backend), one PNG per function.
+
+The functions take data that ``vitlab.eval.study_report`` already read from the study folder and return the PNG path:
+
+- ``plot_accuracy_vs_params``: clean accuracy (%) vs trainable parameters (log x) of the aggregated table rows, one
+  panel per shots setting, one colour per method, one marker per negatives setting, mean ± std error bars;
+- ``plot_robustness_by_severity``: accuracy (%) vs corruption severity (0 = clean), one line per table row;
+- ``plot_training_curves``: training loss vs step of every fine-tuning run, one panel per shots setting;
+- ``plot_intrinsic_dim``: accuracy vs subspace dimension d (log x) per backbone, the threshold and d90 marked;
+- ``plot_per_module``: interpolated d90 per module kind (one panel per backbone), unreached kinds hatched.
+
+Example:
+    >>> row = dict(backbone="vit", method="lora", negatives="none", shots=5, trainable_params=12000,
+    ...            clean_acc=0.71, clean_acc_std=0.01)
+    >>> plot_accuracy_vs_params([row], "plots/accuracy_vs_params.png")  # doctest: +SKIP
+    PosixPath('plots/accuracy_vs_params.png')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SEVERITIES", "plot_accuracy_vs_params", "plot_intrinsic_dim", "plot_per_module",
+           "plot_robustness_by_severity", "plot_training_curves", "shots_key", "shots_title"]
+
+SEVERITIES = (1, 2, 3, 4, 5)
+_MARKERS = ("o", "^", "s", "D", "v", "P", "X")
+_STYLES = ("-", "--", ":", "-.")
+
+
+def shots_key(shots: int | str) -> tuple[int, float, str]:
+    """Sort key of a shots setting: integer k ascending, then strings such as ``"full"``."""
+    return (1, 0.0, str(shots)) if isinstance(shots, str) else (0, float(shots), "")
+
+
+def shots_title(shots: int | str) -> str:
+    """Panel title of a shots setting."""
+    return "full training set" if shots == "full" else f"{shots} shots per class"
+
+
+def _unique(values: Iterable[Any]) -> list[Any]:
+    return list(dict.fromkeys(values))
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _panels(plt: Any, n: int, width: float = 5.5, height: float = 4.2) -> tuple[Any, list[Any]]:
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _save(plt: Any, fig: Any, out_png: str | Path) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _styles(rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Colour per method, line style per negatives setting ("none" first, solid), marker per negatives setting."""
+    colours = {m: f"C{i % 10}" for i, m in enumerate(_unique(r["method"] for r in rows))}
+    negatives = sorted(_unique(r["negatives"] for r in rows), key=lambda n: (n != "none", n))
+    styles = {n: _STYLES[i % len(_STYLES)] for i, n in enumerate(negatives)}
+    markers = {n: _MARKERS[i % len(_MARKERS)] for i, n in enumerate(negatives)}
+    return colours, styles, markers
+
+
+def _label(row: Mapping[str, Any], with_backbone: bool) -> str:
+    text = row["method"] + ("" if row["negatives"] == "none" else f" + {row['negatives']}")
+    return f"{row['backbone']}: {text}" if with_backbone else text
+
+
+def _require(rows: Sequence[Any], what: str) -> None:
+    if not rows:
+        raise ValueError(f"nothing to plot: {what}; run the study stages that produce it, or skip this plot")
+
+
+def plot_accuracy_vs_params(rows: Sequence[Mapping[str, Any]], out_png: str | Path) -> Path:
+    """Clean accuracy (%) vs trainable parameters (log x), one panel per shots setting, points labelled.
+
+    Args:
+        rows: aggregated table rows with ``backbone, method, negatives, shots, trainable_params, clean_acc`` and
+            ``clean_acc_std`` (fractions; ``None`` std: a single seed). Rows lacking a value are skipped.
+        out_png: the PNG to write.
+    """
+    from matplotlib.lines import Line2D
+
+    rows = [r for r in rows if r.get("clean_acc") is not None and (r.get("trainable_params") or 0) > 0]
+    _require(rows, "no row has both a clean accuracy and a positive trainable-parameter count")
+    plt = _pyplot()
+    colours, _, markers = _styles(rows)
+    many = len({r["backbone"] for r in rows}) > 1
+    shots = sorted({r["shots"] for r in rows}, key=shots_key)
+    fig, axes = _panels(plt, len(shots))
+    for ax, shot in zip(axes, shots, strict=True):
+        for r in (r for r in rows if r["shots"] == shot):
+            y, std = 100 * r["clean_acc"], r.get("clean_acc_std")
+            ax.errorbar(r["trainable_params"], y, yerr=None if std is None else 100 * std, capsize=3, markersize=7,
+                        marker=markers[r["negatives"]], color=colours[r["method"]], linestyle="none")
+            ax.annotate(_label(r, many), (r["trainable_params"], y), textcoords="offset points", xytext=(5, 4),
+                        fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel("clean test accuracy (%)")
+        ax.set_title(shots_title(shot))
+        ax.grid(True, which="both", alpha=0.3)
+    handles = [Line2D([], [], color=c, marker="o", linestyle="none", label=m) for m, c in colours.items()]
+    handles += [Line2D([], [], color="gray", marker=mk, linestyle="none", label=f"negatives: {n}")
+                for n, mk in markers.items()]
+    axes[-1].legend(handles=handles, fontsize="small")
+    return _save(plt, fig, out_png)
+
+
+def plot_robustness_by_severity(rows: Sequence[Mapping[str, Any]], out_png: str | Path) -> Path:
+    """Accuracy (%) vs severity 0..5 (0: ``clean_acc``, N: ``corruption_acc_sN``), one line per row.
+
+    Args:
+        rows: aggregated table rows (means over seeds) with ``backbone, method, negatives, shots``, ``clean_acc``
+            and ``corruption_acc_s1`` .. ``corruption_acc_s5`` (fractions or ``None``).
+        out_png: the PNG to write.
+    """
+    def points(r: Mapping[str, Any]) -> list[tuple[int, float]]:
+        values = [(0, r.get("clean_acc"))] + [(s, r.get(f"corruption_acc_s{s}")) for s in SEVERITIES]
+        return [(s, 100 * v) for s, v in values if v is not None]
+
+    rows = [r for r in rows if any(r.get(f"corruption_acc_s{s}") is not None for s in SEVERITIES)]
+    _require(rows, "no row has a per-severity corruption accuracy")
+    plt = _pyplot()
+    colours, styles, _ = _styles(rows)
+    backbones = {b: _MARKERS[i % len(_MARKERS)] for i, b in enumerate(_unique(r["backbone"] for r in rows))}
+    shots = sorted({r["shots"] for r in rows}, key=shots_key)
+    fig, axes = _panels(plt, len(shots))
+    for ax, shot in zip(axes, shots, strict=True):
+        for r in (r for r in rows if r["shots"] == shot):
+            xs, ys = zip(*points(r), strict=True)
+            ax.plot(xs, ys, color=colours[r["method"]], linestyle=styles[r["negatives"]],
+                    marker=backbones[r["backbone"]], label=_label(r, len(backbones) > 1))
+        ax.set_xticks(range(6), ["clean", "1", "2", "3", "4", "5"])
+        ax.set_xlabel("corruption severity (mean over the 15 common corruptions)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(shots_title(shot))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    return _save(plt, fig, out_png)
+
+
+def plot_training_curves(curves: Sequence[Mapping[str, Any]], out_png: str | Path) -> Path:
+    """Training loss per fine-tuning run, one panel per shots setting, legend by (backbone,) method + negatives.
+
+    Args:
+        curves: one mapping per run with ``backbone, method, negatives, shots``, ``points`` (``[(step, loss)]``)
+            and ``x_label``; seeds of one setting share the colour and the legend entry.
+        out_png: the PNG to write.
+    """
+    curves = [c for c in curves if c["points"]]
+    _require(curves, "no run has a training loss in its metrics.csv")
+    plt = _pyplot()
+    colours, styles, _ = _styles(curves)
+    many = len({c["backbone"] for c in curves}) > 1
+    shots = sorted({c["shots"] for c in curves}, key=shots_key)
+    fig, axes = _panels(plt, len(shots))
+    for ax, shot in zip(axes, shots, strict=True):
+        labelled = set()
+        for c in (c for c in curves if c["shots"] == shot):
+            label = _label(c, many)
+            xs, ys = zip(*sorted(c["points"]), strict=True)
+            ax.plot(xs, ys, color=colours[c["method"]], linestyle=styles[c["negatives"]], linewidth=1.2,
+                    label=None if label in labelled else label)
+            labelled.add(label)
+        ax.set_xlabel(_unique(c["x_label"] for c in curves if c["shots"] == shot)[0])
+        ax.set_ylabel("training loss")
+        ax.set_title(shots_title(shot))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    return _save(plt, fig, out_png)
+
+
+def plot_intrinsic_dim(sweeps: Mapping[str, Mapping[str, Any]], out_png: str | Path) -> Path:
+    """Accuracy (%) vs subspace dimension d (log x) per backbone, its threshold line and its d90 marked.
+
+    Args:
+        sweeps: backbone -> ``intrinsic_dim.json`` content with ``points`` as ``{int d: accuracy}``, ``reference``,
+            ``threshold`` and ``d90_interpolated`` (fractions; ``None``: the threshold was not reached).
+        out_png: the PNG to write.
+    """
+    sweeps = {name: s for name, s in sweeps.items() if s["points"]}
+    _require(list(sweeps), "no intrinsic-dimension sweep has a point")
+    plt = _pyplot()
+    fig, axes = _panels(plt, 1, width=7.0)
+    ax = axes[0]
+    for i, (name, sweep) in enumerate(sweeps.items()):
+        colour = f"C{i % 10}"
+        dims = sorted(sweep["points"])
+        ax.plot(dims, [100 * sweep["points"][d] for d in dims], marker="o", color=colour, label=name)
+        threshold, reference = 100 * sweep["threshold"], 100 * sweep["reference"]
+        ax.axhline(threshold, color=colour, linestyle="--", linewidth=1,
+                   label=f"{name}: {threshold / reference:.0%} of reference ({threshold:.2f} %)")
+        d90 = sweep.get("d90_interpolated")
+        if d90 is not None:
+            ax.axvline(d90, color=colour, linestyle="--", linewidth=1)
+            ax.annotate(f"d90 ≈ {d90:,.0f}", (d90, threshold), textcoords="offset points", xytext=(5, -14),
+                        fontsize=8, color=colour)
+    ax.set_xscale("log")
+    ax.set_xlabel("subspace dimension d")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Intrinsic dimension: accuracy vs d")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(plt, fig, out_png)
+
+
+def plot_per_module(tables: Mapping[str, Sequence[Mapping[str, Any]]], out_png: str | Path) -> Path:
+    """Horizontal bars of the interpolated d90 per module kind, one panel per backbone, rank 1 at the top.
+
+    Kinds that never reached the threshold get a hatched bar as long as the largest reached d90, labelled
+    "not reached".
+
+    Args:
+        tables: backbone -> rows with ``rank, module, reached, d90_interpolated``.
+        out_png: the PNG to write.
+    """
+    tables = {name: sorted(rows, key=lambda r: r["rank"]) for name, rows in tables.items() if rows}
+    _require(list(tables), "no per-module table has a row")
+    plt = _pyplot()
+    height = sum(0.4 * len(rows) + 1.2 for rows in tables.values())
+    fig, axes = plt.subplots(len(tables), 1, figsize=(7.5, height), squeeze=False)
+    for ax, (name, rows) in zip(axes[:, 0], tables.items(), strict=True):
+        reached = [r["d90_interpolated"] for r in rows if r["reached"] and r["d90_interpolated"] is not None]
+        top = max(reached, default=1.0)
+        for y, r in enumerate(rows):
+            ok = r["reached"] and r["d90_interpolated"] is not None
+            width = r["d90_interpolated"] if ok else top
+            ax.barh(y, width, color="C0" if ok else "white", edgecolor="C0" if ok else "gray",
+                    hatch=None if ok else "//")
+            ax.text(width, y, f" {width:,.0f}" if ok else " not reached", va="center", fontsize=8)
+        ax.set_yticks(range(len(rows)), [r["module"] for r in rows])
+        ax.invert_yaxis()
+        ax.set_xlim(0, top * 1.35)
+        ax.set_xlabel("d90 (interpolated)")
+        ax.set_title(f"{name}: d90 per module kind (rank 1 at the top)")
+        ax.grid(True, axis="x", alpha=0.3)
+    return _save(plt, fig, out_png)

@@ -1,0 +1,396 @@
+"""The report of a ``vitlab study`` folder: ``report.md``, a self-contained ``report.html`` and ``plots/*.png``.
+
+Reads (all written by ``vitlab study``):
+
+- ``study.json``: name, exact command, versions, hardware, times, stages, data, corruption and negative-view sets;
+- ``results.csv``: one row per fine-tuning run (``REQUIRED_COLUMNS``; accuracies are fractions, empty = not run);
+- ``<run_dir>/metrics.csv``: Lightning's CSVLogger output of each run (training-loss curves);
+- ``intrinsic/<backbone>/intrinsic_dim.json`` and ``intrinsic_dim_per_module.csv``: optional d90 results.
+
+``robustness.csv`` (per corruption) is not read: ``results.csv`` holds its means. Runs are grouped by
+(backbone, method, negatives, shots) in order of first appearance; the table shows mean ± sample std over seeds.
+Markdown and HTML are rendered from one list of blocks, so they hold the same text and numbers.
+``results_markdown`` + ``update_readme`` put the results between the README's ``START_MARKER`` and ``END_MARKER``.
+
+Example:
+    >>> out = write_study_report("runs/study")  # doctest: +SKIP
+    >>> update_readme("README.md", results_markdown("runs/study"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import re
+import statistics
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from vitlab.eval import study_plots
+from vitlab.train.plots import read_metrics
+
+__all__ = ["END_MARKER", "PLOT_NAMES", "REQUIRED_COLUMNS", "START_MARKER", "results_markdown", "update_readme",
+           "write_study_report"]
+
+SEVERITY_COLUMNS = tuple(f"corruption_acc_s{s}" for s in study_plots.SEVERITIES)
+ACCURACY_COLUMNS = ("clean_acc", "corruption_acc", *SEVERITY_COLUMNS, "extra_corruption_acc", "neg_shuffle_acc",
+                    "neg_rotate_acc", "neg_infill_acc")
+REQUIRED_COLUMNS = ("run", "backbone", "method", "negatives", "shots", "seed", "trainable_params", *ACCURACY_COLUMNS,
+                    "train_time_s", "run_dir")
+TABLE_METRICS = {"clean %": "clean_acc", "corruption %": "corruption_acc", "severity 5 %": "corruption_acc_s5",
+                 "extra corruptions %": "extra_corruption_acc", "shuffle %": "neg_shuffle_acc",
+                 "rotate %": "neg_rotate_acc", "infill %": "neg_infill_acc"}
+PLOT_NAMES = ("accuracy_vs_params", "robustness_by_severity", "training_curves", "intrinsic_dim", "per_module")
+START_MARKER, END_MARKER = "<!-- study-results:start -->", "<!-- study-results:end -->"
+STUDY_HINT = "run `vitlab study --config configs/study.yaml` first"
+DASH, NA = "–", "n/a"
+_CAPTIONS = dict(zip(PLOT_NAMES, ("Clean accuracy vs trainable parameters", "Accuracy vs corruption severity",
+                                  "Training loss", "Accuracy vs subspace dimension d", "d90 per module kind"),
+                     strict=True))
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:3px 8px}"
+        "th{background:#f2f2f2}code{background:#f2f2f2;padding:1px 4px}img{max-width:100%}")
+Block = tuple  # ("h", level, text) | ("p", spans) | ("ul", [spans]) | ("table", header, rows) | ("img", alt, path)
+
+
+def _fail(path: Path, problem: str, fix: str) -> ValueError:
+    return ValueError(f"{path}: {problem}; {fix}")
+
+
+def _number(path: Path, line: int, column: str, text: str | None, cast: type = float) -> Any:
+    if not (text := (text or "").strip()):
+        return None
+    try:
+        return cast(float(text))
+    except ValueError:
+        raise _fail(path, f"line {line}: {column}={text!r} is not a number", "fix or rewrite that row") from None
+
+
+def _read_results(path: Path) -> list[dict[str, Any]]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if missing := [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]:
+            raise _fail(path, f"lacks the required columns {missing}",
+                        f"rewrite it with `vitlab study` (columns: {', '.join(REQUIRED_COLUMNS)})")
+        runs = []
+        for line, row in enumerate(reader, start=2):
+            run = {c: (row[c] or "").strip() for c in ("run", "backbone", "method", "negatives", "run_dir")}
+            run["negatives"] = run["negatives"] or "none"
+            shots = (row["shots"] or "").strip()
+            run["shots"] = int(shots) if shots.isdigit() else shots
+            run["seed"] = _number(path, line, "seed", row["seed"], int)
+            run["trainable_params"] = _number(path, line, "trainable_params", row["trainable_params"], int)
+            for column in ACCURACY_COLUMNS:
+                value = run[column] = _number(path, line, column, row[column])
+                if value is not None and not 0 <= value <= 1:
+                    raise _fail(path, f"line {line}: {column}={value} is not a fraction in [0, 1]",
+                                "write accuracies as fractions (0.9123, not 91.23)")
+            runs.append(run)
+    return runs
+
+
+def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["backbone"], run["method"], run["negatives"], run["shots"]), []).append(run)
+    rows = []
+    for (backbone, method, negatives, shots), members in groups.items():
+        params = [m["trainable_params"] for m in members if m["trainable_params"] is not None]
+        row = dict(backbone=backbone, method=method, negatives=negatives, shots=shots, seeds=len(members),
+                   seed_list=[m["seed"] for m in members], runs=[m["run"] for m in members],
+                   trainable_params=params[0] if params else None)
+        for column in ACCURACY_COLUMNS:
+            values = [m[column] for m in members if m[column] is not None]
+            row[column] = statistics.mean(values) if values else None
+            row[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        rows.append(row)
+    return rows
+
+
+def _read_sweep(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["points"] = {int(d): float(a) for d, a in data["points"].items()}
+        data["reference"], data["threshold"] = float(data["reference"]), float(data["threshold"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # JSONDecodeError is a ValueError
+        raise _fail(path, f"not an intrinsic_dim.json with reference, threshold and points ({err!r})",
+                    "rerun `vitlab intrinsic-dim` for that backbone, or delete the file") from None
+    return data
+
+
+def _read_module_table(path: Path) -> list[dict[str, Any]]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        needed = ("rank", "module", "d90_interpolated", "reached", "best_accuracy")
+        if missing := [c for c in needed if c not in (reader.fieldnames or [])]:
+            raise _fail(path, f"lacks the columns {missing}", "rerun `vitlab intrinsic-dim --per-module`")
+        return [dict(rank=_number(path, i, "rank", r["rank"], int), module=r["module"], reached=r["reached"] == "True",
+                     d90_interpolated=_number(path, i, "d90_interpolated", r["d90_interpolated"]),
+                     best_accuracy=_number(path, i, "best_accuracy", r["best_accuracy"]))
+                for i, r in enumerate(reader, start=2)]
+
+
+def _curves(folder: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run with a metrics.csv: ``train/loss_step`` vs step (fallback ``train/loss_epoch``)."""
+    curves = []
+    for run in runs:
+        if not run["run_dir"] or not (path := folder / run["run_dir"] / "metrics.csv").is_file():
+            continue
+        try:
+            rows = read_metrics(path)
+        except ValueError as err:
+            raise _fail(path, f"not a Lightning metrics.csv ({err})", "rerun that fine-tuning run") from None
+        key = "train/loss_step" if any("train/loss_step" in r for r in rows) else "train/loss_epoch"
+        x = "step" if all("step" in r for r in rows if key in r) else "epoch"
+        curves.append(dict(run, points=[(r[x], r[key]) for r in rows if key in r and x in r], x_label=x))
+    return curves
+
+
+def _load(study_dir: str | Path) -> dict[str, Any]:
+    folder = Path(study_dir)
+    for path in (folder, folder / "study.json", folder / "results.csv"):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist; {STUDY_HINT} (it writes study.json and results.csv)")
+    try:
+        meta = json.loads((folder / "study.json").read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise _fail(folder / "study.json", f"not valid JSON ({err})", "rerun `vitlab study` to rewrite it") from None
+    if missing := [k for k in ("name", "command") if not isinstance(meta, dict) or not isinstance(meta.get(k), str)]:
+        raise _fail(folder / "study.json", f"lacks the string key(s) {missing}", "rerun `vitlab study` to rewrite it")
+    runs = _read_results(folder / "results.csv")
+    subs = sorted(p for p in (folder / "intrinsic").glob("*") if p.is_dir())
+    return dict(folder=folder, meta=meta, runs=runs, rows=_aggregate(runs),
+                sweeps={p.name: _read_sweep(p / "intrinsic_dim.json") for p in subs
+                        if (p / "intrinsic_dim.json").is_file()},
+                tables={p.name: _read_module_table(p / "intrinsic_dim_per_module.csv") for p in subs
+                        if (p / "intrinsic_dim_per_module.csv").is_file()})
+
+
+def _pct(value: Any, std: Any = None, missing: str = DASH) -> str:
+    """A fraction as a percentage with 2 decimals ("mean ± std" when ``std`` is given)."""
+    if not isinstance(value, int | float):
+        return missing
+    return f"{100 * value:.2f}" if std is None else f"{100 * value:.2f} ± {100 * std:.2f}"
+
+
+def _int(value: Any, missing: str = DASH) -> str:
+    return f"{value:,.0f}" if isinstance(value, int | float) else missing
+
+
+def _minutes(seconds: Any, missing: str = DASH) -> str:
+    return f"{seconds / 60:.1f}" if isinstance(seconds, int | float) else missing
+
+
+def _get(meta: Any, *keys: str) -> Any:
+    for key in keys:
+        meta = meta.get(key) if isinstance(meta, dict) else None
+    return NA if meta is None else meta
+
+
+def _results_blocks(study: dict[str, Any]) -> list[Block]:
+    if not study["rows"]:
+        return [("p", "Results: no fine-tuning run in results.csv yet.")]
+    header = ["backbone", "method", "negatives", "shots", "seeds", "trainable params", *TABLE_METRICS]
+    body = [[r["backbone"], r["method"], r["negatives"], str(r["shots"]), str(r["seeds"]), _int(r["trainable_params"]),
+             *(_pct(r[c], r[f"{c}_std"]) for c in TABLE_METRICS.values())] for r in study["rows"]]
+    note = ("Accuracy in % of the test images, mean ± sample std over seeds where seeds > 1 (– = not measured). "
+            "corruption: mean over the 15 common corruptions and 5 severities; severity 5: the 15 at severity 5; "
+            "extra corruptions: mean over the 4 extra ones; shuffle / rotate / infill: accuracy on negative views "
+            f"(chance {_pct(_get(study['meta'], 'negative_views', 'chance'), missing=NA)} %).")
+    return [("table", header, body), ("p", note)]
+
+
+def _intrinsic_table(study: dict[str, Any]) -> Block:
+    return ("table", ["backbone", "reference %", "threshold %", "d90 (grid)", "d90 (interpolated)"],
+            [[name, _pct(s["reference"]), _pct(s["threshold"]), _int(s.get("d90"), "not reached"),
+              _int(s.get("d90_interpolated"), "not reached")] for name, s in study["sweeps"].items()])
+
+
+def _duration(seconds: Any) -> str:
+    return f"{_minutes(seconds)} min" if isinstance(seconds, int | float) else NA
+
+
+def _header(meta: dict[str, Any]) -> list[Any]:
+    get = partial(_get, meta)
+    size, severities = get("data", "img_size"), get("corruption", "severities")
+    return [f"Data: pretraining on {get('data', 'pretrain')}, fine-tuning and evaluation on "
+            f"{get('data', 'downstream')}, {size}×{size} px, {_int(get('data', 'train_images'), NA)} training / "
+            f"{_int(get('data', 'test_images'), NA)} test images",
+            f"Hardware: {get('hardware')}", f"Time taken: {_duration(get('wall_time_s'))} (started {get('started')})",
+            f"Versions: vitlab {get('vitlab_version')}, torch {get('torch_version')}",
+            [("text", "Command: "), ("code", meta["command"])],
+            f"Corruption set: N = {get('corruption', 'n')} test images, severities "
+            f"{', '.join(map(str, severities)) if isinstance(severities, list) else NA}. {get('corruption', 'source')}",
+            f"Negative views: N = {get('negative_views', 'n')} test images, chance "
+            f"{_pct(get('negative_views', 'chance'), missing=NA)} %, patch size {get('negative_views', 'patch_size')}",
+            *(f"Backbone {n}: {_get(b, 'model')}, {_int(_get(b, 'parameters'), NA)} parameters, pretraining accuracy "
+              f"{_pct(_get(b, 'pretrain_accuracy'), missing=NA)} %, weights {_get(b, 'weights')}"
+              for n, b in (meta.get("backbones") if isinstance(meta.get("backbones"), dict) else {}).items())]
+
+
+def _blocks(study: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
+    meta = study["meta"]
+    blocks: list[Block] = [("h", 1, f"vitlab study report: {meta['name']}"), ("ul", _header(meta))]
+    blocks += [("h", 2, "Results"), *_results_blocks(study), ("h", 2, "Plots")]
+    for name in PLOT_NAMES[:3]:
+        blocks.append(("img", _CAPTIONS[name], f"plots/{name}.png") if name in plots else
+                      ("p", f"{_CAPTIONS[name]}: no data in this study yet."))
+    blocks.append(("h", 2, "Intrinsic dimension"))
+    if "intrinsic_dim" in plots:
+        blocks += [_intrinsic_table(study), ("img", _CAPTIONS["intrinsic_dim"], "plots/intrinsic_dim.png")]
+    else:
+        blocks.append(("p", "Intrinsic dimension: not run in this study."))
+    blocks.append(("h", 2, "Intrinsic dimension per module kind"))
+    if "per_module" in plots:
+        rows = [[n, str(r["rank"]), r["module"], _int(r["d90_interpolated"]) if r["reached"] else "not reached",
+                 _pct(r["best_accuracy"])] for n, table in study["tables"].items() for r in table]
+        blocks += [("table", ["backbone", "rank", "module", "d90 interpolated", "best accuracy %"], rows),
+                   ("img", _CAPTIONS["per_module"], "plots/per_module.png")]
+    else:
+        blocks.append(("p", "Per-module intrinsic dimension: not run in this study."))
+    stages = [s for s in meta.get("stages") or [] if isinstance(s, dict)]
+    table = [[str(_get(s, "stage")), _minutes(s.get("estimated_s")), _minutes(s.get("measured_s")),
+              str(_get(s, "status"))] for s in stages]
+    return [*blocks, ("h", 2, "Stage times"), ("table", ["stage", "estimated (min)", "measured (min)", "status"], table)
+            if stages else ("p", "Stage times: not recorded in study.json.")]
+
+
+def _spans(spans: Any) -> list[tuple[str, str]]:
+    return [("text", spans)] if isinstance(spans, str) else list(spans)
+
+
+def _md_line(spans: Any) -> str:
+    def code(text: str) -> str:
+        ticks = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+        pad = " " if text.startswith("`") or text.endswith("`") else ""
+        return f"{ticks}{pad}{text}{pad}{ticks}"
+
+    return "".join(t if kind == "text" else code(t) for kind, t in _spans(spans))
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", r"\|").replace("\n", " ") for c in cells) + " |"
+
+
+def _render_markdown(blocks: list[Block], image_prefix: str = "") -> str:
+    render = {"h": lambda b: "#" * b[1] + " " + b[2], "p": lambda b: _md_line(b[1]),
+              "ul": lambda b: "\n".join("- " + _md_line(item) for item in b[1]),
+              "table": lambda b: "\n".join([_md_row(b[1]), _md_row(["---"] * len(b[1])), *map(_md_row, b[2])]),
+              "img": lambda b: f"![{b[1]}]({image_prefix}{b[2]})"}
+    return "\n\n".join(render[b[0]](b) for b in blocks) + "\n"
+
+
+def _render_html(blocks: list[Block], folder: Path) -> str:
+    def line(spans: Any) -> str:
+        return "".join(html.escape(t) if k == "text" else f"<code>{html.escape(t)}</code>" for k, t in _spans(spans))
+
+    def row(tag: str, cells: list[str]) -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+
+    def image(b: Block) -> str:
+        data = base64.b64encode((folder / b[2]).read_bytes()).decode("ascii")
+        return (f'<figure><img alt="{html.escape(b[1])}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(b[1])}</figcaption></figure>")
+
+    render = {"h": lambda b: f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>", "p": lambda b: f"<p>{line(b[1])}</p>",
+              "ul": lambda b: "<ul>" + "".join(f"<li>{line(item)}</li>" for item in b[1]) + "</ul>",
+              "table": lambda b: f"<table><thead>{row('th', b[1])}</thead><tbody>"
+                                 + "".join(row("td", r) for r in b[2]) + "</tbody></table>", "img": image}
+    title = html.escape(blocks[0][2])
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+            f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(render[b[0]](b) for b in blocks)
+            + "\n</body>\n</html>\n")
+
+
+def _write_plots(study: dict[str, Any]) -> dict[str, Path]:
+    rows, sweeps, tables = study["rows"], study["sweeps"], study["tables"]
+    curves = _curves(study["folder"], study["runs"])
+    jobs = {"accuracy_vs_params": (study_plots.plot_accuracy_vs_params, rows,
+                                   any(r["clean_acc"] is not None and (r["trainable_params"] or 0) > 0 for r in rows)),
+            "robustness_by_severity": (study_plots.plot_robustness_by_severity, rows,
+                                       any(r[c] is not None for r in rows for c in SEVERITY_COLUMNS)),
+            "training_curves": (study_plots.plot_training_curves, curves, any(c["points"] for c in curves)),
+            "intrinsic_dim": (study_plots.plot_intrinsic_dim, sweeps, any(s["points"] for s in sweeps.values())),
+            "per_module": (study_plots.plot_per_module, tables, any(tables.values()))}
+    plots = {}
+    for name, (plot, data, has_data) in jobs.items():
+        path = study["folder"] / "plots" / f"{name}.png"
+        if has_data:
+            plots[name] = plot(data, path)
+        else:
+            path.unlink(missing_ok=True)  # a stale plot of an earlier report would disagree with this one
+    return plots
+
+
+def write_study_report(study_dir: str | Path) -> dict[str, Any]:
+    """Write ``plots/*.png``, ``report.md`` and the self-contained ``report.html`` into a study folder.
+
+    Args:
+        study_dir: the folder ``vitlab study`` wrote (with ``study.json`` and ``results.csv``).
+
+    Returns:
+        ``{"markdown": Path, "html": Path, "plots": {name: Path}, "rows": [aggregated table rows]}``; a row holds
+        the group keys, ``seeds`` (number of runs), ``trainable_params`` and, per accuracy column, its mean and
+        ``<column>_std`` (fractions; ``None`` when not measured or, for the std, a single value).
+
+    Raises:
+        FileNotFoundError: no study folder, ``study.json`` or ``results.csv`` (run ``vitlab study`` first).
+        ValueError: a file lacks columns or keys, or holds a value that is not a number (the message names the fix).
+    """
+    study = _load(study_dir)
+    plots = _write_plots(study)
+    blocks = _blocks(study, plots)
+    markdown, page = study["folder"] / "report.md", study["folder"] / "report.html"
+    markdown.write_text(_render_markdown(blocks), encoding="utf-8")
+    page.write_text(_render_html(blocks, study["folder"]), encoding="utf-8")
+    return {"markdown": markdown, "html": page, "plots": plots, "rows": study["rows"]}
+
+
+def results_markdown(study_dir: str | Path) -> str:
+    """The README "Results" snippet: command, hardware and time, results table, intrinsic-dimension table, plot link.
+
+    Every number comes from the study folder; the image links ``<study_dir>/plots/accuracy_vs_params.png`` with
+    ``study_dir`` as given (so pass it relative to the README's folder).
+
+    Raises:
+        FileNotFoundError: no study files, or no ``plots/accuracy_vs_params.png`` (call ``write_study_report`` first).
+        ValueError: as ``write_study_report``.
+    """
+    study, png = _load(study_dir), Path(study_dir) / "plots" / "accuracy_vs_params.png"
+    if not png.is_file():
+        raise FileNotFoundError(f"{png} does not exist; call write_study_report({str(study_dir)!r}) first")
+    meta = study["meta"]
+    where = (f" (hardware: {_get(meta, 'hardware')}; time taken: {_duration(meta.get('wall_time_s'))}, "
+             f"started {_get(meta, 'started')}).")
+    blocks: list[Block] = [("p", [("text", "Measured with "), ("code", meta["command"]), ("text", where)]),
+                           *_results_blocks(study)]
+    if study["sweeps"]:
+        blocks += [("p", "Intrinsic dimension (d90: the smallest subspace dimension reaching the threshold, "
+                         "90 % of the reference accuracy):"), _intrinsic_table(study)]
+    return _render_markdown([*blocks, ("img", _CAPTIONS["accuracy_vs_params"], png.as_posix())])
+
+
+def update_readme(readme_path: str | Path, snippet: str) -> None:
+    """Replace the text between the ``START_MARKER`` and ``END_MARKER`` lines of a README (markers kept; idempotent).
+
+    Raises:
+        FileNotFoundError: no such README.
+        ValueError: a marker is missing, duplicated or out of order, or the snippet itself holds a marker.
+    """
+    path = Path(readme_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; pass the path of the README to update")
+    if not isinstance(snippet, str) or START_MARKER in snippet or END_MARKER in snippet:
+        raise ValueError("snippet must be a str without the study-results markers (use results_markdown(...))")
+    text = path.read_text(encoding="utf-8")
+    counts = [text.count(START_MARKER), text.count(END_MARKER)]
+    start, end = text.find(START_MARKER), text.find(END_MARKER)
+    if counts != [1, 1] or end < start:
+        raise ValueError(f"{path} needs exactly one {START_MARKER} line followed by one {END_MARKER} line (found "
+                         f"{counts[0]} and {counts[1]}); add the two marker lines where the Results section should go")
+    new = text[:start + len(START_MARKER)] + "\n" + snippet.strip("\n") + "\n" + text[end:]
+    if new != text:
+        path.write_text(new, encoding="utf-8")

@@ -1,0 +1,98 @@
+"""`vitlab study` end to end at a tiny scale: pretrain, fine-tune grid, evaluation, intrinsic dimension, report."""
+
+import csv
+import json
+
+import pytest
+import yaml
+from PIL import Image
+
+from vitlab.cli.study_config import load_study_config, study_config_from_dict
+from vitlab.cli.study_stages import run_name
+
+TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}
+
+
+def _write_configs(tmp_path):
+    runs = tmp_path / "runs"
+    pretrain = {"name": "pre", "output_dir": str(runs), "model": {"name": "vitlab_vit_tiny_32", "kwargs": TINY},
+                "data": {"name": "digits", "batch_size": 64}, "optim": {"lr": 3e-3, "warmup_epochs": 0},
+                "trainer": {"max_epochs": 1, "limit_train_batches": 3, "enable_progress_bar": False,
+                            "enable_model_summary": False}}
+    intrinsic = {"name": "id", "model": {"name": "vitlab_vit_tiny_32"},
+                 "data": {"name": "digits", "batch_size": 64, "options": {"limit_train": 128}},
+                 "optim": {"lr": 3e-3, "warmup_epochs": 0},
+                 "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+                 "peft": {"method": "subspace", "options": {"dim": 8, "sweep": {"dims": [8], "lr": 0.3}}}}
+    study = {"name": "tiny", "output_dir": str(runs), "downstream": "digits", "accelerator": "cpu",
+             "backbones": {"vit": {"pretrain": "pretrain.yaml", "method_options": {"kadaptation": {"n": 8}}}},
+             "finetune": {"methods": {"full": {}, "kadaptation": {}},
+                          "negatives": {"none": None, "rotate_l2": {"kinds": ["rotate"], "loss": "l2",
+                                                                     "patch_size": 8}},
+                          "shots": [2], "full_data": False, "seeds": [0], "steps": 2, "batch_size": 20},
+             "evaluation": {"corruption_n": 3, "negative_view_n": 40, "patch_size": 8},
+             "intrinsic_dim": {"config": "intrinsic.yaml", "backbones": ["vit"], "per_module": True},
+             "full": {"finetune": {"seeds": [0, 1]}}}
+    for name, content in (("pretrain.yaml", pretrain), ("intrinsic.yaml", intrinsic), ("study.yaml", study)):
+        (tmp_path / name).write_text(yaml.safe_dump(content))
+    return tmp_path / "study.yaml"
+
+
+def test_study_config_validates_and_merges_full(tmp_path):
+    path = _write_configs(tmp_path)
+    config = load_study_config(path)
+    assert config.backbones["vit"].pretrain == str(tmp_path / "pretrain.yaml")  # resolved beside the study YAML
+    assert config.finetune.seeds == [0] and load_study_config(path, full=True).finetune.seeds == [0, 1]
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['stepz'\] in finetune"):
+        study_config_from_dict({"backbones": {"vit": {"pretrain": "x"}}, "finetune": {"stepz": 3}})
+    with pytest.raises(ValueError, match="not in backbones"):
+        study_config_from_dict({"backbones": {"vit": {"pretrain": "x"}}, "intrinsic_dim": {"backbones": ["iformer"]}})
+    with pytest.raises(ValueError, match="not a finetune.negatives label"):
+        study_config_from_dict({"backbones": {"vit": {"pretrain": "x"}},
+                                "extra_runs": [{"backbone": "vit", "method": "lora", "negatives": "shuffle"}]})
+
+
+def test_tiny_study_writes_a_report_that_agrees_with_the_runs(tmp_path, monkeypatch, capsys):
+    from vitlab.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    path = _write_configs(tmp_path)
+    assert main(["study", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "measured time estimate per stage" in out and "intrinsic_dim" in out
+    folder = tmp_path / "runs" / "tiny"
+    for name in ("report.md", "report.html", "results.csv", "robustness.csv", "study.json"):
+        assert (folder / name).is_file(), name
+    plots = sorted(p.name for p in (folder / "plots").glob("*.png"))
+    assert plots == ["accuracy_vs_params.png", "intrinsic_dim.png", "per_module.png", "robustness_by_severity.png",
+                     "training_curves.png"]
+    for plot in plots:
+        assert Image.open(folder / "plots" / plot).size[0] > 100
+    with (folder / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    expected = {run_name("vit", m, n, 2, 0) for m in ("full", "kadaptation") for n in ("none", "rotate_l2")}
+    assert {r["run"] for r in rows} == expected
+    report = (folder / "report.md").read_text()
+    for row in rows:  # every number comes from the run: the test accuracy in the run's own metrics.csv
+        with (folder / row["run_dir"] / "metrics.csv").open() as handle:
+            test_acc = [float(r["test/acc"]) for r in csv.DictReader(handle) if r.get("test/acc")]
+        assert float(row["clean_acc"]) == pytest.approx(test_acc[-1], abs=1e-6)
+        line = next(ln for ln in report.splitlines() if f"| {row['method']} | {row['negatives']} |" in ln)
+        assert f"{100 * float(row['clean_acc']):.2f}" in line
+        assert 0.0 <= float(row["corruption_acc"]) <= 1.0 and row["neg_rotate_acc"] != ""
+    with (folder / "robustness.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows) * 19 * 5
+    record = json.loads((folder / "study.json").read_text())
+    assert [s["stage"] for s in record["stages"]] == ["pretrain", "finetune", "evaluate", "intrinsic_dim", "report"]
+    assert all(s["measured_s"] is not None for s in record["stages"]) and record["corruption"]["n"] == 3
+    assert record["command"] == f"vitlab study --config {path}"
+    assert record["command"] in report and record["command"] in (folder / "report.html").read_text()
+    # a rerun resumes: every stage is cached and nothing is retrained
+    mtime = (folder / "finetune" / "runs" / rows[0]["run"] / "model.safetensors").stat().st_mtime
+    assert main(["study", "--config", str(path)]) == 0
+    assert "4 fine-tuning runs, 4 already done" in capsys.readouterr().out
+    assert (folder / "finetune" / "runs" / rows[0]["run"] / "model.safetensors").stat().st_mtime == mtime
+    again = json.loads((folder / "study.json").read_text())
+    for before, after in zip(record["stages"][:4], again["stages"][:4], strict=True):
+        assert after["status"] == "cached" and after["measured_s"] == before["measured_s"]  # times of the real run
+    assert again["wall_time_s"] >= record["wall_time_s"]
