@@ -1,4 +1,5 @@
-"""vitlab.eval: robustness to common corruptions and negative-view diagnostics (clean accuracy: ``evaluate``).
+"""vitlab.eval: robustness to common corruptions, negative-view diagnostics and study reports (clean accuracy:
+``evaluate``).
 
 Example:
     >>> from vitlab.eval import COMMON_CORRUPTIONS, corruption_metrics
@@ -24,6 +25,7 @@ from vitlab.eval.robustness import (
     evaluate_corruptions,
     format_robustness_report,
 )
+from vitlab.eval.study_report import results_markdown, update_readme, write_study_report
 
 __all__ = [
     "ALEXNET_CLEAN_ERROR",
@@ -41,4 +43,7 @@ __all__ = [
     "generate_corruption_set",
     "glass_blur",
     "images_from_loader",
+    "results_markdown",
+    "update_readme",
+    "write_study_report",
 ]

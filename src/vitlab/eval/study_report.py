@@ -20,32 +20,23 @@ Example:
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
 import re
-import statistics
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from vitlab.eval import study_plots
-from vitlab.train.plots import read_metrics
+from vitlab.eval.study_inputs import REQUIRED_COLUMNS, SEVERITY_COLUMNS, load_study, training_curves
 
 __all__ = ["END_MARKER", "PLOT_NAMES", "REQUIRED_COLUMNS", "START_MARKER", "results_markdown", "update_readme",
            "write_study_report"]
 
-SEVERITY_COLUMNS = tuple(f"corruption_acc_s{s}" for s in study_plots.SEVERITIES)
-ACCURACY_COLUMNS = ("clean_acc", "corruption_acc", *SEVERITY_COLUMNS, "extra_corruption_acc", "neg_shuffle_acc",
-                    "neg_rotate_acc", "neg_infill_acc")
-REQUIRED_COLUMNS = ("run", "backbone", "method", "negatives", "shots", "seed", "trainable_params", *ACCURACY_COLUMNS,
-                    "train_time_s", "run_dir")
 TABLE_METRICS = {"clean %": "clean_acc", "corruption %": "corruption_acc", "severity 5 %": "corruption_acc_s5",
                  "extra corruptions %": "extra_corruption_acc", "shuffle %": "neg_shuffle_acc",
                  "rotate %": "neg_rotate_acc", "infill %": "neg_infill_acc"}
 PLOT_NAMES = ("accuracy_vs_params", "robustness_by_severity", "training_curves", "intrinsic_dim", "per_module")
 START_MARKER, END_MARKER = "<!-- study-results:start -->", "<!-- study-results:end -->"
-STUDY_HINT = "run `vitlab study --config configs/study.yaml` first"
 DASH, NA = "–", "n/a"
 _CAPTIONS = dict(zip(PLOT_NAMES, ("Clean accuracy vs trainable parameters", "Accuracy vs corruption severity",
                                   "Training loss", "Accuracy vs subspace dimension d", "d90 per module kind"),
@@ -54,119 +45,6 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;
         "table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:3px 8px}"
         "th{background:#f2f2f2}code{background:#f2f2f2;padding:1px 4px}img{max-width:100%}")
 Block = tuple  # ("h", level, text) | ("p", spans) | ("ul", [spans]) | ("table", header, rows) | ("img", alt, path)
-
-
-def _fail(path: Path, problem: str, fix: str) -> ValueError:
-    return ValueError(f"{path}: {problem}; {fix}")
-
-
-def _number(path: Path, line: int, column: str, text: str | None, cast: type = float) -> Any:
-    if not (text := (text or "").strip()):
-        return None
-    try:
-        return cast(float(text))
-    except ValueError:
-        raise _fail(path, f"line {line}: {column}={text!r} is not a number", "fix or rewrite that row") from None
-
-
-def _read_results(path: Path) -> list[dict[str, Any]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if missing := [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]:
-            raise _fail(path, f"lacks the required columns {missing}",
-                        f"rewrite it with `vitlab study` (columns: {', '.join(REQUIRED_COLUMNS)})")
-        runs = []
-        for line, row in enumerate(reader, start=2):
-            run = {c: (row[c] or "").strip() for c in ("run", "backbone", "method", "negatives", "run_dir")}
-            run["negatives"] = run["negatives"] or "none"
-            shots = (row["shots"] or "").strip()
-            run["shots"] = int(shots) if shots.isdigit() else shots
-            run["seed"] = _number(path, line, "seed", row["seed"], int)
-            run["trainable_params"] = _number(path, line, "trainable_params", row["trainable_params"], int)
-            for column in ACCURACY_COLUMNS:
-                value = run[column] = _number(path, line, column, row[column])
-                if value is not None and not 0 <= value <= 1:
-                    raise _fail(path, f"line {line}: {column}={value} is not a fraction in [0, 1]",
-                                "write accuracies as fractions (0.9123, not 91.23)")
-            runs.append(run)
-    return runs
-
-
-def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for run in runs:
-        groups.setdefault((run["backbone"], run["method"], run["negatives"], run["shots"]), []).append(run)
-    rows = []
-    for (backbone, method, negatives, shots), members in groups.items():
-        params = [m["trainable_params"] for m in members if m["trainable_params"] is not None]
-        row = dict(backbone=backbone, method=method, negatives=negatives, shots=shots, seeds=len(members),
-                   seed_list=[m["seed"] for m in members], runs=[m["run"] for m in members],
-                   trainable_params=params[0] if params else None)
-        for column in ACCURACY_COLUMNS:
-            values = [m[column] for m in members if m[column] is not None]
-            row[column] = statistics.mean(values) if values else None
-            row[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else None
-        rows.append(row)
-    return rows
-
-
-def _read_sweep(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data["points"] = {int(d): float(a) for d, a in data["points"].items()}
-        data["reference"], data["threshold"] = float(data["reference"]), float(data["threshold"])
-    except (KeyError, TypeError, ValueError, AttributeError) as err:  # JSONDecodeError is a ValueError
-        raise _fail(path, f"not an intrinsic_dim.json with reference, threshold and points ({err!r})",
-                    "rerun `vitlab intrinsic-dim` for that backbone, or delete the file") from None
-    return data
-
-
-def _read_module_table(path: Path) -> list[dict[str, Any]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        needed = ("rank", "module", "d90_interpolated", "reached", "best_accuracy")
-        if missing := [c for c in needed if c not in (reader.fieldnames or [])]:
-            raise _fail(path, f"lacks the columns {missing}", "rerun `vitlab intrinsic-dim --per-module`")
-        return [dict(rank=_number(path, i, "rank", r["rank"], int), module=r["module"], reached=r["reached"] == "True",
-                     d90_interpolated=_number(path, i, "d90_interpolated", r["d90_interpolated"]),
-                     best_accuracy=_number(path, i, "best_accuracy", r["best_accuracy"]))
-                for i, r in enumerate(reader, start=2)]
-
-
-def _curves(folder: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per run with a metrics.csv: ``train/loss_step`` vs step (fallback ``train/loss_epoch``)."""
-    curves = []
-    for run in runs:
-        if not run["run_dir"] or not (path := folder / run["run_dir"] / "metrics.csv").is_file():
-            continue
-        try:
-            rows = read_metrics(path)
-        except ValueError as err:
-            raise _fail(path, f"not a Lightning metrics.csv ({err})", "rerun that fine-tuning run") from None
-        key = "train/loss_step" if any("train/loss_step" in r for r in rows) else "train/loss_epoch"
-        x = "step" if all("step" in r for r in rows if key in r) else "epoch"
-        curves.append(dict(run, points=[(r[x], r[key]) for r in rows if key in r and x in r], x_label=x))
-    return curves
-
-
-def _load(study_dir: str | Path) -> dict[str, Any]:
-    folder = Path(study_dir)
-    for path in (folder, folder / "study.json", folder / "results.csv"):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist; {STUDY_HINT} (it writes study.json and results.csv)")
-    try:
-        meta = json.loads((folder / "study.json").read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise _fail(folder / "study.json", f"not valid JSON ({err})", "rerun `vitlab study` to rewrite it") from None
-    if missing := [k for k in ("name", "command") if not isinstance(meta, dict) or not isinstance(meta.get(k), str)]:
-        raise _fail(folder / "study.json", f"lacks the string key(s) {missing}", "rerun `vitlab study` to rewrite it")
-    runs = _read_results(folder / "results.csv")
-    subs = sorted(p for p in (folder / "intrinsic").glob("*") if p.is_dir())
-    return dict(folder=folder, meta=meta, runs=runs, rows=_aggregate(runs),
-                sweeps={p.name: _read_sweep(p / "intrinsic_dim.json") for p in subs
-                        if (p / "intrinsic_dim.json").is_file()},
-                tables={p.name: _read_module_table(p / "intrinsic_dim_per_module.csv") for p in subs
-                        if (p / "intrinsic_dim_per_module.csv").is_file()})
 
 
 def _pct(value: Any, std: Any = None, missing: str = DASH) -> str:
@@ -307,7 +185,7 @@ def _render_html(blocks: list[Block], folder: Path) -> str:
 
 def _write_plots(study: dict[str, Any]) -> dict[str, Path]:
     rows, sweeps, tables = study["rows"], study["sweeps"], study["tables"]
-    curves = _curves(study["folder"], study["runs"])
+    curves = training_curves(study["folder"], study["runs"])
     jobs = {"accuracy_vs_params": (study_plots.plot_accuracy_vs_params, rows,
                                    any(r["clean_acc"] is not None and (r["trainable_params"] or 0) > 0 for r in rows)),
             "robustness_by_severity": (study_plots.plot_robustness_by_severity, rows,
@@ -340,7 +218,7 @@ def write_study_report(study_dir: str | Path) -> dict[str, Any]:
         FileNotFoundError: no study folder, ``study.json`` or ``results.csv`` (run ``vitlab study`` first).
         ValueError: a file lacks columns or keys, or holds a value that is not a number (the message names the fix).
     """
-    study = _load(study_dir)
+    study = load_study(study_dir)
     plots = _write_plots(study)
     blocks = _blocks(study, plots)
     markdown, page = study["folder"] / "report.md", study["folder"] / "report.html"
@@ -359,7 +237,7 @@ def results_markdown(study_dir: str | Path) -> str:
         FileNotFoundError: no study files, or no ``plots/accuracy_vs_params.png`` (call ``write_study_report`` first).
         ValueError: as ``write_study_report``.
     """
-    study, png = _load(study_dir), Path(study_dir) / "plots" / "accuracy_vs_params.png"
+    study, png = load_study(study_dir), Path(study_dir) / "plots" / "accuracy_vs_params.png"
     if not png.is_file():
         raise FileNotFoundError(f"{png} does not exist; call write_study_report({str(study_dir)!r}) first")
     meta = study["meta"]
