@@ -149,3 +149,22 @@ def test_peft_methods_registered_later_reach_the_harness(tiny_vit):
     finally:
         PEFT_METHODS.pop("freeze_all_for_test")
         MODEL_TRANSFORMS.pop("freeze_all_for_test", None)
+
+
+def test_contrastive_negatives_reuse_the_clean_features_of_the_training_step(tiny_vit):
+    from vitlab.losses import NegativeAugmentationLoss
+
+    term = NegativeAugmentationLoss(["rotate"], 8, "contrastive", temperature=0.1)
+    task = ClassificationTask(tiny_vit, loss_terms=[term], num_classes=10)
+    seen = []
+    original = tiny_vit.forward_features
+    tiny_vit.forward_features = lambda x, **kw: seen.append(x.shape[0]) or original(x, **kw)
+    images, labels = torch.randn(6, 1, 32, 32), torch.tensor([0, 0, 1, 1, 2, 2])
+    loss = task.training_step((images, labels), 0)
+    assert seen == [6, 6]  # the clean batch once (logits and features), the negative views once
+    loss.backward()
+    assert tiny_vit.patch_embed.proj.weight.grad.abs().sum() > 0
+    term.needs_features = False  # the fallback: the term runs clean + negatives itself
+    seen.clear()
+    task.training_step((images, labels), 0)
+    assert seen == [6, 12]

@@ -104,6 +104,9 @@ class NegativeAugmentationLoss(nn.Module):
                                    centre_shape=tuple(centre_shape) if centre_shape is not None else None,
                                    source=source)
         self.last_metrics: dict[str, Tensor] = {}
+        # asks the training step for the clean batch's pre-logits features (outputs["features"]), so the contrastive
+        # loss does not run the clean images through the model a second time
+        self.needs_features = isinstance(self.loss, ContrastiveNegativeLoss)
 
     @staticmethod
     def _build_loss(loss: str | nn.Module, temperature: float | None, detach_clean: bool | None,

@@ -127,11 +127,22 @@ class ClassificationTask(L.LightningModule):
         """The weights used for evaluation and saving: the EMA copy when enabled, else the model."""
         return self.ema.module if self.ema is not None else self.model
 
+    def _logits_and_features(self, images: Tensor) -> dict[str, Tensor]:
+        """``{"logits"}``, plus ``"features"`` (pre-logits ``(B, D)``) when a loss term sets ``needs_features`` and
+        the model is timm-style: one pass through the backbone serves both."""
+        model = self.model
+        wanted = any(getattr(term, "needs_features", False) for term in self.loss_terms)
+        if not (wanted and hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+            return {"logits": model(images)}
+        tokens = model.forward_features(images)
+        return {"logits": model.forward_head(tokens), "features": model.forward_head(tokens, pre_logits=True)}
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
-        logits = self.model(images)
+        outputs = self._logits_and_features(images)
+        logits = outputs["logits"]
         loss_ce = F.cross_entropy(logits, targets, label_smoothing=self.optim.label_smoothing)
-        outputs = {"logits": logits, "loss_ce": loss_ce}
+        outputs["loss_ce"] = loss_ce
         loss = loss_ce
         for term in self.loss_terms:
             for key, value in term(self, batch, outputs).items():
