@@ -31,7 +31,8 @@ def _write_configs(tmp_path):
                                                                      "patch_size": 8}},
                           "shots": [2], "full_data": False, "seeds": [0], "steps": 2, "batch_size": 20},
              "evaluation": {"corruption_n": 3, "negative_view_n": 40, "patch_size": 8},
-             "intrinsic_dim": {"config": "intrinsic.yaml", "backbones": ["vit"], "per_module": True},
+             "intrinsic_dim": {"config": "intrinsic.yaml", "backbones": ["vit"], "per_module": True,
+                               "from_scratch": True},
              "full": {"finetune": {"seeds": [0, 1]}}}
     for name, content in (("pretrain.yaml", pretrain), ("intrinsic.yaml", intrinsic), ("study.yaml", study)):
         (tmp_path / name).write_text(yaml.safe_dump(content))
@@ -82,6 +83,7 @@ def test_tiny_study_writes_a_report_that_agrees_with_the_runs(tmp_path, monkeypa
         assert 0.0 <= float(row["corruption_acc"]) <= 1.0 and row["neg_rotate_acc"] != ""
     with (folder / "robustness.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == len(rows) * 19 * 5
+    assert "| vit_scratch |" in report  # the same sweep from random init, beside the pretrained backbone's
     record = json.loads((folder / "study.json").read_text())
     assert [s["stage"] for s in record["stages"]] == ["pretrain", "finetune", "evaluate", "intrinsic_dim", "report"]
     assert all(s["measured_s"] is not None for s in record["stages"]) and record["corruption"]["n"] == 3

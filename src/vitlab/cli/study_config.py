@@ -24,7 +24,7 @@ the rest (dicts merge key by key, everything else is replaced), so one file desc
     extra_runs:                     # single runs outside the grid
       - {backbone: iformer, method: kadaptation, negatives: rotate_l2, shots: 20}
     evaluation: {corruption_n: 200, negative_view_n: 1000, patch_size: 8, kinds: [shuffle, rotate, infill]}
-    intrinsic_dim: {config: configs/intrinsic_dim_study.yaml, backbones: [vit], per_module: true}
+    intrinsic_dim: {config: configs/intrinsic_dim_study.yaml, backbones: [vit], per_module: true, from_scratch: true}
     full: {finetune: {backbones: [vit, iformer], shots: [5, 20], seeds: [0, 1, 2]}, ...}
 
 Example:
@@ -99,11 +99,14 @@ class EvaluationSpec:
 @dataclass
 class IntrinsicSpec:
     """``config``: a `vitlab intrinsic-dim` config (its model is replaced by each backbone, fine-tuned from the
-    pretrained weights); ``per_module`` adds the per-module sweep. ``backbones: []`` skips the stage."""
+    pretrained weights); ``per_module`` adds the per-module sweep; ``from_scratch`` adds the same whole-model sweep
+    from random initialisation (folder ``intrinsic/<backbone>_scratch``), the seed's pretrained-vs-scratch
+    comparison. ``backbones: []`` skips the stage."""
 
     config: str = "configs/intrinsic_dim_study.yaml"
     backbones: list[str] = field(default_factory=lambda: ["vit"])
     per_module: bool = True
+    from_scratch: bool = False
 
 
 @dataclass

@@ -209,7 +209,8 @@ def estimate_study(config: Any) -> list[dict[str, Any]]:
             steps = base.trainer.get("max_epochs", 10) * math.ceil(train / base.data.batch_size)
             step_s = t["train_step_s"].get(base.data.batch_size) or min(t["train_step_s"].values())
             per_run = steps * step_s * SUBSPACE_FACTOR + t["test_size"] * t["eval_image_s"] + RUN_OVERHEAD_S
-            stages["intrinsic_dim"]["runs"] += 1 + points * (1 + kinds)
-            stages["intrinsic_dim"]["estimated_s"] += per_run * (1 + points * (1 + kinds))
+            scratch = 1 + points if config.intrinsic_dim.from_scratch else 0
+            stages["intrinsic_dim"]["runs"] += 1 + points * (1 + kinds) + scratch
+            stages["intrinsic_dim"]["estimated_s"] += per_run * (1 + points * (1 + kinds) + scratch)
     stages["report"].update(runs=1, estimated_s=10.0)
     return [{**row, "estimated_s": round(row["estimated_s"], 1)} for row in stages.values()]

@@ -168,10 +168,15 @@ def run_intrinsic(config: StudyConfig, weights: dict[str, Path]) -> dict[str, di
                              model=ModelConfig(**model), data=replace(base.data, name=config.downstream, img_size=size),
                              trainer={**base.trainer, "accelerator": config.accelerator})
         summaries[label] = run_intrinsic_dim(run_config)
-        print(f"{label}: d90 {summaries[label].get('d90')} (interpolated {summaries[label].get('d90_interpolated')})")
         if spec.per_module:
             table = run_intrinsic_dim(run_config, per_module=True)
             print(f"{label}: per-module ranking {[r['module'] for r in table.get('per_module', [])]}")
+        if spec.from_scratch:
+            scratch = replace(run_config, name=f"{label}_scratch", model=replace(run_config.model, pretrained=None))
+            summaries[scratch.name] = run_intrinsic_dim(scratch)
+    for name, summary in summaries.items():
+        print(f"{name}: reference {summary['reference']:.4f}, d90 {summary.get('d90')} "
+              f"(interpolated {summary.get('d90_interpolated')})")
     return summaries
 
 
