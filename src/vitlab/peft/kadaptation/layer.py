@@ -7,9 +7,11 @@ Shapes (n terms, weight block ``out × in``, ``p = out/n``, ``q = in/n``, rank `
 * ``KAdaptationDelta``: ``u (n, p, r)`` (zero at init), ``v (n, r, q)``; ``B_i = u_i @ v_i``. Reference names:
   ``*_adapter1_left/right``.
 
-With ``X = x.reshape(T, n, q)``, ``(A_i ⊗ B_i) x`` is ``A_i X B_iᵀ`` flattened, so the factored path costs
-``O(T · n · (in · r + out · a))`` and never builds the dense ``out × in`` ΔW; the dense path (needed for dropout on
-ΔW, as in the reference) builds it once per forward.
+With a rank-``a`` ``A_i = Σ_a l_ia r_iaᵀ`` and ``B_i = Σ_r u_ir v_irᵀ``, ``A_i ⊗ B_i = Σ_{a,r} (l_ia ⊗ u_ir)(r_ia ⊗
+v_ir)ᵀ``: ΔW = L Rᵀ has rank at most ``n · a · r`` (32 with the defaults, from the parameters of a rank-1 LoRA), and
+the factored path computes ``(x R) Lᵀ`` with ``L (out, n·a·r)``, ``R (in, n·a·r)``: ``O(T · n · a · r · (in + out))``,
+never the dense ``out × in`` ΔW. A full ``A_i`` (``a_rank=None``) uses ``X = x.reshape(T, n, q)`` and
+``A_i X B_iᵀ``. The dense path (needed for dropout on ΔW, as in the reference) builds ΔW once per forward.
 
 Example:
     >>> import torch
@@ -122,15 +124,17 @@ class KAdaptationDelta(nn.Module):
                 delta = F.dropout(delta, p=self.dropout)
             return F.linear(x, delta.to(x.dtype))
         n, lead = self.rule.n, x.shape[:-1]
+        if self.rule.a_rank is not None:
+            # (l ⊗ u)(r ⊗ v)ᵀ per (term, A-rank, rank) index: ΔW = L Rᵀ with L (out, n·a·r), R (in, n·a·r), so
+            # x ΔWᵀ is two small GEMMs, x R then (x R) Lᵀ
+            left = torch.einsum("ika,ipr->kpiar", self.rule.left, self.u).reshape(self.out_features, -1)
+            right = torch.einsum("iaj,irl->jliar", self.rule.right, self.v).reshape(self.in_features, -1)
+            y = (x.reshape(-1, self.in_features).to(self.v.dtype) @ right) @ left.T
+            return (y * self.scale).reshape(*lead, self.out_features)
         xs = x.reshape(-1, n, self.in_features // n).to(self.v.dtype)
         z = torch.einsum("tjl,irl->tijr", xs, self.v)
-        if self.rule.a_rank is None:
-            g = torch.einsum("ikj,tijr->tikr", self.rule.weight, z)
-            y = torch.einsum("tikr,ipr->tkp", g, self.u)
-        else:
-            w = torch.einsum("iaj,tijr->tiar", self.rule.right, z)
-            m = torch.einsum("tiar,ipr->tiap", w, self.u)
-            y = torch.einsum("ika,tiap->tkp", self.rule.left, m)
+        g = torch.einsum("ikj,tijr->tikr", self.rule.weight, z)
+        y = torch.einsum("tikr,ipr->tkp", g, self.u)
         return (y * self.scale).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
