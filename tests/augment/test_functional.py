@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vitlab.augment import cell_grid, remap_cells, valid_patch_sizes
+from vitlab.augment.functional import move_cells
 from vitlab.augment.generators import (
     apply_probability,
     infill_layout,
@@ -44,6 +45,93 @@ def test_remap_identity_and_dtypes():
     identity = torch.arange(4).repeat(2, 1)
     out = remap_cells(x, 4, identity, torch.zeros_like(identity))
     assert out.dtype == torch.uint8 and torch.equal(out, x) and out.data_ptr() != x.data_ptr()
+
+
+def random_images(shape: tuple[int, ...], dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
+    """Random bytes viewed as ``dtype`` (float32: every bit pattern, NaN payloads included)."""
+    size = torch.empty(0, dtype=dtype).element_size()
+    return torch.randint(0, 256, (*shape[:-1], shape[-1] * size), dtype=torch.uint8, generator=g).view(dtype)
+
+
+def fast_path_params(kind: str, batch: int, rows: int, cols: int, g: torch.Generator):
+    """(source, rotation) of one kind of remap: each sends `move_cells` down another of its paths."""
+    cells = rows * cols
+    identity = torch.arange(cells).repeat(batch, 1)
+    perm = torch.stack([torch.randperm(cells, generator=g) for _ in range(batch)])
+    turns = torch.randint(0, 4, (batch, cells), generator=g)
+    if kind == "shuffle":  # whole-grid permutation: wide scatter
+        return perm, None
+    if kind == "shuffle_zero_turns":
+        return perm, torch.zeros_like(perm)
+    if kind == "copies":  # not a permutation (duplicates) over the whole grid: wide gather
+        return torch.randint(0, cells, (batch, cells), generator=g), None
+    if kind == "infill":  # only an inner block changes: clone + gather of the block
+        source = identity.view(batch, rows, cols).clone()
+        source[:, 1:-1, 1:-1] = torch.randint(0, cells, (batch, rows - 2, cols - 2), generator=g)
+        return source.view(batch, cells), None
+    if kind == "rotate":  # turns in place: pixel gather from the turned-cell table
+        return identity, turns
+    if kind == "shuffle_rotate":  # moves and turns
+        return perm, turns
+    assert kind == "one_cell_turned"  # a one-cell box off the corner
+    rotation = torch.zeros_like(identity)
+    rotation[:, cols + 1] = 3
+    return identity, rotation
+
+
+FAST_KINDS = ["shuffle", "shuffle_zero_turns", "copies", "infill", "rotate", "shuffle_rotate", "one_cell_turned"]
+
+
+@pytest.mark.parametrize("kind", FAST_KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.float64])
+@pytest.mark.parametrize("shape,ps", [((3, 2, 12, 20), 4), ((2, 3, 24, 16), 8), ((2, 1, 9, 15), 3), ((2, 3, 8, 12), 1)])
+def test_move_cells_equals_remap_cells_bit_for_bit(kind, dtype, shape, ps):
+    g = torch.Generator().manual_seed(100 * FAST_KINDS.index(kind) + shape[2])
+    x = random_images(shape, dtype, g)
+    source, rotation = fast_path_params(kind, shape[0], shape[2] // ps, shape[3] // ps, g)
+    before = x.clone()
+    fast, reference = move_cells(x, ps, source, rotation), remap_cells(x, ps, source, rotation)
+    assert fast.dtype == dtype and fast.shape == x.shape and fast.is_contiguous() and fast.data_ptr() != x.data_ptr()
+    assert torch.equal(fast.view(torch.uint8), reference.view(torch.uint8))
+    ints = {1: torch.uint8, 4: torch.int32, 8: torch.int64}[dtype.itemsize]  # integer copies: every bit, NaN payloads
+    assert torch.equal(fast.view(torch.uint8), remap_cells(x.view(ints), ps, source, rotation).view(torch.uint8))
+    assert torch.equal(x.view(torch.uint8), before.view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_move_cells_half_precision(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, 16, 24, generator=g).to(dtype)
+    for kind in FAST_KINDS:
+        source, rotation = fast_path_params(kind, 3, 4, 6, g)
+        assert torch.equal(move_cells(x, 4, source, rotation), remap_cells(x, 4, source, rotation))
+
+
+def test_move_cells_odd_layouts():
+    g = torch.Generator().manual_seed(0)
+    source = torch.stack([torch.randperm(12, generator=g) for _ in range(2)])
+    rotation = torch.randint(0, 4, (2, 12), generator=g)
+    base = torch.rand(3, 3, 16, 24, generator=g)
+    misaligned = torch.rand(2 * 3 * 16 * 12 + 1, generator=g)[1:].view(2, 3, 16, 12)  # data_ptr % 16 != 0
+    strided = base[1:, :, :, ::2]  # non-contiguous
+    channels_last = base[:2, :, :, :12].contiguous(memory_format=torch.channels_last)
+    for x in (misaligned, strided, channels_last):
+        for rot in (None, rotation):
+            assert torch.equal(move_cells(x, 4, source, rot), remap_cells(x, 4, source, rot))
+    identity = torch.arange(12).repeat(2, 1)
+    out = move_cells(misaligned, 4, identity, torch.zeros_like(identity))
+    assert torch.equal(out, misaligned) and out.data_ptr() != misaligned.data_ptr()
+    assert move_cells(torch.rand(0, 3, 16, 12), 4, identity[:0]).shape == (0, 3, 16, 12)
+
+
+def test_move_cells_keeps_gradients():
+    x = torch.rand(2, 1, 8, 8, requires_grad=True)
+    source = torch.tensor([[1, 0, 2, 3], [3, 2, 1, 0]])
+    weights = torch.rand(2, 1, 8, 8)
+    (move_cells(x, 4, source) * weights).sum().backward()
+    fast, x.grad = x.grad, None
+    (remap_cells(x, 4, source) * weights).sum().backward()
+    assert torch.equal(fast, x.grad)
 
 
 def test_valid_patch_sizes():

@@ -39,6 +39,17 @@ def test_new_tensor_same_shape_dtype_device_input_untouched(name, dtype):
     assert single.shape == x[0].shape and torch.equal(single, CASES[name]()(x[:1], generator=gen())[0])
 
 
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_fast_path_equals_reference_remap(name, dtype, p):
+    x = (torch.rand(16, 3, 16, 32) * 255).to(dtype)  # non-square: a 4x8 cell grid
+    t = CASES[name](p=p)
+    y = t(x, generator=gen())
+    params = t.last_params
+    assert torch.equal(y, remap_cells(x, 4, params["source"], params["rotation"]))
+
+
 @pytest.mark.parametrize("name", ["shuffle", "rotate"])
 def test_pixel_multiset_preserved(name):
     x = torch.rand(6, 2, 16, 16)

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vitlab.augment.functional import cell_grid, remap_cells, valid_patch_sizes
+from vitlab.augment.functional import cell_grid, move_cells, valid_patch_sizes
 from vitlab.augment.generators import apply_probability
 
 __all__ = ["Params", "PatchTransform", "check_positive_int"]
@@ -116,7 +116,7 @@ class PatchTransform(nn.Module, ABC):
                 got = tuple(params[key].shape) if key in params else "missing"
                 raise ValueError(f"params[{key!r}] has shape {got} but this batch needs {expected}: replay params "
                                  "only on a batch of the same size and image size they were drawn for")
-        return remap_cells(x, self.patch_size, params["source"], params["rotation"])
+        return move_cells(x, self.patch_size, params["source"], params["rotation"])
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None, params: Params | None = None) -> Tensor:
         """``(B, C, H, W)`` or ``(C, H, W)`` float/uint8 -> a new tensor of the same shape, dtype and device."""

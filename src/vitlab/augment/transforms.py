@@ -2,7 +2,8 @@
 
 Each cuts the images into ``patch_size`` x ``patch_size`` cells and destroys global structure while keeping local
 content; the shared contract (dtypes, generator, ``p``, ``same_on_batch``, replay, errors) is in
-`vitlab.augment.base`.
+`vitlab.augment.base`. They apply their parameters with `vitlab.augment.functional.move_cells` (bit-identical to the
+reference `remap_cells`, faster: P-Infill gathers only its centre block, P-Shuffle moves whole cell rows).
 
 Example:
     >>> import torch
