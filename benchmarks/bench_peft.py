@@ -140,8 +140,26 @@ def worker_train(method: str, options: dict, args: argparse.Namespace) -> dict:
             "step_s": seconds, "peak_mb": peak, "excess_mb": excess}
 
 
+def _interleaved(fns: dict[str, object], steps: int, warmup: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each ``fn()``, the functions timed in turn each round (a load change hits them all alike)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + steps):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def worker_infer(args: argparse.Namespace) -> list[dict]:
-    """One process: forward time of the base model and of KAdaptation unmerged / merged."""
+    """One process: forward time of the base model and of KAdaptation unmerged / merged, timed in turn."""
+    import copy
+
     from vitlab.peft import merge_adapters
 
     device = torch.device(args.device)
@@ -153,17 +171,15 @@ def worker_infer(args: argparse.Namespace) -> list[dict]:
         for name, param in adapted.named_parameters():
             if param.requires_grad and not name.startswith("head"):
                 param.copy_(0.02 * torch.randn(param.shape, generator=generator))
-    rows = []
+    merged = merge_adapters(copy.deepcopy(adapted))
+    models = {"base": base, "kadaptation (unmerged)": adapted, "kadaptation merged": merged}
     with torch.inference_mode():
-        for label, model in (("base", base), ("kadaptation (unmerged)", adapted)):
-            rows.append({"model": label, "params": sum(p.numel() for p in model.parameters()),
-                         "forward_s": _timed(lambda m=model: m(x), args.steps, args.warmup, device)})
-        unmerged = adapted(x)
-    merged = merge_adapters(adapted)
-    with torch.inference_mode():
-        diff = (merged(x) - unmerged).abs().max().item()
-        rows.append({"model": "kadaptation merged", "params": sum(p.numel() for p in merged.parameters()),
-                     "forward_s": _timed(lambda: merged(x), args.steps, args.warmup, device), "max_abs_diff": diff})
+        diff = (merged(x) - adapted(x)).abs().max().item()
+        seconds = _interleaved({label: (lambda m=model: m(x)) for label, model in models.items()}, args.steps,
+                               args.warmup, device)
+    rows = [{"model": label, "params": sum(p.numel() for p in model.parameters()), "forward_s": seconds[label]}
+            for label, model in models.items()]
+    rows[-1]["max_abs_diff"] = diff
     return rows
 
 
