@@ -26,8 +26,7 @@ data: install
 	$(VITLAB) data install fashion_mnist
 	$(VITLAB) data install mnist
 
-demo: install
-	$(VITLAB) data install fashion_mnist
+demo: data
 	$(VITLAB) demo
 
 test: data
