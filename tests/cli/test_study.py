@@ -57,6 +57,7 @@ def test_tiny_study_writes_a_report_that_agrees_with_the_runs(tmp_path, monkeypa
     from vitlab.cli.main import main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "data"))  # the generated corruption set goes there
     path = _write_configs(tmp_path)
     assert main(["study", "--config", str(path)]) == 0
     out = capsys.readouterr().out

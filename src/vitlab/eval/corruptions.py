@@ -26,6 +26,7 @@ import hashlib
 import importlib.metadata
 import inspect
 import json
+import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -233,7 +234,9 @@ def _generate(images: np.ndarray, folder: Path, corruptions: Sequence[str], seed
         for task in tasks:
             store(task, _task(images[task[2] : task[2] + chunk_size], task[0], task[1], task_seed(task)))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: a process that already ran torch/tqdm threads (e.g. `vitlab study`) can fork children
+        # that deadlock on a lock some thread held at fork time
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_task, images[t[2] : t[2] + chunk_size], t[0], t[1], task_seed(t)): t
                        for t in tasks}
             for future in as_completed(futures):
