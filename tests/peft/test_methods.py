@@ -149,3 +149,27 @@ def test_few_shot_run_learns_above_chance():
     linear = few_shot_accuracy("linear")
     kadaptation = few_shot_accuracy("kadaptation", n=8, scale=10.0)
     assert kadaptation > 0.25 and kadaptation > linear + 0.05, (kadaptation, linear)
+
+
+@pytest.mark.parametrize("method", ["linear", "kadaptation", "lora_qv"])
+def test_frozen_batchnorm_uses_its_stored_statistics_in_training_and_merges_back(method):
+    from vitlab.peft import build_peft_transform, merge_adapters
+
+    torch.manual_seed(0)
+    model = timm.create_model("inception_transformer_tiny", num_classes=4, in_chans=1).eval()
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms
+    with torch.no_grad():  # stored statistics unlike any batch's, so train-mode batch statistics would show
+        for m in norms:
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    options = {"n": 16} if method == "kadaptation" else {"r": 2} if method == "lora_qv" else {}
+    adapted = build_peft_transform(method, **options)(model)
+    x = torch.randn(3, 1, 32, 32)
+    torch.testing.assert_close(adapted.train()(x), adapted.eval()(x))  # the frozen base: train computes as test
+    after = {k.replace(".base_layer.", "."): v for k, v in adapted.state_dict().items() if "running" in k}
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    if method != "linear":
+        plain = merge_adapters(adapted)
+        assert all(type(m) is nn.BatchNorm2d for m in plain.modules() if isinstance(m, nn.BatchNorm2d))

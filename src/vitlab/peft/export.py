@@ -37,6 +37,7 @@ from torch import nn
 from vitlab.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from vitlab.peft.adapter import AdapterWrapper
 from vitlab.peft.control import adapter_layers, get_peft_spec, merge_adapters
+from vitlab.peft.freeze import restore_norm_statistics
 from vitlab.peft.io import frozen_base_sha256, load_adapter, save_adapter
 from vitlab.peft.targets import classifier_names
 
@@ -58,6 +59,7 @@ def _merged_copy(model: nn.Module) -> nn.Module | None:
     merged = copy.deepcopy(model)
     if layers:
         merge_adapters(merged, unload=True)
+    restore_norm_statistics(merged)  # frozen-statistics BatchNorms back to plain ones (linear probing has no layers)
     merged.__dict__.pop("vitlab_peft", None)
     return merged
 
