@@ -92,9 +92,9 @@ class _Stages:
             "started": old.get("started", datetime.now(UTC).isoformat(timespec="seconds")),
             "vitlab_version": _version(), "torch_version": torch.__version__,
             "hardware": _hardware(config.accelerator), "config": asdict(config),
-            # a cached stage keeps the time measured when it ran (an earlier invocation of the same study)
-            "stages": [{**e, "measured_s": measured.get(e["stage"]) if e["estimated_s"] == 0.0 else None,
-                        "status": "pending"} for e in estimates],
+            # measured_s adds up the time every invocation of this study spent on the stage: a cached stage keeps
+            # what it took when it ran, a resumed one adds this invocation's time to the earlier ones'
+            "stages": [{**e, "measured_s": measured.get(e["stage"]), "status": "pending"} for e in estimates],
         }
         self.earlier_s = float(old.get("wall_time_s") or 0.0)
         self.start = time.perf_counter()
@@ -107,7 +107,8 @@ class _Stages:
         if entry["estimated_s"] == 0.0 and entry["measured_s"] is not None:
             entry["status"] = "cached"
         else:
-            entry.update(measured_s=round(time.perf_counter() - start, 1), status="done")
+            earlier = entry["measured_s"] or 0.0
+            entry.update(measured_s=round(earlier + time.perf_counter() - start, 1), status="done")
         self.save()
         return result
 
