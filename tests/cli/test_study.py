@@ -92,9 +92,16 @@ def test_tiny_study_writes_a_report_that_agrees_with_the_runs(tmp_path, monkeypa
     assert record["command"] in report and record["command"] in (folder / "report.html").read_text()
     # a rerun resumes: every stage is cached and nothing is retrained
     mtime = (folder / "finetune" / "runs" / rows[0]["run"] / "model.safetensors").stat().st_mtime
-    assert main(["study", "--config", str(path)]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- study-results:start -->\nstale numbers\n<!-- study-results:end -->\n\nrest\n")
+    assert main(["study", "--config", str(path), "--readme", str(readme)]) == 0
     assert "4 fine-tuning runs, 4 already done" in capsys.readouterr().out
     assert (folder / "finetune" / "runs" / rows[0]["run"] / "model.safetensors").stat().st_mtime == mtime
+    text = readme.read_text()
+    assert "stale numbers" not in text and text.endswith("rest\n")
+    assert "(docs/study/plots/accuracy_vs_params.png)" in text
+    assert f"{100 * float(rows[0]['clean_acc']):.2f}" in text  # the table comes from the report
+    assert (tmp_path / "docs" / "study" / "plots" / "accuracy_vs_params.png").is_file()
     again = json.loads((folder / "study.json").read_text())
     for before, after in zip(record["stages"][:4], again["stages"][:4], strict=True):
         assert after["status"] == "cached" and after["measured_s"] == before["measured_s"]  # times of the real run

@@ -12,7 +12,8 @@ Stages, each cached so that a rerun of the same command resumes where it stopped
 4. ``intrinsic_dim``: the d90 sweep (and with ``per_module`` the per-module sweep) of `vitlab intrinsic-dim` on each
    listed backbone, fine-tuning from the pretrained weights; folders ``intrinsic/<backbone>/``;
 5. ``report``: ``results.csv``, ``robustness.csv``, ``study.json``, ``report.md``, ``report.html`` and ``plots/``
-   (`vitlab.eval.study_report`); ``--readme README.md`` also rewrites the README's Results section from it.
+   (`vitlab.eval.study_report`); ``--readme README.md`` also rewrites the README's Results section from it and
+   copies the report, its plots and tables to ``docs/study/`` beside the README (run folders are not versioned).
 
 Before starting, a measured time estimate per stage is printed (`vitlab.cli.study_estimate`); ``--estimate_only``
 stops there. A GPU is used when present (``accelerator: auto``). Everything lands in ``<output_dir>/<name>/``.
@@ -134,7 +135,7 @@ def run_vitlab_study(config: StudyConfig, command: str, estimate_only: bool = Fa
         estimate_only: print the per-stage time estimates and return ``{"estimates": [...]}``.
         readme: a README whose ``<!-- study-results:start/end -->`` section is rewritten from the report.
     """
-    from vitlab.eval.study_report import results_markdown, update_readme, write_study_report
+    from vitlab.eval.study_report import write_study_report
 
     folder = config.folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -159,9 +160,29 @@ def run_vitlab_study(config: StudyConfig, command: str, estimate_only: bool = Fa
     report = write_study_report(folder)  # again, so the report's stage table includes the report stage itself
     print(f"\nreport: {report['markdown']} and {report['html']}")
     if readme:
-        update_readme(readme, results_markdown(folder))
-        print(f"README results section rewritten: {readme}")
+        _publish(folder, Path(readme))
     return report
+
+
+def _publish(folder: Path, readme: Path) -> None:
+    """Copy the report and its plots to ``docs/study/`` beside the README (run folders are not versioned) and
+    rewrite the README's Results section, its links pointing at the copy."""
+    import shutil
+
+    from vitlab.eval.study_report import results_markdown, update_readme
+
+    docs = readme.parent / "docs" / "study"
+    if docs.exists():
+        shutil.rmtree(docs)
+    shutil.copytree(folder / "plots", docs / "plots")
+    for name in ("report.md", "report.html", "results.csv", "robustness.csv", "study.json"):
+        shutil.copy2(folder / name, docs / name)
+    relative = docs.relative_to(readme.parent).as_posix()
+    snippet = results_markdown(folder).replace(f"{folder.as_posix()}/plots/", f"{relative}/plots/")
+    snippet += (f"\n\nFull report: [{relative}/report.md]({relative}/report.md) (self-contained HTML: "
+                f"`{relative}/report.html`), per-run numbers in `{relative}/results.csv`.")
+    update_readme(readme, snippet)
+    print(f"README results section rewritten: {readme} (report copied to {docs})")
 
 
 def run_study_cli(ns: Namespace, prog: str = "vitlab study", argv: list[str] | None = None) -> dict[str, Any]:
