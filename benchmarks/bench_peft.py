@@ -91,17 +91,7 @@ def _rss_mb(field: str) -> float | None:
 
 def _timed(fn, steps: int, warmup: int, device: torch.device) -> float:
     """Median seconds of ``fn()`` over ``steps`` calls after ``warmup`` calls."""
-    times = []
-    for i in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return _interleaved({"fn": fn}, steps, warmup, device)["fn"]
 
 
 def worker_train(method: str, options: dict, args: argparse.Namespace) -> dict:
