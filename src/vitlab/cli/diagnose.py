@@ -8,7 +8,7 @@ from a seeded generator, so the numbers are reproducible. The table goes to ``<o
 and ``.json`` (``--out`` defaults to the checkpoint's folder).
 
 Example:
-    >>> main(["diagnose-negatives", "--checkpoint", "runs/demo", "--n", "all"])  # doctest: +SKIP
+    >>> main(["diagnose-negatives", "--checkpoint", "runs/vit_fashion_mnist", "--n", "all"])  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ The model is rebuilt from the checkpoint (``model.safetensors`` or a run folder)
 ``<out>/robustness_<data>.md`` and ``.json`` (``--out`` defaults to the checkpoint's folder).
 
 Example:
-    >>> main(["robustness", "--checkpoint", "runs/demo", "--n", "1000"])  # doctest: +SKIP
+    >>> main(["robustness", "--checkpoint", "runs/vit_fashion_mnist", "--n", "1000"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -181,8 +181,8 @@ def command_line(prog: str, ns: Namespace, parser: ArgumentParser) -> str:
 
     Example:
         >>> parser = build_robustness_parser()
-        >>> command_line("vitlab robustness", parser.parse_args(["--checkpoint", "runs/demo", "--n", "50"]), parser)
-        'vitlab robustness --checkpoint runs/demo --n 50'
+        >>> command_line("vitlab robustness", parser.parse_args(["--checkpoint", "runs/vit", "--n", "50"]), parser)
+        'vitlab robustness --checkpoint runs/vit --n 50'
     """
     defaults = parser.get_defaults()
     words = prog.split()

@@ -1,7 +1,7 @@
 """Clean accuracy and predictions from a vitlab checkpoint (``model.safetensors`` or run folder).
 
 Example:
-    >>> result = evaluate_checkpoint("runs/demo", data="fashion_mnist")  # doctest: +SKIP
+    >>> result = evaluate_checkpoint("runs/vit_fashion_mnist", data="fashion_mnist")  # doctest: +SKIP
     >>> result["acc"]  # doctest: +SKIP
     0.89
 """
