@@ -222,12 +222,12 @@ class _LightningEngine:
 
     def base_model(self) -> nn.Module:
         from vitlab.data import build_datamodule
-        from vitlab.train.run import _build_model
+        from vitlab.train.run import build_run_model
 
         data = self.config.data
         dm = build_datamodule(data.name, root=data.root, img_size=data.img_size, batch_size=data.batch_size,
                               in_chans=self.config.model.kwargs.get("in_chans"), **data.options)
-        return _build_model(self.config, dm.num_classes, dm.in_chans)[0]
+        return build_run_model(self.config, dm.num_classes, dm.in_chans)[0]
 
     def _run(self, name: str, peft: PeftConfig, lr: float) -> float:
         from vitlab.train.run import fit
@@ -282,10 +282,10 @@ class _PlainEngine:
 
             in_features = int(self.train[0][0].numel())
             return MnistFC(in_features, num_classes=self.num_classes, seed=self.config.seed, **kwargs)
-        from vitlab.train.run import _build_model
+        from vitlab.train.run import build_run_model
 
         torch.manual_seed(self.config.seed)  # the same θ₀ for the reference and every subspace run
-        return _build_model(self.config, self.num_classes, int(self.train[0].shape[1]))[0]
+        return build_run_model(self.config, self.num_classes, int(self.train[0].shape[1]))[0]
 
     def reference(self) -> float:
         from vitlab.peft.intrinsic.trainer import fit_classifier

@@ -151,7 +151,7 @@ def run_vitlab_study(config: StudyConfig, command: str, estimate_only: bool = Fa
     weights = stages.run("pretrain", pretrain_backbones, config)
     specs = finetune_specs(config, weights)
     rows = stages.run("finetune", run_finetune, config, specs)
-    stages.run("evaluate", evaluate_runs, config, rows, specs)
+    stages.run("evaluate", evaluate_runs, config, rows)
     stages.run("intrinsic_dim", run_intrinsic, config, weights)
     extra = write_tables(config, rows, weights)
     stages.save(**extra)

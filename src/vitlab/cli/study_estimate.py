@@ -114,17 +114,16 @@ def format_estimates(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def _pretrain_model(config: Any, label: str) -> tuple[Any, nn.Module, Any]:
     """``(pretrain RunConfig, randomly initialised model for the downstream data, downstream datamodule)``."""
+    from dataclasses import replace
+
     from vitlab.cli.study_stages import pretrain_config
     from vitlab.data import build_datamodule
-    from vitlab.train.module import build_timm_model
+    from vitlab.train.run import build_run_model
 
     run_config = pretrain_config(config, label)
     datamodule = build_datamodule(config.downstream, img_size=run_config.data.img_size)
-    kwargs = dict(run_config.model.kwargs, num_classes=datamodule.num_classes, in_chans=datamodule.in_chans)
-    try:
-        model = build_timm_model(run_config.model.name, img_size=run_config.data.img_size, **kwargs)
-    except TypeError:  # convolutional models take no img_size
-        model = build_timm_model(run_config.model.name, **kwargs)
+    random_init = replace(run_config, model=replace(run_config.model, pretrained=None))
+    model, _ = build_run_model(random_init, datamodule.num_classes, datamodule.in_chans)
     return run_config, model, datamodule
 
 

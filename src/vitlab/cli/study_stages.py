@@ -128,7 +128,7 @@ def _run_dir(config: StudyConfig, run: str) -> Path:
     return config.folder / "finetune" / "runs" / run
 
 
-def evaluate_runs(config: StudyConfig, rows: list[dict[str, Any]], specs: list[dict[str, Any]]) -> None:
+def evaluate_runs(config: StudyConfig, rows: list[dict[str, Any]]) -> None:
     """Generated-corruption and negative-view accuracy of every run (JSON in its folder; skipped when present)."""
     from vitlab.cli.diagnose import build_diagnose_parser, run_diagnose
     from vitlab.cli.robustness import build_robustness_parser, run_robustness

@@ -39,7 +39,7 @@ from vitlab.train.extensions import build_loss_terms, build_model_transform
 from vitlab.train.module import ClassificationTask, build_timm_model
 from vitlab.train.plots import plot_training_curves
 
-__all__ = ["TRAINER_DEFAULTS", "RunResult", "build_trainer", "fit", "load_pretrained"]
+__all__ = ["TRAINER_DEFAULTS", "RunResult", "build_run_model", "build_trainer", "fit", "load_pretrained"]
 
 # vitlab's defaults for ``lightning.Trainer`` keywords the ``trainer`` section does not set.
 TRAINER_DEFAULTS: dict[str, Any] = {"max_epochs": 10, "accelerator": "auto", "devices": 1, "log_every_n_steps": 10}
@@ -74,7 +74,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(usable, strict=False)
 
 
-def _build_model(config: RunConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, dict[str, Any]]:
+def build_run_model(config: RunConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, dict[str, Any]]:
     """Build the configured model; returns it with the exact ``timm.create_model`` kwargs that rebuild it."""
     kwargs = dict(config.model.kwargs, num_classes=num_classes, in_chans=in_chans)
     kwargs.setdefault("img_size", config.data.img_size)
@@ -148,7 +148,7 @@ def fit(
         val_fraction=data.val_fraction, augment=data.augment, seed=config.seed, num_workers=data.num_workers,
         mixup=data.mixup, cutmix=data.cutmix, random_erasing=data.random_erasing, **data.options,
     )
-    base, model_kwargs = _build_model(config, datamodule.num_classes, datamodule.in_chans)
+    base, model_kwargs = build_run_model(config, datamodule.num_classes, datamodule.in_chans)
     base_sha = state_dict_sha256(base.state_dict()) if config.peft.method else None
     task = ClassificationTask(
         base, optim=config.optim, loss_terms=build_loss_terms(config.negatives),
