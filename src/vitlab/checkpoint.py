@@ -43,6 +43,7 @@ __all__ = [
     "build_model",
     "load_checkpoint",
     "load_model",
+    "load_pretrained",
     "read_metadata",
     "resolve_weights_path",
     "save_checkpoint",
@@ -224,3 +225,21 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     model = build_model(meta)
     model.load_state_dict(tensors, strict=True)
     return model.eval(), meta
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> None:
+    """Load a vitlab ``model.safetensors`` into ``model``; a classifier whose class count differs is skipped.
+
+    Raises:
+        ValueError: when a non-classifier tensor is missing or has another shape (a different architecture).
+    """
+    tensors, _ = load_checkpoint(path, expected_kind="model")
+    own = model.state_dict()
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "head")
+    classifier = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    bad = [k for k in own if k not in tensors or tensors[k].shape != own[k].shape]
+    bad = [k for k in bad if not any(k.startswith(f"{c}.") for c in classifier)]
+    if bad:
+        raise ValueError(f"pretrained weights {path} do not fit this model: mismatched or missing {bad[:10]}")
+    usable = {k: v for k, v in tensors.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(usable, strict=False)

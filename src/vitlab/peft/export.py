@@ -34,12 +34,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitlab.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from vitlab.checkpoint import CheckpointError, build_model, load_checkpoint, load_pretrained, save_checkpoint
 from vitlab.peft.adapter import AdapterWrapper
 from vitlab.peft.control import adapter_layers, get_peft_spec, merge_adapters
 from vitlab.peft.freeze import restore_norm_statistics
 from vitlab.peft.io import frozen_base_sha256, load_adapter, save_adapter
-from vitlab.peft.targets import classifier_names
 
 __all__ = ["ADAPTER_NAME", "SUBSPACE_NAME", "export_adapted_model", "load_adapted_model"]
 
@@ -119,12 +118,7 @@ def load_adapted_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(f"{path} needs its base weights ({base_path or 'not recorded: trained from random init'})"
                               ": load it with vitlab.peft.load_adapter(path, base_model) on the base it was trained on")
     base = build_model(meta)
-    tensors, _ = load_checkpoint(base_path, expected_kind="model")
-    heads = classifier_names(base)
-    own = base.state_dict()
-    usable = {k: v for k, v in tensors.items()
-              if k in own and v.shape == own[k].shape and not any(k.startswith(h + ".") for h in heads)}
-    base.load_state_dict(usable, strict=False)
+    load_pretrained(base, base_path)  # its head, if it fits, is replaced by the adapter file's own below
     with torch.no_grad():
         model = load_adapter(path, base)
     return model.eval(), meta

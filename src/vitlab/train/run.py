@@ -31,7 +31,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from vitlab.checkpoint import load_checkpoint, save_checkpoint, state_dict_sha256
+from vitlab.checkpoint import load_pretrained, save_checkpoint, state_dict_sha256
 from vitlab.data import build_datamodule
 from vitlab.peft.export import export_adapted_model
 from vitlab.train.config import RunConfig
@@ -54,24 +54,6 @@ class RunResult:
     weights: Path | None
     wall_time_s: float
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def load_pretrained(model: nn.Module, path: str | Path) -> None:
-    """Load a vitlab ``model.safetensors`` into ``model``; a classifier whose class count differs is skipped.
-
-    Raises:
-        ValueError: when a non-classifier tensor is missing or has another shape (a different architecture).
-    """
-    tensors, _ = load_checkpoint(path, expected_kind="model")
-    own = model.state_dict()
-    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "head")
-    classifier = classifier if isinstance(classifier, (list, tuple)) else [classifier]
-    bad = [k for k in own if k not in tensors or tensors[k].shape != own[k].shape]
-    bad = [k for k in bad if not any(k.startswith(f"{c}.") for c in classifier)]
-    if bad:
-        raise ValueError(f"pretrained weights {path} do not fit this model: mismatched or missing {bad[:10]}")
-    usable = {k: v for k, v in tensors.items() if k in own and v.shape == own[k].shape}
-    model.load_state_dict(usable, strict=False)
 
 
 def build_run_model(config: RunConfig, num_classes: int, in_chans: int) -> tuple[nn.Module, dict[str, Any]]:
