@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vitlab.eval import study_plots
-from vitlab.train.plots import read_metrics
+from vitlab.metrics import read_metrics
 
 __all__ = ["ACCURACY_COLUMNS", "REQUIRED_COLUMNS", "SEVERITY_COLUMNS", "STUDY_HINT", "load_study", "training_curves"]
 

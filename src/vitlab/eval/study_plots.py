@@ -1,4 +1,5 @@
-"""The plots of a ``vitlab study`` report (matplotlib, Agg backend), one PNG per function.
+"""The plots of a ``vitlab study`` report, one PNG per function (each a matplotlib ``Figure`` on its own Agg canvas:
+the global backend and pyplot state are left alone).
 
 The functions take data that ``vitlab.eval.study_report`` already read from the study folder and return the PNG path:
 
@@ -44,26 +45,27 @@ def _unique(values: Iterable[Any]) -> list[Any]:
     return list(dict.fromkeys(values))
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(width: float, height: float) -> Any:
+    """A matplotlib ``Figure`` on its own Agg canvas (the global backend and pyplot state are left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
 
-    return plt
 
-
-def _panels(plt: Any, n: int, width: float = 5.5, height: float = 4.2) -> tuple[Any, list[Any]]:
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+def _panels(n: int, width: float = 5.5, height: float = 4.2) -> tuple[Any, list[Any]]:
+    fig = _figure(width * n, height)
+    axes = fig.subplots(1, n, squeeze=False)
     return fig, list(axes[0])
 
 
-def _save(plt: Any, fig: Any, out_png: str | Path) -> Path:
+def _save(fig: Any, out_png: str | Path) -> Path:
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
@@ -98,11 +100,10 @@ def plot_accuracy_vs_params(rows: Sequence[Mapping[str, Any]], out_png: str | Pa
 
     rows = [r for r in rows if r.get("clean_acc") is not None and (r.get("trainable_params") or 0) > 0]
     _require(rows, "no row has both a clean accuracy and a positive trainable-parameter count")
-    plt = _pyplot()
     colours, _, markers = _styles(rows)
     many = len({r["backbone"] for r in rows}) > 1
     shots = sorted({r["shots"] for r in rows}, key=shots_key)
-    fig, axes = _panels(plt, len(shots))
+    fig, axes = _panels(len(shots))
     for ax, shot in zip(axes, shots, strict=True):
         for r in (r for r in rows if r["shots"] == shot):
             y, std = 100 * r["clean_acc"], r.get("clean_acc_std")
@@ -119,7 +120,7 @@ def plot_accuracy_vs_params(rows: Sequence[Mapping[str, Any]], out_png: str | Pa
     handles += [Line2D([], [], color="gray", marker=mk, linestyle="none", label=f"negatives: {n}")
                 for n, mk in markers.items()]
     axes[-1].legend(handles=handles, fontsize="small")
-    return _save(plt, fig, out_png)
+    return _save(fig, out_png)
 
 
 def plot_robustness_by_severity(rows: Sequence[Mapping[str, Any]], out_png: str | Path) -> Path:
@@ -136,11 +137,10 @@ def plot_robustness_by_severity(rows: Sequence[Mapping[str, Any]], out_png: str 
 
     rows = [r for r in rows if any(r.get(f"corruption_acc_s{s}") is not None for s in SEVERITIES)]
     _require(rows, "no row has a per-severity corruption accuracy")
-    plt = _pyplot()
     colours, styles, _ = _styles(rows)
     backbones = {b: _MARKERS[i % len(_MARKERS)] for i, b in enumerate(_unique(r["backbone"] for r in rows))}
     shots = sorted({r["shots"] for r in rows}, key=shots_key)
-    fig, axes = _panels(plt, len(shots))
+    fig, axes = _panels(len(shots))
     for ax, shot in zip(axes, shots, strict=True):
         for r in (r for r in rows if r["shots"] == shot):
             xs, ys = zip(*points(r), strict=True)
@@ -152,7 +152,7 @@ def plot_robustness_by_severity(rows: Sequence[Mapping[str, Any]], out_png: str 
         ax.set_title(shots_title(shot))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    return _save(plt, fig, out_png)
+    return _save(fig, out_png)
 
 
 def plot_training_curves(curves: Sequence[Mapping[str, Any]], out_png: str | Path) -> Path:
@@ -165,11 +165,10 @@ def plot_training_curves(curves: Sequence[Mapping[str, Any]], out_png: str | Pat
     """
     curves = [c for c in curves if c["points"]]
     _require(curves, "no run has a training loss in its metrics.csv")
-    plt = _pyplot()
     colours, styles, _ = _styles(curves)
     many = len({c["backbone"] for c in curves}) > 1
     shots = sorted({c["shots"] for c in curves}, key=shots_key)
-    fig, axes = _panels(plt, len(shots))
+    fig, axes = _panels(len(shots))
     for ax, shot in zip(axes, shots, strict=True):
         labelled = set()
         for c in (c for c in curves if c["shots"] == shot):
@@ -183,7 +182,7 @@ def plot_training_curves(curves: Sequence[Mapping[str, Any]], out_png: str | Pat
         ax.set_title(shots_title(shot))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    return _save(plt, fig, out_png)
+    return _save(fig, out_png)
 
 
 def plot_intrinsic_dim(sweeps: Mapping[str, Mapping[str, Any]], out_png: str | Path) -> Path:
@@ -196,8 +195,7 @@ def plot_intrinsic_dim(sweeps: Mapping[str, Mapping[str, Any]], out_png: str | P
     """
     sweeps = {name: s for name, s in sweeps.items() if s["points"]}
     _require(list(sweeps), "no intrinsic-dimension sweep has a point")
-    plt = _pyplot()
-    fig, axes = _panels(plt, 1, width=7.0)
+    fig, axes = _panels(1, width=7.0)
     ax = axes[0]
     for i, (name, sweep) in enumerate(sweeps.items()):
         colour = f"C{i % 10}"
@@ -217,7 +215,7 @@ def plot_intrinsic_dim(sweeps: Mapping[str, Mapping[str, Any]], out_png: str | P
     ax.set_title("Intrinsic dimension: accuracy vs d")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(plt, fig, out_png)
+    return _save(fig, out_png)
 
 
 def plot_per_module(tables: Mapping[str, Sequence[Mapping[str, Any]]], out_png: str | Path) -> Path:
@@ -232,9 +230,9 @@ def plot_per_module(tables: Mapping[str, Sequence[Mapping[str, Any]]], out_png: 
     """
     tables = {name: sorted(rows, key=lambda r: r["rank"]) for name, rows in tables.items() if rows}
     _require(list(tables), "no per-module table has a row")
-    plt = _pyplot()
     height = sum(0.4 * len(rows) + 1.2 for rows in tables.values())
-    fig, axes = plt.subplots(len(tables), 1, figsize=(7.5, height), squeeze=False)
+    fig = _figure(7.5, height)
+    axes = fig.subplots(len(tables), 1, squeeze=False)
     for ax, (name, rows) in zip(axes[:, 0], tables.items(), strict=True):
         reached = [r["d90_interpolated"] for r in rows if r["reached"] and r["d90_interpolated"] is not None]
         top = max(reached, default=1.0)
@@ -250,4 +248,4 @@ def plot_per_module(tables: Mapping[str, Sequence[Mapping[str, Any]]], out_png: 
         ax.set_xlabel("d90 (interpolated)")
         ax.set_title(f"{name}: d90 per module kind (rank 1 at the top)")
         ax.grid(True, axis="x", alpha=0.3)
-    return _save(plt, fig, out_png)
+    return _save(fig, out_png)

@@ -166,13 +166,13 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
 
 def plot_accuracy_vs_params(summary: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
     """Accuracy (mean ± std) against trainable parameters (log x), one panel per shots setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     settings = list(dict.fromkeys(row["shots"] for row in summary))
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.5 * len(settings), 3.8), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(settings), 3.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(settings), squeeze=False)
     for ax, shots in zip(axes[0], settings, strict=True):
         for row in (r for r in summary if r["shots"] == shots):
             ax.errorbar(row["trainable_params"], 100 * row["accuracy_mean"], yerr=100 * row["accuracy_std"],
@@ -188,5 +188,4 @@ def plot_accuracy_vs_params(summary: Sequence[Mapping[str, Any]], path: str | Pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

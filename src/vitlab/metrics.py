@@ -1,0 +1,122 @@
+"""Classifier evaluation and logged-metrics reading shared by every layer (eval, train, peft).
+
+This module sits at the bottom of vitlab's import order (beside ``vitlab.checkpoint``; it imports nothing from
+vitlab), so the evaluation loops of ``vitlab.eval`` and the in-memory trainer of ``vitlab.peft.intrinsic`` use one
+function, and ``vitlab.eval`` reads training curves without importing ``vitlab.train`` (and Lightning).
+
+- `evaluate_classifier`: top-1 accuracy (torchmetrics ``MulticlassAccuracy``, micro average) and mean cross-entropy
+  (torchmetrics ``MeanMetric``) of a model over ``(images, labels)`` batches;
+- `tensor_batches`: in-memory ``(images [N, ...], labels [N])`` as such batches;
+- `read_metrics`: the rows of a Lightning ``CSVLogger`` ``metrics.csv``.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Linear(2, 2)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.eye(2)), model.bias.zero_()
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]); y = torch.tensor([0, 1, 1])
+    >>> result = evaluate_classifier(model, tensor_batches(x, y, batch_size=2))
+    >>> round(result["acc"], 4), result["samples"]
+    (0.6667, 3)
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+__all__ = ["evaluate_classifier", "read_metrics", "tensor_batches"]
+
+
+def tensor_batches(images: Tensor, labels: Tensor, batch_size: int = 2048) -> Iterator[tuple[Tensor, Tensor]]:
+    """Consecutive ``(images [b, ...], labels [b])`` slices of in-memory tensors, ``b <= batch_size``.
+
+    Example:
+        >>> [x.shape[0] for x, _ in tensor_batches(torch.zeros(5, 3), torch.zeros(5), batch_size=2)]
+        [2, 2, 1]
+    """
+    if len(images) != len(labels):
+        raise ValueError(f"images and labels differ in length ({len(images)} vs {len(labels)}): pass matching tensors")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(images), batch_size):
+        yield images[start : start + batch_size], labels[start : start + batch_size]
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    device: str | torch.device | None = None,
+    progress: str | None = None,
+) -> dict[str, float]:
+    """Top-1 accuracy and mean cross-entropy of ``model`` over ``batches`` of ``(images (B, C, H, W), labels (B,))``.
+
+    The model runs in eval mode on ``device`` and is put back into its previous train/eval mode afterwards.
+
+    Args:
+        model: classifier ``(B, ...) -> (B, K)`` logits.
+        batches: any iterable of ``(images, int64 labels)``, e.g. a DataLoader or `tensor_batches`.
+        device: where the model and the batches run; ``None`` keeps the model's device.
+        progress: a tqdm bar description; ``None`` shows no bar.
+
+    Returns:
+        ``{"acc": fraction correct, "loss": mean cross-entropy, "samples": N}``.
+    """
+    if device is not None:
+        model = model.to(device)
+    else:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=progress, leave=False)
+    was_training = model.training
+    model.eval()
+    accuracy: MulticlassAccuracy | None = None
+    loss = MeanMetric().to(device)
+    samples = 0
+    try:
+        for images, labels in batches:
+            images, labels = images.to(device), labels.to(device)
+            logits = model(images)
+            if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+                raise ValueError(f"expected logits (B, K) and labels (B,), got {tuple(logits.shape)} and "
+                                 f"{tuple(labels.shape)}: the model must return class logits and labels class indices")
+            if accuracy is None:
+                accuracy = MulticlassAccuracy(logits.shape[1], average="micro").to(device)
+            accuracy.update(logits, labels)
+            loss.update(F.cross_entropy(logits, labels, reduction="none"))
+            samples += labels.numel()
+    finally:
+        model.train(was_training)
+    if accuracy is None or samples == 0:
+        raise ValueError("the evaluation batches held no sample: check the dataset split and the loader")
+    return {"acc": float(accuracy.compute()), "loss": float(loss.compute()), "samples": samples}
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a Lightning ``CSVLogger`` ``metrics.csv``, empty cells dropped and values as floats.
+
+    Raises ``ValueError`` naming the file for a cell that is not a number.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "metrics.csv"
+        >>> _ = path.write_text("epoch,step,val/acc\\n0,9,0.5\\n0,9,\\n")
+        >>> read_metrics(path)
+        [{'epoch': 0.0, 'step': 9.0, 'val/acc': 0.5}, {'epoch': 0.0, 'step': 9.0}]
+    """
+    with open(path, newline="") as handle:
+        try:
+            return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+        except ValueError as err:
+            raise ValueError(f"{path}: not a Lightning metrics.csv of numbers ({err}); rerun the training") from None
