@@ -109,8 +109,9 @@ class Normalize:
     """uint8 images [B, C, H, W] -> float32 ((x / 255 - mean) / std), channels repeated to `out_chans`.
 
     Args:
-        mean: per-channel mean of the C source channels, in [0, 1].
-        std: per-channel standard deviation of the C source channels.
+        mean: per-channel mean of the C source channels, in [0, 1], or of the ``out_chans`` channels (grey images
+            are then repeated before normalising: an RGB model's statistics applied to grey data).
+        std: per-channel standard deviation, as many values as ``mean``.
         out_chans: channels the model wants: C, or 3 when C == 1 (the grey channel is repeated).
     """
 
@@ -131,6 +132,8 @@ class Normalize:
         ``normalize``, one call for the whole batch)."""
         if images.dtype != torch.uint8:
             raise TypeError(f"Normalize expects uint8 images, got {images.dtype}: convert with (x * 255).round()")
+        if images.shape[-3] == 1 and len(self.mean) > 1:  # grey data, per-channel statistics of RGB weights
+            images = images.expand(*images.shape[:-3], len(self.mean), *images.shape[-2:])
         return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), self.mean, self.std, inplace=True)
 
     def repeat(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +169,9 @@ class EvalTransform:
         mean, std = list(data_config["mean"]), list(data_config["std"])
         if len(mean) != self.in_chans or len(std) != self.in_chans:
             raise ValueError(f"data_config mean/std must have in_chans={self.in_chans} entries, got {mean} / {std}")
-        self.normalize = Normalize(mean[: self.source_chans], std[: self.source_chans], self.in_chans)
+        uniform = len(set(mean)) == 1 and len(set(std)) == 1  # repeated source statistics: normalise, then repeat
+        self.normalize = Normalize(mean[: self.source_chans] if uniform else mean,
+                                   std[: self.source_chans] if uniform else std, self.in_chans)
 
     def _to_tensor(self, image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
         if isinstance(image, Image.Image):
