@@ -123,7 +123,7 @@ def _pretrain_model(config: Any, label: str) -> tuple[Any, nn.Module, Any]:
     run_config = pretrain_config(config, label)
     datamodule = build_datamodule(config.downstream, img_size=run_config.data.img_size)
     random_init = replace(run_config, model=replace(run_config.model, pretrained=None))
-    model, _ = build_run_model(random_init, datamodule.num_classes, datamodule.in_chans)
+    model = build_run_model(random_init, datamodule.num_classes, datamodule.in_chans).model
     return run_config, model, datamodule
 
 

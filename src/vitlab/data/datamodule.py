@@ -89,7 +89,8 @@ class VitlabDataModule(L.LightningDataModule):
         cache_dir: vitlab's cache root when ``root`` is None (default ``$VITLAB_DATA`` or ``~/.cache/vitlab``).
         train_images, train_labels, test_images, test_labels: ``idx`` only; IDX file paths (relative to ``root``
             when given). Unset ones default to the MNIST names ``train-images-idx3-ubyte[.gz]`` etc. in ``root``.
-        mean, std: per-channel normalisation override (one value per data channel).
+        mean, std: per-channel normalisation override: one value per data channel, or per model input channel
+            (``in_chans``; grey data is then repeated before normalising, e.g. an RGB backbone's statistics).
         randaugment_num_ops, randaugment_magnitude, augmix_severity: preset strengths.
     """
 
@@ -161,8 +162,10 @@ class VitlabDataModule(L.LightningDataModule):
             meta = _Meta(spec.channels, spec.native_size, spec.pad_to, spec.num_classes, class_names, spec.mean,
                          spec.std)
         if hp.mean is not None:
-            _check(len(hp.mean) == len(hp.std) == meta.source_chans,
-                   f"mean/std need {meta.source_chans} values (one per data channel), got {hp.mean} / {hp.std}")
+            counts = {meta.source_chans, self._in_chans or meta.source_chans}
+            _check(len(hp.mean) == len(hp.std) and len(hp.mean) in counts,
+                   f"mean/std need one value per data channel ({meta.source_chans}) or per model input channel "
+                   f"({self._in_chans or meta.source_chans}), got {hp.mean} / {hp.std}")
             meta = dataclasses.replace(meta, mean=tuple(hp.mean), std=tuple(hp.std))
         if self._in_chans == 1 and meta.source_chans == 3:
             raise ValueError(f"{self.name} images have 3 channels but in_chans=1 was requested; build the model with "
@@ -189,13 +192,13 @@ class VitlabDataModule(L.LightningDataModule):
     def mean(self) -> tuple[float, ...]:
         """Per-channel normalisation mean of the yielded images (``in_chans`` values)."""
         meta = self._resolve()
-        return meta.mean * (self.in_chans // meta.source_chans)
+        return meta.mean * (self.in_chans // len(meta.mean))
 
     @property
     def std(self) -> tuple[float, ...]:
         """Per-channel normalisation std of the yielded images (``in_chans`` values)."""
         meta = self._resolve()
-        return meta.std * (self.in_chans // meta.source_chans)
+        return meta.std * (self.in_chans // len(meta.std))
 
     def data_config(self) -> dict[str, Any]:
         """JSON-able description for checkpoints and `build_eval_transform`.

@@ -34,8 +34,12 @@ class ModelConfig:
         name: timm registry name (vitlab's own, e.g. ``vitlab_vit_tiny_32``, or any timm model).
         kwargs: extra ``timm.create_model`` keywords (``drop_path_rate``, ``patch_size``, ...). ``num_classes`` and
             ``img_size`` come from the data unless given here; ``in_chans`` given here makes the data adapt to it.
-        pretrained: path of a vitlab ``model.safetensors`` (or run folder) to start from; its classifier is
-            re-initialised when the class count differs.
+        pretrained: where the starting weights come from (``vitlab.checkpoint.resolve_pretrained``): a vitlab
+            ``model.safetensors`` or run folder; a plain weights file (``.safetensors``, or ``.pth`` / ``.pt`` /
+            ``.bin`` read with ``weights_only=True``) in timm's or the architecture's original layout; ``timm`` (the
+            default or named tag, through timm's loader and the Hugging Face cache); or ``hf-hub:ORG/NAME``. Position
+            embeddings are resampled, the stem adapted to ``in_chans`` and a classifier with another class count
+            re-initialised, as timm does. ``null`` trains from random initialisation.
     """
 
     name: str = "vitlab_vit_tiny_32"
@@ -59,6 +63,10 @@ class DataConfig:
         mixup: timm Mixup alpha (0 disables).
         cutmix: timm CutMix alpha (0 disables).
         random_erasing: RandomErasing probability (0 disables).
+        normalize: the mean/std inputs are normalised with: ``auto`` (the weights' own: timm's ``pretrained_cfg``
+            for timm / Hub / plain-file weights, the recorded data statistics for a vitlab file; the dataset's when
+            training from scratch), ``dataset`` (always the dataset's) or ``model`` (always the model's
+            ``pretrained_cfg``).
         options: further ``build_datamodule`` keywords (e.g. ``limit_train``, file paths for ``idx``).
     """
 
@@ -72,6 +80,7 @@ class DataConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     random_erasing: float = 0.0
+    normalize: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -32,19 +32,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from vitlab.errors import MissingFileError, WeightsError
 
 __all__ = [
     "FORMAT_VERSION",
     "KINDS",
+    "LOADER_KEYWORDS",
     "CheckpointError",
+    "MissingWeightsError",
     "build_model",
+    "check_model_kwargs",
     "load_checkpoint",
     "load_model",
-    "load_pretrained",
     "read_metadata",
+    "read_tensor_shapes",
     "resolve_weights_path",
     "save_checkpoint",
     "state_dict_sha256",
@@ -57,8 +62,44 @@ WEIGHTS_NAME = "model.safetensors"
 ADAPTER_NAME = "adapter.safetensors"
 
 
-class CheckpointError(ValueError):
-    """A weights file is missing, lacks vitlab metadata, or is not the kind the caller expected."""
+# ``timm.create_model`` keywords that load weights. They never belong in stored ``model_kwargs``: rebuilding a model
+# from a file's metadata would load (or ``torch.load``) whatever they name.
+LOADER_KEYWORDS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir",
+                   "pretrained_strict")
+
+
+class CheckpointError(WeightsError):
+    """A weights file is missing, corrupt, lacks vitlab metadata, or is not the kind the caller expected."""
+
+
+class MissingWeightsError(CheckpointError, MissingFileError):
+    """A weights file or run folder that is not there (both a ``CheckpointError`` and a ``FileNotFoundError``)."""
+
+
+def check_model_kwargs(model_kwargs: Any, where: str) -> dict[str, Any]:
+    """Refuse ``timm.create_model`` kwargs that are not a dict with string keys, or that hold a loader keyword.
+
+    Args:
+        model_kwargs: the kwargs to check.
+        where: what they come from, for the message (``"model.kwargs"``, a file path).
+
+    Returns:
+        ``model_kwargs`` as a plain dict.
+
+    Example:
+        >>> check_model_kwargs({"num_classes": 10}, "model.kwargs")
+        {'num_classes': 10}
+    """
+    if not isinstance(model_kwargs, dict) or not all(isinstance(k, str) for k in model_kwargs):
+        raise CheckpointError(f"{where}: model kwargs must be a mapping of keyword names to values, "
+                              f"got {type(model_kwargs).__name__}")
+    loaders = sorted(set(model_kwargs) & set(LOADER_KEYWORDS))
+    if loaders:
+        raise CheckpointError(
+            f"{where}: {', '.join(loaders)} load weights and are not model options; say where the starting weights "
+            "come from with model.pretrained instead (timm, hf-hub:ORG/NAME, or a weights file / run folder path)"
+        )
+    return dict(model_kwargs)
 
 
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
@@ -146,7 +187,7 @@ def resolve_weights_path(path: str | Path) -> Path:
         path = path / WEIGHTS_NAME if (path / WEIGHTS_NAME).is_file() or not (path / ADAPTER_NAME).is_file() \
             else path / ADAPTER_NAME
     if not path.is_file():
-        raise CheckpointError(
+        raise MissingWeightsError(
             f"no weights at {path}: pass a model.safetensors file or a run folder that holds one "
             "(written at the end of `vitlab fit`)"
         )
@@ -155,21 +196,52 @@ def resolve_weights_path(path: str | Path) -> Path:
     return path
 
 
+def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """The string metadata and the tensor shapes of a safetensors file, without reading any tensor data."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+            return dict(handle.metadata() or {}), shapes
+    except (SafetensorError, OSError, ValueError) as err:
+        size = path.stat().st_size
+        what = "empty" if size == 0 else f"corrupt or truncated ({size} bytes)"
+        raise CheckpointError(f"{path} is not a readable safetensors file: {what} ({err}); "
+                              "write it again or pass another file") from None
+
+
+def read_tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file (or a run folder's), read from its header only."""
+    return _read_header(resolve_weights_path(path))[1]
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Return the parsed ``vitlab`` metadata of a weights file (or run folder)."""
+    """Return the parsed ``vitlab`` metadata of a weights file (or run folder), checked for the contract's types.
+
+    The metadata is untrusted input: malformed JSON, a wrong type or an unknown kind is a ``CheckpointError``.
+    """
     path = resolve_weights_path(path)
-    with safe_open(str(path), framework="pt") as handle:
-        raw = (handle.metadata() or {}).get(METADATA_KEY)
+    raw = _read_header(path)[0].get(METADATA_KEY)
     if raw is None:
         raise CheckpointError(
-            f"{path} has no 'vitlab' metadata: it was not written by vitlab.checkpoint.save_checkpoint. "
-            "Load plain safetensors weights with safetensors.torch.load_file and model.load_state_dict instead"
+            f"{path} has no 'vitlab' metadata: it was not written by vitlab. To start a run from it, pass it as "
+            "model.pretrained (any plain weights file loads through timm); in Python use "
+            "vitlab.checkpoint.load_pretrained(model, path)"
         )
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: its 'vitlab' metadata is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its 'vitlab' metadata is a {type(meta).__name__}, not a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format {meta.get('format_version')}, this vitlab reads {FORMAT_VERSION}"
         )
+    if meta.get("kind") not in KINDS:
+        raise CheckpointError(f"{path}: unknown checkpoint kind {meta.get('kind')!r} (expected one of {KINDS})")
+    if not isinstance(meta.get("model_name"), str | None) or not isinstance(meta.get("extra", {}), dict):
+        raise CheckpointError(f"{path}: 'model_name' must be a string and 'extra' an object in its metadata")
+    meta["model_kwargs"] = check_model_kwargs(meta.get("model_kwargs", {}), str(path))
     return meta
 
 
@@ -199,47 +271,61 @@ def load_checkpoint(
     return load_file(str(resolve_weights_path(path))), meta
 
 
-def build_model(meta: dict[str, Any]) -> nn.Module:
-    """Rebuild the (base) model architecture named in checkpoint metadata, randomly initialised."""
-    import timm
 
-    import vitlab.models  # noqa: F401  (registers vitlab's timm models)
+def build_model(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]] | None = None) -> nn.Module:
+    """Rebuild the (base) model architecture named in checkpoint metadata, randomly initialised.
+
+    Args:
+        meta: checkpoint metadata (``model_name``, ``model_kwargs``), e.g. from ``read_metadata``.
+        shapes: the stored tensors' shapes (``read_tensor_shapes``). When given, the architecture is first built on
+            the meta device (no memory) and its parameter names and shapes compared with them; only a match is
+            materialised, so a file whose metadata declares a huge model with small tensors is refused at no cost.
+
+    Raises:
+        CheckpointError: no or unknown model name, loader keywords in the kwargs, or names/shapes that differ.
+    """
+    import timm
 
     name = meta.get("model_name")
     if not name:
         raise CheckpointError("checkpoint metadata has no model_name: rebuild the module yourself and load_state_dict")
-    return timm.create_model(name, pretrained=False, **meta.get("model_kwargs", {}))
+    if not timm.is_model(name):
+        raise CheckpointError(f"checkpoint metadata names model {name!r}, which is not a timm or vitlab model")
+    kwargs = check_model_kwargs(meta.get("model_kwargs", {}), "checkpoint metadata")
+    if shapes is not None:
+        try:
+            with torch.device("meta"):
+                skeleton = timm.create_model(name, pretrained=False, **kwargs)
+        except (TypeError, ValueError, AssertionError, RuntimeError) as err:
+            raise CheckpointError(f"checkpoint metadata does not build {name}: {err}") from None
+        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        if expected != shapes:
+            raise CheckpointError(f"the stored tensors do not match the architecture its metadata declares ({name}, "
+                                  f"{kwargs}): {_describe_mismatch(expected, shapes)}")
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _describe_mismatch(expected: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]]) -> str:
+    missing = [k for k in expected if k not in stored]
+    unexpected = [k for k in stored if k not in expected]
+    misshaped = [f"{k} {stored[k]} vs {expected[k]}" for k in expected if k in stored and stored[k] != expected[k]]
+    parts = [f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+             for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
+    return "; ".join(parts)
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a ``kind="model"`` checkpoint without the training code; returns ``(model.eval(), metadata)``.
 
-    An ``adapter`` file whose metadata records its base weights (``vitlab fit`` of a bottleneck adapter, which cannot
-    be merged) is rebuilt as the adapted model by ``vitlab.peft.export.load_adapted_model``.
+    The architecture is checked against the stored tensors on the meta device before anything is allocated (see
+    ``build_model``). An ``adapter`` file (a run of a non-mergeable adapter) is rebuilt by
+    ``vitlab.peft.load_adapted_model``, which this layer cannot import.
     """
-    if read_metadata(path)["kind"] == "adapter":
-        from vitlab.peft.export import load_adapted_model
-
-        return load_adapted_model(path)
-    tensors, meta = load_checkpoint(path, expected_kind="model")
-    model = build_model(meta)
-    model.load_state_dict(tensors, strict=True)
+    path = resolve_weights_path(path)
+    meta = read_metadata(path)
+    if meta["kind"] != "model":
+        raise CheckpointError(f"{path} holds a {meta['kind']!r} checkpoint, not a whole model: load it with "
+                              "vitlab.peft.load_adapted_model(path) (adapter) or on its base model")
+    model = build_model(meta, read_tensor_shapes(path))
+    model.load_state_dict(load_file(str(path)), strict=True)
     return model.eval(), meta
-
-
-def load_pretrained(model: nn.Module, path: str | Path) -> None:
-    """Load a vitlab ``model.safetensors`` into ``model``; a classifier whose class count differs is skipped.
-
-    Raises:
-        ValueError: when a non-classifier tensor is missing or has another shape (a different architecture).
-    """
-    tensors, _ = load_checkpoint(path, expected_kind="model")
-    own = model.state_dict()
-    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "head")
-    classifier = classifier if isinstance(classifier, (list, tuple)) else [classifier]
-    bad = [k for k in own if k not in tensors or tensors[k].shape != own[k].shape]
-    bad = [k for k in bad if not any(k.startswith(f"{c}.") for c in classifier)]
-    if bad:
-        raise ValueError(f"pretrained weights {path} do not fit this model: mismatched or missing {bad[:10]}")
-    usable = {k: v for k, v in tensors.items() if k in own and v.shape == own[k].shape}
-    model.load_state_dict(usable, strict=False)

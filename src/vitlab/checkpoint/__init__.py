@@ -1,0 +1,54 @@
+"""vitlab.checkpoint: the weights layer every other part builds on.
+
+- `vitlab.checkpoint.format`: vitlab's own files (safetensors + ``vitlab`` JSON metadata), written and read here only;
+- `vitlab.checkpoint.pretrained`: where a run's starting weights come from (a vitlab file or run folder, a plain
+  weights file, ``timm`` or ``hf-hub:ORG/NAME``), loaded with timm's own loader.
+
+It imports nothing of vitlab but `vitlab.errors`.
+"""
+
+from vitlab.checkpoint.format import (
+    FORMAT_VERSION,
+    KINDS,
+    LOADER_KEYWORDS,
+    CheckpointError,
+    MissingWeightsError,
+    build_model,
+    check_model_kwargs,
+    load_checkpoint,
+    load_model,
+    read_metadata,
+    read_tensor_shapes,
+    resolve_weights_path,
+    save_checkpoint,
+    state_dict_sha256,
+)
+from vitlab.checkpoint.pretrained import (
+    PretrainedWeights,
+    create_model,
+    file_sha256,
+    load_pretrained,
+    resolve_pretrained,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "KINDS",
+    "LOADER_KEYWORDS",
+    "CheckpointError",
+    "MissingWeightsError",
+    "PretrainedWeights",
+    "build_model",
+    "check_model_kwargs",
+    "create_model",
+    "file_sha256",
+    "load_checkpoint",
+    "load_model",
+    "load_pretrained",
+    "read_metadata",
+    "read_tensor_shapes",
+    "resolve_pretrained",
+    "resolve_weights_path",
+    "save_checkpoint",
+    "state_dict_sha256",
+]

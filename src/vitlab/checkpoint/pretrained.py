@@ -1,0 +1,467 @@
+"""Where a run's starting weights come from: one resolver for vitlab files, plain weights files, timm and the Hub.
+
+``model.pretrained`` (and the Python API) accepts:
+
+- a vitlab ``model.safetensors`` or run folder (kind ``model``, with the ``vitlab`` metadata);
+- a plain weights file: ``.safetensors``, or ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` read with
+  ``torch.load(weights_only=True)``, holding a state dict in timm's layout or the architecture's original one (a
+  ``model`` / ``state_dict`` wrapper and ``module.`` prefixes are fine);
+- ``timm``: the model's default pretrained tag, or the tag in the model name
+  (``vit_base_patch16_224.augreg2_in21k_ft_in1k``), fetched by timm's own loader through the Hugging Face Hub and its
+  local cache (``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` / ``HF_HOME`` are honoured: nothing of vitlab's in between);
+- ``hf-hub:ORG/NAME``, as ``timm.create_model`` accepts it.
+
+Every source goes through timm's ``load_pretrained`` with the model's own checkpoint filter, so position embeddings
+are resampled, the stem adapted to another channel count and a classifier with another class count dropped exactly
+as timm does. What timm only logs is an error here: any missing non-classifier tensor, or a mis-shaped one, names the
+tensors and the source. Pickled files are read with ``weights_only=True``; a file that needs more is refused.
+
+Example:
+    >>> weights = resolve_pretrained("timm", "vit_tiny_patch16_224")
+    >>> weights.source, weights.describe()["hub_id"]
+    ('timm', 'timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k')
+    >>> model, name, kwargs = create_model("vit_tiny_patch16_224", weights, num_classes=10)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import os
+import pickle
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitlab.checkpoint.format import (
+    WEIGHTS_NAME,
+    CheckpointError,
+    MissingWeightsError,
+    check_model_kwargs,
+    read_metadata,
+)
+from vitlab.errors import ConfigError
+
+__all__ = [
+    "PICKLE_SUFFIXES", "PretrainedWeights", "create_model", "file_sha256", "load_pretrained", "resolve_pretrained",
+]
+
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+SOURCES = ("vitlab", "file", "timm", "hf-hub")
+_HUB_PREFIX = "hf-hub:"
+
+
+@dataclass
+class PretrainedWeights:
+    """A resolved weights source. Build with ``resolve_pretrained``; ``describe()`` is what metadata records.
+
+    Attributes:
+        source: ``vitlab`` (a vitlab model file), ``file`` (a plain weights file), ``timm`` or ``hf-hub``.
+        location: absolute file path, the timm model name (with its tag, if any), or the Hub id ``ORG/NAME``.
+        model_name: the timm model name the run asked for (``model.name``).
+    """
+
+    source: str
+    location: str
+    model_name: str
+    _state_dict: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    _hub_config: tuple[dict[str, Any], str, dict[str, Any]] | None = field(default=None, repr=False)
+
+    # ---- what the weights expect of the data ----
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm's pretrained config of these weights (mean, std, input_size, classifier, first_conv ...)."""
+        import timm
+
+        if self.source == "hf-hub":
+            return dict(self._hub()[0])
+        name = self.location if self.source == "timm" else self.model_name
+        cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=False)
+        return cfg.to_dict() if cfg is not None else {}
+
+    def architecture(self) -> str:
+        """The timm architecture (no tag) a model with these weights has."""
+        import timm
+
+        if self.source == "hf-hub":
+            return self._hub()[1]
+        return timm.models.split_model_name_tag(self.model_name)[0]
+
+    def in_chans(self) -> int | None:
+        """Input channels the weights were trained with (``None`` when unknown)."""
+        if self.source == "vitlab":
+            meta = read_metadata(self.location)
+            chans = meta["model_kwargs"].get("in_chans", meta.get("extra", {}).get("data", {}).get("in_chans"))
+            return int(chans) if chans else None
+        cfg = self.pretrained_cfg()
+        if self.source == "file":
+            first = cfg.get("first_conv")
+            weight = self.state_dict().get(f"{first}.weight") if isinstance(first, str) else None
+            if weight is not None and weight.ndim == 4:
+                return int(weight.shape[1])
+        size = cfg.get("input_size")
+        return int(size[0]) if size else None
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """``(mean, std)`` the weights were trained with: the vitlab file's recorded data, else timm's cfg."""
+        if self.source == "vitlab":
+            data = read_metadata(self.location).get("extra", {}).get("data", {})
+            if data.get("mean") and data.get("std"):
+                return tuple(map(float, data["mean"])), tuple(map(float, data["std"]))
+            return None
+        cfg = self.pretrained_cfg()
+        if cfg.get("mean") and cfg.get("std"):
+            return tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"]))
+        return None
+
+    # ---- loading ----
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The file's tensors (``vitlab`` / ``file`` sources), read once: safetensors or ``weights_only`` pickle."""
+        if self.source not in ("vitlab", "file"):
+            raise ValueError(f"{self.source} weights are loaded by timm's loader, not read as a file")
+        if self._state_dict is None:
+            self._state_dict = _read_weights_file(Path(self.location))
+        return self._state_dict
+
+    def _hub(self) -> tuple[dict[str, Any], str, dict[str, Any]]:
+        if self._hub_config is None:
+            from timm.models import load_model_config_from_hf
+
+            with _hub_errors(self):
+                cfg, arch, model_args = load_model_config_from_hf(self.location)
+            self._hub_config = (dict(cfg), arch, dict(model_args or {}))
+        return self._hub_config
+
+    def describe(self) -> dict[str, Any]:
+        """JSON for metadata: where the weights came from and the SHA-256 of their file (when it is on disk)."""
+        out: dict[str, Any] = {"source": self.source}
+        if self.source in ("vitlab", "file"):
+            out["path"] = self.location
+            out["sha256"] = file_sha256(self.location)
+            return out
+        if self.source == "timm":
+            out["model"] = self.location
+            cfg = self.pretrained_cfg()
+            out["hub_id"], out["tag"] = cfg.get("hf_hub_id"), cfg.get("tag")
+        else:
+            out["hub_id"] = self.location
+        cached = _hub_cached_file(out.get("hub_id"))
+        out["sha256"] = file_sha256(cached) if cached else None
+        return out
+
+    def fetch_hint(self) -> str:
+        """What to do on a machine where these weights are missing."""
+        if self.source in ("vitlab", "file"):
+            return f"put the weights file back at {self.location}"
+        hub_id = self.pretrained_cfg().get("hf_hub_id") if self.source == "timm" else self.location
+        name = self.location if self.source == "timm" else _HUB_PREFIX + self.location
+        return (f"fetch them into the Hugging Face cache on a connected machine (`hf download {hub_id}`, or "
+                f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"`) and copy that cache "
+                "here (HF_HUB_CACHE / HF_HOME name its folder)")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hub_cached_file(hub_id: str | None) -> str | None:
+    if not hub_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(hub_id, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def resolve_pretrained(spec: str | Mapping[str, Any] | None, model_name: str) -> PretrainedWeights | None:
+    """Turn a ``model.pretrained`` value (or a recorded ``describe()`` dict) into a ``PretrainedWeights``.
+
+    Args:
+        spec: ``None`` / ``""`` / ``"none"`` (random init), ``"timm"``, ``"hf-hub:ORG/NAME"``, a path (vitlab file or
+            run folder, or a plain weights file), or a dict written by ``PretrainedWeights.describe``.
+        model_name: the timm model name of the run (``model.name``); may carry a pretrained tag.
+
+    Raises:
+        ConfigError: an unknown form; MissingFileError: a path that does not exist.
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none", "null")):
+        return None
+    if not isinstance(model_name, str) or not model_name:
+        raise ConfigError(f"model.name must be a timm model name, got {model_name!r}")
+    if isinstance(spec, Mapping):
+        return _from_description(spec, model_name)
+    if not isinstance(spec, str | os.PathLike):
+        raise ConfigError(f"model.pretrained must be timm, hf-hub:ORG/NAME or a path, got {type(spec).__name__}")
+    spec = str(spec).strip()
+    if spec == "timm":
+        if model_name.startswith(_HUB_PREFIX):
+            return PretrainedWeights("hf-hub", _hub_id(model_name), model_name)
+        _check_timm_name(model_name)
+        return PretrainedWeights("timm", model_name, model_name)
+    if spec.startswith(_HUB_PREFIX):
+        return PretrainedWeights("hf-hub", _hub_id(spec), model_name)
+    return _from_path(Path(spec).expanduser(), model_name)
+
+
+def _hub_id(spec: str) -> str:
+    hub_id = spec.removeprefix(_HUB_PREFIX)
+    if hub_id.count("/") != 1 or not all(hub_id.split("/")):
+        raise ConfigError(f"{spec!r} is not a Hub model id: write hf-hub:ORG/NAME (e.g. "
+                          "hf-hub:timm/vit_base_patch16_224.augreg2_in21k_ft_in1k)")
+    return hub_id
+
+
+def _check_timm_name(model_name: str) -> None:
+    import timm
+
+    if not timm.is_model(model_name):
+        raise ConfigError(f"{model_name!r} is not a timm model name: see timm.list_models() (a tag may follow a dot)")
+
+
+def _from_path(path: Path, model_name: str) -> PretrainedWeights:
+    _check_timm_name(model_name)
+    if path.is_dir():
+        if not (path / WEIGHTS_NAME).is_file():
+            raise MissingWeightsError(f"{path} is a folder without {WEIGHTS_NAME}: pass a run folder finished by "
+                                   "`vitlab fit`, or the weights file itself")
+        path = path / WEIGHTS_NAME
+    if not path.is_file():
+        raise MissingWeightsError(f"model.pretrained: no file or folder at {path}; pass a weights file (.safetensors, "
+                               ".pth, .pt, .bin), a vitlab run folder, 'timm' or 'hf-hub:ORG/NAME'")
+    path = path.resolve()
+    if path.suffix == ".safetensors":
+        from vitlab.checkpoint.format import _read_header
+
+        if "vitlab" not in _read_header(path)[0]:  # raises on a corrupt file
+            return PretrainedWeights("file", str(path), model_name)
+        kind = read_metadata(path)["kind"]
+        if kind != "model":
+            raise CheckpointError(f"{path} holds a vitlab {kind!r} checkpoint, not a whole model: start from the "
+                                  "run's model.safetensors (the merged weights) instead")
+        return PretrainedWeights("vitlab", str(path), model_name)
+    if path.suffix in PICKLE_SUFFIXES:
+        return PretrainedWeights("file", str(path), model_name)
+    raise ConfigError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, or .pth / .pt / .bin / "
+                      ".ckpt (read with torch.load(weights_only=True))")
+
+
+def _from_description(described: Mapping[str, Any], model_name: str) -> PretrainedWeights:
+    source = described.get("source")
+    if source in ("vitlab", "file"):
+        path = Path(str(described.get("path", "")))
+        if not path.is_file():
+            raise MissingWeightsError(f"the base weights file {path} (sha256 {described.get('sha256')}) is missing: "
+                                   "put it back at that path")
+        weights = _from_path(path, model_name)
+        if described.get("sha256") and file_sha256(path) != described["sha256"]:
+            raise CheckpointError(f"{path} changed since it was recorded (sha256 {described['sha256']}): put the "
+                                  "original file back")
+        return weights
+    if source == "timm":
+        return PretrainedWeights("timm", str(described.get("model") or model_name), model_name)
+    if source == "hf-hub":
+        return PretrainedWeights("hf-hub", _hub_id(str(described.get("hub_id", ""))), model_name)
+    raise CheckpointError(f"recorded base weights have unknown source {source!r} (expected one of {SOURCES})")
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file or a ``weights_only`` pickle, unwrapped as timm does; pickles that need
+    arbitrary code are refused."""
+    from timm.models import load_state_dict
+
+    try:
+        state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} was refused: it holds pickled Python objects besides tensors, which could run code when loaded. "
+            "Save its state dict alone (torch.save(model.state_dict(), path)) or as safetensors on a machine you "
+            "trust, then pass that file"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable weights file ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'empty or truncated'})") from None
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors (a name -> tensor mapping, optionally "
+                              "under 'model' or 'state_dict')")
+    return dict(state_dict)
+
+
+@contextlib.contextmanager
+def _record_loads() -> Iterator[list[tuple[nn.Module, Any]]]:
+    """Record the ``(module, incompatible keys)`` of every ``load_state_dict`` call inside the block.
+
+    timm's ``load_pretrained`` loads non-strictly when it drops a classifier and only logs the keys it missed; this
+    is how vitlab sees them (the method is restored on exit).
+    """
+    calls: list[tuple[nn.Module, Any]] = []
+    original = nn.Module.load_state_dict
+
+    def recording(module, state_dict, strict=True, assign=False):
+        result = original(module, state_dict, strict=strict, assign=assign)
+        calls.append((module, result))
+        return result
+
+    nn.Module.load_state_dict = recording
+    try:
+        yield calls
+    finally:
+        nn.Module.load_state_dict = original
+
+
+@contextlib.contextmanager
+def _hub_errors(weights: PretrainedWeights) -> Iterator[None]:
+    """Turn the Hub's 'not cached and offline / unreachable' errors into one line saying what to fetch."""
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        yield
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, HFValidationError, OSError) as err:
+        where = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        raise MissingWeightsError(f"{weights.source} weights {weights.location} are not in the Hugging Face cache "
+                               f"({where}) and could not be downloaded ({type(err).__name__}): "
+                               f"{weights.fetch_hint()}") from None
+
+
+def create_model(
+    model_name: str, weights: PretrainedWeights | None, **kwargs: Any
+) -> tuple[nn.Module, str, dict[str, Any]]:
+    """Build ``model_name`` through ``timm.create_model`` and load ``weights`` with timm's loader.
+
+    Args:
+        model_name: timm model name (a tag after a dot picks the pretrained config / weights).
+        weights: from ``resolve_pretrained``; ``None`` for random initialisation.
+        kwargs: ``timm.create_model`` keywords (``num_classes``, ``in_chans``, ``img_size`` ...); loader keywords
+            (``pretrained``, ``pretrained_cfg_overlay``, ``checkpoint_path`` ...) are refused.
+
+    Returns:
+        ``(model, architecture, rebuild_kwargs)``: ``timm.create_model(architecture, **rebuild_kwargs)`` rebuilds the
+        same architecture with no network and no weights (a Hub config's ``model_args`` are folded in).
+
+    Raises:
+        CheckpointError: missing or mis-shaped non-classifier tensors (named, with the source), refused pickles.
+        MissingFileError: Hub weights neither cached nor downloadable (the message says what to fetch).
+    """
+    import timm
+
+    kwargs = check_model_kwargs(kwargs, "model.kwargs")
+    if weights is None:
+        return timm.create_model(model_name, pretrained=False, **kwargs), model_name, kwargs
+    architecture = weights.architecture()
+    if weights.source == "hf-hub":
+        kwargs = {**weights._hub()[2], **kwargs}
+        target, extra = architecture, {"pretrained_cfg": weights._hub()[0]}
+    elif weights.source == "timm":
+        target, extra = weights.location, {}
+    else:
+        target, extra = model_name, {"pretrained_cfg_overlay": _file_overlay(weights)}
+    try:
+        with _record_loads() as loads, _hub_errors(weights):
+            model = timm.create_model(target, pretrained=True, **extra, **kwargs)
+    except RuntimeError as err:
+        raise CheckpointError(f"weights {weights.location} do not fit {architecture} ({kwargs}): "
+                              f"{_first_lines(err)}") from None
+    model.pretrained_cfg.pop("state_dict", None)  # the overlay's tensors: do not keep a second copy on the model
+    _check_loaded(model, loads, weights)
+    return model, architecture, kwargs
+
+
+def _file_overlay(weights: PretrainedWeights) -> dict[str, Any]:
+    """timm ``pretrained_cfg_overlay`` for a file: its tensors, and its real class and channel counts (so timm drops
+    the classifier or adapts the stem only when they differ)."""
+    state_dict = weights.state_dict()
+    cfg = weights.pretrained_cfg()
+    overlay: dict[str, Any] = {"state_dict": dict(state_dict)}
+    classifier = cfg.get("classifier")
+    classifier = classifier[0] if isinstance(classifier, list | tuple) else classifier
+    head = state_dict.get(f"{classifier}.weight") if classifier else None
+    if head is not None:
+        overlay["num_classes"] = int(head.shape[0])
+    chans = weights.in_chans()
+    if chans:
+        size = tuple(cfg.get("input_size") or (3, 224, 224))
+        overlay["input_size"] = (chans, *size[1:])
+    return overlay
+
+
+def _check_loaded(model: nn.Module, loads: list[tuple[nn.Module, Any]], weights: PretrainedWeights) -> None:
+    results = [result for module, result in loads if module is model]
+    if not results:
+        raise CheckpointError(f"timm loaded no weights from {weights.location} into {type(model).__name__}: the "
+                              "model's loader bypasses load_state_dict; load them yourself")
+    classifier = model.pretrained_cfg.get("classifier") or ()
+    classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    missing = [k for k in results[-1].missing_keys if not any(k.startswith(f"{c}.") for c in classifier)]
+    if missing:
+        raise CheckpointError(f"weights {weights.location} lack {len(missing)} tensors of {type(model).__name__}: "
+                              f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''} (another architecture?)")
+
+
+def _first_lines(err: BaseException, n: int = 6) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines[:n]) + (" ..." if len(lines) > n else "")
+
+
+def load_pretrained(model: nn.Module, spec: str | Mapping[str, Any] | PretrainedWeights) -> nn.Module:
+    """Load weights into an existing timm model with timm's loader (its checkpoint filter, stem and head handling).
+
+    Args:
+        model: a model built by ``timm.create_model`` (it carries ``pretrained_cfg``).
+        spec: anything ``resolve_pretrained`` takes, or a ``PretrainedWeights``.
+
+    Returns:
+        ``model``, loaded in place.
+
+    Raises:
+        CheckpointError: missing or mis-shaped non-classifier tensors, named with the source.
+
+    Example:
+        >>> import timm, vitlab
+        >>> model = timm.create_model("vitlab_vit_tiny_32", num_classes=10)  # doctest: +SKIP
+        >>> load_pretrained(model, "runs/vit_fashion_mnist")  # doctest: +SKIP
+    """
+    from timm.models import load_pretrained as timm_load_pretrained
+    from timm.models import model_entrypoint
+
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    architecture = cfg.get("architecture")
+    if not architecture:
+        raise ConfigError("load_pretrained needs a model built by timm.create_model (it has no pretrained_cfg)")
+    name = architecture if not cfg.get("tag") else f"{architecture}.{cfg['tag']}"
+    weights = spec if isinstance(spec, PretrainedWeights) else resolve_pretrained(spec, name)
+    if weights is None:
+        raise ConfigError("load_pretrained got no weights (None): pass a path, 'timm' or 'hf-hub:ORG/NAME'")
+    if weights.source in ("vitlab", "file"):
+        cfg.update(_file_overlay(weights))
+    elif weights.source == "hf-hub":
+        cfg = weights._hub()[0]
+    module = importlib.import_module(model_entrypoint(architecture).__module__)
+    in_chans = _model_in_chans(model, cfg)
+    try:
+        with _record_loads() as loads, _hub_errors(weights):
+            timm_load_pretrained(model, pretrained_cfg=cfg, num_classes=getattr(model, "num_classes", 1000),
+                                 in_chans=in_chans, filter_fn=getattr(module, "checkpoint_filter_fn", None))
+    except RuntimeError as err:
+        raise CheckpointError(f"weights {weights.location} do not fit {architecture}: {_first_lines(err)}") from None
+    _check_loaded(model, loads, weights)
+    return model
+
+
+def _model_in_chans(model: nn.Module, cfg: dict[str, Any]) -> int:
+    first = cfg.get("first_conv")
+    first = first[0] if isinstance(first, list | tuple) else first
+    with contextlib.suppress(AttributeError):
+        return int(model.get_submodule(first).in_channels)
+    return int((cfg.get("input_size") or (3,))[0])
+
