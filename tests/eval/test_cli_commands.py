@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import imagecorruptions  # noqa: F401  (dev extra: `vitlab robustness` generates corruptions with it)
 import numpy as np
 import pytest
 import timm
@@ -13,8 +14,6 @@ from vitlab.cli.main import main
 from vitlab.data import build_datamodule
 from vitlab.data.transforms import Normalize
 from vitlab.eval import diagnose_negatives, evaluate_corruptions
-
-pytest.importorskip("imagecorruptions", reason="corruption generation needs `pip install imagecorruptions-imaug`")
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +95,7 @@ def test_robustness_default_cache_n_all_and_published_folder(checkpoint, tmp_pat
         (["--n", "0"], "--n must be a positive int or 'all'"),
         (["--n", "361"], "test set has 360 images: use --n all or less"),
         (["--alexnet_normalise", "true"], "apply to ImageNet-C only"),
-        (["--data", "fashion_mnist", "--root", "/nonexistent"], ""),
+        (["--data", "fashion_mnist", "--root", "/nonexistent"], "fashion_mnist files not found in /nonexistent"),
     ],
 )
 def test_robustness_errors_print_one_line(checkpoint, capsys, extra, message):
@@ -125,7 +124,7 @@ def test_diagnose_negatives_matches_the_library_call(checkpoint, digits, tmp_pat
     assert list(result["views"]) == ["clean", "shuffle", "rotate", "infill"]
     for view, values in expected["views"].items():
         assert result["views"][view] == pytest.approx(values)
-    (tmp_path / "diagnose_negatives_digits.md").read_text().startswith("# Negative-view diagnostics")
+    assert (tmp_path / "diagnose_negatives_digits.md").read_text().startswith("# Negative-view diagnostics")
 
 
 def test_diagnose_negatives_options_and_errors(checkpoint, tmp_path, capsys):

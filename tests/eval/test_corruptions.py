@@ -2,6 +2,7 @@
 
 import json
 
+import imagecorruptions  # noqa: F401  (dev extra: corruption generation needs it)
 import numpy as np
 import pytest
 import torch
@@ -10,8 +11,6 @@ from torch import nn
 from vitlab.data.transforms import Normalize
 from vitlab.eval import ALL_CORRUPTIONS, corrupt_images, evaluate_corruptions, generate_corruption_set
 from vitlab.eval.corruptions import images_from_loader
-
-pytest.importorskip("imagecorruptions", reason="corruption generation needs `pip install imagecorruptions-imaug`")
 
 CONTRAST = [0.4, 0.3, 0.2, 0.1, 0.05]  # imagecorruptions' contrast factor per severity
 

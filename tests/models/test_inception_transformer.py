@@ -79,7 +79,6 @@ def test_state_dict_and_param_count_match_official(name):
                      ("inception_transformer_large", 14.05)],
 )
 def test_flops_match_official_readme(name, gflops):
-    pytest.importorskip("fvcore")
     from vitlab.models.flops import count_flops
 
     flops = count_flops(timm.create_model(name), (3, 224, 224))
@@ -87,7 +86,6 @@ def test_flops_match_official_readme(name, gflops):
 
 
 def test_sdpa_flops_are_counted():
-    pytest.importorskip("fvcore")
     from vitlab.models.flops import count_flops
 
     class Attention(torch.nn.Module):
@@ -117,7 +115,7 @@ def test_safetensors_round_trip(tmp_path):
 
 
 def test_vitlab_checkpoint_round_trip(tmp_path):
-    checkpoint = pytest.importorskip("vitlab.checkpoint")
+    from vitlab import checkpoint
     kwargs = dict(num_classes=4, in_chans=1)
     model = timm.create_model("inception_transformer_tiny", **kwargs).eval()
     path = checkpoint.save_checkpoint(

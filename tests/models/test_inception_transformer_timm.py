@@ -155,7 +155,7 @@ def test_torch_export_matches_eager():
 
 
 def test_short_training_run_learns():
-    datasets = pytest.importorskip("sklearn.datasets")
+    from sklearn import datasets
     digits = datasets.load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # (1797, 1, 8, 8)
     images = F.interpolate(images, scale_factor=2, mode="nearest")  # 16 x 16, the smallest size iFormer takes
