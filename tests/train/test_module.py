@@ -1,22 +1,61 @@
+import math
+
 import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from vitlab.train import ClassificationTask, OptimConfig, parameter_groups
+from vitlab.train.module import warmup_cosine_schedule
+
+
+def _by_decay(groups):
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.05]
+    return {g["weight_decay"]: g["params"] for g in groups}
 
 
 def test_weight_decay_only_on_matrices_and_never_on_no_weight_decay_names(tiny_vit):
-    groups = parameter_groups(tiny_vit, 0.05)
+    groups = _by_decay(parameter_groups(tiny_vit, 0.05))
     names = {id(p): n for n, p in tiny_vit.named_parameters()}
-    decayed = {names[id(p)] for p in groups[0]["params"]}
-    plain = {names[id(p)] for p in groups[1]["params"]}
-    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+    decayed = {names[id(p)] for p in groups[0.05]}
+    plain = {names[id(p)] for p in groups[0.0]}
     assert "pos_embed" in plain and "cls_token" in plain  # 3-D, but named by no_weight_decay()
     assert all(tiny_vit.get_parameter(n).ndim >= 2 for n in decayed)
     assert all(n.endswith("bias") or "norm" in n or n in ("pos_embed", "cls_token") for n in plain)
     assert "blocks.0.attn.qkv.weight" in decayed
-    assert decayed | plain == {n for n, _ in tiny_vit.named_parameters()}
+    assert decayed | plain == {n for n, _ in tiny_vit.named_parameters()} and not decayed & plain
+
+
+def test_no_weight_decay_names_still_apply_inside_a_wrapper(tiny_vit):
+    wrapper = torch.nn.Module()
+    wrapper.backbone = tiny_vit
+    wrapper.no_weight_decay = tiny_vit.no_weight_decay
+    groups = _by_decay(parameter_groups(wrapper, 0.05))
+    plain = {n for n, p in wrapper.named_parameters() if any(p is q for q in groups[0.0])}
+    assert {"backbone.pos_embed", "backbone.cls_token"} <= plain
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+        parameter_groups(tiny_vit, -1.0)
+
+
+def _reference_lr(step, lr, min_lr, total, warmup):
+    """The schedule written out independently: linear warm-up, then half a cosine from lr to min_lr."""
+    if step < warmup:
+        return lr * (step + 1) / (warmup + 1)
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+@pytest.mark.parametrize(("total", "warmup"), [(20, 5), (7, 0), (2, 1)])
+def test_warmup_cosine_schedule_matches_the_formula(total, warmup):
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    schedule = warmup_cosine_schedule(optimizer, total, warmup, min_lr=1e-3)
+    rates = []
+    for _ in range(total + 1):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([_reference_lr(t, 0.1, 1e-3, total, warmup) for t in range(total + 1)], rel=1e-9)
+    with pytest.raises(ValueError, match="warmup_steps < total_steps"):
+        warmup_cosine_schedule(optimizer, 4, 4, 0.0)
 
 
 def test_frozen_parameters_are_left_out(tiny_vit):
@@ -39,7 +78,7 @@ def _fit(task, steps=12, max_epochs=2):
     return trainer
 
 
-def test_schedule_warms_up_then_decays_to_min_lr(tiny_vit):
+def test_harness_steps_the_schedule_once_per_optimizer_step(tiny_vit):
     task = ClassificationTask(tiny_vit, optim=OptimConfig(lr=1e-2, min_lr=1e-4, warmup_epochs=1))
     lrs = []
 
@@ -49,13 +88,10 @@ def test_schedule_warms_up_then_decays_to_min_lr(tiny_vit):
 
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[Record()])
-    loader = DataLoader(TensorDataset(torch.randn(64, 1, 32, 32), torch.randint(0, 10, (64,))), batch_size=8)
+    loader = DataLoader(TensorDataset(torch.randn(32, 1, 32, 32), torch.randint(0, 10, (32,))), batch_size=8)
     trainer.fit(task, loader)
-    assert len(lrs) == 16
-    assert lrs[0] < lrs[4] < lrs[7]  # warm-up over the first epoch (8 steps)
-    assert max(lrs) == pytest.approx(1e-2, rel=0.2)
-    assert all(a >= b for a, b in zip(lrs[8:], lrs[9:], strict=False))  # cosine decays monotonically
-    assert lrs[-1] < 2e-3
+    # 2 epochs x 4 steps; warm-up = 1 epoch = 4 steps
+    assert lrs == pytest.approx([_reference_lr(t, 1e-2, 1e-4, 8, 4) for t in range(8)], rel=1e-9)
 
 
 def test_loss_terms_are_weighted_added_and_logged(tiny_vit):

@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -17,6 +16,7 @@ import lightning as L
 import timm
 import torch
 import torch.nn.functional as F
+from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -24,7 +24,7 @@ import vitlab.models  # noqa: F401  (registers vitlab's timm models)
 from vitlab.train.config import OptimConfig
 from vitlab.train.extensions import LossTerm, ModelTransform
 
-__all__ = ["ClassificationTask", "build_timm_model", "parameter_groups"]
+__all__ = ["ClassificationTask", "build_timm_model", "parameter_groups", "warmup_cosine_schedule"]
 
 
 def build_timm_model(name: str, **kwargs: Any) -> nn.Module:
@@ -41,27 +41,64 @@ def build_timm_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on trainable tensors with >= 2 dims, none on biases, norms and ``no_weight_decay()`` names.
+    """AdamW groups from ``timm.optim.param_groups_weight_decay``: decay on trainable tensors with >= 2 dims, none on
+    biases, 1-d tensors (norms) and the model's ``no_weight_decay()`` names (also when the model is wrapped, e.g.
+    ``backbone.pos_embed``).
 
     Args:
         model: the model; only ``requires_grad`` parameters are returned.
-        weight_decay: decay of the first group.
+        weight_decay: decay of the decayed group.
+
+    Example:
+        >>> groups = parameter_groups(nn.Linear(4, 2), weight_decay=0.05)
+        >>> sorted((g["weight_decay"], [tuple(p.shape) for p in g["params"]]) for g in groups)
+        [(0.0, [(2,)]), (0.05, [(2, 4)])]
     """
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}: set optim.weight_decay to 0 or more")
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim < 2 or name in skip or any(name.startswith(f"{s}.") or name.endswith(f".{s}") for s in skip):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    if not decay and not no_decay:
+    patterns = [pattern for name in skip for pattern in (name, f"*.{name}", f"{name}.*", f"*.{name}.*")]
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=patterns)
+    if not groups:
         raise ValueError("the model has no trainable parameter: check the peft method / model transform")
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    return groups
+
+
+def warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_lr: float
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: linear warm-up then cosine decay to ``min_lr`` (torch ``LinearLR`` + ``CosineAnnealingLR``).
+
+    With base rate ``lr`` and step ``t`` (0-based): ``lr * (t + 1) / (w + 1)`` for ``t < w = warmup_steps``, then
+    ``min_lr + (lr - min_lr) * (1 + cos(pi * (t - w) / (total_steps - w))) / 2``.
+
+    Args:
+        optimizer: the optimizer; every group decays to the same ``min_lr``.
+        total_steps: optimizer steps of the whole run (``>= 1``).
+        warmup_steps: warm-up steps, ``0 <= warmup_steps < total_steps``.
+        min_lr: final learning rate, ``>= 0``.
+
+    Example:
+        >>> opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+        >>> schedule = warmup_cosine_schedule(opt, total_steps=4, warmup_steps=1, min_lr=0.0)
+        >>> rates = []
+        >>> for _ in range(5):
+        ...     rates.append(round(opt.param_groups[0]["lr"], 4)); opt.step(); schedule.step()
+        >>> rates
+        [0.5, 1.0, 0.75, 0.25, 0.0]
+    """
+    if total_steps < 1 or not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"need total_steps >= 1 and 0 <= warmup_steps < total_steps, got {total_steps} and "
+                         f"{warmup_steps}: lower optim.warmup_epochs or train longer")
+    if not min_lr >= 0:
+        raise ValueError(f"min_lr must be >= 0, got {min_lr}")
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps, eta_min=min_lr)
+    if warmup_steps == 0:
+        return cosine
+    warmup = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=1 / (warmup_steps + 1), end_factor=1.0, total_iters=warmup_steps
+    )
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
 
 class ClassificationTask(L.LightningModule):
@@ -188,15 +225,7 @@ class ClassificationTask(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = min(total - 1, int(round(cfg.warmup_epochs * total / epochs))) if cfg.warmup_epochs > 0 else 0
-        floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = warmup_cosine_schedule(optimizer, total, warmup, min(cfg.min_lr, cfg.lr))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
