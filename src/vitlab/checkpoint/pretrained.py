@@ -283,13 +283,16 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
 
     try:
         state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
-    except pickle.UnpicklingError:
+    except (pickle.UnpicklingError, RuntimeError) as err:
+        if not (isinstance(err, pickle.UnpicklingError) or isinstance(err.__cause__, pickle.UnpicklingError)
+                or "weights_only" in str(err)):
+            raise CheckpointError(f"{path} is not a readable weights file ({_first_lines(err, 1)})") from None
         raise CheckpointError(
             f"{path} was refused: it holds pickled Python objects besides tensors, which could run code when loaded. "
             "Save its state dict alone (torch.save(model.state_dict(), path)) or as safetensors on a machine you "
             "trust, then pass that file"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable weights file ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else 'empty or truncated'})") from None
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):

@@ -103,7 +103,8 @@ def build_run_datamodule(config: RunConfig, weights: PretrainedWeights | None = 
             raise ConfigError(f"data.options.mean/std and data.normalize: {data.normalize} both set the normalisation:"
                               " drop data.options.mean/std, or set data.normalize: dataset")
         mean, std = stats
-        if in_chans is not None and len(mean) != in_chans:
+        in_chans = in_chans or len(mean)  # the statistics' channels: grey data is repeated for RGB statistics
+        if len(mean) != in_chans:
             if in_chans != 1:
                 raise ConfigError(f"the weights' normalisation has {len(mean)} channels but the model takes {in_chans}:"
                                   " set data.normalize: dataset")

@@ -1,0 +1,230 @@
+"""Starting weights from plain files, the official iFormer layout, timm and the Hub (offline cache), and refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vitlab.checkpoint import (
+    CheckpointError,
+    MissingWeightsError,
+    create_model,
+    load_model,
+    load_pretrained,
+    resolve_pretrained,
+    save_checkpoint,
+)
+from vitlab.errors import ConfigError
+
+from ..hub_cache import HUB_ID
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+SMALL_VIT = dict(depth=2, img_size=32)  # vit_tiny_patch16_224 with 2 blocks at 32 px: 2x2 patches
+
+
+def _vit_state(seed: int = 0, **kwargs) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return timm.create_model("vit_tiny_patch16_224", **SMALL_VIT, **kwargs).state_dict()
+
+
+def _assert_backbone_equal(model, state, skip=("head.",)):
+    own = model.state_dict()
+    compared = [k for k in state if not k.startswith(skip)]
+    assert compared, "nothing compared"
+    for key in compared:
+        assert torch.equal(own[key], state[key]), key
+
+
+def test_plain_safetensors_loads_and_drops_a_head_of_another_class_count(tmp_path):
+    state = _vit_state()
+    path = tmp_path / "vit_tiny.safetensors"
+    save_file(state, str(path))
+    weights = resolve_pretrained(str(path), "vit_tiny_patch16_224")
+    assert weights.source == "file" and weights.location == str(path.resolve())
+    model, name, kwargs = create_model("vit_tiny_patch16_224", weights, num_classes=10, **SMALL_VIT)
+    assert name == "vit_tiny_patch16_224" and kwargs == dict(num_classes=10, **SMALL_VIT)
+    _assert_backbone_equal(model, state)
+    assert model.head.weight.shape == (10, 192)
+    assert "state_dict" not in model.pretrained_cfg  # the overlay's tensors are not kept on the model
+    # same class count: the head loads too
+    same, _, _ = create_model("vit_tiny_patch16_224", weights, **SMALL_VIT)
+    _assert_backbone_equal(same, state, skip=())
+
+
+def test_pth_with_model_wrapper_and_module_prefix_adapts_to_one_channel(tmp_path):
+    state = _vit_state(seed=1)
+    path = tmp_path / "deit_like.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, path)
+    model, _, _ = create_model("vit_tiny_patch16_224", resolve_pretrained(path, "vit_tiny_patch16_224"),
+                               num_classes=10, in_chans=1, **SMALL_VIT)
+    _assert_backbone_equal(model, state, skip=("head.", "patch_embed.proj.weight"))
+    # timm's adapt_input_conv: an RGB stem summed over its input channels
+    torch.testing.assert_close(model.patch_embed.proj.weight,
+                               state["patch_embed.proj.weight"].sum(dim=1, keepdim=True), rtol=0, atol=1e-6)
+
+
+def test_official_iformer_pth_gives_the_official_outputs(tmp_path):
+    with safe_open(str(FIXTURES / "iformer_official_reference_tiny.safetensors"), "pt") as handle:
+        config = json.loads(handle.metadata()["config"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    official = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    path = tmp_path / "iformer_official.pth"
+    torch.save({"model": official}, path)  # the official release's layout: a "model" wrapper, official names
+    from vitlab.train.config import DataConfig, ModelConfig, RunConfig
+    from vitlab.train.run import build_run_model
+
+    run = RunConfig(model=ModelConfig(name="inception_transformer_tiny", pretrained=str(path),
+                                      kwargs={k: v for k, v in config.items() if k not in ("num_classes", "in_chans")}),
+                    data=DataConfig(img_size=config["img_size"]))
+    built = build_run_model(run, config["num_classes"], config["in_chans"])
+    assert built.weights.source == "file"
+    with torch.no_grad():
+        logits = built.model.eval()(tensors["input_64"].float())
+    torch.testing.assert_close(logits.double(), tensors["logits_64"], rtol=0, atol=1e-4)
+
+
+def test_a_pickle_that_runs_code_is_refused_without_torch_advice(tmp_path):
+    marker = tmp_path / "owned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": _vit_state(), "trap": Payload()}, path)
+    weights = resolve_pretrained(path, "vit_tiny_patch16_224")
+    with pytest.raises(CheckpointError) as info:
+        create_model("vit_tiny_patch16_224", weights, **SMALL_VIT)
+    message = str(info.value)
+    assert "refused" in message and str(path) in message
+    assert "weights_only=False" not in message and "\n" not in message
+    assert not marker.exists()
+
+
+def test_checkpoint_of_another_architecture_names_the_tensors_and_file(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "resnet.safetensors"
+    save_file(timm.create_model("resnet10t").state_dict(), str(path))
+    with pytest.raises(CheckpointError) as info:
+        create_model("vit_tiny_patch16_224", resolve_pretrained(path, "vit_tiny_patch16_224"), **SMALL_VIT)
+    message = str(info.value)
+    assert str(path) in message and "blocks.0.attn.qkv.weight" in message
+    # mis-shaped: a ViT of another width
+    wide = tmp_path / "wide.safetensors"
+    save_file(_vit_state(embed_dim=96, num_heads=3), str(wide))
+    with pytest.raises(CheckpointError, match="size mismatch for .*pos_embed"):
+        create_model("vit_tiny_patch16_224", resolve_pretrained(wide, "vit_tiny_patch16_224"), **SMALL_VIT)
+
+
+def test_loader_keywords_in_model_kwargs_point_to_model_pretrained():
+    with pytest.raises(CheckpointError, match="model.pretrained"):
+        create_model("vit_tiny_patch16_224", None, pretrained=True, **SMALL_VIT)
+    with pytest.raises(CheckpointError, match="pretrained_cfg_overlay"):
+        create_model("vit_tiny_patch16_224", None, pretrained_cfg_overlay={"file": "x.pth"}, **SMALL_VIT)
+
+
+@pytest.mark.parametrize("spec, error, match", [
+    ("does/not/exist.safetensors", MissingWeightsError, "no file or folder"),
+    ("hf-hub:no_slash", ConfigError, "hf-hub:ORG/NAME"),
+    (".", MissingWeightsError, "folder without model.safetensors"),
+])
+def test_bad_specs_say_what_to_pass(spec, error, match):
+    with pytest.raises(error, match=match):
+        resolve_pretrained(spec, "vit_tiny_patch16_224")
+
+
+def test_unknown_suffix_and_unknown_model_name(tmp_path):
+    weird = tmp_path / "weights.npz"
+    weird.write_bytes(b"0")
+    with pytest.raises(ConfigError, match="unknown weights format"):
+        resolve_pretrained(weird, "vit_tiny_patch16_224")
+    with pytest.raises(ConfigError, match="not a timm model"):
+        resolve_pretrained("timm", "vit_tinyy")
+
+
+def test_corrupt_and_empty_safetensors_are_one_line_errors(tmp_path):
+    for name, payload in (("empty.safetensors", b""), ("corrupt.safetensors", b"\x10" * 40)):
+        path = tmp_path / name
+        path.write_bytes(payload)
+        with pytest.raises(CheckpointError) as info:
+            resolve_pretrained(path, "vit_tiny_patch16_224")
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+        with pytest.raises(CheckpointError):
+            load_model(path)
+
+
+def test_metadata_declaring_a_huge_model_is_refused_before_allocation(tmp_path):
+    """A small file whose metadata declares a 4096-wide, 64-deep ViT (tens of GB) is refused on the meta device."""
+    bomb = {"embed_dim": 4096, "depth": 64, "num_heads": 64}
+    path = save_checkpoint(tmp_path / "bomb.safetensors", {"w": torch.zeros(4)}, kind="model",
+                           model_name="vit_tiny_patch16_224", model_kwargs=bomb)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with pytest.raises(CheckpointError, match="do not match the architecture"):
+        load_model(path)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 200, f"peak RSS grew by {grown_mib:.0f} MiB"
+
+
+def test_loader_keyword_in_stored_kwargs_is_refused(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", _vit_state(), kind="model", model_name="vit_tiny_patch16_224",
+                           model_kwargs={**SMALL_VIT, "checkpoint_path": str(tmp_path / "other.pth")})
+    with pytest.raises(CheckpointError, match="checkpoint_path"):
+        load_model(path)
+
+
+def test_vitlab_file_records_its_statistics_and_loads_into_an_existing_model(tmp_path):
+    state = _vit_state(seed=2, num_classes=10, in_chans=1)
+    path = save_checkpoint(tmp_path / "run", state, kind="model", model_name="vit_tiny_patch16_224",
+                           model_kwargs=dict(SMALL_VIT, num_classes=10, in_chans=1),
+                           extra={"data": {"mean": [0.25], "std": [0.5], "in_chans": 1}})
+    weights = resolve_pretrained(tmp_path / "run", "vit_tiny_patch16_224")
+    assert weights.source == "vitlab" and weights.in_chans() == 1
+    assert weights.normalization() == ((0.25,), (0.5,))
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, in_chans=1, **SMALL_VIT)
+    load_pretrained(model, path)
+    _assert_backbone_equal(model, state, skip=())
+    assert resolve_pretrained(weights.describe(), "vit_tiny_patch16_224").location == str(path.resolve())
+
+
+def test_recorded_file_that_changed_is_refused(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file(_vit_state(), str(path))
+    described = resolve_pretrained(path, "vit_tiny_patch16_224").describe()
+    save_file(_vit_state(seed=5), str(path))
+    with pytest.raises(CheckpointError, match="changed since it was recorded"):
+        resolve_pretrained(described, "vit_tiny_patch16_224")
+    path.unlink()
+    with pytest.raises(MissingWeightsError, match="put it back"):
+        resolve_pretrained(described, "vit_tiny_patch16_224")
+
+
+@pytest.mark.parametrize("spec", ["timm", f"hf-hub:{HUB_ID}"])
+def test_hub_weights_load_through_timm_offline(offline_hub, spec):
+    _, state = offline_hub
+    weights = resolve_pretrained(spec, "vit_tiny_patch16_224")
+    assert weights.normalization() == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) and weights.in_chans() == 3
+    model, name, kwargs = create_model("vit_tiny_patch16_224", weights, num_classes=10, img_size=32)
+    assert name == "vit_tiny_patch16_224" and "pretrained" not in kwargs
+    _assert_backbone_equal(model, state, skip=("head.", "pos_embed"))
+    # position embeddings resampled by timm from 14x14 to 2x2 (+ the class token, kept as is)
+    assert model.pos_embed.shape == (1, 5, 192)
+    torch.testing.assert_close(model.pos_embed[:, :1], state["pos_embed"][:, :1], rtol=0, atol=0)
+    described = weights.describe()
+    assert described["hub_id"] == HUB_ID and len(described["sha256"]) == 64
+
+
+def test_hub_weights_missing_from_the_cache_say_what_to_fetch(offline_hub, tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(MissingWeightsError, match=f"hf download {HUB_ID}"):
+        create_model("vit_tiny_patch16_224", resolve_pretrained("timm", "vit_tiny_patch16_224"), img_size=32)
