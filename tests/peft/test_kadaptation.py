@@ -1,189 +1,216 @@
-"""KAdaptation: structure, parameter accounting, init that trains, merge/unmerge/disable, targets and errors."""
+"""KAdaptation as an HF peft method: peft's own behaviours over a small case table (timm ViT, transformers ViT)."""
 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from peft import PeftConfig, PeftModel, get_peft_model
 from torch import nn
 
-from vitlab.peft import (
-    KAdaptationConfig,
-    apply_kadaptation,
-    count_parameters,
-    disable_adapter,
-    merge_kadaptation,
-    unmerge_kadaptation,
-)
-from vitlab.peft.kadaptation import KAdaptationDelta, KroneckerRule, kadaptation_layers
+from vitlab.peft import KAdaptationConfig, count_parameters
+from vitlab.peft.kadaptation import kadaptation_layers
 
 
-def tiny_vit(dim: int = 64, depth: int = 2, seed: int = 0, **kwargs) -> nn.Module:
+def timm_vit(seed: int = 0, **kwargs) -> nn.Module:
     torch.manual_seed(seed)
-    return timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=8, embed_dim=dim, depth=depth,
-                             num_heads=2, num_classes=5, **kwargs).eval()
+    options = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2, "num_classes": 10,
+               **kwargs}
+    return timm.create_model("vit_tiny_patch16_224", **options).eval()
 
 
-def randomize(model: nn.Module) -> None:
-    """Give every KAdaptation factor a non-zero value so ΔW != 0."""
-    gen = torch.Generator().manual_seed(1)
+def hf_vit(seed: int = 0) -> nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=128, num_labels=10)
+    return ViTForImageClassification(config).eval()
+
+
+def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from transformers import PreTrainedModel
+
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    return model(pixel_values=x).logits if isinstance(inner, PreTrainedModel) else model(x)
+
+
+# (name, base builder, head name, adaptation parameters with n=8: per layer u+v of Q and V and the bias(es); shared A)
+CASES = [
+    ("timm", timm_vit, "head", 2 * (2 * 2 * 8 * 8 + 64) + 2 * 2 * 8 * 8),
+    ("transformers", hf_vit, "classifier", 2 * (2 * 2 * 8 * 8 + 2 * 64) + 2 * 2 * 8 * 8),
+]
+
+
+def randomize_adapter(model: nn.Module, std: float = 0.05) -> None:
+    generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if ".adapters." in name or "adapter_bias" in name:
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
+            if "kadaptation_" in name:
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)
 
 
-@pytest.mark.parametrize("path", ["factored", "dense"])
-@pytest.mark.parametrize("a_rank,rank", [(1, 1), (None, 2), (2, 3)])
-def test_delta_matches_explicit_kronecker_sum(a_rank, rank, path):
-    n, out_f, in_f, scale = 4, 8, 12, 2.5
-    rule = KroneckerRule(n, a_rank, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    delta = KAdaptationDelta(rule, out_f, in_f, rank, scale, path=path, own_rule=True, dtype=torch.float64)
-    with torch.no_grad():
-        delta.u.normal_()
-    A, B = rule.matrices(), delta.u @ delta.v
-    explicit = scale * sum(torch.kron(A[i], B[i]) for i in range(n))
-    torch.testing.assert_close(delta.delta_weight(), explicit, rtol=0, atol=1e-12)
-    x = torch.randn(3, 5, in_f, dtype=torch.float64)
-    assert delta.factored == (path == "factored")
-    torch.testing.assert_close(delta(x), x @ explicit.T, rtol=0, atol=1e-12)
-
-
-def test_auto_path_avoids_dense_delta_for_vit_base_shapes():
-    rule = KroneckerRule(32, 1)
-    assert KAdaptationDelta(rule, 768, 768, rank=1, scale=1.0).factored  # ~25x fewer FLOPs per token than x @ ΔWᵀ
-    assert not KAdaptationDelta(rule, 768, 768, rank=1, scale=1.0, dropout=0.1).factored  # dropout needs dense ΔW
-
-
-def test_reference_parameter_count_vit_base_on_meta():
-    with torch.device("meta"):
-        model = timm.create_model("vit_base_patch16_224", num_classes=10)
-        apply_kadaptation(model, KAdaptationConfig())
+@pytest.mark.parametrize(("name", "build", "head", "adaptation"), CASES, ids=[c[0] for c in CASES])
+def test_peft_behaviours(name, build, head, adaptation, tmp_path):
+    x = torch.randn(2, 3, 32, 32)
+    base_out = logits(build(), x)
+    model = get_peft_model(build(), KAdaptationConfig(n=8))
+    assert isinstance(model, PeftModel)
+    torch.testing.assert_close(logits(model, x), base_out, rtol=0, atol=0)  # identity at initialisation
     counts = count_parameters(model)
-    assert counts["adaptation"] == 50_176  # PEViT reference accounting: 12 x 3,840 + 4 x 1,024
-    assert counts["head"] == 768 * 10 + 10
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert sum(n.startswith("kadaptation_rules.") for n in names) == 4  # shared A: left/right for q and for v
-
-
-def test_identity_at_init_and_base_frozen():
-    model = tiny_vit()
-    x = torch.randn(2, 3, 16, 16)
-    before = model(x)
-    apply_kadaptation(model, KAdaptationConfig(n=8))
-    assert torch.equal(model(x), before)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    allowed = (".adapters.", "adapter_bias")
-    assert all(any(a in n for a in allowed) or n.startswith(("kadaptation_rules.", "head.")) for n in trainable)
-    assert "blocks.0.attn.qkv.base_layer.weight" not in trainable and "head.weight" in trainable
-
-
-def test_every_factor_trains():
-    """The PEViT code zero-initialises both B factors (zero gradient forever); here every factor must move."""
-    model = apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8))
-    model.train()
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head")}
-    start = {n: p.detach().clone() for n, p in params.items()}
-    opt = torch.optim.AdamW(params.values(), lr=1e-2, weight_decay=0.0)  # no decay: only gradients move params
-    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
-    for _ in range(3):
+    assert counts["adaptation"] == adaptation and counts["head"] == 64 * 10 + 10
+    assert model.get_nb_trainable_parameters()[0] == adaptation + 650
+    # training moves every factor (u, v, bias, the shared A) and the head, never the base weights
+    frozen = {k: v.clone() for k, v in model.named_parameters() if not v.requires_grad}
+    trained = {k: v.clone() for k, v in model.named_parameters() if v.requires_grad}
+    assert {k.split(".default")[0].rsplit(".", 1)[-1] for k in trained} == {
+        "kadaptation_u", "kadaptation_v", "kadaptation_bias", "kadaptation_A", "modules_to_save"}
+    opt = torch.optim.AdamW(list(model.parameters()), lr=1e-2)
+    for _ in range(2):
         opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(logits(model.train(), x), torch.tensor([1, 2])).backward()
         opt.step()
-    unchanged = [n for n, p in params.items() if torch.equal(p, start[n])]
-    assert not unchanged, f"factors without any update: {unchanged}"
-    assert any(n.endswith(".u") for n in params) and any(n.endswith(".left") for n in params)
+    model.eval()
+    params = dict(model.named_parameters())
+    assert all(torch.equal(v, params[k]) for k, v in frozen.items())
+    assert not [k for k, v in trained.items() if torch.equal(v, params[k])]
+    adapted = logits(model, x)
+    assert (adapted - base_out).abs().max() > 1e-4
+    with model.disable_adapter():  # base weights and the original head
+        torch.testing.assert_close(logits(model, x), base_out, rtol=0, atol=1e-6)
+    # save / load round trip onto a fresh base (its head re-initialised differently): adapter and head restored
+    model.save_pretrained(str(tmp_path))
+    assert PeftConfig.from_pretrained(str(tmp_path)).peft_type == "KADAPTATION"
+    assert type(PeftConfig.from_pretrained(str(tmp_path))) is KAdaptationConfig
+    restored = PeftModel.from_pretrained(build(seed=0), str(tmp_path))
+    torch.testing.assert_close(logits(restored, x), adapted, rtol=0, atol=0)
+    assert (tmp_path / "adapter_model.safetensors").stat().st_size < 64 * 1024
 
 
-def test_merge_equivalence_float64_and_plain_model():
-    base = tiny_vit().double()
-    reference_keys = {k: v.shape for k, v in base.state_dict().items()}
-    model = apply_kadaptation(copy.deepcopy(base), KAdaptationConfig(n=8))
-    randomize(model)
-    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
-    adapted = model(x)
-    assert (adapted - base(x)).abs().max() > 1e-3  # the adaptation really changes the output
-    merged = merge_kadaptation(model)
-    assert (merged(x) - adapted).abs().max() <= 1e-10
-    assert {k: v.shape for k, v in merged.state_dict().items()} == reference_keys
-    assert all(type(m) in (nn.Linear,) for n, m in merged.named_modules() if n.endswith("qkv"))
+@pytest.mark.parametrize(("name", "build"), [(c[0], c[1]) for c in CASES], ids=[c[0] for c in CASES])
+def test_merge_and_unload_is_exact_in_float64(name, build):
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    model = get_peft_model(build().double(), KAdaptationConfig(n=8))
+    randomize_adapter(model)
+    adapted = logits(model, x)
+    plain = model.merge_and_unload()
+    assert type(plain) is type(build()) and not kadaptation_layers(plain)
+    assert sorted(plain.state_dict()) == sorted(build().state_dict())
+    torch.testing.assert_close(logits(plain, x), adapted, rtol=0, atol=1e-10)
 
 
-def test_unmerge_and_disable_adapter():
-    model = apply_kadaptation(tiny_vit().double(), KAdaptationConfig(n=8))
-    base_weight = model.blocks[0].attn.qkv.base_layer.weight.detach().clone()
-    randomize(model)
-    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    adapted = model(x)
-    with disable_adapter(model):
-        plain = model(x)
-    merge_kadaptation(model, unload=False)
-    assert (model(x) - adapted).abs().max() <= 1e-10
-    with disable_adapter(model):  # unmerges first, as peft does
-        assert (model(x) - plain).abs().max() <= 1e-10
-    merge_kadaptation(model, unload=False)
-    unmerge_kadaptation(model)
-    assert (model.blocks[0].attn.qkv.base_layer.weight - base_weight).abs().max() <= 1e-12
-    assert (model(x) - adapted).abs().max() <= 1e-10
+def test_two_named_adapters_coexist_and_switch():
+    x = torch.randn(2, 3, 32, 32)
+    model = get_peft_model(timm_vit(), KAdaptationConfig(n=8, seed=0))
+    model.add_adapter("other", KAdaptationConfig(n=4, seed=1))
+    randomize_adapter(model)
+    first = logits(model, x)
+    model.set_adapter("other")
+    second = logits(model, x)
+    assert (first - second).abs().max() > 1e-4
+    trainable = [k for k, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".other" in k for k in trainable)
+    single = get_peft_model(timm_vit(), KAdaptationConfig(n=4, seed=1))
+    single.load_state_dict({k.replace(".other", ".default"): v for k, v in model.state_dict().items()
+                            if ".default" not in k}, strict=False)
+    torch.testing.assert_close(logits(single, x), second, rtol=0, atol=1e-6)
+    model.set_adapter("default")
+    torch.testing.assert_close(logits(model, x), first, rtol=0, atol=0)
 
 
-def test_dense_path_with_dropout_matches_factored_in_eval():
-    base = tiny_vit().double()
-    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    outs = []
-    for cfg in (KAdaptationConfig(n=8, path="factored"), KAdaptationConfig(n=8, dropout=0.5)):
-        model = apply_kadaptation(copy.deepcopy(base), cfg)
-        randomize(model)
-        outs.append(model(x))
-        assert all(a.factored == (cfg.dropout == 0) for _, layer in kadaptation_layers(model)
-                   for a in layer.adapters.values())
-    assert (outs[0] - outs[1]).abs().max() <= 1e-10  # eval mode: dropout off, same ΔW
+def test_vit_b16_count_on_the_meta_device():
+    with torch.device("meta"):
+        vit = timm.create_model("vit_base_patch16_224", num_classes=10)
+    counts = count_parameters(get_peft_model(vit, KAdaptationConfig()))
+    assert counts["adaptation"] == 50_176  # reference: 12 x (2 x 1,536 + 768) + 4 x 1,024
 
 
-def test_fused_qkv_only_q_and_v_rows_change():
-    model = apply_kadaptation(tiny_vit(dim=32, depth=1).double(), KAdaptationConfig(n=4))
-    randomize(model)
-    layer = model.blocks[0].attn.qkv
-    x = torch.randn(5, 32, dtype=torch.float64)
-    diff = (layer(x) - layer.base_layer(x)).abs().amax(0)
-    assert diff[:32].min() > 0 and diff[64:].min() > 0 and diff[32:64].max() == 0  # Q and V adapted, K untouched
+def reference_delta(layer, adapter: str = "default") -> torch.Tensor:
+    """Σ_i A_i ⊗ (u_i v_iᵀ) per slice with torch.kron, written independently of the layer's einsums."""
+    model_rules = layer.shared_rules[adapter]
+    full = torch.zeros_like(layer.base_layer.weight)
+    for key, (a, b) in layer.slice_rows[adapter].items():
+        u, v = layer.kadaptation_u[adapter][key], layer.kadaptation_v[adapter][key]
+        left, right = model_rules[f"{key}_left"], model_rules[f"{key}_right"]
+        full[a:b] = sum(torch.kron(left[i] @ right[i], u[i] @ v[i]) for i in range(u.shape[0]))
+    return full
 
 
-def test_generic_linear_targets_by_regex_and_list():
-    model = apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8, target_modules=r"blocks\.\d+\.mlp\.fc1"))
-    wrapped = [n for n, _ in kadaptation_layers(model)]
-    assert wrapped == ["blocks.0.mlp.fc1", "blocks.1.mlp.fc1"]
-    assert set(model.kadaptation_rules.keys()) == {"fc1"}  # A shared across layers by role
-    model = apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8, target_modules=["fc2"], share_a=False))
-    assert [n for n, _ in kadaptation_layers(model)] == ["blocks.0.mlp.fc2", "blocks.1.mlp.fc2"]
-    assert not hasattr(model, "kadaptation_rules") and model.blocks[0].mlp.fc2.adapters["all"].rule.n == 8
+def test_delta_is_the_sum_of_kronecker_products_and_the_forward_applies_it():
+    model = get_peft_model(timm_vit().double(), KAdaptationConfig(n=8))
+    randomize_adapter(model)
+    name, layer = kadaptation_layers(model)[0]
+    expected = reference_delta(layer)
+    torch.testing.assert_close(layer.get_delta_weight("default"), expected, rtol=0, atol=1e-12)
+    x = torch.randn(5, 64, dtype=torch.float64)
+    bias = layer.base_layer.bias.clone()
+    for a, b in layer.slice_rows["default"].values():
+        bias[a:b] += layer.kadaptation_bias["default"]
+    torch.testing.assert_close(layer(x), F.linear(x, layer.base_layer.weight + expected, bias), rtol=0, atol=1e-12)
 
 
-def test_errors_name_layer_and_valid_n():
-    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv \(q rows\): 64 x 64.*\[1, 2, 4, 8, 16, 32, 64\]"):
-        apply_kadaptation(tiny_vit(), KAdaptationConfig(n=48))
+def test_same_seed_gives_vitlab_01_numbers():
+    """The initialisation of vitlab 0.1's apply_kadaptation, replayed: per slice the role's A (if new), then v."""
+    model = get_peft_model(timm_vit(), KAdaptationConfig(n=8, seed=3))
+    generator, n = torch.Generator().manual_seed(3), 8
+    expected_rules, expected_v = {}, []
+    for _ in range(2):  # blocks
+        for role in ("q", "v"):
+            if role not in expected_rules:
+                expected_rules[role] = (torch.randn((n, n, 1), generator=generator) * n ** -0.5,
+                                        torch.randn((n, 1, n), generator=generator) * n ** -0.5)
+            expected_v.append((torch.rand((n, 1, 8), generator=generator) * 2 - 1) * (1 / math.sqrt(8)))
+    rules = model.base_model.kadaptation_A["default"]
+    for role, (left, right) in expected_rules.items():
+        assert torch.equal(rules[f"{role}_left"], left) and torch.equal(rules[f"{role}_right"], right)
+    got = [layer.kadaptation_v["default"][s] for _, layer in kadaptation_layers(model) for s in ("q", "v")]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected_v, strict=True))
+    again = get_peft_model(timm_vit(), KAdaptationConfig(n=8, seed=3))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters(), strict=True))
+
+
+def test_dense_path_equals_factored_path_and_full_a():
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    outputs = []
+    for path in ("factored", "dense"):
+        model = get_peft_model(timm_vit().double(), KAdaptationConfig(n=8, path=path, a_rank=None))
+        randomize_adapter(model)
+        assert all(layer.settings["default"]["factored"] == (path == "factored")
+                   for _, layer in kadaptation_layers(model))
+        outputs.append(logits(model, x))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-10)
+
+
+def test_targets_and_errors():
+    model = get_peft_model(timm_vit(), KAdaptationConfig(n=8, target_modules=["fc2"], share_a=False))
+    assert [n.split("model.", 2)[-1] for n, _ in kadaptation_layers(model)] == ["blocks.0.mlp.fc2", "blocks.1.mlp.fc2"]
+    assert "kadaptation_A" in dict(kadaptation_layers(model)[0][1].named_children())
+    with pytest.raises(ValueError, match=r"n=48 must divide.*Values of n valid for all"):
+        get_peft_model(timm_vit(), KAdaptationConfig(n=48))
     with pytest.raises(ValueError, match=r"matched no nn.Linear.*blocks\.0\.attn\.qkv"):
-        apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8, target_modules=["does_not_exist"]))
-    with pytest.raises(ValueError, match=r"bias=False"):
-        apply_kadaptation(tiny_vit(qkv_bias=False), KAdaptationConfig(n=8))
-    assert apply_kadaptation(tiny_vit(qkv_bias=False), KAdaptationConfig(n=8, bias=False)) is not None
-    with pytest.raises(ValueError, match="already adapted"):
-        apply_kadaptation(apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8)), KAdaptationConfig(n=8))
-    with pytest.raises(ValueError, match="intrinsic_table"):
-        KAdaptationConfig(target_modules="auto")
+        get_peft_model(timm_vit(), KAdaptationConfig(n=8, target_modules=["does_not_exist"]))
+    with pytest.raises(ValueError, match="delta_bias=False"):
+        get_peft_model(timm_vit(qkv_bias=False), KAdaptationConfig(n=8))
+    assert get_peft_model(timm_vit(qkv_bias=False), KAdaptationConfig(n=8, delta_bias=False)) is not None
+    with pytest.raises(ValueError, match="dropout on Delta W needs the dense"):
+        KAdaptationConfig(path="factored", dropout=0.1)
 
 
-def test_auto_targets_follow_intrinsic_table(tmp_path):
-    table = tmp_path / "per_module.csv"
-    table.write_text("module,d90,reached\nattn.q,400,1\nmlp.fc1,90,1\nattn.v,120,1\nhigh_mixer,10,1\nattn.k,,0\n")
-    model = apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8, target_modules="auto", intrinsic_table=str(table)))
+def test_auto_targets_are_stored_explicitly(tmp_path):
+    table = tmp_path / "d90.csv"
+    table.write_text("module,d90\nattn.q,100\nmlp.fc1,50\nattn.v,400\n")
+    model = get_peft_model(timm_vit(), KAdaptationConfig(n=8, target_modules="auto", intrinsic_table=str(table)))
     layers = dict(kadaptation_layers(model))
-    # lowest finite d90 among kinds this ViT has: mlp.fc1 (90), attn.v (120); high_mixer has no Linear here
-    assert sorted(layers) == ["blocks.0.attn.qkv", "blocks.0.mlp.fc1", "blocks.1.attn.qkv", "blocks.1.mlp.fc1"]
-    assert list(layers["blocks.0.attn.qkv"].adapters) == ["v"]
-    table.write_text("module,d90\nattn.q,1\nbogus,2\n")
-    with pytest.raises(ValueError, match="unknown module kind 'bogus'"):
-        apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8, target_modules="auto", intrinsic_table=str(table)))
+    assert sorted(n.split("model.", 2)[-1] for n in layers) == ["blocks.0.attn.qkv", "blocks.0.mlp.fc1",
+                                                              "blocks.1.attn.qkv", "blocks.1.mlp.fc1"]
+    assert set(layers["base_model.model.blocks.0.attn.qkv"].slice_rows["default"]) == {"q"}
+    model.save_pretrained(str(tmp_path / "adapter"))
+    table.unlink()  # the saved config names the modules: the table is not needed to load
+    restored = PeftModel.from_pretrained(timm_vit(), str(tmp_path / "adapter"))
+    assert sorted(dict(kadaptation_layers(restored))) == sorted(layers)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(restored(x), copy.deepcopy(model)(x), rtol=0, atol=0)

@@ -1,10 +1,15 @@
 """vitlab.peft: parameter-efficient fine-tuning and intrinsic dimension.
 
-- Kronecker Adaptation: `KAdaptationConfig`, `apply_kadaptation`, `merge_kadaptation`, `unmerge_kadaptation`;
-- baselines: `apply_lora` / `apply_lokr` (HF peft), `apply_lora_qv`, `apply_bottleneck_adapters`;
-- one entry point for the harness: `build_peft_transform(method, target_modules, **options)` over `PEFT_METHODS`;
-- adapters as files: `save_adapter`, `load_adapter` (safetensors + the base weights' SHA-256);
-- intrinsic dimension: `SubspaceConfig`, `wrap_in_subspace` (θ = θ₀ + P·θ_d), `merge_subspace`.
+- Kronecker Adaptation as an HF peft method: ``KAdaptationConfig`` is a ``peft.PeftConfig`` (``peft_type
+  "KADAPTATION"``, registered with peft on import), so ``peft.get_peft_model(model, KAdaptationConfig())``,
+  ``save_pretrained`` and ``PeftModel.from_pretrained`` work; ``apply_kadaptation`` is ``get_peft_model``;
+- baselines: ``apply_lora`` / ``apply_lokr`` (HF peft), ``LoraQVConfig`` / ``apply_lora_qv`` (peft method
+  ``"LORA_QV"``: LoRA on the Q and V rows of fused ``qkv``), ``apply_bottleneck_adapters``;
+- one registry for the harness and the Python API: ``build_peft_transform(method, target_modules, **options)`` over
+  ``PEFT_METHODS``, extended with ``register_method``;
+- runs: ``vitlab.peft.export`` (merged ``model.safetensors`` + a peft adapter folder), ``convert_adapter`` for
+  vitlab 0.1 ``adapter.safetensors`` files (``vitlab peft convert``);
+- intrinsic dimension: ``SubspaceConfig``, ``wrap_in_subspace`` (θ = θ₀ + P·θ_d), ``merge_subspace``.
 
 Example:
     >>> import timm
@@ -24,17 +29,18 @@ from vitlab.peft.control import (
     set_peft_spec,
     unmerge_adapters,
 )
+from vitlab.peft.convert import convert_adapter
 from vitlab.peft.intrinsic import SubspaceConfig, merge_subspace, wrap_in_subspace
 from vitlab.peft.io import adapter_state_dict, frozen_base_sha256, load_adapter, save_adapter
-from vitlab.peft.kadaptation import KAdaptationConfig, apply_kadaptation, merge_kadaptation, unmerge_kadaptation
-from vitlab.peft.lora import apply_lokr, apply_lora, apply_lora_qv
-from vitlab.peft.methods import PEFT_METHODS, build_peft_transform, count_parameters, register_peft_method
+from vitlab.peft.kadaptation import KAdaptationConfig, KAdaptationModel, apply_kadaptation
+from vitlab.peft.lora import LoraQVConfig, LoraQVModel, apply_lokr, apply_lora, apply_lora_qv
+from vitlab.peft.methods import PEFT_METHODS, build_peft_transform, count_parameters, register_method
 from vitlab.peft.targets import TIMM_TARGET_PRESETS
 
 __all__ = [
-    "PEFT_METHODS", "TIMM_TARGET_PRESETS", "KAdaptationConfig", "SubspaceConfig", "adapter_layers",
-    "adapter_state_dict", "apply_bottleneck_adapters", "apply_kadaptation", "apply_lokr", "apply_lora",
-    "apply_lora_qv", "build_peft_transform", "count_parameters", "disable_adapter", "frozen_base_sha256",
-    "get_peft_spec", "load_adapter", "merge_adapters", "merge_kadaptation", "merge_subspace", "register_peft_method",
-    "save_adapter", "set_peft_spec", "unmerge_adapters", "unmerge_kadaptation", "wrap_in_subspace",
+    "PEFT_METHODS", "TIMM_TARGET_PRESETS", "KAdaptationConfig", "KAdaptationModel", "LoraQVConfig", "LoraQVModel",
+    "SubspaceConfig", "adapter_layers", "adapter_state_dict", "apply_bottleneck_adapters", "apply_kadaptation",
+    "apply_lokr", "apply_lora", "apply_lora_qv", "build_peft_transform", "convert_adapter", "count_parameters",
+    "disable_adapter", "frozen_base_sha256", "get_peft_spec", "load_adapter", "merge_adapters", "merge_subspace",
+    "register_method", "save_adapter", "set_peft_spec", "unmerge_adapters", "wrap_in_subspace",
 ]

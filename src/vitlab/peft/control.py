@@ -1,43 +1,41 @@
-"""Merge, unmerge and disable adapters of any vitlab PEFT method (row-slice wrappers, HF peft layers, adapters).
+"""Merge, unmerge and disable the adapters of any vitlab PEFT method: peft models and bottleneck adapters alike.
 
-* ``merge_adapters(model)``: fold every delta into its base weight and, with ``unload=True`` (default), replace each
-  wrapper by its base layer: the result has exactly the base model's parameter names and shapes, and runs as fast.
+* ``merge_adapters(model)``: fold every delta into its base weight and, with ``unload=True`` (default), return the
+  plain base architecture (for a ``peft.PeftModel``: ``merge_and_unload()``, a new object; frozen-statistics
+  BatchNorms become plain ones again).
 * ``unmerge_adapters(model)``: undo a ``merge_adapters(model, unload=False)``.
-* ``disable_adapter(model)``: context manager running the base model alone (as peft's ``disable_adapter``).
+* ``disable_adapter(model)``: context manager running the base model alone (peft's ``disable_adapter``).
 
-HF peft layers are handled through peft's public ``BaseTunerLayer`` API (``merge``, ``unmerge``,
-``enable_adapters``, ``get_base_layer``). Bottleneck adapters are nonlinear and cannot be merged: merging a model
-that has them raises.
+Bottleneck adapters are nonlinear and cannot be merged: merging a model that has them raises.
 
 Example:
     >>> import timm, torch
     >>> from vitlab.peft import KAdaptationConfig, apply_kadaptation
-    >>> model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=1,
-    ...                           num_heads=2, num_classes=3).eval()
-    >>> model = apply_kadaptation(model, KAdaptationConfig(n=8))
+    >>> def vit():
+    ...     return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=1,
+    ...                              num_heads=2, num_classes=3).eval()
+    >>> model = apply_kadaptation(vit(), KAdaptationConfig(n=8))
     >>> with disable_adapter(model):
     ...     base = model(torch.zeros(1, 3, 32, 32))
     >>> plain = merge_adapters(model)
-    >>> sorted(plain.state_dict()) == sorted(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8,
-    ...     embed_dim=64, depth=1, num_heads=2, num_classes=3).state_dict())
+    >>> sorted(plain.state_dict()) == sorted(vit().state_dict())
     True
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from vitlab.peft.adapter import AdapterWrapper
-from vitlab.peft.delta_linear import DeltaLinear
 from vitlab.peft.freeze import restore_norm_statistics
 
 __all__ = [
-    "SHARED_ROOT_ATTRS",
     "adapter_layers",
     "disable_adapter",
     "get_peft_spec",
@@ -46,14 +44,13 @@ __all__ = [
     "unmerge_adapters",
 ]
 
-# Root-level children that hold state shared by many adapter layers (removed when unloading).
-SHARED_ROOT_ATTRS = ("kadaptation_rules",)
 PEFT_SPEC_ATTR = "vitlab_peft"
 
 
 def set_peft_spec(model: nn.Module, method: str, target_modules: Any, options: dict[str, Any]) -> None:
-    """Record how ``model`` was adapted (re-applied by ``load_adapter``) and the names of its trainable parameters
-    at this moment (the tensors an adapter checkpoint holds). Stored as a plain attribute, not in the state dict."""
+    """Record how ``model`` was adapted (the harness method name and options, re-applied by ``load_adapter`` for the
+    methods that are not peft methods) and the names of its trainable parameters at this moment. Stored as a plain
+    attribute, not in the state dict."""
     params = [name for name, p in model.named_parameters() if p.requires_grad]
     model.__dict__[PEFT_SPEC_ATTR] = {"method": method, "target_modules": target_modules, "options": dict(options),
                                       "params": params}
@@ -68,21 +65,12 @@ def get_peft_spec(model: nn.Module) -> dict[str, Any]:
     return spec
 
 
-def _peft_layer_type() -> type | None:
-    if "peft" not in sys.modules:  # no HF peft layer can exist if peft was never imported
-        return None
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return BaseTunerLayer
-
-
 def adapter_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, layer)`` of every adapter wrapper in the model (outermost only)."""
-    peft_type = _peft_layer_type()
-    kinds = (DeltaLinear, AdapterWrapper) + ((peft_type,) if peft_type else ())
+    """``(name, layer)`` of every adapter layer in the model (peft tuner layers and bottleneck adapters; outermost)."""
     found: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
-        if isinstance(module, kinds) and not any(name.startswith(prev + ".") for prev, _ in found):
+        if isinstance(module, (BaseTunerLayer, AdapterWrapper)) and not any(
+                name.startswith(prev + ".") for prev, _ in found):
             found.append((name, module))
     return found
 
@@ -99,41 +87,36 @@ def merge_adapters(model: nn.Module, unload: bool = True, safe_merge: bool = Tru
     """Fold all adapters into the base weights; with ``unload`` return the plain base architecture.
 
     Args:
-        model: an adapted model (changed in place).
-        unload: replace wrappers by their base layers, drop shared adapter state and restore BatchNorm statistics
-            tracking; otherwise keep the wrappers (merged) so that ``unmerge_adapters`` can undo the merge.
+        model: an adapted model (a ``peft.PeftModel``; changed in place).
+        unload: return the base model without adapter layers (``merge_and_unload``), BatchNorm statistics tracking
+            restored; otherwise keep the layers (merged) so that ``unmerge_adapters`` can undo the merge.
         safe_merge: refuse to write non-finite weights.
 
     Returns:
-        The same model object.
+        The plain base model (``unload``) or ``model``.
     """
     layers = _require_layers(model)
     bottleneck = [name for name, layer in layers if isinstance(layer, AdapterWrapper)]
     if bottleneck:
         raise ValueError(f"bottleneck adapters ({bottleneck[:3]}...) are nonlinear and cannot be merged into the base "
                          "weights; export the adapted model as it is (vitlab.peft.save_adapter)")
-    for name, layer in layers:
-        layer.merge(safe_merge=safe_merge)
-        if unload:
-            base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer.base_layer
-            if name:
-                model.set_submodule(name, base)
-            else:
-                raise ValueError("the model itself is an adapter layer; merge it and use layer.base_layer")
-    if unload:
-        for attr in SHARED_ROOT_ATTRS:
-            if attr in model._modules:
-                delattr(model, attr)
-        restore_norm_statistics(model)
-        model.__dict__.pop(PEFT_SPEC_ATTR, None)
-    return model
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"merge_adapters takes the peft.PeftModel returned by the method, got {type(model).__name__}")
+    if not unload:
+        model.merge_adapter(safe_merge=safe_merge)
+        return model
+    plain = model.merge_and_unload(safe_merge=safe_merge)
+    restore_norm_statistics(plain)
+    plain.__dict__.pop(PEFT_SPEC_ATTR, None)
+    return plain
 
 
 def unmerge_adapters(model: nn.Module) -> nn.Module:
     """Undo ``merge_adapters(model, unload=False)``: subtract the deltas again (no-op for unmerged layers)."""
-    for _, layer in _require_layers(model):
-        if not isinstance(layer, AdapterWrapper):
-            layer.unmerge()
+    _require_layers(model)
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"unmerge_adapters takes a peft.PeftModel, got {type(model).__name__}")
+    model.unmerge_adapter()
     return model
 
 
@@ -141,22 +124,15 @@ def unmerge_adapters(model: nn.Module) -> nn.Module:
 def disable_adapter(model: nn.Module) -> Iterator[nn.Module]:
     """Run the base model alone inside the ``with`` block; a merged layer is unmerged first (as in peft)."""
     layers = _require_layers(model)
-    peft_type = _peft_layer_type()
-    previous = []
+    if isinstance(model, PeftModel):
+        with model.disable_adapter():
+            yield model
+        return
+    previous = [layer.disabled for _, layer in layers]
     for _, layer in layers:
-        if peft_type is not None and isinstance(layer, peft_type):
-            previous.append(not layer.disable_adapters)
-            if layer.merged:
-                layer.unmerge()
-            layer.enable_adapters(False)
-        else:
-            previous.append(layer.disabled)
-            layer.disabled = True
+        layer.disabled = True
     try:
         yield model
     finally:
         for (_, layer), before in zip(layers, previous, strict=True):
-            if peft_type is not None and isinstance(layer, peft_type):
-                layer.enable_adapters(before)
-            else:
-                layer.disabled = before
+            layer.disabled = before

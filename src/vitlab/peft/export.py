@@ -5,13 +5,17 @@
 - ``model.safetensors`` (kind ``model``): the adaptation folded into the weights (``merge_adapters`` or
   ``merge_subspace``), exactly the base architecture: ``vitlab eval``, ``robustness``, ``diagnose-negatives`` and
   ``timm.create_model`` + ``load_state_dict`` use it, at the base model's speed;
-- ``adapter.safetensors`` (kind ``adapter``: adapter parameters + head, ``vitlab.peft.save_adapter``) or, for
-  ``subspace``, ``subspace.safetensors`` (kind ``subspace``: θ_d, the SAID scales and the head; θ = θ₀ + P·θ_d is
-  rebuilt from the base weights and the projection seed in ``extra["peft"]``). A few kB to MB beside the base.
+- for the peft methods (``kadaptation``, ``lora``, ``lokr``, ``lora_qv``): ``adapter/``, a standard peft adapter
+  folder (``adapter_config.json`` + ``adapter_model.safetensors``, written by ``PeftModel.save_pretrained``) plus
+  ``adapter/vitlab.json`` (the timm name and kwargs of the base, where its weights came from, the base SHA-256). After
+  ``import vitlab``, ``PeftModel.from_pretrained(base, "runs/<run>/adapter")`` loads it;
+- for ``linear`` and ``adapter`` (bottleneck adapters, not peft methods): ``adapter.safetensors`` (kind ``adapter``,
+  ``vitlab.peft.save_adapter``); for ``subspace``: ``subspace.safetensors`` (θ_d, the SAID scales and the head;
+  θ = θ₀ + P·θ_d is rebuilt from the base weights and the projection seed in ``extra["peft"]``).
 
-Bottleneck adapters (``peft.method: adapter``) are nonlinear and cannot be merged: their run has only
-``adapter.safetensors``, and ``load_adapted_model`` rebuilds the adapted model from it and the base weights whose path
-is recorded in ``extra["base_weights"]`` (``vitlab.checkpoint.load_model`` calls it for ``adapter`` files).
+Bottleneck adapters are nonlinear and cannot be merged: their run has only ``adapter.safetensors``, and
+``load_adapted_model`` rebuilds the adapted model from it and the recorded base weights
+(``vitlab.checkpoint.load_model`` calls it for ``adapter`` files); it also rebuilds a peft ``adapter/`` folder.
 
 Example:
     >>> import timm
@@ -22,27 +26,31 @@ Example:
     >>> files = export_adapted_model("/tmp/vitlab_doctest_run", model, model_name="vit_tiny_patch16_224",
     ...                              model_kwargs={})  # doctest: +SKIP
     >>> sorted(p.name for p in files)  # doctest: +SKIP
-    ['adapter.safetensors', 'model.safetensors']
+    ['adapter', 'model.safetensors']
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from torch import nn
 
 from vitlab.checkpoint import CheckpointError, build_model, load_checkpoint, load_pretrained, save_checkpoint
 from vitlab.peft.adapter import AdapterWrapper
-from vitlab.peft.control import adapter_layers, get_peft_spec, merge_adapters
+from vitlab.peft.control import PEFT_SPEC_ATTR, adapter_layers, get_peft_spec, merge_adapters
 from vitlab.peft.freeze import restore_norm_statistics
 from vitlab.peft.io import frozen_base_sha256, load_adapter, save_adapter
 
-__all__ = ["ADAPTER_NAME", "SUBSPACE_NAME", "export_adapted_model", "load_adapted_model"]
+__all__ = ["ADAPTER_DIR", "ADAPTER_NAME", "SUBSPACE_NAME", "VITLAB_META", "export_adapted_model", "load_adapted_model",
+           "save_peft_folder"]
 
 ADAPTER_NAME, SUBSPACE_NAME = "adapter.safetensors", "subspace.safetensors"
+ADAPTER_DIR, VITLAB_META = "adapter", "vitlab.json"
 
 
 def _merged_copy(model: nn.Module) -> nn.Module | None:
@@ -52,20 +60,45 @@ def _merged_copy(model: nn.Module) -> nn.Module | None:
 
     if isinstance(model, SubspaceModel):
         return merge_subspace(model)
-    layers = adapter_layers(model)
-    if any(isinstance(layer, AdapterWrapper) for _, layer in layers):
+    if any(isinstance(layer, AdapterWrapper) for _, layer in adapter_layers(model)):
         return None
     merged = copy.deepcopy(model)
-    if layers:
-        merge_adapters(merged, unload=True)
+    if isinstance(merged, PeftModel):
+        return merge_adapters(merged, unload=True)
     restore_norm_statistics(merged)  # frozen-statistics BatchNorms back to plain ones (linear probing has no layers)
-    merged.__dict__.pop("vitlab_peft", None)
+    merged.__dict__.pop(PEFT_SPEC_ATTR, None)
     return merged
+
+
+def _base_name(base_weights: Any) -> str | None:
+    if isinstance(base_weights, dict):
+        return base_weights.get("hub_id") or base_weights.get("path")
+    return None if base_weights is None else str(base_weights)
+
+
+def save_peft_folder(folder: str | Path, model: PeftModel, meta: dict[str, Any]) -> Path:
+    """``model.save_pretrained(folder)`` plus ``folder/vitlab.json`` (``meta``: base model name/kwargs, base weights).
+
+    ``adapter_config.json``'s ``base_model_name_or_path`` is set from ``meta["base_weights"]`` (its ``hub_id`` or
+    ``path``, or the path string). Nothing is looked up on the Hub while saving.
+    """
+    folder = Path(folder)
+    name = _base_name(meta.get("base_weights"))
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = name
+    model.save_pretrained(str(folder), save_embedding_layers=False)
+    try:
+        text = json.dumps(meta, indent=2, sort_keys=True)
+    except TypeError as err:
+        raise CheckpointError(f"adapter metadata must be JSON-serialisable: {err}") from err
+    (folder / VITLAB_META).write_text(text + "\n")
+    return folder
 
 
 def export_adapted_model(
     run_dir: str | Path, model: nn.Module, *, model_name: str | None, model_kwargs: dict[str, Any],
-    base_sha256: str | None = None, base_weights: str | None = None, extra: dict[str, Any] | None = None,
+    base_sha256: str | None = None, base_weights: str | dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write the merged model and the adaptation of ``model`` into ``run_dir`` (see the module docstring).
 
@@ -73,13 +106,16 @@ def export_adapted_model(
         run_dir: folder of the run.
         model: a model adapted by ``vitlab.peft`` (any method but ``full``), unmerged; left unchanged.
         model_name, model_kwargs: ``timm.create_model`` arguments that rebuild the base architecture.
-        base_sha256: ``state_dict_sha256`` of the base model before wrapping (recorded in the ``subspace`` file;
-            adapter files record ``frozen_base_sha256``, which ``load_adapter`` checks).
-        base_weights: path of the pretrained base ``model.safetensors`` (recorded so the adapter can be re-applied).
-        extra: more JSON metadata for both files (data config, metrics).
+        base_sha256: ``state_dict_sha256`` of the base model before wrapping (recorded in the ``subspace`` file and
+            in ``adapter/vitlab.json``; vitlab adapter files record ``frozen_base_sha256``, which ``load_adapter``
+            checks).
+        base_weights: where the pretrained base weights came from: a ``model.safetensors`` path, or a JSON dict such
+            as ``{"source": "hf-hub", "hub_id": ..., "sha256": ...}`` (opaque here; ``vitlab.checkpoint
+            .load_pretrained`` reads it back). ``None``: trained from random init.
+        extra: more JSON metadata (data config, metrics).
 
     Returns:
-        The written files, the merged ``model.safetensors`` first when it exists.
+        The written files (the peft adapter as its folder), the merged ``model.safetensors`` first when it exists.
     """
     from vitlab.peft.intrinsic.model import SubspaceModel
 
@@ -94,31 +130,53 @@ def export_adapted_model(
     if merged is not None:
         written.append(save_checkpoint(run_dir / "model.safetensors", merged.state_dict(), kind="model",
                                        model_name=model_name, model_kwargs=model_kwargs, extra=meta))
+    peft = {k: spec[k] for k in ("method", "target_modules", "options")}
     if isinstance(model, SubspaceModel):
         tensors = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-        peft = {k: spec[k] for k in ("method", "target_modules", "options")}
         written.append(save_checkpoint(run_dir / SUBSPACE_NAME, tensors, kind="subspace", model_name=model_name,
                                        model_kwargs=model_kwargs, base_sha256=base_sha256 or "not recorded",
                                        extra={**meta, "peft": peft}))
+    elif isinstance(model, PeftModel):
+        written.append(save_peft_folder(run_dir / ADAPTER_DIR, model, {
+            "model_name": model_name, "model_kwargs": model_kwargs, "base_weights": base_weights,
+            "base_sha256": base_sha256, "peft": peft, "extra": extra or {}}))
     else:
         written.append(save_adapter(run_dir / ADAPTER_NAME, model, base_sha256=frozen_base_sha256(model),
                                     model_name=model_name, model_kwargs=model_kwargs, extra=meta))
     return written
 
 
+def _load_base(meta: dict[str, Any], base_weights: Any, what: Path) -> nn.Module:
+    if not base_weights or (isinstance(base_weights, str) and not Path(base_weights).exists()):
+        recorded = base_weights or "not recorded: trained from random init"
+        raise CheckpointError(f"{what} needs its base weights ({recorded}): load it on the base it was trained on "
+                              "(PeftModel.from_pretrained(base, folder) for an adapter folder, "
+                              "vitlab.peft.load_adapter(path, base) for an adapter file)")
+    base = build_model(meta)
+    load_pretrained(base, base_weights)  # its head, if it fits, is replaced by the adapter's own below
+    return base
+
+
 def load_adapted_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild an adapted model from an ``adapter.safetensors`` and its recorded base weights; ``(model.eval(), meta)``.
+    """Rebuild an adapted model from a run's ``adapter/`` folder (peft) or ``adapter.safetensors`` (vitlab) and the
+    base weights it records; returns ``(model.eval(), meta)``.
 
     Raises:
-        CheckpointError: not an adapter file, or its base weights are not recorded / no longer where they were.
+        CheckpointError: not an adapter, or its base weights are not recorded / no longer where they were.
     """
+    path = Path(path)
+    if path.is_dir():
+        meta_path = path / VITLAB_META
+        if not meta_path.is_file():
+            raise CheckpointError(f"{path} has no {VITLAB_META} (not written by vitlab): rebuild the base model "
+                                  "yourself and call PeftModel.from_pretrained(base, folder)")
+        meta = json.loads(meta_path.read_text())
+        base = _load_base(meta, meta.get("base_weights"), path)
+        with torch.no_grad():
+            model = PeftModel.from_pretrained(base, str(path))
+        return model.eval(), meta
     _, meta = load_checkpoint(path, expected_kind="adapter")
-    base_path = meta.get("extra", {}).get("base_weights")
-    if not base_path or not Path(base_path).exists():
-        raise CheckpointError(f"{path} needs its base weights ({base_path or 'not recorded: trained from random init'})"
-                              ": load it with vitlab.peft.load_adapter(path, base_model) on the base it was trained on")
-    base = build_model(meta)
-    load_pretrained(base, base_path)  # its head, if it fits, is replaced by the adapter file's own below
+    base = _load_base(meta, meta.get("extra", {}).get("base_weights"), path)
     with torch.no_grad():
         model = load_adapter(path, base)
     return model.eval(), meta

@@ -1,4 +1,7 @@
-"""Adapter checkpoints: only the adaptation and the classifier head it trained, as a vitlab ``kind="adapter"`` file.
+"""vitlab adapter files for the methods that are not peft methods (``linear``, bottleneck ``adapter``): only the
+trained tensors and the classifier head, as a vitlab ``kind="adapter"`` file. The peft methods (``kadaptation``,
+``lora``, ``lokr``, ``lora_qv``) are saved with ``PeftModel.save_pretrained`` instead; their vitlab 0.1
+``adapter.safetensors`` files are turned into peft folders by ``vitlab peft convert`` (``vitlab.peft.convert_adapter``).
 
 The file holds the tensors recorded by ``set_peft_spec`` (adapter parameters plus the trained head — peft users often
 lose the head, a known pitfall), and its metadata ``extra["peft"]`` holds ``{method, target_modules, options}``, so
@@ -14,7 +17,7 @@ Example:
     >>> def base():
     ...     return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=1,
     ...                              num_heads=2, num_classes=10)
-    >>> model = build_peft_transform("lora_qv", r=2)(base())
+    >>> model = build_peft_transform("adapter", bottleneck=4)(base())
     >>> path = save_adapter("/tmp/vitlab_doctest_adapter/adapter.safetensors", model)  # doctest: +SKIP
     >>> restored = load_adapter(path, base())  # doctest: +SKIP
 """
@@ -25,13 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from torch import nn
 
-from vitlab.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, state_dict_sha256
+from vitlab.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint, state_dict_sha256
 from vitlab.peft.control import get_peft_spec
 from vitlab.peft.targets import classifier_names
 
-__all__ = ["adapter_state_dict", "frozen_base_sha256", "load_adapter", "save_adapter"]
+__all__ = ["PEFT_NATIVE_METHODS", "adapter_state_dict", "frozen_base_sha256", "load_adapter", "save_adapter"]
+
+# methods whose models are peft.PeftModel (saved with save_pretrained; vitlab 0.1 files need `vitlab peft convert`)
+PEFT_NATIVE_METHODS = ("kadaptation", "lora", "lokr", "lora_qv")
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -73,6 +80,9 @@ def save_adapter(
     Returns:
         The written file path.
     """
+    if isinstance(model, PeftModel):
+        raise ValueError("a peft method's model is saved as a peft adapter folder: model.save_pretrained(folder) "
+                         "(vitlab.peft.export.save_peft_folder adds the base model's description)")
     spec = get_peft_spec(model)
     tensors = adapter_state_dict(model)
     meta_extra = dict(extra or {})
@@ -94,11 +104,16 @@ def load_adapter(path: str | Path, base_model: nn.Module, check_base: bool = Tru
     """
     from vitlab.peft.methods import build_peft_transform
 
-    expected = frozen_base_sha256(base_model) if check_base else None
-    tensors, meta = load_checkpoint(path, expected_kind="adapter", base_sha256=expected)
-    peft = meta.get("extra", {}).get("peft")
+    peft = read_metadata(path).get("extra", {}).get("peft")
     if not peft:
         raise CheckpointError(f"{path} has no extra['peft'] record; it was not written by vitlab.peft.save_adapter")
+    if peft["method"] in PEFT_NATIVE_METHODS:
+        raise CheckpointError(
+            f"{path} is a vitlab 0.1 {peft['method']!r} adapter file; vitlab now saves this method as a peft adapter "
+            f"folder. Convert it once with `vitlab peft convert {path} --out <folder>` (vitlab.peft.convert_adapter), "
+            "then load it with PeftModel.from_pretrained(base, <folder>)")
+    expected = frozen_base_sha256(base_model) if check_base else None
+    tensors, _ = load_checkpoint(path, expected_kind="adapter", base_sha256=expected)
     model = build_peft_transform(peft["method"], peft["target_modules"], **peft["options"])(base_model)
     params = dict(model.named_parameters())
     expected_names = set(get_peft_spec(model)["params"])

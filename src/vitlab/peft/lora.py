@@ -1,166 +1,218 @@
-"""LoRA and LoKr baselines through HF ``peft`` with timm target presets, and ``lora_qv`` on vitlab's row-slice wrapper.
+"""LoRA and LoKr baselines through HF ``peft`` with timm target presets, and ``lora_qv`` as a peft method of vitlab.
 
-``apply_lora`` / ``apply_lokr`` call ``peft.inject_adapter_in_model`` (the model keeps its class and parameter
-prefixes: ``blocks.0.attn.qkv.lora_A.default.weight``). Targets take peft's list/regex syntax or a preset of
-``TIMM_TARGET_PRESETS`` (default ``"qkv"``: every fused ``qkv``).
+``apply_lora`` / ``apply_lokr`` call ``peft.get_peft_model`` with a ``LoraConfig`` / ``LoKrConfig`` (targets in
+peft's list/regex syntax or a preset of ``TIMM_TARGET_PRESETS``, default ``"qkv"``: every fused ``qkv``; the
+classifier head in ``modules_to_save``).
 
-Why ``lora_qv`` is not peft: timm fuses the query, key and value projections into one ``qkv`` Linear, and a peft
-layer always adapts a whole weight matrix, so peft LoRA on ``qkv`` adapts Q, K **and** V (peft PR #1705: "if we have
-fused QKV but we want to apply LoRA only to Q and V ... this is currently not possible"). ``lora_qv`` puts a LoRA
-delta ``(α/r)·B A`` on only the Q and V row slices, using the same ``DeltaLinear`` wrapper as KAdaptation (the
-reference LoRA baseline adapts only W_q and W_v). Note that peft LoRA r on the whole fused ``qkv`` and ``lora_qv`` at
-the same r have the same parameter count: r·(d + 3d) = 2·r·(d + d).
+Why ``lora_qv`` is not peft's LoRA: timm fuses the query, key and value projections into one ``qkv`` Linear, and a
+peft layer always adapts a whole weight matrix, so peft LoRA on ``qkv`` adapts Q, K **and** V (peft PR #1705: "if we
+have fused QKV but we want to apply LoRA only to Q and V ... this is currently not possible"). ``LoraQVConfig``
+(``peft_type="LORA_QV"``, registered with peft when ``vitlab.peft`` is imported) puts a LoRA delta ``(α/r)·B A`` on
+only the Q and V row slices, with the row-slice layer KAdaptation uses (the reference LoRA baseline adapts only W_q
+and W_v). peft LoRA r on the whole fused ``qkv`` and ``lora_qv`` at the same r have the same parameter count:
+r·(d + 3d) = 2·r·(d + d).
 
 Example:
     >>> import timm
+    >>> from peft import get_peft_model
     >>> model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=2,
     ...                           num_heads=2, num_classes=10)
-    >>> model = apply_lora_qv(model, r=4)
-    >>> sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head"))
+    >>> model = get_peft_model(model, LoraQVConfig(r=4))
+    >>> model.get_nb_trainable_parameters()[0] - 490  # minus the head
     1536
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+from peft import PeftConfig
 from torch import nn
 
-from vitlab.peft.control import adapter_layers, set_peft_spec
-from vitlab.peft.delta_linear import DeltaLinear
-from vitlab.peft.freeze import freeze_base
-from vitlab.peft.targets import classifier_names, find_targets, resolve_preset
+from vitlab.peft.registration import register_with_peft
+from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer, RowSliceTuner
+from vitlab.peft.targets import FUSED_SLICES, Target, classifier_names, resolve_preset
 
-__all__ = ["LoRADelta", "apply_lokr", "apply_lora", "apply_lora_qv"]
+__all__ = ["LORA_QV", "LoraQVConfig", "LoraQVLayer", "LoraQVModel", "apply_lokr", "apply_lora", "apply_lora_qv"]
 
-
-class LoRADelta(nn.Module):
-    """``x[..., in] -> (α/r) · dropout(x) Aᵀ Bᵀ [..., out]`` with ``A`` Kaiming-uniform and ``B`` zero (peft's init)."""
-
-    def __init__(self, out_features: int, in_features: int, r: int, alpha: float, dropout: float = 0.0,
-                 device=None, dtype=None) -> None:
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        self.lora_A = nn.Parameter(torch.empty(r, in_features, **dd))
-        self.lora_B = nn.Parameter(torch.zeros(out_features, r, **dd))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.scale, self.dropout = alpha / r, float(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.dropout(x, self.dropout, self.training) if self.dropout else x
-        return F.linear(F.linear(x.to(self.lora_A.dtype), self.lora_A), self.lora_B) * self.scale
-
-    def delta_weight(self) -> torch.Tensor:
-        """Dense ``(out, in)`` update ``(α/r) B A``."""
-        return (self.lora_B @ self.lora_A) * self.scale
+LORA_QV = "LORA_QV"
 
 
-def _finish(model: nn.Module, method: str, target_modules: Any, options: dict[str, Any],
-            adapter_params: list[nn.Parameter], train_head: bool, head_modules: Sequence[str] | None) -> nn.Module:
-    heads = classifier_names(model, head_modules) if train_head else []
-    freeze_base(model, trainable_modules=heads, trainable_params=adapter_params)
-    set_peft_spec(model, method, target_modules, options)
-    return model
+@dataclass
+class LoraQVConfig(PeftConfig):
+    """LoRA ``(α/r)·B A`` on row slices (default the Q and V rows of every fused ``qkv``) or on whole Linears.
+
+    Args:
+        r: LoRA rank. alpha: LoRA alpha (default ``r``, i.e. scale 1). dropout: dropout on the LoRA input.
+        target_modules: as in ``KAdaptationConfig`` (default: attention Q and V). fused_slices: rows of a fused qkv.
+        train_head, modules_to_save: the classifier head trains through peft's ``modules_to_save``.
+        seed: seed of the ``A`` initialisation (a private generator); ``None`` uses the global RNG.
+    """
+
+    r: int = field(default=4, metadata={"help": "LoRA rank"})
+    alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default r)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    target_modules: str | list[str] | None = field(default=None, metadata={"help": "names, regex or preset"})
+    fused_slices: tuple[str, ...] = field(default=("q", "v"), metadata={"help": "rows of a fused qkv to adapt"})
+    train_head: bool = field(default=True, metadata={"help": "train the classifier head (modules_to_save)"})
+    modules_to_save: list[str] | None = field(default=None, metadata={"help": "modules trained and saved whole"})
+    seed: int | None = field(default=0, metadata={"help": "seed of the A initialisation"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = LORA_QV
+        if not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"r must be a positive int, got {self.r!r}")
+        self.alpha = float(self.r if self.alpha is None else self.alpha)
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        self.fused_slices = tuple(self.fused_slices)
+        if not self.fused_slices or any(s not in FUSED_SLICES for s in self.fused_slices):
+            raise ValueError(f"fused_slices must be a non-empty subset of {FUSED_SLICES}, got {self.fused_slices}")
+        if isinstance(self.target_modules, Sequence) and not isinstance(self.target_modules, str):
+            self.target_modules = list(self.target_modules)
+        if self.target_modules == "auto":
+            raise ValueError("target_modules='auto' is KAdaptation's; give lora_qv names, a regex or a preset")
+        if self.modules_to_save is not None:
+            self.modules_to_save = list(self.modules_to_save)
 
 
-def _check_fresh(model: nn.Module) -> None:
-    if adapter_layers(model):
-        raise ValueError(f"{type(model).__name__} is already adapted; start from a fresh base model")
+class LoraQVLayer(RowSliceLayer):
+    """A frozen ``nn.Linear`` plus LoRA adapters on row slices: ``qvlora_A[<adapter>][<slice>] (r, in)`` (Kaiming
+    uniform, as peft), ``qvlora_B[...] (b - a, r)`` (zero)."""
+
+    adapter_layer_names = ("qvlora_A", "qvlora_B")
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.qvlora_A = nn.ModuleDict()
+        self.qvlora_B = nn.ModuleDict()
+        self.settings: dict[str, dict[str, float]] = {}
+
+    def update_layer(self, adapter_name: str, config: LoraQVConfig, targets: list[Target],
+                     shared: nn.ParameterDict | None, generator: torch.Generator | None) -> None:
+        """Create ``adapter_name``'s ``A`` and ``B`` for each of ``targets`` (row slices of this layer)."""
+        weight = self.base_layer.weight
+        dd = {"device": weight.device, "dtype": weight.dtype}
+        self._record_slices(adapter_name, targets)
+        lora_a, lora_b = nn.ParameterDict(), nn.ParameterDict()
+        for target in targets:
+            key = target.slice_name or "all"
+            a = torch.empty(config.r, target.in_features)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+            lora_a[key] = nn.Parameter(a.to(**dd))
+            lora_b[key] = nn.Parameter(torch.zeros(target.out_features, config.r, **dd))
+        self.qvlora_A[adapter_name], self.qvlora_B[adapter_name] = lora_a, lora_b
+        self.settings[adapter_name] = {"scale": config.alpha / config.r, "dropout": float(config.dropout)}
+        self.set_adapter(self.active_adapters)
+
+    def delta_terms(self, adapter_name: str) -> DeltaTerms:
+        rows, setting = self.slice_rows[adapter_name], self.settings[adapter_name]
+        lora_a, lora_b = self.qvlora_A[adapter_name], self.qvlora_B[adapter_name]
+        right = torch.cat([lora_a[key] for key in rows], dim=0).T
+        if len(rows) == 1 and next(iter(rows.values())) == (0, self.out_features):
+            left = lora_b[next(iter(rows))] * setting["scale"]
+        else:
+            left = right.new_zeros(self.out_features, right.shape[1])
+            start = 0
+            for key, (a, b) in rows.items():
+                r = lora_b[key].shape[1]
+                left[a:b, start:start + r] = lora_b[key] * setting["scale"]
+                start += r
+        return DeltaTerms(right=right, left=left, input_dropout=setting["dropout"])
+
+    def delta_weight(self, adapter_name: str) -> tuple[torch.Tensor, None]:
+        full = self.base_layer.weight.new_zeros(self.out_features, self.in_features)
+        scale = self.settings[adapter_name]["scale"]
+        for key, (a, b) in self.slice_rows[adapter_name].items():
+            full[a:b] = (self.qvlora_B[adapter_name][key] @ self.qvlora_A[adapter_name][key]).to(full.dtype) * scale
+        return full, None
 
 
-def _inject(model: nn.Module, config: Any) -> list[nn.Parameter]:
-    from peft import inject_adapter_in_model
+class LoraQVModel(RowSliceTuner):
+    """peft ``BaseTuner`` of ``lora_qv``; built by ``peft.get_peft_model(model, LoraQVConfig(...))``."""
 
-    before = {id(p) for p in model.parameters()}
+    prefix = "qvlora_"
+    tuner_layer_cls = LoraQVLayer
+
+
+register_with_peft(LORA_QV, LoraQVConfig, LoraQVModel)
+
+
+def _head_modules(model: nn.Module, train_head: bool, head_modules: Sequence[str] | None) -> list[str] | None:
+    if not train_head:
+        return None
+    heads = classifier_names(model, head_modules)
+    if not heads:
+        raise ValueError(f"train_head=True but {type(model).__name__} has no recognisable classifier: pass "
+                         "head_modules=['<name>'] or train_head=False")
+    return heads
+
+
+def _peft_model(model: nn.Module, config: PeftConfig) -> nn.Module:
+    from peft import get_peft_model
+
     try:
-        inject_adapter_in_model(config, model)
+        return get_peft_model(model, config)
     except ValueError as err:  # peft: "Target modules ... not found in the base model"
         from vitlab.peft.targets import linear_module_names
 
         raise ValueError(f"{err}. Candidate Linear modules: {linear_module_names(model)[:12]}") from err
-    return [p for p in model.parameters() if id(p) not in before]
 
 
 def apply_lora(model: nn.Module, target_modules: str | Sequence[str] | None = "qkv", r: int = 8,
                alpha: float | None = None, dropout: float = 0.0, train_head: bool = True,
                head_modules: Sequence[str] | None = None) -> nn.Module:
-    """HF peft LoRA on the targeted Linears (whole weights; default every fused ``qkv``), base frozen.
+    """``peft.get_peft_model`` with LoRA on the targeted Linears (whole weights; default every fused ``qkv``).
 
     Args:
-        model: the model (changed in place).
+        model: the model (adapted in place and wrapped).
         target_modules: preset name, list of names or regex (peft syntax); ``None`` means ``"qkv"``.
         r: LoRA rank. alpha: LoRA alpha (default ``r``, i.e. scale 1). dropout: LoRA input dropout.
-        train_head: keep the classifier trainable. head_modules: classifier names (default timm's).
+        train_head: train the classifier (``modules_to_save``). head_modules: classifier names (default timm's).
+
+    Returns:
+        A ``peft.PeftModel``.
     """
     from peft import LoraConfig
 
-    _check_fresh(model)
-    target = resolve_preset(target_modules or "qkv")
-    alpha = float(r if alpha is None else alpha)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target, bias="none")
-    params = _inject(model, config)
-    options = {"r": r, "alpha": alpha, "dropout": dropout, "train_head": train_head, "head_modules": head_modules}
-    return _finish(model, "lora", target_modules, options, params, train_head, head_modules)
+    config = LoraConfig(r=r, lora_alpha=float(r if alpha is None else alpha), lora_dropout=dropout, bias="none",
+                        target_modules=resolve_preset(target_modules or "qkv"),
+                        modules_to_save=_head_modules(model, train_head, head_modules))
+    return _peft_model(model, config)
 
 
 def apply_lokr(model: nn.Module, target_modules: str | Sequence[str] | None = "qkv", r: int = 8,
                alpha: float | None = None, decompose_factor: int = -1, decompose_both: bool = False,
                train_head: bool = True, head_modules: Sequence[str] | None = None) -> nn.Module:
-    """HF peft LoKr (one Kronecker term ``(α/r)·W1 ⊗ W2`` per layer, nothing shared) on the targeted Linears.
+    """``peft.get_peft_model`` with LoKr (one Kronecker term ``(α/r)·W1 ⊗ W2`` per layer, nothing shared).
 
     ``decompose_factor=32`` gives KAdaptation's block shapes for a single, unshared term (see research notes §4.3).
     """
     from peft import LoKrConfig
 
-    _check_fresh(model)
-    target = resolve_preset(target_modules or "qkv")
-    alpha = float(r if alpha is None else alpha)
-    config = LoKrConfig(r=r, alpha=alpha, target_modules=target, decompose_factor=decompose_factor,
-                        decompose_both=decompose_both)
-    params = _inject(model, config)
-    options = {"r": r, "alpha": alpha, "decompose_factor": decompose_factor, "decompose_both": decompose_both,
-               "train_head": train_head, "head_modules": head_modules}
-    return _finish(model, "lokr", target_modules, options, params, train_head, head_modules)
+    config = LoKrConfig(r=r, alpha=float(r if alpha is None else alpha), decompose_factor=decompose_factor,
+                        decompose_both=decompose_both, target_modules=resolve_preset(target_modules or "qkv"),
+                        modules_to_save=_head_modules(model, train_head, head_modules))
+    return _peft_model(model, config)
 
 
 def apply_lora_qv(model: nn.Module, target_modules: str | Sequence[str] | None = None, r: int = 4,
                   alpha: float | None = None, dropout: float = 0.0, fused_slices: Sequence[str] = ("q", "v"),
                   train_head: bool = True, head_modules: Sequence[str] | None = None, seed: int | None = 0
                   ) -> nn.Module:
-    """LoRA on only the query and value rows of fused ``qkv`` layers (or on any Linear matched by ``target_modules``).
+    """``peft.get_peft_model(model, LoraQVConfig(...))``: LoRA on only the query and value rows of fused ``qkv``.
 
     Args:
-        model: the model (changed in place).
+        model: the model (adapted in place and wrapped).
         target_modules: as in ``KAdaptationConfig`` (default: attention Q and V). fused_slices: rows of a fused qkv.
         r, alpha, dropout: LoRA rank, alpha (default ``r``) and input dropout.
-        seed: seed of the ``A`` initialisation (global RNG restored afterwards); ``None`` uses the global RNG.
+        seed: seed of the ``A`` initialisation; ``None`` uses the global RNG.
     """
-    _check_fresh(model)
-    if not isinstance(r, int) or r < 1:
-        raise ValueError(f"r must be a positive int, got {r!r}")
-    targets = find_targets(model, target_modules, fused_slices, head_modules)
-    alpha = float(r if alpha is None else alpha)
-    modules = dict(model.named_modules())
-    grouped = defaultdict(list)
-    for t in targets:
-        grouped[t.module_name].append(t)
-    params: list[nn.Parameter] = []
-    with torch.random.fork_rng(devices=[], enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(seed)
-        for name, group in grouped.items():
-            base = modules[name]
-            dd = {"device": base.weight.device, "dtype": base.weight.dtype}
-            adapters = {t.slice_name or "all": LoRADelta(t.out_features, t.in_features, r, alpha, dropout, **dd)
-                        for t in group}
-            wrapper = DeltaLinear(base, adapters, {t.slice_name or "all": t.rows for t in group})
-            model.set_submodule(name, wrapper)
-            params += list(wrapper.adapters.parameters())
-    options = {"r": r, "alpha": alpha, "dropout": dropout, "fused_slices": list(fused_slices),
-               "train_head": train_head, "head_modules": head_modules, "seed": seed}
-    return _finish(model, "lora_qv", target_modules, options, params, train_head, head_modules)
+    config = LoraQVConfig(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
+                          fused_slices=tuple(fused_slices), train_head=train_head,
+                          modules_to_save=list(head_modules) if head_modules else None, seed=seed)
+    return _peft_model(model, config)

@@ -1,22 +1,26 @@
-"""One entry point for every fine-tuning method: ``build_peft_transform(method, target_modules, **options)``.
+"""The one registry of fine-tuning methods, ``PEFT_METHODS``, and ``build_peft_transform(method, ...)``.
 
-It returns a model transform ``nn.Module -> nn.Module`` (the training harness's extension point B, applied before the
-optimizer collects ``requires_grad`` parameters), so the config section ``peft: {method, target_modules, options}``
-maps to ``build_peft_transform(peft.method, peft.target_modules, **peft.options)``.
+``build_peft_transform`` returns a model transform ``nn.Module -> nn.Module`` (the training harness's extension point
+B, applied before the optimizer collects ``requires_grad`` parameters); the config section
+``peft: {method, target_modules, options}`` maps to ``build_peft_transform(peft.method, peft.target_modules,
+**peft.options)`` (``vitlab.train.extensions`` resolves ``peft.method`` through this same table). The layer-adapting
+methods (``kadaptation``, ``lora``, ``lokr``, ``lora_qv``) return a ``peft.PeftModel``: ``save_pretrained`` writes a
+standard peft adapter folder.
 
 | method | what trains | options (besides ``train_head``, ``head_modules``) |
 |---|---|---|
 | ``full`` | everything | — |
 | ``linear`` (alias ``linear_probe``) | the classifier head | — |
-| ``kadaptation`` | Kronecker factors + per-layer bias + head | fields of ``KAdaptationConfig`` |
+| ``kadaptation`` | Kronecker factors + per-layer bias + head (peft) | fields of ``KAdaptationConfig`` |
 | ``lora`` | HF peft LoRA on whole Linears (default fused ``qkv``) + head | ``r, alpha, dropout`` |
 | ``lokr`` | HF peft LoKr + head | ``r, alpha, decompose_factor, decompose_both`` |
-| ``lora_qv`` | LoRA on Q and V rows of fused ``qkv`` + head | ``r, alpha, dropout, fused_slices, seed`` |
+| ``lora_qv`` | LoRA on Q and V rows of fused ``qkv`` + head (peft) | ``r, alpha, dropout, fused_slices, seed`` |
 | ``adapter`` | bottleneck adapters after each MLP + head | ``bottleneck`` |
 | ``subspace`` | θ_d of θ = θ₀ + P·θ_d (intrinsic dimension) | fields of ``SubspaceConfig`` (``dim`` required) |
 
-Other packages add methods with ``register_peft_method``; ``subspace`` lives in ``vitlab.peft.subspace``.
-``count_parameters`` reports every method's trainable parameters the same way.
+Other packages add methods with ``register_method`` (the harness's ``register_model_transform`` writes to the same
+table); ``subspace`` lives in ``vitlab.peft.subspace``. ``count_parameters`` reports every method's trainable
+parameters the same way (a ``modules_to_save`` head counted once).
 
 Example:
     >>> import timm
@@ -29,10 +33,13 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from typing import Any
 
+from peft import PeftConfig
 from torch import nn
 
 from vitlab.peft.adapter import apply_bottleneck_adapters
@@ -43,10 +50,11 @@ from vitlab.peft.lora import apply_lokr, apply_lora, apply_lora_qv
 from vitlab.peft.subspace import build_subspace_transform
 from vitlab.peft.targets import classifier_names
 
-__all__ = ["PEFT_METHODS", "build_peft_transform", "count_parameters", "register_peft_method"]
+__all__ = ["PEFT_METHODS", "build_peft_transform", "count_parameters", "register_method"]
 
 Transform = Callable[[nn.Module], nn.Module]
 Builder = Callable[..., Transform]
+_PEFT_BASE_FIELDS = {f.name for f in fields(PeftConfig)}
 
 
 def _full(target_modules: None = None, **options: Any) -> Transform:
@@ -79,10 +87,16 @@ def _linear(target_modules: None = None, head_modules: Sequence[str] | None = No
 
 
 def _kadaptation(target_modules: Any = None, **options: Any) -> Transform:
-    _check_options("kadaptation", options, [n for n in inspect.signature(KAdaptationConfig).parameters
-                                            if n != "target_modules"])
+    allowed = [f.name for f in fields(KAdaptationConfig) if f.name not in _PEFT_BASE_FIELDS | {"target_modules"}]
+    _check_options("kadaptation", options, allowed)
     config = KAdaptationConfig(target_modules=target_modules, **options)  # validates now, before any model exists
-    return lambda model: apply_kadaptation(model, config)
+
+    def transform(model: nn.Module) -> nn.Module:
+        adapted = apply_kadaptation(model, copy.deepcopy(config))
+        set_peft_spec(adapted, "kadaptation", target_modules, options)
+        return adapted
+
+    return transform
 
 
 def _wrap(name: str, fn: Callable[..., nn.Module]) -> Builder:
@@ -90,7 +104,13 @@ def _wrap(name: str, fn: Callable[..., nn.Module]) -> Builder:
 
     def builder(target_modules: Any = None, **options: Any) -> Transform:
         _check_options(name, options, allowed)
-        return lambda model: fn(model, target_modules, **options)
+
+        def transform(model: nn.Module) -> nn.Module:
+            adapted = fn(model, target_modules, **options)
+            set_peft_spec(adapted, name, target_modules, options)
+            return adapted
+
+        return transform
 
     return builder
 
@@ -136,14 +156,23 @@ def _check_options(method: str, options: dict[str, Any], allowed: Sequence[str])
         raise ValueError(f"unknown option(s) {unknown} for peft method {method!r}; valid options: {sorted(allowed)}")
 
 
-def register_peft_method(name: str, builder: Builder) -> None:
-    """Add a method: ``builder(target_modules, **options)`` must return an ``nn.Module -> nn.Module`` transform that
-    freezes what it does not train and calls ``vitlab.peft.set_peft_spec`` (so its adapters can be saved)."""
-    if not name or not callable(builder):
-        raise ValueError("register_peft_method needs a non-empty name and a callable builder")
+def register_method(name: str, builder: Builder) -> Builder:
+    """Add a fine-tuning method to ``PEFT_METHODS`` (the table ``peft.method`` resolves through, in the harness and
+    in ``build_peft_transform``); returns ``builder`` so it can be used as a decorator's body.
+
+    ``builder(target_modules, **options)`` must validate its options and return an ``nn.Module -> nn.Module``
+    transform that freezes what it does not train and calls ``vitlab.peft.set_peft_spec`` (so its run can be
+    exported). A layer-adapting method should return a ``peft.PeftModel``, whose adapter folder peft reads back.
+
+    Raises:
+        ValueError: an empty name, a non-callable builder, or a name already taken by another builder.
+    """
+    if not isinstance(name, str) or not name or not callable(builder):
+        raise ValueError("register_method needs a non-empty name and a callable builder")
     if name in PEFT_METHODS and PEFT_METHODS[name] is not builder:
-        raise ValueError(f"peft method {name!r} is already registered")
+        raise ValueError(f"peft method {name!r} is already registered; choose another name")
     PEFT_METHODS[name] = builder
+    return builder
 
 
 def build_peft_transform(method: str | None, target_modules: str | Sequence[str] | None = None,
@@ -166,13 +195,14 @@ def build_peft_transform(method: str | None, target_modules: str | Sequence[str]
 
 
 def count_parameters(model: nn.Module, head_modules: Sequence[str] | None = None) -> dict[str, int]:
-    """Parameter counts, the same way for every method (shared tensors counted once).
+    """Parameter counts, the same way for every method (shared tensors counted once; of a peft ``modules_to_save``
+    head only the trained copy, not the frozen original).
 
     Returns:
         ``total`` (all parameters), ``trainable``, ``head`` (trainable parameters of the classifier) and
         ``adaptation`` = ``trainable - head`` (the number PEFT papers report, e.g. 50,176 for KAdaptation on ViT-B).
     """
-    params = {id(p): p for p in model.parameters()}
+    params = {id(p): p for name, p in model.named_parameters() if ".original_module." not in f".{name}"}
     heads = classifier_names(model, head_modules)
     head_ids = {id(p) for h in heads for p in model.get_submodule(h).parameters()}
     trainable = sum(p.numel() for p in params.values() if p.requires_grad)

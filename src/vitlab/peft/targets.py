@@ -74,7 +74,8 @@ class Target:
 
 
 def classifier_names(model: nn.Module, head_modules: Sequence[str] | None = None) -> list[str]:
-    """Names of the classifier-head modules: ``head_modules`` if given, else the module timm's ``get_classifier()``.
+    """Names of the classifier-head modules: ``head_modules`` if given, else the module timm's ``get_classifier()``
+    returns, else a top-level ``classifier`` or ``head`` Linear (transformers' ``ViTForImageClassification``).
 
     Returns an empty list when the model has no recognisable head (then pass ``head_modules``).
     """
@@ -89,13 +90,23 @@ def classifier_names(model: nn.Module, head_modules: Sequence[str] | None = None
     head = get() if callable(get) else None
     if isinstance(head, nn.Module) and id(head) in names and any(True for _ in head.parameters()):
         return [names[id(head)]]
+    for attr in ("classifier", "head"):  # transformers' *ForImageClassification, plain models
+        head = getattr(model, attr, None)
+        wrapped = getattr(head, "original_module", None)  # peft's ModulesToSaveWrapper around the classifier
+        if (isinstance(head, nn.Linear) or isinstance(wrapped, nn.Linear)) and id(head) in names:
+            return [names[id(head)]]
     return []
 
 
+def _linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """``{name: Linear}``; a Linear wrapped by an adapter layer (``<name>.base_layer``) is listed under ``<name>``."""
+    return {n.removesuffix(".base_layer"): m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
 def linear_module_names(model: nn.Module, exclude: Sequence[str] = ()) -> list[str]:
-    """Names of all ``nn.Linear`` modules, minus those equal to or under ``exclude``."""
-    return [n for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not any(n == e or n.startswith(e + ".") for e in exclude)]
+    """Names of all ``nn.Linear`` modules (adapter-wrapped ones under the wrapper's name), minus those equal to or
+    under ``exclude``."""
+    return [n for n in _linears(model) if not any(n == e or n.startswith(e + ".") for e in exclude)]
 
 
 def resolve_preset(target_modules: str | Sequence[str]) -> str | list[str]:
@@ -158,7 +169,7 @@ def find_targets(
     bad = [s for s in fused_slices if s not in FUSED_SLICES]
     if bad or not fused_slices or len(set(fused_slices)) != len(fused_slices):
         raise ValueError(f"fused_slices must be distinct names out of {FUSED_SLICES}, got {tuple(fused_slices)}")
-    modules = dict(model.named_modules())
+    modules = _linears(model)
     candidates = linear_module_names(model, exclude=classifier_names(model, head_modules))
     if target_modules is None:
         targets = []

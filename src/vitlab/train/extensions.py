@@ -12,12 +12,13 @@
 Every returned scalar is multiplied by ``weight``, added to the cross-entropy, and logged as ``train/<name>/<key>``.
 A term may also expose ``last_metrics: dict[str, Tensor]`` (detached scalars refreshed by each call); they are logged
 as ``train/<name>/<key>`` per epoch, not added to the loss.
-The ``negatives`` config section builds one (patch-based negative augmentation).
+The ``negatives`` config section builds one (patch-based negative augmentation, registered below).
 
 **B. Model transforms.** A callable ``nn.Module -> nn.Module`` applied after the model is built (and its
 ``model.pretrained`` weights loaded) and before the optimizer collects the ``requires_grad`` parameters. The
-``peft`` config section picks one by ``method`` from ``MODEL_TRANSFORMS``; register more with
-``register_model_transform``.
+``peft`` config section picks one by ``method`` from vitlab's one method registry, ``vitlab.peft.PEFT_METHODS``
+(``MODEL_TRANSFORMS`` here is the same table); register more with ``register_model_transform`` (the harness's name
+for ``vitlab.peft.register_method``).
 
 Example:
     >>> class ZeroTerm:
@@ -40,6 +41,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from vitlab.losses import NegativeAugmentationLoss
+from vitlab.peft.methods import PEFT_METHODS, build_peft_transform, register_method
 from vitlab.train.config import NegativesConfig, PeftConfig
 
 __all__ = [
@@ -66,8 +69,8 @@ class LossTerm(Protocol):
     def __call__(self, task: Any, batch: tuple[Tensor, Tensor], outputs: dict[str, Tensor]) -> dict[str, Tensor]: ...
 
 
-# method name -> factory(target_modules=..., **options) -> ModelTransform
-MODEL_TRANSFORMS: dict[str, Callable[..., ModelTransform]] = {}
+# method name -> factory(target_modules=..., **options) -> ModelTransform: the one registry of vitlab.peft
+MODEL_TRANSFORMS: dict[str, Callable[..., ModelTransform]] = PEFT_METHODS
 # config section name -> factory(section dataclass) -> LossTerm | None
 LOSS_TERMS: dict[str, Callable[[Any], LossTerm | None]] = {}
 
@@ -76,8 +79,7 @@ def register_model_transform(method: str) -> Callable:
     """Decorator: register ``factory(target_modules=None, **options) -> ModelTransform`` under ``peft.method``."""
 
     def decorator(factory: Callable[..., ModelTransform]) -> Callable[..., ModelTransform]:
-        MODEL_TRANSFORMS[method] = factory
-        return factory
+        return register_method(method, factory)
 
     return decorator
 
@@ -96,18 +98,16 @@ def build_model_transform(peft: PeftConfig) -> ModelTransform | None:
     """Return the model transform the ``peft`` section asks for, or ``None`` when ``method`` is null."""
     if peft.method is None:
         return None
-    _load_builtin_extensions()
     if peft.method not in MODEL_TRANSFORMS:
         raise ValueError(
             f"unknown peft.method {peft.method!r}; registered methods: {sorted(MODEL_TRANSFORMS)} "
             "(or null to train the whole model)"
         )
-    return MODEL_TRANSFORMS[peft.method](target_modules=peft.target_modules, **peft.options)
+    return build_peft_transform(peft.method, peft.target_modules, **peft.options)
 
 
 def build_loss_terms(negatives: NegativesConfig) -> list[LossTerm]:
     """Build the loss terms the config asks for (today: the ``negatives`` section)."""
-    _load_builtin_extensions()
     terms = []
     for section, config in (("negatives", negatives),):
         factory = LOSS_TERMS.get(section)
@@ -123,8 +123,9 @@ def build_loss_terms(negatives: NegativesConfig) -> list[LossTerm]:
     return terms
 
 
-def _load_builtin_extensions() -> None:
-    """Import the modules that register vitlab's own methods (kept lazy: lower layers stay Lightning-free)."""
-    from vitlab.train.builtin_extensions import sync_peft_methods
-
-    sync_peft_methods()
+@register_loss_term("negatives")
+def _negatives(config: NegativesConfig) -> NegativeAugmentationLoss | None:
+    if not config.enabled:
+        return None
+    return NegativeAugmentationLoss(config.kinds, config.patch_size, config.loss, weight=config.weight,
+                                    **config.options)

@@ -1,20 +1,14 @@
-"""Kronecker Adaptation (KAdaptation): config, layers and model-level functions, in HF peft's tuner layout."""
+"""Kronecker Adaptation (KAdaptation) as an HF peft method: config, layer and tuner in peft's tuner layout."""
 
-from vitlab.peft.kadaptation.config import KAdaptationConfig
-from vitlab.peft.kadaptation.layer import KAdaptationDelta, KroneckerRule
-from vitlab.peft.kadaptation.model import (
-    apply_kadaptation,
-    kadaptation_layers,
-    merge_kadaptation,
-    unmerge_kadaptation,
-)
+from vitlab.peft.kadaptation.config import KADAPTATION, KAdaptationConfig
+from vitlab.peft.kadaptation.layer import KAdaptationLayer
+from vitlab.peft.kadaptation.model import KAdaptationModel, apply_kadaptation, kadaptation_layers
 
 __all__ = [
+    "KADAPTATION",
     "KAdaptationConfig",
-    "KAdaptationDelta",
-    "KroneckerRule",
+    "KAdaptationLayer",
+    "KAdaptationModel",
     "apply_kadaptation",
     "kadaptation_layers",
-    "merge_kadaptation",
-    "unmerge_kadaptation",
 ]

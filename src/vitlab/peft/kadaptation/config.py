@@ -15,60 +15,69 @@ They differ from the reference code in three documented places:
   forces materialising it every step; with p = 0 the update is applied as a Kronecker–vector product that never forms
   the ``d × d`` matrix (``path="auto"``). ``dropout > 0`` is supported and switches to the dense path.
 
+It is a ``peft.PeftConfig`` of ``peft_type="KADAPTATION"`` (registered with peft when ``vitlab.peft`` is imported):
+``peft.get_peft_model(model, KAdaptationConfig())``, ``save_pretrained`` and ``PeftModel.from_pretrained`` work.
+
 Example:
     >>> cfg = KAdaptationConfig(n=16, target_modules=r".*\\.attn\\.qkv")
-    >>> cfg.rank, cfg.a_rank, cfg.scale
-    (1, 1, 1.0)
+    >>> cfg.rank, cfg.a_rank, cfg.scale, cfg.peft_type
+    (1, 1, 1.0, 'KADAPTATION')
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
+
+from peft import PeftConfig
 
 from vitlab.peft.targets import FUSED_SLICES
 
-__all__ = ["KAdaptationConfig"]
+__all__ = ["KADAPTATION", "KAdaptationConfig"]
 
+KADAPTATION = "KADAPTATION"  # peft_type (a plain string: peft's PeftType enum is closed to other packages)
 PATHS = ("auto", "factored", "dense")
 
 
 @dataclass
-class KAdaptationConfig:
-    """Configuration of ``apply_kadaptation``: ΔW = s · Σ_{i=1..n} A_i ⊗ (u_i v_iᵀ) on each targeted weight block.
+class KAdaptationConfig(PeftConfig):
+    """Configuration of KAdaptation: ΔW = s · Σ_{i=1..n} A_i ⊗ (u_i v_iᵀ) on each targeted weight block.
 
     Args:
         n: number of Kronecker terms and size of each ``A_i`` (n × n). Must divide both dimensions of every targeted
             weight block; ``B_i`` is ``(out/n) × (in/n)``.
         rank: rank ``r`` of each ``B_i = u_i v_iᵀ``.
         a_rank: rank of each shared ``A_i = a_i c_iᵀ``; ``None`` keeps ``A_i`` a full n × n matrix.
-        share_a: share the ``A`` factors across layers, one set per role (``q``, ``v``, or a Linear's last name
-            component such as ``fc1``); ``False`` gives every targeted block its own ``A``.
-        bias: one trainable bias per adapted layer, added to every adapted slice (shared by Q and V, as in the
-            reference); needs the base Linear to have a bias so that merging can fold it.
+        share_a: share the ``A`` factors ("slow weights") across layers, one set per role (``q``, ``v``, or a Linear's
+            last name component such as ``fc1`` or ``query``); ``False`` gives every targeted block its own ``A``.
+        delta_bias: one trainable bias per adapted layer, added to every adapted slice (shared by Q and V, as in the
+            reference); needs the base Linear to have a bias so that merging can fold it. (Called ``bias`` in vitlab
+            0.1; peft reserves ``bias`` for its ``"none"/"all"`` option.)
         scale: the constant ``s`` multiplying ΔW (see the module docstring for why 1 and not the reference's 160).
         dropout: dropout probability on the dense ΔW during training (reference 0.5); 0 keeps the cheap path.
-        path: ``"factored"`` (Kronecker–vector product, no dense ΔW), ``"dense"`` (materialise ΔW each forward),
-            or ``"auto"`` (factored unless dropout > 0 or the dense product is cheaper for the layer shape).
-        target_modules: ``None`` (attention query and value projections), a preset of
+        path: ``"factored"`` (two small GEMMs, no dense ΔW), ``"dense"`` (materialise ΔW each forward), or ``"auto"``
+            (factored unless dropout > 0 or the dense product is cheaper for the layer shape).
+        target_modules: ``None`` (attention query and value projections: the Q and V rows of fused ``qkv`` Linears,
+            Linears named ``q``/``q_proj``/``query``/``v``/``v_proj``/``value``), a preset of
             ``vitlab.peft.TIMM_TARGET_PRESETS``, a list of module names, a regex, or ``"auto"`` (read
-            ``intrinsic_table``).
+            ``intrinsic_table``; replaced by the chosen module names when the adapter is created).
         fused_slices: rows of a matched fused ``qkv`` Linear to adapt, subset of ``("q", "k", "v")``.
         intrinsic_table: CSV written by ``vitlab intrinsic-dim --per-module`` (columns ``module,d90``), read when
             ``target_modules == "auto"``.
         auto_top_k: ``auto`` adapts the ``auto_top_k`` module kinds with the smallest d90 that this model has.
-        train_head: keep the classifier head trainable (the base model is always frozen).
-        head_modules: names of the classifier modules; default: timm's ``model.get_classifier()``.
-        seed: seed of the initialisation (a private ``torch.Generator``, global RNG untouched); ``None`` uses the
-            global RNG.
+        train_head: train the classifier head (through peft's ``modules_to_save``); the base model is frozen.
+        modules_to_save: modules trained and saved whole; ``None`` with ``train_head`` means the classifier
+            (timm's ``get_classifier()``, or a top-level ``classifier`` / ``head`` Linear as in transformers).
+        seed: seed of the factor initialisation (a private ``torch.Generator``; global RNG untouched); ``None`` uses
+            the global RNG.
     """
 
     n: int = field(default=32, metadata={"help": "Kronecker terms; A_i is n x n"})
     rank: int = field(default=1, metadata={"help": "rank of B_i = u_i v_i^T"})
     a_rank: int | None = field(default=1, metadata={"help": "rank of the shared A_i (None: full n x n)"})
     share_a: bool = field(default=True, metadata={"help": "share A across layers, one set per role (q, v, ...)"})
-    bias: bool = field(default=True, metadata={"help": "one bias per layer shared by its adapted slices"})
+    delta_bias: bool = field(default=True, metadata={"help": "one bias per layer shared by its adapted slices"})
     scale: float = field(default=1.0, metadata={"help": "constant s multiplying Delta W"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the dense Delta W (forces the dense path)"})
     path: Literal["auto", "factored", "dense"] = field(default="auto", metadata={"help": "how Delta W is applied"})
@@ -76,11 +85,13 @@ class KAdaptationConfig:
     fused_slices: tuple[str, ...] = field(default=("q", "v"), metadata={"help": "rows of a fused qkv to adapt"})
     intrinsic_table: str | None = field(default=None, metadata={"help": "per-module d90 CSV for target 'auto'"})
     auto_top_k: int = field(default=2, metadata={"help": "module kinds chosen by 'auto'"})
-    train_head: bool = field(default=True, metadata={"help": "keep the classifier head trainable"})
-    head_modules: list[str] | None = field(default=None, metadata={"help": "classifier module names"})
+    train_head: bool = field(default=True, metadata={"help": "train the classifier head (modules_to_save)"})
+    modules_to_save: list[str] | None = field(default=None, metadata={"help": "modules trained and saved whole"})
     seed: int | None = field(default=0, metadata={"help": "seed of the factor initialisation"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = KADAPTATION
         if not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"n must be a positive int, got {self.n!r}")
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -103,9 +114,5 @@ class KAdaptationConfig:
             self.target_modules = list(self.target_modules)
         if not isinstance(self.auto_top_k, int) or self.auto_top_k < 1:
             raise ValueError(f"auto_top_k must be a positive int, got {self.auto_top_k!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict (stored in adapter checkpoints); ``KAdaptationConfig(**d)`` rebuilds it."""
-        out = asdict(self)
-        out["fused_slices"] = list(self.fused_slices)
-        return out
+        if self.modules_to_save is not None:
+            self.modules_to_save = list(self.modules_to_save)

@@ -1,0 +1,267 @@
+"""Row-slice tuners for HF peft: adapt only some output rows of an ``nn.Linear`` (the Q and V rows of a fused ``qkv``).
+
+A peft layer always adapts a whole weight, so peft cannot adapt only the query and value rows of timm's fused ``qkv``
+(peft PR #1705). ``RowSliceLayer`` is a peft ``BaseTunerLayer`` whose adapters each own one or more row slices
+``(a, b)`` of the wrapped Linear; ``RowSliceTuner`` is the ``BaseTuner`` that finds the targets with
+``vitlab.peft.targets.find_targets`` (fused ``qkv`` slices, or whole Linears such as HF ``query`` / ``value``) and
+trains the classifier head through peft's ``modules_to_save``. KAdaptation and ``lora_qv`` are built on them.
+
+A subclass layer describes an adapter's update with ``delta_terms(name)``: a low-rank part ``x ↦ (x R) Lᵀ`` (``R``
+``(in, K)``, ``L`` ``(out, K)``, zero rows outside the slices), and/or a dense ``(out, in)`` ΔW, and/or a bias
+``(out,)``. The forward pass is ``F.linear(x, W + ΔW, b + bias)`` followed by one ``addmm`` per low-rank part: no
+slice writes and no dense ΔW on the low-rank path.
+
+Example:
+    >>> import timm
+    >>> from peft import get_peft_model
+    >>> from vitlab.peft import KAdaptationConfig
+    >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=1,
+    ...                         num_heads=2, num_classes=3)
+    >>> model = get_peft_model(vit, KAdaptationConfig(n=8))
+    >>> type(model.base_model.model.blocks[0].attn.qkv).__name__, model.base_model.model.blocks[0].attn.qkv.slice_rows
+    ('KAdaptationLayer', {'default': {'q': (0, 64), 'v': (128, 192)}})
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+from vitlab.peft.auto import auto_targets
+from vitlab.peft.targets import Target, classifier_names, find_targets
+
+__all__ = ["DeltaTerms", "RowSliceLayer", "RowSliceTuner"]
+
+
+class DeltaTerms(NamedTuple):
+    """One adapter's update of a ``RowSliceLayer`` (any part may be ``None``).
+
+    Attributes:
+        right: ``(in, K)``; with ``left`` the low-rank update ``x ↦ dropout(x) R Lᵀ``.
+        left: ``(out, K)`` (scale included).
+        dense: ``(out, in)`` ΔW added to the weight in the forward pass (dropout already applied).
+        bias: ``(out,)`` added to the output.
+        input_dropout: dropout probability on ``x`` before ``R`` (training only).
+    """
+
+    right: torch.Tensor | None = None
+    left: torch.Tensor | None = None
+    dense: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    input_dropout: float = 0.0
+
+
+class RowSliceLayer(nn.Module, BaseTunerLayer):
+    """A frozen ``nn.Linear`` (``base_layer``) plus named adapters, each adapting row slices of its weight.
+
+    Subclasses set ``adapter_layer_names`` and implement ``update_layer`` (which must fill ``slice_rows[name]``),
+    ``delta_terms`` and ``delta_weight``.
+
+    Args:
+        base_layer: the wrapped ``nn.Linear`` (weight ``(out, in)``).
+    """
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        nn.Module.__init__(self)
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"{type(self).__name__} wraps an nn.Linear, got {type(base_layer).__name__}; target "
+                            "only Linear modules")
+        self.base_layer = base_layer
+        self.slice_rows: dict[str, dict[str, tuple[int, int]]] = {}
+        self.merged_adapters: list[str] = []
+        self._disable_adapters = False
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+
+    @abstractmethod
+    def delta_terms(self, adapter_name: str) -> DeltaTerms:
+        """The update of ``adapter_name`` as used by ``forward`` (training-mode dropout included)."""
+
+    @abstractmethod
+    def delta_weight(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(ΔW (out, in), Δb (out,) or None)`` of ``adapter_name``, deterministic (no dropout): what merge adds."""
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """peft's name for the dense ``(out, in)`` update of ``adapter_name``."""
+        return self.delta_weight(adapter_name)[0]
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``x[..., in] -> [..., out]``: the base Linear plus every active, unmerged adapter."""
+        base = self.base_layer
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return base(x, *args, **kwargs)
+        active = [name for name in self.active_adapters if name in self.slice_rows]
+        if self.merged or not active:
+            return base(x, *args, **kwargs)
+        weight, bias = base.weight, base.bias
+        low_rank = []
+        for name in active:
+            terms = self.delta_terms(name)
+            if terms.dense is not None:
+                weight = weight + terms.dense.to(weight.dtype)
+            if terms.bias is not None:
+                bias = terms.bias.to(weight.dtype) if bias is None else bias + terms.bias.to(bias.dtype)
+            if terms.right is not None:
+                low_rank.append(terms)
+        out = F.linear(x, weight, bias)
+        if not low_rank:
+            return out
+        flat, inputs = out.reshape(-1, self.out_features), x.reshape(-1, self.in_features)
+        for terms in low_rank:
+            h = inputs.to(terms.right.dtype)
+            if terms.input_dropout and self.training:
+                h = F.dropout(h, terms.input_dropout)
+            flat = torch.addmm(flat, (h @ terms.right).to(flat.dtype), terms.left.T.to(flat.dtype))
+        return flat.reshape(out.shape)
+
+    @torch.no_grad()
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Add the active (or the named) adapters' ΔW and Δb to ``base_layer``.
+
+        Args:
+            safe_merge: compute on a copy and refuse to write non-finite weights.
+            adapter_names: adapters to merge (default: the active ones).
+        """
+        base = self.base_layer
+        for name in check_adapters_to_merge(self, adapter_names):
+            if name not in self.slice_rows:
+                continue
+            delta, delta_bias = self.delta_weight(name)
+            new_weight = base.weight + delta.to(base.weight.dtype)
+            new_bias = None if delta_bias is None else base.bias + delta_bias.to(base.bias.dtype)
+            if safe_merge and not (torch.isfinite(new_weight).all() and (new_bias is None or
+                                                                          torch.isfinite(new_bias).all())):
+                raise ValueError(f"merging adapter {name!r} produced non-finite weights (it diverged); the base layer "
+                                 "is unchanged")
+            base.weight.copy_(new_weight)
+            if new_bias is not None:
+                base.bias.copy_(new_bias)
+            self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract every merged adapter again (no-op when nothing is merged)."""
+        base = self.base_layer
+        while self.merged_adapters:
+            delta, delta_bias = self.delta_weight(self.merged_adapters.pop())
+            base.weight.sub_(delta.to(base.weight.dtype))
+            if delta_bias is not None:
+                base.bias.sub_(delta_bias.to(base.bias.dtype))
+
+    def _record_slices(self, adapter_name: str, targets: list[Target]) -> dict[str, tuple[int, int]]:
+        rows = {t.slice_name or "all": t.rows for t in targets}
+        self.slice_rows[adapter_name] = rows
+        return rows
+
+    def _bias_rows(self, adapter_name: str, bias: torch.Tensor) -> torch.Tensor:
+        """A ``(out,)`` vector holding ``bias`` (one slice wide) on every slice of ``adapter_name``, zero elsewhere."""
+        rows = self.slice_rows[adapter_name].values()
+        if len(rows) == 1 and next(iter(rows)) == (0, self.out_features):
+            return bias
+        full = bias.new_zeros(self.out_features)
+        for a, b in rows:
+            full[a:b] = bias
+        return full
+
+    def extra_repr(self) -> str:
+        return f"slices={self.slice_rows}, merged={self.merged_adapters}"
+
+
+class RowSliceTuner(BaseTuner):
+    """``BaseTuner`` for ``RowSliceLayer`` methods: vitlab's target syntax, the classifier in ``modules_to_save``.
+
+    The config must have ``target_modules``, ``fused_slices``, ``train_head`` and ``modules_to_save`` fields (and may
+    have ``intrinsic_table`` / ``auto_top_k`` for ``target_modules="auto"``). Subclasses set ``prefix`` and
+    ``tuner_layer_cls`` and may override ``_new_adapter_state`` for state shared by all layers of one adapter
+    (``shared_attr`` names the ``nn.ModuleDict`` that holds it, keyed by adapter name).
+    """
+
+    target_module_mapping: dict[str, list[str]] = {}
+    shared_attr: str | None = None
+
+    def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
+        return peft_config  # targets are resolved against the model in _prepare_model
+
+    def _prepare_model(self, peft_config: Any, model: nn.Module) -> None:
+        """Resolve the targets (and the classifier head to train) of the adapter being injected."""
+        heads = list(peft_config.modules_to_save) if peft_config.modules_to_save else None
+        if peft_config.target_modules == "auto":
+            _, targets = auto_targets(model, peft_config.intrinsic_table, peft_config.auto_top_k, heads)
+            # store what was chosen, so that the saved adapter_config.json rebuilds it without the table
+            peft_config.target_modules = sorted({t.module_name for t in targets})
+            peft_config.fused_slices = tuple(s for s in ("q", "k", "v") if any(t.slice_name == s for t in targets)) \
+                or peft_config.fused_slices
+        else:
+            targets = find_targets(model, peft_config.target_modules, peft_config.fused_slices, heads)
+        self._check_targets(peft_config, targets)
+        self._pending_targets: dict[str, list[Target]] = {}
+        for target in targets:
+            self._pending_targets.setdefault(target.module_name, []).append(target)
+        if peft_config.train_head and peft_config.modules_to_save is None:
+            found = classifier_names(model)
+            if not found:
+                raise ValueError(f"train_head=True but {type(model).__name__} has no get_classifier() and no "
+                                 "'classifier'/'head' Linear: set modules_to_save=['<head module>'] or "
+                                 "train_head=False")
+            peft_config.modules_to_save = found
+
+    def _check_targets(self, peft_config: Any, targets: list[Target]) -> None:
+        """Hook: validate the resolved targets against the config before anything is created."""
+
+    def _check_target_module_exists(self, peft_config: Any, key: str) -> bool:
+        return key in self._pending_targets
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        """peft's ``inject_adapter`` (used by ``get_peft_model`` and ``add_adapter``), after creating the adapter's
+        seeded generator and its shared-state container."""
+        seed = self.peft_config[adapter_name].seed
+        self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        if self.shared_attr is not None:
+            if self.shared_attr not in self._modules:
+                self.add_module(self.shared_attr, nn.ModuleDict())
+            self._modules[self.shared_attr][adapter_name] = nn.ParameterDict()
+        try:
+            super().inject_adapter(model, adapter_name, *args, **kwargs)
+        except Exception:
+            if self.shared_attr is not None:
+                del self._modules[self.shared_attr][adapter_name]
+            raise
+
+    def _create_and_replace(
+        self, peft_config: Any, adapter_name: str, target: nn.Module, target_name: str, parent: nn.Module,
+        current_key: str, parameter_name: str | None = None,
+    ) -> None:
+        targets = self._pending_targets[current_key]
+        shared = self._modules[self.shared_attr][adapter_name] if self.shared_attr else None
+        if isinstance(target, self.tuner_layer_cls):
+            target.update_layer(adapter_name, peft_config, targets, shared=shared, generator=self._generator)
+            return
+        if isinstance(target, BaseTunerLayer):
+            raise ValueError(f"{current_key} already carries a {type(target).__name__} adapter of another method; "
+                             "one model takes adapters of one peft method")
+        layer = self.tuner_layer_cls(target)
+        layer.update_layer(adapter_name, peft_config, targets, shared=shared, generator=self._generator)
+        self._replace_module(parent, target_name, layer, target)
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """peft's ``set_adapter``, also switching gradients of the adapters' shared state."""
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        if self.shared_attr and self.shared_attr in self._modules:
+            for name, state in self._modules[self.shared_attr].items():
+                state.requires_grad_(name in names and not inference_mode)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """peft's ``delete_adapter``, also dropping the adapter's shared state and slice records."""
+        super().delete_adapter(adapter_name)
+        if self.shared_attr and adapter_name in self._modules.get(self.shared_attr, {}):
+            del self._modules[self.shared_attr][adapter_name]
+        for module in self.model.modules():
+            if isinstance(module, RowSliceLayer):
+                module.slice_rows.pop(adapter_name, None)
