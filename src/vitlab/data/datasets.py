@@ -22,15 +22,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, RandomSampler
 from torchvision.datasets import ImageFolder
-from torchvision.transforms.v2 import functional as TF
 
-from .transforms import Normalize, fit_geometry, resize_center_crop
+from vitlab.errors import DataError, MissingFileError
+
+from .transforms import Normalize, fit_geometry, pil_to_uint8, resize_center_crop
 
 __all__ = [
-    "TensorImageDataset", "ImageFolderDataset", "EpochRandomSampler", "image_folder_classes", "scan_image_folder",
+    "TensorImageDataset", "ImageFolderDataset", "EpochRandomSampler", "image_folder_classes", "read_image",
+    "scan_image_folder",
 ]
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
@@ -96,11 +98,11 @@ def image_folder_classes(folder: str | Path) -> tuple[str, ...]:
     """Sorted class-folder names of an ImageFolder split, e.g. ``root/train`` (torchvision's rule).
 
     Raises:
-        FileNotFoundError: the folder has no class sub-folders.
+        MissingFileError: the folder has no class sub-folders.
     """
     classes = tuple(sorted(entry.name for entry in Path(folder).iterdir() if entry.is_dir()))
     if not classes:
-        raise FileNotFoundError(f"{folder} has no class folders; expected {folder}/<class>/<image>.png")
+        raise MissingFileError(f"{folder} has no class folders; expected {folder}/<class>/<image>.png")
     return classes
 
 
@@ -112,22 +114,52 @@ def scan_image_folder(folder: str | Path, class_names: Sequence[str] | None = No
         class_names: the label order (from the training folder); None uses ``folder``'s own sorted class folders.
 
     Raises:
-        ValueError: a class folder in `folder` is not among `class_names`.
+        DataError: a class folder in `folder` is not among `class_names`.
     """
     tree = ImageFolder(str(folder), allow_empty=class_names is not None)
     if class_names is None:
         return list(tree.samples)
     unknown = sorted(set(tree.classes) - set(class_names))
     if unknown:
-        raise ValueError(f"{folder} has class folders {unknown} that the training folder lacks; "
+        raise DataError(f"{folder} has class folders {unknown} that the training folder lacks; "
                          f"training classes: {list(class_names)}")
     index = {name: i for i, name in enumerate(class_names)}
     return [(path, index[tree.classes[t]]) for path, t in tree.samples]
 
 
+def read_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:
+    """Read one image file as uint8 ``[C, H, W]`` in PIL ``mode`` ("L": C = 1, "RGB": C = 3) with `pil_to_uint8`:
+    16-bit grayscale images are scaled to 8 bits (65535 -> 255), not clipped to white as PIL's conversion does.
+
+    Raises:
+        MissingFileError: no such file. DataError: the file is not an image, or is truncated or corrupt (names it).
+
+    Example:
+        >>> import numpy as np, tempfile, os
+        >>> from PIL import Image
+        >>> path = os.path.join(tempfile.mkdtemp(), "deep.png")
+        >>> Image.fromarray(np.array([[0, 32896, 65535]], dtype=np.uint16)).save(path)
+        >>> read_image(path, "L").tolist()
+        [[[0, 128, 255]]]
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return pil_to_uint8(img, mode)
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:  # PIL's errors for broken files
+        raise DataError(f"{path} is not a readable image ({type(err).__name__}: {err}); replace or remove the "
+                        "file") from None
+
+
 class ImageFolderDataset(_ImageDataset):
-    """Images read from disk per sample: converted to ``mode`` ("L" or "RGB"), shorter side resized to `img_size`,
-    center-cropped, then normalised like `TensorImageDataset`.
+    """Images read from disk per sample with `read_image` (converted to ``mode`` "L" or "RGB", 16-bit images scaled
+    to 8 bits), shorter side resized to `img_size`, center-cropped, then normalised like `TensorImageDataset`.
+    An unreadable file raises `vitlab.errors.DataError` naming it.
 
     Args:
         samples: ``(path, label)`` pairs, e.g. from `scan_image_folder`.
@@ -147,10 +179,7 @@ class ImageFolderDataset(_ImageDataset):
         return len(self.samples)
 
     def _load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        images = []
-        for i in indices:
-            with Image.open(self.samples[i][0]) as img:
-                images.append(resize_center_crop(TF.pil_to_tensor(img.convert(self.mode)), self.img_size))
+        images = [resize_center_crop(read_image(self.samples[i][0], self.mode), self.img_size) for i in indices]
         labels = torch.tensor([self.samples[i][1] for i in indices], dtype=torch.int64)
         return torch.stack(images), labels
 

@@ -30,10 +30,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from vitlab.errors import ConfigError, VitlabError
+
 from .readers import find_idx_files, resolve_cifar_dir
 from .registry import DATASET_NAMES, IDX_FILE_STEMS, get_spec
 
-__all__ = ["default_cache_dir", "dataset_dir", "is_installed", "install_dataset", "list_datasets", "InstallError"]
+__all__ = ["default_cache_dir", "dataset_dir", "is_installed", "install_dataset", "list_datasets", "InstallError",
+           "manual_install_hint"]
 
 #: Where the Debian package ``dataset-fashion-mnist`` keeps its files (relative to the file-system root).
 DEB_FASHION_MNIST_PATH = "usr/share/datasets/fashion-mnist"
@@ -45,8 +48,9 @@ _TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifa
                         "cifar100": "CIFAR100"}
 
 
-class InstallError(RuntimeError):
-    """Every source for a dataset failed; the message lists what each one reported."""
+class InstallError(VitlabError, RuntimeError):
+    """Every source for a dataset failed; the one-line message lists what each one reported and where to put the
+    files by hand (the fix when there is no internet)."""
 
 
 class _SourceFailed(Exception):
@@ -171,12 +175,13 @@ def install_dataset(name: str, cache_dir: str | Path | None = None, progress: bo
         The dataset folder, e.g. ``~/.cache/vitlab/fashion_mnist`` (for ``digits``: scikit-learn's data folder).
 
     Raises:
-        ValueError: unknown name, or a name whose files the user brings (``imagefolder``, ``idx``).
-        InstallError: every source failed; the message says why for each.
+        ConfigError: unknown name, or a name whose files the user brings (``imagefolder``, ``idx``).
+        InstallError: every source failed (e.g. no internet); the one-line message says why for each and where to
+            put the files instead.
     """
     spec = get_spec(name)
     if not spec.installable:
-        raise ValueError(f"{name!r} reads your own files and has nothing to install: pass root=PATH to "
+        raise ConfigError(f"{name!r} reads your own files and has nothing to install: pass root=PATH to "
                          f"build_datamodule. Installable datasets: {', '.join(n for n in DATASET_NAMES if n != name)}")
     if name == "digits":
         return _digits_path()
@@ -204,8 +209,28 @@ def install_dataset(name: str, cache_dir: str | Path | None = None, progress: bo
         if progress:
             print(f"vitlab: {name} installed in {dest}", file=sys.stderr, flush=True)
         return dest
-    raise InstallError(f"could not install {name} into {dest}:\n  " + "\n  ".join(errors)
-                       + f"\nFix one source above, or put the files into {dest} yourself.")
+    raise InstallError(f"could not install {name} ({'; '.join(errors)}). Without internet, put the files there "
+                       f"yourself: {manual_install_hint(name, dest)}")
+
+
+def manual_install_hint(name: str, dest: str | Path) -> str:
+    """Where and how to put dataset ``name``'s files by hand so that vitlab finds them in ``dest``.
+
+    Example:
+        >>> manual_install_hint("mnist", "/data/mnist").split(" into ")[-1]
+        '/data/mnist/'
+    """
+    dest = Path(dest)
+    if name in ("mnist", "fashion_mnist"):
+        stems = ", ".join(f"{stem}[.gz]" for stem in IDX_FILE_STEMS.values())
+        return f"copy the four IDX files {stems} into {dest}/"
+    if name == "cifar10":
+        return (f"unpack cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) so that "
+                f"{dest / 'cifar-10-batches-py'}/ holds data_batch_1..5, test_batch and batches.meta")
+    if name == "cifar100":
+        return (f"unpack cifar-100-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) so that "
+                f"{dest / 'cifar-100-python'}/ holds train, test and meta")
+    raise ConfigError(f"{name!r} has no files to put by hand; installable: {', '.join(DATASET_NAMES)}")
 
 
 def _digits_path() -> Path:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from vitlab.errors import ConfigError, MissingFileError
+
 from .install import dataset_dir, is_installed
 from .readers import Split, find_idx_files, read_cifar, read_digits, read_idx_split
 from .registry import IDX_FILE_STEMS, get_spec
@@ -30,8 +32,8 @@ class LoadedData:
     class_names: tuple[str, ...]
 
 
-def _not_installed(name: str, folder: Path) -> FileNotFoundError:
-    return FileNotFoundError(
+def _not_installed(name: str, folder: Path) -> MissingFileError:
+    return MissingFileError(
         f"{name} is not installed in vitlab's cache ({folder}). Run `vitlab data install {name}` (or call "
         f"datamodule.prepare_data()), or point $VITLAB_DATA at a cache that holds it."
     )
@@ -49,7 +51,7 @@ def resolve_idx_files(root: str | Path | None, files: dict[str, str | Path | Non
     """
     unknown = set(files) - set(IDX_FILE_STEMS)
     if unknown:
-        raise ValueError(f"unknown idx file keys {sorted(unknown)}; valid keys: {', '.join(IDX_FILE_STEMS)}")
+        raise ConfigError(f"unknown idx file keys {sorted(unknown)}; valid keys: {', '.join(IDX_FILE_STEMS)}")
     standard = find_idx_files(root)[0] if root is not None else {}
     resolved, problems = {}, []
     for key, stem in IDX_FILE_STEMS.items():
@@ -66,7 +68,7 @@ def resolve_idx_files(root: str | Path | None, files: dict[str, str | Path | Non
         else:
             problems.append(f"{key}: {path} does not exist")
     if problems:
-        raise FileNotFoundError(
+        raise MissingFileError(
             "idx dataset files not found:\n  " + "\n  ".join(problems) + "\nPass root=FOLDER holding the four "
             "MNIST-layout files, or the paths train_images=, train_labels=, test_images=, test_labels=."
         )
@@ -88,19 +90,20 @@ def load_in_memory(
         idx_files: for ``idx`` only, see `resolve_idx_files`.
 
     Raises:
-        FileNotFoundError: the files are missing; the message names the install command or the expected files.
+        MissingFileError: the files are missing; the message names the install command or the expected files.
+        DataError: a file is corrupt, truncated or empty, or a label is outside the class range (names the file).
     """
     spec = get_spec(name)
     if name == "imagefolder":
-        raise ValueError("imagefolder is read from disk per sample; use resolve_image_folder")
+        raise ConfigError("imagefolder is read from disk per sample; use resolve_image_folder")
     if name == "digits":
         if root is not None:
-            raise ValueError("digits ships with scikit-learn and reads no files: leave root=None")
+            raise ConfigError("digits ships with scikit-learn and reads no files: leave root=None")
         train, test = read_digits()
         return LoadedData(train, test, spec.class_names)
     if name == "idx":
-        train, test = read_idx_split(resolve_idx_files(root, idx_files or {}))
-        num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+        train, test = read_idx_split(resolve_idx_files(root, idx_files or {}))  # checks the labels (0..K-1)
+        num_classes = int(train.labels.max()) + 1
         return LoadedData(train, test, tuple(str(i) for i in range(num_classes)))
     folder = Path(root) if root is not None else dataset_dir(name, cache_dir)
     if root is None and not is_installed(name, cache_dir):
@@ -110,11 +113,11 @@ def load_in_memory(
         return LoadedData(train, test, class_names)
     found, missing = find_idx_files(folder)
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{name} files not found in {folder}: missing {', '.join(missing)}. Put the IDX files there (raw or "
             f".gz), or pass root=None to use vitlab's cache, which `vitlab data install {name}` fills."
         )
-    train, test = read_idx_split(found)
+    train, test = read_idx_split(found, num_classes=spec.num_classes)
     return LoadedData(train, test, spec.class_names)
 
 
@@ -126,11 +129,11 @@ def resolve_image_folder(root: str | Path | None) -> tuple[Path, Path]:
     """
     layout = "root/train/<class>/<image>.png and root/test/<class>/... (or root/val/<class>/...)"
     if root is None:
-        raise ValueError(f"imagefolder reads your own images: pass root=PATH laid out as {layout}")
+        raise ConfigError(f"imagefolder reads your own images: pass root=PATH laid out as {layout}")
     root = Path(root)
     test = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or test is None:
-        raise FileNotFoundError(f"imagefolder root {root} must hold train/ and test/ (or val/): {layout}")
+        raise MissingFileError(f"imagefolder root {root} must hold train/ and test/ (or val/): {layout}")
     return root / "train", test
 
 
