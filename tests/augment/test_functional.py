@@ -135,19 +135,19 @@ def test_move_cells_keeps_gradients():
 
 
 def test_valid_patch_sizes():
-    assert valid_patch_sizes(32, 32) == [1, 2, 4, 8, 16, 32]
+    assert valid_patch_sizes(32, 32) == [2, 4, 8, 16, 32]
     assert valid_patch_sizes(384, 384, model_patch_size=16) == [16, 32, 48, 64, 96, 128, 192, 384]
     assert valid_patch_sizes(224, 224, model_patch_size=32) == [32, 224]
-    assert valid_patch_sizes(16, 24, accept=lambda r, c: r * c >= 2) == [1, 2, 4, 8]
+    assert valid_patch_sizes(16, 24, accept=lambda r, c: r * c >= 2) == [2, 4, 8]
 
 
 def test_cell_grid_errors_list_sizes():
     assert cell_grid(16, 24, 8) == (2, 3)
-    with pytest.raises(ValueError, match=r"does not divide the 32x32 input.*fit this 32x32 input: 1, 2, 4, 8, 16, 32"):
+    with pytest.raises(ValueError, match=r"does not divide the 32x32 input.*fit this 32x32 input: 2, 4, 8, 16, 32"):
         cell_grid(32, 32, 5)
     with pytest.raises(ValueError, match=r"not a multiple of model_patch_size=4.*: 4, 8, 16, 32"):
         cell_grid(32, 32, 2, model_patch_size=4)
-    with pytest.raises(ValueError, match=r"1x1 cell grid: one cell.*: 1, 2, 4, 8, 16$"):
+    with pytest.raises(ValueError, match=r"1x1 cell grid: one cell.*: 2, 4, 8, 16$"):
         cell_grid(32, 32, 32, problem=lambda r, c: "one cell" if r * c < 2 else None)
 
 

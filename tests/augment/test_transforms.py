@@ -7,6 +7,7 @@ import timm
 import torch
 
 from vitlab.augment import KINDS, NegativeViews, PatchInfill, PatchRotate, PatchShuffle, remap_cells
+from vitlab.errors import ConfigError
 
 CASES = {
     "shuffle": lambda **kw: PatchShuffle(4, **kw),
@@ -109,9 +110,9 @@ def test_infill_changes_only_centre_and_copies_border(rate, block):
 
 
 def test_infill_rate_error_lists_sizes():
-    with pytest.raises(ValueError, match=r"4x4 cell grid: no centred block of 6 cells.*fit this 32x32 input: 1, 2, 4$"):
+    with pytest.raises(ValueError, match=r"4x4 cell grid: no centred block of 6 cells.*fit this 32x32 input: 2, 4$"):
         PatchInfill(8, 0.375)(torch.rand(1, 3, 32, 32))
-    assert PatchInfill(8, 0.375).valid_patch_sizes(32, 32) == [1, 2, 4]
+    assert PatchInfill(8, 0.375).valid_patch_sizes(32, 32) == [2, 4]
     assert PatchInfill(4, None, centre_shape=(4, 6)).grid(32, 32) == (8, 8)
     with pytest.raises(ValueError, match="replace_rate"):
         PatchInfill(4, None)
@@ -173,7 +174,7 @@ def test_alignment_rule_with_model_patch_size():
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError, match="does not divide the 32x32 input.*: 1, 2, 4, 8, 16$"):
+    with pytest.raises(ValueError, match="does not divide the 32x32 input.*: 2, 4, 8, 16$"):
         PatchShuffle(5)(torch.rand(2, 3, 32, 32))
     with pytest.raises(TypeError, match="float or uint8"):
         PatchShuffle(4)(torch.zeros(1, 3, 8, 8, dtype=torch.int32))
@@ -181,9 +182,27 @@ def test_bad_inputs():
         PatchShuffle(4)(torch.rand(8, 8))
     with pytest.raises(TypeError, match="torch.Tensor"):
         PatchShuffle(4)([[0.0]])
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ConfigError, match="int >= 2, got 0"):
         PatchRotate(0)
     assert PatchShuffle(4)(torch.rand(0, 3, 8, 8), generator=gen()).shape == (0, 3, 8, 8)
+
+
+@pytest.mark.parametrize("make", [lambda: PatchRotate(1), lambda: PatchShuffle(1), lambda: PatchInfill(1),
+                                  lambda: NegativeViews(["rotate"], 1)])
+def test_one_pixel_cells_are_refused_as_a_silent_no_op(make):
+    # a 1-pixel cell turned in place is the input itself: the negative view would not differ from the image
+    x = torch.rand(1, 1, 4, 4)
+    rotated = remap_cells(x, 1, torch.arange(16).view(1, 16), torch.full((1, 16), 1))
+    assert torch.equal(rotated, x)
+    with pytest.raises(ConfigError, match="patch_size=1 makes 1-pixel cells"):
+        make()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"p": float("nan")}, "probability"), ({"p": True}, "probability"),
+                                                 ({"same_on_batch": "no"}, "same_on_batch must be true or false")])
+def test_constructor_arguments_are_validated(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        PatchShuffle(4, **kwargs)
 
 
 def test_single_cell_rotate_never_identity():

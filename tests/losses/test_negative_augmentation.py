@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from vitlab.augment import NegativeViews
 from vitlab.losses import ContrastiveNegativeLoss, L2NegativeLoss, NegativeAugmentationLoss, UniformNegativeLoss
+from vitlab.errors import ConfigError
 
 
 def tiny_vit() -> torch.nn.Module:
@@ -39,18 +40,37 @@ def test_protocol_attributes_and_config_mapping():
     "kwargs,match",
     [({"loss": "hinge"}, "unknown negative loss"), ({"loss": "uniform", "temperature": 0.1}, "do not apply"),
      ({"loss": "l2", "temperature": 0.1}, "do not apply"), ({"kinds": ["jigsaw"]}, "kinds must be"),
-     ({"weight": -1.0}, "weight"), ({"loss": UniformNegativeLoss(), "detach_clean": True}, "loss object")],
+     ({"weight": -1.0}, "weight"), ({"loss": UniformNegativeLoss(), "detach_clean": True}, "loss object"),
+     ({"weight": float("nan")}, "finite number >= 0"), ({"weight": float("inf")}, "finite number >= 0"),
+     ({"patch_size": 1}, "patch_size=1 makes 1-pixel cells"), ({"loss": "l2", "detach_clean": "no"}, "true or false"),
+     ({"loss": "contrastive", "temperature": float("inf")}, "finite number > 0"), ({"seed": 1.5}, "seed must be")],
 )
 def test_bad_configuration(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         NegativeAugmentationLoss(**{"patch_size": 4, **kwargs})
+
+
+def test_views_come_from_the_terms_own_seeded_generator_not_the_global_rng():
+    model, (images, labels) = tiny_vit(), batch()
+    task, outputs = SimpleNamespace(model=model), {"logits": model(images)}
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = NegativeAugmentationLoss(["shuffle", "rotate"], 4, seed=7)
+    first(task, (images, labels), outputs)
+    assert torch.equal(torch.get_rng_state(), before)  # the global RNG was neither drawn from nor reseeded
+    torch.manual_seed(123)  # a different global state does not change the views
+    second = NegativeAugmentationLoss(["shuffle", "rotate"], 4, seed=7)
+    second(task, (images, labels), outputs)
+    assert all(torch.equal(first.views.last_params[k], second.views.last_params[k]) for k in ("source", "rotation"))
+    other = NegativeAugmentationLoss(["shuffle", "rotate"], 4, seed=8)
+    other(task, (images, labels), outputs)
+    assert not torch.equal(first.views.last_params["source"], other.views.last_params["source"])
 
 
 def test_uniform_term_value_is_the_loss_on_the_drawn_views():
     model = tiny_vit()
     images, labels = batch()
     term = NegativeAugmentationLoss(["shuffle", "rotate"], 4, "uniform", weight=0.5)
-    torch.manual_seed(3)
     out = term(SimpleNamespace(model=model), (images, labels), {"logits": model(images)})
     replay = NegativeViews(["shuffle", "rotate"], 4)(images, params=term.views.last_params)
     expected = UniformNegativeLoss()(model(replay))

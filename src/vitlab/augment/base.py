@@ -9,8 +9,9 @@ Contract of every transform built on `PatchTransform`:
   replayed: ``t(y, params=t.last_params)``.
 - ``p``: probability that a sample is transformed (untransformed samples pass through bit-identical);
   ``same_on_batch``: one draw shared by the whole batch.
-- No silent no-op: a transformed sample never comes back with all its cells in place, and a ``patch_size`` that
-  does not fit the input raises an error that lists the sizes that do (``valid_patch_sizes(H, W)``).
+- No silent no-op: a transformed sample never comes back with all its cells in place, ``patch_size`` must be at least
+  2 (a 1-pixel cell turned in place is the identity), and a ``patch_size`` that does not fit the input raises an
+  error that lists the sizes that do (``valid_patch_sizes(H, W)``).
 - ``model_patch_size`` enforces the paper's alignment rule: ``patch_size`` must be a multiple of the ViT's patch size.
 
 Parameters (``last_params``): ``source`` and ``rotation`` ``(B, N)`` int64 (see `vitlab.augment.remap_cells`),
@@ -36,15 +37,24 @@ from torch import Tensor, nn
 
 from vitlab.augment.functional import cell_grid, move_cells, valid_patch_sizes
 from vitlab.augment.generators import apply_probability
+from vitlab.errors import ConfigError
 
-__all__ = ["Params", "PatchTransform", "check_positive_int"]
+__all__ = ["Params", "PatchTransform", "check_bool", "check_positive_int"]
 
 Params = dict[str, Tensor]
 
 
-def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` if it is an int >= ``minimum`` (not a bool); else a `vitlab.errors.ConfigError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is a bool; else a `vitlab.errors.ConfigError` (``"no"`` or ``0`` are not silently read)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
     return value
 
 
@@ -65,19 +75,23 @@ class PatchTransform(nn.Module, ABC):
         self, patch_size: int, *, p: float = 1.0, same_on_batch: bool = False, model_patch_size: int | None = None
     ) -> None:
         super().__init__()
-        self.patch_size = check_positive_int("patch_size", patch_size)
+        if patch_size == 1 and not isinstance(patch_size, bool):
+            raise ConfigError("patch_size=1 makes 1-pixel cells, which a rotation leaves unchanged and which are no "
+                              "patches: a negative view must differ from its input; use patch_size >= 2 (ideally "
+                              "the model's patch size or a multiple)")
+        self.patch_size = check_positive_int("patch_size", patch_size, minimum=2)
         if model_patch_size is not None:
             check_positive_int("model_patch_size", model_patch_size)
             if patch_size % model_patch_size:
                 multiples = ", ".join(str(model_patch_size * k) for k in range(1, 5))
-                raise ValueError(
+                raise ConfigError(
                     f"patch_size={patch_size} is not a multiple of model_patch_size={model_patch_size} (the paper's "
                     f"alignment rule): use one of {multiples}, ... that divides the input (see .valid_patch_sizes)"
                 )
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"p must be a probability in [0, 1], got {p}")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+            raise ConfigError(f"p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
-        self.same_on_batch = bool(same_on_batch)
+        self.same_on_batch = check_bool("same_on_batch", same_on_batch)
         self.model_patch_size = model_patch_size
         self.last_params: Params | None = None
 

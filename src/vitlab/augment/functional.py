@@ -31,6 +31,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from vitlab.errors import ConfigError
+
 __all__ = ["cell_grid", "move_cells", "remap_cells", "valid_patch_sizes"]
 
 
@@ -40,7 +42,8 @@ def valid_patch_sizes(
     model_patch_size: int | None = None,
     accept: Callable[[int, int], bool] | None = None,
 ) -> list[int]:
-    """Cell sizes that tile a ``height`` x ``width`` image exactly.
+    """Cell sizes that tile a ``height`` x ``width`` image exactly, from 2 pixels up (a 1-pixel cell is no patch: its
+    rotation is the identity, so the patch transforms refuse it).
 
     Args:
         height: image height H in pixels.
@@ -49,14 +52,14 @@ def valid_patch_sizes(
         accept: optional extra filter ``accept(grid_h, grid_w) -> bool`` on the resulting cell grid.
 
     Returns:
-        Increasing list of sizes ``s`` with ``H % s == 0`` and ``W % s == 0`` that pass the filters.
+        Increasing list of sizes ``s >= 2`` with ``H % s == 0`` and ``W % s == 0`` that pass the filters.
 
     Example:
         >>> valid_patch_sizes(224, 224, model_patch_size=16)
         [16, 32, 112, 224]
     """
     sizes = []
-    for size in range(1, min(height, width) + 1):
+    for size in range(2, min(height, width) + 1):
         if height % size or width % size:
             continue
         if model_patch_size is not None and size % model_patch_size:
@@ -74,7 +77,7 @@ def cell_grid(
     model_patch_size: int | None = None,
     problem: Callable[[int, int], str | None] | None = None,
 ) -> tuple[int, int]:
-    """The ``(rows, cols)`` cell grid of an image, or a ``ValueError`` that lists the patch sizes that fit.
+    """The ``(rows, cols)`` cell grid of an image, or a `vitlab.errors.ConfigError` that lists the patch sizes that fit.
 
     Args:
         height: image height H.
@@ -102,7 +105,7 @@ def cell_grid(
         sizes = valid_patch_sizes(height, width, model_patch_size, accept)
         aligned = f" (multiples of model_patch_size={model_patch_size})" if model_patch_size is not None else ""
         fits = ", ".join(map(str, sizes)) if sizes else "none (resize the input)"
-        raise ValueError(f"{'; '.join(problems)}. Patch sizes that fit this {height}x{width} input{aligned}: {fits}")
+        raise ConfigError(f"{'; '.join(problems)}. Patch sizes that fit this {height}x{width} input{aligned}: {fits}")
     return height // patch_size, width // patch_size
 
 

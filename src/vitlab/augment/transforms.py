@@ -20,6 +20,7 @@ import torch
 
 from vitlab.augment.base import Params, PatchTransform, check_positive_int
 from vitlab.augment.generators import infill_layout, infill_sources, rotation_turns, shuffle_sources
+from vitlab.errors import ConfigError
 
 __all__ = ["PatchInfill", "PatchRotate", "PatchShuffle"]
 
@@ -113,14 +114,14 @@ class PatchInfill(PatchTransform):
     ) -> None:
         super().__init__(patch_size, p=p, same_on_batch=same_on_batch, model_patch_size=model_patch_size)
         if replace_rate is None and centre_shape is None:
-            raise ValueError("give replace_rate (e.g. 0.25 or 0.375) or centre_shape=(rows, cols)")
+            raise ConfigError("give replace_rate (e.g. 0.25 or 0.375) or centre_shape=(rows, cols)")
         if replace_rate is not None and not 0.0 < float(replace_rate) < 1.0:
-            raise ValueError(f"replace_rate must be in (0, 1) (the paper uses 0.25 and 0.375), got {replace_rate}")
+            raise ConfigError(f"replace_rate must be in (0, 1) (the paper uses 0.25 and 0.375), got {replace_rate}")
         if centre_shape is not None:
             centre_shape = (check_positive_int("centre_shape[0]", centre_shape[0]),
                             check_positive_int("centre_shape[1]", centre_shape[1]))
         if source not in ("random", "distinct"):
-            raise ValueError(f"source must be 'random' or 'distinct', got {source!r}")
+            raise ConfigError(f"source must be 'random' or 'distinct', got {source!r}")
         self.replace_rate = None if replace_rate is None else float(replace_rate)
         self.centre_shape = centre_shape
         self.source = source

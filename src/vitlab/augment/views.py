@@ -16,6 +16,7 @@ from torch import nn
 
 from vitlab.augment.base import Params, PatchTransform
 from vitlab.augment.transforms import PatchInfill, PatchRotate, PatchShuffle
+from vitlab.errors import ConfigError
 
 __all__ = ["KINDS", "NegativeViews"]
 
@@ -60,7 +61,7 @@ class NegativeViews(PatchTransform):
         kinds = [kinds] if isinstance(kinds, str) else list(kinds)
         unknown = [k for k in kinds if k not in KINDS]
         if not kinds or unknown or len(set(kinds)) != len(kinds):
-            raise ValueError(f"kinds must be a non-empty list of distinct names from {list(KINDS)}, got {kinds}")
+            raise ConfigError(f"kinds must be a non-empty list of distinct names from {list(KINDS)}, got {kinds}")
         self.kinds = kinds
         common = {"model_patch_size": model_patch_size}
         factories = {

@@ -21,10 +21,14 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vitlab.errors import ConfigError
 
 __all__ = ["ContrastiveNegativeLoss", "L2NegativeLoss", "UniformNegativeLoss", "supcon_masks"]
 
@@ -70,7 +74,9 @@ class L2NegativeLoss(nn.Module):
 
     def __init__(self, detach_clean: bool = False) -> None:
         super().__init__()
-        self.detach_clean = bool(detach_clean)
+        if not isinstance(detach_clean, bool):
+            raise ConfigError(f"detach_clean must be true or false, got {detach_clean!r}")
+        self.detach_clean = detach_clean
 
     def forward(self, clean_logits: Tensor, negative_logits: Tensor) -> Tensor:
         _check_logits("clean_logits", clean_logits)
@@ -149,10 +155,13 @@ class ContrastiveNegativeLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = True) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+                math.isfinite(temperature) and temperature > 0):
+            raise ConfigError(f"temperature must be a finite number > 0 (e.g. 0.1), got {temperature!r}")
+        if not isinstance(gather_distributed, bool):
+            raise ConfigError(f"gather_distributed must be true or false, got {gather_distributed!r}")
         self.temperature = float(temperature)
-        self.gather_distributed = bool(gather_distributed)
+        self.gather_distributed = gather_distributed
 
     def forward(self, clean_features: Tensor, negative_features: Tensor, labels: Tensor) -> Tensor:
         for name, t in (("clean_features", clean_features), ("negative_features", negative_features)):

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.augment import NegativeViews
+from vitlab.errors import ConfigError
 from vitlab.losses.negative import ContrastiveNegativeLoss, L2NegativeLoss, UniformNegativeLoss
 
 __all__ = ["LOSSES", "NegativeAugmentationLoss"]
@@ -70,6 +72,9 @@ class NegativeAugmentationLoss(nn.Module):
         replace_rate: P-Infill replace rate (default 0.25).
         centre_shape: P-Infill centre block ``(rows, cols)`` instead of the rate's default shape.
         source: P-Infill border-cell rule, ``"random"`` or ``"distinct"``.
+        seed: seed of the term's own ``torch.Generator`` (CPU) that draws the views; the global RNG is never used,
+            so the views do not depend on (or disturb) other random draws. Give each run its own (e.g. the run's
+            seed).
 
     Call: ``term(task, (images (B, C, H, W), targets (B,) or soft (B, K)), {"logits": (B, K), ...})``
     -> ``{"loss": scalar}``. For ``"contrastive"``, ``outputs["features"]`` ``(B, D)`` (pre-logits of the clean batch)
@@ -94,11 +99,18 @@ class NegativeAugmentationLoss(nn.Module):
         replace_rate: float | None = 0.25,
         centre_shape: tuple[int, int] | None = None,
         source: str = "random",
+        seed: int = 0,
     ) -> None:
         super().__init__()
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ValueError(f"weight (lambda) must be a number >= 0 (the paper sweeps 0.5, 1, 1.5), got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight)
+                                                                                   and weight >= 0):
+            raise ConfigError(f"negatives weight (lambda) must be a finite number >= 0 (the paper sweeps 0.5, 1, "
+                              f"1.5), got {weight!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seed must be an int, got {seed!r}")
         self.weight = float(weight)
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
         self.loss = self._build_loss(loss, temperature, detach_clean, gather_distributed)
         self.views = NegativeViews(kinds, patch_size, model_patch_size=model_patch_size, replace_rate=replace_rate,
                                    centre_shape=tuple(centre_shape) if centre_shape is not None else None,
@@ -115,14 +127,14 @@ class NegativeAugmentationLoss(nn.Module):
         given = {key for key, value in options.items() if value is not None}
         if isinstance(loss, tuple(_LOSS_CLASSES.values())):
             if given:
-                raise ValueError(f"options {sorted(given)} apply only with a loss name; set them on the loss object")
+                raise ConfigError(f"options {sorted(given)} apply only with a loss name; set them on the loss object")
             return loss
         if loss not in _LOSS_CLASSES:
-            raise ValueError(f"unknown negative loss {loss!r}; use one of {list(LOSSES)} or a loss instance")
+            raise ConfigError(f"unknown negative loss {loss!r}; use one of {list(LOSSES)} or a loss instance")
         allowed = {"uniform": set(), "l2": {"detach_clean"}, "contrastive": {"temperature", "gather_distributed"}}
         wrong = given - allowed[loss]
         if wrong:
-            raise ValueError(f"options {sorted(wrong)} do not apply to loss={loss!r} "
+            raise ConfigError(f"options {sorted(wrong)} do not apply to loss={loss!r} "
                              f"(it accepts {sorted(allowed[loss]) or 'none'})")
         return _LOSS_CLASSES[loss](**{key: options[key] for key in given})
 
@@ -131,7 +143,7 @@ class NegativeAugmentationLoss(nn.Module):
         model = task.model
         labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
         with torch.no_grad():
-            negatives = self.views(images)
+            negatives = self.views(images, generator=self.generator)
         if isinstance(self.loss, ContrastiveNegativeLoss):
             clean_features = outputs.get("features")
             if clean_features is not None and clean_features.shape[0] == images.shape[0]:
@@ -158,4 +170,4 @@ class NegativeAugmentationLoss(nn.Module):
         return {"loss": value}
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, weight={self.weight}"
+        return f"name={self.name!r}, weight={self.weight}, seed={self.seed}"
