@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from vitlab.augment import NegativeViews
-from vitlab.losses import ContrastiveNegativeLoss, L2NegativeLoss, NegativeAugmentationLoss, UniformNegativeLoss
 from vitlab.errors import ConfigError
+from vitlab.losses import ContrastiveNegativeLoss, L2NegativeLoss, NegativeAugmentationLoss, UniformNegativeLoss
 
 
 def tiny_vit() -> torch.nn.Module:
