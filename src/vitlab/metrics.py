@@ -91,6 +91,9 @@ def evaluate_classifier(
             if logits.ndim != 2 or labels.shape != logits.shape[:1]:
                 raise ValueError(f"expected logits (B, K) and labels (B,), got {tuple(logits.shape)} and "
                                  f"{tuple(labels.shape)}: the model must return class logits and labels class indices")
+            if labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < logits.shape[1]:
+                raise ValueError(f"labels {int(labels.min())}..{int(labels.max())} lie outside the model's "
+                                 f"{logits.shape[1]} classes: evaluate on data with the classes the model predicts")
             if accuracy is None:
                 accuracy = MulticlassAccuracy(logits.shape[1], average="micro").to(device)
             accuracy.update(logits, labels)

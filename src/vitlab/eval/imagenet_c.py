@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.eval.corruptions import COMMON_CORRUPTIONS, SEVERITIES
-from vitlab.eval.robustness import Accuracies, corruption_metrics, top1_accuracy
+from vitlab.eval.robustness import Accuracies, corruption_metrics
+from vitlab.metrics import evaluate_classifier
 
 __all__ = ["evaluate_imagenet_c"]
 
@@ -73,7 +74,7 @@ def evaluate_imagenet_c(
                 dataset = Subset(dataset, np.linspace(0, len(dataset) - 1, n).round().astype(int).tolist())
             counts.add(len(dataset))
             loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-            accuracy[corruption][severity] = top1_accuracy(model, loader, device)
+            accuracy[corruption][severity] = evaluate_classifier(model, loader, device)["acc"]
             bar.update(1)
     bar.close()
     return {

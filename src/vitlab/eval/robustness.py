@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.eval.corruptions import ALL_CORRUPTIONS, COMMON_CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
+from vitlab.metrics import evaluate_classifier
 
 __all__ = [
     "ALEXNET_CLEAN_ERROR",
@@ -39,7 +40,6 @@ __all__ = [
     "corruption_metrics",
     "evaluate_corruptions",
     "format_robustness_report",
-    "top1_accuracy",
 ]
 
 #: AlexNet top-1 error on ImageNet-C per common corruption, averaged over the 5 severities (Hendrycks & Dietterich).
@@ -99,19 +99,6 @@ def corruption_metrics(
                                      for c in COMMON_CORRUPTIONS}
             result["relative_mce"] = 100.0 * float(np.mean(list(result["relative_ce"].values())))
     return result
-
-
-@torch.no_grad()
-def top1_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: torch.device) -> float:
-    """Fraction of correct top-1 predictions of ``model`` over batches ``(images (B, C, H, W), labels (B,))``."""
-    correct = total = 0
-    for images, labels in batches:
-        logits = model(images.to(device))
-        correct += int((logits.argmax(dim=1).cpu() == labels).sum())
-        total += labels.numel()
-    if total == 0:
-        raise ValueError("no image to evaluate")
-    return correct / total
 
 
 def _uint8_batches(images: np.ndarray, labels: np.ndarray, preprocess: Callable[[Tensor], Tensor],
@@ -188,14 +175,14 @@ def evaluate_corruptions(
         for severity in SEVERITIES:
             rows = slice((severity - 1) * available, (severity - 1) * available + n_used)
             batches = _uint8_batches(data[rows], labels_all[rows], preprocess, batch_size)
-            accuracy[corruption][severity] = top1_accuracy(model, batches, device)
+            accuracy[corruption][severity] = evaluate_classifier(model, batches, device)["acc"]
             bar.update(1)
     bar.close()
     clean_accuracy = None
     if meta is not None and (folder / "clean.npy").is_file():
         clean = np.load(folder / "clean.npy", mmap_mode="r")[:n_used]
         batches = _uint8_batches(clean, labels_all[:n_used], preprocess, batch_size)
-        clean_accuracy = top1_accuracy(model, batches, device)
+        clean_accuracy = evaluate_classifier(model, batches, device)["acc"]
     return {
         "source": "generated" if meta is not None and meta.get("generated") else "published",
         "folder": str(folder), "meta": meta, "n": n_used, "n_available": available, "accuracy": accuracy,
