@@ -1,8 +1,13 @@
 """A fine-tuning run leaves a merged kind-model file every tool reads, plus the adaptation alone."""
 
+import copy
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
+from peft import PeftModel
 from safetensors import safe_open
 
 from vitlab.checkpoint import CheckpointError, load_model, read_metadata, save_checkpoint
@@ -20,13 +25,10 @@ def _trained(method, **options):
     """A base model, and the same base adapted with ``method`` and its adapter weights set to random values."""
     torch.manual_seed(0)
     base = timm.create_model(NAME, **KWARGS).eval()
-    adapted = build_peft_transform(method, **options)(timm.create_model(NAME, **KWARGS).eval())
-    adapted.load_state_dict(base.state_dict(), strict=False)  # unwrapped names load; wrapped ones below
+    adapted = build_peft_transform(method, **options)(copy.deepcopy(base))
     with torch.no_grad():
-        for name, p in adapted.named_parameters():
-            if ".base_layer." in name:
-                p.copy_(base.state_dict()[name.replace(".base_layer.", ".")])
-            elif p.requires_grad:
+        for p in adapted.parameters():
+            if p.requires_grad:
                 p.normal_(0, 0.05)
     return base, adapted
 
@@ -47,13 +49,20 @@ def test_export_writes_a_merged_model_with_the_adapted_outputs(tmp_path, method,
     assert sorted(merged.state_dict()) == sorted(base.state_dict())  # exactly the base architecture
     torch.testing.assert_close(merged(x), expected, atol=1e-5, rtol=1e-5)
     side = files[1]
-    assert side.name == ("subspace.safetensors" if method == "subspace" else "adapter.safetensors")
-    with safe_open(str(side), framework="pt") as handle:
+    peft_method = method in ("kadaptation", "lora_qv")
+    plain_name = "adapter" if peft_method else "adapter.safetensors"
+    assert side.name == {"subspace": "subspace.safetensors"}.get(method, plain_name)
+    weights = side / "adapter_model.safetensors" if peft_method else side
+    with safe_open(str(weights), framework="pt") as handle:
         stored = sum(handle.get_tensor(k).numel() for k in handle.keys())
     assert stored == count_parameters(adapted)["trainable"]  # the adaptation and head alone, nothing frozen
-    assert read_metadata(side)["kind"] == ("subspace" if method == "subspace" else "adapter")
+    if peft_method:  # a standard peft folder: plain peft loads it onto the base
+        restored = PeftModel.from_pretrained(timm.create_model(NAME, **KWARGS), str(side))
+        restored.base_model.model.load_state_dict(base.state_dict(), strict=False)
+    else:
+        assert read_metadata(side)["kind"] == ("subspace" if method == "subspace" else "adapter")
     if method != "subspace":
-        restored, _ = load_adapted_model(side)
+        restored, _ = load_adapted_model(side)  # base rebuilt from the recorded weights
         torch.testing.assert_close(restored(x), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -65,12 +74,12 @@ def test_bottleneck_adapter_runs_keep_only_the_adapter_and_load_through_the_base
     files = export_adapted_model(tmp_path / "run", adapted, model_name=NAME, model_kwargs=KWARGS,
                                  base_weights=str(base_path))
     assert [f.name for f in files] == ["adapter.safetensors"]
-    model, meta = load_model(tmp_path / "run")  # the run folder resolves to adapter.safetensors
+    model, meta = load_adapted_model(files[0])
     assert meta["kind"] == "adapter"
     torch.testing.assert_close(model(x), adapted(x), atol=1e-5, rtol=1e-5)
     base_path.unlink()
     with pytest.raises(CheckpointError, match="needs its base weights"):
-        load_model(tmp_path / "run")
+        load_adapted_model(files[0])
 
 
 def test_export_refuses_full_fine_tuning(tmp_path):
@@ -79,17 +88,79 @@ def test_export_refuses_full_fine_tuning(tmp_path):
         export_adapted_model(tmp_path, model, model_name=NAME, model_kwargs=KWARGS)
 
 
-def test_a_peft_fit_run_is_read_by_vitlab_eval(tmp_path):
-    tiny = {"depth": 2, "embed_dim": 48, "num_heads": 2}
-    common = {"seed": 1, "output_dir": str(tmp_path), "data": DataConfig(name="digits", batch_size=64),
-              "optim": OptimConfig(lr=3e-3, warmup_epochs=0),
-              "trainer": {"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False,
-                          "enable_model_summary": False, "limit_train_batches": 3}}
-    pre = fit(RunConfig(name="pre", model=ModelConfig(name="vitlab_vit_tiny_32", kwargs=tiny), **common))
-    run = fit(RunConfig(name="kad", model=ModelConfig(name="vitlab_vit_tiny_32", kwargs=tiny,
-                                                      pretrained=str(pre.run_dir)),
-                        peft=PeftConfig(method="kadaptation", options={"n": 8}), **common))
-    assert read_metadata(run.run_dir)["kind"] == "model"
-    assert read_metadata(run.run_dir / "adapter.safetensors")["kind"] == "adapter"
-    result = evaluate_checkpoint(run.run_dir, "digits", batch_size=100)
-    assert result["acc"] == pytest.approx(run.metrics["test/acc"], abs=1e-6)
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    return fit(RunConfig(name="pre", model=ModelConfig(name="vitlab_vit_tiny_32", kwargs=TINY), **_common(tmp)))
+
+
+TINY = {"depth": 2, "embed_dim": 48, "num_heads": 2}
+
+
+def _common(tmp_path):
+    return {"seed": 1, "output_dir": str(tmp_path), "data": DataConfig(name="digits", batch_size=64),
+            "optim": OptimConfig(lr=3e-3, warmup_epochs=0),
+            "trainer": {"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False,
+                        "enable_model_summary": False, "limit_train_batches": 2, "limit_val_batches": 1}}
+
+
+@pytest.mark.parametrize(("method", "options"), [("kadaptation", {"n": 8}), ("lora_qv", {"r": 2}), ("lora", {"r": 2}),
+                                                 ("lokr", {"r": 2})])
+def test_a_fit_runs_adapter_folder_loads_with_plain_peft(pretrained_run, tmp_path, method, options):
+    run = fit(RunConfig(name=method, model=ModelConfig(name="vitlab_vit_tiny_32", kwargs=TINY,
+                                                       pretrained=str(pretrained_run.run_dir)),
+                        peft=PeftConfig(method=method, options=options), **_common(tmp_path)))
+    assert read_metadata(run.run_dir)["kind"] == "model"  # the merged model.safetensors stays
+    assert (run.run_dir / "adapter" / "adapter_config.json").is_file()
+    if method == "kadaptation":
+        result = evaluate_checkpoint(run.run_dir, "digits", batch_size=100)
+        assert result["acc"] == pytest.approx(run.metrics["test/acc"], abs=1e-6)
+    # a plain Python session: only `import vitlab` and peft's own API
+    script = (
+        "import sys, torch, timm, vitlab, vitlab.peft\n"
+        "from peft import PeftModel\n"
+        "from vitlab.checkpoint import load_model, load_pretrained\n"
+        "base = timm.create_model('vitlab_vit_tiny_32', num_classes=10, in_chans=1, img_size=32, "
+        f"**{TINY!r})\n"
+        f"load_pretrained(base, {str(pretrained_run.run_dir / 'model.safetensors')!r})\n"
+        f"model = PeftModel.from_pretrained(base, {str(run.run_dir / 'adapter')!r}).eval()\n"
+        f"merged, _ = load_model({str(run.run_dir)!r})\n"
+        "x = torch.randn(3, 1, 32, 32)\n"
+        "err = (model(x) - merged(x)).abs().max().item()\n"
+        "sys.exit(0 if err < 1e-4 else f'outputs differ by {err}')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_vitlab_01_adapter_files_convert_to_peft_folders(tmp_path):
+    from vitlab.peft import convert_adapter
+
+    base, adapted = _trained("kadaptation", n=8)
+    peft_state = {k: v for k, v in adapted.state_dict().items() if v is not None}
+    legacy = {}  # the names vitlab 0.1 used for the same tensors
+    for i in range(2):
+        for s in ("q", "v"):
+            for part in ("u", "v"):
+                legacy[f"blocks.{i}.attn.qkv.adapters.{s}.{part}"] = \
+                    peft_state[f"base_model.model.blocks.{i}.attn.qkv.kadaptation_{part}.default.{s}"]
+        legacy[f"blocks.{i}.attn.qkv.adapter_bias"] = \
+            peft_state[f"base_model.model.blocks.{i}.attn.qkv.kadaptation_bias.default"]
+    for role in ("q", "v"):
+        for part in ("left", "right"):
+            legacy[f"kadaptation_rules.{role}.{part}"] = peft_state[f"base_model.kadaptation_A.default.{role}_{part}"]
+    for part in ("weight", "bias"):
+        legacy[f"head.{part}"] = peft_state[f"base_model.model.head.modules_to_save.default.{part}"]
+    old = save_checkpoint(tmp_path / "adapter.safetensors", legacy, kind="adapter", model_name=NAME,
+                          model_kwargs=KWARGS, base_sha256="0" * 64,
+                          extra={"peft": {"method": "kadaptation", "target_modules": None,
+                                          "options": {"n": 8, "bias": True, "head_modules": None}}})
+    folder = convert_adapter(old, tmp_path / "converted")
+    restored = PeftModel.from_pretrained(copy.deepcopy(base), str(folder))
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(restored(x), adapted(x), rtol=0, atol=1e-6)
+    with pytest.raises(CheckpointError, match="nothing to convert"):
+        convert_adapter(save_checkpoint(tmp_path / "lin.safetensors", {"head.weight": torch.zeros(1)},
+                                        kind="adapter", model_name=NAME, model_kwargs=KWARGS, base_sha256="0" * 64,
+                                        extra={"peft": {"method": "linear", "target_modules": None, "options": {}}}),
+                        tmp_path / "x")

@@ -11,9 +11,10 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from peft import PeftModel
 from torch import nn
 
-from vitlab.checkpoint import read_metadata
+from vitlab.checkpoint import CheckpointError, read_metadata, save_checkpoint
 from vitlab.peft import (
     build_peft_transform,
     count_parameters,
@@ -34,7 +35,13 @@ CASES = [  # (method, options, adaptation parameters on the tiny ViT below: widt
     ("lora_qv", {"r": 2}, 2 * 2 * 2 * (48 + 48)),
     ("adapter", {"bottleneck": 4}, 2 * (2 * 48 + 48 * 4 + 4 + 4 * 48 + 48)),
 ]
-MERGEABLE = {"kadaptation", "lora", "lokr", "lora_qv"}
+MERGEABLE = {"kadaptation", "lora", "lokr", "lora_qv"}  # the peft methods: each returns a peft.PeftModel
+
+
+def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The wrapped base model's tensors under their plain names (adapter layers and peft prefixes folded away)."""
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    return {k.replace(".base_layer.", "."): v for k, v in inner.state_dict().items()}
 
 
 def tiny_vit(seed: int = 0, num_classes: int = 5, img_size: int = 16) -> nn.Module:
@@ -73,11 +80,23 @@ def test_method_contract(method, options, adaptation, tmp_path):
     assert (adapted - reference).abs().max() > 1e-4  # training changed the function
     if method == "full":
         return
-    frozen = {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items()}
+    frozen = plain_state(model)
     changed = [k for k, v in base_state.items() if not k.startswith("head.") and not torch.equal(frozen[k], v)]
     assert not changed, f"base weights changed by {method}: {changed[:3]}"
-    with disable_adapter(model) if method != "linear" else torch.no_grad():
-        if method != "linear":
+    assert isinstance(model, PeftModel) == (method in MERGEABLE)
+    if method in MERGEABLE:  # peft: disabling also restores the original head; a peft adapter folder round trip
+        with disable_adapter(model):
+            torch.testing.assert_close(model(x), reference, rtol=0, atol=1e-5)
+        model.save_pretrained(str(tmp_path / "adapter"))
+        assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size < 64 * 1024
+        restored = PeftModel.from_pretrained(tiny_vit(seed=0), str(tmp_path / "adapter"))
+        torch.testing.assert_close(restored(x), adapted, rtol=0, atol=1e-6)
+        merged = merge_adapters(model)
+        assert sorted(merged.state_dict()) == sorted(base_state)
+        torch.testing.assert_close(merged(x), adapted, rtol=0, atol=1e-5)
+        return
+    if method == "adapter":
+        with disable_adapter(model):
             head_only = copy.deepcopy(base)
             head_only.head.load_state_dict(model.head.state_dict())
             torch.testing.assert_close(model(x), head_only(x), rtol=0, atol=1e-5)
@@ -87,10 +106,6 @@ def test_method_contract(method, options, adaptation, tmp_path):
     assert path.stat().st_size < 64 * 1024
     restored = load_adapter(path, tiny_vit(seed=0).requires_grad_(True))
     torch.testing.assert_close(restored.eval()(x), adapted, rtol=0, atol=1e-6)
-    if method in MERGEABLE:
-        merged = merge_adapters(model)
-        assert sorted(merged.state_dict()) == sorted(base_state)
-        torch.testing.assert_close(merged(x), adapted, rtol=0, atol=1e-5)
 
 
 def test_reference_counts_of_baselines_on_vit_base():
@@ -103,11 +118,18 @@ def test_reference_counts_of_baselines_on_vit_base():
     assert count("adapter", bottleneck=64) == 1_208_064  # PEViT adapter baseline
 
 
-def test_load_adapter_refuses_other_base(tmp_path):
-    model = build_peft_transform("lora_qv", r=2)(tiny_vit(seed=0))
+def test_load_adapter_refuses_other_base_and_names_the_converter_for_old_peft_method_files(tmp_path):
+    model = build_peft_transform("adapter", bottleneck=2)(tiny_vit(seed=0))
     path = save_adapter(tmp_path / "a.safetensors", model)
     with pytest.raises(ValueError, match="base weights"):
         load_adapter(path, tiny_vit(seed=1))
+    old = save_checkpoint(tmp_path / "old.safetensors", {"head.weight": torch.zeros(5, 48)}, kind="adapter",
+                          model_name="vit_tiny_patch16_224", model_kwargs={}, base_sha256="0" * 64,
+                          extra={"peft": {"method": "kadaptation", "target_modules": None, "options": {"n": 8}}})
+    with pytest.raises(CheckpointError, match="vitlab peft convert"):
+        load_adapter(old, tiny_vit(seed=0))
+    with pytest.raises(ValueError, match="save_pretrained"):
+        save_adapter(tmp_path / "b.safetensors", build_peft_transform("lora_qv", r=2)(tiny_vit(seed=0)))
 
 
 def test_option_and_method_errors():
@@ -168,7 +190,7 @@ def test_frozen_batchnorm_uses_its_stored_statistics_in_training_and_merges_back
     adapted = build_peft_transform(method, **options)(model)
     x = torch.randn(3, 1, 32, 32)
     torch.testing.assert_close(adapted.train()(x), adapted.eval()(x))  # the frozen base: train computes as test
-    after = {k.replace(".base_layer.", "."): v for k, v in adapted.state_dict().items() if "running" in k}
+    after = {k: v for k, v in plain_state(adapted).items() if "running" in k}
     assert all(torch.equal(after[k], v) for k, v in before.items())
     if method != "linear":
         plain = merge_adapters(adapted)

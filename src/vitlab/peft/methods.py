@@ -86,6 +86,11 @@ def _linear(target_modules: None = None, head_modules: Sequence[str] | None = No
     return transform
 
 
+def _freeze_norms(model: nn.Module) -> None:
+    """Keep what peft made trainable; frozen BatchNorms normalise with their stored statistics (``freeze_base``)."""
+    freeze_base(model, trainable_params=[p for p in model.parameters() if p.requires_grad])
+
+
 def _kadaptation(target_modules: Any = None, **options: Any) -> Transform:
     allowed = [f.name for f in fields(KAdaptationConfig) if f.name not in _PEFT_BASE_FIELDS | {"target_modules"}]
     _check_options("kadaptation", options, allowed)
@@ -93,6 +98,7 @@ def _kadaptation(target_modules: Any = None, **options: Any) -> Transform:
 
     def transform(model: nn.Module) -> nn.Module:
         adapted = apply_kadaptation(model, copy.deepcopy(config))
+        _freeze_norms(adapted)
         set_peft_spec(adapted, "kadaptation", target_modules, options)
         return adapted
 
@@ -107,6 +113,7 @@ def _wrap(name: str, fn: Callable[..., nn.Module]) -> Builder:
 
         def transform(model: nn.Module) -> nn.Module:
             adapted = fn(model, target_modules, **options)
+            _freeze_norms(adapted)
             set_peft_spec(adapted, name, target_modules, options)
             return adapted
 
