@@ -6,12 +6,10 @@ import shutil
 import imagecorruptions  # noqa: F401  (dev extra: `vitlab robustness` generates corruptions with it)
 import numpy as np
 import pytest
-import timm
 import torch
 
-from vitlab.checkpoint import load_model, save_checkpoint
+from vitlab.checkpoint import load_model
 from vitlab.cli.main import main
-from vitlab.data import build_datamodule
 from vitlab.data.transforms import Normalize
 from vitlab.eval import diagnose_negatives, evaluate_corruptions
 
@@ -19,26 +17,6 @@ from vitlab.eval import diagnose_negatives, evaluate_corruptions
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def digits():
-    datamodule = build_datamodule("digits", img_size=32, batch_size=64)
-    datamodule.setup("test")
-    return datamodule
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, digits):
-    """A tiny untrained ViT (8-px patches) saved as `vitlab fit` saves models, with the digits data config."""
-    torch.manual_seed(0)
-    kwargs = {"num_classes": 10, "in_chans": 1, "img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32,
-              "num_heads": 2}
-    model = timm.create_model("vitlab_vit_tiny_32", **kwargs)
-    run = tmp_path_factory.mktemp("run")
-    save_checkpoint(run, model.state_dict(), kind="model", model_name="vitlab_vit_tiny_32", model_kwargs=kwargs,
-                    extra={"data": digits.data_config()})
-    return run
 
 
 def _test_images(datamodule, n):

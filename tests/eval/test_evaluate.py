@@ -1,0 +1,99 @@
+"""Clean evaluation and `predict`: the shared top-1 function, unreadable and 16-bit images, a dataset mismatch."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from vitlab.checkpoint import load_model, save_checkpoint
+from vitlab.data.transforms import pil_to_uint8
+from vitlab.errors import DataError, VitlabError
+from vitlab.eval.evaluate import evaluate_checkpoint, predict_images
+from vitlab.metrics import evaluate_classifier, tensor_batches
+
+
+def _png(path, array):
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_evaluate_classifier_matches_argmax_and_cross_entropy_by_hand():
+    torch.manual_seed(0)
+    model, x, y = nn.Linear(6, 4), torch.randn(37, 6), torch.randint(0, 4, (37,))
+    model.train()
+    result = evaluate_classifier(model, tensor_batches(x, y, batch_size=8))
+    with torch.no_grad():
+        logits = model(x)
+    assert result["samples"] == 37
+    assert result["acc"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    assert result["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-6)
+    assert model.training  # mode restored
+    with pytest.raises(ValueError, match="outside the model's 4 classes"):
+        evaluate_classifier(model, [(x, torch.full((37,), 4))])
+    with pytest.raises(ValueError, match="held no sample"):
+        evaluate_classifier(model, [])
+
+
+def test_predict_reports_an_unreadable_file_and_predicts_the_others(checkpoint, tmp_path):
+    good = _png(tmp_path / "good.png", np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    missing = tmp_path / "missing.png"
+    rows = predict_images(checkpoint, [good, broken, missing], topk=3)
+    assert [row["image"] for row in rows] == [str(good), str(broken), str(missing)]
+    assert rows[0]["predictions"] == predict_images(checkpoint, [good], topk=3)[0]["predictions"]
+    assert "error" not in rows[0] and len(rows[0]["predictions"]) == 3
+    assert rows[1]["predictions"] == [] and rows[1]["error"].startswith(f"{broken}: not a readable image")
+    assert rows[2] == {"image": str(missing), "predictions": [], "error": f"{missing}: no such image file"}
+    assert all("\n" not in row["error"] for row in rows[1:])
+    with pytest.raises(DataError, match=f"no image could be read: {broken}: not a readable image"):
+        predict_images(checkpoint, [broken])
+
+
+def test_16_bit_png_is_predicted_on_scaled_pixels_not_clipped(checkpoint, tmp_path):
+    eight = np.random.default_rng(1).integers(0, 256, (8, 8), dtype=np.uint8)
+    sixteen = _png(tmp_path / "sixteen.png", eight.astype(np.uint16) * 257)  # 257 * v8 is v8 in 16 bits
+    with Image.open(sixteen) as image:
+        assert image.mode == "I;16"  # really a 16-bit file
+        assert pil_to_uint8(image, "L")[0].numpy().tolist() == eight.tolist()
+    rows = predict_images(checkpoint, [_png(tmp_path / "eight.png", eight), sixteen], topk=10)
+    assert rows[0]["predictions"] == rows[1]["predictions"]
+    clipped = predict_images(checkpoint, [_png(tmp_path / "clipped.png", np.where(eight > 0, 255, 0).astype(np.uint8))],
+                             topk=10)
+    assert clipped[0]["predictions"] != rows[1]["predictions"]  # what PIL's convert("L") would have fed the model
+
+
+def test_pil_to_uint8_rounds_16_bit_values_and_refuses_unbounded_modes():
+    values = np.random.default_rng(2).integers(0, 65536, (5, 7)).astype(np.uint16)
+    got = pil_to_uint8(Image.fromarray(values), "RGB")
+    expected = np.round(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert got.shape == (3, 5, 7) and all(np.array_equal(c.numpy(), expected) for c in got)
+    with pytest.raises(DataError, match="save the image as 8- or 16-bit"):
+        pil_to_uint8(Image.fromarray(np.ones((2, 2), dtype=np.float32)), "L")
+
+
+def test_eval_on_another_dataset_warns_with_both_names(checkpoint, digits, tmp_path):
+    model, meta = load_model(checkpoint)
+    run = tmp_path / "run"
+    save_checkpoint(run, model.state_dict(), kind="model", model_name=meta["model_name"],
+                    model_kwargs=meta["model_kwargs"], extra={"data": dict(digits.data_config(), name="mnist")})
+    with pytest.warns(UserWarning, match="trained on 'mnist' but is evaluated on 'digits'"):
+        result = evaluate_checkpoint(run, "digits", device="cpu")
+    images, labels = map(torch.stack, zip(*[digits.test_dataset[i] for i in range(len(digits.test_dataset))],
+                                          strict=True))
+    with torch.no_grad():
+        expected = (model.eval()(images).argmax(1) == labels).float().mean().item()
+    assert result["samples"] == len(labels) == 360 and result["acc"] == pytest.approx(expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the dataset it was trained on: no warning
+        assert evaluate_checkpoint(checkpoint, "digits", device="cpu")["acc"] == pytest.approx(expected)
+
+
+def test_a_corrupt_checkpoint_is_a_one_line_vitlab_error(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(VitlabError) as caught:
+        evaluate_checkpoint(tmp_path, "digits")
+    assert str(tmp_path / "model.safetensors") in str(caught.value) and "\n" not in str(caught.value)
