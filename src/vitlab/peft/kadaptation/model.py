@@ -68,8 +68,10 @@ register_with_peft(KADAPTATION, KAdaptationConfig, KAdaptationModel)
 
 
 def kadaptation_layers(model: nn.Module) -> list[tuple[str, KAdaptationLayer]]:
-    """``(name, KAdaptationLayer)`` of every KAdaptation-wrapped Linear of ``model`` (a ``PeftModel`` or its base)."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, KAdaptationLayer)]
+    """``(name, KAdaptationLayer)`` of every KAdaptation-wrapped Linear, named as in the base model
+    (``blocks.0.attn.qkv``) whether ``model`` is the ``PeftModel`` or the base model it wraps."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return [(name, m) for name, m in inner.named_modules() if isinstance(m, KAdaptationLayer)]
 
 
 def apply_kadaptation(model: nn.Module, config: KAdaptationConfig | None = None, adapter_name: str = "default"):
