@@ -13,8 +13,11 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from vitlab.errors import ConfigError
 
 __all__ = [
     "DataConfig",
@@ -83,6 +86,10 @@ class DataConfig:
     normalize: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        _require(self.normalize in ("auto", "dataset", "model"), "data.normalize", self.normalize,
+                 "one of auto, dataset, model")
+
 
 @dataclass
 class OptimConfig:
@@ -107,6 +114,23 @@ class OptimConfig:
     label_smoothing: float = 0.0
     ema_decay: float | None = None
 
+    def __post_init__(self) -> None:
+        _require(_number(self.lr) and self.lr > 0, "optim.lr", self.lr, "a finite number > 0")
+        _require(_number(self.min_lr) and 0 <= self.min_lr <= self.lr, "optim.min_lr", self.min_lr,
+                 f"a finite number in [0, optim.lr = {self.lr}]")
+        _require(_number(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay", self.weight_decay,
+                 "a finite number >= 0")
+        _require(isinstance(self.betas, list | tuple) and len(self.betas) == 2
+                 and all(_number(b) and 0 <= b < 1 for b in self.betas), "optim.betas", self.betas,
+                 "two numbers in [0, 1)")
+        self.betas = tuple(self.betas)
+        _require(_number(self.warmup_epochs) and self.warmup_epochs >= 0, "optim.warmup_epochs", self.warmup_epochs,
+                 "a finite number >= 0")
+        _require(_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "optim.label_smoothing",
+                 self.label_smoothing, "a number in [0, 1)")
+        _require(self.ema_decay is None or (_number(self.ema_decay) and 0 < self.ema_decay < 1), "optim.ema_decay",
+                 self.ema_decay, "null or a number in (0, 1)")
+
 
 @dataclass
 class NegativesConfig:
@@ -127,6 +151,20 @@ class NegativesConfig:
     loss: str = "uniform"
     weight: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.enabled, bool), "negatives.enabled", self.enabled, "true or false")
+        if not self.enabled:
+            set_keys = [f.name for f in fields(self) if f.name != "enabled"
+                        and getattr(self, f.name) != (f.default_factory() if callable(f.default_factory)
+                                                      else f.default)]
+            if set_keys:
+                raise ConfigError(f"negatives.{', negatives.'.join(set_keys)} set but negatives.enabled is false: set "
+                                  "negatives.enabled: true to train with negative views, or drop those options")
+        _require(_number(self.weight) and self.weight >= 0, "negatives.weight", self.weight, "a finite number >= 0")
+        _require(isinstance(self.patch_size, int) and not isinstance(self.patch_size, bool) and self.patch_size >= 2,
+                 "negatives.patch_size", self.patch_size,
+                 "an integer >= 2 (1-px cells leave the image unchanged: a negative view must differ)")
 
 
 @dataclass
@@ -163,3 +201,19 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**32, "seed",
+                 self.seed, "an integer in [0, 2**32)")
+        _require(isinstance(self.output_dir, str) and self.output_dir.strip() != "", "output_dir", self.output_dir,
+                 "a folder path")
+        _require(isinstance(self.trainer, dict), "trainer", self.trainer, "a mapping of lightning.Trainer keywords")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")

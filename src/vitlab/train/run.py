@@ -4,8 +4,10 @@ The run folder ``<output_dir>/<name>/`` holds:
 
 - ``config.yaml``: the resolved run configuration;
 - ``checkpoints/last.ckpt``: resumable Lightning checkpoint (written every epoch);
-- ``metrics.csv``: every logged metric (Lightning ``CSVLogger``);
+- ``metrics.csv``: every logged metric (Lightning ``CSVLogger``; a resumed run appends), plus the loggers of
+  ``trainer.logger`` (TensorBoard, MLflow, W&B ...);
 - ``model.safetensors`` + ``config.json``: final weights with the ``vitlab`` metadata (``vitlab.checkpoint``);
+- ``.lock`` while a process writes the folder (a second writer is refused).
 - ``training_curves.png`` and ``summary.json``: loss/accuracy curves, final metrics, wall time, weight hashes.
 
 Example:
@@ -16,7 +18,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,7 +31,6 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
@@ -36,10 +39,12 @@ from vitlab.data import build_datamodule
 from vitlab.data.datamodule import VitlabDataModule
 from vitlab.errors import ConfigError
 from vitlab.peft.export import export_adapted_model
+from vitlab.train.callbacks import FiniteGuard, build_callbacks, build_loggers, drop_rows_after_epoch
 from vitlab.train.config import RunConfig
 from vitlab.train.extensions import build_loss_terms, build_model_transform
 from vitlab.train.module import ClassificationTask
 from vitlab.train.plots import plot_training_curves
+from vitlab.train.run_folder import RunLock, check_run_name, resume_config
 
 __all__ = [
     "NORMALIZE_MODES",
@@ -49,6 +54,7 @@ __all__ = [
     "build_run_datamodule",
     "build_run_model",
     "build_trainer",
+    "check_trainer_options",
     "fit",
     "resolve_run_weights",
 ]
@@ -147,6 +153,10 @@ def build_run_model(
     """
     if weights is None:
         weights = resolve_run_weights(config)
+    given = config.model.kwargs.get("num_classes")
+    if given is not None and given != num_classes:
+        raise ConfigError(f"model.kwargs.num_classes is {given} but {config.data.name} has {num_classes} classes: "
+                          "drop model.kwargs.num_classes (it follows the data)")
     kwargs = dict(config.model.kwargs, num_classes=num_classes, in_chans=in_chans)
     kwargs.setdefault("img_size", config.data.img_size)
     try:
@@ -165,28 +175,43 @@ def build_trainer(
     """The Lightning Trainer of a run: CSV metrics, per-epoch ``last.ckpt``, progress bar, ``trainer`` section.
 
     Args:
-        config: the run configuration (its ``trainer`` section gives the ``lightning.Trainer`` keywords).
+        config: the run configuration. Its ``trainer`` section gives the ``lightning.Trainer`` keywords; its
+            ``logger`` and ``callbacks`` take LightningCLI's ``class_path`` / ``init_args`` form (see
+            `vitlab.train.callbacks`); ``metrics.csv`` is always written too.
         run_dir: the run folder.
         callbacks: extra Lightning callbacks, after vitlab's own.
         overrides: ``lightning.Trainer`` keywords that win over the ``trainer`` section.
     """
     kwargs = dict(TRAINER_DEFAULTS, **config.trainer)
     kwargs.update(overrides)
+    check_trainer_options(kwargs)
+    loggers = build_loggers(kwargs.pop("logger", None), run_dir)
     callbacks = [
+        FiniteGuard(),
         # monitor=None + save_top_k=1 keeps exactly the newest epoch as last.ckpt (Lightning 2.6 writes no
         # ``save_last`` file when save_top_k=0).
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, every_n_epochs=1),
         LearningRateMonitor(logging_interval="epoch"),
+        *build_callbacks(kwargs.pop("callbacks", None)),
         *callbacks,
     ]
     if kwargs.get("enable_progress_bar", True):
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    return L.Trainer(
-        default_root_dir=str(run_dir),
-        logger=CSVLogger(str(run_dir), name="", version=""),
-        callbacks=callbacks,
-        **kwargs,
-    )
+    return L.Trainer(default_root_dir=str(run_dir), logger=loggers, callbacks=callbacks, **kwargs)
+
+
+def check_trainer_options(kwargs: dict[str, Any]) -> None:
+    """Refuse ``trainer`` values Lightning would accept but that make a run meaningless or fail late."""
+    epochs = kwargs.get("max_epochs")
+    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
+        raise ConfigError(f"trainer.max_epochs must be an integer >= 1, got {epochs!r}: a run with no training would "
+                          "save random weights as a finished model")
+    devices = kwargs.get("devices")
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices < 1 and devices != -1:
+        raise ConfigError(f"trainer.devices must be >= 1 (or -1 for all, or 'auto'), got {devices}")
+    accumulate = kwargs.get("accumulate_grad_batches")
+    if accumulate is not None and (not isinstance(accumulate, int) or accumulate < 1):
+        raise ConfigError(f"trainer.accumulate_grad_batches must be an integer >= 1, got {accumulate!r}")
 
 
 def fit(
@@ -196,39 +221,99 @@ def fit(
 
     Args:
         config: the run configuration.
-        resume: continue from ``<run>/checkpoints/last.ckpt`` when it exists (read with ``weights_only=True``).
-            Resuming is exact at epoch boundaries: the data order is seeded per epoch and the RNG state is saved.
+        resume: continue the run ``<output_dir>/<name>`` from its ``checkpoints/last.ckpt`` (read with
+            ``weights_only=True``) with the configuration it saved; ``config`` must equal it except for a larger
+            ``trainer.max_epochs`` (see `vitlab.train.run_folder.resume_config`). Metrics are appended. Resuming is
+            exact at epoch boundaries: the data order is seeded per epoch and the RNG state is saved.
         callbacks: extra Lightning callbacks.
         trainer_overrides: extra ``lightning.Trainer`` keywords that win over ``config.trainer``.
+
+    Raises:
+        ConfigError: a bad name or option, a resume that changes options; FileExistsError: the run exists and
+        ``resume`` is false; FloatingPointError: a non-finite loss or weights (the message says what was kept and
+        how to go on).
     """
     start = time.perf_counter()
+    check_run_name(config.name)
     run_dir = Path(config.output_dir) / config.name
     last = run_dir / "checkpoints" / "last.ckpt"
-    if not resume and last.exists():
+    if resume:
+        config = resume_config(run_dir, config, config.output_dir)
+    elif last.exists() or (run_dir / "model.safetensors").exists():
         raise FileExistsError(
             f"{run_dir} already holds a run: resume it with --resume true, or choose another name (--name)"
         )
+    check_trainer_options(dict(TRAINER_DEFAULTS, **config.trainer, **trainer_overrides))
+    with contextlib.nullcontext() if _is_child_process() else RunLock(run_dir):
+        return _fit_locked(config, run_dir, last, resume, callbacks, trainer_overrides, start)
+
+
+def _is_child_process() -> bool:
+    """A DDP worker Lightning started (it re-runs the command): the parent holds the run folder's lock."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+def _fit_locked(
+    config: RunConfig, run_dir: Path, last: Path, resume: bool, callbacks: Sequence[L.Callback],
+    trainer_overrides: dict[str, Any], start: float,
+) -> RunResult:
     L.seed_everything(config.seed, workers=True, verbose=False)
-    _write_config(run_dir, config)
     weights = resolve_run_weights(config)
     datamodule = build_run_datamodule(config, weights)
     built = build_run_model(config, datamodule.num_classes, datamodule.in_chans, weights)
+    _write_config(run_dir, config)  # on resume: the saved configuration, with max_epochs extended if asked
     base = built.model
     base_sha = state_dict_sha256(base.state_dict()) if config.peft.method else None
     task = ClassificationTask(
         base, optim=config.optim, loss_terms=build_loss_terms(config.negatives),
         model_transform=build_model_transform(config.peft),
     )
+    ckpt_path = str(last) if resume and last.exists() else None
+    if ckpt_path is not None:
+        _drop_replayed_rows(run_dir, last)
     trainer = build_trainer(config, run_dir, callbacks, **trainer_overrides)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None,
-                weights_only=True)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except FloatingPointError as err:
+        raise FloatingPointError(_non_finite_advice(err, config, run_dir, last)) from err
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     test = trainer.test(task, datamodule=datamodule, verbose=False)
     metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
     hashes = _gather_weight_hashes(task)
-    saved = _save_outputs(run_dir, config, task, datamodule, built, metrics, hashes, base_sha,
-                          time.perf_counter() - start)
+    try:
+        saved = _save_outputs(run_dir, config, task, datamodule, built, metrics, hashes, base_sha,
+                              time.perf_counter() - start)
+    except OSError as err:
+        raise OSError(f"training finished but the final weights could not be written to {run_dir} ({err}); "
+                      f"{last} is kept: free space or fix permissions, then finish with `vitlab fit --name "
+                      f"{config.name} --output_dir {config.output_dir} --resume true`") from err
     return RunResult(run_dir, metrics, saved, time.perf_counter() - start, {"weights_sha256_per_rank": hashes})
+
+
+def _checkpoint_epoch(last: Path) -> int | None:
+    if not last.is_file():
+        return None
+    return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+
+
+def _drop_replayed_rows(run_dir: Path, last: Path) -> None:
+    """Rows of the epoch after ``last.ckpt`` (interrupted, replayed by the resume) leave ``metrics.csv``."""
+    epoch = _checkpoint_epoch(last)
+    if epoch is not None:
+        drop_rows_after_epoch(run_dir / "metrics.csv", epoch)
+
+
+def _non_finite_advice(err: FloatingPointError, config: RunConfig, run_dir: Path, last: Path) -> str:
+    """What went wrong, what is kept, and a command that starts over safely."""
+    lr = config.optim.lr / 10
+    retry = (f"vitlab fit --config {run_dir / 'config.yaml'} --name {config.name}_lr{lr:g} --optim.lr {lr:g} "
+             "--trainer.gradient_clip_val 1.0")
+    epoch = _checkpoint_epoch(last)
+    kept = (f"The last good checkpoint (end of epoch {epoch}, finite weights) is kept at {last}."
+            if epoch is not None else "No checkpoint was written (no epoch finished with finite values).")
+    first = str(err).splitlines()[0].split(". The last good")[0]
+    return (f"{first}. Training stopped. {kept} Resuming would replay the same steps; start a new run with a lower "
+            f"learning rate and gradient clipping instead: {retry}")
 
 
 def _gather_weight_hashes(task: ClassificationTask) -> list[str]:

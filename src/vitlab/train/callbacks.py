@@ -1,0 +1,149 @@
+"""The harness's Lightning loggers and callbacks: the user's choice from the ``trainer`` section, plus vitlab's own.
+
+- ``build_loggers(spec, run_dir)``: ``trainer.logger`` in LightningCLI's ``class_path`` / ``init_args`` form (one or a
+  list; a bare class name is looked up in ``lightning.pytorch.loggers``), always with the CSV log that vitlab's plots
+  read (``AppendingCSVLogger``: a resumed run appends to ``metrics.csv`` instead of deleting it);
+- ``build_callbacks(spec)``: ``trainer.callbacks`` in the same form (``lightning.pytorch.callbacks``);
+- ``FiniteGuard``: stops the run, before any checkpoint of that epoch is written, when a parameter or ``val/loss`` is
+  not finite, so ``last.ckpt`` only ever holds good weights.
+
+Example:
+    >>> loggers = build_loggers({"class_path": "TensorBoardLogger"}, "/tmp/vitlab_doctest_run")  # doctest: +SKIP
+    >>> [type(x).__name__ for x in loggers]  # doctest: +SKIP
+    ['AppendingCSVLogger', 'TensorBoardLogger']
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import inspect
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from vitlab.errors import ConfigError
+
+__all__ = ["AppendingCSVLogger", "FiniteGuard", "build_callbacks", "build_loggers"]
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but an existing ``metrics.csv`` is kept (its header seeds the known keys)."""
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if path.is_file():
+            with path.open(newline="") as handle:
+                self.metrics_keys = sorted(csv.DictReader(handle).fieldnames or [])
+
+
+class AppendingCSVLogger(CSVLogger):
+    """``CSVLogger`` that appends to an existing ``metrics.csv`` (a resumed run keeps its earlier curves)."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def drop_rows_after_epoch(metrics_csv: str | Path, epoch: int) -> None:
+    """Remove rows logged after ``epoch`` (an interrupted epoch a resume replays) from a ``metrics.csv``."""
+    path = Path(metrics_csv)
+    if not path.is_file():
+        return
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fieldnames, rows = reader.fieldnames or [], list(reader)
+    kept = [row for row in rows if not row.get("epoch") or float(row["epoch"]) <= epoch]
+    if len(kept) != len(rows):
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(kept)
+
+
+def _instantiate(spec: Any, package: str, base: type, what: str, defaults: dict[str, Any]) -> Any:
+    if isinstance(spec, str):
+        spec = {"class_path": spec}
+    if not isinstance(spec, dict) or "class_path" not in spec or set(spec) - {"class_path", "init_args"}:
+        raise ConfigError(f"trainer.{what} entries take the form {{class_path: NAME, init_args: {{...}}}}, "
+                          f"got {spec!r}")
+    path, init_args = spec["class_path"], dict(spec.get("init_args") or {})
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name or package), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"trainer.{what}: cannot import {path!r} ({err}); use a class of {package} or a full "
+                          "module path (and install the package it needs)") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"trainer.{what}: {path} is not a {base.__module__}.{base.__name__}")
+    accepted = inspect.signature(cls).parameters
+    for key, value in defaults.items():
+        if key in accepted:
+            init_args.setdefault(key, value)
+    try:
+        return cls(**init_args)
+    except (TypeError, ValueError, ModuleNotFoundError) as err:
+        raise ConfigError(f"trainer.{what}: {path}({init_args}) failed: {err}") from None
+
+
+def _as_list(spec: Any) -> list[Any]:
+    if spec is None or spec is False:
+        return []
+    return list(spec) if isinstance(spec, list | tuple) else [spec]
+
+
+def build_loggers(spec: Any, run_dir: str | Path) -> list[Logger]:
+    """vitlab's ``metrics.csv`` logger, then the loggers ``spec`` names (saving into the run folder by default)."""
+    run_dir = str(run_dir)
+    loggers: list[Logger] = [AppendingCSVLogger(run_dir, name="", version="")]
+    # MLflow: a SQLite store in the run folder (its plain-file store is deprecated); W&B: offline unless told
+    defaults = {"save_dir": run_dir, "tracking_uri": f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}",
+                "offline": True}
+    for item in _as_list(spec):
+        logger = _instantiate(item, "lightning.pytorch.loggers", Logger, "logger", defaults)
+        if isinstance(logger, CSVLogger) and not isinstance(logger, AppendingCSVLogger) \
+                and Path(logger.log_dir) == Path(run_dir):
+            raise ConfigError("trainer.logger: vitlab already writes metrics.csv into the run folder; give this "
+                              "CSVLogger another save_dir or drop it")
+        loggers.append(logger)
+    return loggers
+
+
+def build_callbacks(spec: Any) -> list[L.Callback]:
+    """The callbacks ``spec`` names (``lightning.pytorch.callbacks`` classes, or full paths)."""
+    return [_instantiate(item, "lightning.pytorch.callbacks", L.Callback, "callbacks", {}) for item in _as_list(spec)]
+
+
+class FiniteGuard(L.Callback):
+    """Raise ``FloatingPointError`` at the end of an epoch whose parameters or ``val/loss`` are not finite.
+
+    Lightning runs checkpoint callbacks after all others, so the epoch's ``last.ckpt`` is never written: the last
+    checkpoint on disk is the last good one. ``bad_epoch`` records where it happened.
+    """
+
+    def __init__(self) -> None:
+        self.bad_epoch: int | None = None
+
+    def _check(self, trainer: L.Trainer, module: L.LightningModule, val: bool) -> None:
+        if trainer.sanity_checking:
+            return
+        bad = [name for name, p in module.named_parameters() if not torch.isfinite(p.detach()).all()]
+        loss = trainer.callback_metrics.get("val/loss") if val else None
+        if bad or (loss is not None and not math.isfinite(float(loss))):
+            self.bad_epoch = trainer.current_epoch
+            what = f"parameters {', '.join(bad[:5])}" if bad else f"val/loss ({float(loss)})"
+            raise FloatingPointError(f"non-finite {what} at the end of epoch {trainer.current_epoch}")
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._check(trainer, module, val=True)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._check(trainer, module, val=False)

@@ -1,0 +1,210 @@
+"""Runs that keep work and never fake it: non-finite values, resume, the run-folder lock, names, options, loggers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from vitlab.cli.main import main
+from vitlab.errors import ConfigError
+from vitlab.train import DataConfig, ModelConfig, OptimConfig, RunConfig, fit
+from vitlab.train.config import NegativesConfig
+from vitlab.train.run_folder import RunLock
+
+TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+
+
+def _config(tmp_path, name, epochs=2, **trainer):
+    return RunConfig(
+        name=name, seed=0, output_dir=str(tmp_path),
+        model=ModelConfig(name="vitlab_vit_tiny_32", kwargs=dict(TINY)),
+        data=DataConfig(name="digits", batch_size=64, options={"limit_train": 256}),
+        optim=OptimConfig(lr=3e-3, warmup_epochs=0.5),
+        trainer={"max_epochs": epochs, "accelerator": "cpu", "enable_progress_bar": False,
+                 "enable_model_summary": False, "limit_train_batches": 3, "limit_val_batches": 1,
+                 "limit_test_batches": 1, **trainer},
+    )
+
+
+class PoisonAfter(L.Callback):
+    """Writes NaN into a weight after the last training batch of ``epoch`` (validation then sees a NaN loss)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == trainer.num_training_batches - 1:
+            with torch.no_grad():
+                next(task.model.parameters()).fill_(float("nan"))
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_non_finite_val_loss_keeps_only_a_finite_checkpoint_and_the_advice_works(tmp_path, capsys):
+    with pytest.raises(FloatingPointError) as info:
+        fit(_config(tmp_path, "nan", epochs=3), callbacks=[PoisonAfter(epoch=1)])
+    message = str(info.value)
+    last = tmp_path / "nan" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True, map_location="cpu")
+    assert checkpoint["epoch"] == 0  # epoch 1 ended with NaN weights / val loss: its checkpoint was not written
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())
+    assert "end of epoch 0" in message and str(last) in message
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+    command = message.split("instead: ", 1)[1]
+    args = shlex.split(command)
+    assert args[:2] == ["vitlab", "fit"] and "--optim.lr" in args
+    assert main(args[1:]) == 0, capsys.readouterr().err  # the advised restart runs to the end
+    restarted = tmp_path / args[args.index("--name") + 1]
+    assert (restarted / "model.safetensors").is_file()
+
+
+def test_non_finite_values_in_epoch_zero_say_no_checkpoint_exists(tmp_path):
+    with pytest.raises(FloatingPointError, match="No checkpoint was written"):
+        fit(_config(tmp_path, "nan0"), callbacks=[PoisonAfter(epoch=0)])
+    assert not (tmp_path / "nan0" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_resume_refuses_changed_options_extends_epochs_and_appends_metrics(tmp_path):
+    config = _config(tmp_path, "r", epochs=1)
+    fit(config)
+    rows_before = _rows(tmp_path / "r")
+    changed = _config(tmp_path, "r", epochs=1)
+    changed.optim.lr = 1e-2
+    with pytest.raises(ConfigError, match=r"optim.lr: 0.003 -> 0.01"):
+        fit(changed, resume=True)
+    longer = _config(tmp_path, "r", epochs=2)
+    fit(longer, resume=True)
+    rows_after = _rows(tmp_path / "r")
+    trained = {float(row["epoch"]) for row in rows_after if row.get("train/loss_epoch")}
+    assert trained == {0.0, 1.0}  # epoch 0 from the first part, epoch 1 from the resumed one
+    # the first part's test row (epoch 1) goes: the resumed run replays from the end of epoch 0
+    kept = [row for row in rows_before if not row.get("epoch") or float(row["epoch"]) <= 0]
+    assert kept and [{k: row[k] for k in kept[0]} for row in rows_after[: len(kept)]] == kept
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    assert "max_epochs: 2" in saved and "lr: 0.003" in saved
+
+
+def test_resume_of_an_unknown_run_lists_the_runs(tmp_path):
+    fit(_config(tmp_path, "known", epochs=1))
+    with pytest.raises(FileNotFoundError, match="runs in .*: known"):
+        fit(_config(tmp_path, "knwon", epochs=1), resume=True)
+
+
+def test_the_lock_refuses_a_second_writer_and_takes_over_a_stale_one(tmp_path):
+    run_dir = tmp_path / "locked"
+    with RunLock(run_dir):
+        with pytest.raises(ConfigError, match="in use by another vitlab process"):
+            fit(_config(tmp_path, "locked", epochs=1))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run_dir / ".lock").write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid}))
+    result = fit(_config(tmp_path, "locked", epochs=1))
+    assert result.weights.is_file() and not (run_dir / ".lock").exists()
+
+
+@pytest.mark.parametrize("name", ["", "../escape", "a/b", ".", "-x"])
+def test_names_must_be_plain_folder_names(tmp_path, name):
+    with pytest.raises(ConfigError, match="plain folder name"):
+        fit(_config(tmp_path, name))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("trainer, match", [
+    ({"max_epochs": 0}, "max_epochs must be an integer >= 1"),
+    ({"devices": 0}, "devices must be >= 1"),
+    ({"accumulate_grad_batches": 0}, "accumulate_grad_batches"),
+])
+def test_meaningless_trainer_options_are_refused(tmp_path, trainer, match):
+    with pytest.raises(ConfigError, match=match):
+        fit(_config(tmp_path, "bad", **trainer))
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: OptimConfig(lr=float("nan")), "optim.lr"),
+    (lambda: OptimConfig(lr=-1), "optim.lr"),
+    (lambda: OptimConfig(lr=1e-3, min_lr=1e-2), "optim.min_lr"),
+    (lambda: OptimConfig(weight_decay=float("inf")), "optim.weight_decay"),
+    (lambda: OptimConfig(ema_decay=1.0), "optim.ema_decay"),
+    (lambda: OptimConfig(warmup_epochs=-1), "optim.warmup_epochs"),
+    (lambda: OptimConfig(label_smoothing=1.0), "optim.label_smoothing"),
+    (lambda: RunConfig(seed=-3), "seed"),
+    (lambda: NegativesConfig(enabled=True, weight=float("nan")), "negatives.weight"),
+    (lambda: NegativesConfig(enabled=True, patch_size=1), "negatives.patch_size"),
+    (lambda: NegativesConfig(enabled=False, loss="l2"), "negatives.enabled is false"),
+    (lambda: DataConfig(normalize="imagenet"), "data.normalize"),
+])
+def test_bad_values_are_refused_where_they_enter(build, match):
+    with pytest.raises(ConfigError, match=match):
+        build()
+
+
+def test_num_classes_that_contradict_the_data_are_refused(tmp_path):
+    config = _config(tmp_path, "classes")
+    config.model.kwargs["num_classes"] = 7
+    with pytest.raises(ConfigError, match="digits has 10 classes"):
+        fit(config)
+
+
+def test_weights_that_cannot_be_written_keep_last_ckpt_and_resume_finishes(tmp_path, monkeypatch):
+    import vitlab.train.run as run
+
+    original = run.save_checkpoint
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run, "save_checkpoint", full_disk)
+    with pytest.raises(OSError, match="--resume true"):
+        fit(_config(tmp_path, "disk", epochs=1))
+    assert (tmp_path / "disk" / "checkpoints" / "last.ckpt").is_file()
+    monkeypatch.setattr(run, "save_checkpoint", original)
+    assert fit(_config(tmp_path, "disk", epochs=1), resume=True).weights.is_file()
+
+
+def test_tensorboard_mlflow_and_callbacks_from_class_paths(tmp_path):
+    config = _config(tmp_path, "loggers", epochs=3, log_every_n_steps=1)
+    config.trainer["logger"] = [
+        {"class_path": "TensorBoardLogger", "init_args": {"name": "tb"}},
+        {"class_path": "lightning.pytorch.loggers.MLFlowLogger", "init_args": {"experiment_name": "vitlab"}},
+    ]
+    config.trainer["callbacks"] = [{"class_path": "EarlyStopping",
+                                    "init_args": {"monitor": "val/acc", "mode": "max", "patience": 0,
+                                                  "min_delta": 2.0}}]  # accuracy can never improve by 2
+    result = fit(config)
+    run_dir = result.run_dir
+    trained = {float(r["epoch"]) for r in _rows(run_dir) if r.get("train/loss_epoch")}
+    assert trained == {0.0, 1.0}  # stopped early
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = set()
+    for events in (run_dir / "tb").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        scalars |= set(accumulator.Tags()["scalars"])
+    assert {"val/acc", "train/loss_epoch", "test/acc"} <= scalars
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")  # vitlab's default store: a file in the run folder
+    (experiment,) = [e for e in client.search_experiments() if e.name == "vitlab"]
+    (mlflow_run,) = client.search_runs([experiment.experiment_id])
+    assert len(client.get_metric_history(mlflow_run.info.run_id, "val/acc")) == 2
+
+
+def test_a_logger_that_is_not_a_logger_is_refused(tmp_path):
+    config = _config(tmp_path, "badlogger")
+    config.trainer["logger"] = {"class_path": "lightning.pytorch.callbacks.EarlyStopping"}
+    with pytest.raises(ConfigError, match="is not a lightning"):
+        fit(config)
