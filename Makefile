@@ -31,7 +31,7 @@ demo: data
 
 test: data
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 --doctest-modules tests src/vitlab
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

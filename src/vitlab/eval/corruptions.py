@@ -12,11 +12,12 @@ chunk)``, so the result does not depend on the number of workers; finished corru
 when the same images are generated again. Glass blur uses vitlab's vectorised `glass_blur`.
 
 Example:
+    >>> import tempfile
     >>> import numpy as np
     >>> images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
-    >>> folder = generate_corruption_set(images, np.array([0, 1]), tmp_dir, corruptions=["contrast"],
-    ...                                  workers=1, progress=False)  # doctest: +SKIP
-    >>> np.load(folder / "contrast.npy").shape  # doctest: +SKIP
+    >>> folder = generate_corruption_set(images, np.array([0, 1]), Path(tempfile.mkdtemp()) / "set",
+    ...                                  corruptions=["contrast"], workers=1, progress=False)
+    >>> np.load(folder / "contrast.npy").shape
     (10, 32, 32, 3)
 """
 

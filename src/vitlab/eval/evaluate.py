@@ -1,9 +1,10 @@
 """Clean accuracy and predictions from a vitlab checkpoint (``model.safetensors`` or run folder).
 
-Example:
-    >>> result = evaluate_checkpoint("runs/vit_fashion_mnist", data="fashion_mnist")  # doctest: +SKIP
-    >>> result["acc"]  # doctest: +SKIP
-    0.89
+Usage (with a run of ``vitlab fit --config configs/vit_fashion_mnist.yaml``; tests/eval/test_evaluate.py runs both
+functions on a tiny checkpoint)::
+
+    evaluate_checkpoint("runs/vit_fashion_mnist", data="fashion_mnist")  # {"acc": 0.89, "loss": ..., "samples": ...}
+    predict_images("runs/vit_fashion_mnist", ["shoe.png"], topk=2)  # [{"image": "shoe.png", "predictions": [...]}]
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Robustness on a published ImageNet-C folder (JPEGs), with AlexNet-normalised mCE (see `vitlab.eval.robustness`).
 
-Example:
-    >>> report = evaluate_imagenet_c(model, "/data/ImageNet-C", transform, clean_accuracy=0.81)  # doctest: +SKIP
-    >>> report["metrics"]["mce"]  # doctest: +SKIP
-    48.2
+Usage (with the published ImageNet-C folder, which vitlab cannot download)::
+
+    report = evaluate_imagenet_c(model, "/data/ImageNet-C", transform, clean_accuracy=0.81)
+    report["metrics"]["mce"]  # e.g. 48.2
 """
 
 from __future__ import annotations

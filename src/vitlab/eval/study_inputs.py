@@ -5,9 +5,10 @@ per-run rows of ``results.csv`` (``REQUIRED_COLUMNS``; accuracies are fractions,
 grouped by (backbone, method, negatives, shots) with mean and sample std over seeds, each run's training curve, and
 the optional ``intrinsic/<backbone>/intrinsic_dim.json`` and ``intrinsic_dim_per_module.csv``.
 
-Example:
-    >>> study = load_study("runs/study")  # doctest: +SKIP
-    >>> study["rows"][0]["clean_acc"]  # doctest: +SKIP
+Usage (with a folder written by ``vitlab study``)::
+
+    study = load_study("runs/study")
+    study["rows"][0]["clean_acc"]  # mean clean accuracy of the first (backbone, method, negatives, shots) group
 """
 
 from __future__ import annotations

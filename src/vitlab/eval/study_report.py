@@ -12,9 +12,10 @@ Reads (all written by ``vitlab study``):
 Markdown and HTML are rendered from one list of blocks, so they hold the same text and numbers.
 ``results_markdown`` + ``update_readme`` put the results between the README's ``START_MARKER`` and ``END_MARKER``.
 
-Example:
-    >>> out = write_study_report("runs/study")  # doctest: +SKIP
-    >>> update_readme("README.md", results_markdown("runs/study"))  # doctest: +SKIP
+Usage (with a folder written by ``vitlab study``)::
+
+    out = write_study_report("runs/study")
+    update_readme("README.md", results_markdown("runs/study"))
 """
 
 from __future__ import annotations
