@@ -1,20 +1,50 @@
 """The ``vitlab`` command: ``fit``, ``eval``, ``predict``, ``robustness``, ``diagnose-negatives``, ``intrinsic-dim``,
 ``peft-study``, ``study``, ``data install|list``, ``demo``.
 
-Each subcommand has ``--help``. ``python -m vitlab`` is the same command.
+Each subcommand has ``--help``; only the chosen subcommand's parser is built and nothing heavy (torch, Lightning) is
+imported before it runs, so ``--help`` answers quickly. ``python -m vitlab`` is the same command.
+
+Errors a user can fix (vitlab's `vitlab.errors.VitlabError` family, a missing or unreadable path, a corrupt file
+that a library refused, a ``ValueError`` vitlab raised about an option) print one line and exit with status 1;
+``vitlab --debug ...`` or ``VITLAB_DEBUG=1`` shows the traceback instead. Any other exception is a bug and is raised
+with its traceback.
+
+Example:
+    >>> main(["--version"])  # doctest: +SKIP
+    vitlab 0.1.0
 """
 
 from __future__ import annotations
 
-import json
+import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from importlib import import_module
+from pathlib import Path
 
 from jsonargparse import ArgumentParser, Namespace
 
-from vitlab import __version__
+__all__ = ["COMMANDS", "build_parser", "dispatch", "is_user_error", "main"]
 
-__all__ = ["build_parser", "main"]
+#: subcommand -> (module, parser builder in it, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "fit": ("vitlab.cli.fit", "build_fit_parser", "train from a YAML config"),
+    "eval": ("vitlab.cli.main", "_eval_parser", "evaluate a checkpoint"),
+    "predict": ("vitlab.cli.main", "_predict_parser", "classify image files"),
+    "robustness": ("vitlab.cli.robustness", "build_robustness_parser", "accuracy under common corruptions"),
+    "diagnose-negatives": ("vitlab.cli.diagnose", "build_diagnose_parser",
+                           "accuracy and confidence on patch-based negative views"),
+    "data": ("vitlab.cli.main", "_data_parser", "install or list datasets"),
+    "demo": ("vitlab.cli.demo", "build_demo_parser", "the README's demo: a 15-minute slice of the study"),
+    "intrinsic-dim": ("vitlab.cli.intrinsic_dim", "build_intrinsic_dim_parser", "d90 sweeps of subspace training"),
+    "peft-study": ("vitlab.cli.peft_study", "build_peft_study_parser",
+                   "accuracy vs parameters of every PEFT method"),
+    "study": ("vitlab.cli.study", "build_study_parser", "all three advances end to end, with a report"),
+}
+#: subcommands whose parser builder takes ``help_only`` (a quick parser for ``--help``; see `vitlab.cli.fit`)
+_HELP_ONLY = {"fit", "intrinsic-dim"}
+_VITLAB_DIR = Path(__file__).resolve().parents[1]
 
 
 def _eval_parser() -> ArgumentParser:
@@ -36,6 +66,10 @@ def _predict_parser() -> ArgumentParser:
     return parser
 
 
+def _data_parser() -> ArgumentParser:
+    return ArgumentParser(prog="vitlab data", description="Install datasets into vitlab's cache, or list them.")
+
+
 def _add_data_subcommands(parser: ArgumentParser) -> None:
     commands = parser.add_subcommands(dest="data_command")
     install = ArgumentParser(description="Install a dataset into $VITLAB_DATA (default ~/.cache/vitlab).")
@@ -45,32 +79,34 @@ def _add_data_subcommands(parser: ArgumentParser) -> None:
                             help="show what is present and where")
 
 
-def build_parser() -> ArgumentParser:
-    """The whole ``vitlab`` parser with its subcommands."""
-    from vitlab.cli.demo import build_demo_parser
-    from vitlab.cli.diagnose import build_diagnose_parser
-    from vitlab.cli.fit import build_fit_parser
-    from vitlab.cli.intrinsic_dim import build_intrinsic_dim_parser
-    from vitlab.cli.peft_study import build_peft_study_parser
-    from vitlab.cli.robustness import build_robustness_parser
-    from vitlab.cli.study import build_study_parser
+def _chosen_command(args: Sequence[str]) -> str | None:
+    """The subcommand named in ``args``: the first word that is not an option (top-level options take no value)."""
+    return next((a for a in args if not a.startswith("-")), None)
 
-    parser = ArgumentParser(prog="vitlab", description="vitlab: Vision Transformer research toolkit.")
+
+def build_parser(command: str | None = None, help_only: bool = False) -> ArgumentParser:
+    """The ``vitlab`` parser; only ``command``'s subparser is built in full (the others are empty placeholders that
+    keep their one-line help), so ``vitlab --help`` imports no subcommand module. ``None`` builds none in full;
+    ``help_only`` builds a parser that is only good for printing ``--help`` (quicker for ``fit``/``intrinsic-dim``).
+    """
+    from vitlab import __version__
+
+    parser = ArgumentParser(prog="vitlab", description="vitlab: Vision Transformer research toolkit. "
+                            "`vitlab COMMAND --help` describes a command.")
     parser.add_argument("--version", action="version", version=f"vitlab {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: environment variable VITLAB_DEBUG=1)")
     commands = parser.add_subcommands(dest="command")
-    commands.add_subcommand("fit", build_fit_parser(), help="train from a YAML config")
-    commands.add_subcommand("eval", _eval_parser(), help="evaluate a checkpoint")
-    commands.add_subcommand("predict", _predict_parser(), help="classify image files")
-    commands.add_subcommand("robustness", build_robustness_parser(), help="accuracy under common corruptions")
-    commands.add_subcommand("diagnose-negatives", build_diagnose_parser(),
-                            help="accuracy and confidence on patch-based negative views")
-    data = ArgumentParser(prog="vitlab data", description="Install datasets into vitlab's cache, or list them.")
-    commands.add_subcommand("data", data, help="install or list datasets")
-    commands.add_subcommand("demo", build_demo_parser(), help="the README's demo: a 15-minute slice of the study")
-    commands.add_subcommand("intrinsic-dim", build_intrinsic_dim_parser(), help="d90 sweeps of subspace training")
-    commands.add_subcommand("peft-study", build_peft_study_parser(), help="accuracy vs parameters of every PEFT method")
-    commands.add_subcommand("study", build_study_parser(), help="all three advances end to end, with a report")
-    _add_data_subcommands(data)  # jsonargparse adds nested subcommands after their parent
+    for name, (module, builder, help_text) in COMMANDS.items():
+        if name != command:
+            sub = ArgumentParser(prog=f"vitlab {name}")
+        elif help_only and name in _HELP_ONLY:
+            sub = getattr(import_module(module), builder)(help_only=True)
+        else:
+            sub = getattr(import_module(module), builder)()
+        commands.add_subcommand(name, sub, help=help_text)
+    if command == "data":
+        _add_data_subcommands(commands.choices["data"])  # jsonargparse adds nested subcommands after their parent
     return parser
 
 
@@ -85,60 +121,128 @@ def _run_data(ns: Namespace) -> None:
         print(f"{row['name']:<14} {state:<8} {row.get('path') or '-'}  ({row.get('source', '')})")
 
 
-def dispatch(ns: Namespace, argv: Sequence[str] = ()) -> None:
-    """Run the subcommand chosen in a parsed namespace (``argv``: the arguments, recorded by study reports)."""
-    command = ns.command
-    sub = ns[command]
-    if command == "fit":
-        from vitlab.cli.fit import run_fit
+def _run_eval(sub: Namespace) -> None:
+    import json
 
-        run_fit(sub)
-    elif command == "eval":
-        from vitlab.eval.evaluate import evaluate_checkpoint
+    from vitlab.eval.evaluate import evaluate_checkpoint
 
-        result = evaluate_checkpoint(sub.checkpoint, sub.data, root=sub.root, split=sub.split,
-                                     batch_size=sub.batch_size, device=sub.device)
-        print(json.dumps(result))
-    elif command == "predict":
-        from vitlab.eval.evaluate import predict_images
+    result = evaluate_checkpoint(sub.checkpoint, sub.data, root=sub.root, split=sub.split,
+                                 batch_size=sub.batch_size, device=sub.device)
+    print(json.dumps(result))
 
-        for row in predict_images(sub.checkpoint, sub.images, topk=sub.topk):
-            print(row["image"] + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in row["predictions"]))
-    elif command == "robustness":
-        from vitlab.cli.robustness import run_robustness
 
-        run_robustness(sub)
-    elif command == "diagnose-negatives":
-        from vitlab.cli.diagnose import run_diagnose
+def _run_predict(sub: Namespace) -> None:
+    from vitlab.eval.evaluate import predict_images
 
-        run_diagnose(sub)
-    elif command == "data":
-        _run_data(sub)
-    elif command == "demo":
+    for row in predict_images(sub.checkpoint, sub.images, topk=sub.topk):
+        print(row["image"] + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in row["predictions"]))
+
+
+def _runner(command: str) -> Callable[[Namespace, list[str]], object]:
+    """The function that runs ``command`` from its namespace and the argument list (imported only now)."""
+    if command == "eval":
+        return lambda sub, argv: _run_eval(sub)
+    if command == "predict":
+        return lambda sub, argv: _run_predict(sub)
+    if command == "data":
+        return lambda sub, argv: _run_data(sub)
+    module, function = {
+        "fit": ("vitlab.cli.fit", "run_fit"), "robustness": ("vitlab.cli.robustness", "run_robustness"),
+        "diagnose-negatives": ("vitlab.cli.diagnose", "run_diagnose"),
+        "intrinsic-dim": ("vitlab.cli.intrinsic_dim", "run_cli"),
+        "peft-study": ("vitlab.cli.peft_study", "run_peft_study"),
+    }.get(command, (None, None))
+    if module is not None:
+        run = getattr(import_module(module), function)
+        return lambda sub, argv: run(sub)
+    if command == "demo":
         from vitlab.cli.demo import run_demo
 
-        run_demo(sub, argv=list(argv))
-    elif command == "intrinsic-dim":
-        from vitlab.cli.intrinsic_dim import run_cli
-
-        run_cli(sub)
-    elif command == "peft-study":
-        from vitlab.cli.peft_study import run_peft_study
-
-        run_peft_study(sub)
-    elif command == "study":
+        return lambda sub, argv: run_demo(sub, argv=argv)
+    if command == "study":
         from vitlab.cli.study import run_study_cli
 
-        run_study_cli(sub, argv=list(argv))
+        return lambda sub, argv: run_study_cli(sub, argv=argv)
+    raise KeyError(f"no runner for subcommand {command!r}")  # a bug: COMMANDS and this function disagree
+
+
+def dispatch(ns: Namespace, argv: Sequence[str] = ()) -> None:
+    """Run the subcommand chosen in a parsed namespace (``argv``: the arguments, recorded by study reports)."""
+    _runner(ns.command)(ns[ns.command], list(argv))
+
+
+def _library_file_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions libraries raise for a corrupt or unreadable file (only of libraries already imported)."""
+    import gzip
+    import pickle
+    import zlib
+
+    found: list[type[BaseException]] = [gzip.BadGzipFile, zlib.error, pickle.UnpicklingError, EOFError]
+    for module, name in (("safetensors", "SafetensorError"), ("PIL", "UnidentifiedImageError"),
+                         ("yaml", "YAMLError")):
+        error = getattr(sys.modules.get(module), name, None)
+        if isinstance(error, type) and issubclass(error, BaseException):
+            found.append(error)
+    return tuple(found)
+
+
+def _raised_by_vitlab(err: BaseException) -> bool:
+    """Whether the innermost frame of ``err``'s traceback is vitlab's own code (a check of the user's input)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(_VITLAB_DIR)
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is a problem the user can fix (printed as one line) rather than a bug (shown in full).
+
+    User errors: every `vitlab.errors.VitlabError`; a missing, unreadable or clashing path (``FileNotFoundError``,
+    ``PermissionError``, ``IsADirectoryError``, ``NotADirectoryError``, ``FileExistsError``); a library's refusal of
+    a corrupt file (safetensors, PIL, YAML, gzip, pickle); and a ``ValueError``, ``KeyError`` or
+    ``FloatingPointError`` raised by vitlab's own code (vitlab raises them only about its input). A ``TypeError``,
+    ``AttributeError`` or a ``ValueError`` from inside torch or numpy is a bug.
+
+    Example:
+        >>> from vitlab.errors import ConfigError
+        >>> is_user_error(ConfigError("set optim.lr > 0")), is_user_error(AttributeError("x"))
+        (True, False)
+    """
+    from vitlab.errors import VitlabError
+
+    if isinstance(err, (VitlabError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                        FileExistsError, *_library_file_errors())):
+        return True
+    return isinstance(err, (ValueError, KeyError, FloatingPointError)) and _raised_by_vitlab(err)
+
+
+def _one_line(err: BaseException) -> str:
+    from vitlab.errors import VitlabError
+
+    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = " ".join(message.split()) or "(no message)"
+    known = isinstance(err, VitlabError) or type(err).__module__ == "builtins"
+    return text if known else f"{type(err).__name__}: {text}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point. Errors a user can fix print one line and exit with status 1."""
+    """Console entry point: parse, run, and turn a user's error into one line on stderr and exit status 1.
+
+    ``--debug`` (anywhere in the arguments) or ``VITLAB_DEBUG=1`` re-raises the error with its traceback instead.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
-    ns = build_parser().parse_args(args)
+    debug_flag = "--debug" in args  # accepted before or after the subcommand
+    args = [a for a in args if a != "--debug"]
+    command = _chosen_command(args)
+    help_only = any(a in ("-h", "--help") for a in args)
+    ns = build_parser(command if command in COMMANDS else None, help_only).parse_args(args)
+    debug = debug_flag or os.environ.get("VITLAB_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     try:
         dispatch(ns, args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, KeyError) as err:
-        print(f"vitlab {ns.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"vitlab {ns.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug or not is_user_error(err):
+            raise
+        print(f"vitlab {ns.command}: error: {_one_line(err)} (--debug shows the traceback)", file=sys.stderr)
         return 1
     return 0
