@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from jsonargparse import ArgumentParser, Namespace
-from torch import nn
 
-from vitlab.checkpoint import resolve_weights_path
 from vitlab.cli.robustness import (
     DEFAULT_N,
     add_checkpoint_arguments,
@@ -30,13 +27,14 @@ from vitlab.cli.robustness import (
     load_checkpoint_and_test_data,
 )
 
+if TYPE_CHECKING:
+    from torch import nn
+
 __all__ = ["build_diagnose_parser", "model_patch_size", "run_diagnose"]
 
 
 def build_diagnose_parser() -> ArgumentParser:
     """The ``vitlab diagnose-negatives`` parser."""
-    from vitlab.augment import KINDS
-
     parser = ArgumentParser(
         prog="vitlab diagnose-negatives",
         description="Accuracy against the original label and mean max-softmax confidence of a checkpoint on "
@@ -47,7 +45,8 @@ def build_diagnose_parser() -> ArgumentParser:
                              f"{DEFAULT_N}, or all when the test set is smaller)")
     parser.add_argument("--patch_size", type=int | None, default=None,
                         help="cell size of the views in pixels (default: the model's patch size)")
-    parser.add_argument("--kinds", type=list[str], default=list(KINDS), help="view kinds, e.g. '[shuffle, rotate]'")
+    parser.add_argument("--kinds", type=list[str] | None, default=None,
+                        help="view kinds, e.g. '[shuffle, rotate]' (default: every kind of vitlab.augment.KINDS)")
     parser.add_argument("--replace_rate", type=float, default=0.25, help="P-Infill replace rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the views")
     parser.add_argument("--batch_size", type=int, default=256)
@@ -74,6 +73,10 @@ def model_patch_size(model: nn.Module) -> int | None:
 
 def run_diagnose(ns: Namespace) -> dict[str, Any]:
     """Run ``vitlab diagnose-negatives`` from its parsed namespace; prints and writes the table, returns its dict."""
+    import torch
+
+    from vitlab.augment import KINDS
+    from vitlab.checkpoint import resolve_weights_path
     from vitlab.eval.diagnostics import diagnose_negatives, format_negative_diagnostics
 
     model, _, datamodule = load_checkpoint_and_test_data(ns.checkpoint, ns.data, ns.root, ns.batch_size)
@@ -88,7 +91,8 @@ def run_diagnose(ns: Namespace) -> dict[str, Any]:
     print(f"diagnose-negatives: {n} of {available} {datamodule.name} test images (--n {ns.n or 'default'}), "
           f"views with {patch_size}-px cells{aligned}")
     device = torch.device(ns.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    result = diagnose_negatives(model, datamodule.test_dataloader(), patch_size, kinds=ns.kinds, n=n, device=device,
+    result = diagnose_negatives(model, datamodule.test_dataloader(), patch_size, kinds=ns.kinds or list(KINDS), n=n,
+                                device=device,
                                 seed=ns.seed, replace_rate=ns.replace_rate)
     command = command_line("vitlab diagnose-negatives", ns, build_diagnose_parser())
     result.update({"checkpoint": str(resolve_weights_path(ns.checkpoint)), "data": datamodule.name,

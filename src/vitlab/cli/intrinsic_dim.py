@@ -9,7 +9,7 @@ Everything goes into ``<output_dir>/<name>/`` and a rerun resumes where it stopp
 
 - ``intrinsic_dim.csv`` (``group, dim, accuracy, seconds``; the ``reference`` row first), ``intrinsic_dim.png``
   (accuracy vs d, log x, the 90 % line) and ``intrinsic_dim.json`` (reference, points, d90 raw and interpolated);
-- ``--per-module`` (instead of the whole-model sweep; the reference is shared): ``intrinsic_dim_per_module.csv`` +
+- ``--per_module true`` (instead of the whole-model sweep; the reference is shared): ``intrinsic_dim_per_module.csv`` +
   ``.json`` (the ranked table, see ``vitlab.peft.intrinsic.per_module``; KAdaptation reads the CSV with
   ``target_modules: auto`` and ``options.intrinsic_table: <that path>``), ``intrinsic_dim_per_module.png`` and
   ``intrinsic_dim_per_module_sweep.csv``;
@@ -27,23 +27,27 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
-from jsonargparse import ActionYesNo, ArgumentParser, Namespace
-from torch import Tensor, nn
+from jsonargparse import ArgumentParser, Namespace
 
+from vitlab.cli.cache import ensure_cache_matches, file_sha256, write_record
 from vitlab.cli.fit import add_run_arguments, namespace_to_run_config
-from vitlab.peft.intrinsic import SubspaceConfig, subspace_size, wrap_in_subspace
-from vitlab.peft.intrinsic.per_module import PER_MODULE_CSV, module_kind_targets, run_per_module_sweep
-from vitlab.peft.intrinsic.sweep import log_grid, run_sweep
-from vitlab.train.config import PeftConfig, RunConfig
+from vitlab.cli.progress import sweep_progress
 
-__all__ = ["ENGINES", "SweepSettings", "build_intrinsic_dim_parser", "run_cli", "run_intrinsic_dim"]
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from vitlab.peft.intrinsic import SubspaceConfig
+    from vitlab.train.config import PeftConfig, RunConfig
+
+__all__ = ["ENGINES", "SweepSettings", "build_intrinsic_dim_parser", "run_cli", "run_intrinsic_dim", "sweep_cache_key"]
 
 ENGINES = ("lightning", "plain")
 SWEEP_CSV, SWEEP_PLOT, SWEEP_JSON = "intrinsic_dim.csv", "intrinsic_dim.png", "intrinsic_dim.json"
+#: ``peft.options.sweep`` keys a sweep point's result depends on (the others only choose the grid or read results)
+_POINT_KEYS = ("lr", "engine", "metric", "patience")
 
 
 @dataclass
@@ -65,7 +69,7 @@ class SweepSettings:
             ``vitlab.peft.intrinsic.trainer``, ``trainer.max_epochs`` epochs, final test accuracy; for small nets such
             as Li et al.'s ``mnist_fc``).
         reference: a known 100 % accuracy; ``None`` trains the reference run.
-        kinds: module kinds of ``--per-module`` (``None``: every kind the model has).
+        kinds: module kinds of ``--per_module`` (``None``: every kind the model has).
         published_d90: a published d90 to print beside ours (e.g. 750 for Li et al.'s MNIST FC).
     """
 
@@ -113,25 +117,31 @@ class SweepSettings:
                 raise ValueError(f"peft.options.sweep.dims must be a non-empty list of positive ints, got {self.dims}")
             grid = sorted(set(self.dims))
         else:
+            from vitlab.peft.intrinsic.sweep import log_grid
+
             grid = log_grid(self.d_min, self.d_max, self.num)
         if max_dim is None or grid[-1] <= max_dim:
             return grid
         return [d for d in grid if d < max_dim] + [max_dim]
 
 
-def build_intrinsic_dim_parser() -> ArgumentParser:
-    """The ``vitlab intrinsic-dim`` parser: the ``vitlab fit`` arguments plus ``--per-module`` and ``--dims``."""
+def build_intrinsic_dim_parser(help_only: bool = False) -> ArgumentParser:
+    """The ``vitlab intrinsic-dim`` parser: the ``vitlab fit`` arguments plus ``--per_module`` and ``--dims``
+    (``help_only``: a parser for ``--help`` only, see `vitlab.cli.fit.add_run_arguments`)."""
     parser = ArgumentParser(
         prog="vitlab intrinsic-dim",
         description="Measure d90, the smallest random-subspace dimension reaching 90 % of the reference accuracy: "
         "trains the reference, then subspace runs over a log-spaced d grid (peft.options.sweep). Writes "
-        "<output_dir>/<name>/intrinsic_dim.{csv,png,json}; --per-module sweeps each module kind instead and writes "
-        "the ranked table intrinsic_dim_per_module.{csv,json,png}. Rerunning resumes.",
+        "<output_dir>/<name>/intrinsic_dim.{csv,png,json}; --per_module true sweeps each module kind instead and "
+        "writes the ranked table intrinsic_dim_per_module.{csv,json,png}. Rerunning resumes.",
     )
-    add_run_arguments(parser)
-    parser.add_argument("--per-module", action=ActionYesNo, default=False,
-                        help="sweep each module kind (attention q/k/v/proj, MLP fc1/fc2, high mixer) alone, "
+    add_run_arguments(parser, help_only)
+    parser.add_argument("--per_module", "--per-module", type=bool, nargs="?", const=True, default=False,
+                        help="true: sweep each module kind (attention q/k/v/proj, MLP fc1/fc2, high mixer) alone, "
                         "instead of the whole model, and write the ranked table")
+    parser.add_argument("--reuse_cached_as_is", type=bool, default=False,
+                        help="resume the sweep folder even if another configuration made its runs (default: refused, "
+                        "naming the differing keys)")
     parser.add_argument("--dims", type=list[int] | None, default=None,
                         help="override the d grid, e.g. --dims '[10, 100, 1000]'")
     return parser
@@ -139,7 +149,8 @@ def build_intrinsic_dim_parser() -> ArgumentParser:
 
 def run_cli(ns: Namespace) -> None:
     """Run the subcommand from its parsed namespace and print the result."""
-    summary = run_intrinsic_dim(namespace_to_run_config(ns), per_module=ns.per_module, dims=ns.dims)
+    summary = run_intrinsic_dim(namespace_to_run_config(ns), per_module=ns.per_module, dims=ns.dims,
+                                reuse_cached_as_is=ns.reuse_cached_as_is)
     print(f"reference {summary['reference']:.4f}, threshold {summary['threshold']:.4f}")
     for d, acc in sorted(summary.get("points", {}).items()):
         print(f"  d={d:<8} accuracy {acc:.4f}")
@@ -157,19 +168,54 @@ def _fmt(value: float | None) -> str:
     return "not reached" if value is None else f"{value:.0f}"
 
 
-def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[int] | None = None) -> dict[str, Any]:
+def sweep_cache_key(config: RunConfig) -> dict[str, Any]:
+    """What the cached runs of a sweep depend on: the run config (the grid keys of ``peft.options.sweep`` left out, as
+    each point is cached by itself) and the SHA-256 of the pretrained weights, if any.
+
+    Example:
+        >>> from vitlab.train.config import RunConfig
+        >>> key = sweep_cache_key(RunConfig(name="x"))
+        >>> key["pretrained_sha256"] is None and "name" in key["config"]
+        True
+    """
+    config_dict = asdict(config)
+    sweep = dict(config_dict["peft"]["options"].get("sweep") or {})
+    config_dict["peft"]["options"]["sweep"] = {k: sweep.get(k) for k in _POINT_KEYS}
+    pretrained = config.model.pretrained
+    digest = None
+    if pretrained and Path(pretrained).exists():
+        from vitlab.checkpoint import resolve_weights_path
+
+        digest = file_sha256(resolve_weights_path(pretrained))
+    return {"config": config_dict, "pretrained_sha256": digest}
+
+
+def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[int] | None = None,
+                      reuse_cached_as_is: bool = False) -> dict[str, Any]:
     """Run (or resume) the d90 sweep of ``config``, or with ``per_module`` the per-module sweeps and ranked table.
 
     Args:
         config: a run config with ``peft.method: subspace`` (see the module docstring).
         per_module: sweep each module kind alone (plus the head) instead of the whole model; writes the table.
         dims: overrides ``peft.options.sweep.dims``.
+        reuse_cached_as_is: resume a sweep folder even when another configuration made its runs (by default that is
+            refused with the differing keys named; see `sweep_cache_key` and `vitlab.cli.cache`).
 
     Returns:
         ``reference``, ``threshold`` and ``folder``; the whole-model sweep adds ``points`` ``{d: accuracy}``, ``d90``
         (grid value or ``None``), ``d90_interpolated``, ``complete``, ``published_d90`` and the file paths (also
         written to ``intrinsic_dim.json``); ``per_module`` adds the ranked rows and ``table`` (the CSV path).
     """
+    from vitlab.peft.intrinsic import SubspaceConfig, subspace_size
+    from vitlab.peft.intrinsic.per_module import (
+        PER_MODULE_CSV,
+        available_module_kinds,
+        module_kind_targets,
+        run_per_module_sweep,
+    )
+    from vitlab.peft.intrinsic.per_module import SWEEP_CSV as PER_MODULE_SWEEP_CSV
+    from vitlab.peft.intrinsic.sweep import read_sweep, run_sweep
+
     if config.peft.method != "subspace":
         raise ValueError(f"vitlab intrinsic-dim needs peft.method: subspace, got {config.peft.method!r}")
     options = {k: v for k, v in config.peft.options.items() if k not in ("sweep", "dim")}
@@ -178,31 +224,53 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
         settings = replace(settings, dims=list(dims))
     SubspaceConfig(dim=1, target_modules=config.peft.target_modules, **options)  # validates the options now
     folder = Path(config.output_dir) / config.name
-    folder.mkdir(parents=True, exist_ok=True)
+    key = sweep_cache_key(config)
+    if any((folder / name).is_file() for name in (SWEEP_CSV, PER_MODULE_SWEEP_CSV)):
+        ensure_cache_matches(folder, key, "an intrinsic-dimension sweep", reuse_cached_as_is)
+    else:
+        write_record(folder, key)
     (folder / "intrinsic_dim_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     engine = (_LightningEngine if settings.engine == "lightning" else _PlainEngine)(config, settings, folder)
-    reference: float | Callable[[], float] = settings.reference or engine.reference
     base = engine.base_model()
-    common = dict(reference=reference, fraction=settings.fraction, stop_after_reached=settings.stop_after_reached)
+    train_head, heads = bool(options.get("train_head")), options.get("head_modules")
+    kinds = settings.kinds or available_module_kinds(base)
+    planned = [(k, d) for k in kinds for d in settings.grid(None)] if per_module else [("all", d) for d in
+                                                                                       settings.grid(None)]
+    done = {(row["group"], row["dim"]) for name in (SWEEP_CSV, PER_MODULE_SWEEP_CSV) if (folder / name).is_file()
+            for row in read_sweep(folder / name)}
+    todo = len(set(planned) - done) + (settings.reference is None and ("reference", None) not in done)
+    with sweep_progress(todo, f"intrinsic-dim {config.name}") as bar:
 
-    if per_module:
-        train_head, heads = bool(options.get("train_head")), options.get("head_modules")
+        def counted(run: Callable[..., float]) -> Callable[..., float]:
+            def run_and_count(*args: Any) -> float:
+                value = run(*args)
+                bar.update(1)
+                return value
 
-        def kind_point(kind: str, dim: int) -> float:
-            targets = module_kind_targets(base, kind, include_head=not train_head, head_modules=heads)
-            return engine.subspace(SubspaceConfig(dim=dim, target_modules=targets, **options), f"{kind}/d{dim}")
+            return run_and_count
 
-        records = run_per_module_sweep(base, kind_point, settings.grid(None), folder, kinds=settings.kinds,
-                                       head_modules=heads, **common)
-        return dict(reference=records[0].reference_accuracy, threshold=records[0].threshold, folder=str(folder),
-                    per_module=[asdict(r) for r in records], table=str(folder / PER_MODULE_CSV))
+        reference: float | Callable[[], float] = settings.reference or counted(engine.reference)
+        common = dict(reference=reference, fraction=settings.fraction, stop_after_reached=settings.stop_after_reached)
+        if per_module:
 
-    def point(dim: int) -> float:
-        return engine.subspace(SubspaceConfig(dim=dim, target_modules=config.peft.target_modules, **options),
-                               f"d{dim}")
+            @counted
+            def kind_point(kind: str, dim: int) -> float:
+                targets = module_kind_targets(base, kind, include_head=not train_head, head_modules=heads)
+                return engine.subspace(SubspaceConfig(dim=dim, target_modules=targets, **options), f"{kind}/d{dim}")
 
-    max_dim = subspace_size(base, SubspaceConfig(dim=1, target_modules=config.peft.target_modules, **options))
-    result = run_sweep(point, settings.grid(max_dim), folder / SWEEP_CSV, plot_path=folder / SWEEP_PLOT, **common)
+            records = run_per_module_sweep(base, kind_point, settings.grid(None), folder, kinds=settings.kinds,
+                                           head_modules=heads, **common)
+            return dict(reference=records[0].reference_accuracy, threshold=records[0].threshold, folder=str(folder),
+                        per_module=[asdict(r) for r in records], table=str(folder / PER_MODULE_CSV))
+
+        @counted
+        def point(dim: int) -> float:
+            return engine.subspace(SubspaceConfig(dim=dim, target_modules=config.peft.target_modules, **options),
+                                   f"d{dim}")
+
+        max_dim = subspace_size(base, SubspaceConfig(dim=1, target_modules=config.peft.target_modules, **options))
+        result = run_sweep(point, settings.grid(max_dim), folder / SWEEP_CSV, plot_path=folder / SWEEP_PLOT,
+                           **common)
     if result.reference is None or result.d90 is None:
         raise ValueError(f"{folder / SWEEP_CSV} has no reference or no point yet (another process may be running "
                          "them); run again when it is done to collect the results")
@@ -227,7 +295,7 @@ class _LightningEngine:
         data = self.config.data
         dm = build_datamodule(data.name, root=data.root, img_size=data.img_size, batch_size=data.batch_size,
                               in_chans=self.config.model.kwargs.get("in_chans"), **data.options)
-        return build_run_model(self.config, dm.num_classes, dm.in_chans)[0]
+        return build_run_model(self.config, dm.num_classes, dm.in_chans).model
 
     def _run(self, name: str, peft: PeftConfig, lr: float) -> float:
         from vitlab.train.run import fit
@@ -251,9 +319,13 @@ class _LightningEngine:
         return float(metrics[self.settings.metric])
 
     def reference(self) -> float:
+        from vitlab.train.config import PeftConfig
+
         return self._run("reference", PeftConfig(), self.config.optim.lr)
 
     def subspace(self, config: SubspaceConfig, name: str) -> float:
+        from vitlab.train.config import PeftConfig
+
         options = {k: v for k, v in config.to_dict().items() if k != "target_modules"}
         peft = PeftConfig(method="subspace", target_modules=config.target_modules, options=options)
         return self._run(name, peft, self.settings.lr or self.config.optim.lr)
@@ -282,10 +354,15 @@ class _PlainEngine:
 
             in_features = int(self.train[0][0].numel())
             return MnistFC(in_features, num_classes=self.num_classes, seed=self.config.seed, **kwargs)
+        import torch
+
         from vitlab.train.run import build_run_model
 
-        torch.manual_seed(self.config.seed)  # the same θ₀ for the reference and every subspace run
-        return build_run_model(self.config, self.num_classes, int(self.train[0].shape[1]))[0]
+        # the same θ₀ for the reference and every subspace run; timm initialises from the global RNG, so it is seeded
+        # in a forked state that is restored afterwards (the caller's global RNG is neither drawn from nor reseeded)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            return build_run_model(self.config, self.num_classes, int(self.train[0].shape[1])).model
 
     def reference(self) -> float:
         from vitlab.peft.intrinsic.trainer import fit_classifier
@@ -298,6 +375,7 @@ class _PlainEngine:
         return float(json.loads(cache.read_text())["metrics"]["test/acc"])
 
     def subspace(self, config: SubspaceConfig, name: str) -> float:
+        from vitlab.peft.intrinsic import wrap_in_subspace
         from vitlab.peft.intrinsic.trainer import fit_classifier
 
         settings = replace(self.fit_settings, lr=self.settings.lr or self.fit_settings.lr)
@@ -306,6 +384,8 @@ class _PlainEngine:
 
 def _load_tensors(config: RunConfig) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], int]:
     """The training split and the test set as in-memory ``(images [N, C, H, W], labels [N])``, and the classes."""
+    import torch
+
     from vitlab.data import build_datamodule
 
     data = config.data

@@ -11,15 +11,17 @@ Output folder (``--output_dir``, default ``runs/peft_study``):
 
 - ``runs/<method>-k<k>-s<seed>/`` and ``runs/<method>-full-s<seed>/``: each run's folder; ``log.txt`` is its output;
 - ``results.csv``: one row per run (run, method, shots, seed, accuracy, trainable_params, adaptation_params,
-  train_size, steps, train_time_s, peak_memory_mb, wall_time_s), rewritten after every run;
+  train_size, steps, train_time_s, peak_memory_mb, wall_time_s, config_hash), rewritten after every run;
 - ``summary.csv``: per (method, shots) the accuracy mean ± sample std over seeds, means of time and memory;
 - ``accuracy_vs_params.png``: accuracy against trainable parameters (log x), one panel per shots setting.
 
-Resumable: the same command again skips every run that has a row in ``results.csv``; rows accumulate and the summary
-covers all of them, so use another ``--output_dir`` when you change the budget. Needs ``os.wait4`` (Linux, macOS).
+Resumable: the same command again skips every run that has a row in ``results.csv`` made by the same configuration
+(the row's ``config_hash``: the run's spec and the backbone's weights); a run whose configuration changed is redone
+(``--reuse_cached_as_is true`` keeps it). Rows of runs not asked for now are kept and the summary covers all of them,
+so use another ``--output_dir`` when you change the budget. Needs ``os.wait4`` (Linux, macOS).
 
 Example:
-    vitlab peft-study --methods linear,kadaptation --shots 5 --seeds 0 --full_data false --steps 50
+    vitlab peft-study --methods '[linear, kadaptation]' --shots '[5]' --seeds '[0]' --full_data false --steps 50
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
-from vitlab.peft.study import STUDY_METHODS, plot_accuracy_vs_params, study_run_configs, summarize_study, write_csv
+from vitlab.cli.cache import config_hash, differing_keys, file_sha256
+from vitlab.cli.progress import sweep_progress
 
 __all__ = ["DEFAULT_BACKBONE", "backbone_model", "build_peft_study_parser", "launch_run", "plan_study",
            "read_result_rows", "run_peft_study", "run_study"]
@@ -50,7 +53,8 @@ _FLOAT_COLUMNS = ("accuracy", "train_time_s", "peak_memory_mb", "peak_gpu_memory
 
 
 def build_peft_study_parser() -> ArgumentParser:
-    """The ``vitlab peft-study`` parser (lists are comma-separated: ``--shots 5,20``)."""
+    """The ``vitlab peft-study`` parser (lists as everywhere in vitlab: ``--shots '[5, 20]'``; the older
+    comma-separated form ``--shots 5,20`` is still accepted)."""
     parser = ArgumentParser(prog="vitlab peft-study", description="Fine-tune one pretrained backbone with every PEFT "
                             "method (few-shot and full data, one process per run); writes results.csv, summary.csv "
                             "and accuracy_vs_params.png. Rerunning skips finished runs.")
@@ -61,11 +65,14 @@ def build_peft_study_parser() -> ArgumentParser:
     parser.add_argument("--data", type=str, default="fashion_mnist", help="downstream dataset (vitlab data list)")
     parser.add_argument("--root", type=str | None, default=None, help="data folder (default: vitlab's cache)")
     parser.add_argument("--img_size", type=int | None, default=None, help="input size (default: the backbone's)")
-    parser.add_argument("--methods", type=str, default=",".join(STUDY_METHODS), help="comma-separated methods")
+    parser.add_argument("--methods", type=list[str] | str | None, default=None,
+                        help="methods, e.g. '[linear, kadaptation]' (default: every method of "
+                        "vitlab.peft.study.STUDY_METHODS)")
     parser.add_argument("--method_options", type=dict, default={},
                         help='per-method peft options merged over the defaults, JSON: {"lora": {"r": 8}}')
-    parser.add_argument("--shots", type=str, default="5,20", help="comma-separated k (examples per class)")
-    parser.add_argument("--seeds", type=str, default="0,1,2", help="comma-separated seeds of the few-shot runs")
+    parser.add_argument("--shots", type=list[int] | str, default=[5, 20], help="k (examples per class), e.g. '[5, 20]'")
+    parser.add_argument("--seeds", type=list[int] | str, default=[0, 1, 2], help="seeds of the few-shot runs, e.g. "
+                        "'[0, 1, 2]'")
     parser.add_argument("--full_data", type=bool, default=True, help="also fine-tune on the whole training split")
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps of each few-shot run")
     parser.add_argument("--full_epochs", type=int, default=1, help="epochs of each full-data run")
@@ -73,6 +80,9 @@ def build_peft_study_parser() -> ArgumentParser:
     parser.add_argument("--accelerator", type=str, default="auto", help="cpu, gpu or auto")
     parser.add_argument("--output_dir", type=str, default="runs/peft_study", help="study folder")
     parser.add_argument("--keep_checkpoints", type=bool, default=False, help="keep each run's last.ckpt")
+    parser.add_argument("--reuse_cached_as_is", type=bool, default=False,
+                        help="reuse every run in results.csv even if another configuration made it (default: such "
+                        "runs are redone)")
     return parser
 
 
@@ -80,7 +90,8 @@ def _int_list(text: str | Sequence[int], option: str) -> list[int]:
     try:
         values = [int(v) for v in (text.split(",") if isinstance(text, str) else text) if str(v).strip()]
     except ValueError:
-        raise ValueError(f"{option} takes comma-separated integers such as 5,20; got {text!r}") from None
+        raise ValueError(f"{option} takes a list of integers such as '[5, 20]' (or comma-separated integers such as "
+                         f"5,20); got {text!r}") from None
     return values
 
 
@@ -114,7 +125,7 @@ def backbone_model(backbone: str | None, model: str | None, model_kwargs: Mappin
 
 def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mnist", *, model: str | None = None,
                model_kwargs: Mapping[str, Any] | None = None, root: str | None = None, img_size: int | None = None,
-               methods: str | Sequence[str] = tuple(STUDY_METHODS), method_options: Mapping[str, Any] | None = None,
+               methods: str | Sequence[str] | None = None, method_options: Mapping[str, Any] | None = None,
                shots: str | Sequence[int] = (5, 20), seeds: str | Sequence[int] = (0, 1, 2), full_data: bool = True,
                steps: int = 200, full_epochs: int = 1, batch_size: int = 128, accelerator: str = "auto",
                output_dir: str = "runs/peft_study") -> list[dict[str, Any]]:
@@ -131,7 +142,10 @@ def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mni
     """
     from vitlab.data import build_datamodule
     from vitlab.peft.methods import PEFT_METHODS
+    from vitlab.peft.study import STUDY_METHODS, study_run_configs
 
+    if methods is None:
+        methods = list(STUDY_METHODS)
     names = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods)
     unknown = [m for m in names if m not in STUDY_METHODS and m not in PEFT_METHODS]
     if not names or unknown:
@@ -154,6 +168,11 @@ def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mni
         spec["options"] = {**spec["options"], **extra.get(name, {})}
         specs_by_method[name] = spec
     model_section, size = backbone_model(backbone, model, model_kwargs or {}, img_size)
+    backbone_sha256 = None
+    if model_section["pretrained"]:
+        from vitlab.checkpoint import resolve_weights_path
+
+        backbone_sha256 = file_sha256(resolve_weights_path(model_section["pretrained"]))
     num_classes = build_datamodule(data, root=root, img_size=size).num_classes
     base_trainer = {"accelerator": accelerator, "devices": 1, "limit_val_batches": 0, "num_sanity_val_steps": 0,
                     "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1}
@@ -174,7 +193,8 @@ def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mni
         run["optim"]["warmup_epochs"] = round(0.1 * epochs, 6)
         run["output_dir"] = str(Path(output_dir) / "runs")
         specs.append({"config": run, "few_shot": few_shot, "method": run["peft"]["method"],
-                      "shots": "full" if few_shot is None else few_shot["k"], "seed": run["seed"]})
+                      "shots": "full" if few_shot is None else few_shot["k"], "seed": run["seed"],
+                      "backbone_sha256": backbone_sha256})
     return specs
 
 
@@ -191,6 +211,30 @@ def read_result_rows(path: Path) -> list[dict[str, Any]]:
             row.update({k: float(row[k]) for k in _FLOAT_COLUMNS if k in row})
             rows.append(row)
     return rows
+
+
+def cached_rows(rows: list[dict[str, Any]], specs: list[dict[str, Any]], runs_dir: Path,
+                reuse_cached_as_is: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split ``specs`` into ``(rows to keep, specs to run)``: a run's row is reused only when its ``config_hash``
+    equals the hash of the spec asked for now (or ``reuse_cached_as_is``); a row made by another configuration is
+    dropped and its run redone, with the differing keys printed (from the run folder's ``study_spec.json``).
+    """
+    by_name = {row["run"]: row for row in rows}
+    wanted = {spec["config"]["name"]: spec for spec in specs}
+    keep = [row for row in rows if row["run"] not in wanted]
+    todo = []
+    for name, spec in wanted.items():
+        row = by_name.get(name)
+        if row is not None and (reuse_cached_as_is or row.get("config_hash") == config_hash(spec)):
+            keep.append(row)
+            continue
+        if row is not None:
+            saved = runs_dir / name / _SPEC
+            changed = differing_keys(json.loads(saved.read_text()), spec) if saved.is_file() else ["no record"]
+            print(f"{name}: cached result made by another configuration ({'; '.join(changed[:4])}), run again "
+                  "(--reuse_cached_as_is true keeps it)", flush=True)
+        todo.append(spec)
+    return keep, todo
 
 
 def launch_run(spec: dict[str, Any], run_dir: Path, keep_checkpoints: bool) -> dict[str, Any]:
@@ -215,43 +259,54 @@ def launch_run(spec: dict[str, Any], run_dir: Path, keep_checkpoints: bool) -> d
     result = json.loads((run_dir / _RESULT).read_text())
     peak_mb = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, KiB on Linux
     row = {"run": spec["config"]["name"], "method": spec["method"], "shots": spec["shots"], "seed": spec["seed"],
-           **result, "peak_memory_mb": round(peak_mb, 1), "wall_time_s": round(time.perf_counter() - start, 2)}
+           **result, "peak_memory_mb": round(peak_mb, 1), "wall_time_s": round(time.perf_counter() - start, 2),
+           "config_hash": config_hash(spec)}
     return row
 
 
-def run_study(output_dir: str = "runs/peft_study", keep_checkpoints: bool = False, **options: Any) -> dict[str, Any]:
+def run_study(output_dir: str = "runs/peft_study", keep_checkpoints: bool = False, reuse_cached_as_is: bool = False,
+              **options: Any) -> dict[str, Any]:
     """Run (or resume) a study; returns ``{"results", "summary", "plot"}`` paths and the result ``rows``.
 
     Args:
         output_dir: the study folder (see the module docstring for its contents).
         keep_checkpoints: keep each run's ``checkpoints/last.ckpt`` (deleted by default to save disk).
+        reuse_cached_as_is: reuse every run already in ``results.csv`` even when another configuration made it
+            (by default such a run is redone; see `cached_rows`).
         **options: `plan_study` arguments (backbone, data, methods, shots, seeds, steps, ...).
 
     Raises:
         ValueError: bad options, or some runs failed (the others are kept; rerun the command to retry them).
     """
+    from vitlab.peft.study import write_csv
+
     specs = plan_study(output_dir=output_dir, **options)
     out = Path(output_dir)
     results_path = out / "results.csv"
-    rows = read_result_rows(results_path)
-    done, failed = {row["run"] for row in rows}, []
-    for i, spec in enumerate(specs, 1):
-        name = spec["config"]["name"]
-        if name in done:
-            print(f"[{i}/{len(specs)}] {name}: already in {results_path}, skipped", flush=True)
-            continue
-        try:
-            row = launch_run(spec, Path(spec["config"]["output_dir"]) / name, keep_checkpoints)
-        except RuntimeError as err:
-            failed.append(name)
-            print(f"[{i}/{len(specs)}] {name}: FAILED, {err}", flush=True)
-            continue
-        rows.append(row)
-        write_csv(rows, results_path)
-        print(f"[{i}/{len(specs)}] {name}: accuracy {row['accuracy']:.4f}, {row['trainable_params']:,} trainable "
-              f"parameters, {row['train_time_s']:.1f} s, peak {row['peak_memory_mb']:.0f} MB", flush=True)
+    rows, todo = cached_rows(read_result_rows(results_path), specs, out / "runs", reuse_cached_as_is)
+    failed = []
+    for spec in specs:
+        if spec not in todo:
+            print(f"{spec['config']['name']}: already in {results_path} (same configuration), skipped", flush=True)
+    with sweep_progress(len(todo), "peft-study") as bar:
+        for i, spec in enumerate(todo, 1):
+            name = spec["config"]["name"]
+            try:
+                row = launch_run(spec, Path(spec["config"]["output_dir"]) / name, keep_checkpoints)
+            except RuntimeError as err:
+                failed.append(name)
+                bar.write(f"[{i}/{len(todo)}] {name}: FAILED, {err}")
+                bar.update(1)
+                continue
+            rows = [r for r in rows if r["run"] != name] + [row]
+            write_csv(rows, results_path)
+            bar.write(f"[{i}/{len(todo)}] {name}: accuracy {row['accuracy']:.4f}, {row['trainable_params']:,} "
+                      f"trainable parameters, {row['train_time_s']:.1f} s, peak {row['peak_memory_mb']:.0f} MB")
+            bar.update(1)
     paths: dict[str, Any] = {"results": results_path, "rows": rows}
     if rows:
+        from vitlab.peft.study import plot_accuracy_vs_params, summarize_study
+
         summary = summarize_study(rows)
         paths["summary"] = write_csv(summary, out / "summary.csv")
         title = f"{specs[0]['config']['model']['name']} on {specs[0]['config']['data']['name']}"

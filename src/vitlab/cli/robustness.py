@@ -26,13 +26,12 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from jsonargparse import ArgumentParser, Namespace
-from torch import nn
 
-from vitlab.checkpoint import load_model, resolve_weights_path
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "DEFAULT_N",
@@ -149,6 +148,7 @@ def load_checkpoint_and_test_data(
         ``(model in eval mode, metadata, datamodule after setup("test"))``; the test loader yields normalised
         ``(B, C, H, W)`` float32 images and ``(B,)`` int64 labels.
     """
+    from vitlab.checkpoint import load_model
     from vitlab.data import build_datamodule
 
     model, meta = load_model(checkpoint)
@@ -246,6 +246,9 @@ def _generated_set(ns: Namespace, datamodule: Any) -> tuple[Path, str]:
 
 def run_robustness(ns: Namespace) -> dict[str, Any]:
     """Run ``vitlab robustness`` from its parsed namespace; prints and writes the report, returns its dict."""
+    import torch
+
+    from vitlab.checkpoint import load_model, resolve_weights_path
     from vitlab.eval.imagenet_c import evaluate_imagenet_c
     from vitlab.eval.robustness import evaluate_corruptions, format_robustness_report
 

@@ -3,9 +3,11 @@
 Stages, each cached so that a rerun of the same command resumes where it stopped:
 
 1. ``pretrain``: each backbone the study uses is trained by its `vitlab fit` config (MNIST), or its cached run
-   folder (``model.safetensors`` present) is used; an interrupted pretraining resumes from ``last.ckpt``;
+   folder (``model.safetensors`` present) is used, only if that same config made it (else refused with the differing
+   keys named); an interrupted pretraining resumes from ``last.ckpt``;
 2. ``finetune``: the grid of `vitlab.cli.study_config.FinetuneSpec` and the ``extra_runs``, one process per run
-   (`vitlab.cli.peft_study.launch_run`), rows in ``finetune/results.csv``; finished runs are skipped;
+   (`vitlab.cli.peft_study.launch_run`), rows in ``finetune/results.csv``; finished runs made by the same
+   configuration are skipped, others redone;
 3. ``evaluate``: for every run, generated-corruption accuracy (`vitlab robustness`, ``evaluation.corruption_n``
    test images, the set generated once) and negative-view accuracy (`vitlab diagnose-negatives`); each writes its
    JSON into the run folder and is skipped when present;
@@ -16,7 +18,9 @@ Stages, each cached so that a rerun of the same command resumes where it stopped
    copies the report, its plots and tables to ``docs/study/`` beside the README (run folders are not versioned).
 
 Before starting, a measured time estimate per stage is printed (`vitlab.cli.study_estimate`); ``--estimate_only``
-stops there. A GPU is used when present (``accelerator: auto``). Everything lands in ``<output_dir>/<name>/``.
+stops there. Every cached stage is keyed on the configuration that made it (`vitlab.cli.cache`);
+``--reuse_cached_as_is true`` uses it regardless. A GPU is used when present (``accelerator: auto``). Everything
+lands in ``<output_dir>/<name>/``.
 
 Example:
     vitlab study --config configs/study.yaml            # the default, about an hour on 2 CPU cores
@@ -32,22 +36,13 @@ import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 from jsonargparse import ArgumentParser, Namespace
 
-from vitlab.cli.study_config import StudyConfig, load_study_config
-from vitlab.cli.study_estimate import estimate_study, format_estimates
-from vitlab.cli.study_stages import (
-    evaluate_runs,
-    finetune_specs,
-    pretrain_backbones,
-    run_finetune,
-    run_intrinsic,
-    write_tables,
-)
+if TYPE_CHECKING:
+    from vitlab.cli.study_config import StudyConfig
 
 __all__ = ["build_study_parser", "run_study_cli", "run_vitlab_study"]
 
@@ -63,12 +58,17 @@ def build_study_parser(prog: str = "vitlab study", default_config: str | None = 
     parser.add_argument("--output_dir", type=str | None, default=None, help="parent folder (default: the config's)")
     parser.add_argument("--accelerator", type=str | None, default=None, help="cpu, gpu or auto (default: config)")
     parser.add_argument("--estimate_only", type=bool, default=False, help="print the time estimates and stop")
+    parser.add_argument("--reuse_cached_as_is", type=bool, default=False,
+                        help="reuse cached pretraining, fine-tuning runs and sweeps even if another configuration "
+                        "made them (default: fine-tuning runs are redone, pretraining and sweeps refused)")
     parser.add_argument("--readme", type=str | None, default=None,
                         help="rewrite this README's Results section (between study-results markers) from the report")
     return parser
 
 
 def _hardware(accelerator: str) -> str:
+    import torch
+
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -85,6 +85,8 @@ class _Stages:
     """Times each stage and records it in ``study.json`` (written after every stage, so a crash keeps the record)."""
 
     def __init__(self, config: StudyConfig, command: str, estimates: list[dict[str, Any]]) -> None:
+        import torch
+
         self.path = config.folder / "study.json"
         old = json.loads(self.path.read_text()) if self.path.is_file() else {}
         measured = {s["stage"]: s.get("measured_s") for s in old.get("stages", [])}
@@ -126,7 +128,7 @@ def _version() -> str:
 
 
 def run_vitlab_study(config: StudyConfig, command: str, estimate_only: bool = False,
-                     readme: str | None = None) -> dict[str, Any]:
+                     readme: str | None = None, reuse_cached_as_is: bool = False) -> dict[str, Any]:
     """Run (or resume) a study; returns the report paths (``{"markdown", "html", "plots", "rows"}``).
 
     Args:
@@ -134,7 +136,17 @@ def run_vitlab_study(config: StudyConfig, command: str, estimate_only: bool = Fa
         command: the command line, recorded in the report.
         estimate_only: print the per-stage time estimates and return ``{"estimates": [...]}``.
         readme: a README whose ``<!-- study-results:start/end -->`` section is rewritten from the report.
+        reuse_cached_as_is: reuse every cached stage even when another configuration made it (`vitlab.cli.cache`).
     """
+    from vitlab.cli.study_estimate import estimate_study, format_estimates
+    from vitlab.cli.study_stages import (
+        evaluate_runs,
+        finetune_specs,
+        pretrain_backbones,
+        run_finetune,
+        run_intrinsic,
+        write_tables,
+    )
     from vitlab.eval.study_report import write_study_report
 
     folder = config.folder
@@ -148,11 +160,11 @@ def run_vitlab_study(config: StudyConfig, command: str, estimate_only: bool = Fa
         return {"estimates": estimates}
     stages = _Stages(config, command, estimates)
     stages.save()
-    weights = stages.run("pretrain", pretrain_backbones, config)
+    weights = stages.run("pretrain", pretrain_backbones, config, reuse_cached_as_is)
     specs = finetune_specs(config, weights)
-    rows = stages.run("finetune", run_finetune, config, specs)
+    rows = stages.run("finetune", run_finetune, config, specs, reuse_cached_as_is)
     stages.run("evaluate", evaluate_runs, config, rows)
-    stages.run("intrinsic_dim", run_intrinsic, config, weights)
+    stages.run("intrinsic_dim", run_intrinsic, config, weights, reuse_cached_as_is)
     extra = write_tables(config, rows, weights)
     stages.save(**extra)
     report = stages.run("report", write_study_report, folder)
@@ -188,9 +200,12 @@ def _publish(folder: Path, readme: Path) -> None:
 def run_study_cli(ns: Namespace, prog: str = "vitlab study", argv: list[str] | None = None) -> dict[str, Any]:
     """The ``vitlab study`` subcommand from its parsed namespace; ``argv`` (the arguments after ``vitlab``) is
     recorded in the report as the exact command."""
+    from vitlab.cli.study_config import load_study_config
+
     if not ns.config:
         raise ValueError(f"{prog} needs --config <study YAML> (e.g. configs/study.yaml)")
     config = load_study_config(ns.config, full=ns.full, name=ns.name, output_dir=ns.output_dir,
                                accelerator=ns.accelerator)
     command = shlex.join(["vitlab", *argv]) if argv else f"{prog} --config {ns.config}"
-    return run_vitlab_study(config, command, estimate_only=ns.estimate_only, readme=ns.readme)
+    return run_vitlab_study(config, command, estimate_only=ns.estimate_only, readme=ns.readme,
+                            reuse_cached_as_is=ns.reuse_cached_as_is)

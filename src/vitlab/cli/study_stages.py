@@ -16,20 +16,25 @@ from __future__ import annotations
 import copy
 import json
 from contextlib import redirect_stdout
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from vitlab.cli.cache import config_hash, ensure_cache_matches, write_record
 from vitlab.cli.fit import parse_run_config
-from vitlab.cli.peft_study import backbone_model, launch_run, plan_study, read_result_rows
+from vitlab.cli.peft_study import backbone_model, cached_rows, launch_run, plan_study, read_result_rows
+from vitlab.cli.progress import sweep_progress
 from vitlab.cli.study_config import StudyConfig
-from vitlab.peft.study import write_csv
-from vitlab.train.config import ModelConfig, RunConfig
+
+if TYPE_CHECKING:
+    from vitlab.train.config import RunConfig
 
 __all__ = ["evaluate_runs", "finetune_specs", "pretrain_backbones", "pretrain_config", "run_finetune",
            "run_intrinsic", "run_name", "write_tables"]
 
 SEVERITIES = (1, 2, 3, 4, 5)
+#: Hash of the evaluation settings that made a run folder's robustness and diagnostics JSON (see `evaluate_runs`).
+_EVALUATION_RECORD = "evaluation_key.txt"
 
 
 def run_name(backbone: str, method: str, negatives: str, shots: int | str, seed: int) -> str:
@@ -43,21 +48,36 @@ def pretrain_config(config: StudyConfig, label: str) -> RunConfig:
     return replace(run_config, trainer={**run_config.trainer, "accelerator": config.accelerator})
 
 
-def pretrain_backbones(config: StudyConfig) -> dict[str, Path]:
-    """Pretrain (or find cached) every backbone the study uses; returns label -> run folder with model.safetensors."""
+def pretrain_backbones(config: StudyConfig, reuse_cached_as_is: bool = False) -> dict[str, Path]:
+    """Pretrain (or find cached) every backbone the study uses; returns label -> run folder with model.safetensors.
+
+    A run folder is reused (or resumed from ``last.ckpt``) only when the configuration that made it (its cache
+    record, else its ``config.yaml``) equals the backbone's pretraining config; otherwise it is refused with the
+    differing keys named (``reuse_cached_as_is``: use it anyway). See `vitlab.cli.cache`.
+    """
+    import yaml
+
     from vitlab.train import fit
 
     weights = {}
     for label in config.used_backbones():
         run_config = pretrain_config(config, label)
         run_dir = Path(run_config.output_dir) / run_config.name
+        wanted = asdict(run_config)
+        if (run_dir / "model.safetensors").is_file() or (run_dir / "checkpoints" / "last.ckpt").is_file():
+            saved = run_dir / "config.yaml"  # what `vitlab fit` recorded, for folders without a cache record
+            fallback = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+            ensure_cache_matches(run_dir, wanted, f"the {label} backbone's pretraining", reuse_cached_as_is,
+                                 fallback=fallback if isinstance(fallback, dict) else None)
         if (run_dir / "model.safetensors").is_file():
-            print(f"{label}: cached pretrained weights {run_dir / 'model.safetensors'}", flush=True)
+            print(f"{label}: cached pretrained weights {run_dir / 'model.safetensors'} (same configuration)",
+                  flush=True)
         else:
             resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
             print(f"{label}: {'resuming' if resume else 'starting'} pretraining "
                   f"`vitlab fit --config {config.backbones[label].pretrain}`", flush=True)
             fit(run_config, resume=resume)
+            write_record(run_dir, wanted)  # after fit: a record in the folder beforehand would make Lightning warn
         weights[label] = run_dir
     return weights
 
@@ -97,26 +117,33 @@ def finetune_specs(config: StudyConfig, weights: dict[str, Path]) -> list[dict[s
     return list(specs.values())
 
 
-def run_finetune(config: StudyConfig, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run every spec not yet in ``finetune/results.csv`` (one process each); returns the rows of ``specs``."""
+def run_finetune(config: StudyConfig, specs: list[dict[str, Any]],
+                 reuse_cached_as_is: bool = False) -> list[dict[str, Any]]:
+    """Run every spec not yet in ``finetune/results.csv`` with the same configuration (one process each; see
+    `vitlab.cli.peft_study.cached_rows`); returns the rows of ``specs``."""
+    from vitlab.peft.study import write_csv
+
     results = config.folder / "finetune" / "results.csv"
-    rows = read_result_rows(results)
-    done = {row["run"] for row in rows}
-    todo = [s for s in specs if s["config"]["name"] not in done]
+    rows, todo = cached_rows(read_result_rows(results), specs, config.folder / "finetune" / "runs",
+                             reuse_cached_as_is)
     print(f"{len(specs)} fine-tuning runs, {len(specs) - len(todo)} already done", flush=True)
     failed = []
-    for i, spec in enumerate(todo, 1):
-        name = spec["config"]["name"]
-        try:
-            row = launch_run(spec, Path(spec["config"]["output_dir"]) / name, keep_checkpoints=False)
-        except RuntimeError as err:
-            failed.append(name)
-            print(f"[{i}/{len(todo)}] {name}: FAILED, {err}", flush=True)
-            continue
-        rows.append({**row, "backbone": spec["backbone"], "negatives": spec["negatives"]})
-        write_csv(rows, results)
-        print(f"[{i}/{len(todo)}] {name}: accuracy {row['accuracy']:.4f}, {row['trainable_params']:,} trainable, "
-              f"{row['wall_time_s']:.0f} s", flush=True)
+    with sweep_progress(len(todo), "study fine-tuning") as bar:
+        for i, spec in enumerate(todo, 1):
+            name = spec["config"]["name"]
+            try:
+                row = launch_run(spec, Path(spec["config"]["output_dir"]) / name, keep_checkpoints=False)
+            except RuntimeError as err:
+                failed.append(name)
+                bar.write(f"[{i}/{len(todo)}] {name}: FAILED, {err}")
+                bar.update(1)
+                continue
+            rows = [r for r in rows if r["run"] != name] + [{**row, "backbone": spec["backbone"],
+                                                             "negatives": spec["negatives"]}]
+            write_csv(rows, results)
+            bar.write(f"[{i}/{len(todo)}] {name}: accuracy {row['accuracy']:.4f}, {row['trainable_params']:,} "
+                      f"trainable, {row['wall_time_s']:.0f} s")
+            bar.update(1)
     if failed:
         raise ValueError(f"{len(failed)} fine-tuning run(s) failed: {failed}; see their log.txt under "
                          f"{config.folder / 'finetune' / 'runs'}, then rerun the same command (finished runs are kept)")
@@ -138,6 +165,12 @@ def evaluate_runs(config: StudyConfig, rows: list[dict[str, Any]]) -> None:
         run_dir = _run_dir(config, row["run"])
         robustness = run_dir / f"robustness_{config.downstream}.json"
         diagnose = run_dir / f"diagnose_negatives_{config.downstream}.json"
+        key = {"evaluation": asdict(ev), "downstream": config.downstream, "run": row.get("config_hash")}
+        record = run_dir / _EVALUATION_RECORD
+        if record.is_file() and record.read_text().strip() != config_hash(key):
+            robustness.unlink(missing_ok=True)  # made with other evaluation settings: evaluate again
+            diagnose.unlink(missing_ok=True)
+        record.write_text(config_hash(key) + "\n")
         with (run_dir / "evaluate_log.txt").open("a") as log, redirect_stdout(log):
             if not robustness.is_file():
                 run_robustness(build_robustness_parser().parse_args(
@@ -152,9 +185,14 @@ def evaluate_runs(config: StudyConfig, rows: list[dict[str, Any]]) -> None:
               f"(N={rob['n']}); negative views: {views}", flush=True)
 
 
-def run_intrinsic(config: StudyConfig, weights: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    """The d90 sweep (and per-module sweep) of each listed backbone; returns label -> the sweep summary."""
+def run_intrinsic(config: StudyConfig, weights: dict[str, Path],
+                  reuse_cached_as_is: bool = False) -> dict[str, dict[str, Any]]:
+    """The d90 sweep (and per-module sweep) of each listed backbone; returns label -> the sweep summary.
+
+    A sweep folder made by another configuration is refused (see `vitlab.cli.intrinsic_dim.run_intrinsic_dim`)
+    unless ``reuse_cached_as_is``."""
     from vitlab.cli.intrinsic_dim import run_intrinsic_dim
+    from vitlab.train.config import ModelConfig
 
     spec = config.intrinsic_dim
     if not spec.backbones:
@@ -167,13 +205,13 @@ def run_intrinsic(config: StudyConfig, weights: dict[str, Path]) -> dict[str, di
         run_config = replace(base, name=label, output_dir=str(config.folder / "intrinsic"),
                              model=ModelConfig(**model), data=replace(base.data, name=config.downstream, img_size=size),
                              trainer={**base.trainer, "accelerator": config.accelerator})
-        summaries[label] = run_intrinsic_dim(run_config)
+        summaries[label] = run_intrinsic_dim(run_config, reuse_cached_as_is=reuse_cached_as_is)
         if spec.per_module:
-            table = run_intrinsic_dim(run_config, per_module=True)
+            table = run_intrinsic_dim(run_config, per_module=True, reuse_cached_as_is=reuse_cached_as_is)
             print(f"{label}: per-module ranking {[r['module'] for r in table.get('per_module', [])]}")
         if spec.from_scratch:
             scratch = replace(run_config, name=f"{label}_scratch", model=replace(run_config.model, pretrained=None))
-            summaries[scratch.name] = run_intrinsic_dim(scratch)
+            summaries[scratch.name] = run_intrinsic_dim(scratch, reuse_cached_as_is=reuse_cached_as_is)
     for name, summary in summaries.items():
         print(f"{name}: reference {summary['reference']:.4f}, d90 {summary.get('d90')} "
               f"(interpolated {summary.get('d90_interpolated')})")
@@ -226,6 +264,8 @@ def write_tables(config: StudyConfig, rows: list[dict[str, Any]], weights: dict[
         table.append(entry)
         long += [{"run": row["run"], "corruption": c, "severity": int(s), "accuracy": a}
                  for c, by_severity in rob["accuracy"].items() for s, a in by_severity.items()]
+    from vitlab.peft.study import write_csv
+
     write_csv(table, config.folder / "results.csv")
     write_csv(long, config.folder / "robustness.csv")
     backbones = {label: _backbone_record(run_dir) for label, run_dir in weights.items()}
