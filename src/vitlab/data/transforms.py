@@ -20,8 +20,8 @@ What is torchvision and what is vitlab's own: every pixel operation is a ``torch
 keeps only the thin classes that apply them *once per batch* ([B, C, H, W] tensors, through the datasets'
 ``__getitems__``) and split normalisation from the channel repeat (random erasing runs between them, on the source
 channels): ``benchmarks/bench_data.py`` measured this batched pipeline 17x faster than the per-sample
-``v2.Compose`` pipeline on Fashion-MNIST without augmentation (1.6x with RandAugment), with the same tensors. `pil_to_uint8` exists because PIL's own
-conversion clips 16-bit images to white.
+``v2.Compose`` pipeline on Fashion-MNIST without augmentation (1.6x with RandAugment), with the same tensors.
+`pil_to_uint8` exists because PIL's own conversion clips 16-bit images to white.
 
 Example:
     >>> import torch
