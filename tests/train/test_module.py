@@ -171,14 +171,14 @@ def test_reserved_sections_build_the_builtin_extensions(tiny_vit):
 
 
 def test_peft_methods_registered_later_reach_the_harness(tiny_vit):
-    from vitlab.peft.methods import PEFT_METHODS, register_peft_method
+    from vitlab.peft.methods import PEFT_METHODS, register_method
     from vitlab.train.config import PeftConfig
     from vitlab.train.extensions import MODEL_TRANSFORMS, build_model_transform
 
     def freeze_all(target_modules=None, **options):
         return lambda model: model.requires_grad_(False)
 
-    register_peft_method("freeze_all_for_test", freeze_all)
+    register_method("freeze_all_for_test", freeze_all)
     try:
         model = build_model_transform(PeftConfig(method="freeze_all_for_test"))(tiny_vit)
         assert not any(p.requires_grad for p in model.parameters())
