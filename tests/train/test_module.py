@@ -56,6 +56,8 @@ def test_warmup_cosine_schedule_matches_the_formula(total, warmup):
     assert rates == pytest.approx([_reference_lr(t, 0.1, 1e-3, total, warmup) for t in range(total + 1)], rel=1e-9)
     with pytest.raises(ValueError, match="warmup_steps < total_steps"):
         warmup_cosine_schedule(optimizer, 4, 4, 0.0)
+    with pytest.raises(ValueError, match="min_lr must lie in"):
+        warmup_cosine_schedule(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1), 4, 0, 0.2)
 
 
 def test_frozen_parameters_are_left_out(tiny_vit):

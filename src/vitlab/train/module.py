@@ -90,8 +90,9 @@ def warmup_cosine_schedule(
     if total_steps < 1 or not 0 <= warmup_steps < total_steps:
         raise ValueError(f"need total_steps >= 1 and 0 <= warmup_steps < total_steps, got {total_steps} and "
                          f"{warmup_steps}: lower optim.warmup_epochs or train longer")
-    if not min_lr >= 0:
-        raise ValueError(f"min_lr must be >= 0, got {min_lr}")
+    rates = [group["lr"] for group in optimizer.param_groups]
+    if not 0 <= min_lr <= min(rates):
+        raise ValueError(f"min_lr must lie in [0, lr], got {min_lr} with lr {min(rates)}: lower optim.min_lr")
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps, eta_min=min_lr)
     if warmup_steps == 0:
         return cosine
@@ -225,7 +226,7 @@ class ClassificationTask(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = min(total - 1, int(round(cfg.warmup_epochs * total / epochs))) if cfg.warmup_epochs > 0 else 0
-        scheduler = warmup_cosine_schedule(optimizer, total, warmup, min(cfg.min_lr, cfg.lr))
+        scheduler = warmup_cosine_schedule(optimizer, total, warmup, cfg.min_lr)  # OptimConfig: min_lr <= lr
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
