@@ -85,14 +85,27 @@ def add_run_arguments(parser: ArgumentParser, help_only: bool = False) -> Argume
         parser.add_class_arguments(config_class, section)
     if help_only:
         _add_trainer_help(parser)
+        _add_logger_arguments(parser)
         return parser
     import lightning as L
 
     parser.add_class_arguments(L.Trainer, "trainer", skip=_TRAINER_SKIP, fail_untyped=False)
+    _add_logger_arguments(parser)
     from vitlab.train.run import TRAINER_DEFAULTS
 
     parser.set_defaults({f"trainer.{key}": value for key, value in TRAINER_DEFAULTS.items()})
     return parser
+
+
+def _add_logger_arguments(parser: ArgumentParser) -> None:
+    """``trainer.logger`` / ``trainer.callbacks`` in LightningCLI's form; `vitlab.train.callbacks` builds them."""
+    spec = str | dict | list | None
+    parser.add_argument("--trainer.logger", type=spec, default=None,
+                        help="loggers beside metrics.csv: {class_path: TensorBoardLogger | MLFlowLogger | WandbLogger "
+                        "| a.full.Path, init_args: {...}}, or a list of them")
+    parser.add_argument("--trainer.callbacks", type=spec, default=None,
+                        help="Lightning callbacks in the same form, e.g. {class_path: EarlyStopping, init_args: "
+                        "{monitor: val/acc, mode: max}}")
 
 
 def build_fit_parser(help_only: bool = False) -> ArgumentParser:
@@ -122,10 +135,35 @@ def parse_run_config(args: Sequence[str]) -> tuple[RunConfig, bool]:
     return namespace_to_run_config(ns), ns.resume
 
 
-def run_fit(ns: Namespace) -> None:
-    from vitlab.train.run import fit
+def resumed_run_config(ns: Namespace, argv: Sequence[str]) -> RunConfig:
+    """For ``--resume true``: the run's saved ``config.yaml`` with only the options given in ``argv`` applied.
 
-    config = namespace_to_run_config(ns)
+    The arguments are parsed again with the saved configuration as defaults, so an option the user did not give keeps
+    the run's value; `vitlab.train.run.fit` then refuses any given option that changes it (except a larger
+    ``trainer.max_epochs``).
+    """
+    from dataclasses import asdict
+
+    from vitlab.train.run_folder import load_run_config
+
+    saved = asdict(load_run_config(Path(ns.output_dir) / ns.name))
+    defaults = {f"{section}.{key}": value for section in (*SECTION_NAMES, "trainer")
+                for key, value in saved[section].items()}
+    defaults.update(seed=saved["seed"])
+    parser = build_fit_parser()
+    parser.set_defaults(defaults)
+    args = list(argv)
+    args = args[args.index("fit") + 1:] if "fit" in args else args
+    return namespace_to_run_config(parser.parse_args([a for a in args if a != "--debug"]))
+
+
+def run_fit(ns: Namespace, argv: Sequence[str] = ()) -> None:
+    """Run ``vitlab fit`` from its parsed namespace; ``argv`` (the command's arguments) serves ``--resume``."""
+    from vitlab.train.run import fit
+    from vitlab.train.run_folder import CONFIG_NAME
+
+    resuming = ns.resume and argv and (Path(ns.output_dir) / ns.name / CONFIG_NAME).is_file()
+    config = resumed_run_config(ns, argv) if resuming else namespace_to_run_config(ns)
     result = fit(config, resume=ns.resume)
     print(f"run folder: {result.run_dir}")
     for key, value in sorted(result.metrics.items()):

@@ -10,8 +10,9 @@ that a library refused, a ``ValueError`` vitlab raised about an option) print on
 with its traceback.
 
 Example:
-    >>> main(["--version"])  # doctest: +SKIP
-    vitlab 0.1.0
+    >>> main(["data", "list"]) == 0  # doctest: +ELLIPSIS
+    mnist ...
+    True
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def _runner(command: str) -> Callable[[Namespace, list[str]], object]:
     if command == "data":
         return lambda sub, argv: _run_data(sub)
     module, function = {
-        "fit": ("vitlab.cli.fit", "run_fit"), "robustness": ("vitlab.cli.robustness", "run_robustness"),
+        "robustness": ("vitlab.cli.robustness", "run_robustness"),
         "diagnose-negatives": ("vitlab.cli.diagnose", "run_diagnose"),
         "intrinsic-dim": ("vitlab.cli.intrinsic_dim", "run_cli"),
         "peft-study": ("vitlab.cli.peft_study", "run_peft_study"),
@@ -155,6 +156,10 @@ def _runner(command: str) -> Callable[[Namespace, list[str]], object]:
     if module is not None:
         run = getattr(import_module(module), function)
         return lambda sub, argv: run(sub)
+    if command == "fit":
+        from vitlab.cli.fit import run_fit
+
+        return lambda sub, argv: run_fit(sub, argv=argv)
     if command == "demo":
         from vitlab.cli.demo import run_demo
 

@@ -1,0 +1,34 @@
+"""`vitlab fit --resume true`: the run's own config.yaml is the default; a given option that changes it is refused."""
+
+from __future__ import annotations
+
+import yaml
+
+from vitlab.cli.main import main
+
+CONFIG = {
+    "name": "r", "model": {"name": "vitlab_vit_tiny_32", "kwargs": {"depth": 1, "embed_dim": 32, "num_heads": 2}},
+    "data": {"name": "digits", "batch_size": 64, "options": {"limit_train": 256}}, "optim": {"lr": 0.003},
+    "trainer": {"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False, "limit_train_batches": 2,
+                "limit_val_batches": 1, "limit_test_batches": 1,
+                "logger": [{"class_path": "TensorBoardLogger", "init_args": {"name": "tb"}}]},
+}
+
+
+def test_resume_from_the_command_line(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    out = ["--output_dir", str(tmp_path)]
+    assert main(["fit", "--config", str(config), *out]) == 0
+    assert list((tmp_path / "r" / "tb").rglob("events.out.tfevents.*"))  # the YAML's logger list reached Lightning
+    # no --config: the saved config.yaml fills every option; only max_epochs grows
+    assert main(["fit", "--name", "r", "--resume", "true", "--trainer.max_epochs", "2", *out]) == 0
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["trainer"]["max_epochs"] == 2 and saved["optim"]["lr"] == 0.003
+    assert saved["data"]["options"] == {"limit_train": 256}
+    capsys.readouterr()
+    assert main(["fit", "--name", "r", "--resume", "true", "--optim.lr", "0.1", *out]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "optim.lr: 0.003 -> 0.1" in err and len(err.splitlines()) == 1
+    assert main(["fit", "--name", "rr", "--resume", "true", *out]) == 1
+    assert "runs in" in capsys.readouterr().err and "r" in saved["name"]
