@@ -53,6 +53,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, root: str | None = No
         warnings.warn(f"{checkpoint} was trained on {trained_on!r} but is evaluated on {data!r}: the accuracy is a "
                       f"transfer result (pass --data {trained_on} for the model's own test set)", stacklevel=2)
     kwargs = meta["model_kwargs"]
+    if data_cfg.get("mean") and data_cfg.get("std") and "mean" not in data_options:  # the normalisation it trained on
+        data_options = {**data_options, "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])}
     datamodule = build_datamodule(
         data, root=root, img_size=data_cfg.get("img_size", kwargs.get("img_size", 32)),
         in_chans=kwargs.get("in_chans"), batch_size=batch_size, **data_options,
