@@ -7,8 +7,8 @@
   ``"LORA_QV"``: LoRA on the Q and V rows of fused ``qkv``), ``apply_bottleneck_adapters``;
 - one registry for the harness and the Python API: ``build_peft_transform(method, target_modules, **options)`` over
   ``PEFT_METHODS``, extended with ``register_method``;
-- runs: ``vitlab.peft.export`` (merged ``model.safetensors`` + a peft adapter folder), ``convert_adapter`` for
-  vitlab 0.1 ``adapter.safetensors`` files (``vitlab peft convert``);
+- runs: ``export_adapted_model`` (merged ``model.safetensors`` + a peft adapter folder), ``load_adapted_model``,
+  ``convert_adapter`` for vitlab 0.1 ``adapter.safetensors`` files (``vitlab peft convert``);
 - intrinsic dimension: ``SubspaceConfig``, ``wrap_in_subspace`` (θ = θ₀ + P·θ_d), ``merge_subspace``.
 
 Example:
@@ -30,6 +30,7 @@ from vitlab.peft.control import (
     unmerge_adapters,
 )
 from vitlab.peft.convert import convert_adapter
+from vitlab.peft.export import export_adapted_model, load_adapted_model
 from vitlab.peft.intrinsic import SubspaceConfig, merge_subspace, wrap_in_subspace
 from vitlab.peft.io import adapter_state_dict, frozen_base_sha256, load_adapter, save_adapter
 from vitlab.peft.kadaptation import KAdaptationConfig, KAdaptationModel, apply_kadaptation
@@ -41,6 +42,7 @@ __all__ = [
     "PEFT_METHODS", "TIMM_TARGET_PRESETS", "KAdaptationConfig", "KAdaptationModel", "LoraQVConfig", "LoraQVModel",
     "SubspaceConfig", "adapter_layers", "adapter_state_dict", "apply_bottleneck_adapters", "apply_kadaptation",
     "apply_lokr", "apply_lora", "apply_lora_qv", "build_peft_transform", "convert_adapter", "count_parameters",
-    "disable_adapter", "frozen_base_sha256", "get_peft_spec", "load_adapter", "merge_adapters", "merge_subspace",
+    "disable_adapter", "export_adapted_model", "frozen_base_sha256", "get_peft_spec", "load_adapted_model",
+    "load_adapter", "merge_adapters", "merge_subspace",
     "register_method", "save_adapter", "set_peft_spec", "unmerge_adapters", "wrap_in_subspace",
 ]
