@@ -11,6 +11,7 @@ from torch import nn
 from vitlab.checkpoint import load_model, save_checkpoint
 from vitlab.data.transforms import pil_to_uint8
 from vitlab.errors import DataError, VitlabError
+from vitlab.eval import evaluate_corruptions
 from vitlab.eval.evaluate import evaluate_checkpoint, predict_images
 from vitlab.metrics import evaluate_classifier, tensor_batches
 
@@ -97,3 +98,16 @@ def test_a_corrupt_checkpoint_is_a_one_line_vitlab_error(tmp_path):
     with pytest.raises(VitlabError) as caught:
         evaluate_checkpoint(tmp_path, "digits")
     assert str(tmp_path / "model.safetensors") in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("content", ["truncated", "pickled objects"])
+def test_a_corrupt_corruption_file_is_a_one_line_data_error(tmp_path, content):
+    np.save(tmp_path / "labels.npy", np.zeros(10, dtype=np.int64))
+    if content == "truncated":
+        (tmp_path / "fog.npy").write_bytes(b"\x93NUMPY\x01\x00truncated")
+    else:
+        np.save(tmp_path / "fog.npy", np.array([{"x": 1}] * 10, dtype=object), allow_pickle=True)
+    with pytest.raises(DataError) as caught:
+        evaluate_corruptions(nn.Flatten(), tmp_path, progress=False)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'fog.npy'}: not a readable .npy array") and "\n" not in message

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from vitlab.errors import MissingFileError
 from vitlab.eval.corruptions import COMMON_CORRUPTIONS, SEVERITIES
 from vitlab.eval.robustness import Accuracies, corruption_metrics
 from vitlab.metrics import evaluate_classifier
@@ -58,7 +59,7 @@ def evaluate_imagenet_c(
     root = Path(root)
     missing = [f"{c}/{s}" for c in corruptions for s in SEVERITIES if not (root / c / str(s)).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{root} lacks ImageNet-C folders {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise MissingFileError(f"{root} lacks ImageNet-C folders {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     device = torch.device(device)
     model = model.to(device).eval()
     accuracy: Accuracies = {}

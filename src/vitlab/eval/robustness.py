@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from vitlab.errors import DataError, MissingFileError
 from vitlab.eval.corruptions import ALL_CORRUPTIONS, COMMON_CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
 from vitlab.metrics import evaluate_classifier
 
@@ -101,6 +102,15 @@ def corruption_metrics(
     return result
 
 
+def _load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """``np.load`` of one array file (never a pickle); a corrupt or truncated file is a one-line `DataError`."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npy array ({err}); regenerate the set or fetch the folder again") \
+            from None
+
+
 def _uint8_batches(images: np.ndarray, labels: np.ndarray, preprocess: Callable[[Tensor], Tensor],
                    batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
     for start in range(0, images.shape[0], batch_size):
@@ -146,13 +156,13 @@ def evaluate_corruptions(
 
     folder = Path(folder)
     if not (folder / "labels.npy").is_file():
-        raise FileNotFoundError(f"{folder} has no labels.npy: not a CIFAR-C-layout folder (generate one with "
+        raise MissingFileError(f"{folder} has no labels.npy: not a CIFAR-C-layout folder (generate one with "
                                 "vitlab.eval.corruptions.generate_corruption_set)")
     meta_path = folder / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    labels_all = np.load(folder / "labels.npy")
+    labels_all = _load_npy(folder / "labels.npy")
     if labels_all.shape[0] % len(SEVERITIES):
-        raise ValueError(f"{folder}/labels.npy has {labels_all.shape[0]} rows, not a multiple of 5 severities")
+        raise DataError(f"{folder}/labels.npy has {labels_all.shape[0]} rows, not a multiple of 5 severities")
     available = labels_all.shape[0] // len(SEVERITIES)
     n_used = available if n is None else int(n)
     if not 1 <= n_used <= available:
@@ -161,16 +171,17 @@ def evaluate_corruptions(
     names = present if corruptions is None else list(corruptions)
     missing = [c for c in names if c not in present]
     if missing or not names:
-        raise ValueError(f"{folder} lacks corruption files for {missing or 'every corruption'}; present: {present}")
+        raise DataError(f"{folder} lacks corruption files for {missing or 'every corruption'}; present: {present}")
     preprocess = preprocess or _default_preprocess
     device = torch.device(device)
     model = model.to(device).eval()
     accuracy: Accuracies = {}
     bar = tqdm(total=len(names) * len(SEVERITIES), desc="robustness", unit="set", disable=not progress)
     for corruption in names:
-        data = np.load(folder / f"{corruption}.npy", mmap_mode="r")
+        data = _load_npy(folder / f"{corruption}.npy", mmap_mode="r")
         if data.shape[0] != labels_all.shape[0]:
-            raise ValueError(f"{corruption}.npy has {data.shape[0]} rows but labels.npy has {labels_all.shape[0]}")
+            raise DataError(f"{folder}/{corruption}.npy has {data.shape[0]} rows but labels.npy has "
+                            f"{labels_all.shape[0]}: regenerate the set or fetch the folder again")
         accuracy[corruption] = {}
         for severity in SEVERITIES:
             rows = slice((severity - 1) * available, (severity - 1) * available + n_used)
@@ -180,7 +191,7 @@ def evaluate_corruptions(
     bar.close()
     clean_accuracy = None
     if meta is not None and (folder / "clean.npy").is_file():
-        clean = np.load(folder / "clean.npy", mmap_mode="r")[:n_used]
+        clean = _load_npy(folder / "clean.npy", mmap_mode="r")[:n_used]
         batches = _uint8_batches(clean, labels_all[:n_used], preprocess, batch_size)
         clean_accuracy = evaluate_classifier(model, batches, device)["acc"]
     return {

@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from vitlab.errors import DataError, MissingFileError
 from vitlab.eval import study_plots
 from vitlab.metrics import read_metrics
 
@@ -32,8 +33,8 @@ REQUIRED_COLUMNS = ("run", "backbone", "method", "negatives", "shots", "seed", "
 STUDY_HINT = "run `vitlab study --config configs/study.yaml` first"
 
 
-def _fail(path: Path, problem: str, fix: str) -> ValueError:
-    return ValueError(f"{path}: {problem}; {fix}")
+def _fail(path: Path, problem: str, fix: str) -> DataError:
+    return DataError(f"{path}: {problem}; {fix}")
 
 
 def _number(path: Path, line: int, column: str, text: str | None, cast: type = float) -> Any:
@@ -129,13 +130,13 @@ def load_study(study_dir: str | Path) -> dict[str, Any]:
     """``{"folder", "meta", "runs", "rows", "sweeps", "tables"}`` of a study folder (see the module docstring).
 
     Raises:
-        FileNotFoundError: the folder, ``study.json`` or ``results.csv`` is missing (run ``vitlab study`` first).
-        ValueError: a malformed file; the message names the file, line or columns and the fix.
+        MissingFileError: the folder, ``study.json`` or ``results.csv`` is missing (run ``vitlab study`` first).
+        DataError: a malformed file; the message names the file, line or columns and the fix.
     """
     folder = Path(study_dir)
     for path in (folder, folder / "study.json", folder / "results.csv"):
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist; {STUDY_HINT} (it writes study.json and results.csv)")
+            raise MissingFileError(f"{path} does not exist; {STUDY_HINT} (it writes study.json and results.csv)")
     try:
         meta = json.loads((folder / "study.json").read_text(encoding="utf-8"))
     except ValueError as err:
