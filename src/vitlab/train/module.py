@@ -190,10 +190,9 @@ class ClassificationTask(L.LightningModule):
             for key, value in getattr(term, "last_metrics", {}).items():
                 self.log(f"train/{term.name}/{key}", value, on_step=False, on_epoch=True)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
+            raise FloatingPointError(  # vitlab.train.run.fit adds what was kept and a command to start over
                 f"non-finite training loss ({loss.item()}) at global step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}); training stopped. The last good checkpoint is "
-                "kept in the run's checkpoints/ folder: lower optim.lr, enable gradient clipping "
+                f"(epoch {self.current_epoch}, batch {batch_idx}): lower optim.lr, enable gradient clipping "
                 "(trainer.gradient_clip_val) or check the data"
             )
         hard = targets.argmax(dim=1) if targets.ndim == 2 else targets
