@@ -1,6 +1,12 @@
-"""PEFT speed: KAdaptation beside HF peft LoRA and LoKr at similar parameter counts, and merged inference.
+"""PEFT speed: KAdaptation through peft beside vitlab 0.1's path and HF peft LoRA / LoKr, and merged inference.
 
 On timm ``vit_small_patch16_224`` at 224 px (random weights, a 10-class head; speed does not depend on the weights):
+
+- **ratios in one process** (the machine may be shared: the steps of all models are timed in turn each round, so a
+  load change hits them alike): the training step of KAdaptation through peft (``peft.get_peft_model`` with
+  ``KAdaptationConfig``, what ``vitlab fit`` runs) against vitlab 0.1's own KAdaptation path (its ``DeltaLinear`` /
+  ``KAdaptationDelta`` source read from git revision ``--legacy-rev``, the same seeded factors) and against peft
+  LoRA r = 1 on every ``qkv``; goals: peft path ≤ 1.05× vitlab 0.1, KAdaptation ≤ 1.0× LoRA r = 1.
 
 - **training**: time of one optimizer step (forward, cross-entropy, backward, AdamW step) and peak memory, for
   ``kadaptation`` (default config: n = 32, r = 1, Q and V rows of every fused ``qkv``), peft ``lora`` and ``lokr`` on
@@ -18,7 +24,7 @@ times, are the result: they hold across machines.
 
 Usage:
     python benchmarks/bench_peft.py [--batch-size 4] [--steps 5] [--warmup 1] [--device cpu]
-                                    [--out benchmarks/results/bench_peft.json]
+                                    [--legacy-rev b7ef576] [--out benchmarks/results/bench_peft.json]
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -39,6 +46,45 @@ import torch.nn.functional as F
 MODEL, NUM_CLASSES, IMG = "vit_small_patch16_224", 10, 224
 WIDTH, DEPTH = 384, 12  # of MODEL: its fused qkv Linears are WIDTH -> 3 * WIDTH
 TRAIN_METHODS = ("kadaptation", "lora", "lokr", "full")
+LEGACY_REV = "b7ef576"  # the last revision with vitlab 0.1's own KAdaptation path (before it became a peft method)
+
+
+def _legacy_module(rev: str, path: str) -> types.ModuleType:
+    """A module of vitlab at git revision ``rev`` (its source read with ``git show``; it must import only torch)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise SystemExit(f"cannot read {path} at git revision {rev} ({err}); pass --legacy-rev with a revision of "
+                         "vitlab 0.1 that has src/vitlab/peft/delta_linear.py") from err
+    module = types.ModuleType(f"vitlab_legacy_{Path(path).stem}")
+    exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)  # noqa: S102 (our own repository's history)
+    return module
+
+
+def legacy_kadaptation(model: torch.nn.Module, rev: str, seed: int = 0) -> torch.nn.Module:
+    """vitlab 0.1's ``apply_kadaptation`` defaults (n = 32, r = 1, Q and V rows, shared A, bias), from revision ``rev``:
+    the same parameters and seeded initialisation order as the peft path, on every ``blocks.<i>.attn.qkv``."""
+    layer = _legacy_module(rev, "src/vitlab/peft/kadaptation/layer.py")
+    delta_linear = _legacy_module(rev, "src/vitlab/peft/delta_linear.py")
+    generator = torch.Generator().manual_seed(seed)
+    rules: dict[str, torch.nn.Module] = {}
+    for block in model.blocks:
+        qkv = block.attn.qkv
+        width = qkv.in_features
+        adapters, rows = {}, {}
+        for index, role in ((0, "q"), (2, "v")):
+            if role not in rules:
+                rules[role] = layer.KroneckerRule(32, 1, generator)
+            adapters[role] = layer.KAdaptationDelta(rules[role], width, width, 1, 1.0, generator=generator)
+            rows[role] = (index * width, (index + 1) * width)
+        block.attn.qkv = delta_linear.DeltaLinear(qkv, adapters, rows, bias=True)
+    model.add_module("kadaptation_rules", torch.nn.ModuleDict(rules))
+    for name, param in model.named_parameters():
+        param.requires_grad_(".adapters." in name or "adapter_bias" in name or name.startswith(("kadaptation_rules",
+                                                                                                 "head.")))
+    return model
 
 
 def matching_options(method: str, target: int, in_features: int, layers: int) -> tuple[dict, int]:
@@ -146,6 +192,38 @@ def _interleaved(fns: dict[str, object], steps: int, warmup: int, device: torch.
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def worker_ratios(args: argparse.Namespace) -> dict:
+    """One process: train steps of KAdaptation through peft, vitlab 0.1's KAdaptation and peft LoRA r=1, in turn."""
+    import timm
+
+    from vitlab.peft import count_parameters
+
+    device = torch.device(args.device)
+    x = torch.randn(args.batch_size, 3, IMG, IMG, device=device)
+    y = torch.randint(0, NUM_CLASSES, (args.batch_size,), device=device)
+    torch.manual_seed(0)
+    models = {"kadaptation (peft)": _build("kadaptation"),
+              "kadaptation (vitlab 0.1)": legacy_kadaptation(timm.create_model(MODEL, num_classes=NUM_CLASSES),
+                                                             args.legacy_rev),
+              "lora r=1 (peft)": _build("lora", {"r": 1})}
+    counts = {label: count_parameters(m)["adaptation"] for label, m in models.items()}
+    steps = {}
+    for label, model in models.items():
+        model.to(device).train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def step(model=model, optimizer=optimizer) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+        steps[label] = step
+    seconds = _interleaved(steps, args.steps, args.warmup, device)
+    return {"step_s": seconds, "adaptation": counts,
+            "peft_vs_vitlab01": seconds["kadaptation (peft)"] / seconds["kadaptation (vitlab 0.1)"],
+            "kadaptation_vs_lora_r1": seconds["kadaptation (peft)"] / seconds["lora r=1 (peft)"]}
+
+
 def worker_infer(args: argparse.Namespace) -> list[dict]:
     """One process: forward time of the base model and of KAdaptation unmerged / merged, timed in turn."""
     import copy
@@ -159,7 +237,7 @@ def worker_infer(args: argparse.Namespace) -> list[dict]:
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():  # ΔW = 0 at initialisation; make it non-zero so that the merge check means something
         for name, param in adapted.named_parameters():
-            if param.requires_grad and not name.startswith("head"):
+            if param.requires_grad and "kadaptation_" in name:
                 param.copy_(0.02 * torch.randn(param.shape, generator=generator))
     merged = merge_adapters(copy.deepcopy(adapted))
     models = {"base": base, "kadaptation (unmerged)": adapted, "kadaptation merged": merged}
@@ -175,7 +253,7 @@ def worker_infer(args: argparse.Namespace) -> list[dict]:
 
 def _spawn(args: argparse.Namespace, *worker: str) -> dict | list:
     cmd = [sys.executable, __file__, "--worker", *worker, "--batch-size", str(args.batch_size), "--steps",
-           str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+           str(args.steps), "--warmup", str(args.warmup), "--device", args.device, "--legacy-rev", args.legacy_rev]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"worker {' '.join(worker)} failed:\n{out.stderr[-3000:]}")
@@ -188,6 +266,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed iterations (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--legacy-rev", default=LEGACY_REV, help="git revision of vitlab 0.1's KAdaptation path")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_peft.json"))
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -199,6 +278,8 @@ def main() -> None:
         kind, *rest = args.worker
         if kind == "infer":
             result = worker_infer(args)
+        elif kind == "ratios":
+            result = worker_ratios(args)
         else:
             result = worker_train(rest[0], json.loads(rest[1]), args)
         print(json.dumps(result))
@@ -209,6 +290,7 @@ def main() -> None:
     options = {m: matching_options(m, kad["adaptation"], WIDTH, DEPTH)[0] for m in ("lora", "lokr")}
     train = [kad] + [_spawn(args, "train", m, json.dumps(options.get(m, {}))) for m in TRAIN_METHODS[1:]]
     infer = _spawn(args, "infer")
+    ratios = _spawn(args, "ratios")
 
     print(f"{MODEL} at {IMG} px, batch {args.batch_size}, {args.device}, {torch.get_num_threads()} threads")
     memory = "peak CUDA MB" if args.device == "cuda" else "peak RSS MB"
@@ -224,12 +306,18 @@ def main() -> None:
     for row in infer:
         print(f"{row['model']:<24} {row['params']:>12,} {row['forward_s']:>10.3f} {row['forward_s'] / base_s:>7.2f}x")
     print(f"merged vs unmerged outputs: max |diff| = {infer[-1]['max_abs_diff']:.2e}")
+    print(f"\n{'train step, timed in turn in one process':<42} {'adaptation':>11} {'step s':>8}")
+    for label, seconds in ratios["step_s"].items():
+        print(f"{label:<42} {ratios['adaptation'][label]:>11,} {seconds:>8.3f}")
+    print(f"KAdaptation through peft / vitlab 0.1 path: {ratios['peft_vs_vitlab01']:.3f}x (goal <= 1.05)")
+    print(f"KAdaptation / peft LoRA r=1:               {ratios['kadaptation_vs_lora_r1']:.3f}x (goal <= 1.0)")
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
            "processor": platform.processor(), "device": args.device, "model": MODEL, "img_size": IMG,
            "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
            "wall_time_s": round(time.perf_counter() - start, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"env": env, "train": train, "inference": infer}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"env": env, "train": train, "inference": infer, "ratios": ratios}, indent=2)
+                        + "\n")
     print(f"wrote {args.out}")
 
 

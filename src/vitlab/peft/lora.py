@@ -113,16 +113,12 @@ class LoraQVLayer(RowSliceLayer):
         rows, setting = self.slice_rows[adapter_name], self.settings[adapter_name]
         lora_a, lora_b = self.qvlora_A[adapter_name], self.qvlora_B[adapter_name]
         right = torch.cat([lora_a[key] for key in rows], dim=0).T
-        if len(rows) == 1 and next(iter(rows.values())) == (0, self.out_features):
-            left = lora_b[next(iter(rows))] * setting["scale"]
-        else:
-            left = right.new_zeros(self.out_features, right.shape[1])
-            start = 0
-            for key, (a, b) in rows.items():
-                r = lora_b[key].shape[1]
-                left[a:b, start:start + r] = lora_b[key] * setting["scale"]
-                start += r
-        return DeltaTerms(right=right, left=left, input_dropout=setting["dropout"])
+        blocks, start = [], 0
+        for key, (a, b) in rows.items():
+            r = lora_b[key].shape[1]
+            blocks.append((a, b, start, start + r, lora_b[key] * setting["scale"]))
+            start += r
+        return DeltaTerms(right=right, blocks=tuple(blocks), input_dropout=setting["dropout"])
 
     def delta_weight(self, adapter_name: str) -> tuple[torch.Tensor, None]:
         full = self.base_layer.weight.new_zeros(self.out_features, self.in_features)

@@ -6,10 +6,11 @@ A peft layer always adapts a whole weight, so peft cannot adapt only the query a
 ``vitlab.peft.targets.find_targets`` (fused ``qkv`` slices, or whole Linears such as HF ``query`` / ``value``) and
 trains the classifier head through peft's ``modules_to_save``. KAdaptation and ``lora_qv`` are built on them.
 
-A subclass layer describes an adapter's update with ``delta_terms(name)``: a low-rank part ``x ↦ (x R) Lᵀ`` (``R``
-``(in, K)``, ``L`` ``(out, K)``, zero rows outside the slices), and/or a dense ``(out, in)`` ΔW, and/or a bias
-``(out,)``. The forward pass is ``F.linear(x, W + ΔW, b + bias)`` followed by one ``addmm`` per low-rank part: no
-slice writes and no dense ΔW on the low-rank path.
+A subclass layer describes an adapter's update with ``delta_terms(name)``: a low-rank part (``h = x R`` with ``R``
+``(in, K)`` for all slices at once, then ``h[:, k0:k1] L_sᵀ`` added in place to the output rows of slice ``s``),
+and/or a dense ``(out, in)`` ΔW, and/or a bias ``(out,)``. The forward pass is ``F.linear(x, W + ΔW, b + bias)``
+followed by one small ``addmm_`` per slice: the bias folded into the Linear's, no dense ΔW and no GEMM over rows that
+are not adapted on the low-rank path.
 
 Example:
     >>> import timm
@@ -39,18 +40,19 @@ __all__ = ["DeltaTerms", "RowSliceLayer", "RowSliceTuner"]
 
 
 class DeltaTerms(NamedTuple):
-    """One adapter's update of a ``RowSliceLayer`` (any part may be ``None``).
+    """One adapter's update of a ``RowSliceLayer`` (any part may be empty).
 
     Attributes:
-        right: ``(in, K)``; with ``left`` the low-rank update ``x ↦ dropout(x) R Lᵀ``.
-        left: ``(out, K)`` (scale included).
+        right: ``(in, K)``; ``h = dropout(x) R`` is shared by the low-rank blocks.
+        blocks: ``(a, b, k0, k1, L)`` with ``L`` ``(b - a, k1 - k0)`` (scale included): output rows ``a:b`` get
+            ``h[:, k0:k1] Lᵀ``.
         dense: ``(out, in)`` ΔW added to the weight in the forward pass (dropout already applied).
         bias: ``(out,)`` added to the output.
         input_dropout: dropout probability on ``x`` before ``R`` (training only).
     """
 
     right: torch.Tensor | None = None
-    left: torch.Tensor | None = None
+    blocks: tuple[tuple[int, int, int, int, torch.Tensor], ...] = ()
     dense: torch.Tensor | None = None
     bias: torch.Tensor | None = None
     input_dropout: float = 0.0
@@ -112,13 +114,16 @@ class RowSliceLayer(nn.Module, BaseTunerLayer):
         out = F.linear(x, weight, bias)
         if not low_rank:
             return out
-        flat, inputs = out.reshape(-1, self.out_features), x.reshape(-1, self.in_features)
+        flat, inputs = out.view(-1, self.out_features), x.reshape(-1, self.in_features)
         for terms in low_rank:
             h = inputs.to(terms.right.dtype)
             if terms.input_dropout and self.training:
                 h = F.dropout(h, terms.input_dropout)
-            flat = torch.addmm(flat, (h @ terms.right).to(flat.dtype), terms.left.T.to(flat.dtype))
-        return flat.reshape(out.shape)
+            h = (h @ terms.right).to(flat.dtype)
+            for a, b, k0, k1, left in terms.blocks:
+                # in place on the rows of the fresh output: no padded GEMM over the other rows, no extra pass
+                flat[:, a:b].addmm_(h[:, k0:k1], left.T.to(flat.dtype))
+        return out
 
     @torch.no_grad()
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:

@@ -10,8 +10,8 @@ Shapes (n terms, weight block ``out × in``, ``p = out/n``, ``q = in/n``, rank `
 
 With a rank-``a`` ``A_i = Σ_a l_ia r_iaᵀ`` and ``B_i = Σ_r u_ir v_irᵀ``, ``A_i ⊗ B_i = Σ_{a,r} (l_ia ⊗ u_ir)(r_ia ⊗
 v_ir)ᵀ``: ΔW = L Rᵀ has rank at most ``n · a · r`` (32 with the defaults), and the factored path computes
-``(x R) Lᵀ`` with ``L (out, n·a·r)``, ``R (in, n·a·r)``: two small GEMMs, the Q and V slices in one (their ``L``
-blocks sit in the Q and V rows of one ``(3d, 2·n·a·r)`` matrix), the bias folded into the Linear's bias. A full
+``(x R) Lᵀ`` with ``L (out, n·a·r)``, ``R (in, n·a·r)``: two small GEMMs (``x R`` once for the Q and V slices,
+then ``h Lᵀ`` added in place to each slice's rows), the bias folded into the Linear's bias. A full
 ``A_i`` is ``A_i @ I``. The dense path (needed for dropout on ΔW, as in the reference) builds ΔW once per forward.
 
 Example:
@@ -167,18 +167,14 @@ class KAdaptationLayer(RowSliceLayer):
                 dense = F.dropout(dense, p=setting["dropout"])
             return DeltaTerms(dense=dense, bias=self._bias(adapter_name))
         rows = self.slice_rows[adapter_name]
-        parts = {key: self._slice_factors(adapter_name, key) for key in rows}
-        if len(parts) == 1 and next(iter(rows.values())) == (0, self.out_features):
-            big_l, big_r = next(iter(parts.values()))
-            return DeltaTerms(right=big_r, left=big_l, bias=self._bias(adapter_name))
-        big_r = torch.cat([r for _, r in parts.values()], dim=1)
-        big_l = big_r.new_zeros(self.out_features, big_r.shape[1])
-        start = 0
-        for key, (left, _) in parts.items():
-            a, b = rows[key]
-            big_l[a:b, start:start + left.shape[1]] = left
+        rights, blocks, start = [], [], 0
+        for key, (a, b) in rows.items():
+            left, right = self._slice_factors(adapter_name, key)
+            rights.append(right)
+            blocks.append((a, b, start, start + left.shape[1], left))
             start += left.shape[1]
-        return DeltaTerms(right=big_r, left=big_l, bias=self._bias(adapter_name))
+        right = rights[0] if len(rights) == 1 else torch.cat(rights, dim=1)
+        return DeltaTerms(right=right, blocks=tuple(blocks), bias=self._bias(adapter_name))
 
     def delta_weight(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self._dense(adapter_name), self._bias(adapter_name)
