@@ -1,3 +1,6 @@
+import importlib
+import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict
@@ -6,8 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vitlab.cli.fit import parse_run_config
-from vitlab.cli.main import main
+from vitlab.cli import main as cli_main
+from vitlab.cli.fit import build_fit_parser, parse_run_config
+from vitlab.cli.intrinsic_dim import build_intrinsic_dim_parser
+from vitlab.cli.main import COMMANDS, is_user_error, main
+from vitlab.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]
 ALL_CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -15,15 +21,79 @@ STUDIES = [p for p in ALL_CONFIGS if "backbones" in yaml.safe_load(p.read_text()
 CONFIGS = [p for p in ALL_CONFIGS if p not in STUDIES]  # `vitlab fit` / `vitlab intrinsic-dim` run configs
 
 
-@pytest.mark.parametrize("command", [[], ["fit"], ["eval"], ["predict"], ["data"], ["data", "install"], ["demo"],
-                                     ["peft-study"], ["intrinsic-dim"], ["robustness"], ["diagnose-negatives"]])
-def test_help_for_every_subcommand(command, capsys):
+# each subcommand's help must describe its own options (a placeholder parser or a wrong one would not)
+HELP_MUST_SHOW = {
+    (): ["fit", "eval", "predict", "robustness", "diagnose-negatives", "data", "demo", "intrinsic-dim",
+         "peft-study", "study", "--debug"],
+    ("fit",): ["--optim.lr", "--model.name", "--trainer.max_epochs", "--trainer.accelerator", "--resume"],
+    ("eval",): ["--checkpoint", "--data", "--split"], ("predict",): ["--checkpoint", "--topk", "images"],
+    ("data",): ["install", "list"], ("data", "install"): ["name"], ("demo",): ["--estimate_only", "--config"],
+    ("peft-study",): ["--methods", "--shots", "--reuse_cached_as_is"],
+    ("intrinsic-dim",): ["--per_module", "--dims", "--trainer.max_epochs", "--reuse_cached_as_is"],
+    ("robustness",): ["--corruptions", "--alexnet_normalise"], ("diagnose-negatives",): ["--kinds", "--patch_size"],
+    ("study",): ["--reuse_cached_as_is", "--estimate_only"],
+}
+
+
+@pytest.mark.parametrize("command", list(HELP_MUST_SHOW), ids=lambda c: " ".join(c) or "vitlab")
+def test_help_for_every_subcommand_describes_its_options(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*command, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "usage: vitlab" in out or "usage:" in out
-    assert len(out) > 200
+    assert out.startswith("usage: vitlab")
+    missing = [word for word in HELP_MUST_SHOW[command] if word not in out]
+    assert not missing, f"`vitlab {' '.join(command)} --help` lacks {missing}"
+
+
+@pytest.mark.parametrize("build", [build_fit_parser, build_intrinsic_dim_parser])
+def test_quick_help_parser_lists_the_same_trainer_options_as_the_real_one(build):
+    def trainer_options(parser):
+        # jsonargparse adds helpers such as --trainer.accelerator.help and --trainer.devices+; compare the keys
+        return {o for a in parser._actions for o in a.option_strings if re.fullmatch(r"--trainer\.\w+", o)}
+
+    quick, real = trainer_options(build(help_only=True)), trainer_options(build())
+    assert len(real) > 30 and quick == real
+
+
+def test_every_option_of_every_subcommand_uses_underscores():
+    hyphenated = {}
+    for name, (module, builder, _) in COMMANDS.items():
+        parser = getattr(importlib.import_module(module), builder)()
+        for action in parser._actions:
+            primary = next((o for o in action.option_strings if o.startswith("--")), None)
+            if primary and "-" in primary[2:]:
+                hyphenated.setdefault(name, []).append(primary)
+    assert hyphenated == {}
+
+
+_HELP_PROBE = """
+import sys, time
+start = time.perf_counter()
+from vitlab.cli.main import main
+try:
+    main(sys.argv[1:] + ["--help"])
+except SystemExit:
+    pass
+print(f"{time.perf_counter() - start:.2f}", " ".join(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("command", [[], ["fit"]], ids=["vitlab", "fit"])
+def test_help_builds_only_the_chosen_parser_and_reports_its_time(command):
+    """The seconds are reported (`pytest -s` shows them), not asserted: this machine's load varies. Asserted: only the
+    chosen subcommand's module is imported, and `vitlab --help` imports no Lightning."""
+    proc = subprocess.run([sys.executable, "-c", _HELP_PROBE, *command], capture_output=True, text=True, check=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seconds, modules = proc.stderr.strip().splitlines()[-1].split(" ", 1)
+    modules = set(modules.split())
+    print(f"`vitlab {' '.join(command)} --help`: {seconds} s (torch imported: {'torch' in modules}, lightning "
+          f"imported: {'lightning' in modules})")
+    assert proc.stdout.startswith("usage: vitlab")
+    cli_modules = {m for m in modules if m.startswith("vitlab.cli.")}
+    assert cli_modules == ({"vitlab.cli.main", "vitlab.cli.fit"} if command else {"vitlab.cli.main"})
+    if not command:
+        assert "lightning" not in modules and "vitlab.train" not in modules
 
 
 def test_python_dash_m_vitlab_runs_the_same_command():
@@ -81,4 +151,68 @@ def test_misspelt_key_fails_naming_it(tmp_path, capsys, text, key):
 def test_errors_print_one_line_and_exit_1(tmp_path, capsys):
     code = main(["eval", "--checkpoint", str(tmp_path / "missing"), "--data", "digits"])
     err = capsys.readouterr().err
-    assert code == 1 and "no weights at" in err and "Traceback" not in err
+    assert code == 1 and "no weights at" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _failing_eval(monkeypatch, error):
+    def run(sub):
+        raise error
+
+    monkeypatch.setattr(cli_main, "_run_eval", run)
+    return ["eval", "--checkpoint", "x", "--data", "digits"]
+
+
+@pytest.mark.parametrize("error", [ConfigError("optim.lr must be > 0: set a positive optim.lr"),
+                                   DataError("a.idx is truncated:\nreplace it"), FileNotFoundError("no file b.png")])
+def test_user_errors_are_one_line_and_debug_shows_the_traceback(monkeypatch, capsys, error):
+    args = _failing_eval(monkeypatch, error)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("vitlab eval: error: ") and "Traceback" not in err
+    assert " ".join(str(error).split()) in err and "--debug shows the traceback" in err
+    for debug in (["--debug", *args], [*args, "--debug"]):
+        with pytest.raises(type(error)):
+            main(debug)
+    monkeypatch.setenv("VITLAB_DEBUG", "1")
+    with pytest.raises(type(error)):
+        main(args)
+
+
+def test_a_corrupt_file_refused_by_a_library_is_a_user_error(monkeypatch, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(Exception) as raised:  # what safetensors itself raises, whatever its type
+        load_file(bad)
+    assert main(_failing_eval(monkeypatch, raised.value)) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and type(raised.value).__name__ in err
+
+
+@pytest.mark.parametrize("make", [lambda: AttributeError("'NoneType' object has no attribute 'shape'"),
+                                  lambda: TypeError("unsupported operand"),
+                                  lambda: _value_error_from_torch()])
+def test_bugs_are_not_disguised_as_user_errors(monkeypatch, make):
+    error = make()
+    with pytest.raises(type(error)):
+        main(_failing_eval(monkeypatch, error))
+    assert not is_user_error(error)
+
+
+def _value_error_from_torch() -> ValueError:
+    import torch
+
+    try:
+        torch.nn.functional.cross_entropy(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
+    except ValueError as err:  # raised inside torch: an internal bug, not the user's input
+        return err
+    raise AssertionError("torch accepted a batch-size mismatch")
+
+
+def test_value_errors_raised_by_vitlab_are_user_errors():
+    from vitlab.cli.robustness import parse_n
+
+    with pytest.raises(ValueError) as raised:
+        parse_n("-3")
+    assert is_user_error(raised.value)

@@ -7,8 +7,9 @@ confidence, beside chance (1/K) and the clean images (the paper's Figure 2 / Tab
 from a seeded generator, so the numbers are reproducible. The table goes to ``<out>/diagnose_negatives_<data>.md``
 and ``.json`` (``--out`` defaults to the checkpoint's folder).
 
-Example:
-    >>> main(["diagnose-negatives", "--checkpoint", "runs/vit_fashion_mnist", "--n", "all"])  # doctest: +SKIP
+Example (a shell command; needs a trained run folder)::
+
+    vitlab diagnose-negatives --checkpoint runs/vit_fashion_mnist --n all
 """
 
 from __future__ import annotations

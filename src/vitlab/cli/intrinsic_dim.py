@@ -305,7 +305,8 @@ class _LightningEngine:
         if summary.exists():
             metrics = json.loads(summary.read_text())["metrics"]
         else:
-            config = replace(self.config, name=name, output_dir=str(self.folder), peft=peft,
+            # "<kind>/d<dim>" is the run d<dim> in the folder <kind>/ (a run name is a plain folder name)
+            config = replace(self.config, name=run_dir.name, output_dir=str(run_dir.parent), peft=peft,
                              optim=replace(self.config.optim, lr=lr))
             callbacks = []
             if self.settings.patience is not None:

@@ -219,21 +219,16 @@ def cached_rows(rows: list[dict[str, Any]], specs: list[dict[str, Any]], runs_di
     equals the hash of the spec asked for now (or ``reuse_cached_as_is``); a row made by another configuration is
     dropped and its run redone, with the differing keys printed (from the run folder's ``study_spec.json``).
     """
-    by_name = {row["run"]: row for row in rows}
     wanted = {spec["config"]["name"]: spec for spec in specs}
-    keep = [row for row in rows if row["run"] not in wanted]
-    todo = []
-    for name, spec in wanted.items():
-        row = by_name.get(name)
-        if row is not None and (reuse_cached_as_is or row.get("config_hash") == config_hash(spec)):
-            keep.append(row)
-            continue
-        if row is not None:
-            saved = runs_dir / name / _SPEC
-            changed = differing_keys(json.loads(saved.read_text()), spec) if saved.is_file() else ["no record"]
-            print(f"{name}: cached result made by another configuration ({'; '.join(changed[:4])}), run again "
-                  "(--reuse_cached_as_is true keeps it)", flush=True)
-        todo.append(spec)
+    reusable = {row["run"] for row in rows if row["run"] in wanted
+                and (reuse_cached_as_is or row.get("config_hash") == config_hash(wanted[row["run"]]))}
+    keep = [row for row in rows if row["run"] not in wanted or row["run"] in reusable]  # file order kept
+    todo = [spec for name, spec in wanted.items() if name not in reusable]
+    for name in sorted({row["run"] for row in rows} & set(wanted) - reusable):
+        saved = runs_dir / name / _SPEC
+        changed = differing_keys(json.loads(saved.read_text()), wanted[name]) if saved.is_file() else ["no record"]
+        print(f"{name}: cached result made by another configuration ({'; '.join(changed[:4])}), run again "
+              "(--reuse_cached_as_is true keeps it)", flush=True)
     return keep, todo
 
 

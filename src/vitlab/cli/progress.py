@@ -8,9 +8,7 @@ two warnings; every other warning and error still shows.
 
 Example:
     >>> with sweep_progress(2, "demo", disable=True) as bar:
-    ...     for _ in range(2):
-    ...         _ = bar.update(1)
-    ...     bar.n
+    ...     bar.total
     2
 """
 

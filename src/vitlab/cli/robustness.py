@@ -17,8 +17,9 @@ The model is rebuilt from the checkpoint (``model.safetensors`` or a run folder)
 ``vitlab eval`` normalises the test set; published folders with the checkpoint's data config. The report goes to
 ``<out>/robustness_<data>.md`` and ``.json`` (``--out`` defaults to the checkpoint's folder).
 
-Example:
-    >>> main(["robustness", "--checkpoint", "runs/vit_fashion_mnist", "--n", "1000"])  # doctest: +SKIP
+Example (a shell command; needs a trained run folder)::
+
+    vitlab robustness --checkpoint runs/vit_fashion_mnist --n 1000
 """
 
 from __future__ import annotations
