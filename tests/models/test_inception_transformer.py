@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,15 @@ from vitlab.models.inception_transformer import InceptionTransformer, load_offic
 
 FIXTURE = "iformer_official_reference_tiny.safetensors"
 SHAPES = "iformer_official_state_dict_shapes.json"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
 def _fixture_path(name: str) -> Path:
-    """Fixtures made with the official code: tests/fixtures/, $VITLAB_FIXTURES, or the shared research folder."""
-    candidates = [Path(__file__).parents[1] / "fixtures", Path(os.environ.get("VITLAB_FIXTURES", "")), Path(
-        "/work/shared/fixtures"
-    )]
-    for folder in candidates:
-        if (folder / name).is_file():
-            return folder / name
-    pytest.skip(f"fixture {name} not found in {[str(c) for c in candidates]}")
+    """A fixture made with the official code (tests/fixtures/, part of the repository): missing is a failure."""
+    path = FIXTURES / name
+    if not path.is_file():
+        pytest.fail(f"fixture {path} is missing: it is part of the repository, restore it with `git checkout {path}`")
+    return path
 
 
 @pytest.fixture(scope="module")

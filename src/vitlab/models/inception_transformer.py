@@ -18,8 +18,6 @@ Example:
     torch.Size([2, 10])
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -27,13 +25,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_function, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
 from vitlab.models.iformer_checkpoint import checkpoint_filter_fn, load_official_checkpoint
 
-__all__ = ["InceptionTransformer", "checkpoint_filter_fn", "load_official_checkpoint"]
+__all__ = [
+    "InceptionTransformer", "add_pos_embed", "check_image_size", "check_input_size", "checkpoint_filter_fn",
+    "load_official_checkpoint",
+]
 
 _NUM_STAGES = 4
 _POOL_SIZES = (2, 2, 1, 1)  # attention pooling per stage (official)
@@ -49,17 +50,56 @@ def _stage_sizes(height: int, width: int) -> list[tuple[int, int]]:
     return sizes
 
 
-def _check_size(height: int, width: int) -> list[tuple[int, int]]:
-    """Return the stage sizes, or raise if the 2x2 attention pooling of stages 1-2 cannot be undone exactly."""
-    sizes = _stage_sizes(height, width)
-    if any(s % 2 for hw in sizes[:2] for s in hw):
+def check_image_size(height: int, width: int) -> None:
+    """Raise ``ValueError`` unless the 2x2 attention pooling of stages 1-2 can be undone exactly on this input size.
+
+    The stage-1 and stage-2 maps (``ceil(size / 4)``, ``ceil(size / 8)``) must be even in both directions. Written
+    for TorchScript (integer ceil division, no f-strings).
+
+    Example:
+        >>> check_image_size(224, 160)
+        >>> check_image_size(72, 72)
+        Traceback (most recent call last):
+        ...
+        ValueError: InceptionTransformer cannot take a 72x72 input: ...
+    """
+    h1, w1 = (height + 3) // 4, (width + 3) // 4
+    h2, w2 = (h1 + 1) // 2, (w1 + 1) // 2
+    if h1 % 2 != 0 or w1 % 2 != 0 or h2 % 2 != 0 or w2 % 2 != 0:
         raise ValueError(
-            f"InceptionTransformer cannot take a {height}x{width} input: the stage-1 and stage-2 maps "
-            f"{sizes[0]} and {sizes[1]} (ceil(size/4), ceil(size/8)) must be even in both directions, because "
-            "attention runs on a 2x2 average-pooled map that is upsampled back. Any multiple of 16 works "
-            "(e.g. 32, 48, 64, 224, 384); other sizes work when ceil(size/4) and ceil(size/8) are even."
+            "InceptionTransformer cannot take a " + str(height) + "x" + str(width) + " input: the stage-1 and "
+            "stage-2 maps (" + str(h1) + ", " + str(w1) + ") and (" + str(h2) + ", " + str(w2) + ") (ceil(size/4), "
+            "ceil(size/8)) must be even in both directions, because attention runs on a 2x2 average-pooled map that "
+            "is upsampled back. Any multiple of 16 works (e.g. 32, 48, 64, 224, 384); other sizes work when "
+            "ceil(size/4) and ceil(size/8) are even."
         )
-    return sizes
+
+
+@register_notrace_function  # shape checks are data-dependent control flow: a leaf for torch.fx
+def check_input_size(x: torch.Tensor, in_chans: int) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``(B, in_chans, H, W)`` with a size :func:`check_image_size` accepts."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(
+            "expected input (B, " + str(in_chans) + ", H, W), got shape " + str(list(x.shape))
+            + "; pass images as a 4-D batch with the model's in_chans channels"
+        )
+    check_image_size(x.shape[2], x.shape[3])
+
+
+@register_notrace_function  # the resize depends on the input's size: a leaf for torch.fx
+def add_pos_embed(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``x + pos`` on ``(B, H, W, C)`` maps; ``pos`` ``(1, h, w, C)`` is resized bilinearly (align_corners=False, no
+    antialias: the official forward-time rule) when ``(h, w) != (H, W)``.
+
+    Example:
+        >>> add_pos_embed(torch.zeros(2, 4, 6, 8), torch.ones(1, 2, 3, 8)).shape
+        torch.Size([2, 4, 6, 8])
+    """
+    if pos.shape[1] != x.shape[1] or pos.shape[2] != x.shape[2]:
+        pos = F.interpolate(
+            pos.permute(0, 3, 1, 2), size=(x.shape[1], x.shape[2]), mode="bilinear", align_corners=False
+        ).permute(0, 2, 3, 1)
+    return x + pos
 
 
 def _take_indices(num_features: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
@@ -155,10 +195,10 @@ class LowMixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(x)
-        B, C, H, W = x.shape
+        B, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
-        q, k, v = self.qkv(tokens).reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        qkv = self.qkv(tokens).reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
         return self.uppool(x)
 
@@ -225,6 +265,21 @@ class Block(nn.Module):
         return x + self.drop_path(z if self.layer_scale_2 is None else self.layer_scale_2 * z)
 
 
+class Blocks(nn.Sequential):
+    """One stage's blocks on ``(B, H, W, dim)``, run under activation checkpointing when ``grad_checkpointing``."""
+
+    def __init__(self, *blocks: nn.Module):
+        super().__init__(*blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self, x)
+        for block in self:
+            x = block(x)
+        return x
+
+
 class InceptionTransformer(nn.Module):
     """Inception Transformer with the official parameter layout.
 
@@ -249,7 +304,14 @@ class InceptionTransformer(nn.Module):
         global_pool: ``"avg"`` (mean over tokens after the final norm) or ``""`` (no pooling).
 
     Shapes: input ``(B, in_chans, H, W)``; stage ``i`` works on ``(B, H_i, W_i, embed_dims[i])`` channels-last with
-    ``H_1 = ceil(H / 4)`` and ``H_{i+1} = ceil(H_i / 2)``; ``forward`` returns ``(B, num_classes)``.
+    ``H_1 = ceil(H / 4)`` and ``H_{i+1} = ceil(H_i / 2)``; ``forward_features`` returns ``(B, H_4, W_4, C)``
+    (``output_fmt = "NHWC"``, as timm's channels-last models declare) and ``forward`` ``(B, num_classes)``.
+
+    Example:
+        >>> model = InceptionTransformer(depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), num_heads=(2, 4, 6, 8),
+        ...                              attention_heads=(1, 2, 3, 4), num_classes=5, img_size=32)
+        >>> model.forward_features(torch.randn(2, 3, 64, 32)).shape
+        torch.Size([2, 2, 1, 128])
     """
 
     def __init__(
@@ -265,12 +327,13 @@ class InceptionTransformer(nn.Module):
         attention_heads = list(attention_heads)
         self._validate(depths, embed_dims, num_heads, attention_heads, global_pool)
         self.img_size = tuple(to_2tuple(img_size))
-        pos_sizes = _check_size(*self.img_size)
+        check_image_size(*self.img_size)
+        pos_sizes = _stage_sizes(*self.img_size)
         self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
+        self.output_fmt = "NHWC"
         self.num_stages = _NUM_STAGES
         self.embed_dims = embed_dims
         self.num_features = self.head_hidden_size = embed_dims[-1]
-        self.grad_checkpointing = False
 
         for i, (h, w) in enumerate(pos_sizes):
             self.register_parameter(f"pos_embed{i + 1}", nn.Parameter(torch.zeros(1, h, w, embed_dims[i], **dd)))
@@ -290,7 +353,7 @@ class InceptionTransformer(nn.Module):
                 )
                 for j in range(start, start + depths[i])
             ]
-            self.add_module(f"blocks{i + 1}", nn.Sequential(*blocks))
+            self.add_module(f"blocks{i + 1}", Blocks(*blocks))
             start += depths[i]
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2**i, module=f"blocks{i + 1}"))
         self.norm = nn.LayerNorm(embed_dims[-1], eps=1e-6, **dd)
@@ -345,7 +408,8 @@ class InceptionTransformer(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
+        for stage in range(self.num_stages):
+            getattr(self, f"blocks{stage + 1}").grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -361,28 +425,12 @@ class InceptionTransformer(nn.Module):
         self.head = (
             nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
             if num_classes > 0 else nn.Identity()
-        )
-
-    def _add_pos_embed(self, x: torch.Tensor, stage: int) -> torch.Tensor:
-        """Add stage ``stage``'s position embedding, bilinearly resized (align_corners=False) if the map differs."""
-        pos = getattr(self, f"pos_embed{stage + 1}")
-        H, W = x.shape[1:3]
-        if pos.shape[1:3] != (H, W):
-            pos = F.interpolate(pos.permute(0, 3, 1, 2), size=(H, W), mode="bilinear").permute(0, 2, 3, 1)
-        return x + pos
+        ).train(self.training)
 
     def _stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Downsample (the stem for stage 0), add the position embedding, run the blocks (eager code only)."""
         x = self.patch_embed(x) if stage == 0 else getattr(self, f"patch_embed{stage + 1}")(x)
-        x = self._add_pos_embed(x, stage)
-        blocks = getattr(self, f"blocks{stage + 1}")
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(blocks, x)
-        return blocks(x)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
-        _check_size(x.shape[2], x.shape[3])
+        return getattr(self, f"blocks{stage + 1}")(add_pos_embed(x, getattr(self, f"pos_embed{stage + 1}")))
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
@@ -401,7 +449,7 @@ class InceptionTransformer(nn.Module):
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take, max_index = _take_indices(self.num_stages, indices)
-        self._check_input(x)
+        check_input_size(x, self.in_chans)
         last = max_index if stop_early or intermediates_only else self.num_stages - 1
         intermediates = []
         for stage in range(last + 1):
@@ -433,16 +481,25 @@ class InceptionTransformer(nn.Module):
         return take
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, in_chans, H, W)`` -> final-normalised, unpooled features ``(B, H/32, W/32, num_features)``."""
-        self._check_input(x)
-        for stage in range(self.num_stages):
-            x = self._stage(x, stage)
+        """Images ``(B, in_chans, H, W)`` -> final-normalised, unpooled features ``(B, H/32, W/32, num_features)``.
+
+        The stages are written out (not a loop over ``getattr``) so that TorchScript compiles this method; ``hasattr``
+        is resolved at compile time, so a model pruned by :meth:`prune_intermediate_layers` scripts too.
+        """
+        check_input_size(x, self.in_chans)
+        x = self.blocks1(add_pos_embed(self.patch_embed(x), self.pos_embed1))
+        if hasattr(self, "blocks2"):
+            x = self.blocks2(add_pos_embed(self.patch_embed2(x), self.pos_embed2))
+        if hasattr(self, "blocks3"):
+            x = self.blocks3(add_pos_embed(self.patch_embed3(x), self.pos_embed3))
+        if hasattr(self, "blocks4"):
+            x = self.blocks4(add_pos_embed(self.patch_embed4(x), self.pos_embed4))
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """``(B, h, w, C)`` features -> logits ``(B, num_classes)``, or pooled features ``(B, C)`` if ``pre_logits``."""
         if self.global_pool == "avg":
-            x = x.mean(dim=(1, 2))
+            x = x.mean(dim=[1, 2])
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
