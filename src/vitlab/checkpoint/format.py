@@ -17,11 +17,12 @@ The same JSON is written beside the weights as a readable ``config.json``. This 
 or reads the entry. Nothing here unpickles anything.
 
 Example:
-    >>> import timm, vitlab
+    >>> import tempfile, timm, vitlab
     >>> model = timm.create_model("vitlab_vit_tiny_32", num_classes=10)
-    >>> save_checkpoint("model.safetensors", model.state_dict(), kind="model",
-    ...                 model_name="vitlab_vit_tiny_32", model_kwargs={"num_classes": 10})  # doctest: +SKIP
-    >>> model2, meta = load_model("model.safetensors")  # doctest: +SKIP
+    >>> path = save_checkpoint(tempfile.mkdtemp(), model.state_dict(), kind="model",
+    ...                        model_name="vitlab_vit_tiny_32", model_kwargs={"num_classes": 10})
+    >>> path.name, load_model(path)[1]["model_kwargs"]
+    ('model.safetensors', {'num_classes': 10})
 """
 
 from __future__ import annotations

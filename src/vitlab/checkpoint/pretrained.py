@@ -20,7 +20,14 @@ Example:
     >>> weights = resolve_pretrained("timm", "vit_tiny_patch16_224")
     >>> weights.source, weights.describe()["hub_id"]
     ('timm', 'timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k')
-    >>> model, name, kwargs = create_model("vit_tiny_patch16_224", weights, num_classes=10)  # doctest: +SKIP
+    >>> import tempfile, timm
+    >>> from safetensors.torch import save_file
+    >>> path = tempfile.mkdtemp() + "/vit.safetensors"  # a plain timm state dict, 1000-class head
+    >>> save_file(timm.create_model("vit_tiny_patch16_224", depth=1, img_size=32).state_dict(), path)
+    >>> model, name, kwargs = create_model("vit_tiny_patch16_224", resolve_pretrained(path, "vit_tiny_patch16_224"),
+    ...                                    depth=1, img_size=32, num_classes=10)
+    >>> name, model.head.out_features  # the 1000-class head was dropped, the backbone loaded
+    ('vit_tiny_patch16_224', 10)
 """
 
 from __future__ import annotations
@@ -430,9 +437,14 @@ def load_pretrained(model: nn.Module, spec: str | Mapping[str, Any] | Pretrained
         CheckpointError: missing or mis-shaped non-classifier tensors, named with the source.
 
     Example:
-        >>> import timm, vitlab
-        >>> model = timm.create_model("vitlab_vit_tiny_32", num_classes=10)  # doctest: +SKIP
-        >>> load_pretrained(model, "runs/vit_fashion_mnist")  # doctest: +SKIP
+        >>> import tempfile, timm, torch
+        >>> from safetensors.torch import save_file
+        >>> path = tempfile.mkdtemp() + "/vit.safetensors"
+        >>> source = timm.create_model("vit_tiny_patch16_224", depth=1, img_size=32)
+        >>> save_file(source.state_dict(), path)
+        >>> model = load_pretrained(timm.create_model("vit_tiny_patch16_224", depth=1, img_size=32), path)
+        >>> torch.equal(model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+        True
     """
     from timm.models import load_pretrained as timm_load_pretrained
     from timm.models import model_entrypoint

@@ -10,10 +10,12 @@ The run folder ``<output_dir>/<name>/`` holds:
 - ``.lock`` while a process writes the folder (a second writer is refused).
 - ``training_curves.png`` and ``summary.json``: loss/accuracy curves, final metrics, wall time, weight hashes.
 
-Example:
-    >>> from vitlab.train import RunConfig, fit
-    >>> result = fit(RunConfig(name="digits", data=DataConfig(name="digits")))  # doctest: +SKIP
-    >>> result.metrics["test/acc"]  # doctest: +SKIP
+Example (a few steps on scikit-learn's digits)::
+
+    from vitlab.train import DataConfig, RunConfig, fit
+
+    result = fit(RunConfig(name="digits", data=DataConfig(name="digits"), trainer={"max_epochs": 1}))
+    print(result.run_dir, result.metrics["test/acc"])
 """
 
 from __future__ import annotations
