@@ -254,6 +254,14 @@ class RowSliceTuner(BaseTuner):
         layer.update_layer(adapter_name, peft_config, targets, shared=shared, generator=self._generator)
         self._replace_module(parent, target_name, layer, target)
 
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """peft's float16/bfloat16 -> float32 upcast of the adapter's weights, the shared state included."""
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        if autocast_adapter_dtype and self.shared_attr and adapter_name in self._modules.get(self.shared_attr, {}):
+            for param in self._modules[self.shared_attr][adapter_name].parameters():
+                if param.dtype in (torch.float16, torch.bfloat16):
+                    param.data = param.data.float()
+
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         """peft's ``set_adapter``, also switching gradients of the adapters' shared state."""
         super().set_adapter(adapter_name, inference_mode=inference_mode)

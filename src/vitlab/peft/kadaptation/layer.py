@@ -138,6 +138,7 @@ class KAdaptationLayer(RowSliceLayer):
         setting = self.settings[adapter_name]
         left, right = self._factors(adapter_name, setting["roles"][key])
         u, v = self.kadaptation_u[adapter_name][key], self.kadaptation_v[adapter_name][key]
+        left, right = left.to(u.dtype), right.to(u.dtype)  # peft may keep the layer's factors in float32
         rows = u.shape[0] * u.shape[1]
         big_l = torch.einsum("ika,ipr->kpiar", left, u).reshape(rows, -1) * setting["scale"]
         big_r = torch.einsum("iaj,irl->jliar", right, v).reshape(self.in_features, -1)
@@ -150,7 +151,7 @@ class KAdaptationLayer(RowSliceLayer):
         for key, (a, b) in self.slice_rows[adapter_name].items():
             left, right = self._factors(adapter_name, setting["roles"][key])
             u, v = self.kadaptation_u[adapter_name][key], self.kadaptation_v[adapter_name][key]
-            blocks = torch.einsum("ikj,ipl->kpjl", left @ right, u @ v)
+            blocks = torch.einsum("ikj,ipl->kpjl", (left @ right).to(u.dtype), u @ v)
             full[a:b] = blocks.reshape(b - a, self.in_features).to(full.dtype) * setting["scale"]
         return full
 
