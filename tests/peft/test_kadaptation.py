@@ -214,3 +214,15 @@ def test_auto_targets_are_stored_explicitly(tmp_path):
     assert sorted(dict(kadaptation_layers(restored))) == sorted(layers)
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(restored(x), copy.deepcopy(model)(x), rtol=0, atol=0)
+
+
+def test_bfloat16_base_trains_float32_factors():
+    model = get_peft_model(timm_vit().to(torch.bfloat16), KAdaptationConfig(n=8))
+    dtypes = {k.split(".default")[0].rsplit(".", 1)[-1]: p.dtype
+              for k, p in model.named_parameters() if p.requires_grad}
+    assert {k: v for k, v in dtypes.items() if k != "modules_to_save"} == dict.fromkeys(
+        ["kadaptation_u", "kadaptation_v", "kadaptation_bias", "kadaptation_A"], torch.float32)
+    out = model(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
