@@ -178,11 +178,14 @@ def dispatch(ns: Namespace, argv: Sequence[str] = ()) -> None:
 
 def _library_file_errors() -> tuple[type[BaseException], ...]:
     """Exceptions libraries raise for a corrupt or unreadable file (only of libraries already imported)."""
+    import csv
     import gzip
+    import json
     import pickle
     import zlib
 
-    found: list[type[BaseException]] = [gzip.BadGzipFile, zlib.error, pickle.UnpicklingError, EOFError]
+    found: list[type[BaseException]] = [gzip.BadGzipFile, zlib.error, pickle.UnpicklingError, EOFError,
+                                        json.JSONDecodeError, csv.Error]
     for module, name in (("safetensors", "SafetensorError"), ("PIL", "UnidentifiedImageError"),
                          ("yaml", "YAMLError")):
         error = getattr(sys.modules.get(module), name, None)
@@ -202,7 +205,7 @@ def is_user_error(err: BaseException) -> bool:
 
     User errors: every `vitlab.errors.VitlabError`; a missing, unreadable or clashing path (``FileNotFoundError``,
     ``PermissionError``, ``IsADirectoryError``, ``NotADirectoryError``, ``FileExistsError``); a library's refusal of
-    a corrupt file (safetensors, PIL, YAML, gzip, pickle); and a ``ValueError``, ``KeyError`` or
+    a corrupt file (safetensors, PIL, YAML, JSON, CSV, gzip, pickle); and a ``ValueError``, ``KeyError`` or
     ``FloatingPointError`` raised by vitlab's own code (vitlab raises them only about its input). A ``TypeError``,
     ``AttributeError`` or a ``ValueError`` from inside torch or numpy is a bug.
 
