@@ -216,3 +216,16 @@ def test_value_errors_raised_by_vitlab_are_user_errors():
     with pytest.raises(ValueError) as raised:
         parse_n("-3")
     assert is_user_error(raised.value)
+
+
+def test_output_dir_is_the_parent_of_the_named_folder_in_every_command(monkeypatch, tmp_path, capsys):
+    from vitlab.cli import peft_study
+
+    seen = {}
+    monkeypatch.setattr(peft_study, "run_study", lambda **options: seen.update(options))
+    assert main(["peft-study", "--output_dir", str(tmp_path), "--name", "s1", "--shots", "[5]"]) == 0
+    assert seen["output_dir"] == str(tmp_path / "s1") and seen["shots"] == [5]
+    assert main(["peft-study", "--output_dir", str(tmp_path), "--name", "../up"]) == 1
+    assert "--name must be a plain folder name" in capsys.readouterr().err
+    for parser in (build_fit_parser(), peft_study.build_peft_study_parser()):
+        assert {"--output_dir", "--name"} <= {o for a in parser._actions for o in a.option_strings}

@@ -7,7 +7,8 @@ set with seed 0. Each run is a `vitlab.train.fit` run in its own Python process,
 ``ru_maxrss`` from ``os.wait4``) is its own. Few-shot subsets are drawn with `few_shot_indices` from the training split
 (after the validation split is carved); validation is off and the accuracy is top-1 on the official test set.
 
-Output folder (``--output_dir``, default ``runs/peft_study``):
+Output folder ``<output_dir>/<name>`` (``--output_dir`` is the parent folder, as for ``vitlab fit`` and ``vitlab
+study``; default ``runs/peft_study``):
 
 - ``runs/<method>-k<k>-s<seed>/`` and ``runs/<method>-full-s<seed>/``: each run's folder; ``log.txt`` is its output;
 - ``results.csv``: one row per run (run, method, shots, seed, accuracy, trainable_params, adaptation_params,
@@ -18,7 +19,7 @@ Output folder (``--output_dir``, default ``runs/peft_study``):
 Resumable: the same command again skips every run that has a row in ``results.csv`` made by the same configuration
 (the row's ``config_hash``: the run's spec and the backbone's weights); a run whose configuration changed is redone
 (``--reuse_cached_as_is true`` keeps it). Rows of runs not asked for now are kept and the summary covers all of them,
-so use another ``--output_dir`` when you change the budget. Needs ``os.wait4`` (Linux, macOS).
+so use another ``--name`` when you change the budget. Needs ``os.wait4`` (Linux, macOS).
 
 Example:
     vitlab peft-study --methods '[linear, kadaptation]' --shots '[5]' --seeds '[0]' --full_data false --steps 50
@@ -42,6 +43,7 @@ from jsonargparse import ArgumentParser, Namespace
 
 from vitlab.cli.cache import config_hash, differing_keys, file_sha256
 from vitlab.cli.progress import sweep_progress
+from vitlab.errors import ConfigError
 
 __all__ = ["DEFAULT_BACKBONE", "backbone_model", "build_peft_study_parser", "launch_run", "plan_study",
            "read_result_rows", "run_peft_study", "run_study"]
@@ -78,7 +80,9 @@ def build_peft_study_parser() -> ArgumentParser:
     parser.add_argument("--full_epochs", type=int, default=1, help="epochs of each full-data run")
     parser.add_argument("--batch_size", type=int, default=128, help="batch size (few-shot: at most k x classes)")
     parser.add_argument("--accelerator", type=str, default="auto", help="cpu, gpu or auto")
-    parser.add_argument("--output_dir", type=str, default="runs/peft_study", help="study folder")
+    parser.add_argument("--name", type=str, default="peft_study", help="study name: the study folder is "
+                        "<output_dir>/<name>")
+    parser.add_argument("--output_dir", type=str, default="runs", help="parent folder of the study folder")
     parser.add_argument("--keep_checkpoints", type=bool, default=False, help="keep each run's last.ckpt")
     parser.add_argument("--reuse_cached_as_is", type=bool, default=False,
                         help="reuse every run in results.csv even if another configuration made it (default: such "
@@ -319,8 +323,12 @@ def run_study(output_dir: str = "runs/peft_study", keep_checkpoints: bool = Fals
 
 
 def run_peft_study(ns: Namespace) -> dict[str, Any]:
-    """The ``vitlab peft-study`` subcommand: `run_study` with the parsed options."""
-    return run_study(**ns.as_dict())
+    """The ``vitlab peft-study`` subcommand: `run_study` in ``<output_dir>/<name>`` with the parsed options."""
+    options = ns.as_dict()
+    name, parent = options.pop("name"), options.pop("output_dir")
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ConfigError(f"--name must be a plain folder name (the study folder is <output_dir>/<name>), got {name!r}")
+    return run_study(output_dir=str(Path(parent) / name), **options)
 
 
 def _child(spec_path: str) -> int:
