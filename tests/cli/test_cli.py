@@ -229,3 +229,14 @@ def test_output_dir_is_the_parent_of_the_named_folder_in_every_command(monkeypat
     assert "--name must be a plain folder name" in capsys.readouterr().err
     for parser in (build_fit_parser(), peft_study.build_peft_study_parser()):
         assert {"--output_dir", "--name"} <= {o for a in parser._actions for o in a.option_strings}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["eval", "--checkpoint", "x", "--data", "digits", "--batch_size", "abc"], 'Parser key "batch_size"'),
+    (["fit", "--optim.lrr", "3"], "unrecognized arguments: --optim.lrr 3"),
+    (["evl"], "invalid choice: 'evl'"), (["eval"], "required: eval.checkpoint"),
+])
+def test_a_bad_option_is_one_line_naming_it(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "--help` lists the options" in err

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from argparse import ArgumentError
 from collections.abc import Callable, Sequence
 from importlib import import_module
 from pathlib import Path
@@ -89,11 +90,12 @@ def build_parser(command: str | None = None, help_only: bool = False) -> Argumen
     """The ``vitlab`` parser; only ``command``'s subparser is built in full (the others are empty placeholders that
     keep their one-line help), so ``vitlab --help`` imports no subcommand module. ``None`` builds none in full;
     ``help_only`` builds a parser that is only good for printing ``--help`` (quicker for ``fit``/``intrinsic-dim``).
+    A bad option raises ``argparse.ArgumentError`` (`main` prints it as one line) instead of exiting.
     """
     from vitlab import __version__
 
     parser = ArgumentParser(prog="vitlab", description="vitlab: Vision Transformer research toolkit. "
-                            "`vitlab COMMAND --help` describes a command.")
+                            "`vitlab COMMAND --help` describes a command.", exit_on_error=False)
     parser.add_argument("--version", action="version", version=f"vitlab {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (also: environment variable VITLAB_DEBUG=1)")
@@ -232,7 +234,8 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: parse, run, and turn a user's error into one line on stderr and exit status 1.
+    """Console entry point: parse, run, and turn a user's error into one line on stderr and exit status 1 (a bad
+    option or value: status 2, as argparse).
 
     ``--debug`` (anywhere in the arguments) or ``VITLAB_DEBUG=1`` re-raises the error with its traceback instead.
     """
@@ -241,7 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     command = _chosen_command(args)
     help_only = any(a in ("-h", "--help") for a in args)
-    ns = build_parser(command if command in COMMANDS else None, help_only).parse_args(args)
+    try:
+        ns = build_parser(command if command in COMMANDS else None, help_only).parse_args(args)
+    except ArgumentError as err:
+        where = f"vitlab {command}" if command in COMMANDS else "vitlab"
+        print(f"{where}: error: {' '.join(str(err).split())} (`{where} --help` lists the options)", file=sys.stderr)
+        return 2
     debug = debug_flag or os.environ.get("VITLAB_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     try:
         dispatch(ns, args)
