@@ -1,6 +1,7 @@
 """vitlab.models: architectures registered in timm's registry on import.
 
-- ``vitlab_vit_tiny_32``: a small ViT for 32-px inputs (`vitlab.models.vit`);
+- ``vit_vitlab_tiny_patch8_32`` / ``vit_vitlab_tiny_patch4_32``: small ViTs for 32-px inputs (`vitlab.models.vit`;
+  ``vitlab_vit_tiny_32`` is a deprecated alias of the 4-px one);
 - ``inception_transformer_{tiny,small,base,large}[_384]``: the Inception Transformer (iFormer), state-dict compatible
   with the official code (`vitlab.models.inception_transformer`).
 
@@ -11,6 +12,6 @@ Example:
 """
 
 from vitlab.models.inception_transformer import InceptionTransformer, load_official_checkpoint
-from vitlab.models.vit import vitlab_vit_tiny_32
+from vitlab.models.vit import vit_vitlab_tiny_patch4_32, vit_vitlab_tiny_patch8_32
 
-__all__ = ["InceptionTransformer", "load_official_checkpoint", "vitlab_vit_tiny_32"]
+__all__ = ["InceptionTransformer", "load_official_checkpoint", "vit_vitlab_tiny_patch4_32", "vit_vitlab_tiny_patch8_32"]

@@ -76,14 +76,18 @@ def check_image_size(height: int, width: int) -> None:
 
 
 @register_notrace_function  # shape checks are data-dependent control flow: a leaf for torch.fx
-def check_input_size(x: torch.Tensor, in_chans: int) -> None:
-    """Raise ``ValueError`` unless ``x`` is ``(B, in_chans, H, W)`` with a size :func:`check_image_size` accepts."""
+def check_input_size(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Return ``x`` if it is ``(B, in_chans, H, W)`` with a size :func:`check_image_size` accepts, else raise.
+
+    ``x`` is passed through so that a torch.fx graph keeps the check (a leaf whose output is unused would be dropped).
+    """
     if x.dim() != 4 or x.shape[1] != in_chans:
         raise ValueError(
             "expected input (B, " + str(in_chans) + ", H, W), got shape " + str(list(x.shape))
             + "; pass images as a 4-D batch with the model's in_chans channels"
         )
     check_image_size(x.shape[2], x.shape[3])
+    return x
 
 
 @register_notrace_function  # the resize depends on the input's size: a leaf for torch.fx
@@ -449,7 +453,7 @@ class InceptionTransformer(nn.Module):
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         take, max_index = _take_indices(self.num_stages, indices)
-        check_input_size(x, self.in_chans)
+        x = check_input_size(x, self.in_chans)
         last = max_index if stop_early or intermediates_only else self.num_stages - 1
         intermediates = []
         for stage in range(last + 1):
@@ -486,7 +490,7 @@ class InceptionTransformer(nn.Module):
         The stages are written out (not a loop over ``getattr``) so that TorchScript compiles this method; ``hasattr``
         is resolved at compile time, so a model pruned by :meth:`prune_intermediate_layers` scripts too.
         """
-        check_input_size(x, self.in_chans)
+        x = check_input_size(x, self.in_chans)
         x = self.blocks1(add_pos_embed(self.patch_embed(x), self.pos_embed1))
         if hasattr(self, "blocks2"):
             x = self.blocks2(add_pos_embed(self.patch_embed2(x), self.pos_embed2))
