@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -305,6 +306,9 @@ class _LightningEngine:
         if summary.exists():
             metrics = json.loads(summary.read_text())["metrics"]
         else:
+            resume = (run_dir / "checkpoints" / "last.ckpt").exists()
+            if run_dir.exists() and not resume:
+                shutil.rmtree(run_dir)  # the sweep's own run, interrupted with nothing to resume from: start over
             # "<kind>/d<dim>" is the run d<dim> in the folder <kind>/ (a run name is a plain folder name)
             config = replace(self.config, name=run_dir.name, output_dir=str(run_dir.parent), peft=peft,
                              optim=replace(self.config.optim, lr=lr))
@@ -313,7 +317,7 @@ class _LightningEngine:
                 from lightning.pytorch.callbacks import EarlyStopping
 
                 callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=self.settings.patience))
-            metrics = fit(config, resume=(run_dir / "checkpoints" / "last.ckpt").exists(), callbacks=callbacks).metrics
+            metrics = fit(config, resume=resume, callbacks=callbacks).metrics
         if self.settings.metric not in metrics:
             raise ValueError(f"metric {self.settings.metric!r} is not among the run's metrics {sorted(metrics)}; "
                              "set peft.options.sweep.metric to one of them")
