@@ -15,11 +15,11 @@ TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}
 
 def _write_configs(tmp_path):
     runs = tmp_path / "runs"
-    pretrain = {"name": "pre", "output_dir": str(runs), "model": {"name": "vitlab_vit_tiny_32", "kwargs": TINY},
+    pretrain = {"name": "pre", "output_dir": str(runs), "model": {"name": "vit_vitlab_tiny_patch8_32", "kwargs": TINY},
                 "data": {"name": "digits", "batch_size": 64}, "optim": {"lr": 3e-3, "warmup_epochs": 0},
                 "trainer": {"max_epochs": 1, "limit_train_batches": 3, "enable_progress_bar": False,
                             "enable_model_summary": False}}
-    intrinsic = {"name": "id", "model": {"name": "vitlab_vit_tiny_32"},
+    intrinsic = {"name": "id", "model": {"name": "vit_vitlab_tiny_patch8_32"},
                  "data": {"name": "digits", "batch_size": 64, "options": {"limit_train": 128}},
                  "optim": {"lr": 3e-3, "warmup_epochs": 0},
                  "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},

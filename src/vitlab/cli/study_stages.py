@@ -156,33 +156,42 @@ def _run_dir(config: StudyConfig, run: str) -> Path:
 
 
 def evaluate_runs(config: StudyConfig, rows: list[dict[str, Any]]) -> None:
-    """Generated-corruption and negative-view accuracy of every run (JSON in its folder; skipped when present)."""
+    """Generated-corruption and negative-view accuracy of every run (JSON in its folder; skipped when present and made
+    with the same evaluation settings for the same run, see ``evaluation_key.txt``)."""
     from vitlab.cli.diagnose import build_diagnose_parser, run_diagnose
     from vitlab.cli.robustness import build_robustness_parser, run_robustness
 
     ev = config.evaluation
-    for i, row in enumerate(rows, 1):
+    outputs = {}
+    for row in rows:  # results made with other evaluation settings (or of unknown origin) are evaluated again
         run_dir = _run_dir(config, row["run"])
-        robustness = run_dir / f"robustness_{config.downstream}.json"
-        diagnose = run_dir / f"diagnose_negatives_{config.downstream}.json"
-        key = {"evaluation": asdict(ev), "downstream": config.downstream, "run": row.get("config_hash")}
+        files = (run_dir / f"robustness_{config.downstream}.json",
+                 run_dir / f"diagnose_negatives_{config.downstream}.json")
+        key = config_hash({"evaluation": asdict(ev), "downstream": config.downstream, "run": row.get("config_hash")})
         record = run_dir / _EVALUATION_RECORD
-        if record.is_file() and record.read_text().strip() != config_hash(key):
-            robustness.unlink(missing_ok=True)  # made with other evaluation settings: evaluate again
-            diagnose.unlink(missing_ok=True)
-        record.write_text(config_hash(key) + "\n")
-        with (run_dir / "evaluate_log.txt").open("a") as log, redirect_stdout(log):
-            if not robustness.is_file():
-                run_robustness(build_robustness_parser().parse_args(
-                    ["--checkpoint", str(run_dir), "--n", str(ev.corruption_n)]))
-            if not diagnose.is_file():
-                run_diagnose(build_diagnose_parser().parse_args(
-                    ["--checkpoint", str(run_dir), "--n", str(ev.negative_view_n), "--patch_size", str(ev.patch_size),
-                     "--kinds", json.dumps(ev.kinds)]))
-        rob, diag = json.loads(robustness.read_text()), json.loads(diagnose.read_text())
-        views = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in diag["views"].items() if k != "clean")
-        print(f"[{i}/{len(rows)}] {row['run']}: corruption accuracy {rob['metrics']['mean_accuracy']:.4f} "
-              f"(N={rob['n']}); negative views: {views}", flush=True)
+        if not record.is_file() or record.read_text().strip() != key:
+            for file in files:
+                file.unlink(missing_ok=True)
+            record.write_text(key + "\n")
+        outputs[row["run"]] = (run_dir, *files)
+    todo = sum(not (rob.is_file() and diag.is_file()) for _, rob, diag in outputs.values())
+    with sweep_progress(todo, "study evaluation") as bar:
+        for i, row in enumerate(rows, 1):
+            run_dir, robustness, diagnose = outputs[row["run"]]
+            ran = not (robustness.is_file() and diagnose.is_file())
+            with (run_dir / "evaluate_log.txt").open("a") as log, redirect_stdout(log):
+                if not robustness.is_file():
+                    run_robustness(build_robustness_parser().parse_args(
+                        ["--checkpoint", str(run_dir), "--n", str(ev.corruption_n)]))
+                if not diagnose.is_file():
+                    run_diagnose(build_diagnose_parser().parse_args(
+                        ["--checkpoint", str(run_dir), "--n", str(ev.negative_view_n), "--patch_size",
+                         str(ev.patch_size), "--kinds", json.dumps(ev.kinds)]))
+            bar.update(int(ran))
+            rob, diag = json.loads(robustness.read_text()), json.loads(diagnose.read_text())
+            views = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in diag["views"].items() if k != "clean")
+            bar.write(f"[{i}/{len(rows)}] {row['run']}: corruption accuracy {rob['metrics']['mean_accuracy']:.4f} "
+                      f"(N={rob['n']}); negative views: {views}")
 
 
 def run_intrinsic(config: StudyConfig, weights: dict[str, Path],
