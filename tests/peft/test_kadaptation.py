@@ -226,3 +226,21 @@ def test_bfloat16_base_trains_float32_factors():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_gradients_of_the_factored_path_equal_those_of_the_dense_reference():
+    model = get_peft_model(timm_vit().double(), KAdaptationConfig(n=8))
+    randomize_adapter(model)
+    _, layer = kadaptation_layers(model)[0]
+    params = [p for p in layer.parameters() if p.requires_grad] + list(layer.shared_rules["default"].parameters())
+    x = torch.randn(3, 5, 64, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 5, layer.out_features, dtype=torch.float64)
+
+    def grads(output: torch.Tensor) -> list[torch.Tensor]:
+        return torch.autograd.grad((output * weights).sum(), [x, *params])
+
+    bias = layer.base_layer.bias + torch.cat([layer.kadaptation_bias["default"],
+                                              torch.zeros(64, dtype=torch.float64), layer.kadaptation_bias["default"]])
+    dense = F.linear(x, layer.base_layer.weight + reference_delta(layer), bias)
+    for got, expected in zip(grads(layer(x)), grads(dense), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from vitlab.peft.auto import auto_targets
 from vitlab.peft.targets import Target, classifier_names, find_targets
@@ -56,6 +57,36 @@ class DeltaTerms(NamedTuple):
     dense: torch.Tensor | None = None
     bias: torch.Tensor | None = None
     input_dropout: float = 0.0
+
+
+class _AddToRows(torch.autograd.Function):
+    """``out[..., a:b] += h[:, k0:k1] @ Lᵀ`` for each block, in place on ``out``; the backward pass hands ``out``'s
+    gradient through untouched (autograd's in-place-on-a-view path would clone the whole output gradient per block)."""
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, h: torch.Tensor, spans: tuple[tuple[int, int, int, int], ...],
+                *lefts: torch.Tensor) -> torch.Tensor:
+        flat = out.view(-1, out.shape[-1])
+        for (a, b, k0, k1), left in zip(spans, lefts, strict=True):
+            flat[:, a:b].addmm_(h[:, k0:k1], left.T)
+        ctx.mark_dirty(out)
+        ctx.spans = spans
+        ctx.save_for_backward(h, *lefts)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, *lefts = ctx.saved_tensors
+        flat = grad.reshape(-1, grad.shape[-1])
+        grad_h = torch.zeros_like(h) if ctx.needs_input_grad[1] else None
+        grad_lefts = []
+        for index, ((a, b, k0, k1), left) in enumerate(zip(ctx.spans, lefts, strict=True)):
+            rows = flat[:, a:b]
+            if grad_h is not None:
+                grad_h[:, k0:k1] = rows @ left
+            grad_lefts.append(rows.T @ h[:, k0:k1] if ctx.needs_input_grad[3 + index] else None)
+        return grad, grad_h, None, *grad_lefts
 
 
 class RowSliceLayer(nn.Module, BaseTunerLayer):
@@ -114,15 +145,15 @@ class RowSliceLayer(nn.Module, BaseTunerLayer):
         out = F.linear(x, weight, bias)
         if not low_rank:
             return out
-        flat, inputs = out.view(-1, self.out_features), x.reshape(-1, self.in_features)
+        inputs = x.reshape(-1, self.in_features)
         for terms in low_rank:
             h = inputs.to(terms.right.dtype)
             if terms.input_dropout and self.training:
                 h = F.dropout(h, terms.input_dropout)
-            h = (h @ terms.right).to(flat.dtype)
-            for a, b, k0, k1, left in terms.blocks:
-                # in place on the rows of the fresh output: no padded GEMM over the other rows, no extra pass
-                flat[:, a:b].addmm_(h[:, k0:k1], left.T.to(flat.dtype))
+            h = (h @ terms.right).to(out.dtype)
+            # in place on the rows of the fresh output: no GEMM over rows that are not adapted, no extra pass
+            spans = tuple(block[:4] for block in terms.blocks)
+            out = _AddToRows.apply(out, h, spans, *(block[4].to(out.dtype) for block in terms.blocks))
         return out
 
     @torch.no_grad()
