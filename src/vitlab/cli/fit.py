@@ -38,8 +38,9 @@ def run_sections() -> dict[str, type]:
 def _add_trainer_help(parser: ArgumentParser) -> None:
     """Describe the ``trainer`` section from ``lightning.Trainer.__init__``'s source (no import of Lightning).
 
-    Only for ``--help``: the options are listed with Lightning's types, defaults and first doc line, but a parser
-    built this way does not check values (the real parser, built from the imported class, does).
+    Only for ``--help``: the options are listed with Lightning's types, defaults and docs, but a parser built this
+    way does not check values (the real parser, built from the imported class, does). Raises ``OSError``,
+    ``SyntaxError`` or ``StopIteration`` (before adding anything) when the source is not where it is expected.
     """
     spec = importlib.util.find_spec("lightning")
     if spec is None or not spec.submodule_search_locations:
@@ -84,7 +85,11 @@ def add_run_arguments(parser: ArgumentParser, help_only: bool = False) -> Argume
     for section, config_class in run_sections().items():
         parser.add_class_arguments(config_class, section)
     if help_only:
-        _add_trainer_help(parser)
+        try:
+            _add_trainer_help(parser)
+        except (OSError, SyntaxError, StopIteration):  # Lightning's source is not where expected: import it instead
+            help_only = False
+    if help_only:
         _add_logger_arguments(parser)
         return parser
     import lightning as L
