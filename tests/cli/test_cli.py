@@ -240,3 +240,16 @@ def test_a_bad_option_is_one_line_naming_it(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "--help` lists the options" in err
+
+
+def test_quick_help_falls_back_to_the_real_trainer_section(monkeypatch):
+    from vitlab.cli import fit
+
+    def moved(parser):
+        raise FileNotFoundError("lightning/pytorch/trainer/trainer.py")  # a Lightning laid out differently
+
+    monkeypatch.setattr(fit, "_add_trainer_help", moved)
+    parser = build_fit_parser(help_only=True)
+    assert parser.parse_args(["--trainer.max_epochs", "3"]).trainer.max_epochs == 3  # the real, typed section
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--trainer.max_epochs", "three"])
