@@ -87,7 +87,8 @@ class PretrainedWeights:
         if self.source == "hf-hub":
             return dict(self._hub()[0])
         name = self.location if self.source == "timm" else self.model_name
-        cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=False)
+        name = timm.models.get_deprecated_models().get(name, name)  # a deprecated alias: its current name's cfg
+        cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
         return cfg.to_dict() if cfg is not None else {}
 
     def architecture(self) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from vitlab.errors import ConfigError
 
-__all__ = ["CACHE_RECORD", "config_hash", "differing_keys", "ensure_cache_matches", "file_sha256", "read_record",
+__all__ = ["CACHE_RECORD", "config_hash", "differing_keys", "ensure_cache_matches", "read_record",
            "write_record"]
 
 #: The file, inside a cached stage's folder, that records the configuration which produced it.
@@ -57,15 +57,6 @@ def differing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     missing = "<absent>"
     return [f"{key}: {a.get(key, missing)} -> {b.get(key, missing)}" for key in sorted(set(a) | set(b))
             if a.get(key, missing) != b.get(key, missing)]
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_record(folder: str | Path) -> dict[str, Any] | None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from jsonargparse import ArgumentParser, Namespace
 
-from vitlab.cli.cache import ensure_cache_matches, file_sha256, write_record
+from vitlab.cli.cache import ensure_cache_matches, write_record
 from vitlab.cli.fit import add_run_arguments, namespace_to_run_config
 from vitlab.cli.progress import sweep_progress
 
@@ -184,10 +184,10 @@ def sweep_cache_key(config: RunConfig) -> dict[str, Any]:
     config_dict["peft"]["options"]["sweep"] = {k: sweep.get(k) for k in _POINT_KEYS}
     pretrained = config.model.pretrained
     digest = None
-    if pretrained and Path(pretrained).exists():
-        from vitlab.checkpoint import resolve_weights_path
+    if pretrained:
+        from vitlab.checkpoint import resolve_pretrained
 
-        digest = file_sha256(resolve_weights_path(pretrained))
+        digest = resolve_pretrained(pretrained, config.model.name).describe()["sha256"]
     return {"config": config_dict, "pretrained_sha256": digest}
 
 
@@ -290,13 +290,11 @@ class _LightningEngine:
         self.config, self.settings, self.folder = config, settings, folder
 
     def base_model(self) -> nn.Module:
-        from vitlab.data import build_datamodule
-        from vitlab.train.run import build_run_model
+        from vitlab.train.run import build_run_datamodule, build_run_model, resolve_run_weights
 
-        data = self.config.data
-        dm = build_datamodule(data.name, root=data.root, img_size=data.img_size, batch_size=data.batch_size,
-                              in_chans=self.config.model.kwargs.get("in_chans"), **data.options)
-        return build_run_model(self.config, dm.num_classes, dm.in_chans).model
+        weights = resolve_run_weights(self.config)
+        dm = build_run_datamodule(self.config, weights)  # channels and normalisation follow the weights, as in fit
+        return build_run_model(self.config, dm.num_classes, dm.in_chans, weights).model
 
     def _run(self, name: str, peft: PeftConfig, lr: float) -> float:
         from vitlab.train.run import fit
@@ -391,12 +389,9 @@ def _load_tensors(config: RunConfig) -> tuple[tuple[Tensor, Tensor], tuple[Tenso
     """The training split and the test set as in-memory ``(images [N, C, H, W], labels [N])``, and the classes."""
     import torch
 
-    from vitlab.data import build_datamodule
+    from vitlab.train.run import build_run_datamodule, resolve_run_weights
 
-    data = config.data
-    dm = build_datamodule(data.name, root=data.root, img_size=data.img_size, batch_size=data.batch_size,
-                          in_chans=config.model.kwargs.get("in_chans"), val_fraction=data.val_fraction,
-                          seed=config.seed, **data.options)
+    dm = build_run_datamodule(config, resolve_run_weights(config))  # as `vitlab fit` builds it
     dm.prepare_data()
     dm.setup("fit")
     dm.setup("test")

@@ -41,7 +41,7 @@ from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
-from vitlab.cli.cache import config_hash, differing_keys, file_sha256
+from vitlab.cli.cache import config_hash, differing_keys
 from vitlab.cli.progress import sweep_progress
 from vitlab.errors import ConfigError
 
@@ -61,7 +61,9 @@ def build_peft_study_parser() -> ArgumentParser:
                             "method (few-shot and full data, one process per run); writes results.csv, summary.csv "
                             "and accuracy_vs_params.png. Rerunning skips finished runs.")
     parser.add_argument("--backbone", type=str, default=DEFAULT_BACKBONE,
-                        help="pretrained vitlab model.safetensors or run folder; 'none' starts from random weights")
+                        help="starting weights: a vitlab run folder or model.safetensors, a plain weights file "
+                        "(.safetensors/.pth, with --model), timm (with --model NAME[.TAG]), hf-hub:ORG/NAME, or 'none' "
+                        "(random weights)")
     parser.add_argument("--model", type=str | None, default=None, help="timm name (needed with --backbone none)")
     parser.add_argument("--model_kwargs", type=dict, default={}, help="extra timm.create_model keywords (JSON)")
     parser.add_argument("--data", type=str, default="fashion_mnist", help="downstream dataset (vitlab data list)")
@@ -101,8 +103,14 @@ def _int_list(text: str | Sequence[int], option: str) -> list[int]:
 
 def backbone_model(backbone: str | None, model: str | None, model_kwargs: Mapping[str, Any],
                    img_size: int | None) -> tuple[dict[str, Any], int]:
-    """``(model section, img_size)`` of the runs: architecture from the backbone's metadata, or ``model``."""
-    from vitlab.checkpoint import read_metadata
+    """``(model section, img_size)`` of the runs.
+
+    ``backbone`` is a vitlab ``model.safetensors`` or run folder (the architecture comes from its metadata), any
+    other ``model.pretrained`` form of `vitlab.checkpoint.resolve_pretrained` (``timm``, ``hf-hub:ORG/NAME``, a plain
+    weights file; ``model`` names the architecture, except for ``hf-hub:`` where the Hub config does), or ``none``
+    (random init of ``model``).
+    """
+    from vitlab.checkpoint import read_metadata, resolve_pretrained
 
     if backbone is None or str(backbone).lower() == "none":
         if not model:
@@ -111,10 +119,22 @@ def backbone_model(backbone: str | None, model: str | None, model_kwargs: Mappin
         size = img_size or kwargs.pop("img_size", 32)
         kwargs.pop("img_size", None)
         return {"name": model, "kwargs": kwargs, "pretrained": None}, size
+    hub = str(backbone).startswith("hf-hub:")
+    if str(backbone) == "timm" or hub or (Path(backbone).is_file() and not _is_vitlab_file(backbone)):
+        if not (model or hub):
+            raise ValueError(f"--backbone {backbone} needs --model <timm name>: the architecture its weights are for")
+        weights = resolve_pretrained(backbone, model or str(backbone))
+        kwargs = dict(model_kwargs)
+        size = img_size or kwargs.pop("img_size", None) or int((weights.pretrained_cfg().get("input_size")
+                                                                or (3, 224, 224))[-1])
+        kwargs.pop("img_size", None)
+        pretrained = weights.location if weights.source == "file" else str(backbone)
+        return {"name": weights.architecture() if hub else model, "kwargs": kwargs, "pretrained": pretrained}, size
     if not Path(backbone).exists():
         raise FileNotFoundError(f"no pretrained backbone at {backbone}: train it with `vitlab fit --config "
                                 "configs/pretrain_vit_mnist.yaml` (writes runs/pretrain_vit_mnist), or pass "
-                                "--backbone PATH (a vitlab model.safetensors or run folder) or --backbone none")
+                                "--backbone PATH (a vitlab run folder or a weights file), --backbone timm / "
+                                "hf-hub:ORG/NAME with --model, or --backbone none")
     meta = read_metadata(backbone)
     if meta["kind"] != "model":
         raise ValueError(f"{backbone} holds a {meta['kind']!r} checkpoint; the study needs a whole pretrained model "
@@ -125,6 +145,12 @@ def backbone_model(backbone: str | None, model: str | None, model_kwargs: Mappin
     size = img_size or kwargs.pop("img_size", None) or meta.get("extra", {}).get("data", {}).get("img_size", 32)
     kwargs.pop("img_size", None)
     return {"name": meta["model_name"], "kwargs": {**kwargs, **model_kwargs}, "pretrained": str(backbone)}, size
+
+
+def _is_vitlab_file(path: str | Path) -> bool:
+    from vitlab.checkpoint import resolve_pretrained
+
+    return Path(path).suffix == ".safetensors" and resolve_pretrained(path, "vit_tiny_patch16_224").source == "vitlab"
 
 
 def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mnist", *, model: str | None = None,
@@ -174,9 +200,9 @@ def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mni
     model_section, size = backbone_model(backbone, model, model_kwargs or {}, img_size)
     backbone_sha256 = None
     if model_section["pretrained"]:
-        from vitlab.checkpoint import resolve_weights_path
+        from vitlab.checkpoint import resolve_pretrained
 
-        backbone_sha256 = file_sha256(resolve_weights_path(model_section["pretrained"]))
+        backbone_sha256 = resolve_pretrained(model_section["pretrained"], model_section["name"]).describe()["sha256"]
     num_classes = build_datamodule(data, root=root, img_size=size).num_classes
     base_trainer = {"accelerator": accelerator, "devices": 1, "limit_val_batches": 0, "num_sanity_val_steps": 0,
                     "enable_progress_bar": False, "enable_model_summary": False, "log_every_n_steps": 1}
