@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from vitlab.augment import NegativeViews
 from vitlab.errors import ConfigError
 from vitlab.losses import ContrastiveNegativeLoss, L2NegativeLoss, NegativeAugmentationLoss, UniformNegativeLoss
+from vitlab.losses.negative_augmentation import frozen_running_statistics
 
 
 def tiny_vit() -> torch.nn.Module:
@@ -163,3 +164,65 @@ def test_one_lightning_training_step_with_the_term():
         value = trainer.callback_metrics[f"train/negatives/{key}"].item()
         assert 0.0 <= value <= 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, task.model.parameters(), strict=True))
+
+
+class _TinyConvBN(torch.nn.Module):
+    """conv -> BatchNorm -> ReLU -> pool -> linear, with timm's forward_features / forward_head (for contrastive)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6)
+        self.head = torch.nn.Linear(6, 5)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3))
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@pytest.mark.parametrize("loss", ["uniform", "l2", "contrastive"])
+def test_negative_views_leave_batchnorm_running_statistics_unchanged(loss):
+    torch.manual_seed(0)
+    model, (images, labels) = _TinyConvBN().train(), batch()
+    stats = lambda: [t.clone() for t in (model.bn.running_mean, model.bn.running_var, model.bn.num_batches_tracked)]  # noqa: E731
+    start = stats()
+    outputs = {"logits": model(images)}  # the clean forward updates the statistics, as before
+    after_clean = stats()
+    assert not torch.allclose(after_clean[0], start[0]) and not torch.allclose(after_clean[1], start[1])
+    assert int(after_clean[2]) == 1
+    term = NegativeAugmentationLoss(["shuffle", "rotate"], 4, loss=loss, seed=3)
+    value = term(SimpleNamespace(model=model), (images, labels), outputs)["loss"]
+    for before, now in zip(after_clean, stats(), strict=True):
+        assert torch.equal(before, now)
+    assert model.bn.track_running_stats and model.bn.training  # the flags are restored
+    value.backward()  # the negative pass still normalised with batch statistics, in the autograd graph
+    assert model.bn.weight.grad is not None and model.bn.weight.grad.abs().sum() > 0
+
+
+def test_frozen_statistics_normalise_with_the_batch_own_statistics():
+    torch.manual_seed(0)
+    model = _TinyConvBN().train()
+    features = model.conv(batch()[0]).detach() * 3 + 2
+    expected = F.batch_norm(features, None, None, model.bn.weight, model.bn.bias, training=True, eps=model.bn.eps)
+    with torch.no_grad(), frozen_running_statistics(model):
+        assert torch.allclose(model.bn(features), expected, atol=1e-5)
+        assert torch.equal(model.bn.running_mean, torch.zeros(6))
+
+
+def test_frozen_running_statistics_restores_flags_after_an_error_and_checks_its_input():
+    model = _TinyConvBN().train()
+    with pytest.raises(RuntimeError, match="boom"), frozen_running_statistics(model) as switched:
+        assert switched == [model.bn] and not model.bn.track_running_stats
+        raise RuntimeError("boom")
+    assert model.bn.track_running_stats
+    model.eval()
+    with frozen_running_statistics(model) as switched:
+        assert switched == []  # eval mode already keeps (and uses) the running statistics
+    with pytest.raises(TypeError, match="nn.Module"):
+        with frozen_running_statistics("model"):
+            pass

@@ -7,6 +7,11 @@ Inside the training step it makes one negative view per image of the (positively
 device, runs ``task.model`` on them and applies the chosen negative loss. Only ``task.model`` is used, so any
 object with a ``.model`` attribute works in a plain PyTorch loop.
 
+The negative views never change a model's running statistics: during their forward pass every normalisation layer
+that tracks them (BatchNorm, including timm's ``BatchNormAct2d``) normalises with the batch's own statistics, as in
+training, but does not update ``running_mean`` / ``running_var`` / ``num_batches_tracked``; only the clean batch
+does (see `frozen_running_statistics`).
+
 The ``negatives`` config section maps onto the constructor directly::
 
     negatives: {enabled: true, kinds: [shuffle], patch_size: 8, loss: uniform, weight: 1.0,
@@ -28,7 +33,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -38,12 +44,45 @@ from vitlab.augment import NegativeViews
 from vitlab.errors import ConfigError
 from vitlab.losses.negative import ContrastiveNegativeLoss, L2NegativeLoss, UniformNegativeLoss
 
-__all__ = ["LOSSES", "NegativeAugmentationLoss"]
+__all__ = ["LOSSES", "NegativeAugmentationLoss", "frozen_running_statistics"]
 
 #: Negative-loss names accepted by `NegativeAugmentationLoss` (the ``negatives.loss`` config key).
 LOSSES: tuple[str, ...] = ("uniform", "l2", "contrastive")
 
 _LOSS_CLASSES = {"uniform": UniformNegativeLoss, "l2": L2NegativeLoss, "contrastive": ContrastiveNegativeLoss}
+
+
+@contextmanager
+def frozen_running_statistics(model: nn.Module) -> Iterator[list[nn.Module]]:
+    """Within the block, normalisation layers of ``model`` in training mode keep their running statistics.
+
+    Each module with ``track_running_stats=True``, a ``running_mean`` buffer and ``training=True`` (``nn.BatchNorm*``,
+    ``nn.SyncBatchNorm``, timm's ``BatchNormAct2d``, tracking ``InstanceNorm``) gets ``track_running_stats=False``
+    for the block: it still normalises with the batch statistics (the training-mode computation, gradients included)
+    but leaves ``running_mean``, ``running_var`` and ``num_batches_tracked`` as they are. The flag is restored on exit,
+    also after an exception. Modules in eval mode already use (and keep) their running statistics and are untouched.
+
+    Yields:
+        The modules whose flag was switched off.
+
+    Example:
+        >>> bn = nn.BatchNorm1d(3)
+        >>> with frozen_running_statistics(bn):
+        ...     _ = bn(torch.randn(8, 3) + 5)
+        >>> bn.running_mean.tolist(), int(bn.num_batches_tracked), bn.track_running_stats
+        ([0.0, 0.0, 0.0], 0, True)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"frozen_running_statistics needs an nn.Module, got {type(model).__name__}")
+    switched = [m for m in model.modules() if m.training and getattr(m, "track_running_stats", False) is True
+                and getattr(m, "running_mean", None) is not None]
+    for module in switched:
+        module.track_running_stats = False
+    try:
+        yield switched
+    finally:
+        for module in switched:
+            module.track_running_stats = True
 
 
 def _features_and_logits(model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -144,6 +183,19 @@ class NegativeAugmentationLoss(nn.Module):
         labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
         with torch.no_grad():
             negatives = self.views(images, generator=self.generator)
+        with frozen_running_statistics(model):  # the negatives must not move BatchNorm's running statistics
+            value, negative_logits = self._negative_loss(model, images, negatives, labels, outputs)
+        with torch.no_grad():
+            probs = negative_logits.detach().float().softmax(dim=1)
+            self.last_metrics = {
+                "neg_acc": (probs.argmax(dim=1) == labels).float().mean(),
+                "neg_confidence": probs.max(dim=1).values.mean(),
+            }
+        return {"loss": value}
+
+    def _negative_loss(self, model: nn.Module, images: Tensor, negatives: Tensor, labels: Tensor,
+                       outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(L_neg, negative logits (B, K))`` of the views ``negatives`` (B, C, H, W) of ``images``."""
         if isinstance(self.loss, ContrastiveNegativeLoss):
             clean_features = outputs.get("features")
             if clean_features is not None and clean_features.shape[0] == images.shape[0]:
@@ -152,22 +204,13 @@ class NegativeAugmentationLoss(nn.Module):
                 features, logits = _features_and_logits(model, torch.cat([images, negatives]))
                 clean_features, negative_features = features.split(images.shape[0])
                 negative_logits = logits[images.shape[0]:]
-            value = self.loss(clean_features, negative_features, labels)
-        else:
-            negative_logits = model(negatives)
-            if isinstance(self.loss, L2NegativeLoss):
-                if "logits" not in outputs:
-                    raise KeyError("loss='l2' needs outputs['logits'] (B, K), the clean logits of the batch")
-                value = self.loss(outputs["logits"], negative_logits)
-            else:
-                value = self.loss(negative_logits)
-        with torch.no_grad():
-            probs = negative_logits.detach().float().softmax(dim=1)
-            self.last_metrics = {
-                "neg_acc": (probs.argmax(dim=1) == labels).float().mean(),
-                "neg_confidence": probs.max(dim=1).values.mean(),
-            }
-        return {"loss": value}
+            return self.loss(clean_features, negative_features, labels), negative_logits
+        negative_logits = model(negatives)
+        if isinstance(self.loss, L2NegativeLoss):
+            if "logits" not in outputs:
+                raise KeyError("loss='l2' needs outputs['logits'] (B, K), the clean logits of the batch")
+            return self.loss(outputs["logits"], negative_logits), negative_logits
+        return self.loss(negative_logits), negative_logits
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, weight={self.weight}, seed={self.seed}"
