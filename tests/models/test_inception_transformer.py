@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from tests.models.conftest import small_model
-from vitlab.models.inception_transformer import InceptionTransformer, load_official_checkpoint
+from vitlab.models.inception_transformer import InceptionTransformer, Mixer, load_official_checkpoint
 
 FIXTURE = "iformer_official_reference_tiny.safetensors"
 SHAPES = "iformer_official_state_dict_shapes.json"
@@ -163,3 +163,29 @@ def test_timm_pretrained_loads_a_local_official_file(tmp_path):
                               pretrained_cfg_overlay=dict(file=str(path)))
     for k, v in source.state_dict().items():
         torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_fast_mixer_matches_the_plain_formulation(dtype, atol):
+    """The mixer's speed-ups (1x1 convs as matrix products, one concatenation, ``x + conv_fuse(x)`` folded into the
+    depthwise kernel) against the textbook form with the same modules, in training mode for the gradients too."""
+    torch.manual_seed(0)
+    mixer = Mixer(dim=64, num_heads=4, attention_heads=2, pool_size=2).to(dtype)
+    for p in mixer.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(2, 8, 8, 64, dtype=dtype, requires_grad=True)
+
+    def plain(x):
+        y = x.permute(0, 3, 1, 2)
+        high, h = mixer.high_mixer, mixer.high_dim
+        cx = high.act1(high.proj1(high.conv1(y[:, : high.half].contiguous())))
+        px = high.act2(high.proj2(high.pool(y[:, high.half : h].contiguous())))
+        y = torch.cat((torch.cat((cx, px), dim=1), mixer.low_mixer(y[:, h:].contiguous())), dim=1)
+        y = y + mixer.conv_fuse(y)
+        return mixer.proj(y).permute(0, 2, 3, 1)
+
+    fast, expected = mixer(x), plain(x)
+    torch.testing.assert_close(fast, expected, rtol=0, atol=atol)
+    grads = [torch.autograd.grad(out.square().sum(), [x, *mixer.parameters()]) for out in (fast, expected)]
+    for g_fast, g_plain in zip(*grads, strict=True):
+        torch.testing.assert_close(g_fast, g_plain, rtol=1e-5, atol=atol * 10)

@@ -174,9 +174,21 @@ class HighMixer(nn.Module):
         self.proj2 = nn.Conv2d(self.half, dim, 1, **dd)
         self.act2 = act_layer()
 
+    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conv branch and the max-pool branch, each ``(B, dim, H, W)``, not yet concatenated.
+
+        The 1x1 convs run as matrix products on channels-last views (``F.linear`` with the conv weights): a channel
+        slice of a channels-last map is neither NCHW- nor NHWC-contiguous, and convolution would fall back to its
+        slow im2col path on it.
+        """
+        cx = F.linear(x[:, : self.half].permute(0, 2, 3, 1), self.conv1.weight.flatten(1))
+        cx = self.act1(self.proj1(cx.permute(0, 3, 1, 2)))
+        px = self.pool(x[:, self.half :]).permute(0, 2, 3, 1)
+        px = self.act2(F.linear(px, self.proj2.weight.flatten(1), self.proj2.bias).permute(0, 3, 1, 2))
+        return cx, px
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cx = self.act1(self.proj1(self.conv1(x[:, : self.half])))
-        px = self.act2(self.proj2(self.pool(x[:, self.half :])))
+        cx, px = self.branches(x)
         return torch.cat((cx, px), dim=1)
 
 
@@ -232,9 +244,13 @@ class Mixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2)  # a view: channels-last memory, NCHW shape
-        x = torch.cat((self.high_mixer(x[:, : self.high_dim]), self.low_mixer(x[:, self.high_dim :])), dim=1)
-        x = x + self.conv_fuse(x)
-        return self.proj_drop(self.proj(x)).permute(0, 2, 3, 1)
+        cx, px = self.high_mixer.branches(x[:, : self.high_dim])
+        x = torch.cat((cx, px, self.low_mixer(x[:, self.high_dim :])), dim=1)  # one copy for the three branches
+        # x + conv_fuse(x) in one depthwise conv: the residual is an identity tap added to the kernel's centre
+        weight = self.conv_fuse.weight
+        identity = F.pad(weight.new_ones(weight.shape[0], 1, 1, 1), (1, 1, 1, 1))
+        x = F.conv2d(x, weight + identity, None, 1, 1, 1, weight.shape[0]).permute(0, 2, 3, 1)
+        return self.proj_drop(F.linear(x, self.proj.weight.flatten(1), self.proj.bias))  # the 1x1 conv, on NHWC
 
 
 class Block(nn.Module):
