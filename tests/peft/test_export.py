@@ -91,7 +91,7 @@ def test_export_refuses_full_fine_tuning(tmp_path):
 @pytest.fixture(scope="module")
 def pretrained_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runs")
-    return fit(RunConfig(name="pre", model=ModelConfig(name="vitlab_vit_tiny_32", kwargs=TINY), **_common(tmp)))
+    return fit(RunConfig(name="pre", model=ModelConfig(name="vit_vitlab_tiny_patch4_32", kwargs=TINY), **_common(tmp)))
 
 
 TINY = {"depth": 2, "embed_dim": 48, "num_heads": 2}
@@ -107,7 +107,7 @@ def _common(tmp_path):
 @pytest.mark.parametrize(("method", "options"), [("kadaptation", {"n": 8}), ("lora_qv", {"r": 2}), ("lora", {"r": 2}),
                                                  ("lokr", {"r": 2})])
 def test_a_fit_runs_adapter_folder_loads_with_plain_peft(pretrained_run, tmp_path, method, options):
-    run = fit(RunConfig(name=method, model=ModelConfig(name="vitlab_vit_tiny_32", kwargs=TINY,
+    run = fit(RunConfig(name=method, model=ModelConfig(name="vit_vitlab_tiny_patch4_32", kwargs=TINY,
                                                        pretrained=str(pretrained_run.run_dir)),
                         peft=PeftConfig(method=method, options=options), **_common(tmp_path)))
     assert read_metadata(run.run_dir)["kind"] == "model"  # the merged model.safetensors stays
@@ -120,7 +120,7 @@ def test_a_fit_runs_adapter_folder_loads_with_plain_peft(pretrained_run, tmp_pat
         "import sys, torch, timm, vitlab, vitlab.peft\n"
         "from peft import PeftModel\n"
         "from vitlab.checkpoint import load_model, load_pretrained\n"
-        "base = timm.create_model('vitlab_vit_tiny_32', num_classes=10, in_chans=1, img_size=32, "
+        "base = timm.create_model('vit_vitlab_tiny_patch4_32', num_classes=10, in_chans=1, img_size=32, "
         f"**{TINY!r})\n"
         f"load_pretrained(base, {str(pretrained_run.run_dir / 'model.safetensors')!r})\n"
         f"model = PeftModel.from_pretrained(base, {str(run.run_dir / 'adapter')!r}).eval()\n"
