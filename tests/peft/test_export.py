@@ -133,28 +133,49 @@ def test_a_fit_runs_adapter_folder_loads_with_plain_peft(pretrained_run, tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_vitlab_01_adapter_files_convert_to_peft_folders(tmp_path):
-    from vitlab.peft import convert_adapter
-
-    base, adapted = _trained("kadaptation", n=8)
-    peft_state = {k: v for k, v in adapted.state_dict().items() if v is not None}
-    legacy = {}  # the names vitlab 0.1 used for the same tensors
-    for i in range(2):
-        for s in ("q", "v"):
-            for part in ("u", "v"):
-                legacy[f"blocks.{i}.attn.qkv.adapters.{s}.{part}"] = \
-                    peft_state[f"base_model.model.blocks.{i}.attn.qkv.kadaptation_{part}.default.{s}"]
-        legacy[f"blocks.{i}.attn.qkv.adapter_bias"] = \
-            peft_state[f"base_model.model.blocks.{i}.attn.qkv.kadaptation_bias.default"]
-    for role in ("q", "v"):
-        for part in ("left", "right"):
-            legacy[f"kadaptation_rules.{role}.{part}"] = peft_state[f"base_model.kadaptation_A.default.{role}_{part}"]
+def _legacy_names(method: str, peft_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The names vitlab 0.1 gave the same tensors (written out by hand, independently of vitlab.peft.convert)."""
+    legacy = {}
     for part in ("weight", "bias"):
         legacy[f"head.{part}"] = peft_state[f"base_model.model.head.modules_to_save.default.{part}"]
+    for i in range(2):
+        qkv = f"base_model.model.blocks.{i}.attn.qkv"
+        if method == "kadaptation":
+            for s in ("q", "v"):
+                for part in ("u", "v"):
+                    legacy[f"blocks.{i}.attn.qkv.adapters.{s}.{part}"] = \
+                        peft_state[f"{qkv}.kadaptation_{part}.default.{s}"]
+            legacy[f"blocks.{i}.attn.qkv.adapter_bias"] = peft_state[f"{qkv}.kadaptation_bias.default"]
+        elif method == "lora_qv":
+            for s in ("q", "v"):
+                for part in ("A", "B"):
+                    legacy[f"blocks.{i}.attn.qkv.adapters.{s}.lora_{part}"] = \
+                        peft_state[f"{qkv}.qvlora_{part}.default.{s}"]
+        else:  # peft's own LoRA, injected in place by vitlab 0.1: peft names with the adapter name
+            for part in ("A", "B"):
+                legacy[f"blocks.{i}.attn.qkv.lora_{part}.default.weight"] = \
+                    peft_state[f"{qkv}.lora_{part}.default.weight"]
+    if method == "kadaptation":
+        for role in ("q", "v"):
+            for part in ("left", "right"):
+                legacy[f"kadaptation_rules.{role}.{part}"] = \
+                    peft_state[f"base_model.kadaptation_A.default.{role}_{part}"]
+    return legacy
+
+
+@pytest.mark.parametrize(("method", "options", "old_options"), [
+    ("kadaptation", {"n": 8}, {"n": 8, "bias": True, "head_modules": None}),
+    ("lora_qv", {"r": 2}, {"r": 2}),
+    ("lora", {"r": 2}, {"r": 2}),
+])
+def test_vitlab_01_adapter_files_convert_to_peft_folders(tmp_path, method, options, old_options):
+    from vitlab.peft import convert_adapter
+
+    base, adapted = _trained(method, **options)
+    legacy = _legacy_names(method, adapted.state_dict())
     old = save_checkpoint(tmp_path / "adapter.safetensors", legacy, kind="adapter", model_name=NAME,
                           model_kwargs=KWARGS, base_sha256="0" * 64,
-                          extra={"peft": {"method": "kadaptation", "target_modules": None,
-                                          "options": {"n": 8, "bias": True, "head_modules": None}}})
+                          extra={"peft": {"method": method, "target_modules": None, "options": old_options}})
     folder = convert_adapter(old, tmp_path / "converted")
     restored = PeftModel.from_pretrained(copy.deepcopy(base), str(folder))
     x = torch.randn(2, 1, 32, 32)
