@@ -2,17 +2,27 @@
 
 For each model at 224 px: parameters, GFLOPs (fvcore, 1 multiply-add = 1 FLOP, attention included), images/s of
 the forward pass in eval mode (``torch.inference_mode``) and of forward+backward in train mode. With CUDA present
-the same columns are measured on the GPU too. The ratio column divides by ``vit_small_patch16_224``'s images/s.
+the same columns are measured on the GPU too (``--dtype bfloat16 --channels-last`` for the usual GPU setting).
+Every images/s column has ratio columns beside it: to ``--reference`` (default ``convnext_tiny``, the speed goal)
+and, with ``--official PATH``, to the official iFormer code. Only ratios within one run are comparable: on a shared
+machine the absolute numbers move with the load.
+
+``--official PATH`` loads a copy of the official ``models/inception_transformer.py`` (github.com/sail-sg/iFormer) that
+you supply (it is not shipped: its licence is Apache-2.0 but vitlab keeps no copy); the official ``iformer_small`` is
+built from it, given vitlab's weights (same parameter names) and checked to give the same outputs before it is timed.
 
 Usage:
-    python benchmarks/bench_iformer.py [--batch-size 16] [--iters 3] [--out benchmarks/results/bench_iformer.json]
+    python benchmarks/bench_iformer.py [--batch-size 8] [--iters 3] [--official PATH] [--compile]
+        [--out benchmarks/results/bench_iformer.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -23,8 +33,9 @@ from torch import nn
 import vitlab  # noqa: F401  (registers inception_transformer_*)
 from vitlab.models.flops import count_flops
 
-MODELS = ("inception_transformer_small", "vit_small_patch16_224", "swin_tiny_patch4_window7_224", "convnext_tiny")
-REFERENCE = "vit_small_patch16_224"
+IFORMER = "inception_transformer_small"
+PEERS = ("vit_small_patch16_224", "swin_tiny_patch4_window7_224", "convnext_tiny")
+OFFICIAL = "official iformer_small"
 
 
 def _sync(device: torch.device) -> None:
@@ -32,17 +43,46 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def images_per_second(model: nn.Module, batch_size: int, iters: int, device: torch.device, train: bool) -> float:
+def load_official(path: Path, reference: nn.Module) -> nn.Module:
+    """The official ``iformer_small`` from a user-supplied copy of its model file, holding ``reference``'s weights."""
+    if not path.is_file():
+        raise SystemExit(f"--official {path}: no such file; pass your copy of sail-sg/iFormer's "
+                         "models/inception_transformer.py")
+    spec = importlib.util.spec_from_file_location("official_inception_transformer", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # timm's register_model looks the module up
+    spec.loader.exec_module(module)
+    if not hasattr(module, "iformer_small"):
+        raise SystemExit(f"--official {path}: the file defines no iformer_small(); is it the official model file?")
+    official = module.iformer_small(pretrained=False)
+    official.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        error = (official.eval()(x) - reference.eval()(x)).abs().max().item()
+    if error > 1e-4:
+        raise SystemExit(f"--official {path}: its outputs differ from vitlab's by {error:.3g} on the same weights")
+    return official
+
+
+def images_per_second(
+    model: nn.Module, batch_size: int, iters: int, device: torch.device, train: bool, dtype: torch.dtype,
+    channels_last: bool,
+) -> float:
     """Median images/s over ``iters`` timed calls after one warm-up call."""
     x = torch.randn(batch_size, 3, 224, 224, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     model.train(train)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def step() -> None:
         if train:
-            model(x).sum().backward()
+            with autocast:
+                loss = model(x).float().sum()
+            loss.backward()
             model.zero_grad(set_to_none=True)
         else:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast:
                 model(x)
 
     step()
@@ -58,45 +98,73 @@ def images_per_second(model: nn.Module, batch_size: int, iters: int, device: tor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--reference", default="convnext_tiny", help="model the ratio columns divide by")
+    parser.add_argument("--official", type=Path, help="your copy of the official models/inception_transformer.py")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model (compiled vs compiled)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="autocast dtype")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last inputs and weights")
+    parser.add_argument("--cpu-only", action="store_true", help="skip the GPU even when CUDA is present")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_iformer.json"))
     args = parser.parse_args()
     if args.batch_size < 1 or args.iters < 1:
         parser.error("--batch-size and --iters must be >= 1")
+    if args.reference not in (IFORMER, *PEERS):
+        parser.error(f"--reference must be one of {[IFORMER, *PEERS]}")
+    dtype = getattr(torch, args.dtype)
 
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available() and not args.cpu_only:
+        devices.append(torch.device("cuda"))
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    models = {name: timm.create_model(name, num_classes=1000) for name in (IFORMER, *PEERS)}
+    if args.official is not None:
+        models = {IFORMER: models[IFORMER], OFFICIAL: load_official(args.official, models[IFORMER]), **models}
     rows = []
-    for name in MODELS:
-        torch.manual_seed(0)
-        model = timm.create_model(name, num_classes=1000)
+    for name, model in models.items():
         row = {"model": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                "gflops": count_flops(model) / 1e9}
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        runnable = torch.compile(model) if args.compile else model
         for device in devices:
             model.to(device)
-            row[f"{device.type}_eval_img_s"] = images_per_second(model, args.batch_size, args.iters, device, False)
-            row[f"{device.type}_train_img_s"] = images_per_second(model, args.batch_size, args.iters, device, True)
+            for mode in ("eval", "train"):
+                row[f"{device.type}_{mode}_img_s"] = images_per_second(
+                    runnable, args.batch_size, args.iters, device, mode == "train", dtype, args.channels_last
+                )
+        model.cpu()
         rows.append(row)
         print(f"measured {name}", flush=True)
 
-    reference = next(r for r in rows if r["model"] == REFERENCE)
+    columns = [f"{d.type}_{m}_img_s" for d in devices for m in ("eval", "train")]
+    bases = {"ref": next(r for r in rows if r["model"] == args.reference)}
+    if args.official is not None:
+        bases["official"] = next(r for r in rows if r["model"] == OFFICIAL)
+    for row in rows:
+        for column in columns:
+            for label, base in bases.items():
+                row[f"{column}_vs_{label}"] = row[column] / base[column]
     header = f"{'model':<30} {'params (M)':>10} {'GFLOPs':>7}"
-    for device in devices:
-        header += f" {device.type + ' eval img/s':>16} {'ratio':>6} {device.type + ' train img/s':>17} {'ratio':>6}"
+    for column in columns:
+        header += f" {column.removesuffix('_img_s').replace('_', ' ') + ' img/s':>16}"
+        header += "".join(f" {'/' + label:>9}" for label in bases)
+    print(f"ratios: /ref = / {args.reference}" + (", /official = / the official code" if "official" in bases else ""))
     print(header)
     for row in rows:
         line = f"{row['model']:<30} {row['params_m']:>10.2f} {row['gflops']:>7.2f}"
-        for device in devices:
-            for mode in ("eval", "train"):
-                key = f"{device.type}_{mode}_img_s"
-                width = 16 if mode == "eval" else 17
-                line += f" {row[key]:>{width}.1f} {row[key] / reference[key]:>5.2f}x"
+        for column in columns:
+            line += f" {row[column]:>16.1f}" + "".join(f" {row[f'{column}_vs_{label}']:>8.2f}x" for label in bases)
         print(line)
     env = {"torch": torch.__version__, "timm": timm.__version__, "threads": torch.get_num_threads(),
-           "machine": platform.machine(), "batch_size": args.batch_size, "iters": args.iters,
-           "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+           "machine": platform.machine(), "batch_size": args.batch_size, "iters": args.iters, "dtype": args.dtype,
+           "channels_last": args.channels_last, "compile": args.compile, "reference": args.reference,
+           "official": str(args.official) if args.official else None,
+           "cuda": torch.cuda.get_device_name() if len(devices) > 1 else None}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"env": env, "reference": REFERENCE, "rows": rows}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
