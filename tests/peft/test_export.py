@@ -7,6 +7,7 @@ import sys
 import pytest
 import timm
 import torch
+from peft import PeftConfig as PeftAdapterConfig
 from peft import PeftModel
 from safetensors import safe_open
 
@@ -112,6 +113,12 @@ def test_a_fit_runs_adapter_folder_loads_with_plain_peft(pretrained_run, tmp_pat
                         peft=PeftConfig(method=method, options=options), **_common(tmp_path)))
     assert read_metadata(run.run_dir)["kind"] == "model"  # the merged model.safetensors stays
     assert (run.run_dir / "adapter" / "adapter_config.json").is_file()
+    rebuilt, meta = load_adapted_model(run.run_dir / "adapter")  # base rebuilt from vitlab.json's base_weights
+    merged, _ = load_model(run.run_dir)
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(rebuilt(x), merged(x), rtol=1e-4, atol=1e-4)
+    assert PeftAdapterConfig.from_pretrained(str(run.run_dir / "adapter")).base_model_name_or_path.endswith(
+        "model.safetensors")
     if method == "kadaptation":
         result = evaluate_checkpoint(run.run_dir, "digits", batch_size=100)
         assert result["acc"] == pytest.approx(run.metrics["test/acc"], abs=1e-6)
