@@ -127,3 +127,12 @@ def test_intrinsic_dim_refuses_bad_settings(tmp_path, capsys):
     assert main(["intrinsic-dim", "--config", str(config), "--peft.method", "lora"]) == 1
     assert "needs peft.method: subspace" in capsys.readouterr().err
 
+
+
+def test_sweep_settings_refine_ratio():
+    from vitlab.cli.intrinsic_dim import SweepSettings
+
+    assert SweepSettings().refine_ratio == 2.0 and SweepSettings(refine_ratio=None).refine_ratio is None
+    for bad in (1, 0.5, True, "2"):
+        with pytest.raises(ValueError, match="refine_ratio must be a number > 1"):
+            SweepSettings(refine_ratio=bad)

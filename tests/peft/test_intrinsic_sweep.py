@@ -19,7 +19,7 @@ from vitlab.peft.intrinsic.per_module import (
     run_per_module_sweep,
     select_modules,
 )
-from vitlab.peft.intrinsic.sweep import find_d90, log_grid, read_sweep, run_sweep
+from vitlab.peft.intrinsic.sweep import find_d90, log_grid, read_sweep, refinement_point, run_sweep
 from vitlab.peft.intrinsic.trainer import FitSettings, fit_classifier
 
 
@@ -137,3 +137,49 @@ def test_per_module_table_ranks_writes_and_reads_back(tmp_path):
     assert (tmp_path / "intrinsic_dim_per_module.png").exists()
     with pytest.raises(ValueError, match="unknown module kinds"):
         run_per_module_sweep(model, train_and_eval, [10], tmp_path, reference=1.0, kinds=["attn_qq"])
+
+
+def _monotone(threshold_dim: float):
+    """A fake accuracy, monotone in d, crossing 0.9 (of reference 1.0) exactly at ``threshold_dim``."""
+    import math
+
+    return lambda d: min(1.0, 0.9 * (1 + math.log(d / threshold_dim) / 10)) if d > 0 else 0.0
+
+
+@pytest.mark.parametrize("true_d90", [37.0, 250.0, 999.0, 4321.0])
+def test_refinement_brackets_the_threshold_within_2x_and_d90_is_the_smallest_point_reaching_it(tmp_path, true_d90):
+    accuracy, seen = _monotone(true_d90), []
+    grid = [10, 100, 1000, 10000]
+    result = run_sweep(lambda d: seen.append(d) or accuracy(d), grid, tmp_path / "s.csv", reference=1.0,
+                       stop_after_reached=1, refine_ratio=2.0)
+    hits = sorted(d for d, a in result.points.items() if a >= 0.9)
+    misses = sorted(d for d, a in result.points.items() if a < 0.9)
+    first_hit, last_miss = hits[0], max(d for d in misses if d < hits[0])
+    assert last_miss < true_d90 <= first_hit <= 2 * last_miss  # bracketed, at most 2x apart
+    assert result.d90.raw == first_hit == min(d for d in seen if accuracy(d) >= 0.9)
+    assert set(result.refined) == set(result.points) - set(grid) and result.refined  # points were added off the grid
+    coarse_hit = min(d for d in grid if accuracy(d) >= 0.9)
+    assert all(coarse_hit / 10 < d < coarse_hit for d in result.refined)  # only inside the coarse grid's gap
+    assert len(seen) == len(set(seen))  # no point trained twice
+    # a rerun resumes: nothing is trained again and the result is the same
+    again = run_sweep(lambda d: pytest.fail(f"trained {d} again"), grid, tmp_path / "s.csv", reference=1.0,
+                      stop_after_reached=1, refine_ratio=2.0)
+    assert again.points == result.points and again.refined == result.refined
+
+
+def test_refinement_is_off_by_default_and_needs_a_ratio_above_one(tmp_path):
+    result = run_sweep(_monotone(250.0), [10, 100, 1000], tmp_path / "s.csv", reference=1.0)
+    assert result.refined == () and sorted(result.points) == [10, 100, 1000] and result.d90.raw == 1000
+    for bad in (1.0, 0.5, True, "2"):
+        with pytest.raises(ValueError, match="max_ratio must be a number > 1"):
+            run_sweep(_monotone(250.0), [10], tmp_path / "t.csv", reference=1.0, refine_ratio=bad)
+
+
+def test_refinement_point_cases():
+    assert refinement_point({10: 0.1, 100: 0.95}, 0.9) == 32
+    assert refinement_point({10: 0.1, 32: 0.5, 100: 0.95}, 0.9) == 57
+    assert refinement_point({10: 0.1, 20: 0.95}, 0.9) is None  # already 2x apart
+    assert refinement_point({10: 0.95, 100: 0.97}, 0.9) is None  # reached at the smallest point
+    assert refinement_point({10: 0.1, 100: 0.2}, 0.9) is None  # not reached
+    assert refinement_point({2: 0.1, 3: 0.95}, 0.9, max_ratio=1.1) is None  # no integer strictly between
+    assert refinement_point({10: 0.1, 40: 0.95, 100: 0.1}, 0.9) == 20  # the first hit counts, not later misses

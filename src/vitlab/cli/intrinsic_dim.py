@@ -63,6 +63,9 @@ class SweepSettings:
         lr: peak learning rate of the subspace runs (``None``: ``optim.lr``); subspace training wants a larger one.
         fraction: 0.9 for d90.
         stop_after_reached: early stop of the grid: skip the larger d once this many points reached the threshold.
+        refine_ratio: after the grid, add geometric midpoints between the last d below the threshold and the first
+            d reaching it until the two are at most this factor apart, so d90 is a measured point within that factor
+            (``None``: the grid only, d90 interpolated across the grid's gap).
         patience: early stopping of each ``lightning`` run: stop after this many epochs without a better
             ``val/acc`` (``None``: train ``trainer.max_epochs``).
         metric: the accuracy a point reports (a metric of ``vitlab fit``: ``test/acc`` or ``val/acc``).
@@ -81,6 +84,7 @@ class SweepSettings:
     lr: float | None = None
     fraction: float = 0.9
     stop_after_reached: int | None = 1
+    refine_ratio: float | None = 2.0
     patience: int | None = None
     metric: str = "test/acc"
     engine: str = "lightning"
@@ -99,6 +103,10 @@ class SweepSettings:
             raise ValueError(f"peft.options.sweep.lr must be positive, got {self.lr!r}")
         if self.reference is not None and not (math.isfinite(self.reference) and self.reference > 0):
             raise ValueError(f"peft.options.sweep.reference must be a positive accuracy, got {self.reference!r}")
+        if self.refine_ratio is not None and (isinstance(self.refine_ratio, bool) or not isinstance(
+                self.refine_ratio, int | float) or not self.refine_ratio > 1):
+            raise ValueError("peft.options.sweep.refine_ratio must be a number > 1 (e.g. 2.0) or null (no refinement), "
+                             f"got {self.refine_ratio!r}")
         self.grid(max_dim=None)  # validates dims / d_min / d_max / num now
 
     @classmethod
@@ -204,7 +212,8 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
 
     Returns:
         ``reference``, ``threshold`` and ``folder``; the whole-model sweep adds ``points`` ``{d: accuracy}``, ``d90``
-        (grid value or ``None``), ``d90_interpolated``, ``complete``, ``published_d90`` and the file paths (also
+        (grid value or ``None``), ``d90_interpolated``, ``refined`` (points added off the grid) and ``refine_ratio``,
+        ``complete``, ``published_d90`` and the file paths (also
         written to ``intrinsic_dim.json``); ``per_module`` adds the ranked rows and ``table`` (the CSV path).
     """
     from vitlab.peft.intrinsic import SubspaceConfig, subspace_size
@@ -251,7 +260,8 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
             return run_and_count
 
         reference: float | Callable[[], float] = settings.reference or counted(engine.reference)
-        common = dict(reference=reference, fraction=settings.fraction, stop_after_reached=settings.stop_after_reached)
+        common = dict(reference=reference, fraction=settings.fraction, stop_after_reached=settings.stop_after_reached,
+                      refine_ratio=settings.refine_ratio)
         if per_module:
 
             @counted
@@ -277,7 +287,8 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
                          "them); run again when it is done to collect the results")
     summary = dict(reference=result.reference, threshold=result.d90.threshold, folder=str(folder),
                    points=result.points, d90=result.d90.raw, d90_interpolated=result.d90.interpolated,
-                   complete=result.complete, published_d90=settings.published_d90, csv=str(folder / SWEEP_CSV),
+                   refined=list(result.refined), refine_ratio=settings.refine_ratio, complete=result.complete,
+                   published_d90=settings.published_d90, csv=str(folder / SWEEP_CSV),
                    plot=str(folder / SWEEP_PLOT))
     (folder / SWEEP_JSON).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -136,6 +136,7 @@ def run_per_module_sweep(
     kinds: Sequence[str] | None = None,
     fraction: float = 0.9,
     stop_after_reached: int | None = None,
+    refine_ratio: float | None = None,
     head_modules: Sequence[str] | None = None,
 ) -> list[ModuleRecord]:
     """Sweep d for each module kind, then write the ranked table (CSV + JSON) and a plot into ``out_dir``.
@@ -150,6 +151,8 @@ def run_per_module_sweep(
         kinds: module kinds to measure (default: ``available_module_kinds(model)``).
         fraction: 0.9 for d90.
         stop_after_reached: per kind, skip the rest of the grid after this many points reached the threshold.
+        refine_ratio: per kind, add points between the last miss and the first hit until they are at most this
+            factor apart (see ``run_sweep``); ``None``: the grid only.
         head_modules: explicit classifier module names (default: timm's ``get_classifier()``).
 
     Returns:
@@ -172,7 +175,8 @@ def run_per_module_sweep(
     for kind in kinds:
         kind_grid = [d for d in grid if d <= sizes[kind] + head_size] or [sizes[kind] + head_size]
         result = run_sweep(lambda d, kind=kind: train_and_eval(kind, d), kind_grid, out / SWEEP_CSV,
-                           reference=reference, group=kind, fraction=fraction, stop_after_reached=stop_after_reached)
+                           reference=reference, group=kind, fraction=fraction, stop_after_reached=stop_after_reached,
+                           refine_ratio=refine_ratio)
         if result.reference is None or not result.points:
             raise RuntimeError(f"the sweep of {kind!r} has no reference or no finished point yet (another process "
                                "may still be running it); run again to collect the table")

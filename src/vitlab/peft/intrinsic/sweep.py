@@ -8,11 +8,18 @@ The 100 % reference is the row with ``group == "reference"`` (``dim`` empty).
 d90 (Li et al. 2018): the smallest d whose accuracy reaches ``fraction × reference``. ``raw`` is that grid value;
 ``interpolated`` interpolates linearly in log d between it and the grid point just below it.
 
+Refinement (``refine_ratio``, default 2 in ``vitlab intrinsic-dim``): after the coarse grid, ``run_sweep`` adds the
+geometric midpoint of the last miss and the first hit (`refinement_point`) and repeats until the two are at most
+``refine_ratio`` apart, so d90 is a measured point within a factor ``refine_ratio`` of the true threshold instead
+of an interpolation across the coarse grid's gap (10× for a grid of one point per decade).
+
 Example:
     >>> find_d90({10: 0.5, 100: 0.8, 1000: 0.95}, reference=1.0).raw
     1000
     >>> round(find_d90({10: 0.5, 100: 0.8, 1000: 0.95}, reference=1.0).interpolated)
     464
+    >>> refinement_point({10: 0.5, 100: 0.8, 1000: 0.95}, threshold=0.9)
+    316
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SWEEP_COLUMNS", "D90", "SweepResult", "find_d90", "log_grid", "plot_sweep", "read_sweep", "run_sweep"]
+__all__ = ["SWEEP_COLUMNS", "D90", "SweepResult", "find_d90", "log_grid", "plot_sweep", "read_sweep",
+           "refinement_point", "run_sweep"]
 
 SWEEP_COLUMNS = ("group", "dim", "accuracy", "seconds")
 REFERENCE = "reference"
@@ -83,15 +91,49 @@ def find_d90(points: Mapping[int, float], reference: float, fraction: float = 0.
     return D90(threshold, None, None)
 
 
+def refinement_point(points: Mapping[int, float], threshold: float, max_ratio: float = 2.0) -> int | None:
+    """The next point to measure between the last miss and the first hit, or ``None`` when no point is needed.
+
+    The first hit ``h`` is the smallest d whose accuracy reaches ``threshold``; the last miss ``m`` is the largest d
+    below it. While ``h / m > max_ratio`` the answer is their geometric midpoint ``round(sqrt(m·h))`` (kept strictly
+    between the two); ``None`` when they are close enough, when no point reaches the threshold, or when the first
+    hit is the smallest point (nothing below it to bracket the threshold with).
+
+    Args:
+        points: ``{dim: accuracy}`` measured so far.
+        threshold: the accuracy to reach (``fraction × reference``).
+        max_ratio: the largest ratio allowed between the last miss and the first hit (> 1).
+
+    Example:
+        >>> refinement_point({10: 0.1, 1000: 0.95}, threshold=0.9)
+        100
+        >>> refinement_point({10: 0.1, 100: 0.5, 178: 0.95}, threshold=0.9, max_ratio=2.0) is None
+        True
+    """
+    if isinstance(max_ratio, bool) or not isinstance(max_ratio, int | float) or not max_ratio > 1:
+        raise ValueError(f"max_ratio must be a number > 1 (e.g. 2: points at most 2x apart), got {max_ratio!r}")
+    dims = sorted(points)
+    hit = next((i for i, d in enumerate(dims) if points[d] >= threshold), None)
+    if not hit:  # None (not reached) or 0 (reached at the smallest point)
+        return None
+    miss, first = dims[hit - 1], dims[hit]
+    if first <= max_ratio * miss:
+        return None
+    mid = round(math.sqrt(miss * first))
+    return mid if miss < mid < first else None
+
+
 @dataclass(frozen=True)
 class SweepResult:
-    """A sweep's state: points ``{dim: accuracy}``, the reference, d90 and whether every grid point is done."""
+    """A sweep's state: points ``{dim: accuracy}``, the reference, d90, whether every grid point is done (and the
+    refinement finished), and ``refined``, the points added between the last miss and the first hit."""
 
     group: str
     points: dict[int, float]
     reference: float | None
     d90: D90 | None
     complete: bool
+    refined: tuple[int, ...] = ()
 
 
 def read_sweep(csv_path: str | Path) -> list[dict]:
@@ -191,6 +233,7 @@ def run_sweep(
     group: str = "all",
     fraction: float = 0.9,
     stop_after_reached: int | None = None,
+    refine_ratio: float | None = None,
     plot_path: str | Path | None = None,
 ) -> SweepResult:
     """Run (or resume) a d90 sweep: the reference first, then every grid point not yet in ``csv_path``.
@@ -203,11 +246,14 @@ def run_sweep(
         group: label of this sweep in the CSV (``"all"``, or a module kind for per-module sweeps).
         fraction: 0.9 for d90.
         stop_after_reached: skip the rest of the grid once this many points reached the threshold (None: all).
+        refine_ratio: after the grid, add points between the last miss and the first hit (`refinement_point`) until
+            they are at most this factor apart (e.g. 2.0); ``None``: the grid only.
         plot_path: where to write the accuracy-vs-d plot (PNG/PDF/SVG), or None.
 
     Returns:
         The ``SweepResult`` from everything recorded so far (``complete`` is False while other processes still run
-        grid points, or when ``stop_after_reached`` cut the grid short).
+        grid or refinement points, or when ``stop_after_reached`` cut the grid short); ``refined`` lists the points
+        this sweep holds off the grid.
     """
     path = Path(csv_path)
     grid = sorted(set(dims))
@@ -217,6 +263,8 @@ def run_sweep(
         raise ValueError(f"group must be a non-empty name without '/' other than {REFERENCE!r}, got {group!r}")
     if stop_after_reached is not None and stop_after_reached < 1:
         raise ValueError(f"stop_after_reached must be None or >= 1, got {stop_after_reached!r}")
+    if refine_ratio is not None:
+        refinement_point({}, 1.0, refine_ratio)  # validates refine_ratio now
     points, ref = _state(path, group)
     if ref is not None and reference is not None and not callable(reference) and float(reference) != ref:
         raise ValueError(f"{path} records reference accuracy {ref} but reference={reference} was passed; "
@@ -232,11 +280,21 @@ def run_sweep(
                 break
         if d not in points:
             _run_point(path, group, d, lambda d=d: train_and_eval(d), f"train_and_eval({d})")
+    pending = None
+    while refine_ratio is not None:
+        points, ref = _state(path, group)
+        pending = refinement_point(points, fraction * ref, refine_ratio) if ref is not None else None
+        if pending is None:
+            break
+        _run_point(path, group, pending, lambda d=pending: train_and_eval(d), f"train_and_eval({pending})")
+        if pending not in _state(path, group)[0]:
+            break  # another process holds this point: the refinement is not finished
     points, ref = _state(path, group)
     d90 = find_d90(points, ref, fraction) if ref is not None and points else None
     if plot_path is not None and points:
         plot_sweep({group: points}, ref, plot_path, fraction=fraction)
-    return SweepResult(group, points, ref, d90, complete=all(d in points for d in grid))
+    complete = all(d in points for d in grid) and (pending is None or pending in points)
+    return SweepResult(group, points, ref, d90, complete=complete, refined=tuple(sorted(set(points) - set(grid))))
 
 
 def plot_sweep(curves: Mapping[str, Mapping[int, float]], reference: float | None, path: str | Path,
