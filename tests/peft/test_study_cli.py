@@ -66,7 +66,7 @@ def test_study_runs_each_config_in_a_process_and_resumes(backbone, tmp_path, cap
     out = tmp_path / "study"
     args = ["peft-study", "--backbone", str(backbone), "--data", "digits", "--shots", "5", "--seeds", "1",
             "--full_data", "false", "--steps", "6", "--batch_size", "32", "--accelerator", "cpu",
-            "--output_dir", str(out), "--method_options", '{"kadaptation": {"n": 8}}']
+            "--output_dir", str(tmp_path), "--name", "study", "--method_options", '{"kadaptation": {"n": 8}}']
     assert main([*args[:-2], "--methods", "linear"]) == 0  # the first invocation runs only the linear probe
     linear_log = out / "runs" / "linear-k5-s1" / "log.txt"
     first_mtime = linear_log.stat().st_mtime_ns

@@ -50,12 +50,26 @@ NEGATIVE_KEYS = ("kinds", "loss", "weight", "patch_size", "options")
 
 @dataclass
 class BackboneSpec:
-    """One pretrained backbone: ``pretrain`` is a `vitlab fit` config whose run folder (``<output_dir>/<name>`` of
-    that config) caches the weights; ``method_options`` override peft options for this backbone only."""
+    """One pretrained backbone, either pretrained by the study or given as weights.
+
+    ``pretrain``: a `vitlab fit` config whose run folder (``<output_dir>/<name>`` of that config) caches the weights.
+    Or ``model`` + ``pretrained``: a timm name (with its tag) and where its weights come from (any
+    ``model.pretrained`` form: ``timm``, ``hf-hub:ORG/NAME``, a weights file); the pretrain stage is skipped and
+    ``img_size`` (default: the weights' own input size) sets the fine-tuning resolution. ``method_options`` override
+    peft options for this backbone only.
+    """
 
     label: str
-    pretrain: str
+    pretrain: str | None = None
+    model: str | None = None
+    pretrained: str | None = None
+    img_size: int | None = None
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def given_weights(self) -> bool:
+        """True when the backbone names its weights (no pretraining stage)."""
+        return self.pretrained is not None
 
 
 @dataclass
@@ -117,6 +131,7 @@ class StudyConfig:
     name: str = "study"
     output_dir: str = "runs"
     downstream: str = "fashion_mnist"
+    root: str | None = None
     accelerator: str = "auto"
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     extra_runs: list[ExtraRun] = field(default_factory=list)
@@ -159,6 +174,10 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 
 def _check(config: StudyConfig) -> None:
     labels = list(config.backbones)
+    for label, spec in config.backbones.items():
+        if (spec.pretrain is None) == (spec.pretrained is None) or (spec.pretrained is None) != (spec.model is None):
+            raise ValueError(f"backbones.{label} needs either `pretrain: <vitlab fit config>` or `model: <timm name>` "
+                             "with `pretrained: timm | hf-hub:ORG/NAME | <weights file>`, not both")
     ft = config.finetune
     for where, names in (("finetune.backbones", ft.backbones), ("intrinsic_dim.backbones",
                                                                  config.intrinsic_dim.backbones),
@@ -198,7 +217,8 @@ def study_config_from_dict(raw: dict[str, Any], full: bool = False) -> StudyConf
         raw = deep_merge(raw, overrides)
     backbones = raw.pop("backbones", None)
     if not backbones or not isinstance(backbones, dict):
-        raise ValueError("a study needs `backbones: {label: {pretrain: <vitlab fit config>}}`")
+        raise ValueError("a study needs `backbones: {label: {pretrain: <vitlab fit config>}}` (or {label: {model: "
+                         "<timm name>, pretrained: timm}})")
     parsed = {label: _build(BackboneSpec, {"label": label, **(spec or {})}, f"backbones.{label}")
               for label, spec in backbones.items()}
     sections = {"finetune": FinetuneSpec, "evaluation": EvaluationSpec, "intrinsic_dim": IntrinsicSpec}
@@ -223,7 +243,8 @@ def load_study_config(path: str | Path, full: bool = False, **overrides: Any) ->
     raw.update({k: v for k, v in overrides.items() if v is not None})
     config = study_config_from_dict(raw, full=full)
     for spec in config.backbones.values():
-        spec.pretrain = _resolve(spec.pretrain, path.resolve().parent)
+        if spec.pretrain is not None:
+            spec.pretrain = _resolve(spec.pretrain, path.resolve().parent)
     config.intrinsic_dim.config = _resolve(config.intrinsic_dim.config, path.resolve().parent)
     return config
 

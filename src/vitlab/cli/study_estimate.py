@@ -121,8 +121,19 @@ def _pretrain_model(config: Any, label: str) -> tuple[Any, nn.Module, Any]:
     from vitlab.data import build_datamodule
     from vitlab.train.run import build_run_model
 
-    run_config = pretrain_config(config, label)
-    datamodule = build_datamodule(config.downstream, img_size=run_config.data.img_size)
+    spec = config.backbones[label]
+    if spec.given_weights:  # no pretraining: a run config of the architecture at its fine-tuning size
+        from vitlab.checkpoint import resolve_pretrained
+        from vitlab.train.config import DataConfig, ModelConfig, RunConfig
+
+        cfg = resolve_pretrained(spec.pretrained, spec.model).pretrained_cfg()
+        size = spec.img_size or int((cfg.get("input_size") or (3, 224, 224))[-1])
+        run_config = RunConfig(name=f"pretrained_{label}", model=ModelConfig(name=spec.model),
+                               data=DataConfig(name=config.downstream, img_size=size))
+    else:
+        run_config = pretrain_config(config, label)
+    datamodule = build_datamodule(config.downstream, root=config.root, img_size=run_config.data.img_size,
+                                  in_chans=3 if spec.given_weights else None)
     random_init = replace(run_config, model=replace(run_config.model, pretrained=None))
     model = build_run_model(random_init, datamodule.num_classes, datamodule.in_chans).model
     return run_config, model, datamodule
@@ -167,7 +178,7 @@ def estimate_study(config: Any) -> list[dict[str, Any]]:
         timings[label] = t = time_model(model, shape, sorted(batches), datamodule.num_classes, device)
         train, test = _sizes(datamodule)
         run_dir = Path(run_config.output_dir) / run_config.name
-        if not (run_dir / "model.safetensors").is_file():
+        if not config.backbones[label].given_weights and not (run_dir / "model.safetensors").is_file():
             steps = run_config.trainer.get("max_epochs", 10) * math.ceil(train / run_config.data.batch_size)
             stages["pretrain"]["runs"] += 1
             stages["pretrain"]["estimated_s"] += (steps * t["train_step_s"][run_config.data.batch_size] * 1.1

@@ -48,8 +48,9 @@ def pretrain_config(config: StudyConfig, label: str) -> RunConfig:
     return replace(run_config, trainer={**run_config.trainer, "accelerator": config.accelerator})
 
 
-def pretrain_backbones(config: StudyConfig, reuse_cached_as_is: bool = False) -> dict[str, Path]:
-    """Pretrain (or find cached) every backbone the study uses; returns label -> run folder with model.safetensors.
+def pretrain_backbones(config: StudyConfig, reuse_cached_as_is: bool = False) -> dict[str, str]:
+    """Pretrain (or find cached) every backbone the study uses; returns label -> its weights: the run folder with
+    model.safetensors, or the ``pretrained`` spec of a backbone that names its weights (no pretraining).
 
     A run folder is reused (or resumed from ``last.ckpt``) only when the configuration that made it (its cache
     record, else its ``config.yaml``) equals the backbone's pretraining config; otherwise it is refused with the
@@ -61,6 +62,11 @@ def pretrain_backbones(config: StudyConfig, reuse_cached_as_is: bool = False) ->
 
     weights = {}
     for label in config.used_backbones():
+        spec = config.backbones[label]
+        if spec.given_weights:
+            print(f"{label}: pretrained weights {spec.model} from {spec.pretrained} (no pretraining stage)", flush=True)
+            weights[label] = spec.pretrained
+            continue
         run_config = pretrain_config(config, label)
         run_dir = Path(run_config.output_dir) / run_config.name
         wanted = asdict(run_config)
@@ -78,7 +84,7 @@ def pretrain_backbones(config: StudyConfig, reuse_cached_as_is: bool = False) ->
                   f"`vitlab fit --config {config.backbones[label].pretrain}`", flush=True)
             fit(run_config, resume=resume)
             write_record(run_dir, wanted)  # after fit: a record in the folder beforehand would make Lightning warn
-        weights[label] = run_dir
+        weights[label] = str(run_dir)
     return weights
 
 
@@ -90,7 +96,7 @@ def _with_negatives(spec: dict[str, Any], backbone: str, label: str, negatives: 
     return spec
 
 
-def finetune_specs(config: StudyConfig, weights: dict[str, Path]) -> list[dict[str, Any]]:
+def finetune_specs(config: StudyConfig, weights: dict[str, str]) -> list[dict[str, Any]]:
     """Specs (`vitlab.cli.peft_study.plan_study` format + ``backbone``, ``negatives``) of the grid and extra runs."""
     ft = config.finetune
     out = str(config.folder / "finetune")
@@ -98,7 +104,9 @@ def finetune_specs(config: StudyConfig, weights: dict[str, Path]) -> list[dict[s
     def plan(label: str, methods: list[str], shots: list[int], seeds: list[int], full_data: bool) -> list[dict]:
         own = config.backbones[label].method_options
         options = {m: {**ft.methods.get(m, {}), **own.get(m, {})} for m in methods}
-        return plan_study(str(weights[label]), config.downstream, methods=methods, method_options=options,
+        spec = config.backbones[label]
+        return plan_study(weights[label], config.downstream, root=config.root, model=spec.model, img_size=spec.img_size,
+                          methods=methods, method_options=options,
                           shots=shots, seeds=seeds, full_data=full_data, steps=ft.steps, full_epochs=ft.full_epochs,
                           batch_size=ft.batch_size, accelerator=config.accelerator, output_dir=out)
 
@@ -179,14 +187,15 @@ def evaluate_runs(config: StudyConfig, rows: list[dict[str, Any]]) -> None:
         for i, row in enumerate(rows, 1):
             run_dir, robustness, diagnose = outputs[row["run"]]
             ran = not (robustness.is_file() and diagnose.is_file())
+            root = ["--root", config.root] if config.root else []
             with (run_dir / "evaluate_log.txt").open("a") as log, redirect_stdout(log):
                 if not robustness.is_file():
                     run_robustness(build_robustness_parser().parse_args(
-                        ["--checkpoint", str(run_dir), "--n", str(ev.corruption_n)]))
+                        ["--checkpoint", str(run_dir), "--n", str(ev.corruption_n), *root]))
                 if not diagnose.is_file():
                     run_diagnose(build_diagnose_parser().parse_args(
                         ["--checkpoint", str(run_dir), "--n", str(ev.negative_view_n), "--patch_size",
-                         str(ev.patch_size), "--kinds", json.dumps(ev.kinds)]))
+                         str(ev.patch_size), "--kinds", json.dumps(ev.kinds), *root]))
             bar.update(int(ran))
             rob, diag = json.loads(robustness.read_text()), json.loads(diagnose.read_text())
             views = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in diag["views"].items() if k != "clean")
@@ -194,7 +203,7 @@ def evaluate_runs(config: StudyConfig, rows: list[dict[str, Any]]) -> None:
                       f"(N={rob['n']}); negative views: {views}")
 
 
-def run_intrinsic(config: StudyConfig, weights: dict[str, Path],
+def run_intrinsic(config: StudyConfig, weights: dict[str, str],
                   reuse_cached_as_is: bool = False) -> dict[str, dict[str, Any]]:
     """The d90 sweep (and per-module sweep) of each listed backbone; returns label -> the sweep summary.
 
@@ -210,9 +219,11 @@ def run_intrinsic(config: StudyConfig, weights: dict[str, Path],
     base, _ = parse_run_config(["--config", spec.config])
     summaries = {}
     for label in spec.backbones:
-        model, size = backbone_model(str(weights[label]), None, {}, None)
+        backbone = config.backbones[label]
+        model, size = backbone_model(weights[label], backbone.model, {}, backbone.img_size)
         run_config = replace(base, name=label, output_dir=str(config.folder / "intrinsic"),
-                             model=ModelConfig(**model), data=replace(base.data, name=config.downstream, img_size=size),
+                             model=ModelConfig(**model),
+                             data=replace(base.data, name=config.downstream, root=config.root, img_size=size),
                              trainer={**base.trainer, "accelerator": config.accelerator})
         summaries[label] = run_intrinsic_dim(run_config, reuse_cached_as_is=reuse_cached_as_is)
         if spec.per_module:
@@ -227,13 +238,28 @@ def run_intrinsic(config: StudyConfig, weights: dict[str, Path],
     return summaries
 
 
-def _backbone_record(run_dir: Path) -> dict[str, Any]:
+def _backbone_record(weights: str, spec: Any) -> dict[str, Any]:
+    """What the report says of a backbone: its architecture, size and where its weights came from."""
     import math
 
     from safetensors import safe_open
 
-    from vitlab.checkpoint import read_metadata, resolve_weights_path
+    from vitlab.checkpoint import read_metadata, resolve_pretrained, resolve_weights_path
 
+    if spec.given_weights:
+        import timm
+        import torch
+
+        source = resolve_pretrained(weights, spec.model)
+        with torch.device("meta"):  # counted without allocating
+            parameters = sum(p.numel() for p in timm.create_model(source.architecture()).parameters())
+        cfg = source.pretrained_cfg()
+        described = source.describe()
+        return {"model": spec.model, "parameters": parameters,
+                "weights": described.get("hub_id") or described.get("path") or weights,
+                "pretrain_data": cfg.get("tag") or source.source, "img_size": spec.img_size,
+                "pretrain_accuracy": None}
+    run_dir = Path(weights)
     meta = read_metadata(run_dir)
     with safe_open(str(resolve_weights_path(run_dir)), framework="pt") as handle:
         parameters = sum(math.prod(handle.get_slice(k).get_shape()) for k in handle.keys())
@@ -243,17 +269,17 @@ def _backbone_record(run_dir: Path) -> dict[str, Any]:
             "pretrain_accuracy": extra.get("metrics", {}).get("test/acc")}
 
 
-def _split_sizes(name: str) -> tuple[int, int]:
+def _split_sizes(name: str, root: str | None = None) -> tuple[int, int]:
     """``(training images after the validation split, test images)`` of a dataset with vitlab's defaults."""
     from vitlab.data import build_datamodule
 
-    datamodule = build_datamodule(name)
+    datamodule = build_datamodule(name, root=root)
     datamodule.setup("fit")
     datamodule.setup("test")
     return len(datamodule.train_dataset), len(datamodule.test_dataset)
 
 
-def write_tables(config: StudyConfig, rows: list[dict[str, Any]], weights: dict[str, Path]) -> dict[str, Any]:
+def write_tables(config: StudyConfig, rows: list[dict[str, Any]], weights: dict[str, str]) -> dict[str, Any]:
     """Write ``results.csv`` (one row per run) and ``robustness.csv`` (run, corruption, severity, accuracy) from the
     run folders; returns the ``study.json`` fields that describe the data, evaluation sets and backbones."""
     table, long, rob, diag = [], [], {}, {}
@@ -277,8 +303,8 @@ def write_tables(config: StudyConfig, rows: list[dict[str, Any]], weights: dict[
 
     write_csv(table, config.folder / "results.csv")
     write_csv(long, config.folder / "robustness.csv")
-    backbones = {label: _backbone_record(run_dir) for label, run_dir in weights.items()}
-    train_images, test_images = _split_sizes(config.downstream)
+    backbones = {label: _backbone_record(source, config.backbones[label]) for label, source in weights.items()}
+    train_images, test_images = _split_sizes(config.downstream, config.root)
     return {
         "data": {"pretrain": ", ".join(sorted({b["pretrain_data"] for b in backbones.values() if b["pretrain_data"]})),
                  "downstream": config.downstream, "train_images": train_images,
