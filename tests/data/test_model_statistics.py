@@ -32,3 +32,14 @@ def test_datamodule_and_eval_transform_apply_the_same_model_statistics():
     config = dict(dm.data_config(), native_size=None, pad_to=None, img_size=8)
     grey = torch.randint(0, 256, (1, 8, 8), dtype=torch.uint8)
     torch.testing.assert_close(build_eval_transform(config)(grey), Normalize(MEAN, STD, 3)(grey[None])[0])
+
+
+def test_recorded_statistics_rebuild_the_training_normalisation():
+    from vitlab.data.transforms import normalize_for
+
+    grey = torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8)
+    per_channel = normalize_for({"in_chans": 3, "source_chans": 1, "mean": list(MEAN), "std": list(STD)})
+    torch.testing.assert_close(per_channel(grey), Normalize(MEAN, STD, 3)(grey))
+    repeated = normalize_for({"in_chans": 3, "source_chans": 1, "mean": [0.2] * 3, "std": [0.3] * 3})
+    assert repeated.mean == [0.2]  # the source channel is normalised once, then repeated
+    torch.testing.assert_close(repeated(grey), Normalize((0.2,), (0.3,), 3)(grey))

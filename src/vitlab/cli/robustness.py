@@ -159,8 +159,9 @@ def load_checkpoint_and_test_data(
     if not name:
         raise ValueError(f"{checkpoint} does not record its dataset (it was not written by `vitlab fit`): "
                          "pass --data NAME")
+    stats = {"mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])} if data_cfg.get("mean") else {}
     datamodule = build_datamodule(name, root=root, img_size=data_cfg.get("img_size", kwargs.get("img_size", 32)),
-                                  in_chans=kwargs.get("in_chans"), batch_size=batch_size)
+                                  in_chans=kwargs.get("in_chans"), batch_size=batch_size, **stats)
     if datamodule.num_classes != kwargs.get("num_classes", datamodule.num_classes):
         raise ValueError(f"{name} has {datamodule.num_classes} classes but the checkpoint predicts "
                          f"{kwargs['num_classes']}: pass the dataset it was trained on with --data")
@@ -171,10 +172,9 @@ def load_checkpoint_and_test_data(
 
 def _preprocess(data_config: dict[str, Any]) -> Any:
     """uint8 ``(B, C, H, W)`` with the data's own channels -> the model's normalised float input."""
-    from vitlab.data.transforms import Normalize
+    from vitlab.data.transforms import normalize_for
 
-    source = int(data_config.get("source_chans") or data_config["in_chans"])
-    return Normalize(data_config["mean"][:source], data_config["std"][:source], int(data_config["in_chans"]))
+    return normalize_for(data_config)
 
 
 def command_line(prog: str, ns: Namespace, parser: ArgumentParser) -> str:

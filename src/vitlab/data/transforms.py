@@ -44,7 +44,7 @@ from vitlab.errors import ConfigError, DataError
 
 __all__ = [
     "AUGMENT_PRESETS", "IMAGENET_C_OPS", "RandAugmentImageNetCDisjoint", "build_augment", "fit_geometry",
-    "resize_center_crop", "Normalize", "EvalTransform", "build_eval_transform", "pil_to_uint8",
+    "resize_center_crop", "Normalize", "EvalTransform", "build_eval_transform", "normalize_for", "pil_to_uint8",
 ]
 
 #: Augmentation preset names accepted by `build_augment` and `build_datamodule(augment=...)`.
@@ -143,6 +143,24 @@ class Normalize:
         return x.expand(*x.shape[:-3], self.out_chans, *x.shape[-2:]).contiguous()
 
 
+def normalize_for(data_config: dict[str, Any]) -> Normalize:
+    """The ``Normalize`` of a run's recorded data config (``in_chans``, ``source_chans``, ``mean``, ``std``).
+
+    The recorded statistics have one value per model channel. When they repeat one value (grey data repeated to RGB
+    with the dataset's statistics) the source channels are normalised, then repeated; per-channel statistics (an RGB
+    backbone's on grey data) are applied after repeating.
+
+    Example:
+        >>> normalize_for({"in_chans": 3, "source_chans": 1, "mean": [0.5] * 3, "std": [0.5] * 3}).mean
+        [0.5]
+    """
+    mean, std = list(data_config["mean"]), list(data_config["std"])
+    source = int(data_config.get("source_chans") or data_config["in_chans"])
+    uniform = len(set(mean)) == 1 and len(set(std)) == 1
+    return Normalize(mean[:source] if uniform else mean, std[:source] if uniform else std,
+                     int(data_config["in_chans"]))
+
+
 class EvalTransform:
     """Turn one image into the model's normalised float tensor [in_chans, img_size, img_size].
 
@@ -169,9 +187,7 @@ class EvalTransform:
         mean, std = list(data_config["mean"]), list(data_config["std"])
         if len(mean) != self.in_chans or len(std) != self.in_chans:
             raise ValueError(f"data_config mean/std must have in_chans={self.in_chans} entries, got {mean} / {std}")
-        uniform = len(set(mean)) == 1 and len(set(std)) == 1  # repeated source statistics: normalise, then repeat
-        self.normalize = Normalize(mean[: self.source_chans] if uniform else mean,
-                                   std[: self.source_chans] if uniform else std, self.in_chans)
+        self.normalize = normalize_for(data_config)
 
     def _to_tensor(self, image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
         if isinstance(image, Image.Image):
