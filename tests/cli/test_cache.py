@@ -72,8 +72,8 @@ def test_study_refuses_a_cached_pretraining_made_by_another_config(tmp_path, mon
     real, _ = _tiny_study(tmp_path, max_steps=4000)
     with pytest.raises(ConfigError, match=r"trainer\.max_steps: 25 -> 4000"):
         study_stages.pretrain_backbones(real)
-    assert study_stages.pretrain_backbones(real, reuse_cached_as_is=True) == {"vit": run_dir} and fits == []
-    assert study_stages.pretrain_backbones(short) == {"vit": run_dir} and fits == []  # the config that made it
+    assert study_stages.pretrain_backbones(real, reuse_cached_as_is=True) == {"vit": str(run_dir)} and fits == []
+    assert study_stages.pretrain_backbones(short) == {"vit": str(run_dir)} and fits == []  # the config that made it
     (run_dir / "config.yaml").unlink()
     (run_dir / CACHE_RECORD).unlink()
     with pytest.raises(ConfigError, match="no record of the configuration"):  # weights of unknown origin

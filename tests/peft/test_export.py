@@ -124,7 +124,7 @@ def test_a_fit_runs_adapter_folder_loads_with_plain_peft(pretrained_run, tmp_pat
         assert result["acc"] == pytest.approx(run.metrics["test/acc"], abs=1e-6)
     # a plain Python session: only `import vitlab` and peft's own API
     script = (
-        "import sys, torch, timm, vitlab, vitlab.peft\n"
+        "import sys, torch, timm, vitlab\n"
         "from peft import PeftModel\n"
         "from vitlab.checkpoint import load_model, load_pretrained\n"
         "base = timm.create_model('vit_vitlab_tiny_patch4_32', num_classes=10, in_chans=1, img_size=32, "
@@ -187,6 +187,11 @@ def test_vitlab_01_adapter_files_convert_to_peft_folders(tmp_path, method, optio
     restored = PeftModel.from_pretrained(copy.deepcopy(base), str(folder))
     x = torch.randn(2, 1, 32, 32)
     torch.testing.assert_close(restored(x), adapted(x), rtol=0, atol=1e-6)
+    from vitlab.cli.main import main  # the same through `vitlab peft convert`
+
+    assert main(["peft", "convert", str(old), "--out", str(tmp_path / "by_cli")]) == 0
+    by_cli = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "by_cli"))
+    torch.testing.assert_close(by_cli(x), adapted(x), rtol=0, atol=1e-6)
     with pytest.raises(CheckpointError, match="nothing to convert"):
         convert_adapter(save_checkpoint(tmp_path / "lin.safetensors", {"head.weight": torch.zeros(1)},
                                         kind="adapter", model_name=NAME, model_kwargs=KWARGS, base_sha256="0" * 64,

@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "peft-study": ("vitlab.cli.peft_study", "build_peft_study_parser",
                    "accuracy vs parameters of every PEFT method"),
     "study": ("vitlab.cli.study", "build_study_parser", "all three advances end to end, with a report"),
+    "peft": ("vitlab.cli.main", "_peft_parser", "peft adapter tools: convert vitlab 0.1 adapter files"),
 }
 #: subcommands whose parser builder takes ``help_only`` (a quick parser for ``--help``; see `vitlab.cli.fit`)
 _HELP_ONLY = {"fit", "intrinsic-dim"}
@@ -110,7 +111,28 @@ def build_parser(command: str | None = None, help_only: bool = False) -> Argumen
         commands.add_subcommand(name, sub, help=help_text)
     if command == "data":
         _add_data_subcommands(commands.choices["data"])  # jsonargparse adds nested subcommands after their parent
+    if command == "peft":
+        _add_peft_subcommands(commands.choices["peft"])
     return parser
+
+
+def _peft_parser() -> ArgumentParser:
+    return ArgumentParser(prog="vitlab peft", description="Tools for peft adapter folders.")
+
+
+def _add_peft_subcommands(parser: ArgumentParser) -> None:
+    commands = parser.add_subcommands(dest="peft_command")
+    convert = ArgumentParser(description="Convert a vitlab 0.1 adapter.safetensors (kadaptation, lora_qv, lora, lokr) "
+                             "into a peft adapter folder that PeftModel.from_pretrained loads.")
+    convert.add_argument("path", type=str, help="the old adapter.safetensors, or its run folder")
+    convert.add_argument("--out", type=str, required=True, help="the peft adapter folder to write")
+    commands.add_subcommand("convert", convert, help="vitlab 0.1 adapter.safetensors -> peft adapter folder")
+
+
+def _run_peft(ns: Namespace) -> None:
+    from vitlab.peft import convert_adapter
+
+    print(convert_adapter(ns.convert.path, ns.convert.out))
 
 
 def _run_data(ns: Namespace) -> None:
@@ -135,10 +157,19 @@ def _run_eval(sub: Namespace) -> None:
 
 
 def _run_predict(sub: Namespace) -> None:
+    from vitlab.errors import DataError
     from vitlab.eval.evaluate import predict_images
 
+    failed = []
     for row in predict_images(sub.checkpoint, sub.images, topk=sub.topk):
+        if "error" in row:
+            print(f"{row['image']}: error: {row['error']}", file=sys.stderr)
+            failed.append(row["image"])
+            continue
         print(row["image"] + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in row["predictions"]))
+    if failed:
+        raise DataError(f"{len(failed)} of {len(sub.images)} images could not be read ({', '.join(failed[:3])}"
+                        f"{' ...' if len(failed) > 3 else ''}); the others were predicted")
 
 
 def _runner(command: str) -> Callable[[Namespace, list[str]], object]:
@@ -149,6 +180,8 @@ def _runner(command: str) -> Callable[[Namespace, list[str]], object]:
         return lambda sub, argv: _run_predict(sub)
     if command == "data":
         return lambda sub, argv: _run_data(sub)
+    if command == "peft":
+        return lambda sub, argv: _run_peft(sub)
     module, function = {
         "robustness": ("vitlab.cli.robustness", "run_robustness"),
         "diagnose-negatives": ("vitlab.cli.diagnose", "run_diagnose"),
@@ -251,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{where}: error: {' '.join(str(err).split())} (`{where} --help` lists the options)", file=sys.stderr)
         return 2
     debug = debug_flag or os.environ.get("VITLAB_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    import vitlab
+
+    vitlab.register()  # timm models and peft methods (deferred by `vitlab/__init__` in the console script)
     try:
         dispatch(ns, args)
     except KeyboardInterrupt:

@@ -25,7 +25,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from vitlab.data.datamodule import VitlabDataModule
 from vitlab.errors import ConfigError
 from vitlab.peft.export import export_adapted_model
 from vitlab.train.callbacks import FiniteGuard, build_callbacks, build_loggers, drop_rows_after_epoch
-from vitlab.train.config import RunConfig
+from vitlab.train.config import NegativesConfig, RunConfig
 from vitlab.train.extensions import build_loss_terms, build_model_transform
 from vitlab.train.module import ClassificationTask
 from vitlab.train.plots import plot_training_curves
@@ -267,7 +267,7 @@ def _fit_locked(
     base = built.model
     base_sha = state_dict_sha256(base.state_dict()) if config.peft.method else None
     task = ClassificationTask(
-        base, optim=config.optim, loss_terms=build_loss_terms(config.negatives),
+        base, optim=config.optim, loss_terms=build_loss_terms(_seeded(config.negatives, config.seed)),
         model_transform=build_model_transform(config.peft),
     )
     ckpt_path = str(last) if resume and last.exists() else None
@@ -290,6 +290,13 @@ def _fit_locked(
                       f"{last} is kept: free space or fix permissions, then finish with `vitlab fit --name "
                       f"{config.name} --output_dir {config.output_dir} --resume true`") from err
     return RunResult(run_dir, metrics, saved, time.perf_counter() - start, {"weights_sha256_per_rank": hashes})
+
+
+def _seeded(negatives: NegativesConfig, seed: int) -> NegativesConfig:
+    """The negatives section with the run's seed for its views (unless its options set one)."""
+    if not negatives.enabled or "seed" in negatives.options:
+        return negatives
+    return replace(negatives, options={**negatives.options, "seed": seed})
 
 
 def _checkpoint_epoch(last: Path) -> int | None:
