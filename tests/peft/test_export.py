@@ -78,6 +78,9 @@ def test_bottleneck_adapter_runs_keep_only_the_adapter_and_load_through_the_base
     model, meta = load_adapted_model(files[0])
     assert meta["kind"] == "adapter"
     torch.testing.assert_close(model(x), adapted(x), atol=1e-5, rtol=1e-5)
+    from vitlab.peft import load_run_model  # what eval / robustness use on the run folder
+
+    torch.testing.assert_close(load_run_model(tmp_path / "run")[0](x), adapted(x), atol=1e-5, rtol=1e-5)
     base_path.unlink()
     with pytest.raises(CheckpointError, match="needs its base weights"):
         load_adapted_model(files[0])

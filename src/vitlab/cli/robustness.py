@@ -149,10 +149,10 @@ def load_checkpoint_and_test_data(
         ``(model in eval mode, metadata, datamodule after setup("test"))``; the test loader yields normalised
         ``(B, C, H, W)`` float32 images and ``(B,)`` int64 labels.
     """
-    from vitlab.checkpoint import load_model
     from vitlab.data import build_datamodule
+    from vitlab.peft.export import load_run_model
 
-    model, meta = load_model(checkpoint)
+    model, meta = load_run_model(checkpoint)
     data_cfg = meta.get("extra", {}).get("data") or {}
     kwargs = meta["model_kwargs"]
     name = data or data_cfg.get("name")
@@ -249,9 +249,10 @@ def run_robustness(ns: Namespace) -> dict[str, Any]:
     """Run ``vitlab robustness`` from its parsed namespace; prints and writes the report, returns its dict."""
     import torch
 
-    from vitlab.checkpoint import load_model, resolve_weights_path
+    from vitlab.checkpoint import resolve_weights_path
     from vitlab.eval.imagenet_c import evaluate_imagenet_c
     from vitlab.eval.robustness import evaluate_corruptions, format_robustness_report
+    from vitlab.peft.export import load_run_model
 
     n = parse_n(ns.n)  # published folders: None (all) unless given; generated sets: see count_test_images
     if ns.corruption_dir and ns.imagenet_c:
@@ -261,7 +262,7 @@ def run_robustness(ns: Namespace) -> dict[str, Any]:
     device = torch.device(ns.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     source = ""
     if ns.corruption_dir or ns.imagenet_c:
-        model, meta = load_model(ns.checkpoint)
+        model, meta = load_run_model(ns.checkpoint)
         data_config = meta.get("extra", {}).get("data")
         if not data_config:
             raise ValueError(f"{ns.checkpoint} has no data config in its metadata: it was not written by `vitlab fit`")

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from vitlab.checkpoint import load_model
 from vitlab.errors import ConfigError, DataError
 from vitlab.metrics import evaluate_classifier
+from vitlab.peft.export import load_run_model
 
 __all__ = ["evaluate_checkpoint", "predict_images"]
 
@@ -46,7 +46,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, root: str | None = No
 
     if split not in ("test", "val"):
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
-    model, meta = load_model(checkpoint)
+    model, meta = load_run_model(checkpoint)
     data_cfg = meta.get("extra", {}).get("data", {})
     trained_on = data_cfg.get("name")
     if trained_on is not None and trained_on != data:
@@ -90,7 +90,7 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
 
     if not images:
         raise ConfigError("give at least one image path")
-    model, meta = load_model(checkpoint)
+    model, meta = load_run_model(checkpoint)
     model.eval()
     data_cfg = meta.get("extra", {}).get("data")
     if not data_cfg:

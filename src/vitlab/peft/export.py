@@ -40,14 +40,21 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from vitlab.checkpoint import CheckpointError, build_model, load_checkpoint, load_pretrained, save_checkpoint
+from vitlab.checkpoint import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    load_model,
+    load_pretrained,
+    save_checkpoint,
+)
 from vitlab.peft.adapter import AdapterWrapper
 from vitlab.peft.control import PEFT_SPEC_ATTR, adapter_layers, get_peft_spec, merge_adapters
 from vitlab.peft.freeze import restore_norm_statistics
 from vitlab.peft.io import frozen_base_sha256, load_adapter, save_adapter
 
 __all__ = ["ADAPTER_DIR", "ADAPTER_NAME", "SUBSPACE_NAME", "VITLAB_META", "export_adapted_model", "load_adapted_model",
-           "save_peft_folder"]
+           "load_run_model", "save_peft_folder"]
 
 ADAPTER_NAME, SUBSPACE_NAME = "adapter.safetensors", "subspace.safetensors"
 ADAPTER_DIR, VITLAB_META = "adapter", "vitlab.json"
@@ -180,3 +187,17 @@ def load_adapted_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     with torch.no_grad():
         model = load_adapter(path, base)
     return model.eval(), meta
+
+
+def load_run_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a run folder (or weights file) evaluates with: its merged ``model.safetensors``, or, for a run of
+    a non-mergeable bottleneck adapter (only ``adapter.safetensors``), the adapter rebuilt on its recorded base.
+
+    Returns:
+        ``(model.eval(), metadata)``, as `vitlab.checkpoint.load_model`.
+    """
+    from vitlab.checkpoint import read_metadata, resolve_weights_path
+
+    if read_metadata(path)["kind"] == "adapter":
+        return load_adapted_model(resolve_weights_path(path))
+    return load_model(path)
