@@ -148,12 +148,12 @@ def test_soft_targets_and_ema(tiny_vit):
 
 
 def test_builds_timm_model_by_name_and_rejects_unknown():
-    task = ClassificationTask("vitlab_vit_tiny_32", num_classes=7, in_chans=3)
+    task = ClassificationTask("vit_vitlab_tiny_patch8_32", num_classes=7, in_chans=3)
     assert task.model(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
-    with pytest.raises(ValueError, match="unknown model 'vitlab_vit_tiny_99'.*vitlab_vit_tiny_32"):
-        ClassificationTask("vitlab_vit_tiny_99", num_classes=7)
+    with pytest.raises(ValueError, match="unknown model 'vit_vitlab_tiny_99'.*vit_vitlab_tiny_patch8_32"):
+        ClassificationTask("vit_vitlab_tiny_99", num_classes=7)
     with pytest.raises(ValueError, match="needs num_classes"):
-        ClassificationTask("vitlab_vit_tiny_32")
+        ClassificationTask("vit_vitlab_tiny_patch8_32")
 
 
 def test_reserved_sections_build_the_builtin_extensions(tiny_vit):

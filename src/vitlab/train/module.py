@@ -32,7 +32,7 @@ def build_timm_model(name: str, **kwargs: Any) -> nn.Module:
     if not timm.is_model(name):
         pattern = f"*{name.split('_')[0]}*"
         close = timm.list_models(pattern)[:20]
-        ours = timm.list_models("vitlab_*") + timm.list_models("inception_transformer_*")
+        ours = timm.list_models("vit_vitlab_*") + timm.list_models("inception_transformer_*")
         raise ValueError(
             f"unknown model {name!r}. vitlab models: {ours}"
             f"; timm models matching {pattern!r}: {close} (full list: timm.list_models())"
