@@ -55,7 +55,7 @@ def test_subspace_method_options(tiny_vit):
             build_model_transform(PeftConfig(method="subspace", options=options))
 
 
-def _write_config(tmp_path, name, epochs, sweep, batch_size=64):
+def _write_config(tmp_path, name, epochs, sweep, batch_size=64, **options):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
         "name": name, "seed": 0, "output_dir": str(tmp_path / "runs"),
@@ -64,7 +64,7 @@ def _write_config(tmp_path, name, epochs, sweep, batch_size=64):
         "optim": {"lr": 3e-3, "warmup_epochs": 0.5},
         "trainer": {"max_epochs": epochs, "accelerator": "cpu", "enable_progress_bar": False,
                     "enable_model_summary": False},
-        "peft": {"method": "subspace", "options": {"dim": 100, "sweep": sweep}},
+        "peft": {"method": "subspace", "options": {"dim": 100, "sweep": sweep, **options}},
     }))
     return path
 
@@ -82,6 +82,7 @@ def test_intrinsic_dim_cli_writes_csv_plot_json_and_resumes(tmp_path, monkeypatc
     d90 = find_d90(points, rows[0]["accuracy"])
     assert summary["d90"] == d90.raw and summary["d90_interpolated"] == d90.interpolated
     assert summary["threshold"] == pytest.approx(0.9 * rows[0]["accuracy"]) and summary["complete"]
+    assert summary["projection"] == "fastfood" and summary["projection_norm"] == "per_tensor"
     assert json.loads((folder / "d256" / "summary.json").read_text())["trainable_parameters"] == 256
 
     calls = []
@@ -102,7 +103,8 @@ def test_intrinsic_dim_cli_writes_csv_plot_json_and_resumes(tmp_path, monkeypatc
 
 def test_intrinsic_dim_per_module_table_feeds_kadaptation_auto(tmp_path, tiny_vit):
     sweep = {"engine": "plain", "lr": 0.1, "reference": 0.4, "kinds": ["attn_q", "mlp_fc1"]}
-    config = _write_config(tmp_path, "per_module", epochs=4, sweep=sweep, batch_size=32)
+    # measured with the global normalisation (the per-tensor one wants another sweep.lr on this tiny ViT)
+    config = _write_config(tmp_path, "per_module", epochs=4, sweep=sweep, batch_size=32, projection_norm="global")
     assert main(["intrinsic-dim", "--config", str(config), "--dims", "[512]", "--per-module"]) == 0
     folder = tmp_path / "runs" / "per_module"
     assert not (folder / "intrinsic_dim.csv").exists()  # --per-module replaces the whole-model sweep
@@ -136,3 +138,15 @@ def test_sweep_settings_refine_ratio():
     for bad in (1, 0.5, True, "2"):
         with pytest.raises(ValueError, match="refine_ratio must be a number > 1"):
             SweepSettings(refine_ratio=bad)
+
+
+def test_sweep_cache_key_names_the_projection_norm_and_matches_old_global_records():
+    from vitlab.cli.intrinsic_dim import sweep_cache_key
+    from vitlab.train.config import PeftConfig, RunConfig
+
+    def key(**options):
+        config = RunConfig(name="x", peft=PeftConfig(method="subspace", options={"dim": 8, **options}))
+        return sweep_cache_key(config)["config"]["peft"]["options"]
+
+    assert key()["projection_norm"] == "per_tensor" == key(projection_norm="per_tensor")["projection_norm"]
+    assert "projection_norm" not in key(projection_norm="global")  # as recorded before the option existed

@@ -179,17 +179,26 @@ def _fmt(value: float | None) -> str:
 
 def sweep_cache_key(config: RunConfig) -> dict[str, Any]:
     """What the cached runs of a sweep depend on: the run config (the grid keys of ``peft.options.sweep`` left out, as
-    each point is cached by itself) and the SHA-256 of the pretrained weights, if any.
+    each point is cached by itself; ``peft.options.projection_norm`` resolved, and left out when ``global``, the only
+    form of sweeps made before the option existed) and the SHA-256 of the pretrained weights, if any.
 
     Example:
         >>> from vitlab.train.config import RunConfig
         >>> key = sweep_cache_key(RunConfig(name="x"))
         >>> key["pretrained_sha256"] is None and "name" in key["config"]
         True
+        >>> key["config"]["peft"]["options"]["projection_norm"]
+        'per_tensor'
     """
     config_dict = asdict(config)
     sweep = dict(config_dict["peft"]["options"].get("sweep") or {})
     config_dict["peft"]["options"]["sweep"] = {k: sweep.get(k) for k in _POINT_KEYS}
+    from vitlab.peft.intrinsic import SubspaceConfig
+
+    # the default projection_norm changed from global to per_tensor: a record without the key was made with global
+    norm = config_dict["peft"]["options"].pop("projection_norm", None) or SubspaceConfig(dim=1).projection_norm
+    if norm != "global":
+        config_dict["peft"]["options"]["projection_norm"] = norm
     pretrained = config.model.pretrained
     digest = None
     if pretrained:
@@ -213,8 +222,8 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
     Returns:
         ``reference``, ``threshold`` and ``folder``; the whole-model sweep adds ``points`` ``{d: accuracy}``, ``d90``
         (grid value or ``None``), ``d90_interpolated``, ``refined`` (points added off the grid) and ``refine_ratio``,
-        ``complete``, ``published_d90`` and the file paths (also
-        written to ``intrinsic_dim.json``); ``per_module`` adds the ranked rows and ``table`` (the CSV path).
+        ``complete``, ``published_d90`` and the file paths (also written to ``intrinsic_dim.json``); ``per_module``
+        adds the ranked rows and ``table`` (the CSV path). Both name ``projection`` and ``projection_norm``.
     """
     from vitlab.peft.intrinsic import SubspaceConfig, subspace_size
     from vitlab.peft.intrinsic.per_module import (
@@ -232,7 +241,8 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
     settings = SweepSettings.from_options(config.peft.options)
     if dims is not None:
         settings = replace(settings, dims=list(dims))
-    SubspaceConfig(dim=1, target_modules=config.peft.target_modules, **options)  # validates the options now
+    probe = SubspaceConfig(dim=1, target_modules=config.peft.target_modules, **options)  # validates the options now
+    projection = dict(projection=probe.projection, projection_norm=probe.projection_norm)
     folder = Path(config.output_dir) / config.name
     key = sweep_cache_key(config)
     if any((folder / name).is_file() for name in (SWEEP_CSV, PER_MODULE_SWEEP_CSV)):
@@ -272,7 +282,7 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
             records = run_per_module_sweep(base, kind_point, settings.grid(None), folder, kinds=settings.kinds,
                                            head_modules=heads, **common)
             return dict(reference=records[0].reference_accuracy, threshold=records[0].threshold, folder=str(folder),
-                        per_module=[asdict(r) for r in records], table=str(folder / PER_MODULE_CSV))
+                        per_module=[asdict(r) for r in records], table=str(folder / PER_MODULE_CSV), **projection)
 
         @counted
         def point(dim: int) -> float:
@@ -289,7 +299,7 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
                    points=result.points, d90=result.d90.raw, d90_interpolated=result.d90.interpolated,
                    refined=list(result.refined), refine_ratio=settings.refine_ratio, complete=result.complete,
                    published_d90=settings.published_d90, csv=str(folder / SWEEP_CSV),
-                   plot=str(folder / SWEEP_PLOT))
+                   plot=str(folder / SWEEP_PLOT), **projection)
     (folder / SWEEP_JSON).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

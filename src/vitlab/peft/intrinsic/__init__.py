@@ -10,13 +10,14 @@ Example:
     500
 """
 
-from .config import PROJECTIONS, SubspaceConfig
+from .config import PROJECTION_NORMS, PROJECTIONS, SubspaceConfig
 from .hadamard import fwht
 from .layout import Segment, build_layout
 from .model import SubspaceModel, merge_subspace, subspace_size, wrap_in_subspace
-from .projection import DenseProjection, FastfoodProjection
+from .projection import DenseProjection, FastfoodProjection, PerTensorFastfoodProjection
 
 __all__ = [
-    "PROJECTIONS", "DenseProjection", "FastfoodProjection", "Segment", "SubspaceConfig", "SubspaceModel",
+    "PROJECTIONS", "PROJECTION_NORMS", "DenseProjection", "FastfoodProjection", "PerTensorFastfoodProjection",
+    "Segment", "SubspaceConfig", "SubspaceModel",
     "build_layout", "fwht", "merge_subspace", "subspace_size", "wrap_in_subspace",
 ]

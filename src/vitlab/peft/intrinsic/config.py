@@ -2,8 +2,8 @@
 
 Example:
     >>> cfg = SubspaceConfig(dim=1000)
-    >>> cfg.projection, cfg.said, cfg.seed
-    ('fastfood', False, 0)
+    >>> cfg.projection, cfg.projection_norm, cfg.said, cfg.seed
+    ('fastfood', 'per_tensor', False, 0)
     >>> SubspaceConfig.from_dict(cfg.to_dict()) == cfg
     True
 """
@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .layout import parse_selector
+from .projection import PROJECTION_NORMS
 
-__all__ = ["PROJECTIONS", "SubspaceConfig"]
+__all__ = ["PROJECTIONS", "PROJECTION_NORMS", "SubspaceConfig"]
 
 PROJECTIONS = ("fastfood", "dense")
 
@@ -27,8 +28,13 @@ class SubspaceConfig:
     Args:
         dim: number of trainable numbers d. With ``said=True`` it includes the per-segment scales (θ_d then has
             ``dim - #segments`` entries); with ``train_head=True`` the head's own parameters come on top.
-        projection: ``"fastfood"`` (one global H·G·Π·H·B transform, O(D) memory) or ``"dense"`` (Gaussian D×d matrix
-            with unit-norm columns, O(D·d) memory).
+        projection: ``"fastfood"`` (H·G·Π·H·B transforms, O(D) memory) or ``"dense"`` (Gaussian D×d matrix, O(D·d)
+            memory).
+        projection_norm: ``"per_tensor"`` (Aghajanyan et al.'s reference: each segment, i.e. each parameter tensor or
+            row slice, has its own block of P with unit-norm columns; with Fastfood, its own transform) or
+            ``"global"`` (Li et al.: one P over the whole D-vector with unit-norm columns, so a segment of D_i numbers
+            sees column norms of about sqrt(D_i / D); the only form before this option existed, so runs made earlier
+            need ``"global"`` to be rebuilt).
         said: structure-aware intrinsic dimension (Aghajanyan et al. 2021): one learned scale per subspace segment
             (a parameter tensor, or a row slice of one), initialised to 1, counted inside ``dim``.
         seed: seed of the projection P (regenerated from it, never stored).
@@ -45,6 +51,8 @@ class SubspaceConfig:
 
     dim: int = field(metadata={"help": "trainable numbers d (SAID scales included)"})
     projection: str = field(default="fastfood", metadata={"help": f"one of {PROJECTIONS}"})
+    projection_norm: str = field(default="per_tensor", metadata={
+        "help": f"one of {PROJECTION_NORMS}: unit-norm columns per parameter tensor, or over the whole D-vector"})
     said: bool = field(default=False, metadata={"help": "learn one scale per segment (counted inside dim)"})
     seed: int = field(default=0, metadata={"help": "seed of the projection; P is regenerated from it"})
     target_modules: str | list[str] | None = field(
@@ -59,6 +67,9 @@ class SubspaceConfig:
             raise ValueError(f"dim must be a positive int (the number of trainable numbers), got {self.dim!r}")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        if self.projection_norm not in PROJECTION_NORMS:
+            raise ValueError(f"projection_norm must be one of {PROJECTION_NORMS} ('global' rebuilds runs made before "
+                             f"the option existed), got {self.projection_norm!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
         for flag in ("said", "train_head"):

@@ -1,7 +1,8 @@
 """Li et al.'s anchor: the fully connected 784-200-200-10 MNIST network (D = 199,210; paper: d_int90 ≈ 750).
 
 ``MnistFC`` uses Keras' default initialisation (Glorot-uniform weights, zero biases), as the original code does.
-``mnist_anchor_sweep`` trains the direct (100 %) reference and a Fastfood subspace sweep with ``fit_classifier``;
+``mnist_anchor_sweep`` trains the direct (100 %) reference and a Fastfood subspace sweep with ``fit_classifier``,
+with Li et al.'s global projection normalisation by default (``projection_norm="global"``, as their code);
 run it as ``python -m vitlab.peft.intrinsic.mnist_fc --data <folder with the MNIST IDX files> --out <run folder>``.
 
 Example:
@@ -86,6 +87,7 @@ def mnist_anchor_sweep(
     subspace: FitSettings | None = None,
     direct: FitSettings | None = None,
     projection: str = "fastfood",
+    projection_norm: str = "global",
     seed: int = 0,
 ) -> SweepResult:
     """Reference + subspace sweep of ``MnistFC`` on MNIST; writes ``sweep.csv`` and ``sweep.png`` in ``out_dir``.
@@ -97,6 +99,7 @@ def mnist_anchor_sweep(
         subspace: training settings of the subspace runs (default: 6 epochs, batch 256, lr 0.1, cosine).
         direct: settings of the direct reference run (default: 6 epochs, batch 256, lr 1e-3, cosine).
         projection: ``"fastfood"`` or ``"dense"``.
+        projection_norm: ``"global"`` (Li et al., whose d90 this reproduces) or ``"per_tensor"``.
         seed: seed of the network initialisation and of P (one θ₀ for every run).
     """
     train, test = data
@@ -107,7 +110,8 @@ def mnist_anchor_sweep(
         return fit_classifier(MnistFC(seed=seed), train, test, direct).accuracy
 
     def train_and_eval(dim: int) -> float:
-        model = wrap_in_subspace(MnistFC(seed=seed), SubspaceConfig(dim=dim, projection=projection, seed=seed))
+        model = wrap_in_subspace(MnistFC(seed=seed), SubspaceConfig(dim=dim, projection=projection, seed=seed,
+                                                                    projection_norm=projection_norm))
         return fit_classifier(model, train, test, subspace).accuracy
 
     out = Path(out_dir)
@@ -125,10 +129,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=0.1, help="Adam lr of the subspace runs (cosine decay)")
     parser.add_argument("--direct-lr", type=float, default=1e-3, help="Adam lr of the direct reference run")
     parser.add_argument("--projection", choices=("fastfood", "dense"), default="fastfood")
+    parser.add_argument("--projection-norm", choices=("global", "per_tensor"), default="global",
+                        help="column normalisation of P: over the whole network (Li et al.) or per tensor")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     result = mnist_anchor_sweep(
         load_mnist(args.data), args.out, args.dims, projection=args.projection, seed=args.seed,
+        projection_norm=args.projection_norm,
         subspace=FitSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
         direct=FitSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.direct_lr, seed=args.seed),
     )

@@ -35,7 +35,7 @@ from torch.func import functional_call
 from ..targets import classifier_names
 from .config import SubspaceConfig
 from .layout import Segment, build_layout, layout_digest
-from .projection import DenseProjection, FastfoodProjection, SubspaceProjection
+from .projection import DenseProjection, FastfoodProjection, PerTensorFastfoodProjection, SubspaceProjection
 
 __all__ = ["SubspaceModel", "merge_subspace", "subspace_size", "wrap_in_subspace"]
 
@@ -65,7 +65,8 @@ class SubspaceModel(nn.Module):
     Attributes:
         theta_d: trainable ``[d]``, zeros at start (so the wrapped model computes exactly the base model).
         said_scales: trainable ``[#segments]``, ones at start (only with ``said=True``; ``d = dim - #segments``).
-        projection: the ``DenseProjection`` or ``FastfoodProjection``.
+        projection: ``PerTensorFastfoodProjection`` (``projection_norm="per_tensor"``), ``FastfoodProjection``
+            (``"global"``) or ``DenseProjection`` (normalised per segment or globally).
         segments: the ``Segment`` list (where each subspace block lives in the D-vector).
         num_classes: the base model's ``num_classes`` (``None`` when it has none).
     """
@@ -89,10 +90,14 @@ class SubspaceModel(nn.Module):
         self.base = base
         self.num_classes = getattr(base, "num_classes", None)  # read by the harness (ClassificationTask)
         kwargs: dict[str, Any] = dict(seed=config.seed, layout=layout_digest(self.segments), device=first.device)
+        blocks = [s.numel for s in self.segments] if config.projection_norm == "per_tensor" else None
+        self.projection: SubspaceProjection
         if config.projection == "dense":
-            kwargs["max_bytes"] = config.max_dense_bytes
-        cls = DenseProjection if config.projection == "dense" else FastfoodProjection
-        self.projection: SubspaceProjection = cls(num_params, d, **kwargs)
+            self.projection = DenseProjection(num_params, d, max_bytes=config.max_dense_bytes, blocks=blocks, **kwargs)
+        elif blocks is not None:
+            self.projection = PerTensorFastfoodProjection(blocks, d, **kwargs)
+        else:
+            self.projection = FastfoodProjection(num_params, d, **kwargs)
         self.theta_d = nn.Parameter(torch.zeros(d, device=first.device))
         self.said_scales = nn.Parameter(torch.ones(num_scales, device=first.device)) if config.said else None
         for name, p in base.named_parameters():
