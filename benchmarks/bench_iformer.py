@@ -65,17 +65,21 @@ def load_official(path: Path, reference: nn.Module) -> nn.Module:
 
 
 def images_per_second(
-    model: nn.Module, batch_size: int, iters: int, device: torch.device, train: bool, dtype: torch.dtype,
-    channels_last: bool,
-) -> float:
-    """Median images/s over ``iters`` timed calls after one warm-up call."""
+    models: dict[str, nn.Module], batch_size: int, iters: int, device: torch.device, train: bool,
+    dtype: torch.dtype, channels_last: bool,
+) -> dict[str, float]:
+    """Median images/s of each model over ``iters`` timed calls after one warm-up call each.
+
+    The models take turns (one call each per round), so a change in the machine's load hits them all alike and the
+    ratios stay meaningful on a shared machine.
+    """
     x = torch.randn(batch_size, 3, 224, 224, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    model.train(train)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
-    def step() -> None:
+    def step(model: nn.Module) -> None:
+        model.train(train)
         if train:
             with autocast:
                 loss = model(x).float().sum()
@@ -85,15 +89,17 @@ def images_per_second(
             with torch.inference_mode(), autocast:
                 model(x)
 
-    step()
-    times = []
+    for model in models.values():
+        step(model)
+    times = {name: [] for name in models}
     for _ in range(iters):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return batch_size / sorted(times)[len(times) // 2]
+        for name, model in models.items():
+            _sync(device)
+            start = time.perf_counter()
+            step(model)
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: batch_size / sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def main() -> None:
@@ -122,22 +128,24 @@ def main() -> None:
     models = {name: timm.create_model(name, num_classes=1000) for name in (IFORMER, *PEERS)}
     if args.official is not None:
         models = {IFORMER: models[IFORMER], OFFICIAL: load_official(args.official, models[IFORMER]), **models}
-    rows = []
-    for name, model in models.items():
-        row = {"model": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-               "gflops": count_flops(model) / 1e9}
-        if args.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        runnable = torch.compile(model) if args.compile else model
-        for device in devices:
+    rows = {name: {"model": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                   "gflops": count_flops(model) / 1e9} for name, model in models.items()}
+    if args.channels_last:
+        models = {name: model.to(memory_format=torch.channels_last) for name, model in models.items()}
+    runnable = {name: torch.compile(model) if args.compile else model for name, model in models.items()}
+    for device in devices:
+        for model in models.values():
             model.to(device)
-            for mode in ("eval", "train"):
-                row[f"{device.type}_{mode}_img_s"] = images_per_second(
-                    runnable, args.batch_size, args.iters, device, mode == "train", dtype, args.channels_last
-                )
-        model.cpu()
-        rows.append(row)
-        print(f"measured {name}", flush=True)
+        for mode in ("eval", "train"):
+            speeds = images_per_second(
+                runnable, args.batch_size, args.iters, device, mode == "train", dtype, args.channels_last
+            )
+            for name, speed in speeds.items():
+                rows[name][f"{device.type}_{mode}_img_s"] = speed
+            print(f"measured {device.type} {mode}", flush=True)
+        for model in models.values():
+            model.cpu()
+    rows = list(rows.values())
 
     columns = [f"{d.type}_{m}_img_s" for d in devices for m in ("eval", "train")]
     bases = {"ref": next(r for r in rows if r["model"] == args.reference)}
