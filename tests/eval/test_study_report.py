@@ -80,7 +80,8 @@ def make_study(root: Path, intrinsic: bool = True) -> Path:
     meta = dict(name="unit-study", command=COMMAND, vitlab_version="0.9.0", torch_version="2.5.1",
                 hardware="2 CPU cores (AMD EPYC 7B13), no GPU", started="2025-01-02T03:04:05", wall_time_s=3690.0,
                 stages=[dict(stage="pretrain", estimated_s=600.0, measured_s=None, status="cached"),
-                        dict(stage="finetune", estimated_s=600.0, measured_s=750.0, status="done")],
+                        dict(stage="finetune", estimated_s=600.0, measured_s=750.0, status="done"),
+                        dict(stage="evaluate", estimated_s=0.0, measured_s=90.0, status="cached")],
                 data=dict(pretrain="mnist", downstream="fashion_mnist", img_size=32, train_images=60000,
                           test_images=10000),
                 corruption=dict(n=200, severities=[1, 2, 3, 4, 5],
@@ -91,7 +92,7 @@ def make_study(root: Path, intrinsic: bool = True) -> Path:
     (study / "study.json").write_text(json.dumps(meta))
     if intrinsic:
         sweep = dict(reference=0.85, threshold=0.765, points={"10": 0.31, "100": 0.62, "1000": 0.81, "10000": 0.84},
-                     d90=1000, d90_interpolated=562.34, complete=True)
+                     d90=1000, d90_interpolated=562.34, complete=True, test_images=500)  # written before projection
         (study / "intrinsic" / "vit").mkdir(parents=True)
         (study / "intrinsic" / "vit" / "intrinsic_dim.json").write_text(json.dumps(sweep))
         header = ["rank", "module", "d90", "d90_interpolated", "reached", "num_params", "best_accuracy",
@@ -122,10 +123,16 @@ def _row(markdown: str, *keys: str) -> list[str]:
     return [cell.strip() for cell in lines[0].strip("|").split(" | ")]
 
 
+T_975_1DF = 12.706204736  # Student t quantile, 97.5 %, 1 degree of freedom (2 seeds)
+
+
 def _expected_cell(values: list[float]) -> str:
     if len(values) == 1:
-        return f"{100 * values[0]:.2f}"
-    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+        return f"{100 * values[0]:.2f} (1 seed)"
+    assert len(values) == 2
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    half = T_975_1DF * std / 2 ** 0.5
+    return f"{100 * mean:.2f} ± {100 * std:.2f} [{100 * (mean - half):.2f}, {100 * (mean + half):.2f}]"
 
 
 def _group_inputs(study: Path, method: str, negatives: str, shots: str) -> list[dict]:
@@ -158,9 +165,11 @@ def test_table_numbers_are_mean_and_sample_std_of_inputs(report: dict, method: s
     assert " ± " in expected[0] and expected[0] != expected[1]
     row = next(r for r in report["rows"] if (r["method"], r["negatives"], r["shots"]) == (method, negatives, 5))
     assert row["clean_acc"] == pytest.approx(statistics.mean(float(r["clean_acc"]) for r in inputs))
-    # single seed: no ± ; HTML holds the same cells
+    # single seed: "(1 seed)", no ± ; HTML holds the same cells
     full = _row(report["md"], "vit", method, negatives, "full")
-    assert full[4] == "1" and " ± " not in full[6]
+    inputs_full = _group_inputs(report["study"], method, negatives, "full")
+    assert full[4] == "1" and " ± " not in full[6] and full[6] == _expected_cell([float(inputs_full[0]["clean_acc"])])
+    assert full[6].endswith(" (1 seed)")
     for cell in expected + full[6:]:
         assert f"<td>{html.escape(cell)}</td>" in report["html_text"]
 
@@ -183,11 +192,63 @@ def test_header_intrinsic_per_module_and_stage_tables(report: dict) -> None:
     assert "vitlab 0.9.0, torch 2.5.1" in md and "N = 200" in md and "not the published benchmark" in md
     assert "N = 1000 test images, chance 10.00 %" in md
     assert "Backbone vit: vit_tiny_patch16_224, 60,000 parameters, pretraining accuracy 98.00 %" in md
-    assert _row(md, "vit", "85.00", "76.50") == ["vit", "85.00", "76.50", "1,000", "562"]
+    assert _row(md, "vit", "85.00", "76.50") == ["vit", "85.00", "76.50", "1,000", "562", "4", "fastfood, global norm"]
+    assert "vit: N = 500" in md
     assert _row(md, "vit", "1", "attn.q") == ["vit", "1", "attn.q", "613", "80.00"]
     assert _row(md, "vit", "3", "attn.proj") == ["vit", "3", "attn.proj", "not reached", "70.00"]
-    assert _row(md, "pretrain") == ["pretrain", "10.0", "–", "cached"]
+    assert _row(md, "pretrain") == ["pretrain", "10.0", "–", "cached (time of its run not recorded)"]
     assert _row(md, "finetune") == ["finetune", "10.0", "12.5", "done"]
+    assert _row(md, "evaluate") == ["evaluate", "0.0", "1.5", "cached (measured: when it ran)"]  # not 0.0
+
+
+def test_every_plot_has_an_svg_beside_it_linked_from_the_report(report: dict) -> None:
+    for name, path in report["plots"].items():
+        svg = path.with_suffix(".svg")
+        assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()[:2000]
+        assert f"](plots/{name}.svg)" in report["md"] and f'href="plots/{name}.svg"' in report["html_text"]
+        assert "study unit-study" in svg.read_text()  # the plot's title names the study
+
+
+def test_negative_view_columns_say_lower_is_better_and_n_is_stated(report: dict) -> None:
+    header = next(line for line in report["md"].splitlines() if line.startswith("| backbone | method |"))
+    for kind in ("shuffle", "rotate", "infill"):
+        assert f"| {kind} % (lower is better) |" in header + " |"
+    assert "clean on N = 10,000 test images" in report["md"]
+    assert "on N = 200 test images per corruption and severity" in report["md"]
+    assert "accuracy on N = 1,000 negative views" in report["md"]
+
+
+@pytest.mark.parametrize(("line", "expected"), [("1 CPU threads (x), no GPU used", "1 CPU thread (x), no GPU used"),
+                                                ("2 CPU threads (x), no GPU used", "2 CPU threads (x), no GPU used"),
+                                                ("11 CPU threads (x)", "11 CPU threads (x)")])
+def test_hardware_line_counts_threads_in_the_right_number(tmp_path: Path, line: str, expected: str) -> None:
+    study = make_study(tmp_path, intrinsic=False)
+    meta = json.loads((study / "study.json").read_text())
+    (study / "study.json").write_text(json.dumps({**meta, "hardware": line}))
+    assert f"Hardware: {expected}\n" in write_study_report(study)["markdown"].read_text()
+    assert f"(hardware: {expected};" in results_markdown(study)
+
+
+def test_plots_carry_error_bars_of_the_seeds(report: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from matplotlib.container import ErrorbarContainer
+
+    from vitlab.eval import study_plots
+
+    figures = []
+    monkeypatch.setattr(study_plots, "_save", lambda fig, out, title=None: figures.append(fig) or Path(out))
+    rows = [r for r in report["rows"] if r["shots"] == 5 and r["method"] == "lora"]
+    study_plots.plot_robustness_by_severity(rows, tmp_path / "r.png")
+    study_plots.plot_accuracy_vs_params(rows, tmp_path / "a.png")
+    for fig in figures:
+        bars = [c for ax in fig.axes for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert bars and all(c.has_yerr for c in bars)
+    # the severity plot's bars are ± the seeds' sample std of each point
+    bar = next(c for c in figures[0].axes[0].containers if isinstance(c, ErrorbarContainer))
+    (segments,) = [lines.get_segments() for lines in bar.lines[2]]
+    half_heights = [abs(seg[1][1] - seg[0][1]) / 2 for seg in segments]
+    row = next(r for r in rows if r["negatives"] == "none")
+    expected = [100 * row["clean_acc_std"]] + [100 * row[f"corruption_acc_s{s}_std"] for s in range(1, 6)]
+    assert half_heights == pytest.approx(expected)
 
 
 def test_html_is_self_contained_and_escaped(report: dict) -> None:

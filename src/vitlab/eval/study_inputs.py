@@ -2,8 +2,9 @@
 
 ``load_study(folder)`` validates and returns everything `vitlab.eval.study_report` renders: the metadata, the
 per-run rows of ``results.csv`` (``REQUIRED_COLUMNS``; accuracies are fractions, empty = not measured), the rows
-grouped by (backbone, method, negatives, shots) with mean and sample std over seeds, each run's training curve, and
-the optional ``intrinsic/<backbone>/intrinsic_dim.json`` and ``intrinsic_dim_per_module.csv``.
+grouped by (backbone, method, negatives, shots) with mean, sample std and 95 % t-interval over seeds (`mean_interval`),
+each run's training curve, and the optional ``intrinsic/<backbone>/intrinsic_dim.json`` and
+``intrinsic_dim_per_module.csv``.
 
 Usage (with a folder written by ``vitlab study``)::
 
@@ -23,7 +24,8 @@ from vitlab.errors import DataError, MissingFileError
 from vitlab.eval import study_plots
 from vitlab.metrics import read_metrics
 
-__all__ = ["ACCURACY_COLUMNS", "REQUIRED_COLUMNS", "SEVERITY_COLUMNS", "STUDY_HINT", "load_study", "training_curves"]
+__all__ = ["ACCURACY_COLUMNS", "REQUIRED_COLUMNS", "SEVERITY_COLUMNS", "STUDY_HINT", "load_study", "mean_interval",
+           "training_curves"]
 
 SEVERITY_COLUMNS = tuple(f"corruption_acc_s{s}" for s in study_plots.SEVERITIES)
 ACCURACY_COLUMNS = ("clean_acc", "corruption_acc", *SEVERITY_COLUMNS, "extra_corruption_acc", "neg_shuffle_acc",
@@ -69,6 +71,28 @@ def _read_results(path: Path) -> list[dict[str, Any]]:
     return runs
 
 
+def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float, float] | None:
+    """Mean, sample std and the two-sided Student-t interval of the mean: ``(mean, std, low, high)``.
+
+    ``low, high = mean ∓ t_{(1 + confidence) / 2, n - 1} · std / sqrt(n)``; ``None`` for fewer than 2 values (no
+    spread can be estimated from one seed).
+
+    Example:
+        >>> mean, std, low, high = mean_interval([0.70, 0.72, 0.74])
+        >>> round(mean, 4), round(std, 4), round(low, 4), round(high, 4)
+        (0.72, 0.02, 0.6703, 0.7697)
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}")
+    if len(values) < 2:
+        return None
+    from scipy.stats import t
+
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    half = float(t.ppf((1 + confidence) / 2, len(values) - 1)) * std / len(values) ** 0.5
+    return mean, std, mean - half, mean + half
+
+
 def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for run in runs:
@@ -81,8 +105,11 @@ def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                    trainable_params=params[0] if params else None)
         for column in ACCURACY_COLUMNS:
             values = [m[column] for m in members if m[column] is not None]
+            spread = mean_interval(values)
             row[column] = statistics.mean(values) if values else None
-            row[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else None
+            row[f"{column}_n"] = len(values)
+            row[f"{column}_std"] = spread[1] if spread else None
+            row[f"{column}_ci"] = spread[2:] if spread else None
         rows.append(row)
     return rows
 

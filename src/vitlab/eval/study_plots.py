@@ -1,11 +1,13 @@
-"""The plots of a ``vitlab study`` report, one PNG per function (each a matplotlib ``Figure`` on its own Agg canvas:
-the global backend and pyplot state are left alone).
+"""The plots of a ``vitlab study`` report, one PNG and an SVG beside it per function (each a matplotlib ``Figure`` on
+its own Agg canvas: the global backend and pyplot state are left alone).
 
-The functions take data that ``vitlab.eval.study_report`` already read from the study folder and return the PNG path:
+The functions take data that ``vitlab.eval.study_report`` already read from the study folder and return the PNG path
+(the SVG has the same name with ``.svg``); ``title`` (e.g. the study's name) goes above every panel:
 
 - ``plot_accuracy_vs_params``: clean accuracy (%) vs trainable parameters (log x) of the aggregated table rows, one
   panel per shots setting, one colour per method, one marker per negatives setting, mean ± std error bars;
-- ``plot_robustness_by_severity``: accuracy (%) vs corruption severity (0 = clean), one line per table row;
+- ``plot_robustness_by_severity``: accuracy (%) vs corruption severity (0 = clean), one line per table row, mean ±
+  std error bars over seeds;
 - ``plot_training_curves``: training loss vs step of every fine-tuning run, one panel per shots setting;
 - ``plot_intrinsic_dim``: accuracy vs subspace dimension d (log x) per backbone, the threshold and d90 marked;
 - ``plot_per_module``: interpolated d90 per module kind (one panel per backbone), unreached kinds hatched.
@@ -15,8 +17,8 @@ Example:
     ...            clean_acc=0.71, clean_acc_std=0.01)
     >>> import tempfile
     >>> out = plot_accuracy_vs_params([row], Path(tempfile.mkdtemp()) / "accuracy_vs_params.png")
-    >>> out.name, out.stat().st_size > 0
-    ('accuracy_vs_params.png', True)
+    >>> out.name, out.stat().st_size > 0, out.with_suffix(".svg").is_file()
+    ('accuracy_vs_params.png', True, True)
 """
 
 from __future__ import annotations
@@ -63,11 +65,17 @@ def _panels(n: int, width: float = 5.5, height: float = 4.2) -> tuple[Any, list[
     return fig, list(axes[0])
 
 
-def _save(fig: Any, out_png: str | Path) -> Path:
+def _save(fig: Any, out_png: str | Path, title: str | None = None) -> Path:
+    """Write ``out_png`` and the same figure as SVG beside it (``.svg``); ``title`` above all panels."""
     out = Path(out_png)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"out_png must end in .png (the SVG is written beside it), got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+    fig.savefig(out.with_suffix(".svg"))
     return out
 
 
@@ -90,13 +98,14 @@ def _require(rows: Sequence[Any], what: str) -> None:
         raise ValueError(f"nothing to plot: {what}; run the study stages that produce it, or skip this plot")
 
 
-def plot_accuracy_vs_params(rows: Sequence[Mapping[str, Any]], out_png: str | Path) -> Path:
+def plot_accuracy_vs_params(rows: Sequence[Mapping[str, Any]], out_png: str | Path, title: str | None = None) -> Path:
     """Clean accuracy (%) vs trainable parameters (log x), one panel per shots setting, points labelled.
 
     Args:
         rows: aggregated table rows with ``backbone, method, negatives, shots, trainable_params, clean_acc`` and
             ``clean_acc_std`` (fractions; ``None`` std: a single seed). Rows lacking a value are skipped.
-        out_png: the PNG to write.
+        out_png: the PNG to write (an SVG is written beside it).
+        title: text above the panels (e.g. the study's name), or None.
     """
     from matplotlib.lines import Line2D
 
@@ -122,20 +131,23 @@ def plot_accuracy_vs_params(rows: Sequence[Mapping[str, Any]], out_png: str | Pa
     handles += [Line2D([], [], color="gray", marker=mk, linestyle="none", label=f"negatives: {n}")
                 for n, mk in markers.items()]
     axes[-1].legend(handles=handles, fontsize="small")
-    return _save(fig, out_png)
+    return _save(fig, out_png, title)
 
 
-def plot_robustness_by_severity(rows: Sequence[Mapping[str, Any]], out_png: str | Path) -> Path:
+def plot_robustness_by_severity(rows: Sequence[Mapping[str, Any]], out_png: str | Path,
+                                title: str | None = None) -> Path:
     """Accuracy (%) vs severity 0..5 (0: ``clean_acc``, N: ``corruption_acc_sN``), one line per row.
 
     Args:
         rows: aggregated table rows (means over seeds) with ``backbone, method, negatives, shots``, ``clean_acc``
-            and ``corruption_acc_s1`` .. ``corruption_acc_s5`` (fractions or ``None``).
-        out_png: the PNG to write.
+            and ``corruption_acc_s1`` .. ``corruption_acc_s5`` (fractions or ``None``) and optionally their
+            ``<column>_std`` (the error bars; ``None``: a single seed, no bar).
+        out_png: the PNG to write (an SVG is written beside it).
+        title: text above the panels (e.g. the study's name), or None.
     """
-    def points(r: Mapping[str, Any]) -> list[tuple[int, float]]:
-        values = [(0, r.get("clean_acc"))] + [(s, r.get(f"corruption_acc_s{s}")) for s in SEVERITIES]
-        return [(s, 100 * v) for s, v in values if v is not None]
+    def points(r: Mapping[str, Any]) -> list[tuple[int, float, float]]:
+        columns = [(0, "clean_acc")] + [(s, f"corruption_acc_s{s}") for s in SEVERITIES]
+        return [(s, 100 * r[c], 100 * (r.get(f"{c}_std") or 0.0)) for s, c in columns if r.get(c) is not None]
 
     rows = [r for r in rows if any(r.get(f"corruption_acc_s{s}") is not None for s in SEVERITIES)]
     _require(rows, "no row has a per-severity corruption accuracy")
@@ -145,25 +157,26 @@ def plot_robustness_by_severity(rows: Sequence[Mapping[str, Any]], out_png: str 
     fig, axes = _panels(len(shots))
     for ax, shot in zip(axes, shots, strict=True):
         for r in (r for r in rows if r["shots"] == shot):
-            xs, ys = zip(*points(r), strict=True)
-            ax.plot(xs, ys, color=colours[r["method"]], linestyle=styles[r["negatives"]],
-                    marker=backbones[r["backbone"]], label=_label(r, len(backbones) > 1))
+            xs, ys, errors = zip(*points(r), strict=True)
+            ax.errorbar(xs, ys, yerr=errors, capsize=3, color=colours[r["method"]], linestyle=styles[r["negatives"]],
+                        marker=backbones[r["backbone"]], label=_label(r, len(backbones) > 1))
         ax.set_xticks(range(6), ["clean", "1", "2", "3", "4", "5"])
         ax.set_xlabel("corruption severity (mean over the 15 common corruptions)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(shots_title(shot))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    return _save(fig, out_png)
+    return _save(fig, out_png, title)
 
 
-def plot_training_curves(curves: Sequence[Mapping[str, Any]], out_png: str | Path) -> Path:
+def plot_training_curves(curves: Sequence[Mapping[str, Any]], out_png: str | Path, title: str | None = None) -> Path:
     """Training loss per fine-tuning run, one panel per shots setting, legend by (backbone,) method + negatives.
 
     Args:
         curves: one mapping per run with ``backbone, method, negatives, shots``, ``points`` (``[(step, loss)]``)
             and ``x_label``; seeds of one setting share the colour and the legend entry.
-        out_png: the PNG to write.
+        out_png: the PNG to write (an SVG is written beside it).
+        title: text above the panels (e.g. the study's name), or None.
     """
     curves = [c for c in curves if c["points"]]
     _require(curves, "no run has a training loss in its metrics.csv")
@@ -184,16 +197,17 @@ def plot_training_curves(curves: Sequence[Mapping[str, Any]], out_png: str | Pat
         ax.set_title(shots_title(shot))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    return _save(fig, out_png)
+    return _save(fig, out_png, title)
 
 
-def plot_intrinsic_dim(sweeps: Mapping[str, Mapping[str, Any]], out_png: str | Path) -> Path:
+def plot_intrinsic_dim(sweeps: Mapping[str, Mapping[str, Any]], out_png: str | Path, title: str | None = None) -> Path:
     """Accuracy (%) vs subspace dimension d (log x) per backbone, its threshold line and its d90 marked.
 
     Args:
         sweeps: backbone -> ``intrinsic_dim.json`` content with ``points`` as ``{int d: accuracy}``, ``reference``,
             ``threshold`` and ``d90_interpolated`` (fractions; ``None``: the threshold was not reached).
-        out_png: the PNG to write.
+        out_png: the PNG to write (an SVG is written beside it).
+        title: text above the panels (e.g. the study's name), or None.
     """
     sweeps = {name: s for name, s in sweeps.items() if s["points"]}
     _require(list(sweeps), "no intrinsic-dimension sweep has a point")
@@ -217,10 +231,11 @@ def plot_intrinsic_dim(sweeps: Mapping[str, Mapping[str, Any]], out_png: str | P
     ax.set_title("Intrinsic dimension: accuracy vs d")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, out_png)
+    return _save(fig, out_png, title)
 
 
-def plot_per_module(tables: Mapping[str, Sequence[Mapping[str, Any]]], out_png: str | Path) -> Path:
+def plot_per_module(tables: Mapping[str, Sequence[Mapping[str, Any]]], out_png: str | Path,
+                    title: str | None = None) -> Path:
     """Horizontal bars of the interpolated d90 per module kind, one panel per backbone, rank 1 at the top.
 
     Kinds that never reached the threshold get a hatched bar as long as the largest reached d90, labelled
@@ -228,7 +243,8 @@ def plot_per_module(tables: Mapping[str, Sequence[Mapping[str, Any]]], out_png: 
 
     Args:
         tables: backbone -> rows with ``rank, module, reached, d90_interpolated``.
-        out_png: the PNG to write.
+        out_png: the PNG to write (an SVG is written beside it).
+        title: text above the panels (e.g. the study's name), or None.
     """
     tables = {name: sorted(rows, key=lambda r: r["rank"]) for name, rows in tables.items() if rows}
     _require(list(tables), "no per-module table has a row")
@@ -250,4 +266,4 @@ def plot_per_module(tables: Mapping[str, Sequence[Mapping[str, Any]]], out_png: 
         ax.set_xlabel("d90 (interpolated)")
         ax.set_title(f"{name}: d90 per module kind (rank 1 at the top)")
         ax.grid(True, axis="x", alpha=0.3)
-    return _save(fig, out_png)
+    return _save(fig, out_png, title)

@@ -8,8 +8,11 @@ Reads (all written by ``vitlab study``):
 - ``intrinsic/<backbone>/intrinsic_dim.json`` and ``intrinsic_dim_per_module.csv``: optional d90 results.
 
 ``robustness.csv`` (per corruption) is not read: ``results.csv`` holds its means. Runs are grouped by
-(backbone, method, negatives, shots) in order of first appearance; the table shows mean ± sample std over seeds.
-Markdown and HTML are rendered from one list of blocks, so they hold the same text and numbers.
+(backbone, method, negatives, shots) in order of first appearance; a cell with values from ≥ 2 seeds shows
+``mean ± sample std [95 % t-interval of the mean]``, one from a single seed says ``(1 seed)``. The number N of test
+images (or views) of every evaluation is stated under its table, negative-view columns say that lower is better,
+every plot is written as PNG and SVG (with error bars where there are seeds), a cached stage shows the time it took
+when it ran. Markdown and HTML are rendered from one list of blocks, so they hold the same text and numbers.
 ``results_markdown`` + ``update_readme`` put the results between the README's ``START_MARKER`` and ``END_MARKER``.
 
 Usage (with a folder written by ``vitlab study``)::
@@ -33,26 +36,36 @@ from vitlab.eval.study_inputs import REQUIRED_COLUMNS, SEVERITY_COLUMNS, load_st
 __all__ = ["END_MARKER", "PLOT_NAMES", "REQUIRED_COLUMNS", "START_MARKER", "results_markdown", "update_readme",
            "write_study_report"]
 
+LOWER_IS_BETTER = " (lower is better)"
 TABLE_METRICS = {"clean %": "clean_acc", "corruption %": "corruption_acc", "severity 5 %": "corruption_acc_s5",
-                 "extra corruptions %": "extra_corruption_acc", "shuffle %": "neg_shuffle_acc",
-                 "rotate %": "neg_rotate_acc", "infill %": "neg_infill_acc"}
+                 "extra corruptions %": "extra_corruption_acc", f"shuffle %{LOWER_IS_BETTER}": "neg_shuffle_acc",
+                 f"rotate %{LOWER_IS_BETTER}": "neg_rotate_acc", f"infill %{LOWER_IS_BETTER}": "neg_infill_acc"}
 PLOT_NAMES = ("accuracy_vs_params", "robustness_by_severity", "training_curves", "intrinsic_dim", "per_module")
 START_MARKER, END_MARKER = "<!-- study-results:start -->", "<!-- study-results:end -->"
 DASH, NA = "–", "n/a"
 _CAPTIONS = dict(zip(PLOT_NAMES, ("Clean accuracy vs trainable parameters", "Accuracy vs corruption severity",
-                                  "Training loss", "Accuracy vs subspace dimension d", "d90 per module kind"),
+                                  "Training loss (total: cross-entropy + weighted loss terms)",
+                                  "Accuracy vs subspace dimension d", "d90 per module kind"),
                      strict=True))
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:3px 8px}"
         "th{background:#f2f2f2}code{background:#f2f2f2;padding:1px 4px}img{max-width:100%}")
-Block = tuple  # ("h", level, text) | ("p", spans) | ("ul", [spans]) | ("table", header, rows) | ("img", alt, path)
+Block = tuple  # ("h", level, text) | ("p", spans) | ("ul", [spans]) | ("table", header, rows) | ("img", alt, png, svg)
 
 
-def _pct(value: Any, std: Any = None, missing: str = DASH) -> str:
-    """A fraction as a percentage with 2 decimals ("mean ± std" when ``std`` is given)."""
+def _pct(value: Any, missing: str = DASH) -> str:
+    """A fraction as a percentage with 2 decimals."""
+    return f"{100 * value:.2f}" if isinstance(value, int | float) else missing
+
+
+def _cell(row: dict[str, Any], column: str) -> str:
+    """``mean ± std [low, high]`` (95 % t-interval) over ≥ 2 seeds, ``value (1 seed)`` for one, – when not measured."""
+    value, interval = row[column], row.get(f"{column}_ci")
     if not isinstance(value, int | float):
-        return missing
-    return f"{100 * value:.2f}" if std is None else f"{100 * value:.2f} ± {100 * std:.2f}"
+        return DASH
+    if interval is None:
+        return f"{_pct(value)} (1 seed)" if row.get(f"{column}_n", 1) == 1 else _pct(value)
+    return f"{_pct(value)} ± {_pct(row[f'{column}_std'])} [{_pct(interval[0])}, {_pct(interval[1])}]"
 
 
 def _int(value: Any, missing: str = DASH) -> str:
@@ -74,22 +87,53 @@ def _results_blocks(study: dict[str, Any]) -> list[Block]:
         return [("p", "Results: no fine-tuning run in results.csv yet.")]
     header = ["backbone", "method", "negatives", "shots", "seeds", "trainable params", *TABLE_METRICS]
     body = [[r["backbone"], r["method"], r["negatives"], str(r["shots"]), str(r["seeds"]), _int(r["trainable_params"]),
-             *(_pct(r[c], r[f"{c}_std"]) for c in TABLE_METRICS.values())] for r in study["rows"]]
-    note = ("Accuracy in % of the test images, mean ± sample std over seeds where seeds > 1 (– = not measured). "
-            "corruption: mean over the 15 common corruptions and 5 severities; severity 5: the 15 at severity 5; "
-            "extra corruptions: mean over the 4 extra ones; shuffle / rotate / infill: accuracy on negative views "
-            f"(chance {_pct(_get(study['meta'], 'negative_views', 'chance'), missing=NA)} %).")
+             *(_cell(r, c) for c in TABLE_METRICS.values())] for r in study["rows"]]
+    get = partial(_get, study["meta"])
+    note = ("Accuracy in %; with ≥ 2 seeds mean ± sample std over seeds [95 % t-interval of the mean], with one "
+            "seed the single value, marked (1 seed) (– = not measured). "
+            f"N: clean on N = {_int(get('data', 'test_images'), NA)} test images; corruption (mean over the 15 common "
+            "corruptions and 5 severities), severity 5 (the 15 at severity 5) and extra corruptions (mean over the 4 "
+            f"extra ones) on N = {_int(get('corruption', 'n'), NA)} test images per corruption and severity; "
+            f"shuffle / rotate / infill: accuracy on N = {_int(get('negative_views', 'n'), NA)} negative views of "
+            "test images (one per image and kind), lower is better: a model that cannot classify a destroyed image "
+            f"is right (chance {_pct(get('negative_views', 'chance'), missing=NA)} %).")
     return [("table", header, body), ("p", note)]
 
 
-def _intrinsic_table(study: dict[str, Any]) -> Block:
-    return ("table", ["backbone", "reference %", "threshold %", "d90 (grid)", "d90 (interpolated)"],
-            [[name, _pct(s["reference"]), _pct(s["threshold"]), _int(s.get("d90"), "not reached"),
-              _int(s.get("d90_interpolated"), "not reached")] for name, s in study["sweeps"].items()])
+def _intrinsic_table(study: dict[str, Any]) -> list[Block]:
+    sweeps = study["sweeps"]
+    table = ("table", ["backbone", "reference %", "threshold %", "d90 (grid)", "d90 (interpolated)", "points measured",
+                       "projection"],
+             [[name, _pct(s["reference"]), _pct(s["threshold"]), _int(s.get("d90"), "not reached"),
+               _int(s.get("d90_interpolated"), "not reached"), str(len(s["points"])),
+               # sweeps written before the option existed used Li et al.'s global normalisation
+               f"{s.get('projection', 'fastfood')}, {s.get('projection_norm', 'global')} norm"]
+              for name, s in sweeps.items()])
+    n = {name: s.get("test_images") for name, s in sweeps.items()}
+    counts = "; ".join(f"{name}: N = {_int(v, 'not recorded')}" for name, v in n.items())
+    note = ("Each accuracy is one run (one seed) on the test images of the sweep's data "
+            f"({counts}). d90 (grid) is the smallest measured d reaching the threshold; the grid is refined between "
+            "the last miss and the first hit where the sweep recorded it (refine_ratio); projection: per_tensor = "
+            "unit-norm columns per parameter tensor (Aghajanyan et al.), global = over all parameters (Li et al.).")
+    return [table, ("p", note)]
 
 
 def _duration(seconds: Any) -> str:
     return f"{_minutes(seconds)} min" if isinstance(seconds, int | float) else NA
+
+
+def _hardware(text: Any) -> str:
+    """``study.json``'s hardware line with the thread count in the right number ("1 CPU thread", "2 CPU threads")."""
+    return re.sub(r"\b1 CPU threads\b", "1 CPU thread", str(text))
+
+
+def _stage_row(stage: dict[str, Any]) -> list[str]:
+    """Stage, estimate, measured time and status; a cached stage shows the time it took when it ran, if recorded."""
+    measured, status = stage.get("measured_s"), str(_get(stage, "status"))
+    ran = isinstance(measured, int | float) and measured > 0
+    if status == "cached":
+        status = "cached (measured: when it ran)" if ran else "cached (time of its run not recorded)"
+    return [str(_get(stage, "stage")), _minutes(stage.get("estimated_s")), _minutes(measured) if ran else DASH, status]
 
 
 def _header(meta: dict[str, Any]) -> list[Any]:
@@ -98,7 +142,8 @@ def _header(meta: dict[str, Any]) -> list[Any]:
     return [f"Data: pretraining on {get('data', 'pretrain')}, fine-tuning and evaluation on "
             f"{get('data', 'downstream')}, {size}×{size} px, {_int(get('data', 'train_images'), NA)} training / "
             f"{_int(get('data', 'test_images'), NA)} test images",
-            f"Hardware: {get('hardware')}", f"Time taken: {_duration(get('wall_time_s'))} (started {get('started')})",
+            f"Hardware: {_hardware(get('hardware'))}",
+            f"Time taken: {_duration(get('wall_time_s'))} (started {get('started')})",
             f"Versions: vitlab {get('vitlab_version')}, torch {get('torch_version')}",
             [("text", "Command: "), ("code", meta["command"])],
             f"Corruption set: N = {get('corruption', 'n')} test images, severities "
@@ -115,11 +160,12 @@ def _blocks(study: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
     blocks: list[Block] = [("h", 1, f"vitlab study report: {meta['name']}"), ("ul", _header(meta))]
     blocks += [("h", 2, "Results"), *_results_blocks(study), ("h", 2, "Plots")]
     for name in PLOT_NAMES[:3]:
-        blocks.append(("img", _CAPTIONS[name], f"plots/{name}.png") if name in plots else
+        blocks.append(_image(_CAPTIONS[name], plots[name], f"plots/{name}.png") if name in plots else
                       ("p", f"{_CAPTIONS[name]}: no data in this study yet."))
     blocks.append(("h", 2, "Intrinsic dimension"))
     if "intrinsic_dim" in plots:
-        blocks += [_intrinsic_table(study), ("img", _CAPTIONS["intrinsic_dim"], "plots/intrinsic_dim.png")]
+        blocks += [*_intrinsic_table(study),
+                   _image(_CAPTIONS["intrinsic_dim"], plots["intrinsic_dim"], "plots/intrinsic_dim.png")]
     else:
         blocks.append(("p", "Intrinsic dimension: not run in this study."))
     blocks.append(("h", 2, "Intrinsic dimension per module kind"))
@@ -127,12 +173,12 @@ def _blocks(study: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
         rows = [[n, str(r["rank"]), r["module"], _int(r["d90_interpolated"]) if r["reached"] else "not reached",
                  _pct(r["best_accuracy"])] for n, table in study["tables"].items() for r in table]
         blocks += [("table", ["backbone", "rank", "module", "d90 interpolated", "best accuracy %"], rows),
-                   ("img", _CAPTIONS["per_module"], "plots/per_module.png")]
+                   ("p", "Each kind's accuracies are single runs (one seed) on the test images of the sweep's data."),
+                   _image(_CAPTIONS["per_module"], plots["per_module"], "plots/per_module.png")]
     else:
         blocks.append(("p", "Per-module intrinsic dimension: not run in this study."))
     stages = [s for s in meta.get("stages") or [] if isinstance(s, dict)]
-    table = [[str(_get(s, "stage")), _minutes(s.get("estimated_s")), _minutes(s.get("measured_s")),
-              str(_get(s, "status"))] for s in stages]
+    table = [_stage_row(s) for s in stages]
     return [*blocks, ("h", 2, "Stage times"), ("table", ["stage", "estimated (min)", "measured (min)", "status"], table)
             if stages else ("p", "Stage times: not recorded in study.json.")]
 
@@ -150,6 +196,12 @@ def _md_line(spans: Any) -> str:
     return "".join(t if kind == "text" else code(t) for kind, t in _spans(spans))
 
 
+def _image(alt: str, png: Path, shown_as: str) -> Block:
+    """An image block of ``png`` (linked as ``shown_as``) with a link to the SVG beside it when that exists."""
+    svg = shown_as[: -len(".png")] + ".svg" if png.with_suffix(".svg").is_file() else None
+    return ("img", alt, shown_as, svg)
+
+
 def _md_row(cells: list[str]) -> str:
     return "| " + " | ".join(c.replace("|", r"\|").replace("\n", " ") for c in cells) + " |"
 
@@ -158,7 +210,8 @@ def _render_markdown(blocks: list[Block], image_prefix: str = "") -> str:
     render = {"h": lambda b: "#" * b[1] + " " + b[2], "p": lambda b: _md_line(b[1]),
               "ul": lambda b: "\n".join("- " + _md_line(item) for item in b[1]),
               "table": lambda b: "\n".join([_md_row(b[1]), _md_row(["---"] * len(b[1])), *map(_md_row, b[2])]),
-              "img": lambda b: f"![{b[1]}]({image_prefix}{b[2]})"}
+              "img": lambda b: f"![{b[1]}]({image_prefix}{b[2]})"
+                               + (f"\n\n[{b[1]} (SVG)]({image_prefix}{b[3]})" if b[3] else "")}
     return "\n\n".join(render[b[0]](b) for b in blocks) + "\n"
 
 
@@ -172,7 +225,8 @@ def _render_html(blocks: list[Block], folder: Path) -> str:
     def image(b: Block) -> str:
         data = base64.b64encode((folder / b[2]).read_bytes()).decode("ascii")
         return (f'<figure><img alt="{html.escape(b[1])}" src="data:image/png;base64,{data}">'
-                f"<figcaption>{html.escape(b[1])}</figcaption></figure>")
+                f"<figcaption>{html.escape(b[1])}"
+                + (f' (<a href="{html.escape(b[3])}">SVG</a>)' if b[3] else "") + "</figcaption></figure>")
 
     render = {"h": lambda b: f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>", "p": lambda b: f"<p>{line(b[1])}</p>",
               "ul": lambda b: "<ul>" + "".join(f"<li>{line(item)}</li>" for item in b[1]) + "</ul>",
@@ -198,22 +252,24 @@ def _write_plots(study: dict[str, Any]) -> dict[str, Path]:
     for name, (plot, data, has_data) in jobs.items():
         path = study["folder"] / "plots" / f"{name}.png"
         if has_data:
-            plots[name] = plot(data, path)
-        else:
-            path.unlink(missing_ok=True)  # a stale plot of an earlier report would disagree with this one
+            plots[name] = plot(data, path, title=f"study {study['meta']['name']}")
+        else:  # a stale plot of an earlier report would disagree with this one
+            path.unlink(missing_ok=True)
+            path.with_suffix(".svg").unlink(missing_ok=True)
     return plots
 
 
 def write_study_report(study_dir: str | Path) -> dict[str, Any]:
-    """Write ``plots/*.png``, ``report.md`` and the self-contained ``report.html`` into a study folder.
+    """Write ``plots/*.png`` (+ ``.svg``), ``report.md`` and the self-contained ``report.html`` into a study folder.
 
     Args:
         study_dir: the folder ``vitlab study`` wrote (with ``study.json`` and ``results.csv``).
 
     Returns:
         ``{"markdown": Path, "html": Path, "plots": {name: Path}, "rows": [aggregated table rows]}``; a row holds
-        the group keys, ``seeds`` (number of runs), ``trainable_params`` and, per accuracy column, its mean and
-        ``<column>_std`` (fractions; ``None`` when not measured or, for the std, a single value).
+        the group keys, ``seeds`` (number of runs), ``trainable_params`` and, per accuracy column, its mean,
+        ``<column>_n`` (values), ``<column>_std`` and ``<column>_ci`` (95 % t-interval ``(low, high)``) (fractions;
+        ``None`` when not measured or, for the std and interval, a single value).
 
     Raises:
         FileNotFoundError: no study folder, ``study.json`` or ``results.csv`` (run ``vitlab study`` first).
@@ -242,14 +298,14 @@ def results_markdown(study_dir: str | Path) -> str:
     if not png.is_file():
         raise FileNotFoundError(f"{png} does not exist; call write_study_report({str(study_dir)!r}) first")
     meta = study["meta"]
-    where = (f" (hardware: {_get(meta, 'hardware')}; time taken: {_duration(meta.get('wall_time_s'))}, "
+    where = (f" (hardware: {_hardware(_get(meta, 'hardware'))}; time taken: {_duration(meta.get('wall_time_s'))}, "
              f"started {_get(meta, 'started')}).")
     blocks: list[Block] = [("p", [("text", "Measured with "), ("code", meta["command"]), ("text", where)]),
                            *_results_blocks(study)]
     if study["sweeps"]:
         blocks += [("p", "Intrinsic dimension (d90: the smallest subspace dimension reaching the threshold, "
-                         "90 % of the reference accuracy):"), _intrinsic_table(study)]
-    return _render_markdown([*blocks, ("img", _CAPTIONS["accuracy_vs_params"], png.as_posix())])
+                         "90 % of the reference accuracy):"), *_intrinsic_table(study)]
+    return _render_markdown([*blocks, _image(_CAPTIONS["accuracy_vs_params"], png, png.as_posix())])
 
 
 def update_readme(readme_path: str | Path, snippet: str) -> None:
