@@ -190,11 +190,11 @@ def sweep_cache_key(config: RunConfig) -> dict[str, Any]:
         >>> key["config"]["peft"]["options"]["projection_norm"]
         'per_tensor'
     """
+    from vitlab.peft.intrinsic import SubspaceConfig
+
     config_dict = asdict(config)
     sweep = dict(config_dict["peft"]["options"].get("sweep") or {})
     config_dict["peft"]["options"]["sweep"] = {k: sweep.get(k) for k in _POINT_KEYS}
-    from vitlab.peft.intrinsic import SubspaceConfig
-
     # the default projection_norm changed from global to per_tensor: a record without the key was made with global
     norm = config_dict["peft"]["options"].pop("projection_norm", None) or SubspaceConfig(dim=1).projection_norm
     if norm != "global":
