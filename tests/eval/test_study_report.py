@@ -330,3 +330,33 @@ def test_bad_results_csv_raises(tmp_path: Path) -> None:
     _write_csv(study / "results.csv", REQUIRED_COLUMNS, rows)
     with pytest.raises(ValueError, match=r"line 5: clean_acc=91.5 is not a fraction"):
         write_study_report(study)
+
+
+def test_training_curves_plot_cross_entropy_and_negative_loss_apart(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    from vitlab.eval import study_plots
+    from vitlab.eval.study_inputs import training_curves
+
+    header = ["epoch", "step", "train/loss_step", "train/negatives/loss_step", "train/loss_ce"]
+    _write_csv(tmp_path / "a" / "metrics.csv", header, [  # the l2 term goes below 0, and the total with it
+        {"epoch": 0, "step": 4, "train/loss_step": 0.4, "train/negatives/loss_step": -1.1},
+        {"epoch": 0, "step": 9, "train/loss_ce": 1.5},
+        {"epoch": 1, "step": 14, "train/loss_step": -0.3, "train/negatives/loss_step": -1.2},
+        {"epoch": 1, "step": 19, "train/loss_ce": 0.9}])
+    _write_csv(tmp_path / "b" / "metrics.csv", ["epoch", "step", "train/loss_step"], [  # before train/loss_ce
+        {"epoch": 0, "step": 4, "train/loss_step": 2.0}, {"epoch": 0, "step": 9, "train/loss_step": 1.8}])
+    runs = [dict(run=name, backbone="vit", method="full", negatives=neg, shots=5, run_dir=name)
+            for name, neg in (("a", "rotate_l2"), ("b", "none"))]
+    curves = training_curves(tmp_path, runs)
+    assert curves[0]["points"] == [(9, 1.5), (19, 0.9)] and curves[0]["y_label"] == "cross-entropy"
+    assert curves[0]["negative_points"] == [(4, -1.1), (14, -1.2)]
+    assert curves[1]["points"] == [(4, 2.0), (9, 1.8)] and curves[1]["y_label"] == "training loss (total)"
+    assert curves[1]["negative_points"] == []
+    figures = []
+    monkeypatch.setattr(study_plots, "_save", lambda fig, out, title=None: figures.append(fig) or Path(out))
+    study_plots.plot_training_curves(curves, tmp_path / "curves.png")
+    top, bottom = figures[0].axes
+    assert [list(line.get_ydata()) for line in top.get_lines()] == [[1.5, 0.9], [2.0, 1.8]]
+    assert [list(line.get_ydata()) for line in bottom.get_lines()] == [[-1.1, -1.2]]
+    assert bottom.get_title() == "5 shots per class: negative loss (unweighted)"
+    assert top.get_ylabel() == "cross-entropy / training loss (total)"  # an old run's total is labelled as such

@@ -137,8 +137,23 @@ def _read_module_table(path: Path) -> list[dict[str, Any]]:
                 for i, r in enumerate(reader, start=2)]
 
 
+def _series(rows: list[dict[str, float]], keys: tuple[str, ...]) -> tuple[list[tuple[float, float]], str, str | None]:
+    """``(points, x label, key)`` of the first of ``keys`` the rows hold (x: step where every such row has one)."""
+    key = next((k for k in keys if any(k in r for r in rows)), None)
+    if key is None:
+        return [], "step", None
+    x = "step" if all("step" in r for r in rows if key in r) else "epoch"
+    return [(r[x], r[key]) for r in rows if key in r and x in r], x, key
+
+
 def training_curves(folder: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per run with a metrics.csv: ``train/loss_step`` vs step (fallback ``train/loss_epoch``)."""
+    """Per run with a metrics.csv: the cross-entropy and the negative loss as separate curves.
+
+    ``points``: ``train/loss_ce`` (the cross-entropy alone) vs step, ``y_label`` "cross-entropy"; runs logged before
+    it existed fall back to the total ``train/loss_step`` (then ``train/loss_epoch``), ``y_label`` "training loss
+    (total)". ``negative_points``: ``train/negatives/loss_step`` (then ``_epoch``), the negative term before its
+    weight, ``[]`` for a run without negatives.
+    """
     curves = []
     for run in runs:
         if not run["run_dir"] or not (path := folder / run["run_dir"] / "metrics.csv").is_file():
@@ -147,9 +162,11 @@ def training_curves(folder: Path, runs: list[dict[str, Any]]) -> list[dict[str, 
             rows = read_metrics(path)
         except ValueError as err:
             raise _fail(path, f"not a Lightning metrics.csv ({err})", "rerun that fine-tuning run") from None
-        key = "train/loss_step" if any("train/loss_step" in r for r in rows) else "train/loss_epoch"
-        x = "step" if all("step" in r for r in rows if key in r) else "epoch"
-        curves.append(dict(run, points=[(r[x], r[key]) for r in rows if key in r and x in r], x_label=x))
+        points, x, key = _series(rows, ("train/loss_ce", "train/loss_step", "train/loss_epoch"))
+        negative, negative_x, _ = _series(rows, ("train/negatives/loss_step", "train/negatives/loss_epoch"))
+        curves.append(dict(run, points=points, x_label=x,
+                           y_label="cross-entropy" if key == "train/loss_ce" else "training loss (total)",
+                           negative_points=negative, negative_x_label=negative_x))
     return curves
 
 

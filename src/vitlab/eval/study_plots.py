@@ -8,7 +8,8 @@ The functions take data that ``vitlab.eval.study_report`` already read from the 
   panel per shots setting, one colour per method, one marker per negatives setting, mean ± std error bars;
 - ``plot_robustness_by_severity``: accuracy (%) vs corruption severity (0 = clean), one line per table row, mean ±
   std error bars over seeds;
-- ``plot_training_curves``: training loss vs step of every fine-tuning run, one panel per shots setting;
+- ``plot_training_curves``: cross-entropy vs step of every fine-tuning run, one panel per shots setting, and the
+  negative loss in a row of its own (never their sum);
 - ``plot_intrinsic_dim``: accuracy vs subspace dimension d (log x) per backbone, the threshold and d90 marked;
 - ``plot_per_module``: interpolated d90 per module kind (one panel per backbone), unreached kinds hatched.
 
@@ -170,11 +171,15 @@ def plot_robustness_by_severity(rows: Sequence[Mapping[str, Any]], out_png: str 
 
 
 def plot_training_curves(curves: Sequence[Mapping[str, Any]], out_png: str | Path, title: str | None = None) -> Path:
-    """Training loss per fine-tuning run, one panel per shots setting, legend by (backbone,) method + negatives.
+    """Training curves per fine-tuning run, one column per shots setting, legend by (backbone,) method + negatives.
+
+    The top row plots the cross-entropy (``points``); a second row, drawn when any run has one, the negative loss
+    (``negative_points``, before its weight λ; the ℓ2 term is negative by design). Their sum is never plotted.
 
     Args:
-        curves: one mapping per run with ``backbone, method, negatives, shots``, ``points`` (``[(step, loss)]``)
-            and ``x_label``; seeds of one setting share the colour and the legend entry.
+        curves: one mapping per run with ``backbone, method, negatives, shots``, ``points`` (``[(step, loss)]``),
+            ``x_label``, optionally ``y_label`` (default "training loss"), ``negative_points`` and
+            ``negative_x_label``; seeds of one setting share the colour and the legend entry.
         out_png: the PNG to write (an SVG is written beside it).
         title: text above the panels (e.g. the study's name), or None.
     """
@@ -183,20 +188,27 @@ def plot_training_curves(curves: Sequence[Mapping[str, Any]], out_png: str | Pat
     colours, styles, _ = _styles(curves)
     many = len({c["backbone"] for c in curves}) > 1
     shots = sorted({c["shots"] for c in curves}, key=shots_key)
-    fig, axes = _panels(len(shots))
-    for ax, shot in zip(axes, shots, strict=True):
-        labelled = set()
-        for c in (c for c in curves if c["shots"] == shot):
-            label = _label(c, many)
-            xs, ys = zip(*sorted(c["points"]), strict=True)
-            ax.plot(xs, ys, color=colours[c["method"]], linestyle=styles[c["negatives"]], linewidth=1.2,
-                    label=None if label in labelled else label)
-            labelled.add(label)
-        ax.set_xlabel(_unique(c["x_label"] for c in curves if c["shots"] == shot)[0])
-        ax.set_ylabel("training loss")
-        ax.set_title(shots_title(shot))
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
+    panels = [("points", "x_label", None)]
+    if any(c.get("negative_points") for c in curves):
+        panels.append(("negative_points", "negative_x_label", "negative loss (unweighted)"))
+    fig = _figure(5.5 * len(shots), 4.2 * len(panels))
+    axes = fig.subplots(len(panels), len(shots), squeeze=False)
+    for row, (points, x_label, y_label) in enumerate(panels):
+        for ax, shot in zip(axes[row], shots, strict=True):
+            labelled = set()
+            members = [c for c in curves if c["shots"] == shot and c.get(points)]
+            for c in members:
+                label = _label(c, many)
+                xs, ys = zip(*sorted(c[points]), strict=True)
+                ax.plot(xs, ys, color=colours[c["method"]], linestyle=styles[c["negatives"]], linewidth=1.2,
+                        label=None if label in labelled else label)
+                labelled.add(label)
+            ax.set_xlabel(_unique(c[x_label] for c in members)[0] if members else "step")
+            ax.set_ylabel(y_label or " / ".join(_unique(c.get("y_label", "training loss") for c in members)))
+            ax.set_title(shots_title(shot) if y_label is None else f"{shots_title(shot)}: {y_label}")
+            ax.grid(True, alpha=0.3)
+            if labelled:
+                ax.legend(fontsize="small")
     return _save(fig, out_png, title)
 
 

@@ -44,7 +44,7 @@ PLOT_NAMES = ("accuracy_vs_params", "robustness_by_severity", "training_curves",
 START_MARKER, END_MARKER = "<!-- study-results:start -->", "<!-- study-results:end -->"
 DASH, NA = "–", "n/a"
 _CAPTIONS = dict(zip(PLOT_NAMES, ("Clean accuracy vs trainable parameters", "Accuracy vs corruption severity",
-                                  "Training loss (total: cross-entropy + weighted loss terms)",
+                                  "Training curves: cross-entropy and negative loss",
                                   "Accuracy vs subspace dimension d", "d90 per module kind"),
                      strict=True))
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
