@@ -59,6 +59,7 @@ def test_sweep_resumes_and_records_the_reference_once(tmp_path):
     assert calls == [10, 100, 100, 1000] and ref_calls == [1]
     assert result.complete and result.points == {10: 0.02, 100: 0.2, 1000: 1.0}
     assert result.d90.raw == 1000 and (tmp_path / "sweep.png").stat().st_size > 1000
+    assert "<svg" in (tmp_path / "sweep.svg").read_text()[:2000]  # a vector copy beside the PNG
     assert not (tmp_path / "sweep.csv.locks").exists() or not any((tmp_path / "sweep.csv.locks").iterdir())
     with pytest.raises(ValueError, match="records reference accuracy 1.0"):
         run_sweep(train, [10], csv_path, reference=0.5)

@@ -48,4 +48,4 @@ def test_no_epoch_metrics_gives_one_panel_that_says_so(tmp_path):
     fig = training_curves_figure(_write(tmp_path, "step,train/loss_step\n4,0.5\n"))
     assert [ax.get_title() for ax in fig.axes] == ["no per-epoch metrics"] and not fig.axes[0].get_lines()
     out = plot_training_curves(tmp_path / "metrics.csv", tmp_path / "curves.png")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "<svg" in out.with_suffix(".svg").read_text()[:2000]

@@ -84,6 +84,11 @@ def training_curves_figure(metrics_csv: str | Path) -> Figure:
 
 
 def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
-    """Write `training_curves_figure` of ``metrics_csv`` to ``out_png``; returns the PNG path."""
-    training_curves_figure(metrics_csv).savefig(out_png, dpi=100)
-    return Path(out_png)
+    """Write `training_curves_figure` of ``metrics_csv`` to ``out_png`` and, for a ``.png``, the same as ``.svg``
+    beside it; returns the PNG path."""
+    out = Path(out_png)
+    fig = training_curves_figure(metrics_csv)
+    fig.savefig(out, dpi=100)
+    if out.suffix.lower() == ".png":
+        fig.savefig(out.with_suffix(".svg"))
+    return out

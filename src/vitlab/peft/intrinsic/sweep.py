@@ -299,7 +299,10 @@ def run_sweep(
 
 def plot_sweep(curves: Mapping[str, Mapping[int, float]], reference: float | None, path: str | Path,
                fraction: float = 0.9, title: str = "Accuracy vs subspace dimension") -> Path:
-    """Accuracy vs d (log x) per curve, with the reference and the ``fraction`` line and each curve's d90 marked."""
+    """Accuracy vs d (log x) per curve, with the reference and the ``fraction`` line and each curve's d90 marked.
+
+    A ``.png`` path gets the same plot as ``.svg`` beside it; other suffixes (``.pdf``, ``.svg``) are written alone.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -326,4 +329,6 @@ def plot_sweep(curves: Mapping[str, Mapping[int, float]], reference: float | Non
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120, bbox_inches="tight")
+    if out.suffix.lower() == ".png":  # a vector copy beside the bitmap
+        fig.savefig(out.with_suffix(".svg"), bbox_inches="tight")
     return out
