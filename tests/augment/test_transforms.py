@@ -248,7 +248,7 @@ def test_shuffle_at_model_patch_size_leaves_position_free_vit_unchanged():
     assert not torch.allclose(learned(x), learned(y), atol=1e-2)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda  # deselected by default (pyproject addopts); on a GPU machine: pytest -m cuda
 def test_cuda_input_with_cpu_and_cuda_generator():
     x = torch.rand(4, 3, 16, 16, device="cuda")
     views = NegativeViews(KINDS, 4)

@@ -16,14 +16,14 @@ from vitlab.checkpoint import (
 
 
 def _tiny(num_classes=10):
-    return timm.create_model("vitlab_vit_tiny_32", num_classes=num_classes, in_chans=1, depth=1, embed_dim=32,
+    return timm.create_model("vit_vitlab_tiny_patch4_32", num_classes=num_classes, in_chans=1, depth=1, embed_dim=32,
                              num_heads=2)
 
 
 def test_model_round_trip_rebuilds_same_outputs(tmp_path):
     model = _tiny().eval()
     kwargs = {"num_classes": 10, "in_chans": 1, "depth": 1, "embed_dim": 32, "num_heads": 2}
-    path = save_checkpoint(tmp_path / "run", model.state_dict(), kind="model", model_name="vitlab_vit_tiny_32",
+    path = save_checkpoint(tmp_path / "run", model.state_dict(), kind="model", model_name="vit_vitlab_tiny_patch4_32",
                            model_kwargs=kwargs, extra={"data": {"name": "digits"}})
     assert path == tmp_path / "run" / "model.safetensors"
     meta = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -58,7 +58,7 @@ def test_plain_safetensors_without_metadata_is_rejected(tmp_path):
 def test_wrong_kind_and_base_hash_are_named(tmp_path):
     base = {"w": torch.ones(2)}
     path = save_checkpoint(tmp_path / "a.safetensors", {"delta": torch.zeros(2)}, kind="adapter",
-                           model_name="vitlab_vit_tiny_32", model_kwargs={}, base_sha256=state_dict_sha256(base))
+                           model_name="vit_vitlab_tiny_patch4_32", model_kwargs={}, base_sha256=state_dict_sha256(base))
     with pytest.raises(CheckpointError, match="holds a 'adapter' checkpoint but a 'model' one was expected"):
         load_checkpoint(path, expected_kind="model")
     with pytest.raises(CheckpointError, match="made for base weights"):

@@ -51,7 +51,7 @@ def test_a_folder_is_reused_only_when_its_record_matches(tmp_path):
 
 def _tiny_study(tmp_path, max_steps):
     runs = tmp_path / "runs"
-    pretrain = {"name": "pre", "output_dir": str(runs), "model": {"name": "vitlab_vit_tiny_32"},
+    pretrain = {"name": "pre", "output_dir": str(runs), "model": {"name": "vit_vitlab_tiny_patch4_32"},
                 "data": {"name": "digits"}, "trainer": {"max_steps": max_steps}}
     path = tmp_path / f"pretrain_{max_steps}.yaml"
     path.write_text(yaml.safe_dump(pretrain))
@@ -102,7 +102,8 @@ def test_intrinsic_dim_refuses_a_sweep_folder_made_by_another_config(tmp_path):
     from vitlab.cli.intrinsic_dim import SWEEP_CSV, run_intrinsic_dim, sweep_cache_key
 
     path = tmp_path / "id.yaml"
-    path.write_text(yaml.safe_dump({"name": "id", "output_dir": str(tmp_path), "model": {"name": "vitlab_vit_tiny_32"},
+    path.write_text(yaml.safe_dump({"name": "id", "output_dir": str(tmp_path),
+                                    "model": {"name": "vit_vitlab_tiny_patch4_32"},
                                     "data": {"name": "digits"}, "optim": {"lr": 0.01},
                                     "peft": {"method": "subspace", "options": {"sweep": {"dims": [8]}}}}))
     config, _ = parse_run_config(["--config", str(path)])

@@ -134,11 +134,11 @@ def test_every_study_config_loads_with_and_without_full(path):
 
 def test_overrides_win_over_the_file(tmp_path):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("name: x\nmodel:\n  name: vitlab_vit_tiny_32\noptim:\n  lr: 0.1\ntrainer:\n  max_epochs: 3\n")
+    cfg.write_text("name: x\nmodel:\n  name: vit_vitlab_tiny_patch4_32\noptim:\n  lr: 0.1\ntrainer:\n  max_epochs: 3\n")
     config, _ = parse_run_config(["--config", str(cfg), "--optim.lr", "0.5", "--trainer.max_epochs", "1",
                                   "--peft.method", "kadaptation", "--data.options", '{"limit_train": 10}'])
     assert config.optim.lr == 0.5 and config.trainer["max_epochs"] == 1 and config.peft.method == "kadaptation"
-    assert config.data.options == {"limit_train": 10} and config.model.name == "vitlab_vit_tiny_32"
+    assert config.data.options == {"limit_train": 10} and config.model.name == "vit_vitlab_tiny_patch4_32"
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ import yaml
 from vitlab.cli.main import main
 
 CONFIG = {
-    "name": "r", "model": {"name": "vitlab_vit_tiny_32", "kwargs": {"depth": 1, "embed_dim": 32, "num_heads": 2}},
+    "name": "r",
+    "model": {"name": "vit_vitlab_tiny_patch4_32", "kwargs": {"depth": 1, "embed_dim": 32, "num_heads": 2}},
     "data": {"name": "digits", "batch_size": 64, "options": {"limit_train": 256}}, "optim": {"lr": 0.003},
     "trainer": {"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False, "limit_train_batches": 2,
                 "limit_val_batches": 1, "limit_test_batches": 1,

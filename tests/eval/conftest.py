@@ -23,8 +23,9 @@ def digits():
 def checkpoint(tmp_path_factory, digits):
     """A run folder with a tiny untrained ViT (8-px patches) saved as `vitlab fit` saves models, digits data config."""
     torch.manual_seed(0)
-    model = timm.create_model("vitlab_vit_tiny_32", **TINY_VIT)
+    model = timm.create_model("vit_vitlab_tiny_patch4_32", **TINY_VIT)
     run = tmp_path_factory.mktemp("run")
-    save_checkpoint(run, model.state_dict(), kind="model", model_name="vitlab_vit_tiny_32", model_kwargs=TINY_VIT,
+    save_checkpoint(run, model.state_dict(), kind="model", model_name="vit_vitlab_tiny_patch4_32",
+                    model_kwargs=TINY_VIT,
                     extra={"data": digits.data_config()})
     return run

@@ -59,7 +59,7 @@ def _write_config(tmp_path, name, epochs, sweep, batch_size=64, **options):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
         "name": name, "seed": 0, "output_dir": str(tmp_path / "runs"),
-        "model": {"name": "vitlab_vit_tiny_32", "kwargs": TINY},
+        "model": {"name": "vit_vitlab_tiny_patch4_32", "kwargs": TINY},
         "data": {"name": "digits", "batch_size": batch_size},
         "optim": {"lr": 3e-3, "warmup_epochs": 0.5},
         "trainer": {"max_epochs": epochs, "accelerator": "cpu", "enable_progress_bar": False,

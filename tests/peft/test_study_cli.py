@@ -23,9 +23,9 @@ def _read(path):
 
 @pytest.fixture
 def backbone(tmp_path):
-    model = timm.create_model("vitlab_vit_tiny_32", **BACKBONE_KWARGS)
+    model = timm.create_model("vit_vitlab_tiny_patch4_32", **BACKBONE_KWARGS)
     save_checkpoint(tmp_path / "backbone" / "model.safetensors", model.state_dict(), kind="model",
-                    model_name="vitlab_vit_tiny_32", model_kwargs=BACKBONE_KWARGS)
+                    model_name="vit_vitlab_tiny_patch4_32", model_kwargs=BACKBONE_KWARGS)
     return tmp_path / "backbone"
 
 
@@ -36,7 +36,7 @@ def test_plan_takes_the_architecture_from_the_backbone_and_sets_the_budget(backb
     assert names == ["linear-k5-s0", "linear-k5-s2", "linear-k20-s0", "linear-k20-s2", "linear-full-s0",
                      "full-k5-s0", "full-k5-s2", "full-k20-s0", "full-k20-s2", "full-full-s0"]
     k5, k20, full = specs[0]["config"], specs[2]["config"], specs[4]["config"]
-    assert k5["model"] == {"name": "vitlab_vit_tiny_32", "pretrained": str(backbone),
+    assert k5["model"] == {"name": "vit_vitlab_tiny_patch4_32", "pretrained": str(backbone),
                            "kwargs": {"depth": 2, "embed_dim": 48, "num_heads": 2, "patch_size": 8, "in_chans": 1}}
     assert k5["data"]["img_size"] == 16 and k5["seed"] == 0 and specs[1]["config"]["seed"] == 2
     # 5 x 10 classes = 50 images: one batch of 50 per epoch, 30 epochs; 200 images at batch 64: 4 batches per epoch

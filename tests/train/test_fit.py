@@ -23,7 +23,7 @@ TINY = {"depth": 2, "embed_dim": 48, "num_heads": 2}
 def _config(tmp_path, name, epochs=2, batch_size=64, **trainer):
     return RunConfig(
         name=name, seed=3, output_dir=str(tmp_path),
-        model=ModelConfig(name="vitlab_vit_tiny_32", kwargs=dict(TINY)),
+        model=ModelConfig(name="vit_vitlab_tiny_patch4_32", kwargs=dict(TINY)),
         data=DataConfig(name="digits", batch_size=batch_size),
         optim=OptimConfig(lr=3e-3, warmup_epochs=0.5),
         trainer={"max_epochs": epochs, "accelerator": "cpu", "enable_progress_bar": False,
@@ -47,7 +47,7 @@ def test_fit_learns_and_writes_the_run_folder(learned_run):
     assert len(losses) == 8 and losses[-1] < 0.4 * losses[0]
     assert learned_run.metrics["test/acc"] > 0.6  # chance is 0.1
     meta = read_metadata(run)
-    assert meta["kind"] == "model" and meta["model_name"] == "vitlab_vit_tiny_32"
+    assert meta["kind"] == "model" and meta["model_name"] == "vit_vitlab_tiny_patch4_32"
     assert meta["model_kwargs"] == {**TINY, "num_classes": 10, "in_chans": 1, "img_size": 32}
     assert meta["extra"]["data"]["name"] == "digits"
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 3e-3
@@ -120,7 +120,7 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(yaml.safe_dump({
         "name": "ddp", "seed": 1, "output_dir": str(tmp_path),
-        "model": {"name": "vitlab_vit_tiny_32", "kwargs": TINY},
+        "model": {"name": "vit_vitlab_tiny_patch4_32", "kwargs": TINY},
         "data": {"name": "digits", "batch_size": 32},
         "trainer": {"max_epochs": 1, "limit_train_batches": 3, "limit_val_batches": 2, "accelerator": "cpu",
                     "devices": 2, "strategy": "ddp", "enable_progress_bar": False},

@@ -26,7 +26,7 @@ TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2}
 def _config(tmp_path, name, epochs=2, **trainer):
     return RunConfig(
         name=name, seed=0, output_dir=str(tmp_path),
-        model=ModelConfig(name="vitlab_vit_tiny_32", kwargs=dict(TINY)),
+        model=ModelConfig(name="vit_vitlab_tiny_patch4_32", kwargs=dict(TINY)),
         data=DataConfig(name="digits", batch_size=64, options={"limit_train": 256}),
         optim=OptimConfig(lr=3e-3, warmup_epochs=0.5),
         trainer={"max_epochs": epochs, "accelerator": "cpu", "enable_progress_bar": False,

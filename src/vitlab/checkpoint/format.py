@@ -6,7 +6,7 @@ is JSON with these fields (``FORMAT_VERSION`` 1)::
     {
       "format_version": 1,
       "kind": "model" | "adapter" | "subspace",
-      "model_name": "vitlab_vit_tiny_32",          # timm registry name
+      "model_name": "vit_vitlab_tiny_patch4_32",          # timm registry name
       "model_kwargs": {"num_classes": 10, ...},     # timm.create_model(model_name, **model_kwargs) rebuilds it
       "base_sha256": null | "<hex>",                # derived kinds: hash of the base weights they apply to
       "extra": {...},                               # free-form: data config, metrics, peft config, ...
@@ -18,9 +18,9 @@ or reads the entry. Nothing here unpickles anything.
 
 Example:
     >>> import tempfile, timm, vitlab
-    >>> model = timm.create_model("vitlab_vit_tiny_32", num_classes=10)
+    >>> model = timm.create_model("vit_vitlab_tiny_patch4_32", num_classes=10)
     >>> path = save_checkpoint(tempfile.mkdtemp(), model.state_dict(), kind="model",
-    ...                        model_name="vitlab_vit_tiny_32", model_kwargs={"num_classes": 10})
+    ...                        model_name="vit_vitlab_tiny_patch4_32", model_kwargs={"num_classes": 10})
     >>> path.name, load_model(path)[1]["model_kwargs"]
     ('model.safetensors', {'num_classes': 10})
 """

@@ -61,7 +61,7 @@ def model_patch_size(model: nn.Module) -> int | None:
 
     Example:
         >>> import timm, vitlab
-        >>> model_patch_size(timm.create_model("vitlab_vit_tiny_32", patch_size=8))
+        >>> model_patch_size(timm.create_model("vit_vitlab_tiny_patch4_32", patch_size=8))
         8
     """
     size = getattr(getattr(model, "patch_embed", None), "patch_size", None)

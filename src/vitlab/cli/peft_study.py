@@ -166,7 +166,8 @@ def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mni
     (``STUDY_METHODS``). Arguments mirror ``vitlab peft-study --help``.
 
     Example:
-        >>> specs = plan_study("none", "digits", model="vitlab_vit_tiny_32", methods="linear", shots="5", seeds="0")
+        >>> specs = plan_study("none", "digits", model="vit_vitlab_tiny_patch4_32", methods="linear", shots="5",
+        ...                    seeds="0")
         >>> [(s["config"]["name"], s["config"]["trainer"]["max_steps"]) for s in specs]
         [('linear-k5-s0', 200), ('linear-full-s0', -1)]
     """

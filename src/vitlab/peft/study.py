@@ -5,7 +5,7 @@ the full training set with 1 seed, one process per run. This module makes the ru
 summarises per-run result rows (mean ± sample std over seeds) and plots accuracy against trainable parameters.
 
 Example:
-    >>> runs = study_run_configs({"name": "vitlab_vit_tiny_32", "kwargs": {"num_classes": 10}},
+    >>> runs = study_run_configs({"name": "vit_vitlab_tiny_patch4_32", "kwargs": {"num_classes": 10}},
     ...                          {"name": "fashion_mnist"}, methods={"linear": {}, "kadaptation": {}})
     >>> len(runs), runs[0]["name"], runs[0]["data"]["few_shot"]
     (14, 'linear-k5-s0', {'k': 5, 'seed': 0})

@@ -6,7 +6,7 @@ against its signature); every other section is a dataclass below, so a misspelt 
 ``docs/config.md`` documents every key; ``vitlab fit --print_config`` prints a full, resolved config.
 
 Example:
-    >>> cfg = RunConfig(model=ModelConfig(name="vitlab_vit_tiny_32"), data=DataConfig(name="digits"))
+    >>> cfg = RunConfig(model=ModelConfig(name="vit_vitlab_tiny_patch4_32"), data=DataConfig(name="digits"))
     >>> cfg.optim.lr
     0.001
 """
@@ -34,7 +34,7 @@ class ModelConfig:
     """``model`` section: what ``timm.create_model`` builds.
 
     Args:
-        name: timm registry name (vitlab's own, e.g. ``vitlab_vit_tiny_32``, or any timm model).
+        name: timm registry name (vitlab's own, e.g. ``vit_vitlab_tiny_patch4_32``, or any timm model).
         kwargs: extra ``timm.create_model`` keywords (``drop_path_rate``, ``patch_size``, ...). ``num_classes`` and
             ``img_size`` come from the data unless given here; ``in_chans`` given here makes the data adapt to it.
         pretrained: where the starting weights come from (``vitlab.checkpoint.resolve_pretrained``): a vitlab
@@ -45,7 +45,7 @@ class ModelConfig:
             re-initialised, as timm does. ``null`` trains from random initialisation.
     """
 
-    name: str = "vitlab_vit_tiny_32"
+    name: str = "vit_vitlab_tiny_patch4_32"
     kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
 

@@ -1,7 +1,7 @@
 """``ClassificationTask``: the LightningModule that trains any timm model, with vitlab's extension points.
 
 Example:
-    >>> task = ClassificationTask("vitlab_vit_tiny_32", num_classes=10, in_chans=1)
+    >>> task = ClassificationTask("vit_vitlab_tiny_patch4_32", num_classes=10, in_chans=1)
     >>> task.model(torch.zeros(2, 1, 32, 32)).shape
     torch.Size([2, 10])
 """
