@@ -75,10 +75,11 @@ def _hardware(accelerator: str) -> str:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    threads = torch.get_num_threads()
+    count = torch.get_num_threads()
+    threads = f"{count} CPU thread{'s' if count != 1 else ''}"
     if accelerator != "cpu" and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} GPU, {threads} CPU threads ({cpu})"
-    return f"{threads} CPU threads ({cpu}), no GPU used"
+        return f"{torch.cuda.get_device_name(0)} GPU, {threads} ({cpu})"
+    return f"{threads} ({cpu}), no GPU used"
 
 
 class _Stages:

@@ -67,7 +67,8 @@ def build_subspace_transform(
 
     def transform(model: nn.Module) -> nn.Module:
         wrapped = wrap_in_subspace(model, config)
-        set_peft_spec(wrapped, "subspace", target_modules, options)
+        # the resolved normalisation is recorded, so a checkpoint rebuilds the same P whatever the default becomes
+        set_peft_spec(wrapped, "subspace", target_modules, {**options, "projection_norm": config.projection_norm})
         return wrapped
 
     return transform
