@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from vitlab.cli.main import main
@@ -33,3 +34,16 @@ def test_resume_from_the_command_line(tmp_path, capsys):
     assert "optim.lr: 0.003 -> 0.1" in err and len(err.splitlines()) == 1
     assert main(["fit", "--name", "rr", "--resume", "true", *out]) == 1
     assert "runs in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model:\n  name: [unclosed\n", "is not valid YAML at line 3"),
+    ("", "is empty: a config file is a mapping"),
+    ("- a\n- b\n", "is a list: a config file is a mapping"),
+])
+def test_malformed_empty_or_list_configs_name_the_file(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["fit", "--config", str(path), "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(path) in err and message in err and len(err.splitlines()) == 1

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser, Namespace
 
+from vitlab.errors import VitlabError
+
 __all__ = ["COMMANDS", "build_parser", "dispatch", "is_user_error", "main"]
 
 #: subcommand -> (module, parser builder in it, one-line help)
@@ -266,6 +268,34 @@ def _one_line(err: BaseException) -> str:
     return text if known else f"{type(err).__name__}: {text}"
 
 
+def check_config_files(args: Sequence[str]) -> None:
+    """Refuse a ``--config`` YAML that is malformed, empty or not a mapping, naming the file (and line).
+
+    Example:
+        >>> check_config_files(["fit", "--name", "x"])  # no --config: nothing to check
+    """
+    import yaml
+
+    from vitlab.errors import ConfigError
+
+    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for path in map(Path, paths):
+        if not path.is_file():
+            continue  # the parser says the file does not exist
+        try:
+            content = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
+        if not isinstance(content, dict):
+            what = "empty" if content is None else f"a {type(content).__name__}"
+            raise ConfigError(f"{path} is {what}: a config file is a mapping of keys and sections (name:, model:, "
+                              "data:, ...); see configs/*.yaml")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: parse, run, and turn a user's error into one line on stderr and exit status 1 (a bad
     option or value: status 2, as argparse).
@@ -278,7 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = _chosen_command(args)
     help_only = any(a in ("-h", "--help") for a in args)
     try:
+        check_config_files(args)
         ns = build_parser(command if command in COMMANDS else None, help_only).parse_args(args)
+    except VitlabError as err:
+        print(f"vitlab {command}: error: {err}", file=sys.stderr)
+        return 2
     except ArgumentError as err:
         where = f"vitlab {command}" if command in COMMANDS else "vitlab"
         print(f"{where}: error: {' '.join(str(err).split())} (`{where} --help` lists the options)", file=sys.stderr)

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from timm.layers import resample_abs_pos_embed_nhwc
 from timm.models import load_state_dict
 from torch import nn
-
-if TYPE_CHECKING:
-    from vitlab.models.inception_transformer import InceptionTransformer
 
 __all__ = ["checkpoint_filter_fn", "load_official_checkpoint"]
 
@@ -58,8 +55,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dic
 
 
 def load_official_checkpoint(
-    model: InceptionTransformer, path_or_state_dict: str | Path | Mapping[str, Any]
-) -> InceptionTransformer:
+    model: nn.Module, path_or_state_dict: str | Path | Mapping[str, Any]
+) -> nn.Module:
     """Load official iFormer weights (``.pth`` read with ``weights_only=True``, or ``.safetensors``) into ``model``.
 
     Accepts a bare state dict or one wrapped in ``"model"``/``"state_dict"``, with or without ``module.`` prefixes.
