@@ -208,3 +208,14 @@ def test_a_logger_that_is_not_a_logger_is_refused(tmp_path):
     config.trainer["logger"] = {"class_path": "lightning.pytorch.callbacks.EarlyStopping"}
     with pytest.raises(ConfigError, match="is not a lightning"):
         fit(config)
+
+
+def test_a_corrupt_last_ckpt_is_a_one_line_error_on_resume(tmp_path):
+    from vitlab.checkpoint import CheckpointError
+
+    fit(_config(tmp_path, "corrupt", epochs=1))
+    last = tmp_path / "corrupt" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError) as info:
+        fit(_config(tmp_path, "corrupt", epochs=2), resume=True)
+    assert str(last) in str(info.value) and "\n" not in str(info.value)

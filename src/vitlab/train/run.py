@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -36,7 +37,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from vitlab.checkpoint import PretrainedWeights, create_model, resolve_pretrained, save_checkpoint, state_dict_sha256
+from vitlab.checkpoint import (
+    CheckpointError,
+    PretrainedWeights,
+    create_model,
+    resolve_pretrained,
+    save_checkpoint,
+    state_dict_sha256,
+)
 from vitlab.data import build_datamodule
 from vitlab.data.datamodule import VitlabDataModule
 from vitlab.errors import ConfigError
@@ -302,7 +310,12 @@ def _seeded(negatives: NegativesConfig, seed: int) -> NegativesConfig:
 def _checkpoint_epoch(last: Path) -> int | None:
     if not last.is_file():
         return None
-    return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    try:
+        return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{last} is not a readable Lightning checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'empty or truncated'}): restore it, or "
+                              "delete it and its run folder's model.safetensors to train the run again") from None
 
 
 def _drop_replayed_rows(run_dir: Path, last: Path) -> None:
