@@ -8,7 +8,7 @@ Example:
     >>> import timm, vitlab
     >>> from vitlab.models.flops import count_flops
     >>> model = timm.create_model("inception_transformer_small")
-    >>> round(count_flops(model, (3, 224, 224)) / 1e9, 2)  # doctest: +SKIP
+    >>> round(count_flops(model, (3, 224, 224)) / 1e9, 2)
     4.85
 """
 

@@ -3,11 +3,12 @@
 The model keeps the official parameter names and shapes, so no key is renamed: loading only unwraps containers,
 strips DataParallel prefixes and resizes position embeddings whose grid differs (224-px weights into a 384-px model).
 
-Example:
-    >>> import timm, vitlab
-    >>> from vitlab.models import load_official_checkpoint
-    >>> model = timm.create_model("inception_transformer_small")  # doctest: +SKIP
-    >>> load_official_checkpoint(model, "iformer_small.pth")  # doctest: +SKIP
+Example (with the authors' released ``iformer_small.pth``)::
+
+    import timm, vitlab
+    from vitlab.models import load_official_checkpoint
+
+    model = load_official_checkpoint(timm.create_model("inception_transformer_small"), "iformer_small.pth")
 """
 
 from __future__ import annotations
@@ -63,10 +64,9 @@ def load_official_checkpoint(
     Position embeddings are resized bilinearly when the checkpoint's grid differs (e.g. 224-px weights into an
     ``inception_transformer_small_384``). Raises ``ValueError`` naming every missing, unexpected and mis-shaped key.
 
-    Example:
-        >>> import timm, vitlab
-        >>> model = timm.create_model("inception_transformer_small")  # doctest: +SKIP
-        >>> load_official_checkpoint(model, "iformer_small.pth")  # doctest: +SKIP
+    Example::
+
+        model = load_official_checkpoint(timm.create_model("inception_transformer_small"), "iformer_small.pth")
     """
     if isinstance(path_or_state_dict, (str, Path)):
         path = Path(path_or_state_dict)

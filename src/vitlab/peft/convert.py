@@ -7,8 +7,10 @@ saves them with ``PeftModel.save_pretrained``. ``convert_adapter`` rebuilds the 
 sets match exactly, loads them and writes the folder (plus ``vitlab.json``, as a ``vitlab fit`` run's ``adapter/``).
 The numbers are unchanged: the same tensors, under new names.
 
-Example:
-    >>> convert_adapter("runs/old_run/adapter.safetensors", "runs/old_run/adapter")  # doctest: +SKIP
+Example (a vitlab 0.1 run folder; also ``vitlab peft convert runs/old_run/adapter.safetensors --out
+runs/old_run/adapter``)::
+
+    convert_adapter("runs/old_run/adapter.safetensors", "runs/old_run/adapter")
     PosixPath('runs/old_run/adapter')
 """
 

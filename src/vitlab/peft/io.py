@@ -12,14 +12,18 @@ lose the head, a known pitfall), and its metadata ``extra["peft"]`` holds ``{met
 on the base model before adaptation and on the adapted model alike (``.base_layer`` names are folded back).
 
 Example:
-    >>> import timm
+    >>> import tempfile, timm, torch
     >>> from vitlab.peft import build_peft_transform
-    >>> def base():
+    >>> def base():  # the same base weights each time (seeded)
+    ...     torch.manual_seed(0)
     ...     return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=1,
     ...                              num_heads=2, num_classes=10)
     >>> model = build_peft_transform("adapter", bottleneck=4)(base())
-    >>> path = save_adapter("/tmp/vitlab_doctest_adapter/adapter.safetensors", model)  # doctest: +SKIP
-    >>> restored = load_adapter(path, base())  # doctest: +SKIP
+    >>> path = save_adapter(tempfile.mkdtemp() + "/adapter.safetensors", model)
+    >>> restored = load_adapter(path, base())
+    >>> x = torch.randn(2, 3, 32, 32)
+    >>> torch.equal(restored.eval()(x), model.eval()(x))
+    True
 """
 
 from __future__ import annotations
