@@ -32,23 +32,8 @@ from vitlab.checkpoint.pretrained import (
 )
 
 __all__ = [
-    "FORMAT_VERSION",
-    "KINDS",
-    "LOADER_KEYWORDS",
-    "CheckpointError",
-    "MissingWeightsError",
-    "PretrainedWeights",
-    "build_model",
-    "check_model_kwargs",
-    "create_model",
-    "file_sha256",
-    "load_checkpoint",
-    "load_model",
-    "load_pretrained",
-    "read_metadata",
-    "read_tensor_shapes",
-    "resolve_pretrained",
-    "resolve_weights_path",
-    "save_checkpoint",
-    "state_dict_sha256",
+    "FORMAT_VERSION", "KINDS", "LOADER_KEYWORDS", "CheckpointError", "MissingWeightsError", "PretrainedWeights",
+    "build_model", "check_model_kwargs", "create_model", "file_sha256", "load_checkpoint", "load_model",
+    "load_pretrained", "read_metadata", "read_tensor_shapes", "resolve_pretrained", "resolve_weights_path",
+    "save_checkpoint", "state_dict_sha256",
 ]
