@@ -1,4 +1,4 @@
-"""``vitlab demo``: a 15-minute slice of ``vitlab study`` on 2 CPU cores, with its report.
+"""``vitlab demo``: a few-minute slice of ``vitlab study`` on 2 CPU cores (5.5 min measured), with its report.
 
 It runs ``demo_study.yaml`` (beside this file; ``configs/demo_study.yaml`` links to it): the small ViT pretrained on
 MNIST for 2 epochs, fine-tuned on 20 Fashion-MNIST images per class with full fine-tuning, LoRA and KAdaptation, each

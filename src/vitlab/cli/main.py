@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "diagnose-negatives": ("vitlab.cli.diagnose", "build_diagnose_parser",
                            "accuracy and confidence on patch-based negative views"),
     "data": ("vitlab.cli.main", "_data_parser", "install or list datasets"),
-    "demo": ("vitlab.cli.demo", "build_demo_parser", "the README's demo: a 15-minute slice of the study"),
+    "demo": ("vitlab.cli.demo", "build_demo_parser", "the README's demo: a few-minute slice of the study"),
     "intrinsic-dim": ("vitlab.cli.intrinsic_dim", "build_intrinsic_dim_parser", "d90 sweeps of subspace training"),
     "peft-study": ("vitlab.cli.peft_study", "build_peft_study_parser",
                    "accuracy vs parameters of every PEFT method"),

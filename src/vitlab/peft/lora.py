@@ -33,8 +33,9 @@ from peft import PeftConfig
 from torch import nn
 
 from vitlab.peft.registration import register_with_peft
+from vitlab.peft.slice_config import SliceAdapterConfig
 from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer, RowSliceTuner
-from vitlab.peft.targets import FUSED_SLICES, Target, classifier_names, resolve_preset
+from vitlab.peft.targets import Target, classifier_names, resolve_preset
 
 __all__ = ["LORA_QV", "LoraQVConfig", "LoraQVLayer", "LoraQVModel", "apply_lokr", "apply_lora", "apply_lora_qv"]
 
@@ -42,7 +43,7 @@ LORA_QV = "LORA_QV"
 
 
 @dataclass
-class LoraQVConfig(PeftConfig):
+class LoraQVConfig(SliceAdapterConfig):
     """LoRA ``(α/r)·B A`` on row slices (default the Q and V rows of every fused ``qkv``) or on whole Linears.
 
     Args:
@@ -55,11 +56,6 @@ class LoraQVConfig(PeftConfig):
     r: int = field(default=4, metadata={"help": "LoRA rank"})
     alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default r)"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
-    target_modules: str | list[str] | None = field(default=None, metadata={"help": "names, regex or preset"})
-    fused_slices: tuple[str, ...] = field(default=("q", "v"), metadata={"help": "rows of a fused qkv to adapt"})
-    train_head: bool = field(default=True, metadata={"help": "train the classifier head (modules_to_save)"})
-    modules_to_save: list[str] | None = field(default=None, metadata={"help": "modules trained and saved whole"})
-    seed: int | None = field(default=0, metadata={"help": "seed of the A initialisation"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,15 +65,9 @@ class LoraQVConfig(PeftConfig):
         self.alpha = float(self.r if self.alpha is None else self.alpha)
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        self.fused_slices = tuple(self.fused_slices)
-        if not self.fused_slices or any(s not in FUSED_SLICES for s in self.fused_slices):
-            raise ValueError(f"fused_slices must be a non-empty subset of {FUSED_SLICES}, got {self.fused_slices}")
-        if isinstance(self.target_modules, Sequence) and not isinstance(self.target_modules, str):
-            self.target_modules = list(self.target_modules)
+        self.check_slice_fields()
         if self.target_modules == "auto":
             raise ValueError("target_modules='auto' is KAdaptation's; give lora_qv names, a regex or a preset")
-        if self.modules_to_save is not None:
-            self.modules_to_save = list(self.modules_to_save)
 
 
 class LoraQVLayer(RowSliceLayer):

@@ -26,13 +26,11 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from peft import PeftConfig
-
-from vitlab.peft.targets import FUSED_SLICES
+from vitlab.peft.slice_config import SliceAdapterConfig
 
 __all__ = ["KADAPTATION", "KAdaptationConfig"]
 
@@ -41,7 +39,7 @@ PATHS = ("auto", "factored", "dense")
 
 
 @dataclass
-class KAdaptationConfig(PeftConfig):
+class KAdaptationConfig(SliceAdapterConfig):
     """Configuration of KAdaptation: ΔW = s · Σ_{i=1..n} A_i ⊗ (u_i v_iᵀ) on each targeted weight block.
 
     Args:
@@ -81,13 +79,8 @@ class KAdaptationConfig(PeftConfig):
     scale: float = field(default=1.0, metadata={"help": "constant s multiplying Delta W"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the dense Delta W (forces the dense path)"})
     path: Literal["auto", "factored", "dense"] = field(default="auto", metadata={"help": "how Delta W is applied"})
-    target_modules: str | list[str] | None = field(default=None, metadata={"help": "names, regex, preset or 'auto'"})
-    fused_slices: tuple[str, ...] = field(default=("q", "v"), metadata={"help": "rows of a fused qkv to adapt"})
     intrinsic_table: str | None = field(default=None, metadata={"help": "per-module d90 CSV for target 'auto'"})
     auto_top_k: int = field(default=2, metadata={"help": "module kinds chosen by 'auto'"})
-    train_head: bool = field(default=True, metadata={"help": "train the classifier head (modules_to_save)"})
-    modules_to_save: list[str] | None = field(default=None, metadata={"help": "modules trained and saved whole"})
-    seed: int | None = field(default=0, metadata={"help": "seed of the factor initialisation"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -104,15 +97,15 @@ class KAdaptationConfig(PeftConfig):
             raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
         if self.path == "factored" and self.dropout > 0:
             raise ValueError("dropout on Delta W needs the dense Delta W: use path='dense' or 'auto', or dropout=0")
-        self.fused_slices = tuple(self.fused_slices)
-        if not self.fused_slices or any(s not in FUSED_SLICES for s in self.fused_slices):
-            raise ValueError(f"fused_slices must be a non-empty subset of {FUSED_SLICES}, got {self.fused_slices}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float) or not math.isfinite(self.scale) \
+                or self.scale == 0:
+            raise ValueError(f"scale must be a finite non-zero number, got {self.scale!r}")
+        if not isinstance(self.delta_bias, bool) or not isinstance(self.share_a, bool):
+            raise ValueError(f"delta_bias and share_a must be true or false, got {self.delta_bias!r}, "
+                             f"{self.share_a!r}")
+        self.check_slice_fields()
         if self.target_modules == "auto" and not self.intrinsic_table:
             raise ValueError("target_modules='auto' reads the per-module intrinsic-dimension table: set "
                              "intrinsic_table to the CSV written by `vitlab intrinsic-dim --per-module`")
-        if isinstance(self.target_modules, Sequence) and not isinstance(self.target_modules, str):
-            self.target_modules = list(self.target_modules)
         if not isinstance(self.auto_top_k, int) or self.auto_top_k < 1:
             raise ValueError(f"auto_top_k must be a positive int, got {self.auto_top_k!r}")
-        if self.modules_to_save is not None:
-            self.modules_to_save = list(self.modules_to_save)
