@@ -219,3 +219,22 @@ def test_a_corrupt_last_ckpt_is_a_one_line_error_on_resume(tmp_path):
     with pytest.raises(CheckpointError) as info:
         fit(_config(tmp_path, "corrupt", epochs=2), resume=True)
     assert str(last) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_model_compile_runs_in_place_and_saves_eager_names(tmp_path):
+    config = _config(tmp_path, "compiled", epochs=1)
+    config.model.compile = {"backend": "eager"}  # torch.compile's graph capture without a C++ toolchain: quick
+
+    class Compiled(L.Callback):
+        def on_train_start(self, trainer, task):
+            self.compiled = task.model._compiled_call_impl is not None  # what nn.Module.compile sets
+
+    seen = Compiled()
+    result = fit(config, callbacks=[seen])
+    assert seen.compiled
+    from vitlab.checkpoint import load_model
+
+    model, meta = load_model(result.run_dir)  # plain names: no "_orig_mod." prefix
+    assert all("_orig_mod" not in name for name in model.state_dict())
+    with pytest.raises(ConfigError, match="model.compile"):
+        ModelConfig(compile="yes")

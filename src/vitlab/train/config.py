@@ -43,11 +43,21 @@ class ModelConfig:
             default or named tag, through timm's loader and the Hugging Face cache); or ``hf-hub:ORG/NAME``. Position
             embeddings are resampled, the stem adapted to ``in_chans`` and a classifier with another class count
             re-initialised, as timm does. ``null`` trains from random initialisation.
+        compile: ``true`` compiles the model's forward with ``torch.compile`` (in place: parameter names and saved
+            weights are unchanged), or a mapping of ``torch.compile`` keywords (``{mode: max-autotune}``,
+            ``{backend: eager}``); ``false`` (default) runs eagerly.
     """
 
     name: str = "vit_vitlab_tiny_patch4_32"
     kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
+    compile: bool | dict[str, Any] = False
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.name, str) and self.name.strip() != "", "model.name", self.name, "a timm model name")
+        _require(isinstance(self.kwargs, dict), "model.kwargs", self.kwargs, "a mapping of timm.create_model keywords")
+        _require(isinstance(self.compile, bool | dict), "model.compile", self.compile,
+                 "true, false, or a mapping of torch.compile keywords")
 
 
 @dataclass

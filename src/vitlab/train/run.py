@@ -278,6 +278,8 @@ def _fit_locked(
         base, optim=config.optim, loss_terms=build_loss_terms(_seeded(config.negatives, config.seed)),
         model_transform=build_model_transform(config.peft),
     )
+    if config.model.compile:  # in place: the module and its state-dict names stay those of the eager model
+        task.model.compile(**(config.model.compile if isinstance(config.model.compile, dict) else {}))
     ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path is not None:
         _drop_replayed_rows(run_dir, last)
