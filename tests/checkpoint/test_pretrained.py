@@ -54,6 +54,7 @@ def test_plain_safetensors_loads_and_drops_a_head_of_another_class_count(tmp_pat
     _assert_backbone_equal(model, state)
     assert model.head.weight.shape == (10, 192)
     assert "state_dict" not in model.pretrained_cfg  # the overlay's tensors are not kept on the model
+    assert weights._state_dict is None  # nor on the weights object a run keeps
     # same class count: the head loads too
     same, _, _ = create_model("vit_tiny_patch16_224", weights, **SMALL_VIT)
     _assert_backbone_equal(same, state, skip=())

@@ -15,6 +15,7 @@ from vitlab.checkpoint.format import (
     MissingWeightsError,
     build_model,
     check_model_kwargs,
+    has_vitlab_metadata,
     load_checkpoint,
     load_model,
     read_metadata,
@@ -33,7 +34,7 @@ from vitlab.checkpoint.pretrained import (
 
 __all__ = [
     "FORMAT_VERSION", "KINDS", "LOADER_KEYWORDS", "CheckpointError", "MissingWeightsError", "PretrainedWeights",
-    "build_model", "check_model_kwargs", "create_model", "file_sha256", "load_checkpoint", "load_model",
-    "load_pretrained", "read_metadata", "read_tensor_shapes", "resolve_pretrained", "resolve_weights_path",
-    "save_checkpoint", "state_dict_sha256",
+    "build_model", "check_model_kwargs", "create_model", "file_sha256", "has_vitlab_metadata", "load_checkpoint",
+    "load_model", "load_pretrained", "read_metadata", "read_tensor_shapes", "resolve_pretrained",
+    "resolve_weights_path", "save_checkpoint", "state_dict_sha256",
 ]

@@ -47,6 +47,7 @@ __all__ = [
     "MissingWeightsError",
     "build_model",
     "check_model_kwargs",
+    "has_vitlab_metadata",
     "load_checkpoint",
     "load_model",
     "read_metadata",
@@ -208,6 +209,15 @@ def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]
         what = "empty" if size == 0 else f"corrupt or truncated ({size} bytes)"
         raise CheckpointError(f"{path} is not a readable safetensors file: {what} ({err}); "
                               "write it again or pass another file") from None
+
+
+def has_vitlab_metadata(path: str | Path) -> bool:
+    """True when a ``.safetensors`` file carries the ``vitlab`` metadata entry (read from its header only).
+
+    Raises:
+        CheckpointError: the file is not a readable safetensors file.
+    """
+    return METADATA_KEY in _read_header(Path(path))[0]
 
 
 def read_tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:

@@ -50,6 +50,7 @@ from vitlab.checkpoint.format import (
     CheckpointError,
     MissingWeightsError,
     check_model_kwargs,
+    has_vitlab_metadata,
     read_metadata,
 )
 from vitlab.errors import ConfigError
@@ -134,6 +135,10 @@ class PretrainedWeights:
         if self._state_dict is None:
             self._state_dict = _read_weights_file(Path(self.location))
         return self._state_dict
+
+    def release(self) -> None:
+        """Drop the file's tensors read by ``state_dict()`` once they are in a model (a run keeps this object)."""
+        self._state_dict = None
 
     def _hub(self) -> tuple[dict[str, Any], str, dict[str, Any]]:
         if self._hub_config is None:
@@ -250,9 +255,7 @@ def _from_path(path: Path, model_name: str) -> PretrainedWeights:
                                ".pth, .pt, .bin), a vitlab run folder, 'timm' or 'hf-hub:ORG/NAME'")
     path = path.resolve()
     if path.suffix == ".safetensors":
-        from vitlab.checkpoint.format import _read_header
-
-        if "vitlab" not in _read_header(path)[0]:  # raises on a corrupt file
+        if not has_vitlab_metadata(path):  # raises on a corrupt file
             return PretrainedWeights("file", str(path), model_name)
         kind = read_metadata(path)["kind"]
         if kind != "model":
@@ -384,6 +387,7 @@ def create_model(
         raise CheckpointError(f"weights {weights.location} do not fit {architecture} ({kwargs}): "
                               f"{_first_lines(err)}") from None
     model.pretrained_cfg.pop("state_dict", None)  # the overlay's tensors: do not keep a second copy on the model
+    weights.release()
     _check_loaded(model, loads, weights)
     return model, architecture, kwargs
 
@@ -470,6 +474,7 @@ def load_pretrained(model: nn.Module, spec: str | Mapping[str, Any] | Pretrained
                                  in_chans=in_chans, filter_fn=getattr(module, "checkpoint_filter_fn", None))
     except RuntimeError as err:
         raise CheckpointError(f"weights {weights.location} do not fit {architecture}: {_first_lines(err)}") from None
+    weights.release()
     _check_loaded(model, loads, weights)
     return model
 

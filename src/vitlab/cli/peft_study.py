@@ -148,9 +148,9 @@ def backbone_model(backbone: str | None, model: str | None, model_kwargs: Mappin
 
 
 def _is_vitlab_file(path: str | Path) -> bool:
-    from vitlab.checkpoint import resolve_pretrained
+    from vitlab.checkpoint import has_vitlab_metadata
 
-    return Path(path).suffix == ".safetensors" and resolve_pretrained(path, "vit_tiny_patch16_224").source == "vitlab"
+    return Path(path).suffix == ".safetensors" and has_vitlab_metadata(path)
 
 
 def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mnist", *, model: str | None = None,
