@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitlab.data import DATASET_NAMES, EpochRandomSampler, build_datamodule, build_eval_transform
+from vitlab.data import DATASET_NAMES, EpochRandomSampler, build_datamodule, build_eval_transform, few_shot_indices
 from vitlab.data import datamodule as dm_mod
 from vitlab.data.readers import read_digits
 
@@ -237,3 +237,59 @@ def test_real_dataset_datamodule(real_data_dir, name):
     assert x.shape == (500, 1, 32, 32) and x[:, :, :2].eq(x[0, 0, 0, 0]).all()  # padded border = normalised zero
     assert dm.test_dataset.labels.bincount().tolist() == ([1000] * 10 if name == "fashion_mnist" else
                                                           [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+
+
+def _labelled_idx(root: Path, labels: np.ndarray) -> None:
+    """An idx dataset whose image i is filled with the value i (so a subset's indices can be read off its images)."""
+    images = np.repeat(np.arange(len(labels), dtype=np.uint8)[:, None, None], 28, axis=1).repeat(28, axis=2)
+    for key, arr in {"train_images": images, "train_labels": labels, "test_images": images[:4],
+                     "test_labels": labels[:4]}.items():
+        write_idx(root / STEMS[key], np.asarray(arr, dtype=np.uint8))
+
+
+def test_few_shot_keeps_k_per_class_of_the_training_split_deterministically(tmp_path):
+    labels = np.arange(60) % 3  # 3 classes, 20 images each
+    _labelled_idx(tmp_path, labels)
+
+    def few_shot(shots, seed, val_fraction=0.25):
+        dm = ready("idx", root=tmp_path, val_fraction=val_fraction, few_shot={"shots": shots, "seed": seed})
+        return dm, dm.train_dataset.labels.tolist()
+
+    dm, picked = few_shot(4, 0)
+    assert len(dm.train_dataset) == 12 and sorted(np.bincount(picked).tolist()) == [4, 4, 4]  # class balance
+    full = ready("idx", root=tmp_path, val_fraction=0.25)
+    # the subset comes from the training split only (never a validation image), and validation is untouched
+    assert set(dm.train_dataset.images[:, 0, 0, 0].tolist()) <= set(full.train_dataset.images[:, 0, 0, 0].tolist())
+    assert torch.equal(dm.val_dataset.images, full.val_dataset.images)
+    assert torch.equal(few_shot(4, 0)[0].train_dataset.images, dm.train_dataset.images)  # same seed, same subset
+    assert not torch.equal(few_shot(4, 1)[0].train_dataset.images, dm.train_dataset.images)
+    # the same images as few_shot_indices drawn on the training split's labels (what peft-study used to patch in)
+    expected = full.train_dataset.images[few_shot_indices(full.train_dataset.labels, 4, 0)]
+    assert torch.equal(dm.train_dataset.images, expected)
+
+
+@pytest.mark.parametrize("few_shot,match", [
+    ({"shots": 0, "seed": 0}, "shots must be an int >= 1"), ({"shots": 2.5, "seed": 0}, "shots must be an int"),
+    ({"shots": 2, "seed": -1}, "seed must be an int >= 0"), ({"k": 2, "seed": 0}, "exactly the keys shots and seed"),
+    (5, "exactly the keys shots and seed"), ({"shots": True, "seed": 0}, "shots must be an int"),
+])
+def test_few_shot_refuses_bad_values_naming_the_fix(few_shot, match):
+    with pytest.raises(ValueError, match=match):
+        build_datamodule("digits", few_shot=few_shot)
+
+
+def test_few_shot_refuses_more_shots_than_a_class_has(tmp_path):
+    _labelled_idx(tmp_path, np.arange(20) % 2)
+    with pytest.raises(ValueError, match="fewer than k=9"):
+        ready("idx", root=tmp_path, val_fraction=0.25, few_shot={"shots": 9, "seed": 0})
+
+
+def test_few_shot_indices_is_balanced_seeded_and_leaves_the_global_rng_alone():
+    labels = torch.arange(100) % 5
+    state = torch.random.get_rng_state()
+    picked = few_shot_indices(labels, 3, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.bincount(labels[picked]).tolist() == [3] * 5 and torch.equal(picked, picked.sort().values)
+    assert torch.equal(few_shot_indices(labels, 3, seed=7), picked)
+    with pytest.raises(ValueError, match="1-D integer"):
+        few_shot_indices(torch.zeros(4), 1, 0)

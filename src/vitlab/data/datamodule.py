@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,57 @@ from .loading import LoadedData, channel_stats, load_in_memory, resolve_image_fo
 from .registry import check_name, get_spec
 from .transforms import AUGMENT_PRESETS, Normalize, build_augment
 
-__all__ = ["VitlabDataModule", "build_datamodule"]
+__all__ = ["VitlabDataModule", "build_datamodule", "check_few_shot", "few_shot_indices"]
+
+
+def few_shot_indices(labels: Sequence[int] | torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """Indices of ``k`` examples per class, drawn with a seeded generator (global RNG untouched), sorted.
+
+    Args:
+        labels: ``[N]`` integer class labels of the training set.
+        k: examples per class.
+        seed: subset seed.
+
+    Returns:
+        ``[k * num_classes]`` int64 indices into ``labels``.
+
+    Example:
+        >>> few_shot_indices([0, 1, 0, 1, 0, 1], k=2, seed=0).tolist()
+        [0, 3, 4, 5]
+    """
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or labels.dtype.is_floating_point:
+        raise ValueError(f"labels must be a 1-D integer tensor, got shape {tuple(labels.shape)} {labels.dtype}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    generator = torch.Generator().manual_seed(seed)
+    picked = []
+    for cls in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == cls).flatten()
+        if len(members) < k:
+            raise ValueError(f"class {cls} has {len(members)} examples, fewer than k={k}")
+        picked.append(members[torch.randperm(len(members), generator=generator)[:k]])
+    return torch.sort(torch.cat(picked)).values
+
+
+def check_few_shot(few_shot: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """Validate a ``few_shot`` option: ``None`` (every training image) or ``{"shots": K >= 1, "seed": S >= 0}``.
+
+    Example:
+        >>> check_few_shot({"shots": 5, "seed": 1})
+        {'shots': 5, 'seed': 1}
+    """
+    if few_shot is None:
+        return None
+    fix = "give data.options.few_shot as {shots: K, seed: S} (K >= 1 images per class, S >= 0), or leave it out"
+    if not isinstance(few_shot, Mapping) or set(few_shot) != {"shots", "seed"}:
+        raise ValueError(f"few_shot must be a mapping with exactly the keys shots and seed, got {few_shot!r}: {fix}")
+    shots, seed = few_shot["shots"], few_shot["seed"]
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise ValueError(f"few_shot.shots must be an int >= 1, got {shots!r}: {fix}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"few_shot.seed must be an int >= 0, got {seed!r}: {fix}")
+    return {"shots": shots, "seed": seed}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +104,10 @@ class VitlabDataModule(L.LightningDataModule):
     Rules:
         * Splits: validation is carved from the official training set (``val_fraction``, default 0.1) by a random
           permutation drawn from ``torch.Generator().manual_seed(seed)``; ``limit_train`` keeps the first N of the
-          remaining training indices; test is the official test set in file order (digits: last 360 images;
-          imagefolder: ``root/test``, else ``root/val``).
+          remaining training indices; ``few_shot={"shots": K, "seed": S}`` then keeps K images per class of those
+          (`few_shot_indices`, drawn from ``torch.Generator().manual_seed(S)``, the same subset for the same S); test
+          is the official test set in file order (digits: last 360 images; imagefolder: ``root/test``, else
+          ``root/val``).
         * Geometry: images already ``img_size`` are unchanged; MNIST-family 28-px images (also 28-px ``idx`` files)
           are zero-padded to 32 (not resized), then resized (bilinear, antialiased) if ``img_size`` != 32; other
           datasets are resized to ``img_size``; imagefolder files: shorter side resized to ``img_size``, center crop.
@@ -86,6 +138,9 @@ class VitlabDataModule(L.LightningDataModule):
         mixup, cutmix: timm Mixup ``mixup_alpha`` / ``cutmix_alpha`` (0 disables).
         random_erasing: probability of timm's RandomErasing per training image (0 disables).
         limit_train: keep at most this many training images (after the validation split), or None.
+        few_shot: ``{"shots": K, "seed": S}``: train on K images per class of the training split (after the
+            validation split and ``limit_train``), or None for all; e.g. ``few_shot={"shots": 5, "seed": 0}``
+            (in a run config: ``data: {options: {few_shot: {shots: 5, seed: 0}}}``).
         cache_dir: vitlab's cache root when ``root`` is None (default ``$VITLAB_DATA`` or ``~/.cache/vitlab``).
         train_images, train_labels, test_images, test_labels: ``idx`` only; IDX file paths (relative to ``root``
             when given). Unset ones default to the MNIST names ``train-images-idx3-ubyte[.gz]`` etc. in ``root``.
@@ -102,6 +157,7 @@ class VitlabDataModule(L.LightningDataModule):
         train_labels: str | None = None, test_images: str | None = None, test_labels: str | None = None,
         mean: Sequence[float] | None = None, std: Sequence[float] | None = None, randaugment_num_ops: int = 2,
         randaugment_magnitude: int = 9, augmix_severity: int = 3, pin_memory: bool = False,
+        few_shot: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.spec = get_spec(check_name(name))
@@ -118,6 +174,7 @@ class VitlabDataModule(L.LightningDataModule):
         _check(0.0 <= random_erasing <= 1.0, f"random_erasing is a probability in [0, 1], got {random_erasing}")
         _check(limit_train is None or limit_train >= 1, f"limit_train must be None or >= 1, got {limit_train}")
         _check(num_workers >= 0, f"num_workers must be >= 0, got {num_workers}")
+        few_shot = check_few_shot(few_shot)
         train_images, train_labels, test_images, test_labels = (
             None if p is None else str(p) for p in (train_images, train_labels, test_images, test_labels)
         )  # str, not Path: hyper-parameters must load with torch.load(weights_only=True)
@@ -227,6 +284,7 @@ class VitlabDataModule(L.LightningDataModule):
             samples = scan_image_folder(train_dir)
             test_samples = scan_image_folder(test_dir, meta.class_names)
             train_idx, val_idx = self._split(len(samples))
+            train_idx = self._few_shot(train_idx, torch.tensor([label for _, label in samples]))
             mode = "RGB" if meta.source_chans == 3 else "L"
 
             def make(items, **kw):
@@ -238,6 +296,7 @@ class VitlabDataModule(L.LightningDataModule):
         else:
             data = self._load()
             train_idx, val_idx = self._split(len(data.train.labels))
+            train_idx = self._few_shot(train_idx, torch.as_tensor(data.train.labels))
 
             def make(images, labels, **kw):
                 return TensorImageDataset(images, labels, normalize, self.img_size, meta.pad_to, **kw)
@@ -261,6 +320,13 @@ class VitlabDataModule(L.LightningDataModule):
             train = train[: self.hparams.limit_train]
         _check(len(train) > 0, f"no training images left: {n} images, val_fraction={self.hparams.val_fraction}")
         return train.sort().values, perm[:n_val].sort().values
+
+    def _few_shot(self, train: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``train`` (sorted indices) reduced to ``few_shot.shots`` per class, still sorted; all without few_shot."""
+        few_shot = self.hparams.few_shot
+        if few_shot is None:
+            return train
+        return train[few_shot_indices(labels[train], few_shot["shots"], few_shot["seed"])]
 
     def _loader(self, dataset, train: bool) -> DataLoader:
         hp = self.hparams
@@ -309,7 +375,7 @@ def build_datamodule(name: str, root: str | Path | None = None, img_size: int = 
     """Build the `VitlabDataModule` for dataset `name` (checked now; the error lists the valid names).
 
     See `VitlabDataModule` for the splitting, geometry, channel, normalisation and augmentation rules and the
-    remaining keyword arguments (num_workers, mixup, cutmix, random_erasing, limit_train, eval_batch_size,
+    remaining keyword arguments (num_workers, mixup, cutmix, random_erasing, limit_train, few_shot, eval_batch_size,
     cache_dir, train_images, train_labels, test_images, test_labels, mean, std, ...).
     """
     check_name(name)
