@@ -1,4 +1,5 @@
-"""vitlab's import order: ``cli -> study/train/eval -> peft, losses -> augment, data, models -> checkpoint, metrics``.
+"""vitlab's import order: ``cli -> study -> train/eval -> peft, losses -> augment, data, models -> checkpoint,
+metrics``.
 
 Lower layers never import upper ones, not even inside a function; packages of one layer do not import each other;
 no module of vitlab takes part in an import cycle. ``vitlab.errors`` and ``vitlab`` itself (``__init__``, which
@@ -19,8 +20,9 @@ LAYERS: dict[str, int] = {
     "checkpoint": 1, "metrics": 1,
     "augment": 2, "data": 2, "models": 2,
     "peft": 3, "losses": 3,
-    "study": 4, "train": 4, "eval": 4,
-    "cli": 5, "__main__": 6,
+    "train": 4, "eval": 4,
+    "study": 5,
+    "cli": 6, "__main__": 7,
 }
 
 

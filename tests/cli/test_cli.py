@@ -116,7 +116,7 @@ def test_every_config_file_loads(path):
 
 @pytest.mark.parametrize("path", STUDIES, ids=[p.name for p in STUDIES])
 def test_every_study_config_loads_with_and_without_full(path):
-    from vitlab.cli.study_config import load_study_config
+    from vitlab.study.config import load_study_config
 
     for full in (False, True):
         study = load_study_config(path, full=full)
@@ -217,7 +217,7 @@ def _value_error_from_torch() -> ValueError:
 
 
 def test_value_errors_raised_by_vitlab_are_user_errors():
-    from vitlab.cli.robustness import parse_n
+    from vitlab.eval.evaluate import parse_n
 
     with pytest.raises(ValueError) as raised:
         parse_n("-3")
@@ -228,7 +228,7 @@ def test_output_dir_is_the_parent_of_the_named_folder_in_every_command(monkeypat
     from vitlab.cli import peft_study
 
     seen = {}
-    monkeypatch.setattr(peft_study, "run_study", lambda **options: seen.update(options))
+    monkeypatch.setattr("vitlab.study.peft_study.run_peft_study", lambda **options: seen.update(options))
     assert main(["peft-study", "--output_dir", str(tmp_path), "--name", "s1", "--shots", "[5]"]) == 0
     assert seen["output_dir"] == str(tmp_path / "s1") and seen["shots"] == [5]
     assert main(["peft-study", "--output_dir", str(tmp_path), "--name", "../up"]) == 1
@@ -249,12 +249,12 @@ def test_a_bad_option_is_one_line_naming_it(args, message, capsys):
 
 
 def test_quick_help_falls_back_to_the_real_trainer_section(monkeypatch):
-    from vitlab.cli import fit
+    from vitlab.train import arguments
 
     def moved(parser):
         raise FileNotFoundError("lightning/pytorch/trainer/trainer.py")  # a Lightning laid out differently
 
-    monkeypatch.setattr(fit, "_add_trainer_help", moved)
+    monkeypatch.setattr(arguments, "_add_trainer_help", moved)
     parser = build_fit_parser(help_only=True)
     assert parser.parse_args(["--trainer.max_epochs", "3"]).trainer.max_epochs == 3  # the real, typed section
     with pytest.raises(SystemExit):

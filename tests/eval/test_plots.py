@@ -4,8 +4,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from vitlab.eval import study_plots
-from vitlab.peft.study import plot_accuracy_vs_params
+from vitlab.study import plots as study_plots
 from vitlab.train.plots import plot_training_curves
 
 
@@ -23,7 +22,7 @@ def test_plots_never_touch_the_backend_or_pyplot(monkeypatch, tmp_path):
                clean_acc_std=0.01, accuracy_mean=0.7, accuracy_std=0.02)
     paths = [plot_training_curves(tmp_path / "metrics.csv", tmp_path / "curves.png"),
              study_plots.plot_accuracy_vs_params([row], tmp_path / "study.png"),
-             plot_accuracy_vs_params([row], tmp_path / "peft.png")]
+             study_plots.plot_summary_accuracy_vs_params([row], tmp_path / "peft.png")]
     for path in paths:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width > 200

@@ -15,6 +15,7 @@ from peft import PeftModel
 from torch import nn
 
 from vitlab.checkpoint import CheckpointError, read_metadata, save_checkpoint
+from vitlab.data import few_shot_indices
 from vitlab.peft import (
     build_peft_transform,
     count_parameters,
@@ -24,7 +25,6 @@ from vitlab.peft import (
     merge_adapters,
     save_adapter,
 )
-from vitlab.peft.study import few_shot_indices
 
 CASES = [  # (method, options, adaptation parameters on the tiny ViT below: width 48, depth 2, qkv 48 -> 144)
     ("full", {}, "all"),

@@ -1,9 +1,10 @@
 """``vitlab demo``: a few-minute slice of ``vitlab study`` on 2 CPU cores (5.5 min measured), with its report.
 
-It runs ``demo_study.yaml`` (beside this file; ``configs/demo_study.yaml`` links to it): the small ViT pretrained on
-MNIST for 2 epochs, fine-tuned on 20 Fashion-MNIST images per class with full fine-tuning, LoRA and KAdaptation, each
-without and with P-Rotate/l2 negative views; clean, generated-corruption (N = 100) and negative-view accuracy; a
-short intrinsic-dimension curve. Output: ``runs/demo/report.md`` and ``report.html``. Rerunning resumes.
+It runs `vitlab.study.config.DEMO_CONFIG` (``src/vitlab/study/configs/demo_study.yaml``; ``configs/demo_study.yaml``
+links to it): the small ViT pretrained on MNIST for 2 epochs, fine-tuned on 20 Fashion-MNIST images per class with
+full fine-tuning, LoRA and KAdaptation, each without and with P-Rotate/l2 negative views; clean, generated-corruption
+(N = 100) and negative-view accuracy; a short intrinsic-dimension curve. Output: ``runs/demo/report.md`` and
+``report.html``. Rerunning resumes.
 
 Example:
     vitlab demo                      # what `make demo` runs
@@ -12,19 +13,17 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
-__all__ = ["DEMO_CONFIG", "build_demo_parser", "run_demo"]
-
-DEMO_CONFIG = Path(__file__).resolve().parent / "demo_study.yaml"
+__all__ = ["build_demo_parser", "run_demo"]
 
 
 def build_demo_parser() -> ArgumentParser:
     """The ``vitlab demo`` parser: ``vitlab study``'s options with the demo's config as default."""
     from vitlab.cli.study import build_study_parser
+    from vitlab.study.config import DEMO_CONFIG
 
     return build_study_parser(prog="vitlab demo", default_config=str(DEMO_CONFIG))
 

@@ -1,50 +1,22 @@
 """``vitlab study``: Inception Transformer + negative augmentation + parameter-efficient fine-tuning, end to end.
 
-Stages, each cached so that a rerun of the same command resumes where it stopped:
+The command parses its options, loads the study YAML (`vitlab.study.config.load_study_config`) and calls
+`vitlab.study.run.run_study`, whose docstring describes the stages, their cache and the report. Rerunning resumes.
 
-1. ``pretrain``: each backbone the study uses is trained by its `vitlab fit` config (MNIST), or its cached run
-   folder (``model.safetensors`` present) is used, only if that same config made it (else refused with the differing
-   keys named); an interrupted pretraining resumes from ``last.ckpt``;
-2. ``finetune``: the grid of `vitlab.cli.study_config.FinetuneSpec` and the ``extra_runs``, one process per run
-   (`vitlab.cli.peft_study.launch_run`), rows in ``finetune/results.csv``; finished runs made by the same
-   configuration are skipped, others redone;
-3. ``evaluate``: for every run, generated-corruption accuracy (`vitlab robustness`, ``evaluation.corruption_n``
-   test images, the set generated once) and negative-view accuracy (`vitlab diagnose-negatives`); each writes its
-   JSON into the run folder and is skipped when present;
-4. ``intrinsic_dim``: the d90 sweep (and with ``per_module`` the per-module sweep) of `vitlab intrinsic-dim` on each
-   listed backbone, fine-tuning from the pretrained weights; folders ``intrinsic/<backbone>/``;
-5. ``report``: ``results.csv``, ``robustness.csv``, ``study.json``, ``report.md``, ``report.html`` and ``plots/``
-   (`vitlab.eval.study_report`); ``--readme README.md`` also rewrites the README's Results section from it and
-   copies the report, its plots and tables to ``docs/study/`` beside the README (run folders are not versioned).
+Example (shell commands)::
 
-Before starting, a measured time estimate per stage is printed (`vitlab.cli.study_estimate`); ``--estimate_only``
-stops there. Every cached stage is keyed on the configuration that made it (`vitlab.cli.cache`);
-``--reuse_cached_as_is true`` uses it regardless. A GPU is used when present (``accelerator: auto``). Everything
-lands in ``<output_dir>/<name>/``.
-
-Example:
     vitlab study --config configs/study.yaml            # the default, about an hour on 2 CPU cores
     vitlab study --config configs/study.yaml --full     # both backbones, all shots and seeds
 """
 
 from __future__ import annotations
 
-import json
-import platform
 import shlex
-import time
-from dataclasses import asdict
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import yaml
 from jsonargparse import ArgumentParser, Namespace
 
-if TYPE_CHECKING:
-    from vitlab.cli.study_config import StudyConfig
-
-__all__ = ["build_study_parser", "run_study_cli", "run_vitlab_study"]
+__all__ = ["build_study_parser", "run_study_cli"]
 
 
 def build_study_parser(prog: str = "vitlab study", default_config: str | None = "configs/study.yaml") -> ArgumentParser:
@@ -66,147 +38,16 @@ def build_study_parser(prog: str = "vitlab study", default_config: str | None = 
     return parser
 
 
-def _hardware(accelerator: str) -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    count = torch.get_num_threads()
-    threads = f"{count} CPU thread{'s' if count != 1 else ''}"
-    if accelerator != "cpu" and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} GPU, {threads} ({cpu})"
-    return f"{threads} ({cpu}), no GPU used"
-
-
-class _Stages:
-    """Times each stage and records it in ``study.json`` (written after every stage, so a crash keeps the record)."""
-
-    def __init__(self, config: StudyConfig, command: str, estimates: list[dict[str, Any]]) -> None:
-        import torch
-
-        self.path = config.folder / "study.json"
-        old = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        measured = {s["stage"]: s.get("measured_s") for s in old.get("stages", [])}
-        self.record: dict[str, Any] = {
-            "name": config.name, "command": command,
-            "started": old.get("started", datetime.now(UTC).isoformat(timespec="seconds")),
-            "vitlab_version": _version(), "torch_version": torch.__version__,
-            "hardware": _hardware(config.accelerator), "config": asdict(config),
-            # measured_s adds up the time every invocation of this study spent on the stage: a cached stage keeps
-            # what it took when it ran, a resumed one adds this invocation's time to the earlier ones'
-            "stages": [{**e, "measured_s": measured.get(e["stage"]), "status": "pending"} for e in estimates],
-        }
-        self.earlier_s = float(old.get("wall_time_s") or 0.0)
-        self.start = time.perf_counter()
-
-    def run(self, stage: str, function: Any, *args: Any, **kwargs: Any) -> Any:
-        print(f"\n== {stage} ==", flush=True)
-        start = time.perf_counter()
-        result = function(*args, **kwargs)
-        entry = next(e for e in self.record["stages"] if e["stage"] == stage)
-        if entry["estimated_s"] == 0.0 and entry["measured_s"] is not None:
-            entry["status"] = "cached"
-        else:
-            earlier = entry["measured_s"] or 0.0
-            entry.update(measured_s=round(earlier + time.perf_counter() - start, 1), status="done")
-        self.save()
-        return result
-
-    def save(self, **fields: Any) -> None:
-        # wall time of every invocation of this study so far (a resumed study adds up its parts)
-        self.record.update(fields, wall_time_s=round(self.earlier_s + time.perf_counter() - self.start, 1))
-        self.path.write_text(json.dumps(self.record, indent=2, default=str) + "\n")
-
-
-def _version() -> str:
-    from vitlab import __version__
-
-    return __version__
-
-
-def run_vitlab_study(config: StudyConfig, command: str, estimate_only: bool = False,
-                     readme: str | None = None, reuse_cached_as_is: bool = False) -> dict[str, Any]:
-    """Run (or resume) a study; returns the report paths (``{"markdown", "html", "plots", "rows"}``).
-
-    Args:
-        config: the study (`vitlab.cli.study_config.load_study_config`).
-        command: the command line, recorded in the report.
-        estimate_only: print the per-stage time estimates and return ``{"estimates": [...]}``.
-        readme: a README whose ``<!-- study-results:start/end -->`` section is rewritten from the report.
-        reuse_cached_as_is: reuse every cached stage even when another configuration made it (`vitlab.cli.cache`).
-    """
-    from vitlab.cli.study_estimate import estimate_study, format_estimates
-    from vitlab.cli.study_stages import (
-        evaluate_runs,
-        finetune_specs,
-        pretrain_backbones,
-        run_finetune,
-        run_intrinsic,
-        write_tables,
-    )
-    from vitlab.eval.study_report import write_study_report
-
-    folder = config.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "study_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
-    estimates = estimate_study(config)
-    print(f"study {folder}: measured time estimate per stage (cached work counts zero)\n"
-          f"{format_estimates(estimates)}\n{'total':<14} {'':>4} {sum(e['estimated_s'] for e in estimates) / 60:>7.1f}"
-          " min", flush=True)
-    if estimate_only:
-        return {"estimates": estimates}
-    stages = _Stages(config, command, estimates)
-    stages.save()
-    weights = stages.run("pretrain", pretrain_backbones, config, reuse_cached_as_is)
-    specs = finetune_specs(config, weights)
-    rows = stages.run("finetune", run_finetune, config, specs, reuse_cached_as_is)
-    stages.run("evaluate", evaluate_runs, config, rows)
-    stages.run("intrinsic_dim", run_intrinsic, config, weights, reuse_cached_as_is)
-    extra = write_tables(config, rows, weights)
-    stages.save(**extra)
-    report = stages.run("report", write_study_report, folder)
-    stages.save(**extra)
-    report = write_study_report(folder)  # again, so the report's stage table includes the report stage itself
-    print(f"\nreport: {report['markdown']} and {report['html']}")
-    if readme:
-        _publish(folder, Path(readme))
-    return report
-
-
-def _publish(folder: Path, readme: Path) -> None:
-    """Copy the report and its plots to ``docs/study/`` beside the README (run folders are not versioned) and
-    rewrite the README's Results section, its links pointing at the copy."""
-    import shutil
-
-    from vitlab.eval.study_report import results_markdown, update_readme
-
-    docs = readme.parent / "docs" / "study"
-    if docs.exists():
-        shutil.rmtree(docs)
-    shutil.copytree(folder / "plots", docs / "plots")
-    for name in ("report.md", "report.html", "results.csv", "robustness.csv", "study.json"):
-        shutil.copy2(folder / name, docs / name)
-    relative = docs.relative_to(readme.parent).as_posix()
-    snippet = results_markdown(folder).replace(f"{folder.as_posix()}/plots/", f"{relative}/plots/")
-    snippet += (f"\n\nFull report: [{relative}/report.md]({relative}/report.md) (self-contained HTML: "
-                f"`{relative}/report.html`), per-run numbers in `{relative}/results.csv`.")
-    update_readme(readme, snippet)
-    print(f"README results section rewritten: {readme} (report copied to {docs})")
-
-
 def run_study_cli(ns: Namespace, prog: str = "vitlab study", argv: list[str] | None = None) -> dict[str, Any]:
     """The ``vitlab study`` subcommand from its parsed namespace; ``argv`` (the arguments after ``vitlab``) is
     recorded in the report as the exact command."""
-    from vitlab.cli.study_config import load_study_config
+    from vitlab.study.config import load_study_config
+    from vitlab.study.run import run_study
 
     if not ns.config:
         raise ValueError(f"{prog} needs --config <study YAML> (e.g. configs/study.yaml)")
     config = load_study_config(ns.config, full=ns.full, name=ns.name, output_dir=ns.output_dir,
                                accelerator=ns.accelerator)
     command = shlex.join(["vitlab", *argv]) if argv else f"{prog} --config {ns.config}"
-    return run_vitlab_study(config, command, estimate_only=ns.estimate_only, readme=ns.readme,
-                            reuse_cached_as_is=ns.reuse_cached_as_is)
+    return run_study(config, command, estimate_only=ns.estimate_only, readme=ns.readme,
+                     reuse_cached_as_is=ns.reuse_cached_as_is)

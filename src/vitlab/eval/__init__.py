@@ -1,5 +1,5 @@
-"""vitlab.eval: robustness to common corruptions, negative-view diagnostics and study reports (clean accuracy:
-``evaluate``).
+"""vitlab.eval: clean accuracy (``evaluate``), robustness to common corruptions and negative-view diagnostics, of a
+model or of a checkpoint (``robustness_report`` / ``diagnose_checkpoint`` write a run folder's evaluation files).
 
 Example:
     >>> from vitlab.eval import COMMON_CORRUPTIONS, corruption_metrics
@@ -16,6 +16,7 @@ from vitlab.eval.corruptions import (
     images_from_loader,
 )
 from vitlab.eval.diagnostics import diagnose_negatives, format_negative_diagnostics
+from vitlab.eval.evaluate import diagnose_checkpoint, robustness_report
 from vitlab.eval.glass_blur import glass_blur
 from vitlab.eval.imagenet_c import evaluate_imagenet_c
 from vitlab.eval.robustness import (
@@ -25,7 +26,6 @@ from vitlab.eval.robustness import (
     evaluate_corruptions,
     format_robustness_report,
 )
-from vitlab.eval.study_report import results_markdown, update_readme, write_study_report
 
 __all__ = [
     "ALEXNET_CLEAN_ERROR",
@@ -35,6 +35,7 @@ __all__ = [
     "EXTRA_CORRUPTIONS",
     "corrupt_images",
     "corruption_metrics",
+    "diagnose_checkpoint",
     "diagnose_negatives",
     "evaluate_corruptions",
     "evaluate_imagenet_c",
@@ -43,7 +44,5 @@ __all__ = [
     "generate_corruption_set",
     "glass_blur",
     "images_from_loader",
-    "results_markdown",
-    "update_readme",
-    "write_study_report",
+    "robustness_report",
 ]

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from vitlab.augment import KINDS, NegativeViews
 
-__all__ = ["diagnose_negatives", "format_negative_diagnostics"]
+__all__ = ["diagnose_negatives", "format_negative_diagnostics", "model_patch_size"]
 
 
 @torch.no_grad()
@@ -104,3 +104,19 @@ def format_negative_diagnostics(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {100 * values['accuracy']:.1f} | {100 * values['confidence']:.1f} | {agreement} |")
     lines.append(f"| chance | {100 * result['chance']:.1f} | {100 * result['chance']:.1f} | - |")
     return "\n".join(lines) + "\n"
+
+
+def model_patch_size(model: nn.Module) -> int | None:
+    """The square patch size of a ViT-style model (``model.patch_embed.patch_size``), or None if it has none.
+
+    Example:
+        >>> import timm, vitlab
+        >>> model_patch_size(timm.create_model("vit_vitlab_tiny_patch4_32", patch_size=8))
+        8
+    """
+    size = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if isinstance(size, int):
+        return size
+    if isinstance(size, (tuple, list)) and len(size) == 2 and size[0] == size[1]:
+        return int(size[0])
+    return None

@@ -1,4 +1,6 @@
-"""Clean accuracy and predictions from a vitlab checkpoint (``model.safetensors`` or run folder).
+"""Evaluations of a vitlab checkpoint (``model.safetensors`` or run folder): clean accuracy, predictions, and the
+corruption-robustness and negative-view reports that ``vitlab robustness``, ``vitlab diagnose-negatives`` and
+``vitlab study`` write into a run folder (`robustness_report`, `diagnose_checkpoint`).
 
 Usage (with a run of ``vitlab fit --config configs/vit_fashion_mnist.yaml``; tests/eval/test_evaluate.py runs both
 functions on a tiny checkpoint)::
@@ -9,6 +11,7 @@ functions on a tiny checkpoint)::
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +24,11 @@ from vitlab.errors import ConfigError, DataError
 from vitlab.metrics import evaluate_classifier
 from vitlab.peft.export import load_run_model
 
-__all__ = ["evaluate_checkpoint", "predict_images"]
+__all__ = ["DEFAULT_N", "command_line", "count_test_images", "diagnose_checkpoint", "evaluate_checkpoint",
+           "load_checkpoint_and_test_data", "parse_n", "predict_images", "robustness_report"]
+
+#: Test images used by default for generated corruption sets and diagnostics (fewer when the test set is smaller).
+DEFAULT_N = 1000
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str, root: str | None = None, split: str = "test",
@@ -117,3 +124,269 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
     if all("error" in row for row in results):
         raise DataError("no image could be read: " + "; ".join(row["error"] for row in results))
     return results
+
+
+def parse_n(value: str | int | None) -> int | None:
+    """``"all"``/None -> None (every image); a positive int (or its string) -> that int.
+
+    Example:
+        >>> parse_n("1000"), parse_n("all")
+        (1000, None)
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--n must be a positive int or 'all', got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"--n must be a positive int or 'all', got {value!r}")
+    return n
+
+
+def count_test_images(value: str | int | None, available: int, name: str = "the") -> int:
+    """How many test images ``--n value`` means: None -> ``min(DEFAULT_N, available)``, ``"all"`` -> ``available``.
+
+    Example:
+        >>> count_test_images(None, 10000), count_test_images(None, 360), count_test_images("all", 360)
+        (1000, 360, 360)
+    """
+    n = parse_n(value) if value is not None else min(DEFAULT_N, available)
+    if n is None:
+        return available
+    if n > available:
+        raise ValueError(f"--n {n} but {name} test set has {available} images: use --n all or less")
+    return n
+
+
+def load_checkpoint_and_test_data(
+    checkpoint: str | Path, data: str | None = None, root: str | None = None, batch_size: int = 256
+) -> tuple[torch.nn.Module, dict[str, Any], Any]:
+    """Load a ``kind="model"`` checkpoint and the test split of a dataset, prepared as the checkpoint expects.
+
+    As in ``vitlab eval``: the model is rebuilt from the safetensors metadata alone, and the dataset is loaded at
+    the checkpoint's input size and channel count.
+
+    Args:
+        checkpoint: ``model.safetensors`` or a run folder.
+        data: dataset name; ``None`` uses the one the checkpoint was trained on (its metadata's data config).
+        root: data folder; ``None`` uses (and fills) vitlab's cache.
+        batch_size: test loader batch size.
+
+    Returns:
+        ``(model in eval mode, metadata, datamodule after setup("test"))``; the test loader yields normalised
+        ``(B, C, H, W)`` float32 images and ``(B,)`` int64 labels.
+    """
+    from vitlab.data import build_datamodule
+
+    model, meta = load_run_model(checkpoint)
+    data_cfg = meta.get("extra", {}).get("data") or {}
+    kwargs = meta["model_kwargs"]
+    name = data or data_cfg.get("name")
+    if not name:
+        raise ValueError(f"{checkpoint} does not record its dataset (it was not written by `vitlab fit`): "
+                         "pass --data NAME")
+    stats = {"mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])} if data_cfg.get("mean") else {}
+    datamodule = build_datamodule(name, root=root, img_size=data_cfg.get("img_size", kwargs.get("img_size", 32)),
+                                  in_chans=kwargs.get("in_chans"), batch_size=batch_size, **stats)
+    if datamodule.num_classes != kwargs.get("num_classes", datamodule.num_classes):
+        raise ValueError(f"{name} has {datamodule.num_classes} classes but the checkpoint predicts "
+                         f"{kwargs['num_classes']}: pass the dataset it was trained on with --data")
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    return model, meta, datamodule
+
+
+def command_line(prog: str, values: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
+    """The command that reproduces an evaluation: ``prog`` plus ``--key value`` for every value that is set and
+    differs from its default (recorded in the evaluation's JSON and report).
+
+    Example:
+        >>> command_line("vitlab robustness", {"checkpoint": "runs/vit", "n": "50", "root": None, "seed": 0},
+        ...              {"seed": 0})
+        'vitlab robustness --checkpoint runs/vit --n 50'
+    """
+    import shlex
+
+    defaults = defaults or {}
+    words = prog.split()
+    for key, value in values.items():
+        if value is None or value == defaults.get(key) or key == "__path__":
+            continue
+        if isinstance(value, list):
+            value = "[" + ", ".join(map(str, value)) + "]"
+        words += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return shlex.join(words)
+
+
+def _check_geometry(folder: Path, data_config: dict[str, Any]) -> None:
+    """A published folder's images must have the model's input size and the data's channel count."""
+    files = sorted(p for p in folder.glob("*.npy") if p.name not in ("labels.npy", "clean.npy"))
+    if not files:
+        return  # evaluate_corruptions names what is missing
+    import numpy as np
+
+    shape = tuple(np.load(files[0], mmap_mode="r").shape[1:])
+    size = int(data_config["img_size"])
+    expected = (size, size, int(data_config.get("source_chans") or data_config["in_chans"]))
+    if shape != expected:
+        raise ValueError(f"{files[0]} holds {shape[0]}x{shape[1]}x{shape[2]} images but the checkpoint takes "
+                         f"{expected[0]}x{expected[1]}x{expected[2]} (H x W x C): use a folder made for this model "
+                         "or generate one (leave out --corruption_dir)")
+
+
+def _generated_set(datamodule: Any, n: str | int | None, corruptions: Sequence[str] | None, cache_dir: str | None,
+                   seed: int, workers: int | None) -> tuple[Path, str]:
+    """Take the first ``n`` test images back to uint8, generate (or reuse) their corruption set; returns
+    ``(folder, a sentence saying which test images were used)``."""
+    from vitlab.data import default_cache_dir
+    from vitlab.eval.corruptions import (
+        ALL_CORRUPTIONS,
+        generate_corruption_set,
+        images_from_loader,
+        import_imagecorruptions,
+    )
+
+    if any(c != "glass_blur" for c in corruptions or ALL_CORRUPTIONS):
+        try:
+            import_imagecorruptions()
+        except ImportError as error:  # a one-line, fixable error for the CLI
+            raise ValueError(f"{error} (or `pip install 'vitlab[robustness]'`)") from error
+    available = len(datamodule.test_dataset)
+    count = count_test_images(n, available, f"the {datamodule.name}")
+    print(f"robustness: using {count} of {available} {datamodule.name} test images per corruption and severity "
+          f"(--n {n or 'default'}; --n all uses every one)")
+    config = datamodule.data_config()
+    images, labels = images_from_loader(datamodule.test_dataloader(), config["mean"], config["std"], n=count,
+                                        channels=int(config.get("source_chans") or config["in_chans"]))
+    height, width, channels = images.shape[1:]
+    folder = Path(cache_dir) if cache_dir else (
+        default_cache_dir() / "corruptions" / f"{datamodule.name}_{height}x{width}x{channels}_n{count}_seed{seed}")
+    print(f"robustness: corruption set in {folder} (generated once, then reused)")
+    folder = generate_corruption_set(images, labels, folder, corruptions=corruptions or ALL_CORRUPTIONS,
+                                     seed=seed, workers=workers)
+    used = f"Source images: the first {count} of the {available} {datamodule.name} test images (file order).\n\n"
+    return folder, used
+
+
+def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: str | None = None,
+                      n: str | int | None = None, corruptions: Sequence[str] | None = None,
+                      cache_dir: str | None = None, seed: int = 0, workers: int | None = None,
+                      corruption_dir: str | None = None, imagenet_c: str | None = None,
+                      alexnet_normalise: bool = False, clean_accuracy: float | None = None, batch_size: int = 256,
+                      device: str | None = None, out: str | Path | None = None, command: str = "") -> dict[str, Any]:
+    """Corruption accuracy of a checkpoint (``model.safetensors`` or a run folder), written as
+    ``<out>/robustness_<data>[_published|_imagenet_c].md`` and ``.json`` (``out`` default: the checkpoint's folder).
+
+    The corrupted images come from a generated set (default: the first ``n`` test images, see
+    `count_test_images`, corrupted once and cached), a published CIFAR-C-layout folder
+    (``corruption_dir``) or ImageNet-C (``imagenet_c``); the arguments are those of ``vitlab robustness --help``.
+    ``command`` (the command line that reproduces it) is recorded in both files. Returns the report dict
+    (`vitlab.eval.robustness.evaluate_corruptions`' plus ``checkpoint``, ``data`` and ``command``).
+
+    Usage (with a trained run folder)::
+
+        report = robustness_report("runs/vit_fashion_mnist", n=100)
+        report["metrics"]["mean_accuracy"]
+    """
+    from vitlab.checkpoint import resolve_weights_path
+    from vitlab.data.transforms import normalize_for
+    from vitlab.eval.corruptions import COMMON_CORRUPTIONS
+    from vitlab.eval.imagenet_c import evaluate_imagenet_c
+    from vitlab.eval.robustness import evaluate_corruptions, format_robustness_report
+
+    count = parse_n(n)  # published folders: None (all) unless given; generated sets: see count_test_images
+    if corruption_dir and imagenet_c:
+        raise ValueError("give either --corruption_dir or --imagenet_c, not both")
+    if (alexnet_normalise or clean_accuracy is not None) and not imagenet_c:
+        raise ValueError("--alexnet_normalise and --clean_accuracy apply to ImageNet-C only: add --imagenet_c ROOT")
+    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    source = ""
+    if corruption_dir or imagenet_c:
+        model, meta = load_run_model(checkpoint)
+        data_config = meta.get("extra", {}).get("data")
+        if not data_config:
+            raise ValueError(f"{checkpoint} has no data config in its metadata: it was not written by `vitlab fit`")
+        name = data or data_config.get("name", "data")
+    else:
+        model, meta, datamodule = load_checkpoint_and_test_data(checkpoint, data, root, batch_size)
+        data_config, name = datamodule.data_config(), datamodule.name  # the normalisation `vitlab eval` applies
+    if imagenet_c:
+        from vitlab.data import build_eval_transform
+
+        report = evaluate_imagenet_c(model, imagenet_c, build_eval_transform(data_config),
+                                     clean_accuracy=clean_accuracy, n=count, batch_size=batch_size, device=chosen,
+                                     corruptions=corruptions or COMMON_CORRUPTIONS,
+                                     alexnet_normalise=alexnet_normalise)
+        stem = f"robustness_{name}_imagenet_c"
+    else:
+        if corruption_dir:
+            folder, stem = Path(corruption_dir), f"robustness_{name}_published"
+            _check_geometry(folder, data_config)
+            print(f"robustness: published-layout folder {folder}, "
+                  f"{'all' if count is None else count} images per corruption and severity")
+        else:
+            (folder, source), stem = _generated_set(datamodule, n, corruptions, cache_dir, seed, workers), \
+                f"robustness_{name}"
+            count = None
+        report = evaluate_corruptions(model, folder, preprocess=normalize_for(data_config), n=count,
+                                      corruptions=corruptions, batch_size=batch_size, device=chosen)
+    report.update({"checkpoint": str(resolve_weights_path(checkpoint)), "data": name, "command": command})
+    markdown = (f"# Corruption robustness: {report['checkpoint']} on {name}\n\nCommand: `{command}`\n\n{source}"
+                + format_robustness_report(report))
+    folder_out = Path(out) if out else resolve_weights_path(checkpoint).parent
+    folder_out.mkdir(parents=True, exist_ok=True)
+    (folder_out / f"{stem}.md").write_text(markdown)
+    (folder_out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown)
+    print(f"wrote {folder_out / stem}.md and .json")
+    return report
+
+
+def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root: str | None = None,
+                        n: str | int | None = None, patch_size: int | None = None, kinds: Sequence[str] | None = None,
+                        replace_rate: float = 0.25, seed: int = 0, batch_size: int = 256, device: str | None = None,
+                        out: str | Path | None = None, command: str = "") -> dict[str, Any]:
+    """`vitlab.eval.diagnostics.diagnose_negatives` of a checkpoint (``model.safetensors`` or a run folder) on the
+    first ``n`` test images (see `count_test_images`), written as ``<out>/diagnose_negatives_<data>.md`` and ``.json``
+    (``out`` default: the checkpoint's folder); the arguments are those of ``vitlab diagnose-negatives --help``.
+
+    ``patch_size`` defaults to the model's own (`vitlab.eval.diagnostics.model_patch_size`); ``command`` (the command
+    line that reproduces it) is recorded in both files. Returns the result dict (``diagnose_negatives``' plus
+    ``checkpoint``, ``data``, ``model_patch_size``, ``seed`` and ``command``).
+
+    Usage (with a trained run folder)::
+
+        result = diagnose_checkpoint("runs/vit_fashion_mnist", n=500, kinds=["shuffle"])
+        result["views"]["shuffle"]["accuracy"]
+    """
+    from vitlab.augment import KINDS
+    from vitlab.checkpoint import resolve_weights_path
+    from vitlab.eval.diagnostics import diagnose_negatives, format_negative_diagnostics, model_patch_size
+
+    model, _, datamodule = load_checkpoint_and_test_data(checkpoint, data, root, batch_size)
+    own = model_patch_size(model)
+    cell = patch_size or own
+    if cell is None:
+        raise ValueError(f"{type(model).__name__} has no patch_embed.patch_size: give the cell size with --patch_size")
+    available = len(datamodule.test_dataset)
+    count = count_test_images(n, available, f"the {datamodule.name}")
+    aligned = "" if own is None else (f"; model patch size {own} px, "
+                                      f"{'aligned' if cell % own == 0 else 'NOT aligned (not a multiple)'}")
+    print(f"diagnose-negatives: {count} of {available} {datamodule.name} test images (--n {n or 'default'}), "
+          f"views with {cell}-px cells{aligned}")
+    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    result = diagnose_negatives(model, datamodule.test_dataloader(), cell, kinds=kinds or list(KINDS), n=count,
+                                device=chosen, seed=seed, replace_rate=replace_rate)
+    result.update({"checkpoint": str(resolve_weights_path(checkpoint)), "data": datamodule.name,
+                   "model_patch_size": own, "seed": seed, "command": command})
+    markdown = (f"# Negative-view diagnostics: {result['checkpoint']} on {datamodule.name}\n\nCommand: `{command}`\n\n"
+                + format_negative_diagnostics(result))
+    folder = Path(out) if out else resolve_weights_path(checkpoint).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"diagnose_negatives_{datamodule.name}"
+    (folder / f"{stem}.md").write_text(markdown)
+    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown)
+    print(f"wrote {folder / stem}.md and .json")
+    return result

@@ -7,8 +7,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from vitlab.cli.study_config import load_study_config, study_config_from_dict
-from vitlab.cli.study_stages import run_name
+from vitlab.study.config import load_study_config, study_config_from_dict
+from vitlab.study.plan import run_name
 
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}
 

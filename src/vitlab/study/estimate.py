@@ -97,12 +97,14 @@ def time_corruptions(height: int, width: int, images: int = 2) -> float:
     return (time.perf_counter() - start) / (images * len(ALL_CORRUPTIONS))
 
 
-def few_shot_steps(steps: int, shots: int | str, num_classes: int, batch_size: int, train_size: int,
-                   full_epochs: int) -> tuple[int, int]:
-    """``(optimizer steps, batch size)`` of one fine-tuning run, as `vitlab.cli.peft_study.plan_study` sets them."""
+def run_steps(steps: int, shots: int | str, num_classes: int, batch_size: int, train_size: int,
+              full_epochs: int) -> tuple[int, int]:
+    """``(optimizer steps, batch size)`` of one fine-tuning run, as `vitlab.study.plan.plan_study` sets them."""
+    from vitlab.study.plan import few_shot_batch
+
     if shots == "full":
         return full_epochs * math.ceil(train_size / batch_size), batch_size
-    return steps, min(batch_size, int(shots) * num_classes)
+    return steps, few_shot_batch(int(shots), num_classes, batch_size)
 
 
 def format_estimates(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -117,8 +119,8 @@ def _pretrain_model(config: Any, label: str) -> tuple[Any, nn.Module, Any]:
     """``(pretrain RunConfig, randomly initialised model for the downstream data, downstream datamodule)``."""
     from dataclasses import replace
 
-    from vitlab.cli.study_stages import pretrain_config
     from vitlab.data import build_datamodule
+    from vitlab.study.stages import pretrain_config
     from vitlab.train.run import build_run_model
 
     spec = config.backbones[label]
@@ -139,25 +141,18 @@ def _pretrain_model(config: Any, label: str) -> tuple[Any, nn.Module, Any]:
     return run_config, model, datamodule
 
 
-def _sizes(datamodule: Any) -> tuple[int, int]:
-    """``(training images after the validation split, test images)`` of a datamodule."""
-    datamodule.setup("fit")
-    datamodule.setup("test")
-    return len(datamodule.train_dataset), len(datamodule.test_dataset)
-
-
 def estimate_study(config: Any) -> list[dict[str, Any]]:
-    """Per-stage ``{"stage", "runs", "estimated_s"}`` of a `vitlab.cli.study_config.StudyConfig` on this machine.
+    """Per-stage ``{"stage", "runs", "estimated_s"}`` of a `vitlab.study.config.StudyConfig` on this machine.
 
     Finished work counts zero: pretrained weights present, runs in ``finetune/results.csv``, evaluation JSONs, the
     corruption set in the cache, intrinsic-dimension rows in the sweep CSVs (counted per backbone: all or nothing).
     The intrinsic-dimension figure is an upper bound (the sweep stops early once d90 is found).
     """
-    from vitlab.cli.intrinsic_dim import SweepSettings
-    from vitlab.cli.peft_study import read_result_rows
-    from vitlab.cli.study_stages import run_name
     from vitlab.data import default_cache_dir
     from vitlab.peft.intrinsic.per_module import available_module_kinds
+    from vitlab.study.intrinsic import SweepSettings
+    from vitlab.study.plan import few_shot_batch, run_name, split_sizes
+    from vitlab.study.results import read_result_rows
 
     device = "cuda" if config.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
     ft, ev = config.finetune, config.evaluation
@@ -173,10 +168,10 @@ def estimate_study(config: Any) -> list[dict[str, Any]]:
     for label in config.used_backbones():
         run_config, model, datamodule = _pretrain_model(config, label)
         shape = (datamodule.in_chans, run_config.data.img_size, run_config.data.img_size)
-        batches = {run_config.data.batch_size, ft.batch_size, *(min(ft.batch_size, k * datamodule.num_classes)
-                                                                for k in ft.shots)}
+        batches = {run_config.data.batch_size, ft.batch_size,
+                   *(few_shot_batch(k, datamodule.num_classes, ft.batch_size) for k in ft.shots)}
         timings[label] = t = time_model(model, shape, sorted(batches), datamodule.num_classes, device)
-        train, test = _sizes(datamodule)
+        train, test = split_sizes(datamodule)
         run_dir = Path(run_config.output_dir) / run_config.name
         if not config.backbones[label].given_weights and not (run_dir / "model.safetensors").is_file():
             steps = run_config.trainer.get("max_epochs", 10) * math.ceil(train / run_config.data.batch_size)
@@ -190,7 +185,7 @@ def estimate_study(config: Any) -> list[dict[str, Any]]:
         t = timings[backbone]
         name = run_name(backbone, method, negatives, shots, seed)
         if name not in done:
-            steps, batch = few_shot_steps(ft.steps, shots, t["num_classes"], ft.batch_size, t["train_size"],
+            steps, batch = run_steps(ft.steps, shots, t["num_classes"], ft.batch_size, t["train_size"],
                                           ft.full_epochs)
             factor = NEGATIVES_FACTOR if ft.negatives[negatives] else 1.0
             step_s = t["train_step_s"].get(batch) or max(t["train_step_s"].values()) * batch / ft.batch_size
@@ -206,9 +201,9 @@ def estimate_study(config: Any) -> list[dict[str, Any]]:
     if runs and not any((default_cache_dir() / "corruptions").glob(pattern)):
         stages["evaluate"]["estimated_s"] += ev.corruption_n * 95 * time_corruptions(32, 32) / (os.cpu_count() or 1)
     if config.intrinsic_dim.backbones:
-        from vitlab.cli.fit import parse_run_config
+        from vitlab.train.arguments import load_run_config_file
 
-        base, _ = parse_run_config(["--config", config.intrinsic_dim.config])
+        base = load_run_config_file(config.intrinsic_dim.config)
         settings = SweepSettings.from_options(base.peft.options)
         points = len(settings.grid(None))
         for label in config.intrinsic_dim.backbones:

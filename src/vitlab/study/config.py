@@ -42,8 +42,13 @@ from typing import Any
 
 import yaml
 
-__all__ = ["BackboneSpec", "EvaluationSpec", "ExtraRun", "FinetuneSpec", "IntrinsicSpec", "StudyConfig",
-           "deep_merge", "load_study_config", "study_config_from_dict"]
+__all__ = ["CONFIGS_DIR", "DEMO_CONFIG", "BackboneSpec", "EvaluationSpec", "ExtraRun", "FinetuneSpec", "IntrinsicSpec",
+           "StudyConfig", "deep_merge", "load_study_config", "study_config_from_dict"]
+
+#: The packaged study configs (the demo's study, pretraining and intrinsic-dimension YAMLs).
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+#: What ``vitlab demo`` runs (``configs/demo_study.yaml`` in the repository links to it).
+DEMO_CONFIG = CONFIGS_DIR / "demo_study.yaml"
 
 NEGATIVE_KEYS = ("kinds", "loss", "weight", "patch_size", "options")
 

@@ -1,4 +1,4 @@
-"""Cached stages keyed on what made them (vitlab.cli.cache) and the sweep progress bar (vitlab.cli.progress)."""
+"""Cached stages keyed on what made them (vitlab.study.cache) and the sweep progress bar (vitlab.study.progress)."""
 
 import json
 import logging
@@ -7,7 +7,8 @@ from dataclasses import asdict, replace
 import pytest
 import yaml
 
-from vitlab.cli.cache import (
+from vitlab.errors import ConfigError
+from vitlab.study.cache import (
     CACHE_RECORD,
     config_hash,
     differing_keys,
@@ -15,10 +16,9 @@ from vitlab.cli.cache import (
     read_record,
     write_record,
 )
-from vitlab.cli.peft_study import cached_rows
-from vitlab.cli.progress import quiet_lightning, sweep_progress
-from vitlab.cli.study_config import study_config_from_dict
-from vitlab.errors import ConfigError
+from vitlab.study.config import study_config_from_dict
+from vitlab.study.launch import cached_rows
+from vitlab.study.progress import quiet_lightning, sweep_progress
 
 
 def test_hash_ignores_key_order_and_differing_keys_name_each_leaf():
@@ -61,7 +61,7 @@ def _tiny_study(tmp_path, max_steps):
 
 
 def test_study_refuses_a_cached_pretraining_made_by_another_config(tmp_path, monkeypatch):
-    from vitlab.cli import study_stages
+    from vitlab.study import stages as study_stages
 
     fits = []
     monkeypatch.setattr("vitlab.train.fit", lambda config, resume=False: fits.append(config))
@@ -98,15 +98,15 @@ def test_finetune_rows_are_reused_only_for_the_same_spec(tmp_path, capsys):
 
 
 def test_intrinsic_dim_refuses_a_sweep_folder_made_by_another_config(tmp_path):
-    from vitlab.cli.fit import parse_run_config
-    from vitlab.cli.intrinsic_dim import SWEEP_CSV, run_intrinsic_dim, sweep_cache_key
+    from vitlab.study.intrinsic import SWEEP_CSV, run_intrinsic_dim, sweep_cache_key
+    from vitlab.train.arguments import load_run_config_file
 
     path = tmp_path / "id.yaml"
     path.write_text(yaml.safe_dump({"name": "id", "output_dir": str(tmp_path),
                                     "model": {"name": "vit_vitlab_tiny_patch4_32"},
                                     "data": {"name": "digits"}, "optim": {"lr": 0.01},
                                     "peft": {"method": "subspace", "options": {"sweep": {"dims": [8]}}}}))
-    config, _ = parse_run_config(["--config", str(path)])
+    config = load_run_config_file(path)
     folder = tmp_path / "id"
     write_record(folder, sweep_cache_key(config))
     (folder / SWEEP_CSV).write_text("group,dim,accuracy,seconds\n")

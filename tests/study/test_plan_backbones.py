@@ -7,7 +7,7 @@ import timm
 from safetensors.torch import save_file
 
 from vitlab.checkpoint import save_checkpoint
-from vitlab.cli.peft_study import backbone_model
+from vitlab.study.plan import backbone_model
 
 from ..hub_cache import HUB_ID
 

@@ -30,8 +30,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from vitlab.eval import study_plots
-from vitlab.eval.study_inputs import REQUIRED_COLUMNS, SEVERITY_COLUMNS, load_study, training_curves
+from vitlab.study import plots as study_plots
+from vitlab.study.results import REQUIRED_COLUMNS, SEVERITY_COLUMNS, load_study, training_curves
 
 __all__ = ["END_MARKER", "PLOT_NAMES", "REQUIRED_COLUMNS", "START_MARKER", "results_markdown", "update_readme",
            "write_study_report"]

@@ -1,50 +1,45 @@
-"""The stages of ``vitlab study`` (see `vitlab.cli.study`): pretrain, fine-tune, evaluate, intrinsic dimension, tables.
+"""The stages of ``vitlab study`` (see `vitlab.study.run`): pretrain, fine-tune, evaluate, intrinsic dimension, tables.
 
-Each stage reuses the subcommand that does the job alone (`vitlab fit`, `vitlab peft-study`'s one-process-per-run
-launcher, `vitlab robustness`, `vitlab diagnose-negatives`, `vitlab intrinsic-dim`) and skips what is already done.
+Each stage reuses the library function behind the subcommand that does the job alone (`vitlab.train.fit`, the
+one-process-per-run launcher `vitlab.study.launch`, `vitlab.eval.robustness.robustness_report`,
+`vitlab.eval.diagnostics.diagnose_checkpoint`, `vitlab.study.intrinsic.run_intrinsic_dim`) and skips what is already
+done. The runs' specs and names come from `vitlab.study.plan`.
 
-Fine-tuning run names are ``<backbone>-<method>-<negatives>-k<k>-s<seed>`` (few-shot) and
-``<backbone>-<method>-<negatives>-full-s<seed>`` (whole training split), folders ``finetune/runs/<name>/``.
+Usage (with a loaded `vitlab.study.config.StudyConfig`)::
 
-Example:
-    >>> run_name("vit", "kadaptation", "rotate_l2", 5, 0), run_name("iformer", "lora", "none", "full", 1)
-    ('vit-kadaptation-rotate_l2-k5-s0', 'iformer-lora-none-full-s1')
+    weights = pretrain_backbones(config)
+    rows = run_finetune(config, finetune_specs(config, weights))
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from contextlib import redirect_stdout
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitlab.cli.cache import config_hash, ensure_cache_matches, write_record
-from vitlab.cli.fit import parse_run_config
-from vitlab.cli.peft_study import backbone_model, cached_rows, launch_run, plan_study, read_result_rows
-from vitlab.cli.progress import sweep_progress
-from vitlab.cli.study_config import StudyConfig
+from vitlab.eval.corruptions import SEVERITIES
+from vitlab.study.cache import config_hash, ensure_cache_matches, write_record
+from vitlab.study.config import StudyConfig
+from vitlab.study.launch import cached_rows, launch_run
+from vitlab.study.plan import backbone_model, split_sizes
+from vitlab.study.progress import sweep_progress
+from vitlab.study.results import read_result_rows, write_csv
+from vitlab.train.arguments import load_run_config_file
 
 if TYPE_CHECKING:
     from vitlab.train.config import RunConfig
 
-__all__ = ["evaluate_runs", "finetune_specs", "pretrain_backbones", "pretrain_config", "run_finetune",
-           "run_intrinsic", "run_name", "write_tables"]
+__all__ = ["evaluate_runs", "pretrain_backbones", "pretrain_config", "run_finetune", "run_intrinsic", "write_tables"]
 
-SEVERITIES = (1, 2, 3, 4, 5)
 #: Hash of the evaluation settings that made a run folder's robustness and diagnostics JSON (see `evaluate_runs`).
 _EVALUATION_RECORD = "evaluation_key.txt"
 
 
-def run_name(backbone: str, method: str, negatives: str, shots: int | str, seed: int) -> str:
-    """The folder name of one fine-tuning run."""
-    return f"{backbone}-{method}-{negatives}-{'full' if shots == 'full' else f'k{shots}'}-s{seed}"
-
-
 def pretrain_config(config: StudyConfig, label: str) -> RunConfig:
     """The `vitlab fit` config that pretrains backbone ``label`` (its accelerator replaced by the study's)."""
-    run_config, _ = parse_run_config(["--config", config.backbones[label].pretrain])
+    run_config = load_run_config_file(config.backbones[label].pretrain)
     return replace(run_config, trainer={**run_config.trainer, "accelerator": config.accelerator})
 
 
@@ -54,7 +49,7 @@ def pretrain_backbones(config: StudyConfig, reuse_cached_as_is: bool = False) ->
 
     A run folder is reused (or resumed from ``last.ckpt``) only when the configuration that made it (its cache
     record, else its ``config.yaml``) equals the backbone's pretraining config; otherwise it is refused with the
-    differing keys named (``reuse_cached_as_is``: use it anyway). See `vitlab.cli.cache`.
+    differing keys named (``reuse_cached_as_is``: use it anyway). See `vitlab.study.cache`.
     """
     import yaml
 
@@ -88,49 +83,10 @@ def pretrain_backbones(config: StudyConfig, reuse_cached_as_is: bool = False) ->
     return weights
 
 
-def _with_negatives(spec: dict[str, Any], backbone: str, label: str, negatives: dict[str, Any] | None) -> dict:
-    spec = copy.deepcopy(spec)
-    spec["config"]["name"] = run_name(backbone, spec["method"], label, spec["shots"], spec["seed"])
-    spec["config"]["negatives"] = {"enabled": True, **negatives} if negatives else {"enabled": False}
-    spec.update(backbone=backbone, negatives=label)
-    return spec
-
-
-def finetune_specs(config: StudyConfig, weights: dict[str, str]) -> list[dict[str, Any]]:
-    """Specs (`vitlab.cli.peft_study.plan_study` format + ``backbone``, ``negatives``) of the grid and extra runs."""
-    ft = config.finetune
-    out = str(config.folder / "finetune")
-
-    def plan(label: str, methods: list[str], shots: list[int], seeds: list[int], full_data: bool) -> list[dict]:
-        own = config.backbones[label].method_options
-        options = {m: {**ft.methods.get(m, {}), **own.get(m, {})} for m in methods}
-        spec = config.backbones[label]
-        return plan_study(weights[label], config.downstream, root=config.root, model=spec.model, img_size=spec.img_size,
-                          methods=methods, method_options=options,
-                          shots=shots, seeds=seeds, full_data=full_data, steps=ft.steps, full_epochs=ft.full_epochs,
-                          batch_size=ft.batch_size, accelerator=config.accelerator, output_dir=out)
-
-    specs: dict[str, dict[str, Any]] = {}
-    for label in ft.backbones:
-        for spec in plan(label, list(ft.methods), ft.shots, ft.seeds, ft.full_data):
-            for neg_label, negatives in ft.negatives.items():
-                made = _with_negatives(spec, label, neg_label, negatives)
-                specs[made["config"]["name"]] = made
-    for run in config.extra_runs:
-        shots = [] if run.shots == "full" else [run.shots]
-        for spec in plan(run.backbone, [run.method], shots, [run.seed], run.shots == "full"):
-            if spec["shots"] == run.shots:
-                made = _with_negatives(spec, run.backbone, run.negatives, ft.negatives[run.negatives])
-                specs.setdefault(made["config"]["name"], made)
-    return list(specs.values())
-
-
 def run_finetune(config: StudyConfig, specs: list[dict[str, Any]],
                  reuse_cached_as_is: bool = False) -> list[dict[str, Any]]:
     """Run every spec not yet in ``finetune/results.csv`` with the same configuration (one process each; see
-    `vitlab.cli.peft_study.cached_rows`); returns the rows of ``specs``."""
-    from vitlab.peft.study import write_csv
-
+    `vitlab.study.launch.cached_rows`); returns the rows of ``specs``."""
     results = config.folder / "finetune" / "results.csv"
     rows, todo = cached_rows(read_result_rows(results), specs, config.folder / "finetune" / "runs",
                              reuse_cached_as_is)
@@ -166,8 +122,7 @@ def _run_dir(config: StudyConfig, run: str) -> Path:
 def evaluate_runs(config: StudyConfig, rows: list[dict[str, Any]]) -> None:
     """Generated-corruption and negative-view accuracy of every run (JSON in its folder; skipped when present and made
     with the same evaluation settings for the same run, see ``evaluation_key.txt``)."""
-    from vitlab.cli.diagnose import build_diagnose_parser, run_diagnose
-    from vitlab.cli.robustness import build_robustness_parser, run_robustness
+    from vitlab.eval.evaluate import command_line, diagnose_checkpoint, robustness_report
 
     ev = config.evaluation
     outputs = {}
@@ -187,15 +142,14 @@ def evaluate_runs(config: StudyConfig, rows: list[dict[str, Any]]) -> None:
         for i, row in enumerate(rows, 1):
             run_dir, robustness, diagnose = outputs[row["run"]]
             ran = not (robustness.is_file() and diagnose.is_file())
-            root = ["--root", config.root] if config.root else []
             with (run_dir / "evaluate_log.txt").open("a") as log, redirect_stdout(log):
                 if not robustness.is_file():
-                    run_robustness(build_robustness_parser().parse_args(
-                        ["--checkpoint", str(run_dir), "--n", str(ev.corruption_n), *root]))
+                    options = dict(checkpoint=str(run_dir), n=str(ev.corruption_n), root=config.root)
+                    robustness_report(**options, command=command_line("vitlab robustness", options))
                 if not diagnose.is_file():
-                    run_diagnose(build_diagnose_parser().parse_args(
-                        ["--checkpoint", str(run_dir), "--n", str(ev.negative_view_n), "--patch_size",
-                         str(ev.patch_size), "--kinds", json.dumps(ev.kinds), *root]))
+                    options = dict(checkpoint=str(run_dir), n=str(ev.negative_view_n), patch_size=ev.patch_size,
+                                   kinds=list(ev.kinds), root=config.root)
+                    diagnose_checkpoint(**options, command=command_line("vitlab diagnose-negatives", options))
             bar.update(int(ran))
             rob, diag = json.loads(robustness.read_text()), json.loads(diagnose.read_text())
             views = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in diag["views"].items() if k != "clean")
@@ -207,16 +161,16 @@ def run_intrinsic(config: StudyConfig, weights: dict[str, str],
                   reuse_cached_as_is: bool = False) -> dict[str, dict[str, Any]]:
     """The d90 sweep (and per-module sweep) of each listed backbone; returns label -> the sweep summary.
 
-    A sweep folder made by another configuration is refused (see `vitlab.cli.intrinsic_dim.run_intrinsic_dim`)
+    A sweep folder made by another configuration is refused (see `vitlab.study.intrinsic.run_intrinsic_dim`)
     unless ``reuse_cached_as_is``."""
-    from vitlab.cli.intrinsic_dim import run_intrinsic_dim
+    from vitlab.study.intrinsic import run_intrinsic_dim
     from vitlab.train.config import ModelConfig
 
     spec = config.intrinsic_dim
     if not spec.backbones:
         print("intrinsic_dim.backbones is empty: stage skipped")
         return {}
-    base, _ = parse_run_config(["--config", spec.config])
+    base = load_run_config_file(spec.config)
     summaries = {}
     for label in spec.backbones:
         backbone = config.backbones[label]
@@ -269,16 +223,6 @@ def _backbone_record(weights: str, spec: Any) -> dict[str, Any]:
             "pretrain_accuracy": extra.get("metrics", {}).get("test/acc")}
 
 
-def _split_sizes(name: str, root: str | None = None) -> tuple[int, int]:
-    """``(training images after the validation split, test images)`` of a dataset with vitlab's defaults."""
-    from vitlab.data import build_datamodule
-
-    datamodule = build_datamodule(name, root=root)
-    datamodule.setup("fit")
-    datamodule.setup("test")
-    return len(datamodule.train_dataset), len(datamodule.test_dataset)
-
-
 def write_tables(config: StudyConfig, rows: list[dict[str, Any]], weights: dict[str, str]) -> dict[str, Any]:
     """Write ``results.csv`` (one row per run) and ``robustness.csv`` (run, corruption, severity, accuracy) from the
     run folders; returns the ``study.json`` fields that describe the data, evaluation sets and backbones."""
@@ -299,12 +243,12 @@ def write_tables(config: StudyConfig, rows: list[dict[str, Any]], weights: dict[
         table.append(entry)
         long += [{"run": row["run"], "corruption": c, "severity": int(s), "accuracy": a}
                  for c, by_severity in rob["accuracy"].items() for s, a in by_severity.items()]
-    from vitlab.peft.study import write_csv
-
     write_csv(table, config.folder / "results.csv")
     write_csv(long, config.folder / "robustness.csv")
     backbones = {label: _backbone_record(source, config.backbones[label]) for label, source in weights.items()}
-    train_images, test_images = _split_sizes(config.downstream, config.root)
+    from vitlab.data import build_datamodule
+
+    train_images, test_images = split_sizes(build_datamodule(config.downstream, root=config.root))
     return {
         "data": {"pretrain": ", ".join(sorted({b["pretrain_data"] for b in backbones.values() if b["pretrain_data"]})),
                  "downstream": config.downstream, "train_images": train_images,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vitlab.eval.study_report import (
+from vitlab.study.report import (
     END_MARKER,
     REQUIRED_COLUMNS,
     START_MARKER,
@@ -232,7 +232,7 @@ def test_hardware_line_counts_threads_in_the_right_number(tmp_path: Path, line: 
 def test_plots_carry_error_bars_of_the_seeds(report: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from matplotlib.container import ErrorbarContainer
 
-    from vitlab.eval import study_plots
+    from vitlab.study import plots as study_plots
 
     figures = []
     monkeypatch.setattr(study_plots, "_save", lambda fig, out, title=None: figures.append(fig) or Path(out))
@@ -334,8 +334,8 @@ def test_bad_results_csv_raises(tmp_path: Path) -> None:
 
 def test_training_curves_plot_cross_entropy_and_negative_loss_apart(monkeypatch: pytest.MonkeyPatch,
                                                                     tmp_path: Path) -> None:
-    from vitlab.eval import study_plots
-    from vitlab.eval.study_inputs import training_curves
+    from vitlab.study import plots as study_plots
+    from vitlab.study.results import training_curves
 
     header = ["epoch", "step", "train/loss_step", "train/negatives/loss_step", "train/loss_ce"]
     _write_csv(tmp_path / "a" / "metrics.csv", header, [  # the l2 term goes below 0, and the total with it

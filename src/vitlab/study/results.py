@@ -1,10 +1,20 @@
-"""Reading a ``vitlab study`` folder for its report: ``study.json``, ``results.csv``, curves and d90 results.
+"""The tables of a study: writing and reading them, and the one aggregation of seeds.
 
-``load_study(folder)`` validates and returns everything `vitlab.eval.study_report` renders: the metadata, the
-per-run rows of ``results.csv`` (``REQUIRED_COLUMNS``; accuracies are fractions, empty = not measured), the rows
-grouped by (backbone, method, negatives, shots) with mean, sample std and 95 % t-interval over seeds (`mean_interval`),
-each run's training curve, and the optional ``intrinsic/<backbone>/intrinsic_dim.json`` and
-``intrinsic_dim_per_module.csv``.
+- `aggregate_seeds`: rows grouped by some keys, per column the mean, sample std and 95 % t-interval over the group's
+  seeds (`mean_interval`); the ``vitlab peft-study`` summary (`summarize_study`) and the study report both use it;
+- `write_csv` / `read_result_rows`: the fine-tuning results table (``results.csv`` of ``vitlab peft-study`` and
+  ``finetune/results.csv`` of ``vitlab study``), one row per run;
+- `load_study(folder)` validates and returns everything `vitlab.study.report` renders: the metadata, the per-run rows
+  of the study's ``results.csv`` (``REQUIRED_COLUMNS``; accuracies are fractions, empty = not measured), the rows
+  grouped by (backbone, method, negatives, shots), each run's training curve, and the optional
+  ``intrinsic/<backbone>/intrinsic_dim.json`` and ``intrinsic_dim_per_module.csv`` (read by
+  `vitlab.peft.intrinsic.per_module.read_module_table`).
+
+Example:
+    >>> rows = [{"method": "lora", "seed": s, "accuracy": a} for s, a in enumerate([0.70, 0.72, 0.74])]
+    >>> group = aggregate_seeds(rows, ("method",), ("accuracy",))[0]
+    >>> group["method"], group["seeds"], round(group["accuracy"], 4), round(group["accuracy_std"], 4)
+    ('lora', 3, 0.72, 0.02)
 
 Usage (with a folder written by ``vitlab study``)::
 
@@ -17,22 +27,53 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from vitlab.errors import DataError, MissingFileError
-from vitlab.eval import study_plots
+from vitlab.eval.corruptions import SEVERITIES
 from vitlab.metrics import read_metrics
 
-__all__ = ["ACCURACY_COLUMNS", "REQUIRED_COLUMNS", "SEVERITY_COLUMNS", "STUDY_HINT", "load_study", "mean_interval",
-           "training_curves"]
+__all__ = ["ACCURACY_COLUMNS", "REQUIRED_COLUMNS", "SEVERITY_COLUMNS", "STUDY_HINT", "aggregate_seeds", "load_study",
+           "mean_interval", "read_result_rows", "summarize_study", "training_curves", "write_csv"]
 
-SEVERITY_COLUMNS = tuple(f"corruption_acc_s{s}" for s in study_plots.SEVERITIES)
+SEVERITY_COLUMNS = tuple(f"corruption_acc_s{s}" for s in SEVERITIES)
 ACCURACY_COLUMNS = ("clean_acc", "corruption_acc", *SEVERITY_COLUMNS, "extra_corruption_acc", "neg_shuffle_acc",
                     "neg_rotate_acc", "neg_infill_acc")
 REQUIRED_COLUMNS = ("run", "backbone", "method", "negatives", "shots", "seed", "trainable_params", *ACCURACY_COLUMNS,
                     "train_time_s", "run_dir")
 STUDY_HINT = "run `vitlab study --config configs/study.yaml` first"
+_INT_COLUMNS = ("seed", "trainable_params", "adaptation_params", "train_size", "steps")
+_FLOAT_COLUMNS = ("accuracy", "train_time_s", "peak_memory_mb", "peak_gpu_memory_mb", "wall_time_s")
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write dict rows as CSV (columns: union of keys, first-seen order); returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_result_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a fine-tuning ``results.csv`` (`vitlab.study.launch.launch_run` rows; numbers parsed, empty cells
+    left out; ``[]`` when the file does not exist)."""
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            row = {k: v for k, v in row.items() if v not in (None, "")}
+            row["shots"] = row["shots"] if row["shots"] == "full" else int(row["shots"])
+            row.update({k: int(row[k]) for k in _INT_COLUMNS if k in row})
+            row.update({k: float(row[k]) for k in _FLOAT_COLUMNS if k in row})
+            rows.append(row)
+    return rows
 
 
 def _fail(path: Path, problem: str, fix: str) -> DataError:
@@ -93,24 +134,71 @@ def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float,
     return mean, std, mean - half, mean + half
 
 
+def aggregate_seeds(rows: Sequence[Mapping[str, Any]], keys: Sequence[str],
+                    columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Group ``rows`` by ``keys`` (in order of first appearance) and summarise each of ``columns`` over a group.
+
+    Each group is one dict: the ``keys``' values, ``seeds`` (the number of rows), ``members`` (the rows) and, per
+    column, ``<column>`` (mean of the values that are not ``None``; ``None`` when there are none), ``<column>_n`` (their
+    number), ``<column>_std`` (sample std, ddof 1) and ``<column>_ci`` (95 % t-interval ``(low, high)``), both ``None``
+    below 2 values (`mean_interval`).
+    """
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if missing := [k for k in (*keys, *columns) if k not in row]:
+            raise ValueError(f"row {dict(row)} lacks {missing}")
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    out = []
+    for values, members in groups.items():
+        group: dict[str, Any] = dict(zip(keys, values, strict=True))
+        group.update(seeds=len(members), members=members)
+        for column in columns:
+            measured = [float(m[column]) for m in members if m[column] is not None]
+            spread = mean_interval(measured)
+            group[column] = statistics.mean(measured) if measured else None
+            group[f"{column}_n"] = len(measured)
+            group[f"{column}_std"] = spread[1] if spread else None
+            group[f"{column}_ci"] = spread[2:] if spread else None
+        out.append(group)
+    return out
+
+
+def summarize_study(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The ``vitlab peft-study`` summary: per ``(method, shots)`` the accuracy mean and sample std over seeds (0.0
+    for one seed), the trainable parameters and the means of ``train_time_s`` / ``peak_memory_mb`` where present.
+
+    Each row needs ``method``, ``shots`` (int or ``"full"``), ``seed``, ``accuracy``, ``trainable_params``.
+
+    Example:
+        >>> summarize_study([{"method": "linear", "shots": 5, "seed": s, "accuracy": a, "trainable_params": 1290}
+        ...                  for s, a in enumerate([0.5, 0.6, 0.7])])[0]["accuracy_std"]
+        0.1
+    """
+    for row in rows:
+        if missing := sorted({"method", "shots", "seed", "accuracy", "trainable_params"} - set(row)):
+            raise ValueError(f"study row {dict(row)} lacks {missing}")
+    summary = []
+    for group in aggregate_seeds(rows, ("method", "shots"), ("accuracy",)):
+        entry = {"method": group["method"], "shots": group["shots"], "seeds": group["seeds"],
+                 "accuracy_mean": round(group["accuracy"], 6), "accuracy_std": round(group["accuracy_std"] or 0.0, 6),
+                 "trainable_params": int(group["members"][0]["trainable_params"])}
+        for key in ("train_time_s", "peak_memory_mb"):
+            values = [float(r[key]) for r in group["members"] if r.get(key) not in (None, "")]
+            if values:
+                entry[key] = round(sum(values) / len(values), 3)
+        summary.append(entry)
+    return summary
+
+
 def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for run in runs:
-        groups.setdefault((run["backbone"], run["method"], run["negatives"], run["shots"]), []).append(run)
+    """The report's table rows: runs grouped by (backbone, method, negatives, shots), see `aggregate_seeds`."""
     rows = []
-    for (backbone, method, negatives, shots), members in groups.items():
+    for group in aggregate_seeds(runs, ("backbone", "method", "negatives", "shots"), ACCURACY_COLUMNS):
+        members = group.pop("members")
         params = [m["trainable_params"] for m in members if m["trainable_params"] is not None]
-        row = dict(backbone=backbone, method=method, negatives=negatives, shots=shots, seeds=len(members),
-                   seed_list=[m["seed"] for m in members], runs=[m["run"] for m in members],
-                   trainable_params=params[0] if params else None)
-        for column in ACCURACY_COLUMNS:
-            values = [m[column] for m in members if m[column] is not None]
-            spread = mean_interval(values)
-            row[column] = statistics.mean(values) if values else None
-            row[f"{column}_n"] = len(values)
-            row[f"{column}_std"] = spread[1] if spread else None
-            row[f"{column}_ci"] = spread[2:] if spread else None
-        rows.append(row)
+        rows.append({**{k: group.pop(k) for k in ("backbone", "method", "negatives", "shots", "seeds")},
+                     "seed_list": [m["seed"] for m in members], "runs": [m["run"] for m in members],
+                     "trainable_params": params[0] if params else None, **group})
     return rows
 
 
@@ -126,15 +214,15 @@ def _read_sweep(path: Path) -> dict[str, Any]:
 
 
 def _read_module_table(path: Path) -> list[dict[str, Any]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        needed = ("rank", "module", "d90_interpolated", "reached", "best_accuracy")
-        if missing := [c for c in needed if c not in (reader.fieldnames or [])]:
-            raise _fail(path, f"lacks the columns {missing}", "rerun `vitlab intrinsic-dim --per-module`")
-        return [dict(rank=_number(path, i, "rank", r["rank"], int), module=r["module"], reached=r["reached"] == "True",
-                     d90_interpolated=_number(path, i, "d90_interpolated", r["d90_interpolated"]),
-                     best_accuracy=_number(path, i, "best_accuracy", r["best_accuracy"]))
-                for i, r in enumerate(reader, start=2)]
+    """The per-module table's rows for the report, module kinds in the table's own spelling (``attn.q``)."""
+    from vitlab.peft.intrinsic.per_module import KADAPTATION_KINDS, read_module_table
+
+    try:
+        records = read_module_table(path)
+    except (KeyError, ValueError) as err:
+        raise _fail(path, f"not a per-module table ({err})", "rerun `vitlab intrinsic-dim --per-module`") from None
+    return [dict(rank=r.rank, module=KADAPTATION_KINDS[r.module], reached=r.reached,
+                 d90_interpolated=r.d90_interpolated, best_accuracy=r.best_accuracy) for r in records]
 
 
 def _series(rows: list[dict[str, float]], keys: tuple[str, ...]) -> tuple[list[tuple[float, float]], str, str | None]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vitlab.cli.study_config import load_study_config, study_config_from_dict
-from vitlab.cli.study_stages import _backbone_record, finetune_specs, pretrain_backbones
+from vitlab.study.config import load_study_config, study_config_from_dict
+from vitlab.study.plan import finetune_specs
+from vitlab.study.stages import _backbone_record, pretrain_backbones
 
 RAW = {
     "name": "hub", "downstream": "digits",

@@ -10,7 +10,7 @@ import torch
 
 from vitlab.checkpoint import save_checkpoint
 from vitlab.cli.main import main
-from vitlab.cli.peft_study import plan_study
+from vitlab.study.plan import plan_study
 
 BACKBONE_KWARGS = {"depth": 2, "embed_dim": 48, "num_heads": 2, "patch_size": 8, "img_size": 16, "in_chans": 1,
                    "num_classes": 10}
@@ -43,7 +43,7 @@ def test_plan_takes_the_architecture_from_the_backbone_and_sets_the_budget(backb
     assert (k5["data"]["batch_size"], k5["trainer"]["max_epochs"], k5["trainer"]["max_steps"]) == (50, 30, 30)
     assert (k20["data"]["batch_size"], k20["trainer"]["max_epochs"], k20["trainer"]["max_steps"]) == (64, 8, 30)
     assert (full["data"]["batch_size"], full["trainer"]["max_epochs"], full["trainer"]["max_steps"]) == (64, 2, -1)
-    assert specs[0]["few_shot"] == {"k": 5, "seed": 0} and specs[4]["few_shot"] is None
+    assert k5["data"]["options"] == {"few_shot": {"shots": 5, "seed": 0}} and "options" not in full["data"]
     assert k5["optim"]["lr"] == 3e-3 and specs[5]["config"]["optim"]["lr"] == 3e-4
     assert k5["optim"]["warmup_epochs"] == pytest.approx(3.0) and k5["trainer"]["limit_val_batches"] == 0
 
@@ -102,7 +102,7 @@ def test_study_runs_each_config_in_a_process_and_resumes(backbone, tmp_path, cap
 def test_every_study_method_adapts_the_iformer_backbone():
     """The study's second backbone (configs/pretrain_iformer_mnist.yaml): each method starts as the base model."""
     from vitlab.peft import build_peft_transform, count_parameters
-    from vitlab.peft.study import STUDY_METHODS
+    from vitlab.study.plan import STUDY_METHODS
 
     x = torch.randn(2, 1, 32, 32)
     adaptation = {}

@@ -1,7 +1,7 @@
 """The plots of a ``vitlab study`` report, one PNG and an SVG beside it per function (each a matplotlib ``Figure`` on
 its own Agg canvas: the global backend and pyplot state are left alone).
 
-The functions take data that ``vitlab.eval.study_report`` already read from the study folder and return the PNG path
+The functions take data that `vitlab.study.report` already read from the study folder and return the PNG path
 (the SVG has the same name with ``.svg``); ``title`` (e.g. the study's name) goes above every panel:
 
 - ``plot_accuracy_vs_params``: clean accuracy (%) vs trainable parameters (log x) of the aggregated table rows, one
@@ -11,7 +11,9 @@ The functions take data that ``vitlab.eval.study_report`` already read from the 
 - ``plot_training_curves``: cross-entropy vs step of every fine-tuning run, one panel per shots setting, and the
   negative loss in a row of its own (never their sum);
 - ``plot_intrinsic_dim``: accuracy vs subspace dimension d (log x) per backbone, the threshold and d90 marked;
-- ``plot_per_module``: interpolated d90 per module kind (one panel per backbone), unreached kinds hatched.
+- ``plot_per_module``: interpolated d90 per module kind (one panel per backbone), unreached kinds hatched;
+- ``plot_summary_accuracy_vs_params``: the ``vitlab peft-study`` plot, accuracy (mean ± std) of its summary rows vs
+  trainable parameters, one panel per shots setting (PNG only).
 
 Example:
     >>> row = dict(backbone="vit", method="lora", negatives="none", shots=5, trainable_params=12000,
@@ -28,10 +30,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SEVERITIES", "plot_accuracy_vs_params", "plot_intrinsic_dim", "plot_per_module",
-           "plot_robustness_by_severity", "plot_training_curves", "shots_key", "shots_title"]
+from vitlab.eval.corruptions import SEVERITIES
 
-SEVERITIES = (1, 2, 3, 4, 5)
+__all__ = ["plot_accuracy_vs_params", "plot_intrinsic_dim", "plot_per_module", "plot_robustness_by_severity",
+           "plot_summary_accuracy_vs_params", "plot_training_curves", "shots_key", "shots_title"]
+
 _MARKERS = ("o", "^", "s", "D", "v", "P", "X")
 _STYLES = ("-", "--", ":", "-.")
 
@@ -279,3 +282,42 @@ def plot_per_module(tables: Mapping[str, Sequence[Mapping[str, Any]]], out_png: 
         ax.set_title(f"{name}: d90 per module kind (rank 1 at the top)")
         ax.grid(True, axis="x", alpha=0.3)
     return _save(fig, out_png, title)
+
+
+def plot_summary_accuracy_vs_params(summary: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Accuracy (mean ± std) against trainable parameters (log x), one panel per shots setting; returns ``path``.
+
+    Args:
+        summary: `vitlab.study.results.summarize_study` rows (``method, shots, trainable_params, accuracy_mean,
+            accuracy_std``).
+        path: the PNG to write.
+        title: prefix of each panel's title (e.g. the model and dataset).
+
+    Example:
+        >>> import tempfile
+        >>> rows = [{"method": "lora", "shots": 5, "trainable_params": 5000, "accuracy_mean": 0.6,
+        ...          "accuracy_std": 0.02}]
+        >>> path = plot_summary_accuracy_vs_params(rows, Path(tempfile.mkdtemp()) / "plot.png", title="digits")
+        >>> path.name, path.stat().st_size > 0
+        ('plot.png', True)
+    """
+    settings = _unique(row["shots"] for row in summary)
+    _require(settings, "the summary has no row")
+    fig = _figure(4.5 * len(settings), 3.8)
+    axes = fig.subplots(1, len(settings), squeeze=False)
+    for ax, shots in zip(axes[0], settings, strict=True):
+        for row in (r for r in summary if r["shots"] == shots):
+            ax.errorbar(row["trainable_params"], 100 * row["accuracy_mean"], yerr=100 * row["accuracy_std"],
+                        fmt="o", capsize=3, label=row["method"])
+            ax.annotate(row["method"], (row["trainable_params"], 100 * row["accuracy_mean"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (log)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{title} {'full data' if shots == 'full' else f'{shots}-shot'}".strip())
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path

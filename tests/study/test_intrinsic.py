@@ -132,7 +132,7 @@ def test_intrinsic_dim_refuses_bad_settings(tmp_path, capsys):
 
 
 def test_sweep_settings_refine_ratio():
-    from vitlab.cli.intrinsic_dim import SweepSettings
+    from vitlab.study.intrinsic import SweepSettings
 
     assert SweepSettings().refine_ratio == 2.0 and SweepSettings(refine_ratio=None).refine_ratio is None
     for bad in (1, 0.5, True, "2"):
@@ -141,7 +141,7 @@ def test_sweep_settings_refine_ratio():
 
 
 def test_sweep_cache_key_names_the_projection_norm_and_matches_old_global_records():
-    from vitlab.cli.intrinsic_dim import sweep_cache_key
+    from vitlab.study.intrinsic import sweep_cache_key
     from vitlab.train.config import PeftConfig, RunConfig
 
     def key(**options):

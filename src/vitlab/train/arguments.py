@@ -1,0 +1,155 @@
+"""Run configurations from YAML files and ``--section.key value`` arguments: the parser `vitlab fit` uses.
+
+`add_run_arguments` puts ``--config``, the top-level keys and every section of `vitlab.train.config` on a
+jsonargparse parser (the ``trainer`` section from ``lightning.Trainer``'s signature, with vitlab's defaults);
+`load_run_config_file` reads one YAML through it, so a misspelt key is refused as `vitlab fit` refuses it. With
+``help_only=True`` the ``trainer`` options are read from Lightning's source instead of importing Lightning, so
+``--help`` answers quickly.
+
+Usage (with a run config file)::
+
+    config = load_run_config_file("configs/pretrain_vit_mnist.yaml")  # a RunConfig
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from argparse import SUPPRESS
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+
+if TYPE_CHECKING:
+    from vitlab.train.config import RunConfig
+
+__all__ = ["SECTION_NAMES", "add_run_arguments", "load_run_config_file", "namespace_to_run_config",
+           "run_config_from_args", "run_sections"]
+
+SECTION_NAMES = ("model", "data", "optim", "negatives", "peft")
+# Trainer arguments vitlab sets itself (run folder, logger, callbacks).
+_TRAINER_SKIP = {"logger", "callbacks", "default_root_dir", "plugins", "enable_checkpointing", "model_registry"}
+
+
+def run_sections() -> dict[str, type]:
+    """Section name -> its config dataclass (``vitlab.train.config``), in ``SECTION_NAMES`` order."""
+    from vitlab.train.config import DataConfig, ModelConfig, NegativesConfig, OptimConfig, PeftConfig
+
+    classes = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "negatives": NegativesConfig,
+               "peft": PeftConfig}
+    return {name: classes[name] for name in SECTION_NAMES}
+
+
+def _add_trainer_help(parser: ArgumentParser) -> None:
+    """Describe the ``trainer`` section from ``lightning.Trainer.__init__``'s source (no import of Lightning).
+
+    Only for ``--help``: the options are listed with Lightning's types, defaults and docs, but a parser built this
+    way does not check values (the real parser, built from the imported class, does). Raises ``OSError``,
+    ``SyntaxError`` or ``StopIteration`` (before adding anything) when the source is not where it is expected.
+    """
+    spec = importlib.util.find_spec("lightning")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("lightning is not installed: `pip install vitlab` installs it")
+    source = Path(spec.submodule_search_locations[0]) / "pytorch" / "trainer" / "trainer.py"
+    tree = ast.parse(source.read_text())
+    trainer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
+    init = next(n for n in trainer.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    docs: dict[str, str] = {}
+    current = None
+    for line in (ast.get_docstring(init) or "").splitlines():
+        name, sep, text = line.strip().partition(": ")
+        if sep and line.startswith("    ") and not line.startswith("        ") and name.isidentifier():
+            current, docs[name] = name, text.strip()
+        elif current and line.startswith("        "):
+            docs[current] += " " + line.strip()
+        else:
+            current = None
+    args = init.args
+    positional = list(zip(args.args[len(args.args) - len(args.defaults):], args.defaults, strict=True))
+    group = parser.add_argument_group("trainer", "lightning.Trainer arguments (--trainer.KEY VALUE); vitlab sets "
+                                      "its own defaults for some (see `vitlab fit --print_config`)")
+    for arg, default in [*positional, *zip(args.kwonlyargs, args.kw_defaults, strict=True)]:
+        if arg.arg in _TRAINER_SKIP or arg.arg == "self":
+            continue
+        kind = ast.unparse(arg.annotation) if arg.annotation is not None else "any"
+        value = ast.unparse(default) if default is not None else "required"
+        group.add_argument(f"--trainer.{arg.arg}", metavar=kind, default=SUPPRESS,
+                           help=f"{docs.get(arg.arg, '')} (Lightning default: {value})")
+
+
+def add_run_arguments(parser: ArgumentParser, help_only: bool = False) -> ArgumentParser:
+    """Add ``--config``, the top-level keys and every config section (see ``vitlab.train.config``) to ``parser``.
+
+    ``help_only``: describe the ``trainer`` section without importing Lightning (for ``--help`` only; see
+    `_add_trainer_help`).
+    """
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML run configuration (configs/*.yaml)")
+    parser.add_argument("--name", type=str, default="run", help="run name: the run folder is <output_dir>/<name>")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random number generator")
+    parser.add_argument("--output_dir", type=str, default="runs", help="parent folder of run folders")
+    for section, config_class in run_sections().items():
+        parser.add_class_arguments(config_class, section)
+    if help_only:
+        try:
+            _add_trainer_help(parser)
+        except (OSError, SyntaxError, StopIteration):  # Lightning's source is not where expected: import it instead
+            help_only = False
+    if help_only:
+        _add_logger_arguments(parser)
+        return parser
+    import lightning as L
+
+    parser.add_class_arguments(L.Trainer, "trainer", skip=_TRAINER_SKIP, fail_untyped=False)
+    _add_logger_arguments(parser)
+    from vitlab.train.run import TRAINER_DEFAULTS
+
+    parser.set_defaults({f"trainer.{key}": value for key, value in TRAINER_DEFAULTS.items()})
+    return parser
+
+
+def _add_logger_arguments(parser: ArgumentParser) -> None:
+    """``trainer.logger`` / ``trainer.callbacks`` in LightningCLI's form; `vitlab.train.callbacks` builds them."""
+    spec = str | dict | list | None
+    parser.add_argument("--trainer.logger", type=spec, default=None,
+                        help="loggers beside metrics.csv: {class_path: TensorBoardLogger | MLFlowLogger | WandbLogger "
+                        "| a.full.Path, init_args: {...}}, or a list of them")
+    parser.add_argument("--trainer.callbacks", type=spec, default=None,
+                        help="Lightning callbacks in the same form, e.g. {class_path: EarlyStopping, init_args: "
+                        "{monitor: val/acc, mode: max}}")
+
+
+def namespace_to_run_config(ns: Namespace) -> RunConfig:
+    """Turn a parsed namespace (from ``add_run_arguments``) into a ``RunConfig``."""
+    from vitlab.train.config import RunConfig
+
+    sections = {name: cls(**ns[name].as_dict()) for name, cls in run_sections().items()}
+    trainer = {k: v for k, v in ns.trainer.as_dict().items() if v is not None}
+    return RunConfig(name=ns.name, seed=ns.seed, output_dir=ns.output_dir, trainer=trainer, **sections)
+
+
+def run_config_from_args(args: Sequence[str], prog: str = "vitlab fit") -> RunConfig:
+    """Parse run-config arguments (``["--config", PATH, "--optim.lr", "0.1", ...]``) into a ``RunConfig``.
+
+    Raises:
+        ConfigError: a misspelt key or a bad value (the message names it).
+    """
+    from argparse import ArgumentError
+
+    from vitlab.errors import ConfigError
+
+    parser = add_run_arguments(ArgumentParser(prog=prog, exit_on_error=False))
+    try:
+        ns = parser.parse_args(list(args))
+    except ArgumentError as err:
+        problem = " ".join(str(err).split())
+        raise ConfigError(f"{' '.join(args)}: {problem} (`vitlab fit --help` lists the keys)") from None
+    return namespace_to_run_config(ns)
+
+
+def load_run_config_file(path: str | Path) -> RunConfig:
+    """The ``RunConfig`` of a run YAML (``configs/*.yaml``), as ``vitlab fit --config PATH`` would train it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no run config at {path}: give the path of a `vitlab fit` YAML (configs/*.yaml)")
+    return run_config_from_args(["--config", str(path)])

@@ -1,0 +1,1 @@
+from ..hub_cache import hub_state, offline_hub  # noqa: F401  (fixtures)
