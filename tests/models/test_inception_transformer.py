@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
+from timm.layers import Mlp
 
 from tests.models.conftest import small_model
-from vitlab.models.inception_transformer import InceptionTransformer, Mixer, load_official_checkpoint
+from vitlab.models.inception_transformer import ChunkedMlp, InceptionTransformer, Mixer, load_official_checkpoint
 
 FIXTURE = "iformer_official_reference_tiny.safetensors"
 SHAPES = "iformer_official_state_dict_shapes.json"
@@ -189,3 +190,22 @@ def test_fast_mixer_matches_the_plain_formulation(dtype, atol):
     grads = [torch.autograd.grad(out.square().sum(), [x, *mixer.parameters()]) for out in (fast, expected)]
     for g_fast, g_plain in zip(*grads, strict=True):
         torch.testing.assert_close(g_fast, g_plain, rtol=1e-5, atol=atol * 10)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_chunked_mlp_at_inference_equals_timm_mlp(dtype, atol):
+    """Row chunks (7 rows of 64 hidden values, 50 tokens: uneven last chunk) give timm's Mlp result; in training or
+    with autograd on, the module is timm's Mlp.forward itself (bit-identical, gradients flow)."""
+    torch.manual_seed(0)
+    chunked = ChunkedMlp(16, 64, hidden_budget=7 * 64).to(dtype).eval()
+    assert chunked.rows == 7
+    plain = Mlp(16, 64).to(dtype).eval()
+    plain.load_state_dict(chunked.state_dict())
+    x = torch.randn(2, 5, 5, 16, dtype=dtype)
+    with torch.inference_mode():
+        torch.testing.assert_close(chunked(x), plain(x), rtol=0, atol=atol)
+    x.requires_grad_(True)
+    torch.testing.assert_close(chunked.train()(x), plain.train()(x), rtol=0, atol=0)
+    assert chunked(x).requires_grad
+    with pytest.raises(ValueError, match="hidden_budget must be >= 1"):
+        ChunkedMlp(16, 64, hidden_budget=0)

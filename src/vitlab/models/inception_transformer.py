@@ -32,8 +32,8 @@ from torch import nn
 from vitlab.models.iformer_checkpoint import checkpoint_filter_fn, load_official_checkpoint
 
 __all__ = [
-    "InceptionTransformer", "add_pos_embed", "check_image_size", "check_input_size", "checkpoint_filter_fn",
-    "load_official_checkpoint",
+    "ChunkedMlp", "InceptionTransformer", "add_pos_embed", "check_image_size", "check_input_size",
+    "checkpoint_filter_fn", "load_official_checkpoint", "mlp_in_row_chunks",
 ]
 
 _NUM_STAGES = 4
@@ -253,6 +253,64 @@ class Mixer(nn.Module):
         return self.proj_drop(F.linear(x, self.proj.weight.flatten(1), self.proj.bias))  # the 1x1 conv, on NHWC
 
 
+@register_notrace_function  # the row loop depends on the input's size: a leaf for torch.fx
+def mlp_in_row_chunks(
+    x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor, approximate: str, rows: int,
+) -> torch.Tensor:
+    """``fc2(gelu(fc1(x)))`` over the last dim of ``x`` ``(..., C_in) -> (..., C_out)``, ``rows`` tokens at a time.
+
+    The same products as one pass, row by row, so the result is identical; only the hidden activation of one chunk
+    exists at a time. It stays in the CPU cache between the three ops and is reused, instead of a fresh multi-MB
+    buffer that is written, read back from memory and freed three times per block.
+
+    Example:
+        >>> w1, b1, w2, b2 = torch.randn(8, 4), torch.randn(8), torch.randn(4, 8), torch.randn(4)
+        >>> x = torch.randn(2, 5, 5, 4)
+        >>> ref = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+        >>> bool((mlp_in_row_chunks(x, w1, b1, w2, b2, "none", 7) - ref).abs().max() < 1e-6)
+        True
+    """
+    if rows < 1:
+        raise ValueError("rows must be >= 1, got " + str(rows))
+    flat = x.reshape(-1, x.shape[-1])
+    out = flat.new_empty(flat.shape[0], fc2_weight.shape[0])
+    fc2_weight_t = fc2_weight.t()
+    for start in range(0, flat.shape[0], rows):
+        hidden = F.gelu(F.linear(flat[start : start + rows], fc1_weight, fc1_bias), approximate=approximate)
+        torch.addmm(fc2_bias, hidden, fc2_weight_t, out=out[start : start + rows])
+    return out.reshape(x.shape[:-1] + (fc2_weight.shape[0],))
+
+
+class ChunkedMlp(Mlp):
+    """timm's ``Mlp`` (same parameters and names) that, at inference, runs in chunks of tokens.
+
+    Under ``torch.no_grad``/``inference_mode`` in eval mode, with GELU, biases and no hidden norm,
+    :func:`mlp_in_row_chunks` computes the same result with about ``hidden_budget`` hidden values alive at a time;
+    otherwise (training, autograd) it is timm's ``Mlp.forward``. Input and output ``(..., in_features)``.
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, hidden_budget: int = 1 << 19, **kwargs):
+        super().__init__(in_features, hidden_features, **kwargs)
+        if hidden_budget < 1:
+            raise ValueError(f"hidden_budget must be >= 1 (hidden values per chunk), got {hidden_budget}")
+        self.rows = max(1, hidden_budget // hidden_features)
+        chunkable = (
+            isinstance(self.act, nn.GELU) and isinstance(self.norm, nn.Identity)
+            and self.fc1.bias is not None and self.fc2.bias is not None
+        )
+        self.approximate = self.act.approximate if chunkable else ""  # "" marks "not chunkable"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.approximate == "" or self.training or torch.is_grad_enabled():  # timm's Mlp.forward (scriptable)
+            return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
+        fc1_bias, fc2_bias = self.fc1.bias, self.fc2.bias
+        assert fc1_bias is not None and fc2_bias is not None  # for TorchScript's Optional refinement
+        return mlp_in_row_chunks(
+            x, self.fc1.weight, fc1_bias, self.fc2.weight, fc2_bias, self.approximate, self.rows
+        )
+
+
 class Block(nn.Module):
     """Pre-norm block on ``(B, H, W, dim)``: ``x + ls1 * Mixer(LN(x))``, then ``x + ls2 * Mlp(LN(x))``.
 
@@ -276,7 +334,7 @@ class Block(nn.Module):
         self.attn = Mixer(dim, num_heads, attention_heads, pool_size, qkv_bias, attn_drop, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim, eps=1e-6, **dd)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop, **dd)
+        self.mlp = ChunkedMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.attn(self.norm1(x))
