@@ -1,0 +1,58 @@
+"""The one aggregation of seeds (`aggregate_seeds`, `mean_interval`) and its two users, on hand-made numbers."""
+
+import csv
+import math
+
+import pytest
+
+from vitlab.study.results import aggregate_seeds, mean_interval, read_result_rows, summarize_study, write_csv
+
+
+def test_mean_interval_is_the_student_t_interval_of_the_mean():
+    mean, std, low, high = mean_interval([0.70, 0.72, 0.74])
+    # mean 0.72, sample std 0.02, t_{0.975, 2} = 4.302653 -> half width 4.302653 * 0.02 / sqrt(3) = 0.049683
+    assert (mean, std) == pytest.approx((0.72, 0.02))
+    assert (low, high) == pytest.approx((0.72 - 0.0496828, 0.72 + 0.0496828), abs=1e-6)
+    assert mean_interval([0.5]) is None and mean_interval([]) is None  # no spread from one seed
+    with pytest.raises(ValueError, match="confidence must be in"):
+        mean_interval([0.1, 0.2], confidence=95)
+
+
+def test_aggregate_seeds_groups_in_first_seen_order_and_skips_missing_values():
+    rows = [dict(method="lora", shots=5, seed=0, acc=0.60, neg=None),
+            dict(method="full", shots=5, seed=0, acc=0.80, neg=0.2),
+            dict(method="lora", shots=5, seed=1, acc=0.70, neg=0.4),
+            dict(method="lora", shots=5, seed=2, acc=0.80, neg=0.6)]
+    lora, full = aggregate_seeds(rows, ("method", "shots"), ("acc", "neg"))
+    assert (lora["method"], lora["shots"], lora["seeds"]) == ("lora", 5, 3)
+    assert [m["seed"] for m in lora["members"]] == [0, 1, 2]
+    assert lora["acc"] == pytest.approx(0.70) and lora["acc_std"] == pytest.approx(0.10) and lora["acc_n"] == 3
+    assert lora["neg"] == pytest.approx(0.5) and lora["neg_n"] == 2  # the None of seed 0 is not a value
+    assert lora["neg_std"] == pytest.approx(math.sqrt(0.02))
+    assert lora["acc_ci"] == pytest.approx((0.70 - 0.248413, 0.70 + 0.248413), abs=1e-6)  # t_{0.975,2}*0.1/sqrt(3)
+    assert (full["acc"], full["acc_n"], full["acc_std"], full["acc_ci"]) == (0.80, 1, None, None)  # one seed
+    with pytest.raises(ValueError, match=r"lacks \['shots'\]"):
+        aggregate_seeds([{"method": "lora", "acc": 0.5}], ("method", "shots"), ("acc",))
+
+
+def test_peft_study_summary_uses_the_same_aggregation():
+    rows = [{"method": "linear", "shots": 5, "seed": s, "accuracy": a, "trainable_params": 1290, "train_time_s": t}
+            for s, (a, t) in enumerate([(0.5, 1.0), (0.6, 2.0), (0.7, 3.0)])]
+    rows.append({"method": "linear", "shots": "full", "seed": 0, "accuracy": 0.9, "trainable_params": 1290})
+    few, full = summarize_study(rows)
+    assert few == {"method": "linear", "shots": 5, "seeds": 3, "accuracy_mean": 0.6, "accuracy_std": 0.1,
+                   "trainable_params": 1290, "train_time_s": 2.0}
+    assert full["accuracy_std"] == 0.0 and full["seeds"] == 1 and "train_time_s" not in full
+    with pytest.raises(ValueError, match="lacks"):
+        summarize_study([{"method": "linear", "shots": 5}])
+
+
+def test_result_rows_round_trip_through_csv(tmp_path):
+    rows = [{"run": "lora-k5-s0", "method": "lora", "shots": 5, "seed": 0, "accuracy": 0.61, "trainable_params": 7},
+            {"run": "lora-full-s0", "method": "lora", "shots": "full", "seed": 0, "accuracy": 0.9,
+             "trainable_params": 7, "peak_memory_mb": 300.5}]
+    path = write_csv(rows, tmp_path / "results.csv")
+    with path.open(newline="") as handle:
+        assert csv.DictReader(handle).fieldnames == ["run", "method", "shots", "seed", "accuracy", "trainable_params",
+                                                     "peak_memory_mb"]
+    assert read_result_rows(path) == rows and read_result_rows(tmp_path / "none.csv") == []
