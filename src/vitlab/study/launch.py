@@ -24,7 +24,7 @@ from typing import Any
 
 from vitlab.study.cache import config_hash, differing_keys
 
-__all__ = ["cached_rows", "launch_run"]
+__all__ = ["cached_rows", "launch_run", "launch_runs"]
 
 _SPEC, _RESULT = "study_spec.json", "study_result.json"
 
@@ -76,7 +76,45 @@ def launch_run(spec: dict[str, Any], run_dir: Path, keep_checkpoints: bool) -> d
     row = {"run": spec["config"]["name"], "method": spec["method"], "shots": spec["shots"], "seed": spec["seed"],
            **result, "peak_memory_mb": round(peak_mb, 1), "wall_time_s": round(time.perf_counter() - start, 2),
            "config_hash": config_hash(spec)}
+    row.update({key: spec[key] for key in ("backbone", "negatives") if key in spec})  # a `vitlab study` run
     return row
+
+
+def launch_runs(todo: list[dict[str, Any]], rows: list[dict[str, Any]], results: Path, desc: str,
+                keep_checkpoints: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """`launch_run` each spec of ``todo`` in turn under a progress bar, rewriting the ``results`` table after each.
+
+    Args:
+        todo: the specs to run (`cached_rows`' second value).
+        rows: the table's rows so far (`cached_rows`' first value); a run's new row replaces its old one.
+        results: the CSV to rewrite (`vitlab.study.results.write_csv`).
+        desc: the progress bar's label.
+        keep_checkpoints: keep each run's ``checkpoints/`` (deleted by default to save disk).
+
+    Returns:
+        ``(rows, names of the runs that failed)``; a failed run is reported and skipped, the others still run.
+    """
+    from vitlab.study.progress import sweep_progress
+    from vitlab.study.results import write_csv
+
+    failed = []
+    with sweep_progress(len(todo), desc) as bar:
+        for i, spec in enumerate(todo, 1):
+            name = spec["config"]["name"]
+            try:
+                row = launch_run(spec, Path(spec["config"]["output_dir"]) / name, keep_checkpoints)
+            except RuntimeError as err:
+                failed.append(name)
+                bar.write(f"[{i}/{len(todo)}] {name}: FAILED, {err}")
+                bar.update(1)
+                continue
+            rows = [r for r in rows if r["run"] != name] + [row]
+            write_csv(rows, results)
+            bar.write(f"[{i}/{len(todo)}] {name}: accuracy {row['accuracy']:.4f}, {row['trainable_params']:,} "
+                      f"trainable parameters, {row['train_time_s']:.1f} s training, "
+                      f"peak {row['peak_memory_mb']:.0f} MB")
+            bar.update(1)
+    return rows, failed
 
 
 def _child(spec_path: str) -> int:

@@ -36,10 +36,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vitlab.study.launch import cached_rows, launch_run
+from vitlab.study.launch import cached_rows, launch_runs
 from vitlab.study.plan import plan_study
 from vitlab.study.plots import plot_summary_accuracy_vs_params
-from vitlab.study.progress import sweep_progress
 from vitlab.study.results import read_result_rows, summarize_study, write_csv
 
 __all__ = ["run_peft_study"]
@@ -63,25 +62,10 @@ def run_peft_study(output_dir: str = "runs/peft_study", keep_checkpoints: bool =
     out = Path(output_dir)
     results_path = out / "results.csv"
     rows, todo = cached_rows(read_result_rows(results_path), specs, out / "runs", reuse_cached_as_is)
-    failed = []
     for spec in specs:
         if spec not in todo:
             print(f"{spec['config']['name']}: already in {results_path} (same configuration), skipped", flush=True)
-    with sweep_progress(len(todo), "peft-study") as bar:
-        for i, spec in enumerate(todo, 1):
-            name = spec["config"]["name"]
-            try:
-                row = launch_run(spec, Path(spec["config"]["output_dir"]) / name, keep_checkpoints)
-            except RuntimeError as err:
-                failed.append(name)
-                bar.write(f"[{i}/{len(todo)}] {name}: FAILED, {err}")
-                bar.update(1)
-                continue
-            rows = [r for r in rows if r["run"] != name] + [row]
-            write_csv(rows, results_path)
-            bar.write(f"[{i}/{len(todo)}] {name}: accuracy {row['accuracy']:.4f}, {row['trainable_params']:,} "
-                      f"trainable parameters, {row['train_time_s']:.1f} s, peak {row['peak_memory_mb']:.0f} MB")
-            bar.update(1)
+    rows, failed = launch_runs(todo, rows, results_path, "peft-study", keep_checkpoints)
     paths: dict[str, Any] = {"results": results_path, "rows": rows}
     if rows:
         summary = summarize_study(rows)

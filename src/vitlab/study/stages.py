@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from vitlab.eval.corruptions import SEVERITIES
 from vitlab.study.cache import config_hash, ensure_cache_matches, write_record
 from vitlab.study.config import StudyConfig
-from vitlab.study.launch import cached_rows, launch_run
+from vitlab.study.launch import cached_rows, launch_runs
 from vitlab.study.plan import backbone_model, split_sizes
 from vitlab.study.progress import sweep_progress
 from vitlab.study.results import read_result_rows, write_csv
@@ -91,23 +91,7 @@ def run_finetune(config: StudyConfig, specs: list[dict[str, Any]],
     rows, todo = cached_rows(read_result_rows(results), specs, config.folder / "finetune" / "runs",
                              reuse_cached_as_is)
     print(f"{len(specs)} fine-tuning runs, {len(specs) - len(todo)} already done", flush=True)
-    failed = []
-    with sweep_progress(len(todo), "study fine-tuning") as bar:
-        for i, spec in enumerate(todo, 1):
-            name = spec["config"]["name"]
-            try:
-                row = launch_run(spec, Path(spec["config"]["output_dir"]) / name, keep_checkpoints=False)
-            except RuntimeError as err:
-                failed.append(name)
-                bar.write(f"[{i}/{len(todo)}] {name}: FAILED, {err}")
-                bar.update(1)
-                continue
-            rows = [r for r in rows if r["run"] != name] + [{**row, "backbone": spec["backbone"],
-                                                             "negatives": spec["negatives"]}]
-            write_csv(rows, results)
-            bar.write(f"[{i}/{len(todo)}] {name}: accuracy {row['accuracy']:.4f}, {row['trainable_params']:,} "
-                      f"trainable, {row['wall_time_s']:.0f} s")
-            bar.update(1)
+    rows, failed = launch_runs(todo, rows, results, "study fine-tuning")
     if failed:
         raise ValueError(f"{len(failed)} fine-tuning run(s) failed: {failed}; see their log.txt under "
                          f"{config.folder / 'finetune' / 'runs'}, then rerun the same command (finished runs are kept)")
