@@ -4,9 +4,11 @@ On timm ``vit_small_patch16_224`` at 224 px (random weights, a 10-class head; sp
 
 - **ratios in one process** (the machine may be shared: the steps of all models are timed in turn each round, so a
   load change hits them alike): the training step of KAdaptation through peft (``peft.get_peft_model`` with
-  ``KAdaptationConfig``, what ``vitlab fit`` runs) against vitlab 0.1's own KAdaptation path (its ``DeltaLinear`` /
-  ``KAdaptationDelta`` source read from git revision ``--legacy-rev``, the same seeded factors) and against peft
-  LoRA r = 1 on every ``qkv``; goals: peft path ≤ 1.05× vitlab 0.1, KAdaptation ≤ 1.0× LoRA r = 1.
+  ``KAdaptationConfig``, what ``vitlab fit`` runs: ΔW folded into the weight copy, factor gradients from low-rank
+  products) against the same model on the per-token path (``RowSliceLayer.forward``: ``x R`` then ``h L_sᵀ`` added
+  to each slice's rows, what KAdaptation ran before the folded path), against vitlab 0.1's own KAdaptation path (its
+  ``DeltaLinear`` / ``KAdaptationDelta`` source read from git revision ``--legacy-rev``, the same seeded factors) and
+  against peft LoRA r = 1 on every ``qkv``; goals: peft path ≤ 1.05× vitlab 0.1, KAdaptation ≤ 1.0× LoRA r = 1.
 
 - **training**: time of one optimizer step (forward, cross-entropy, backward, AdamW step) and peak memory, for
   ``kadaptation`` (default config: n = 32, r = 1, Q and V rows of every fused ``qkv``), peft ``lora`` and ``lokr`` on
@@ -84,6 +86,17 @@ def legacy_kadaptation(model: torch.nn.Module, rev: str, seed: int = 0) -> torch
     for name, param in model.named_parameters():
         param.requires_grad_(".adapters." in name or "adapter_bias" in name or name.startswith(("kadaptation_rules",
                                                                                                  "head.")))
+    return model
+
+
+def per_token_path(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (a KAdaptation ``PeftModel``) with every ``KAdaptationLayer`` on ``RowSliceLayer``'s per-token path
+    instead of the folded one (the same parameters and outputs)."""
+    from vitlab.peft.kadaptation import kadaptation_layers
+    from vitlab.peft.slice_tuner import RowSliceLayer
+
+    for _, layer in kadaptation_layers(model):
+        layer.forward = types.MethodType(RowSliceLayer.forward, layer)
     return model
 
 
@@ -193,7 +206,8 @@ def _interleaved(fns: dict[str, object], steps: int, warmup: int, device: torch.
 
 
 def worker_ratios(args: argparse.Namespace) -> dict:
-    """One process: train steps of KAdaptation through peft, vitlab 0.1's KAdaptation and peft LoRA r=1, in turn."""
+    """One process: train steps of KAdaptation through peft (folded and per-token paths), vitlab 0.1's KAdaptation and
+    peft LoRA r=1, in turn."""
     import timm
 
     from vitlab.peft import count_parameters
@@ -203,6 +217,7 @@ def worker_ratios(args: argparse.Namespace) -> dict:
     y = torch.randint(0, NUM_CLASSES, (args.batch_size,), device=device)
     torch.manual_seed(0)
     models = {"kadaptation (peft)": _build("kadaptation"),
+              "kadaptation (peft, per-token path)": per_token_path(_build("kadaptation")),
               "kadaptation (vitlab 0.1)": legacy_kadaptation(timm.create_model(MODEL, num_classes=NUM_CLASSES),
                                                              args.legacy_rev),
               "lora r=1 (peft)": _build("lora", {"r": 1})}
@@ -221,6 +236,8 @@ def worker_ratios(args: argparse.Namespace) -> dict:
     seconds = _interleaved(steps, args.steps, args.warmup, device)
     return {"step_s": seconds, "adaptation": counts,
             "peft_vs_vitlab01": seconds["kadaptation (peft)"] / seconds["kadaptation (vitlab 0.1)"],
+            "folded_vs_per_token": seconds["kadaptation (peft)"] / seconds["kadaptation (peft, per-token path)"],
+            "per_token_vs_lora_r1": seconds["kadaptation (peft, per-token path)"] / seconds["lora r=1 (peft)"],
             "kadaptation_vs_lora_r1": seconds["kadaptation (peft)"] / seconds["lora r=1 (peft)"]}
 
 
@@ -311,6 +328,8 @@ def main() -> None:
         print(f"{label:<42} {ratios['adaptation'][label]:>11,} {seconds:>8.3f}")
     print(f"KAdaptation through peft / vitlab 0.1 path: {ratios['peft_vs_vitlab01']:.3f}x (goal <= 1.05)")
     print(f"KAdaptation / peft LoRA r=1:               {ratios['kadaptation_vs_lora_r1']:.3f}x (goal <= 1.0)")
+    print(f"  folded path / per-token path:            {ratios['folded_vs_per_token']:.3f}x "
+          f"(per-token path / LoRA r=1: {ratios['per_token_vs_lora_r1']:.3f}x)")
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
            "processor": platform.processor(), "device": args.device, "model": MODEL, "img_size": IMG,
            "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,

@@ -244,3 +244,94 @@ def test_gradients_of_the_factored_path_equal_those_of_the_dense_reference():
     dense = F.linear(x, layer.base_layer.weight + reference_delta(layer), bias)
     for got, expected in zip(grads(layer(x)), grads(dense), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+class _OddShapes(nn.Module):
+    """A fused ``qkv`` (12 -> 36) and a plain Linear of odd shape (15 -> 21)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.fc = nn.Linear(12, 36), nn.Linear(15, 21)
+
+
+def dense_reference(layer, adapter: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W + ΔW, b + Δb)`` of one layer from torch.kron of the raw factors (shared or not, low-rank or full A)."""
+    rules = layer.shared_rules[adapter] if adapter in layer.shared_rules else layer.kadaptation_A[adapter]
+    weight, bias = layer.base_layer.weight.clone(), layer.base_layer.bias.clone()
+    for key, (a, b) in layer.slice_rows[adapter].items():
+        role = layer.settings[adapter]["roles"][key]
+        u, v = layer.kadaptation_u[adapter][key], layer.kadaptation_v[adapter][key]
+        a_full = rules[role] if role in rules else rules[f"{role}_left"] @ rules[f"{role}_right"]
+        weight[a:b] += layer.settings[adapter]["scale"] * sum(torch.kron(a_full[i], u[i] @ v[i])
+                                                              for i in range(u.shape[0]))
+        if adapter in layer.kadaptation_bias:
+            bias[a:b] += layer.kadaptation_bias[adapter]
+    return weight, bias
+
+
+# (target, fused_slices, n, rank, a_rank, share_a, delta_bias, scale, input shape)
+FOLDED_CASES = [
+    ("qkv", ("q", "v"), 3, 1, 1, True, True, 1.0, (2, 5, 12)),
+    ("qkv", ("q", "k", "v"), 2, 3, 2, False, True, 0.5, (7, 12)),
+    ("qkv", ("v",), 4, 2, None, True, False, 3.0, (1, 3, 2, 12)),
+    ("qkv", ("k", "v"), 6, 1, 6, True, True, 1.0, (4, 12)),
+    ("fc", ("q", "v"), 3, 2, 1, True, True, 2.0, (2, 5, 15)),
+    ("fc", ("q", "v"), 1, 2, None, False, True, 1.0, (3, 15)),
+]
+
+
+@pytest.mark.parametrize(("target", "slices", "n", "rank", "a_rank", "share_a", "delta_bias", "scale", "shape"),
+                         FOLDED_CASES)
+def test_folded_path_equals_the_dense_kronecker_reference_in_float64(target, slices, n, rank, a_rank, share_a,
+                                                                     delta_bias, scale, shape):
+    torch.manual_seed(0)
+    model = get_peft_model(_OddShapes().double(), KAdaptationConfig(
+        n=n, rank=rank, a_rank=a_rank, share_a=share_a, delta_bias=delta_bias, scale=scale, target_modules=[target],
+        fused_slices=slices, train_head=False, path="factored"))
+    randomize_adapter(model, std=0.3)
+    layer = dict(kadaptation_layers(model))[target]
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    assert layer._folded_adapter(x) == "default"  # the path under test, not the per-token fallback
+    params = [p for _, p in model.named_parameters() if p.requires_grad]
+    count = len(slices) if target == "qkv" else 1  # u, v and the A factors per slice, one bias per layer
+    assert len(params) == count * (2 + (1 if a_rank is None else 2)) + delta_bias
+    weights = torch.randn(*shape[:-1], layer.out_features, dtype=torch.float64)
+
+    def value_and_grads(output: torch.Tensor) -> list[torch.Tensor]:
+        return [output.detach(), *torch.autograd.grad((output * weights).sum(), [x, *params], allow_unused=True)]
+
+    got = value_and_grads(layer(x))
+    expected = value_and_grads(F.linear(x, *dense_reference(layer)))
+    assert all(g is not None for g in got)  # every trainable factor (and x) gets a gradient
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_folded_path_matches_the_per_token_path_in_float32():
+    from vitlab.peft.slice_tuner import RowSliceLayer
+
+    model = get_peft_model(timm_vit(), KAdaptationConfig(n=8))
+    randomize_adapter(model)
+    _, layer = kadaptation_layers(model)[0]
+    params = [p for p in layer.parameters() if p.requires_grad] + list(layer.shared_rules["default"].parameters())
+    x = torch.randn(4, 17, 64, requires_grad=True)
+    weights = torch.randn(4, 17, layer.out_features)
+    results = []
+    for forward in (layer.forward, lambda t: RowSliceLayer.forward(layer, t)):
+        out = forward(x)
+        results.append([out.detach(), *torch.autograd.grad((out * weights).sum(), [x, *params])])
+    assert layer._folded_adapter(x) == "default"
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_path_is_used_only_for_one_active_factored_adapter_in_the_input_dtype():
+    model = get_peft_model(timm_vit(), KAdaptationConfig(n=8))
+    _, layer = kadaptation_layers(model)[0]
+    x = torch.randn(2, 64)
+    assert layer._folded_adapter(x) == "default"
+    assert layer._folded_adapter(x.double()) is None  # dtype mismatch: RowSliceLayer's path (which then casts)
+    with model.disable_adapter():
+        assert layer._folded_adapter(x) is None
+    dense = get_peft_model(timm_vit(), KAdaptationConfig(n=8, dropout=0.1))
+    assert kadaptation_layers(dense)[0][1]._folded_adapter(x) is None

@@ -9,10 +9,12 @@ Shapes (n terms, weight block ``out × in``, ``p = out/n``, ``q = in/n``, rank `
   ``B_i = u_i @ v_i``. Reference names: ``*_adapter1_left/right``. Per layer: ``kadaptation_bias[<adapter>]``.
 
 With a rank-``a`` ``A_i = Σ_a l_ia r_iaᵀ`` and ``B_i = Σ_r u_ir v_irᵀ``, ``A_i ⊗ B_i = Σ_{a,r} (l_ia ⊗ u_ir)(r_ia ⊗
-v_ir)ᵀ``: ΔW = L Rᵀ has rank at most ``n · a · r`` (32 with the defaults), and the factored path computes
-``(x R) Lᵀ`` with ``L (out, n·a·r)``, ``R (in, n·a·r)``: two small GEMMs (``x R`` once for the Q and V slices,
-then ``h Lᵀ`` added in place to each slice's rows), the bias folded into the Linear's bias. A full
-``A_i`` is ``A_i @ I``. The dense path (needed for dropout on ΔW, as in the reference) builds ΔW once per forward.
+v_ir)ᵀ``: ΔW = L Rᵀ has rank at most ``n · a · r`` (32 with the defaults), with ``L (out, n·a·r)``, ``R (in,
+n·a·r)``; a full ``A_i`` is ``A_i @ I``. The factored path (one active adapter, the training case) folds ``L_s R_sᵀ``
+and the bias into a copy of each slice's weight rows, so the forward pass is one Linear, and takes the factors'
+gradients from low-rank products (``x R``, ``g_s L_s``): ``rows · in · K`` multiply-adds per slice to fold, about
+``4 · in · K`` per token and slice to train, no dense gradient of ΔW. The dense path (needed for dropout on ΔW, as in
+the reference) builds ΔW once per forward and lets autograd take its gradient.
 
 Example:
     >>> import torch
@@ -38,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer
 from vitlab.peft.targets import Target
@@ -47,6 +50,102 @@ __all__ = ["KAdaptationLayer", "init_rule"]
 
 def _normal(shape: tuple[int, ...], std: float, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(shape, generator=generator) * std
+
+
+def _kron_left(left: torch.Tensor, u: torch.Tensor, scale: float) -> torch.Tensor:
+    """``Lᵀ (n·a·r, n·p)`` of one slice from ``left (n, n, a)`` and ``u (n, p, r)``, scale included:
+    ``Lᵀ[(i, a, r), (k, p)] = s · left[i, k, a] · u[i, p, r]``."""
+    n, k, a = left.shape
+    _, p, r = u.shape
+    return (left.transpose(1, 2).reshape(n, a, 1, k, 1) * (u * scale).transpose(1, 2).reshape(n, 1, r, 1, p)) \
+        .reshape(n * a * r, k * p)
+
+
+def _kron_right(right: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``Rᵀ (n·a·r, n·q)`` of one slice from ``right (n, a, n)`` and ``v (n, r, q)``:
+    ``Rᵀ[(i, a, r), (j, l)] = right[i, a, j] · v[i, r, l]``."""
+    n, a, j = right.shape
+    _, r, q = v.shape
+    return (right.reshape(n, a, 1, j, 1) * v.reshape(n, 1, r, 1, q)).reshape(n * a * r, j * q)
+
+
+class _KroneckerLinear(torch.autograd.Function):
+    """``F.linear(x, W + ΔW, b + Δb)`` with ``ΔW = L_s R_sᵀ`` and ``Δb`` on the rows ``a:b`` of each slice ``s``.
+
+    The forward pass folds the rank-``K`` update into a copy of the weight (``rows · in · K`` multiply-adds per slice,
+    none per token) and, when training, keeps ``h_sᵀ = R_sᵀ xᵀ`` (with a row of ones below it). The backward pass
+    gives ``x`` its gradient through the folded weight and the factors theirs from low-rank products, never the dense
+    ``(out, in)`` gradient of ``ΔW``: with ``g`` the output gradient, ``[∂L_sᵀ; ∂Δb_s] = [h_sᵀ; 1ᵀ] g_s`` and ``∂Rᵀ =
+    [L_sᵀ g_sᵀ]_s x``, then mapped onto ``left``, ``u``, ``right``, ``v`` (products in the ``(K, ·)`` layout, the
+    fastest for these shapes). Inputs after ``spans`` are ``(left, right, u, v)`` per slice (a tensor may appear for
+    several slices; autograd sums its gradients).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                delta_bias: torch.Tensor | None, scale: float, spans: tuple[tuple[int, int], ...],
+                *factors: torch.Tensor) -> torch.Tensor:
+        merged = weight.clone()
+        lefts, rights = [], []
+        for index, (a, b) in enumerate(spans):
+            left, right, u, v = factors[4 * index:4 * index + 4]
+            lefts.append(_kron_left(left, u, scale))
+            rights.append(_kron_right(right, v))
+            merged[a:b].addmm_(lefts[-1].T, rights[-1])
+        if delta_bias is not None:
+            bias = bias.clone()
+            for a, b in spans:
+                bias[a:b] += delta_bias
+        out = F.linear(x, merged, bias)
+        inputs = x.reshape(-1, x.shape[-1])
+        h_t = None
+        if any(ctx.needs_input_grad[3:]):  # x is still in cache: h_sᵀ now, each above a row of ones (for ∂Δb)
+            h_t = inputs.new_ones(sum(r.shape[0] for r in rights) + len(rights), inputs.shape[0])
+            start = 0
+            for right in rights:
+                torch.mm(right, inputs.T, out=h_t[start:start + right.shape[0]])
+                start += right.shape[0] + 1
+        ctx.scale, ctx.spans = scale, spans
+        ctx.save_for_backward(x, merged, h_t, *lefts, *factors)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, merged, h_t, *rest = ctx.saved_tensors
+        spans, needs, count = ctx.spans, ctx.needs_input_grad, len(ctx.spans)
+        lefts, factors = rest[:count], rest[count:]
+        flat, inputs = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+        grad_x = (flat @ merged).view(x.shape) if needs[0] else None
+        grad_weight = flat.T @ inputs if needs[1] else None
+        grad_bias = flat.sum(0) if needs[2] else None
+        grad_factors: list[torch.Tensor | None] = [None] * len(factors)
+        grad_delta_bias = None
+        need_r = any(needs[7 + 4 * i] or needs[9 + 4 * i] for i in range(count))
+        if h_t is not None:
+            grad_h_t = flat.new_empty(sum(left_t.shape[0] for left_t in lefts), flat.shape[0]) if need_r else None
+            start = 0
+            for index, ((a, b), left_t) in enumerate(zip(spans, lefts, strict=True)):
+                left, _, u, _ = factors[4 * index:4 * index + 4]
+                rows, k = flat[:, a:b], left_t.shape[0]
+                products = h_t[start + index:start + index + k + 1] @ rows  # [∂Lᵀ / s; Σ_t g_s]
+                grad_delta_bias = products[k] if grad_delta_bias is None else grad_delta_bias + products[k]
+                grad_l = products[:k].view(left.shape[0], left.shape[2], u.shape[2], left.shape[1], u.shape[1])
+                grad_factors[4 * index] = (grad_l * u.transpose(1, 2).unsqueeze(1).unsqueeze(3)).sum((2, 4)) \
+                    .transpose(1, 2).mul_(ctx.scale)
+                grad_factors[4 * index + 2] = (grad_l * left.transpose(1, 2).unsqueeze(2).unsqueeze(4)).sum((1, 3)) \
+                    .transpose(1, 2).mul_(ctx.scale)
+                if need_r:
+                    torch.mm(left_t, rows.T, out=grad_h_t[start:start + k])
+                start += k
+            if need_r:
+                for index, part in enumerate((grad_h_t @ inputs).split([left_t.shape[0] for left_t in lefts])):
+                    _, right, _, v = factors[4 * index:4 * index + 4]
+                    part = part.view(right.shape[0], right.shape[1], v.shape[1], right.shape[2], v.shape[2])
+                    grad_factors[4 * index + 1] = (part * v.unsqueeze(1).unsqueeze(3)).sum((2, 4))
+                    grad_factors[4 * index + 3] = (part * right.unsqueeze(2).unsqueeze(4)).sum((1, 3))
+        grad_factors = [g if needs[6 + i] else None for i, g in enumerate(grad_factors)]
+        return grad_x, grad_weight, grad_bias, grad_delta_bias if needs[3] else None, None, None, *grad_factors
 
 
 def init_rule(rules: nn.ParameterDict, role: str, n: int, a_rank: int | None, generator: torch.Generator | None,
@@ -139,10 +238,7 @@ class KAdaptationLayer(RowSliceLayer):
         left, right = self._factors(adapter_name, setting["roles"][key])
         u, v = self.kadaptation_u[adapter_name][key], self.kadaptation_v[adapter_name][key]
         left, right = left.to(u.dtype), right.to(u.dtype)  # peft may keep the layer's factors in float32
-        rows = u.shape[0] * u.shape[1]
-        big_l = torch.einsum("ika,ipr->kpiar", left, u).reshape(rows, -1) * setting["scale"]
-        big_r = torch.einsum("iaj,irl->jliar", right, v).reshape(self.in_features, -1)
-        return big_l, big_r
+        return _kron_left(left, u, setting["scale"]).T, _kron_right(right, v).T
 
     def _dense(self, adapter_name: str) -> torch.Tensor:
         """The dense ``(out, in)`` ΔW (zero outside the slices), scale included, no dropout."""
@@ -179,3 +275,35 @@ class KAdaptationLayer(RowSliceLayer):
 
     def delta_weight(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self._dense(adapter_name), self._bias(adapter_name)
+
+    def _folded_adapter(self, x: torch.Tensor) -> str | None:
+        """The adapter that ``forward`` folds into the weight: the only active one, unmerged, on the factored path,
+        with every tensor in ``x``'s dtype (else None: ``RowSliceLayer``'s path)."""
+        active = [name for name in self.active_adapters if name in self.slice_rows]
+        if self.disable_adapters or self.merged or len(active) != 1 or not self.settings[active[0]]["factored"]:
+            return None
+        name = active[0]
+        tensors = [self.base_layer.weight, *self._rules(name).values(), *self.kadaptation_u[name].values(),
+                   *self.kadaptation_v[name].values(), *([self.kadaptation_bias[name]] if name in
+                                                          self.kadaptation_bias else [])]
+        return name if all(t.dtype == x.dtype for t in tensors) else None
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``x[..., in] -> [..., out]``: the base Linear plus the active, unmerged adapters.
+
+        With one active factored adapter in ``x``'s dtype (the training case) its ΔW and bias are folded into copies
+        of the weight and bias (``_KroneckerLinear``: one Linear, no per-token GEMM over the output rows; gradients of
+        the factors from ``x R`` and ``g_s L_s``); otherwise (several active adapters, the dense path, a float32
+        adapter on a bfloat16 base) ``RowSliceLayer.forward`` (``x R`` then ``h L_sᵀ`` added to each slice's rows).
+        """
+        name = self._folded_adapter(x)
+        if name is None:
+            return super().forward(x, *args, **kwargs)
+        setting, base = self.settings[name], self.base_layer
+        spans, factors = [], []
+        for key, rows in self.slice_rows[name].items():
+            left, right = self._factors(name, setting["roles"][key])
+            spans.append(rows)
+            factors += [left, right, self.kadaptation_u[name][key], self.kadaptation_v[name][key]]
+        delta_bias = self.kadaptation_bias[name] if name in self.kadaptation_bias else None
+        return _KroneckerLinear.apply(x, base.weight, base.bias, delta_bias, setting["scale"], tuple(spans), *factors)
