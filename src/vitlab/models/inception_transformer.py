@@ -33,7 +33,7 @@ from vitlab.models.iformer_checkpoint import checkpoint_filter_fn, load_official
 
 __all__ = [
     "ChunkedMlp", "InceptionTransformer", "add_pos_embed", "check_image_size", "check_input_size",
-    "checkpoint_filter_fn", "load_official_checkpoint", "mlp_in_row_chunks",
+    "checkpoint_filter_fn", "gelu_mlp", "load_official_checkpoint", "mlp_in_row_chunks",
 ]
 
 _NUM_STAGES = 4
@@ -260,9 +260,10 @@ def mlp_in_row_chunks(
 ) -> torch.Tensor:
     """``fc2(gelu(fc1(x)))`` over the last dim of ``x`` ``(..., C_in) -> (..., C_out)``, ``rows`` tokens at a time.
 
-    The same products as one pass, row by row, so the result is identical; only the hidden activation of one chunk
-    exists at a time. It stays in the CPU cache between the three ops and is reused, instead of a fresh multi-MB
-    buffer that is written, read back from memory and freed three times per block.
+    The same products as one pass, row by row, so the result is the same; only one chunk's hidden activation exists
+    at a time. It stays in the CPU cache between the three ops and is reused, instead of a fresh multi-MB buffer
+    that is written, read back from memory and freed three times per block. Under autocast the output takes the
+    dtype autocast gives the second product, as in one pass.
 
     Example:
         >>> w1, b1, w2, b2 = torch.randn(8, 4), torch.randn(8), torch.randn(4, 8), torch.randn(4)
@@ -274,20 +275,109 @@ def mlp_in_row_chunks(
     if rows < 1:
         raise ValueError("rows must be >= 1, got " + str(rows))
     flat = x.reshape(-1, x.shape[-1])
-    out = flat.new_empty(flat.shape[0], fc2_weight.shape[0])
-    fc2_weight_t = fc2_weight.t()
+    out = torch.empty(0)
     for start in range(0, flat.shape[0], rows):
         hidden = F.gelu(F.linear(flat[start : start + rows], fc1_weight, fc1_bias), approximate=approximate)
-        torch.addmm(fc2_bias, hidden, fc2_weight_t, out=out[start : start + rows])
+        chunk = F.linear(hidden, fc2_weight, fc2_bias)
+        if start == 0:
+            out = chunk.new_empty(flat.shape[0], chunk.shape[1])
+        out[start : start + rows] = chunk
     return out.reshape(x.shape[:-1] + (fc2_weight.shape[0],))
 
 
-class ChunkedMlp(Mlp):
-    """timm's ``Mlp`` (same parameters and names) that, at inference, runs in chunks of tokens.
+class _RowChunkedMlp(torch.autograd.Function):
+    """``fc2(gelu(fc1(x)))`` on ``(N, C_in)`` rows, forward and backward ``rows`` at a time (float CPU tensors).
 
-    Under ``torch.no_grad``/``inference_mode`` in eval mode, with GELU, biases and no hidden norm,
-    :func:`mlp_in_row_chunks` computes the same result with about ``hidden_budget`` hidden values alive at a time;
-    otherwise (training, autograd) it is timm's ``Mlp.forward``. Input and output ``(..., in_features)``.
+    Saves the input and the pre-activation only; each chunk's GELU is recomputed in the backward pass, so the
+    hidden activations of a chunk stay in the CPU cache through GELU, its gradient and the four products.
+    """
+
+    @staticmethod
+    def forward(ctx, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, approximate, rows):
+        pre = x.new_empty(x.shape[0], fc1_weight.shape[0])
+        out = x.new_empty(x.shape[0], fc2_weight.shape[0])
+        for start in range(0, x.shape[0], rows):
+            chunk = torch.addmm(fc1_bias, x[start : start + rows], fc1_weight.t(), out=pre[start : start + rows])
+            torch.addmm(fc2_bias, F.gelu(chunk, approximate=approximate), fc2_weight.t(),
+                        out=out[start : start + rows])
+        ctx.save_for_backward(x, pre, fc1_weight, fc2_weight)
+        ctx.approximate, ctx.rows = approximate, rows
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, pre, fc1_weight, fc2_weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_x = torch.empty_like(x)
+        grad_w1, grad_b1 = torch.zeros_like(fc1_weight), fc1_weight.new_zeros(fc1_weight.shape[0])
+        grad_w2, grad_b2 = torch.zeros_like(fc2_weight), grad_out.sum(0)
+        for start in range(0, x.shape[0], ctx.rows):
+            rows = slice(start, start + ctx.rows)
+            grad_w2.addmm_(grad_out[rows].t(), F.gelu(pre[rows], approximate=ctx.approximate))
+            grad_pre = torch.ops.aten.gelu_backward(grad_out[rows].mm(fc2_weight), pre[rows],
+                                                    approximate=ctx.approximate)
+            grad_w1.addmm_(grad_pre.t(), x[rows])
+            grad_b1.add_(grad_pre.sum(0))
+            torch.mm(grad_pre, fc1_weight, out=grad_x[rows])
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None, None
+
+
+def _plain_mlp(
+    x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor, approximate: str,
+) -> torch.Tensor:
+    return F.linear(F.gelu(F.linear(x, fc1_weight, fc1_bias), approximate=approximate), fc2_weight, fc2_bias)
+
+
+@register_notrace_function  # size-dependent loops and a custom autograd function: a leaf for torch.fx
+def gelu_mlp(
+    x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor, approximate: str, rows: int, training: bool,
+) -> torch.Tensor:
+    """``fc2(gelu(fc1(x)))`` over the last dim of ``x`` ``(..., C_in) -> (..., C_out)``, in chunks of ``rows`` tokens
+    where that pays off.
+
+    On CPU tensors outside autocast and graph capture (``torch.compile``/``export``, ``torch.jit.trace``): at
+    inference (``training`` False and autograd off) :func:`mlp_in_row_chunks`; otherwise a custom autograd op that
+    runs forward and backward ``rows`` tokens at a time, keeps only the input and the pre-activation for the backward
+    pass (each chunk's GELU is recomputed there) and gives the same values and gradients up to float rounding (the
+    weight gradients are sums over chunks). Elsewhere the plain three ops.
+
+    Example:
+        >>> w1, b1, w2, b2 = (torch.randn(*s, requires_grad=True) for s in ((8, 4), (8,), (4, 8), (4,)))
+        >>> gelu_mlp(torch.randn(2, 5, 5, 4), w1, b1, w2, b2, "none", rows=7, training=True).sum().backward()
+        >>> w1.grad.shape
+        torch.Size([8, 4])
+    """
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    if (
+        x.device.type != "cpu" or torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+    ):
+        return _plain_mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, approximate)
+    if not training and not torch.is_grad_enabled():
+        return mlp_in_row_chunks(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, approximate, rows)
+    out = _RowChunkedMlp.apply(
+        x.reshape(-1, x.shape[-1]), fc1_weight, fc1_bias, fc2_weight, fc2_bias, approximate, rows
+    )
+    return out.view(*x.shape[:-1], fc2_weight.shape[0])
+
+
+class ChunkedMlp(Mlp):
+    """timm's ``Mlp`` (same parameters and names) that runs in chunks of tokens on the CPU.
+
+    With GELU, biases, no hidden norm and no dropout, :func:`gelu_mlp` runs the three ops ``rows =
+    hidden_budget // hidden_features`` tokens at a time, so that a chunk's hidden activation stays in the cache
+    (TorchScript: at inference only). Otherwise it is timm's ``Mlp.forward``. Input and output
+    ``(..., in_features)``.
+
+    Example:
+        >>> mlp = ChunkedMlp(16, 64, hidden_budget=7 * 64).eval()
+        >>> with torch.no_grad():
+        ...     mlp(torch.randn(2, 5, 5, 16)).shape  # 50 tokens in chunks of 7
+        torch.Size([2, 5, 5, 16])
     """
 
     def __init__(self, in_features: int, hidden_features: int, hidden_budget: int = 1 << 19, **kwargs):
@@ -298,17 +388,22 @@ class ChunkedMlp(Mlp):
         chunkable = (
             isinstance(self.act, nn.GELU) and isinstance(self.norm, nn.Identity)
             and self.fc1.bias is not None and self.fc2.bias is not None
+            and self.drop1.p == 0 and self.drop2.p == 0
         )
         self.approximate = self.act.approximate if chunkable else ""  # "" marks "not chunkable"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.approximate == "" or self.training or torch.is_grad_enabled():  # timm's Mlp.forward (scriptable)
-            return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
         fc1_bias, fc2_bias = self.fc1.bias, self.fc2.bias
-        assert fc1_bias is not None and fc2_bias is not None  # for TorchScript's Optional refinement
-        return mlp_in_row_chunks(
-            x, self.fc1.weight, fc1_bias, self.fc2.weight, fc2_bias, self.approximate, self.rows
-        )
+        if self.approximate != "" and fc1_bias is not None and fc2_bias is not None:
+            if not torch.jit.is_scripting():
+                return gelu_mlp(
+                    x, self.fc1.weight, fc1_bias, self.fc2.weight, fc2_bias, self.approximate, self.rows, self.training
+                )
+            if not self.training and not torch.is_grad_enabled() and x.device.type == "cpu":
+                return mlp_in_row_chunks(
+                    x, self.fc1.weight, fc1_bias, self.fc2.weight, fc2_bias, self.approximate, self.rows
+                )
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))  # timm's Mlp.forward
 
 
 class Block(nn.Module):
