@@ -11,8 +11,12 @@ machine the absolute numbers move with the load.
 you supply (it is not shipped: its licence is Apache-2.0 but vitlab keeps no copy); the official ``iformer_small`` is
 built from it, given vitlab's weights (same parameter names) and checked to give the same outputs before it is timed.
 
+``--baseline PATH`` does the same with an earlier version of vitlab's own model file, so that one run measures a
+speed-up step against the code before it (ratio column ``/baseline``), e.g.
+``git show <commit>:src/vitlab/models/inception_transformer.py > /tmp/before.py``.
+
 Usage:
-    python benchmarks/bench_iformer.py [--batch-size 8] [--iters 3] [--official PATH] [--compile]
+    python benchmarks/bench_iformer.py [--batch-size 8] [--iters 3] [--official PATH] [--baseline PATH] [--compile]
         [--out benchmarks/results/bench_iformer.json]
 """
 
@@ -24,6 +28,7 @@ import json
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import timm
@@ -36,6 +41,7 @@ from vitlab.models.flops import count_flops
 IFORMER = "inception_transformer_small"
 PEERS = ("vit_small_patch16_224", "swin_tiny_patch4_window7_224", "convnext_tiny")
 OFFICIAL = "official iformer_small"
+BASELINE = "baseline (--baseline file)"
 
 
 def _sync(device: torch.device) -> None:
@@ -43,25 +49,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def load_official(path: Path, reference: nn.Module) -> nn.Module:
-    """The official ``iformer_small`` from a user-supplied copy of its model file, holding ``reference``'s weights."""
+def load_model_file(option: str, path: Path, factory: str, reference: nn.Module) -> nn.Module:
+    """``factory()`` from a user-supplied model file, holding ``reference``'s weights and checked against it.
+
+    The file is run as a module of its own; its timm registrations replace vitlab's, which this script no longer
+    needs once its models are built.
+    """
     if not path.is_file():
-        raise SystemExit(f"--official {path}: no such file; pass your copy of sail-sg/iFormer's "
-                         "models/inception_transformer.py")
-    spec = importlib.util.spec_from_file_location("official_inception_transformer", path)
+        raise SystemExit(f"{option} {path}: no such file")
+    spec = importlib.util.spec_from_file_location(f"bench_{option.strip('-')}_inception_transformer", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # timm's register_model looks the module up
-    spec.loader.exec_module(module)
-    if not hasattr(module, "iformer_small"):
-        raise SystemExit(f"--official {path}: the file defines no iformer_small(); is it the official model file?")
-    official = module.iformer_small(pretrained=False)
-    official.load_state_dict(reference.state_dict(), strict=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Overwriting", category=UserWarning)
+        spec.loader.exec_module(module)
+    if not hasattr(module, factory):
+        raise SystemExit(f"{option} {path}: the file defines no {factory}(); is it the right model file?")
+    model = getattr(module, factory)(pretrained=False)
+    model.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        error = (official.eval()(x) - reference.eval()(x)).abs().max().item()
+        error = (model.eval()(x) - reference.eval()(x)).abs().max().item()
     if error > 1e-4:
-        raise SystemExit(f"--official {path}: its outputs differ from vitlab's by {error:.3g} on the same weights")
-    return official
+        raise SystemExit(f"{option} {path}: its outputs differ from vitlab's by {error:.3g} on the same weights")
+    return model
 
 
 def images_per_second(
@@ -108,6 +119,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--reference", default="convnext_tiny", help="model the ratio columns divide by")
     parser.add_argument("--official", type=Path, help="your copy of the official models/inception_transformer.py")
+    parser.add_argument("--baseline", type=Path, help="an earlier vitlab inception_transformer.py to compare with")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model (compiled vs compiled)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="autocast dtype")
     parser.add_argument("--channels-last", action="store_true", help="channels-last inputs and weights")
@@ -126,8 +138,12 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     models = {name: timm.create_model(name, num_classes=1000) for name in (IFORMER, *PEERS)}
+    extra = {}
     if args.official is not None:
-        models = {IFORMER: models[IFORMER], OFFICIAL: load_official(args.official, models[IFORMER]), **models}
+        extra[OFFICIAL] = load_model_file("--official", args.official, "iformer_small", models[IFORMER])
+    if args.baseline is not None:
+        extra[BASELINE] = load_model_file("--baseline", args.baseline, IFORMER, models[IFORMER])
+    models = {IFORMER: models[IFORMER], **extra, **models}
     rows = {name: {"model": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                    "gflops": count_flops(model) / 1e9} for name, model in models.items()}
     if args.channels_last:
@@ -151,6 +167,8 @@ def main() -> None:
     bases = {"ref": next(r for r in rows if r["model"] == args.reference)}
     if args.official is not None:
         bases["official"] = next(r for r in rows if r["model"] == OFFICIAL)
+    if args.baseline is not None:
+        bases["baseline"] = next(r for r in rows if r["model"] == BASELINE)
     for row in rows:
         for column in columns:
             for label, base in bases.items():
@@ -159,7 +177,8 @@ def main() -> None:
     for column in columns:
         header += f" {column.removesuffix('_img_s').replace('_', ' ') + ' img/s':>16}"
         header += "".join(f" {'/' + label:>9}" for label in bases)
-    print(f"ratios: /ref = / {args.reference}" + (", /official = / the official code" if "official" in bases else ""))
+    print(f"ratios: /ref = / {args.reference}" + (", /official = / the official code" if "official" in bases else "")
+          + (f", /baseline = / {args.baseline}" if "baseline" in bases else ""))
     print(header)
     for row in rows:
         line = f"{row['model']:<30} {row['params_m']:>10.2f} {row['gflops']:>7.2f}"
@@ -170,6 +189,7 @@ def main() -> None:
            "machine": platform.machine(), "batch_size": args.batch_size, "iters": args.iters, "dtype": args.dtype,
            "channels_last": args.channels_last, "compile": args.compile, "reference": args.reference,
            "official": str(args.official) if args.official else None,
+           "baseline": str(args.baseline) if args.baseline else None,
            "cuda": torch.cuda.get_device_name() if len(devices) > 1 else None}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
