@@ -333,5 +333,11 @@ def test_folded_path_is_used_only_for_one_active_factored_adapter_in_the_input_d
     assert layer._folded_adapter(x.double()) is None  # dtype mismatch: RowSliceLayer's path (which then casts)
     with model.disable_adapter():
         assert layer._folded_adapter(x) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # RowSliceLayer's path, which autocast already handled
+        assert layer._folded_adapter(x) is None
+        randomize_adapter(model)
+        out = model(torch.randn(2, 3, 32, 32))
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and all(p.grad is not None for p in model.parameters() if p.requires_grad)
     dense = get_peft_model(timm_vit(), KAdaptationConfig(n=8, dropout=0.1))
     assert kadaptation_layers(dense)[0][1]._folded_adapter(x) is None

@@ -73,12 +73,12 @@ class _KroneckerLinear(torch.autograd.Function):
     """``F.linear(x, W + ΔW, b + Δb)`` with ``ΔW = L_s R_sᵀ`` and ``Δb`` on the rows ``a:b`` of each slice ``s``.
 
     The forward pass folds the rank-``K`` update into a copy of the weight (``rows · in · K`` multiply-adds per slice,
-    none per token) and, when training, keeps ``h_sᵀ = R_sᵀ xᵀ`` (with a row of ones below it). The backward pass
-    gives ``x`` its gradient through the folded weight and the factors theirs from low-rank products, never the dense
-    ``(out, in)`` gradient of ``ΔW``: with ``g`` the output gradient, ``[∂L_sᵀ; ∂Δb_s] = [h_sᵀ; 1ᵀ] g_s`` and ``∂Rᵀ =
-    [L_sᵀ g_sᵀ]_s x``, then mapped onto ``left``, ``u``, ``right``, ``v`` (products in the ``(K, ·)`` layout, the
-    fastest for these shapes). Inputs after ``spans`` are ``(left, right, u, v)`` per slice (a tensor may appear for
-    several slices; autograd sums its gradients).
+    none per token) and, when a factor needs a gradient, keeps ``h_sᵀ = R_sᵀ xᵀ`` (above a row of ones). The backward
+    pass gives ``x`` its gradient through the folded weight and the factors theirs from low-rank products, never the
+    dense ``(out, in)`` gradient of ``ΔW``: with ``g`` the output gradient, ``[∂L_sᵀ; ∂Δb_s] = [h_sᵀ; 1ᵀ] g_s`` and
+    ``∂Rᵀ = [L_sᵀ g_sᵀ]_s x``, then mapped onto ``left``, ``u``, ``right``, ``v`` (products in the ``(K, ·)`` layout,
+    the fastest for these shapes). Inputs after ``spans`` are ``(left, right, u, v)`` per slice (a tensor may appear
+    for several slices; autograd sums its gradients).
     """
 
     @staticmethod
@@ -278,9 +278,10 @@ class KAdaptationLayer(RowSliceLayer):
 
     def _folded_adapter(self, x: torch.Tensor) -> str | None:
         """The adapter that ``forward`` folds into the weight: the only active one, unmerged, on the factored path,
-        with every tensor in ``x``'s dtype (else None: ``RowSliceLayer``'s path)."""
+        with every tensor in ``x``'s dtype and no autocast (else None: ``RowSliceLayer``'s path)."""
         active = [name for name in self.active_adapters if name in self.slice_rows]
-        if self.disable_adapters or self.merged or len(active) != 1 or not self.settings[active[0]]["factored"]:
+        if self.disable_adapters or self.merged or len(active) != 1 or not self.settings[active[0]]["factored"] \
+                or torch.is_autocast_enabled(x.device.type):
             return None
         name = active[0]
         tensors = [self.base_layer.weight, *self._rules(name).values(), *self.kadaptation_u[name].values(),
@@ -294,7 +295,8 @@ class KAdaptationLayer(RowSliceLayer):
         With one active factored adapter in ``x``'s dtype (the training case) its ΔW and bias are folded into copies
         of the weight and bias (``_KroneckerLinear``: one Linear, no per-token GEMM over the output rows; gradients of
         the factors from ``x R`` and ``g_s L_s``); otherwise (several active adapters, the dense path, a float32
-        adapter on a bfloat16 base) ``RowSliceLayer.forward`` (``x R`` then ``h L_sᵀ`` added to each slice's rows).
+        adapter on a bfloat16 base, autocast) ``RowSliceLayer.forward`` (``x R`` then ``h L_sᵀ`` added to each
+        slice's rows).
         """
         name = self._folded_adapter(x)
         if name is None:
