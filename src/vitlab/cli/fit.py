@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from jsonargparse import ArgumentParser, Namespace
 
-from vitlab.train.arguments import SECTION_NAMES, add_run_arguments, namespace_to_run_config
+from vitlab.train.arguments import SECTION_NAMES, add_run_arguments, namespace_to_run_config, parse_run_namespace
 
 if TYPE_CHECKING:
     from vitlab.train.config import RunConfig
@@ -35,7 +35,7 @@ def build_fit_parser(help_only: bool = False) -> ArgumentParser:
 
 def parse_run_config(args: Sequence[str]) -> tuple[RunConfig, bool]:
     """Parse ``vitlab fit`` arguments; returns ``(config, resume)``. A misspelt key exits with an error naming it."""
-    ns = build_fit_parser().parse_args(list(args))
+    ns = parse_run_namespace(build_fit_parser(), args)
     return namespace_to_run_config(ns), ns.resume
 
 
@@ -58,7 +58,7 @@ def resumed_run_config(ns: Namespace, argv: Sequence[str]) -> RunConfig:
     parser.set_defaults(defaults)
     args = list(argv)
     args = args[args.index("fit") + 1:] if "fit" in args else args
-    return namespace_to_run_config(parser.parse_args([a for a in args if a != "--debug"]))
+    return namespace_to_run_config(parse_run_namespace(parser, [a for a in args if a != "--debug"]))
 
 
 def run_fit(ns: Namespace, argv: Sequence[str] = ()) -> None:

@@ -49,6 +49,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 #: subcommands whose parser builder takes ``help_only`` (a quick parser for ``--help``; see `vitlab.cli.fit`)
 _HELP_ONLY = {"fit", "intrinsic-dim"}
+#: subcommands that take a run config (``--peft.options.sweep.lr 0.1`` sets one key deep inside a mapping)
+RUN_CONFIG_COMMANDS = {"fit", "intrinsic-dim"}
 _VITLAB_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -309,7 +311,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     help_only = any(a in ("-h", "--help") for a in args)
     try:
         check_config_files(args)
-        ns = build_parser(command if command in COMMANDS else None, help_only).parse_args(args)
+        parsed_args, overrides = args, []
+        if command in RUN_CONFIG_COMMANDS:
+            from vitlab.train.arguments import split_nested_overrides
+
+            parsed_args, overrides = split_nested_overrides(args)
+        ns = build_parser(command if command in COMMANDS else None, help_only).parse_args(parsed_args)
+        if overrides:
+            from vitlab.train.arguments import apply_nested_overrides
+
+            apply_nested_overrides(ns[command], overrides)
     except VitlabError as err:
         print(f"vitlab {command}: error: {err}", file=sys.stderr)
         return 2

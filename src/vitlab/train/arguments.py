@@ -25,10 +25,14 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 if TYPE_CHECKING:
     from vitlab.train.config import RunConfig
 
-__all__ = ["SECTION_NAMES", "add_run_arguments", "load_run_config_file", "namespace_to_run_config",
-           "run_config_from_args", "run_sections"]
+__all__ = ["DICT_FIELDS", "SECTION_NAMES", "add_run_arguments", "apply_nested_overrides", "load_run_config_file",
+           "namespace_to_run_config", "parse_run_namespace", "run_config_from_args", "run_sections",
+           "split_nested_overrides"]
 
 SECTION_NAMES = ("model", "data", "optim", "negatives", "peft")
+#: ``(section, field)`` of each free-form mapping of a run config; ``--SECTION.FIELD.KEY.SUBKEY VALUE`` sets one key
+#: deep inside it (see `split_nested_overrides`).
+DICT_FIELDS = (("model", "kwargs"), ("data", "options"), ("negatives", "options"), ("peft", "options"))
 # Trainer arguments vitlab sets itself (run folder, logger, callbacks).
 _TRAINER_SKIP = {"logger", "callbacks", "default_root_dir", "plugins", "enable_checkpointing", "model_registry"}
 
@@ -120,6 +124,91 @@ def _add_logger_arguments(parser: ArgumentParser) -> None:
                         "{monitor: val/acc, mode: max}}")
 
 
+def split_nested_overrides(args: Sequence[str]) -> tuple[list[str], list[tuple[str, tuple[str, ...], str]]]:
+    """Take the options that set a key two or more levels inside a mapping of the run config out of ``args``.
+
+    jsonargparse sets ``--peft.options.dim 500`` by itself, but for ``--peft.options.sweep.lr 0.03`` it would replace
+    the whole ``sweep`` mapping of the config file with ``{"lr": "0.03"}`` (the other sweep keys lost, the value a
+    string). Such options are taken out here and applied after parsing by `apply_nested_overrides`, which keeps
+    the sibling keys and reads the value as YAML. Both ``--KEY VALUE`` and ``--KEY=VALUE`` forms are recognised.
+
+    Returns:
+        ``(remaining arguments, [(dotted field, keys below it, value text), ...])``.
+
+    Example:
+        >>> split_nested_overrides(["--config", "c.yaml", "--peft.options.sweep.lr", "0.03", "--optim.lr=0.1"])
+        (['--config', 'c.yaml', '--optim.lr=0.1'], [('peft.options', ('sweep', 'lr'), '0.03')])
+    """
+    from vitlab.errors import ConfigError
+
+    prefixes = tuple(f"--{section}.{field}." for section, field in DICT_FIELDS)
+    remaining: list[str] = []
+    overrides: list[tuple[str, tuple[str, ...], str]] = []
+    items = list(args)
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        prefix = next((p for p in prefixes if arg.startswith(p)), None)
+        name, has_value, value = arg.partition("=")
+        keys = tuple(name[len(prefix):].split(".")) if prefix else ()
+        if len(keys) < 2:
+            remaining.append(arg)
+            i += 1
+            continue
+        if not all(keys):
+            raise ConfigError(f"{name}: an empty key between dots; write e.g. --peft.options.sweep.lr 0.1")
+        if not has_value:
+            if i + 1 >= len(items):
+                raise ConfigError(f"{name} needs a value, e.g. {name} 0.1")
+            value = items[i + 1]
+            i += 1
+        overrides.append((prefix[2:-1], keys, value))
+        i += 1
+    return remaining, overrides
+
+
+def apply_nested_overrides(ns: Namespace, overrides: Sequence[tuple[str, tuple[str, ...], str]]) -> Namespace:
+    """Set each ``(dotted field, keys, value text)`` of `split_nested_overrides` in the parsed namespace ``ns``.
+
+    The value is read as YAML (``0.03`` a float, ``[1, 2]`` a list, ``null`` None); mappings on the way are created
+    when absent and the keys beside the one set are kept.
+
+    Raises:
+        ConfigError: a key on the way holds a value that is not a mapping (the message names it).
+
+    Example:
+        >>> ns = Namespace(peft=Namespace(options={"sweep": {"lr": 0.3, "num": 7}}))
+        >>> apply_nested_overrides(ns, [("peft.options", ("sweep", "lr"), "0.03")]).peft.options
+        {'sweep': {'lr': 0.03, 'num': 7}}
+    """
+    import yaml
+
+    from vitlab.errors import ConfigError
+
+    for field, keys, text in overrides:
+        node = ns[field]
+        if node is None:
+            node = ns[field] = {}
+        for depth, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {}) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                where = ".".join((field, *keys[: depth + 1]))
+                raise ConfigError(f"--{field}.{'.'.join(keys)}: {where} is {child!r}, not a mapping; set {where} "
+                                  "itself instead")
+            node = child
+        try:
+            node[keys[-1]] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--{field}.{'.'.join(keys)} {text}: not a YAML value ({err})") from None
+    return ns
+
+
+def parse_run_namespace(parser: ArgumentParser, args: Sequence[str]) -> Namespace:
+    """``parser.parse_args(args)`` with deep mapping keys set as `split_nested_overrides` describes."""
+    remaining, overrides = split_nested_overrides(args)
+    return apply_nested_overrides(parser.parse_args(remaining), overrides)
+
+
 def namespace_to_run_config(ns: Namespace) -> RunConfig:
     """Turn a parsed namespace (from ``add_run_arguments``) into a ``RunConfig``."""
     from vitlab.train.config import RunConfig
@@ -141,7 +230,7 @@ def run_config_from_args(args: Sequence[str], prog: str = "vitlab fit") -> RunCo
 
     parser = add_run_arguments(ArgumentParser(prog=prog, exit_on_error=False))
     try:
-        ns = parser.parse_args(list(args))
+        ns = parse_run_namespace(parser, args)
     except ArgumentError as err:
         problem = " ".join(str(err).split())
         raise ConfigError(f"{' '.join(args)}: {problem} (`vitlab fit --help` lists the keys)") from None

@@ -1,0 +1,58 @@
+"""Run-config arguments: a key deep inside a mapping (``--peft.options.sweep.lr``) keeps the keys beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vitlab.cli import main as cli_main
+from vitlab.errors import ConfigError
+from vitlab.train.arguments import apply_nested_overrides, run_config_from_args, split_nested_overrides
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "intrinsic_dim_vit_digits.yaml"
+
+
+def test_deep_key_keeps_siblings_and_reads_yaml():
+    config = run_config_from_args(["--config", str(CONFIG), "--peft.options.sweep.lr", "0.03",
+                                   "--peft.options.sweep.dims=[100, 1000]", "--data.options.limit_train", "50"])
+    sweep = config.peft.options["sweep"]
+    assert sweep["lr"] == 0.03 and isinstance(sweep["lr"], float)
+    assert sweep["dims"] == [100, 1000]
+    # the config file's other sweep keys survive (jsonargparse alone would replace the whole mapping)
+    assert sweep["patience"] == 3 and sweep["metric"] == "test/acc" and sweep["stop_after_reached"] == 1
+    assert config.peft.options["projection"] == "fastfood" and config.data.options == {"limit_train": 50}
+
+
+def test_deep_key_creates_missing_mappings():
+    config = run_config_from_args(["--config", str(CONFIG), "--data.options.few_shot.shots", "5",
+                                   "--data.options.few_shot.seed", "1"])
+    assert config.data.options["few_shot"] == {"shots": 5, "seed": 1}
+
+
+def test_deep_key_through_a_scalar_is_refused():
+    with pytest.raises(ConfigError, match=r"peft.options.dim is 1000, not a mapping"):
+        run_config_from_args(["--config", str(CONFIG), "--peft.options.dim.x", "1"])
+
+
+def test_split_leaves_other_arguments_alone():
+    args = ["--config", "c.yaml", "--peft.options.dim", "5", "--optim.lr", "0.1", "--model.kwargs.a.b=2"]
+    remaining, overrides = split_nested_overrides(args)
+    assert remaining == ["--config", "c.yaml", "--peft.options.dim", "5", "--optim.lr", "0.1"]
+    assert overrides == [("model.kwargs", ("a", "b"), "2")]
+    with pytest.raises(ConfigError, match="needs a value"):
+        split_nested_overrides(["--peft.options.sweep.lr"])
+    with pytest.raises(ConfigError, match="empty key"):
+        split_nested_overrides(["--peft.options..lr", "1"])
+    with pytest.raises(ConfigError, match="not a YAML value"):
+        ns = cli_main.Namespace(peft=cli_main.Namespace(options={}))
+        apply_nested_overrides(ns, [("peft.options", ("a", "b"), "[1,")])
+
+
+def test_cli_applies_deep_keys(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(cli_main, "dispatch", lambda ns, argv: seen.update(ns=ns))
+    status = cli_main.main(["intrinsic-dim", "--config", str(CONFIG), "--peft.options.sweep.lr", "0.05"])
+    assert status == 0
+    sweep = seen["ns"]["intrinsic-dim"].peft.options["sweep"]
+    assert sweep["lr"] == 0.05 and sweep["num"] == 7 and sweep["d_max"] == 10000
