@@ -7,17 +7,20 @@ import pytest
 import timm
 import torch
 from sklearn.datasets import load_digits
+from torch import nn
 
 from vitlab.peft.intrinsic import SubspaceConfig, wrap_in_subspace
 from vitlab.peft.intrinsic.mnist_fc import MnistFC
 from vitlab.peft.intrinsic.per_module import (
     PER_MODULE_CSV,
     PER_MODULE_JSON,
+    ModuleRecord,
     available_module_kinds,
     module_kind_targets,
     read_module_table,
     run_per_module_sweep,
     select_modules,
+    write_module_table,
 )
 from vitlab.peft.intrinsic.sweep import find_d90, log_grid, read_sweep, refinement_point, run_sweep
 from vitlab.peft.intrinsic.trainer import FitSettings, fit_classifier
@@ -119,27 +122,102 @@ def test_per_module_table_ranks_writes_and_reads_back(tmp_path):
     model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2,
                               num_classes=10)
     kinds = available_module_kinds(model)
-    assert kinds == ["attn_q", "attn_k", "attn_v", "attn_out", "mlp_fc1", "mlp_fc2"]
-    targets = module_kind_targets(model, "attn_q")
+    assert kinds == ["attn.q", "attn.k", "attn.v", "attn.proj", "mlp.fc1", "mlp.fc2"]
+    targets = module_kind_targets(model, "attn.q")
     assert targets == ["qkv@q", "head"]
     wrapped = wrap_in_subspace(model, SubspaceConfig(dim=10, target_modules=targets))
     assert wrapped.num_params == 2 * (48 * 48 + 48) + 48 * 10 + 10
-    scale = {"attn_q": 10, "attn_k": 400, "attn_v": 40, "attn_out": 100, "mlp_fc1": 1000, "mlp_fc2": 10**6}
+    scale = {"attn.q": 10, "attn.k": 400, "attn.v": 40, "attn.proj": 100, "mlp.fc1": 1000, "mlp.fc2": 10**6}
 
     def train_and_eval(kind, dim):
         return min(1.0, dim / scale[kind])
 
     records = run_per_module_sweep(model, train_and_eval, [10, 100, 1000], tmp_path, reference=1.0)
-    assert [r.module for r in records] == ["attn_q", "attn_v", "attn_out", "attn_k", "mlp_fc1", "mlp_fc2"]
+    assert [r.module for r in records] == ["attn.q", "attn.v", "attn.proj", "attn.k", "mlp.fc1", "mlp.fc2"]
     assert [r.rank for r in records] == [1, 2, 3, 4, 5, 6] and not records[-1].reached
     assert records[0].num_params == 2 * (48 * 48 + 48) and records[0].targets == ("qkv@q", "head")
-    assert select_modules(records) == ["attn_q", "attn_v"]
+    assert select_modules(records) == ["attn.q", "attn.v"]
     payload = json.loads((tmp_path / PER_MODULE_JSON).read_text())
-    assert payload["modules"][1]["module"] == "attn_v" and "selection_rule" in payload
+    assert payload["modules"][1]["module"] == "attn.v" and "selection_rule" in payload
     assert read_module_table(tmp_path / PER_MODULE_CSV) == records == read_module_table(tmp_path)
     assert (tmp_path / "intrinsic_dim_per_module.png").exists()
     with pytest.raises(ValueError, match="unknown module kinds"):
-        run_per_module_sweep(model, train_and_eval, [10], tmp_path, reference=1.0, kinds=["attn_qq"])
+        run_per_module_sweep(model, train_and_eval, [10], tmp_path, reference=1.0, kinds=["attn.qq"])
+
+
+def _records() -> list[ModuleRecord]:
+    return [ModuleRecord(rank=1, module="attn.proj", d90=1000, d90_interpolated=612.5, reached=True, num_params=4608,
+                         best_accuracy=0.8, reference_accuracy=0.85, threshold=0.765, targets=("attn.proj", "head")),
+            ModuleRecord(rank=2, module="mlp.fc1", d90=None, d90_interpolated=None, reached=False, num_params=9216,
+                         best_accuracy=0.7, reference_accuracy=0.85, threshold=0.765, targets=("mlp.fc1", "head"))]
+
+
+def test_module_table_of_an_earlier_version_reads_with_todays_kind_names(tmp_path):
+    records = _records()
+    write_module_table(records, tmp_path / "now")
+    old = tmp_path / "old"
+    old.mkdir()
+    # earlier versions: the JSON said attn_out / mlp_fc1 (plus kadaptation_kind), the CSV of older ones likewise
+    payload = json.loads((tmp_path / "now" / PER_MODULE_JSON).read_text())
+    for row, name in zip(payload["modules"], ["attn_out", "mlp_fc1"], strict=True):
+        row["kadaptation_kind"], row["module"] = row["module"], name
+    (old / PER_MODULE_JSON).write_text(json.dumps(payload))
+    text = (tmp_path / "now" / PER_MODULE_CSV).read_text()
+    (old / PER_MODULE_CSV).write_text(text.replace(",attn.proj,", ",attn_out,").replace(",mlp.fc1,", ",mlp_fc1,"))
+    assert ",attn_out," in (old / PER_MODULE_CSV).read_text()
+    assert read_module_table(old / PER_MODULE_JSON) == records == read_module_table(old / PER_MODULE_CSV)
+    assert read_module_table(tmp_path / "now") == records
+    assert [r["module"] for r in json.loads((tmp_path / "now" / PER_MODULE_JSON).read_text())["modules"]] == [
+        "attn.proj", "mlp.fc1"]  # written in today's spelling only
+    # old names are read-side only: a sweep asked for one is refused with its new name
+    model = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match=r"renamed: \{'attn_q': 'attn.q'\}"):
+        module_kind_targets(model, "attn_q", include_head=False)
+
+
+def test_hand_written_module_table_is_ranked_by_d90(tmp_path):
+    table = tmp_path / "d90.csv"
+    table.write_text("module,d90,note\nmlp.fc1,900,x\nattn.v,150.0,\nhigh_mixer,nan,\nattn.q,150,\nattn.k,inf,\n"
+                     "attn.proj,,\n")
+    records = read_module_table(table)
+    assert [(r.rank, r.module, r.d90, r.reached) for r in records] == [
+        (1, "attn.v", 150, True), (2, "attn.q", 150, True), (3, "mlp.fc1", 900, True),  # ties keep the table order
+        (4, "high_mixer", None, False), (5, "attn.k", None, False), (6, "attn.proj", None, False)]
+    assert records[0].d90_interpolated == 150.0 and records[0].best_accuracy is None and records[0].targets == ()
+    assert select_modules(records, k=2) == ["attn.v", "attn.q"]
+    assert select_modules(records, k=5) == ["attn.v", "attn.q", "mlp.fc1"]
+    assert select_modules(records, k=2, available={"attn.q", "mlp.fc1", "high_mixer"}) == ["attn.q", "mlp.fc1"]
+    with pytest.raises(ValueError, match="name target_modules explicitly"):
+        select_modules(records, available={"attn.k", "high_mixer"})
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        select_modules(records, k=0)
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("module,d90\nattn_qq,10\n", r"unknown module kind 'attn_qq'; known kinds are \['attn.q'"),
+    ("module,d90\nattn.q,10\nattn_q,20\n", "each module kind once"),
+    ("module,d90\n", "each module kind once"),
+    ("module,d90\nattn.q,10.5\n", "whole number"),
+    ("module,d90\nattn.q,ten\n", "must be a number"),
+    ("module,best\nattn.q,10\n", "'module' and 'd90' only"),
+    ("module,d90,rank\nattn.q,10,1\n", "has all of"),
+    ("rank,module,d90,d90_interpolated,reached,num_params,best_accuracy,reference_accuracy,threshold,targets\n"
+     "2,attn.q,10,9.0,True,10,0.9,0.9,0.81,qkv@q\n", r"ranks must be 1\.\.1"),
+    ("rank,module,d90,d90_interpolated,reached,num_params,best_accuracy,reference_accuracy,threshold,targets\n"
+     "1,attn.q,10,9.0,yes,10,0.9,0.9,0.81,qkv@q\n", "'reached' must be True or False"),
+])
+def test_read_module_table_refuses_bad_tables(tmp_path, text, match):
+    (tmp_path / "t.csv").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        read_module_table(tmp_path / "t.csv")
+
+
+def test_read_module_table_names_the_sweep_when_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="intrinsic-dim --per_module"):
+        read_module_table(tmp_path)
+    (tmp_path / PER_MODULE_JSON).write_text("[1, 2]")
+    with pytest.raises(ValueError, match="'modules' list"):
+        read_module_table(tmp_path)
 
 
 def _monotone(threshold_dim: float):

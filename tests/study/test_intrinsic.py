@@ -12,7 +12,6 @@ import vitlab.train.run
 from vitlab.cli.main import main
 from vitlab.data import build_datamodule
 from vitlab.peft import KAdaptationConfig, apply_kadaptation, get_peft_spec
-from vitlab.peft.auto import read_intrinsic_table
 from vitlab.peft.intrinsic import merge_subspace
 from vitlab.peft.intrinsic.per_module import PER_MODULE_CSV, read_module_table
 from vitlab.peft.intrinsic.sweep import find_d90, read_sweep
@@ -102,19 +101,19 @@ def test_intrinsic_dim_cli_writes_csv_plot_json_and_resumes(tmp_path, monkeypatc
 
 
 def test_intrinsic_dim_per_module_table_feeds_kadaptation_auto(tmp_path, tiny_vit):
-    sweep = {"engine": "plain", "lr": 0.1, "reference": 0.4, "kinds": ["attn_q", "mlp_fc1"]}
+    sweep = {"engine": "plain", "lr": 0.1, "reference": 0.4, "kinds": ["attn.q", "mlp.fc1"]}
     # measured with the global normalisation (the per-tensor one wants another sweep.lr on this tiny ViT)
     config = _write_config(tmp_path, "per_module", epochs=4, sweep=sweep, batch_size=32, projection_norm="global")
     assert main(["intrinsic-dim", "--config", str(config), "--dims", "[512]", "--per-module"]) == 0
     folder = tmp_path / "runs" / "per_module"
     assert not (folder / "intrinsic_dim.csv").exists()  # --per-module replaces the whole-model sweep
     records = read_module_table(folder)
-    assert [r.module for r in records] == ["mlp_fc1", "attn_q"]  # measured: fc1 reaches 0.36 at d=512, q does not
+    assert [r.module for r in records] == ["mlp.fc1", "attn.q"]  # measured: fc1 reaches 0.36 at d=512, q does not
     assert records[0].reached and records[0].d90 == 512 and not records[1].reached
     assert records[0].reference_accuracy == 0.4 and records[0].targets == ("mlp.fc1", "head")
     with (folder / PER_MODULE_CSV).open() as f:
         assert [r["module"] for r in csv.DictReader(f)] == ["mlp.fc1", "attn.q"]
-    assert read_intrinsic_table(folder / PER_MODULE_CSV) == [("mlp.fc1", 512.0), ("attn.q", float("inf"))]
+    assert read_module_table(folder / PER_MODULE_CSV) == records and records[1].d90 is None  # the CSV = the JSON
     assert (folder / "intrinsic_dim_per_module.png").read_bytes()[:4] == b"\x89PNG"
     adapted = apply_kadaptation(tiny_vit, KAdaptationConfig(n=8, target_modules="auto",
                                                             intrinsic_table=str(folder / PER_MODULE_CSV)))

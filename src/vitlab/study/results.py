@@ -214,14 +214,17 @@ def _read_sweep(path: Path) -> dict[str, Any]:
 
 
 def _read_module_table(path: Path) -> list[dict[str, Any]]:
-    """The per-module table's rows for the report, module kinds in the table's own spelling (``attn.q``)."""
-    from vitlab.peft.intrinsic.per_module import KADAPTATION_KINDS, read_module_table
+    """The per-module table's rows for the report (module kinds as in ``MODULE_KINDS``: ``attn.q``, ``mlp.fc1``)."""
+    from vitlab.peft.intrinsic.per_module import read_module_table
 
     try:
         records = read_module_table(path)
-    except (KeyError, ValueError) as err:
+    except ValueError as err:
         raise _fail(path, f"not a per-module table ({err})", "rerun `vitlab intrinsic-dim --per-module`") from None
-    return [dict(rank=r.rank, module=KADAPTATION_KINDS[r.module], reached=r.reached,
+    if any(r.best_accuracy is None for r in records):
+        raise _fail(path, "a hand-written module,d90 table (no measured accuracies)",
+                    "rerun `vitlab intrinsic-dim --per-module`")
+    return [dict(rank=r.rank, module=r.module, reached=r.reached,
                  d90_interpolated=r.d90_interpolated, best_accuracy=r.best_accuracy) for r in records]
 
 
