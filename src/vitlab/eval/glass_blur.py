@@ -61,11 +61,13 @@ def swap_offsets(count: int, height: int, width: int, severity: int, rng: np.ran
 
 
 def _check(images: np.ndarray, severity: int) -> None:
+    from vitlab.eval.corruptions import SEVERITIES  # at call time: corruptions imports this module
+
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] > 4:
         raise ValueError("images must be a uint8 array (N, H, W, C) with C <= 4; convert float images with "
                          "(x * 255).round().astype('uint8')")
-    if severity not in (1, 2, 3, 4, 5):
-        raise ValueError(f"severity must be an int in 1..5, got {severity!r}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be an int in {SEVERITIES[0]}..{SEVERITIES[-1]}, got {severity!r}")
     delta = GLASS_BLUR_PARAMS[severity - 1][1]
     if min(images.shape[1:3]) <= 2 * delta:
         raise ValueError(f"glass blur at severity {severity} needs images larger than {2 * delta} px")
