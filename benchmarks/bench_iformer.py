@@ -17,7 +17,7 @@ speed-up step against the code before it (ratio column ``/baseline``), e.g.
 
 Usage:
     python benchmarks/bench_iformer.py [--batch-size 8] [--iters 3] [--official PATH] [--baseline PATH] [--compile]
-        [--out benchmarks/results/bench_iformer.json]
+        [--clock wall|cpu] [--out benchmarks/results/bench_iformer.json]
 """
 
 from __future__ import annotations
@@ -77,13 +77,18 @@ def load_model_file(option: str, path: Path, factory: str, reference: nn.Module)
 
 def images_per_second(
     models: dict[str, nn.Module], batch_size: int, iters: int, device: torch.device, train: bool,
-    dtype: torch.dtype, channels_last: bool,
+    dtype: torch.dtype, channels_last: bool, clock: str = "wall",
 ) -> dict[str, float]:
     """Median images/s of each model over ``iters`` timed calls after one warm-up call each.
 
     The models take turns (one call each per round), so a change in the machine's load hits them all alike and the
-    ratios stay meaningful on a shared machine.
+    ratios stay meaningful on a shared machine. ``clock="cpu"`` times CPU models by this process's CPU time instead
+    of the wall clock: with one thread, time spent waiting for a core that other jobs hold is not counted (with
+    several threads it adds them up, so use it with ``OMP_NUM_THREADS=1``).
     """
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    timer = time.process_time if clock == "cpu" and device.type == "cpu" else time.perf_counter
     x = torch.randn(batch_size, 3, 224, 224, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -106,10 +111,10 @@ def images_per_second(
     for _ in range(iters):
         for name, model in models.items():
             _sync(device)
-            start = time.perf_counter()
+            start = timer()
             step(model)
             _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timer() - start)
     return {name: batch_size / sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
@@ -124,6 +129,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="autocast dtype")
     parser.add_argument("--channels-last", action="store_true", help="channels-last inputs and weights")
     parser.add_argument("--cpu-only", action="store_true", help="skip the GPU even when CUDA is present")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time CPU runs by wall clock or by process CPU time (1 thread, shared machine)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_iformer.json"))
     args = parser.parse_args()
     if args.batch_size < 1 or args.iters < 1:
@@ -154,7 +161,7 @@ def main() -> None:
             model.to(device)
         for mode in ("eval", "train"):
             speeds = images_per_second(
-                runnable, args.batch_size, args.iters, device, mode == "train", dtype, args.channels_last
+                runnable, args.batch_size, args.iters, device, mode == "train", dtype, args.channels_last, args.clock
             )
             for name, speed in speeds.items():
                 rows[name][f"{device.type}_{mode}_img_s"] = speed
@@ -188,6 +195,7 @@ def main() -> None:
     env = {"torch": torch.__version__, "timm": timm.__version__, "threads": torch.get_num_threads(),
            "machine": platform.machine(), "batch_size": args.batch_size, "iters": args.iters, "dtype": args.dtype,
            "channels_last": args.channels_last, "compile": args.compile, "reference": args.reference,
+           "clock": args.clock,
            "official": str(args.official) if args.official else None,
            "baseline": str(args.baseline) if args.baseline else None,
            "cuda": torch.cuda.get_device_name() if len(devices) > 1 else None}
