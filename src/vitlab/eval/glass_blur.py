@@ -55,19 +55,25 @@ def _positions(height: int, width: int, delta: int) -> tuple[np.ndarray, np.ndar
 
 def swap_offsets(count: int, height: int, width: int, severity: int, rng: np.random.Generator) -> np.ndarray:
     """Random offsets ``(iterations, P, 2, count)`` (dy, dx) for ``count`` images, positions in reference order."""
+    _check_severity(severity)
     _, delta, iterations = GLASS_BLUR_PARAMS[severity - 1]
     hs, _ = _positions(height, width, delta)
     return rng.integers(-delta, delta, size=(iterations, hs.size, 2, count))
 
 
-def _check(images: np.ndarray, severity: int) -> None:
-    from vitlab.eval.corruptions import SEVERITIES  # at call time: corruptions imports this module
+def _check_severity(severity: int) -> None:
+    # GLASS_BLUR_PARAMS has one row per severity (the severities of vitlab.eval.corruptions.SEVERITIES, which imports
+    # this module, so it cannot be imported here)
+    integer = isinstance(severity, int | np.integer) and not isinstance(severity, bool)
+    if not integer or not 1 <= severity <= len(GLASS_BLUR_PARAMS):
+        raise ValueError(f"severity must be an int in 1..{len(GLASS_BLUR_PARAMS)}, got {severity!r}")
 
+
+def _check(images: np.ndarray, severity: int) -> None:
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] > 4:
         raise ValueError("images must be a uint8 array (N, H, W, C) with C <= 4; convert float images with "
                          "(x * 255).round().astype('uint8')")
-    if severity not in SEVERITIES:
-        raise ValueError(f"severity must be an int in {SEVERITIES[0]}..{SEVERITIES[-1]}, got {severity!r}")
+    _check_severity(severity)
     delta = GLASS_BLUR_PARAMS[severity - 1][1]
     if min(images.shape[1:3]) <= 2 * delta:
         raise ValueError(f"glass blur at severity {severity} needs images larger than {2 * delta} px")
