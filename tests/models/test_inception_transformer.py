@@ -192,10 +192,10 @@ def test_fast_mixer_matches_the_plain_formulation(dtype, atol):
         torch.testing.assert_close(g_fast, g_plain, rtol=1e-5, atol=atol * 10)
 
 
-@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_chunked_mlp_equals_timm_mlp_with_gradients(dtype, atol):
-    """Row chunks (7 rows of 64 hidden values, 50 tokens: an uneven last chunk) give timm's Mlp outputs at inference
-    and its outputs and gradients in training; with dropout the module is timm's Mlp itself."""
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_chunked_mlp_equals_timm_mlp(dtype, atol):
+    """At inference, row chunks (7 rows of 64 hidden values, 50 tokens: an uneven last chunk) give timm's Mlp
+    outputs; in training, or with autograd on, or with dropout, the module is timm's Mlp itself."""
     torch.manual_seed(0)
     chunked = ChunkedMlp(16, 64, hidden_budget=7 * 64).to(dtype)
     assert chunked.rows == 7
@@ -205,19 +205,14 @@ def test_chunked_mlp_equals_timm_mlp_with_gradients(dtype, atol):
             p.normal_(std=0.3)
     plain.load_state_dict(chunked.state_dict())
     x = torch.randn(2, 5, 5, 16, dtype=dtype)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.profiler.profile() as prof:
         torch.testing.assert_close(chunked.eval()(x), plain.eval()(x), rtol=0, atol=atol)
-    x.requires_grad_(True)
-    outs = [m.train()(x) for m in (chunked, plain)]
-    assert type(outs[0].grad_fn.next_functions[0][0]).__name__ == "_RowChunkedMlpBackward"  # the chunked path ran
-    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=atol)
-    weights = torch.randn_like(outs[0])  # a loss that is not symmetric in the outputs
-    grads = [
-        torch.autograd.grad((out * weights).sum(), [x, *m.parameters()])
-        for out, m in zip(outs, (chunked, plain), strict=True)
-    ]
-    for g_chunked, g_plain in zip(*grads, strict=True):
-        torch.testing.assert_close(g_chunked, g_plain, rtol=atol, atol=atol)
+    products = sum(e.count for e in prof.key_averages() if e.key == "aten::addmm")
+    assert products == 2 * 8 + 2  # two per chunk (ceil(50 / 7) = 8), then timm's Mlp: two for the whole batch
+    for mode in (True, False):  # training, and eval with autograd on: bit-identical, gradients flow
+        out = chunked.train(mode)(x.requires_grad_(True))
+        torch.testing.assert_close(out, plain.train(mode)(x), rtol=0, atol=0)
+        assert out.requires_grad
     assert ChunkedMlp(16, 64, drop=0.1).approximate == ""  # dropout: timm's path
     with pytest.raises(ValueError, match="hidden_budget must be >= 1"):
         ChunkedMlp(16, 64, hidden_budget=0)
