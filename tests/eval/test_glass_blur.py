@@ -101,3 +101,10 @@ def test_flat_image_stays_flat_and_corrupt_images_uses_the_vectorised_blur():
 def test_bad_inputs_name_the_fix(images, severity, message):
     with pytest.raises(ValueError, match=message):
         glass_blur(images, severity, rng=np.random.default_rng(0))
+
+
+def test_one_parameter_row_per_severity():
+    from vitlab.eval.corruptions import SEVERITIES
+    from vitlab.eval.glass_blur import GLASS_BLUR_PARAMS
+
+    assert len(GLASS_BLUR_PARAMS) == len(SEVERITIES) and tuple(SEVERITIES) == tuple(range(1, len(SEVERITIES) + 1))
