@@ -213,6 +213,8 @@ def test_chunked_mlp_equals_timm_mlp(dtype, atol):
         out = chunked.train(mode)(x.requires_grad_(True))
         torch.testing.assert_close(out, plain.train(mode)(x), rtol=0, atol=0)
         assert out.requires_grad
+    with torch.inference_mode():
+        assert chunked.eval()(x[:0]).shape == (0, 5, 5, 16)  # an empty batch
     assert ChunkedMlp(16, 64, drop=0.1).approximate == ""  # dropout: timm's path
     with pytest.raises(ValueError, match="hidden_budget must be >= 1"):
         ChunkedMlp(16, 64, hidden_budget=0)

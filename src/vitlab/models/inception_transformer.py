@@ -275,6 +275,8 @@ def mlp_in_row_chunks(
     if rows < 1:
         raise ValueError("rows must be >= 1, got " + str(rows))
     flat = x.reshape(-1, x.shape[-1])
+    if flat.shape[0] == 0:  # no tokens (an empty batch): nothing to chunk
+        return F.linear(F.gelu(F.linear(x, fc1_weight, fc1_bias), approximate=approximate), fc2_weight, fc2_bias)
     out = torch.empty(0)
     for start in range(0, flat.shape[0], rows):
         hidden = F.gelu(F.linear(flat[start : start + rows], fc1_weight, fc1_bias), approximate=approximate)
