@@ -25,6 +25,9 @@ the rest (dicts merge key by key, everything else is replaced), so one file desc
       - {backbone: iformer, method: kadaptation, negatives: rotate_l2, shots: 20}
     evaluation: {corruption_n: 200, negative_view_n: 1000, patch_size: 8, kinds: [shuffle, rotate, infill]}
     intrinsic_dim: {config: configs/intrinsic_dim_study.yaml, backbones: [vit], per_module: true, from_scratch: true}
+    headlines:                      # the report's "Headline effects" (vitlab.study.headline): A vs B on one column
+      - {advance: architecture, metric: clean_acc, a: {backbone: iformer}, b: {backbone: vit, method: full}}
+    not_shown: ["Full-data runs: `vitlab study --config configs/study.yaml --full true`"]  # listed in the report
     full: {finetune: {backbones: [vit, iformer], shots: [5, 20], seeds: [0, 1, 2]}, ...}
 
 Example:
@@ -36,14 +39,16 @@ Example:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["CONFIGS_DIR", "DEMO_CONFIG", "BackboneSpec", "EvaluationSpec", "ExtraRun", "FinetuneSpec", "IntrinsicSpec",
-           "StudyConfig", "deep_merge", "load_study_config", "study_config_from_dict"]
+from vitlab.study.headline import check_headline
+
+__all__ = ["CONFIGS_DIR", "DEMO_CONFIG", "BackboneSpec", "EvaluationSpec", "ExtraRun", "FinetuneSpec", "HeadlineSpec",
+           "IntrinsicSpec", "StudyConfig", "deep_merge", "load_study_config", "study_config_from_dict"]
 
 #: The packaged study configs (the demo's study, pretraining and intrinsic-dimension YAMLs).
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -129,6 +134,18 @@ class IntrinsicSpec:
 
 
 @dataclass
+class HeadlineSpec:
+    """One comparison of the report's "Headline effects" (`vitlab.study.headline`): ``metric`` (a results column,
+    `vitlab.study.headline.HEADLINE_METRICS`) of the runs ``a`` selects against those ``b`` selects; a selection names
+    some of backbone, method, negatives, shots and must pick exactly one planned group. ``advance`` labels the row."""
+
+    advance: str
+    metric: str
+    a: dict[str, Any]
+    b: dict[str, Any]
+
+
+@dataclass
 class StudyConfig:
     """A whole study (see the module docstring)."""
 
@@ -142,6 +159,8 @@ class StudyConfig:
     extra_runs: list[ExtraRun] = field(default_factory=list)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     intrinsic_dim: IntrinsicSpec = field(default_factory=IntrinsicSpec)
+    headlines: list[HeadlineSpec] = field(default_factory=list)
+    not_shown: list[str] = field(default_factory=list)
 
     @property
     def folder(self) -> Path:
@@ -151,6 +170,16 @@ class StudyConfig:
         """Backbone labels some stage needs, in config order."""
         wanted = {*self.finetune.backbones, *(r.backbone for r in self.extra_runs), *self.intrinsic_dim.backbones}
         return [label for label in self.backbones if label in wanted]
+
+    def planned_runs(self) -> list[tuple[str, str, str, int | str, int]]:
+        """``(backbone, method, negatives, shots, seed)`` of every fine-tuning run: the grid (the full-data runs with
+        the first seed only), then the extra runs, duplicates dropped, in order."""
+        ft = self.finetune
+        runs = [(b, m, n, k, s) for b in ft.backbones for m in ft.methods for n in ft.negatives
+                for k in [*ft.shots, *(["full"] if ft.full_data else [])]
+                for s in (ft.seeds if k != "full" else ft.seeds[:1])]
+        runs += [(r.backbone, r.method, r.negatives, r.shots, r.seed) for r in self.extra_runs]
+        return list(dict.fromkeys(runs))
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -206,6 +235,11 @@ def _check(config: StudyConfig) -> None:
            config.evaluation.negative_view_n) < 1:
         raise ValueError("finetune.steps/full_epochs/batch_size and evaluation.corruption_n/negative_view_n must be "
                          ">= 1")
+    groups = [run[:4] for run in config.planned_runs()]
+    for i, headline in enumerate(config.headlines):
+        check_headline(asdict(headline), groups, where=f"headlines[{i}]")
+    if not all(isinstance(item, str) and item.strip() for item in config.not_shown):
+        raise ValueError(f"not_shown is a list of non-empty strings (one per item), got {config.not_shown!r}")
 
 
 def study_config_from_dict(raw: dict[str, Any], full: bool = False) -> StudyConfig:
@@ -229,7 +263,9 @@ def study_config_from_dict(raw: dict[str, Any], full: bool = False) -> StudyConf
     sections = {"finetune": FinetuneSpec, "evaluation": EvaluationSpec, "intrinsic_dim": IntrinsicSpec}
     kwargs = {key: _build(cls, raw.pop(key), key) for key, cls in sections.items() if key in raw}
     extra = [_build(ExtraRun, r, f"extra_runs[{i}]") for i, r in enumerate(raw.pop("extra_runs", None) or [])]
-    config = _build(StudyConfig, {"backbones": parsed, "extra_runs": extra, **kwargs, **raw}, "the study config")
+    headlines = [_build(HeadlineSpec, h, f"headlines[{i}]") for i, h in enumerate(raw.pop("headlines", None) or [])]
+    config = _build(StudyConfig, {"backbones": parsed, "extra_runs": extra, "headlines": headlines, **kwargs, **raw},
+                    "the study config")
     _check(config)
     return config
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vitlab.study import plots as study_plots
+from vitlab.study.headline import LARGER, NOISE, d90_row, headline_rows
 from vitlab.study.results import REQUIRED_COLUMNS, SEVERITY_COLUMNS, load_study, training_curves
 
 __all__ = ["END_MARKER", "PLOT_NAMES", "REQUIRED_COLUMNS", "START_MARKER", "results_markdown", "update_readme",
@@ -40,6 +41,8 @@ LOWER_IS_BETTER = " (lower is better)"
 TABLE_METRICS = {"clean %": "clean_acc", "corruption %": "corruption_acc", "severity 5 %": "corruption_acc_s5",
                  "extra corruptions %": "extra_corruption_acc", f"shuffle %{LOWER_IS_BETTER}": "neg_shuffle_acc",
                  f"rotate %{LOWER_IS_BETTER}": "neg_rotate_acc", f"infill %{LOWER_IS_BETTER}": "neg_infill_acc"}
+#: Negative-view confidence columns, shown when some run measured them.
+CONFIDENCE_METRICS = {f"{kind} conf %{LOWER_IS_BETTER}": f"neg_{kind}_conf" for kind in ("shuffle", "rotate", "infill")}
 PLOT_NAMES = ("accuracy_vs_params", "robustness_by_severity", "training_curves", "intrinsic_dim", "per_module")
 START_MARKER, END_MARKER = "<!-- study-results:start -->", "<!-- study-results:end -->"
 DASH, NA = "–", "n/a"
@@ -85,9 +88,11 @@ def _get(meta: Any, *keys: str) -> Any:
 def _results_blocks(study: dict[str, Any]) -> list[Block]:
     if not study["rows"]:
         return [("p", "Results: no fine-tuning run in results.csv yet.")]
-    header = ["backbone", "method", "negatives", "shots", "seeds", "trainable params", *TABLE_METRICS]
+    confidence = any(r.get(c) is not None for r in study["rows"] for c in CONFIDENCE_METRICS.values())
+    metrics = {**TABLE_METRICS, **(CONFIDENCE_METRICS if confidence else {})}
+    header = ["backbone", "method", "negatives", "shots", "seeds", "trainable params", *metrics]
     body = [[r["backbone"], r["method"], r["negatives"], str(r["shots"]), str(r["seeds"]), _int(r["trainable_params"]),
-             *(_cell(r, c) for c in TABLE_METRICS.values())] for r in study["rows"]]
+             *(_cell(r, c) for c in metrics.values())] for r in study["rows"]]
     get = partial(_get, study["meta"])
     note = ("Accuracy in %; with ≥ 2 seeds mean ± sample std over seeds [95 % t-interval of the mean], with one "
             "seed the single value, marked (1 seed) (– = not measured). "
@@ -96,8 +101,90 @@ def _results_blocks(study: dict[str, Any]) -> list[Block]:
             f"extra ones) on N = {_int(get('corruption', 'n'), NA)} test images per corruption and severity; "
             f"shuffle / rotate / infill: accuracy on N = {_int(get('negative_views', 'n'), NA)} negative views of "
             "test images (one per image and kind), lower is better: a model that cannot classify a destroyed image "
-            f"is right (chance {_pct(get('negative_views', 'chance'), missing=NA)} %).")
+            f"is right (chance {_pct(get('negative_views', 'chance'), missing=NA)} %)."
+            + (" shuffle / rotate / infill conf: mean max-softmax probability on the same views, lower is better "
+               "(a model that cannot tell is near the uniform 1/K)." if confidence else ""))
     return [("table", header, body), ("p", note)]
+
+
+_METRIC_NAMES = {"clean_acc": "clean accuracy", "corruption_acc": "corruption accuracy",
+                 "corruption_acc_s5": "corruption accuracy, severity 5",
+                 "extra_corruption_acc": "extra-corruption accuracy",
+                 **{f"neg_{k}_acc": f"{k}-view accuracy{LOWER_IS_BETTER}" for k in ("shuffle", "rotate", "infill")},
+                 **{f"neg_{k}_conf": f"{k}-view confidence{LOWER_IS_BETTER}" for k in ("shuffle", "rotate", "infill")}}
+
+
+def _selection(selection: dict[str, Any]) -> str:
+    return "/".join(str(v) for v in selection.values())
+
+
+def _evaluation_n(metric: str, meta: dict[str, Any]) -> str:
+    """N of the evaluation behind a results column, in words."""
+    get = partial(_get, meta)
+    if metric == "clean_acc":
+        return f"{_int(get('data', 'test_images'), NA)} test images"
+    if metric.startswith("neg_"):
+        return f"{_int(get('negative_views', 'n'), NA)} views (one per test image)"
+    times = {"corruption_acc": "15 corruptions × 5 severities", "corruption_acc_s5": "15 corruptions",
+             "extra_corruption_acc": "4 corruptions × 5 severities"}.get(metric, "corruptions")
+    return f"{_int(get('corruption', 'n'), NA)} test images × {times}"
+
+
+def _side(row: dict[str, Any], side: str) -> str:
+    seeds = row[f"{side}_seeds"]
+    params = row[f"{side}_params"]
+    return (f"{_pct(row[f'{side}_mean'])} ({seeds} seed{'s' if seeds != 1 else ''}"
+            + (f", {_int(params)} trainable" if isinstance(params, int | float) else "") + ")")
+
+
+def _signed(value: Any) -> str:
+    return f"{100 * value:+.2f}" if isinstance(value, int | float) else DASH
+
+
+def _headline_blocks(study: dict[str, Any]) -> list[Block]:
+    """The "Headline effects" section: the config's comparisons and each sweep's d90 (nothing when none)."""
+    config = study["meta"].get("config") if isinstance(study["meta"].get("config"), dict) else {}
+    specs = config.get("headlines") or []
+    if not specs:
+        return []
+    body = []
+    for r in headline_rows(study["runs"], specs):
+        spread = "1 seed" if r["spread"] is None else f"{100 * r['spread']:.2f} ({r['spread_kind']})"
+        body.append([r["advance"], f"{_selection(r['a'])} (A) vs {_selection(r['b'])} (B)",
+                     _METRIC_NAMES.get(r["metric"], r["metric"]), _side(r, "a"), _side(r, "b"),
+                     _signed(r["difference"]), spread, _evaluation_n(r["metric"], study["meta"]), r["verdict"]])
+    for name, sweep in study["sweeps"].items():
+        d = d90_row(name, sweep)
+        # a study's sweeps test on its downstream test split (older sweep files do not record their N)
+        n = _int(sweep.get("test_images") or _get(study["meta"], "data", "test_images"), NA)
+        body.append(["training (intrinsic dimension)", f"{name}: accuracy at d90 (A) vs the threshold (B)",
+                     f"d90 = {_int(d['d90'])}" if d["reached"] else "d90 not reached",
+                     f"{_pct(d['accuracy'])} (1 seed)", f"{_pct(d['threshold'])} (90 % of {_pct(d['reference'])})",
+                     _signed(d["accuracy"] - d["threshold"]), "1 seed", f"{n} test images",
+                     f"reached on its grid ({d['points']} points measured)" if d["reached"]
+                     else f"not reached on its grid ({d['points']} points measured)"])
+    header = ["advance", "compared", "metric", "A % (seeds, params)", "B %", "difference A − B (points)",
+              "spread (points)", "N", "verdict"]
+    note = ("Spread: with the same ≥ 2 seeds in both groups, the sample std over seeds of the per-seed difference "
+            "(paired: a seed draws the same fine-tuning images for both groups); otherwise √(std_A² + std_B²) of the "
+            "groups' sample stds over seeds (unpaired); a group with a single seed has no spread (1 seed). Verdict: "
+            f"\"{LARGER}\" when |difference| > spread, else \"{NOISE}\". Percentages: accuracy, or for the "
+            "confidence rows the mean max-softmax probability (ideal on a negative view: the uniform 1/K).")
+    return [("h", 2, "Headline effects"), ("table", header, body), ("p", note)]
+
+
+def _not_shown_blocks(meta: dict[str, Any]) -> list[Block]:
+    """The config's ``not_shown`` items as a list, `backticked` text rendered as code."""
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    items = config.get("not_shown") or []
+    if not items:
+        return []
+
+    def spans(text: str) -> list[tuple[str, str]]:
+        parts = re.split(r"`([^`]+)`", text)
+        return [("code" if i % 2 else "text", part) for i, part in enumerate(parts) if part]
+
+    return [("h", 2, "What this study does not show"), ("ul", [spans(item) for item in items])]
 
 
 def _intrinsic_table(study: dict[str, Any]) -> list[Block]:
@@ -157,7 +244,8 @@ def _header(meta: dict[str, Any]) -> list[Any]:
 
 def _blocks(study: dict[str, Any], plots: dict[str, Path]) -> list[Block]:
     meta = study["meta"]
-    blocks: list[Block] = [("h", 1, f"vitlab study report: {meta['name']}"), ("ul", _header(meta))]
+    blocks: list[Block] = [("h", 1, f"vitlab study report: {meta['name']}"), *_headline_blocks(study),
+                           ("ul", _header(meta)), *_not_shown_blocks(meta)]
     blocks += [("h", 2, "Results"), *_results_blocks(study), ("h", 2, "Plots")]
     for name in PLOT_NAMES[:3]:
         blocks.append(_image(_CAPTIONS[name], plots[name], f"plots/{name}.png") if name in plots else

@@ -35,12 +35,16 @@ from vitlab.errors import DataError, MissingFileError
 from vitlab.eval.corruptions import SEVERITIES
 from vitlab.metrics import read_metrics
 
-__all__ = ["ACCURACY_COLUMNS", "REQUIRED_COLUMNS", "SEVERITY_COLUMNS", "STUDY_HINT", "aggregate_seeds", "load_study",
-           "mean_interval", "read_result_rows", "summarize_study", "training_curves", "write_csv"]
+__all__ = ["ACCURACY_COLUMNS", "CONFIDENCE_COLUMNS", "REQUIRED_COLUMNS", "SEVERITY_COLUMNS", "STUDY_HINT",
+           "aggregate_seeds", "load_study", "mean_interval", "read_result_rows", "summarize_study", "training_curves",
+           "write_csv"]
 
 SEVERITY_COLUMNS = tuple(f"corruption_acc_s{s}" for s in SEVERITIES)
 ACCURACY_COLUMNS = ("clean_acc", "corruption_acc", *SEVERITY_COLUMNS, "extra_corruption_acc", "neg_shuffle_acc",
                     "neg_rotate_acc", "neg_infill_acc")
+#: Mean max-softmax confidence on each negative-view kind (the paper's diagnostic beside the views' accuracy);
+#: optional columns: tables written before they existed read as not measured.
+CONFIDENCE_COLUMNS = ("neg_shuffle_conf", "neg_rotate_conf", "neg_infill_conf")
 REQUIRED_COLUMNS = ("run", "backbone", "method", "negatives", "shots", "seed", "trainable_params", *ACCURACY_COLUMNS,
                     "train_time_s", "run_dir")
 STUDY_HINT = "run `vitlab study --config configs/study.yaml` first"
@@ -103,8 +107,8 @@ def _read_results(path: Path) -> list[dict[str, Any]]:
             run["shots"] = int(shots) if shots.isdigit() else shots
             run["seed"] = _number(path, line, "seed", row["seed"], int)
             run["trainable_params"] = _number(path, line, "trainable_params", row["trainable_params"], int)
-            for column in ACCURACY_COLUMNS:
-                value = run[column] = _number(path, line, column, row[column])
+            for column in (*ACCURACY_COLUMNS, *CONFIDENCE_COLUMNS):
+                value = run[column] = _number(path, line, column, row.get(column))
                 if value is not None and not 0 <= value <= 1:
                     raise _fail(path, f"line {line}: {column}={value} is not a fraction in [0, 1]",
                                 "write accuracies as fractions (0.9123, not 91.23)")
@@ -193,7 +197,8 @@ def summarize_study(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The report's table rows: runs grouped by (backbone, method, negatives, shots), see `aggregate_seeds`."""
     rows = []
-    for group in aggregate_seeds(runs, ("backbone", "method", "negatives", "shots"), ACCURACY_COLUMNS):
+    for group in aggregate_seeds(runs, ("backbone", "method", "negatives", "shots"),
+                                 (*ACCURACY_COLUMNS, *CONFIDENCE_COLUMNS)):
         members = group.pop("members")
         params = [m["trainable_params"] for m in members if m["trainable_params"] is not None]
         rows.append({**{k: group.pop(k) for k in ("backbone", "method", "negatives", "shots", "seeds")},

@@ -221,8 +221,9 @@ def write_tables(config: StudyConfig, rows: list[dict[str, Any]], weights: dict[
                      corruption_acc=metrics["mean_accuracy"],
                      **{f"corruption_acc_s{s}": per_severity.get(s) for s in SEVERITIES},
                      extra_corruption_acc=metrics.get("extra_mean_accuracy"),
-                     **{f"neg_{kind}_acc": diag["views"].get(kind, {}).get("accuracy") for kind in
-                        ("shuffle", "rotate", "infill")},
+                     **{f"neg_{kind}_{short}": diag["views"].get(kind, {}).get(measure)
+                        for short, measure in (("acc", "accuracy"), ("conf", "confidence"))
+                        for kind in ("shuffle", "rotate", "infill")},
                      train_time_s=row.get("train_time_s"), run_dir=str(run_dir.relative_to(config.folder)))
         table.append(entry)
         long += [{"run": row["run"], "corruption": c, "severity": int(s), "accuracy": a}
