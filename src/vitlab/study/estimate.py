@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["RUN_OVERHEAD_S", "estimate_study", "format_estimates", "time_corruptions", "time_model"]
+__all__ = ["RUN_OVERHEAD_S", "estimate_study", "format_estimates", "refine_points", "time_corruptions", "time_model"]
 
 #: Allowance per run for starting a process, building the model and data, testing and saving (seconds).
 RUN_OVERHEAD_S = 8.0
@@ -107,6 +107,20 @@ def run_steps(steps: int, shots: int | str, num_classes: int, batch_size: int, t
     return steps, few_shot_batch(int(shots), num_classes, batch_size)
 
 
+def refine_points(grid: Sequence[int], ratio: float | None) -> int:
+    """Most points a sweep's refinement adds (`vitlab.peft.intrinsic.sweep.refinement_point`): geometric midpoints of
+    the widest gap of ``grid`` until its ends are at most ``ratio`` apart (``None``: no refinement).
+
+    Example:
+        >>> refine_points([10, 100, 1000, 10000], 2.0), refine_points([10, 100], None), refine_points([10, 15], 2.0)
+        (2, 0, 0)
+    """
+    if ratio is None or len(grid) < 2:
+        return 0
+    widest = max(high / low for low, high in zip(grid, grid[1:], strict=False))
+    return math.ceil(math.log2(math.log(widest) / math.log(ratio))) if widest > ratio else 0
+
+
 def format_estimates(rows: Sequence[Mapping[str, Any]]) -> str:
     """A small text table of ``{"stage", "runs", "estimated_s"}`` rows (minutes)."""
     lines = [f"{'stage':<14} {'runs':>4}  estimate"]
@@ -146,7 +160,8 @@ def estimate_study(config: Any) -> list[dict[str, Any]]:
 
     Finished work counts zero: pretrained weights present, runs in ``finetune/results.csv``, evaluation JSONs, the
     corruption set in the cache, intrinsic-dimension rows in the sweep CSVs (counted per backbone: all or nothing).
-    The intrinsic-dimension figure is an upper bound (the sweep stops early once d90 is found).
+    The intrinsic-dimension figure is an upper bound: every grid point and the most refinement points the widest gap
+    can take (`refine_points`; the sweep may stop early once d90 is found).
     """
     from vitlab.data import default_cache_dir
     from vitlab.peft.intrinsic.per_module import available_module_kinds
@@ -159,11 +174,7 @@ def estimate_study(config: Any) -> list[dict[str, Any]]:
     done = {row["run"] for row in read_result_rows(config.folder / "finetune" / "results.csv")}
     stages = {name: {"stage": name, "runs": 0, "estimated_s": 0.0}
               for name in ("pretrain", "finetune", "evaluate", "intrinsic_dim", "report")}
-    runs: list[tuple[str, str, str, int | str, int]] = [
-        (b, m, n, k, s) for b in ft.backbones for m in ft.methods for n in ft.negatives
-        for k in [*ft.shots, *(["full"] if ft.full_data else [])] for s in (ft.seeds if k != "full" else ft.seeds[:1])]
-    runs += [(r.backbone, r.method, r.negatives, r.shots, r.seed) for r in config.extra_runs]
-    runs = list(dict.fromkeys(runs))
+    runs = config.planned_runs()
     timings = {}
     for label in config.used_backbones():
         run_config, model, datamodule = _pretrain_model(config, label)
@@ -205,7 +216,8 @@ def estimate_study(config: Any) -> list[dict[str, Any]]:
 
         base = load_run_config_file(config.intrinsic_dim.config)
         settings = SweepSettings.from_options(base.peft.options)
-        points = len(settings.grid(None))
+        grid = settings.grid(None)
+        points = len(grid) + refine_points(grid, settings.refine_ratio)
         for label in config.intrinsic_dim.backbones:
             t = timings[label]
             if (config.folder / "intrinsic" / label / "intrinsic_dim.json").is_file():
