@@ -33,6 +33,10 @@ def _write_configs(tmp_path):
              "evaluation": {"corruption_n": 3, "negative_view_n": 40, "patch_size": 8},
              "intrinsic_dim": {"config": "intrinsic.yaml", "backbones": ["vit"], "per_module": True,
                                "from_scratch": True},
+             "headlines": [{"advance": "training", "metric": "clean_acc",
+                            "a": {"method": "kadaptation", "negatives": "none"},
+                            "b": {"method": "full", "negatives": "none"}}],
+             "not_shown": ["More seeds: `vitlab study --config study.yaml --full true`"],
              "full": {"finetune": {"seeds": [0, 1]}}}
     for name, content in (("pretrain.yaml", pretrain), ("intrinsic.yaml", intrinsic), ("study.yaml", study)):
         (tmp_path / name).write_text(yaml.safe_dump(content))
@@ -84,6 +88,15 @@ def test_tiny_study_writes_a_report_that_agrees_with_the_runs(tmp_path, monkeypa
         assert 0.0 <= float(row["corruption_acc"]) <= 1.0 and row["neg_rotate_acc"] != ""
     with (folder / "robustness.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == len(rows) * 19 * 5
+    for row in rows:  # negative-view confidence comes from the run's diagnostics
+        views = json.loads((folder / row["run_dir"] / "diagnose_negatives_digits.json").read_text())["views"]
+        assert float(row["neg_rotate_conf"]) == pytest.approx(views["rotate"]["confidence"], abs=1e-6)
+    # the headline: one seed per group, so the difference is stated without a spread and not called an effect
+    clean = {r["method"]: float(r["clean_acc"]) for r in rows if r["negatives"] == "none"}
+    headline = next(ln for ln in report.splitlines() if ln.startswith("| training |"))
+    assert f"| {100 * (clean['kadaptation'] - clean['full']):+.2f} | 1 seed |" in headline
+    assert headline.endswith("| not distinguishable from noise at this budget |")
+    assert report.index("## Headline effects") < report.index("## Results")
     assert "| vit_scratch |" in report  # the same sweep from random init, beside the pretrained backbone's
     record = json.loads((folder / "study.json").read_text())
     assert [s["stage"] for s in record["stages"]] == ["pretrain", "finetune", "evaluate", "intrinsic_dim", "report"]
