@@ -1,10 +1,12 @@
-"""``vitlab demo``: a few-minute slice of ``vitlab study`` on 2 CPU cores (5.5 min measured), with its report.
+"""``vitlab demo``: each advance's headline effect with its spread, in a few minutes on 2 CPU cores (a small study).
 
 It runs `vitlab.study.config.DEMO_CONFIG` (``src/vitlab/study/configs/demo_study.yaml``; ``configs/demo_study.yaml``
-links to it): the small ViT pretrained on MNIST for 2 epochs, fine-tuned on 20 Fashion-MNIST images per class with
-full fine-tuning, LoRA and KAdaptation, each without and with P-Rotate/l2 negative views; clean, generated-corruption
-(N = 100) and negative-view accuracy; a short intrinsic-dimension curve. Output: ``runs/demo/report.md`` and
-``report.html``. Rerunning resumes.
+links to it): the small ViT and the tiny Inception Transformer pretrained on MNIST for 2 epochs each, fine-tuned on 20
+Fashion-MNIST images per class with seeds 0 and 1: both fully (architecture), the ViT with P-Rotate/contrastive
+negative views (data), with LoRA and with KAdaptation (training); clean, generated-corruption (N = 100) and
+negative-view accuracy and confidence; a short intrinsic-dimension curve. Output: ``runs/demo/report.md`` and
+``report.html``, opening with the headline effects (difference, spread over the seeds, verdict) and what the demo does
+not show. Rerunning resumes.
 
 Example:
     vitlab demo                      # what `make demo` runs
