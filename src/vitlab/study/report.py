@@ -168,7 +168,8 @@ def _headline_blocks(study: dict[str, Any]) -> list[Block]:
     note = ("Spread: with the same ≥ 2 seeds in both groups, the sample std over seeds of the per-seed difference "
             "(paired: a seed draws the same fine-tuning images for both groups); otherwise √(std_A² + std_B²) of the "
             "groups' sample stds over seeds (unpaired); a group with a single seed has no spread (1 seed). Verdict: "
-            f"\"{LARGER}\" when |difference| > spread, else \"{NOISE}\". Percentages: accuracy, or for the "
+            f"\"{LARGER}\" when |difference| > spread, else \"{NOISE}\"; a spread from 2 or 3 seeds is itself "
+            "rough, so the verdict is a first look, not a significance test. Percentages: accuracy, or for the "
             "confidence rows the mean max-softmax probability (ideal on a negative view: the uniform 1/K).")
     return [("h", 2, "Headline effects"), ("table", header, body), ("p", note)]
 
