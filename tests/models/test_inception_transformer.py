@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from timm.layers import Mlp
 
 from tests.models.conftest import small_model
+from vitlab.models.cpu_linear import onednn_linear
 from vitlab.models.inception_transformer import ChunkedMlp, InceptionTransformer, Mixer, load_official_checkpoint
 
 FIXTURE = "iformer_official_reference_tiny.safetensors"
@@ -207,14 +208,39 @@ def test_chunked_mlp_equals_timm_mlp(dtype, atol):
     x = torch.randn(2, 5, 5, 16, dtype=dtype)
     with torch.inference_mode(), torch.profiler.profile() as prof:
         torch.testing.assert_close(chunked.eval()(x), plain.eval()(x), rtol=0, atol=atol)
-    products = sum(e.count for e in prof.key_averages() if e.key == "aten::addmm")
+    products = sum(e.count for e in prof.key_averages() if e.key in ("aten::addmm", "mkldnn::_linear_pointwise"))
     assert products == 2 * 8 + 2  # two per chunk (ceil(50 / 7) = 8), then timm's Mlp: two for the whole batch
-    for mode in (True, False):  # training, and eval with autograd on: bit-identical, gradients flow
+    for mode in (True, False):  # training, and eval with autograd on: timm's Mlp, gradients flow
         out = chunked.train(mode)(x.requires_grad_(True))
-        torch.testing.assert_close(out, plain.train(mode)(x), rtol=0, atol=0)
+        torch.testing.assert_close(out, plain.train(mode)(x), rtol=0, atol=atol)
+        with onednn_linear(False):  # with PyTorch's own matrix-product kernel: bit-identical
+            torch.testing.assert_close(chunked(x), plain(x), rtol=0, atol=0)
         assert out.requires_grad
     with torch.inference_mode():
         assert chunked.eval()(x[:0]).shape == (0, 5, 5, 16)  # an empty batch
     assert ChunkedMlp(16, 64, drop=0.1).approximate == ""  # dropout: timm's path
     with pytest.raises(ValueError, match="hidden_budget must be >= 1"):
         ChunkedMlp(16, 64, hidden_budget=0)
+
+
+@pytest.mark.parametrize("targets", [["qkv"], ["fc1", "fc2"], ["conv1", "proj2", "proj"]])
+def test_wrapped_layers_run_their_own_forward(targets):
+    """A peft LoRA adapter on the qkv Linear, the MLP Linears or the 1x1 convs (which the model runs as matrix
+    products) is applied in training and at inference (chunked MLP path): outputs equal the merged model's."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = timm.create_model("inception_transformer_tiny", num_classes=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        base = model(x)
+    adapted = get_peft_model(model, LoraConfig(r=2, target_modules=targets, init_lora_weights=False)).eval()
+    with torch.no_grad():
+        inference = adapted(x)
+    with_grad = adapted(x)
+    merged = adapted.merge_and_unload()
+    with torch.no_grad():
+        reference = merged(x)
+    assert (inference - base).abs().max() > 1e-3  # the adapter changes the outputs
+    torch.testing.assert_close(inference, reference, rtol=0, atol=1e-5)
+    torch.testing.assert_close(with_grad.detach(), reference, rtol=0, atol=1e-5)

@@ -5,6 +5,7 @@
 - ``inception_transformer_{tiny,small,base,large}[_384]``: the Inception Transformer (iFormer), state-dict compatible
   with the official code (`vitlab.models.inception_transformer`);
 - ``iformer_fpn_backbone``: an iFormer + FPN backbone for torchvision's detectors (`vitlab.models.detection`);
+- ``cpu_linear``: Linear products through oneDNN on the CPU, the iFormer's fast path (`vitlab.models.cpu_linear`);
 - ``export_onnx``: ONNX export with a dynamic batch, checked with onnxruntime (`vitlab.models.onnx_export`).
 
 Example:

@@ -8,6 +8,10 @@ Each block splits its channels: a high-frequency part (max-pool and depthwise-co
 (self-attention on a 2x2 average-pooled map in stages 1-2). ``attention_heads`` lists, per block, how many of the
 stage's heads go to attention; the rest of the channels go to the high-frequency mixer (the "frequency ramp").
 
+Every Linear and 1x1-conv product runs through :func:`vitlab.models.cpu_linear.linear` (oneDNN on float32 CPU
+tensors, about twice PyTorch's default kernel's speed on this project's CPU; ``F.linear`` elsewhere), unless the
+layer was replaced by another module (a peft adapter), whose own forward then runs.
+
 Registered in timm (on ``import vitlab``): ``inception_transformer_{small,base,large}[_384]`` and
 ``inception_transformer_tiny``. The name ``iformer_*`` is left alone: timm ships an unrelated mobile model there.
 
@@ -29,11 +33,13 @@ from timm.layers import DropPath, Mlp, register_notrace_function, to_2tuple, tru
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
+from vitlab.models.cpu_linear import linear, linear_gelu
 from vitlab.models.iformer_checkpoint import checkpoint_filter_fn, load_official_checkpoint
 
 __all__ = [
     "ChunkedMlp", "InceptionTransformer", "add_pos_embed", "check_image_size", "check_input_size",
-    "checkpoint_filter_fn", "gelu_mlp", "load_official_checkpoint", "mlp_in_row_chunks",
+    "checkpoint_filter_fn", "gelu_mlp", "linear_module", "load_official_checkpoint", "mlp_in_row_chunks",
+    "pointwise_conv",
 ]
 
 _NUM_STAGES = 4
@@ -156,6 +162,35 @@ class Downsample(nn.Module):
         return self.norm(self.proj(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
 
 
+def linear_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``, through :func:`~vitlab.models.cpu_linear.linear` when ``module`` is exactly an ``nn.Linear``;
+    any other module (a peft adapter wrapping the Linear, a quantised or subclassed layer) runs its own forward.
+    (Defined here, not in ``cpu_linear``, so that torch.fx, which patches this module's globals, keeps ``linear`` a
+    leaf.)
+
+    Example:
+        >>> linear_module(nn.Linear(8, 3), torch.randn(4, 8)).shape
+        torch.Size([4, 3])
+    """
+    if type(module) is nn.Linear:
+        return linear(x, module.weight, module.bias)
+    return module(x)
+
+
+def pointwise_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 ``nn.Conv2d`` applied to an NHWC map ``(B, H, W, C_in) -> (B, H, W, C_out)`` as one matrix product
+    (:func:`~vitlab.models.cpu_linear.linear` with the conv's weights); a module that wraps or replaces the conv (a
+    peft adapter) is run as a conv on the NCHW view instead, so its own forward counts.
+
+    Example:
+        >>> pointwise_conv(nn.Conv2d(4, 6, 1), torch.randn(2, 3, 5, 4)).shape
+        torch.Size([2, 3, 5, 6])
+    """
+    if type(conv) is nn.Conv2d:
+        return linear(x, conv.weight.flatten(1), conv.bias)
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
 class HighMixer(nn.Module):
     """High-frequency mixer on ``dim`` channels (NCHW): conv branch and max-pool branch, ``dim -> 2 * dim`` channels.
 
@@ -177,15 +212,18 @@ class HighMixer(nn.Module):
     def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The conv branch and the max-pool branch, each ``(B, dim, H, W)``, not yet concatenated.
 
-        The 1x1 convs run as matrix products on channels-last views (``F.linear`` with the conv weights): a channel
-        slice of a channels-last map is neither NCHW- nor NHWC-contiguous, so convolution takes its generic im2col
-        path on it (same result; up to 2 % faster in training on a CPU, see the README's speed table).
+        The 1x1 convs run as matrix products on channels-last views (:func:`pointwise_conv`): a channel slice of a
+        channels-last map is neither NCHW- nor NHWC-contiguous, so convolution takes its generic im2col path on it
+        (same result; up to 2 % faster in training on a CPU, see the README's speed table).
         """
-        cx = F.linear(x[:, : self.half].permute(0, 2, 3, 1), self.conv1.weight.flatten(1))
-        cx = self.act1(self.proj1(cx.permute(0, 3, 1, 2)))
-        px = self.pool(x[:, self.half :]).permute(0, 2, 3, 1)
-        px = self.act2(F.linear(px, self.proj2.weight.flatten(1), self.proj2.bias).permute(0, 3, 1, 2))
-        return cx, px
+        if torch.jit.is_scripting():
+            cx = F.linear(x[:, : self.half].permute(0, 2, 3, 1), self.conv1.weight.flatten(1))
+            px = self.pool(x[:, self.half :]).permute(0, 2, 3, 1)
+            px = F.linear(px, self.proj2.weight.flatten(1), self.proj2.bias)
+        else:
+            cx = pointwise_conv(self.conv1, x[:, : self.half].permute(0, 2, 3, 1))
+            px = pointwise_conv(self.proj2, self.pool(x[:, self.half :]).permute(0, 2, 3, 1))
+        return self.act1(self.proj1(cx.permute(0, 3, 1, 2))), self.act2(px.permute(0, 3, 1, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cx, px = self.branches(x)
@@ -213,7 +251,8 @@ class LowMixer(nn.Module):
         x = self.pool(x)
         B, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
         tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
-        qkv = self.qkv(tokens).reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(tokens) if torch.jit.is_scripting() else linear_module(self.qkv, tokens)
+        qkv = qkv.reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
         return self.uppool(x)
@@ -250,7 +289,9 @@ class Mixer(nn.Module):
         weight = self.conv_fuse.weight
         identity = F.pad(weight.new_ones(weight.shape[0], 1, 1, 1), (1, 1, 1, 1))
         x = F.conv2d(x, weight + identity, None, 1, 1, 1, weight.shape[0]).permute(0, 2, 3, 1)
-        return self.proj_drop(F.linear(x, self.proj.weight.flatten(1), self.proj.bias))  # the 1x1 conv, on NHWC
+        if torch.jit.is_scripting():
+            return self.proj_drop(F.linear(x, self.proj.weight.flatten(1), self.proj.bias))
+        return self.proj_drop(pointwise_conv(self.proj, x))  # the 1x1 conv, on NHWC
 
 
 @register_notrace_function  # the row loop depends on the input's size: a leaf for torch.fx
@@ -260,8 +301,9 @@ def mlp_in_row_chunks(
 ) -> torch.Tensor:
     """``fc2(gelu(fc1(x)))`` over the last dim of ``x`` ``(..., C_in) -> (..., C_out)``, ``rows`` tokens at a time.
 
-    The same products as one pass, row by row, so the result is the same; only one chunk's hidden activation exists
-    at a time. It stays in the CPU cache between the three ops and is reused, instead of a fresh multi-MB buffer
+    The same products as one pass, row by row (through :func:`~vitlab.models.cpu_linear.linear_gelu` and
+    :func:`~vitlab.models.cpu_linear.linear`: within float rounding of ``F.linear``); only one chunk's hidden
+    activation exists at a time. It stays in the CPU cache between the three ops and is reused, instead of a fresh multi-MB buffer
     that is written, read back from memory and freed three times per block. Under autocast the output takes the
     dtype autocast gives the second product, as in one pass.
 
@@ -269,7 +311,7 @@ def mlp_in_row_chunks(
         >>> w1, b1, w2, b2 = torch.randn(8, 4), torch.randn(8), torch.randn(4, 8), torch.randn(4)
         >>> x = torch.randn(2, 5, 5, 4)
         >>> ref = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
-        >>> bool((mlp_in_row_chunks(x, w1, b1, w2, b2, "none", 7) - ref).abs().max() < 1e-6)
+        >>> bool((mlp_in_row_chunks(x, w1, b1, w2, b2, "none", 7) - ref).abs().max() < 1e-5)
         True
     """
     if rows < 1:
@@ -279,8 +321,8 @@ def mlp_in_row_chunks(
         return F.linear(F.gelu(F.linear(x, fc1_weight, fc1_bias), approximate=approximate), fc2_weight, fc2_bias)
     out = torch.empty(0)
     for start in range(0, flat.shape[0], rows):
-        hidden = F.gelu(F.linear(flat[start : start + rows], fc1_weight, fc1_bias), approximate=approximate)
-        chunk = F.linear(hidden, fc2_weight, fc2_bias)
+        hidden = linear_gelu(flat[start : start + rows], fc1_weight, fc1_bias, approximate)
+        chunk = linear(hidden, fc2_weight, fc2_bias)
         if start == 0:
             out = chunk.new_empty(flat.shape[0], chunk.shape[1])
         out[start : start + rows] = chunk
@@ -343,13 +385,17 @@ class ChunkedMlp(Mlp):
             self.approximate != "" and not self.training and not torch.is_grad_enabled()
             and fc1_bias is not None and fc2_bias is not None
         ):
-            if not torch.jit.is_scripting():
+            if torch.jit.is_scripting():
+                if x.device.type == "cpu":
+                    return mlp_in_row_chunks(
+                        x, self.fc1.weight, fc1_bias, self.fc2.weight, fc2_bias, self.approximate, self.rows
+                    )
+            elif type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear:  # not wrapped (e.g. by a peft adapter)
                 return gelu_mlp(x, self.fc1.weight, fc1_bias, self.fc2.weight, fc2_bias, self.approximate, self.rows)
-            if x.device.type == "cpu":
-                return mlp_in_row_chunks(
-                    x, self.fc1.weight, fc1_bias, self.fc2.weight, fc2_bias, self.approximate, self.rows
-                )
-        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))  # timm's Mlp.forward
+        if torch.jit.is_scripting():
+            return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))  # timm's Mlp.forward
+        x = self.norm(self.drop1(self.act(linear_module(self.fc1, x))))  # the same, products through `linear`
+        return self.drop2(linear_module(self.fc2, x))
 
 
 class Block(nn.Module):
