@@ -304,8 +304,8 @@ def mlp_in_row_chunks(
     The same products as one pass, row by row (through :func:`~vitlab.models.cpu_linear.linear_gelu` and
     :func:`~vitlab.models.cpu_linear.linear`: within float rounding of ``F.linear``); only one chunk's hidden
     activation exists at a time. It stays in the CPU cache between the three ops and is reused, instead of a fresh
-    multi-MB buffer that is written, read back from memory and freed three times per block. Under autocast the output takes the
-    dtype autocast gives the second product, as in one pass.
+    multi-MB buffer that is written, read back from memory and freed three times per block. Under autocast the
+    output takes the dtype autocast gives the second product, as in one pass.
 
     Example:
         >>> w1, b1, w2, b2 = torch.randn(8, 4), torch.randn(8), torch.randn(4, 8), torch.randn(4)
