@@ -11,13 +11,18 @@ machine the absolute numbers move with the load.
 you supply (it is not shipped: its licence is Apache-2.0 but vitlab keeps no copy); the official ``iformer_small`` is
 built from it, given vitlab's weights (same parameter names) and checked to give the same outputs before it is timed.
 
+vitlab's iFormer runs its Linear and 1x1-conv products through oneDNN (``vitlab.models.cpu_linear``); the row
+``... (PyTorch GEMM)`` times the same model with that switched off (``onednn_linear(False)``: PyTorch's default
+kernel, as the peers use), so the table shows what the kernel gives. ``--onednn-peers`` runs the peers' ``nn.Linear``
+layers through the same oneDNN path: the comparison with the kernel held equal.
+
 ``--baseline PATH`` does the same with an earlier version of vitlab's own model file, so that one run measures a
 speed-up step against the code before it (ratio column ``/baseline``), e.g.
 ``git show <commit>:src/vitlab/models/inception_transformer.py > /tmp/before.py``.
 
 Usage:
     python benchmarks/bench_iformer.py [--batch-size 8] [--iters 3] [--official PATH] [--baseline PATH] [--compile]
-        [--clock wall|cpu] [--out benchmarks/results/bench_iformer.json]
+        [--clock wall|cpu] [--onednn-peers] [--out benchmarks/results/bench_iformer.json]
 """
 
 from __future__ import annotations
@@ -36,12 +41,34 @@ import torch
 from torch import nn
 
 import vitlab  # noqa: F401  (registers inception_transformer_*)
+from vitlab.models.cpu_linear import linear, onednn_linear
 from vitlab.models.flops import count_flops
 
 IFORMER = "inception_transformer_small"
 PEERS = ("vit_small_patch16_224", "swin_tiny_patch4_window7_224", "convnext_tiny")
 OFFICIAL = "official iformer_small"
 BASELINE = "baseline (--baseline file)"
+WITHOUT_ONEDNN = f"{IFORMER} (PyTorch GEMM)"
+
+
+class WithoutOneDnn(nn.Module):
+    """``model`` run with vitlab's oneDNN products switched off (the same module and weights, PyTorch's kernels)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with onednn_linear(False):
+            return self.model(x)
+
+
+def onednn_peer(model: nn.Module) -> nn.Module:
+    """``model`` with every plain ``nn.Linear`` computed by ``vitlab.models.cpu_linear.linear`` (in place)."""
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.forward = lambda x, m=module: linear(x, m.weight, m.bias)
+    return model
 
 
 def _sync(device: torch.device) -> None:
@@ -131,6 +158,8 @@ def main() -> None:
     parser.add_argument("--cpu-only", action="store_true", help="skip the GPU even when CUDA is present")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="time CPU runs by wall clock or by process CPU time (1 thread, shared machine)")
+    parser.add_argument("--onednn-peers", action="store_true",
+                        help="run the peers' nn.Linear layers through vitlab's oneDNN path too (same kernel for all)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_iformer.json"))
     args = parser.parse_args()
     if args.batch_size < 1 or args.iters < 1:
@@ -150,6 +179,9 @@ def main() -> None:
         extra[OFFICIAL] = load_model_file("--official", args.official, "iformer_small", models[IFORMER])
     if args.baseline is not None:
         extra[BASELINE] = load_model_file("--baseline", args.baseline, IFORMER, models[IFORMER])
+    if args.onednn_peers:
+        models.update({name: onednn_peer(models[name]) for name in PEERS})
+    extra[WITHOUT_ONEDNN] = WithoutOneDnn(models[IFORMER])
     models = {IFORMER: models[IFORMER], **extra, **models}
     rows = {name: {"model": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                    "gflops": count_flops(model) / 1e9} for name, model in models.items()}
@@ -180,7 +212,7 @@ def main() -> None:
         for column in columns:
             for label, base in bases.items():
                 row[f"{column}_vs_{label}"] = row[column] / base[column]
-    header = f"{'model':<30} {'params (M)':>10} {'GFLOPs':>7}"
+    header = f"{'model':<44} {'params (M)':>10} {'GFLOPs':>7}"
     for column in columns:
         header += f" {column.removesuffix('_img_s').replace('_', ' ') + ' img/s':>16}"
         header += "".join(f" {'/' + label:>9}" for label in bases)
@@ -188,13 +220,14 @@ def main() -> None:
           + (f", /baseline = / {args.baseline}" if "baseline" in bases else ""))
     print(header)
     for row in rows:
-        line = f"{row['model']:<30} {row['params_m']:>10.2f} {row['gflops']:>7.2f}"
+        line = f"{row['model']:<44} {row['params_m']:>10.2f} {row['gflops']:>7.2f}"
         for column in columns:
             line += f" {row[column]:>16.1f}" + "".join(f" {row[f'{column}_vs_{label}']:>8.2f}x" for label in bases)
         print(line)
     env = {"torch": torch.__version__, "timm": timm.__version__, "threads": torch.get_num_threads(),
            "machine": platform.machine(), "batch_size": args.batch_size, "iters": args.iters, "dtype": args.dtype,
            "channels_last": args.channels_last, "compile": args.compile, "reference": args.reference,
+           "onednn_peers": args.onednn_peers,
            "clock": args.clock,
            "official": str(args.official) if args.official else None,
            "baseline": str(args.baseline) if args.baseline else None,

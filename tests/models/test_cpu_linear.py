@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 
 import vitlab.models.cpu_linear as cpu_linear
-from vitlab.models.cpu_linear import linear, linear_gelu, onednn_linear, onednn_linear_available, uses_onednn
+from vitlab.models.cpu_linear import (
+    linear,
+    linear_gelu,
+    onednn_linear,
+    onednn_linear_available,
+    set_onednn_linear,
+    uses_onednn,
+)
 
 
 def _operands(shape, out_features=24, bias=True, seed=0):
@@ -70,6 +77,18 @@ def test_gradients_equal_f_linear_on_a_channel_slice(recorded):
                 assert stride[-1] == 1
 
 
+def test_second_derivatives_equal_f_linear():
+    """A backward pass with ``create_graph=True`` (gradient penalties, meta-learning) gives differentiable gradients."""
+    x, weight, bias = _operands((5, 16))
+    results = []
+    for fn in (linear, F.linear):
+        xs, ws = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        (grad_x,) = torch.autograd.grad(fn(xs, ws, bias).tanh().sum(), xs, create_graph=True)
+        results.append(torch.autograd.grad(grad_x.square().sum(), (xs, ws)))
+    for fast, reference in zip(*results, strict=True):
+        torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+
+
 def test_linear_gelu_fuses_without_autograd_and_matches(recorded):
     x, weight, bias = _operands((9, 16))
     for approximate in ("none", "tanh"):
@@ -100,6 +119,8 @@ def test_switch_off_gives_f_linear_bit_for_bit_and_is_restored(recorded):
     with pytest.raises(TypeError, match="True or False"):
         with onednn_linear("no"):
             pass
+    assert set_onednn_linear(False) is True and not uses_onednn(x, weight)
+    assert set_onednn_linear(True) is False and uses_onednn(x, weight)
 
 
 def test_fallbacks_float64_autocast_and_tracing(recorded):

@@ -32,9 +32,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
-from torch.autograd.function import once_differentiable
 
-__all__ = ["linear", "linear_gelu", "onednn_linear", "onednn_linear_available", "uses_onednn"]
+__all__ = ["linear", "linear_gelu", "onednn_linear", "onednn_linear_available", "set_onednn_linear", "uses_onednn"]
 
 try:
     _POINTWISE = torch.ops.mkldnn._linear_pointwise  # x @ wᵀ + b, then an optional fused activation
@@ -64,14 +63,26 @@ def onednn_linear(enabled: bool) -> Iterator[None]:
         ...     uses_onednn(torch.randn(2, 4), torch.randn(3, 4))
         False
     """
-    if not isinstance(enabled, bool):
-        raise TypeError(f"onednn_linear(enabled) takes True or False, got {enabled!r}")
-    previous = _STATE["enabled"]
-    _STATE["enabled"] = enabled
+    previous = set_onednn_linear(enabled)
     try:
         yield
     finally:
         _STATE["enabled"] = previous
+
+
+def set_onednn_linear(enabled: bool) -> bool:
+    """Switch the oneDNN path of :func:`linear` on or off from now on (process-wide); returns the previous setting.
+
+    Example:
+        >>> previous = set_onednn_linear(False)
+        >>> set_onednn_linear(previous)
+        False
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"the oneDNN switch takes True or False, got {enabled!r}")
+    previous = _STATE["enabled"]
+    _STATE["enabled"] = enabled
+    return previous
 
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -90,6 +101,16 @@ def _dense(matrix: torch.Tensor) -> torch.Tensor:
     return matrix if matrix.is_contiguous() or matrix.t().is_contiguous() else matrix.contiguous()
 
 
+def _differentiable_backward(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, needs_x: bool, needs_weight: bool, needs_bias: bool
+) -> tuple[torch.Tensor | None, ...]:
+    """``F.linear``'s gradients with PyTorch's differentiable ops (for a backward pass that builds a graph)."""
+    flat = grad.reshape(-1, grad.shape[-1])
+    grad_x = (grad @ weight) if needs_x else None
+    grad_weight = flat.t() @ x.reshape(-1, x.shape[-1]) if needs_weight else None
+    return grad_x, grad_weight, flat.sum(0) if needs_bias else None
+
+
 class _OneDnnLinear(torch.autograd.Function):
     """``x @ weightᵀ + bias`` with oneDNN in both passes: ``∂x = g @ weight``, ``∂weight = gᵀ @ x``, ``∂bias = Σ g``."""
 
@@ -100,10 +121,11 @@ class _OneDnnLinear(torch.autograd.Function):
         return _POINTWISE(x, weight, bias, "none", [], "")
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: differentiable ops, so that higher derivatives exist
+            return _differentiable_backward(grad, x, weight, needs_x, needs_weight, needs_bias and ctx.has_bias)
         flat = _dense(grad.reshape(-1, grad.shape[-1]))
         grad_x = _POINTWISE(flat, _dense(weight).t(), None, "none", [], "").view(x.shape) if needs_x else None
         grad_weight = None
