@@ -11,7 +11,8 @@ Shapes (n terms, weight block ``out × in``, ``p = out/n``, ``q = in/n``, rank `
 With a rank-``a`` ``A_i = Σ_a l_ia r_iaᵀ`` and ``B_i = Σ_r u_ir v_irᵀ``, ``A_i ⊗ B_i = Σ_{a,r} (l_ia ⊗ u_ir)(r_ia ⊗
 v_ir)ᵀ``: ΔW = L Rᵀ has rank at most ``n · a · r`` (32 with the defaults), with ``L (out, n·a·r)``, ``R (in,
 n·a·r)``; a full ``A_i`` is ``A_i @ I``. The factored path (one active adapter, the training case) folds ``L_s R_sᵀ``
-and the bias into a copy of each slice's weight rows, so the forward pass is one Linear, and takes the factors'
+and the bias into a copy of each slice's weight rows, so the forward pass is one Linear (its product and the input
+gradient's through ``vitlab.models.cpu_linear.linear``: oneDNN on float32 CPU tensors), and takes the factors'
 gradients from low-rank products (``x R``, ``g_s L_s``): ``rows · in · K`` multiply-adds per slice to fold, about
 ``4 · in · K`` per token and slice to train, no dense gradient of ΔW. The dense path (needed for dropout on ΔW, as in
 the reference) builds ΔW once per forward and lets autograd take its gradient.
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from vitlab.models.cpu_linear import linear
 from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer
 from vitlab.peft.targets import Target
 
@@ -96,7 +98,7 @@ class _KroneckerLinear(torch.autograd.Function):
             bias = bias.clone()
             for a, b in spans:
                 bias[a:b] += delta_bias
-        out = F.linear(x, merged, bias)
+        out = linear(x, merged, bias)  # oneDNN on float32 CPU tensors (vitlab.models.cpu_linear)
         inputs = x.reshape(-1, x.shape[-1])
         h_t = None
         if any(ctx.needs_input_grad[3:]):  # x is still in cache: h_sᵀ now, each above a row of ones (for ∂Δb)
@@ -116,7 +118,7 @@ class _KroneckerLinear(torch.autograd.Function):
         spans, needs, count = ctx.spans, ctx.needs_input_grad, len(ctx.spans)
         lefts, factors = rest[:count], rest[count:]
         flat, inputs = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
-        grad_x = (flat @ merged).view(x.shape) if needs[0] else None
+        grad_x = linear(flat, merged.t()).view(x.shape) if needs[0] else None
         grad_weight = flat.T @ inputs if needs[1] else None
         grad_bias = flat.sum(0) if needs[2] else None
         grad_factors: list[torch.Tensor | None] = [None] * len(factors)
