@@ -82,6 +82,7 @@ def test_intrinsic_dim_cli_writes_csv_plot_json_and_resumes(tmp_path, monkeypatc
     assert summary["d90"] == d90.raw and summary["d90_interpolated"] == d90.interpolated
     assert summary["threshold"] == pytest.approx(0.9 * rows[0]["accuracy"]) and summary["complete"]
     assert summary["projection"] == "fastfood" and summary["projection_norm"] == "per_tensor"
+    assert summary["metric"] == "test/acc" and summary["eval_images"] == 360  # digits: the last 360 images test
     assert json.loads((folder / "d256" / "summary.json").read_text())["trainable_parameters"] == 256
 
     calls = []

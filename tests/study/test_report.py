@@ -193,7 +193,7 @@ def test_header_intrinsic_per_module_and_stage_tables(report: dict) -> None:
     assert "N = 1000 test images, chance 10.00 %" in md
     assert "Backbone vit: vit_tiny_patch16_224, 60,000 parameters, pretraining accuracy 98.00 %" in md
     assert _row(md, "vit", "85.00", "76.50") == ["vit", "85.00", "76.50", "1,000", "562", "4", "fastfood, global norm"]
-    assert "vit: N = 500" in md
+    assert "vit: N = 500 (test images)" in md
     assert _row(md, "vit", "1", "attn.q") == ["vit", "1", "attn.q", "613", "80.00"]
     assert _row(md, "vit", "3", "attn.proj") == ["vit", "3", "attn.proj", "not reached", "70.00"]
     assert _row(md, "pretrain") == ["pretrain", "10.0", "–", "cached (time of its run not recorded)"]
@@ -360,3 +360,12 @@ def test_training_curves_plot_cross_entropy_and_negative_loss_apart(monkeypatch:
     assert [list(line.get_ydata()) for line in bottom.get_lines()] == [[-1.1, -1.2]]
     assert bottom.get_title() == "5 shots per class: negative loss (unweighted)"
     assert top.get_ylabel() == "cross-entropy / training loss (total)"  # an old run's total is labelled as such
+
+
+def test_intrinsic_note_names_the_images_behind_the_metric() -> None:
+    from vitlab.study.report import _intrinsic_table
+
+    sweep = dict(reference=0.85, threshold=0.765, points={"10": 0.31}, d90=None, d90_interpolated=None, complete=True)
+    sweeps = {"vit": dict(sweep, metric="val/acc", eval_images=6000), "old": sweep}
+    (_, (_, note)) = _intrinsic_table({"sweeps": sweeps})
+    assert "vit: N = 6,000 (validation images)" in note and "old: N = not recorded (test images)" in note

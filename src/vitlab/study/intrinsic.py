@@ -177,7 +177,9 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
     Returns:
         ``reference``, ``threshold`` and ``folder``; the whole-model sweep adds ``points`` ``{d: accuracy}``, ``d90``
         (grid value or ``None``), ``d90_interpolated``, ``refined`` (points added off the grid) and ``refine_ratio``,
-        ``complete``, ``published_d90`` and the file paths (also written to ``intrinsic_dim.json``); ``per_module``
+        ``complete``, ``published_d90``, ``metric`` and ``eval_images`` (how many images each accuracy is measured
+        on: the test set for ``test/acc``, the validation split for ``val/acc``) and the file paths (also written to
+        ``intrinsic_dim.json``); ``per_module``
         adds the ranked rows and ``table`` (the CSV path). Both name ``projection`` and ``projection_norm``.
     """
     from vitlab.peft.intrinsic import SubspaceConfig, subspace_size
@@ -254,7 +256,8 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
                    points=result.points, d90=result.d90.raw, d90_interpolated=result.d90.interpolated,
                    refined=list(result.refined), refine_ratio=settings.refine_ratio, complete=result.complete,
                    published_d90=settings.published_d90, csv=str(folder / SWEEP_CSV),
-                   plot=str(folder / SWEEP_PLOT), **projection)
+                   plot=str(folder / SWEEP_PLOT), metric=settings.metric, eval_images=engine.eval_images(),
+                   **projection)
     (folder / SWEEP_JSON).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -302,6 +305,15 @@ class _LightningEngine:
 
         return self._run("reference", PeftConfig(), self.config.optim.lr)
 
+    def eval_images(self) -> int:
+        """Images behind ``settings.metric``: the validation split for ``val/acc``, else the test set."""
+        from vitlab.train.run import build_run_datamodule, resolve_run_weights
+
+        dm = build_run_datamodule(self.config, resolve_run_weights(self.config))
+        dm.prepare_data()
+        dm.setup("fit")
+        return len(dm.val_dataset if self.settings.metric.startswith("val/") else dm.test_dataset)
+
     def subspace(self, config: SubspaceConfig, name: str) -> float:
         from vitlab.train.config import PeftConfig
 
@@ -342,6 +354,10 @@ class _PlainEngine:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
             return build_run_model(self.config, self.num_classes, int(self.train[0].shape[1])).model
+
+    def eval_images(self) -> int:
+        """Images behind the accuracy (the plain engine reports ``test/acc``): the test set's size."""
+        return len(self.test[1])
 
     def reference(self) -> float:
         from vitlab.peft.intrinsic.trainer import fit_classifier

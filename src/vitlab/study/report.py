@@ -197,9 +197,11 @@ def _intrinsic_table(study: dict[str, Any]) -> list[Block]:
                # sweeps written before the option existed used Li et al.'s global normalisation
                f"{s.get('projection', 'fastfood')}, {s.get('projection_norm', 'global')} norm"]
               for name, s in sweeps.items()])
-    n = {name: s.get("test_images") for name, s in sweeps.items()}
-    counts = "; ".join(f"{name}: N = {_int(v, 'not recorded')}" for name, v in n.items())
-    note = ("Each accuracy is one run (one seed) on the test images of the sweep's data "
+    counts = "; ".join(
+        f"{name}: N = {_int(s.get('eval_images', s.get('test_images')), 'not recorded')} "
+        f"({'validation' if str(s.get('metric', 'test/acc')).startswith('val/') else 'test'} images)"
+        for name, s in sweeps.items())
+    note = ("Each accuracy is one run (one seed) on the sweep's evaluation images "
             f"({counts}). d90 (grid) is the smallest measured d reaching the threshold; the grid is refined between "
             "the last miss and the first hit where the sweep recorded it (refine_ratio); projection: per_tensor = "
             "unit-norm columns per parameter tensor (Aghajanyan et al.), global = over all parameters (Li et al.).")
