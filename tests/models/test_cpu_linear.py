@@ -89,6 +89,15 @@ def test_second_derivatives_equal_f_linear():
         torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
 
 
+def test_strided_operands_are_made_dense(recorded):
+    """A weight that is every other column of a wider one, and an input whose features are not adjacent."""
+    x, wide, bias = _operands((6, 32))
+    weight, inputs = wide[:, ::2], x[:, ::2]
+    torch.testing.assert_close(linear(inputs, weight, bias), F.linear(inputs, weight, bias), rtol=1e-5, atol=1e-5)
+    ((_, a_stride, b_shape, b_stride),) = recorded
+    assert a_stride[-1] == 1 and b_stride in ((b_shape[1], 1), (1, b_shape[0]))
+
+
 def test_linear_gelu_fuses_without_autograd_and_matches(recorded):
     x, weight, bias = _operands((9, 16))
     for approximate in ("none", "tanh"):

@@ -164,6 +164,7 @@ def _eager_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     _check(x, weight, bias)
     if x.stride(-1) != 1:  # features not adjacent in memory: oneDNN's reference kernel would take it, ~100x slower
         x = x.contiguous()
+    weight = _dense(weight)  # the same for a weight that is neither a matrix nor a transposed one (w[:, ::2])
     if _needs_autograd(x, weight, bias):
         out = _OneDnnLinear.apply(x, weight, bias)
         return out if gelu == "" else F.gelu(out, approximate=gelu)
