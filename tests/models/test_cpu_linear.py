@@ -180,3 +180,14 @@ def test_iformer_takes_the_path_and_is_as_accurate_as_pytorch_kernels(recorded):
     (out_fast, grad_fast), (out_default, grad_default) = errors[True], errors[False]
     assert out_fast < 1e-5 and grad_fast < 1e-3, errors  # float32 gradients: ~1e-4 of their largest entry
     assert out_fast < 4 * out_default and grad_fast < 4 * grad_default, (errors, "less accurate than PyTorch's")
+
+
+def test_a_build_whose_op_fails_falls_back(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("mkldnn: unsupported on this CPU")
+
+    monkeypatch.setattr(cpu_linear, "_POINTWISE", broken)
+    assert not cpu_linear._probe()
+    monkeypatch.setattr(cpu_linear, "_AVAILABLE", cpu_linear._probe())
+    x, weight, bias = _operands((4, 16))
+    assert not uses_onednn(x, weight) and torch.equal(linear(x, weight, bias), F.linear(x, weight, bias))

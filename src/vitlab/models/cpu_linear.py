@@ -43,7 +43,20 @@ _STATE = {"enabled": True}
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # PyTorch < 2.6 has no such function
 
 
-_AVAILABLE = _POINTWISE is not None and torch.backends.mkldnn.is_available()
+
+
+def _probe() -> bool:
+    """Whether the op exists and multiplies correctly here (a build may list it yet not support this CPU)."""
+    if _POINTWISE is None or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        product = _POINTWISE(torch.ones(2, 3), torch.ones(4, 3), None, "none", [], "")
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return product.shape == (2, 4) and bool((product == 3).all())
+
+
+_AVAILABLE = _probe()
 
 
 def onednn_linear_available() -> bool:
