@@ -144,6 +144,15 @@ def test_fallbacks_float64_autocast_and_tracing(recorded):
     assert not recorded
 
 
+def test_a_mismatched_bias_gets_f_linears_error():
+    x, weight, bias = _operands((4, 16))
+    with pytest.raises(RuntimeError) as ours:
+        linear(x, weight, bias.double())
+    with pytest.raises(RuntimeError) as theirs:
+        F.linear(x, weight, bias.double())
+    assert str(ours.value) == str(theirs.value)
+
+
 def test_shape_errors_name_the_shapes():
     with pytest.raises(ValueError, match=r"x \[6, 15\] and weight \[24, 16\]"):
         linear(torch.randn(6, 15), torch.randn(24, 16))

@@ -43,8 +43,6 @@ _STATE = {"enabled": True}
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # PyTorch < 2.6 has no such function
 
 
-
-
 def _probe() -> bool:
     """Whether the op exists and multiplies correctly here (a build may list it yet not support this CPU)."""
     if _POINTWISE is None or not torch.backends.mkldnn.is_available():
@@ -171,8 +169,8 @@ def _needs_autograd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 @torch.jit.unused  # TorchScript compiles the F.linear branches of the callers instead
 def _eager_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: str) -> torch.Tensor:
     """:func:`linear` (``gelu == ""``) or :func:`linear_gelu` in eager mode."""
-    if not uses_onednn(x, weight):
-        out = F.linear(x, weight, bias)
+    if not uses_onednn(x, weight) or (bias is not None and (bias.dtype != x.dtype or bias.device != x.device)):
+        out = F.linear(x, weight, bias)  # (a mismatched bias gets F.linear's own error)
         return out if gelu == "" else F.gelu(out, approximate=gelu)
     _check(x, weight, bias)
     if x.stride(-1) != 1:  # features not adjacent in memory: oneDNN's reference kernel would take it, ~100x slower
