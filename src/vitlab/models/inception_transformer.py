@@ -356,8 +356,10 @@ class ChunkedMlp(Mlp):
 
     In eval mode with autograd off, with GELU, biases, no hidden norm and no dropout, :func:`gelu_mlp` runs the
     three ops ``rows = hidden_budget // hidden_features`` tokens at a time, so that a chunk's hidden activation stays
-    in the cache. Otherwise (training, autograd) it is timm's ``Mlp.forward``: doing the backward pass in chunks too
-    (a custom autograd op) measured 0-5 % faster in training, within this machine's noise, so it was not kept.
+    in the cache (still 6 % faster than one pass with the oneDNN products). Otherwise (training, autograd) it is
+    timm's ``Mlp.forward`` with the two products through :func:`~vitlab.models.cpu_linear.linear`: doing the backward
+    pass in chunks too (a custom autograd op) measured 0-5 % faster in training, within this machine's noise, so it
+    was not kept. ``fc1`` / ``fc2`` replaced by other modules (peft adapters) run their own forward, unchunked.
     Input and output ``(..., in_features)``.
 
     Example:
