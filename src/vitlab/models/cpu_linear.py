@@ -171,15 +171,15 @@ def _eager_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """:func:`linear` (``gelu == ""``) or :func:`linear_gelu` in eager mode."""
     if not uses_onednn(x, weight) or (bias is not None and (bias.dtype != x.dtype or bias.device != x.device)):
         out = F.linear(x, weight, bias)  # (a mismatched bias gets F.linear's own error)
-        return out if gelu == "" else F.gelu(out, approximate=gelu)
-    _check(x, weight, bias)
-    if x.stride(-1) != 1:  # features not adjacent in memory: oneDNN's reference kernel would take it, ~100x slower
-        x = x.contiguous()
-    weight = _dense(weight)  # the same for a weight that is neither a matrix nor a transposed one (w[:, ::2])
-    if _needs_autograd(x, weight, bias):
+    else:
+        _check(x, weight, bias)
+        if x.stride(-1) != 1:  # features not adjacent in memory: oneDNN's reference kernel would take it, ~100x slower
+            x = x.contiguous()
+        weight = _dense(weight)  # the same for a weight that is neither a matrix nor a transposed one (w[:, ::2])
+        if not _needs_autograd(x, weight, bias):  # the GELU, if any, fused into the product
+            return _POINTWISE(x, weight, bias, "gelu" if gelu else "none", [], gelu)
         out = _OneDnnLinear.apply(x, weight, bias)
-        return out if gelu == "" else F.gelu(out, approximate=gelu)
-    return _POINTWISE(x, weight, bias, "none", [], "") if gelu == "" else _POINTWISE(x, weight, bias, "gelu", [], gelu)
+    return out if gelu == "" else F.gelu(out, approximate=gelu)
 
 
 @register_notrace_function  # the kernel choice is made at run time: a leaf for torch.fx
