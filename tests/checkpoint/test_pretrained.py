@@ -229,3 +229,15 @@ def test_hub_weights_missing_from_the_cache_say_what_to_fetch(offline_hub, tmp_p
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(MissingWeightsError, match=f"hf download {HUB_ID}"):
         create_model("vit_tiny_patch16_224", resolve_pretrained("timm", "vit_tiny_patch16_224"), img_size=32)
+
+
+def test_create_model_refuses_an_unknown_name_naming_close_ones():
+    from vitlab.checkpoint import check_model_name, create_model
+    from vitlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown model 'vit_tiny_patch16_22'; did you mean \['vit_tiny_patch16_224"):
+        create_model("vit_tiny_patch16_22", None)
+    for bad in ("", None, 3):
+        with pytest.raises(ConfigError, match="model.name must be a timm model name"):
+            check_model_name(bad)
+    check_model_name("vit_tiny_patch16_224.augreg_in21k")  # a pretrained tag after the dot is a known name

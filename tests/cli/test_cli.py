@@ -160,6 +160,18 @@ def test_errors_print_one_line_and_exit_1(tmp_path, capsys):
     assert code == 1 and "no weights at" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_an_unknown_model_name_is_one_line_with_close_names_before_any_data_is_read(monkeypatch, tmp_path, capsys):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was built before the model name was checked")
+
+    monkeypatch.setattr("vitlab.train.run.build_run_datamodule", no_data)
+    code = main(["fit", "--model.name", "inception_transformer_smal", "--output_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "unknown model 'inception_transformer_smal'; did you mean ['inception_transformer_small'" in err
+    assert not any(tmp_path.iterdir())  # no run folder left behind
+
+
 def _failing_eval(monkeypatch, error):
     def run(sub):
         raise error

@@ -26,6 +26,7 @@ from vitlab.checkpoint.format import (
 )
 from vitlab.checkpoint.pretrained import (
     PretrainedWeights,
+    check_model_name,
     create_model,
     file_sha256,
     load_pretrained,
@@ -34,7 +35,7 @@ from vitlab.checkpoint.pretrained import (
 
 __all__ = [
     "FORMAT_VERSION", "KINDS", "LOADER_KEYWORDS", "CheckpointError", "MissingWeightsError", "PretrainedWeights",
-    "build_model", "check_model_kwargs", "create_model", "file_sha256", "has_vitlab_metadata", "load_checkpoint",
-    "load_model", "load_pretrained", "read_metadata", "read_tensor_shapes", "resolve_pretrained",
+    "build_model", "check_model_kwargs", "check_model_name", "create_model", "file_sha256", "has_vitlab_metadata",
+    "load_checkpoint", "load_model", "load_pretrained", "read_metadata", "read_tensor_shapes", "resolve_pretrained",
     "resolve_weights_path", "save_checkpoint", "state_dict_sha256",
 ]

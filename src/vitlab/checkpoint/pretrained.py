@@ -56,7 +56,8 @@ from vitlab.checkpoint.format import (
 from vitlab.errors import ConfigError
 
 __all__ = [
-    "PICKLE_SUFFIXES", "PretrainedWeights", "create_model", "file_sha256", "load_pretrained", "resolve_pretrained",
+    "PICKLE_SUFFIXES", "PretrainedWeights", "check_model_name", "create_model", "file_sha256", "load_pretrained",
+    "resolve_pretrained",
 ]
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -221,7 +222,7 @@ def resolve_pretrained(spec: str | Mapping[str, Any] | None, model_name: str) ->
     if spec == "timm":
         if model_name.startswith(_HUB_PREFIX):
             return PretrainedWeights("hf-hub", _hub_id(model_name), model_name)
-        _check_timm_name(model_name)
+        check_model_name(model_name)
         return PretrainedWeights("timm", model_name, model_name)
     if spec.startswith(_HUB_PREFIX):
         return PretrainedWeights("hf-hub", _hub_id(spec), model_name)
@@ -236,15 +237,36 @@ def _hub_id(spec: str) -> str:
     return hub_id
 
 
-def _check_timm_name(model_name: str) -> None:
+def check_model_name(model_name: str) -> None:
+    """Refuse a name ``timm.create_model`` does not know, listing the closest registered names (a ``.tag`` after the
+    architecture is allowed; ``hf-hub:ORG/NAME`` names are checked when their weights are resolved).
+
+    Raises:
+        ConfigError: not a string, or no such model (the message lists close names and vitlab's own models).
+
+    Example:
+        >>> check_model_name("inception_transformer_small")
+        >>> check_model_name("inception_transformer_smal")
+        Traceback (most recent call last):
+        ...
+        vitlab.errors.ConfigError: unknown model 'inception_transformer_smal'; did you mean ...
+    """
+    import difflib
+
     import timm
 
-    if not timm.is_model(model_name):
-        raise ConfigError(f"{model_name!r} is not a timm model name: see timm.list_models() (a tag may follow a dot)")
+    if not isinstance(model_name, str) or not model_name.strip():
+        raise ConfigError(f"model.name must be a timm model name (see timm.list_models()), got {model_name!r}")
+    if model_name.startswith(_HUB_PREFIX) or timm.is_model(model_name):
+        return
+    close = difflib.get_close_matches(model_name.split(".")[0], timm.list_models(), n=5, cutoff=0.6)
+    ours = timm.list_models("vit_vitlab_*") + timm.list_models("inception_transformer_*")
+    raise ConfigError(f"unknown model {model_name!r}; did you mean {close or 'none close'}? vitlab's models: {ours} "
+                      "(every name: timm.list_models(); a pretrained tag may follow a dot)")
 
 
 def _from_path(path: Path, model_name: str) -> PretrainedWeights:
-    _check_timm_name(model_name)
+    check_model_name(model_name)
     if path.is_dir():
         if not (path / WEIGHTS_NAME).is_file():
             raise MissingWeightsError(f"{path} is a folder without {WEIGHTS_NAME}: pass a run folder finished by "
@@ -371,6 +393,7 @@ def create_model(
 
     kwargs = check_model_kwargs(kwargs, "model.kwargs")
     if weights is None:
+        check_model_name(model_name)
         return timm.create_model(model_name, pretrained=False, **kwargs), model_name, kwargs
     architecture = weights.architecture()
     if weights.source == "hf-hub":

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 import vitlab.models  # noqa: F401  (registers vitlab's timm models)
+from vitlab.checkpoint import check_model_name
 from vitlab.train.config import OptimConfig
 from vitlab.train.extensions import LossTerm, ModelTransform
 
@@ -28,15 +29,9 @@ __all__ = ["ClassificationTask", "build_timm_model", "parameter_groups", "warmup
 
 
 def build_timm_model(name: str, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(name, **kwargs)`` with an error that lists close model names when ``name`` is unknown."""
-    if not timm.is_model(name):
-        pattern = f"*{name.split('_')[0]}*"
-        close = timm.list_models(pattern)[:20]
-        ours = timm.list_models("vit_vitlab_*") + timm.list_models("inception_transformer_*")
-        raise ValueError(
-            f"unknown model {name!r}. vitlab models: {ours}"
-            f"; timm models matching {pattern!r}: {close} (full list: timm.list_models())"
-        )
+    """``timm.create_model(name, **kwargs)`` with an error that lists close model names when ``name`` is unknown
+    (`vitlab.checkpoint.check_model_name`)."""
+    check_model_name(name)
     return timm.create_model(name, pretrained=False, **kwargs)
 
 

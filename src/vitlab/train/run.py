@@ -40,6 +40,7 @@ from torch import nn
 from vitlab.checkpoint import (
     CheckpointError,
     PretrainedWeights,
+    check_model_name,
     create_model,
     resolve_pretrained,
     save_checkpoint,
@@ -245,6 +246,7 @@ def fit(
     """
     start = time.perf_counter()
     check_run_name(config.name)
+    check_model_name(config.model.name)  # before the data is installed and loaded
     run_dir = Path(config.output_dir) / config.name
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume:
