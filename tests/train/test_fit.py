@@ -134,3 +134,15 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     assert len(hashes) == 2 and hashes[0] == hashes[1]
     model, _ = load_model(tmp_path / "ddp")
     assert state_dict_sha256(model.state_dict()) == hashes[0]
+
+
+@pytest.mark.parametrize(("kwargs", "cause"), [({"nosuch": 1}, "unexpected keyword argument 'nosuch'"),
+                                              ({"depth": "abc"}, "TypeError"),
+                                              ({"embed_dim": 7}, "divisible by num_heads")])
+def test_model_kwargs_the_model_refuses_are_a_config_error_naming_them(kwargs, cause):
+    from vitlab.errors import ConfigError
+    from vitlab.train.run import build_run_model
+
+    run = RunConfig(model=ModelConfig(name="vit_vitlab_tiny_patch8_32", kwargs=kwargs))
+    with pytest.raises(ConfigError, match=rf"model.kwargs {{.*}} were refused by timm.create_model\(.*{cause}"):
+        build_run_model(run, num_classes=10, in_chans=1)

@@ -48,7 +48,7 @@ from vitlab.checkpoint import (
 )
 from vitlab.data import build_datamodule
 from vitlab.data.datamodule import VitlabDataModule
-from vitlab.errors import ConfigError
+from vitlab.errors import ConfigError, VitlabError
 from vitlab.peft.export import export_adapted_model
 from vitlab.train.callbacks import FiniteGuard, build_callbacks, build_loggers, drop_rows_after_epoch
 from vitlab.train.config import NegativesConfig, RunConfig
@@ -171,12 +171,19 @@ def build_run_model(
     kwargs = dict(config.model.kwargs, num_classes=num_classes, in_chans=in_chans)
     kwargs.setdefault("img_size", config.data.img_size)
     try:
-        model, name, kwargs = create_model(config.model.name, weights, **kwargs)
-    except TypeError as err:  # convolutional models take no img_size
-        if "img_size" not in str(err) or "img_size" in config.model.kwargs:
-            raise
-        kwargs.pop("img_size")
-        model, name, kwargs = create_model(config.model.name, weights, **kwargs)
+        try:
+            model, name, kwargs = create_model(config.model.name, weights, **kwargs)
+        except TypeError as err:  # convolutional models take no img_size
+            if "img_size" not in str(err) or "img_size" in config.model.kwargs:
+                raise
+            kwargs.pop("img_size")
+            model, name, kwargs = create_model(config.model.name, weights, **kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        if isinstance(err, VitlabError) or not config.model.kwargs:
+            raise  # vitlab's own message, or a failure without user keywords (a bug: shown in full)
+        raise ConfigError(f"model.kwargs {config.model.kwargs} were refused by timm.create_model("
+                          f"{config.model.name!r}): {type(err).__name__}: {err}; check each keyword's name and type "
+                          "against the model's constructor") from err
     return RunModel(model, name, kwargs, weights)
 
 
