@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from vitlab.cli import main as cli_main
 from vitlab.cli.fit import build_fit_parser, parse_run_config
@@ -181,7 +182,8 @@ def _failing_eval(monkeypatch, error):
 
 
 @pytest.mark.parametrize("error", [ConfigError("optim.lr must be > 0: set a positive optim.lr"),
-                                   DataError("a.idx is truncated:\nreplace it"), FileNotFoundError("no file b.png")])
+                                   DataError("a.idx is truncated:\nreplace it"), FileNotFoundError("no file b.png"),
+                                   MisconfigurationException("No supported gpu backend found!")])
 def test_user_errors_are_one_line_and_debug_shows_the_traceback(monkeypatch, capsys, error):
     args = _failing_eval(monkeypatch, error)
     assert main(args) == 1

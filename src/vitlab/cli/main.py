@@ -215,8 +215,10 @@ def dispatch(ns: Namespace, argv: Sequence[str] = ()) -> None:
     _runner(ns.command)(ns[ns.command], list(argv))
 
 
-def _library_file_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions libraries raise for a corrupt or unreadable file (only of libraries already imported)."""
+def _library_user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions libraries raise for a corrupt or unreadable file, or for a configuration they refuse (Lightning's
+    ``MisconfigurationException``, e.g. ``trainer.accelerator: gpu`` on a machine without one); only of libraries
+    already imported."""
     import csv
     import gzip
     import json
@@ -226,7 +228,8 @@ def _library_file_errors() -> tuple[type[BaseException], ...]:
     found: list[type[BaseException]] = [gzip.BadGzipFile, zlib.error, pickle.UnpicklingError, EOFError,
                                         json.JSONDecodeError, csv.Error]
     for module, name in (("safetensors", "SafetensorError"), ("PIL", "UnidentifiedImageError"),
-                         ("yaml", "YAMLError")):
+                         ("yaml", "YAMLError"),
+                         ("lightning.fabric.utilities.exceptions", "MisconfigurationException")):
         error = getattr(sys.modules.get(module), name, None)
         if isinstance(error, type) and issubclass(error, BaseException):
             found.append(error)
@@ -244,9 +247,9 @@ def is_user_error(err: BaseException) -> bool:
 
     User errors: every `vitlab.errors.VitlabError`; a missing, unreadable or clashing path (``FileNotFoundError``,
     ``PermissionError``, ``IsADirectoryError``, ``NotADirectoryError``, ``FileExistsError``); a library's refusal of
-    a corrupt file (safetensors, PIL, YAML, JSON, CSV, gzip, pickle); and a ``ValueError``, ``KeyError`` or
-    ``FloatingPointError`` raised by vitlab's own code (vitlab raises them only about its input). A ``TypeError``,
-    ``AttributeError`` or a ``ValueError`` from inside torch or numpy is a bug.
+    a corrupt file (safetensors, PIL, YAML, JSON, CSV, gzip, pickle) or of a Lightning trainer setting; and a
+    ``ValueError``, ``KeyError`` or ``FloatingPointError`` raised by vitlab's own code (vitlab raises them only about
+    its input). A ``TypeError``, ``AttributeError`` or a ``ValueError`` from inside torch or numpy is a bug.
 
     Example:
         >>> from vitlab.errors import ConfigError
@@ -256,7 +259,7 @@ def is_user_error(err: BaseException) -> bool:
     from vitlab.errors import VitlabError
 
     if isinstance(err, (VitlabError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-                        FileExistsError, *_library_file_errors())):
+                        FileExistsError, *_library_user_errors())):
         return True
     return isinstance(err, (ValueError, KeyError, FloatingPointError)) and _raised_by_vitlab(err)
 
