@@ -206,3 +206,16 @@ def test_contrastive_negatives_reuse_the_clean_features_of_the_training_step(tin
     seen.clear()
     task.training_step((images, labels), 0)
     assert seen == [6, 12]
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"method": "lora_qv", "options": {"target_modules": ["qkv"]}}, "move it there"),
+    ({"method": 3}, "peft.method must be null or a registered method name"),
+    ({"method": "lora", "options": ["r"]}, "peft.options must be a mapping"),
+])
+def test_a_misplaced_or_mistyped_peft_section_is_refused_naming_the_fix(section, message):
+    from vitlab.errors import ConfigError
+    from vitlab.train.config import PeftConfig
+
+    with pytest.raises(ConfigError, match=message):
+        PeftConfig(**section)

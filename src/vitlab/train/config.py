@@ -191,6 +191,14 @@ class PeftConfig:
     target_modules: list[str] | str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        _require(self.method is None or isinstance(self.method, str), "peft.method", self.method,
+                 "null or a registered method name")
+        _require(isinstance(self.options, dict), "peft.options", self.options, "a mapping of the method's options")
+        if "target_modules" in self.options:
+            raise ConfigError("peft.options.target_modules: the modules to adapt are peft.target_modules (beside "
+                              "peft.method), not an option; move it there")
+
 
 @dataclass
 class RunConfig:
