@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vitlab.checkpoint import load_model, save_checkpoint
+from vitlab.checkpoint import load_model, read_metadata, save_checkpoint
 from vitlab.data.transforms import pil_to_uint8
-from vitlab.errors import DataError, VitlabError
+from vitlab.errors import ConfigError, DataError, VitlabError
 from vitlab.eval import evaluate_corruptions
 from vitlab.eval.evaluate import evaluate_checkpoint, predict_images
 from vitlab.metrics import evaluate_classifier, tensor_batches
@@ -52,6 +52,17 @@ def test_predict_reports_an_unreadable_file_and_predicts_the_others(checkpoint, 
     assert all("\n" not in row["error"] for row in rows[1:])
     with pytest.raises(DataError, match=f"no image could be read: {broken}: not a readable image"):
         predict_images(checkpoint, [broken])
+
+
+def test_predict_topk_is_at_least_one_and_at_most_the_class_count(checkpoint, tmp_path):
+    good = _png(tmp_path / "good.png", np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8))
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ConfigError, match="topk must be an int >= 1"):
+            predict_images(checkpoint, [good], topk=bad)
+    everything = predict_images(checkpoint, [good], topk=999)[0]["predictions"]
+    assert len(everything) == len(read_metadata(checkpoint)["extra"]["data"].get("class_names") or range(
+        read_metadata(checkpoint)["model_kwargs"]["num_classes"]))
+    assert abs(sum(p for _, p in everything) - 1) < 1e-5  # every class, probabilities summing to one
 
 
 def test_16_bit_png_is_predicted_on_scaled_pixels_not_clipped(checkpoint, tmp_path):

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.augment import KINDS, NegativeViews
+from vitlab.eval.device import resolve_device
 
 __all__ = ["diagnose_negatives", "format_negative_diagnostics", "model_patch_size"]
 
@@ -58,7 +59,7 @@ def diagnose_negatives(
     """
     views = {kind: NegativeViews([kind], patch_size, **view_options) for kind in kinds}
     generator = torch.Generator().manual_seed(seed)
-    device = torch.device(device)
+    device = resolve_device(device)
     model = model.to(device).eval()
     names = ["clean", *views]
     totals = {name: {"accuracy": 0.0, "confidence": 0.0, "agreement": 0.0} for name in names}

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vitlab.errors import ConfigError, DataError
+from vitlab.eval.device import resolve_device
 from vitlab.metrics import evaluate_classifier
 from vitlab.peft.export import load_run_model
 
@@ -72,7 +73,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, root: str | None = No
     datamodule.prepare_data()
     datamodule.setup("test" if split == "test" else "validate")
     loader: DataLoader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     return evaluate_classifier(model, loader, device=device, progress=f"{data}/{split}")
 
 
@@ -86,7 +87,7 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
 
     Returns:
         One dict per image, in order: ``{"image": path, "predictions": [(class_name, probability), ...]}``
-        (``topk`` long), or ``{"image": path, "predictions": [], "error": message}``.
+        (``topk`` long, at most the class count), or ``{"image": path, "predictions": [], "error": message}``.
 
     Raises:
         DataError: no image at all could be read (the message lists each file's problem).
@@ -97,6 +98,8 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
 
     if not images:
         raise ConfigError("give at least one image path")
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ConfigError(f"topk must be an int >= 1 (how many classes to list per image), got {topk!r}")
     model, meta = load_run_model(checkpoint)
     model.eval()
     data_cfg = meta.get("extra", {}).get("data")
@@ -105,7 +108,7 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
                           "predict with a run folder or model.safetensors that `vitlab fit` wrote")
     transform = build_eval_transform(data_cfg)
     names = data_cfg.get("class_names") or [str(i) for i in range(meta["model_kwargs"]["num_classes"])]
-    topk = max(1, min(topk, len(names)))
+    topk = min(topk, len(names))
     results = []
     for path in images:
         try:
@@ -300,7 +303,7 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
         raise ValueError("give either --corruption_dir or --imagenet_c, not both")
     if (alexnet_normalise or clean_accuracy is not None) and not imagenet_c:
         raise ValueError("--alexnet_normalise and --clean_accuracy apply to ImageNet-C only: add --imagenet_c ROOT")
-    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    chosen = resolve_device(device)
     source = ""
     if corruption_dir or imagenet_c:
         model, meta = load_run_model(checkpoint)
@@ -375,7 +378,7 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
                                       f"{'aligned' if cell % own == 0 else 'NOT aligned (not a multiple)'}")
     print(f"diagnose-negatives: {count} of {available} {datamodule.name} test images (--n {n or 'default'}), "
           f"views with {cell}-px cells{aligned}")
-    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    chosen = resolve_device(device)
     result = diagnose_negatives(model, datamodule.test_dataloader(), cell, kinds=kinds or list(KINDS), n=count,
                                 device=chosen, seed=seed, replace_rate=replace_rate)
     result.update({"checkpoint": str(resolve_weights_path(checkpoint)), "data": datamodule.name,

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from vitlab.errors import MissingFileError
 from vitlab.eval.corruptions import COMMON_CORRUPTIONS, SEVERITIES
+from vitlab.eval.device import resolve_device
 from vitlab.eval.robustness import Accuracies, corruption_metrics
 from vitlab.metrics import evaluate_classifier
 
@@ -60,7 +61,7 @@ def evaluate_imagenet_c(
     missing = [f"{c}/{s}" for c in corruptions for s in SEVERITIES if not (root / c / str(s)).is_dir()]
     if missing:
         raise MissingFileError(f"{root} lacks ImageNet-C folders {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    device = torch.device(device)
+    device = resolve_device(device)
     model = model.to(device).eval()
     accuracy: Accuracies = {}
     counts = set()

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from vitlab.errors import DataError, MissingFileError
 from vitlab.eval.corruptions import ALL_CORRUPTIONS, COMMON_CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
+from vitlab.eval.device import resolve_device
 from vitlab.metrics import evaluate_classifier
 
 __all__ = [
@@ -173,7 +174,7 @@ def evaluate_corruptions(
     if missing or not names:
         raise DataError(f"{folder} lacks corruption files for {missing or 'every corruption'}; present: {present}")
     preprocess = preprocess or _default_preprocess
-    device = torch.device(device)
+    device = resolve_device(device)
     model = model.to(device).eval()
     accuracy: Accuracies = {}
     bar = tqdm(total=len(names) * len(SEVERITIES), desc="robustness", unit="set", disable=not progress)
