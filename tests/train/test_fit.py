@@ -146,3 +146,16 @@ def test_model_kwargs_the_model_refuses_are_a_config_error_naming_them(kwargs, c
     run = RunConfig(model=ModelConfig(name="vit_vitlab_tiny_patch8_32", kwargs=kwargs))
     with pytest.raises(ConfigError, match=rf"model.kwargs {{.*}} were refused by timm.create_model\(.*{cause}"):
         build_run_model(run, num_classes=10, in_chans=1)
+
+
+def test_fast_dev_run_checks_a_few_batches_and_saves_no_model(tmp_path, capsys):
+    from vitlab.cli.main import main
+
+    result = fit(_config(tmp_path, "smoke", fast_dev_run=2))
+    assert result.weights is None and result.extra == {"fast_dev_run": True}
+    assert {"test/acc", "val/acc"} <= set(result.metrics)
+    assert not (result.run_dir / "model.safetensors").exists() and not (result.run_dir / "checkpoints").exists()
+    code = main(["fit", "--name", "cli", "--output_dir", str(tmp_path), "--data.name", "digits",
+                 "--model.kwargs", "{depth: 1, embed_dim: 16, num_heads: 1}", "--trainer.fast_dev_run", "true",
+                 "--trainer.enable_progress_bar", "false"])
+    assert code == 0 and "no weights, checkpoint or metrics were saved" in capsys.readouterr().out

@@ -238,3 +238,14 @@ def test_model_compile_runs_in_place_and_saves_eager_names(tmp_path):
     assert all("_orig_mod" not in name for name in model.state_dict())
     with pytest.raises(ConfigError, match="model.compile"):
         ModelConfig(compile="yes")
+
+
+@pytest.mark.parametrize(("options", "reason"), [({"mode": "bogus"}, "Unrecognized mode=bogus"),
+                                                ({"backend": "nope"}, "Invalid backend: 'nope'"),
+                                                ({"foo": 1}, r"compile\(\) got an unexpected keyword argument 'foo'")])
+def test_model_compile_keywords_torch_refuses_are_a_config_error_before_training(tmp_path, options, reason):
+    config = _config(tmp_path, "bad_compile", epochs=1)
+    config.model.compile = options
+    with pytest.raises(ConfigError, match=f"model.compile .* was refused by torch.compile: {reason}"):
+        fit(config)
+    assert not (tmp_path / "bad_compile" / "checkpoints").exists()

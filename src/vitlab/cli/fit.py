@@ -72,3 +72,6 @@ def run_fit(ns: Namespace, argv: Sequence[str] = ()) -> None:
     print(f"run folder: {result.run_dir}")
     for key, value in sorted(result.metrics.items()):
         print(f"  {key}: {value:.4f}")
+    if result.extra.get("fast_dev_run"):
+        print("trainer.fast_dev_run: a few batches of training, validation and test ran as a check; no weights, "
+              "checkpoint or metrics were saved (drop --trainer.fast_dev_run to train the run)")

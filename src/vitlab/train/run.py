@@ -77,7 +77,8 @@ NORMALIZE_MODES = ("auto", "dataset", "model")
 
 @dataclass
 class RunResult:
-    """What ``fit`` returns: the run folder, final metrics and the saved weights path."""
+    """What ``fit`` returns: the run folder, final metrics and the saved weights path (``None`` after Lightning's
+    ``trainer.fast_dev_run`` check, which saves nothing; ``extra["fast_dev_run"]`` is then true)."""
 
     run_dir: Path
     metrics: dict[str, float]
@@ -288,7 +289,13 @@ def _fit_locked(
         model_transform=build_model_transform(config.peft),
     )
     if config.model.compile:  # in place: the module and its state-dict names stay those of the eager model
-        task.model.compile(**(config.model.compile if isinstance(config.model.compile, dict) else {}))
+        options = config.model.compile if isinstance(config.model.compile, dict) else {}
+        try:
+            task.model.compile(**options)
+        except (TypeError, RuntimeError) as err:  # torch checks mode, backend and options here, before any batch
+            reason = " ".join(str(err).split())[:300]
+            raise ConfigError(f"model.compile {options} was refused by torch.compile: {reason}; give torch.compile "
+                              "keywords (mode, backend, fullgraph, dynamic, options) or true") from err
     ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path is not None:
         _drop_replayed_rows(run_dir, last)
@@ -300,6 +307,8 @@ def _fit_locked(
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     test = trainer.test(task, datamodule=datamodule, verbose=False)
     metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
+    if trainer.fast_dev_run:  # Lightning's smoke test: a few batches, no checkpoint, no logs; not a finished model
+        return RunResult(run_dir, metrics, None, time.perf_counter() - start, {"fast_dev_run": True})
     hashes = _gather_weight_hashes(task)
     try:
         saved = _save_outputs(run_dir, config, task, datamodule, built, metrics, hashes, base_sha,
