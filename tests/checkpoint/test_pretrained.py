@@ -147,7 +147,7 @@ def test_unknown_suffix_and_unknown_model_name(tmp_path):
     weird.write_bytes(b"0")
     with pytest.raises(ConfigError, match="unknown weights format"):
         resolve_pretrained(weird, "vit_tiny_patch16_224")
-    with pytest.raises(ConfigError, match="not a timm model"):
+    with pytest.raises(ConfigError, match="unknown model 'vit_tinyy'; did you mean"):
         resolve_pretrained("timm", "vit_tinyy")
 
 

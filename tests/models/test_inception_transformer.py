@@ -104,6 +104,26 @@ def test_load_official_checkpoint_unwraps_and_strips_module_prefix(tmp_path):
         torch.testing.assert_close(target.state_dict()[k], v, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(("content", "error", "message"), [
+    (None, FileNotFoundError, "no weights file at"),
+    (b"not a checkpoint at all", ValueError, "not a readable weights file: corrupt, truncated or not a checkpoint"),
+    (b"", ValueError, "not a readable weights file"),
+    ("tensor", ValueError, "does not hold a state dict of tensors"),
+    ("code", ValueError, "refused: it holds pickled Python objects"),
+])
+def test_load_official_checkpoint_refuses_a_bad_file_naming_it_without_unsafe_advice(tmp_path, content, error, message):
+    path = tmp_path / "iformer.pth"
+    if content == "tensor":
+        torch.save(torch.zeros(3), path)
+    elif content == "code":
+        torch.save({"model": {}, "trap": print}, path)  # a pickled function: loading it could run code
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(error, match=message) as info:
+        load_official_checkpoint(small_model(), path)
+    assert "weights_only=False" not in str(info.value) and str(path) in str(info.value)
+
+
 def test_safetensors_round_trip(tmp_path):
     source, target = small_model().eval(), small_model().eval()
     save_file(source.state_dict(), str(tmp_path / "weights.safetensors"))

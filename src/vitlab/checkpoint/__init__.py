@@ -30,12 +30,15 @@ from vitlab.checkpoint.pretrained import (
     create_model,
     file_sha256,
     load_pretrained,
+    read_weights_file,
+    record_state_dict_loads,
     resolve_pretrained,
 )
 
 __all__ = [
     "FORMAT_VERSION", "KINDS", "LOADER_KEYWORDS", "CheckpointError", "MissingWeightsError", "PretrainedWeights",
     "build_model", "check_model_kwargs", "check_model_name", "create_model", "file_sha256", "has_vitlab_metadata",
-    "load_checkpoint", "load_model", "load_pretrained", "read_metadata", "read_tensor_shapes", "resolve_pretrained",
+    "load_checkpoint", "load_model", "load_pretrained", "read_metadata", "read_tensor_shapes", "read_weights_file",
+    "record_state_dict_loads", "resolve_pretrained",
     "resolve_weights_path", "save_checkpoint", "state_dict_sha256",
 ]

@@ -57,7 +57,7 @@ from vitlab.errors import ConfigError
 
 __all__ = [
     "PICKLE_SUFFIXES", "PretrainedWeights", "check_model_name", "create_model", "file_sha256", "load_pretrained",
-    "resolve_pretrained",
+    "read_weights_file", "record_state_dict_loads", "resolve_pretrained",
 ]
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -134,7 +134,7 @@ class PretrainedWeights:
         if self.source not in ("vitlab", "file"):
             raise ValueError(f"{self.source} weights are loaded by timm's loader, not read as a file")
         if self._state_dict is None:
-            self._state_dict = _read_weights_file(Path(self.location))
+            self._state_dict = read_weights_file(Path(self.location))
         return self._state_dict
 
     def release(self) -> None:
@@ -309,17 +309,24 @@ def _from_description(described: Mapping[str, Any], model_name: str) -> Pretrain
     raise CheckpointError(f"recorded base weights have unknown source {source!r} (expected one of {SOURCES})")
 
 
-def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a safetensors file or a ``weights_only`` pickle, unwrapped as timm does; pickles that need
-    arbitrary code are refused."""
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file or a ``weights_only`` pickle, unwrapped as timm does (``"model"`` /
+    ``"state_dict"`` containers); pickles that need arbitrary code are refused.
+
+    Raises:
+        MissingFileError: no file at ``path``; CheckpointError: unreadable, not a state dict of tensors, or refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"no weights file at {path}: pass the path of a .safetensors or .pth file")
     from timm.models import load_state_dict
 
     try:
         state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError) as err:
-        if not (isinstance(err, pickle.UnpicklingError) or isinstance(err.__cause__, pickle.UnpicklingError)
-                or "weights_only" in str(err)):
-            raise CheckpointError(f"{path} is not a readable weights file ({_first_lines(err, 1)})") from None
+        if "global" not in _unpickler_reason(err).lower():  # only a pickle naming a class or function runs code
+            raise CheckpointError(f"{path} is not a readable weights file: corrupt, truncated or not a checkpoint "
+                                  f"({_unpickler_reason(err)[:200]})") from None
         raise CheckpointError(
             f"{path} was refused: it holds pickled Python objects besides tensors, which could run code when loaded. "
             "Save its state dict alone (torch.save(model.state_dict(), path)) or as safetensors on a machine you "
@@ -328,6 +335,8 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     except (EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable weights file ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else 'empty or truncated'})") from None
+    except (AttributeError, TypeError):  # timm's unwrapping met something that is not a mapping (e.g. one tensor)
+        state_dict = None
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors (a name -> tensor mapping, optionally "
                               "under 'model' or 'state_dict')")
@@ -335,7 +344,7 @@ def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 @contextlib.contextmanager
-def _record_loads() -> Iterator[list[tuple[nn.Module, Any]]]:
+def record_state_dict_loads() -> Iterator[list[tuple[nn.Module, Any]]]:
     """Record the ``(module, incompatible keys)`` of every ``load_state_dict`` call inside the block.
 
     timm's ``load_pretrained`` loads non-strictly when it drops a classifier and only logs the keys it missed; this
@@ -404,7 +413,7 @@ def create_model(
     else:
         target, extra = model_name, {"pretrained_cfg_overlay": _file_overlay(weights)}
     try:
-        with _record_loads() as loads, _hub_errors(weights):
+        with record_state_dict_loads() as loads, _hub_errors(weights):
             model = timm.create_model(target, pretrained=True, **extra, **kwargs)
     except RuntimeError as err:
         raise CheckpointError(f"weights {weights.location} do not fit {architecture} ({kwargs}): "
@@ -444,6 +453,15 @@ def _check_loaded(model: nn.Module, loads: list[tuple[nn.Module, Any]], weights:
     if missing:
         raise CheckpointError(f"weights {weights.location} lack {len(missing)} tensors of {type(model).__name__}: "
                               f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''} (another architecture?)")
+
+
+def _unpickler_reason(err: BaseException) -> str:
+    """torch's reason for refusing a pickle (under timm's wrapper, if any), without its advice to retry with
+    ``weights_only=False``: the paragraphs of its message that are not boilerplate."""
+    text = str(err.__cause__ if isinstance(err.__cause__, pickle.UnpicklingError) else err)
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue", "(1) ", "(2) ")
+    parts = [" ".join(p.split()) for p in text.split("\n\n")]
+    return " ".join(p for p in parts if p and not p.startswith(boilerplate)) or _first_lines(err, 1)
 
 
 def _first_lines(err: BaseException, n: int = 6) -> str:
@@ -492,7 +510,7 @@ def load_pretrained(model: nn.Module, spec: str | Mapping[str, Any] | Pretrained
     module = importlib.import_module(model_entrypoint(architecture).__module__)
     in_chans = _model_in_chans(model, cfg)
     try:
-        with _record_loads() as loads, _hub_errors(weights):
+        with record_state_dict_loads() as loads, _hub_errors(weights):
             timm_load_pretrained(model, pretrained_cfg=cfg, num_classes=getattr(model, "num_classes", 1000),
                                  in_chans=in_chans, filter_fn=getattr(module, "checkpoint_filter_fn", None))
     except RuntimeError as err:

@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 from timm.layers import resample_abs_pos_embed_nhwc
-from timm.models import load_state_dict
 from torch import nn
+
+from vitlab.checkpoint import read_weights_file
 
 __all__ = ["checkpoint_filter_fn", "load_official_checkpoint"]
 
@@ -62,17 +63,16 @@ def load_official_checkpoint(
 
     Accepts a bare state dict or one wrapped in ``"model"``/``"state_dict"``, with or without ``module.`` prefixes.
     Position embeddings are resized bilinearly when the checkpoint's grid differs (e.g. 224-px weights into an
-    ``inception_transformer_small_384``). Raises ``ValueError`` naming every missing, unexpected and mis-shaped key.
+    ``inception_transformer_small_384``). Raises ``ValueError`` naming every missing, unexpected and mis-shaped key;
+    a missing file is a ``FileNotFoundError``, an unreadable one or a pickle that needs code a ``ValueError``
+    (`vitlab.checkpoint.read_weights_file`).
 
     Example::
 
         model = load_official_checkpoint(timm.create_model("inception_transformer_small"), "iformer_small.pth")
     """
     if isinstance(path_or_state_dict, (str, Path)):
-        path = Path(path_or_state_dict)
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint at {path}; pass the path of an official iformer_*.pth file")
-        state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
+        state_dict = read_weights_file(path_or_state_dict)  # refuses pickled code and files that hold no state dict
     elif isinstance(path_or_state_dict, Mapping):
         state_dict = path_or_state_dict
     else:
