@@ -28,3 +28,88 @@ def test_shared_fields_are_normalised_the_same_way():
         assert config.modules_to_save == ["head"] and config.seed is None
     with pytest.raises(ValueError, match="seed must be"):
         LoraQVConfig(seed=True)
+
+
+# issue 13's audit: every field is checked at construction, before peft touches a model
+@pytest.mark.parametrize("kwargs, match", [
+    ({"target_modules": "blocks.(qkv"}, r"target_modules 'blocks.\(qkv' is not a valid regular expression"),
+    ({"target_modules": 5}, "target_modules must be None, a regex string, a preset name or a non-empty list"),
+    ({"target_modules": {"qkv": 1}}, "target_modules must be None, a regex string"),
+    ({"target_modules": ["qkv", 3]}, "target_modules must be None, a regex string"),
+    ({"target_modules": []}, "target_modules must be None, a regex string"),
+    ({"n": True}, "n must be an integer >= 1, got True"),
+    ({"n": 8.0}, "n must be an integer >= 1, got 8.0"),
+    ({"n": "8"}, "n must be an integer >= 1"),
+    ({"rank": False}, "rank must be an integer >= 1, got False"),
+    ({"a_rank": True}, r"a_rank must be None \(a full n x n A_i\) or an integer in 1..n=32, got True"),
+    ({"auto_top_k": True}, "auto_top_k must be an integer >= 1"),
+    ({"fused_slices": "qv"}, r"fused_slices must be a non-empty subset of \('q', 'k', 'v'\) given as a list"),
+    ({"fused_slices": ()}, "fused_slices must be a non-empty subset"),
+    ({"fused_slices": ("q", "q")}, "fused_slices must be a non-empty subset"),
+    ({"fused_slices": None}, "fused_slices must be a non-empty subset"),
+    ({"modules_to_save": "head"}, r"got the string 'head': write modules_to_save=\['head'\]"),
+    ({"modules_to_save": {"head": 1}}, "modules_to_save must be None or a non-empty list of module names"),
+    ({"modules_to_save": ["head", None]}, "modules_to_save must be None or a non-empty list"),
+    ({"dropout": "0.3"}, r"dropout must be a number in \[0, 1\)"),
+    ({"dropout": None}, r"dropout must be a number in \[0, 1\)"),
+    ({"dropout": True}, r"dropout must be a number in \[0, 1\)"),
+    ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\)"),
+    ({"seed": 2**63}, r"at most 2\*\*63 - 1\), got 9223372036854775808"),
+    ({"seed": "1"}, "seed must be None or an integer >= 0"),
+    ({"intrinsic_table": 3, "target_modules": "auto"}, "intrinsic_table must be the path of a CSV file, got 3"),
+])
+def test_kadaptation_config_validates_every_field_up_front(kwargs, match):
+    from vitlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        KAdaptationConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"r": True}, "r must be an integer >= 1, got True"),
+    ({"r": 2.0}, "r must be an integer >= 1, got 2.0"),
+    ({"alpha": 0}, "alpha must be a finite non-zero number .* alpha = 0 never trains"),
+    ({"alpha": 0.0}, "alpha must be a finite non-zero number"),
+    ({"alpha": float("inf")}, "alpha must be a finite non-zero number"),
+    ({"alpha": float("nan")}, "alpha must be a finite non-zero number"),
+    ({"alpha": "8"}, "alpha must be a finite non-zero number"),
+    ({"alpha": True}, "alpha must be a finite non-zero number"),
+    ({"dropout": "0.1"}, r"dropout must be a number in \[0, 1\)"),
+    ({"target_modules": "auto"}, "target_modules='auto' is KAdaptation's"),
+    ({"target_modules": "(qkv"}, "is not a valid regular expression"),
+    ({"fused_slices": ("v", "x")}, "fused_slices must be a non-empty subset"),
+    ({"modules_to_save": "head"}, r"write modules_to_save=\['head'\]"),
+    ({"seed": 2**64}, "seed must be None or an integer >= 0"),
+])
+def test_lora_qv_config_validates_every_field_up_front(kwargs, match):
+    from vitlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        LoraQVConfig(**kwargs)
+
+
+def test_valid_values_still_pass_and_are_normalised(tmp_path):
+    config = KAdaptationConfig(target_modules="auto", intrinsic_table=tmp_path / "d90.csv", dropout=0, seed=2**63 - 1)
+    assert config.intrinsic_table == str(tmp_path / "d90.csv") and isinstance(config.intrinsic_table, str)
+    assert config.dropout == 0.0 and isinstance(config.dropout, float)
+    assert KAdaptationConfig(target_modules="attn_mlp").target_modules == "attn_mlp"  # a preset, not a regex
+    assert LoraQVConfig(r=2, alpha=-2).alpha == -2.0  # a negative alpha trains (the sign of B flips); only 0 cannot
+    assert LoraQVConfig(r=2).alpha == 2.0
+
+
+def test_fused_slices_is_refused_on_separate_projections():
+    """transformers' ViT has separate q/k/v Linears: fused_slices=('k',) used to be ignored silently (Q, V adapted)."""
+    from peft import get_peft_model
+
+    from tests.peft.test_kadaptation import hf_vit, timm_vit
+
+    for config in (KAdaptationConfig(n=8, fused_slices=("k",)), LoraQVConfig(r=2, fused_slices=("q", "k", "v"))):
+        with pytest.raises(ValueError, match=r"fused_slices=\(.*\) applies only to a fused `qkv` Linear.*set "
+                                             r"target_modules to the projections to adapt instead"):
+            get_peft_model(hf_vit(), config)
+    model = get_peft_model(hf_vit(), KAdaptationConfig(n=8, target_modules=["k_proj"]))  # what the message says
+    assert {n.split(".kadaptation_u")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters()
+            if "kadaptation_u" in n} == {"k_proj"}
+    get_peft_model(hf_vit(), KAdaptationConfig(n=8, fused_slices=("v", "q")))  # the default set, any order
+    model = get_peft_model(timm_vit(), KAdaptationConfig(n=8, fused_slices=("k",)))  # fused qkv: the K rows
+    assert model.base_model.model.blocks[0].attn.qkv.slice_rows == {"default": {"k": (64, 128)}}

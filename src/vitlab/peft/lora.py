@@ -32,8 +32,9 @@ import torch
 from peft import PeftConfig
 from torch import nn
 
+from vitlab.errors import ConfigError
 from vitlab.peft.registration import register_with_peft
-from vitlab.peft.slice_config import SliceAdapterConfig
+from vitlab.peft.slice_config import SliceAdapterConfig, check_dropout, check_positive_int
 from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer, RowSliceTuner
 from vitlab.peft.targets import Target, classifier_names, resolve_preset
 
@@ -47,8 +48,11 @@ class LoraQVConfig(SliceAdapterConfig):
     """LoRA ``(α/r)·B A`` on row slices (default the Q and V rows of every fused ``qkv``) or on whole Linears.
 
     Args:
-        r: LoRA rank. alpha: LoRA alpha (default ``r``, i.e. scale 1). dropout: dropout on the LoRA input.
-        target_modules: as in ``KAdaptationConfig`` (default: attention Q and V). fused_slices: rows of a fused qkv.
+        r: LoRA rank. alpha: LoRA alpha, finite and non-zero (default ``r``, i.e. scale 1). dropout: dropout on the
+            LoRA input, in [0, 1).
+        target_modules: as in ``KAdaptationConfig`` (default: attention Q and V). fused_slices: rows of a fused qkv
+            Linear (a model with separate query/value Linears refuses anything but the default: set
+            ``target_modules`` instead).
         train_head, modules_to_save: the classifier head trains through peft's ``modules_to_save``.
         seed: seed of the ``A`` initialisation (a private generator); ``None`` uses the global RNG.
     """
@@ -60,14 +64,16 @@ class LoraQVConfig(SliceAdapterConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = LORA_QV
-        if not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"r must be a positive int, got {self.r!r}")
-        self.alpha = float(self.r if self.alpha is None else self.alpha)
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_positive_int("r", self.r)
+        if self.alpha is None:
+            self.alpha = float(self.r)
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or not math.isfinite(self.alpha) \
+                or self.alpha == 0:
+            raise ConfigError(f"alpha must be a finite non-zero number (the update is scaled by alpha / r, so "
+                              f"alpha = 0 never trains), got {self.alpha!r}; leave it unset for alpha = r")
+        self.alpha = float(self.alpha)
+        self.dropout = check_dropout(self.dropout)
         self.check_slice_fields()
-        if self.target_modules == "auto":
-            raise ValueError("target_modules='auto' is KAdaptation's; give lora_qv names, a regex or a preset")
 
 
 class LoraQVLayer(RowSliceLayer):

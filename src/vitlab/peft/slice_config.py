@@ -8,14 +8,38 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from peft import PeftConfig
 
-from vitlab.peft.targets import FUSED_SLICES
+from vitlab.errors import ConfigError
+from vitlab.peft.targets import FUSED_SLICES, resolve_preset
 
-__all__ = ["SliceAdapterConfig"]
+__all__ = ["SliceAdapterConfig", "check_dropout", "check_positive_int"]
+
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+
+
+def check_positive_int(name: str, value: Any, upper: int | None = None) -> None:
+    """Refuse anything but an ``int`` (``bool`` excluded) in ``1..upper``; ``ConfigError`` naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (upper is not None and value > upper):
+        bound = f" in 1..{upper}" if upper is not None else " >= 1"
+        raise ConfigError(f"{name} must be an integer{bound}, got {value!r}; write it as a plain whole number")
+
+
+def check_dropout(value: Any) -> float:
+    """A dropout probability: a real number (not ``bool``, ``str`` or ``None``) in ``[0, 1)``; returned as float."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"dropout must be a number in [0, 1) (0 switches it off), got {value!r}")
+    return float(value)
+
+
+def _str_list(name: str, value: Any, what: str) -> list[str]:
+    if not isinstance(value, list | tuple) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+    return list(value)
 
 
 @dataclass
@@ -38,16 +62,43 @@ class SliceAdapterConfig(PeftConfig):
     modules_to_save: list[str] | None = field(default=None, metadata={"help": "modules trained and saved whole"})
     seed: int | None = field(default=0, metadata={"help": "seed of the adapter initialisation"})
 
-    def check_slice_fields(self) -> None:
-        """Validate and normalise the shared fields (lists, tuples); raises ``ValueError`` naming the fix."""
-        self.fused_slices = tuple(self.fused_slices)
-        if not self.fused_slices or any(s not in FUSED_SLICES for s in self.fused_slices):
-            raise ValueError(f"fused_slices must be a non-empty subset of {FUSED_SLICES}, got {self.fused_slices}")
-        if isinstance(self.target_modules, Sequence) and not isinstance(self.target_modules, str):
-            self.target_modules = list(self.target_modules)
+    def check_slice_fields(self, allow_auto: bool = False) -> None:
+        """Validate and normalise the shared fields (lists, tuples); raises ``ConfigError`` (a ``ValueError``) naming
+        the fix. A bare string ``modules_to_save`` is refused: peft's own ``LoraConfig`` keeps it unchanged and then
+        matches its single characters as module names."""
+        slices = self.fused_slices
+        if not isinstance(slices, list | tuple) or not slices or any(s not in FUSED_SLICES for s in slices) \
+                or len(set(slices)) != len(slices):
+            raise ConfigError(f"fused_slices must be a non-empty subset of {FUSED_SLICES} given as a list, e.g. "
+                              f"['q', 'v'], got {slices!r}")
+        self.fused_slices = tuple(slices)
+        self._check_target_modules(allow_auto)
         if self.modules_to_save is not None:
-            self.modules_to_save = list(self.modules_to_save)
+            if isinstance(self.modules_to_save, str):
+                raise ConfigError(f"modules_to_save must be a list of module names, got the string "
+                                  f"{self.modules_to_save!r}: write modules_to_save=[{self.modules_to_save!r}]")
+            self.modules_to_save = _str_list("modules_to_save", self.modules_to_save,
+                                             "None or a non-empty list of module names")
         if not isinstance(self.train_head, bool):
-            raise ValueError(f"train_head must be true or false, got {self.train_head!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            raise ValueError(f"seed must be None or an integer >= 0, got {self.seed!r}")
+            raise ConfigError(f"train_head must be true or false, got {self.train_head!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed <= MAX_SEED):
+            raise ConfigError(f"seed must be None or an integer >= 0 (at most 2**63 - 1), got {self.seed!r}")
+
+    def _check_target_modules(self, allow_auto: bool) -> None:
+        targets = self.target_modules
+        if targets is None:
+            return
+        if isinstance(targets, str):
+            if targets == "auto":
+                if not allow_auto:
+                    raise ConfigError("target_modules='auto' is KAdaptation's; give module names, a regex or a preset")
+                return
+            try:
+                re.compile(resolve_preset(targets))
+            except re.error as err:
+                raise ConfigError(f"target_modules {targets!r} is not a valid regular expression ({err}): fix the "
+                                  "regex, or give a list of module names") from None
+            return
+        self.target_modules = _str_list("target_modules", targets, "None, a regex string, a preset name or a "
+                                        "non-empty list of module names")

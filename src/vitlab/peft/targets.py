@@ -157,14 +157,17 @@ def find_targets(
         target_modules: ``None`` for the attention query and value projections (the Q and V rows of every fused
             ``qkv``, plus Linears named ``q``/``q_proj``/``query``/``v``/``v_proj``/``value``); a preset name of
             ``TIMM_TARGET_PRESETS``; a list of names; or a regex.
-        fused_slices: which rows of a matched fused ``qkv`` to adapt, a subset of ``("q", "k", "v")``.
+        fused_slices: which rows of a matched fused ``qkv`` to adapt, a subset of ``("q", "k", "v")``. Only a fused
+            ``qkv`` has such rows: anything but the default ``("q", "v")`` is refused when no target is a fused
+            ``qkv`` (separate ``query``/``value`` Linears: choose them with ``target_modules``).
         head_modules: classifier modules to exclude (default: ``classifier_names(model)``).
 
     Returns:
         Targets in module order; a fused layer gives one target per slice.
 
     Raises:
-        ValueError: nothing matched (the message lists candidate Linear names) or an unknown slice name.
+        ValueError: nothing matched (the message lists candidate Linear names), an unknown slice name, or
+            non-default ``fused_slices`` with no fused ``qkv`` among the targets.
     """
     bad = [s for s in fused_slices if s not in FUSED_SLICES]
     if bad or not fused_slices or len(set(fused_slices)) != len(fused_slices):
@@ -184,6 +187,14 @@ def find_targets(
         matched = match_module_names(candidates, resolve_preset(target_modules))
         targets = [t for name in matched for t in _targets_of(name, modules[name], fused_slices)]
         description = f"target_modules={target_modules!r}"
+    if set(fused_slices) != {"q", "v"} and targets and not any(t.slice_name for t in targets):
+        separate = sorted({t.module_name.rsplit(".", 1)[-1] for t in targets})
+        raise ValueError(
+            f"fused_slices={tuple(fused_slices)} applies only to a fused `qkv` Linear, and the targets of "
+            f"{description} in {type(model).__name__} are separate projections ({separate}), not a fused qkv; leave "
+            "fused_slices at its default and set target_modules to the projections to adapt instead, e.g. "
+            "target_modules=['q_proj', 'k_proj', 'v_proj'] (['query', 'key', 'value'] in older transformers)"
+        )
     if not targets:
         shown = ", ".join(candidates[:12]) + (" ..." if len(candidates) > 12 else "")
         raise ValueError(

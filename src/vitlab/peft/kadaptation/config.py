@@ -27,10 +27,12 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vitlab.peft.slice_config import SliceAdapterConfig
+from vitlab.errors import ConfigError
+from vitlab.peft.slice_config import SliceAdapterConfig, check_dropout, check_positive_int
 
 __all__ = ["KADAPTATION", "KAdaptationConfig"]
 
@@ -49,9 +51,12 @@ class KAdaptationConfig(SliceAdapterConfig):
         a_rank: rank of each shared ``A_i = a_i c_iᵀ``; ``None`` keeps ``A_i`` a full n × n matrix.
         share_a: share the ``A`` factors ("slow weights") across layers, one set per role (``q``, ``v``, or a Linear's
             last name component such as ``fc1`` or ``query``); ``False`` gives every targeted block its own ``A``.
-        delta_bias: one trainable bias per adapted layer, added to every adapted slice (shared by Q and V, as in the
-            reference); needs the base Linear to have a bias so that merging can fold it. (Called ``bias`` in vitlab
-            0.1; peft reserves ``bias`` for its ``"none"/"all"`` option.)
+        delta_bias: one trainable bias per adapted Linear, added to every adapted slice (shared by Q and V of a
+            fused ``qkv``, as in the reference); needs the base Linear to have a bias so that merging can fold it.
+            A model with separate projections (transformers' ``ViTForImageClassification``: ``query`` / ``value``)
+            gets one bias per projection, so ViT-B/16 counts 59,392 adaptation parameters there (50,176 + 12 × 768)
+            against timm's 50,176. (Called ``bias`` in vitlab 0.1; peft reserves ``bias`` for its ``"none"/"all"``
+            option.)
         scale: the constant ``s`` multiplying ΔW (see the module docstring for why 1 and not the reference's 160).
         dropout: dropout probability on the dense ΔW during training (reference 0.5); 0 keeps the cheap path.
         path: ``"factored"`` (two small GEMMs, no dense ΔW), ``"dense"`` (materialise ΔW each forward), or ``"auto"``
@@ -60,7 +65,9 @@ class KAdaptationConfig(SliceAdapterConfig):
             Linears named ``q``/``q_proj``/``query``/``v``/``v_proj``/``value``), a preset of
             ``vitlab.peft.TIMM_TARGET_PRESETS``, a list of module names, a regex, or ``"auto"`` (read
             ``intrinsic_table``; replaced by the chosen module names when the adapter is created).
-        fused_slices: rows of a matched fused ``qkv`` Linear to adapt, subset of ``("q", "k", "v")``.
+        fused_slices: rows of a matched fused ``qkv`` Linear to adapt, subset of ``("q", "k", "v")``; only a fused
+            ``qkv`` has them, so a model with separate projections refuses anything but the default ``("q", "v")``
+            (choose its projections with ``target_modules``, e.g. ``["query", "key", "value"]``).
         intrinsic_table: CSV written by ``vitlab intrinsic-dim --per-module`` (columns ``module,d90``), read when
             ``target_modules == "auto"``.
         auto_top_k: ``auto`` adapts the ``auto_top_k`` module kinds with the smallest d90 that this model has.
@@ -85,27 +92,29 @@ class KAdaptationConfig(SliceAdapterConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = KADAPTATION
-        if not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"n must be a positive int, got {self.n!r}")
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"rank must be a positive int, got {self.rank!r}")
-        if self.a_rank is not None and (not isinstance(self.a_rank, int) or not 1 <= self.a_rank <= self.n):
-            raise ValueError(f"a_rank must be None (full A_i) or an int in 1..n={self.n}, got {self.a_rank!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_positive_int("n", self.n)
+        check_positive_int("rank", self.rank)
+        if self.a_rank is not None and (isinstance(self.a_rank, bool) or not isinstance(self.a_rank, int)
+                                        or not 1 <= self.a_rank <= self.n):
+            raise ConfigError(f"a_rank must be None (a full n x n A_i) or an integer in 1..n={self.n}, got "
+                              f"{self.a_rank!r}")
+        self.dropout = check_dropout(self.dropout)
         if self.path not in PATHS:
-            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
+            raise ConfigError(f"path must be one of {PATHS}, got {self.path!r}")
         if self.path == "factored" and self.dropout > 0:
-            raise ValueError("dropout on Delta W needs the dense Delta W: use path='dense' or 'auto', or dropout=0")
+            raise ConfigError("dropout on Delta W needs the dense Delta W: use path='dense' or 'auto', or dropout=0")
         if isinstance(self.scale, bool) or not isinstance(self.scale, int | float) or not math.isfinite(self.scale) \
                 or self.scale == 0:
-            raise ValueError(f"scale must be a finite non-zero number, got {self.scale!r}")
+            raise ConfigError(f"scale must be a finite non-zero number, got {self.scale!r}")
         if not isinstance(self.delta_bias, bool) or not isinstance(self.share_a, bool):
-            raise ValueError(f"delta_bias and share_a must be true or false, got {self.delta_bias!r}, "
-                             f"{self.share_a!r}")
-        self.check_slice_fields()
+            raise ConfigError(f"delta_bias and share_a must be true or false, got {self.delta_bias!r}, "
+                              f"{self.share_a!r}")
+        self.check_slice_fields(allow_auto=True)
+        if self.intrinsic_table is not None:
+            if not isinstance(self.intrinsic_table, str | os.PathLike):
+                raise ConfigError(f"intrinsic_table must be the path of a CSV file, got {self.intrinsic_table!r}")
+            self.intrinsic_table = os.fspath(self.intrinsic_table)  # a plain str, as adapter_config.json stores it
         if self.target_modules == "auto" and not self.intrinsic_table:
-            raise ValueError("target_modules='auto' reads the per-module intrinsic-dimension table: set "
-                             "intrinsic_table to the CSV written by `vitlab intrinsic-dim --per-module`")
-        if not isinstance(self.auto_top_k, int) or self.auto_top_k < 1:
-            raise ValueError(f"auto_top_k must be a positive int, got {self.auto_top_k!r}")
+            raise ConfigError("target_modules='auto' reads the per-module intrinsic-dimension table: set "
+                              "intrinsic_table to the CSV written by `vitlab intrinsic-dim --per-module`")
+        check_positive_int("auto_top_k", self.auto_top_k)
