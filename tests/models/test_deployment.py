@@ -54,6 +54,68 @@ def test_fpn_backbone_maps_and_strides():
         iformer_fpn_backbone("inception_transformer_tiny", features_only=False)
 
 
+def test_onnx_export_traces_the_model_channels_and_refuses_bad_targets_up_front(tmp_path):
+    grey = timm.create_model("inception_transformer_tiny", in_chans=1).eval()
+    graph = onnx.load(str(export_onnx(grey, tmp_path / "grey.onnx"))).graph
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]] == [1, 32, 32]  # not cfg's 3
+    model = timm.create_model("inception_transformer_tiny").eval()
+    with pytest.raises(TypeError, match="needs an nn.Module"):
+        export_onnx("model", tmp_path / "m.onnx")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        export_onnx(model, tmp_path)
+    with pytest.raises(ValueError, match="cannot take a 72x72 input"):  # the model's own message, not the exporter's
+        export_onnx(model, tmp_path / "m.onnx", (3, 72, 72))
+    with pytest.raises(ValueError, match="positive int sizes"):
+        export_onnx(model, tmp_path / "m.onnx", (3, 32.0, 32))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"out_indices": (3, 1)}, r"distinct and increasing .* pass \[1, 3\]"),
+    ({"out_indices": (1, 1)}, "distinct and increasing"),
+    ({"out_indices": 3}, "non-empty sequence of stage indices"),
+    ({"out_indices": (0, 4)}, "non-empty sequence of stage indices in 0..3"),
+    ({"out_channels": "256"}, "out_channels must be a positive int"),
+    ({"trainable_layers": 5}, "trainable_layers must be None"),
+    ({"name": None}, "not an Inception Transformer"),
+])
+def test_fpn_backbone_refuses_bad_arguments_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        iformer_fpn_backbone(**{"name": "inception_transformer_tiny", **kwargs})
+
+
+def test_fpn_backbone_trainable_layers_freezes_the_early_stages_as_torchvision_does():
+    def trainable_parts(layers):
+        backbone = iformer_fpn_backbone("inception_transformer_tiny", out_channels=16, trainable_layers=layers)
+        return sorted({n.split(".")[2] for n, p in backbone.named_parameters() if p.requires_grad
+                       and n.startswith("body.")}), all(p.requires_grad for p in backbone.fpn.parameters())
+
+    assert trainable_parts(1) == (["blocks4", "patch_embed4", "pos_embed4"], True)
+    assert trainable_parts(0) == ([], True)
+    assert len(trainable_parts(4)[0]) == len(trainable_parts(None)[0]) == 12
+
+
+def test_fpn_backbone_refuses_pretrained_weights_that_miss_tensors(tmp_path):
+    full = timm.create_model("inception_transformer_tiny").state_dict()
+    good, partial, unrelated = tmp_path / "good.pth", tmp_path / "partial.pth", tmp_path / "unrelated.pth"
+    torch.save(full, good)
+    torch.save({k: v for k, v in full.items() if not k.startswith("blocks4.")}, partial)
+    torch.save({"foo.weight": torch.zeros(3)}, unrelated)
+
+    def build(path):
+        return iformer_fpn_backbone("inception_transformer_tiny", out_channels=16, pretrained=True,
+                                    pretrained_cfg_overlay=dict(file=str(path)))
+
+    backbone = build(good)
+    torch.testing.assert_close(backbone.body.model.blocks4[0].norm1.weight, full["blocks4.0.norm1.weight"])
+    with pytest.raises(ValueError, match=r"do not fit inception_transformer_tiny \(missing \(19\): blocks4\.0"):
+        build(partial)
+    with pytest.raises(ValueError, match=r"unexpected \(1\): foo.weight"):
+        build(unrelated)
+    with pytest.raises(ValueError, match="do not fit .*pretrained_cfg_overlay=dict\\(file=PATH\\)"):
+        iformer_fpn_backbone("inception_transformer_tiny", pretrained=True)  # vitlab ships no weights
+
+
 def _targets(masks: bool) -> list[dict[str, torch.Tensor]]:
     targets = []
     per_image = [([[4.0, 6.0, 40.0, 50.0]], [1]), ([[10.0, 8.0, 30.0, 60.0], [40.0, 20.0, 90.0, 56.0]], [2, 1])]

@@ -25,6 +25,9 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 
+from vitlab.checkpoint import record_state_dict_loads
+from vitlab.models.inception_transformer import InceptionTransformer
+
 __all__ = ["IFormerFPN", "iformer_fpn_backbone"]
 
 
@@ -53,34 +56,90 @@ class IFormerFPN(nn.Module):
 
 def iformer_fpn_backbone(
     name: str = "inception_transformer_small", out_indices: Sequence[int] = (0, 1, 2, 3), out_channels: int = 256,
-    extra_blocks: ExtraFPNBlock | None = None, **model_kwargs: Any,
+    extra_blocks: ExtraFPNBlock | None = None, trainable_layers: int | None = None, **model_kwargs: Any,
 ) -> IFormerFPN:
     """An Inception Transformer backbone with FPN for ``torchvision.models.detection`` models.
 
     Args:
         name: A timm name of the family, ``inception_transformer_{tiny,small,base,large}[_384]``.
-        out_indices: Stages (0-3, strides 4/8/16/32) fed to the FPN.
+        out_indices: Stages (0-3, strides 4/8/16/32, in increasing order) fed to the FPN.
         out_channels: Channels of every FPN map (torchvision's detectors read ``backbone.out_channels``).
         extra_blocks: torchvision FPN extra block; default ``LastLevelMaxPool`` (the ``"pool"`` map Faster/Mask
             R-CNN's default anchors expect: 5 maps for 5 anchor sizes).
+        trainable_layers: As torchvision's ``resnet_fpn_backbone``: how many of the iFormer's 4 stages, counted from
+            the last, keep trainable weights (0 freezes the whole iFormer, only the FPN trains); ``None`` trains all.
         **model_kwargs: Passed to ``timm.create_model``, e.g. ``pretrained=True,
             pretrained_cfg_overlay=dict(file="iformer_small.pth")`` for official ImageNet weights, or
-            ``drop_path_rate=0.2``.
+            ``drop_path_rate=0.2``. Pretrained weights must cover every tensor of the backbone (timm itself loads
+            ``features_only`` weights non-strictly); a file that misses some is refused, naming them.
 
     Input images go through the detector's own transform, which pads batches to multiples of 32: every such size is
     one the iFormer takes (position embeddings are resized to the map at forward time).
+
+    Raises:
+        ValueError: not an iFormer name, bad ``out_indices`` / ``out_channels`` / ``trainable_layers``, keywords this
+            function sets, pretrained weights that miss tensors or that timm did not load.
 
     Example:
         >>> from torchvision.models.detection import MaskRCNN
         >>> model = MaskRCNN(iformer_fpn_backbone("inception_transformer_tiny", out_channels=64), num_classes=3)
     """
-    if not name.startswith("inception_transformer_") or not timm.is_model(name):
-        raise ValueError(f"{name!r} is not an Inception Transformer: use one of "
-                         f"{timm.list_models('inception_transformer_*')}")
-    if out_channels < 1:
-        raise ValueError(f"out_channels must be positive, got {out_channels}")
+    family = timm.list_models("inception_transformer_*")
+    if not isinstance(name, str) or name.split(".")[0] not in family:
+        raise ValueError(f"{name!r} is not an Inception Transformer: use one of {family}")
+    if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
+        raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
+    out_indices = _check_out_indices(out_indices)
+    if trainable_layers is not None and (isinstance(trainable_layers, bool) or not isinstance(trainable_layers, int)
+                                         or not 0 <= trainable_layers <= _STAGES):
+        raise ValueError(f"trainable_layers must be None (all) or an int in 0..{_STAGES}, got {trainable_layers!r}")
     for key in ("features_only", "out_indices", "num_classes"):
         if key in model_kwargs:
             raise ValueError(f"{key} is set by iformer_fpn_backbone; remove it from the model kwargs")
-    body = timm.create_model(name, features_only=True, out_indices=tuple(out_indices), **model_kwargs)
+    try:
+        with record_state_dict_loads() as loads:
+            body = timm.create_model(name, features_only=True, out_indices=out_indices, **model_kwargs)
+    except RuntimeError as err:  # load_state_dict's size mismatches
+        if not model_kwargs.get("pretrained"):
+            raise
+        reason = " ".join(str(err).split())[:400]
+        raise ValueError(f"the pretrained weights do not fit {name}: {reason}; pass a checkpoint of this variant "
+                         "(pretrained_cfg_overlay=dict(file=PATH))") \
+            from None
+    if model_kwargs.get("pretrained"):
+        _check_pretrained(name, loads)
+    if trainable_layers is not None:
+        for stage in range(1, _STAGES - trainable_layers + 1):
+            for prefix in (f"patch_embed{'' if stage == 1 else stage}.", f"pos_embed{stage}", f"blocks{stage}."):
+                for param_name, param in body.model.named_parameters():
+                    if param_name.startswith(prefix):
+                        param.requires_grad_(False)
     return IFormerFPN(body, out_channels, extra_blocks)
+
+
+_STAGES = 4
+
+
+def _check_out_indices(out_indices: Any) -> tuple[int, ...]:
+    if isinstance(out_indices, int | str) or not isinstance(out_indices, Sequence) or not out_indices or any(
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < _STAGES for i in out_indices):
+        raise ValueError(f"out_indices must be a non-empty sequence of stage indices in 0..{_STAGES - 1}, "
+                         f"got {out_indices!r}")
+    if list(out_indices) != sorted(set(out_indices)):
+        raise ValueError(f"out_indices must be distinct and increasing (the FPN's maps go from fine to coarse), got "
+                         f"{list(out_indices)}: pass {sorted(set(out_indices))}")
+    return tuple(out_indices)
+
+
+def _check_pretrained(name: str, loads: list[tuple[nn.Module, Any]]) -> None:
+    """timm loads ``features_only`` weights non-strictly (it drops the classifier) and only logs what it missed."""
+    results = [result for module, result in loads if isinstance(module, InceptionTransformer)]
+    if not results:
+        raise ValueError(f"pretrained=True loaded no weights into {name}: vitlab ships none; pass "
+                         "pretrained_cfg_overlay=dict(file='iformer_small.pth') (an official or vitlab checkpoint)")
+    missing = [k for k in results[-1].missing_keys if not k.startswith("head.")]
+    unexpected = [k for k in results[-1].unexpected_keys if not k.startswith("head.")]
+    if missing or unexpected:
+        listed = "; ".join(f"{label} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                           for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys)
+        raise ValueError(f"the pretrained weights do not fit {name} ({listed}): pass a checkpoint of this variant")

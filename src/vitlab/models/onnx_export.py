@@ -13,6 +13,7 @@ Example:
 """
 
 import importlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -39,7 +40,8 @@ def export_onnx(
     Args:
         model: An image model in eval mode, e.g. ``timm.create_model("inception_transformer_small").eval()``.
         path: Where to write the ``.onnx`` file (its folder must exist).
-        input_size: ``(C, H, W)`` of the traced input; default: the model's ``pretrained_cfg["input_size"]``. Height
+        input_size: ``(C, H, W)`` of the traced input; default: the model's ``pretrained_cfg["input_size"]`` with
+            ``C`` the model's ``in_chans`` (a model built for 1 channel traces a 1-channel input). Height
             and width are fixed in the graph, the batch size is free (1 to ``max_batch``).
         check: Run the file with onnxruntime on a batch of 3 random images (the graph is traced with 2) and raise
             ``ValueError`` if any output differs from PyTorch's by more than ``atol``.
@@ -48,25 +50,42 @@ def export_onnx(
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        TypeError: not a module; ValueError: training mode, bad sizes or options, an input the model refuses (its own
+        message), outputs that differ; FileNotFoundError / IsADirectoryError / PermissionError: an unusable ``path``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"export_onnx needs an nn.Module (e.g. timm.create_model(...).eval()), got "
+                        f"{type(model).__name__}")
     if model.training:
         raise ValueError("export_onnx exports inference graphs: call model.eval() first (dropout and batch-norm "
                          "statistics differ in training mode)")
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: pass the path of the .onnx file to write, e.g. "
+                                f"{path / 'model.onnx'}")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"no folder {path.parent} to write {path.name} into: create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"cannot write into {path.parent}: choose a folder you can write to")
     if input_size is None:
         input_size = getattr(model, "pretrained_cfg", {}).get("input_size")
         if input_size is None:
             raise ValueError("the model has no pretrained_cfg['input_size']: pass input_size=(C, H, W)")
-    if len(input_size) != 3 or min(input_size) < 1:
-        raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {tuple(input_size)}")
-    if atol <= 0 or max_batch < 3:
-        raise ValueError(f"atol must be > 0 and max_batch >= 3, got atol={atol}, max_batch={max_batch}")
+        in_chans = getattr(model, "in_chans", None)  # the model may be built for other channels than its weights
+        input_size = (in_chans, *input_size[1:]) if isinstance(in_chans, int) else input_size
+    if isinstance(input_size, str) or not isinstance(input_size, Sequence) or len(input_size) != 3 or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in input_size):
+        raise ValueError(f"input_size must be (C, H, W) with positive int sizes, got {input_size!r}")
+    if not atol > 0 or isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 3:
+        raise ValueError(f"atol must be > 0 and max_batch an int >= 3, got atol={atol}, max_batch={max_batch}")
     for module in ("onnx", "onnxscript"):
         _require(module)
     ref = next(model.parameters())
     example = torch.randn(2, *input_size, device=ref.device, dtype=ref.dtype)
+    with torch.no_grad():
+        model(example)  # the model's own error for an input it cannot take, before the exporter wraps it
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     torch.onnx.export(
         model, (example,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
