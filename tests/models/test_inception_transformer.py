@@ -171,7 +171,7 @@ def test_load_errors_name_the_offending_keys(tmp_path):
     assert "missing (1): blocks2.0.attn.low_mixer.qkv.weight" in message
     assert "unexpected (1): blocks9.0.extra" in message
     assert "head.weight: checkpoint (1000, 128) vs model (5, 128)" in message
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no weights file at"):
         load_official_checkpoint(model, tmp_path / "absent.pth")
     with pytest.raises(TypeError, match="path or a state dict"):
         load_official_checkpoint(model, 3)
@@ -264,3 +264,19 @@ def test_wrapped_layers_run_their_own_forward(targets):
     assert (inference - base).abs().max() > 1e-3  # the adapter changes the outputs
     torch.testing.assert_close(inference, reference, rtol=0, atol=1e-5)
     torch.testing.assert_close(with_grad.detach(), reference, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"in_chans": 0}, "in_chans must be an int >= 1, got 0"), ({"in_chans": True}, "in_chans must be an int"),
+    ({"num_classes": -1}, "num_classes must be an int >= 0"), ({"img_size": "a"}, "img_size must be an int or"),
+    ({"img_size": (32, 32, 3)}, r"\(height, width\) ints"), ({"img_size": 0}, "cannot take a 0x0 input"),
+])
+def test_constructor_refuses_bad_sizes_and_counts_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        timm.create_model("inception_transformer_tiny", **kwargs)
+
+
+def test_an_empty_image_is_refused_by_the_size_check_not_a_convolution():
+    model = timm.create_model("inception_transformer_tiny").eval()
+    with pytest.raises(ValueError, match="cannot take a 0x0 input: give images of at least 16x16 pixels"):
+        model(torch.randn(1, 3, 0, 0))

@@ -69,6 +69,9 @@ def check_image_size(height: int, width: int) -> None:
         ...
         ValueError: InceptionTransformer cannot take a 72x72 input: ...
     """
+    if height < 1 or width < 1:
+        raise ValueError("InceptionTransformer cannot take a " + str(height) + "x" + str(width) + " input: give images "
+                         "of at least 16x16 pixels (any multiple of 16 works)")
     h1, w1 = (height + 3) // 4, (width + 3) // 4
     h2, w2 = (h1 + 1) // 2, (w1 + 1) // 2
     if h1 % 2 != 0 or w1 % 2 != 0 or h2 % 2 != 0 or w2 % 2 != 0:
@@ -493,6 +496,12 @@ class InceptionTransformer(nn.Module):
         depths, embed_dims, num_heads = list(depths), list(embed_dims), list(num_heads)
         attention_heads = list(attention_heads)
         self._validate(depths, embed_dims, num_heads, attention_heads, global_pool)
+        for key, value in (("in_chans", in_chans), ("num_classes", num_classes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "in_chans" else 0):
+                raise ValueError(f"{key} must be an int >= {1 if key == 'in_chans' else 0}, got {value!r}")
+        if isinstance(img_size, bool) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                  for v in to_2tuple(img_size)) or len(to_2tuple(img_size)) != 2:
+            raise ValueError(f"img_size must be an int or (height, width) ints, got {img_size!r}")
         self.img_size = tuple(to_2tuple(img_size))
         check_image_size(*self.img_size)
         pos_sizes = _stage_sizes(*self.img_size)
