@@ -22,12 +22,16 @@ from typing import Any
 
 import torch
 
-from vitlab.checkpoint import CheckpointError, build_model, load_checkpoint
+from vitlab.checkpoint import CheckpointError, MissingWeightsError, build_model, load_checkpoint
+from vitlab.errors import ConfigError
 
-__all__ = ["convert_adapter", "legacy_key"]
+__all__ = ["RENAMED_OPTIONS", "convert_adapter", "legacy_key"]
 
-# vitlab 0.1 option names -> current ones (KAdaptationConfig: bias -> delta_bias, head_modules -> modules_to_save)
-_RENAMED_OPTIONS = {"kadaptation": {"bias": "delta_bias", "head_modules": "modules_to_save"}}
+# vitlab 0.1 option names -> current ones (KAdaptationConfig: bias -> delta_bias, head_modules -> modules_to_save);
+# the converter renames them, and the harness's option check (vitlab.peft.methods) names the new spelling
+RENAMED_OPTIONS = {"kadaptation": {"bias": "delta_bias", "head_modules": "modules_to_save"}}
+_METHODS = ("kadaptation", "lora_qv", "lora", "lokr")
+_PEFT_CONFIG = "adapter_config.json"
 
 
 def legacy_key(method: str, key: str) -> str:
@@ -69,41 +73,50 @@ def convert_adapter(path: str | Path, out_dir: str | Path) -> Path:
 
     Args:
         path: the old adapter file (or a run folder holding ``adapter.safetensors``).
-        out_dir: the folder to write (``adapter_config.json``, ``adapter_model.safetensors``, ``vitlab.json``).
+        out_dir: the folder to write (``adapter_config.json``, ``adapter_model.safetensors``, ``vitlab.json``); it
+            must not exist yet or be empty.
 
     Returns:
         ``out_dir``.
 
     Raises:
-        CheckpointError: not a vitlab 0.1 adapter of a peft method, or its tensors do not map one-to-one onto the
-            rebuilt adapter (the unmatched names are listed).
+        MissingWeightsError: ``path`` does not exist (or the run folder holds no ``adapter.safetensors``).
+        CheckpointError: not a vitlab 0.1 adapter of a peft method (a peft folder already, another kind of file,
+            damaged ``extra.peft`` metadata), or its tensors do not map one-to-one onto the rebuilt adapter (the
+            unmatched names are listed).
+        ConfigError: ``out_dir`` is a file or a non-empty folder (nothing is overwritten or mixed in).
     """
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
     from vitlab.peft.export import save_peft_folder
     from vitlab.peft.methods import build_peft_transform
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "adapter.safetensors"
+    path, out_dir = _source_file(Path(path)), _check_out_dir(Path(out_dir))
     tensors, meta = load_checkpoint(path, expected_kind="adapter")
-    peft = meta.get("extra", {}).get("peft")
-    if not peft or peft.get("method") not in ("kadaptation", "lora_qv", "lora", "lokr"):
-        raise CheckpointError(f"{path} is not a vitlab 0.1 adapter of kadaptation, lora_qv, lora or lokr (method "
-                              f"{(peft or {}).get('method')!r}); nothing to convert")
-    method = peft["method"]
-    renames = _RENAMED_OPTIONS.get(method, {})
-    options: dict[str, Any] = {renames.get(k, k): v for k, v in peft["options"].items()}
+    method, target_modules, old_options = _peft_record(path, meta)
+    renames = RENAMED_OPTIONS.get(method, {})
+    options: dict[str, Any] = {renames.get(k, k): v for k, v in old_options.items()}
     if method == "kadaptation" and not options.get("train_head", True):
         options.pop("modules_to_save", None)
-    with torch.no_grad():
-        model = build_peft_transform(method, peft["target_modules"], **options)(build_model(meta))
+    try:
+        with torch.no_grad():
+            model = build_peft_transform(method, target_modules, **options)(build_model(meta))
+    except (ValueError, TypeError) as err:  # CheckpointError (from build_model) is a ValueError too
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: its recorded {method!r} settings (metadata extra.peft) do not build the "
+                              f"adapter: {err}. The file's metadata is damaged or it is not a vitlab 0.1 adapter "
+                              "file") from err
     mapped = {legacy_key(method, k): v for k, v in tensors.items()}
     wanted = get_peft_model_state_dict(model, save_embedding_layers=False)
     missing, unexpected = sorted(set(wanted) - set(mapped)), sorted(set(mapped) - set(wanted))
     if missing or unexpected:
         raise CheckpointError(f"{path}: the saved tensors do not map onto the rebuilt {method!r} adapter (missing "
                               f"{missing[:5]}, unexpected {unexpected[:5]})")
+    not_float = sorted(k for k, v in tensors.items() if not v.is_floating_point())
+    if not_float:
+        raise CheckpointError(f"{path}: tensors {not_float[:5]} are not floating point; the file is damaged or not a "
+                              "vitlab 0.1 adapter file")
     bad = [k for k in wanted if wanted[k].shape != mapped[k].shape]
     if bad:
         raise CheckpointError(f"{path}: shapes differ from the rebuilt adapter for {bad[:5]}")
@@ -114,6 +127,57 @@ def convert_adapter(path: str | Path, out_dir: str | Path) -> Path:
     return save_peft_folder(out_dir, model, {
         "model_name": meta.get("model_name"), "model_kwargs": meta.get("model_kwargs", {}),
         "base_weights": extra.get("base_weights"), "base_sha256": None,
-        "peft": {"method": method, "target_modules": peft["target_modules"], "options": options},
+        "peft": {"method": method, "target_modules": target_modules, "options": options},
         "extra": {k: v for k, v in extra.items() if k not in ("peft", "base_weights")},
         "converted_from": str(path)})
+
+
+def _source_file(path: Path) -> Path:
+    """The old ``adapter.safetensors`` named by ``path`` (a file or a run folder), with convert-specific advice."""
+    folder = path if path.is_dir() else path.parent
+    peft_file = path.is_dir() or path.name in (_PEFT_CONFIG, "adapter_model.safetensors")
+    if peft_file and (folder / _PEFT_CONFIG).is_file():
+        raise CheckpointError(f"{folder} is already in peft format ({_PEFT_CONFIG} is there); nothing to convert: "
+                              "load it with PeftModel.from_pretrained(base, folder) after `import vitlab.peft`")
+    if path.is_dir():
+        path = path / "adapter.safetensors"
+    if not path.is_file():
+        raise MissingWeightsError(f"no adapter file at {path}: pass an adapter.safetensors written by vitlab 0.1 "
+                                  "(kadaptation, lora_qv, lora or lokr), or the run folder that holds one")
+    return path
+
+
+def _check_out_dir(out_dir: Path) -> Path:
+    """Refuse an ``out_dir`` that is a file or a non-empty folder, before any work (nothing is overwritten)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; the converted adapter is a folder: pass a new folder path")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ConfigError(f"--out {out_dir} is a folder that is not empty; pass a new or empty folder (remove the old "
+                          "one first to convert again), so that no other adapter's files get mixed in")
+    return out_dir
+
+
+def _peft_record(path: Path, meta: dict[str, Any]) -> tuple[str, Any, dict[str, Any]]:
+    """``(method, target_modules, options)`` of the file's ``extra.peft`` record, checked (the metadata is
+    untrusted): ``CheckpointError`` naming what is wrong."""
+    not_old = f"{path} is not a vitlab 0.1 adapter file of kadaptation, lora_qv, lora or lokr"
+    extra = meta.get("extra", {})
+    peft = extra.get("peft") if isinstance(extra, dict) else None
+    if not isinstance(peft, dict):
+        raise CheckpointError(f"{not_old}: its metadata has no extra.peft record (got {peft!r}); nothing to convert")
+    method = peft.get("method")
+    if method not in _METHODS:
+        raise CheckpointError(f"{not_old} (method {method!r}); nothing to convert")
+    missing = [key for key in ("target_modules", "options") if key not in peft]
+    if missing:
+        raise CheckpointError(f"{not_old}: its metadata extra.peft lacks {missing} (the file is damaged or was not "
+                              "written by vitlab 0.1)")
+    targets, options = peft["target_modules"], peft["options"]
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise CheckpointError(f"{not_old}: its metadata extra.peft.options must be a mapping of option names to "
+                              f"values, got {options!r} (the file is damaged)")
+    if not (targets is None or isinstance(targets, str)
+            or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))):
+        raise CheckpointError(f"{not_old}: its metadata extra.peft.target_modules must be null, a string or a list "
+                              f"of module names, got {targets!r} (the file is damaged)")
+    return method, targets, options

@@ -44,6 +44,7 @@ from torch import nn
 
 from vitlab.peft.adapter import apply_bottleneck_adapters
 from vitlab.peft.control import set_peft_spec
+from vitlab.peft.convert import RENAMED_OPTIONS
 from vitlab.peft.freeze import freeze_base
 from vitlab.peft.kadaptation import KAdaptationConfig, apply_kadaptation
 from vitlab.peft.lora import apply_lokr, apply_lora, apply_lora_qv
@@ -159,6 +160,11 @@ def _no_targets(method: str, target_modules: Any) -> None:
 
 def _check_options(method: str, options: dict[str, Any], allowed: Sequence[str]) -> None:
     unknown = sorted(set(options) - set(allowed))
+    renamed = {k: v for k, v in RENAMED_OPTIONS.get(method, {}).items() if k in unknown}
+    if renamed:
+        spelled = ", ".join(f"{old!r} was renamed to {new!r}" for old, new in renamed.items())
+        raise ValueError(f"peft method {method!r}: vitlab 0.1's option name(s) {sorted(renamed)} are no longer "
+                         f"accepted: {spelled}; use the new name(s) in peft.options")
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for peft method {method!r}; valid options: {sorted(allowed)}")
 
