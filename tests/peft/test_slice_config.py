@@ -113,3 +113,22 @@ def test_fused_slices_is_refused_on_separate_projections():
     get_peft_model(hf_vit(), KAdaptationConfig(n=8, fused_slices=("v", "q")))  # the default set, any order
     model = get_peft_model(timm_vit(), KAdaptationConfig(n=8, fused_slices=("k",)))  # fused qkv: the K rows
     assert model.base_model.model.blocks[0].attn.qkv.slice_rows == {"default": {"k": (64, 128)}}
+
+
+def test_model_status_names_the_peft_type_and_save_load_keeps_it(tmp_path):
+    """peft's get_model_status reads str(peft_type).partition('.')[-1]: a plain str gave '' (LoRA gives 'LORA')."""
+    import json
+
+    from peft import PeftModel, get_peft_model
+
+    from tests.peft.test_kadaptation import timm_vit
+
+    for config, name in ((KAdaptationConfig(n=8), "KADAPTATION"), (LoraQVConfig(r=2), "LORA_QV")):
+        model = get_peft_model(timm_vit(), config)
+        assert model.get_model_status().peft_types == {"default": name}
+        model.save_pretrained(tmp_path / name)
+        assert json.loads((tmp_path / name / "adapter_config.json").read_text())["peft_type"] == name
+        restored = PeftModel.from_pretrained(timm_vit(), tmp_path / name)
+        assert restored.get_model_status().peft_types == {"default": name}
+        assert restored.peft_config["default"].peft_type == name and restored.peft_config["default"].peft_type.value \
+            == name

@@ -33,14 +33,14 @@ from peft import PeftConfig
 from torch import nn
 
 from vitlab.errors import ConfigError
-from vitlab.peft.registration import register_with_peft
+from vitlab.peft.registration import PeftTypeName, register_with_peft
 from vitlab.peft.slice_config import SliceAdapterConfig, check_dropout, check_positive_int
 from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer, RowSliceTuner
 from vitlab.peft.targets import Target, classifier_names, resolve_preset
 
 __all__ = ["LORA_QV", "LoraQVConfig", "LoraQVLayer", "LoraQVModel", "apply_lokr", "apply_lora", "apply_lora_qv"]
 
-LORA_QV = "LORA_QV"
+LORA_QV = PeftTypeName("LORA_QV")  # peft_type (a str: peft's PeftType enum is closed)
 
 
 @dataclass

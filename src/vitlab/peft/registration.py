@@ -15,7 +15,28 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["register_with_peft"]
+__all__ = ["PeftTypeName", "register_with_peft"]
+
+
+class PeftTypeName(str):
+    """A ``peft_type`` outside peft's closed ``PeftType`` enum that reads like one of its members: ``str()`` gives
+    ``"PeftType.KADAPTATION"`` and ``.value`` the bare name, as peft expects of a ``PeftType`` (its
+    ``get_model_status().peft_types`` is ``str(peft_type).partition(".")[-1]``, empty for a plain string). It is
+    still a ``str`` equal to (and hashing like) the bare name: peft's tables and ``adapter_config.json`` hold that.
+
+    Example:
+        >>> name = PeftTypeName("KADAPTATION")
+        >>> name == "KADAPTATION", str(name), name.value, name
+        (True, 'PeftType.KADAPTATION', 'KADAPTATION', 'KADAPTATION')
+    """
+
+    @property
+    def value(self) -> str:
+        """The bare name, as ``PeftType.LORA.value == "LORA"``."""
+        return str.__str__(self)
+
+    def __str__(self) -> str:
+        return f"PeftType.{self.value}"
 
 
 def register_with_peft(peft_type: str, config_cls: type, model_cls: type) -> None:

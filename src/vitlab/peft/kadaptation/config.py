@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vitlab.errors import ConfigError
+from vitlab.peft.registration import PeftTypeName
 from vitlab.peft.slice_config import SliceAdapterConfig, check_dropout, check_positive_int
 
 __all__ = ["KADAPTATION", "KAdaptationConfig"]
 
-KADAPTATION = "KADAPTATION"  # peft_type (a plain string: peft's PeftType enum is closed to other packages)
+KADAPTATION = PeftTypeName("KADAPTATION")  # peft_type (a str: peft's PeftType enum is closed to other packages)
 PATHS = ("auto", "factored", "dense")
 
 
