@@ -132,3 +132,21 @@ def test_model_status_names_the_peft_type_and_save_load_keeps_it(tmp_path):
         assert restored.get_model_status().peft_types == {"default": name}
         assert restored.peft_config["default"].peft_type == name and restored.peft_config["default"].peft_type.value \
             == name
+
+
+def test_harness_refuses_bad_lora_qv_options_when_built_and_string_head_modules():
+    """build_peft_transform validates lora_qv's values before any model exists (as kadaptation's), and a bare string
+    head_modules is refused instead of being split into characters."""
+    from vitlab.errors import ConfigError
+    from vitlab.peft import build_peft_transform
+
+    for options, match in [({"alpha": 0}, "alpha must be a finite non-zero number"),
+                           ({"fused_slices": "qv"}, "fused_slices must be a non-empty subset"),
+                           ({"head_modules": "head"}, r"write head_modules=\['head'\]")]:
+        with pytest.raises(ConfigError, match=match):
+            build_peft_transform("lora_qv", None, **options)  # no model passed: refused at build time
+    from tests.peft.test_kadaptation import timm_vit
+
+    for method in ("lora", "linear"):
+        with pytest.raises(ValueError, match=r"write head_modules=\['head'\]"):
+            build_peft_transform(method, None, head_modules="head")(timm_vit())

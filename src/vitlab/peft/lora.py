@@ -38,7 +38,8 @@ from vitlab.peft.slice_config import SliceAdapterConfig, check_dropout, check_po
 from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer, RowSliceTuner
 from vitlab.peft.targets import Target, classifier_names, resolve_preset
 
-__all__ = ["LORA_QV", "LoraQVConfig", "LoraQVLayer", "LoraQVModel", "apply_lokr", "apply_lora", "apply_lora_qv"]
+__all__ = ["LORA_QV", "LoraQVConfig", "LoraQVLayer", "LoraQVModel", "apply_lokr", "apply_lora", "apply_lora_qv",
+           "lora_qv_config"]
 
 LORA_QV = PeftTypeName("LORA_QV")  # peft_type (a str: peft's PeftType enum is closed)
 
@@ -192,6 +193,19 @@ def apply_lokr(model: nn.Module, target_modules: str | Sequence[str] | None = "q
     return _peft_model(model, config)
 
 
+def lora_qv_config(target_modules: str | Sequence[str] | None = None, r: int = 4, alpha: float | None = None,
+                   dropout: float = 0.0, fused_slices: Sequence[str] = ("q", "v"), train_head: bool = True,
+                   head_modules: Sequence[str] | None = None, seed: int | None = 0) -> LoraQVConfig:
+    """The ``LoraQVConfig`` of ``apply_lora_qv``'s arguments (validated now, before any model is touched)."""
+    if isinstance(head_modules, str):
+        raise ConfigError(f"head_modules must be a list of module names, got the string {head_modules!r}: write "
+                          f"head_modules=[{head_modules!r}]")
+    return LoraQVConfig(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
+                        fused_slices=tuple(fused_slices) if isinstance(fused_slices, list) else fused_slices,
+                        train_head=train_head, modules_to_save=list(head_modules) if head_modules else None,
+                        seed=seed)
+
+
 def apply_lora_qv(model: nn.Module, target_modules: str | Sequence[str] | None = None, r: int = 4,
                   alpha: float | None = None, dropout: float = 0.0, fused_slices: Sequence[str] = ("q", "v"),
                   train_head: bool = True, head_modules: Sequence[str] | None = None, seed: int | None = 0
@@ -204,7 +218,6 @@ def apply_lora_qv(model: nn.Module, target_modules: str | Sequence[str] | None =
         r, alpha, dropout: LoRA rank, alpha (default ``r``) and input dropout.
         seed: seed of the ``A`` initialisation; ``None`` uses the global RNG.
     """
-    config = LoraQVConfig(r=r, alpha=alpha, dropout=dropout, target_modules=target_modules,
-                          fused_slices=tuple(fused_slices), train_head=train_head,
-                          modules_to_save=list(head_modules) if head_modules else None, seed=seed)
+    config = lora_qv_config(target_modules, r=r, alpha=alpha, dropout=dropout, fused_slices=fused_slices,
+                            train_head=train_head, head_modules=head_modules, seed=seed)
     return _peft_model(model, config)

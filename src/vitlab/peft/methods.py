@@ -47,7 +47,7 @@ from vitlab.peft.control import set_peft_spec
 from vitlab.peft.convert import RENAMED_OPTIONS
 from vitlab.peft.freeze import freeze_base
 from vitlab.peft.kadaptation import KAdaptationConfig, apply_kadaptation
-from vitlab.peft.lora import apply_lokr, apply_lora, apply_lora_qv
+from vitlab.peft.lora import apply_lokr, apply_lora, apply_lora_qv, lora_qv_config
 from vitlab.peft.subspace import build_subspace_transform
 from vitlab.peft.targets import classifier_names
 
@@ -106,11 +106,13 @@ def _kadaptation(target_modules: Any = None, **options: Any) -> Transform:
     return transform
 
 
-def _wrap(name: str, fn: Callable[..., nn.Module]) -> Builder:
+def _wrap(name: str, fn: Callable[..., nn.Module], validate: Callable[..., Any] | None = None) -> Builder:
     allowed = [p for p in inspect.signature(fn).parameters if p not in ("model", "target_modules")]
 
     def builder(target_modules: Any = None, **options: Any) -> Transform:
         _check_options(name, options, allowed)
+        if validate is not None:
+            validate(target_modules, **options)  # option values refused now, before any model exists
 
         def transform(model: nn.Module) -> nn.Module:
             adapted = fn(model, target_modules, **options)
@@ -147,7 +149,7 @@ PEFT_METHODS: dict[str, Builder] = {
     "kadaptation": _kadaptation,
     "lora": _wrap("lora", apply_lora),
     "lokr": _wrap("lokr", apply_lokr),
-    "lora_qv": _wrap("lora_qv", apply_lora_qv),
+    "lora_qv": _wrap("lora_qv", apply_lora_qv, validate=lora_qv_config),
     "adapter": _adapter,
     "subspace": build_subspace_transform,
 }

@@ -80,6 +80,9 @@ def classifier_names(model: nn.Module, head_modules: Sequence[str] | None = None
     Returns an empty list when the model has no recognisable head (then pass ``head_modules``).
     """
     names = dict((id(m), n) for n, m in model.named_modules())
+    if isinstance(head_modules, str):
+        raise ValueError(f"head_modules must be a list of module names, got the string {head_modules!r}: write "
+                         f"head_modules=[{head_modules!r}]")
     if head_modules is not None:
         missing = [h for h in head_modules if h not in dict(model.named_modules())]
         if missing:
