@@ -341,3 +341,17 @@ def test_folded_path_is_used_only_for_one_active_factored_adapter_in_the_input_d
     assert out.dtype == torch.bfloat16 and all(p.grad is not None for p in model.parameters() if p.requires_grad)
     dense = get_peft_model(timm_vit(), KAdaptationConfig(n=8, dropout=0.1))
     assert kadaptation_layers(dense)[0][1]._folded_adapter(x) is None
+
+
+def test_vit_b16_adaptation_counts_as_documented():
+    """README / KAdaptationConfig.delta_bias: one delta bias per adapted Linear, so transformers' ViT-B/16 (separate
+    q/v projections) counts 50,176 + 12 x 768 = 59,392 against timm's 50,176 (fused qkv, one bias for Q and V)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from vitlab.peft import count_parameters
+
+    with torch.device("meta"):  # shapes only: nothing allocated
+        hf = ViTForImageClassification(ViTConfig(num_labels=10))
+        vit = timm.create_model("vit_base_patch16_224", num_classes=10)
+    assert count_parameters(get_peft_model(vit, KAdaptationConfig()))["adaptation"] == 50_176
+    assert count_parameters(get_peft_model(hf, KAdaptationConfig()))["adaptation"] == 59_392 == 50_176 + 12 * 768
