@@ -85,6 +85,29 @@ def test_torchscript_matches_eager(name):
             scripted(torch.randn(1, 3, 72, 72))
 
 
+@pytest.mark.parametrize("out_indices", [None, (1, 2)])
+def test_features_only_iformer_scripts_and_matches_eager(out_indices):
+    # (timm's own VisionTransformer.forward_intermediates does not script, so neither do the vitlab ViTs' wrappers)
+    kwargs = {} if out_indices is None else {"out_indices": out_indices}
+    model = timm.create_model("inception_transformer_tiny", features_only=True, **kwargs).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(model)
+    with torch.no_grad(), onednn_linear(False):
+        eager, maps = model(x), scripted(x)
+    assert [m.shape[1] for m in maps] == model.feature_info.channels()
+    for a, b in zip(maps, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_forward_intermediates_refuses_indices_of_the_wrong_type():
+    model = timm.create_model("inception_transformer_tiny").eval()
+    for bad in (2.0, "1", True, [1, "a"]):
+        with pytest.raises(ValueError, match="indices must be None, an int n"):
+            model.forward_intermediates(torch.randn(1, 3, 32, 32), indices=bad)
+
+
 def test_torchscript_after_pruning():
     model = timm.create_model("inception_transformer_tiny").eval()
     model.prune_intermediate_layers([1])

@@ -115,18 +115,39 @@ def add_pos_embed(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return x + pos
 
 
-def _take_indices(num_features: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
-    """Absolute stage indices to return (``None``: all, int ``n``: last ``n``, sequence: as given) and their max."""
+@torch.jit.ignore
+def _check_indices_type(indices: Any) -> None:
+    """Eager-mode type check of ``indices`` (TorchScript checks the annotation instead)."""
     if indices is None:
-        indices = num_features
+        return
+    items = [indices] if isinstance(indices, int) else indices
+    if isinstance(indices, str) or not isinstance(items, Sequence) or any(
+            isinstance(i, bool) or not isinstance(i, int) for i in items):
+        raise ValueError(f"indices must be None, an int n (the last n stages) or a sequence of stage indices, got "
+                         f"{indices!r}")
+
+
+def _take_indices(num_features: int, indices: int | list[int] | None) -> tuple[list[int], int]:
+    """Absolute stage indices to return (``None``: all, int ``n``: last ``n``, sequence: as given) and their max.
+    Written for TorchScript (no f-strings, no generators)."""
+    if not torch.jit.is_scripting():
+        _check_indices_type(indices)
+    if indices is None:
+        return list(range(num_features)), num_features - 1
     if isinstance(indices, int):
-        if not 0 < indices <= num_features:
-            raise ValueError(f"indices={indices} must be between 1 and {num_features} (the last n stages)")
-        take = list(range(num_features - indices, num_features))
-    else:
-        take = [i + num_features if i < 0 else i for i in indices]
-        if not take or any(not 0 <= i < num_features for i in take):
-            raise ValueError(f"indices={list(indices)} must be stage indices in [-{num_features}, {num_features})")
+        if indices <= 0 or indices > num_features:
+            raise ValueError("indices=" + str(indices) + " must be between 1 and " + str(num_features)
+                             + " (the last n stages)")
+        return list(range(num_features - indices, num_features)), num_features - 1
+    take: list[int] = []
+    for i in indices:
+        j = i + num_features if i < 0 else i
+        if j < 0 or j >= num_features:
+            raise ValueError("indices=" + str(list(indices)) + " must be stage indices in [-" + str(num_features)
+                             + ", " + str(num_features) + ")")
+        take.append(j)
+    if len(take) == 0:
+        raise ValueError("indices must name at least one stage, got an empty list")
     return take, max(take)
 
 
@@ -603,13 +624,8 @@ class InceptionTransformer(nn.Module):
             if num_classes > 0 else nn.Identity()
         ).train(self.training)
 
-    def _stage(self, x: torch.Tensor, stage: int) -> torch.Tensor:
-        """Downsample (the stem for stage 0), add the position embedding, run the blocks (eager code only)."""
-        x = self.patch_embed(x) if stage == 0 else getattr(self, f"patch_embed{stage + 1}")(x)
-        return getattr(self, f"blocks{stage + 1}")(add_pos_embed(x, getattr(self, f"pos_embed{stage + 1}")))
-
     def forward_intermediates(
-        self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+        self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
         stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Stage outputs for dense heads: ``(B, embed_dims[i], H / 2**(i+2), W / 2**(i+2))`` for ``i`` in ``indices``.
@@ -621,21 +637,38 @@ class InceptionTransformer(nn.Module):
             stop_early: Skip the stages after the last requested one (implies ``intermediates_only``).
             output_fmt: ``"NCHW"`` (default) or ``"NHWC"``.
             intermediates_only: Return only the list of maps; otherwise ``(forward_features(x), maps)``.
+
+        The stages are written out as in :meth:`forward_features`, so TorchScript compiles this method too (timm's
+        ``features_only`` wrapper calls it).
         """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        if output_fmt != "NCHW" and output_fmt != "NHWC":
+            raise ValueError("output_fmt must be 'NCHW' or 'NHWC', got '" + output_fmt + "'")
         take, max_index = _take_indices(self.num_stages, indices)
-        x = check_input_size(x, self.in_chans)
         last = max_index if stop_early or intermediates_only else self.num_stages - 1
-        intermediates = []
-        for stage in range(last + 1):
-            x = self._stage(x, stage)
-            if stage in take:
-                y = self.norm(x) if norm and stage == self.num_stages - 1 else x
-                intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
+        x = check_input_size(x, self.in_chans)
+        intermediates: list[torch.Tensor] = []
+        x = self.blocks1(add_pos_embed(self.patch_embed(x), self.pos_embed1))
+        self._keep(x, 0, take, norm, output_fmt, intermediates)
+        if last >= 1 and hasattr(self, "blocks2"):
+            x = self.blocks2(add_pos_embed(self.patch_embed2(x), self.pos_embed2))
+            self._keep(x, 1, take, norm, output_fmt, intermediates)
+        if last >= 2 and hasattr(self, "blocks3"):
+            x = self.blocks3(add_pos_embed(self.patch_embed3(x), self.pos_embed3))
+            self._keep(x, 2, take, norm, output_fmt, intermediates)
+        if last >= 3 and hasattr(self, "blocks4"):
+            x = self.blocks4(add_pos_embed(self.patch_embed4(x), self.pos_embed4))
+            self._keep(x, 3, take, norm, output_fmt, intermediates)
         if intermediates_only or stop_early:
             return intermediates
         return self.norm(x), intermediates
+
+    def _keep(self, x: torch.Tensor, stage: int, take: list[int], norm: bool, output_fmt: str,
+              intermediates: list[torch.Tensor]) -> None:
+        """Append stage ``stage``'s map (``(B, H, W, C)``) to ``intermediates`` if asked for, normalised and laid out
+        as asked."""
+        if stage in take:
+            y = self.norm(x) if norm and stage == self.num_stages - 1 else x
+            intermediates.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
