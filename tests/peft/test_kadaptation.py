@@ -348,8 +348,6 @@ def test_vit_b16_adaptation_counts_as_documented():
     q/v projections) counts 50,176 + 12 x 768 = 59,392 against timm's 50,176 (fused qkv, one bias for Q and V)."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    from vitlab.peft import count_parameters
-
     with torch.device("meta"):  # shapes only: nothing allocated
         hf = ViTForImageClassification(ViTConfig(num_labels=10))
         vit = timm.create_model("vit_base_patch16_224", num_classes=10)
