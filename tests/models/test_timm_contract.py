@@ -108,6 +108,17 @@ def test_forward_intermediates_refuses_indices_of_the_wrong_type():
             model.forward_intermediates(torch.randn(1, 3, 32, 32), indices=bad)
 
 
+def test_jit_trace_passes_its_own_check_in_grad_mode_and_matches_eager():
+    model = timm.create_model("inception_transformer_tiny").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, x)  # grad mode on: its check re-traces and compares the graphs
+    other = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(other), model(other), rtol=0, atol=1e-5)
+
+
 def test_torchscript_after_pruning():
     model = timm.create_model("inception_transformer_tiny").eval()
     model.prune_intermediate_layers([1])

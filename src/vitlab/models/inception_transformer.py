@@ -410,6 +410,7 @@ class ChunkedMlp(Mlp):
         if (
             self.approximate != "" and not self.training and not torch.is_grad_enabled()
             and fc1_bias is not None and fc2_bias is not None
+            and not torch.jit.is_tracing()  # one graph whatever the grad mode (torch.jit.trace's check re-traces)
         ):
             if torch.jit.is_scripting():
                 if x.device.type == "cpu":
