@@ -129,7 +129,7 @@ def _add_peft_subcommands(parser: ArgumentParser) -> None:
     convert = ArgumentParser(description="Convert a vitlab 0.1 adapter.safetensors (kadaptation, lora_qv, lora, lokr) "
                              "into a peft adapter folder that PeftModel.from_pretrained loads.")
     convert.add_argument("path", type=str, help="the old adapter.safetensors, or its run folder")
-    convert.add_argument("--out", type=str, required=True, help="the peft adapter folder to write")
+    convert.add_argument("--out", type=str, required=True, help="the peft adapter folder to write (new or empty)")
     commands.add_subcommand("convert", convert, help="vitlab 0.1 adapter.safetensors -> peft adapter folder")
 
 
