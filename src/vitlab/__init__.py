@@ -10,7 +10,7 @@ calls it once a subcommand runs, so that ``vitlab --help`` answers without impor
 import sys
 from pathlib import Path
 
-__version__ = "0.1.0"
+from vitlab.version import __version__
 
 __all__ = ["__version__", "register"]
 

@@ -125,7 +125,7 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def _version() -> str:
-    from vitlab import __version__
+    from vitlab.version import __version__
 
     return __version__
 

@@ -97,7 +97,7 @@ def build_parser(command: str | None = None, help_only: bool = False) -> Argumen
     ``help_only`` builds a parser that is only good for printing ``--help`` (quicker for ``fit``/``intrinsic-dim``).
     A bad option raises ``argparse.ArgumentError`` (`main` prints it as one line) instead of exiting.
     """
-    from vitlab import __version__
+    from vitlab.version import __version__
 
     parser = ArgumentParser(prog="vitlab", description="vitlab: Vision Transformer research toolkit. "
                             "`vitlab COMMAND --help` describes a command.", exit_on_error=False)

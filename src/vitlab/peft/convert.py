@@ -25,11 +25,8 @@ import torch
 from vitlab.checkpoint import CheckpointError, MissingWeightsError, build_model, load_checkpoint
 from vitlab.errors import ConfigError
 
-__all__ = ["RENAMED_OPTIONS", "convert_adapter", "legacy_key"]
+__all__ = ["convert_adapter", "legacy_key"]
 
-# vitlab 0.1 option names -> current ones (KAdaptationConfig: bias -> delta_bias, head_modules -> modules_to_save);
-# the converter renames them, and the harness's option check (vitlab.peft.methods) names the new spelling
-RENAMED_OPTIONS = {"kadaptation": {"bias": "delta_bias", "head_modules": "modules_to_save"}}
 _METHODS = ("kadaptation", "lora_qv", "lora", "lokr")
 _PEFT_CONFIG = "adapter_config.json"
 
@@ -89,7 +86,7 @@ def convert_adapter(path: str | Path, out_dir: str | Path) -> Path:
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
     from vitlab.peft.export import save_peft_folder
-    from vitlab.peft.methods import build_peft_transform
+    from vitlab.peft.methods import RENAMED_OPTIONS, build_peft_transform
 
     path, out_dir = _source_file(Path(path)), _check_out_dir(Path(out_dir))
     tensors, meta = load_checkpoint(path, expected_kind="adapter")

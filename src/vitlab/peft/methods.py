@@ -44,18 +44,21 @@ from torch import nn
 
 from vitlab.peft.adapter import apply_bottleneck_adapters
 from vitlab.peft.control import set_peft_spec
-from vitlab.peft.convert import RENAMED_OPTIONS
 from vitlab.peft.freeze import freeze_base
 from vitlab.peft.kadaptation import KAdaptationConfig, apply_kadaptation
 from vitlab.peft.lora import apply_lokr, apply_lora, apply_lora_qv, lora_qv_config
 from vitlab.peft.subspace import build_subspace_transform
 from vitlab.peft.targets import classifier_names
 
-__all__ = ["PEFT_METHODS", "build_peft_transform", "count_parameters", "register_method"]
+__all__ = ["PEFT_METHODS", "RENAMED_OPTIONS", "build_peft_transform", "count_parameters", "register_method"]
 
 Transform = Callable[[nn.Module], nn.Module]
 Builder = Callable[..., Transform]
 _PEFT_BASE_FIELDS = {f.name for f in fields(PeftConfig)}
+
+#: vitlab 0.1 option names -> current ones (KAdaptationConfig: bias -> delta_bias, head_modules -> modules_to_save);
+#: ``vitlab peft convert`` renames them, and the option check names the new spelling.
+RENAMED_OPTIONS = {"kadaptation": {"bias": "delta_bias", "head_modules": "modules_to_save"}}
 
 
 def _full(target_modules: None = None, **options: Any) -> Transform:

@@ -105,7 +105,7 @@ class _Stages:
 
 
 def _version() -> str:
-    from vitlab import __version__
+    from vitlab.version import __version__
 
     return __version__
 
