@@ -82,18 +82,30 @@ def load_model_file(option: str, path: Path, factory: str, reference: nn.Module)
     The file is run as a module of its own; its timm registrations replace vitlab's, which this script no longer
     needs once its models are built.
     """
+    if path.is_dir():
+        raise SystemExit(f"{option} {path}: a folder; pass the model file itself (models/inception_transformer.py)")
     if not path.is_file():
         raise SystemExit(f"{option} {path}: no such file")
     spec = importlib.util.spec_from_file_location(f"bench_{option.strip('-')}_inception_transformer", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{option} {path}: not a Python file; pass the model file (models/inception_transformer.py)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # timm's register_model looks the module up
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Overwriting", category=UserWarning)
-        spec.loader.exec_module(module)
-    if not hasattr(module, factory):
-        raise SystemExit(f"{option} {path}: the file defines no {factory}(); is it the right model file?")
-    model = getattr(module, factory)(pretrained=False)
-    model.load_state_dict(reference.state_dict(), strict=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Overwriting", category=UserWarning)
+            spec.loader.exec_module(module)
+        if not callable(getattr(module, factory, None)):
+            raise SystemExit(f"{option} {path}: the file defines no {factory}(); is it the right model file?")
+        model = getattr(module, factory)(pretrained=False)
+        if not isinstance(model, nn.Module):
+            raise SystemExit(f"{option} {path}: {factory}() returned a {type(model).__name__}, not a model")
+        model.load_state_dict(reference.state_dict(), strict=True)
+    except SystemExit:
+        raise
+    except Exception as err:  # the user's file: any failure is theirs to fix, said in one line
+        raise SystemExit(f"{option} {path}: could not build {factory}() from it ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:300]})") from None
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         error = (model.eval()(x) - reference.eval()(x)).abs().max().item()
