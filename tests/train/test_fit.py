@@ -92,10 +92,22 @@ class _Crash(L.Callback):
                 module.model.head.weight.fill_(float("nan"))
 
 
-def test_resume_after_interruption_ends_with_same_weights(tmp_path):
+@pytest.mark.parametrize("negatives", [False, True])
+def test_resume_after_interruption_ends_with_same_weights(tmp_path, negatives):
+    """With negatives on, the views' own random stream must resume too (not restart from its seed)."""
+    from vitlab.train import NegativesConfig
+
     steps_per_epoch = 4
-    full = fit(_config(tmp_path, "full", epochs=3, limit_train_batches=steps_per_epoch))
-    config = _config(tmp_path, "crashed", epochs=3, limit_train_batches=steps_per_epoch)
+    section = NegativesConfig(enabled=True, kinds=["shuffle", "rotate"], patch_size=8) if negatives else None
+
+    def config_of(name):
+        config = _config(tmp_path, name, epochs=3, limit_train_batches=steps_per_epoch)
+        if section is not None:
+            config.negatives = section
+        return config
+
+    full = fit(config_of("full"))
+    config = config_of("crashed")
     with pytest.raises(RuntimeError, match="simulated crash"):
         fit(config, callbacks=[_Crash(step=steps_per_epoch + 1)])
     assert (tmp_path / "crashed" / "checkpoints" / "last.ckpt").is_file()

@@ -223,9 +223,16 @@ class ClassificationTask(L.LightningModule):
         scheduler = warmup_cosine_schedule(optimizer, total, warmup, cfg.min_lr)  # OptimConfig: min_lr <= lr
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _term_generators(self) -> dict[str, torch.Generator]:
+        """The loss terms' own random streams (e.g. the negative views' ``generator``), keyed by position and name."""
+        return {f"{i}:{term.name}": term.generator for i, term in enumerate(self.loss_terms)
+                if isinstance(getattr(term, "generator", None), torch.Generator)}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning does not restore the global RNG on resume; keeping it makes dropout/augmentation resume exactly.
-        checkpoint["vitlab_rng"] = {"cpu": torch.get_rng_state()}
+        # Lightning does not restore the global RNG on resume, nor the loss terms' own generators (they are not
+        # modules); keeping both makes dropout, augmentation and negative views resume exactly.
+        checkpoint["vitlab_rng"] = {"cpu": torch.get_rng_state(),
+                                    "loss_terms": {k: g.get_state() for k, g in self._term_generators().items()}}
         if torch.cuda.is_available():
             checkpoint["vitlab_rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
@@ -235,6 +242,10 @@ class ClassificationTask(L.LightningModule):
             torch.set_rng_state(state["cpu"])
             if "cuda" in state and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda"])
+            saved = state.get("loss_terms", {})
+            for key, generator in self._term_generators().items():
+                if key in saved:
+                    generator.set_state(saved[key])
 
 
 def _infer_num_classes(model: nn.Module) -> int:
