@@ -14,6 +14,7 @@ from vitlab.augment.generators import (
     rotation_turns,
     shuffle_sources,
 )
+from vitlab.errors import ConfigError
 
 
 def reference_remap(x: torch.Tensor, ps: int, source: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
@@ -216,3 +217,25 @@ def test_apply_probability():
     g = torch.Generator().manual_seed(0)
     assert bool(apply_probability(5, 1.0, g).all()) and not bool(apply_probability(5, 0.0, g).any())
     assert 0.45 < float(apply_probability(4000, 0.5, g).float().mean()) < 0.55
+
+
+def test_public_helpers_validate_their_arguments():
+    with pytest.raises(ConfigError, match="patch_size must be an int >= 1, got -4"):
+        cell_grid(32, 32, -4)
+    with pytest.raises(ConfigError, match="patch_size must be an int >= 1, got 8.0"):
+        cell_grid(32, 32, 8.0)
+    with pytest.raises(ConfigError, match="patch_size must be an int >= 1, got 0"):
+        cell_grid(32, 32, 0)
+    with pytest.raises(ConfigError, match="model_patch_size must be an int >= 1, got 0"):
+        valid_patch_sizes(32, 32, 0)
+    with pytest.raises(ConfigError, match="height must be an int >= 1, got 32.0"):
+        valid_patch_sizes(32.0, 32)
+    x, src = torch.rand(4, 3, 32, 32), torch.arange(16).repeat(4, 1)
+    with pytest.raises(ConfigError, match=r"x must be images \(B, C, H, W\).*unsqueeze"):
+        remap_cells(x[0], 8, src[:1])
+    with pytest.raises(ConfigError, match=r"source has shape \(2, 16\) but this batch needs \(4, 16\)"):
+        remap_cells(x, 8, src[:2])
+    with pytest.raises(ConfigError, match=r"does not divide the 32x32 input"):
+        remap_cells(x, 3, src)
+    with pytest.raises(ConfigError, match=r"rotation holds values in \[5, 5\].*0, 1, 2 or 3"):
+        remap_cells(x, 8, src, torch.full((4, 16), 5))

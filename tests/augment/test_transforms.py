@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import timm
 import torch
 
-from vitlab.augment import KINDS, NegativeViews, PatchInfill, PatchRotate, PatchShuffle, remap_cells
+from vitlab.augment import KINDS, NegativeViews, PatchInfill, PatchRotate, PatchShuffle, PatchTransform, remap_cells
 from vitlab.errors import ConfigError
 
 CASES = {
@@ -169,7 +170,8 @@ def test_alignment_rule_with_model_patch_size():
         PatchShuffle(6, model_patch_size=4)
     with pytest.raises(ValueError, match=r"does not divide the 28x28 input.*model_patch_size=4\): 4$"):
         PatchShuffle(8, model_patch_size=4)(torch.rand(1, 1, 28, 28))
-    assert PatchRotate(16, model_patch_size=16).valid_patch_sizes(224, 224) == [16, 32, 112, 224]
+    # a 1x1 grid (224-px cells) is refused by P-Rotate as by P-Shuffle: it turns the whole image, no patches
+    assert PatchRotate(16, model_patch_size=16).valid_patch_sizes(224, 224) == [16, 32, 112]
     assert PatchShuffle(16, model_patch_size=16).valid_patch_sizes(224, 224) == [16, 32, 112]
 
 
@@ -205,10 +207,19 @@ def test_constructor_arguments_are_validated(kwargs, message):
         PatchShuffle(4, **kwargs)
 
 
-def test_single_cell_rotate_never_identity():
-    x = torch.arange(64.0).view(1, 1, 8, 8).repeat(200, 1, 1, 1)
+def test_two_cell_rotate_never_identity():
+    x = torch.arange(128.0).view(1, 1, 8, 16).repeat(200, 1, 1, 1)
     y = PatchRotate(8)(x, generator=gen())
     assert not any(torch.equal(y[i], x[i]) for i in range(200))
+
+
+def test_single_cell_rotate_is_refused_like_shuffle():
+    # one cell = the whole image turned: no patch-based negative (P-Shuffle refuses it too)
+    with pytest.raises(ConfigError, match=r"1x1 cell grid: P-Rotate needs at least 2 cells.*fit this 8x8 input: 2, 4$"):
+        PatchRotate(8)(torch.rand(2, 1, 8, 8), generator=gen())
+    with pytest.raises(ConfigError, match="P-Rotate needs at least 2 cells"):
+        NegativeViews(["rotate"], 8)(torch.rand(2, 1, 8, 8))
+    assert PatchRotate(2).valid_patch_sizes(8, 8) == PatchShuffle(2).valid_patch_sizes(8, 8) == [2, 4]
 
 
 def test_negative_views_draws_each_kind_and_applies_it():
@@ -226,8 +237,8 @@ def test_negative_views_draws_each_kind_and_applies_it():
     assert torch.equal(params["source"][is_shuffle].sort(dim=1).values, identity[is_shuffle])
     with pytest.raises(ValueError, match="kinds must be"):
         NegativeViews(["shuffle", "jigsaw"], 4)
-    with pytest.raises(ValueError, match="kind 'shuffle'"):
-        NegativeViews(["rotate", "shuffle"], 16)(torch.rand(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="kind 'infill'"):
+        NegativeViews(["rotate", "infill"], 8)(torch.rand(1, 3, 16, 16))
 
 
 def _vit(pos_embed: str) -> torch.nn.Module:
@@ -256,3 +267,68 @@ def test_cuda_input_with_cpu_and_cuda_generator():
     assert y.device == x.device and torch.equal(y.cpu(), views(x.cpu(), params=views.last_params))
     cuda_gen = torch.Generator(device="cuda").manual_seed(0)
     assert views(x, generator=cuda_gen).device == x.device
+
+
+@pytest.mark.parametrize("bad", [0, "cuda", np.random.default_rng(0)])
+@pytest.mark.parametrize("make", [lambda: PatchShuffle(4), lambda: PatchRotate(4), lambda: PatchInfill(2),
+                                  lambda: NegativeViews(KINDS, 4)])
+def test_generator_of_the_wrong_type_is_refused(make, bad):
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator \(e.g. torch.Generator\(\)"):
+        make()(torch.rand(2, 3, 8, 8), generator=bad)
+
+
+def test_replayed_params_are_checked():
+    x = torch.rand(2, 3, 16, 16)
+    src, turns = torch.arange(16).repeat(2, 1), torch.zeros(2, 16, dtype=torch.long)
+    for bad_src, message in [(torch.full((2, 16), 99), r"source holds values in \[99, 99\].*\[0, 16\)"),
+                             (torch.full((2, 16), -1), r"source holds values in \[-1, -1\]"),
+                             (src.float(), "integer cell indices.*source.long()")]:
+        with pytest.raises(ConfigError, match=message):
+            PatchShuffle(4)(x, params={"source": bad_src, "rotation": turns})
+    for grad in (False, True):  # the fast path and the gradient (reference) path agree: both refuse
+        with pytest.raises(ConfigError, match=r"rotation holds values in \[7, 7\].*0, 1, 2 or 3"):
+            PatchRotate(4)(x.clone().requires_grad_(grad), params={"source": src, "rotation": torch.full((2, 16), 7)})
+    with pytest.raises(TypeError, match="params must be the dict a call of this transform left in .last_params"):
+        PatchShuffle(4)(x, params=[1, 2])
+    with pytest.raises(ConfigError, match=r"params lacks \['rotation'\]"):
+        PatchShuffle(4)(x, params={"source": src})
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: NegativeViews(None, 8), r"kinds must be a non-empty list.*got None"),
+    (lambda: NegativeViews(["shuffle"], 8, replace_rate=5), r"replace_rate must be a number in \(0, 1\)"),
+    (lambda: NegativeViews(["shuffle"], 8, source="zzz"), "source must be 'random' or 'distinct', got 'zzz'"),
+    (lambda: PatchInfill(4, None, centre_shape=2), r"centre_shape must be a pair \(rows, cols\) of ints"),
+    (lambda: PatchInfill(4, None, centre_shape=(2, 2, 2)), r"centre_shape must be a pair"),
+    (lambda: PatchInfill(4, "0.25"), r"replace_rate must be a number in \(0, 1\).*got '0.25'"),
+    (lambda: PatchShuffle(4, p="0.5"), r"p must be a probability in \[0, 1\]"),
+])
+def test_constructor_options_refused_with_the_fix(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_numpy_scalars_are_accepted():
+    x = torch.rand(2, 3, 32, 32)
+    assert PatchShuffle(np.int64(8), p=np.float32(0.5))(x, generator=gen()).shape == x.shape
+    t = PatchInfill(np.int64(4), None, centre_shape=(np.int64(2), np.int64(2)), model_patch_size=np.int32(2))
+    assert t.patch_size == 4 and type(t.patch_size) is int and t.centre_shape == (2, 2)
+    assert PatchInfill(4, np.float64(0.25)).replace_rate == 0.25
+    with pytest.raises(ConfigError, match="p must be a probability"):
+        PatchShuffle(8, p=torch.tensor(0.5))
+
+
+def test_channels_last_input_hints_at_the_layout():
+    with pytest.raises(ConfigError, match=r"looks channels-last \(B, H, W, C\).*expect \(B, C, H, W\).*permute"):
+        PatchShuffle(8)(torch.rand(2, 32, 32, 3))
+    # no hint for a (B, C, H, W) batch
+    with pytest.raises(ConfigError, match=r"does not divide the 32x32 input.*: 2, 4, 8, 16$"):
+        PatchShuffle(5)(torch.rand(2, 3, 32, 32))
+
+
+def test_generator_in_dataset_workers_is_documented():
+    import vitlab.augment.transforms as transforms
+
+    for doc in (PatchTransform.forward.__doc__, NegativeViews.__doc__, transforms.__doc__):
+        text = " ".join(doc.split()).replace("every", "each")
+        assert "copied into each ``DataLoader`` worker" in text and "generator=None" in text

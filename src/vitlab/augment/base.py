@@ -13,6 +13,11 @@ Contract of every transform built on `PatchTransform`:
   2 (a 1-pixel cell turned in place is the identity), and a ``patch_size`` that does not fit the input raises an
   error that lists the sizes that do (``valid_patch_sizes(H, W)``).
 - ``model_patch_size`` enforces the paper's alignment rule: ``patch_size`` must be a multiple of the ViT's patch size.
+- ``generator`` must be a ``torch.Generator`` or None. A ``torch.Generator`` you create and keep inside a ``Dataset``
+  is copied, state included, into every ``DataLoader`` worker, so the workers draw the same views; the default
+  (``generator=None``, torch's default generator, which PyTorch seeds differently in each worker) has no such problem.
+- Replayed ``params`` are checked (shapes, int dtype, ``source`` in ``[0, N)``, ``rotation`` in ``{0, 1, 2, 3}``);
+  freshly drawn ones are not re-checked (the image tensors themselves are never scanned).
 
 Parameters (``last_params``): ``source`` and ``rotation`` ``(B, N)`` int64 (see `vitlab.augment.remap_cells`),
 ``applied`` ``(B,)`` bool, ``grid`` ``(2,)`` = (rows, cols); `NegativeViews` adds ``kind`` ``(B,)`` (index into
@@ -29,26 +34,39 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from vitlab.augment.functional import cell_grid, move_cells, valid_patch_sizes
-from vitlab.augment.generators import apply_probability
+from vitlab.augment.functional import _int, cell_grid, check_cell_params, move_cells, valid_patch_sizes
+from vitlab.augment.generators import apply_probability, check_generator
 from vitlab.errors import ConfigError
 
-__all__ = ["Params", "PatchTransform", "check_bool", "check_positive_int"]
+__all__ = ["Params", "PatchTransform", "check_bool", "check_positive_int", "check_probability"]
 
 Params = dict[str, Tensor]
 
 
 def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    """``value`` if it is an int >= ``minimum`` (not a bool); else a `vitlab.errors.ConfigError` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+    """``value`` as an int if it is an integer >= ``minimum`` (Python or NumPy, not a bool); else a
+    `vitlab.errors.ConfigError` naming ``name``.
+
+    Example:
+        >>> import numpy as np
+        >>> check_positive_int("patch_size", np.int64(8), minimum=2)
+        8
+    """
+    return _int(name, value, minimum)
+
+
+def check_probability(name: str, value: object) -> float:
+    """``value`` as a float if it is a real number (Python or NumPy, not a bool or str) in [0, 1]; else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(f"{name} must be a probability in [0, 1] (a Python or NumPy float), got {value!r}")
+    return float(value)
 
 
 def check_bool(name: str, value: object) -> bool:
@@ -75,22 +93,21 @@ class PatchTransform(nn.Module, ABC):
         self, patch_size: int, *, p: float = 1.0, same_on_batch: bool = False, model_patch_size: int | None = None
     ) -> None:
         super().__init__()
-        if patch_size == 1 and not isinstance(patch_size, bool):
+        if isinstance(patch_size, numbers.Integral) and patch_size == 1 and not isinstance(patch_size, bool):
             raise ConfigError("patch_size=1 makes 1-pixel cells, which a rotation leaves unchanged and which are no "
                               "patches: a negative view must differ from its input; use patch_size >= 2 (ideally "
                               "the model's patch size or a multiple)")
         self.patch_size = check_positive_int("patch_size", patch_size, minimum=2)
+        patch_size = self.patch_size
         if model_patch_size is not None:
-            check_positive_int("model_patch_size", model_patch_size)
+            model_patch_size = check_positive_int("model_patch_size", model_patch_size)
             if patch_size % model_patch_size:
                 multiples = ", ".join(str(model_patch_size * k) for k in range(1, 5))
                 raise ConfigError(
                     f"patch_size={patch_size} is not a multiple of model_patch_size={model_patch_size} (the paper's "
                     f"alignment rule): use one of {multiples}, ... that divides the input (see .valid_patch_sizes)"
                 )
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
-            raise ConfigError(f"p must be a probability in [0, 1], got {p!r}")
-        self.p = float(p)
+        self.p = check_probability("p", p)
         self.same_on_batch = check_bool("same_on_batch", same_on_batch)
         self.model_patch_size = model_patch_size
         self.last_params: Params | None = None
@@ -133,13 +150,47 @@ class PatchTransform(nn.Module, ABC):
         return move_cells(x, self.patch_size, params["source"], params["rotation"])
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None, params: Params | None = None) -> Tensor:
-        """``(B, C, H, W)`` or ``(C, H, W)`` float/uint8 -> a new tensor of the same shape, dtype and device."""
+        """``(B, C, H, W)`` or ``(C, H, W)`` float/uint8 -> a new tensor of the same shape, dtype and device.
+
+        ``generator``: a ``torch.Generator`` or None (torch's default generator). A generator kept inside a
+        ``Dataset`` is copied into each ``DataLoader`` worker, so the workers repeat each other's views; use the default
+        ``generator=None`` there. ``params``: replay the dict a call left in ``last_params`` instead of drawing.
+        """
         images, single = _as_batch(x)
+        check_generator(generator)
+        self._input_grid(images)
         if params is None:
             params = self.generate_parameters(images.shape, generator)
+        else:
+            self._check_replayed(images, params)
         self.last_params = params
         out = self.apply_transform(images, params)
         return out[0] if single else out
+
+    def _input_grid(self, images: Tensor) -> tuple[int, int]:
+        """`grid` of a ``(B, C, H, W)`` batch; an error on a (B, H, W, C) batch hints at the expected layout."""
+        try:
+            return self.grid(images.shape[-2], images.shape[-1])
+        except ConfigError as err:
+            if images.shape[-1] in (1, 3) and images.shape[1] > 4:
+                raise ConfigError(f"{err}. The input {tuple(images.shape)} looks channels-last (B, H, W, C); the "
+                                  "transforms expect (B, C, H, W): pass x.permute(0, 3, 1, 2)") from err
+            raise
+
+    def _check_replayed(self, images: Tensor, params: object) -> None:
+        """Check user-supplied ``params`` (small (B, N) tensors only) before they index the images."""
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be the dict a call of this transform left in .last_params (keys "
+                            f"'source', 'rotation', ...), got {type(params).__name__}")
+        missing = [key for key in ("source", "rotation") if key not in params]
+        if missing:
+            raise ConfigError(f"params lacks {missing}: pass the dict a call of this transform left in .last_params")
+        rows, cols = self.grid(images.shape[-2], images.shape[-1])
+        try:
+            check_cell_params(params["source"], params["rotation"], images.shape[0], rows * cols)
+        except ConfigError as err:
+            raise ConfigError(f"params: {err}; replay params only on a batch of the same size and image size they "
+                              "were drawn for, as the transform returned them") from err
 
     def extra_repr(self) -> str:
         extra = f", model_patch_size={self.model_patch_size}" if self.model_patch_size is not None else ""

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -33,7 +34,48 @@ from torch import Tensor
 
 from vitlab.errors import ConfigError
 
-__all__ = ["cell_grid", "move_cells", "remap_cells", "valid_patch_sizes"]
+__all__ = ["cell_grid", "check_cell_params", "move_cells", "remap_cells", "valid_patch_sizes"]
+
+
+def _int(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int if it is an integer >= ``minimum`` (Python or NumPy int, not a bool); else a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_cell_params(source: object, rotation: object, batch: int, cells: int) -> None:
+    """Check a ``(source, rotation)`` cell remap for a batch of ``batch`` images with ``cells`` cells each.
+
+    ``source`` must be an integer tensor ``(B, N)`` with values in ``[0, N)``; ``rotation`` ``None`` or an integer
+    tensor ``(B, N)`` with values in ``{0, 1, 2, 3}``. The value check reads the small ``(B, N)`` tensors once (one
+    min/max each), never the images. Raises `vitlab.errors.ConfigError` (TypeError for a non-tensor).
+
+    Example:
+        >>> import torch
+        >>> check_cell_params(torch.tensor([[1, 0]]), torch.tensor([[0, 4]]), 1, 2)
+        Traceback (most recent call last):
+        ...
+        vitlab.errors.ConfigError: rotation holds values in [0, 4] but quarter turns must be 0, 1, 2 or 3
+    """
+    expected = (batch, cells)
+    for name, value, high in (("source", source, cells - 1), ("rotation", rotation, 3)):
+        if value is None and name == "rotation":
+            continue
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor {expected} of int64, got {type(value).__name__}")
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise ConfigError(f"{name} must hold integer cell indices (int64), got {value.dtype}; "
+                              f"convert with {name}.long()")
+        if tuple(value.shape) != expected:
+            raise ConfigError(f"{name} has shape {tuple(value.shape)} but this batch needs {expected} "
+                              f"(batch size, cells of the grid)")
+        if value.numel():
+            low, top = torch.stack(value.aminmax()).tolist()
+            if low < 0 or top > high:
+                what = (f"cell indices must be in [0, {cells}) ({cells} cells)" if name == "source"
+                        else "quarter turns must be 0, 1, 2 or 3")
+                raise ConfigError(f"{name} holds values in [{low}, {top}] but {what}")
 
 
 def valid_patch_sizes(
@@ -58,6 +100,9 @@ def valid_patch_sizes(
         >>> valid_patch_sizes(224, 224, model_patch_size=16)
         [16, 32, 112, 224]
     """
+    height, width = _int("height", height, 1), _int("width", width, 1)
+    if model_patch_size is not None:
+        model_patch_size = _int("model_patch_size", model_patch_size, 1)
     sizes = []
     for size in range(2, min(height, width) + 1):
         if height % size or width % size:
@@ -90,6 +135,10 @@ def cell_grid(
         >>> cell_grid(32, 48, 8)
         (4, 6)
     """
+    height, width = _int("height", height, 1), _int("width", width, 1)
+    patch_size = _int("patch_size", patch_size, 1)
+    if model_patch_size is not None:
+        model_patch_size = _int("model_patch_size", model_patch_size, 1)
     problems = []
     if height % patch_size or width % patch_size:
         problems.append(f"patch_size={patch_size} does not divide the {height}x{width} input")
@@ -132,8 +181,12 @@ def remap_cells(x: Tensor, patch_size: int, source: Tensor, rotation: Tensor | N
     Returns:
         A new tensor ``(B, C, H, W)`` with the dtype and device of ``x``.
     """
+    if not isinstance(x, Tensor) or x.ndim != 4:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ConfigError(f"x must be images (B, C, H, W), got {got}; add a batch dimension with x.unsqueeze(0)")
     batch, channels, height, width = x.shape
-    rows, cols = height // patch_size, width // patch_size
+    rows, cols = cell_grid(height, width, patch_size)
+    check_cell_params(source, rotation, batch, rows * cols)
     device = x.device
     source = source.to(device=device, dtype=torch.long)
     cell_row, cell_col = source.div(cols, rounding_mode="floor"), source.remainder(cols)

@@ -17,11 +17,39 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["apply_probability", "infill_layout", "infill_sources", "rotation_turns", "shuffle_sources"]
+from vitlab.errors import ConfigError
+
+__all__ = [
+    "apply_probability", "check_generator", "infill_layout", "infill_sources", "rotation_turns", "shuffle_sources",
+]
+
+
+def check_generator(generator: object) -> None:
+    """Refuse anything but ``None`` or a ``torch.Generator`` on a device that can draw numbers (not ``meta``).
+
+    Example:
+        >>> check_generator(0)
+        Traceback (most recent call last):
+        ...
+        TypeError: generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None, got int
+    """
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        kind, module = type(generator).__qualname__, type(generator).__module__
+        label = kind if module == "builtins" else f"{module}.{kind}"
+        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or None, got "
+                        f"{label}")
+    if generator.device.type == "meta":
+        raise ConfigError("generator is on the meta device, which cannot draw numbers: use a CPU (or the input's "
+                          "accelerator) torch.Generator, e.g. torch.Generator().manual_seed(0)")
 
 
 def _device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
+    if generator is None:
+        return torch.device("cpu")
+    check_generator(generator)
+    return generator.device
 
 
 def shuffle_sources(batch: int, cells: int, generator: torch.Generator | None = None) -> Tensor:

@@ -2,8 +2,10 @@
 
 Each cuts the images into ``patch_size`` x ``patch_size`` cells and destroys global structure while keeping local
 content; the shared contract (dtypes, generator, ``p``, ``same_on_batch``, replay, errors) is in
-`vitlab.augment.base`. They apply their parameters with `vitlab.augment.functional.move_cells` (bit-identical to the
-reference `remap_cells`, faster: P-Infill gathers only its centre block, P-Shuffle moves whole cell rows).
+`vitlab.augment.base`. A ``torch.Generator`` passed from inside a ``Dataset`` is copied into every ``DataLoader``
+worker, so the workers repeat each other's views: use the default ``generator=None`` there. They apply their
+parameters with `vitlab.augment.functional.move_cells` (bit-identical to the reference `remap_cells`, faster:
+P-Infill gathers only its centre block, P-Shuffle moves whole cell rows).
 
 Example:
     >>> import torch
@@ -16,13 +18,15 @@ Example:
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from vitlab.augment.base import Params, PatchTransform, check_positive_int
 from vitlab.augment.generators import infill_layout, infill_sources, rotation_turns, shuffle_sources
 from vitlab.errors import ConfigError
 
-__all__ = ["PatchInfill", "PatchRotate", "PatchShuffle"]
+__all__ = ["PatchInfill", "PatchRotate", "PatchShuffle", "check_infill_options"]
 
 
 class PatchShuffle(PatchTransform):
@@ -54,24 +58,55 @@ class PatchRotate(PatchTransform):
     """P-Rotate: turn every cell in place by 0, 90, 180 or 270 degrees (uniform, exact ``rot90``).
 
     Draws with every cell at 0 degrees are rejected, so a transformed sample always has at least one turned cell.
+    A 1x1 grid (``patch_size`` = image size) is refused, as for P-Shuffle: it would turn the whole image, which is no
+    patch-based negative.
 
     Args:
-        patch_size: cell side in pixels; must divide H and W.
+        patch_size: cell side in pixels; must divide H and W and give at least 2 cells.
         p: probability that a sample is rotated.
         same_on_batch: use one set of turns for the whole batch.
         model_patch_size: if given, require ``patch_size`` to be a multiple of it.
 
     Example:
         >>> import torch
-        >>> x = torch.arange(4.0).view(1, 2, 2)
-        >>> PatchRotate(2)(x, params={"source": torch.tensor([[0]]), "rotation": torch.tensor([[1]])})
-        tensor([[[1., 3.],
-                 [0., 2.]]])
+        >>> x = torch.arange(8.0).view(1, 2, 4)
+        >>> PatchRotate(2)(x, params={"source": torch.tensor([[0, 1]]), "rotation": torch.tensor([[1, 0]])})
+        tensor([[[1., 5., 2., 3.],
+                 [0., 4., 6., 7.]]])
     """
+
+    def _problem(self, rows: int, cols: int) -> str | None:
+        return ("P-Rotate needs at least 2 cells (one cell turns the whole image, no patch-based negative)"
+                if rows * cols < 2 else None)
 
     def _draw(self, batch: int, rows: int, cols: int, generator: torch.Generator | None) -> Params:
         rotation = rotation_turns(batch, rows * cols, generator)
         return {"source": torch.arange(rows * cols, device=rotation.device).repeat(batch, 1), "rotation": rotation}
+
+
+def check_infill_options(
+    replace_rate: object, centre_shape: object, source: object
+) -> tuple[float | None, tuple[int, int] | None]:
+    """Validate the P-Infill options; returns ``(replace_rate as float or None, centre_shape as an int pair or None)``.
+
+    Example:
+        >>> check_infill_options(0.25, None, "random")
+        (0.25, None)
+    """
+    if replace_rate is None and centre_shape is None:
+        raise ConfigError("give replace_rate (e.g. 0.25 or 0.375) or centre_shape=(rows, cols)")
+    if replace_rate is not None and (isinstance(replace_rate, bool) or not isinstance(replace_rate, numbers.Real)
+                                     or not 0.0 < float(replace_rate) < 1.0):
+        raise ConfigError(f"replace_rate must be a number in (0, 1) (the paper uses 0.25 and 0.375), "
+                          f"got {replace_rate!r}")
+    if centre_shape is not None:
+        if not isinstance(centre_shape, (tuple, list)) or len(centre_shape) != 2:
+            raise ConfigError(f"centre_shape must be a pair (rows, cols) of ints, e.g. (2, 2), got {centre_shape!r}")
+        centre_shape = (check_positive_int("centre_shape[0]", centre_shape[0]),
+                        check_positive_int("centre_shape[1]", centre_shape[1]))
+    if not isinstance(source, str) or source not in ("random", "distinct"):
+        raise ConfigError(f"source must be 'random' or 'distinct', got {source!r}")
+    return (None if replace_rate is None else float(replace_rate)), centre_shape
 
 
 class PatchInfill(PatchTransform):
@@ -113,16 +148,8 @@ class PatchInfill(PatchTransform):
         model_patch_size: int | None = None,
     ) -> None:
         super().__init__(patch_size, p=p, same_on_batch=same_on_batch, model_patch_size=model_patch_size)
-        if replace_rate is None and centre_shape is None:
-            raise ConfigError("give replace_rate (e.g. 0.25 or 0.375) or centre_shape=(rows, cols)")
-        if replace_rate is not None and not 0.0 < float(replace_rate) < 1.0:
-            raise ConfigError(f"replace_rate must be in (0, 1) (the paper uses 0.25 and 0.375), got {replace_rate}")
-        if centre_shape is not None:
-            centre_shape = (check_positive_int("centre_shape[0]", centre_shape[0]),
-                            check_positive_int("centre_shape[1]", centre_shape[1]))
-        if source not in ("random", "distinct"):
-            raise ConfigError(f"source must be 'random' or 'distinct', got {source!r}")
-        self.replace_rate = None if replace_rate is None else float(replace_rate)
+        replace_rate, centre_shape = check_infill_options(replace_rate, centre_shape, source)
+        self.replace_rate = replace_rate
         self.centre_shape = centre_shape
         self.source = source
 

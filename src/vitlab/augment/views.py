@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vitlab.augment.base import Params, PatchTransform
-from vitlab.augment.transforms import PatchInfill, PatchRotate, PatchShuffle
+from vitlab.augment.transforms import PatchInfill, PatchRotate, PatchShuffle, check_infill_options
 from vitlab.errors import ConfigError
 
 __all__ = ["KINDS", "NegativeViews"]
@@ -36,6 +36,10 @@ class NegativeViews(PatchTransform):
         replace_rate: P-Infill replace rate.
         centre_shape: P-Infill centre block (see `PatchInfill`).
         source: P-Infill border-cell rule (see `PatchInfill`).
+
+    The P-Infill options are validated even when ``"infill"`` is not among ``kinds`` (a bad value is refused, not
+    silently ignored). A ``torch.Generator`` passed from inside a ``Dataset`` is copied into every ``DataLoader``
+    worker, so the workers repeat each other's views: use the default ``generator=None`` there.
 
     Example:
         >>> import torch
@@ -58,16 +62,22 @@ class NegativeViews(PatchTransform):
         source: str = "random",
     ) -> None:
         super().__init__(patch_size, p=p, same_on_batch=same_on_batch, model_patch_size=model_patch_size)
+        if not isinstance(kinds, (str, list, tuple)):
+            raise ConfigError(f"kinds must be a non-empty list of distinct names from {list(KINDS)}, e.g. "
+                              f"['shuffle'], got {kinds!r}")
         kinds = [kinds] if isinstance(kinds, str) else list(kinds)
-        unknown = [k for k in kinds if k not in KINDS]
+        unknown = [k for k in kinds if not isinstance(k, str) or k not in KINDS]
         if not kinds or unknown or len(set(kinds)) != len(kinds):
             raise ConfigError(f"kinds must be a non-empty list of distinct names from {list(KINDS)}, got {kinds}")
+        # validated whatever the kinds, so that a bad infill option is never silently ignored
+        replace_rate, centre_shape = check_infill_options(replace_rate, centre_shape, source)
         self.kinds = kinds
-        common = {"model_patch_size": model_patch_size}
+        common = {"model_patch_size": self.model_patch_size}
         factories = {
-            "shuffle": lambda: PatchShuffle(patch_size, **common),
-            "rotate": lambda: PatchRotate(patch_size, **common),
-            "infill": lambda: PatchInfill(patch_size, replace_rate, centre_shape=centre_shape, source=source, **common),
+            "shuffle": lambda: PatchShuffle(self.patch_size, **common),
+            "rotate": lambda: PatchRotate(self.patch_size, **common),
+            "infill": lambda: PatchInfill(self.patch_size, replace_rate, centre_shape=centre_shape, source=source,
+                                          **common),
         }
         self.views = nn.ModuleDict({kind: factories[kind]() for kind in kinds})
 
