@@ -22,6 +22,18 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup
 from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DataLoader
 
+from vitlab.errors import ConfigError
+
+from .checks import (
+    MAX_SEED,
+    check_bool,
+    check_float,
+    check_int,
+    check_optional_int,
+    check_path,
+    check_seed,
+    check_stats,
+)
 from .datasets import (
     EpochRandomSampler,
     ImageFolderDataset,
@@ -32,37 +44,71 @@ from .datasets import (
 from .install import install_dataset, is_installed
 from .loading import LoadedData, channel_stats, load_in_memory, resolve_image_folder
 from .registry import check_name, get_spec
-from .transforms import AUGMENT_PRESETS, Normalize, build_augment
+from .transforms import AUGMENT_PRESETS, Normalize, build_augment, check_augment_strengths
 
 __all__ = ["VitlabDataModule", "build_datamodule", "check_few_shot", "few_shot_indices"]
 
 
-def few_shot_indices(labels: Sequence[int] | torch.Tensor, k: int, seed: int) -> torch.Tensor:
+def few_shot_indices(labels: Sequence[int] | torch.Tensor, k: int, seed: int,
+                     num_classes: int | None = None) -> torch.Tensor:
     """Indices of ``k`` examples per class, drawn with a seeded generator (global RNG untouched), sorted.
 
+    Every class ``0 .. num_classes - 1`` must have at least ``k`` examples: a class with fewer (or none, e.g. after
+    ``limit_train`` kept only some classes) is an error naming it, never silently left out.
+
     Args:
-        labels: ``[N]`` integer class labels of the training set.
-        k: examples per class.
-        seed: subset seed.
+        labels: ``[N]`` integer class labels of the training set (a tensor, array or list of ints).
+        k: examples per class (an int >= 1; NumPy integers are accepted).
+        seed: subset seed, an int in ``0 .. 2**63 - 1``.
+        num_classes: the dataset's class count; None takes ``max(labels) + 1`` (so a gap, e.g. labels 0, 1, 3 with
+            no 2, is still an error).
 
     Returns:
         ``[k * num_classes]`` int64 indices into ``labels``.
+
+    Raises:
+        ConfigError: bad ``k``/``seed``/``labels``, or a class with fewer than ``k`` examples (the message names
+            the classes and the fix).
 
     Example:
         >>> few_shot_indices([0, 1, 0, 1, 0, 1], k=2, seed=0).tolist()
         [0, 3, 4, 5]
     """
-    labels = torch.as_tensor(labels)
-    if labels.ndim != 1 or labels.dtype.is_floating_point:
-        raise ValueError(f"labels must be a 1-D integer tensor, got shape {tuple(labels.shape)} {labels.dtype}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    try:
+        labels = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"labels must be a 1-D sequence of integer class labels, got {type(labels).__name__} "
+                          f"({err})") from None
+    if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ConfigError(f"labels must be a 1-D integer tensor, got shape {tuple(labels.shape)} {labels.dtype}")
+    if labels.numel() == 0:
+        raise ConfigError("labels is empty: few-shot needs the training labels (no training images were left?)")
+    if int(labels.min()) < 0:
+        raise ConfigError(f"labels must be class indices >= 0, got {int(labels.min())}")
+    k = check_int("k", k, minimum=1, fix="the number of examples per class")
+    seed = check_seed("seed", seed)
+    top = int(labels.max()) + 1
+    if num_classes is None:
+        num_classes = top
+    num_classes = check_int("num_classes", num_classes, minimum=1)
+    if top > num_classes:
+        raise ConfigError(f"label {top - 1} is outside the {num_classes} classes [0, {num_classes - 1}]")
+    counts = torch.bincount(labels.to(torch.int64), minlength=num_classes)
+    short = torch.nonzero(counts < k).flatten().tolist()
+    if short:
+        fix = "use a smaller k (shots), or more training images (no limit_train, a smaller val_fraction)"
+        if k == 1 or all(counts[c] == 0 for c in short):
+            which = ", ".join(map(str, short[:20])) + (", ..." if len(short) > 20 else "")
+            raise ConfigError(f"few-shot needs k={k} examples of each of the {num_classes} classes, but "
+                              f"class{'es' if len(short) > 1 else ''} {which} "
+                              f"{'have' if len(short) > 1 else 'has'} none (0 examples); {fix}")
+        detail = ", ".join(f"class {c} has {int(counts[c])}" for c in short[:20]) + (", ..." if len(short) > 20 else "")
+        raise ConfigError(f"few-shot needs k={k} examples of each of the {num_classes} classes, but {detail}, "
+                          f"fewer than k={k}; {fix}")
     generator = torch.Generator().manual_seed(seed)
     picked = []
-    for cls in torch.unique(labels).tolist():
+    for cls in range(num_classes):
         members = torch.nonzero(labels == cls).flatten()
-        if len(members) < k:
-            raise ValueError(f"class {cls} has {len(members)} examples, fewer than k={k}")
         picked.append(members[torch.randperm(len(members), generator=generator)[:k]])
     return torch.sort(torch.cat(picked)).values
 
@@ -78,12 +124,9 @@ def check_few_shot(few_shot: Mapping[str, Any] | None) -> dict[str, int] | None:
         return None
     fix = "give data.options.few_shot as {shots: K, seed: S} (K >= 1 images per class, S >= 0), or leave it out"
     if not isinstance(few_shot, Mapping) or set(few_shot) != {"shots", "seed"}:
-        raise ValueError(f"few_shot must be a mapping with exactly the keys shots and seed, got {few_shot!r}: {fix}")
-    shots, seed = few_shot["shots"], few_shot["seed"]
-    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-        raise ValueError(f"few_shot.shots must be an int >= 1, got {shots!r}: {fix}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"few_shot.seed must be an int >= 0, got {seed!r}: {fix}")
+        raise ConfigError(f"few_shot must be a mapping with exactly the keys shots and seed, got {few_shot!r}: {fix}")
+    shots = check_int("few_shot.shots", few_shot["shots"], minimum=1, fix=fix)
+    seed = check_int("few_shot.seed", few_shot["seed"], minimum=0, maximum=MAX_SEED, fix=fix)
     return {"shots": shots, "seed": seed}
 
 
@@ -161,19 +204,35 @@ class VitlabDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.spec = get_spec(check_name(name))
+        # every option is checked here, at construction (not in setup() or inside DataLoader workers); the checked
+        # values are plain Python ints/floats/strs, so save_hyperparameters() below records those
+        root, cache_dir = check_path("root", root), check_path("cache_dir", cache_dir)
         root = None if root is None else str(Path(root).expanduser())
-        cache_dir = None if cache_dir is None else str(cache_dir)
-        _check(isinstance(img_size, int) and img_size >= 4, f"img_size must be an int >= 4, got {img_size!r}")
+        img_size = check_int("img_size", img_size, minimum=4)
+        if in_chans is not None:
+            in_chans = check_int("in_chans", in_chans, minimum=1, fix="None (the data's channels), 1 or 3")
         _check(in_chans in (None, 1, 3), f"in_chans must be None, 1 or 3, got {in_chans!r}")
-        _check(isinstance(batch_size, int) and batch_size >= 1, f"batch_size must be an int >= 1, got {batch_size!r}")
-        _check(eval_batch_size is None or eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {eval_batch_size}")
-        _check(0.0 <= val_fraction < 1.0, f"val_fraction must be in [0, 1), got {val_fraction}")
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        eval_batch_size = check_optional_int("eval_batch_size", eval_batch_size, minimum=1,
+                                             fix="leave it out to use batch_size")
+        val_fraction = check_float("val_fraction", val_fraction, minimum=0.0, maximum=1.0, below_maximum=True)
         _check(augment in AUGMENT_PRESETS, f"unknown augment {augment!r}; valid presets: {', '.join(AUGMENT_PRESETS)}")
-        _check(mixup >= 0 and cutmix >= 0, f"mixup and cutmix are Beta alphas >= 0, got {mixup}, {cutmix}")
+        seed = check_seed("seed", seed)
+        num_workers = check_int("num_workers", num_workers, minimum=0, fix="0 loads in the main process")
+        mixup = check_float("mixup", mixup, minimum=0.0, fix="a Beta alpha >= 0 (0 disables)")
+        cutmix = check_float("cutmix", cutmix, minimum=0.0, fix="a Beta alpha >= 0 (0 disables)")
         _check(not (mixup or cutmix) or batch_size % 2 == 0, f"mixup/cutmix need an even batch_size, got {batch_size}")
-        _check(0.0 <= random_erasing <= 1.0, f"random_erasing is a probability in [0, 1], got {random_erasing}")
-        _check(limit_train is None or limit_train >= 1, f"limit_train must be None or >= 1, got {limit_train}")
-        _check(num_workers >= 0, f"num_workers must be >= 0, got {num_workers}")
+        random_erasing = check_float("random_erasing", random_erasing, minimum=0.0, maximum=1.0,
+                                     fix="random_erasing is a probability (0 disables)")
+        limit_train = check_optional_int("limit_train", limit_train, minimum=1,
+                                         fix="leave it out to keep every training image")
+        pin_memory = check_bool("pin_memory", pin_memory)
+        if mean is not None:
+            mean = list(check_stats("mean", mean))
+        if std is not None:
+            std = list(check_stats("std", std, positive=True))
+        randaugment_num_ops, randaugment_magnitude, augmix_severity = check_augment_strengths(
+            randaugment_num_ops, randaugment_magnitude, augmix_severity)
         few_shot = check_few_shot(few_shot)
         train_images, train_labels, test_images, test_labels = (
             None if p is None else str(p) for p in (train_images, train_labels, test_images, test_labels)
@@ -187,7 +246,7 @@ class VitlabDataModule(L.LightningDataModule):
         self.name, self.root, self.cache_dir, self.idx_files = name, root, cache_dir, idx_files
         self.img_size, self.batch_size, self.seed = img_size, batch_size, seed
         self._in_chans, self._meta, self._data = in_chans, None, None
-        self._augment = build_augment(augment, randaugment_num_ops=randaugment_num_ops,
+        self._augment = build_augment(augment, randaugment_num_ops=randaugment_num_ops,  # checks the strengths
                                       randaugment_magnitude=randaugment_magnitude, augmix_severity=augmix_severity)
         self.train_dataset = self.val_dataset = self.test_dataset = None
         self.mixup_fn: Mixup | None = None
@@ -225,7 +284,7 @@ class VitlabDataModule(L.LightningDataModule):
                    f"({self._in_chans or meta.source_chans}), got {hp.mean} / {hp.std}")
             meta = dataclasses.replace(meta, mean=tuple(hp.mean), std=tuple(hp.std))
         if self._in_chans == 1 and meta.source_chans == 3:
-            raise ValueError(f"{self.name} images have 3 channels but in_chans=1 was requested; build the model with "
+            raise ConfigError(f"{self.name} images have 3 channels but in_chans=1 was requested; build the model with "
                              "in_chans=3 (or leave in_chans=None)")
         self._meta = meta
         return meta
@@ -326,7 +385,7 @@ class VitlabDataModule(L.LightningDataModule):
         few_shot = self.hparams.few_shot
         if few_shot is None:
             return train
-        return train[few_shot_indices(labels[train], few_shot["shots"], few_shot["seed"])]
+        return train[few_shot_indices(labels[train], few_shot["shots"], few_shot["seed"], self.num_classes)]
 
     def _loader(self, dataset, train: bool) -> DataLoader:
         hp = self.hparams
@@ -366,7 +425,7 @@ class VitlabDataModule(L.LightningDataModule):
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 def build_datamodule(name: str, root: str | Path | None = None, img_size: int = 32, in_chans: int | None = None,

@@ -25,14 +25,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, RandomSampler
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from vitlab.errors import DataError, MissingFileError
+from vitlab.errors import ConfigError, DataError, MissingFileError
 
+from .checks import check_int, check_seed
 from .transforms import Normalize, fit_geometry, pil_to_uint8, resize_center_crop
 
 __all__ = [
     "TensorImageDataset", "ImageFolderDataset", "EpochRandomSampler", "image_folder_classes", "read_image",
-    "scan_image_folder",
+    "scan_image_folder", "integer_labels",
 ]
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
@@ -68,7 +70,8 @@ class TensorImageDataset(_ImageDataset):
 
     Args:
         images: uint8 [N, C, H, W] (C = 1 or 3).
-        labels: int64 [N].
+        labels: integer class labels [N]: a tensor, array or list of ints (float or bool labels are refused, never
+            truncated).
         normalize: float conversion, normalisation and channel repeat (`Normalize`).
         img_size: output side; `fit_geometry` (pad to `pad_to`, then resize) runs per batch.
         pad_to: zero-pad side for small native images (MNIST family: 32), or None.
@@ -76,15 +79,19 @@ class TensorImageDataset(_ImageDataset):
         erase: batch-wise random erasing on normalised floats [B, C, H, W] (timm's RandomErasing), or None.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize, img_size: int,
-                 pad_to: int | None = None, augment: Augment | None = None,
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | Sequence[int], normalize: Normalize,
+                 img_size: int, pad_to: int | None = None, augment: Augment | None = None,
                  erase: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
-            raise ValueError(f"images must be uint8 [N, C, H, W] with one label each; got {images.dtype} "
-                             f"{list(images.shape)} and {len(labels)} labels")
+        labels = integer_labels(labels)
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 \
+                or len(images) != len(labels):
+            raise ConfigError(f"images must be a uint8 tensor [N, C, H, W] with one label each; got "
+                              f"{type(images).__name__} {getattr(images, 'dtype', '')} "
+                              f"{list(getattr(images, 'shape', []))} and {len(labels)} labels")
         super().__init__(normalize, augment, erase)
-        self.images, self.labels = images, labels.to(torch.int64)
-        self.img_size, self.pad_to = img_size, pad_to
+        self.images, self.labels = images, labels
+        self.img_size = check_int("img_size", img_size, minimum=1)
+        self.pad_to = None if pad_to is None else check_int("pad_to", pad_to, minimum=1)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -94,35 +101,95 @@ class TensorImageDataset(_ImageDataset):
         return fit_geometry(self.images[idx], self.img_size, self.pad_to), self.labels[idx]
 
 
-def image_folder_classes(folder: str | Path) -> tuple[str, ...]:
-    """Sorted class-folder names of an ImageFolder split, e.g. ``root/train`` (torchvision's rule).
+def integer_labels(labels: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """``labels`` as an int64 tensor [N]; float, bool, complex or string labels are refused (never truncated).
 
     Raises:
-        MissingFileError: the folder has no class sub-folders.
+        ConfigError: the labels are not a 1-D sequence of integers.
+
+    Example:
+        >>> integer_labels([0, 2, 1]).dtype
+        torch.int64
     """
-    classes = tuple(sorted(entry.name for entry in Path(folder).iterdir() if entry.is_dir()))
+    try:
+        tensor = torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(f"labels must be integer class indices [N], got {type(labels).__name__} ({err})") from None
+    if tensor.ndim != 1 or tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise ConfigError(f"labels must be integer class indices [N], got {tensor.dtype} {list(tensor.shape)}; "
+                          "float labels are not truncated: convert them (e.g. labels.long()) only if they are "
+                          "whole numbers")
+    return tensor.to(torch.int64)
+
+
+def _folder(folder: str | Path) -> Path:
+    folder = Path(folder)
+    if not folder.exists():
+        raise MissingFileError(f"image folder not found: {folder}; expected {folder}/<class>/<image>.png")
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} is a file, not a folder: give the split folder holding <class>/<image>.png")
+    return folder
+
+
+def image_folder_classes(folder: str | Path) -> tuple[str, ...]:
+    """Sorted class-folder names of an ImageFolder split, e.g. ``root/train`` (torchvision's rule, except that
+    hidden folders, whose names start with ``"."`` such as ``.ipynb_checkpoints`` or ``.git``, are skipped).
+
+    Raises:
+        MissingFileError: the folder does not exist or has no class sub-folders. ConfigError: it is a file.
+    """
+    folder = _folder(folder)
+    classes = tuple(sorted(e.name for e in folder.iterdir() if e.is_dir() and not e.name.startswith(".")))
     if not classes:
         raise MissingFileError(f"{folder} has no class folders; expected {folder}/<class>/<image>.png")
     return classes
 
 
+def _visible_image(path: str, folder: Path) -> bool:
+    """torchvision's extension rule, minus hidden files and anything under a hidden folder (e.g. ``._x.png``)."""
+    return has_file_allowed_extension(path, IMG_EXTENSIONS) and not any(
+        part.startswith(".") for part in Path(path).relative_to(folder).parts)
+
+
+class _VisibleImageFolder(ImageFolder):
+    """torchvision's ImageFolder with `image_folder_classes` as its class rule (hidden folders are not classes)."""
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes = list(image_folder_classes(directory))
+        return classes, {name: i for i, name in enumerate(classes)}
+
+
 def scan_image_folder(folder: str | Path, class_names: Sequence[str] | None = None) -> list[tuple[str, int]]:
-    """List ``(path, label)`` for an ImageFolder tree ``folder/<class>/<image>`` (torchvision's ImageFolder rules).
+    """List ``(path, label)`` for an ImageFolder tree ``folder/<class>/<image>`` (torchvision's ImageFolder rules:
+    files with an image extension, sub-folders walked), skipping hidden folders and files (names starting with
+    ``"."``).
 
     Args:
         folder: the split folder, e.g. ``root/train``.
-        class_names: the label order (from the training folder); None uses ``folder``'s own sorted class folders.
+        class_names: the label order (from the training folder); None uses ``folder``'s own sorted class folders,
+            every one of which must hold an image. With `class_names` (a test split) a class may have no images,
+            but the split must hold at least one.
 
     Raises:
-        DataError: a class folder in `folder` is not among `class_names`.
+        MissingFileError: `folder` does not exist. ConfigError: it is a file. DataError: a class folder in `folder`
+            is not among `class_names`, a training class folder holds no image, or the split holds none.
     """
-    tree = ImageFolder(str(folder), allow_empty=class_names is not None)
+    folder = _folder(folder)
+    tree = _VisibleImageFolder(str(folder), is_valid_file=lambda path: _visible_image(path, folder), allow_empty=True)
     if class_names is None:
+        empty = sorted(set(tree.classes) - {tree.classes[t] for _, t in tree.samples})
+        if empty:
+            raise DataError(f"class folder{'s' if len(empty) > 1 else ''} {', '.join(str(folder / c) for c in empty)} "
+                            f"hold{'' if len(empty) > 1 else 's'} no image files ({', '.join(IMG_EXTENSIONS)}): add "
+                            "images, or remove the folder so it is not a class")
         return list(tree.samples)
     unknown = sorted(set(tree.classes) - set(class_names))
     if unknown:
         raise DataError(f"{folder} has class folders {unknown} that the training folder lacks; "
                          f"training classes: {list(class_names)}")
+    if not tree.samples:
+        raise DataError(f"{folder} holds no image files ({', '.join(IMG_EXTENSIONS)}) in its class folders: put the "
+                        f"evaluation images in {folder}/<class>/<image>.png")
     index = {name: i for i, name in enumerate(class_names)}
     return [(path, index[tree.classes[t]]) for path, t in tree.samples]
 
@@ -142,7 +209,11 @@ def read_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:
         >>> read_image(path, "L").tolist()
         [[[0, 128, 255]]]
     """
+    if mode not in ("L", "RGB"):
+        raise ConfigError(f"mode must be 'L' (grey) or 'RGB', got {mode!r}")
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise MissingFileError(f"image file not found: {path}")
     try:
@@ -171,7 +242,7 @@ class ImageFolderDataset(_ImageDataset):
     def __init__(self, samples: Sequence[tuple[str, int]], normalize: Normalize, img_size: int, mode: str = "RGB",
                  augment: Augment | None = None, erase: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         if mode not in ("L", "RGB"):
-            raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
+            raise ConfigError(f"mode must be 'L' (grey) or 'RGB', got {mode!r}")
         super().__init__(normalize, augment, erase)
         self.samples, self.img_size, self.mode = list(samples), img_size, mode
 
@@ -194,13 +265,13 @@ class EpochRandomSampler(RandomSampler):
 
     def __init__(self, data_source: Sequence, seed: int = 0) -> None:
         super().__init__(data_source)
-        self.seed, self.epoch, self._epoch_set = seed, 0, False
+        self.seed, self.epoch, self._epoch_set = check_seed("seed", seed), 0, False
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self._epoch_set = epoch, True
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**64)
         if not self._epoch_set:
             self.epoch += 1
         self._epoch_set = False

@@ -47,7 +47,8 @@ def resolve_idx_files(root: str | Path | None, files: dict[str, str | Path | Non
         files: ``train_images``/``train_labels``/``test_images``/``test_labels`` -> path or None (standard name).
 
     Raises:
-        FileNotFoundError / ValueError: a file is missing or no root was given for an unnamed file.
+        MissingFileError: a file is missing or no root was given for an unnamed file. ConfigError: a path given is a
+            folder, not a file.
     """
     unknown = set(files) - set(IDX_FILE_STEMS)
     if unknown:
@@ -63,6 +64,10 @@ def resolve_idx_files(root: str | Path | None, files: dict[str, str | Path | Non
                 problems.append(f"{key}: no path given and no {stem}[.gz] in root={root}")
             continue
         path = Path(given) if root is None or Path(given).is_absolute() else Path(root) / given
+        if path.is_dir():
+            raise ConfigError(f"{key}={given!r}: {path} is a folder, not an IDX file. Give the file itself (e.g. "
+                              f"{path / stem}), or pass root={str(path)!r} and leave {key} out to use the "
+                              "standard MNIST names")
         if path.is_file():
             resolved[key] = path
         else:

@@ -140,7 +140,8 @@ def _split_from_idx(images_path: Path, labels_path: Path, num_classes: int | Non
 def read_idx_split(files: dict[str, Path], num_classes: int | None = None) -> tuple[Split, Split]:
     """Read train and test splits from IDX paths keyed like `IDX_FILE_STEMS` (see `find_idx_files`).
 
-    Images [N, H, W] become [N, 1, H, W]; channels-last [N, H, W, C] becomes [N, C, H, W].
+    Images [N, H, W] become [N, 1, H, W]; channels-last [N, H, W, C] becomes [N, C, H, W]. Test images must have
+    the training images' size and channels (else the geometry rule would scale the splits differently).
 
     Args:
         files: the four paths.
@@ -149,10 +150,17 @@ def read_idx_split(files: dict[str, Path], num_classes: int | None = None) -> tu
             must have a training image (a stray label 255 among 0..9 is an error, not 256 classes).
 
     Raises:
-        DataError: a corrupt file or a label out of range, naming the file.
+        DataError: a corrupt file, a label out of range, or test images of another size or channel count than the
+            training images, naming the file.
     """
     train = _split_from_idx(files["train_images"], files["train_labels"], num_classes)
     test = _split_from_idx(files["test_images"], files["test_labels"], num_classes)
+    if train.images.shape[1:] != test.images.shape[1:]:
+        c, h, w = train.images.shape[1:]
+        tc, th, tw = test.images.shape[1:]
+        raise DataError(f"{files['test_images']} holds {th}x{tw} images with {tc} channel(s) but the training images "
+                        f"({files['train_images']}) are {h}x{w} with {c}: the two splits would be padded or resized "
+                        "to different scales. Convert the test images to the training images' size and channels")
     if num_classes is None:
         counts = torch.bincount(train.labels)
         missing = torch.nonzero(counts == 0).flatten()
@@ -249,9 +257,14 @@ def _cifar_part(folder: Path, files: list[str], label_key: str, num_classes: int
             raise DataError(f"{folder / fname}: 'data' must be uint8 [N, 3072] with N > 0, got {data.dtype} "
                             f"{list(data.shape)}")
         try:
-            lab = np.asarray(batch.get(label_key, []), dtype=np.int64)
+            lab = np.asarray(batch.get(label_key, []))
         except (TypeError, ValueError) as err:
             raise DataError(f"{folder / fname}: '{label_key}' is not a list of integer labels ({err})") from None
+        if lab.size and lab.dtype.kind not in "iu":  # floats would be truncated (0.5 -> 0), strings are no labels
+            raise DataError(f"{folder / fname}: '{label_key}' must hold integer class labels, got {lab.dtype} values "
+                            f"such as {lab.ravel()[:3].tolist()}; the file is corrupt or not a CIFAR batch: unpack "
+                            "the CIFAR archive again")
+        lab = lab.astype(np.int64)
         if lab.shape != (len(data),):
             raise DataError(f"{folder / fname}: '{label_key}' must hold {len(data)} labels, got shape {lab.shape}")
         check_labels(lab, num_classes, folder / fname)

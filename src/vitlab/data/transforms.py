@@ -31,7 +31,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,9 +42,12 @@ from torchvision.transforms.v2 import functional as TF
 
 from vitlab.errors import ConfigError, DataError
 
+from .checks import check_int, check_stats
+
 __all__ = [
     "AUGMENT_PRESETS", "IMAGENET_C_OPS", "RandAugmentImageNetCDisjoint", "build_augment", "fit_geometry",
-    "resize_center_crop", "Normalize", "EvalTransform", "build_eval_transform", "normalize_for", "pil_to_uint8",
+    "resize_center_crop", "Normalize", "check_augment_strengths", "EvalTransform", "build_eval_transform",
+    "normalize_for", "pil_to_uint8",
 ]
 
 #: Augmentation preset names accepted by `build_augment` and `build_datamodule(augment=...)`.
@@ -69,15 +72,41 @@ class RandAugmentImageNetCDisjoint(v2.RandAugment):
     _AUGMENTATION_SPACE = {k: v for k, v in v2.RandAugment._AUGMENTATION_SPACE.items() if k not in IMAGENET_C_OPS}
 
 
+#: RandAugment's magnitude is an index into ``num_magnitude_bins`` = 31 bins: 0..30.
+RANDAUGMENT_MAX_MAGNITUDE = 30
+#: AugMix's severity range.
+AUGMIX_SEVERITY_RANGE = (1, 10)
+
+
+def check_augment_strengths(randaugment_num_ops: Any = 2, randaugment_magnitude: Any = 9,
+                            augmix_severity: Any = 3) -> tuple[int, int, int]:
+    """Check the preset strengths (whatever the preset, so a bad value is never silently kept): RandAugment's
+    ``num_ops`` >= 0 and ``magnitude`` in 0..30, AugMix's ``severity`` in 1..10; returns them as Python ints.
+
+    Raises:
+        ConfigError: a value of the wrong type or out of range, naming the option and the range.
+    """
+    num_ops = check_int("randaugment_num_ops", randaugment_num_ops, minimum=0,
+                        fix="the number of RandAugment ops per image, e.g. 2")
+    magnitude = check_int("randaugment_magnitude", randaugment_magnitude, minimum=0,
+                          maximum=RANDAUGMENT_MAX_MAGNITUDE, fix="RandAugment's magnitude bin, e.g. 9")
+    severity = check_int("augmix_severity", augmix_severity, minimum=AUGMIX_SEVERITY_RANGE[0],
+                         maximum=AUGMIX_SEVERITY_RANGE[1], fix="AugMix's severity, e.g. 3")
+    return num_ops, magnitude, severity
+
+
 def build_augment(
     preset: str, *, randaugment_num_ops: int = 2, randaugment_magnitude: int = 9, augmix_severity: int = 3
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The per-sample augmentation for `preset` (one of `AUGMENT_PRESETS`), or None for ``"none"``.
 
-    The returned callable maps uint8 [C, H, W] to uint8 [C, H, W].
+    The returned callable maps uint8 [C, H, W] to uint8 [C, H, W]. The strengths are checked by
+    `check_augment_strengths` for every preset.
     """
     if preset not in AUGMENT_PRESETS:
-        raise ValueError(f"unknown augment preset {preset!r}; valid presets: {', '.join(AUGMENT_PRESETS)}")
+        raise ConfigError(f"unknown augment preset {preset!r}; valid presets: {', '.join(AUGMENT_PRESETS)}")
+    randaugment_num_ops, randaugment_magnitude, augmix_severity = check_augment_strengths(
+        randaugment_num_ops, randaugment_magnitude, augmix_severity)
     if preset == "randaugment":
         return RandAugmentImageNetCDisjoint(num_ops=randaugment_num_ops, magnitude=randaugment_magnitude)
     if preset == "augmix":
@@ -87,6 +116,10 @@ def build_augment(
 
 def fit_geometry(images: torch.Tensor, img_size: int, pad_to: int | None = None) -> torch.Tensor:
     """Apply the module's geometry rule to uint8 images [..., C, H, W] -> [..., C, img_size, img_size]."""
+    img_size = check_int("img_size", img_size, minimum=1)
+    if not isinstance(images, torch.Tensor) or images.ndim < 3 or 0 in images.shape[-2:]:
+        raise DataError(f"expected images as a tensor [..., C, H, W] with H, W >= 1, got "
+                        f"{type(images).__name__} {list(getattr(images, 'shape', []))}")
     h, w = images.shape[-2:]
     if (h, w) == (img_size, img_size):
         return images
@@ -116,10 +149,11 @@ class Normalize:
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], out_chans: int) -> None:
-        if len(mean) != len(std) or any(s <= 0 for s in std):
-            raise ValueError(f"mean {list(mean)} and std {list(std)} need equal lengths and std > 0")
+        mean, std = check_stats("mean", mean), check_stats("std", std, positive=True)
+        if len(mean) != len(std):
+            raise ConfigError(f"mean {list(mean)} and std {list(std)} need equal lengths (one value per channel)")
         if out_chans != len(mean) and not (len(mean) == 1 and out_chans == 3):
-            raise ValueError(f"cannot turn {len(mean)}-channel images into {out_chans} channels; "
+            raise ConfigError(f"cannot turn {len(mean)}-channel images into {out_chans} channels; "
                              "only 1 -> 3 (repeat) is supported")
         self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
         self.out_chans = out_chans
@@ -176,30 +210,55 @@ class EvalTransform:
     """
 
     def __init__(self, data_config: dict[str, Any]) -> None:
+        fix = "build it with VitlabDataModule.data_config() (a checkpoint records it)"
+        if not isinstance(data_config, Mapping):
+            raise ConfigError(f"data_config must be a dict, got {type(data_config).__name__}: {fix}")
         missing = [k for k in ("img_size", "in_chans", "mean", "std") if k not in data_config]
         if missing:
-            raise ValueError(f"data_config lacks {missing}; build it with VitlabDataModule.data_config()")
-        self.img_size = int(data_config["img_size"])
-        self.in_chans = int(data_config["in_chans"])
-        self.source_chans = int(data_config.get("source_chans") or self.in_chans)
-        self.native_size = data_config.get("native_size")
-        self.pad_to = data_config.get("pad_to")
-        mean, std = list(data_config["mean"]), list(data_config["std"])
+            raise ConfigError(f"data_config lacks {missing}; {fix}")
+        self.img_size = check_int("data_config img_size", data_config["img_size"], minimum=1, fix=fix)
+        self.in_chans = check_int("data_config in_chans", data_config["in_chans"], minimum=1, fix=fix)
+        source = data_config.get("source_chans")
+        self.source_chans = self.in_chans if not source else check_int("data_config source_chans", source, minimum=1)
+        if self.source_chans not in (1, 3):
+            raise ConfigError(f"data_config source_chans must be 1 or 3, got {self.source_chans}: {fix}")
+        native, pad = data_config.get("native_size"), data_config.get("pad_to")
+        self.native_size = None if native is None else check_int("data_config native_size", native, minimum=1)
+        self.pad_to = None if pad is None else check_int("data_config pad_to", pad, minimum=1)
+        mean, std = check_stats("data_config mean", data_config["mean"]), check_stats(
+            "data_config std", data_config["std"], positive=True)
         if len(mean) != self.in_chans or len(std) != self.in_chans:
-            raise ValueError(f"data_config mean/std must have in_chans={self.in_chans} entries, got {mean} / {std}")
+            raise ConfigError(f"data_config mean/std must have in_chans={self.in_chans} entries, got {list(mean)} / "
+                              f"{list(std)}: {fix}")
         self.normalize = normalize_for(data_config)
 
     def _to_tensor(self, image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+        layouts = "a PIL image, a uint8 array [H, W] or [H, W, C], or a uint8 tensor [C, H, W] (C = 1..4)"
+        given = image
         if isinstance(image, Image.Image):
+            if 0 in image.size:
+                raise DataError(f"the image is empty ({image.size[0]}x{image.size[1]} pixels); expected {layouts}")
             return pil_to_uint8(image, "L" if self.source_chans == 1 else "RGB")
         if isinstance(image, np.ndarray):
             if image.ndim not in (2, 3):
-                raise ValueError(f"expected an array [H, W] or [H, W, C], got shape {image.shape}")
+                raise DataError(f"expected an array [H, W] or [H, W, C], got shape {list(image.shape)}; "
+                                f"expected {layouts}")
+            if image.ndim == 3 and image.shape[2] not in (1, 2, 3, 4):
+                raise DataError(f"an array [H, W, C] needs C = 1..4 channels (grey, grey+alpha, RGB, RGBA), got "
+                                f"shape {list(image.shape)}; expected {layouts}")
             image = torch.from_numpy(np.ascontiguousarray(image))
             image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
         if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.ndim != 3:
-            raise TypeError("expected a PIL image or uint8 [H, W(, C)] array / [C, H, W] tensor; convert float images "
-                            "with (x * 255).round().astype('uint8')")
+            raise TypeError(f"expected {layouts}, got {type(given).__name__} {getattr(given, 'dtype', '')} "
+                            f"{list(getattr(given, 'shape', []))}; convert float images with "
+                            "(x * 255).round().astype('uint8')")
+        if image.shape[0] not in (1, 2, 3, 4):
+            hint = (" It looks channels-last [H, W, C]: use image.permute(2, 0, 1)."
+                    if image.shape[-1] in (1, 3, 4) else "")
+            raise DataError(f"a tensor image must be [C, H, W] with C = 1..4 channels, got shape "
+                            f"{list(image.shape)}.{hint} Expected {layouts}")
+        if 0 in image.shape[-2:]:
+            raise DataError(f"the image is empty ({image.shape[-1]}x{image.shape[-2]} pixels); expected {layouts}")
         if image.shape[0] in (2, 4):  # grey+alpha or RGBA: drop alpha
             image = image[:-1]
         if image.shape[0] == 3 and self.source_chans == 1:
