@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vitlab.errors import ConfigError
 from vitlab.losses import ContrastiveNegativeLoss, L2NegativeLoss, UniformNegativeLoss, supcon_masks
 
 
@@ -140,3 +141,34 @@ def test_contrastive_gathers_the_global_batch_under_ddp(tmp_path):
         expected.backward()
         assert result["value"].item() == pytest.approx(expected.item(), abs=1e-5)
         assert torch.allclose(result["grad"], local.grad, atol=1e-5)  # gradient through the local part only
+
+
+@pytest.mark.parametrize("call", [
+    lambda: UniformNegativeLoss()(torch.zeros(0, 10)),
+    lambda: L2NegativeLoss()(torch.zeros(0, 10), torch.zeros(0, 10)),
+    lambda: ContrastiveNegativeLoss()(torch.zeros(0, 8), torch.zeros(0, 8), torch.zeros(0, dtype=torch.long)),
+    lambda: ContrastiveNegativeLoss()(torch.randn(4, 8), torch.zeros(0, 8), torch.tensor([0, 0, 1, 1])),
+])
+def test_empty_batch_is_refused_not_nan(call):
+    with pytest.raises(ConfigError, match="empty batch"):
+        call()
+
+
+def test_contrastive_labels_must_be_an_int_tensor():
+    f = torch.randn(4, 8)
+    for labels in ([0, 0, 1, 1], None):
+        with pytest.raises(TypeError, match=r"labels must be a torch.Tensor of int class indices \(4,\)"):
+            ContrastiveNegativeLoss()(f, f, labels)
+    with pytest.raises(ConfigError, match="got torch.bool; convert with labels.long()"):
+        ContrastiveNegativeLoss()(f, f, torch.tensor([True, True, False, False]))
+
+
+def test_supcon_masks_validates_its_arguments():
+    with pytest.raises(TypeError, match="labels must be a torch.Tensor"):
+        supcon_masks([0, 1], 2)
+    with pytest.raises(ConfigError, match=r"num_negatives must be an int >= 0 .*got -1"):
+        supcon_masks(torch.tensor([0, 1]), -1)
+    with pytest.raises(ConfigError, match="num_negatives must be an int >= 0"):
+        supcon_masks(torch.tensor([0, 1]), 2.0)
+    with pytest.raises(ConfigError, match=r"labels must be int class indices"):
+        supcon_masks(torch.eye(2), 2)

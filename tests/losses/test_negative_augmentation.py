@@ -226,3 +226,54 @@ def test_frozen_running_statistics_restores_flags_after_an_error_and_checks_its_
     with pytest.raises(TypeError, match="nn.Module"):
         with frozen_running_statistics("model"):
             pass
+
+
+def _bad_call_cases() -> list[tuple[str, object, type[Exception], str]]:
+    return [
+        ("labels of another batch size", lambda t, m, x, y, lg: t(SimpleNamespace(model=m), (x, y[:2]), {"logits": lg}),
+         ConfigError, "targets hold 2 labels but the batch has 8 images"),
+        ("batch of one item", lambda t, m, x, y, lg: t(SimpleNamespace(model=m), (x,), {"logits": lg}),
+         ConfigError, r"batch must hold at least \(images, targets\)"),
+        ("labels as a list", lambda t, m, x, y, lg: t(SimpleNamespace(model=m), (x, y.tolist()), {"logits": lg}),
+         TypeError, "targets must be a torch.Tensor.*torch.as_tensor"),
+        ("model instead of task", lambda t, m, x, y, lg: t(m, (x, y), {"logits": lg}),
+         TypeError, r"task must be an object whose .model is the nn.Module.*SimpleNamespace\(model=model\)"),
+        ("labels outside [0, K)", lambda t, m, x, y, lg: t(SimpleNamespace(model=m), (x, y + 3), {"logits": lg}),
+         ConfigError, r"labels hold values in \[3, 7\] but the model has 5 classes.*\[0, 5\)"),
+        ("1-D float labels", lambda t, m, x, y, lg: t(SimpleNamespace(model=m), (x, y.float()), {"logits": lg}),
+         ConfigError, r"targets must be int labels \(8,\) or float soft targets"),
+        ("empty batch", lambda t, m, x, y, lg: t(SimpleNamespace(model=m), (x[:0], y[:0]), {"logits": lg[:0]}),
+         ConfigError, "empty batch"),
+    ]
+
+
+@pytest.mark.parametrize(("label", "call", "error", "message"), _bad_call_cases(),
+                         ids=[case[0] for case in _bad_call_cases()])
+def test_bad_calls_raise_errors_that_name_the_fix(label, call, error, message):
+    model = tiny_vit()
+    images, labels = batch()
+    term = NegativeAugmentationLoss(["shuffle", "rotate"], 4, "uniform")
+    with pytest.raises(error, match=message):
+        call(term, model, images, labels, model(images).detach())
+
+
+def test_l2_without_clean_logits_is_a_value_error_naming_the_fix():
+    model = tiny_vit()
+    images, labels = batch()
+    term = NegativeAugmentationLoss(["shuffle"], 4, "l2")
+    for outputs in ({}, None):
+        with pytest.raises(ValueError, match=r"loss='l2' needs outputs\['logits'\] \(B, K\)"):
+            term(SimpleNamespace(model=model), (images, labels), outputs)
+
+
+def test_contrastive_refuses_features_of_another_batch_size():
+    model = tiny_vit()
+    images, labels = batch()
+    term = NegativeAugmentationLoss(["shuffle"], 4, "contrastive")
+    with pytest.raises(ConfigError, match=r"outputs\['features'\] must be the clean batch's pre-logits .* \(8, D\)"):
+        term(SimpleNamespace(model=model), (images, labels), {"logits": model(images), "features": torch.randn(3, 32)})
+
+
+def test_centre_shape_is_validated_through_the_term():
+    with pytest.raises(ConfigError, match=r"centre_shape must be a pair \(rows, cols\)"):
+        NegativeAugmentationLoss(["infill"], 4, centre_shape=2)

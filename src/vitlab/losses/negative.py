@@ -13,6 +13,10 @@ With clean logits ``z`` ``(B, K)``, negative-view logits ``z~`` ``(M, K)`` and p
   ``L_i = -(1/|P_i|) sum_{p in P_i} log(exp(s_ip/T) / sum_{q in Q_i} exp(s_iq/T))``, averaged over anchors with
   ``|P_i| > 0`` (zero, with a gradient path, when no anchor has a positive).
 
+All three refuse an empty batch (0 rows) with a `vitlab.errors.ConfigError` (a ValueError) instead of returning NaN
+or 0: a mean over no sample is undefined, and an empty batch is almost always a bug upstream (e.g. a filter that
+dropped every sample).
+
 Example:
     >>> import math, torch
     >>> round(UniformNegativeLoss()(torch.zeros(4, 10)).item(), 4) == round(math.log(10), 4)
@@ -22,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.distributed as dist
@@ -36,9 +41,28 @@ __all__ = ["ContrastiveNegativeLoss", "L2NegativeLoss", "UniformNegativeLoss", "
 def _check_logits(name: str, logits: Tensor) -> None:
     if not isinstance(logits, Tensor) or logits.ndim != 2 or not logits.dtype.is_floating_point:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"{name} must be float logits (B, K), got {shape}")
+        raise ConfigError(f"{name} must be float logits (B, K), got {shape}")
     if logits.shape[1] < 2:
-        raise ValueError(f"{name} needs at least 2 classes, got K={logits.shape[1]}")
+        raise ConfigError(f"{name} needs at least 2 classes, got K={logits.shape[1]}")
+    _check_not_empty(name, logits)
+
+
+def _check_not_empty(name: str, rows: Tensor) -> None:
+    if rows.shape[0] == 0:
+        raise ConfigError(f"{name} is an empty batch (0 rows {tuple(rows.shape)}): the loss of no sample is undefined; "
+                          "skip empty batches before the loss (check the sampler / filtering that produced it)")
+
+
+def _check_labels(labels: object, batch: int) -> None:
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of int class indices ({batch},), got "
+                        f"{type(labels).__name__}; convert with torch.as_tensor(labels)")
+    if labels.ndim != 1 or labels.shape[0] != batch or labels.dtype.is_floating_point or labels.dtype.is_complex:
+        raise ConfigError(f"labels must be int class indices ({batch},), got {tuple(labels.shape)} {labels.dtype}; "
+                          "reduce soft labels with labels.argmax(1)")
+    if labels.dtype == torch.bool:
+        raise ConfigError(f"labels must be int class indices ({batch},), got torch.bool; convert with labels.long() "
+                          "if True/False are really classes 1/0")
 
 
 class UniformNegativeLoss(nn.Module):
@@ -82,8 +106,8 @@ class L2NegativeLoss(nn.Module):
         _check_logits("clean_logits", clean_logits)
         _check_logits("negative_logits", negative_logits)
         if clean_logits.shape != negative_logits.shape:
-            raise ValueError(f"clean_logits {tuple(clean_logits.shape)} and negative_logits "
-                             f"{tuple(negative_logits.shape)} must pair one negative per clean image")
+            raise ConfigError(f"clean_logits {tuple(clean_logits.shape)} and negative_logits "
+                              f"{tuple(negative_logits.shape)} must pair one negative per clean image")
         clean = clean_logits.detach() if self.detach_clean else clean_logits
         p, q = clean.float().softmax(dim=1), negative_logits.float().softmax(dim=1)
         return -torch.linalg.vector_norm(p - q, dim=1).mean()
@@ -107,6 +131,10 @@ def supcon_masks(labels: Tensor, num_negatives: int) -> tuple[Tensor, Tensor]:
         >>> (cand.sum(1) - pos.sum(1)).tolist()  # negatives per anchor: 2B - |P_i| - 1
         [4, 4, 5]
     """
+    _check_labels(labels, labels.shape[0] if isinstance(labels, Tensor) and labels.ndim >= 1 else 0)
+    if isinstance(num_negatives, bool) or not isinstance(num_negatives, numbers.Integral) or num_negatives < 0:
+        raise ConfigError(f"num_negatives must be an int >= 0 (the number of negative views M), got {num_negatives!r}")
+    num_negatives = int(num_negatives)
     batch = labels.shape[0]
     eye = torch.eye(batch, dtype=torch.bool, device=labels.device)
     same = (labels[:, None] == labels[None, :]) & ~eye
@@ -144,7 +172,7 @@ class ContrastiveNegativeLoss(nn.Module):
             the anchors are the local clean images.
 
     Call: ``loss(clean_features, negative_features, labels)`` with ``(B, D)``, ``(M, D)`` and int labels ``(B,)``
-    -> scalar.
+    -> scalar. An empty batch (B = 0 or M = 0) or bool labels are refused.
 
     Example:
         >>> import torch
@@ -166,13 +194,14 @@ class ContrastiveNegativeLoss(nn.Module):
     def forward(self, clean_features: Tensor, negative_features: Tensor, labels: Tensor) -> Tensor:
         for name, t in (("clean_features", clean_features), ("negative_features", negative_features)):
             if not isinstance(t, Tensor) or t.ndim != 2 or not t.dtype.is_floating_point:
-                raise ValueError(f"{name} must be float features (N, D), e.g. model.forward_head(..., "
-                                 f"pre_logits=True); got {tuple(t.shape) if isinstance(t, Tensor) else t!r}")
+                raise ConfigError(f"{name} must be float features (N, D), e.g. model.forward_head(..., "
+                                  f"pre_logits=True); got {tuple(t.shape) if isinstance(t, Tensor) else t!r}")
         if clean_features.shape[1] != negative_features.shape[1]:
-            raise ValueError(f"feature widths differ: {clean_features.shape[1]} vs {negative_features.shape[1]}")
-        if labels.ndim != 1 or labels.shape[0] != clean_features.shape[0] or labels.dtype.is_floating_point:
-            raise ValueError(f"labels must be int class indices ({clean_features.shape[0]},), got "
-                             f"{tuple(labels.shape)} {labels.dtype}; reduce soft labels with labels.argmax(1)")
+            raise ConfigError(f"feature widths differ: {clean_features.shape[1]} vs {negative_features.shape[1]}; take "
+                              "both from the same model's forward_head(..., pre_logits=True)")
+        _check_not_empty("clean_features", clean_features)
+        _check_not_empty("negative_features", negative_features)
+        _check_labels(labels, clean_features.shape[0])
         anchors = F.normalize(clean_features.float(), dim=1)
         negatives = F.normalize(negative_features.float(), dim=1)
         clean, all_labels, offset = anchors, labels, 0

@@ -33,7 +33,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -94,6 +94,66 @@ def _features_and_logits(model: nn.Module, images: Tensor) -> tuple[Tensor, Tens
     return model.forward_head(tokens, pre_logits=True), model.forward_head(tokens)
 
 
+def _check_call(
+    task: Any, batch: Any, outputs: Any, needs_logits: bool
+) -> tuple[nn.Module, Tensor, Tensor, Mapping[str, Tensor]]:
+    """``(model, images, int labels (B,), outputs)`` of a loss-term call, or an error naming the fix.
+
+    Only O(1) checks (types, shapes); the label range is checked by `_check_label_range` once K is known.
+    """
+    model = getattr(task, "model", None)
+    if not isinstance(model, nn.Module):
+        hint = (f" (got the model {type(task).__name__} itself: pass SimpleNamespace(model=model) or the "
+                "LightningModule)" if isinstance(task, nn.Module) else "")
+        raise TypeError(f"task must be an object whose .model is the nn.Module to train (the harness passes its "
+                        f"LightningModule; in a plain loop use SimpleNamespace(model=model)), got "
+                        f"{type(task).__name__}{hint}")
+    if not isinstance(batch, (tuple, list)):
+        raise TypeError(f"batch must be a tuple (images (B, C, H, W), targets (B,) or (B, K), ...), got "
+                        f"{type(batch).__name__}")
+    if len(batch) < 2:
+        raise ConfigError(f"batch must hold at least (images, targets), got {len(batch)} item(s): the labels are "
+                          "needed for the negative metrics and the contrastive loss")
+    images, targets = batch[0], batch[1]
+    if not isinstance(images, Tensor) or images.ndim != 4:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ConfigError(f"images must be a batch (B, C, H, W), got {got}")
+    size = images.shape[0]
+    if size == 0:
+        raise ConfigError("empty batch (0 images): the negative loss of no sample is undefined; skip empty batches "
+                          "(e.g. drop_last=True or fix the filtering that produced it)")
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be a torch.Tensor: int labels ({size},) or soft targets ({size}, K), got "
+                        f"{type(targets).__name__}; convert with torch.as_tensor(targets)")
+    if targets.ndim == 2 and targets.dtype.is_floating_point:
+        labels = targets.argmax(dim=1)
+    elif targets.ndim == 1 and not (targets.dtype.is_floating_point or targets.dtype.is_complex
+                                    or targets.dtype == torch.bool):
+        labels = targets
+    else:
+        raise ConfigError(f"targets must be int labels ({size},) or float soft targets ({size}, K), got "
+                          f"{tuple(targets.shape)} {targets.dtype}; convert class indices with targets.long()")
+    if labels.shape[0] != size:
+        raise ConfigError(f"targets hold {labels.shape[0]} labels but the batch has {size} images: pass the labels "
+                          "of the same batch")
+    if outputs is None:
+        outputs = {}
+    if not isinstance(outputs, Mapping):
+        raise TypeError(f"outputs must be a dict such as {{'logits': (B, K)}}, got {type(outputs).__name__}")
+    if needs_logits and "logits" not in outputs:
+        raise ConfigError("loss='l2' needs outputs['logits'] (B, K), the clean logits of the batch: call "
+                          "term(task, batch, {'logits': model(images)})")
+    return model, images, labels, outputs
+
+
+def _check_label_range(labels: Tensor, classes: int) -> None:
+    """Refuse labels outside ``[0, classes)`` (one min/max read of the small ``(B,)`` label tensor)."""
+    low, high = torch.stack(labels.aminmax()).tolist()
+    if low < 0 or high >= classes:
+        raise ConfigError(f"labels hold values in [{low}, {high}] but the model has {classes} classes: labels must "
+                          f"be in [0, {classes}); check the dataset's labels and the model's num_classes")
+
+
 class NegativeAugmentationLoss(nn.Module):
     """Loss term ``L_neg`` on one patch-based negative view per training image.
 
@@ -118,8 +178,11 @@ class NegativeAugmentationLoss(nn.Module):
     Call: ``term(task, (images (B, C, H, W), targets (B,) or soft (B, K)), {"logits": (B, K), ...})``
     -> ``{"loss": scalar}``. For ``"contrastive"``, ``outputs["features"]`` ``(B, D)`` (pre-logits of the clean batch)
     is used when the harness provides it; otherwise the clean batch is run through the model again with the
-    negatives. After each call ``last_metrics`` holds detached ``neg_acc`` (accuracy of the negative views against
-    the original labels; chance is 1/K) and ``neg_confidence`` (mean max-softmax) for logging.
+    negatives. Bad calls are refused with a message naming the fix: an empty batch, labels of another batch size
+    (before the model runs) or outside ``[0, K)`` (after it, once K is known) raise `vitlab.errors.ConfigError` (a
+    ValueError); a ``task`` without a ``.model`` or labels that are not a tensor raise TypeError. After each call
+    ``last_metrics`` holds detached ``neg_acc`` (accuracy of the negative views against the original labels; chance
+    is 1/K) and ``neg_confidence`` (mean max-softmax) for logging.
     """
 
     name = "negatives"
@@ -152,8 +215,7 @@ class NegativeAugmentationLoss(nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
         self.loss = self._build_loss(loss, temperature, detach_clean, gather_distributed)
         self.views = NegativeViews(kinds, patch_size, model_patch_size=model_patch_size, replace_rate=replace_rate,
-                                   centre_shape=tuple(centre_shape) if centre_shape is not None else None,
-                                   source=source)
+                                   centre_shape=centre_shape, source=source)
         self.last_metrics: dict[str, Tensor] = {}
         # asks the training step for the clean batch's pre-logits features (outputs["features"]), so the contrastive
         # loss does not run the clean images through the model a second time
@@ -177,14 +239,14 @@ class NegativeAugmentationLoss(nn.Module):
                              f"(it accepts {sorted(allowed[loss]) or 'none'})")
         return _LOSS_CLASSES[loss](**{key: options[key] for key in given})
 
-    def forward(self, task: Any, batch: Sequence[Tensor], outputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        images, targets = batch[0], batch[1]
-        model = task.model
-        labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
+    def forward(self, task: Any, batch: Sequence[Tensor], outputs: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+        """``{"loss": L_neg}`` for ``batch = (images, targets, ...)``; see the class docstring."""
+        model, images, labels, outputs = _check_call(task, batch, outputs, isinstance(self.loss, L2NegativeLoss))
         with torch.no_grad():
             negatives = self.views(images, generator=self.generator)
         with frozen_running_statistics(model):  # the negatives must not move BatchNorm's running statistics
             value, negative_logits = self._negative_loss(model, images, negatives, labels, outputs)
+        _check_label_range(labels, negative_logits.shape[1])
         with torch.no_grad():
             probs = negative_logits.detach().float().softmax(dim=1)
             self.last_metrics = {
@@ -194,11 +256,17 @@ class NegativeAugmentationLoss(nn.Module):
         return {"loss": value}
 
     def _negative_loss(self, model: nn.Module, images: Tensor, negatives: Tensor, labels: Tensor,
-                       outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+                       outputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``(L_neg, negative logits (B, K))`` of the views ``negatives`` (B, C, H, W) of ``images``."""
         if isinstance(self.loss, ContrastiveNegativeLoss):
             clean_features = outputs.get("features")
-            if clean_features is not None and clean_features.shape[0] == images.shape[0]:
+            if clean_features is not None:
+                if not isinstance(clean_features, Tensor) or clean_features.ndim != 2 \
+                        or clean_features.shape[0] != images.shape[0]:
+                    got = tuple(clean_features.shape) if isinstance(clean_features, Tensor) else clean_features
+                    raise ConfigError(f"outputs['features'] must be the clean batch's pre-logits features "
+                                      f"({images.shape[0]}, D), got {got}: pass model.forward_head(tokens, "
+                                      "pre_logits=True) of the same batch, or leave 'features' out")
                 negative_features, negative_logits = _features_and_logits(model, negatives)
             else:
                 features, logits = _features_and_logits(model, torch.cat([images, negatives]))
@@ -207,8 +275,6 @@ class NegativeAugmentationLoss(nn.Module):
             return self.loss(clean_features, negative_features, labels), negative_logits
         negative_logits = model(negatives)
         if isinstance(self.loss, L2NegativeLoss):
-            if "logits" not in outputs:
-                raise KeyError("loss='l2' needs outputs['logits'] (B, K), the clean logits of the batch")
             return self.loss(outputs["logits"], negative_logits), negative_logits
         return self.loss(negative_logits), negative_logits
 
