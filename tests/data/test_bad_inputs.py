@@ -245,3 +245,8 @@ def test_idx_path_that_is_a_folder_says_so(tmp_path):
         resolve_idx_files(tmp_path, {"train_images": str(tmp_path)})
     with pytest.raises(ConfigError, match="is a folder, not an IDX file"):
         build_datamodule("idx", root=tmp_path, train_images=Path(tmp_path)).setup("fit")
+
+
+def test_normalize_refuses_images_whose_channels_do_not_match_the_statistics():
+    with pytest.raises(ConfigError, match="images have 2 channels but mean/std have 3 values"):
+        Normalize([0.5] * 3, [0.5] * 3, 3)(torch.zeros(1, 2, 2, 2, dtype=torch.uint8))

@@ -148,12 +148,21 @@ class VitlabDataModule(L.LightningDataModule):
         * Splits: validation is carved from the official training set (``val_fraction``, default 0.1) by a random
           permutation drawn from ``torch.Generator().manual_seed(seed)``; ``limit_train`` keeps the first N of the
           remaining training indices; ``few_shot={"shots": K, "seed": S}`` then keeps K images per class of those
-          (`few_shot_indices`, drawn from ``torch.Generator().manual_seed(S)``, the same subset for the same S); test
-          is the official test set in file order (digits: last 360 images; imagefolder: ``root/test``, else
-          ``root/val``).
+          (`few_shot_indices`, drawn from ``torch.Generator().manual_seed(S)``, the same subset for the same S); a
+          class of the dataset with fewer than K images there (e.g. left out by ``limit_train``) is an error, never
+          dropped. Test is the official test set in file order (digits: last 360 images; imagefolder:
+          ``root/test``, else ``root/val``).
+        * ImageFolder: class folders are the visible sub-folders of ``root/train`` (names starting with ``.``, e.g.
+          ``.ipynb_checkpoints``, are skipped, as are hidden files); every training class folder must hold an image
+          and the test folder at least one (else `vitlab.errors.DataError` naming the folder).
         * Geometry: images already ``img_size`` are unchanged; MNIST-family 28-px images (also 28-px ``idx`` files)
           are zero-padded to 32 (not resized), then resized (bilinear, antialiased) if ``img_size`` != 32; other
           datasets are resized to ``img_size``; imagefolder files: shorter side resized to ``img_size``, center crop.
+          ``idx`` test images must have the training images' size and channels (else an error: the rule above
+          would scale the two splits differently).
+        * Options are checked when the module is built (`vitlab.errors.ConfigError` naming the option and the
+          range), not in ``setup()`` or DataLoader workers; integer options take Python or NumPy integers, never
+          bools or floats.
         * Channels: ``in_chans=None`` keeps the data's channels; grayscale data repeats its channel when
           ``in_chans=3``; 3-channel data with ``in_chans=1`` is an error (build the model with ``in_chans=3``),
           except imagefolder, whose files are converted to "L" (``in_chans=1``) or "RGB" (default).
@@ -176,7 +185,8 @@ class VitlabDataModule(L.LightningDataModule):
         batch_size: training batch size. eval_batch_size: validation/test batch size (default: batch_size).
         val_fraction: share of the training set held out for validation, in [0, 1).
         augment: ``"none"``, ``"randaugment"`` or ``"augmix"``.
-        seed: seed of the validation split and of the training order (epoch ``e`` uses ``(seed, e)``).
+        seed: seed of the validation split and of the training order (epoch ``e`` uses ``(seed, e)``), an int in
+            ``0 .. 2**63 - 1``.
         num_workers: DataLoader worker processes. pin_memory: DataLoader pin_memory.
         mixup, cutmix: timm Mixup ``mixup_alpha`` / ``cutmix_alpha`` (0 disables).
         random_erasing: probability of timm's RandomErasing per training image (0 disables).

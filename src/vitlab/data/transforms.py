@@ -166,6 +166,9 @@ class Normalize:
         ``normalize``, one call for the whole batch)."""
         if images.dtype != torch.uint8:
             raise TypeError(f"Normalize expects uint8 images, got {images.dtype}: convert with (x * 255).round()")
+        if images.shape[-3] not in (1, len(self.mean)):
+            raise ConfigError(f"images have {images.shape[-3]} channels but mean/std have {len(self.mean)} values: "
+                              "give one mean/std value per image channel")
         if images.shape[-3] == 1 and len(self.mean) > 1:  # grey data, per-channel statistics of RGB weights
             images = images.expand(*images.shape[:-3], len(self.mean), *images.shape[-2:])
         return TF.normalize(TF.to_dtype(images, torch.float32, scale=True), self.mean, self.std, inplace=True)
