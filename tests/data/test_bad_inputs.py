@@ -250,3 +250,9 @@ def test_idx_path_that_is_a_folder_says_so(tmp_path):
 def test_normalize_refuses_images_whose_channels_do_not_match_the_statistics():
     with pytest.raises(ConfigError, match="images have 2 channels but mean/std have 3 values"):
         Normalize([0.5] * 3, [0.5] * 3, 3)(torch.zeros(1, 2, 2, 2, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("name", [["mnist"], None, 5])
+def test_a_dataset_name_that_is_not_a_string_lists_the_valid_names(name):
+    with pytest.raises(ConfigError, match="unknown dataset .*valid names: mnist"):
+        build_datamodule(name)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vitlab.errors import ConfigError
+
 __all__ = ["DATASET_NAMES", "INSTALLABLE", "DatasetSpec", "IDX_FILE_STEMS", "check_name", "get_spec"]
 
 #: Standard IDX file names (MNIST layout); each may also carry a ``.gz`` suffix.
@@ -113,14 +115,15 @@ INSTALLABLE: tuple[str, ...] = tuple(name for name, spec in _SPECS.items() if sp
 
 
 def check_name(name: str) -> str:
-    """Return `name` if it is a known dataset name, else raise a ValueError listing the valid names.
+    """Return `name` if it is a known dataset name, else raise `vitlab.errors.ConfigError` (a ValueError) listing
+    the valid names.
 
     Example:
         >>> check_name("mnist")
         'mnist'
     """
-    if name not in _SPECS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    if not isinstance(name, str) or name not in _SPECS:
+        raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
     return name
 
 
