@@ -277,3 +277,8 @@ def test_contrastive_refuses_features_of_another_batch_size():
 def test_centre_shape_is_validated_through_the_term():
     with pytest.raises(ConfigError, match=r"centre_shape must be a pair \(rows, cols\)"):
         NegativeAugmentationLoss(["infill"], 4, centre_shape=2)
+
+
+def test_seed_out_of_the_generator_range_is_refused():
+    with pytest.raises(ConfigError, match=r"seed must be an int in \[-2\*\*63, 2\*\*64\)"):
+        NegativeAugmentationLoss(seed=2**70)

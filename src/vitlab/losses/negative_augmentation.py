@@ -208,8 +208,8 @@ class NegativeAugmentationLoss(nn.Module):
                                                                                    and weight >= 0):
             raise ConfigError(f"negatives weight (lambda) must be a finite number >= 0 (the paper sweeps 0.5, 1, "
                               f"1.5), got {weight!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed must be an int, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+            raise ConfigError(f"seed must be an int in [-2**63, 2**64) (torch.Generator.manual_seed), got {seed!r}")
         self.weight = float(weight)
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
