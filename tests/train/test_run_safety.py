@@ -249,3 +249,41 @@ def test_model_compile_keywords_torch_refuses_are_a_config_error_before_training
     with pytest.raises(ConfigError, match=f"model.compile .* was refused by torch.compile: {reason}"):
         fit(config)
     assert not (tmp_path / "bad_compile" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ({"max_steps": 0}, "trainer.max_steps must be an integer >= 1 .*random weights"),
+    ({"limit_train_batches": 0}, "trainer.limit_train_batches must be a number > 0.*random weights"),
+    ({"max_time": "00:00:00:00"}, "trainer.max_time is zero"),
+    ({"val_check_interval": 0}, "trainer.val_check_interval must be a number > 0"),
+    ({"check_val_every_n_epoch": 0}, "trainer.check_val_every_n_epoch must be an integer >= 1"),
+    ({"gradient_clip_val": -1}, "trainer.gradient_clip_val must be a finite number >= 0"),
+    ({"strategy": "nosuch"}, "refused by lightning.Trainer .*nosuch"),
+    ({"devices": "abc"}, "refused by lightning.Trainer"),
+])
+def test_trainer_options_that_train_nothing_or_that_lightning_refuses_are_one_config_error(tmp_path, option, message):
+    with pytest.raises(ConfigError, match=message):
+        fit(_config(tmp_path, "bad_trainer", **option))
+    assert not (tmp_path / "bad_trainer" / "model.safetensors").exists()
+
+
+def test_resuming_a_finished_run_whose_last_ckpt_is_gone_is_refused(tmp_path):
+    finished = fit(_config(tmp_path, "done", epochs=1))
+    before = (finished.run_dir / "model.safetensors").read_bytes()
+    (finished.run_dir / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(ConfigError, match="finished run without checkpoints/last.ckpt.*another --name"):
+        fit(_config(tmp_path, "done", epochs=1), resume=True)
+    assert (finished.run_dir / "model.safetensors").read_bytes() == before  # not overwritten by a new training
+
+
+def test_run_config_sections_given_as_dicts_are_built_and_other_types_refused(tmp_path):
+    config = RunConfig(model={"name": "vit_vitlab_tiny_patch8_32"}, optim={"lr": 0.1}, peft={"method": "linear"})
+    assert isinstance(config.model, ModelConfig) and config.optim.lr == 0.1 and config.peft.method == "linear"
+    with pytest.raises(ConfigError, match="data must be a DataConfig or a dict of its fields, got 'digits'"):
+        RunConfig(data="digits")
+    with pytest.raises(ConfigError, match=r"model: .*'nme'; the model section's keys are \['name'"):
+        RunConfig(model={"nme": "x"})
+    config = _config(tmp_path, "neg", epochs=1)
+    config.negatives = NegativesConfig(enabled=True, options={"bogus": 1})
+    with pytest.raises(ConfigError, match="negatives.options .*'bogus'"):
+        fit(config)

@@ -226,6 +226,17 @@ class RunConfig:
         _require(isinstance(self.output_dir, str) and self.output_dir.strip() != "", "output_dir", self.output_dir,
                  "a folder path")
         _require(isinstance(self.trainer, dict), "trainer", self.trainer, "a mapping of lightning.Trainer keywords")
+        for name, section in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig),
+                              ("negatives", NegativesConfig), ("peft", PeftConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):  # the YAML form in Python: build (and so validate) the section from it
+                try:
+                    value = section(**value)
+                except TypeError as err:
+                    raise ConfigError(f"{name}: {err}; the {name} section's keys are "
+                                      f"{[f.name for f in fields(section)]}") from None
+                setattr(self, name, value)
+            _require(isinstance(value, section), name, value, f"a {section.__name__} or a dict of its fields")
 
 
 def _number(value: Any) -> bool:

@@ -41,6 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from vitlab.errors import ConfigError
 from vitlab.losses import NegativeAugmentationLoss
 from vitlab.peft.methods import PEFT_METHODS, build_peft_transform, register_method
 from vitlab.train.config import NegativesConfig, PeftConfig
@@ -127,5 +128,11 @@ def build_loss_terms(negatives: NegativesConfig) -> list[LossTerm]:
 def _negatives(config: NegativesConfig) -> NegativeAugmentationLoss | None:
     if not config.enabled:
         return None
-    return NegativeAugmentationLoss(config.kinds, config.patch_size, config.loss, weight=config.weight,
-                                    **config.options)
+    try:
+        return NegativeAugmentationLoss(config.kinds, config.patch_size, config.loss, weight=config.weight,
+                                        **config.options)
+    except TypeError as err:
+        if "unexpected keyword" not in str(err):
+            raise
+        raise ConfigError(f"negatives.options {sorted(config.options)}: {err}; see NegativeAugmentationLoss's "
+                          "keywords (e.g. replace_rate, temperature, seed)") from err

@@ -21,7 +21,9 @@ Example (a few steps on scikit-learn's digits)::
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
+import math
 import os
 import pickle
 import time
@@ -216,7 +218,12 @@ def build_trainer(
     ]
     if kwargs.get("enable_progress_bar", True):
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    return L.Trainer(default_root_dir=str(run_dir), logger=loggers, callbacks=callbacks, **kwargs)
+    try:
+        return L.Trainer(default_root_dir=str(run_dir), logger=loggers, callbacks=callbacks, **kwargs)
+    except (TypeError, ValueError, ImportError) as err:  # Lightning checks its keywords here, before any batch
+        reason = " ".join(str(err).split())[:300]
+        raise ConfigError(f"the trainer section was refused by lightning.Trainer ({type(err).__name__}: {reason}); "
+                          "fix that trainer.* option (`vitlab fit --help` lists them)") from err
 
 
 def check_trainer_options(kwargs: dict[str, Any]) -> None:
@@ -231,6 +238,46 @@ def check_trainer_options(kwargs: dict[str, Any]) -> None:
     accumulate = kwargs.get("accumulate_grad_batches")
     if accumulate is not None and (not isinstance(accumulate, int) or accumulate < 1):
         raise ConfigError(f"trainer.accumulate_grad_batches must be an integer >= 1, got {accumulate!r}")
+    no_training = "a run with no training would save random weights as a finished model"
+    steps = kwargs.get("max_steps")
+    if steps is not None and (not _is_int(steps) or steps == 0 or steps < -1):
+        raise ConfigError(f"trainer.max_steps must be an integer >= 1 (or -1: no limit), got {steps!r}: {no_training}")
+    for key in ("limit_train_batches", "val_check_interval"):
+        value = kwargs.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0):
+            raise ConfigError(f"trainer.{key} must be a number > 0 (a fraction, or a count of batches), got "
+                              f"{value!r}" + (f": {no_training}" if key == "limit_train_batches" else ""))
+    every = kwargs.get("check_val_every_n_epoch")
+    if every is not None and (not _is_int(every) or every < 1):
+        raise ConfigError(f"trainer.check_val_every_n_epoch must be an integer >= 1 or null, got {every!r}")
+    clip = kwargs.get("gradient_clip_val")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float) or not 0 <= clip < math.inf):
+        raise ConfigError(f"trainer.gradient_clip_val must be a finite number >= 0 (0 or null: no clipping), got "
+                          f"{clip!r}")
+    if _max_time_seconds(kwargs.get("max_time")) == 0:
+        raise ConfigError(f"trainer.max_time is zero ({kwargs['max_time']!r}): {no_training}; give DD:HH:MM:SS > 0")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _max_time_seconds(value: Any) -> float | None:
+    """Seconds of a Lightning ``max_time`` (``"DD:HH:MM:SS"``, a ``timedelta`` or a dict of its keywords)."""
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, dict):
+        try:
+            return datetime.timedelta(**value).total_seconds()
+        except TypeError:
+            return None  # Lightning names the bad key
+    if isinstance(value, str) and value.count(":") == 3:
+        try:
+            days, hours, minutes, seconds = (float(part) for part in value.split(":"))
+        except ValueError:
+            return None
+        return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    return None
 
 
 def fit(
@@ -259,6 +306,10 @@ def fit(
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume:
         config = resume_config(run_dir, config, config.output_dir)
+        if not last.exists() and (run_dir / "model.safetensors").exists():
+            raise ConfigError(f"{run_dir} is a finished run without checkpoints/last.ckpt, so there is nothing to "
+                              "resume from (training again would overwrite its model.safetensors): start a new run "
+                              "with another --name")
     elif last.exists() or (run_dir / "model.safetensors").exists():
         raise FileExistsError(
             f"{run_dir} already holds a run: resume it with --resume true, or choose another name (--name)"
