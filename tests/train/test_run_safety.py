@@ -287,3 +287,24 @@ def test_run_config_sections_given_as_dicts_are_built_and_other_types_refused(tm
     config.negatives = NegativesConfig(enabled=True, options={"bogus": 1})
     with pytest.raises(ConfigError, match="negatives.options .*'bogus'"):
         fit(config)
+
+
+def test_a_moved_run_folder_resumes_under_its_new_name(tmp_path):
+    import shutil
+
+    fit(_config(tmp_path, "original", epochs=1))
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    shutil.copytree(tmp_path / "original", moved / "renamed")
+    config = _config(tmp_path, "renamed", epochs=2)
+    config.output_dir = str(moved)
+    result = fit(config, resume=True)  # was refused: "name: 'original' -> 'renamed'", a difference one cannot drop
+    assert result.run_dir == moved / "renamed" and (moved / "renamed" / "model.safetensors").is_file()
+    assert "name: renamed" in (moved / "renamed" / "config.yaml").read_text()
+
+
+def test_logger_false_from_the_command_line_means_no_extra_logger(tmp_path):
+    from vitlab.train.callbacks import build_loggers
+
+    for spec in ("false", "None", None, False):
+        assert [type(lg).__name__ for lg in build_loggers(spec, tmp_path)] == ["AppendingCSVLogger"]

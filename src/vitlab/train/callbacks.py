@@ -96,7 +96,9 @@ def _instantiate(spec: Any, package: str, base: type, what: str, defaults: dict[
 
 
 def _as_list(spec: Any) -> list[Any]:
-    if spec is None or spec is False:
+    """``None`` / ``false`` (also the strings a command line gives) mean none; one item or a list of them."""
+    if spec is None or spec is False or (isinstance(spec, str) and spec.strip().lower() in ("", "false", "none",
+                                                                                             "null")):
         return []
     return list(spec) if isinstance(spec, list | tuple) else [spec]
 

@@ -160,6 +160,7 @@ def resume_config(run_dir: str | Path, given: RunConfig, outputs: str | Path) ->
         raise MissingFileError(f"no run to resume at {run_dir}: runs in {outputs}: {', '.join(runs) or 'none'} "
                                "(check --name and --output_dir, or drop --resume to start a new run)")
     saved = load_run_config(run_dir)
+    saved.name, saved.output_dir = given.name, given.output_dir  # where the run lives now (a folder may be moved)
     saved_dict, given_dict = asdict(saved), asdict(given)
     saved_epochs = saved_dict["trainer"].get("max_epochs")
     given_epochs = given_dict["trainer"].get("max_epochs")
