@@ -53,6 +53,8 @@ def test_plan_takes_the_architecture_from_the_backbone_and_sets_the_budget(backb
     (["--methods", "lora,bogus"], "unknown or missing method(s) ['bogus']"),
     (["--shots", "5,x"], "comma-separated integers"),
     (["--methods", "linear", "--method_options", '{"lora": {"r": 2}}'], "not in --methods"),
+    (["--seeds", "[-1]"], "--seeds must be integers in [0, 2**32)"),
+    (["--backbone", "none", "--model", "nosuch_model"], "unknown model 'nosuch_model'; vitlab's models"),
 ])
 def test_bad_options_fail_with_one_line_naming_the_fix(backbone, tmp_path, capsys, args, message):
     base = ["peft-study", "--backbone", str(backbone), "--data", "digits", "--output_dir", str(tmp_path / "s")]

@@ -57,6 +57,15 @@ def test_study_config_validates_and_merges_full(tmp_path):
                                 "extra_runs": [{"backbone": "vit", "method": "lora", "negatives": "shuffle"}]})
 
 
+@pytest.mark.parametrize(("finetune", "message"), [
+    ({"methods": {"fulll": {}}}, r"finetune.methods names unknown method\(s\) \['fulll'\]"),
+    ({"seeds": [-1, 1]}, r"finetune.seeds must be integers in \[0, 2\*\*32\)"),
+])
+def test_study_config_refuses_unknown_methods_and_bad_seeds_before_any_work(finetune, message):
+    with pytest.raises(ValueError, match=message):
+        study_config_from_dict({"backbones": {"vit": {"pretrain": "x"}}, "finetune": finetune})
+
+
 def test_tiny_study_writes_a_report_that_agrees_with_the_runs(tmp_path, monkeypatch, capsys):
     from vitlab.cli.main import main
 

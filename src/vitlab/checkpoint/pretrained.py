@@ -261,8 +261,9 @@ def check_model_name(model_name: str) -> None:
         return
     close = difflib.get_close_matches(model_name.split(".")[0], timm.list_models(), n=5, cutoff=0.6)
     ours = timm.list_models("vit_vitlab_*") + timm.list_models("inception_transformer_*")
-    raise ConfigError(f"unknown model {model_name!r}; did you mean {close or 'none close'}? vitlab's models: {ours} "
-                      "(every name: timm.list_models(); a pretrained tag may follow a dot)")
+    hint = f"did you mean {close}? " if close else ""
+    raise ConfigError(f"unknown model {model_name!r}; {hint}vitlab's models: {ours} (every name: timm.list_models(); a "
+                      "pretrained tag may follow a dot)")
 
 
 def _from_path(path: Path, model_name: str) -> PretrainedWeights:

@@ -231,6 +231,14 @@ def _check(config: StudyConfig) -> None:
             raise ValueError(f"extra run shots must be a positive int or 'full', got {run.shots!r}")
     if not ft.methods or (not ft.shots and not ft.full_data) or not ft.seeds or not ft.negatives:
         raise ValueError("finetune needs at least one method, one negatives entry, one seed and shots or full_data")
+    from vitlab.peft.methods import PEFT_METHODS  # the one method registry (the study's methods are among them)
+
+    unknown = [m for m in ft.methods if m not in PEFT_METHODS]
+    if unknown:
+        raise ValueError(f"finetune.methods names unknown method(s) {unknown}; choose from {sorted(PEFT_METHODS)}")
+    bad_seeds = [s for s in ft.seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**32]
+    if bad_seeds:
+        raise ValueError(f"finetune.seeds must be integers in [0, 2**32) (each run's seed), got {ft.seeds}")
     if min(ft.steps, ft.full_epochs, ft.batch_size, config.evaluation.corruption_n,
            config.evaluation.negative_view_n) < 1:
         raise ValueError("finetune.steps/full_epochs/batch_size and evaluation.corruption_n/negative_view_n must be "

@@ -84,8 +84,10 @@ def backbone_model(backbone: str | None, model: str | None, model_kwargs: Mappin
     weights file; ``model`` names the architecture, except for ``hf-hub:`` where the Hub config does), or ``none``
     (random init of ``model``).
     """
-    from vitlab.checkpoint import read_metadata, resolve_pretrained
+    from vitlab.checkpoint import check_model_name, read_metadata, resolve_pretrained
 
+    if model:
+        check_model_name(model)  # here, not in each run's process
     if backbone is None or str(backbone).lower() == "none":
         if not model:
             raise ValueError("--backbone none needs --model <timm name>: the architecture to train from random init")
@@ -158,6 +160,8 @@ def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mni
         valid = sorted(set(STUDY_METHODS) | set(PEFT_METHODS))
         raise ValueError(f"unknown or missing method(s) {unknown} in --methods; choose from {valid}")
     shots, seeds = _int_list(shots, "--shots"), _int_list(seeds, "--seeds")
+    if any(not 0 <= s < 2**32 for s in seeds):
+        raise ValueError(f"--seeds must be integers in [0, 2**32) (a run's seed), got {seeds}")
     if any(k < 1 for k in shots) or (not shots and not full_data) or (shots and not seeds):
         raise ValueError(f"need --shots >= 1 with at least one --seeds value, or --full_data true; got shots={shots} "
                          f"seeds={seeds}")
