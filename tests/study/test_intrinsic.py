@@ -150,3 +150,14 @@ def test_sweep_cache_key_names_the_projection_norm_and_matches_old_global_record
 
     assert key()["projection_norm"] == "per_tensor" == key(projection_norm="per_tensor")["projection_norm"]
     assert "projection_norm" not in key(projection_norm="global")  # as recorded before the option existed
+
+
+@pytest.mark.parametrize(("sweep", "message"), [
+    ({"fraction": 1.5}, r"sweep.fraction must be in \(0, 1\]"), ({"fraction": 0}, r"sweep.fraction must be in"),
+    ({"metric": "val/nosuch"}, r"sweep.metric must be one of \('test/acc', 'val/acc'\)"),
+])
+def test_sweep_settings_refuse_a_bad_fraction_or_metric_before_the_reference_run(sweep, message):
+    from vitlab.study.intrinsic import SweepSettings
+
+    with pytest.raises(ValueError, match=message):
+        SweepSettings.from_options({"sweep": sweep})

@@ -41,9 +41,10 @@ if TYPE_CHECKING:
     from vitlab.peft.intrinsic import SubspaceConfig
     from vitlab.train.config import PeftConfig, RunConfig
 
-__all__ = ["ENGINES", "SweepSettings", "run_intrinsic_dim", "sweep_cache_key"]
+__all__ = ["ENGINES", "METRICS", "SweepSettings", "run_intrinsic_dim", "sweep_cache_key"]
 
 ENGINES = ("lightning", "plain")
+METRICS = ("test/acc", "val/acc")  # the accuracies a `vitlab fit` run reports
 SWEEP_CSV, SWEEP_PLOT, SWEEP_JSON = "intrinsic_dim.csv", "intrinsic_dim.png", "intrinsic_dim.json"
 #: ``peft.options.sweep`` keys a sweep point's result depends on (the others only choose the grid or read results)
 _POINT_KEYS = ("lr", "engine", "metric", "patience")
@@ -91,6 +92,11 @@ class SweepSettings:
     published_d90: float | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, int | float) or not 0 < self.fraction <= 1:
+            raise ValueError(f"peft.options.sweep.fraction must be in (0, 1] (0.9 for d90), got {self.fraction!r}")
+        if self.metric not in METRICS:
+            raise ValueError(f"peft.options.sweep.metric must be one of {METRICS} (what `vitlab fit` reports), got "
+                             f"{self.metric!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"peft.options.sweep.engine must be one of {ENGINES}, got {self.engine!r}")
         if self.engine == "plain" and self.metric != "test/acc":
