@@ -308,3 +308,10 @@ def test_logger_false_from_the_command_line_means_no_extra_logger(tmp_path):
 
     for spec in ("false", "None", None, False):
         assert [type(lg).__name__ for lg in build_loggers(spec, tmp_path)] == ["AppendingCSVLogger"]
+
+
+def test_a_warmup_as_long_as_the_run_is_cut_with_a_warning_naming_it(tmp_path):
+    config = _config(tmp_path, "long_warmup", epochs=1)
+    config.optim = OptimConfig(lr=3e-3, warmup_epochs=50)
+    with pytest.warns(UserWarning, match=r"optim.warmup_epochs=50 is as long as the whole run \(3 optimiser steps\)"):
+        fit(config)

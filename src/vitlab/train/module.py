@@ -16,6 +16,7 @@ import lightning as L
 import timm
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
@@ -219,7 +220,11 @@ class ClassificationTask(L.LightningModule):
         optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = min(total - 1, int(round(cfg.warmup_epochs * total / epochs))) if cfg.warmup_epochs > 0 else 0
+        wanted = int(round(cfg.warmup_epochs * total / epochs)) if cfg.warmup_epochs > 0 else 0
+        warmup = min(total - 1, wanted)
+        if wanted > warmup:
+            rank_zero_warn(f"optim.warmup_epochs={cfg.warmup_epochs} is as long as the whole run ({total} optimiser "
+                           f"steps): warm-up cut to {warmup} steps; lower optim.warmup_epochs")
         scheduler = warmup_cosine_schedule(optimizer, total, warmup, cfg.min_lr)  # OptimConfig: min_lr <= lr
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
