@@ -173,6 +173,16 @@ def test_an_unknown_model_name_is_one_line_with_close_names_before_any_data_is_r
     assert not any(tmp_path.iterdir())  # no run folder left behind
 
 
+def test_a_file_where_a_folder_is_needed_is_one_line_naming_the_fix(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    code = main(["peft-study", "--methods", "[linear]", "--shots", "[1]", "--seeds", "[0]", "--full_data", "false",
+                 "--backbone", "none", "--model", "vit_vitlab_tiny_patch8_32", "--output_dir", str(blocker)])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Not a directory" in err
+    assert "a file stands where a folder is needed; move it, or choose another path" in err
+
+
 def _failing_eval(monkeypatch, error):
     def run(sub):
         raise error

@@ -268,6 +268,8 @@ def _one_line(err: BaseException) -> str:
     from vitlab.errors import VitlabError
 
     message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    if isinstance(err, NotADirectoryError | FileExistsError) and err.errno is not None and err.filename:
+        message += ": a file stands where a folder is needed; move it, or choose another path (--output_dir, --root)"
     text = " ".join(message.split()) or "(no message)"
     known = isinstance(err, VitlabError) or type(err).__module__ == "builtins"
     return text if known else f"{type(err).__name__}: {text}"
