@@ -287,6 +287,7 @@ def test_run_config_sections_given_as_dicts_are_built_and_other_types_refused(tm
     config.negatives = NegativesConfig(enabled=True, options={"bogus": 1})
     with pytest.raises(ConfigError, match="negatives.options .*'bogus'"):
         fit(config)
+    assert not (tmp_path / "neg").exists()  # a run that failed before training leaves no folder to list or resume
 
 
 def test_a_moved_run_folder_resumes_under_its_new_name(tmp_path):

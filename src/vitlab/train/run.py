@@ -26,6 +26,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -315,8 +316,21 @@ def fit(
             f"{run_dir} already holds a run: resume it with --resume true, or choose another name (--name)"
         )
     check_trainer_options(dict(TRAINER_DEFAULTS, **config.trainer, **trainer_overrides))
-    with contextlib.nullcontext() if _is_child_process() else RunLock(run_dir):
-        return _fit_locked(config, run_dir, last, resume, callbacks, trainer_overrides, start)
+    new_folder = not run_dir.exists()
+    try:
+        with contextlib.nullcontext() if _is_child_process() else RunLock(run_dir):
+            return _fit_locked(config, run_dir, last, resume, callbacks, trainer_overrides, start)
+    except BaseException:
+        if new_folder and not _is_child_process():
+            _remove_if_unstarted(run_dir)
+        raise
+
+
+def _remove_if_unstarted(run_dir: Path) -> None:
+    """Remove a run folder this ``fit`` created when it failed before training wrote anything (only its
+    ``config.yaml``), so that a bad option leaves no run behind to be listed or resumed."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"config.yaml"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _is_child_process() -> bool:
