@@ -219,3 +219,16 @@ def test_a_misplaced_or_mistyped_peft_section_is_refused_naming_the_fix(section,
 
     with pytest.raises(ConfigError, match=message):
         PeftConfig(**section)
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"kinds": ["nosuch"]}, r"negatives.kinds must be a non-empty list of distinct names from \['shuffle'"),
+    ({"kinds": []}, "negatives.kinds must be a non-empty list"),
+    ({"loss": "foo"}, r"negatives.loss must be one of \['uniform', 'l2', 'contrastive'\], got 'foo'"),
+])
+def test_negatives_section_names_its_keys_in_errors(section, message):
+    from vitlab.errors import ConfigError
+    from vitlab.train.config import NegativesConfig
+
+    with pytest.raises(ConfigError, match=message):
+        NegativesConfig(enabled=True, **section)

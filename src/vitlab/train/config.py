@@ -172,6 +172,16 @@ class NegativesConfig:
                 raise ConfigError(f"negatives.{', negatives.'.join(set_keys)} set but negatives.enabled is false: set "
                                   "negatives.enabled: true to train with negative views, or drop those options")
         _require(_number(self.weight) and self.weight >= 0, "negatives.weight", self.weight, "a finite number >= 0")
+        if self.enabled:
+            from vitlab.augment import KINDS  # here, not at import: `vitlab fit --help` does not import torch
+            from vitlab.losses import LOSSES
+
+            kinds = self.kinds
+            _require(isinstance(kinds, list | tuple) and bool(kinds) and all(k in KINDS for k in kinds)
+                     and len(set(kinds)) == len(kinds), "negatives.kinds", kinds,
+                     f"a non-empty list of distinct names from {list(KINDS)}")
+            _require(not isinstance(self.loss, str) or self.loss in LOSSES, "negatives.loss", self.loss,
+                     f"one of {list(LOSSES)}")  # (a loss object, from Python, is checked by the loss term)
         _require(isinstance(self.patch_size, int) and not isinstance(self.patch_size, bool) and self.patch_size >= 2,
                  "negatives.patch_size", self.patch_size,
                  "an integer >= 2 (1-px cells leave the image unchanged: a negative view must differ)")
