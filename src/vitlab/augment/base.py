@@ -41,25 +41,19 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vitlab.augment.functional import _int, cell_grid, check_cell_params, move_cells, valid_patch_sizes
+from vitlab.augment.functional import (
+    cell_grid,
+    check_cell_params,
+    check_positive_int,
+    move_cells,
+    valid_patch_sizes,
+)
 from vitlab.augment.generators import apply_probability, check_generator
 from vitlab.errors import ConfigError
 
 __all__ = ["Params", "PatchTransform", "check_bool", "check_positive_int", "check_probability"]
 
 Params = dict[str, Tensor]
-
-
-def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    """``value`` as an int if it is an integer >= ``minimum`` (Python or NumPy, not a bool); else a
-    `vitlab.errors.ConfigError` naming ``name``.
-
-    Example:
-        >>> import numpy as np
-        >>> check_positive_int("patch_size", np.int64(8), minimum=2)
-        8
-    """
-    return _int(name, value, minimum)
 
 
 def check_probability(name: str, value: object) -> float:

@@ -34,11 +34,18 @@ from torch import Tensor
 
 from vitlab.errors import ConfigError
 
-__all__ = ["cell_grid", "check_cell_params", "move_cells", "remap_cells", "valid_patch_sizes"]
+__all__ = ["cell_grid", "check_cell_params", "check_positive_int", "move_cells", "remap_cells", "valid_patch_sizes"]
 
 
-def _int(name: str, value: object, minimum: int) -> int:
-    """``value`` as an int if it is an integer >= ``minimum`` (Python or NumPy int, not a bool); else a ConfigError."""
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` as an int if it is an integer >= ``minimum`` (Python or NumPy int, not a bool); else a
+    `vitlab.errors.ConfigError` naming ``name``.
+
+    Example:
+        >>> import numpy as np
+        >>> check_positive_int("patch_size", np.int64(8), minimum=2)
+        8
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
@@ -100,9 +107,9 @@ def valid_patch_sizes(
         >>> valid_patch_sizes(224, 224, model_patch_size=16)
         [16, 32, 112, 224]
     """
-    height, width = _int("height", height, 1), _int("width", width, 1)
+    height, width = check_positive_int("height", height, 1), check_positive_int("width", width, 1)
     if model_patch_size is not None:
-        model_patch_size = _int("model_patch_size", model_patch_size, 1)
+        model_patch_size = check_positive_int("model_patch_size", model_patch_size, 1)
     sizes = []
     for size in range(2, min(height, width) + 1):
         if height % size or width % size:
@@ -135,10 +142,10 @@ def cell_grid(
         >>> cell_grid(32, 48, 8)
         (4, 6)
     """
-    height, width = _int("height", height, 1), _int("width", width, 1)
-    patch_size = _int("patch_size", patch_size, 1)
+    height, width = check_positive_int("height", height, 1), check_positive_int("width", width, 1)
+    patch_size = check_positive_int("patch_size", patch_size, 1)
     if model_patch_size is not None:
-        model_patch_size = _int("model_patch_size", model_patch_size, 1)
+        model_patch_size = check_positive_int("model_patch_size", model_patch_size, 1)
     problems = []
     if height % patch_size or width % patch_size:
         problems.append(f"patch_size={patch_size} does not divide the {height}x{width} input")
