@@ -40,7 +40,8 @@ def test_unknown_name_lists_valid_names():
     ({"img_size": 2}, "img_size"), ({"in_chans": 2}, "in_chans"), ({"val_fraction": 1.0}, "val_fraction"),
     ({"augment": "autoaugment"}, "valid presets"), ({"mixup": 0.8, "batch_size": 7}, "even batch_size"),
     ({"random_erasing": 1.5}, "probability"), ({"train_images": "x"}, "name='idx' only"),
-    ({"mean": [0.5]}, "both mean and std"), ({"root": "/somewhere"}, "leave root=None"),
+    ({"mean": [0.5]}, "both mean and std"),
+    ({"root": "/somewhere"}, r"leave root unset \(root=None; data.root: null\)"),
 ])
 def test_bad_arguments_fail_with_the_fix(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -103,7 +103,8 @@ def load_in_memory(
         raise ConfigError("imagefolder is read from disk per sample; use resolve_image_folder")
     if name == "digits":
         if root is not None:
-            raise ConfigError("digits ships with scikit-learn and reads no files: leave root=None")
+            raise ConfigError("digits ships with scikit-learn and reads no files: leave root unset (root=None; "
+                              "data.root: null)")
         train, test = read_digits()
         return LoadedData(train, test, spec.class_names)
     if name == "idx":
@@ -120,7 +121,8 @@ def load_in_memory(
     if missing:
         raise MissingFileError(
             f"{name} files not found in {folder}: missing {', '.join(missing)}. Put the IDX files there (raw or "
-            f".gz), or pass root=None to use vitlab's cache, which `vitlab data install {name}` fills."
+            f".gz), or leave root unset (root=None; data.root: null) to use vitlab's cache, which `vitlab data "
+            f"install {name}` fills."
         )
     train, test = read_idx_split(found, num_classes=spec.num_classes)
     return LoadedData(train, test, spec.class_names)

@@ -243,8 +243,8 @@ def resolve_cifar_dir(root: str | Path, name: str) -> Path:
             return folder
     raise MissingFileError(
         f"{name} files not found under {root}: expected {root / _CIFAR_DIRS[name]}/ (or {root}/ itself) to hold "
-        f"{', '.join(expected)} (the python version of {name}). Pass root=None to use vitlab's cache "
-        f"(`vitlab data install {name}` downloads it), or unpack cifar-*-python.tar.gz into {root}."
+        f"{', '.join(expected)} (the python version of {name}). Leave root unset (root=None; data.root: null) to use "
+        f"vitlab's cache (`vitlab data install {name}` downloads it), or unpack cifar-*-python.tar.gz into {root}."
     )
 
 
