@@ -161,3 +161,25 @@ def test_sweep_settings_refuse_a_bad_fraction_or_metric_before_the_reference_run
 
     with pytest.raises(ValueError, match=message):
         SweepSettings.from_options({"sweep": sweep})
+
+
+def test_grid_points_above_the_parameter_count_are_announced_not_dropped_silently(tmp_path, monkeypatch, capsys):
+    import vitlab.peft.intrinsic.sweep as sweep_module
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def stop(point, grid, *args, **kwargs):  # no training: only the grid the sweep would run
+        seen["grid"] = grid
+        raise Stop
+
+    monkeypatch.setattr(sweep_module, "run_sweep", stop)  # imported by the driver when it runs
+    config = _write_config(tmp_path, "big", epochs=1, sweep={})
+    with pytest.raises(Stop):
+        main(["intrinsic-dim", "--config", str(config), "--dims", "[10, 100000000]"])
+    out = capsys.readouterr().out
+    size = seen["grid"][-1]
+    assert seen["grid"] == [10, size] and size < 100_000_000
+    assert f"d = [100000000] exceed the {size:,} trainable parameters D; the grid stops at D" in out

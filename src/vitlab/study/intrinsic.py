@@ -253,6 +253,10 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
                                    f"d{dim}")
 
         max_dim = subspace_size(base, SubspaceConfig(dim=1, target_modules=config.peft.target_modules, **options))
+        above = [d for d in settings.grid(None) if d > max_dim]
+        if above:
+            print(f"intrinsic-dim: d = {above} exceed the {max_dim:,} trainable parameters D; the grid stops at D "
+                  f"(d = D is the full fine-tuning of those parameters)", flush=True)
         result = run_sweep(point, settings.grid(max_dim), folder / SWEEP_CSV, plot_path=folder / SWEEP_PLOT,
                            **common)
     if result.reference is None or result.d90 is None:
