@@ -119,7 +119,12 @@ def test_every_config_file_loads(path):
 def test_every_study_config_loads_with_and_without_full(path):
     from vitlab.study.config import load_study_config
 
+    has_full = "full" in yaml.safe_load(path.read_text())
     for full in (False, True):
+        if full and not has_full:  # --full would change nothing: refused
+            with pytest.raises(ValueError, match="has none: drop --full"):
+                load_study_config(path, full=True)
+            continue
         study = load_study_config(path, full=full)
         for label in study.used_backbones():
             spec = study.backbones[label]

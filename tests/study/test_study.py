@@ -57,6 +57,11 @@ def test_study_config_validates_and_merges_full(tmp_path):
                                 "extra_runs": [{"backbone": "vit", "method": "lora", "negatives": "shuffle"}]})
 
 
+def test_full_without_a_full_section_is_refused_not_ignored():
+    with pytest.raises(ValueError, match="--full merges the config's `full:` section .* has none: drop --full"):
+        study_config_from_dict({"backbones": {"vit": {"pretrain": "x"}}}, full=True)
+
+
 @pytest.mark.parametrize(("finetune", "message"), [
     ({"methods": {"fulll": {}}}, r"finetune.methods names unknown method\(s\) \['fulll'\]"),
     ({"seeds": [-1, 1]}, r"finetune.seeds must be integers in \[0, 2\*\*32\)"),

@@ -261,6 +261,9 @@ def study_config_from_dict(raw: dict[str, Any], full: bool = False) -> StudyConf
     raw = dict(raw)
     overrides = raw.pop("full", None) or {}
     if full:
+        if not overrides:
+            raise ValueError("--full merges the config's `full:` section (the paper-sized budget), and this config "
+                             "has none: drop --full, or add a `full:` section of overrides")
         raw = deep_merge(raw, overrides)
     backbones = raw.pop("backbones", None)
     if not backbones or not isinstance(backbones, dict):
