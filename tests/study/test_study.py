@@ -57,6 +57,12 @@ def test_study_config_validates_and_merges_full(tmp_path):
                                 "extra_runs": [{"backbone": "vit", "method": "lora", "negatives": "shuffle"}]})
 
 
+@pytest.mark.parametrize("name", ["a/b", "..", ""])
+def test_a_study_name_is_one_plain_folder_name_as_for_fit(name):
+    with pytest.raises(ValueError, match="is not a plain folder name"):
+        study_config_from_dict({"name": name, "backbones": {"vit": {"pretrain": "x"}}})
+
+
 def test_full_without_a_full_section_is_refused_not_ignored():
     with pytest.raises(ValueError, match="--full merges the config's `full:` section .* has none: drop --full"):
         study_config_from_dict({"backbones": {"vit": {"pretrain": "x"}}}, full=True)

@@ -207,6 +207,9 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 
 
 def _check(config: StudyConfig) -> None:
+    from vitlab.train.run_folder import check_run_name  # the study folder <output_dir>/<name>: one plain name too
+
+    check_run_name(config.name)
     labels = list(config.backbones)
     for label, spec in config.backbones.items():
         if (spec.pretrain is None) == (spec.pretrained is None) or (spec.pretrained is None) != (spec.model is None):
