@@ -71,6 +71,8 @@ def evaluate_classifier(
     Returns:
         ``{"acc": fraction correct, "loss": mean cross-entropy, "samples": N}``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"evaluate_classifier needs the classifier as an nn.Module, got {type(model).__name__}")
     if device is not None:
         model = model.to(device)
     else:

@@ -77,3 +77,15 @@ def test_derived_kind_needs_base_hash_and_missing_file_errors(tmp_path):
     (tmp_path / "m.pt").write_bytes(b"x")
     with pytest.raises(CheckpointError, match="never unpickles"):
         read_metadata(tmp_path / "m.pt")
+
+
+def test_save_and_hash_refuse_entries_that_are_not_tensors_naming_them(tmp_path):
+    from vitlab.checkpoint import save_checkpoint, state_dict_sha256
+
+    for bad in ({"a": 3}, {1: torch.zeros(1)}):
+        with pytest.raises(TypeError, match=r"expects a dict of name -> tensor .*entry .* is a"):
+            save_checkpoint(tmp_path / "m.safetensors", bad, kind="model", model_name="vit_vitlab_tiny_patch8_32",
+                            model_kwargs={})
+        with pytest.raises(TypeError, match="state_dict_sha256 expects a dict of name -> tensor"):
+            state_dict_sha256(bad)
+    assert not (tmp_path / "m.safetensors").exists()

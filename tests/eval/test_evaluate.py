@@ -36,6 +36,8 @@ def test_evaluate_classifier_matches_argmax_and_cross_entropy_by_hand():
         evaluate_classifier(model, [(x, torch.full((37,), 4))])
     with pytest.raises(ValueError, match="held no sample"):
         evaluate_classifier(model, [])
+    with pytest.raises(TypeError, match="needs the classifier as an nn.Module, got str"):
+        evaluate_classifier("model", [])
 
 
 def test_predict_reports_an_unreadable_file_and_predicts_the_others(checkpoint, tmp_path):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,17 @@ def check_model_kwargs(model_kwargs: Any, where: str) -> dict[str, Any]:
     return dict(model_kwargs)
 
 
+def _check_state_dict(state_dict: Any, caller: str) -> None:
+    """Refuse anything but a mapping of str names to tensors, naming the first bad entry (``TypeError``)."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"{caller} expects a dict of tensors (model.state_dict()), got {type(state_dict).__name__}")
+    bad = next(((k, v) for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)),
+               None)
+    if bad is not None:
+        raise TypeError(f"{caller} expects a dict of name -> tensor (model.state_dict()); entry {bad[0]!r} is a "
+                        f"{type(bad[1]).__name__}")
+
+
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     """SHA-256 over sorted tensor names, dtypes, shapes and bytes: identifies a set of base weights.
 
@@ -113,8 +125,7 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     Returns:
         64-character hex digest. Equal weights give equal digests on any device.
     """
-    if not isinstance(state_dict, dict):
-        raise TypeError(f"state_dict_sha256 expects a dict of tensors, got {type(state_dict).__name__}")
+    _check_state_dict(state_dict, "state_dict_sha256")
     digest = hashlib.sha256()
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
@@ -156,6 +167,7 @@ def save_checkpoint(
     """
     if kind not in KINDS:
         raise CheckpointError(f"unknown checkpoint kind {kind!r}; use one of {KINDS}")
+    _check_state_dict(tensors, "save_checkpoint")
     if kind != "model" and not base_sha256:
         raise CheckpointError(f"a {kind!r} checkpoint needs base_sha256=state_dict_sha256(base_model.state_dict())")
     path = Path(path)
