@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vitlab.errors import ConfigError, DataError
 from vitlab.eval.glass_blur import glass_blur
 
 __all__ = [
@@ -77,12 +78,44 @@ def import_imagecorruptions():
 
 def _check_images(images: np.ndarray) -> None:
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError("images must be a uint8 array (N, H, W, C); see vitlab.eval.robustness.images_from_loader")
+        kind = (f"{images.dtype} array of shape {images.shape}" if isinstance(images, np.ndarray)
+                else type(images).__name__)
+        raise ConfigError(f"images must be a uint8 numpy array (N, H, W, C), got a {kind}: convert float images in "
+                          "[0, 1] with (x * 255).round().astype('uint8'), add a batch axis with x[None] (see "
+                          "vitlab.eval.corruptions.images_from_loader)")
     if images.shape[-1] not in (1, 3):
-        raise ValueError(f"images must have 1 or 3 channels (last axis), got {images.shape[-1]}")
+        hint = " (channels-first? use images.transpose(0, 2, 3, 1))" if images.shape[1] in (1, 3) else ""
+        raise ConfigError(f"images must have 1 or 3 channels on the last axis (N, H, W, C), got shape "
+                          f"{images.shape}{hint}")
     if min(images.shape[1:3]) < 32:
-        raise ValueError(f"imagecorruptions needs images of at least 32x32 px, got {images.shape[1]}x"
-                         f"{images.shape[2]}; build the test set with img_size=32 (MNIST-family data is padded to 32)")
+        raise ConfigError(f"imagecorruptions needs images of at least 32x32 px, got {images.shape[1]}x"
+                          f"{images.shape[2]}; build the test set with img_size=32 (MNIST-family data is padded to "
+                          "32)")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _check_seed(seed: object) -> None:
+    if not _is_int(seed) or seed < 0:
+        raise ConfigError(f"seed must be an int >= 0, got {seed!r}: pass e.g. seed=0")
+
+
+def _check_corruption_names(corruptions: object) -> list[str]:
+    """A list of known, distinct corruption names (a lone string is refused, not split into letters)."""
+    if isinstance(corruptions, str):
+        raise ConfigError(f"corruptions must be a list of names, got the string {corruptions!r}: pass "
+                          f"[{corruptions!r}]")
+    names = list(corruptions)
+    unknown = [c for c in names if c not in ALL_CORRUPTIONS]
+    if unknown:
+        raise ConfigError(f"unknown corruptions {unknown}; valid: {', '.join(ALL_CORRUPTIONS)}")
+    if not names:
+        raise ConfigError(f"corruptions is empty: name at least one of {', '.join(ALL_CORRUPTIONS)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"corruptions lists a name twice: {names}; give each corruption once")
+    return names
 
 
 def corrupt_images(images: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
@@ -92,10 +125,13 @@ def corrupt_images(images: np.ndarray, corruption: str, severity: int, seed: int
     imagecorruptions reads) is seeded from ``seed``, so the output is a function of the arguments.
     """
     _check_images(images)
-    if corruption not in ALL_CORRUPTIONS:
-        raise ValueError(f"unknown corruption {corruption!r}; valid: {', '.join(ALL_CORRUPTIONS)}")
-    if severity not in SEVERITIES:
-        raise ValueError(f"severity must be in 1..5, got {severity!r}")
+    if not isinstance(corruption, str) or corruption not in ALL_CORRUPTIONS:
+        raise ConfigError(f"unknown corruption {corruption!r}; valid: {', '.join(ALL_CORRUPTIONS)}")
+    if not _is_int(severity) or severity not in SEVERITIES:
+        raise ConfigError(f"severity must be in 1..5 (an int), got {severity!r}")
+    _check_seed(seed)
+    if images.shape[0] == 0:
+        return images.copy()
     grey = images.shape[-1] == 1
     rgb = np.repeat(images, 3, axis=-1) if grey else images
     rng = np.random.default_rng(seed)
@@ -167,18 +203,25 @@ def generate_corruption_set(
     _check_images(images)
     labels = np.asarray(labels)
     if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be ints of shape ({images.shape[0]},), got {labels.shape} {labels.dtype}")
-    unknown = [c for c in corruptions if c not in ALL_CORRUPTIONS]
-    if unknown or not corruptions:
-        raise ValueError(f"unknown corruptions {unknown}; valid: {', '.join(ALL_CORRUPTIONS)}")
+        raise ConfigError(f"labels must be ints of shape ({images.shape[0]},), got {labels.shape} {labels.dtype}")
+    if images.shape[0] == 0:
+        raise ConfigError("images is empty (N = 0): pass at least one image")
+    corruptions = _check_corruption_names(corruptions)
+    _check_seed(seed)
+    if not _is_int(chunk_size) or chunk_size < 1:
+        raise ConfigError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    if workers is not None and (not _is_int(workers) or workers < 1):
+        raise ConfigError(f"workers must be an int >= 1 or None (one per CPU), got {workers!r}")
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file, not a folder: give a folder path for the corruption set")
     folder.mkdir(parents=True, exist_ok=True)
     digest = _digest(images, labels)
     meta_path = folder / "meta.json"
     if any(c != "glass_blur" for c in corruptions):
         import_imagecorruptions()
     if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
+        meta = _read_meta(meta_path)
         if meta.get("images_sha256") != digest or meta.get("seed") != seed:
             raise ValueError(f"{folder} holds a corruption set of other images or another seed; use a new folder "
                              "or delete this one")
@@ -195,6 +238,19 @@ def generate_corruption_set(
     meta["corruptions"] = [c for c in ALL_CORRUPTIONS if (folder / f"{c}.npy").exists()]
     meta_path.write_text(json.dumps(meta, indent=2))
     return folder
+
+
+def _read_meta(path: Path) -> dict:
+    """A corruption set's ``meta.json`` as a dict; an unreadable one is a one-line `DataError`."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not a readable JSON file ({err}); delete the folder and generate the set "
+                        "again") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} holds a {type(meta).__name__}, not a JSON object; delete the folder and generate "
+                        "the set again")
+    return meta
 
 
 def _generate(images: np.ndarray, folder: Path, corruptions: Sequence[str], seed: int, workers: int | None,

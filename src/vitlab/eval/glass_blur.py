@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from vitlab.errors import ConfigError
+
 __all__ = ["GLASS_BLUR_PARAMS", "glass_blur", "glass_blur_sequential", "swap_offsets"]
 
 #: (sigma, max_delta, iterations) per severity 1..5, as in ImageNet-C / imagecorruptions.
@@ -66,17 +68,31 @@ def _check_severity(severity: int) -> None:
     # this module, so it cannot be imported here)
     integer = isinstance(severity, int | np.integer) and not isinstance(severity, bool)
     if not integer or not 1 <= severity <= len(GLASS_BLUR_PARAMS):
-        raise ValueError(f"severity must be an int in 1..{len(GLASS_BLUR_PARAMS)}, got {severity!r}")
+        raise ConfigError(f"severity must be an int in 1..{len(GLASS_BLUR_PARAMS)}, got {severity!r}")
 
 
 def _check(images: np.ndarray, severity: int) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] > 4:
-        raise ValueError("images must be a uint8 array (N, H, W, C) with C <= 4; convert float images with "
+    if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4
+            or not 1 <= images.shape[-1] <= 4):
+        raise ConfigError("images must be a uint8 array (N, H, W, C) with 1 <= C <= 4; convert float images with "
                          "(x * 255).round().astype('uint8')")
     _check_severity(severity)
     delta = GLASS_BLUR_PARAMS[severity - 1][1]
     if min(images.shape[1:3]) <= 2 * delta:
-        raise ValueError(f"glass blur at severity {severity} needs images larger than {2 * delta} px")
+        raise ConfigError(f"glass blur at severity {severity} needs images larger than {2 * delta} px")
+
+
+def _check_offsets(offsets: np.ndarray, count: int, height: int, width: int, severity: int) -> None:
+    _, delta, iterations = GLASS_BLUR_PARAMS[severity - 1]
+    expected = (iterations, _positions(height, width, delta)[0].size, 2, count)
+    offsets = np.asarray(offsets)
+    if offsets.shape != expected or not np.issubdtype(offsets.dtype, np.integer):
+        raise ConfigError(f"offsets must be ints of shape {expected} for these images at severity {severity}, got "
+                          f"{offsets.dtype} {offsets.shape}: make them with swap_offsets({count}, {height}, {width}, "
+                          f"{severity}, rng)")
+    if offsets.size and (offsets.min() < -delta or offsets.max() >= delta):
+        raise ConfigError(f"offsets must lie in [-{delta}, {delta - 1}] at severity {severity}: make them with "
+                          "swap_offsets")
 
 
 def glass_blur(
@@ -97,7 +113,12 @@ def glass_blur(
     sigma, delta, _ = GLASS_BLUR_PARAMS[severity - 1]
     count, height, width, _ = images.shape
     if offsets is None:
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise ConfigError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}: pass "
+                              "rng=np.random.default_rng(seed)")
         offsets = swap_offsets(count, height, width, severity, rng if rng is not None else np.random.default_rng())
+    else:
+        _check_offsets(offsets, count, height, width, severity)
     x = (_blur(images, sigma) * 255).astype(np.uint8)
     packed = np.zeros((count, height, width, 4), dtype=np.uint8)  # one uint32 per pixel: 1-D moves are fastest
     packed[..., : x.shape[-1]] = x

@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vitlab.errors import DataError, MissingFileError
-from vitlab.eval.corruptions import ALL_CORRUPTIONS, COMMON_CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
+from vitlab.errors import ConfigError, DataError, MissingFileError
+from vitlab.eval.corruptions import (
+    ALL_CORRUPTIONS,
+    COMMON_CORRUPTIONS,
+    EXTRA_CORRUPTIONS,
+    SEVERITIES,
+    _check_corruption_names,
+    _is_int,
+    _read_meta,
+)
 from vitlab.eval.device import resolve_device
 from vitlab.metrics import evaluate_classifier
 
@@ -67,9 +75,12 @@ def corruption_metrics(
     corruptions), and with ``alexnet_normalise`` ``ce``, ``mce`` and, given ``clean_accuracy``, ``relative_ce`` and
     ``relative_mce``.
     """
+    _check_accuracies(accuracy)
+    if clean_accuracy is not None and not _is_fraction(clean_accuracy):
+        raise ConfigError(f"clean_accuracy must be a fraction in [0, 1] (e.g. 0.81, not 81), got {clean_accuracy!r}")
     unknown = [c for c in accuracy if c not in ALL_CORRUPTIONS]
     if unknown:
-        raise ValueError(f"unknown corruptions {unknown}; valid: {', '.join(ALL_CORRUPTIONS)}")
+        raise ConfigError(f"unknown corruptions {unknown}; valid: {', '.join(ALL_CORRUPTIONS)}")
     common = [c for c in COMMON_CORRUPTIONS if c in accuracy]
     extra = [c for c in EXTRA_CORRUPTIONS if c in accuracy]
     if not common:
@@ -101,6 +112,29 @@ def corruption_metrics(
                                      for c in COMMON_CORRUPTIONS}
             result["relative_mce"] = 100.0 * float(np.mean(list(result["relative_ce"].values())))
     return result
+
+
+def _is_fraction(value: object) -> bool:
+    return (isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+            and math.isfinite(value) and 0.0 <= value <= 1.0)
+
+
+def _check_accuracies(accuracy: object) -> None:
+    """``accuracy`` must map corruption names to non-empty ``{severity 1..5: fraction in [0, 1]}`` dicts."""
+    if not isinstance(accuracy, dict):
+        raise ConfigError(f"accuracy must be a dict {{corruption: {{severity: fraction}}}}, got "
+                          f"{type(accuracy).__name__}")
+    for corruption, per_severity in accuracy.items():
+        if not isinstance(per_severity, dict) or not per_severity:
+            raise ConfigError(f"accuracy[{corruption!r}] must be a non-empty dict {{severity 1..5: fraction}}, got "
+                              f"{per_severity!r}")
+        for severity, value in per_severity.items():
+            if not _is_int(severity) or severity not in SEVERITIES:
+                raise ConfigError(f"accuracy[{corruption!r}] has severity {severity!r}: severities are the ints "
+                                  "1..5")
+            if not _is_fraction(value):
+                raise ConfigError(f"accuracy[{corruption!r}][{severity}] = {value!r}: accuracies are fractions in "
+                                  "[0, 1] (e.g. 0.5, not 50)")
 
 
 def _load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
@@ -155,19 +189,35 @@ def evaluate_corruptions(
     """
     from tqdm.auto import tqdm
 
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if n is not None and (not _is_int(n) or n < 1):
+        raise ConfigError(f"n must be an int >= 1 (images per severity) or None for all of them, got {n!r}")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if corruptions is not None:
+        corruptions = _check_corruption_names(corruptions)
+        if not any(c in COMMON_CORRUPTIONS for c in corruptions):
+            raise ConfigError(f"corruptions {corruptions} holds none of the 15 common corruptions the summary is "
+                              f"over: add at least one of {', '.join(COMMON_CORRUPTIONS)}")
     folder = Path(folder)
     if not (folder / "labels.npy").is_file():
         raise MissingFileError(f"{folder} has no labels.npy: not a CIFAR-C-layout folder (generate one with "
                                 "vitlab.eval.corruptions.generate_corruption_set)")
     meta_path = folder / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    meta = _read_meta(meta_path) if meta_path.is_file() else None
     labels_all = _load_npy(folder / "labels.npy")
+    if labels_all.ndim != 1 or not np.issubdtype(labels_all.dtype, np.integer):
+        raise DataError(f"{folder}/labels.npy holds {labels_all.dtype} {labels_all.shape}, not int class indices "
+                        "(5 * N,): regenerate the set or fetch the folder again")
     if labels_all.shape[0] % len(SEVERITIES):
         raise DataError(f"{folder}/labels.npy has {labels_all.shape[0]} rows, not a multiple of 5 severities")
     available = labels_all.shape[0] // len(SEVERITIES)
     n_used = available if n is None else int(n)
+    if available == 0:
+        raise DataError(f"{folder}/labels.npy is empty: regenerate the set or fetch the folder again")
     if not 1 <= n_used <= available:
-        raise ValueError(f"n={n} but {folder} has {available} images per severity")
+        raise ConfigError(f"n={n} but {folder} has {available} images per severity: pass n <= {available} or None")
     present = [c for c in ALL_CORRUPTIONS if (folder / f"{c}.npy").is_file()]
     names = present if corruptions is None else list(corruptions)
     missing = [c for c in names if c not in present]
@@ -183,6 +233,9 @@ def evaluate_corruptions(
         if data.shape[0] != labels_all.shape[0]:
             raise DataError(f"{folder}/{corruption}.npy has {data.shape[0]} rows but labels.npy has "
                             f"{labels_all.shape[0]}: regenerate the set or fetch the folder again")
+        if data.dtype != np.uint8 or data.ndim != 4:
+            raise DataError(f"{folder}/{corruption}.npy holds {data.dtype} {data.shape}, not uint8 images "
+                            "(5 * N, H, W, C): regenerate the set or fetch the folder again")
         accuracy[corruption] = {}
         for severity in SEVERITIES:
             rows = slice((severity - 1) * available, (severity - 1) * available + n_used)
@@ -192,7 +245,12 @@ def evaluate_corruptions(
     bar.close()
     clean_accuracy = None
     if meta is not None and (folder / "clean.npy").is_file():
-        clean = _load_npy(folder / "clean.npy", mmap_mode="r")[:n_used]
+        clean = _load_npy(folder / "clean.npy", mmap_mode="r")
+        expected = data.shape[1:] if names else None
+        if clean.dtype != np.uint8 or clean.shape[0] < n_used or clean.shape[1:] != expected:
+            raise DataError(f"{folder}/clean.npy holds {clean.dtype} {clean.shape}, not uint8 images ({available}, "
+                            f"{', '.join(map(str, expected))}) like the corruption files: regenerate the set")
+        clean = clean[:n_used]
         batches = _uint8_batches(clean, labels_all[:n_used], preprocess, batch_size)
         clean_accuracy = evaluate_classifier(model, batches, device)["acc"]
     return {
@@ -205,6 +263,13 @@ def evaluate_corruptions(
 
 def format_robustness_report(report: dict[str, Any]) -> str:
     """Markdown report of `evaluate_corruptions` / `evaluate_imagenet_c`: provenance, N, summaries, tables."""
+    if not isinstance(report, dict):
+        raise ConfigError(f"report must be the dict that evaluate_corruptions / evaluate_imagenet_c return, got "
+                          f"{type(report).__name__}")
+    missing = [key for key in ("source", "folder", "n", "accuracy", "metrics") if key not in report]
+    if missing:
+        raise ConfigError(f"report lacks {missing}: pass the dict that evaluate_corruptions / evaluate_imagenet_c "
+                          "return")
     metrics = report["metrics"]
     if report["source"] == "generated":
         meta = report.get("meta") or {}

@@ -1,0 +1,205 @@
+"""Users' bad inputs to vitlab.eval's public functions: each is refused with an error that names the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vitlab.errors import ConfigError, DataError
+from vitlab.eval import (
+    COMMON_CORRUPTIONS,
+    corrupt_images,
+    corruption_metrics,
+    evaluate_corruptions,
+    format_robustness_report,
+    generate_corruption_set,
+    glass_blur,
+)
+
+IMAGES = np.zeros((2, 32, 32, 3), np.uint8)
+LABELS = np.array([0, 1])
+
+
+def _model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+
+
+@pytest.fixture
+def corruption_set(tmp_path: Path) -> Path:
+    """A generated set of 2 images with contrast and brightness (fast corruptions)."""
+    return generate_corruption_set(IMAGES, LABELS, tmp_path / "set", corruptions=["contrast", "brightness"],
+                                   workers=1, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("images", "kwargs", "message"),
+    [
+        (IMAGES, {"severity": 3.0}, r"severity must be in 1..5 \(an int\), got 3.0"),
+        (IMAGES, {"severity": True}, "severity must be in 1..5 .*got True"),
+        (IMAGES, {"severity": 6}, "severity must be in 1..5"),
+        (IMAGES, {"seed": -1}, "seed must be an int >= 0, got -1"),
+        (IMAGES, {"seed": None}, "seed must be an int >= 0, got None"),
+        (IMAGES, {"corruption": ["contrast"]}, "unknown corruption"),
+        (np.zeros((2, 3, 32, 32), np.uint8), {}, r"channels-first\? use images.transpose\(0, 2, 3, 1\)"),
+        (np.zeros((32, 32, 3), np.uint8), {}, r"add a batch axis with x\[None\]"),
+        (np.zeros((2, 32, 32, 3), np.float32), {}, r"\(x \* 255\).round\(\).astype\('uint8'\)"),
+        (np.zeros((2, 1, 1, 3), np.uint8), {}, "at least 32x32 px, got 1x1"),
+    ],
+)
+def test_corrupt_images_refuses_bad_arguments(images, kwargs, message):
+    args = {"corruption": "contrast", "severity": 1, "seed": 0, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        corrupt_images(images, **args)
+
+
+def test_corrupt_images_of_no_image_is_empty():
+    assert corrupt_images(np.zeros((0, 32, 32, 3), np.uint8), "contrast", 1, seed=0).shape == (0, 32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"corruptions": "contrast"}, r"got the string 'contrast': pass \['contrast'\]"),
+        ({"corruptions": []}, "corruptions is empty"),
+        ({"corruptions": ["contrast", "contrast"]}, "lists a name twice"),
+        ({"corruptions": ["haze"]}, r"unknown corruptions \['haze'\]"),
+        ({"seed": None}, "seed must be an int >= 0"),
+        ({"workers": 0}, r"workers must be an int >= 1 or None"),
+        ({"workers": 2.0}, r"workers must be an int >= 1 or None"),
+        ({"chunk_size": 0}, "chunk_size must be an int >= 1, got 0"),
+    ],
+)
+def test_generate_corruption_set_refuses_bad_arguments(tmp_path, kwargs, message):
+    args = {"corruptions": ["contrast"], "workers": 1, "progress": False, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        generate_corruption_set(IMAGES, LABELS, tmp_path / "set", **args)
+
+
+def test_generate_corruption_set_refuses_no_image_and_a_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"images is empty \(N = 0\)"):
+        generate_corruption_set(IMAGES[:0], LABELS[:0], tmp_path / "set", corruptions=["contrast"], progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        generate_corruption_set(IMAGES, LABELS, tmp_path / "file", corruptions=["contrast"], progress=False)
+
+
+@pytest.mark.parametrize(("text", "message"), [("{bad", "not a readable JSON file"), ("[1]", "holds a list")])
+def test_corrupt_meta_json_is_a_data_error(corruption_set, text, message):
+    (corruption_set / "meta.json").write_text(text)
+    with pytest.raises(DataError, match=message + ".*generate the set again"):
+        generate_corruption_set(IMAGES, LABELS, corruption_set, corruptions=["contrast"], progress=False)
+    with pytest.raises(DataError, match=message):
+        evaluate_corruptions(_model(), corruption_set, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n": 0}, r"n must be an int >= 1 \(images per severity\) or None"),
+        ({"n": 1.5}, "n must be an int >= 1"),
+        ({"n": True}, "n must be an int >= 1"),
+        ({"n": "all"}, "n must be an int >= 1 .* or None for all of them"),
+        ({"n": 5}, "n=5 but .* has 2 images per severity: pass n <= 2 or None"),
+        ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
+        ({"corruptions": "contrast"}, "got the string 'contrast'"),
+        ({"corruptions": ["haze"]}, r"unknown corruptions \['haze'\]"),
+        ({"corruptions": ["saturate"]}, "none of the 15 common corruptions"),
+    ],
+)
+def test_evaluate_corruptions_refuses_bad_arguments(corruption_set, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        evaluate_corruptions(_model(), corruption_set, progress=False, **kwargs)
+
+
+def test_evaluate_corruptions_refuses_a_non_module():
+    with pytest.raises(ConfigError, match="model must be a torch.nn.Module, got function"):
+        evaluate_corruptions(lambda x: x, "anywhere", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "array", "message"),
+    [
+        ("contrast.npy", np.zeros((10, 32, 32, 3), np.float32), r"contrast.npy holds float32 .*not uint8 images"),
+        ("contrast.npy", np.zeros((10, 32, 32), np.uint8), r"contrast.npy holds uint8 \(10, 32, 32\)"),
+        ("labels.npy", np.full(10, 0.5, np.float32), "labels.npy holds float32 .*not int class indices"),
+        ("labels.npy", np.zeros((10, 2), np.int64), r"labels.npy holds int64 \(10, 2\)"),
+        ("labels.npy", np.zeros(0, np.int64), "labels.npy is empty"),
+        ("clean.npy", np.zeros((1, 32, 32, 3), np.uint8), r"clean.npy holds uint8 \(1, 32, 32, 3\)"),
+        ("clean.npy", np.zeros((2, 16, 16, 3), np.uint8), r"clean.npy holds .*like the corruption files"),
+    ],
+)
+def test_evaluate_corruptions_refuses_bad_files(corruption_set, name, array, message):
+    np.save(corruption_set / name, array)
+    with pytest.raises(DataError, match=message):
+        evaluate_corruptions(_model(), corruption_set, progress=False)
+
+
+def _full(value: float = 0.5) -> dict[str, dict[int, float]]:
+    return {c: {s: value for s in range(1, 6)} for c in COMMON_CORRUPTIONS}
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "message"),
+    [
+        (None, r"accuracy must be a dict \{corruption: \{severity: fraction\}\}, got NoneType"),
+        ({"contrast": {}}, r"accuracy\['contrast'\] must be a non-empty dict"),
+        ({"contrast": [0.5] * 5}, r"accuracy\['contrast'\] must be a non-empty dict"),
+        ({"contrast": {6: 0.5}}, r"has severity 6: severities are the ints 1..5"),
+        ({"contrast": {"1": 0.5}}, r"has severity '1'"),
+        ({"contrast": {1: 50.0}}, r"accuracy\['contrast'\]\[1\] = 50.0: accuracies are fractions in \[0, 1\]"),
+        ({"contrast": {1: None}}, "= None: accuracies are fractions"),
+        ({"contrast": {1: float("nan")}}, "= nan: accuracies are fractions"),
+    ],
+)
+def test_corruption_metrics_refuses_bad_accuracies(accuracy, message):
+    with pytest.raises(ConfigError, match=message):
+        corruption_metrics(accuracy)
+
+
+def test_corruption_metrics_refuses_a_percent_clean_accuracy():
+    with pytest.raises(ConfigError, match=r"clean_accuracy must be a fraction in \[0, 1\] \(e.g. 0.81, not 81\)"):
+        corruption_metrics(_full(), clean_accuracy=80, alexnet_normalise=True)
+
+
+def test_corruption_metrics_with_missing_severities_still_summarises():
+    accuracy = {"contrast": {1: 0.5}, "fog": {1: 0.3, 2: 0.1}}
+    metrics = corruption_metrics(accuracy)
+    assert metrics["per_severity"] == pytest.approx({1: 0.4, 2: 0.1})
+    with pytest.raises(ValueError, match="needs all 15 common corruptions at severities 1-5"):
+        corruption_metrics(accuracy, alexnet_normalise=True)
+
+
+@pytest.mark.parametrize(
+    ("report", "message"),
+    [(None, "got NoneType"), ({}, r"report lacks \['source', 'folder', 'n', 'accuracy', 'metrics'\]"),
+     ({"source": "published", "accuracy": {}, "metrics": {}}, r"report lacks \['folder', 'n'\]")],
+)
+def test_format_robustness_report_refuses_other_dicts(report, message):
+    with pytest.raises(ConfigError, match=message):
+        format_robustness_report(report)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rng": 0}, r"rng must be a numpy.random.Generator, got int: pass rng=np.random.default_rng\(seed\)"),
+        ({"offsets": np.zeros((1, 2, 2, 2), int)}, r"offsets must be ints of shape \(1, 784, 2, 2\)"),
+        ({"offsets": np.full((1, 784, 2, 2), 5)}, r"offsets must lie in \[-2, 1\] at severity 2"),
+    ],
+)
+def test_glass_blur_refuses_bad_rng_and_offsets(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        glass_blur(IMAGES, 2, **kwargs)
+
+
+def test_glass_blur_refuses_zero_channels():
+    with pytest.raises(ConfigError, match=r"1 <= C <= 4"):
+        glass_blur(np.zeros((2, 32, 32, 0), np.uint8), 2)
+
+
+def test_meta_json_written_is_an_object(corruption_set):
+    assert isinstance(json.loads((corruption_set / "meta.json").read_text()), dict)
