@@ -143,6 +143,11 @@ def test_option_and_method_errors():
         build_peft_transform("lora_qv", target_modules=["nothing_here"])(tiny_vit())
     with pytest.raises(ValueError, match="Candidate Linear modules"):
         build_peft_transform("lora", target_modules=["nothing_here"])(tiny_vit())
+    for method in ("linear", "kadaptation", "full"):
+        with pytest.raises(TypeError, match=f"the '{method}' transform adapts an nn.Module .*got str"):
+            build_peft_transform(method)("model")
+    with pytest.raises(TypeError, match="count_parameters needs an nn.Module, got str"):
+        count_parameters("model")
 
 
 def test_few_shot_run_learns_above_chance():

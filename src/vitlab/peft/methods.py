@@ -209,7 +209,15 @@ def build_peft_transform(method: str | None, target_modules: str | Sequence[str]
     method = method or "full"
     if method not in PEFT_METHODS:
         raise ValueError(f"unknown peft method {method!r}; choose one of {sorted(PEFT_METHODS)}")
-    return PEFT_METHODS[method](target_modules, **options)
+    adapt = PEFT_METHODS[method](target_modules, **options)
+
+    def transform(model: nn.Module) -> nn.Module:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"the {method!r} transform adapts an nn.Module (e.g. timm.create_model(...)), got "
+                            f"{type(model).__name__}")
+        return adapt(model)
+
+    return transform
 
 
 def count_parameters(model: nn.Module, head_modules: Sequence[str] | None = None) -> dict[str, int]:
@@ -220,6 +228,8 @@ def count_parameters(model: nn.Module, head_modules: Sequence[str] | None = None
         ``total`` (all parameters), ``trainable``, ``head`` (trainable parameters of the classifier) and
         ``adaptation`` = ``trainable - head`` (the number PEFT papers report, e.g. 50,176 for KAdaptation on ViT-B).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"count_parameters needs an nn.Module, got {type(model).__name__}")
     params = {id(p): p for name, p in model.named_parameters() if ".original_module." not in f".{name}"}
     heads = classifier_names(model, head_modules)
     head_ids = {id(p) for h in heads for p in model.get_submodule(h).parameters()}
