@@ -203,3 +203,93 @@ def test_glass_blur_refuses_zero_channels():
 
 def test_meta_json_written_is_an_object(corruption_set):
     assert isinstance(json.loads((corruption_set / "meta.json").read_text()), dict)
+
+
+def _vit() -> torch.nn.Module:
+    import timm
+
+    import vitlab  # noqa: F401  (registers vit_vitlab_tiny_patch4_32)
+
+    return timm.create_model("vit_vitlab_tiny_patch4_32", num_classes=10, in_chans=3, img_size=32, patch_size=8,
+                             depth=1, embed_dim=32, num_heads=2)
+
+
+LOADER = [(torch.rand(4, 3, 32, 32), torch.arange(4))]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kinds": "shuffle"}, r"got the string 'shuffle': pass \['shuffle'\]"),
+        ({"kinds": []}, r"non-empty list of distinct view kinds .*got \[\]"),
+        ({"kinds": ["shuffle", "shuffle"]}, "non-empty list of distinct view kinds"),
+        ({"n": 0}, r"n must be an int >= 1 \(images to use\) or None"),
+        ({"n": 2.5}, "n must be an int >= 1"),
+        ({"n": "all"}, "n must be an int >= 1 .*got 'all'"),
+        ({"n": 10}, "asked for n=10 images but the loader has only 4: pass n <= 4 or None"),
+        ({"seed": None}, "seed must be an int, got None"),
+    ],
+)
+def test_diagnose_negatives_refuses_bad_arguments(kwargs, message):
+    from vitlab.eval import diagnose_negatives
+
+    with pytest.raises(ConfigError, match=message):
+        diagnose_negatives(_vit(), LOADER, 8, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("loader", "message"),
+    [
+        (torch.rand(2, 3, 32, 32), r"batch 0 is not a pair \(images, labels\)"),
+        ([(np.zeros((2, 3, 32, 32), np.float32), np.arange(2))], r"must be torch tensors \(torch.from_numpy"),
+        ([(torch.rand(3, 32, 32), torch.arange(3))], r"float32 \(3, 32, 32\): pass float images \(B, C, H, W\)"),
+        ([(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.arange(2))], r"torch.uint8 .*x.float\(\) / 255"),
+        ([(torch.rand(2, 3, 32, 32), torch.arange(3))], r"2 images but labels of shape \(3,\)"),
+        ([(torch.rand(2, 3, 32, 32), torch.tensor([1.0, 2.0]))], "labels are torch.float32: pass int64 class indices"),
+    ],
+)
+def test_diagnose_negatives_refuses_bad_batches(loader, message):
+    from vitlab.eval import diagnose_negatives
+
+    with pytest.raises(DataError, match=message):
+        diagnose_negatives(_vit(), loader, 8)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10), torch.nn.Flatten(0)),
+     torch.nn.Conv2d(3, 10, 1)],
+)
+def test_diagnose_negatives_refuses_a_model_without_logits(model):
+    from vitlab.eval import diagnose_negatives
+
+    with pytest.raises(ConfigError, match=r"the model must return class logits \(B, K\) = \(4, K\)"):
+        diagnose_negatives(model, LOADER, 8)
+    with pytest.raises(ConfigError, match="model must be a torch.nn.Module, got function"):
+        diagnose_negatives(lambda x: x, LOADER, 8)
+
+
+def test_format_negative_diagnostics_refuses_other_dicts():
+    from vitlab.eval import format_negative_diagnostics
+
+    with pytest.raises(ConfigError, match=r"result lacks \['n', .*pass the dict that diagnose_negatives returns"):
+        format_negative_diagnostics({})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"corruptions": "contrast"}, "got the string 'contrast'"),
+        ({"corruptions": ["haze"]}, r"unknown corruptions \['haze'\]"),
+        ({"corruptions": ["contrast"]}, "alexnet_normalise needs all 15 common corruptions.*alexnet_normalise=False"),
+        ({"corruptions": ["saturate"], "alexnet_normalise": False}, "none of the 15 common corruptions"),
+        ({"clean_accuracy": 81}, r"clean_accuracy must be a fraction in \[0, 1\]"),
+        ({"n": 0}, "n must be an int >= 1"),
+        ({"batch_size": 0}, "batch_size must be an int >= 1"),
+    ],
+)
+def test_evaluate_imagenet_c_refuses_bad_arguments_before_reading(tmp_path, kwargs, message):
+    from vitlab.eval import evaluate_imagenet_c
+
+    with pytest.raises(ConfigError, match=message):
+        evaluate_imagenet_c(_model(), tmp_path, lambda image: image, progress=False, **kwargs)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.augment import KINDS, NegativeViews
+from vitlab.errors import ConfigError, DataError
 from vitlab.eval.device import resolve_device
 
 __all__ = ["diagnose_negatives", "format_negative_diagnostics", "model_patch_size"]
@@ -57,6 +58,7 @@ def diagnose_negatives(
         ``{"n", "num_classes", "chance", "patch_size", "views": {"clean": {"accuracy", "confidence"},
         kind: {"accuracy", "confidence", "agreement"}, ...}}`` (fractions).
     """
+    _check_arguments(model, kinds, n, seed)
     views = {kind: NegativeViews([kind], patch_size, **view_options) for kind in kinds}
     generator = torch.Generator().manual_seed(seed)
     device = resolve_device(device)
@@ -64,16 +66,22 @@ def diagnose_negatives(
     names = ["clean", *views]
     totals = {name: {"accuracy": 0.0, "confidence": 0.0, "agreement": 0.0} for name in names}
     count, num_classes = 0, None
-    for images, targets in loader:
+    for batch_index, pair in enumerate(loader):
         if n is not None and count >= n:
             break
+        images, targets = _check_batch(pair, batch_index)
         take = images.shape[0] if n is None else min(images.shape[0], n - count)
         images, targets = images[:take].to(device), targets[:take].to(device)
         labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
         clean_pred = None
         for name in names:
             batch = images if name == "clean" else views[name](images, generator=generator)
-            probs = model(batch).float().softmax(dim=1)
+            logits = model(batch)
+            if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != batch.shape[0]:
+                shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+                raise ConfigError(f"the model must return class logits (B, K) = ({batch.shape[0]}, K), got {shape}: "
+                                  "pass a classifier (e.g. a timm model with num_classes set)")
+            probs = logits.float().softmax(dim=1)
             num_classes = probs.shape[1]
             confidence, pred = probs.max(dim=1)
             clean_pred = pred if name == "clean" else clean_pred
@@ -84,15 +92,55 @@ def diagnose_negatives(
     if count == 0:
         raise ValueError("the loader yielded no image")
     if n is not None and count < n:
-        raise ValueError(f"asked for n={n} images but the loader has only {count}")
+        raise ConfigError(f"asked for n={n} images but the loader has only {count}: pass n <= {count} or None")
     result = {name: {key: value / count for key, value in totals[name].items()} for name in names}
     del result["clean"]["agreement"]
     return {"n": count, "num_classes": num_classes, "chance": 1.0 / num_classes, "patch_size": patch_size,
             "views": result}
 
 
+def _check_arguments(model: Any, kinds: Any, n: Any, seed: Any) -> None:
+    """Refuse arguments `diagnose_negatives` cannot use, before any image is processed."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(kinds, str):
+        raise ConfigError(f"kinds must be a list of view kinds, got the string {kinds!r}: pass [{kinds!r}]")
+    kinds = list(kinds)
+    if not kinds or len(set(kinds)) != len(kinds):
+        raise ConfigError(f"kinds must be a non-empty list of distinct view kinds from {list(KINDS)}, got {kinds}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(f"n must be an int >= 1 (images to use) or None for the whole loader, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an int, got {seed!r}")
+
+
+def _check_batch(pair: Any, index: int) -> tuple[Tensor, Tensor]:
+    """One loader batch as ``(float images (B, C, H, W), labels (B,) or (B, K))``, or a `DataError` naming the fix."""
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise DataError(f"loader batch {index} is not a pair (images, labels): the loader must yield "
+                        "(images (B, C, H, W), labels (B,)) batches, e.g. a torch DataLoader of a labelled dataset")
+    images, targets = pair
+    if not isinstance(images, Tensor) or not isinstance(targets, Tensor):
+        raise DataError(f"loader batch {index} holds {type(images).__name__} and {type(targets).__name__}: images "
+                        "and labels must be torch tensors (torch.from_numpy(...))")
+    if images.ndim != 4 or not images.is_floating_point():
+        raise DataError(f"loader batch {index} images are {images.dtype} {tuple(images.shape)}: pass float images "
+                        "(B, C, H, W), channels first and preprocessed as the model takes them (e.g. x.float() / 255, "
+                        "normalised; x.permute(0, 3, 1, 2) for channels-last)")
+    if targets.ndim not in (1, 2) or targets.shape[0] != images.shape[0]:
+        raise DataError(f"loader batch {index} has {images.shape[0]} images but labels of shape "
+                        f"{tuple(targets.shape)}: pass labels (B,) or soft labels (B, K), one per image")
+    if targets.ndim == 1 and (targets.is_floating_point() or targets.dtype == torch.bool):
+        raise DataError(f"loader batch {index} labels are {targets.dtype}: pass int64 class indices")
+    return images, targets
+
+
 def format_negative_diagnostics(result: dict[str, Any]) -> str:
     """Markdown table of `diagnose_negatives`, with chance beside the numbers."""
+    missing = [k for k in ("n", "patch_size", "num_classes", "chance", "views") if k not in result] \
+        if isinstance(result, dict) else ["a dict"]
+    if missing:
+        raise ConfigError(f"result lacks {missing}: pass the dict that diagnose_negatives returns")
     lines = [
         f"Negative-view diagnostics on {result['n']} test images, patch size {result['patch_size']} px, "
         f"{result['num_classes']} classes (chance {100 * result['chance']:.1f} %).",

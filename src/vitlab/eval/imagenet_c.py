@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vitlab.errors import MissingFileError
-from vitlab.eval.corruptions import COMMON_CORRUPTIONS, SEVERITIES
+from vitlab.errors import ConfigError, MissingFileError
+from vitlab.eval.corruptions import COMMON_CORRUPTIONS, SEVERITIES, _check_corruption_names, _is_int
 from vitlab.eval.device import resolve_device
-from vitlab.eval.robustness import Accuracies, corruption_metrics
+from vitlab.eval.robustness import Accuracies, _is_fraction, corruption_metrics
 from vitlab.metrics import evaluate_classifier
 
 __all__ = ["evaluate_imagenet_c"]
@@ -57,6 +57,21 @@ def evaluate_imagenet_c(
     from torchvision.datasets import ImageFolder
     from tqdm.auto import tqdm
 
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    corruptions = _check_corruption_names(corruptions)
+    if alexnet_normalise and sorted(corruptions) != sorted(COMMON_CORRUPTIONS):
+        raise ConfigError(f"alexnet_normalise needs all 15 common corruptions, got {corruptions}: pass "
+                          "corruptions=COMMON_CORRUPTIONS or alexnet_normalise=False")
+    if not any(c in COMMON_CORRUPTIONS for c in corruptions):
+        raise ConfigError(f"corruptions {corruptions} holds none of the 15 common corruptions the summary is over: "
+                          f"add at least one of {', '.join(COMMON_CORRUPTIONS)}")
+    if clean_accuracy is not None and not _is_fraction(clean_accuracy):
+        raise ConfigError(f"clean_accuracy must be a fraction in [0, 1] (e.g. 0.81, not 81), got {clean_accuracy!r}")
+    if n is not None and (not _is_int(n) or n < 1):
+        raise ConfigError(f"n must be an int >= 1 (images per corruption and severity) or None for all, got {n!r}")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
     root = Path(root)
     missing = [f"{c}/{s}" for c in corruptions for s in SEVERITIES if not (root / c / str(s)).is_dir()]
     if missing:
@@ -72,7 +87,8 @@ def evaluate_imagenet_c(
             dataset = ImageFolder(str(root / corruption / str(severity)), transform=transform)
             if n is not None:
                 if not 1 <= n <= len(dataset):
-                    raise ValueError(f"n={n} but {corruption}/{severity} has {len(dataset)} images")
+                    raise ConfigError(f"n={n} but {corruption}/{severity} has {len(dataset)} images: pass n <= "
+                                      f"{len(dataset)} or None")
                 dataset = Subset(dataset, np.linspace(0, len(dataset) - 1, n).round().astype(int).tolist())
             counts.add(len(dataset))
             loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
