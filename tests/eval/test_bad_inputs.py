@@ -293,3 +293,57 @@ def test_evaluate_imagenet_c_refuses_bad_arguments_before_reading(tmp_path, kwar
 
     with pytest.raises(ConfigError, match=message):
         evaluate_imagenet_c(_model(), tmp_path, lambda image: image, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("value", [0, -3, 1.5, True, "abc", "1.5"])
+def test_parse_n_refuses_what_is_not_a_positive_int(value):
+    from vitlab.eval.evaluate import parse_n
+
+    with pytest.raises(ConfigError, match=r"--n must be a positive int or 'all', got "):
+        parse_n(value)
+
+
+def test_parse_n_keeps_whole_numbers_and_all():
+    from vitlab.eval.evaluate import count_test_images, parse_n
+
+    assert (parse_n(4), parse_n("4"), parse_n(4.0), parse_n(" ALL ")) == (4, 4, 4, None)
+    with pytest.raises(ConfigError, match="--n 500 but the test set has 360 images: use --n all or less"):
+        count_test_images(500, 360)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n": 2.5}, "--n must be a positive int or 'all', got 2.5"),
+        ({"n": 0}, "--n must be a positive int or 'all', got 0"),
+        ({"n": 99999}, "--n 99999 but the digits test set has 360 images"),
+        ({"patch_size": 0}, r"patch_size must be an int >= 1 .*or None for the model's own, got 0"),
+        ({"patch_size": "8"}, "patch_size must be an int >= 1 .*got '8'"),
+        ({"kinds": "shuffle"}, r"pass \['shuffle'\]"),
+    ],
+)
+def test_diagnose_checkpoint_refuses_bad_arguments(checkpoint, tmp_path, kwargs, message):
+    from vitlab.eval import diagnose_checkpoint
+
+    with pytest.raises(ConfigError, match=message):
+        diagnose_checkpoint(checkpoint, out=tmp_path, **{"n": 4, **kwargs})
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n": True}, "--n must be a positive int or 'all', got True"),
+        ({"corruptions": []}, "corruptions is empty"),
+        ({"corruptions": "contrast"}, r"pass \['contrast'\]"),
+        ({"corruptions": ["saturate"]}, "none of the 15 common corruptions"),
+        ({"corruptions": ["contrast"], "alexnet_normalise": True}, "apply to ImageNet-C only"),
+    ],
+)
+def test_robustness_report_refuses_bad_arguments_before_generating(checkpoint, tmp_path, kwargs, message):
+    from vitlab.eval import robustness_report
+
+    with pytest.raises(ConfigError, match=message):
+        robustness_report(checkpoint, out=tmp_path / "out", cache_dir=str(tmp_path / "set"), workers=1,
+                          **{"n": 4, **kwargs})
+    assert not (tmp_path / "set").exists() and not (tmp_path / "out").exists()

@@ -138,12 +138,14 @@ def parse_n(value: str | int | None) -> int | None:
     """
     if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
         return None
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"--n must be a positive int or 'all', got {value!r}")
     try:
         n = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"--n must be a positive int or 'all', got {value!r}") from None
+        raise ConfigError(f"--n must be a positive int or 'all', got {value!r}") from None
     if n < 1:
-        raise ValueError(f"--n must be a positive int or 'all', got {value!r}")
+        raise ConfigError(f"--n must be a positive int or 'all', got {value!r}")
     return n
 
 
@@ -158,7 +160,7 @@ def count_test_images(value: str | int | None, available: int, name: str = "the"
     if n is None:
         return available
     if n > available:
-        raise ValueError(f"--n {n} but {name} test set has {available} images: use --n all or less")
+        raise ConfigError(f"--n {n} but {name} test set has {available} images: use --n all or less")
     return n
 
 
@@ -187,13 +189,13 @@ def load_checkpoint_and_test_data(
     kwargs = meta["model_kwargs"]
     name = data or data_cfg.get("name")
     if not name:
-        raise ValueError(f"{checkpoint} does not record its dataset (it was not written by `vitlab fit`): "
+        raise ConfigError(f"{checkpoint} does not record its dataset (it was not written by `vitlab fit`): "
                          "pass --data NAME")
     stats = {"mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])} if data_cfg.get("mean") else {}
     datamodule = build_datamodule(name, root=root, img_size=data_cfg.get("img_size", kwargs.get("img_size", 32)),
                                   in_chans=kwargs.get("in_chans"), batch_size=batch_size, **stats)
     if datamodule.num_classes != kwargs.get("num_classes", datamodule.num_classes):
-        raise ValueError(f"{name} has {datamodule.num_classes} classes but the checkpoint predicts "
+        raise ConfigError(f"{name} has {datamodule.num_classes} classes but the checkpoint predicts "
                          f"{kwargs['num_classes']}: pass the dataset it was trained on with --data")
     datamodule.prepare_data()
     datamodule.setup("test")
@@ -233,7 +235,7 @@ def _check_geometry(folder: Path, data_config: dict[str, Any]) -> None:
     size = int(data_config["img_size"])
     expected = (size, size, int(data_config.get("source_chans") or data_config["in_chans"]))
     if shape != expected:
-        raise ValueError(f"{files[0]} holds {shape[0]}x{shape[1]}x{shape[2]} images but the checkpoint takes "
+        raise ConfigError(f"{files[0]} holds {shape[0]}x{shape[1]}x{shape[2]} images but the checkpoint takes "
                          f"{expected[0]}x{expected[1]}x{expected[2]} (H x W x C): use a folder made for this model "
                          "or generate one (leave out --corruption_dir)")
 
@@ -254,7 +256,7 @@ def _generated_set(datamodule: Any, n: str | int | None, corruptions: Sequence[s
         try:
             import_imagecorruptions()
         except ImportError as error:  # a one-line, fixable error for the CLI
-            raise ValueError(f"{error} (or `pip install 'vitlab[robustness]'`)") from error
+            raise ConfigError(f"{error} (or `pip install 'vitlab[robustness]'`)") from error
     available = len(datamodule.test_dataset)
     count = count_test_images(n, available, f"the {datamodule.name}")
     print(f"robustness: using {count} of {available} {datamodule.name} test images per corruption and severity "
@@ -299,17 +301,24 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
     from vitlab.eval.robustness import evaluate_corruptions, format_robustness_report
 
     count = parse_n(n)  # published folders: None (all) unless given; generated sets: see count_test_images
+    if corruptions is not None:  # before the (long) generation of a set that evaluate_corruptions would refuse
+        from vitlab.eval.corruptions import _check_corruption_names
+
+        corruptions = _check_corruption_names(corruptions)
+        if not any(c in COMMON_CORRUPTIONS for c in corruptions):
+            raise ConfigError(f"corruptions {corruptions} holds none of the 15 common corruptions the summary is "
+                              f"over: add at least one of {', '.join(COMMON_CORRUPTIONS)}")
     if corruption_dir and imagenet_c:
-        raise ValueError("give either --corruption_dir or --imagenet_c, not both")
+        raise ConfigError("give either --corruption_dir or --imagenet_c, not both")
     if (alexnet_normalise or clean_accuracy is not None) and not imagenet_c:
-        raise ValueError("--alexnet_normalise and --clean_accuracy apply to ImageNet-C only: add --imagenet_c ROOT")
+        raise ConfigError("--alexnet_normalise and --clean_accuracy apply to ImageNet-C only: add --imagenet_c ROOT")
     chosen = resolve_device(device)
     source = ""
     if corruption_dir or imagenet_c:
         model, meta = load_run_model(checkpoint)
         data_config = meta.get("extra", {}).get("data")
         if not data_config:
-            raise ValueError(f"{checkpoint} has no data config in its metadata: it was not written by `vitlab fit`")
+            raise ConfigError(f"{checkpoint} has no data config in its metadata: it was not written by `vitlab fit`")
         name = data or data_config.get("name", "data")
     else:
         model, meta, datamodule = load_checkpoint_and_test_data(checkpoint, data, root, batch_size)
@@ -367,11 +376,15 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
     from vitlab.checkpoint import resolve_weights_path
     from vitlab.eval.diagnostics import diagnose_negatives, format_negative_diagnostics, model_patch_size
 
+    if patch_size is not None and (isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1):
+        raise ConfigError(f"patch_size must be an int >= 1 (the views' cell size in px) or None for the model's own, "
+                          f"got {patch_size!r}")
+    parse_n(n)  # refuse a bad --n before loading the model and data
     model, _, datamodule = load_checkpoint_and_test_data(checkpoint, data, root, batch_size)
     own = model_patch_size(model)
-    cell = patch_size or own
+    cell = own if patch_size is None else patch_size
     if cell is None:
-        raise ValueError(f"{type(model).__name__} has no patch_embed.patch_size: give the cell size with --patch_size")
+        raise ConfigError(f"{type(model).__name__} has no patch_embed.patch_size: give the cell size with --patch_size")
     available = len(datamodule.test_dataset)
     count = count_test_images(n, available, f"the {datamodule.name}")
     aligned = "" if own is None else (f"; model patch size {own} px, "
