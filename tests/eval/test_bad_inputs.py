@@ -347,3 +347,39 @@ def test_robustness_report_refuses_bad_arguments_before_generating(checkpoint, t
         robustness_report(checkpoint, out=tmp_path / "out", cache_dir=str(tmp_path / "set"), workers=1,
                           **{"n": 4, **kwargs})
     assert not (tmp_path / "set").exists() and not (tmp_path / "out").exists()
+
+
+def test_format_robustness_report_reads_a_report_back_from_json(corruption_set):
+    report = evaluate_corruptions(_model(), corruption_set, progress=False)
+    again = json.loads(json.dumps(report))  # severities become "1".."5"
+    assert format_robustness_report(again) == format_robustness_report(report)
+    assert "| contrast | -" not in format_robustness_report(again)
+
+
+def test_evaluate_corruptions_refuses_a_preprocess_that_is_not_callable(corruption_set):
+    with pytest.raises(ConfigError, match="preprocess must be a callable uint8 .*got int"):
+        evaluate_corruptions(_model(), corruption_set, preprocess=1, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n": 0}, r"n must be an int >= 1 \(images to take\) or None"),
+        ({"n": -1}, "n must be an int >= 1"),
+        ({"std": [0.5, 0.5]}, "mean and std must be sequences with one value per channel"),
+        ({"mean": 0.5, "std": 0.5}, r"got mean=0.5, std=0.5: e.g. mean=\[0.5, 0.5, 0.5\]"),
+        ({"channels": 0}, r"channels must be an int in 1..3"),
+    ],
+)
+def test_images_from_loader_refuses_bad_arguments(kwargs, message):
+    from vitlab.eval import images_from_loader
+
+    with pytest.raises(ConfigError, match=message):
+        images_from_loader(LOADER, **{"mean": [0.5] * 3, "std": [0.5] * 3, **kwargs})
+
+
+def test_images_from_loader_refuses_unbatched_images():
+    from vitlab.eval import images_from_loader
+
+    with pytest.raises(DataError, match=r"loader images must be tensors \(B, C, H, W\), got \(3, 32, 32\)"):
+        images_from_loader([(torch.rand(3, 32, 32), torch.arange(3))], [0.5] * 3, [0.5] * 3)

@@ -318,10 +318,21 @@ def images_from_loader(
         n: images to take (``None``: all).
         channels: keep only the first ``channels`` channels (1 for grey data repeated to 3 for the model).
     """
+    if n is not None and (not _is_int(n) or n < 1):
+        raise ConfigError(f"n must be an int >= 1 (images to take) or None for all of them, got {n!r}")
+    if isinstance(mean, str | int | float) or isinstance(std, str | int | float) or len(mean) != len(std):
+        raise ConfigError(f"mean and std must be sequences with one value per channel, got mean={mean!r}, "
+                          f"std={std!r}: e.g. mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]")
+    if channels is not None and (not _is_int(channels) or not 1 <= channels <= len(mean)):
+        raise ConfigError(f"channels must be an int in 1..{len(mean)} (channels to keep) or None, got {channels!r}")
     mean_t = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
     images, labels, taken = [], [], 0
     for batch, target in loader:
+        if not isinstance(batch, Tensor) or batch.ndim != 4:
+            shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+            raise DataError(f"loader images must be tensors (B, C, H, W), got {shape}: the loader must yield "
+                            "(images, labels) batches, channels first")
         if batch.shape[1] != mean_t.shape[1]:
             raise ValueError(f"loader images have {batch.shape[1]} channels but mean has {mean_t.shape[1]} entries")
         pixels = ((batch.float() * std_t + mean_t) * 255.0).round().clamp(0, 255).to(torch.uint8)

@@ -223,6 +223,9 @@ def evaluate_corruptions(
     missing = [c for c in names if c not in present]
     if missing or not names:
         raise DataError(f"{folder} lacks corruption files for {missing or 'every corruption'}; present: {present}")
+    if preprocess is not None and not callable(preprocess):
+        raise ConfigError(f"preprocess must be a callable uint8 (B, C, H, W) -> model input, got "
+                          f"{type(preprocess).__name__}")
     preprocess = preprocess or _default_preprocess
     device = resolve_device(device)
     model = model.to(device).eval()
@@ -261,6 +264,11 @@ def evaluate_corruptions(
     }
 
 
+def _int_severities(accuracy: dict[str, Any]) -> dict[str, dict[int, float]]:
+    """``accuracy`` with int severity keys (JSON turns them into strings)."""
+    return {c: {int(s): v for s, v in per_severity.items()} for c, per_severity in accuracy.items()}
+
+
 def format_robustness_report(report: dict[str, Any]) -> str:
     """Markdown report of `evaluate_corruptions` / `evaluate_imagenet_c`: provenance, N, summaries, tables."""
     if not isinstance(report, dict):
@@ -270,7 +278,9 @@ def format_robustness_report(report: dict[str, Any]) -> str:
     if missing:
         raise ConfigError(f"report lacks {missing}: pass the dict that evaluate_corruptions / evaluate_imagenet_c "
                           "return")
-    metrics = report["metrics"]
+    metrics, accuracy = report["metrics"], _int_severities(report["accuracy"])
+    if isinstance(metrics, dict) and "per_severity" in metrics:  # a report read back from JSON has "1".."5" keys
+        metrics = {**metrics, "per_severity": {int(s): v for s, v in metrics["per_severity"].items()}}
     if report["source"] == "generated":
         meta = report.get("meta") or {}
         version = meta.get("versions", {}).get("imagecorruptions-imaug", "?")
@@ -303,7 +313,7 @@ def format_robustness_report(report: dict[str, Any]) -> str:
               "|---|" + "---|" * len(severities),
               "| accuracy (%) | " + " | ".join(f"{100 * metrics['per_severity'][s]:.2f}" for s in severities) + " |",
               "", "| corruption | " + " | ".join(map(str, SEVERITIES)) + " | mean |", "|---|" + "---|" * 6]
-    for corruption, per_severity in report["accuracy"].items():
+    for corruption, per_severity in accuracy.items():
         cells = [f"{100 * per_severity[s]:.2f}" if s in per_severity else "-" for s in SEVERITIES]
         extra = " (extra)" if corruption in EXTRA_CORRUPTIONS else ""
         mean = 100 * float(np.mean(list(per_severity.values())))
