@@ -383,3 +383,19 @@ def test_images_from_loader_refuses_unbatched_images():
 
     with pytest.raises(DataError, match=r"loader images must be tensors \(B, C, H, W\), got \(3, 32, 32\)"):
         images_from_loader([(torch.rand(3, 32, 32), torch.arange(3))], [0.5] * 3, [0.5] * 3)
+
+
+@pytest.mark.parametrize("name", ["labels.npy", "clean.npy"])
+def test_generating_again_restores_a_deleted_labels_or_clean_file(corruption_set, name):
+    before = evaluate_corruptions(_model(), corruption_set, progress=False)
+    (corruption_set / name).unlink()
+    generate_corruption_set(IMAGES, LABELS, corruption_set, corruptions=["contrast"], workers=1, progress=False)
+    assert (corruption_set / name).is_file()
+    assert evaluate_corruptions(_model(), corruption_set, progress=False)["accuracy"] == before["accuracy"]
+
+
+def test_evaluate_imagenet_c_refuses_a_transform_that_is_not_callable(tmp_path):
+    from vitlab.eval import evaluate_imagenet_c
+
+    with pytest.raises(ConfigError, match="transform must be a callable PIL image"):
+        evaluate_imagenet_c(_model(), tmp_path, None, progress=False)

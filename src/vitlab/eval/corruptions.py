@@ -230,7 +230,9 @@ def generate_corruption_set(
                 "images_sha256": digest, "seed": seed, "n": int(images.shape[0]), "shape": list(images.shape[1:]),
                 "severities": list(SEVERITIES), "versions": _versions(), "corruptions": []}
         meta_path.write_text(json.dumps(meta, indent=2))
+    if not (folder / "clean.npy").is_file():  # also restores a set whose clean.npy / labels.npy were deleted
         np.save(folder / "clean.npy", images)
+    if not (folder / "labels.npy").is_file():
         np.save(folder / "labels.npy", np.tile(labels.astype(np.int64), len(SEVERITIES)))
     todo = [c for c in corruptions if not (folder / f"{c}.npy").exists()]
     if todo:

@@ -59,6 +59,9 @@ def evaluate_imagenet_c(
 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(transform):
+        raise ConfigError(f"transform must be a callable PIL image -> (C, H, W) tensor, got {type(transform).__name__}"
+                          ": e.g. vitlab.data.build_eval_transform(data_config)")
     corruptions = _check_corruption_names(corruptions)
     if alexnet_normalise and sorted(corruptions) != sorted(COMMON_CORRUPTIONS):
         raise ConfigError(f"alexnet_normalise needs all 15 common corruptions, got {corruptions}: pass "
