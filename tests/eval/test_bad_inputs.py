@@ -399,3 +399,28 @@ def test_evaluate_imagenet_c_refuses_a_transform_that_is_not_callable(tmp_path):
 
     with pytest.raises(ConfigError, match="transform must be a callable PIL image"):
         evaluate_imagenet_c(_model(), tmp_path, None, progress=False)
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"garbage", "not a readable .npy array"),
+                                                  (None, r"per image, not \(H, W, C\) images")])
+def test_robustness_report_refuses_a_bad_published_folder(checkpoint, tmp_path, content, message):
+    from vitlab.eval import robustness_report
+
+    folder = tmp_path / "published"
+    folder.mkdir()
+    np.save(folder / "labels.npy", np.zeros(10, np.int64))
+    if content is None:
+        np.save(folder / "fog.npy", np.zeros((10, 32, 32), np.uint8))
+    else:
+        (folder / "fog.npy").write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        robustness_report(checkpoint, corruption_dir=str(folder), out=tmp_path / "out")
+
+
+def test_an_empty_loader_is_a_data_error():
+    from vitlab.eval import diagnose_negatives, images_from_loader
+
+    with pytest.raises(DataError, match="the loader yielded no image: pass a loader of the"):
+        images_from_loader([], [0.5] * 3, [0.5] * 3)
+    with pytest.raises(DataError, match="the loader yielded no image: pass a loader of the"):
+        diagnose_negatives(_vit(), [], 8)

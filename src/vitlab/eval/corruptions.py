@@ -223,7 +223,7 @@ def generate_corruption_set(
     if meta_path.exists():
         meta = _read_meta(meta_path)
         if meta.get("images_sha256") != digest or meta.get("seed") != seed:
-            raise ValueError(f"{folder} holds a corruption set of other images or another seed; use a new folder "
+            raise ConfigError(f"{folder} holds a corruption set of other images or another seed; use a new folder "
                              "or delete this one")
     else:
         meta = {"generated": True, "generator": "imagecorruptions-imaug (glass_blur: vitlab.eval.glass_blur)",
@@ -336,7 +336,8 @@ def images_from_loader(
             raise DataError(f"loader images must be tensors (B, C, H, W), got {shape}: the loader must yield "
                             "(images, labels) batches, channels first")
         if batch.shape[1] != mean_t.shape[1]:
-            raise ValueError(f"loader images have {batch.shape[1]} channels but mean has {mean_t.shape[1]} entries")
+            raise ConfigError(f"loader images have {batch.shape[1]} channels but mean has {mean_t.shape[1]} "
+                              "entries: pass the mean and std the loader normalised with")
         pixels = ((batch.float() * std_t + mean_t) * 255.0).round().clamp(0, 255).to(torch.uint8)
         if channels is not None:
             pixels = pixels[:, :channels]
@@ -347,7 +348,7 @@ def images_from_loader(
         if n is not None and taken >= n:
             break
     if not images:
-        raise ValueError("the loader yielded no image")
+        raise DataError("the loader yielded no image: pass a loader of the (non-empty) test set")
     if n is not None and taken < n:
-        raise ValueError(f"asked for n={n} images but the loader has only {taken}")
+        raise ConfigError(f"asked for n={n} images but the loader has only {taken}: pass n <= {taken} or None")
     return np.concatenate(images), np.concatenate(labels).astype(np.int64)

@@ -90,7 +90,7 @@ def diagnose_negatives(
             totals[name]["agreement"] += float((pred == clean_pred).sum())
         count += take
     if count == 0:
-        raise ValueError("the loader yielded no image")
+        raise DataError("the loader yielded no image: pass a loader of the (non-empty) test set")
     if n is not None and count < n:
         raise ConfigError(f"asked for n={n} images but the loader has only {count}: pass n <= {count} or None")
     result = {name: {key: value / count for key, value in totals[name].items()} for name in names}

@@ -229,9 +229,12 @@ def _check_geometry(folder: Path, data_config: dict[str, Any]) -> None:
     files = sorted(p for p in folder.glob("*.npy") if p.name not in ("labels.npy", "clean.npy"))
     if not files:
         return  # evaluate_corruptions names what is missing
-    import numpy as np
+    from vitlab.eval.robustness import _load_npy
 
-    shape = tuple(np.load(files[0], mmap_mode="r").shape[1:])
+    shape = tuple(_load_npy(files[0], mmap_mode="r").shape[1:])
+    if len(shape) != 3:
+        raise DataError(f"{files[0]} holds arrays of shape {shape} per image, not (H, W, C) images: use a "
+                        "CIFAR-C-layout folder (uint8 (5 * N, H, W, C))")
     size = int(data_config["img_size"])
     expected = (size, size, int(data_config.get("source_chans") or data_config["in_chans"]))
     if shape != expected:

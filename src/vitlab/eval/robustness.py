@@ -84,7 +84,7 @@ def corruption_metrics(
     common = [c for c in COMMON_CORRUPTIONS if c in accuracy]
     extra = [c for c in EXTRA_CORRUPTIONS if c in accuracy]
     if not common:
-        raise ValueError("no common corruption in the results; the summary needs at least one of "
+        raise ConfigError("no common corruption in the results; the summary needs at least one of "
                          f"{', '.join(COMMON_CORRUPTIONS)}")
     severities = sorted({s for c in common for s in accuracy[c]})
     per_corruption = {c: float(np.mean([accuracy[c][s] for s in sorted(accuracy[c])])) for c in common + extra}
@@ -101,7 +101,7 @@ def corruption_metrics(
     if alexnet_normalise:
         incomplete = [c for c in COMMON_CORRUPTIONS if c not in accuracy or sorted(accuracy[c]) != list(SEVERITIES)]
         if incomplete:
-            raise ValueError(f"AlexNet-normalised mCE needs all 15 common corruptions at severities 1-5; incomplete: "
+            raise ConfigError(f"AlexNet-normalised mCE needs all 15 common corruptions at severities 1-5; incomplete: "
                              f"{incomplete}")
         error = {c: 1.0 - per_corruption[c] for c in COMMON_CORRUPTIONS}
         result["ce"] = {c: error[c] / ALEXNET_ERRORS[c] for c in COMMON_CORRUPTIONS}
