@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from vitlab.checks import check_float, check_int, check_stats
 from vitlab.data import EpochRandomSampler, TensorImageDataset, build_datamodule, build_eval_transform, few_shot_indices
-from vitlab.data.checks import check_float, check_int, check_stats
 from vitlab.data.datasets import image_folder_classes, read_image, scan_image_folder
 from vitlab.data.loading import resolve_idx_files
 from vitlab.data.readers import read_cifar

@@ -26,12 +26,12 @@ Example:
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from vitlab.checks import check_int
 from vitlab.errors import ConfigError
 
 __all__ = ["cell_grid", "check_cell_params", "check_positive_int", "move_cells", "remap_cells", "valid_patch_sizes"]
@@ -46,9 +46,7 @@ def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
         >>> check_positive_int("patch_size", np.int64(8), minimum=2)
         8
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(name, value, minimum=minimum)
 
 
 def check_cell_params(source: object, rotation: object, batch: int, cells: int) -> None:

@@ -22,9 +22,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup
 from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DataLoader
 
-from vitlab.errors import ConfigError
-
-from .checks import (
+from vitlab.checks import (
     MAX_SEED,
     check_bool,
     check_float,
@@ -34,6 +32,8 @@ from .checks import (
     check_seed,
     check_stats,
 )
+from vitlab.errors import ConfigError
+
 from .datasets import (
     EpochRandomSampler,
     ImageFolderDataset,

@@ -27,9 +27,9 @@ from torch.utils.data import Dataset, RandomSampler
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from vitlab.checks import check_int, check_seed
 from vitlab.errors import ConfigError, DataError, MissingFileError
 
-from .checks import check_int, check_seed
 from .transforms import Normalize, fit_geometry, pil_to_uint8, resize_center_crop
 
 __all__ = [

@@ -40,9 +40,8 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from vitlab.checks import check_int, check_stats
 from vitlab.errors import ConfigError, DataError
-
-from .checks import check_int, check_stats
 
 __all__ = [
     "AUGMENT_PRESETS", "IMAGENET_C_OPS", "RandAugmentImageNetCDisjoint", "build_augment", "fit_geometry",

@@ -1,5 +1,6 @@
-"""Option checks shared by `vitlab.data`: one helper per kind of value, each raising `vitlab.errors.ConfigError`
-with a message that names the option, the value given and what to give instead.
+"""Option checks shared by vitlab's packages (it imports only `vitlab.errors`, so every layer above can): one helper
+per kind of value, each raising `vitlab.errors.ConfigError` with a message that names the option, the value given and
+what to give instead.
 
 Integers are accepted as Python ints or anything ``operator.index`` takes (NumPy or 0-d torch integers), never
 ``bool``; the helpers return plain Python values, so hyper-parameters saved from them load with
