@@ -14,12 +14,11 @@ from typing import Any
 
 from peft import PeftConfig
 
+from vitlab.checks import MAX_SEED
 from vitlab.errors import ConfigError
 from vitlab.peft.targets import FUSED_SLICES, resolve_preset
 
 __all__ = ["SliceAdapterConfig", "check_dropout", "check_positive_int"]
-
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 
 def check_positive_int(name: str, value: Any, upper: int | None = None) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from vitlab.checks import MAX_SEED
+
 from .layout import parse_selector
 from .projection import PROJECTION_NORMS
 
@@ -70,7 +72,7 @@ class SubspaceConfig:
         if self.projection_norm not in PROJECTION_NORMS:
             raise ValueError(f"projection_norm must be one of {PROJECTION_NORMS} ('global' rebuilds runs made before "
                              f"the option existed), got {self.projection_norm!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
         for flag in ("said", "train_head"):
             if not isinstance(getattr(self, flag), bool):
