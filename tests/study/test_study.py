@@ -71,10 +71,29 @@ def test_full_without_a_full_section_is_refused_not_ignored():
 @pytest.mark.parametrize(("finetune", "message"), [
     ({"methods": {"fulll": {}}}, r"finetune.methods names unknown method\(s\) \['fulll'\]"),
     ({"seeds": [-1, 1]}, r"finetune.seeds must be integers in \[0, 2\*\*32\)"),
+    ({"shots": ["a"]}, r"finetune.shots must be list\[int\], got \['a'\] \(list\)"),  # was a TypeError from sorted()
+    ({"shots": [0, 5]}, r"finetune.shots must be distinct positive ints"),
+    ({"shots": [5, 5]}, r"finetune.shots must be distinct positive ints"),
+    ({"steps": "1e3"}, r"finetune.steps must be int, got '1e3' \(str\)"),  # YAML 1.1 reads 1e3 as a string
+    ({"full_data": 1}, r"finetune.full_data must be bool"),
+    ({"methods": {"lora": []}}, r"finetune.methods must be dict\[str, dict\[str, Any\]\]"),
 ])
 def test_study_config_refuses_unknown_methods_and_bad_seeds_before_any_work(finetune, message):
     with pytest.raises(ValueError, match=message):
         study_config_from_dict({"backbones": {"vit": {"pretrain": "x"}}, "finetune": finetune})
+
+
+def test_study_config_field_types_are_checked_in_every_section():
+    with pytest.raises(ValueError, match=r"backbones.vit.img_size must be int \| null, got '32'"):
+        study_config_from_dict({"backbones": {"vit": {"model": "m", "pretrained": "timm", "img_size": "32"}}})
+    with pytest.raises(ValueError, match=r"evaluation.corruption_n must be int, got True"):
+        study_config_from_dict({"backbones": {"vit": {"pretrain": "x"}}, "evaluation": {"corruption_n": True}})
+
+
+def test_methods_may_be_a_list_of_names_without_overrides():
+    raw = {"backbones": {"vit": {"pretrain": "x"}}, "finetune": {"methods": ["full", "lora"]}}
+    config = study_config_from_dict(raw)
+    assert config.finetune.methods == {"full": {}, "lora": {}}
 
 
 def test_tiny_study_writes_a_report_that_agrees_with_the_runs(tmp_path, monkeypatch, capsys):

@@ -14,6 +14,7 @@ the rest (dicts merge key by key, everything else is replaced), so one file desc
     finetune:                       # the grid: backbones x methods x negatives x (shots + full data) x seeds
       backbones: [vit]
       methods: {full: {}, lora: {}, kadaptation: {}}        # method -> peft options over vitlab's defaults
+                                    # (a list [full, lora] means no overrides)
       negatives: {none: null, rotate_l2: {kinds: [rotate], loss: l2, weight: 1.0, patch_size: 8}}
       shots: [5]
       full_data: true
@@ -39,7 +40,9 @@ Example:
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -201,9 +204,38 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} in {where}; valid keys: {valid}")
     try:
-        return cls(**raw)
+        built = cls(**raw)
     except TypeError as err:
         raise ValueError(f"{where}: {err}") from None
+    hints = typing.get_type_hints(cls)
+    for key, value in raw.items():
+        if not _matches(value, hints[key]):
+            hint = hints[key]
+            shown = (hint.__name__ if isinstance(hint, type) else str(hint)).replace("typing.", "")
+            shown = shown.replace("NoneType", "null").replace("None", "null")
+            raise ValueError(f"{where}.{key} must be {shown}, got {value!r} ({type(value).__name__}): fix it in the "
+                             "study YAML")
+    return built
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a field's type hint (``bool`` is not an ``int``; an ``int`` is a ``float``)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    if hint is type(None):
+        return value is None
+    if hint in (int, float) and isinstance(value, bool):
+        return False
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint) if isinstance(hint, type) or is_dataclass(hint) else True
 
 
 def _check(config: StudyConfig) -> None:
@@ -239,6 +271,8 @@ def _check(config: StudyConfig) -> None:
     unknown = [m for m in ft.methods if m not in PEFT_METHODS]
     if unknown:
         raise ValueError(f"finetune.methods names unknown method(s) {unknown}; choose from {sorted(PEFT_METHODS)}")
+    if any(k < 1 for k in ft.shots) or len(set(ft.shots)) != len(ft.shots):
+        raise ValueError(f"finetune.shots must be distinct positive ints (training images per class), got {ft.shots}")
     bad_seeds = [s for s in ft.seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**32]
     if bad_seeds:
         raise ValueError(f"finetune.seeds must be integers in [0, 2**32) (each run's seed), got {ft.seeds}")
@@ -275,6 +309,10 @@ def study_config_from_dict(raw: dict[str, Any], full: bool = False) -> StudyConf
     parsed = {label: _build(BackboneSpec, {"label": label, **(spec or {})}, f"backbones.{label}")
               for label, spec in backbones.items()}
     sections = {"finetune": FinetuneSpec, "evaluation": EvaluationSpec, "intrinsic_dim": IntrinsicSpec}
+    if isinstance(raw.get("finetune"), dict) and isinstance(raw["finetune"].get("methods"), list):
+        methods = raw["finetune"]["methods"]  # [full, lora]: the methods without option overrides
+        if all(isinstance(m, str) for m in methods):
+            raw["finetune"] = {**raw["finetune"], "methods": {m: {} for m in methods}}
     kwargs = {key: _build(cls, raw.pop(key), key) for key, cls in sections.items() if key in raw}
     extra = [_build(ExtraRun, r, f"extra_runs[{i}]") for i, r in enumerate(raw.pop("extra_runs", None) or [])]
     headlines = [_build(HeadlineSpec, h, f"headlines[{i}]") for i, h in enumerate(raw.pop("headlines", None) or [])]
