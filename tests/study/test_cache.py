@@ -17,7 +17,7 @@ from vitlab.study.cache import (
     write_record,
 )
 from vitlab.study.config import study_config_from_dict
-from vitlab.study.launch import cached_rows
+from vitlab.study.launch import cached_rows, spec_hash
 from vitlab.study.progress import quiet_lightning, sweep_progress
 
 
@@ -146,3 +146,19 @@ def test_quiet_lightning_ignores_only_the_repeated_directory_warnings():
             warnings.warn("The number of training batches (2) is smaller than the logging interval", UserWarning,
                           stacklevel=1)
     assert [str(w.message)[:14] for w in seen] == ["The number of "]
+
+
+def test_finetune_rows_survive_a_moved_or_merged_study_but_not_a_changed_spec(tmp_path, capsys):
+    spec = {"config": {"name": "lora-k5-s0", "seed": 0, "output_dir": "runs/peft_study_a/runs"}, "method": "lora"}
+    moved = {**spec, "config": {**spec["config"], "output_dir": "runs/peft_study/runs"}}
+    row = {"run": "lora-k5-s0", "accuracy": 0.5, "config_hash": spec_hash(spec)}
+    assert spec_hash(moved) == spec_hash(spec) != config_hash(spec)
+    assert cached_rows([row], [moved], tmp_path) == ([row], [])  # rows merged from another study's table are reused
+    legacy = {**row, "config_hash": config_hash(spec)}  # what earlier versions recorded: the output folder included
+    assert cached_rows([legacy], [spec], tmp_path) == ([legacy], [])
+    reseeded = {**moved, "config": {**moved["config"], "seed": 1}}
+    (tmp_path / "lora-k5-s0").mkdir()
+    (tmp_path / "lora-k5-s0" / "study_spec.json").write_text(json.dumps(spec))
+    assert cached_rows([row], [reseeded], tmp_path) == ([], [reseeded])
+    printed = capsys.readouterr().out
+    assert "config.seed: 0 -> 1" in printed and "output_dir" not in printed  # only what changes the result is named

@@ -3,7 +3,8 @@
 `launch_run` writes the run's spec (`vitlab.study.plan`) as ``study_spec.json`` into the run folder and trains it
 in a child Python process (``python -m vitlab.study.launch <spec>``, a `vitlab.train.fit` run), so its peak memory
 is its own; the child writes ``study_result.json``, the launcher returns the result row. `cached_rows` decides
-which rows of a results table are reused: those made by the same spec (its ``config_hash``, `vitlab.study.cache`).
+which rows of a results table are reused: those made by the same spec (`spec_hash`: its ``config_hash`` without the
+folder it was written to, so a moved study or rows merged from another study's table stay reusable).
 Needs ``os.wait4`` (Linux, macOS).
 
 Usage (with a spec of `vitlab.study.plan.plan_study`)::
@@ -24,25 +25,47 @@ from typing import Any
 
 from vitlab.study.cache import config_hash, differing_keys
 
-__all__ = ["cached_rows", "launch_run", "launch_runs"]
+__all__ = ["cached_rows", "launch_run", "launch_runs", "spec_hash"]
 
 _SPEC, _RESULT = "study_spec.json", "study_result.json"
+
+
+def _without_folder(spec: dict[str, Any]) -> dict[str, Any]:
+    config = spec.get("config")
+    if not isinstance(config, dict):
+        return spec
+    return {**spec, "config": {k: v for k, v in config.items() if k != "output_dir"}}
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """The ``config_hash`` of a run's spec without its ``config.output_dir`` (where a run is written does not change
+    what it computes).
+
+    Example:
+        >>> a = {"method": "lora", "config": {"name": "r", "output_dir": "runs/a/runs", "seed": 0}}
+        >>> spec_hash(a) == spec_hash({**a, "config": {**a["config"], "output_dir": "elsewhere"}})
+        True
+    """
+    return config_hash(_without_folder(spec))
 
 
 def cached_rows(rows: list[dict[str, Any]], specs: list[dict[str, Any]], runs_dir: Path,
                 reuse_cached_as_is: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Split ``specs`` into ``(rows to keep, specs to run)``: a run's row is reused only when its ``config_hash``
-    equals the hash of the spec asked for now (or ``reuse_cached_as_is``); a row made by another configuration is
-    dropped and its run redone, with the differing keys printed (from the run folder's ``study_spec.json``).
+    equals the `spec_hash` of the spec asked for now (or the spec's full ``config_hash``, output folder included,
+    which earlier versions recorded; or ``reuse_cached_as_is``); a row made by another configuration is dropped and
+    its run redone, with the differing keys printed (from the run folder's ``study_spec.json``).
     """
     wanted = {spec["config"]["name"]: spec for spec in specs}
     reusable = {row["run"] for row in rows if row["run"] in wanted
-                and (reuse_cached_as_is or row.get("config_hash") == config_hash(wanted[row["run"]]))}
+                and (reuse_cached_as_is or row.get("config_hash") in (spec_hash(wanted[row["run"]]),
+                                                                      config_hash(wanted[row["run"]])))}
     keep = [row for row in rows if row["run"] not in wanted or row["run"] in reusable]  # file order kept
     todo = [spec for name, spec in wanted.items() if name not in reusable]
     for name in sorted({row["run"] for row in rows} & set(wanted) - reusable):
         saved = runs_dir / name / _SPEC
-        changed = differing_keys(json.loads(saved.read_text()), wanted[name]) if saved.is_file() else ["no record"]
+        changed = (differing_keys(_without_folder(json.loads(saved.read_text())), _without_folder(wanted[name]))
+                   if saved.is_file() else ["no record"])
         print(f"{name}: cached result made by another configuration ({'; '.join(changed[:4])}), run again "
               "(--reuse_cached_as_is true keeps it)", flush=True)
     return keep, todo
@@ -75,7 +98,7 @@ def launch_run(spec: dict[str, Any], run_dir: Path, keep_checkpoints: bool) -> d
     peak_mb = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, KiB on Linux
     row = {"run": spec["config"]["name"], "method": spec["method"], "shots": spec["shots"], "seed": spec["seed"],
            **result, "peak_memory_mb": round(peak_mb, 1), "wall_time_s": round(time.perf_counter() - start, 2),
-           "config_hash": config_hash(spec)}
+           "config_hash": spec_hash(spec)}
     row.update({key: spec[key] for key in ("backbone", "negatives") if key in spec})  # a `vitlab study` run
     return row
 
