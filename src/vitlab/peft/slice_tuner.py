@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -300,6 +301,30 @@ class RowSliceTuner(BaseTuner):
         if self.shared_attr and self.shared_attr in self._modules:
             for name, state in self._modules[self.shared_attr].items():
                 state.requires_grad_(name in names and not inference_mode)
+
+    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+        """peft's ``set_requires_grad`` (``PeftModel.set_requires_grad``), also switching the named adapters' shared
+        state (KAdaptation's shared ``A`` factors, which live on the tuner, not in a layer)."""
+        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
+        names = {adapter_names} if isinstance(adapter_names, str) else set(adapter_names)
+        if self.shared_attr and self.shared_attr in self._modules:
+            for name, state in self._modules[self.shared_attr].items():
+                if name in names:
+                    state.requires_grad_(requires_grad)
+
+    def add_weighted_adapter(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: a weighted combination of row-slice adapters is not an adapter of the same form (peft offers it
+        for LoRA only).
+
+        Raises:
+            TypeError: always, naming what to do instead.
+        """
+        raise TypeError(
+            f"{type(self).__name__} does not support add_weighted_adapter (a weighted sum of these adapters is not an "
+            "adapter of the same form): activate several adapters at once with model.base_model.set_adapter(['a', "
+            "'b']) (their updates add up), or fold them into the weights one after the other with "
+            "model.merge_and_unload(adapter_names=[...])"
+        )
 
     def delete_adapter(self, adapter_name: str) -> None:
         """peft's ``delete_adapter``, also dropping the adapter's shared state and slice records."""

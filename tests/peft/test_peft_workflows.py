@@ -1,0 +1,51 @@
+"""peft workflows on vitlab's peft methods (KAdaptation, lora_qv) as a peft user runs them: gradients of named
+adapters, refused peft features, and vitlab's loaders given folders of the wrong kind."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from peft import get_peft_model
+from torch import nn
+
+from vitlab.peft import KAdaptationConfig, LoraQVConfig
+
+CONFIGS = [
+    ("kadaptation", lambda **kw: KAdaptationConfig(n=8, **kw)),
+    ("lora_qv", lambda **kw: LoraQVConfig(r=2, **kw)),
+]
+
+
+def timm_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=2,
+                             num_classes=5).eval()
+
+
+def trainable(model: nn.Module) -> list[str]:
+    return sorted(name for name, p in model.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(("method", "config"), CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_set_requires_grad_switches_every_parameter_of_the_named_adapter(method, config):
+    model = get_peft_model(timm_vit(), config(train_head=False))
+    model.add_adapter("other", config(train_head=False, seed=1))
+    before = trainable(model)
+    assert before and all(".other" not in name for name in before)
+    model.set_requires_grad("default", requires_grad=False)
+    assert trainable(model) == []  # KAdaptation's shared A factors (on the tuner) were left trainable
+    model.set_requires_grad(["default", "other"], requires_grad=True)
+    both = trainable(model)
+    assert set(before) < set(both) and any(".other" in name for name in both)
+    model.set_requires_grad("other", requires_grad=False)
+    assert trainable(model) == before
+
+
+@pytest.mark.parametrize(("method", "config"), CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_add_weighted_adapter_is_refused_with_the_alternatives(method, config):
+    model = get_peft_model(timm_vit(), config(train_head=False))
+    model.add_adapter("other", config(train_head=False, seed=1))
+    with pytest.raises(TypeError, match=r"does not support add_weighted_adapter.*set_adapter\(\['a', 'b'\]\)"):
+        model.add_weighted_adapter(["default", "other"], [0.5, 0.5], "mix")
+    assert sorted(model.peft_config) == ["default", "other"]
