@@ -14,7 +14,7 @@ from safetensors import safe_open
 from vitlab.checkpoint import CheckpointError, load_model, read_metadata, save_checkpoint
 from vitlab.eval.evaluate import evaluate_checkpoint
 from vitlab.peft import build_peft_transform, count_parameters
-from vitlab.peft.export import export_adapted_model, load_adapted_model
+from vitlab.peft.export import export_adapted_model, load_adapted_model, load_run_model
 from vitlab.train import DataConfig, ModelConfig, OptimConfig, PeftConfig, RunConfig, fit
 
 KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 2, "num_classes": 10,
@@ -120,6 +120,8 @@ def test_a_fit_runs_adapter_folder_loads_with_plain_peft(pretrained_run, tmp_pat
     merged, _ = load_model(run.run_dir)
     x = torch.randn(2, 1, 32, 32)
     torch.testing.assert_close(rebuilt(x), merged(x), rtol=1e-4, atol=1e-4)
+    via_run_loader, _ = load_run_model(run.run_dir / "adapter")  # the adapter folder, given where a run is expected
+    torch.testing.assert_close(via_run_loader(x), merged(x), rtol=1e-4, atol=1e-4)
     assert PeftAdapterConfig.from_pretrained(str(run.run_dir / "adapter")).base_model_name_or_path.endswith(
         "model.safetensors")
     if method == "kadaptation":

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from peft import get_peft_model
+from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from vitlab.peft import KAdaptationConfig, LoraQVConfig
+from vitlab.checkpoint import CheckpointError
+from vitlab.peft import KAdaptationConfig, LoraQVConfig, load_adapted_model, load_adapter, load_run_model
 
 CONFIGS = [
     ("kadaptation", lambda **kw: KAdaptationConfig(n=8, **kw)),
@@ -49,3 +50,22 @@ def test_add_weighted_adapter_is_refused_with_the_alternatives(method, config):
     with pytest.raises(TypeError, match=r"does not support add_weighted_adapter.*set_adapter\(\['a', 'b'\]\)"):
         model.add_weighted_adapter(["default", "other"], [0.5, 0.5], "mix")
     assert sorted(model.peft_config) == ["default", "other"]
+
+
+@pytest.mark.parametrize(("text", "match"), [("{oops", r"vitlab.json is not valid JSON"),
+                                             ("[1, 2]", r"vitlab.json holds a JSON list, not an object")])
+def test_a_damaged_vitlab_json_is_a_checkpoint_error(tmp_path, text, match):
+    model = get_peft_model(timm_vit(), LoraQVConfig(r=2))
+    model.save_pretrained(str(tmp_path))
+    (tmp_path / "vitlab.json").write_text(text)
+    with pytest.raises(CheckpointError, match=match + r".*PeftModel.from_pretrained\(base, folder\)"):
+        load_adapted_model(tmp_path)
+    with pytest.raises(CheckpointError, match=match):
+        load_run_model(tmp_path)  # a run's adapter/ folder goes to load_adapted_model
+
+
+@pytest.mark.parametrize("target", ["", "adapter_model.safetensors", "adapter_config.json"])
+def test_vitlabs_adapter_file_loader_names_peft_for_a_peft_folder(tmp_path, target):
+    get_peft_model(timm_vit(), LoraConfig(r=2, target_modules=["qkv"])).save_pretrained(str(tmp_path))
+    with pytest.raises(CheckpointError, match=r"is a peft adapter folder.*PeftModel.from_pretrained\(base, folder\)"):
+        load_adapter(tmp_path / target if target else tmp_path, timm_vit())

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
 from vitlab.checkpoint import CheckpointError, MissingWeightsError, build_model, load_checkpoint
 from vitlab.errors import ConfigError
@@ -28,7 +29,6 @@ from vitlab.errors import ConfigError
 __all__ = ["convert_adapter", "legacy_key"]
 
 _METHODS = ("kadaptation", "lora_qv", "lora", "lokr")
-_PEFT_CONFIG = "adapter_config.json"
 
 
 def legacy_key(method: str, key: str) -> str:
@@ -132,9 +132,9 @@ def convert_adapter(path: str | Path, out_dir: str | Path) -> Path:
 def _source_file(path: Path) -> Path:
     """The old ``adapter.safetensors`` named by ``path`` (a file or a run folder), with convert-specific advice."""
     folder = path if path.is_dir() else path.parent
-    peft_file = path.is_dir() or path.name in (_PEFT_CONFIG, "adapter_model.safetensors")
-    if peft_file and (folder / _PEFT_CONFIG).is_file():
-        raise CheckpointError(f"{folder} is already in peft format ({_PEFT_CONFIG} is there); nothing to convert: "
+    peft_file = path.is_dir() or path.name in (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME)
+    if peft_file and (folder / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{folder} is already in peft format ({CONFIG_NAME} is there); nothing to convert: "
                               "load it with PeftModel.from_pretrained(base, folder) after `import vitlab.peft`")
     if path.is_dir():
         path = path / "adapter.safetensors"

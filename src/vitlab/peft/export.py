@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from peft.utils import CONFIG_NAME
 from torch import nn
 
 from vitlab.checkpoint import (
@@ -164,6 +165,22 @@ def _load_base(meta: dict[str, Any], base_weights: Any, what: Path) -> nn.Module
     return base
 
 
+def _folder_meta(folder: Path) -> dict[str, Any]:
+    """The ``vitlab.json`` object of a peft adapter folder (untrusted: ``CheckpointError`` when absent or damaged)."""
+    meta_path = folder / VITLAB_META
+    advice = "rebuild the base model yourself and call PeftModel.from_pretrained(base, folder)"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{folder} has no {VITLAB_META} (not written by vitlab): {advice}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{meta_path} is not valid JSON ({err}); the folder is damaged: {advice}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path} holds a JSON {type(meta).__name__}, not an object; the folder is damaged: "
+                              f"{advice}")
+    return meta
+
+
 def load_adapted_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild an adapted model from a run's ``adapter/`` folder (peft) or ``adapter.safetensors`` (vitlab) and the
     base weights it records; returns ``(model.eval(), meta)``.
@@ -173,11 +190,7 @@ def load_adapted_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """
     path = Path(path)
     if path.is_dir():
-        meta_path = path / VITLAB_META
-        if not meta_path.is_file():
-            raise CheckpointError(f"{path} has no {VITLAB_META} (not written by vitlab): rebuild the base model "
-                                  "yourself and call PeftModel.from_pretrained(base, folder)")
-        meta = json.loads(meta_path.read_text())
+        meta = _folder_meta(path)
         base = _load_base(meta, meta.get("base_weights"), path)
         with torch.no_grad():
             model = PeftModel.from_pretrained(base, str(path))
@@ -191,13 +204,16 @@ def load_adapted_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def load_run_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The model a run folder (or weights file) evaluates with: its merged ``model.safetensors``, or, for a run of
-    a non-mergeable bottleneck adapter (only ``adapter.safetensors``), the adapter rebuilt on its recorded base.
+    a non-mergeable bottleneck adapter (only ``adapter.safetensors``), the adapter rebuilt on its recorded base; a
+    run's ``adapter/`` folder (peft format) is read by ``load_adapted_model``.
 
     Returns:
         ``(model.eval(), metadata)``, as `vitlab.checkpoint.load_model`.
     """
     from vitlab.checkpoint import read_metadata, resolve_weights_path
 
+    if Path(path).is_dir() and (Path(path) / CONFIG_NAME).is_file():  # a run's adapter/ folder (peft format)
+        return load_adapted_model(path)
     if read_metadata(path)["kind"] == "adapter":
         return load_adapted_model(resolve_weights_path(path))
     return load_model(path)

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from torch import nn
 
 from vitlab.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint, state_dict_sha256
@@ -108,6 +109,13 @@ def load_adapter(path: str | Path, base_model: nn.Module, check_base: bool = Tru
     """
     from vitlab.peft.methods import build_peft_transform
 
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    if (folder / CONFIG_NAME).is_file() and (Path(path).is_dir() or Path(path).name in (CONFIG_NAME,
+                                                                                        SAFETENSORS_WEIGHTS_NAME)):
+        raise CheckpointError(f"{folder} is a peft adapter folder ({CONFIG_NAME}), not a vitlab adapter file: load it "
+                              "with PeftModel.from_pretrained(base, folder) after `import vitlab.peft` "
+                              "(vitlab.peft.load_adapted_model(folder) also rebuilds the base of a vitlab run's "
+                              "adapter/ folder)")
     peft = read_metadata(path).get("extra", {}).get("peft")
     if not peft:
         raise CheckpointError(f"{path} has no extra['peft'] record; it was not written by vitlab.peft.save_adapter")
