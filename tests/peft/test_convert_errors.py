@@ -73,7 +73,7 @@ def test_missing_source_and_peft_folder_get_convert_advice(tmp_path):
     ({"method": 3, "target_modules": None, "options": {}}, r"\(method 3\); nothing to convert"),
     ("kadaptation", "has no extra.peft record"),
     ({"method": "kadaptation", "target_modules": None, "options": {"n": "8"}},
-     "recorded 'kadaptation' settings .* do not build the adapter: n must be an integer"),
+     "recorded 'kadaptation' settings .* do not build the adapter: n must be an int"),
     ({"method": "kadaptation", "target_modules": None, "options": {"n": 8, "bogus": 1}},
      r"do not build the adapter: unknown option\(s\) \['bogus'\]"),
 ])

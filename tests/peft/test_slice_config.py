@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
 from vitlab.peft import KAdaptationConfig, LoraQVConfig
@@ -10,11 +13,13 @@ from vitlab.peft import KAdaptationConfig, LoraQVConfig
 @pytest.mark.parametrize("kwargs, match", [
     ({"scale": float("nan")}, "scale must be a finite non-zero"),
     ({"scale": 0}, "scale must be a finite non-zero"),
-    ({"delta_bias": "yes"}, "delta_bias and share_a must be true or false"),
-    ({"seed": -1}, "seed must be None or an integer >= 0"),
-    ({"seed": 1.5}, "seed must be None or an integer >= 0"),
+    ({"delta_bias": "yes"}, r"delta_bias must be True or False, got 'yes' \(str\)"),
+    ({"share_a": 1}, r"share_a must be True or False, got 1 \(int\)"),
+    ({"inference_mode": "no"}, r"inference_mode must be True or False, got 'no' \(str\)"),
+    ({"seed": -1}, r"seed must be an int in 0..2\*\*63 - 1, got -1 \(int\): .*or None for the global RNG"),
+    ({"seed": 1.5}, r"seed must be an int in 0..2\*\*63 - 1, got 1.5 \(float\)"),
     ({"fused_slices": ("q", "x")}, "fused_slices must be a non-empty subset"),
-    ({"train_head": "no"}, "train_head must be true or false"),
+    ({"train_head": "no"}, r"train_head must be True or False, got 'no' \(str\)"),
 ])
 def test_kadaptation_refuses_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -37,12 +42,13 @@ def test_shared_fields_are_normalised_the_same_way():
     ({"target_modules": {"qkv": 1}}, "target_modules must be None, a regex string"),
     ({"target_modules": ["qkv", 3]}, "target_modules must be None, a regex string"),
     ({"target_modules": []}, "target_modules must be None, a regex string"),
-    ({"n": True}, "n must be an integer >= 1, got True"),
-    ({"n": 8.0}, "n must be an integer >= 1, got 8.0"),
-    ({"n": "8"}, "n must be an integer >= 1"),
-    ({"rank": False}, "rank must be an integer >= 1, got False"),
-    ({"a_rank": True}, r"a_rank must be None \(a full n x n A_i\) or an integer in 1..n=32, got True"),
-    ({"auto_top_k": True}, "auto_top_k must be an integer >= 1"),
+    ({"n": True}, r"n must be an int >= 1, got True \(bool\)"),
+    ({"n": 8.0}, r"n must be an int >= 1, got 8.0 \(float\)"),
+    ({"n": "8"}, r"n must be an int >= 1, got '8' \(str\)"),
+    ({"rank": False}, r"rank must be an int >= 1, got False \(bool\)"),
+    ({"a_rank": True}, r"a_rank must be an int in 1..32, got True \(bool\): .*None keeps each A_i a full n x n"),
+    ({"n": 8, "a_rank": 9}, r"a_rank must be an int in 1..8, got 9 \(int\): a_rank <= n=8"),
+    ({"auto_top_k": True}, "auto_top_k must be an int >= 1"),
     ({"fused_slices": "qv"}, r"fused_slices must be a non-empty subset of \('q', 'k', 'v'\) given as a list"),
     ({"fused_slices": ()}, "fused_slices must be a non-empty subset"),
     ({"fused_slices": ("q", "q")}, "fused_slices must be a non-empty subset"),
@@ -50,12 +56,12 @@ def test_shared_fields_are_normalised_the_same_way():
     ({"modules_to_save": "head"}, r"got the string 'head': write modules_to_save=\['head'\]"),
     ({"modules_to_save": {"head": 1}}, "modules_to_save must be None or a non-empty list of module names"),
     ({"modules_to_save": ["head", None]}, "modules_to_save must be None or a non-empty list"),
-    ({"dropout": "0.3"}, r"dropout must be a number in \[0, 1\)"),
-    ({"dropout": None}, r"dropout must be a number in \[0, 1\)"),
-    ({"dropout": True}, r"dropout must be a number in \[0, 1\)"),
-    ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\)"),
-    ({"seed": 2**63}, r"at most 2\*\*63 - 1\), got 9223372036854775808"),
-    ({"seed": "1"}, "seed must be None or an integer >= 0"),
+    ({"dropout": "0.3"}, r"dropout must be a finite number with 0.0 <= dropout < 1.0, got '0.3' \(str\)"),
+    ({"dropout": None}, r"dropout must be a finite number with 0.0 <= dropout < 1.0"),
+    ({"dropout": True}, r"dropout must be a finite number with 0.0 <= dropout < 1.0"),
+    ({"dropout": 1.0}, r"dropout must be a finite number .*got 1.0 \(float\): 0 switches it off"),
+    ({"seed": 2**63}, r"seed must be an int in 0..2\*\*63 - 1, got 9223372036854775808"),
+    ({"seed": "1"}, "seed must be an int in 0..2"),
     ({"intrinsic_table": 3, "target_modules": "auto"}, "intrinsic_table must be the path of a CSV file, got 3"),
 ])
 def test_kadaptation_config_validates_every_field_up_front(kwargs, match):
@@ -66,20 +72,21 @@ def test_kadaptation_config_validates_every_field_up_front(kwargs, match):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"r": True}, "r must be an integer >= 1, got True"),
-    ({"r": 2.0}, "r must be an integer >= 1, got 2.0"),
+    ({"r": True}, r"r must be an int >= 1, got True \(bool\)"),
+    ({"r": 2.0}, r"r must be an int >= 1, got 2.0 \(float\)"),
     ({"alpha": 0}, "alpha must be a finite non-zero number .* alpha = 0 never trains"),
     ({"alpha": 0.0}, "alpha must be a finite non-zero number"),
     ({"alpha": float("inf")}, "alpha must be a finite non-zero number"),
     ({"alpha": float("nan")}, "alpha must be a finite non-zero number"),
     ({"alpha": "8"}, "alpha must be a finite non-zero number"),
     ({"alpha": True}, "alpha must be a finite non-zero number"),
-    ({"dropout": "0.1"}, r"dropout must be a number in \[0, 1\)"),
+    ({"dropout": "0.1"}, r"dropout must be a finite number with 0.0 <= dropout < 1.0"),
     ({"target_modules": "auto"}, "target_modules='auto' is KAdaptation's"),
     ({"target_modules": "(qkv"}, "is not a valid regular expression"),
     ({"fused_slices": ("v", "x")}, "fused_slices must be a non-empty subset"),
     ({"modules_to_save": "head"}, r"write modules_to_save=\['head'\]"),
-    ({"seed": 2**64}, "seed must be None or an integer >= 0"),
+    ({"seed": 2**64}, "seed must be an int in 0..2"),
+    ({"train_head": 0}, r"train_head must be True or False, got 0 \(int\)"),
 ])
 def test_lora_qv_config_validates_every_field_up_front(kwargs, match):
     from vitlab.errors import ConfigError
@@ -94,6 +101,11 @@ def test_valid_values_still_pass_and_are_normalised(tmp_path):
     assert config.dropout == 0.0 and isinstance(config.dropout, float)
     assert KAdaptationConfig(target_modules="attn_mlp").target_modules == "attn_mlp"  # a preset, not a regex
     assert LoraQVConfig(r=2, alpha=-2).alpha == -2.0  # a negative alpha trains (the sign of B flips); only 0 cannot
+    # NumPy integers (from a sweep grid) become plain ints: adapter_config.json must be able to hold them
+    numpy_config = KAdaptationConfig(n=np.int64(8), rank=np.int32(2), a_rank=np.int64(1), seed=np.int64(3))
+    assert [type(v) for v in (numpy_config.n, numpy_config.rank, numpy_config.a_rank, numpy_config.seed)] == [int] * 4
+    assert json.loads(json.dumps(numpy_config.to_dict(), default=str))["n"] == 8
+    assert type(LoraQVConfig(r=np.int64(4)).r) is int
     assert LoraQVConfig(r=2).alpha == 2.0
 
 

@@ -32,9 +32,10 @@ import torch
 from peft import PeftConfig
 from torch import nn
 
+from vitlab.checks import check_float, check_int
 from vitlab.errors import ConfigError
 from vitlab.peft.registration import PeftTypeName, register_with_peft
-from vitlab.peft.slice_config import SliceAdapterConfig, check_dropout, check_positive_int
+from vitlab.peft.slice_config import SliceAdapterConfig
 from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer, RowSliceTuner
 from vitlab.peft.targets import Target, classifier_names, resolve_preset
 
@@ -65,7 +66,7 @@ class LoraQVConfig(SliceAdapterConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = LORA_QV
-        check_positive_int("r", self.r)
+        self.r = check_int("r", self.r, minimum=1)
         if self.alpha is None:
             self.alpha = float(self.r)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or not math.isfinite(self.alpha) \
@@ -73,7 +74,8 @@ class LoraQVConfig(SliceAdapterConfig):
             raise ConfigError(f"alpha must be a finite non-zero number (the update is scaled by alpha / r, so "
                               f"alpha = 0 never trains), got {self.alpha!r}; leave it unset for alpha = r")
         self.alpha = float(self.alpha)
-        self.dropout = check_dropout(self.dropout)
+        self.dropout = check_float("dropout", self.dropout, minimum=0.0, maximum=1.0, below_maximum=True,
+                                   fix="0 switches it off")
         self.check_slice_fields()
 
 

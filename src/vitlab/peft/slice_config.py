@@ -14,25 +14,11 @@ from typing import Any
 
 from peft import PeftConfig
 
-from vitlab.checks import MAX_SEED
+from vitlab.checks import MAX_SEED, check_bool, check_int
 from vitlab.errors import ConfigError
 from vitlab.peft.targets import FUSED_SLICES, resolve_preset
 
-__all__ = ["SliceAdapterConfig", "check_dropout", "check_positive_int"]
-
-
-def check_positive_int(name: str, value: Any, upper: int | None = None) -> None:
-    """Refuse anything but an ``int`` (``bool`` excluded) in ``1..upper``; ``ConfigError`` naming the field."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (upper is not None and value > upper):
-        bound = f" in 1..{upper}" if upper is not None else " >= 1"
-        raise ConfigError(f"{name} must be an integer{bound}, got {value!r}; write it as a plain whole number")
-
-
-def check_dropout(value: Any) -> float:
-    """A dropout probability: a real number (not ``bool``, ``str`` or ``None``) in ``[0, 1)``; returned as float."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"dropout must be a number in [0, 1) (0 switches it off), got {value!r}")
-    return float(value)
+__all__ = ["SliceAdapterConfig"]
 
 
 def _str_list(name: str, value: Any, what: str) -> list[str]:
@@ -78,11 +64,11 @@ class SliceAdapterConfig(PeftConfig):
                                   f"{self.modules_to_save!r}: write modules_to_save=[{self.modules_to_save!r}]")
             self.modules_to_save = _str_list("modules_to_save", self.modules_to_save,
                                              "None or a non-empty list of module names")
-        if not isinstance(self.train_head, bool):
-            raise ConfigError(f"train_head must be true or false, got {self.train_head!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
-                                      or not 0 <= self.seed <= MAX_SEED):
-            raise ConfigError(f"seed must be None or an integer >= 0 (at most 2**63 - 1), got {self.seed!r}")
+        self.train_head = check_bool("train_head", self.train_head)
+        self.inference_mode = check_bool("inference_mode", self.inference_mode)
+        if self.seed is not None:
+            self.seed = check_int("seed", self.seed, minimum=0, maximum=MAX_SEED,
+                                  fix="give a non-negative integer seed, e.g. 0, or None for the global RNG")
 
     def _check_target_modules(self, allow_auto: bool) -> None:
         targets = self.target_modules

@@ -31,9 +31,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from vitlab.checks import check_bool, check_float, check_int
 from vitlab.errors import ConfigError
 from vitlab.peft.registration import PeftTypeName
-from vitlab.peft.slice_config import SliceAdapterConfig, check_dropout, check_positive_int
+from vitlab.peft.slice_config import SliceAdapterConfig
 
 __all__ = ["KADAPTATION", "KAdaptationConfig"]
 
@@ -93,13 +94,13 @@ class KAdaptationConfig(SliceAdapterConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = KADAPTATION
-        check_positive_int("n", self.n)
-        check_positive_int("rank", self.rank)
-        if self.a_rank is not None and (isinstance(self.a_rank, bool) or not isinstance(self.a_rank, int)
-                                        or not 1 <= self.a_rank <= self.n):
-            raise ConfigError(f"a_rank must be None (a full n x n A_i) or an integer in 1..n={self.n}, got "
-                              f"{self.a_rank!r}")
-        self.dropout = check_dropout(self.dropout)
+        self.n = check_int("n", self.n, minimum=1)
+        self.rank = check_int("rank", self.rank, minimum=1)
+        if self.a_rank is not None:
+            self.a_rank = check_int("a_rank", self.a_rank, minimum=1, maximum=self.n,
+                                    fix=f"a_rank <= n={self.n}; None keeps each A_i a full n x n matrix")
+        self.dropout = check_float("dropout", self.dropout, minimum=0.0, maximum=1.0, below_maximum=True,
+                                   fix="0 switches it off")
         if self.path not in PATHS:
             raise ConfigError(f"path must be one of {PATHS}, got {self.path!r}")
         if self.path == "factored" and self.dropout > 0:
@@ -107,9 +108,8 @@ class KAdaptationConfig(SliceAdapterConfig):
         if isinstance(self.scale, bool) or not isinstance(self.scale, int | float) or not math.isfinite(self.scale) \
                 or self.scale == 0:
             raise ConfigError(f"scale must be a finite non-zero number, got {self.scale!r}")
-        if not isinstance(self.delta_bias, bool) or not isinstance(self.share_a, bool):
-            raise ConfigError(f"delta_bias and share_a must be true or false, got {self.delta_bias!r}, "
-                              f"{self.share_a!r}")
+        self.delta_bias = check_bool("delta_bias", self.delta_bias)
+        self.share_a = check_bool("share_a", self.share_a)
         self.check_slice_fields(allow_auto=True)
         if self.intrinsic_table is not None:
             if not isinstance(self.intrinsic_table, str | os.PathLike):
@@ -118,4 +118,4 @@ class KAdaptationConfig(SliceAdapterConfig):
         if self.target_modules == "auto" and not self.intrinsic_table:
             raise ConfigError("target_modules='auto' reads the per-module intrinsic-dimension table: set "
                               "intrinsic_table to the CSV written by `vitlab intrinsic-dim --per-module`")
-        check_positive_int("auto_top_k", self.auto_top_k)
+        self.auto_top_k = check_int("auto_top_k", self.auto_top_k, minimum=1)
