@@ -106,6 +106,10 @@ def test_valid_values_still_pass_and_are_normalised(tmp_path):
     assert [type(v) for v in (numpy_config.n, numpy_config.rank, numpy_config.a_rank, numpy_config.seed)] == [int] * 4
     assert json.loads(json.dumps(numpy_config.to_dict(), default=str))["n"] == 8
     assert type(LoraQVConfig(r=np.int64(4)).r) is int
+    # a set, as peft's own LoraConfig keeps target_modules, is a list of names (sorted: adapter_config.json is JSON)
+    assert KAdaptationConfig(target_modules={"qkv", "blocks.0.attn.qkv"}).target_modules == ["blocks.0.attn.qkv", "qkv"]
+    with pytest.raises(ValueError, match="target_modules must be None, a regex string"):
+        LoraQVConfig(target_modules={"qkv", 3})
     assert LoraQVConfig(r=2).alpha == 2.0
 
 

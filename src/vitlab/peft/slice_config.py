@@ -85,5 +85,7 @@ class SliceAdapterConfig(PeftConfig):
                 raise ConfigError(f"target_modules {targets!r} is not a valid regular expression ({err}): fix the "
                                   "regex, or give a list of module names") from None
             return
+        if isinstance(targets, set | frozenset) and all(isinstance(t, str) for t in targets):
+            targets = sorted(targets)  # peft's own configs hold target_modules as a set
         self.target_modules = _str_list("target_modules", targets, "None, a regex string, a preset name or a "
                                         "non-empty list of module names")
