@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: Rank of each top-level part of vitlab; a module may import only its own package and lower ranks.
 LAYERS: dict[str, int] = {
     "errors": 0, "version": 0,
-    "checkpoint": 1, "metrics": 1, "checks": 1,
+    "checkpoint": 1, "metrics": 1, "checks": 1, "yaml_loader": 1,
     "augment": 2, "data": 2, "models": 2,
     "peft": 3, "losses": 3,
     "train": 4, "eval": 4,

@@ -288,3 +288,31 @@ def test_quick_help_falls_back_to_the_real_trainer_section(monkeypatch):
     assert parser.parse_args(["--trainer.max_epochs", "3"]).trainer.max_epochs == 3  # the real, typed section
     with pytest.raises(SystemExit):
         parser.parse_args(["--trainer.max_epochs", "three"])
+
+
+def test_a_config_with_a_key_twice_is_one_line_naming_key_and_lines(tmp_path, capsys):
+    cfg = tmp_path / "dup.yaml"
+    cfg.write_text("name: x\noptim:\n  lr: 0.5\ndata:\n  name: digits\noptim:\n  lr: 0.01\n")
+    code = main(["fit", "--config", str(cfg), "--output_dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{cfg}: key 'optim' is given twice (line 2 and line 6)" in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("missing.yaml", "no YAML file at missing.yaml"),
+    (".", ". is a folder, not a YAML file"),
+    ("{optim: {lr: 0.1, lr: 0.2}}", "key 'optim.lr' is given twice"),
+])
+def test_a_config_path_that_is_missing_a_folder_or_inline_with_a_key_twice_is_one_line(value, message, capsys):
+    code = main(["fit", "--config", value])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_an_inline_config_still_parses(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(cli_main, "dispatch", lambda ns, argv: seen.update(ns=ns))
+    assert main(["fit", "--config", "{name: inline, optim: {lr: 0.25}}"]) == 0
+    assert seen["ns"].fit.name == "inline" and seen["ns"].fit.optim.lr == 0.25

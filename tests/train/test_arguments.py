@@ -44,7 +44,7 @@ def test_split_leaves_other_arguments_alone():
         split_nested_overrides(["--peft.options.sweep.lr"])
     with pytest.raises(ConfigError, match="empty key"):
         split_nested_overrides(["--peft.options..lr", "1"])
-    with pytest.raises(ConfigError, match="not a YAML value"):
+    with pytest.raises(ConfigError, match="is not valid YAML"):
         ns = cli_main.Namespace(peft=cli_main.Namespace(options={}))
         apply_nested_overrides(ns, [("peft.options", ("a", "b"), "[1,")])
 
@@ -56,3 +56,25 @@ def test_cli_applies_deep_keys(monkeypatch):
     assert status == 0
     sweep = seen["ns"]["intrinsic-dim"].peft.options["sweep"]
     assert sweep["lr"] == 0.05 and sweep["num"] == 7 and sweep["d_max"] == 10000
+
+
+def test_a_config_key_given_twice_is_refused_not_silently_dropped(tmp_path):
+    cfg = tmp_path / "dup.yaml"
+    cfg.write_text("name: x\noptim:\n  lr: 0.5\ndata:\n  name: digits\noptim:\n  weight_decay: 0.0\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml: key 'optim' is given twice \(line 2 and line 6\)"):
+        run_config_from_args(["--config", str(cfg)])
+    cfg.write_text("name: x\nmodel:\n  kwargs:\n    depth: 2\n    depth: 3\n")
+    with pytest.raises(ConfigError, match=r"key 'model.kwargs.depth' is given twice \(line 4 and line 5\)"):
+        run_config_from_args(["--config", str(cfg)])
+
+
+@pytest.mark.parametrize(("option", "value", "key"), [
+    ("--trainer.logger", "{class_path: CSVLogger, class_path: TensorBoardLogger}", "class_path"),
+    ("--model.kwargs", "{depth: 2, depth: 3}", "depth"),
+    ("--peft.options.sweep", "{lr: 0.1, lr: 0.2}", "lr"),
+    ("--data.options.few_shot", "{shots: 5, shots: 1}", "shots"),
+])
+def test_an_option_value_giving_a_key_twice_is_refused(option, value, key):
+    for args in ([option, value], [f"{option}={value}"]):
+        with pytest.raises(ConfigError, match=rf"^{option} .*key '{key}' is given twice \(line 1, columns"):
+            run_config_from_args(["--config", str(CONFIG), *args])

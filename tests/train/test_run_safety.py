@@ -316,3 +316,13 @@ def test_a_warmup_as_long_as_the_run_is_cut_with_a_warning_naming_it(tmp_path):
     config.optim = OptimConfig(lr=3e-3, warmup_epochs=50)
     with pytest.warns(UserWarning, match=r"optim.warmup_epochs=50 is as long as the whole run \(3 optimiser steps\)"):
         fit(config)
+
+
+def test_a_saved_run_config_with_a_key_twice_is_refused_on_resume(tmp_path):
+    from vitlab.train.run_folder import load_run_config
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: r\nseed: 0\nseed: 1\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml: key 'seed' is given twice \(line 2 and line 3\)"):
+        load_run_config(run)

@@ -276,27 +276,23 @@ def _one_line(err: BaseException) -> str:
 
 
 def check_config_files(args: Sequence[str]) -> None:
-    """Refuse a ``--config`` YAML that is malformed, empty or not a mapping, naming the file (and line).
+    """Refuse a ``--config`` YAML that is malformed, empty, not a mapping or gives a key twice, naming the file (and
+    line); a missing path or a folder is named too (`vitlab.yaml_loader.load_yaml_file`).
 
     Example:
         >>> check_config_files(["fit", "--name", "x"])  # no --config: nothing to check
     """
-    import yaml
-
     from vitlab.errors import ConfigError
+    from vitlab.yaml_loader import load_yaml, load_yaml_file
 
-    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
-    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
-    for path in map(Path, paths):
-        if not path.is_file():
-            continue  # the parser says the file does not exist
-        try:
-            content = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
+    values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
+    values += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    for value in values:
+        path = Path(value)
+        if not path.exists() and isinstance(inline := load_yaml(value, f"--config {value}"), dict):
+            content = inline  # jsonargparse also takes the config itself: --config '{optim: {lr: 0.1}}'
+        else:
+            content = load_yaml_file(path)
         if not isinstance(content, dict):
             what = "empty" if content is None else f"a {type(content).__name__}"
             raise ConfigError(f"{path} is {what}: a config file is a mapping of keys and sections (name:, model:, "

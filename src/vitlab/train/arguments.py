@@ -20,14 +20,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, get_loader, set_loader
+
+from vitlab.yaml_loader import check_unique_keys, load_yaml
 
 if TYPE_CHECKING:
     from vitlab.train.config import RunConfig
 
-__all__ = ["DICT_FIELDS", "SECTION_NAMES", "add_run_arguments", "apply_nested_overrides", "load_run_config_file",
-           "namespace_to_run_config", "parse_run_namespace", "run_config_from_args", "run_sections",
-           "split_nested_overrides"]
+__all__ = ["DICT_FIELDS", "SECTION_NAMES", "YAML_MODE", "add_run_arguments", "apply_nested_overrides",
+           "check_option_values", "load_run_config_file", "namespace_to_run_config", "parse_run_namespace",
+           "run_config_from_args", "run_sections", "split_nested_overrides"]
 
 SECTION_NAMES = ("model", "data", "optim", "negatives", "peft")
 #: ``(section, field)`` of each free-form mapping of a run config; ``--SECTION.FIELD.KEY.SUBKEY VALUE`` sets one key
@@ -35,6 +38,21 @@ SECTION_NAMES = ("model", "data", "optim", "negatives", "peft")
 DICT_FIELDS = (("model", "kwargs"), ("data", "options"), ("negatives", "options"), ("peft", "options"))
 # Trainer arguments vitlab sets itself (run folder, logger, callbacks).
 _TRAINER_SKIP = {"logger", "callbacks", "default_root_dir", "plugins", "enable_checkpointing", "model_registry"}
+#: jsonargparse parser mode of vitlab's run parsers: jsonargparse's own YAML loading, but a key given twice in one
+#: mapping (of a ``--config`` file or of a command-line value) is refused (`vitlab.yaml_loader`).
+YAML_MODE = "vitlab_yaml"
+
+
+def _load_unique_yaml(stream: str, path: str = "") -> object:
+    """jsonargparse's YAML loader (its number rules: ``1e-3`` is a float), then vitlab's duplicate-key check."""
+    value = get_loader("yaml")(stream)  # invalid YAML raises yaml.YAMLError, which jsonargparse handles as before
+    check_unique_keys(stream, str(path) if path else f"the value {stream.strip()[:60]!r}")
+    return value
+
+
+def _use_unique_yaml(parser: ArgumentParser) -> None:
+    set_loader(YAML_MODE, _load_unique_yaml, exceptions=(yaml.YAMLError,))
+    parser.parser_mode = YAML_MODE
 
 
 def run_sections() -> dict[str, type]:
@@ -89,6 +107,7 @@ def add_run_arguments(parser: ArgumentParser, help_only: bool = False) -> Argume
     ``help_only``: describe the ``trainer`` section without importing Lightning (for ``--help`` only; see
     `_add_trainer_help`).
     """
+    _use_unique_yaml(parser)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML run configuration (configs/*.yaml)")
     parser.add_argument("--name", type=str, default="run", help="run name: the run folder is <output_dir>/<name>")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random number generator")
@@ -132,6 +151,9 @@ def split_nested_overrides(args: Sequence[str]) -> tuple[list[str], list[tuple[s
     string). Such options are taken out here and applied after parsing by `apply_nested_overrides`, which keeps
     the sibling keys and reads the value as YAML. Both ``--KEY VALUE`` and ``--KEY=VALUE`` forms are recognised.
 
+    Every option value written as a YAML mapping or list (``--model.kwargs '{depth: 2}'``) is checked for a key given
+    twice first (`check_option_values`).
+
     Returns:
         ``(remaining arguments, [(dotted field, keys below it, value text), ...])``.
 
@@ -141,6 +163,7 @@ def split_nested_overrides(args: Sequence[str]) -> tuple[list[str], list[tuple[s
     """
     from vitlab.errors import ConfigError
 
+    check_option_values(args)
     prefixes = tuple(f"--{section}.{field}." for section, field in DICT_FIELDS)
     remaining: list[str] = []
     overrides: list[tuple[str, tuple[str, ...], str]] = []
@@ -167,6 +190,32 @@ def split_nested_overrides(args: Sequence[str]) -> tuple[list[str], list[tuple[s
     return remaining, overrides
 
 
+def check_option_values(args: Sequence[str]) -> None:
+    """Refuse an option value that is a YAML mapping or list giving a key twice (``--trainer.logger '{class_path: A,
+    class_path: B}'``): jsonargparse reads such values with plain PyYAML, which keeps only the last.
+
+    A value that is not valid YAML is left to the parser, which reports it with its option.
+
+    Raises:
+        ConfigError: the option, the repeated key and the fix.
+
+    Example:
+        >>> check_option_values(["--model.kwargs", "{depth: 2, drop_rate: 0.1}", "--optim.lr=0.1"])  # fine
+    """
+    option = "a command-line value"
+    for arg in args:
+        name, has_value, text = arg.partition("=") if arg.startswith("--") else ("", True, arg)
+        if arg.startswith("--"):
+            option = name
+        if not has_value or text.lstrip()[:1] not in ("{", "["):
+            continue
+        try:
+            yaml.safe_load(text)
+        except yaml.YAMLError:
+            continue
+        check_unique_keys(text, f"{option} {text}")
+
+
 def apply_nested_overrides(ns: Namespace, overrides: Sequence[tuple[str, tuple[str, ...], str]]) -> Namespace:
     """Set each ``(dotted field, keys, value text)`` of `split_nested_overrides` in the parsed namespace ``ns``.
 
@@ -181,8 +230,6 @@ def apply_nested_overrides(ns: Namespace, overrides: Sequence[tuple[str, tuple[s
         >>> apply_nested_overrides(ns, [("peft.options", ("sweep", "lr"), "0.03")]).peft.options
         {'sweep': {'lr': 0.03, 'num': 7}}
     """
-    import yaml
-
     from vitlab.errors import ConfigError
 
     for field, keys, text in overrides:
@@ -196,10 +243,7 @@ def apply_nested_overrides(ns: Namespace, overrides: Sequence[tuple[str, tuple[s
                 raise ConfigError(f"--{field}.{'.'.join(keys)}: {where} is {child!r}, not a mapping; set {where} "
                                   "itself instead")
             node = child
-        try:
-            node[keys[-1]] = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--{field}.{'.'.join(keys)} {text}: not a YAML value ({err})") from None
+        node[keys[-1]] = load_yaml(text, f"--{field}.{'.'.join(keys)} {text}")
     return ns
 
 

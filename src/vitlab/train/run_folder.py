@@ -23,8 +23,6 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vitlab.errors import ConfigError, MissingFileError
 from vitlab.train.config import (
     DataConfig,
@@ -34,6 +32,7 @@ from vitlab.train.config import (
     PeftConfig,
     RunConfig,
 )
+from vitlab.yaml_loader import load_yaml_file
 
 __all__ = ["RunLock", "check_run_name", "config_differences", "load_run_config", "resume_config"]
 
@@ -110,10 +109,7 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise MissingFileError(f"{path} is missing: {Path(run_dir)} is not a vitlab run folder")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML ({err})") from None
+    raw = load_yaml_file(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} does not hold a run configuration (a mapping of sections)")
     try:
