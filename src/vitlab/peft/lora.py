@@ -27,20 +27,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from peft import PeftConfig
 from torch import nn
 
-from vitlab.checks import check_float, check_int
+from vitlab.checks import check_bool, check_float, check_int
 from vitlab.errors import ConfigError
 from vitlab.peft.registration import PeftTypeName, register_with_peft
-from vitlab.peft.slice_config import SliceAdapterConfig
+from vitlab.peft.slice_config import SliceAdapterConfig, check_target_modules
 from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer, RowSliceTuner
 from vitlab.peft.targets import Target, classifier_names, resolve_preset
 
 __all__ = ["LORA_QV", "LoraQVConfig", "LoraQVLayer", "LoraQVModel", "apply_lokr", "apply_lora", "apply_lora_qv",
-           "lora_qv_config"]
+           "lokr_options", "lora_options", "lora_qv_config"]
 
 LORA_QV = PeftTypeName("LORA_QV")  # peft_type (a str: peft's PeftType enum is closed)
 
@@ -152,10 +153,61 @@ def _peft_model(model: nn.Module, config: PeftConfig) -> nn.Module:
 
     try:
         return get_peft_model(model, config)
-    except ValueError as err:  # peft: "Target modules ... not found in the base model"
+    except ValueError as err:  # peft: "Target modules ... not found" / "No modules were targeted for adaptation"
+        if "target" not in str(err).lower():
+            raise
         from vitlab.peft.targets import linear_module_names
 
         raise ValueError(f"{err}. Candidate Linear modules: {linear_module_names(model)[:12]}") from err
+
+
+def _check_head_options(train_head: Any, head_modules: Any) -> None:
+    check_bool("train_head", train_head)
+    if isinstance(head_modules, str):
+        raise ConfigError(f"head_modules must be a list of module names, got the string {head_modules!r}: write "
+                          f"head_modules=[{head_modules!r}]")
+
+
+def _check_alpha(alpha: Any, r: int) -> float:
+    """``alpha`` (default ``r``) as a finite, non-zero float."""
+    if alpha is None:
+        return float(r)
+    alpha = check_float("alpha", alpha, fix="leave it unset for alpha = r")
+    if alpha == 0:
+        raise ConfigError("alpha must be non-zero (the update is scaled by alpha / r, so alpha = 0 never trains), got "
+                          "0; leave it unset for alpha = r")
+    return alpha
+
+
+def lora_options(target_modules: Any = None, r: Any = 8, alpha: Any = None, dropout: Any = 0.0,
+                 train_head: Any = True, head_modules: Any = None) -> dict[str, Any]:
+    """``apply_lora``'s arguments checked (``ConfigError`` naming the fix) and normalised, before any model is
+    touched; returns them as ``apply_lora`` keyword arguments.
+
+    Example:
+        >>> lora_options("qkv", r=4)["alpha"]
+        4.0
+    """
+    r = check_int("r", r, minimum=1)
+    _check_head_options(train_head, head_modules)
+    return {"target_modules": check_target_modules(target_modules), "r": r, "alpha": _check_alpha(alpha, r),
+            "dropout": check_float("dropout", dropout, minimum=0.0, maximum=1.0, below_maximum=True,
+                                   fix="0 switches it off"),
+            "train_head": train_head, "head_modules": head_modules}
+
+
+def lokr_options(target_modules: Any = None, r: Any = 8, alpha: Any = None, decompose_factor: Any = -1,
+                 decompose_both: Any = False, train_head: Any = True, head_modules: Any = None) -> dict[str, Any]:
+    """``apply_lokr``'s arguments checked (``ConfigError`` naming the fix) and normalised; see ``lora_options``."""
+    r = check_int("r", r, minimum=1)
+    factor = check_int("decompose_factor", decompose_factor, minimum=-1,
+                       fix="-1 picks the factor automatically, otherwise give a whole number >= 1")
+    if factor == 0:
+        raise ConfigError("decompose_factor must be -1 (automatic) or an int >= 1, got 0")
+    _check_head_options(train_head, head_modules)
+    return {"target_modules": check_target_modules(target_modules), "r": r, "alpha": _check_alpha(alpha, r),
+            "decompose_factor": factor, "decompose_both": check_bool("decompose_both", decompose_both),
+            "train_head": train_head, "head_modules": head_modules}
 
 
 def apply_lora(model: nn.Module, target_modules: str | Sequence[str] | None = "qkv", r: int = 8,
@@ -166,16 +218,21 @@ def apply_lora(model: nn.Module, target_modules: str | Sequence[str] | None = "q
     Args:
         model: the model (adapted in place and wrapped).
         target_modules: preset name, list of names or regex (peft syntax); ``None`` means ``"qkv"``.
-        r: LoRA rank. alpha: LoRA alpha (default ``r``, i.e. scale 1). dropout: LoRA input dropout.
+        r: LoRA rank. alpha: LoRA alpha (default ``r``, i.e. scale 1; non-zero). dropout: LoRA input dropout.
         train_head: train the classifier (``modules_to_save``). head_modules: classifier names (default timm's).
 
     Returns:
         A ``peft.PeftModel``.
+
+    Raises:
+        ConfigError: a bad option (``lora_options``), before the model is touched.
     """
     from peft import LoraConfig
 
-    config = LoraConfig(r=r, lora_alpha=float(r if alpha is None else alpha), lora_dropout=dropout, bias="none",
-                        target_modules=resolve_preset(target_modules or "qkv"),
+    o = lora_options(target_modules, r=r, alpha=alpha, dropout=dropout, train_head=train_head,
+                     head_modules=head_modules)
+    config = LoraConfig(r=o["r"], lora_alpha=o["alpha"], lora_dropout=o["dropout"], bias="none",
+                        target_modules=resolve_preset(o["target_modules"] or "qkv"),
                         modules_to_save=_head_modules(model, train_head, head_modules))
     return _peft_model(model, config)
 
@@ -185,12 +242,15 @@ def apply_lokr(model: nn.Module, target_modules: str | Sequence[str] | None = "q
                train_head: bool = True, head_modules: Sequence[str] | None = None) -> nn.Module:
     """``peft.get_peft_model`` with LoKr (one Kronecker term ``(α/r)·W1 ⊗ W2`` per layer, nothing shared).
 
-    ``decompose_factor=32`` gives KAdaptation's block shapes for a single, unshared term (see research notes §4.3).
+    ``decompose_factor=32`` gives KAdaptation's block shapes for a single, unshared term (see research notes §4.3);
+    ``-1`` picks it automatically. Bad options raise ``ConfigError`` (``lokr_options``) before the model is touched.
     """
     from peft import LoKrConfig
 
-    config = LoKrConfig(r=r, alpha=float(r if alpha is None else alpha), decompose_factor=decompose_factor,
-                        decompose_both=decompose_both, target_modules=resolve_preset(target_modules or "qkv"),
+    o = lokr_options(target_modules, r=r, alpha=alpha, decompose_factor=decompose_factor,
+                     decompose_both=decompose_both, train_head=train_head, head_modules=head_modules)
+    config = LoKrConfig(r=o["r"], alpha=o["alpha"], decompose_factor=o["decompose_factor"],
+                        decompose_both=o["decompose_both"], target_modules=resolve_preset(o["target_modules"] or "qkv"),
                         modules_to_save=_head_modules(model, train_head, head_modules))
     return _peft_model(model, config)
 

@@ -42,11 +42,12 @@ from typing import Any
 from peft import PeftConfig
 from torch import nn
 
+from vitlab.checks import check_bool
 from vitlab.peft.adapter import apply_bottleneck_adapters
 from vitlab.peft.control import set_peft_spec
 from vitlab.peft.freeze import freeze_base
 from vitlab.peft.kadaptation import KAdaptationConfig, apply_kadaptation
-from vitlab.peft.lora import apply_lokr, apply_lora, apply_lora_qv, lora_qv_config
+from vitlab.peft.lora import apply_lokr, apply_lora, apply_lora_qv, lokr_options, lora_options, lora_qv_config
 from vitlab.peft.subspace import build_subspace_transform
 from vitlab.peft.targets import classifier_names
 
@@ -131,7 +132,7 @@ def _wrap(name: str, fn: Callable[..., nn.Module], validate: Callable[..., Any] 
 def _adapter(target_modules: Any = None, **options: Any) -> Transform:
     allowed = ("bottleneck", "train_head", "head_modules")
     _check_options("adapter", options, allowed)
-    train_head, head_modules = options.pop("train_head", True), options.get("head_modules")
+    train_head, head_modules = check_bool("train_head", options.pop("train_head", True)), options.get("head_modules")
 
     def transform(model: nn.Module) -> nn.Module:
         before = {id(p) for p in model.parameters()}
@@ -150,8 +151,8 @@ PEFT_METHODS: dict[str, Builder] = {
     "linear": _linear,
     "linear_probe": _linear,
     "kadaptation": _kadaptation,
-    "lora": _wrap("lora", apply_lora),
-    "lokr": _wrap("lokr", apply_lokr),
+    "lora": _wrap("lora", apply_lora, validate=lora_options),
+    "lokr": _wrap("lokr", apply_lokr, validate=lokr_options),
     "lora_qv": _wrap("lora_qv", apply_lora_qv, validate=lora_qv_config),
     "adapter": _adapter,
     "subspace": build_subspace_transform,

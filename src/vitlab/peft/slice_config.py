@@ -18,7 +18,35 @@ from vitlab.checks import MAX_SEED, check_bool, check_int
 from vitlab.errors import ConfigError
 from vitlab.peft.targets import FUSED_SLICES, resolve_preset
 
-__all__ = ["SliceAdapterConfig"]
+__all__ = ["SliceAdapterConfig", "check_target_modules"]
+
+
+def check_target_modules(targets: Any, allow_auto: bool = False) -> str | list[str] | None:
+    """``None``, a preset name or regex (compiled now), or module names as a list (a tuple or, as peft's own configs
+    hold them, a set is taken as a list); ``"auto"`` only with ``allow_auto`` (KAdaptation). ``ConfigError`` naming
+    the fix otherwise.
+
+    Example:
+        >>> check_target_modules(("qkv", "fc1")), check_target_modules("attn")
+        (['qkv', 'fc1'], 'attn')
+    """
+    if targets is None:
+        return None
+    if isinstance(targets, str):
+        if targets == "auto":
+            if not allow_auto:
+                raise ConfigError("target_modules='auto' is KAdaptation's; give module names, a regex or a preset")
+            return targets
+        try:
+            re.compile(resolve_preset(targets))
+        except re.error as err:
+            raise ConfigError(f"target_modules {targets!r} is not a valid regular expression ({err}): fix the "
+                              "regex, or give a list of module names") from None
+        return targets
+    if isinstance(targets, set | frozenset) and all(isinstance(t, str) for t in targets):
+        targets = sorted(targets)
+    return _str_list("target_modules", targets, "None, a regex string, a preset name or a non-empty list of module "
+                     "names")
 
 
 def _str_list(name: str, value: Any, what: str) -> list[str]:
@@ -57,7 +85,7 @@ class SliceAdapterConfig(PeftConfig):
             raise ConfigError(f"fused_slices must be a non-empty subset of {FUSED_SLICES} given as a list, e.g. "
                               f"['q', 'v'], got {slices!r}")
         self.fused_slices = tuple(slices)
-        self._check_target_modules(allow_auto)
+        self.target_modules = check_target_modules(self.target_modules, allow_auto)
         if self.modules_to_save is not None:
             if isinstance(self.modules_to_save, str):
                 raise ConfigError(f"modules_to_save must be a list of module names, got the string "
@@ -69,23 +97,3 @@ class SliceAdapterConfig(PeftConfig):
         if self.seed is not None:
             self.seed = check_int("seed", self.seed, minimum=0, maximum=MAX_SEED,
                                   fix="give a non-negative integer seed, e.g. 0, or None for the global RNG")
-
-    def _check_target_modules(self, allow_auto: bool) -> None:
-        targets = self.target_modules
-        if targets is None:
-            return
-        if isinstance(targets, str):
-            if targets == "auto":
-                if not allow_auto:
-                    raise ConfigError("target_modules='auto' is KAdaptation's; give module names, a regex or a preset")
-                return
-            try:
-                re.compile(resolve_preset(targets))
-            except re.error as err:
-                raise ConfigError(f"target_modules {targets!r} is not a valid regular expression ({err}): fix the "
-                                  "regex, or give a list of module names") from None
-            return
-        if isinstance(targets, set | frozenset) and all(isinstance(t, str) for t in targets):
-            targets = sorted(targets)  # peft's own configs hold target_modules as a set
-        self.target_modules = _str_list("target_modules", targets, "None, a regex string, a preset name or a "
-                                        "non-empty list of module names")
