@@ -326,3 +326,68 @@ def test_a_saved_run_config_with_a_key_twice_is_refused_on_resume(tmp_path):
     (run / "config.yaml").write_text("name: r\nseed: 0\nseed: 1\n")
     with pytest.raises(ConfigError, match=r"config\.yaml: key 'seed' is given twice \(line 2 and line 3\)"):
         load_run_config(run)
+
+
+class CtrlC(L.Callback):
+    """Presses Ctrl-C after the first training batch of ``epoch`` (Lightning shuts down and calls sys.exit(1))."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_after_a_checkpoint_is_a_keyboard_interrupt_naming_it_and_the_resume_works(tmp_path):
+    config = _config(tmp_path, "ctrlc", epochs=2)
+    with pytest.raises(KeyboardInterrupt) as info:  # not Lightning's SystemExit(1)
+        fit(config, callbacks=[CtrlC(epoch=1)])
+    last = tmp_path / "ctrlc" / "checkpoints" / "last.ckpt"
+    assert f"{last} (end of epoch 0) is kept" in str(info.value)
+    assert f"vitlab fit --name ctrlc --output_dir {tmp_path} --resume true" in str(info.value)
+    assert fit(_config(tmp_path, "ctrlc", epochs=2), resume=True).weights.is_file()
+
+
+def test_a_folder_left_by_ctrl_c_in_epoch_0_is_not_mixed_into_a_new_run(tmp_path):
+    with pytest.raises(KeyboardInterrupt, match="no epoch had finished, so there is no checkpoint"):
+        fit(_config(tmp_path, "early", epochs=1), callbacks=[CtrlC(epoch=0)])
+    run_dir = tmp_path / "early"
+    assert (run_dir / "metrics.csv").is_file() and not (run_dir / "checkpoints" / "last.ckpt").exists()
+    other = _config(tmp_path, "early", epochs=1)
+    other.optim = OptimConfig(lr=1e-2)
+    with pytest.raises(FileExistsError, match="stopped before its first checkpoint .*--resume true"):
+        fit(other)  # would have appended its curves to the interrupted run's metrics.csv
+    fit(_config(tmp_path, "early", epochs=1), resume=True)  # starts over with the saved config
+    steps = [row["step"] for row in _rows(run_dir) if row.get("lr-AdamW/pg1")]
+    assert steps == ["0"]  # the interrupted attempt's rows are gone, not mixed in
+
+
+def test_the_cli_prints_why_a_run_was_interrupted(monkeypatch, capsys):
+    def interrupted(ns, argv):
+        raise KeyboardInterrupt("training of runs/x was interrupted; no checkpoint: start it over")
+
+    monkeypatch.setattr("vitlab.cli.main.dispatch", interrupted)
+    assert main(["fit", "--name", "x"]) == 130
+    assert capsys.readouterr().err == "vitlab fit: interrupted: training of runs/x was interrupted; no checkpoint: " \
+                                      "start it over\n"
+
+
+@pytest.mark.parametrize(("monitor", "hint"), [("val_acc", "val/acc, val/loss"), ("test/acc", "only after training")])
+def test_a_callback_monitoring_a_metric_the_run_never_logs_is_refused_before_training(tmp_path, monitor, hint):
+    config = _config(tmp_path, "monitor", epochs=1)
+    config.trainer["callbacks"] = {"class_path": "EarlyStopping", "init_args": {"monitor": monitor, "mode": "max"}}
+    with pytest.raises(ConfigError, match=rf"EarlyStopping monitors '{monitor}', which the run does not log .*{hint}"):
+        fit(config)  # Lightning alone raised a RuntimeError traceback after the first epoch
+    assert not (tmp_path / "monitor").exists()
+
+
+def test_a_loss_terms_metrics_can_be_monitored():
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from vitlab.train.callbacks import check_monitors
+
+    watch = [EarlyStopping(monitor="train/negatives/neg_acc"), ModelCheckpoint(monitor=None)]
+    check_monitors(watch, ["val/acc"], ["train/negatives/"])
+    with pytest.raises(ConfigError, match=r"monitors 'train/negatives/neg_acc'.*monitor one of val/acc, train/other/"):
+        check_monitors(watch, ["val/acc"], ["train/other/"])

@@ -335,8 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     vitlab.register()  # timm models and peft methods (deferred by `vitlab/__init__` in the console script)
     try:
         dispatch(ns, args)
-    except KeyboardInterrupt:
-        print(f"vitlab {ns.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"vitlab {ns.command}: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130
     except Exception as err:
         if debug or not is_user_error(err):

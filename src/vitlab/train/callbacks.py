@@ -30,7 +30,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from vitlab.errors import ConfigError
 
-__all__ = ["AppendingCSVLogger", "FiniteGuard", "build_callbacks", "build_loggers"]
+__all__ = ["AppendingCSVLogger", "FiniteGuard", "build_callbacks", "build_loggers", "check_monitors"]
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -123,6 +123,32 @@ def build_loggers(spec: Any, run_dir: str | Path) -> list[Logger]:
 def build_callbacks(spec: Any) -> list[L.Callback]:
     """The callbacks ``spec`` names (``lightning.pytorch.callbacks`` classes, or full paths)."""
     return [_instantiate(item, "lightning.pytorch.callbacks", L.Callback, "callbacks", {}) for item in _as_list(spec)]
+
+
+def check_monitors(callbacks: list[L.Callback], names: list[str], prefixes: list[str] = ()) -> None:
+    """Refuse a callback whose ``monitor`` (``EarlyStopping``, ``ModelCheckpoint``, ...) names a metric the run never
+    logs during training: Lightning would find out only after the first epoch, with a traceback.
+
+    Args:
+        callbacks: the trainer's callbacks (a ``monitor`` of ``None`` watches nothing and is fine).
+        names: the metric names logged during training (`ClassificationTask.monitorable_metrics`).
+        prefixes: families of names whose members are only known once training runs (a loss term's metrics).
+
+    Raises:
+        ConfigError: the callback, the name and the names that can be monitored.
+
+    Example:
+        >>> from lightning.pytorch.callbacks import EarlyStopping
+        >>> check_monitors([EarlyStopping(monitor="val/acc", mode="max")], ["val/acc", "val/loss"])
+    """
+    for callback in callbacks:
+        monitor = getattr(callback, "monitor", None)
+        if monitor is None or monitor in names or any(str(monitor).startswith(p) for p in prefixes):
+            continue
+        when = " (test metrics exist only after training)" if str(monitor).startswith("test/") else ""
+        known = ", ".join([*names, *(f"{p}..." for p in prefixes)])
+        raise ConfigError(f"trainer.callbacks: {type(callback).__name__} monitors {monitor!r}, which the run does not "
+                          f"log during training{when}: monitor one of {known}")
 
 
 class FiniteGuard(L.Callback):

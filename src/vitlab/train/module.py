@@ -157,6 +157,19 @@ class ClassificationTask(L.LightningModule):
         """``(B, C, H, W)`` images -> ``(B, K)`` logits of the trained model."""
         return self.model(images)
 
+    def monitorable_metrics(self) -> tuple[list[str], list[str]]:
+        """``(names, prefixes)`` of what a callback's ``monitor`` can watch during training: the metrics this task
+        logs every epoch (``val/acc``, ``val/loss``, ``train/loss`` with its ``_step``/``_epoch`` forms,
+        ``train/loss_ce``, ``train/acc``), and each loss term's ``train/<term name>/`` family.
+
+        Example:
+            >>> ClassificationTask(nn.Linear(4, 2), num_classes=2).monitorable_metrics()[0][:2]
+            ['val/acc', 'val/loss']
+        """
+        names = ["val/acc", "val/loss", "train/loss", "train/loss_step", "train/loss_epoch", "train/loss_ce",
+                 "train/acc"]
+        return names, [f"train/{term.name}/" for term in self.loss_terms]
+
     def eval_model(self) -> nn.Module:
         """The weights used for evaluation and saving: the EMA copy when enabled, else the model."""
         return self.ema.module if self.ema is not None else self.model

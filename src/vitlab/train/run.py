@@ -53,7 +53,7 @@ from vitlab.data import build_datamodule
 from vitlab.data.datamodule import VitlabDataModule
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.peft.export import export_adapted_model
-from vitlab.train.callbacks import FiniteGuard, build_callbacks, build_loggers, drop_rows_after_epoch
+from vitlab.train.callbacks import FiniteGuard, build_callbacks, build_loggers, check_monitors, drop_rows_after_epoch
 from vitlab.train.config import NegativesConfig, RunConfig
 from vitlab.train.extensions import build_loss_terms, build_model_transform
 from vitlab.train.module import ClassificationTask
@@ -296,9 +296,11 @@ def fit(
         trainer_overrides: extra ``lightning.Trainer`` keywords that win over ``config.trainer``.
 
     Raises:
-        ConfigError: a bad name or option, a resume that changes options; FileExistsError: the run exists and
-        ``resume`` is false; FloatingPointError: a non-finite loss or weights (the message says what was kept and
-        how to go on).
+        ConfigError: a bad name or option, a resume that changes options; FileExistsError: the run exists (or an
+        earlier run left files in its folder before its first checkpoint) and ``resume`` is false;
+        FloatingPointError: a non-finite loss or weights (the message says what was kept and how to go on);
+        KeyboardInterrupt: Ctrl-C (Lightning shuts down gracefully; the message says which checkpoint is kept and
+        gives the ``--resume true`` command).
     """
     start = time.perf_counter()
     check_run_name(config.name)
@@ -319,11 +321,38 @@ def fit(
     new_folder = not run_dir.exists()
     try:
         with contextlib.nullcontext() if _is_child_process() else RunLock(run_dir):
+            if not resume and not _is_child_process():
+                _refuse_leftovers(run_dir, config)
             return _fit_locked(config, run_dir, last, resume, callbacks, trainer_overrides, start)
     except BaseException:
         if new_folder and not _is_child_process():
             _remove_if_unstarted(run_dir)
         raise
+
+
+def _resume_command(config: RunConfig) -> str:
+    return f"vitlab fit --name {config.name} --output_dir {config.output_dir} --resume true"
+
+
+def _refuse_leftovers(run_dir: Path, config: RunConfig) -> None:
+    """Refuse a new run in a folder that holds files of an earlier one stopped before its first checkpoint
+    (interrupted in epoch 0): its ``metrics.csv`` would be appended to, mixing two runs' curves."""
+    left = sorted(p.name for p in run_dir.iterdir() if p.name != ".lock") if run_dir.is_dir() else []
+    if left:
+        raise FileExistsError(
+            f"{run_dir} holds files of an earlier run that stopped before its first checkpoint ({', '.join(left[:4])}"
+            f"{' ...' if len(left) > 4 else ''}): start that run over with `{_resume_command(config)}` (its saved "
+            "config.yaml), delete the folder, or choose another --name"
+        )
+
+
+def _interrupted(config: RunConfig, run_dir: Path, last: Path) -> KeyboardInterrupt:
+    """What Ctrl-C during training left behind and how to go on (Lightning turns it into ``SystemExit(1)``)."""
+    epoch = _checkpoint_epoch(last)
+    kept = (f"{last} (end of epoch {epoch}) is kept" if epoch is not None
+            else "no epoch had finished, so there is no checkpoint")
+    verb = "continue it" if epoch is not None else "start it over"
+    return KeyboardInterrupt(f"training of {run_dir} was interrupted; {kept}: {verb} with `{_resume_command(config)}`")
 
 
 def _remove_if_unstarted(run_dir: Path) -> None:
@@ -364,13 +393,20 @@ def _fit_locked(
     ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path is not None:
         _drop_replayed_rows(run_dir, last)
+    elif resume and not _is_child_process():  # stopped before its first checkpoint: the run starts over
+        (run_dir / "metrics.csv").unlink(missing_ok=True)
     trainer = build_trainer(config, run_dir, callbacks, **trainer_overrides)
+    check_monitors(trainer.callbacks, *task.monitorable_metrics())
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        test = trainer.test(task, datamodule=datamodule, verbose=False)
     except FloatingPointError as err:
         raise FloatingPointError(_non_finite_advice(err, config, run_dir, last)) from err
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    test = trainer.test(task, datamodule=datamodule, verbose=False)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning's graceful Ctrl-C ends in sys.exit(1)
+            raise _interrupted(config, run_dir, last) from None
+        raise
     metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
     if trainer.fast_dev_run:  # Lightning's smoke test: a few batches, no checkpoint, no logs; not a finished model
         return RunResult(run_dir, metrics, None, time.perf_counter() - start, {"fast_dev_run": True})
