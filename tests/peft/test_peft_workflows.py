@@ -3,11 +3,13 @@ adapters, refused peft features, and vitlab's loaders given folders of the wrong
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import timm
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from vitlab.checkpoint import CheckpointError
@@ -22,6 +24,7 @@ from vitlab.peft import (
     load_adapter,
     load_run_model,
 )
+from vitlab.peft.slice_tuner import RowSliceLayer
 
 CONFIGS = [
     ("kadaptation", lambda **kw: KAdaptationConfig(n=8, **kw)),
@@ -29,10 +32,10 @@ CONFIGS = [
 ]
 
 
-def timm_vit() -> nn.Module:
+def timm_vit(depth: int = 1) -> nn.Module:
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=2,
-                             num_classes=5).eval()
+    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=depth,
+                             num_heads=2, num_classes=5).eval()
 
 
 def trainable(model: nn.Module) -> list[str]:
@@ -111,3 +114,64 @@ def test_lora_options_are_checked_in_the_python_api_and_peft_errors_keep_their_o
     model = apply_lora(timm_vit(), target_modules={"qkv"}, r=np.int64(2), alpha=4)  # peft's own set form, NumPy ints
     assert model.peft_config["default"].r == 2 and type(model.peft_config["default"].r) is int
     assert model.peft_config["default"].lora_alpha == 4.0
+
+
+def adapted_modules(model: nn.Module) -> list[str]:
+    return sorted(name for name, module in model.get_base_model().named_modules() if isinstance(module, RowSliceLayer))
+
+
+def hf_vit() -> nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=32, num_labels=5)
+    return ViTForImageClassification(config).eval()
+
+
+@pytest.mark.parametrize(("method", "config"), CONFIGS, ids=[c[0] for c in CONFIGS])
+@pytest.mark.parametrize(("selection", "expected"), [
+    ({"exclude_modules": ["blocks.0.attn.qkv"]}, ["blocks.1.attn.qkv"]),
+    ({"exclude_modules": r"blocks\.1\..*"}, ["blocks.0.attn.qkv"]),
+    ({"layers_to_transform": [1]}, ["blocks.1.attn.qkv"]),
+    ({"layers_to_transform": 0, "layers_pattern": "blocks"}, ["blocks.0.attn.qkv"]),
+])
+def test_peft_target_selection_fields_are_applied_and_survive_save_and_load(tmp_path, method, config, selection,
+                                                                          expected):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # peft's "no modules were excluded" must not fire
+        model = get_peft_model(timm_vit(depth=2), config(**selection))
+    assert adapted_modules(model) == expected  # they were ignored (or refused as unknown keywords) before
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.05)
+    model.save_pretrained(str(tmp_path))
+    restored = PeftModel.from_pretrained(timm_vit(depth=2), str(tmp_path))
+    assert adapted_modules(restored) == expected
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(restored(x), model(x), rtol=0, atol=1e-6)
+
+
+def test_layers_to_transform_counts_transformers_layers_too():
+    model = get_peft_model(hf_vit(), KAdaptationConfig(n=8, layers_to_transform=[1], train_head=False))
+    assert adapted_modules(model) == ["vit.layers.1.attention.q_proj", "vit.layers.1.attention.v_proj"]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"exclude_modules": 5}, ConfigError, "exclude_modules must be None, a regex string or a non-empty list"),
+    ({"exclude_modules": "("}, ConfigError, r"exclude_modules '\(' is not a valid regular expression"),
+    ({"layers_to_transform": [-1]}, ConfigError, r"layers_to_transform entry must be an int >= 0, got -1"),
+    ({"layers_to_transform": []}, ConfigError, "layers_to_transform must be None, an int or a non-empty list"),
+    ({"layers_to_transform": "1"}, ConfigError, r"layers_to_transform must be an int >= 0, got '1' \(str\)"),
+    ({"layers_pattern": "blocks"}, ConfigError, "set layers_to_transform too"),
+    ({"layers_to_transform": [0], "layers_pattern": 3}, ConfigError, "layers_pattern must be None, a name"),
+])
+def test_bad_target_selection_fields_are_refused_up_front(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        KAdaptationConfig(**kwargs)
+
+
+def test_a_selection_that_leaves_nothing_names_itself():
+    with pytest.raises(ValueError, match=r"\{'layers_to_transform': \[5\]\} leave none of the targeted modules"):
+        get_peft_model(timm_vit(), LoraQVConfig(r=2, layers_to_transform=[5]))

@@ -49,6 +49,40 @@ def check_target_modules(targets: Any, allow_auto: bool = False) -> str | list[s
                      "names")
 
 
+def _check_selection(config: Any) -> None:
+    """Validate and normalise peft's target-selection fields ``exclude_modules``, ``layers_to_transform`` and
+    ``layers_pattern`` of ``config`` (peft's meaning; ``ConfigError`` naming the fix)."""
+    exclude = config.exclude_modules
+    if isinstance(exclude, str):
+        try:
+            re.compile(exclude)
+        except re.error as err:
+            raise ConfigError(f"exclude_modules {exclude!r} is not a valid regular expression ({err}): fix the regex, "
+                              "or give a list of module names") from None
+    elif exclude is not None:
+        if isinstance(exclude, set | frozenset) and all(isinstance(e, str) for e in exclude):
+            exclude = sorted(exclude)
+        config.exclude_modules = _str_list("exclude_modules", exclude, "None, a regex string or a non-empty list of "
+                                           "module names")
+    layers = config.layers_to_transform
+    if layers is not None:
+        fix = "give layer indices (0 = the first block), e.g. [0, 1]"
+        if isinstance(layers, list | tuple):
+            if not layers:
+                raise ConfigError(f"layers_to_transform must be None, an int or a non-empty list of ints: {fix}")
+            config.layers_to_transform = [check_int("layers_to_transform entry", i, minimum=0, fix=fix) for i in layers]
+        else:
+            config.layers_to_transform = check_int("layers_to_transform", layers, minimum=0, fix=fix)
+    pattern = config.layers_pattern
+    if pattern is not None:
+        if config.layers_to_transform is None:
+            raise ConfigError(f"layers_pattern={pattern!r} only says where layers_to_transform counts layers: set "
+                              "layers_to_transform too, or leave layers_pattern unset")
+        if not (isinstance(pattern, str) and pattern):
+            config.layers_pattern = _str_list("layers_pattern", pattern, "None, a name such as 'blocks' or a list "
+                                              "of such names")
+
+
 def _str_list(name: str, value: Any, what: str) -> list[str]:
     if not isinstance(value, list | tuple) or not value or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{name} must be {what}, got {value!r}")
@@ -67,6 +101,10 @@ class SliceAdapterConfig(PeftConfig):
         modules_to_save: modules trained and saved whole; ``None`` with ``train_head`` means the classifier.
         seed: seed of the adapter initialisation (a private ``torch.Generator``; global RNG untouched); ``None``
             uses the global RNG.
+        exclude_modules, layers_to_transform, layers_pattern: peft's target selection, applied to the targets found
+            from ``target_modules``: leave out modules by name or regex; keep only the layers with these indices
+            (counted in the module list named ``layers_pattern``, e.g. ``"blocks"``; default: the first numbered
+            list in the name).
     """
 
     target_modules: str | list[str] | None = field(default=None, metadata={"help": "names, regex or preset"})
@@ -74,6 +112,12 @@ class SliceAdapterConfig(PeftConfig):
     train_head: bool = field(default=True, metadata={"help": "train the classifier head (modules_to_save)"})
     modules_to_save: list[str] | None = field(default=None, metadata={"help": "modules trained and saved whole"})
     seed: int | None = field(default=0, metadata={"help": "seed of the adapter initialisation"})
+    exclude_modules: str | list[str] | None = field(default=None, metadata={
+        "help": "modules not to adapt: names (exact or dotted suffix) or a regex, as in peft"})
+    layers_to_transform: int | list[int] | None = field(default=None, metadata={
+        "help": "adapt only the layers with these indices (peft's rule)"})
+    layers_pattern: str | list[str] | None = field(default=None, metadata={
+        "help": "name of the layer list layers_to_transform counts in, e.g. 'blocks' (default: any)"})
 
     def check_slice_fields(self, allow_auto: bool = False) -> None:
         """Validate and normalise the shared fields (lists, tuples); raises ``ConfigError`` (a ``ValueError``) naming
@@ -86,6 +130,7 @@ class SliceAdapterConfig(PeftConfig):
                               f"['q', 'v'], got {slices!r}")
         self.fused_slices = tuple(slices)
         self.target_modules = check_target_modules(self.target_modules, allow_auto)
+        _check_selection(self)
         if self.modules_to_save is not None:
             if isinstance(self.modules_to_save, str):
                 raise ConfigError(f"modules_to_save must be a list of module names, got the string "

@@ -27,11 +27,17 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
+from peft.tuners.tuners_utils import (
+    BaseTuner,
+    BaseTunerLayer,
+    check_adapters_to_merge,
+    check_target_module_exists,
+)
 from torch import nn
 from torch.autograd.function import once_differentiable
 
@@ -210,6 +216,15 @@ class RowSliceLayer(nn.Module, BaseTunerLayer):
         return f"slices={self.slice_rows}, merged={self.merged_adapters}"
 
 
+def _layer_index(name: str, patterns: list[str] | None) -> int | None:
+    """The layer index of a module name: its first numeric component (preceded by one of ``patterns`` if given)."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[1:], start=1):
+        if part.isdigit() and (patterns is None or parts[i - 1] in patterns):
+            return int(part)
+    return None
+
+
 class RowSliceTuner(BaseTuner):
     """``BaseTuner`` for ``RowSliceLayer`` methods: vitlab's target syntax, the classifier in ``modules_to_save``.
 
@@ -236,6 +251,7 @@ class RowSliceTuner(BaseTuner):
                 or peft_config.fused_slices
         else:
             targets = find_targets(model, peft_config.target_modules, peft_config.fused_slices, heads)
+        targets = self._select_targets(peft_config, targets)
         self._check_targets(peft_config, targets)
         self._pending_targets: dict[str, list[Target]] = {}
         for target in targets:
@@ -248,11 +264,38 @@ class RowSliceTuner(BaseTuner):
                                  "train_head=False")
             peft_config.modules_to_save = found
 
+    def _select_targets(self, peft_config: Any, targets: list[Target]) -> list[Target]:
+        """Drop the targets that ``exclude_modules`` names (peft's rule: ``peft.tuners.tuners_utils
+        .check_target_module_exists``) and those outside ``layers_to_transform`` (the first numbered name component,
+        after a component of ``layers_pattern`` when given: ``blocks.3.attn.qkv`` is in layer 3)."""
+        exclude, layers = peft_config.exclude_modules, peft_config.layers_to_transform
+        self._excluded: dict[str, Any] = {}
+        if exclude is None and layers is None:
+            return targets
+        wanted = {layers} if isinstance(layers, int) else set(layers or ())
+        patterns = [peft_config.layers_pattern] if isinstance(peft_config.layers_pattern, str) \
+            else peft_config.layers_pattern
+        kept = []
+        for target in targets:
+            rule = SimpleNamespace(target_modules=[target.module_name], exclude_modules=exclude, modules_to_save=None)
+            verdict = check_target_module_exists(rule, target.module_name)
+            if not verdict:
+                self._excluded[target.module_name] = verdict  # peft counts its excluded modules from this
+            elif layers is None or _layer_index(target.module_name, patterns) in wanted:
+                kept.append(target)
+        if not kept:
+            chosen = {key: getattr(peft_config, key) for key in ("exclude_modules", "layers_to_transform",
+                                                                 "layers_pattern") if getattr(peft_config, key)}
+            names = sorted({t.module_name for t in targets})[:6]
+            raise ValueError(f"{chosen} leave none of the targeted modules {names} to adapt: loosen them (layer "
+                             "indices count from 0 in the first numbered name component)")
+        return kept
+
     def _check_targets(self, peft_config: Any, targets: list[Target]) -> None:
         """Hook: validate the resolved targets against the config before anything is created."""
 
-    def _check_target_module_exists(self, peft_config: Any, key: str) -> bool:
-        return key in self._pending_targets
+    def _check_target_module_exists(self, peft_config: Any, key: str) -> Any:
+        return True if key in self._pending_targets else self._excluded.get(key, False)
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
         """peft's ``inject_adapter`` (used by ``get_peft_model`` and ``add_adapter``), after creating the adapter's

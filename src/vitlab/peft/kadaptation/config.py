@@ -78,6 +78,8 @@ class KAdaptationConfig(SliceAdapterConfig):
             (timm's ``get_classifier()``, or a top-level ``classifier`` / ``head`` Linear as in transformers).
         seed: seed of the factor initialisation (a private ``torch.Generator``; global RNG untouched); ``None`` uses
             the global RNG.
+        exclude_modules, layers_to_transform, layers_pattern: peft's target selection on top of ``target_modules``
+            (e.g. ``layers_to_transform=[10, 11]`` adapts the last two blocks of a ViT-B only).
     """
 
     n: int = field(default=32, metadata={"help": "Kronecker terms; A_i is n x n"})
