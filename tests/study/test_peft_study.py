@@ -55,6 +55,12 @@ def test_plan_takes_the_architecture_from_the_backbone_and_sets_the_budget(backb
     (["--methods", "linear", "--method_options", '{"lora": {"r": 2}}'], "not in --methods"),
     (["--seeds", "[-1]"], "--seeds must be integers in [0, 2**32)"),
     (["--backbone", "none", "--model", "nosuch_model"], "unknown model 'nosuch_model'; vitlab's models"),
+    (["--shots", "[5, 5]"], "--shots lists a value twice"),  # ran every k=5 run twice
+    (["--seeds", "0,0"], "--seeds lists a value twice"),
+    (["--shots", "[2.5]"], "--shots takes a list of integers"),
+    (["--img_size", "0"], "--img_size must be an integer >= 1"),  # 0 silently meant the backbone's size
+    (["--methods", "lora", "--method_options", '{"lora": 5}'], "gives each method a mapping of peft options"),
+    (["--model_kwargs", '{"foo": 1}'], "--model_kwargs {'foo': 1} were refused"),  # each run's process failed
 ])
 def test_bad_options_fail_with_one_line_naming_the_fix(backbone, tmp_path, capsys, args, message):
     base = ["peft-study", "--backbone", str(backbone), "--data", "digits", "--output_dir", str(tmp_path / "s")]
@@ -62,6 +68,15 @@ def test_bad_options_fail_with_one_line_naming_the_fix(backbone, tmp_path, capsy
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "s").exists()
+
+
+def test_plan_study_refuses_non_integer_shots_from_python(backbone):
+    with pytest.raises(ValueError, match="--shots takes a list of integers"):  # int(2.5) silently made it 2
+        plan_study(str(backbone), "digits", methods="linear", shots=[2.5], seeds=[0])
+    with pytest.raises(ValueError, match="--seeds takes a list of integers"):
+        plan_study(str(backbone), "digits", methods="linear", shots=[5], seeds=[True])
+    with pytest.raises(ValueError, match="--model_kwargs is a mapping"):
+        plan_study(str(backbone), "digits", methods="linear", model_kwargs=[("depth", 2)])
 
 
 def test_study_runs_each_config_in_a_process_and_resumes(backbone, tmp_path, capsys):

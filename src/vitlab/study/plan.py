@@ -67,12 +67,34 @@ def split_sizes(datamodule: VitlabDataModule) -> tuple[int, int]:
 
 
 def _int_list(text: str | Sequence[int], option: str) -> list[int]:
+    """Distinct integers from ``'5,20'`` or ``[5, 20]`` (a float, a bool or a repeated value is refused)."""
+    items = text.split(",") if isinstance(text, str) else text
     try:
-        values = [int(v) for v in (text.split(",") if isinstance(text, str) else text) if str(v).strip()]
-    except ValueError:
+        values = [int(v) if isinstance(v, str) else v for v in items if str(v).strip()]
+    except (TypeError, ValueError):
+        values = None
+    if values is None or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
         raise ValueError(f"{option} takes a list of integers such as '[5, 20]' (or comma-separated integers such as "
-                         f"5,20); got {text!r}") from None
+                         f"5,20); got {text!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{option} lists a value twice ({text!r}): each value names one set of runs; give each once")
     return values
+
+
+def _check_model_kwargs(name: str, kwargs: Mapping[str, Any], model_kwargs: Mapping[str, Any]) -> None:
+    """Build the architecture once on the meta device (no memory, no weights) so that a keyword its constructor
+    refuses is one message here, not a failure in every run's process. ``kwargs``: all the runs' keywords (the
+    backbone's own and ``model_kwargs``, the user's, which the message names)."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            timm.create_model(name, **kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise ValueError(f"--model_kwargs {dict(model_kwargs)} were refused by timm.create_model({name!r}): "
+                         f"{type(err).__name__}: {err}; check each keyword's name and type against the model's "
+                         "constructor") from None
 
 
 def backbone_model(backbone: str | None, model: str | None, model_kwargs: Mapping[str, Any],
@@ -168,7 +190,17 @@ def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mni
     if steps < 1 or full_epochs < 1 or batch_size < 1:
         raise ValueError(f"--steps, --full_epochs and --batch_size must be >= 1, got {steps}, {full_epochs}, "
                          f"{batch_size}")
+    if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1):
+        raise ValueError(f"--img_size must be an integer >= 1 (input pixels per side), got {img_size!r}; leave it out "
+                         "for the backbone's own size")
+    if not isinstance(method_options or {}, Mapping):
+        raise ValueError(f"--method_options is a mapping of method -> peft options, e.g. "
+                         f"'{{\"lora\": {{\"r\": 8}}}}'; got {method_options!r}")
     extra = dict(method_options or {})
+    bad = {name: value for name, value in extra.items() if not isinstance(value, Mapping)}
+    if bad:
+        raise ValueError(f"--method_options gives each method a mapping of peft options, e.g. "
+                         f"'{{\"lora\": {{\"r\": 8}}}}'; got {bad}")
     if set(extra) - set(names):
         raise ValueError(f"--method_options names {sorted(set(extra) - set(names))}, which are not in --methods "
                          f"{names}: add them to --methods or drop their options")
@@ -177,7 +209,12 @@ def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mni
         spec = dict(STUDY_METHODS.get(name, {"options": {}, "lr": 3e-3}))
         spec["options"] = {**spec["options"], **extra.get(name, {})}
         specs_by_method[name] = spec
+    if not isinstance(model_kwargs or {}, Mapping):
+        raise ValueError(f"--model_kwargs is a mapping of timm.create_model keywords, e.g. '{{\"drop_rate\": 0.1}}'; "
+                         f"got {model_kwargs!r}")
     model_section, size = backbone_model(backbone, model, model_kwargs or {}, img_size)
+    if model_kwargs:
+        _check_model_kwargs(model_section["name"], model_section["kwargs"], model_kwargs)
     backbone_sha256 = None
     if model_section["pretrained"]:
         from vitlab.checkpoint import resolve_pretrained
