@@ -47,3 +47,16 @@ def test_malformed_empty_or_list_configs_name_the_file(tmp_path, capsys, text, m
     assert main(["fit", "--config", str(path), "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert str(path) in err and message in err and len(err.splitlines()) == 1
+
+
+def test_lightning_cli_ckpt_path_is_refused_naming_the_resume_command(tmp_path, capsys):
+    run_dir = tmp_path / "out" / "myrun"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("name: myrun\n")
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    code = main(["fit", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"`vitlab fit --name myrun --output_dir {tmp_path / 'out'} --resume true`" in err
+    assert main(["fit", "--ckpt_path", "last", "--output_dir", "elsewhere"]) == 1
+    assert "`vitlab fit --name NAME --output_dir elsewhere --resume true`" in capsys.readouterr().err

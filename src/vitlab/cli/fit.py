@@ -18,7 +18,7 @@ from vitlab.train.arguments import SECTION_NAMES, add_run_arguments, namespace_t
 if TYPE_CHECKING:
     from vitlab.train.config import RunConfig
 
-__all__ = ["build_fit_parser", "parse_run_config", "resumed_run_config", "run_fit"]
+__all__ = ["build_fit_parser", "check_ckpt_path", "parse_run_config", "resumed_run_config", "run_fit"]
 
 
 def build_fit_parser(help_only: bool = False) -> ArgumentParser:
@@ -30,7 +30,38 @@ def build_fit_parser(help_only: bool = False) -> ArgumentParser:
     )
     add_run_arguments(parser, help_only)
     parser.add_argument("--resume", type=bool, default=False, help="continue from <run>/checkpoints/last.ckpt")
+    parser.add_argument("--ckpt_path", type=str | None, default=None,
+                        help="LightningCLI's resume option, not used by vitlab: a run resumes from its own folder "
+                        "with --name NAME --resume true (the error says the command for a given checkpoint)")
     return parser
+
+
+def check_ckpt_path(ckpt_path: str | None, output_dir: str = "runs") -> None:
+    """Refuse LightningCLI's ``--ckpt_path``, naming the vitlab command that does what the user wants.
+
+    A vitlab run resumes from its own folder with its saved config (``--name NAME --resume true``); new weights start
+    from a checkpoint with ``model.pretrained``.
+
+    Raises:
+        ConfigError: whenever ``ckpt_path`` is given.
+
+    Example:
+        >>> check_ckpt_path(None)  # not given: nothing to do
+    """
+    from vitlab.errors import ConfigError
+
+    if ckpt_path is None:
+        return
+    path = Path(ckpt_path)
+    run_dir = path.parent.parent
+    if path.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file():
+        fix = f"`vitlab fit --name {run_dir.name} --output_dir {run_dir.parent} --resume true`"
+        if (run_dir / "model.safetensors").is_file():
+            fix += f"; to start a new run from its final weights, set --model.pretrained {run_dir}"
+    else:
+        fix = f"`vitlab fit --name NAME --output_dir {output_dir} --resume true` (NAME: the run folder holding it)"
+    raise ConfigError(f"--ckpt_path {ckpt_path}: vitlab resumes a run from its own folder with its saved config: "
+                      f"{fix}")
 
 
 def parse_run_config(args: Sequence[str]) -> tuple[RunConfig, bool]:
@@ -66,6 +97,7 @@ def run_fit(ns: Namespace, argv: Sequence[str] = ()) -> None:
     from vitlab.train.run import fit
     from vitlab.train.run_folder import CONFIG_NAME
 
+    check_ckpt_path(ns.ckpt_path, ns.output_dir)
     resuming = ns.resume and argv and (Path(ns.output_dir) / ns.name / CONFIG_NAME).is_file()
     config = resumed_run_config(ns, argv) if resuming else namespace_to_run_config(ns)
     result = fit(config, resume=ns.resume)
