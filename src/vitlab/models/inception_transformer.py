@@ -35,6 +35,8 @@ from torch import nn
 
 from vitlab.models.cpu_linear import linear, linear_gelu
 from vitlab.models.iformer_checkpoint import checkpoint_filter_fn, load_official_checkpoint
+from vitlab.models.inputs import check_image_tensor
+from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
 __all__ = [
     "ChunkedMlp", "InceptionTransformer", "add_pos_embed", "check_image_size", "check_input_size",
@@ -85,11 +87,15 @@ def check_image_size(height: int, width: int) -> None:
 
 
 @register_notrace_function  # shape checks are data-dependent control flow: a leaf for torch.fx
-def check_input_size(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+def check_input_size(x: torch.Tensor, in_chans: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Return ``x`` if it is ``(B, in_chans, H, W)`` with a size :func:`check_image_size` accepts, else raise.
 
     ``x`` is passed through so that a torch.fx graph keeps the check (a leaf whose output is unused would be dropped).
+    With ``dtype`` (the model's), images that are not a floating-point tensor of that dtype are refused too (outside
+    autocast), naming the conversion.
     """
+    if not torch.jit.is_scripting():
+        check_image_tensor(x, dtype)
     if x.dim() != 4 or x.shape[1] != in_chans:
         raise ValueError(
             "expected input (B, " + str(in_chans) + ", H, W), got shape " + str(list(x.shape))
@@ -152,8 +158,33 @@ def _take_indices(num_features: int, indices: int | list[int] | None) -> tuple[l
 
 
 def _check_global_pool(global_pool: str) -> None:
-    if global_pool not in ("avg", ""):
-        raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+    if not isinstance(global_pool, str) or global_pool not in ("avg", ""):
+        raise ValueError(f"global_pool must be 'avg' (the official mean over tokens) or '' (no pooling: forward_head "
+                         f"then takes pooled (B, C) features), got {global_pool!r}; timm's other pools ('max', "
+                         "'avgmax', 'token', ...) are not offered: pool forward_features' (B, H, W, C) maps yourself")
+
+
+def _check_num_classes(num_classes: int) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0 (0: no classifier, the pooled features), got "
+                         f"{num_classes!r}")
+
+
+def _check_hyperparameters(rates: dict[str, Any], mlp_ratio: Any, qkv_bias: Any, layer_scale_init_value: Any) -> None:
+    """Refuse dropout/drop-path rates outside [0, 1], a non-positive ``mlp_ratio``, a non-bool ``qkv_bias`` and a
+    non-numeric ``layer_scale_init_value``, naming the argument."""
+    for key, value in rates.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{key} must be a number in [0, 1] (a probability), got {value!r}")
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, int | float) or not mlp_ratio > 0:
+        raise ValueError(f"mlp_ratio must be a positive number (MLP hidden width / channels, official 4.0), got "
+                         f"{mlp_ratio!r}")
+    if not isinstance(qkv_bias, bool):
+        raise ValueError(f"qkv_bias must be True or False, got {qkv_bias!r}")
+    if layer_scale_init_value is not None and (
+            isinstance(layer_scale_init_value, bool) or not isinstance(layer_scale_init_value, int | float)):
+        raise ValueError(f"layer_scale_init_value must be a number (official 1e-6) or None (no LayerScale), got "
+                         f"{layer_scale_init_value!r}")
 
 
 class Stem(nn.Module):
@@ -518,9 +549,13 @@ class InceptionTransformer(nn.Module):
         depths, embed_dims, num_heads = list(depths), list(embed_dims), list(num_heads)
         attention_heads = list(attention_heads)
         self._validate(depths, embed_dims, num_heads, attention_heads, global_pool)
-        for key, value in (("in_chans", in_chans), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "in_chans" else 0):
-                raise ValueError(f"{key} must be an int >= {1 if key == 'in_chans' else 0}, got {value!r}")
+        if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+            raise ValueError(f"in_chans must be an int >= 1, got {in_chans!r}")
+        _check_num_classes(num_classes)
+        _check_hyperparameters(
+            dict(drop_rate=drop_rate, drop_path_rate=drop_path_rate, attn_drop_rate=attn_drop_rate), mlp_ratio,
+            qkv_bias, layer_scale_init_value,
+        )
         if isinstance(img_size, bool) or not all(isinstance(v, int) and not isinstance(v, bool)
                                                   for v in to_2tuple(img_size)) or len(to_2tuple(img_size)) != 2:
             raise ValueError(f"img_size must be an int or (height, width) ints, got {img_size!r}")
@@ -614,7 +649,9 @@ class InceptionTransformer(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head by a fresh ``Linear(num_features, num_classes)`` (``Identity`` for 0)."""
+        """Replace the head by a fresh ``Linear(num_features, num_classes)`` (``Identity`` for 0); ``global_pool``
+        ``"avg"`` or ``""`` (``None`` keeps the current one)."""
+        _check_num_classes(num_classes)
         if global_pool is not None:
             _check_global_pool(global_pool)
             self.global_pool = global_pool
@@ -624,6 +661,23 @@ class InceptionTransformer(nn.Module):
             nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
             if num_classes > 0 else nn.Identity()
         ).train(self.training)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """torch's loading, after refusing tensors of another shape with one error that names the differing
+        ``img_size`` / ``num_classes`` / ``in_chans`` and the fix (:func:`check_state_dict_shapes`)."""
+        check_state_dict_shapes(
+            self, state_dict, prefix, classifier="head", first_conv="patch_embed.proj1", grid_hint=self._grid_hint
+        )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _grid_hint(self, name: str, theirs: tuple[int, ...], mine: tuple[int, ...]) -> str | None:
+        """Why ``pos_embed<k>`` has another shape: the ``img_size`` its grid was made for (``None`` if not a grid)."""
+        if not name.startswith("pos_embed") or len(theirs) != 4 or theirs[-1] != mine[-1]:
+            return None
+        reduction = 4 * 2 ** (int(name.removeprefix("pos_embed")) - 1)
+        h, w = theirs[1] * reduction, theirs[2] * reduction
+        mine_size = self.img_size[0] if self.img_size[0] == self.img_size[1] else self.img_size
+        return f"a position-embedding grid made for img_size={h if h == w else (h, w)}, the model's is {mine_size}"
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
@@ -646,7 +700,7 @@ class InceptionTransformer(nn.Module):
             raise ValueError("output_fmt must be 'NCHW' or 'NHWC', got '" + output_fmt + "'")
         take, max_index = _take_indices(self.num_stages, indices)
         last = max_index if stop_early or intermediates_only else self.num_stages - 1
-        x = check_input_size(x, self.in_chans)
+        x = check_input_size(x, self.in_chans, self.pos_embed1.dtype)
         intermediates: list[torch.Tensor] = []
         x = self.blocks1(add_pos_embed(self.patch_embed(x), self.pos_embed1))
         self._keep(x, 0, take, norm, output_fmt, intermediates)
@@ -696,7 +750,7 @@ class InceptionTransformer(nn.Module):
         The stages are written out (not a loop over ``getattr``) so that TorchScript compiles this method; ``hasattr``
         is resolved at compile time, so a model pruned by :meth:`prune_intermediate_layers` scripts too.
         """
-        x = check_input_size(x, self.in_chans)
+        x = check_input_size(x, self.in_chans, self.pos_embed1.dtype)
         x = self.blocks1(add_pos_embed(self.patch_embed(x), self.pos_embed1))
         if hasattr(self, "blocks2"):
             x = self.blocks2(add_pos_embed(self.patch_embed2(x), self.pos_embed2))

@@ -1,0 +1,39 @@
+"""Input checks shared by vitlab's models: images must be a floating-point tensor of the model's dtype.
+
+A ``uint8`` image batch, a NumPy array or a ``float16`` batch fed to a ``float32`` model otherwise fails deep inside
+the first convolution ("Input type (unsigned char) and bias type (float) should be the same"); these checks say what
+to convert instead.
+
+Example:
+    >>> check_image_tensor(torch.zeros(1, 3, 8, 8), torch.float32)
+    >>> check_image_tensor(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.float32)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: expected floating-point images, got torch.uint8: ...
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["check_image_tensor"]
+
+
+@torch.jit.ignore  # eager only: TorchScript checks the Tensor annotation of the callers itself
+def check_image_tensor(x: Any, dtype: torch.dtype | None) -> None:
+    """Raise ``TypeError`` unless ``x`` is a floating-point ``torch.Tensor`` of ``dtype`` (any float dtype under
+    ``torch.autocast``, which casts it; ``dtype=None`` skips that part), naming the conversion."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected images as a torch.Tensor (B, C, H, W), got a {type(x).__name__}: convert them "
+                        "with torch.as_tensor(...), or load them through timm.data.create_transform")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"expected floating-point images, got {x.dtype}: convert them, e.g. x.float() / 255 then normalise with "
+            "the model's mean/std (timm.data.create_transform(**timm.data.resolve_model_data_config(model)) does "
+            "both)"
+        )
+    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"the images are {x.dtype} but the model's weights are {dtype}: pass x.to({dtype}), or "
+                        f"convert the model with model.to({x.dtype}), or run it under torch.autocast")
