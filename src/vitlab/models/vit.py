@@ -10,6 +10,10 @@ They are timm ``VisionTransformer`` configurations, so every timm feature (``for
 ``vitlab_vit_tiny_32`` is a deprecated alias of ``vit_vitlab_tiny_patch4_32`` (its old default, so old checkpoints
 rebuild exactly); timm warns when it is used.
 
+The class, :class:`VitlabVisionTransformer`, is timm's ``VisionTransformer`` with two checks that name the fix: bad
+images given to ``forward`` (not a float tensor of the model's dtype, not ``(B, in_chans, H, W)``, another size), and
+state dicts of another ``img_size`` / ``num_classes`` / ``in_chans`` given to ``load_state_dict``.
+
 Example:
     >>> import timm, torch, vitlab
     >>> model = timm.create_model("vit_vitlab_tiny_patch8_32", num_classes=10, in_chans=1)
@@ -17,10 +21,95 @@ Example:
     torch.Size([2, 10])
 """
 
+import math
+from typing import Any
+
+import torch
+from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_model_deprecations
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-__all__ = ["vit_vitlab_tiny_patch4_32", "vit_vitlab_tiny_patch8_32"]
+from vitlab.models.inputs import check_image_tensor
+from vitlab.models.state_dict_shapes import check_state_dict_shapes
+
+__all__ = ["VitlabVisionTransformer", "check_vit_images", "vit_vitlab_tiny_patch4_32", "vit_vitlab_tiny_patch8_32"]
+
+
+@register_notrace_function  # shape checks are data-dependent control flow: a leaf for torch.fx
+def check_vit_images(
+    x: torch.Tensor, in_chans: int, dtype: torch.dtype, img_size: tuple[int, int] | None, patch_size: tuple[int, int],
+    strict_img_size: bool, dynamic_img_pad: bool,
+) -> torch.Tensor:
+    """Return ``x`` if it is a ``(B, in_chans, H, W)`` float batch of ``dtype`` of a size the patch embedding takes
+    (``img_size`` exactly when ``strict_img_size``, else multiples of ``patch_size`` unless ``dynamic_img_pad``);
+    else raise, naming the fix. The checks run in eager mode and in torch.fx graphs (a leaf); in TorchScript (a
+    scripted fx graph too) timm's patch embedding checks the size itself.
+
+    Example:
+        >>> check_vit_images(torch.zeros(2, 3, 32, 32), 3, torch.float32, (32, 32), (8, 8), True, False).shape
+        torch.Size([2, 3, 32, 32])
+    """
+    if not torch.jit.is_scripting():
+        _check_vit_images(x, in_chans, dtype, img_size, patch_size, strict_img_size, dynamic_img_pad)
+    return x
+
+
+@torch.jit.ignore
+def _check_vit_images(
+    x: Any, in_chans: int, dtype: torch.dtype, img_size: tuple[int, int] | None, patch_size: tuple[int, int],
+    strict_img_size: bool, dynamic_img_pad: bool,
+) -> None:
+    check_image_tensor(x, dtype)
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"expected input (B, {in_chans}, H, W), got shape {list(x.shape)}; pass images as a 4-D "
+                         "batch with the model's in_chans channels")
+    size = (x.shape[2], x.shape[3])
+    if img_size is not None and strict_img_size and size != tuple(img_size):
+        raise ValueError(f"this ViT takes {img_size[0]}x{img_size[1]} images, got {size[0]}x{size[1]}: resize them "
+                         f"(timm.data.create_transform), or build the model with img_size="
+                         f"{size[0] if size[0] == size[1] else size} or "
+                         "dynamic_img_size=True (position embeddings are then resized to each input)")
+    if not dynamic_img_pad and (size[0] % patch_size[0] or size[1] % patch_size[1]):
+        raise ValueError(f"the image size {size[0]}x{size[1]} is not a multiple of the patch size "
+                         f"{patch_size[0]}x{patch_size[1]}: resize or crop the images, or build the model with "
+                         "dynamic_img_pad=True")
+
+
+class VitlabVisionTransformer(VisionTransformer):
+    """timm's ``VisionTransformer`` whose ``forward`` checks its images and whose ``load_state_dict`` explains
+    tensors of another shape (both naming the fix); outputs and parameters are timm's.
+
+    Input ``(B, in_chans, H, W)`` floats, output ``(B, num_classes)``.
+
+    Example:
+        >>> import timm
+        >>> timm.create_model("vit_vitlab_tiny_patch8_32")(torch.zeros(1, 3, 32, 32)).shape
+        torch.Size([1, 10])
+    """
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            embed = self.patch_embed
+            x = check_vit_images(x, embed.proj.in_channels, embed.proj.weight.dtype, embed.img_size,
+                                 embed.patch_size, embed.strict_img_size, embed.dynamic_img_pad)
+        return self.forward_head(self.forward_features(x, attn_mask=attn_mask, is_causal=is_causal))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        check_state_dict_shapes(
+            self, state_dict, prefix, classifier="head", first_conv="patch_embed.proj", grid_hint=self._grid_hint
+        )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _grid_hint(self, name: str, theirs: tuple[int, ...], mine: tuple[int, ...]) -> str | None:
+        """Why ``pos_embed`` has another shape: the ``img_size`` its token grid was made for."""
+        if name != "pos_embed" or len(theirs) != 3 or theirs[-1] != mine[-1]:
+            return None
+        tokens = theirs[1] - (0 if self.no_embed_class else self.num_prefix_tokens)
+        side = math.isqrt(max(tokens, 0))
+        made_for = f"img_size={side * self.patch_embed.patch_size[0]}" if side * side == tokens else "another size"
+        return f"position embeddings for {made_for}, the model's is img_size={self.patch_embed.img_size}"
 
 
 def _cfg(**kwargs) -> dict:
@@ -45,9 +134,9 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
+def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> VitlabVisionTransformer:
     return build_model_with_cfg(
-        VisionTransformer, variant, pretrained,
+        VitlabVisionTransformer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(feature_cls="getter"),
         **kwargs,
@@ -61,7 +150,7 @@ _TINY = dict(
 
 
 @register_model
-def vit_vitlab_tiny_patch8_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+def vit_vitlab_tiny_patch8_32(pretrained: bool = False, **kwargs) -> VitlabVisionTransformer:
     """ViT for 32x32 inputs: 8-px patches (16 tokens), width 128, depth 6, 4 heads, global average pooling.
 
     About 1.0M parameters with 10 classes. vitlab trains it from scratch (no weights are downloaded); pass
@@ -72,7 +161,7 @@ def vit_vitlab_tiny_patch8_32(pretrained: bool = False, **kwargs) -> VisionTrans
 
 
 @register_model
-def vit_vitlab_tiny_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
+def vit_vitlab_tiny_patch4_32(pretrained: bool = False, **kwargs) -> VitlabVisionTransformer:
     """ViT for 32x32 inputs: 4-px patches (64 tokens), width 128, depth 6, 4 heads, global average pooling.
 
     About 1.0M parameters with 10 classes (what the deprecated name ``vitlab_vit_tiny_32`` builds).

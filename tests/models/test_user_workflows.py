@@ -1,0 +1,158 @@
+"""What a timm user does with vitlab's models, and the mistakes they make: loading saved weights by every timm route
+(at another img_size / num_classes / in_chans), feeding images of the wrong type, passing bad keyword values. Each
+mistake must give one error that names the fix, never a raw size-mismatch or dtype traceback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer
+
+import vitlab  # noqa: F401  (registers the models)
+from vitlab.errors import WeightsError
+from vitlab.models.state_dict_shapes import StateDictShapeError
+
+MODELS = ["inception_transformer_tiny", "vit_vitlab_tiny_patch8_32"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> dict[str, tuple[dict[str, torch.Tensor], str]]:
+    """Each model's 32-px, 10-class, RGB state dict, and the safetensors file it is saved in."""
+    out = {}
+    for name in MODELS:
+        torch.manual_seed(0)
+        state = {k: v.contiguous() for k, v in timm.create_model(name).state_dict().items()}
+        path = tmp_path_factory.mktemp("weights") / f"{name}.safetensors"
+        save_file(state, str(path))
+        out[name] = state, str(path)
+    return out
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("kwargs, why, fix", [
+    (dict(img_size=64), "img_size=32", "build the model with the checkpoint's img_size"),
+    (dict(num_classes=5), "the checkpoint has 10 classes", "pass num_classes=10"),
+    (dict(in_chans=1), "the checkpoint takes 3-channel images", "pass in_chans=3"),
+])
+def test_strict_loads_of_another_configuration_name_the_argument_and_the_pretrained_path(saved, name, kwargs, why,
+                                                                                          fix):
+    state, path = saved[name]
+    loads = [
+        lambda: timm.create_model(name, checkpoint_path=path, **kwargs),
+        lambda: timm.models.load_checkpoint(timm.create_model(name, **kwargs), path),
+        lambda: timm.create_model(name, **kwargs).load_state_dict(state, strict=False),
+    ]
+    for load in loads:
+        with pytest.raises(StateDictShapeError, match=why) as info:
+            load()
+        message = str(info.value)
+        assert fix in message and "pretrained=True, pretrained_cfg_overlay=dict(file=PATH)" in message
+        assert isinstance(info.value, RuntimeError) and isinstance(info.value, WeightsError)  # torch's type kept
+
+
+def test_a_checkpoint_of_another_variant_is_refused_as_one(saved):
+    state, _ = saved["inception_transformer_tiny"]
+    wider = timm.create_model("inception_transformer_tiny", embed_dims=(48, 96, 160, 256), num_heads=(3, 6, 10, 16),
+                              attention_heads=(1, 3, 7, 9, 15))
+    with pytest.raises(StateDictShapeError, match=r"\(25 tensor\(s\) of another shape\)") as info:
+        wider.load_state_dict(state)
+    assert "... and 13 more" in str(info.value) and "build the model variant" in str(info.value)
+
+
+def test_the_pretrained_path_adapts_size_classes_and_channels_as_timm_does(saved):
+    state, path = saved["inception_transformer_tiny"]
+    overlay = dict(pretrained=True, pretrained_cfg_overlay=dict(file=path))
+    native = timm.create_model("inception_transformer_tiny").eval()
+    native.load_state_dict(state)
+    # 64 px: resized position embeddings give what the 32-px model computes (it resizes them at forward time)
+    big = timm.create_model("inception_transformer_tiny", img_size=64, **overlay).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(big(x), native(x), rtol=1e-5, atol=1e-5)
+    # another class count: the body is loaded and a fresh head is made; 1 channel: timm sums the RGB filters
+    five = timm.create_model("inception_transformer_tiny", num_classes=5, in_chans=1, **overlay)
+    assert five.head.out_features == 5
+    torch.testing.assert_close(five.blocks4[0].mlp.fc1.weight, state["blocks4.0.mlp.fc1.weight"])
+    torch.testing.assert_close(five.patch_embed.proj1.weight, state["patch_embed.proj1.weight"].sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("images, message", [
+    (lambda: torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), r"got torch.uint8: convert them, e.g. x.float"),
+    (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.int8), r"got torch.int8: convert them"),
+    (lambda: np.zeros((2, 3, 32, 32), np.float32), r"torch.Tensor \(B, C, H, W\), got a ndarray"),
+    (lambda: torch.zeros(2, 3, 32, 32, dtype=torch.float16), r"pass x.to\(torch.float32\)"),
+    (lambda: torch.zeros(3, 32, 32), r"got shape \[3, 32, 32\]; pass images as a 4-D batch"),
+    (lambda: torch.zeros(2, 1, 32, 32), r"expected input \(B, 3, H, W\)"),
+])
+def test_bad_images_are_refused_naming_the_conversion(name, images, message):
+    model = timm.create_model(name).eval()
+    with pytest.raises((TypeError, ValueError), match=message):
+        model(images())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_bfloat16_model_takes_float32_images_under_autocast_only(name):
+    model = timm.create_model(name).eval().to(torch.bfloat16)
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(TypeError, match=r"run it under torch.autocast"):
+        model(x)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        assert model(x).dtype == torch.bfloat16
+
+
+def test_the_vit_names_its_image_size_and_dynamic_img_size():
+    model = timm.create_model("vit_vitlab_tiny_patch8_32").eval()
+    with pytest.raises(ValueError, match=r"takes 32x32 images, got 32x48: .* img_size=\(32, 48\) or dynamic_img_size"):
+        model(torch.zeros(1, 3, 32, 48))
+    dynamic = timm.create_model("vit_vitlab_tiny_patch8_32", dynamic_img_size=True).eval()
+    assert dynamic(torch.zeros(1, 3, 32, 48)).shape == (1, 10)
+    with pytest.raises(ValueError, match=r"not a multiple of the patch size 8x8: .* dynamic_img_pad=True"):
+        dynamic(torch.zeros(1, 3, 32, 44))
+
+
+def test_the_vit_is_timms_vision_transformer_with_the_same_parameters_and_outputs():
+    torch.manual_seed(0)
+    ours = timm.create_model("vit_vitlab_tiny_patch8_32").eval()
+    assert isinstance(ours, VisionTransformer)
+    theirs = VisionTransformer(img_size=32, patch_size=8, embed_dim=128, depth=6, num_heads=4, mlp_ratio=3.0,
+                               global_pool="avg", class_token=False, fc_norm=False, num_classes=10).eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("num_classes", [-1, "5", 2.0, True, None])
+def test_reset_classifier_refuses_a_bad_class_count(num_classes):
+    model = timm.create_model("inception_transformer_tiny")
+    with pytest.raises(ValueError, match="num_classes must be an int >= 0"):
+        model.reset_classifier(num_classes)
+    assert model.head.out_features == 10  # unchanged
+
+
+@pytest.mark.parametrize("global_pool", ["max", "avgmax", "token", 3])
+def test_timm_pools_the_iformer_does_not_offer_are_refused_naming_the_alternative(global_pool):
+    model = timm.create_model("inception_transformer_tiny")
+    with pytest.raises(ValueError, match=r"global_pool must be 'avg'.*pool forward_features' \(B, H, W, C\) maps"):
+        model.reset_classifier(5, global_pool)
+    with pytest.raises(ValueError, match="global_pool must be 'avg'"):
+        timm.create_model("inception_transformer_tiny", global_pool=global_pool)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(drop_path_rate=1.5), r"drop_path_rate must be a number in \[0, 1\]"),
+    (dict(drop_path_rate="0.1"), r"drop_path_rate must be a number in \[0, 1\] \(a probability\), got '0.1'"),
+    (dict(drop_rate=-1.0), r"drop_rate must be a number in \[0, 1\]"),
+    (dict(attn_drop_rate=2), r"attn_drop_rate must be a number in \[0, 1\]"),
+    (dict(mlp_ratio=0), "mlp_ratio must be a positive number"),
+    (dict(mlp_ratio="4"), "mlp_ratio must be a positive number"),
+    (dict(qkv_bias="no"), "qkv_bias must be True or False"),
+    (dict(layer_scale_init_value="1e-6"), "layer_scale_init_value must be a number"),
+])
+def test_bad_hyperparameter_values_are_refused_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        timm.create_model("inception_transformer_tiny", **kwargs)
