@@ -363,6 +363,14 @@ def test_a_folder_left_by_ctrl_c_in_epoch_0_is_not_mixed_into_a_new_run(tmp_path
     assert steps == ["0"]  # the interrupted attempt's rows are gone, not mixed in
 
 
+def test_files_a_caller_put_in_a_new_run_folder_are_not_an_earlier_run(tmp_path):
+    run_dir = tmp_path / "launched"
+    run_dir.mkdir()
+    (run_dir / "study_spec.json").write_text("{}")  # what vitlab's study launcher writes before it starts the run
+    assert fit(_config(tmp_path, "launched", epochs=1)).weights.is_file()
+    assert (run_dir / "study_spec.json").read_text() == "{}"
+
+
 def test_the_cli_prints_why_a_run_was_interrupted(monkeypatch, capsys):
     def interrupted(ns, argv):
         raise KeyboardInterrupt("training of runs/x was interrupted; no checkpoint: start it over")

@@ -336,8 +336,12 @@ def _resume_command(config: RunConfig) -> str:
 
 def _refuse_leftovers(run_dir: Path, config: RunConfig) -> None:
     """Refuse a new run in a folder that holds files of an earlier one stopped before its first checkpoint
-    (interrupted in epoch 0): its ``metrics.csv`` would be appended to, mixing two runs' curves."""
-    left = sorted(p.name for p in run_dir.iterdir() if p.name != ".lock") if run_dir.is_dir() else []
+    (interrupted in epoch 0): its ``metrics.csv`` would be appended to, mixing two runs' curves. An earlier run is
+    recognised by the ``config.yaml`` every run writes first; other files are the caller's (e.g. a study launcher's
+    spec and log, written before it starts the run)."""
+    if not (run_dir / "config.yaml").is_file():
+        return
+    left = sorted(p.name for p in run_dir.iterdir() if p.name != ".lock")
     if left:
         raise FileExistsError(
             f"{run_dir} holds files of an earlier run that stopped before its first checkpoint ({', '.join(left[:4])}"
