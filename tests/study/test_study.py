@@ -90,6 +90,13 @@ def test_study_config_field_types_are_checked_in_every_section():
         study_config_from_dict({"backbones": {"vit": {"pretrain": "x"}}, "evaluation": {"corruption_n": True}})
 
 
+def test_a_key_given_twice_in_the_study_yaml_is_refused_not_silently_dropped(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("backbones:\n  vit: {pretrain: x}\nfinetune:\n  steps: 10\nfinetune:\n  seeds: [1]\n")
+    with pytest.raises(ValueError, match=r"key 'finetune' is given twice \(line 3 and line 5\)"):
+        load_study_config(path)  # PyYAML kept only the second finetune section
+
+
 def test_methods_may_be_a_list_of_names_without_overrides():
     raw = {"backbones": {"vit": {"pretrain": "x"}}, "finetune": {"methods": ["full", "lora"]}}
     config = study_config_from_dict(raw)

@@ -46,9 +46,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vitlab.study.headline import check_headline
+from vitlab.yaml_loader import load_yaml_file
 
 __all__ = ["CONFIGS_DIR", "DEMO_CONFIG", "BackboneSpec", "EvaluationSpec", "ExtraRun", "FinetuneSpec", "HeadlineSpec",
            "IntrinsicSpec", "StudyConfig", "deep_merge", "load_study_config", "study_config_from_dict"]
@@ -332,7 +331,7 @@ def load_study_config(path: str | Path, full: bool = False, **overrides: Any) ->
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no study config at {path}: pass --config configs/study.yaml")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = load_yaml_file(path) or {}  # a key given twice is refused, naming both lines
     raw.update({k: v for k, v in overrides.items() if v is not None})
     config = study_config_from_dict(raw, full=full)
     for spec in config.backbones.values():

@@ -27,6 +27,7 @@ from vitlab.study.plan import backbone_model, split_sizes
 from vitlab.study.progress import sweep_progress
 from vitlab.study.results import read_result_rows, write_csv
 from vitlab.train.arguments import load_run_config_file
+from vitlab.yaml_loader import load_yaml_file
 
 if TYPE_CHECKING:
     from vitlab.train.config import RunConfig
@@ -51,8 +52,6 @@ def pretrain_backbones(config: StudyConfig, reuse_cached_as_is: bool = False) ->
     record, else its ``config.yaml``) equals the backbone's pretraining config; otherwise it is refused with the
     differing keys named (``reuse_cached_as_is``: use it anyway). See `vitlab.study.cache`.
     """
-    import yaml
-
     from vitlab.train import fit
 
     weights = {}
@@ -67,7 +66,7 @@ def pretrain_backbones(config: StudyConfig, reuse_cached_as_is: bool = False) ->
         wanted = asdict(run_config)
         if (run_dir / "model.safetensors").is_file() or (run_dir / "checkpoints" / "last.ckpt").is_file():
             saved = run_dir / "config.yaml"  # what `vitlab fit` recorded, for folders without a cache record
-            fallback = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+            fallback = load_yaml_file(saved) if saved.is_file() else None
             ensure_cache_matches(run_dir, wanted, f"the {label} backbone's pretraining", reuse_cached_as_is,
                                  fallback=fallback if isinstance(fallback, dict) else None)
         if (run_dir / "model.safetensors").is_file():
