@@ -78,6 +78,21 @@ def test_a_damaged_vitlab_json_is_a_checkpoint_error(tmp_path, text, match):
         load_run_model(tmp_path)  # a run's adapter/ folder goes to load_adapted_model
 
 
+@pytest.mark.parametrize(("text", "match"), [
+    ("{oops", r"adapter_config.json is not valid JSON"),
+    ("[1]", r"adapter_config.json holds a JSON list, not an object"),
+    ('{"peft_type": "NOPE"}', r"names peft_type 'NOPE', which is no peft method known here"),
+    ('{"r": 2}', r"names peft_type None"),
+])
+def test_a_damaged_adapter_config_is_a_checkpoint_error_before_peft_reads_it(tmp_path, text, match):
+    model = get_peft_model(timm_vit(), KAdaptationConfig(n=8))
+    model.save_pretrained(str(tmp_path))
+    (tmp_path / "vitlab.json").write_text('{"model_name": "vit_tiny_patch16_224", "base_weights": null}')
+    (tmp_path / "adapter_config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=match):  # peft: JSONDecodeError, TypeError or KeyError('NOPE')
+        load_adapted_model(tmp_path)
+
+
 @pytest.mark.parametrize("target", ["", "adapter_model.safetensors", "adapter_config.json"])
 def test_vitlabs_adapter_file_loader_names_peft_for_a_peft_folder(tmp_path, target):
     get_peft_model(timm_vit(), LoraConfig(r=2, target_modules=["qkv"])).save_pretrained(str(tmp_path))

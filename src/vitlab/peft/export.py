@@ -165,20 +165,34 @@ def _load_base(meta: dict[str, Any], base_weights: Any, what: Path) -> nn.Module
     return base
 
 
-def _folder_meta(folder: Path) -> dict[str, Any]:
-    """The ``vitlab.json`` object of a peft adapter folder (untrusted: ``CheckpointError`` when absent or damaged)."""
-    meta_path = folder / VITLAB_META
-    advice = "rebuild the base model yourself and call PeftModel.from_pretrained(base, folder)"
-    if not meta_path.is_file():
-        raise CheckpointError(f"{folder} has no {VITLAB_META} (not written by vitlab): {advice}")
+def _json_object(path: Path, advice: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (untrusted: ``CheckpointError`` naming ``advice`` when absent or damaged)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent} has no {path.name}: {advice}")
     try:
-        meta = json.loads(meta_path.read_text())
+        value = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{meta_path} is not valid JSON ({err}); the folder is damaged: {advice}") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{meta_path} holds a JSON {type(meta).__name__}, not an object; the folder is damaged: "
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the folder is damaged: {advice}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, not an object; the folder is damaged: "
                               f"{advice}")
-    return meta
+    return value
+
+
+def _folder_meta(folder: Path) -> dict[str, Any]:
+    """The ``vitlab.json`` object of a peft adapter folder, after checking that its ``adapter_config.json`` is a JSON
+    object naming a peft method known here (peft itself fails with a KeyError or TypeError on a damaged one)."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    advice = "rebuild the base model yourself and call PeftModel.from_pretrained(base, folder)"
+    if not (folder / VITLAB_META).is_file():
+        raise CheckpointError(f"{folder} has no {VITLAB_META} (not written by vitlab): {advice}")
+    peft_type = _json_object(folder / CONFIG_NAME, "re-export the run, or convert the adapter again").get("peft_type")
+    if not isinstance(peft_type, str) or peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        raise CheckpointError(f"{folder / CONFIG_NAME} names peft_type {peft_type!r}, which is no peft method known "
+                              "here (import the package that registers it; vitlab.peft registers KADAPTATION and "
+                              "LORA_QV)")
+    return _json_object(folder / VITLAB_META, advice)
 
 
 def load_adapted_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
