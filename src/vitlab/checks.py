@@ -18,10 +18,13 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import operator
 import os
+import types
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,8 +32,8 @@ import numpy as np
 
 from vitlab.errors import ConfigError
 
-__all__ = ["MAX_SEED", "check_bool", "check_float", "check_int", "check_optional_int", "check_path", "check_seed",
-           "check_stats"]
+__all__ = ["MAX_SEED", "check_bool", "check_field_types", "check_float", "check_int", "check_optional_int",
+           "check_path", "check_seed", "check_stats"]
 
 #: Largest seed accepted (``torch.Generator.manual_seed`` takes 64-bit values; vitlab keeps seeds non-negative int64).
 MAX_SEED = 2**63 - 1
@@ -128,3 +131,51 @@ def check_stats(name: str, values: Any, *, positive: bool = False) -> tuple[floa
         if not ok or not math.isfinite(float(value)) or (positive and float(value) <= 0):
             raise ConfigError(f"{name} must hold {rule}, got {list(values)!r}: {fix}")
     return tuple(float(v) for v in values)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a value read from YAML fits a type hint (``bool`` is not an ``int``; an ``int`` is a ``float``)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    if hint is type(None):
+        return value is None
+    if hint in (int, float) and isinstance(value, bool):
+        return False
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def check_field_types(instance: Any, where: str) -> None:
+    """Check every field of a dataclass instance against its type annotation (the values a YAML file gave it).
+
+    Understands ``int``, ``float`` (an int is accepted), ``bool``, ``str``, ``None``, unions, ``list[X]``,
+    ``dict[K, V]``, ``Any`` and classes; ``bool`` is never an ``int``.
+
+    Raises:
+        ConfigError: ``<where>.<field> must be <type>, got <value> (<its type>)``.
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class Sweep:
+        ...     dims: list[int] | None = None
+        >>> check_field_types(Sweep(dims=[10, "100"]), "sweep")
+        Traceback (most recent call last):
+        ...
+        vitlab.errors.ConfigError: sweep.dims must be list[int] | null, got [10, '100'] (list)
+    """
+    hints = typing.get_type_hints(type(instance))
+    for field in dataclasses.fields(instance):
+        value = getattr(instance, field.name)
+        if not _matches(value, hints[field.name]):
+            hint = hints[field.name]
+            shown = (hint.__name__ if isinstance(hint, type) else str(hint)).replace("typing.", "")
+            shown = shown.replace("NoneType", "null").replace("None", "null")
+            raise ConfigError(f"{where}.{field.name} must be {shown}, got {_describe(value)}")

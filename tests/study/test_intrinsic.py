@@ -155,6 +155,10 @@ def test_sweep_cache_key_names_the_projection_norm_and_matches_old_global_record
 @pytest.mark.parametrize(("sweep", "message"), [
     ({"fraction": 1.5}, r"sweep.fraction must be in \(0, 1\]"), ({"fraction": 0}, r"sweep.fraction must be in"),
     ({"metric": "val/nosuch"}, r"sweep.metric must be one of \('test/acc', 'val/acc'\)"),
+    ({"lr": "1e-3"}, r"sweep.lr must be float \| null, got '1e-3' \(str\)"),  # YAML 1.1 reads 1e-3 as a string
+    ({"patience": "3"}, r"sweep.patience must be int \| null, got '3'"),  # was a TypeError from '3' < 1
+    ({"kinds": "attn"}, r"sweep.kinds must be list\[str\] \| null"),  # a string would be swept letter by letter
+    ({"stop_after_reached": 0}, r"sweep.stop_after_reached must be >= 1 or null"),
 ])
 def test_sweep_settings_refuse_a_bad_fraction_or_metric_before_the_reference_run(sweep, message):
     from vitlab.study.intrinsic import SweepSettings

@@ -40,12 +40,11 @@ Example:
 from __future__ import annotations
 
 import copy
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vitlab.checks import check_field_types
 from vitlab.study.headline import check_headline
 from vitlab.yaml_loader import load_yaml_file
 
@@ -206,35 +205,8 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         built = cls(**raw)
     except TypeError as err:
         raise ValueError(f"{where}: {err}") from None
-    hints = typing.get_type_hints(cls)
-    for key, value in raw.items():
-        if not _matches(value, hints[key]):
-            hint = hints[key]
-            shown = (hint.__name__ if isinstance(hint, type) else str(hint)).replace("typing.", "")
-            shown = shown.replace("NoneType", "null").replace("None", "null")
-            raise ValueError(f"{where}.{key} must be {shown}, got {value!r} ({type(value).__name__}): fix it in the "
-                             "study YAML")
+    check_field_types(built, where)
     return built
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether a YAML value fits a field's type hint (``bool`` is not an ``int``; an ``int`` is a ``float``)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in args)
-    if origin is list:
-        return isinstance(value, list) and all(_matches(item, args[0]) for item in value)
-    if origin is dict:
-        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
-    if hint is type(None):
-        return value is None
-    if hint in (int, float) and isinstance(value, bool):
-        return False
-    if hint is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, hint) if isinstance(hint, type) or is_dataclass(hint) else True
 
 
 def _check(config: StudyConfig) -> None:

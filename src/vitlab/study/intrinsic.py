@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from vitlab.checks import check_field_types
 from vitlab.study.cache import ensure_cache_matches, write_record
 from vitlab.study.progress import sweep_progress
 
@@ -92,6 +93,7 @@ class SweepSettings:
     published_d90: float | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self, "peft.options.sweep")  # YAML gives lr: 1e-3 as a string
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, int | float) or not 0 < self.fraction <= 1:
             raise ValueError(f"peft.options.sweep.fraction must be in (0, 1] (0.9 for d90), got {self.fraction!r}")
         if self.metric not in METRICS:
@@ -103,6 +105,9 @@ class SweepSettings:
             raise ValueError("the plain engine reports test/acc only; set peft.options.sweep.metric: test/acc")
         if self.patience is not None and (self.patience < 1 or self.engine != "lightning"):
             raise ValueError(f"patience must be >= 1 and needs engine 'lightning', got {self.patience!r}")
+        if self.stop_after_reached is not None and self.stop_after_reached < 1:
+            raise ValueError(f"peft.options.sweep.stop_after_reached must be >= 1 or null (sweep the whole grid), got "
+                             f"{self.stop_after_reached!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"peft.options.sweep.lr must be positive, got {self.lr!r}")
         if self.reference is not None and not (math.isfinite(self.reference) and self.reference > 0):
