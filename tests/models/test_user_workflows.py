@@ -156,3 +156,13 @@ def test_timm_pools_the_iformer_does_not_offer_are_refused_naming_the_alternativ
 def test_bad_hyperparameter_values_are_refused_naming_them(kwargs, message):
     with pytest.raises(ValueError, match=message):
         timm.create_model("inception_transformer_tiny", **kwargs)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_features_only_models_check_their_images_too(name):
+    model = timm.create_model(name, features_only=True).eval()
+    with pytest.raises(TypeError, match=r"got torch.uint8: convert them"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"got shape \[3, 32, 32\]; pass images as a 4-D batch"):
+        model(torch.zeros(3, 32, 32))
+    assert [f.shape[1] for f in model(torch.zeros(1, 3, 32, 32))] == model.feature_info.channels()

@@ -96,6 +96,14 @@ class VitlabVisionTransformer(VisionTransformer):
                                  embed.patch_size, embed.strict_img_size, embed.dynamic_img_pad)
         return self.forward_head(self.forward_features(x, attn_mask=attn_mask, is_causal=is_causal))
 
+    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """timm's ``VisionTransformer.forward_intermediates`` (same arguments and results; ``features_only`` models
+        call it), after the image checks of :meth:`forward`."""
+        embed = self.patch_embed
+        x = check_vit_images(x, embed.proj.in_channels, embed.proj.weight.dtype, embed.img_size, embed.patch_size,
+                             embed.strict_img_size, embed.dynamic_img_pad)
+        return super().forward_intermediates(x, *args, **kwargs)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         check_state_dict_shapes(
             self, state_dict, prefix, classifier="head", first_conv="patch_embed.proj", grid_hint=self._grid_hint
