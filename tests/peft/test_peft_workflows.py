@@ -24,7 +24,7 @@ from vitlab.peft import (
     load_adapter,
     load_run_model,
 )
-from vitlab.peft.slice_tuner import RowSliceLayer
+from vitlab.peft.slice_tuner import AdapterShapeError, RowSliceLayer
 
 CONFIGS = [
     ("kadaptation", lambda **kw: KAdaptationConfig(n=8, **kw)),
@@ -190,3 +190,18 @@ def test_bad_target_selection_fields_are_refused_up_front(kwargs, error, match):
 def test_a_selection_that_leaves_nothing_names_itself():
     with pytest.raises(ValueError, match=r"\{'layers_to_transform': \[5\]\} leave none of the targeted modules"):
         get_peft_model(timm_vit(), LoraQVConfig(r=2, layers_to_transform=[5]))
+
+
+@pytest.mark.parametrize(("method", "config"), CONFIGS, ids=[c[0] for c in CONFIGS])
+@pytest.mark.parametrize(("other", "names"), [
+    ({"embed_dim": 96}, r"qkv\.(kadaptation|qvlora)_.*: saved \(.*\), this model \(.*\)"),
+    ({"num_classes": 7}, r"head\.modules_to_save\.default\.weight: saved \(5, 64\), this model \(7, 64\)"),
+])
+def test_an_adapter_loaded_on_a_base_of_another_shape_names_the_mismatch(tmp_path, method, config, other, names):
+    get_peft_model(timm_vit(), config()).save_pretrained(str(tmp_path))
+    torch.manual_seed(0)
+    options = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 1, "num_heads": 2, "num_classes": 5, **other}
+    base = timm.create_model("vit_tiny_patch16_224", **options)
+    with pytest.raises(AdapterShapeError, match=r"size mismatch: the adapter does not fit this base model .*" + names):
+        PeftModel.from_pretrained(base, str(tmp_path))
+    assert issubclass(AdapterShapeError, ValueError) and issubclass(AdapterShapeError, RuntimeError)

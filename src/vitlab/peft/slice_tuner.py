@@ -44,7 +44,12 @@ from torch.autograd.function import once_differentiable
 from vitlab.peft.auto import auto_targets
 from vitlab.peft.targets import Target, classifier_names, find_targets
 
-__all__ = ["DeltaTerms", "RowSliceLayer", "RowSliceTuner"]
+__all__ = ["AdapterShapeError", "DeltaTerms", "RowSliceLayer", "RowSliceTuner"]
+
+
+class AdapterShapeError(ValueError, RuntimeError):
+    """Saved adapter tensors do not fit the model (a ``ValueError``, and a ``RuntimeError`` as torch's own
+    ``load_state_dict`` size-mismatch error, which it replaces)."""
 
 
 class DeltaTerms(NamedTuple):
@@ -344,6 +349,22 @@ class RowSliceTuner(BaseTuner):
         if self.shared_attr and self.shared_attr in self._modules:
             for name, state in self._modules[self.shared_attr].items():
                 state.requires_grad_(name in names and not inference_mode)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Before anything is copied (``PeftModel.from_pretrained``, ``load_adapter``, ``set_peft_model_state_dict``):
+        refuse adapter or head tensors whose shapes differ from this model's, naming them (torch's own message buries
+        them; a KAdaptation adapter's shared ``A`` even fits a base of another width)."""
+        own = {prefix + name: tuple(tensor.shape) for name, tensor in self.state_dict().items()
+               if self.prefix in name or ".modules_to_save." in name}
+        bad = [f"{name}: saved {tuple(value.shape)}, this model {own[name]}" for name, value in state_dict.items()
+               if name in own and isinstance(value, torch.Tensor) and tuple(value.shape) != own[name]]
+        if bad:
+            raise AdapterShapeError(
+                f"size mismatch: the adapter does not fit this base model ({len(bad)} tensors have other shapes, e.g. "
+                f"{'; '.join(bad[:3])}); it was trained on a base of another width, depth or number of classes: "
+                "load it on the base model it was trained on"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
         """peft's ``set_requires_grad`` (``PeftModel.set_requires_grad``), also switching the named adapters' shared
