@@ -166,3 +166,12 @@ def test_features_only_models_check_their_images_too(name):
     with pytest.raises(ValueError, match=r"got shape \[3, 32, 32\]; pass images as a 4-D batch"):
         model(torch.zeros(3, 32, 32))
     assert [f.shape[1] for f in model(torch.zeros(1, 3, 32, 32))] == model.feature_info.channels()
+
+
+def test_a_training_batch_of_one_at_32_px_names_drop_last_and_larger_images():
+    model = timm.create_model("inception_transformer_tiny").train()
+    with pytest.raises(ValueError, match=r"batch of 1 image\(s\) leaves a 1x1 map .* drop_last=True.* model.eval\(\)"):
+        model(torch.randn(1, 3, 32, 32))
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)  # a 2x2 map: BatchNorm has 4 values per channel
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)

@@ -39,9 +39,9 @@ from vitlab.models.inputs import check_image_tensor
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
 __all__ = [
-    "ChunkedMlp", "InceptionTransformer", "add_pos_embed", "check_image_size", "check_input_size",
-    "checkpoint_filter_fn", "gelu_mlp", "linear_module", "load_official_checkpoint", "mlp_in_row_chunks",
-    "pointwise_conv",
+    "ChunkedMlp", "InceptionTransformer", "add_pos_embed", "batch_norm_explained", "check_image_size",
+    "check_input_size", "checkpoint_filter_fn", "gelu_mlp", "linear_module", "load_official_checkpoint",
+    "mlp_in_row_chunks", "pointwise_conv",
 ]
 
 _NUM_STAGES = 4
@@ -214,7 +214,39 @@ class Downsample(nn.Module):
         self.norm = nn.BatchNorm2d(out_dim, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        x = self.proj(x.permute(0, 3, 1, 2))
+        if torch.jit.is_scripting():
+            x = self.norm(x)
+        elif torch.compiler.is_compiling() or torch.jit.is_tracing():
+            x = self.norm(x)
+        else:
+            x = batch_norm_explained(self.norm, x)
+        return x.permute(0, 2, 3, 1)
+
+
+_ONE_VALUE = "Expected more than 1 value per channel when training"
+
+
+@torch.jit.unused
+def batch_norm_explained(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``; torch's error for a training-mode BatchNorm that sees one value per channel (a batch of 1 whose
+    map is 1x1, e.g. the last batch of an epoch at 32 px) is re-raised naming the fixes.
+
+    Example:
+        >>> batch_norm_explained(nn.BatchNorm2d(4), torch.randn(2, 4, 1, 1)).shape
+        torch.Size([2, 4, 1, 1])
+    """
+    try:
+        return norm(x)
+    except ValueError as err:
+        if _ONE_VALUE not in str(err):
+            raise
+        raise ValueError(
+            f"in training mode the iFormer's BatchNorm needs more than one value per channel, but this batch of "
+            f"{x.shape[0]} image(s) leaves a {x.shape[2]}x{x.shape[3]} map after a downsampling: train with batches "
+            "of at least 2 images (DataLoader(..., drop_last=True) drops a last batch of 1), or with larger images "
+            "(64 px and up), or call model.eval() to predict"
+        ) from None
 
 
 def linear_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
