@@ -60,7 +60,8 @@ def test_plan_takes_the_architecture_from_the_backbone_and_sets_the_budget(backb
     (["--shots", "[2.5]"], "--shots takes a list of integers"),
     (["--img_size", "0"], "--img_size must be an integer >= 1"),  # 0 silently meant the backbone's size
     (["--methods", "lora", "--method_options", '{"lora": 5}'], "gives each method a mapping of peft options"),
-    (["--model_kwargs", '{"foo": 1}'], "--model_kwargs {'foo': 1} were refused"),  # each run's process failed
+    (["--model_kwargs", '{"foo": 1}'], "--model_kwargs {'foo': 1} were refused"),
+    (["--accelerator", "cpus"], "--accelerator must be one of auto, cpu, cuda, gpu"),  # each run's process failed
 ])
 def test_bad_options_fail_with_one_line_naming_the_fix(backbone, tmp_path, capsys, args, message):
     base = ["peft-study", "--backbone", str(backbone), "--data", "digits", "--output_dir", str(tmp_path / "s")]

@@ -97,6 +97,29 @@ def test_a_key_given_twice_in_the_study_yaml_is_refused_not_silently_dropped(tmp
         load_study_config(path)  # PyYAML kept only the second finetune section
 
 
+def test_a_bad_accelerator_or_readme_is_refused_before_the_study_starts(tmp_path, monkeypatch, capsys):
+    from vitlab.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    path = _write_configs(tmp_path)
+    no_markers = tmp_path / "README.md"
+    no_markers.write_text("# a README without the study-results markers\n")
+    for args, message in ((["--accelerator", "cpus"], "accelerator must be one of auto, cpu, cuda, gpu"),
+                          (["--readme", str(no_markers)], "needs exactly one <!-- study-results:start --> line"),
+                          (["--readme", str(tmp_path / "missing.md")], "missing.md is not a file")):
+        assert main(["study", "--config", str(path), "--name", "s", *args]) == 1
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "runs" / "s").exists()  # refused before any stage (it used to fail after the report)
+
+
+def test_an_intrinsic_config_that_is_not_there_is_named_with_its_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a user's own folder, not this repository
+    path = tmp_path / "study.yaml"
+    path.write_text("backbones:\n  vit: {pretrain: x}\n")  # the default intrinsic_dim.config is repository-relative
+    with pytest.raises(FileNotFoundError, match="intrinsic_dim.config configs/intrinsic_dim_study.yaml is not a file"):
+        load_study_config(path)
+
+
 def test_methods_may_be_a_list_of_names_without_overrides():
     raw = {"backbones": {"vit": {"pretrain": "x"}}, "finetune": {"methods": ["full", "lora"]}}
     config = study_config_from_dict(raw)

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitlab.study.config import StudyConfig
+from vitlab.study.config import StudyConfig, check_accelerator
 
 if TYPE_CHECKING:
     from vitlab.data import VitlabDataModule
@@ -190,6 +190,7 @@ def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mni
     if steps < 1 or full_epochs < 1 or batch_size < 1:
         raise ValueError(f"--steps, --full_epochs and --batch_size must be >= 1, got {steps}, {full_epochs}, "
                          f"{batch_size}")
+    check_accelerator(accelerator, "--accelerator")
     if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1):
         raise ValueError(f"--img_size must be an integer >= 1 (input pixels per side), got {img_size!r}; leave it out "
                          "for the backbone's own size")

@@ -34,8 +34,8 @@ from vitlab.study import plots as study_plots
 from vitlab.study.headline import LARGER, NOISE, d90_row, headline_rows
 from vitlab.study.results import REQUIRED_COLUMNS, SEVERITY_COLUMNS, load_study, training_curves
 
-__all__ = ["END_MARKER", "PLOT_NAMES", "REQUIRED_COLUMNS", "START_MARKER", "results_markdown", "update_readme",
-           "write_study_report"]
+__all__ = ["END_MARKER", "PLOT_NAMES", "REQUIRED_COLUMNS", "START_MARKER", "check_readme", "results_markdown",
+           "update_readme", "write_study_report"]
 
 LOWER_IS_BETTER = " (lower is better)"
 TABLE_METRICS = {"clean %": "clean_acc", "corruption %": "corruption_acc", "severity 5 %": "corruption_acc_s5",
@@ -399,6 +399,24 @@ def results_markdown(study_dir: str | Path) -> str:
     return _render_markdown([*blocks, _image(_CAPTIONS["accuracy_vs_params"], png, png.as_posix())])
 
 
+def check_readme(readme_path: str | Path) -> str:
+    """The text of a README whose Results section a study may rewrite: a file with exactly one ``START_MARKER`` line
+    followed by one ``END_MARKER`` line.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a marker is missing, duplicated or out of order.
+    """
+    path = Path(readme_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not a file; pass the path of the README to update (--readme README.md)")
+    text = path.read_text(encoding="utf-8")
+    counts = [text.count(START_MARKER), text.count(END_MARKER)]
+    if counts != [1, 1] or text.find(END_MARKER) < text.find(START_MARKER):
+        raise ValueError(f"{path} needs exactly one {START_MARKER} line followed by one {END_MARKER} line (found "
+                         f"{counts[0]} and {counts[1]}); add the two marker lines where the Results section should go")
+    return text
+
+
 def update_readme(readme_path: str | Path, snippet: str) -> None:
     """Replace the text between the ``START_MARKER`` and ``END_MARKER`` lines of a README (markers kept; idempotent).
 
@@ -406,17 +424,11 @@ def update_readme(readme_path: str | Path, snippet: str) -> None:
         FileNotFoundError: no such README.
         ValueError: a marker is missing, duplicated or out of order, or the snippet itself holds a marker.
     """
-    path = Path(readme_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; pass the path of the README to update")
     if not isinstance(snippet, str) or START_MARKER in snippet or END_MARKER in snippet:
         raise ValueError("snippet must be a str without the study-results markers (use results_markdown(...))")
-    text = path.read_text(encoding="utf-8")
-    counts = [text.count(START_MARKER), text.count(END_MARKER)]
+    path = Path(readme_path)
+    text = check_readme(path)
     start, end = text.find(START_MARKER), text.find(END_MARKER)
-    if counts != [1, 1] or end < start:
-        raise ValueError(f"{path} needs exactly one {START_MARKER} line followed by one {END_MARKER} line (found "
-                         f"{counts[0]} and {counts[1]}); add the two marker lines where the Results section should go")
     new = text[:start + len(START_MARKER)] + "\n" + snippet.strip("\n") + "\n" + text[end:]
     if new != text:
         path.write_text(new, encoding="utf-8")
