@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from vitlab.cli import main as cli_main
+from vitlab.cli.fit import parse_run_config
 from vitlab.errors import ConfigError
 from vitlab.train.arguments import apply_nested_overrides, run_config_from_args, split_nested_overrides
 
@@ -78,3 +79,41 @@ def test_an_option_value_giving_a_key_twice_is_refused(option, value, key):
     for args in ([option, value], [f"{option}={value}"]):
         with pytest.raises(ConfigError, match=rf"^{option} .*key '{key}' is given twice \(line 1, columns"):
             run_config_from_args(["--config", str(CONFIG), *args])
+
+
+def test_a_key_inside_a_callback_or_logger_spec_keeps_the_rest_of_the_spec(tmp_path):
+    cfg = tmp_path / "es.yaml"
+    cfg.write_text("trainer:\n  callbacks:\n    class_path: EarlyStopping\n"
+                   "    init_args: {monitor: val/acc, mode: max}\n")
+    config = run_config_from_args(["--config", str(cfg), "--trainer.callbacks.init_args.patience", "3",
+                                   "--trainer.logger", "TensorBoardLogger", "--trainer.logger.init_args.name=tb"])
+    assert config.trainer["callbacks"] == {"class_path": "EarlyStopping",
+                                           "init_args": {"monitor": "val/acc", "mode": "max", "patience": 3}}
+    assert config.trainer["logger"] == {"class_path": "TensorBoardLogger", "init_args": {"name": "tb"}}
+    with pytest.raises(ConfigError, match=r"trainer.logger is \['TensorBoardLogger'\], not one mapping"):
+        run_config_from_args(["--trainer.logger", "[TensorBoardLogger]", "--trainer.logger.init_args.name", "tb"])
+
+
+def test_print_config_shows_deep_keys_and_reruns_to_the_same_config(tmp_path, capsys):
+    assert cli_main.main(["fit", "--config", str(CONFIG), "--peft.options.sweep.lr", "0.07",
+                          "--trainer.callbacks.class_path", "EarlyStopping", "--print_config"]) == 0
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    config, _ = parse_run_config(["--config", str(printed)])
+    assert config.peft.options["sweep"]["lr"] == 0.07 and config.peft.options["sweep"]["num"] == 7
+    assert config.trainer["callbacks"] == {"class_path": "EarlyStopping"}
+    assert config == run_config_from_args(["--config", str(CONFIG), "--peft.options.sweep.lr", "0.07",
+                                           "--trainer.callbacks.class_path", "EarlyStopping"])
+
+
+def test_a_whole_spec_on_the_command_line_replaces_the_config_files_spec(tmp_path):
+    cfg = tmp_path / "es.yaml"
+    cfg.write_text("trainer:\n  callbacks:\n    class_path: EarlyStopping\n    init_args: {monitor: val/acc}\n")
+    spec = "{class_path: ModelCheckpoint, init_args: {monitor: val/acc, mode: max}}"
+    for args in (["--trainer.callbacks", spec], [f"--trainer.callbacks={spec}"]):  # jsonargparse: AttributeError
+        config = run_config_from_args(["--config", str(cfg), *args])
+        assert config.trainer["callbacks"] == {"class_path": "ModelCheckpoint",
+                                               "init_args": {"monitor": "val/acc", "mode": "max"}}
+    config = run_config_from_args(["--config", str(cfg), "--trainer.callbacks", "null",
+                                   "--trainer.logger", "[TensorBoardLogger, CSVLogger]"])
+    assert config.trainer.get("callbacks") is None and config.trainer["logger"] == ["TensorBoardLogger", "CSVLogger"]

@@ -390,6 +390,14 @@ def test_a_callback_monitoring_a_metric_the_run_never_logs_is_refused_before_tra
     assert not (tmp_path / "monitor").exists()
 
 
+def test_monitoring_val_metrics_without_validation_is_refused_before_training(tmp_path):
+    config = _config(tmp_path, "noval", epochs=1, limit_val_batches=0)
+    config.trainer["callbacks"] = {"class_path": "EarlyStopping", "init_args": {"monitor": "val/acc", "mode": "max"}}
+    with pytest.raises(ConfigError, match=r"monitors 'val/acc', which the run does not log during training: monitor "
+                                          r"one of train/loss,"):
+        fit(config)
+
+
 def test_a_loss_terms_metrics_can_be_monitored():
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 

@@ -312,16 +312,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     help_only = any(a in ("-h", "--help") for a in args)
     try:
         check_config_files(args)
-        parsed_args, overrides = args, []
+        parsed_args, overrides, print_flags = args, [], None
         if command in RUN_CONFIG_COMMANDS:
-            from vitlab.train.arguments import split_nested_overrides
+            from vitlab.train.arguments import split_nested_overrides, take_print_config
 
             parsed_args, overrides = split_nested_overrides(args)
+            if overrides:  # jsonargparse would print before the deep keys are set: print here instead
+                parsed_args, print_flags = take_print_config(parsed_args)
         ns = build_parser(command if command in COMMANDS else None, help_only).parse_args(parsed_args)
         if overrides:
-            from vitlab.train.arguments import apply_nested_overrides
+            from vitlab.train.arguments import apply_nested_overrides, dump_run_config
 
             apply_nested_overrides(ns[command], overrides)
+            if print_flags is not None:
+                module, builder, _ = COMMANDS[command]
+                print(dump_run_config(getattr(import_module(module), builder)(), ns[command], print_flags), end="")
+                return 0
     except VitlabError as err:
         print(f"vitlab {command}: error: {err}", file=sys.stderr)
         return 2

@@ -30,12 +30,15 @@ if TYPE_CHECKING:
 
 __all__ = ["DICT_FIELDS", "SECTION_NAMES", "YAML_MODE", "add_run_arguments", "apply_nested_overrides",
            "check_option_values", "load_run_config_file", "namespace_to_run_config", "parse_run_namespace",
-           "run_config_from_args", "run_sections", "split_nested_overrides"]
+           "run_config_from_args", "run_sections", "split_nested_overrides", "take_print_config", "dump_run_config"]
 
 SECTION_NAMES = ("model", "data", "optim", "negatives", "peft")
 #: ``(section, field)`` of each free-form mapping of a run config; ``--SECTION.FIELD.KEY.SUBKEY VALUE`` sets one key
 #: deep inside it (see `split_nested_overrides`).
 DICT_FIELDS = (("model", "kwargs"), ("data", "options"), ("negatives", "options"), ("peft", "options"))
+#: ``(section, field)`` of the ``class_path`` / ``init_args`` specs; ``--trainer.callbacks.init_args.patience 3`` sets
+#: one key of the spec (jsonargparse alone would replace the whole spec with ``{patience: '3'}``).
+SPEC_FIELDS = (("trainer", "logger"), ("trainer", "callbacks"))
 # Trainer arguments vitlab sets itself (run folder, logger, callbacks).
 _TRAINER_SKIP = {"logger", "callbacks", "default_root_dir", "plugins", "enable_checkpointing", "model_registry"}
 #: jsonargparse parser mode of vitlab's run parsers: jsonargparse's own YAML loading, but a key given twice in one
@@ -150,6 +153,10 @@ def split_nested_overrides(args: Sequence[str]) -> tuple[list[str], list[tuple[s
     the whole ``sweep`` mapping of the config file with ``{"lr": "0.03"}`` (the other sweep keys lost, the value a
     string). Such options are taken out here and applied after parsing by `apply_nested_overrides`, which keeps
     the sibling keys and reads the value as YAML. Both ``--KEY VALUE`` and ``--KEY=VALUE`` forms are recognised.
+    ``trainer.logger`` / ``trainer.callbacks`` and any key inside them (``--trainer.callbacks.init_args.patience 3``)
+    are taken out the same way: jsonargparse would replace the whole ``class_path`` spec with the key, or fail to
+    merge a spec given on the command line into one from the config file. Their keys tuple is empty for the whole
+    value.
 
     Every option value written as a YAML mapping or list (``--model.kwargs '{depth: 2}'``) is checked for a key given
     twice first (`check_option_values`).
@@ -164,7 +171,8 @@ def split_nested_overrides(args: Sequence[str]) -> tuple[list[str], list[tuple[s
     from vitlab.errors import ConfigError
 
     check_option_values(args)
-    prefixes = tuple(f"--{section}.{field}." for section, field in DICT_FIELDS)
+    specs = tuple(f"--{section}.{field}." for section, field in SPEC_FIELDS)
+    prefixes = tuple(f"--{section}.{field}." for section, field in DICT_FIELDS) + specs
     remaining: list[str] = []
     overrides: list[tuple[str, tuple[str, ...], str]] = []
     items = list(args)
@@ -174,7 +182,9 @@ def split_nested_overrides(args: Sequence[str]) -> tuple[list[str], list[tuple[s
         prefix = next((p for p in prefixes if arg.startswith(p)), None)
         name, has_value, value = arg.partition("=")
         keys = tuple(name[len(prefix):].split(".")) if prefix else ()
-        if len(keys) < 2:
+        if f"{name}." in specs:  # the whole spec: jsonargparse fails merging it into a file's spec
+            prefix = f"{name}."
+        elif len(keys) < (1 if prefix in specs else 2):
             remaining.append(arg)
             i += 1
             continue
@@ -233,9 +243,17 @@ def apply_nested_overrides(ns: Namespace, overrides: Sequence[tuple[str, tuple[s
     from vitlab.errors import ConfigError
 
     for field, keys, text in overrides:
+        if not keys:
+            ns[field] = load_yaml(text, f"--{field} {text}")
+            continue
         node = ns[field]
         if node is None:
             node = ns[field] = {}
+        if isinstance(node, str):  # a class named alone: --trainer.logger TensorBoardLogger
+            node = ns[field] = {"class_path": node}
+        if not isinstance(node, dict):
+            raise ConfigError(f"--{field}.{'.'.join(keys)}: {field} is {node!r}, not one mapping; set {field} itself "
+                              "instead (the whole list, or one {class_path: ..., init_args: {...}})")
         for depth, key in enumerate(keys[:-1]):
             child = node.setdefault(key, {}) if isinstance(node, dict) else None
             if not isinstance(child, dict):
@@ -247,10 +265,35 @@ def apply_nested_overrides(ns: Namespace, overrides: Sequence[tuple[str, tuple[s
     return ns
 
 
+def take_print_config(args: Sequence[str]) -> tuple[list[str], str | None]:
+    """``(args without --print_config, its flags)``; flags is ``None`` when ``--print_config`` is absent, else ``""``
+    or what follows ``=`` (``skip_null``).
+
+    Example:
+        >>> take_print_config(["--optim.lr", "0.1", "--print_config=skip_null"])
+        (['--optim.lr', '0.1'], 'skip_null')
+    """
+    kept = [a for a in args if a != "--print_config" and not a.startswith("--print_config=")]
+    given = [a.partition("=")[2] for a in args if a == "--print_config" or a.startswith("--print_config=")]
+    return kept, (given[-1] if given else None)
+
+
+def dump_run_config(parser: ArgumentParser, ns: Namespace, flags: str = "") -> str:
+    """The YAML ``--print_config[=flags]`` prints for ``ns``, deep mapping keys included (jsonargparse prints before
+    `apply_nested_overrides` runs, so its own ``--print_config`` would miss them)."""
+    return parser.dump(ns, skip_none="skip_null" in flags)
+
+
 def parse_run_namespace(parser: ArgumentParser, args: Sequence[str]) -> Namespace:
-    """``parser.parse_args(args)`` with deep mapping keys set as `split_nested_overrides` describes."""
+    """``parser.parse_args(args)`` with deep mapping keys set as `split_nested_overrides` describes; with
+    ``--print_config`` among ``args`` the resolved config (those keys included) is printed and the parser exits."""
     remaining, overrides = split_nested_overrides(args)
-    return apply_nested_overrides(parser.parse_args(remaining), overrides)
+    remaining, print_flags = take_print_config(remaining) if overrides else (remaining, None)
+    ns = apply_nested_overrides(parser.parse_args(remaining), overrides)
+    if print_flags is not None:
+        print(dump_run_config(parser, ns, print_flags), end="")
+        parser.exit()
+    return ns
 
 
 def namespace_to_run_config(ns: Namespace) -> RunConfig:

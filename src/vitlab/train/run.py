@@ -400,7 +400,10 @@ def _fit_locked(
     elif resume and not _is_child_process():  # stopped before its first checkpoint: the run starts over
         (run_dir / "metrics.csv").unlink(missing_ok=True)
     trainer = build_trainer(config, run_dir, callbacks, **trainer_overrides)
-    check_monitors(trainer.callbacks, *task.monitorable_metrics())
+    names, prefixes = task.monitorable_metrics()
+    if trainer.limit_val_batches == 0:  # no validation: no val/ metrics
+        names = [n for n in names if not n.startswith("val/")]
+    check_monitors(trainer.callbacks, names, prefixes)
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
