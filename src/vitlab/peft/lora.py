@@ -161,11 +161,12 @@ def _peft_model(model: nn.Module, config: PeftConfig) -> nn.Module:
         raise ValueError(f"{err}. Candidate Linear modules: {linear_module_names(model)[:12]}") from err
 
 
-def _check_head_options(train_head: Any, head_modules: Any) -> None:
-    check_bool("train_head", train_head)
+def _check_head_options(train_head: Any, head_modules: Any) -> bool:
+    """``train_head`` as a bool; a bare string ``head_modules`` is refused."""
     if isinstance(head_modules, str):
         raise ConfigError(f"head_modules must be a list of module names, got the string {head_modules!r}: write "
                           f"head_modules=[{head_modules!r}]")
+    return check_bool("train_head", train_head)
 
 
 def _check_alpha(alpha: Any, r: int) -> float:
@@ -189,7 +190,7 @@ def lora_options(target_modules: Any = None, r: Any = 8, alpha: Any = None, drop
         4.0
     """
     r = check_int("r", r, minimum=1)
-    _check_head_options(train_head, head_modules)
+    train_head = _check_head_options(train_head, head_modules)
     return {"target_modules": check_target_modules(target_modules), "r": r, "alpha": _check_alpha(alpha, r),
             "dropout": check_float("dropout", dropout, minimum=0.0, maximum=1.0, below_maximum=True,
                                    fix="0 switches it off"),
@@ -204,7 +205,7 @@ def lokr_options(target_modules: Any = None, r: Any = 8, alpha: Any = None, deco
                        fix="-1 picks the factor automatically, otherwise give a whole number >= 1")
     if factor == 0:
         raise ConfigError("decompose_factor must be -1 (automatic) or an int >= 1, got 0")
-    _check_head_options(train_head, head_modules)
+    train_head = _check_head_options(train_head, head_modules)
     return {"target_modules": check_target_modules(target_modules), "r": r, "alpha": _check_alpha(alpha, r),
             "decompose_factor": factor, "decompose_both": check_bool("decompose_both", decompose_both),
             "train_head": train_head, "head_modules": head_modules}
@@ -233,7 +234,7 @@ def apply_lora(model: nn.Module, target_modules: str | Sequence[str] | None = "q
                      head_modules=head_modules)
     config = LoraConfig(r=o["r"], lora_alpha=o["alpha"], lora_dropout=o["dropout"], bias="none",
                         target_modules=resolve_preset(o["target_modules"] or "qkv"),
-                        modules_to_save=_head_modules(model, train_head, head_modules))
+                        modules_to_save=_head_modules(model, o["train_head"], head_modules))
     return _peft_model(model, config)
 
 
@@ -251,7 +252,7 @@ def apply_lokr(model: nn.Module, target_modules: str | Sequence[str] | None = "q
                      decompose_both=decompose_both, train_head=train_head, head_modules=head_modules)
     config = LoKrConfig(r=o["r"], alpha=o["alpha"], decompose_factor=o["decompose_factor"],
                         decompose_both=o["decompose_both"], target_modules=resolve_preset(o["target_modules"] or "qkv"),
-                        modules_to_save=_head_modules(model, train_head, head_modules))
+                        modules_to_save=_head_modules(model, o["train_head"], head_modules))
     return _peft_model(model, config)
 
 
