@@ -407,3 +407,29 @@ def test_a_loss_terms_metrics_can_be_monitored():
     check_monitors(watch, ["val/acc"], ["train/negatives/"])
     with pytest.raises(ConfigError, match=r"monitors 'train/negatives/neg_acc'.*monitor one of val/acc, train/other/"):
         check_monitors(watch, ["val/acc"], ["train/other/"])
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"class_path": "MLFlowLogger", "init_args": {"tracking_uri": "file:./mlruns"}},
+     "MLFlowLogger.* failed: MlflowException: .*MLFLOW_ALLOW_FILE_STORE=true"),  # was a traceback
+    ({"class_path:MLFlowLogger": None}, r"YAML needs a space after each ':'"),
+    ("{class_path:TensorBoardLogger}", "was read as text, not as a mapping"),
+])
+def test_a_logger_its_library_refuses_is_one_config_error(tmp_path, spec, message):
+    from vitlab.train.callbacks import build_loggers
+
+    with pytest.raises(ConfigError, match=message):
+        build_loggers(spec, tmp_path)
+
+
+def test_a_logger_that_fails_when_started_is_refused_before_training(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from vitlab.train.callbacks import build_loggers
+
+    def broken(self):
+        raise OSError("event file cannot be created")
+
+    monkeypatch.setattr(TensorBoardLogger, "experiment", property(broken))
+    with pytest.raises(ConfigError, match=r"TensorBoardLogger could not start \(OSError: event file cannot be"):
+        build_loggers("TensorBoardLogger", tmp_path)

@@ -71,11 +71,16 @@ def drop_rows_after_epoch(metrics_csv: str | Path, epoch: int) -> None:
 
 
 def _instantiate(spec: Any, package: str, base: type, what: str, defaults: dict[str, Any]) -> Any:
+    if isinstance(spec, str) and spec.lstrip()[:1] in ("{", "["):
+        raise ConfigError(f"trainer.{what} {spec!r} was read as text, not as a mapping or list: YAML needs a space "
+                          "after each ':', e.g. {class_path: EarlyStopping, init_args: {monitor: val/acc}}")
     if isinstance(spec, str):
         spec = {"class_path": spec}
     if not isinstance(spec, dict) or "class_path" not in spec or set(spec) - {"class_path", "init_args"}:
+        space = " (YAML needs a space after each ':')" if isinstance(spec, dict) and any(":" in str(k) for k in spec) \
+            else ""
         raise ConfigError(f"trainer.{what} entries take the form {{class_path: NAME, init_args: {{...}}}}, "
-                          f"got {spec!r}")
+                          f"got {spec!r}{space}")
     path, init_args = spec["class_path"], dict(spec.get("init_args") or {})
     module_name, _, class_name = path.rpartition(".")
     try:
@@ -91,8 +96,9 @@ def _instantiate(spec: Any, package: str, base: type, what: str, defaults: dict[
             init_args.setdefault(key, value)
     try:
         return cls(**init_args)
-    except (TypeError, ValueError, ModuleNotFoundError) as err:
-        raise ConfigError(f"trainer.{what}: {path}({init_args}) failed: {err}") from None
+    except Exception as err:  # the named class refused the user's init_args (MLflow, W&B raise their own types)
+        reason = " ".join(str(err).split())
+        raise ConfigError(f"trainer.{what}: {path}({init_args}) failed: {type(err).__name__}: {reason}") from None
 
 
 def _as_list(spec: Any) -> list[Any]:
@@ -112,6 +118,12 @@ def build_loggers(spec: Any, run_dir: str | Path) -> list[Logger]:
                 "offline": True}
     for item in _as_list(spec):
         logger = _instantiate(item, "lightning.pytorch.loggers", Logger, "logger", defaults)
+        try:
+            logger.experiment  # noqa: B018  (starts the logger now: a store it refuses is an option error, not a crash)
+        except Exception as err:  # any logger library's refusal (MLflow's plain-file store, a bad URI, ...)
+            reason = " ".join(str(err).split())
+            raise ConfigError(f"trainer.logger: {type(logger).__name__} could not start ({type(err).__name__}: "
+                              f"{reason}); fix its init_args") from err
         if isinstance(logger, CSVLogger) and not isinstance(logger, AppendingCSVLogger) \
                 and Path(logger.log_dir) == Path(run_dir):
             raise ConfigError("trainer.logger: vitlab already writes metrics.csv into the run folder; give this "
