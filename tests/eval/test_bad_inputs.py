@@ -320,6 +320,7 @@ def test_parse_n_keeps_whole_numbers_and_all():
         ({"patch_size": 0}, r"patch_size must be an int >= 1 .*or None for the model's own, got 0"),
         ({"patch_size": "8"}, "patch_size must be an int >= 1 .*got '8'"),
         ({"kinds": "shuffle"}, r"pass \['shuffle'\]"),
+        ({"kinds": []}, r"kinds must be a non-empty list"),  # was taken as every kind (--kinds '[]')
     ],
 )
 def test_diagnose_checkpoint_refuses_bad_arguments(checkpoint, tmp_path, kwargs, message):

@@ -159,6 +159,7 @@ def test_sweep_cache_key_names_the_projection_norm_and_matches_old_global_record
     ({"patience": "3"}, r"sweep.patience must be int \| null, got '3'"),  # was a TypeError from '3' < 1
     ({"kinds": "attn"}, r"sweep.kinds must be list\[str\] \| null"),  # a string would be swept letter by letter
     ({"stop_after_reached": 0}, r"sweep.stop_after_reached must be >= 1 or null"),
+    ({"kinds": []}, r"sweep.kinds must be a non-empty list of distinct module kinds"),  # [] swept every kind
 ])
 def test_sweep_settings_refuse_a_bad_fraction_or_metric_before_the_reference_run(sweep, message):
     from vitlab.study.intrinsic import SweepSettings

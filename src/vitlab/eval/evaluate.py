@@ -395,8 +395,9 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
     print(f"diagnose-negatives: {count} of {available} {datamodule.name} test images (--n {n or 'default'}), "
           f"views with {cell}-px cells{aligned}")
     chosen = resolve_device(device)
-    result = diagnose_negatives(model, datamodule.test_dataloader(), cell, kinds=kinds or list(KINDS), n=count,
-                                device=chosen, seed=seed, replace_rate=replace_rate)
+    kinds = list(KINDS) if kinds is None else kinds  # [] is refused by diagnose_negatives, not taken as "all"
+    result = diagnose_negatives(model, datamodule.test_dataloader(), cell, kinds=kinds, n=count, device=chosen,
+                                seed=seed, replace_rate=replace_rate)
     result.update({"checkpoint": str(resolve_weights_path(checkpoint)), "data": datamodule.name,
                    "model_patch_size": own, "seed": seed, "command": command})
     markdown = (f"# Negative-view diagnostics: {result['checkpoint']} on {datamodule.name}\n\nCommand: `{command}`\n\n"

@@ -105,6 +105,9 @@ class SweepSettings:
             raise ValueError("the plain engine reports test/acc only; set peft.options.sweep.metric: test/acc")
         if self.patience is not None and (self.patience < 1 or self.engine != "lightning"):
             raise ValueError(f"patience must be >= 1 and needs engine 'lightning', got {self.patience!r}")
+        if self.kinds is not None and (not self.kinds or len(set(self.kinds)) != len(self.kinds)):
+            raise ValueError(f"peft.options.sweep.kinds must be a non-empty list of distinct module kinds, or null "
+                             f"(every kind the model has), got {self.kinds}")
         if self.stop_after_reached is not None and self.stop_after_reached < 1:
             raise ValueError(f"peft.options.sweep.stop_after_reached must be >= 1 or null (sweep the whole grid), got "
                              f"{self.stop_after_reached!r}")
@@ -221,7 +224,7 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
     engine = (_LightningEngine if settings.engine == "lightning" else _PlainEngine)(config, settings, folder)
     base = engine.base_model()
     train_head, heads = bool(options.get("train_head")), options.get("head_modules")
-    kinds = settings.kinds or available_module_kinds(base)
+    kinds = available_module_kinds(base) if settings.kinds is None else settings.kinds
     planned = [(k, d) for k in kinds for d in settings.grid(None)] if per_module else [("all", d) for d in
                                                                                        settings.grid(None)]
     done = {(row["group"], row["dim"]) for name in (SWEEP_CSV, PER_MODULE_SWEEP_CSV) if (folder / name).is_file()
