@@ -142,6 +142,13 @@ def test_bad_specs_say_what_to_pass(spec, error, match):
         resolve_pretrained(spec, "vit_tiny_patch16_224")
 
 
+@pytest.mark.parametrize("name", ["vit_vitlab_tiny_patch8_32", "inception_transformer_tiny"])
+def test_timm_weights_of_a_model_timm_has_none_for_are_refused_up_front(name):
+    with pytest.raises(ConfigError, match=f"timm has no pretrained weights for {name} .*train it with `vitlab fit`"):
+        resolve_pretrained("timm", name)  # failed later, inside timm, as "weights ... do not fit"
+    assert resolve_pretrained("timm", "inception_transformer_small").describe()["tag"] == "sail_in1k"  # has a url
+
+
 def test_unknown_suffix_and_unknown_model_name(tmp_path):
     weird = tmp_path / "weights.npz"
     weird.write_bytes(b"0")

@@ -223,7 +223,13 @@ def resolve_pretrained(spec: str | Mapping[str, Any] | None, model_name: str) ->
         if model_name.startswith(_HUB_PREFIX):
             return PretrainedWeights("hf-hub", _hub_id(model_name), model_name)
         check_model_name(model_name)
-        return PretrainedWeights("timm", model_name, model_name)
+        weights = PretrainedWeights("timm", model_name, model_name)
+        cfg = weights.pretrained_cfg()
+        if not any(cfg.get(key) for key in ("url", "hf_hub_id", "file", "state_dict")):
+            raise ConfigError(f"timm has no pretrained weights for {model_name} (model.pretrained: timm): train it "
+                              "with `vitlab fit` and pass the run folder or its model.safetensors, pass a weights "
+                              "file, or leave model.pretrained unset for random initialisation")
+        return weights
     if spec.startswith(_HUB_PREFIX):
         return PretrainedWeights("hf-hub", _hub_id(spec), model_name)
     return _from_path(Path(spec).expanduser(), model_name)
