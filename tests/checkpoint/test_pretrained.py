@@ -248,3 +248,12 @@ def test_create_model_refuses_an_unknown_name_naming_close_ones():
         with pytest.raises(ConfigError, match="model.name must be a timm model name"):
             check_model_name(bad)
     check_model_name("vit_tiny_patch16_224.augreg_in21k")  # a pretrained tag after the dot is a known name
+
+
+@pytest.mark.parametrize("bad", [None, 3, ["runs/x"]])
+def test_a_weights_path_of_another_type_is_a_type_error_naming_what_to_pass(bad):
+    from vitlab.checkpoint import load_model, read_metadata
+
+    for read in (load_model, read_metadata):
+        with pytest.raises(TypeError, match="weights path must be a model.safetensors file or a run folder"):
+            read(bad)  # was Path()'s "expected str, bytes or os.PathLike object, not NoneType"

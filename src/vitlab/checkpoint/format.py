@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,9 @@ def save_checkpoint(
 
 def resolve_weights_path(path: str | Path) -> Path:
     """Accept a ``.safetensors`` file or a run folder holding ``model.safetensors``; return the file path."""
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"weights path must be a model.safetensors file or a run folder (str or pathlib.Path), got "
+                        f"{path!r} ({type(path).__name__})")
     path = Path(path)
     if path.is_dir():
         # a run of a nonlinear (bottleneck) adapter has only adapter.safetensors (see vitlab.peft.export)
