@@ -175,3 +175,14 @@ def test_a_training_batch_of_one_at_32_px_names_drop_last_and_larger_images():
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)  # a 2x2 map: BatchNorm has 4 values per channel
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_the_vit_checks_still_run_when_peft_wraps_its_patch_embedding():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(timm.create_model("vit_vitlab_tiny_patch8_32"),
+                           LoraConfig(target_modules=["patch_embed.proj"], r=2))
+    assert not hasattr(model.base_model.model.patch_embed.proj, "in_channels")  # a LoRA wrapper, not the Conv2d
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(TypeError, match="got torch.uint8: convert them"):
+        model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))

@@ -92,7 +92,7 @@ class VitlabVisionTransformer(VisionTransformer):
     ) -> torch.Tensor:
         if not torch.jit.is_scripting():
             embed = self.patch_embed
-            x = check_vit_images(x, embed.proj.in_channels, embed.proj.weight.dtype, embed.img_size,
+            x = check_vit_images(x, self.in_chans, embed.proj.weight.dtype, embed.img_size,
                                  embed.patch_size, embed.strict_img_size, embed.dynamic_img_pad)
         return self.forward_head(self.forward_features(x, attn_mask=attn_mask, is_causal=is_causal))
 
@@ -100,7 +100,7 @@ class VitlabVisionTransformer(VisionTransformer):
         """timm's ``VisionTransformer.forward_intermediates`` (same arguments and results; ``features_only`` models
         call it), after the image checks of :meth:`forward`."""
         embed = self.patch_embed
-        x = check_vit_images(x, embed.proj.in_channels, embed.proj.weight.dtype, embed.img_size, embed.patch_size,
+        x = check_vit_images(x, self.in_chans, embed.proj.weight.dtype, embed.img_size, embed.patch_size,
                              embed.strict_img_size, embed.dynamic_img_pad)
         return super().forward_intermediates(x, *args, **kwargs)
 
