@@ -332,3 +332,66 @@ def test_generator_in_dataset_workers_is_documented():
     for doc in (PatchTransform.forward.__doc__, NegativeViews.__doc__, transforms.__doc__):
         text = " ".join(doc.split()).replace("every", "each")
         assert "copied into each ``DataLoader`` worker" in text and "generator=None" in text
+
+
+# ---- torchvision v2 / kornia users ----
+
+
+def test_tv_tensors_image_stays_an_image_inside_v2_compose():
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    raw = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    t = PatchShuffle(4)
+    pipeline = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), t, v2.Normalize([0.5] * 3, [0.5] * 3)])
+    out = pipeline(raw)
+    assert type(out) is tv_tensors.Image and out.shape == (3, 16, 16)  # as torchvision's own transforms keep it
+    expected = v2.functional.normalize(t(v2.functional.to_dtype(raw, scale=True), params=t.last_params), [0.5] * 3,
+                                       [0.5] * 3)
+    assert torch.equal(out.as_subclass(torch.Tensor), expected)
+    batch = tv_tensors.Image(torch.rand(2, 3, 16, 16))
+    assert type(PatchRotate(4)(batch, generator=gen())) is tv_tensors.Image
+
+
+def test_other_tv_tensors_are_refused():
+    from torchvision import tv_tensors
+
+    with pytest.raises(TypeError, match=r"got a tv_tensors.Mask: pass a tv_tensors.Image or a plain tensor"):
+        PatchShuffle(4)(tv_tensors.Mask(torch.zeros(1, 16, 16, dtype=torch.uint8)))
+
+
+def test_v2_compose_on_image_and_label_names_the_fix():
+    from torchvision.transforms import v2
+
+    pipeline = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), PatchShuffle(4)])
+    with pytest.raises(TypeError, match=r"passes the label here: transform the image alone"):
+        pipeline(torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8), 3)
+
+
+@pytest.mark.parametrize("name", ["shuffle", "rotate", "shuffle+rotate"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_inverse_undoes_the_last_call_bit_for_bit(name, dtype):
+    make = {"shuffle": lambda: PatchShuffle(4, p=0.5), "rotate": lambda: PatchRotate(4),
+            "shuffle+rotate": lambda: NegativeViews(["shuffle", "rotate"], 4)}[name]
+    t = make()
+    x = (torch.rand(5, 3, 8, 16) * 255).to(dtype)
+    y = t(x, generator=gen(1))
+    assert not torch.equal(y, x)
+    assert torch.equal(t.inverse(y), x)
+    params = t.last_params
+    single = t(x[0], generator=gen(2))
+    assert torch.equal(t.inverse(single), x[0])
+    assert torch.equal(t.inverse(y, params=params), x)  # explicit params of an earlier call
+
+
+def test_inverse_refuses_infill_and_a_transform_never_called():
+    t = NegativeViews(["shuffle", "infill"], 4)
+    x = torch.rand(6, 3, 16, 16)
+    y = t(x, generator=gen(0))
+    infilled = (t.last_params["kind"] == 1).nonzero().flatten().tolist()
+    assert infilled
+    with pytest.raises(ConfigError, match=r"NegativeViews.inverse: sample\(s\) .* copy some cells over") as info:
+        t.inverse(y)
+    assert f"sample(s) {infilled} copy" in str(info.value)
+    with pytest.raises(ConfigError, match=r"call the transform first .* or pass params="):
+        PatchRotate(4).inverse(x)

@@ -18,6 +18,12 @@ Contract of every transform built on `PatchTransform`:
   (``generator=None``, torch's default generator, which PyTorch seeds differently in each worker) has no such problem.
 - Replayed ``params`` are checked (shapes, int dtype, ``source`` in ``[0, N)``, ``rotation`` in ``{0, 1, 2, 3}``);
   freshly drawn ones are not re-checked (the image tensors themselves are never scanned).
+- torchvision: a ``tv_tensors.Image`` comes back as a ``tv_tensors.Image`` (as torchvision's own v2 transforms keep
+  it), so the transforms sit inside ``v2.Compose`` after ``v2.ToImage()`` / ``v2.ToDtype``; other tv_tensors (masks,
+  boxes, videos) are refused. They take one image tensor: a ``v2.Compose`` called on ``(image, label)`` would hand
+  them the label as ``generator``, which is refused with the fix (transform the image alone).
+- ``inverse(y)`` undoes the last call (kornia's ``inverse``): exact for P-Shuffle and P-Rotate; P-Infill overwrites
+  cells and is refused.
 
 Parameters (``last_params``): ``source`` and ``rotation`` ``(B, N)`` int64 (see `vitlab.augment.remap_cells`),
 ``applied`` ``(B,)`` bool, ``grid`` ``(2,)`` = (rows, cols); `NegativeViews` adds ``kind`` ``(B,)`` (index into
@@ -40,11 +46,13 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torchvision import tv_tensors
 
 from vitlab.augment.functional import (
     cell_grid,
     check_cell_params,
     check_positive_int,
+    inverse_cell_params,
     move_cells,
     valid_patch_sizes,
 )
@@ -73,6 +81,10 @@ def check_bool(name: str, value: object) -> bool:
 def _as_batch(x: Tensor) -> tuple[Tensor, bool]:
     if not isinstance(x, Tensor):
         raise TypeError(f"expected a torch.Tensor (B, C, H, W) or (C, H, W), got {type(x).__name__}")
+    if isinstance(x, tv_tensors.TVTensor) and not isinstance(x, tv_tensors.Image):
+        raise TypeError(f"patch transforms make negative views of images; got a tv_tensors.{type(x).__name__}: pass "
+                        "a tv_tensors.Image or a plain tensor (B, C, H, W) (video frames: a plain (T, C, H, W) "
+                        "tensor with same_on_batch=True for one draw per clip)")
     if x.ndim not in (3, 4):
         raise ValueError(f"expected images (B, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
     if not (x.dtype.is_floating_point or x.dtype == torch.uint8):
@@ -151,15 +163,55 @@ class PatchTransform(nn.Module, ABC):
         ``generator=None`` there. ``params``: replay the dict a call left in ``last_params`` instead of drawing.
         """
         images, single = _as_batch(x)
-        check_generator(generator)
+        self._check_generator_argument(generator)
         self._input_grid(images)
         if params is None:
             params = self.generate_parameters(images.shape, generator)
         else:
             self._check_replayed(images, params)
         self.last_params = params
-        out = self.apply_transform(images, params)
-        return out[0] if single else out
+        return _like(x, self.apply_transform(images, params), single)
+
+    def inverse(self, x: Tensor, params: Params | None = None) -> Tensor:
+        """Undo a call on its output ``x`` (kornia's ``inverse``): ``t.inverse(t(x)) == x`` bit for bit.
+
+        Args:
+            x: the transform's output, ``(B, C, H, W)`` or ``(C, H, W)``.
+            params: the parameters of that call; default ``last_params`` (the latest call).
+
+        Returns:
+            A new tensor of ``x``'s shape, dtype and device. P-Shuffle and P-Rotate (and untransformed samples) are
+            invertible; a P-Infill sample copied border cells over its centre, so it raises `vitlab.errors.ConfigError`.
+
+        Example:
+            >>> import torch
+            >>> from vitlab.augment import PatchShuffle
+            >>> t = PatchShuffle(8)
+            >>> x = torch.rand(2, 3, 16, 16)
+            >>> torch.equal(t.inverse(t(x)), x)
+            True
+        """
+        images, single = _as_batch(x)
+        if params is None:
+            if self.last_params is None:
+                raise ConfigError(f"{type(self).__name__}.inverse needs the parameters of a call: call the transform "
+                                  "first (its last_params are used) or pass params=")
+            params = self.last_params
+        self._check_replayed(images, params)
+        try:
+            source, rotation = inverse_cell_params(params["source"], params["rotation"])
+        except ConfigError as err:
+            raise ConfigError(f"{type(self).__name__}.inverse: {err}") from None
+        return _like(x, move_cells(images, self.patch_size, source, rotation), single)
+
+    def _check_generator_argument(self, generator: object) -> None:
+        try:
+            check_generator(generator)
+        except TypeError as err:
+            raise TypeError(f"{err}. {type(self).__name__} takes one image tensor (x, generator=None, params=None); "
+                            "a torchvision v2.Compose called with several inputs, e.g. (image, label), passes the "
+                            "label here: transform the image alone (x = transform(image)) and keep the label "
+                            "outside the pipeline") from None
 
     def _input_grid(self, images: Tensor) -> tuple[int, int]:
         """`grid` of a ``(B, C, H, W)`` batch; an error on a (B, H, W, C) batch hints at the expected layout."""
@@ -189,6 +241,12 @@ class PatchTransform(nn.Module, ABC):
     def extra_repr(self) -> str:
         extra = f", model_patch_size={self.model_patch_size}" if self.model_patch_size is not None else ""
         return f"patch_size={self.patch_size}, p={self.p}, same_on_batch={self.same_on_batch}{extra}"
+
+
+def _like(x: Tensor, out: Tensor, single: bool) -> Tensor:
+    """``out`` (a batch) in ``x``'s form: unbatched for a ``(C, H, W)`` ``x``, a ``tv_tensors.Image`` for an Image."""
+    out = out[0] if single else out
+    return tv_tensors.wrap(out, like=x) if isinstance(x, tv_tensors.Image) else out
 
 
 def _keep_applied(params: Params, applied: Tensor) -> Params:

@@ -34,7 +34,10 @@ from torch import Tensor
 from vitlab.checks import check_int
 from vitlab.errors import ConfigError
 
-__all__ = ["cell_grid", "check_cell_params", "check_positive_int", "move_cells", "remap_cells", "valid_patch_sizes"]
+__all__ = [
+    "cell_grid", "check_cell_params", "check_positive_int", "inverse_cell_params", "move_cells", "remap_cells",
+    "valid_patch_sizes",
+]
 
 
 def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
@@ -295,6 +298,32 @@ def _inverse(source: Tensor) -> Tensor | None:
     inverse = torch.full_like(source, -1, dtype=torch.long)
     inverse.scatter_(1, source.long(), torch.arange(source.shape[1], device=source.device).expand_as(inverse))
     return inverse if bool((inverse >= 0).all()) else None  # a row misses a cell iff another cell is used twice
+
+
+def inverse_cell_params(source: Tensor, rotation: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The ``(source, rotation)`` remap (both ``(B, N)``) that undoes the given one.
+
+    Output cell ``n`` holds input cell ``source[n]`` turned by ``rotation[n]``; so input cell ``m`` is output cell
+    ``inv[m]`` (``inv`` the inverse permutation) turned back by ``-rotation[inv[m]]``.
+
+    Raises:
+        ConfigError: some sample's ``source`` is not a permutation (P-Infill copies border cells over centre cells),
+            naming the samples.
+
+    Example:
+        >>> import torch
+        >>> inverse_cell_params(torch.tensor([[2, 0, 1]]), torch.tensor([[1, 0, 3]]))
+        (tensor([[1, 2, 0]]), tensor([[0, 1, 3]]))
+    """
+    source = source.long()
+    inverse = _inverse(source)
+    if inverse is None:
+        identity = torch.arange(source.shape[1], device=source.device)
+        broken = (source.sort(dim=1).values != identity).any(dim=1).nonzero().flatten().tolist()
+        raise ConfigError(f"sample(s) {broken} copy some cells over others (P-Infill), which cannot be undone; keep "
+                          "the clean images instead (only P-Shuffle and P-Rotate are invertible)")
+    turns = torch.zeros_like(source) if rotation is None else rotation.long().gather(1, inverse)
+    return inverse, (4 - turns) % 4
 
 
 def move_cells(x: Tensor, patch_size: int, source: Tensor, rotation: Tensor | None = None) -> Tensor:
