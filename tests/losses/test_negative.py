@@ -172,3 +172,18 @@ def test_supcon_masks_validates_its_arguments():
         supcon_masks(torch.tensor([0, 1]), 2.0)
     with pytest.raises(ConfigError, match=r"labels must be int class indices"):
         supcon_masks(torch.eye(2), 2)
+
+
+@pytest.mark.parametrize("make", [lambda f, n, y: ContrastiveNegativeLoss()(f, n, y),
+                                  lambda f, n, y: UniformNegativeLoss()(n),
+                                  lambda f, n, y: L2NegativeLoss()(f, n)])
+def test_losses_are_float32_under_bfloat16_autocast(make):
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(12, 10)
+    x, xn, labels = torch.randn(6, 12, generator=g), torch.randn(6, 12, generator=g), torch.tensor([0, 0, 1, 1, 2, 2])
+    with torch.autocast("cpu", torch.bfloat16):
+        features, negatives = layer(x), layer(xn)  # bfloat16 activations, as a mixed-precision model gives them
+        loss = make(features, negatives, labels)
+    assert features.dtype == torch.bfloat16
+    reference = make(features.float(), negatives.float(), labels)  # the same inputs, no autocast
+    assert loss.dtype == torch.float32 and torch.equal(loss, reference)

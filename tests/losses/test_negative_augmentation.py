@@ -282,3 +282,30 @@ def test_centre_shape_is_validated_through_the_term():
 def test_seed_out_of_the_generator_range_is_refused():
     with pytest.raises(ConfigError, match=r"seed must be an int in \[-2\*\*63, 2\*\*64\)"):
         NegativeAugmentationLoss(seed=2**70)
+
+
+def test_state_dict_holds_the_view_stream_for_a_plain_loop_resume(tmp_path):
+    import io
+
+    model, (images, labels) = tiny_vit(), batch()
+    task = SimpleNamespace(model=model)
+    term = NegativeAugmentationLoss(["shuffle", "rotate"], 4, seed=3)
+    term(task, (images, labels), None)
+    buffer = io.BytesIO()
+    torch.save(term.state_dict(), buffer)
+    term(task, (images, labels), None)
+    continued = term.views.last_params
+    resumed = NegativeAugmentationLoss(["shuffle", "rotate"], 4, seed=99)
+    buffer.seek(0)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    resumed(task, (images, labels), None)
+    assert all(torch.equal(resumed.views.last_params[k], continued[k]) for k in ("source", "rotation", "kind"))
+
+
+def test_bad_extra_state_and_integer_images_are_refused():
+    term = NegativeAugmentationLoss(["shuffle"], 4)
+    with pytest.raises(ConfigError, match=r"'generator' must be a CPU torch.Generator state, uint8"):
+        term.load_state_dict({"_extra_state": {"generator": torch.zeros(3)}})
+    images, labels = batch(4)
+    with pytest.raises(ConfigError, match=r"images must be the float batch the model takes, got torch.uint8"):
+        term(SimpleNamespace(model=tiny_vit()), ((images * 255).to(torch.uint8), labels), None)

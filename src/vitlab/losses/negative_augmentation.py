@@ -118,6 +118,10 @@ def _check_call(
     if not isinstance(images, Tensor) or images.ndim != 4:
         got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ConfigError(f"images must be a batch (B, C, H, W), got {got}")
+    if not images.dtype.is_floating_point:
+        raise ConfigError(f"images must be the float batch the model takes, got {images.dtype}: convert as for the "
+                          "model, e.g. torchvision's v2.ToDtype(torch.float32, scale=True) (or x.float() / 255) and "
+                          "the same normalisation")
     size = images.shape[0]
     if size == 0:
         raise ConfigError("empty batch (0 images): the negative loss of no sample is undefined; skip empty batches "
@@ -183,6 +187,9 @@ class NegativeAugmentationLoss(nn.Module):
     ValueError); a ``task`` without a ``.model`` or labels that are not a tensor raise TypeError. After each call
     ``last_metrics`` holds detached ``neg_acc`` (accuracy of the negative views against the original labels; chance
     is 1/K) and ``neg_confidence`` (mean max-softmax) for logging.
+
+    ``state_dict()`` holds the generator's state (``_extra_state``), so a plain PyTorch loop that saves and reloads
+    it (``torch.save`` / ``torch.load(weights_only=True)`` / ``load_state_dict``) resumes the same stream of views.
     """
 
     name = "negatives"
@@ -238,6 +245,21 @@ class NegativeAugmentationLoss(nn.Module):
             raise ConfigError(f"options {sorted(wrong)} do not apply to loss={loss!r} "
                              f"(it accepts {sorted(allowed[loss]) or 'none'})")
         return _LOSS_CLASSES[loss](**{key: options[key] for key in given})
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        """``{"generator": uint8 state}`` of the views' generator, saved in ``state_dict()``."""
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore the generator from ``get_extra_state``'s dict (checked: a wrong one names the fix)."""
+        expected = self.generator.get_state()
+        saved = state.get("generator") if isinstance(state, Mapping) else None
+        if not (isinstance(saved, Tensor) and saved.dtype == torch.uint8 and saved.shape == expected.shape):
+            got = (f"{saved.dtype} {tuple(saved.shape)}" if isinstance(saved, Tensor) else type(saved).__name__)
+            raise ConfigError(f"NegativeAugmentationLoss state: 'generator' must be a CPU torch.Generator state, uint8 "
+                              f"{tuple(expected.shape)}, got {got}; load the state_dict() of a "
+                              "NegativeAugmentationLoss")
+        self.generator.set_state(saved.cpu())
 
     def forward(self, task: Any, batch: Sequence[Tensor], outputs: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
         """``{"loss": L_neg}`` for ``batch = (images, targets, ...)``; see the class docstring."""
