@@ -186,3 +186,14 @@ def test_the_vit_checks_still_run_when_peft_wraps_its_patch_embedding():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(TypeError, match="got torch.uint8: convert them"):
         model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(drop_path_rate=1.5), r"drop_path_rate must be a number in \[0, 1\]"),
+    (dict(drop_rate="0.1"), r"drop_rate must be a number in \[0, 1\] \(a probability\), got '0.1'"),
+    (dict(attn_drop_rate=-0.1), r"attn_drop_rate must be a number in \[0, 1\]"),
+])
+def test_the_vit_refuses_rates_that_are_not_probabilities(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        timm.create_model("vit_vitlab_tiny_patch8_32", **kwargs)
+    assert timm.create_model("vit_vitlab_tiny_patch8_32", drop_path_rate=0.5).blocks[-1].drop_path1.drop_prob == 0.5

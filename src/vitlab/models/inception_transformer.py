@@ -35,7 +35,7 @@ from torch import nn
 
 from vitlab.models.cpu_linear import linear, linear_gelu
 from vitlab.models.iformer_checkpoint import checkpoint_filter_fn, load_official_checkpoint
-from vitlab.models.inputs import check_image_tensor
+from vitlab.models.inputs import check_image_tensor, check_rates
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
 __all__ = [
@@ -173,9 +173,7 @@ def _check_num_classes(num_classes: int) -> None:
 def _check_hyperparameters(rates: dict[str, Any], mlp_ratio: Any, qkv_bias: Any, layer_scale_init_value: Any) -> None:
     """Refuse dropout/drop-path rates outside [0, 1], a non-positive ``mlp_ratio``, a non-bool ``qkv_bias`` and a
     non-numeric ``layer_scale_init_value``, naming the argument."""
-    for key, value in rates.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"{key} must be a number in [0, 1] (a probability), got {value!r}")
+    check_rates(rates)
     if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, int | float) or not mlp_ratio > 0:
         raise ValueError(f"mlp_ratio must be a positive number (MLP hidden width / channels, official 4.0), got "
                          f"{mlp_ratio!r}")

@@ -1,4 +1,5 @@
-"""Input checks shared by vitlab's models: images must be a floating-point tensor of the model's dtype.
+"""Input checks shared by vitlab's models: images must be a floating-point tensor of the model's dtype, and
+dropout / drop-path rates must be probabilities.
 
 A ``uint8`` image batch, a NumPy array or a ``float16`` batch fed to a ``float32`` model otherwise fails deep inside
 the first convolution ("Input type (unsigned char) and bias type (float) should be the same"); these checks say what
@@ -14,11 +15,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-__all__ = ["check_image_tensor"]
+__all__ = ["check_image_tensor", "check_rates"]
 
 
 @torch.jit.ignore  # eager only: TorchScript checks the Tensor annotation of the callers itself
@@ -37,3 +39,19 @@ def check_image_tensor(x: Any, dtype: torch.dtype | None) -> None:
     if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(f"the images are {x.dtype} but the model's weights are {dtype}: pass x.to({dtype}), or "
                         f"convert the model with model.to({x.dtype}), or run it under torch.autocast")
+
+
+def check_rates(rates: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first of ``rates`` (constructor keyword -> value) that is not a number in
+    [0, 1] (a string, a bool, a negative rate or one above 1, which torch takes silently for drop path).
+
+    Example:
+        >>> check_rates({"drop_rate": 0.1, "drop_path_rate": 0})
+        >>> check_rates({"drop_path_rate": 1.5})
+        Traceback (most recent call last):
+        ...
+        ValueError: drop_path_rate must be a number in [0, 1] (a probability), got 1.5
+    """
+    for key, value in rates.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{key} must be a number in [0, 1] (a probability), got {value!r}")

@@ -29,7 +29,7 @@ from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_model_deprecations
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from vitlab.models.inputs import check_image_tensor
+from vitlab.models.inputs import check_image_tensor, check_rates
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
 __all__ = ["VitlabVisionTransformer", "check_vit_images", "vit_vitlab_tiny_patch4_32", "vit_vitlab_tiny_patch8_32"]
@@ -86,6 +86,10 @@ class VitlabVisionTransformer(VisionTransformer):
         >>> timm.create_model("vit_vitlab_tiny_patch8_32")(torch.zeros(1, 3, 32, 32)).shape
         torch.Size([1, 10])
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        check_rates({k: v for k, v in kwargs.items() if k.endswith("drop_rate") or k == "drop_path_rate"})
+        super().__init__(*args, **kwargs)
 
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
