@@ -295,3 +295,41 @@ def test_few_shot_indices_is_balanced_seeded_and_leaves_the_global_rng_alone():
     assert torch.equal(few_shot_indices(labels, 3, seed=7), picked)
     with pytest.raises(ValueError, match="1-D integer"):
         few_shot_indices(torch.zeros(4), 1, 0)
+
+
+class _Predictor(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(64, 10)
+
+    def predict_step(self, batch, batch_idx):
+        images, labels = batch
+        return self.net(images.flatten(1)).argmax(1), labels
+
+
+def test_plain_trainer_predict_runs_on_the_test_split_in_file_order():
+    dm = build_datamodule("digits", img_size=8, batch_size=100, eval_batch_size=128)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    batches = trainer.predict(_Predictor(), datamodule=dm)
+    labels = torch.cat([labels for _, labels in batches])
+    assert [len(b[0]) for b in batches] == [128, 128, 104]
+    assert torch.equal(labels, torch.as_tensor(read_digits()[1].labels, dtype=torch.int64))
+
+
+def test_persistent_workers_option():
+    assert ready("digits", num_workers=1, persistent_workers=False).train_dataloader().persistent_workers is False
+    assert ready("digits", num_workers=1).val_dataloader().persistent_workers is True  # default: with workers
+    assert ready("digits").test_dataloader().persistent_workers is False
+    with pytest.raises(ValueError, match=r"num_workers=0 starts none: set num_workers >= 1"):
+        build_datamodule("digits", persistent_workers=True)
+    with pytest.raises(ValueError, match=r"persistent_workers must be True or False"):
+        build_datamodule("digits", num_workers=1, persistent_workers="yes")
+
+
+def test_val_fraction_that_rounds_to_no_image_warns_and_one_names_the_fix(tmp_path):
+    root = write_image_folder(tmp_path / "images")  # 10 training images
+    with pytest.warns(UserWarning, match=r"val_fraction=0.04 of 10 training images rounds to 0 validation images"):
+        dm = ready("imagefolder", root=root, img_size=8, val_fraction=0.04)
+    assert len(dm.val_dataset) == 0 and len(dm.train_dataset) == 10
+    with pytest.raises(ValueError, match=r"1 would leave no training image; 0 disables validation"):
+        build_datamodule("digits", val_fraction=1)

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,8 @@ class VitlabDataModule(L.LightningDataModule):
         seed: seed of the validation split and of the training order (epoch ``e`` uses ``(seed, e)``), an int in
             ``0 .. 2**63 - 1``.
         num_workers: DataLoader worker processes. pin_memory: DataLoader pin_memory.
+        persistent_workers: keep the worker processes alive between epochs; None (default): whenever
+            ``num_workers > 0``; True needs ``num_workers > 0``.
         mixup, cutmix: timm Mixup ``mixup_alpha`` / ``cutmix_alpha`` (0 disables).
         random_erasing: probability of timm's RandomErasing per training image (0 disables).
         limit_train: keep at most this many training images (after the validation split), or None.
@@ -210,7 +213,7 @@ class VitlabDataModule(L.LightningDataModule):
         train_labels: str | None = None, test_images: str | None = None, test_labels: str | None = None,
         mean: Sequence[float] | None = None, std: Sequence[float] | None = None, randaugment_num_ops: int = 2,
         randaugment_magnitude: int = 9, augmix_severity: int = 3, pin_memory: bool = False,
-        few_shot: Mapping[str, int] | None = None,
+        few_shot: Mapping[str, int] | None = None, persistent_workers: bool | None = None,
     ) -> None:
         super().__init__()
         self.spec = get_spec(check_name(name))
@@ -225,7 +228,9 @@ class VitlabDataModule(L.LightningDataModule):
         batch_size = check_int("batch_size", batch_size, minimum=1)
         eval_batch_size = check_optional_int("eval_batch_size", eval_batch_size, minimum=1,
                                              fix="leave it out to use batch_size")
-        val_fraction = check_float("val_fraction", val_fraction, minimum=0.0, maximum=1.0, below_maximum=True)
+        val_fraction = check_float("val_fraction", val_fraction, minimum=0.0, maximum=1.0, below_maximum=True,
+                                   fix="the share of the training set held out for validation (1 would leave no "
+                                   "training image; 0 disables validation)")
         _check(augment in AUGMENT_PRESETS, f"unknown augment {augment!r}; valid presets: {', '.join(AUGMENT_PRESETS)}")
         seed = check_seed("seed", seed)
         num_workers = check_int("num_workers", num_workers, minimum=0, fix="0 loads in the main process")
@@ -237,6 +242,10 @@ class VitlabDataModule(L.LightningDataModule):
         limit_train = check_optional_int("limit_train", limit_train, minimum=1,
                                          fix="leave it out to keep every training image")
         pin_memory = check_bool("pin_memory", pin_memory)
+        if persistent_workers is not None:
+            persistent_workers = check_bool("persistent_workers", persistent_workers)
+            _check(not persistent_workers or num_workers > 0, "persistent_workers=True keeps worker processes alive, "
+                   "but num_workers=0 starts none: set num_workers >= 1, or leave persistent_workers unset")
         if mean is not None:
             mean = list(check_stats("mean", mean))
         if std is not None:
@@ -384,6 +393,10 @@ class VitlabDataModule(L.LightningDataModule):
         """Sorted (train, val) index tensors: a seeded permutation, the first ``round(n * val_fraction)`` to val."""
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
         n_val = int(round(n * self.hparams.val_fraction))
+        if n_val == 0 and self.hparams.val_fraction > 0:
+            warnings.warn(f"val_fraction={self.hparams.val_fraction} of {n} training images rounds to 0 validation "
+                          f"images, so there is no validation: use val_fraction >= {0.5 / n:.3g} for at least one, "
+                          "or val_fraction=0 to say so", UserWarning, stacklevel=3)
         train = perm[n_val:]
         if self.hparams.limit_train is not None:
             train = train[: self.hparams.limit_train]
@@ -400,11 +413,12 @@ class VitlabDataModule(L.LightningDataModule):
     def _loader(self, dataset, train: bool) -> DataLoader:
         hp = self.hparams
         workers = hp.num_workers
+        persistent = workers > 0 if hp.persistent_workers is None else hp.persistent_workers
         return DataLoader(
             dataset, batch_size=self.batch_size if train else (hp.eval_batch_size or self.batch_size),
             sampler=EpochRandomSampler(dataset, self.seed) if train else None,
             drop_last=train and self.mixup_fn is not None,
-            num_workers=workers, persistent_workers=workers > 0, pin_memory=hp.pin_memory,
+            num_workers=workers, persistent_workers=persistent, pin_memory=hp.pin_memory,
         )
 
     def _require_setup(self) -> None:
@@ -421,6 +435,11 @@ class VitlabDataModule(L.LightningDataModule):
         return self._loader(self.val_dataset, train=False) if len(self.val_dataset) else []
 
     def test_dataloader(self) -> DataLoader:
+        self._require_setup()
+        return self._loader(self.test_dataset, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """``trainer.predict(model, datamodule=dm)``: the test split, in file order, as ``(images, labels)`` batches."""
         self._require_setup()
         return self._loader(self.test_dataset, train=False)
 
