@@ -197,3 +197,12 @@ def test_the_vit_refuses_rates_that_are_not_probabilities(kwargs, message):
     with pytest.raises(ValueError, match=message):
         timm.create_model("vit_vitlab_tiny_patch8_32", **kwargs)
     assert timm.create_model("vit_vitlab_tiny_patch8_32", drop_path_rate=0.5).blocks[-1].drop_path1.drop_prob == 0.5
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("features_only", [False, True])
+def test_a_missing_pretrained_file_is_named(name, features_only, tmp_path):
+    missing = tmp_path / "iformer_small.pth"
+    with pytest.raises(FileNotFoundError, match=f"{name}: {missing} does not exist; pass the path of a local"):
+        timm.create_model(name, pretrained=True, features_only=features_only,
+                          pretrained_cfg_overlay=dict(file=str(missing)))

@@ -35,7 +35,7 @@ from torch import nn
 
 from vitlab.models.cpu_linear import linear, linear_gelu
 from vitlab.models.iformer_checkpoint import checkpoint_filter_fn, load_official_checkpoint
-from vitlab.models.inputs import check_image_tensor, check_rates
+from vitlab.models.inputs import check_image_tensor, check_pretrained_file, check_rates
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
 __all__ = [
@@ -801,6 +801,7 @@ class InceptionTransformer(nn.Module):
 
 
 def _create_inception_transformer(variant: str, pretrained: bool = False, **kwargs) -> InceptionTransformer:
+    check_pretrained_file(variant, pretrained, kwargs)
     return build_model_with_cfg(
         InceptionTransformer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,

@@ -1,5 +1,5 @@
-"""Input checks shared by vitlab's models: images must be a floating-point tensor of the model's dtype, and
-dropout / drop-path rates must be probabilities.
+"""Checks of what users pass to vitlab's models: images must be a floating-point tensor of the model's dtype,
+dropout / drop-path rates must be probabilities, and a local pretrained file must exist.
 
 A ``uint8`` image batch, a NumPy array or a ``float16`` batch fed to a ``float32`` model otherwise fails deep inside
 the first convolution ("Input type (unsigned char) and bias type (float) should be the same"); these checks say what
@@ -16,11 +16,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["check_image_tensor", "check_rates"]
+from vitlab.errors import MissingFileError
+
+__all__ = ["check_image_tensor", "check_pretrained_file", "check_rates"]
 
 
 @torch.jit.ignore  # eager only: TorchScript checks the Tensor annotation of the callers itself
@@ -55,3 +58,27 @@ def check_rates(rates: Mapping[str, Any]) -> None:
     for key, value in rates.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
             raise ValueError(f"{key} must be a number in [0, 1] (a probability), got {value!r}")
+
+
+def check_pretrained_file(variant: str, pretrained: bool, kwargs: Mapping[str, Any]) -> None:
+    """Raise :class:`~vitlab.errors.MissingFileError` (a ``FileNotFoundError``) naming the path when
+    ``pretrained=True`` points timm at a local file (``pretrained_cfg_overlay=dict(file=PATH)`` or a
+    ``pretrained_cfg`` dict with ``file``) that does not exist; timm itself raises a bare ``FileNotFoundError()``.
+
+    Example:
+        >>> overlay = {"pretrained_cfg_overlay": {"file": "/no.pth"}}
+        >>> check_pretrained_file("inception_transformer_small", True, overlay)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        vitlab.errors.MissingFileError: pretrained weights for inception_transformer_small: /no.pth does not exist; ...
+    """
+    if not pretrained:
+        return
+    for key in ("pretrained_cfg_overlay", "pretrained_cfg"):
+        cfg = kwargs.get(key)
+        path = cfg.get("file") if isinstance(cfg, Mapping) else None
+        if isinstance(path, str | Path) and not Path(path).is_file():
+            raise MissingFileError(
+                f"pretrained weights for {variant}: {path} does not exist; pass the path of a local weights file "
+                f"({key}=dict(file=PATH), .safetensors, .pth or .bin)"
+            )

@@ -29,7 +29,7 @@ from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_model_deprecations
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from vitlab.models.inputs import check_image_tensor, check_rates
+from vitlab.models.inputs import check_image_tensor, check_pretrained_file, check_rates
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
 __all__ = ["VitlabVisionTransformer", "check_vit_images", "vit_vitlab_tiny_patch4_32", "vit_vitlab_tiny_patch8_32"]
@@ -147,6 +147,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> VitlabVisionTransformer:
+    check_pretrained_file(variant, pretrained, kwargs)
     return build_model_with_cfg(
         VitlabVisionTransformer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
