@@ -8,8 +8,13 @@ import pytest
 
 from vitlab.cli import main as cli_main
 from vitlab.cli.fit import parse_run_config
-from vitlab.errors import ConfigError
-from vitlab.train.arguments import apply_nested_overrides, run_config_from_args, split_nested_overrides
+from vitlab.errors import ConfigError, MissingFileError
+from vitlab.train.arguments import (
+    apply_nested_overrides,
+    load_run_config_file,
+    run_config_from_args,
+    split_nested_overrides,
+)
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "intrinsic_dim_vit_digits.yaml"
 
@@ -117,3 +122,33 @@ def test_a_whole_spec_on_the_command_line_replaces_the_config_files_spec(tmp_pat
     config = run_config_from_args(["--config", str(cfg), "--trainer.callbacks", "null",
                                    "--trainer.logger", "[TensorBoardLogger, CSVLogger]"])
     assert config.trainer.get("callbacks") is None and config.trainer["logger"] == ["TensorBoardLogger", "CSVLogger"]
+
+
+@pytest.mark.parametrize(("content", "error", "message"), [
+    ("- a\n- b\n", ConfigError, "is a list: a config file is a mapping"),  # was jsonargparse's "Unexpected config"
+    ("", ConfigError, "is empty: a config file is a mapping"),
+    (b"\xd0\x00\xff", ConfigError, "is not a text"),  # was a UnicodeDecodeError traceback
+    (None, MissingFileError, "no YAML file at"),
+])
+def test_load_run_config_file_names_the_file_and_the_problem(tmp_path, content, error, message):
+    path = tmp_path / "run.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(error, match=message):
+        load_run_config_file(path)
+    with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
+        load_run_config_file(tmp_path)
+
+
+def test_a_printed_fit_config_loads_unless_it_asks_to_resume(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:  # jsonargparse prints and exits
+        cli_main.main(["fit", "--config", str(CONFIG), "--print_config"])
+    assert done.value.code == 0
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    assert load_run_config_file(printed) == run_config_from_args(["--config", str(CONFIG)])
+    printed.write_text(printed.read_text().replace("resume: false", "resume: true"))
+    with pytest.raises(ConfigError, match="resume / ckpt_path are options of the `vitlab fit` command"):
+        load_run_config_file(printed)  # would have been dropped silently

@@ -282,21 +282,15 @@ def check_config_files(args: Sequence[str]) -> None:
     Example:
         >>> check_config_files(["fit", "--name", "x"])  # no --config: nothing to check
     """
-    from vitlab.errors import ConfigError
-    from vitlab.yaml_loader import load_yaml, load_yaml_file
+    from vitlab.train.arguments import read_config_mapping
+    from vitlab.yaml_loader import load_yaml
 
     values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
     values += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
     for value in values:
-        path = Path(value)
-        if not path.exists() and isinstance(inline := load_yaml(value, f"--config {value}"), dict):
-            content = inline  # jsonargparse also takes the config itself: --config '{optim: {lr: 0.1}}'
-        else:
-            content = load_yaml_file(path)
-        if not isinstance(content, dict):
-            what = "empty" if content is None else f"a {type(content).__name__}"
-            raise ConfigError(f"{path} is {what}: a config file is a mapping of keys and sections (name:, model:, "
-                              "data:, ...); see configs/*.yaml")
+        if not Path(value).exists() and isinstance(load_yaml(value, f"--config {value}"), dict):
+            continue  # jsonargparse also takes the config itself: --config '{optim: {lr: 0.1}}' (checked just now)
+        read_config_mapping(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,14 +23,15 @@ from typing import TYPE_CHECKING
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, get_loader, set_loader
 
-from vitlab.yaml_loader import check_unique_keys, load_yaml
+from vitlab.yaml_loader import check_unique_keys, load_yaml, load_yaml_file
 
 if TYPE_CHECKING:
     from vitlab.train.config import RunConfig
 
 __all__ = ["DICT_FIELDS", "SECTION_NAMES", "YAML_MODE", "add_run_arguments", "apply_nested_overrides",
-           "check_option_values", "load_run_config_file", "namespace_to_run_config", "parse_run_namespace",
-           "run_config_from_args", "run_sections", "split_nested_overrides", "take_print_config", "dump_run_config"]
+           "check_option_values", "dump_run_config", "load_run_config_file", "namespace_to_run_config",
+           "parse_run_namespace", "read_config_mapping", "run_config_from_args", "run_sections",
+           "split_nested_overrides", "take_print_config"]
 
 SECTION_NAMES = ("model", "data", "optim", "negatives", "peft")
 #: ``(section, field)`` of each free-form mapping of a run config; ``--SECTION.FIELD.KEY.SUBKEY VALUE`` sets one key
@@ -308,24 +309,54 @@ def namespace_to_run_config(ns: Namespace) -> RunConfig:
 def run_config_from_args(args: Sequence[str], prog: str = "vitlab fit") -> RunConfig:
     """Parse run-config arguments (``["--config", PATH, "--optim.lr", "0.1", ...]``) into a ``RunConfig``.
 
+    A config printed by ``vitlab fit --print_config`` is accepted: its command options ``resume: false`` and
+    ``ckpt_path: null`` say nothing about the run.
+
     Raises:
-        ConfigError: a misspelt key or a bad value (the message names it).
+        ConfigError: a misspelt key or a bad value (the message names it); ``resume: true`` or a ``ckpt_path`` (options
+        of the ``vitlab fit`` command, which a run config cannot carry out).
     """
     from argparse import ArgumentError
 
     from vitlab.errors import ConfigError
 
     parser = add_run_arguments(ArgumentParser(prog=prog, exit_on_error=False))
+    parser.add_argument("--resume", type=bool, default=False, help=SUPPRESS)
+    parser.add_argument("--ckpt_path", type=str | None, default=None, help=SUPPRESS)
     try:
         ns = parse_run_namespace(parser, args)
     except ArgumentError as err:
         problem = " ".join(str(err).split())
         raise ConfigError(f"{' '.join(args)}: {problem} (`vitlab fit --help` lists the keys)") from None
+    if ns.resume or ns.ckpt_path is not None:
+        raise ConfigError(f"{' '.join(args)}: resume / ckpt_path are options of the `vitlab fit` command, not of a run "
+                          "config: set resume: false and ckpt_path: null (in Python: fit(config, resume=True))")
     return namespace_to_run_config(ns)
 
 
+def read_config_mapping(path: str | Path) -> dict:
+    """The mapping a run or study YAML holds, read with `vitlab.yaml_loader.load_yaml_file` (a key given twice,
+    invalid YAML, a folder or a missing path are one `ConfigError` / `MissingFileError` naming the file).
+
+    Raises:
+        ConfigError: also when the file is empty or holds something other than a mapping.
+    """
+    from vitlab.errors import ConfigError
+
+    content = load_yaml_file(path)
+    if not isinstance(content, dict):
+        what = "empty" if content is None else f"a {type(content).__name__}"
+        raise ConfigError(f"{path} is {what}: a config file is a mapping of keys and sections (name:, model:, "
+                          "data:, ...); see configs/*.yaml")
+    return content
+
+
 def load_run_config_file(path: str | Path) -> RunConfig:
-    """The ``RunConfig`` of a run YAML (``configs/*.yaml``), as ``vitlab fit --config PATH`` would train it."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no run config at {path}: give the path of a `vitlab fit` YAML (configs/*.yaml)")
+    """The ``RunConfig`` of a run YAML (``configs/*.yaml``), as ``vitlab fit --config PATH`` would train it.
+
+    Raises:
+        MissingFileError: no such file. ConfigError: a folder, a file that is not a YAML mapping, a key given twice, a
+        misspelt key or a bad value (each names the file and the fix).
+    """
+    read_config_mapping(path)
     return run_config_from_args(["--config", str(path)])
