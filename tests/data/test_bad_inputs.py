@@ -191,6 +191,22 @@ def test_an_empty_training_class_folder_is_a_vitlab_error_naming_it(tmp_path):
         build_datamodule("imagefolder", root=root).setup("fit")
 
 
+def test_dangling_symlinks_are_named_at_setup_and_live_links_and_mixed_modes_load(tmp_path):
+    root = write_image_folder(tmp_path / "images")
+    Image.new("RGBA", (9, 7), (1, 2, 3, 4)).save(root / "train" / "dog" / "alpha.PNG")  # uppercase extension, RGBA
+    Image.new("P", (5, 11)).save(root / "train" / "eel" / "palette.BMP")
+    (root / "train" / "dog" / "link.png").symlink_to(root / "train" / "cat" / "0.png")
+    (root / "train" / "lynx").symlink_to(root / "train" / "cat", target_is_directory=True)
+    dm = build_datamodule("imagefolder", root=root, img_size=8, val_fraction=0.0, batch_size=64)
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert dm.class_names == ("cat", "dog", "eel", "lynx") and images.shape == (17, 3, 8, 8)
+    assert sorted(labels.tolist()) == [0] * 4 + [1] * 5 + [2] * 4 + [3] * 4
+    (root / "train" / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")  # also seen through lynx/
+    with pytest.raises(DataError, match=r"2 image file\(s\) in .*train are symlinks to nothing .*gone.png.*delete"):
+        build_datamodule("imagefolder", root=root).setup("fit")
+
+
 def test_read_image_bad_mode_is_a_config_error_about_the_mode(tmp_path):
     path = tmp_path / "x.png"
     Image.new("RGB", (4, 4)).save(path)

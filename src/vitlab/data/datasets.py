@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -172,10 +173,16 @@ def scan_image_folder(folder: str | Path, class_names: Sequence[str] | None = No
 
     Raises:
         MissingFileError: `folder` does not exist. ConfigError: it is a file. DataError: a class folder in `folder`
-            is not among `class_names`, a training class folder holds no image, or the split holds none.
+            is not among `class_names`, a training class folder holds no image, the split holds none, or an image
+            file is a dangling symlink.
     """
     folder = _folder(folder)
     tree = _VisibleImageFolder(str(folder), is_valid_file=lambda path: _visible_image(path, folder), allow_empty=True)
+    dangling = [path for path, _ in tree.samples if not os.path.exists(path)]
+    if dangling:
+        shown = ", ".join(dangling[:3]) + (", ..." if len(dangling) > 3 else "")
+        raise DataError(f"{len(dangling)} image file(s) in {folder} are symlinks to nothing ({shown}): restore their "
+                        "targets or delete the links (found now, not mid-epoch)")
     if class_names is None:
         empty = sorted(set(tree.classes) - {tree.classes[t] for _, t in tree.samples})
         if empty:
