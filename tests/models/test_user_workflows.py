@@ -206,3 +206,18 @@ def test_a_missing_pretrained_file_is_named(name, features_only, tmp_path):
     with pytest.raises(FileNotFoundError, match=f"{name}: {missing} does not exist; pass the path of a local"):
         timm.create_model(name, pretrained=True, features_only=features_only,
                           pretrained_cfg_overlay=dict(file=str(missing)))
+
+
+def test_the_vit_features_only_default_is_timms_last_three_blocks():
+    model = timm.create_model("vit_vitlab_tiny_patch8_32", features_only=True).eval()
+    reference = timm.create_model("vit_vitlab_tiny_patch8_32").eval()
+    reference.load_state_dict(model.model.state_dict(), strict=False)  # the classifier is gone from the features
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        last_three = reference.forward_intermediates(x, indices=3, intermediates_only=True)
+        feats = model(x)
+    assert len(feats) == 3
+    for f, ref in zip(feats, last_three, strict=True):
+        torch.testing.assert_close(f, ref, rtol=0, atol=0)
+    picked = timm.create_model("vit_vitlab_tiny_patch8_32", features_only=True, out_indices=(0, 5))
+    assert picked.feature_info.out_indices == (0, 5)

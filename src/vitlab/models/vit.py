@@ -148,10 +148,11 @@ default_cfgs = generate_default_cfgs({
 
 def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> VitlabVisionTransformer:
     check_pretrained_file(variant, pretrained, kwargs)
+    out_indices = kwargs.pop("out_indices", 3)  # features_only default: the last 3 blocks, as timm's ViTs
     return build_model_with_cfg(
         VitlabVisionTransformer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter"),
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **kwargs,
     )
 
