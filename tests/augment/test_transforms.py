@@ -395,3 +395,11 @@ def test_inverse_refuses_infill_and_a_transform_never_called():
     assert f"sample(s) {infilled} copy" in str(info.value)
     with pytest.raises(ConfigError, match=r"call the transform first .* or pass params="):
         PatchRotate(4).inverse(x)
+
+
+def test_a_pil_image_or_array_names_the_v2_conversion():
+    from PIL import Image
+
+    for image in (Image.new("RGB", (16, 16)), np.zeros((16, 16, 3), dtype=np.uint8)):
+        with pytest.raises(TypeError, match=r"got (Image|ndarray): convert .* v2.ToImage\(\) then v2.ToDtype"):
+            PatchShuffle(4)(image)

@@ -80,7 +80,9 @@ def check_bool(name: str, value: object) -> bool:
 
 def _as_batch(x: Tensor) -> tuple[Tensor, bool]:
     if not isinstance(x, Tensor):
-        raise TypeError(f"expected a torch.Tensor (B, C, H, W) or (C, H, W), got {type(x).__name__}")
+        raise TypeError(f"expected a torch.Tensor (B, C, H, W) or (C, H, W), got {type(x).__name__}: convert a PIL "
+                        "image or an (H, W, C) array first, e.g. with torchvision's v2.ToImage() then "
+                        "v2.ToDtype(torch.float32, scale=True) in front of the transform")
     if isinstance(x, tv_tensors.TVTensor) and not isinstance(x, tv_tensors.Image):
         raise TypeError(f"patch transforms make negative views of images; got a tv_tensors.{type(x).__name__}: pass "
                         "a tv_tensors.Image or a plain tensor (B, C, H, W) (video frames: a plain (T, C, H, W) "
