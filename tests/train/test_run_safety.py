@@ -433,3 +433,16 @@ def test_a_logger_that_fails_when_started_is_refused_before_training(tmp_path, m
     monkeypatch.setattr(TensorBoardLogger, "experiment", property(broken))
     with pytest.raises(ConfigError, match=r"TensorBoardLogger could not start \(OSError: event file cannot be"):
         build_loggers("TensorBoardLogger", tmp_path)
+
+
+@pytest.mark.parametrize(("callback", "monitor", "mode", "fix"), [
+    ("EarlyStopping", "val/acc", None, "max"),  # Lightning's default mode 'min' stops as accuracy rises
+    ("ModelCheckpoint", "val/acc", "min", "max"),  # would keep the worst checkpoint
+    ("EarlyStopping", "val/loss", "max", "min"),
+])
+def test_a_monitor_mode_that_prefers_the_worse_value_is_refused(tmp_path, callback, monitor, mode, fix):
+    config = _config(tmp_path, "mode", epochs=1)
+    init_args = {"monitor": monitor, **({"mode": mode} if mode else {})}
+    config.trainer["callbacks"] = {"class_path": callback, "init_args": init_args}
+    with pytest.raises(ConfigError, match=rf"{callback} monitors '{monitor}' with mode .* set init_args.mode: {fix}"):
+        fit(config)

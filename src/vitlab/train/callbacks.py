@@ -137,9 +137,14 @@ def build_callbacks(spec: Any) -> list[L.Callback]:
     return [_instantiate(item, "lightning.pytorch.callbacks", L.Callback, "callbacks", {}) for item in _as_list(spec)]
 
 
+_LOSSES = ("val/loss", "train/loss", "train/loss_step", "train/loss_epoch", "train/loss_ce")
+
+
 def check_monitors(callbacks: list[L.Callback], names: list[str], prefixes: list[str] = ()) -> None:
     """Refuse a callback whose ``monitor`` (``EarlyStopping``, ``ModelCheckpoint``, ...) names a metric the run never
-    logs during training: Lightning would find out only after the first epoch, with a traceback.
+    logs during training (Lightning would find out only after the first epoch, with a traceback), or watches an
+    accuracy with ``mode: min`` / a loss with ``mode: max`` (Lightning's default ``min`` on ``val/acc`` stops early
+    as accuracy rises, or keeps the worst checkpoint).
 
     Args:
         callbacks: the trainer's callbacks (a ``monitor`` of ``None`` watches nothing and is fine).
@@ -152,10 +157,23 @@ def check_monitors(callbacks: list[L.Callback], names: list[str], prefixes: list
     Example:
         >>> from lightning.pytorch.callbacks import EarlyStopping
         >>> check_monitors([EarlyStopping(monitor="val/acc", mode="max")], ["val/acc", "val/loss"])
+        >>> check_monitors([EarlyStopping(monitor="val/acc")], ["val/acc"])
+        Traceback (most recent call last):
+        ...
+        vitlab.errors.ConfigError: trainer.callbacks: EarlyStopping monitors 'val/acc' with mode 'min' (Lightning's \
+default is 'min'), but val/acc is better when higher: set init_args.mode: max
     """
     for callback in callbacks:
         monitor = getattr(callback, "monitor", None)
-        if monitor is None or monitor in names or any(str(monitor).startswith(p) for p in prefixes):
+        if monitor is None:
+            continue
+        better = "max" if monitor in ("val/acc", "train/acc") else "min" if monitor in _LOSSES else None
+        mode = getattr(callback, "mode", None)
+        if better is not None and mode in ("min", "max") and mode != better:
+            raise ConfigError(f"trainer.callbacks: {type(callback).__name__} monitors {monitor!r} with mode {mode!r} "
+                              f"(Lightning's default is 'min'), but {monitor} is better when "
+                              f"{'higher' if better == 'max' else 'lower'}: set init_args.mode: {better}")
+        if monitor in names or any(str(monitor).startswith(p) for p in prefixes):
             continue
         when = " (test metrics exist only after training)" if str(monitor).startswith("test/") else ""
         known = ", ".join([*names, *(f"{p}..." for p in prefixes)])
