@@ -221,3 +221,11 @@ def test_the_vit_features_only_default_is_timms_last_three_blocks():
         torch.testing.assert_close(f, ref, rtol=0, atol=0)
     picked = timm.create_model("vit_vitlab_tiny_patch8_32", features_only=True, out_indices=(0, 5))
     assert picked.feature_info.out_indices == (0, 5)
+
+
+@pytest.mark.parametrize("out_indices", ["0", (), (0.5,), (6,), 7, True])
+def test_the_vit_refuses_out_indices_that_name_no_blocks(out_indices):
+    with pytest.raises(ValueError, match=r"out_indices must be an int n in 1..6 \(the last n blocks\) or a non-empty"):
+        timm.create_model("vit_vitlab_tiny_patch8_32", features_only=True, out_indices=out_indices)
+    last = timm.create_model("vit_vitlab_tiny_patch8_32", features_only=True, out_indices=(-1,))
+    assert last.feature_info.channels() == [128]

@@ -22,6 +22,7 @@ Example:
 """
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -146,9 +147,25 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def _check_out_indices(out_indices: Any, depth: int) -> None:
+    """``out_indices`` for ``features_only``: an int ``n`` (the last ``n`` blocks) or a non-empty sequence of block
+    indices in ``[-depth, depth)``; anything else is refused naming the form (timm fails on it with a TypeError)."""
+    items = [out_indices] if isinstance(out_indices, int) else out_indices
+    valid = not isinstance(out_indices, bool | str) and isinstance(items, Sequence) and len(items) > 0 and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in items)
+    if valid and isinstance(out_indices, int):
+        valid = 1 <= out_indices <= depth
+    elif valid:
+        valid = all(-depth <= i < depth for i in items)
+    if not valid:
+        raise ValueError(f"out_indices must be an int n in 1..{depth} (the last n blocks) or a non-empty sequence of "
+                         f"block indices in [-{depth}, {depth}), got {out_indices!r}")
+
+
 def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> VitlabVisionTransformer:
     check_pretrained_file(variant, pretrained, kwargs)
     out_indices = kwargs.pop("out_indices", 3)  # features_only default: the last 3 blocks, as timm's ViTs
+    _check_out_indices(out_indices, kwargs.get("depth", _TINY["depth"]))
     return build_model_with_cfg(
         VitlabVisionTransformer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
