@@ -333,3 +333,13 @@ def test_val_fraction_that_rounds_to_no_image_warns_and_one_names_the_fix(tmp_pa
     assert len(dm.val_dataset) == 0 and len(dm.train_dataset) == 10
     with pytest.raises(ValueError, match=r"1 would leave no training image; 0 disables validation"):
         build_datamodule("digits", val_fraction=1)
+
+
+@pytest.mark.parametrize("name,kwargs,match", [
+    ("cifar10", {"in_chans": 1}, r"cifar10 images have 3 channels but in_chans=1 was requested; build the model"),
+    ("cifar100", {"mean": [0.5, 0.5], "std": [0.5, 0.5]}, r"mean/std need one value per data channel \(3\)"),
+    ("mnist", {"mean": [0.5, 0.5], "std": [0.5, 0.5], "in_chans": 3}, r"per model input channel \(3\), got"),
+])
+def test_channel_misfits_of_known_datasets_are_refused_when_built_not_in_setup(tmp_path, name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_datamodule(name, root=tmp_path / "no_files_needed", **kwargs)

@@ -269,6 +269,8 @@ class VitlabDataModule(L.LightningDataModule):
                                       randaugment_magnitude=randaugment_magnitude, augmix_severity=augmix_severity)
         self.train_dataset = self.val_dataset = self.test_dataset = None
         self.mixup_fn: Mixup | None = None
+        if self.spec.channels is not None:  # known without reading files: refuse a misfit now, not in setup()
+            self._check_channels(self.spec.channels)
 
     # ---- metadata (available before setup; idx/cifar100/imagefolder read their files on first use) ----
     def _load(self) -> LoadedData:
@@ -296,17 +298,23 @@ class VitlabDataModule(L.LightningDataModule):
             class_names = spec.class_names or self._load().class_names
             meta = _Meta(spec.channels, spec.native_size, spec.pad_to, spec.num_classes, class_names, spec.mean,
                          spec.std)
+        self._check_channels(meta.source_chans)
         if hp.mean is not None:
-            counts = {meta.source_chans, self._in_chans or meta.source_chans}
-            _check(len(hp.mean) == len(hp.std) and len(hp.mean) in counts,
-                   f"mean/std need one value per data channel ({meta.source_chans}) or per model input channel "
-                   f"({self._in_chans or meta.source_chans}), got {hp.mean} / {hp.std}")
             meta = dataclasses.replace(meta, mean=tuple(hp.mean), std=tuple(hp.std))
-        if self._in_chans == 1 and meta.source_chans == 3:
-            raise ConfigError(f"{self.name} images have 3 channels but in_chans=1 was requested; build the model with "
-                             "in_chans=3 (or leave in_chans=None)")
         self._meta = meta
         return meta
+
+    def _check_channels(self, source_chans: int) -> None:
+        """Refuse ``in_chans`` / ``mean`` / ``std`` that do not fit data with ``source_chans`` channels."""
+        hp = self.hparams
+        if hp.mean is not None:
+            counts = {source_chans, self._in_chans or source_chans}
+            _check(len(hp.mean) == len(hp.std) and len(hp.mean) in counts,
+                   f"mean/std need one value per data channel ({source_chans}) or per model input channel "
+                   f"({self._in_chans or source_chans}), got {hp.mean} / {hp.std}")
+        if self._in_chans == 1 and source_chans == 3:
+            raise ConfigError(f"{self.name} images have 3 channels but in_chans=1 was requested; build the model with "
+                              "in_chans=3 (or leave in_chans=None)")
 
     @property
     def in_chans(self) -> int:
