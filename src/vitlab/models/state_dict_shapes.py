@@ -12,7 +12,7 @@ Example:
     >>> try:
     ...     timm.create_model("inception_transformer_tiny", num_classes=5).load_state_dict(small)
     ... except ValueError as err:  # a StateDictShapeError
-    ...     print(str(err).splitlines()[1])
+    ...     print(str(err).splitlines()[1])  # the first line says how to load it
       head.weight: checkpoint (10, 192), model (5, 192): the checkpoint has 10 classes
 """
 
@@ -79,8 +79,7 @@ def check_state_dict_shapes(
             fixes.append(fix)
     if lines:
         raise StateDictShapeError(
-            f"the state dict does not fit this {type(module).__name__} ({len(lines)} tensor(s) of another shape):\n"
-            + "\n".join(lines[:_MAX_LINES]) + (f"\n  ... and {len(lines) - _MAX_LINES} more" if len(lines) > _MAX_LINES
-                                                else "")
-            + "\nto load it: " + "\nand: ".join(fixes)
+            f"the state dict does not fit this {type(module).__name__} ({len(lines)} tensor(s) of another shape); "
+            "to load it: " + "; and ".join(fixes) + "\n" + "\n".join(lines[:_MAX_LINES])
+            + (f"\n  ... and {len(lines) - _MAX_LINES} more" if len(lines) > _MAX_LINES else "")
         )
