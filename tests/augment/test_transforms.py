@@ -403,3 +403,6 @@ def test_a_pil_image_or_array_names_the_v2_conversion():
     for image in (Image.new("RGB", (16, 16)), np.zeros((16, 16, 3), dtype=np.uint8)):
         with pytest.raises(TypeError, match=r"got (Image|ndarray): convert .* v2.ToImage\(\) then v2.ToDtype"):
             PatchShuffle(4)(image)
+    sample = {"image": torch.rand(3, 16, 16), "label": 1}  # what a v2.Compose over a dict sample hands on
+    with pytest.raises(TypeError, match=r"got a dict: .* transform the image alone \(e.g. sample\['image'\]"):
+        PatchShuffle(4)(sample)
