@@ -229,3 +229,16 @@ def test_the_vit_refuses_out_indices_that_name_no_blocks(out_indices):
         timm.create_model("vit_vitlab_tiny_patch8_32", features_only=True, out_indices=out_indices)
     last = timm.create_model("vit_vitlab_tiny_patch8_32", features_only=True, out_indices=(-1,))
     assert last.feature_info.channels() == [128]
+
+
+@pytest.mark.parametrize("model", [
+    lambda: timm.create_model("vit_vitlab_tiny_patch8_32"),
+    lambda: timm.create_model("inception_transformer_tiny", features_only=True),
+    lambda: "inception_transformer_tiny",
+])
+def test_load_official_checkpoint_refuses_other_kinds_of_model_naming_the_way(saved, model):
+    from vitlab.models import load_official_checkpoint
+
+    state, _ = saved["inception_transformer_tiny"]
+    with pytest.raises(TypeError, match=r"loads into an InceptionTransformer, got a .* features_only=True, pretrained"):
+        load_official_checkpoint(model(), state)

@@ -63,7 +63,8 @@ def load_official_checkpoint(
 
     Accepts a bare state dict or one wrapped in ``"model"``/``"state_dict"``, with or without ``module.`` prefixes.
     Position embeddings are resized bilinearly when the checkpoint's grid differs (e.g. 224-px weights into an
-    ``inception_transformer_small_384``). Raises ``ValueError`` naming every missing, unexpected and mis-shaped key;
+    ``inception_transformer_small_384``). Raises ``TypeError`` for another kind of model (a ViT, a ``features_only``
+    wrapper) and ``ValueError`` naming every missing, unexpected and mis-shaped key;
     a missing file is a ``FileNotFoundError``, an unreadable one or a pickle that needs code a ``ValueError``
     (`vitlab.checkpoint.read_weights_file`).
 
@@ -71,6 +72,15 @@ def load_official_checkpoint(
 
         model = load_official_checkpoint(timm.create_model("inception_transformer_small"), "iformer_small.pth")
     """
+    from vitlab.models.inception_transformer import InceptionTransformer  # that module imports this one
+
+    if not isinstance(model, InceptionTransformer):
+        raise TypeError(
+            f"load_official_checkpoint loads into an InceptionTransformer, got a {type(model).__name__}: build one "
+            "with timm.create_model('inception_transformer_small') (the checkpoint's variant); for a features_only "
+            "model pass the file as timm.create_model(name, features_only=True, pretrained=True, "
+            "pretrained_cfg_overlay=dict(file=PATH))"
+        )
     if isinstance(path_or_state_dict, (str, Path)):
         state_dict = read_weights_file(path_or_state_dict)  # refuses pickled code and files that hold no state dict
     elif isinstance(path_or_state_dict, Mapping):
