@@ -80,9 +80,10 @@ def check_bool(name: str, value: object) -> bool:
 
 def _as_batch(x: Tensor) -> tuple[Tensor, bool]:
     if isinstance(x, (dict, list, tuple)):
-        raise TypeError(f"expected one image tensor (B, C, H, W) or (C, H, W), got a {type(x).__name__}: unlike "
-                        "torchvision's v2 transforms, patch transforms do not walk a sample's structure; transform "
-                        "the image alone (e.g. sample['image'] = transform(sample['image']))")
+        raise TypeError(f"expected one image torch.Tensor (B, C, H, W) or (C, H, W), got a {type(x).__name__}: "
+                        "unlike torchvision's v2 transforms, patch transforms do not walk a sample's structure; "
+                        "transform the image alone (e.g. sample['image'] = transform(sample['image'])), or "
+                        "torch.stack a list of same-size images into a batch")
     if not isinstance(x, Tensor):
         raise TypeError(f"expected a torch.Tensor (B, C, H, W) or (C, H, W), got {type(x).__name__}: convert a PIL "
                         "image or an (H, W, C) array first, e.g. with torchvision's v2.ToImage() then "
