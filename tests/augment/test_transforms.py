@@ -406,3 +406,14 @@ def test_a_pil_image_or_array_names_the_v2_conversion():
     sample = {"image": torch.rand(3, 16, 16), "label": 1}  # what a v2.Compose over a dict sample hands on
     with pytest.raises(TypeError, match=r"got a dict: .* transform the image alone \(e.g. sample\['image'\]"):
         PatchShuffle(4)(sample)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_channels_last_and_strided_inputs_give_the_same_values_and_keep_channels_last(name):
+    t = CASES[name]()
+    x = torch.rand(3, 3, 16, 16)
+    y = t(x, generator=gen(4))
+    last = t(x.to(memory_format=torch.channels_last), params=t.last_params)
+    assert torch.equal(last, y) and last.is_contiguous(memory_format=torch.channels_last)
+    strided = torch.rand(3, 3, 16, 32)[..., ::2]
+    assert torch.equal(t(strided, params=t.last_params), t(strided.contiguous(), params=t.last_params))

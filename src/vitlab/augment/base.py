@@ -18,10 +18,11 @@ Contract of every transform built on `PatchTransform`:
   (``generator=None``, torch's default generator, which PyTorch seeds differently in each worker) has no such problem.
 - Replayed ``params`` are checked (shapes, int dtype, ``source`` in ``[0, N)``, ``rotation`` in ``{0, 1, 2, 3}``);
   freshly drawn ones are not re-checked (the image tensors themselves are never scanned).
-- torchvision: a ``tv_tensors.Image`` comes back as a ``tv_tensors.Image`` (as torchvision's own v2 transforms keep
-  it), so the transforms sit inside ``v2.Compose`` after ``v2.ToImage()`` / ``v2.ToDtype``; other tv_tensors (masks,
-  boxes, videos) are refused. They take one image tensor: a ``v2.Compose`` called on ``(image, label)`` would hand
-  them the label as ``generator``, which is refused with the fix (transform the image alone).
+- A channels-last batch comes back channels-last. torchvision: a ``tv_tensors.Image`` comes back as a
+  ``tv_tensors.Image`` (as torchvision's own v2 transforms keep it), so the transforms sit inside ``v2.Compose``
+  after ``v2.ToImage()`` / ``v2.ToDtype``; other tv_tensors (masks, boxes, videos) are refused. They take one image
+  tensor: a ``v2.Compose`` called on ``(image, label)`` would hand them the label as ``generator``, which is refused
+  with the fix (transform the image alone).
 - ``inverse(y)`` undoes the last call (kornia's ``inverse``): exact for P-Shuffle and P-Rotate; P-Infill overwrites
   cells and is refused.
 
@@ -251,8 +252,12 @@ class PatchTransform(nn.Module, ABC):
 
 
 def _like(x: Tensor, out: Tensor, single: bool) -> Tensor:
-    """``out`` (a batch) in ``x``'s form: unbatched for a ``(C, H, W)`` ``x``, a ``tv_tensors.Image`` for an Image."""
-    out = out[0] if single else out
+    """``out`` (a batch) in ``x``'s form: unbatched for a ``(C, H, W)`` ``x``, a ``tv_tensors.Image`` for an Image,
+    channels-last for a channels-last batch (as torch's own ops keep the memory format)."""
+    if single:
+        out = out[0]
+    elif not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
     return tv_tensors.wrap(out, like=x) if isinstance(x, tv_tensors.Image) else out
 
 
