@@ -343,3 +343,13 @@ def test_val_fraction_that_rounds_to_no_image_warns_and_one_names_the_fix(tmp_pa
 def test_channel_misfits_of_known_datasets_are_refused_when_built_not_in_setup(tmp_path, name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_datamodule(name, root=tmp_path / "no_files_needed", **kwargs)
+
+
+@pytest.mark.parametrize("name,kwargs,match", [
+    ("imagefolder", {}, r"imagefolder reads your own images: pass root=PATH laid out as root/train/<class>"),
+    ("idx", {}, r"(?s)train_images: no path given .*\nPass root=FOLDER holding the four MNIST-layout files"),
+    ("idx", {"train_images": "a", "train_labels": "b"}, r"(?s)test_images: no path given .*or the paths train_images="),
+])
+def test_user_file_datasets_without_root_are_refused_when_built(name, kwargs, match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        build_datamodule(name, **kwargs)

@@ -43,7 +43,7 @@ from .datasets import (
     scan_image_folder,
 )
 from .install import install_dataset, is_installed
-from .loading import LoadedData, channel_stats, load_in_memory, resolve_image_folder
+from .loading import LoadedData, channel_stats, load_in_memory, resolve_idx_files, resolve_image_folder
 from .registry import check_name, get_spec
 from .transforms import AUGMENT_PRESETS, Normalize, build_augment, check_augment_strengths
 
@@ -261,6 +261,10 @@ class VitlabDataModule(L.LightningDataModule):
         _check(name == "idx" or all(v is None for v in idx_files.values()),
                "train_images/train_labels/test_images/test_labels apply to name='idx' only")
         _check((mean is None) == (std is None), "give both mean and std, or neither")
+        if name == "imagefolder" and root is None:
+            resolve_image_folder(root)  # the error showing the folder layout to pass as root
+        if name == "idx" and root is None and None in idx_files.values():
+            resolve_idx_files(root, idx_files)  # names each file with no path and no root to find it in
         self.save_hyperparameters()
         self.name, self.root, self.cache_dir, self.idx_files = name, root, cache_dir, idx_files
         self.img_size, self.batch_size, self.seed = img_size, batch_size, seed
