@@ -353,3 +353,10 @@ def test_channel_misfits_of_known_datasets_are_refused_when_built_not_in_setup(t
 def test_user_file_datasets_without_root_are_refused_when_built(name, kwargs, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         build_datamodule(name, **kwargs)
+
+
+@pytest.mark.parametrize("name,guess", [("MNIST", "mnist"), ("fashion-mnist", "fashion_mnist"),
+                                        ("cifar-10", "cifar10")])
+def test_a_misspelt_dataset_name_suggests_the_valid_one(name, guess):
+    with pytest.raises(ValueError, match=rf"unknown dataset '{name}' \(did you mean '{guess}'\?\); valid names: mnist"):
+        build_datamodule(name)

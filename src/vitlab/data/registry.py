@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from vitlab.errors import ConfigError
@@ -123,7 +124,10 @@ def check_name(name: str) -> str:
         'mnist'
     """
     if not isinstance(name, str) or name not in _SPECS:
-        raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+        close = difflib.get_close_matches(name.lower().replace("-", "_"), DATASET_NAMES, n=1) \
+            if isinstance(name, str) else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown dataset {name!r}{hint}; valid names: {', '.join(DATASET_NAMES)}")
     return name
 
 
