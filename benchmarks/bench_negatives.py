@@ -6,9 +6,9 @@ Two float32 sizes: 256x3x32x32 with 4-px cells (vitlab's training size, where pe
 the 14x14 grid = 24.5 % at 224 px, where no centred block gives 25 %) and ``NegativeViews`` (all three kinds), of a
 straightforward Python loop over images and cells doing the same work (the style of the public unofficial code),
 of kornia's ``RandomJigsaw(p=1)`` (shuffle only) and of ``x.clone()`` (one read + one write of the batch: the
-memory-bandwidth ceiling). Then the share of a training step of the demo ViT (``vitlab_vit_tiny_32``, 8-px patches,
-batch 256 of 1x32x32, AdamW) that making the negative views costs, for the three experiment settings of
-``configs/negatives_*.yaml``. With CUDA present every number is measured on the GPU too.
+memory-bandwidth ceiling). Then the share of a training step of the demo ViT (``vit_vitlab_tiny_patch8_32``,
+8-px patches, batch 256 of 1x32x32, AdamW) that making the negative views costs, for the three experiment settings
+of ``configs/negatives_*.yaml``. With CUDA present every number is measured on the GPU too.
 
 Goals (issue 5): at 32 px >= 30x the loop and >= 1.5x kornia; at 224 px >= 0.5x ``x.clone()``; views < 3 % of a
 training step. Prints a table and the goals, writes JSON. Ratios, not absolute times, are the result.
@@ -38,7 +38,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import vitlab  # noqa: F401  (registers vitlab_vit_tiny_32)
+import vitlab  # noqa: F401  (registers vit_vitlab_tiny_patch8_32)
 from vitlab.augment import NegativeViews, PatchInfill, PatchRotate, PatchShuffle
 from vitlab.losses import NegativeAugmentationLoss
 
@@ -155,7 +155,7 @@ def training_step_share(device: torch.device, repeats: int, min_time: float) -> 
     y = torch.randint(0, 10, (256,), device=device)
     for kind, loss in SETTINGS:
         torch.manual_seed(0)
-        model = timm.create_model("vitlab_vit_tiny_32", patch_size=8, in_chans=1, num_classes=10).to(device).train()
+        model = timm.create_model("vit_vitlab_tiny_patch8_32", in_chans=1, num_classes=10).to(device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         term = NegativeAugmentationLoss([kind], 8, loss, weight=1.0, model_patch_size=8).to(device)
         task = SimpleNamespace(model=model)
