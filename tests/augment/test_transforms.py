@@ -417,3 +417,12 @@ def test_channels_last_and_strided_inputs_give_the_same_values_and_keep_channels
     assert torch.equal(last, y) and last.is_contiguous(memory_format=torch.channels_last)
     strided = torch.rand(3, 3, 16, 32)[..., ::2]
     assert torch.equal(t(strided, params=t.last_params), t(strided.contiguous(), params=t.last_params))
+
+
+def test_generate_parameters_needs_a_batch_shape_and_its_draw_replays_on_one_image():
+    t = PatchRotate(4)
+    image = torch.rand(3, 16, 16)
+    with pytest.raises(ConfigError, match=r"must be a batch shape \(B, C, H, W\), got torch.Size\(\[3, 16, 16\]\)"):
+        t.generate_parameters(image.shape)
+    params = t.generate_parameters((1, *image.shape), gen(0))
+    assert torch.equal(t(image, params=params), t(image[None], params=params)[0])

@@ -144,6 +144,9 @@ class PatchTransform(nn.Module, ABC):
 
     def generate_parameters(self, shape: Sequence[int], generator: torch.Generator | None = None) -> Params:
         """Draw parameters for a batch of ``shape = (B, C, H, W)`` on the generator's device."""
+        if not isinstance(shape, (tuple, list)) or len(shape) != 4:
+            raise ConfigError(f"shape must be a batch shape (B, C, H, W), got {shape!r}: for one (C, H, W) image pass "
+                              "(1, *image.shape); replaying the result on that image works as on a batch of one")
         batch, height, width = shape[0], shape[-2], shape[-1]
         rows, cols = self.grid(height, width)
         count = 1 if self.same_on_batch else batch
