@@ -347,6 +347,8 @@ def test_ctrl_c_after_a_checkpoint_is_a_keyboard_interrupt_naming_it_and_the_res
     assert f"{last} (end of epoch 0) is kept" in str(info.value)
     assert f"vitlab fit --name ctrlc --output_dir {tmp_path} --resume true" in str(info.value)
     assert fit(_config(tmp_path, "ctrlc", epochs=2), resume=True).weights.is_file()
+    with pytest.raises(FileExistsError, match="holds a finished run .*choose another --name, or train it longer"):
+        fit(_config(tmp_path, "ctrlc", epochs=2))
 
 
 def test_a_folder_left_by_ctrl_c_in_epoch_0_is_not_mixed_into_a_new_run(tmp_path):

@@ -282,11 +282,13 @@ def check_config_files(args: Sequence[str]) -> None:
     Example:
         >>> check_config_files(["fit", "--name", "x"])  # no --config: nothing to check
     """
-    from vitlab.train.arguments import read_config_mapping
-    from vitlab.yaml_loader import load_yaml
-
     values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"]
     values += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    if not values:
+        return
+    from vitlab.train.arguments import read_config_mapping  # here: `vitlab --help` imports no vitlab.train
+    from vitlab.yaml_loader import load_yaml
+
     for value in values:
         if not Path(value).exists() and isinstance(load_yaml(value, f"--config {value}"), dict):
             continue  # jsonargparse also takes the config itself: --config '{optim: {lr: 0.1}}' (checked just now)

@@ -313,7 +313,10 @@ def fit(
             raise ConfigError(f"{run_dir} is a finished run without checkpoints/last.ckpt, so there is nothing to "
                               "resume from (training again would overwrite its model.safetensors): start a new run "
                               "with another --name")
-    elif last.exists() or (run_dir / "model.safetensors").exists():
+    elif (run_dir / "model.safetensors").exists():
+        raise FileExistsError(f"{run_dir} holds a finished run (model.safetensors): choose another --name, or train it "
+                              "longer with --resume true and a larger --trainer.max_epochs")
+    elif last.exists():
         raise FileExistsError(
             f"{run_dir} already holds a run: resume it with --resume true, or choose another name (--name)"
         )
