@@ -309,3 +309,15 @@ def test_bad_extra_state_and_integer_images_are_refused():
     images, labels = batch(4)
     with pytest.raises(ConfigError, match=r"images must be the float batch the model takes, got torch.uint8"):
         term(SimpleNamespace(model=tiny_vit()), ((images * 255).to(torch.uint8), labels), None)
+
+
+def test_numpy_numbers_are_accepted_as_plain_python_values():
+    import numpy as np
+
+    term = NegativeAugmentationLoss(["shuffle"], np.int64(4), "contrastive", weight=np.float32(0.5), seed=np.int64(7),
+                                    temperature=np.float32(0.25))
+    assert (term.weight, term.seed, term.loss.temperature) == (0.5, 7, 0.25)
+    assert type(term.seed) is int and type(term.weight) is float and type(term.loss.temperature) is float
+    assert torch.equal(term.generator.get_state(), torch.Generator().manual_seed(7).get_state())
+    with pytest.raises(ConfigError, match="seed must be an int"):
+        NegativeAugmentationLoss(seed=np.bool_(True))

@@ -29,6 +29,7 @@ import contextlib
 import math
 import numbers
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -185,7 +186,7 @@ class ContrastiveNegativeLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = True) -> None:
         super().__init__()
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+        if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real) or not (
                 math.isfinite(temperature) and temperature > 0):
             raise ConfigError(f"temperature must be a finite number > 0 (e.g. 0.1), got {temperature!r}")
         if not isinstance(gather_distributed, bool):

@@ -33,10 +33,12 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -211,15 +213,15 @@ class NegativeAugmentationLoss(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (math.isfinite(weight)
-                                                                                   and weight >= 0):
+        if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, numbers.Real) or not (
+                math.isfinite(weight) and weight >= 0):
             raise ConfigError(f"negatives weight (lambda) must be a finite number >= 0 (the paper sweeps 0.5, 1, "
                               f"1.5), got {weight!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or not -(2**63) <= seed < 2**64:
             raise ConfigError(f"seed must be an int in [-2**63, 2**64) (torch.Generator.manual_seed), got {seed!r}")
         self.weight = float(weight)
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
         self.loss = self._build_loss(loss, temperature, detach_clean, gather_distributed)
         self.views = NegativeViews(kinds, patch_size, model_patch_size=model_patch_size, replace_rate=replace_rate,
                                    centre_shape=centre_shape, source=source)
