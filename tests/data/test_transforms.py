@@ -109,3 +109,11 @@ def test_eval_transform_rejects_bad_input():
         EvalTransform({"img_size": 32})
     with pytest.raises(ValueError, match="in_chans=3 entries"):
         EvalTransform({**FMNIST_CFG, "in_chans": 3})
+
+
+def test_eval_transform_names_the_uint8_conversion_for_the_input_type():
+    transform = build_eval_transform({"img_size": 8, "in_chans": 3, "mean": [0.5] * 3, "std": [0.5] * 3})
+    with pytest.raises(TypeError, match=r"images in \[0, 1\] with \(x \* 255\).round\(\).to\(torch.uint8\)"):
+        transform(torch.rand(3, 8, 8))
+    with pytest.raises(TypeError, match=r"with \(x \* 255\).round\(\).astype\('uint8'\)"):
+        transform(np.random.rand(8, 8, 3))

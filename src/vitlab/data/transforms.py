@@ -251,9 +251,10 @@ class EvalTransform:
             image = torch.from_numpy(np.ascontiguousarray(image))
             image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
         if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.ndim != 3:
+            convert = ("(x * 255).round().to(torch.uint8)" if isinstance(given, torch.Tensor)
+                       else "(x * 255).round().astype('uint8')")
             raise TypeError(f"expected {layouts}, got {type(given).__name__} {getattr(given, 'dtype', '')} "
-                            f"{list(getattr(given, 'shape', []))}; convert float images with "
-                            "(x * 255).round().astype('uint8')")
+                            f"{list(getattr(given, 'shape', []))}; convert float images in [0, 1] with {convert}")
         if image.shape[0] not in (1, 2, 3, 4):
             hint = (" It looks channels-last [H, W, C]: use image.permute(2, 0, 1)."
                     if image.shape[-1] in (1, 3, 4) else "")
