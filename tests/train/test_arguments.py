@@ -152,3 +152,20 @@ def test_a_printed_fit_config_loads_unless_it_asks_to_resume(tmp_path, capsys):
     printed.write_text(printed.read_text().replace("resume: false", "resume: true"))
     with pytest.raises(ConfigError, match="resume / ckpt_path are options of the `vitlab fit` command"):
         load_run_config_file(printed)  # would have been dropped silently
+
+
+@pytest.mark.parametrize("text", ["model: 3\n", "trainer: 5\n", "optim: [0.1]\n"])
+def test_a_section_given_a_scalar_is_one_config_error(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    section = text.split(":")[0]
+    with pytest.raises(ConfigError, match=rf"^{section} must be a mapping of its keys"):  # was an AttributeError
+        load_run_config_file(path)
+
+
+def test_an_empty_section_means_its_defaults(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: x\nnegatives:\ntrainer:\n")
+    config = load_run_config_file(path)
+    assert config.negatives == run_config_from_args([]).negatives
+    assert config.trainer == {}  # vitlab's trainer defaults apply when the run starts (TRAINER_DEFAULTS)

@@ -299,10 +299,16 @@ def parse_run_namespace(parser: ArgumentParser, args: Sequence[str]) -> Namespac
 
 def namespace_to_run_config(ns: Namespace) -> RunConfig:
     """Turn a parsed namespace (from ``add_run_arguments``) into a ``RunConfig``."""
+    from vitlab.errors import ConfigError
     from vitlab.train.config import RunConfig
 
-    sections = {name: cls(**ns[name].as_dict()) for name, cls in run_sections().items()}
-    trainer = {k: v for k, v in ns.trainer.as_dict().items() if v is not None}
+    for name in (*SECTION_NAMES, "trainer"):
+        # jsonargparse keeps what a file gives for a whole section; an empty one (`negatives:`) means its defaults
+        if ns.get(name) is not None and not isinstance(ns.get(name), Namespace):
+            raise ConfigError(f"{name} must be a mapping of its keys ({name}: {{KEY: VALUE, ...}}), got "
+                              f"{ns.get(name)!r}: `vitlab fit --print_config` shows every section's keys")
+    sections = {name: cls(**(ns[name] or Namespace()).as_dict()) for name, cls in run_sections().items()}
+    trainer = {k: v for k, v in (ns.trainer or Namespace()).as_dict().items() if v is not None}
     return RunConfig(name=ns.name, seed=ns.seed, output_dir=ns.output_dir, trainer=trainer, **sections)
 
 
