@@ -426,3 +426,17 @@ def test_generate_parameters_needs_a_batch_shape_and_its_draw_replays_on_one_ima
         t.generate_parameters(image.shape)
     params = t.generate_parameters((1, *image.shape), gen(0))
     assert torch.equal(t(image, params=params), t(image[None], params=params)[0])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_torch_compile_gives_the_eager_views_for_every_batch_size_and_seed(name):
+    torch._dynamo.reset()
+    t = CASES[name]()
+    compiled = torch.compile(t, backend="aot_eager")
+    for size in (4, 2, 5):  # new sizes make dynamo recompile with a symbolic batch size
+        x = torch.rand(size, 3, 16, 16)
+        assert torch.equal(compiled(x, generator=gen(size)), t(x, generator=gen(size)))
+        torch.manual_seed(size)
+        drawn = compiled(x)
+        torch.manual_seed(size)
+        assert torch.equal(drawn, t(x))

@@ -142,8 +142,10 @@ class PatchTransform(nn.Module, ABC):
         """Every ``patch_size`` this transform accepts for an ``height`` x ``width`` input (same other settings)."""
         return valid_patch_sizes(height, width, self.model_patch_size, lambda r, c: self._problem(r, c) is None)
 
+    @torch.compiler.disable  # a few tiny draws with data-dependent retries: nothing to compile, and symbolic sizes
     def generate_parameters(self, shape: Sequence[int], generator: torch.Generator | None = None) -> Params:
-        """Draw parameters for a batch of ``shape = (B, C, H, W)`` on the generator's device."""
+        """Draw parameters for a batch of ``shape = (B, C, H, W)`` on the generator's device (run eagerly, also
+        inside ``torch.compile``: the same draws as without it)."""
         if not isinstance(shape, (tuple, list)) or len(shape) != 4:
             raise ConfigError(f"shape must be a batch shape (B, C, H, W), got {shape!r}: for one (C, H, W) image pass "
                               "(1, *image.shape); replaying the result on that image works as on a batch of one")

@@ -326,8 +326,12 @@ def inverse_cell_params(source: Tensor, rotation: Tensor | None) -> tuple[Tensor
     return inverse, (4 - turns) % 4
 
 
+@torch.compiler.disable  # bit views (e.g. 16-byte runs as complex128) break AOTAutograd's aliasing; runs eagerly
 def move_cells(x: Tensor, patch_size: int, source: Tensor, rotation: Tensor | None = None) -> Tensor:
     """`remap_cells`, bit for bit, faster: only the changed block is moved, by wide runs when no cell turns.
+
+    Inside ``torch.compile`` it runs eagerly (a graph break): it is one memory-bound copy with host-side decisions,
+    and its bit reinterpretations cannot be traced.
 
     The ``(B, N)`` parameters are read on their own device (free on CPU, where the transforms draw them) to find the
     bounding box of the cells that move or turn in any sample; the rest of the output is a plain copy of ``x``.
