@@ -187,3 +187,10 @@ def test_losses_are_float32_under_bfloat16_autocast(make):
     assert features.dtype == torch.bfloat16
     reference = make(features.float(), negatives.float(), labels)  # the same inputs, no autocast
     assert loss.dtype == torch.float32 and torch.equal(loss, reference)
+
+
+def test_contrastive_batch_without_any_positive_warns_that_it_is_zero():
+    clean, negatives = torch.randn(1, 6, requires_grad=True), torch.randn(1, 6)
+    with pytest.warns(UserWarning, match=r"no anchor of this batch of 1 has a same-label positive, so the contrastive"):
+        loss = ContrastiveNegativeLoss()(clean, negatives, torch.tensor([3]))
+    assert loss.item() == 0.0 and loss.requires_grad

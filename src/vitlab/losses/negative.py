@@ -11,7 +11,7 @@ With clean logits ``z`` ``(B, K)``, negative-view logits ``z~`` ``(M, K)`` and p
   For anchor i (clean), positives P_i = other clean images with the same label, candidates
   Q_i = (clean images except i) + all M negatives, so ``2B - |P_i| - 1`` negatives when M = B;
   ``L_i = -(1/|P_i|) sum_{p in P_i} log(exp(s_ip/T) / sum_{q in Q_i} exp(s_iq/T))``, averaged over anchors with
-  ``|P_i| > 0`` (zero, with a gradient path, when no anchor has a positive).
+  ``|P_i| > 0`` (zero, with a gradient path and a warning, when no anchor has a positive).
 
 All three refuse an empty batch (0 rows) with a `vitlab.errors.ConfigError` (a ValueError) instead of returning NaN
 or 0: a mean over no sample is undefined, and an empty batch is almost always a bug upstream (e.g. a filter that
@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -227,6 +228,9 @@ class ContrastiveNegativeLoss(nn.Module):
         count = positives.sum(dim=1)
         has_positive = count > 0
         if not bool(has_positive.any()):
+            warnings.warn(f"no anchor of this batch of {anchors.shape[0]} has a same-label positive, so the "
+                          "contrastive loss is 0 and gives no gradient: use batches with several images per class "
+                          "(a batch size well above the class count)", UserWarning, stacklevel=3)
             return logits.sum() * 0.0
         per_anchor = -(log_prob * positives).sum(dim=1)[has_positive] / count[has_positive]
         return per_anchor.mean()
