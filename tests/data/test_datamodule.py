@@ -360,3 +360,11 @@ def test_user_file_datasets_without_root_are_refused_when_built(name, kwargs, ma
 def test_a_misspelt_dataset_name_suggests_the_valid_one(name, guess):
     with pytest.raises(ValueError, match=rf"unknown dataset '{name}' \(did you mean '{guess}'\?\); valid names: mnist"):
         build_datamodule(name)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "mnist", "imagefolder", "idx"])
+def test_a_root_that_is_a_file_says_to_pass_the_folder(tmp_path, name):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(b"\x1f\x8b")
+    with pytest.raises(ValueError, match=r"is a file, not a folder: pass the folder .*unpack an archive first"):
+        build_datamodule(name, root=archive)

@@ -221,6 +221,8 @@ class VitlabDataModule(L.LightningDataModule):
         # values are plain Python ints/floats/strs, so save_hyperparameters() below records those
         root, cache_dir = check_path("root", root), check_path("cache_dir", cache_dir)
         root = None if root is None else str(Path(root).expanduser())
+        _check(root is None or not Path(root).is_file(), f"root={root!r} is a file, not a folder: pass the folder "
+               "that holds the data (unpack an archive first, e.g. tar xzf FILE -C FOLDER)")
         img_size = check_int("img_size", img_size, minimum=4)
         if in_chans is not None:
             in_chans = check_int("in_chans", in_chans, minimum=1, fix="None (the data's channels), 1 or 3")
