@@ -316,3 +316,14 @@ def test_an_inline_config_still_parses(monkeypatch):
     monkeypatch.setattr(cli_main, "dispatch", lambda ns, argv: seen.update(ns=ns))
     assert main(["fit", "--config", "{name: inline, optim: {lr: 0.25}}"]) == 0
     assert seen["ns"].fit.name == "inline" and seen["ns"].fit.optim.lr == 0.25
+
+
+@pytest.mark.parametrize(("args", "reason"), [
+    (["--trainer.enable_checkpointing", "false"], "every run keeps checkpoints/last.ckpt"),
+    (["--trainer.default_root_dir", "x"], "set --output_dir and --name"),
+    (["--config", "{trainer: {plugins: x}}"], "trainer.plugins is set by vitlab"),
+])
+def test_a_trainer_keyword_vitlab_sets_itself_says_why(args, reason, capsys):
+    assert main(["fit", *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and reason in err

@@ -329,7 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ArgumentError as err:
         where = f"vitlab {command}" if command in COMMANDS else "vitlab"
-        print(f"{where}: error: {' '.join(str(err).split())} (`{where} --help` lists the options)", file=sys.stderr)
+        problem = " ".join(str(err).split())
+        if command in RUN_CONFIG_COMMANDS:
+            from vitlab.train.arguments import explain_parse_error
+
+            problem = explain_parse_error(problem)
+        print(f"{where}: error: {problem} (`{where} --help` lists the options)", file=sys.stderr)
         return 2
     debug = debug_flag or os.environ.get("VITLAB_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     import vitlab

@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from vitlab.train.config import RunConfig
 
 __all__ = ["DICT_FIELDS", "SECTION_NAMES", "YAML_MODE", "add_run_arguments", "apply_nested_overrides",
-           "check_option_values", "dump_run_config", "load_run_config_file", "namespace_to_run_config",
-           "parse_run_namespace", "read_config_mapping", "run_config_from_args", "run_sections",
-           "split_nested_overrides", "take_print_config"]
+           "check_option_values", "dump_run_config", "explain_parse_error", "load_run_config_file",
+           "namespace_to_run_config", "parse_run_namespace", "read_config_mapping", "run_config_from_args",
+           "run_sections", "split_nested_overrides", "take_print_config"]
 
 SECTION_NAMES = ("model", "data", "optim", "negatives", "peft")
 #: ``(section, field)`` of each free-form mapping of a run config; ``--SECTION.FIELD.KEY.SUBKEY VALUE`` sets one key
@@ -42,6 +42,13 @@ DICT_FIELDS = (("model", "kwargs"), ("data", "options"), ("negatives", "options"
 SPEC_FIELDS = (("trainer", "logger"), ("trainer", "callbacks"))
 # Trainer arguments vitlab sets itself (run folder, logger, callbacks).
 _TRAINER_SKIP = {"logger", "callbacks", "default_root_dir", "plugins", "enable_checkpointing", "model_registry"}
+#: Why each ``lightning.Trainer`` keyword vitlab sets itself is not an option (`explain_parse_error`).
+_SET_BY_VITLAB = {
+    "default_root_dir": "the run folder is <output_dir>/<name>: set --output_dir and --name",
+    "enable_checkpointing": "every run keeps checkpoints/last.ckpt (resume and the non-finite guard need it)",
+    "plugins": "vitlab builds the Trainer without plugins; use trainer.precision / trainer.strategy",
+    "model_registry": "vitlab saves model.safetensors in the run folder",
+}
 #: jsonargparse parser mode of vitlab's run parsers: jsonargparse's own YAML loading, but a key given twice in one
 #: mapping (of a ``--config`` file or of a command-line value) is refused (`vitlab.yaml_loader`).
 YAML_MODE = "vitlab_yaml"
@@ -312,6 +319,19 @@ def namespace_to_run_config(ns: Namespace) -> RunConfig:
     return RunConfig(name=ns.name, seed=ns.seed, output_dir=ns.output_dir, trainer=trainer, **sections)
 
 
+def explain_parse_error(message: str) -> str:
+    """``message`` (a parser error) with the reason added for each ``trainer`` keyword vitlab sets itself.
+
+    Example:
+        >>> explain_parse_error("unrecognized arguments: --trainer.default_root_dir x")
+        'unrecognized arguments: --trainer.default_root_dir x; trainer.default_root_dir is set by vitlab: the run \
+folder is <output_dir>/<name>: set --output_dir and --name'
+    """
+    reasons = [f"trainer.{key} is set by vitlab: {why}" for key, why in _SET_BY_VITLAB.items()
+               if f"trainer.{key}" in message]
+    return "; ".join([message, *reasons])
+
+
 def run_config_from_args(args: Sequence[str], prog: str = "vitlab fit") -> RunConfig:
     """Parse run-config arguments (``["--config", PATH, "--optim.lr", "0.1", ...]``) into a ``RunConfig``.
 
@@ -332,7 +352,7 @@ def run_config_from_args(args: Sequence[str], prog: str = "vitlab fit") -> RunCo
     try:
         ns = parse_run_namespace(parser, args)
     except ArgumentError as err:
-        problem = " ".join(str(err).split())
+        problem = explain_parse_error(" ".join(str(err).split()))
         raise ConfigError(f"{' '.join(args)}: {problem} (`vitlab fit --help` lists the keys)") from None
     if ns.resume or ns.ckpt_path is not None:
         raise ConfigError(f"{' '.join(args)}: resume / ckpt_path are options of the `vitlab fit` command, not of a run "
