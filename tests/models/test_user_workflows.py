@@ -221,6 +221,10 @@ def test_the_vit_features_only_default_is_timms_last_three_blocks():
         torch.testing.assert_close(f, ref, rtol=0, atol=0)
     picked = timm.create_model("vit_vitlab_tiny_patch8_32", features_only=True, out_indices=(0, 5))
     assert picked.feature_info.out_indices == (0, 5)
+    shallow = dict(depth=2, embed_dim=32, num_heads=2)  # fewer than 3 blocks: all of them
+    assert len(timm.create_model("vit_vitlab_tiny_patch4_32", **shallow).blocks) == 2
+    assert timm.create_model("vit_vitlab_tiny_patch4_32", features_only=True, **shallow).feature_info.out_indices \
+        == (0, 1)
 
 
 @pytest.mark.parametrize("out_indices", ["0", (), (0.5,), (6,), 7, True])

@@ -72,9 +72,7 @@ def load_official_checkpoint(
 
         model = load_official_checkpoint(timm.create_model("inception_transformer_small"), "iformer_small.pth")
     """
-    from vitlab.models.inception_transformer import InceptionTransformer  # that module imports this one
-
-    if not isinstance(model, InceptionTransformer):
+    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "pos_embed1", None), nn.Parameter):
         raise TypeError(
             f"load_official_checkpoint loads into an InceptionTransformer, got a {type(model).__name__}: build one "
             "with timm.create_model('inception_transformer_small') (the checkpoint's variant); for a features_only "

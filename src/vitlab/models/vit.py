@@ -164,8 +164,11 @@ def _check_out_indices(out_indices: Any, depth: int) -> None:
 
 def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> VitlabVisionTransformer:
     check_pretrained_file(variant, pretrained, kwargs)
-    out_indices = kwargs.pop("out_indices", 3)  # features_only default: the last 3 blocks, as timm's ViTs
-    _check_out_indices(out_indices, kwargs.get("depth", _TINY["depth"]))
+    depth = kwargs.get("depth", _TINY["depth"])
+    # features_only default: the last 3 blocks, as timm's ViTs (all of them in a shallower model)
+    out_indices = kwargs.pop("out_indices", min(3, depth) if isinstance(depth, int) and depth > 0 else 3)
+    if kwargs.get("features_only") and isinstance(depth, int):
+        _check_out_indices(out_indices, depth)
     return build_model_with_cfg(
         VitlabVisionTransformer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
