@@ -363,9 +363,10 @@ def _interrupted(config: RunConfig, run_dir: Path, last: Path) -> KeyboardInterr
 
 
 def _remove_if_unstarted(run_dir: Path) -> None:
-    """Remove a run folder this ``fit`` created when it failed before training wrote anything (only its
-    ``config.yaml``), so that a bad option leaves no run behind to be listed or resumed."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"config.yaml"}:
+    """Remove a run folder this ``fit`` created when it failed before training wrote anything (no ``metrics.csv``,
+    no checkpoint: only its ``config.yaml`` and what the loggers create when they start), so that a bad option leaves
+    no run behind to be listed, resumed, or to block the corrected command."""
+    if run_dir.is_dir() and not (run_dir / "metrics.csv").exists() and not (run_dir / "checkpoints").exists():
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
