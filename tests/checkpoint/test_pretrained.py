@@ -257,3 +257,19 @@ def test_a_weights_path_of_another_type_is_a_type_error_naming_what_to_pass(bad)
     for read in (load_model, read_metadata):
         with pytest.raises(TypeError, match="weights path must be a model.safetensors file or a run folder"):
             read(bad)  # was Path()'s "expected str, bytes or os.PathLike object, not NoneType"
+
+
+def test_a_lightning_checkpoint_of_a_run_starts_a_model_from_its_network(tmp_path):
+    state = _vit_state(seed=3, in_chans=1, num_classes=10)
+    lightning = {"pytorch-lightning_version": "2.6.6", "epoch": 0, "optimizer_states": [],
+                 "state_dict": {f"model.{key}": value for key, value in state.items()}}  # a LightningModule's .model
+    path = tmp_path / "last.ckpt"
+    torch.save(lightning, path)
+    weights = resolve_pretrained(path, "vit_tiny_patch16_224")
+    assert weights.in_chans() == 1  # read from the file's first conv (was 3: the prefixed keys hid it)
+    model, _, _ = create_model("vit_tiny_patch16_224", weights, **SMALL_VIT, in_chans=1, num_classes=10)
+    _assert_backbone_equal(model, state, skip=())
+    torch.save({"state_dict": {f"model.{key}": value for key, value in state.items()}}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match=r"lack 30 tensors .* carry the prefix .model\.. .*own state_dict"):
+        create_model("vit_tiny_patch16_224", resolve_pretrained(tmp_path / "other.ckpt", "vit_tiny_patch16_224"),
+                     **SMALL_VIT, in_chans=1, num_classes=10)

@@ -329,7 +329,9 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     from timm.models import load_state_dict
 
     try:
-        state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
+        state_dict = _lightning_state_dict(path) if path.suffix == ".ckpt" else None
+        if state_dict is None:
+            state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError) as err:
         if "global" not in _unpickler_reason(err).lower():  # only a pickle naming a class or function runs code
             raise CheckpointError(f"{path} is not a readable weights file: corrupt, truncated or not a checkpoint "
@@ -348,6 +350,22 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} does not hold a state dict of tensors (a name -> tensor mapping, optionally "
                               "under 'model' or 'state_dict')")
     return dict(state_dict)
+
+
+def _lightning_state_dict(path: Path) -> dict[str, Any] | None:
+    """The network's tensors in a Lightning checkpoint (e.g. a `vitlab fit` run's ``checkpoints/last.ckpt``): its
+    ``state_dict`` less the attribute the LightningModule holds the network in (vitlab's ``model.``), or None when the
+    file is not a Lightning checkpoint."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not (isinstance(checkpoint, Mapping) and "pytorch-lightning_version" in checkpoint
+            and isinstance(checkpoint.get("state_dict"), Mapping)):
+        return None
+    state = checkpoint["state_dict"]
+    heads = {str(key).split(".", 1)[0] for key in state}
+    if len(heads) == 1 and all("." in str(key) for key in state):
+        cut = len(heads.pop()) + 1
+        return {key[cut:]: value for key, value in state.items()}
+    return dict(state)
 
 
 @contextlib.contextmanager
@@ -458,8 +476,12 @@ def _check_loaded(model: nn.Module, loads: list[tuple[nn.Module, Any]], weights:
     classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     missing = [k for k in results[-1].missing_keys if not any(k.startswith(f"{c}.") for c in classifier)]
     if missing:
+        unexpected = list(results[-1].unexpected_keys)
+        prefixes = {key[: -len(own)] for own in missing for key in unexpected if key.endswith(f".{own}")}
+        cause = (f"the file's names carry the prefix {prefixes.pop()!r} (a wrapper module's attribute): save the "
+                 "network's own state_dict()" if len(prefixes) == 1 else "another architecture?")
         raise CheckpointError(f"weights {weights.location} lack {len(missing)} tensors of {type(model).__name__}: "
-                              f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''} (another architecture?)")
+                              f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''} ({cause})")
 
 
 def _unpickler_reason(err: BaseException) -> str:
