@@ -12,7 +12,8 @@ rebuild exactly); timm warns when it is used.
 
 The class, :class:`VitlabVisionTransformer`, is timm's ``VisionTransformer`` with two checks that name the fix: bad
 images given to ``forward`` (not a float tensor of the model's dtype, not ``(B, in_chans, H, W)``, another size), and
-state dicts of another ``img_size`` / ``num_classes`` / ``in_chans`` given to ``load_state_dict``.
+state dicts of another ``img_size`` / ``num_classes`` / ``in_chans`` given to ``load_state_dict``. As for timm's
+ViTs, ``features_only=True`` returns the last 3 blocks unless ``out_indices`` says otherwise.
 
 Example:
     >>> import timm, torch, vitlab
