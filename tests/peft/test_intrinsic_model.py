@@ -147,3 +147,16 @@ def test_config_validation_and_round_trip():
         SubspaceConfig.from_dict({"dim": 3, "rank": 4})
     with pytest.raises(ValueError, match="head_modules"):
         wrap_in_subspace(nn.Sequential(nn.Linear(2, 2)), SubspaceConfig(dim=2, train_head=True))
+
+
+def test_head_modules_as_one_name_and_max_dense_bytes_refuses_a_bool():
+    # a string was split into its letters (['h', 'e', 'a', 'd']), each then 'not a module'
+    assert SubspaceConfig(dim=3, head_modules="head").head_modules == ["head"]
+    model = wrap_in_subspace(tiny_vit(), SubspaceConfig(dim=3, train_head=True, head_modules="head"))
+    assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == [
+        "base.head.bias", "base.head.weight", "theta_d"]
+    for bad in ([], [""], [3]):
+        with pytest.raises(ValueError, match="head_modules must be None"):
+            SubspaceConfig(dim=3, head_modules=bad)
+    with pytest.raises(ValueError, match="max_dense_bytes must be a positive int"):
+        SubspaceConfig(dim=3, max_dense_bytes=True)  # True == 1 byte: every dense P was refused as too large

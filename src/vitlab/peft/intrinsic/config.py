@@ -46,7 +46,8 @@ class SubspaceConfig:
             parameters under it. An entry may end in ``@q``, ``@k``, ``@v`` (that third of the rows of a fused
             ``qkv`` weight and bias) or ``@start:stop`` (those rows), e.g. ``["qkv@q", "qkv@v", "head"]``.
         train_head: train the classifier head directly (outside the subspace) instead of through P.
-        head_modules: names of the head modules for ``train_head`` (default: timm's ``model.get_classifier()``).
+        head_modules: names of the head modules for ``train_head`` (default: timm's ``model.get_classifier()``); a
+            single name may be given as a string.
         max_dense_bytes: memory the dense P may use; ``None`` means half of the memory currently available on the
             model's device. Larger requests are refused with the estimate and a pointer to Fastfood.
     """
@@ -88,8 +89,14 @@ class SubspaceConfig:
                 for entry in self.target_modules:
                     parse_selector(entry)
         if self.head_modules is not None:
+            if isinstance(self.head_modules, str):  # one name, not a list of its letters
+                self.head_modules = [self.head_modules]
             self.head_modules = list(self.head_modules)
-        if self.max_dense_bytes is not None and (not isinstance(self.max_dense_bytes, int) or self.max_dense_bytes < 1):
+            if not self.head_modules or not all(isinstance(h, str) and h for h in self.head_modules):
+                raise ValueError("head_modules must be None (timm's get_classifier()) or a non-empty list of module "
+                                 f"names, e.g. ['head'], got {self.head_modules!r}")
+        if self.max_dense_bytes is not None and (isinstance(self.max_dense_bytes, bool) or not isinstance(
+                self.max_dense_bytes, int) or self.max_dense_bytes < 1):
             raise ValueError(f"max_dense_bytes must be a positive int or None, got {self.max_dense_bytes!r}")
 
     def to_dict(self) -> dict[str, Any]:
