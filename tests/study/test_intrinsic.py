@@ -130,6 +130,14 @@ def test_intrinsic_dim_refuses_bad_settings(tmp_path, capsys):
     assert "needs peft.method: subspace" in capsys.readouterr().err
 
 
+def test_intrinsic_dim_prints_not_reached_for_both_d90s(tmp_path, capsys):
+    sweep = {"engine": "plain", "lr": 0.1, "reference": 1.0}  # 100 % is out of reach: no point reaches 90 %
+    config = _write_config(tmp_path, "unreached", epochs=1, sweep=sweep)
+    assert main(["intrinsic-dim", "--config", str(config), "--dims", "[4]"]) == 0
+    out = capsys.readouterr().out
+    assert "d90: not reached (grid), not reached (interpolated)" in out  # the grid value printed as 'None'
+
+
 
 def test_sweep_settings_refine_ratio():
     from vitlab.study.intrinsic import SweepSettings
@@ -163,6 +171,13 @@ def test_sweep_cache_key_names_the_projection_norm_and_matches_old_global_record
     ({"kinds": "attn"}, r"sweep.kinds must be list\[str\] \| null"),  # a string would be swept letter by letter
     ({"stop_after_reached": 0}, r"sweep.stop_after_reached must be >= 1 or null"),
     ({"kinds": []}, r"sweep.kinds must be a non-empty list of distinct module kinds"),  # [] swept every kind
+    # below: accepted before, or refused naming log_grid instead of the key to fix
+    ({"kinds": ["attn_q"]}, r"unknown peft.options.sweep.kinds \['attn_q'\] \(renamed: \{'attn_q': 'attn.q'\}\)"),
+    ({"reference": 98}, r"sweep.reference must be an accuracy in \(0, 1\]"),
+    ({"d_min": 1000, "d_max": 10}, r"sweep needs 1 <= d_min <= d_max, got d_min=1000, d_max=10"),
+    ({"d_min": 0}, r"sweep needs 1 <= d_min <= d_max"),
+    ({"num": 0}, r"sweep.num must be >= 2 log-spaced points"), ({"num": 1}, r"sweep.num must be >= 2"),
+    ({"patience": 0}, r"sweep.patience must be >= 1"),
 ])
 def test_sweep_settings_refuse_a_bad_fraction_or_metric_before_the_reference_run(sweep, message):
     from vitlab.study.intrinsic import SweepSettings

@@ -51,10 +51,10 @@ def run_cli(ns: Namespace) -> None:
         print(f"  d={d:<8} accuracy {acc:.4f}")
     if "d90" in summary:
         published = summary["published_d90"]
-        print(f"d90: {summary['d90']} (grid), {_fmt(summary['d90_interpolated'])} (interpolated)"
+        print(f"d90: {_fmt(summary['d90'])} (grid), {_fmt(summary['d90_interpolated'])} (interpolated)"
               + (f"; published: {published:g}" if published else ""))
     for row in summary.get("per_module", []):
-        print(f"  rank {row['rank']}: {row['module']:<10} d90 {row['d90']} ({_fmt(row['d90_interpolated'])}), "
+        print(f"  rank {row['rank']}: {row['module']:<10} d90 {_fmt(row['d90'])} ({_fmt(row['d90_interpolated'])}), "
               f"best accuracy {row['best_accuracy']:.4f}")
     print(f"results: {summary['folder']}")
 

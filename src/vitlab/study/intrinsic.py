@@ -104,17 +104,23 @@ class SweepSettings:
         if self.engine == "plain" and self.metric != "test/acc":
             raise ValueError("the plain engine reports test/acc only; set peft.options.sweep.metric: test/acc")
         if self.patience is not None and (self.patience < 1 or self.engine != "lightning"):
-            raise ValueError(f"patience must be >= 1 and needs engine 'lightning', got {self.patience!r}")
+            raise ValueError(f"peft.options.sweep.patience must be >= 1 and needs engine 'lightning' (or null: no "
+                             f"early stopping), got {self.patience!r}")
         if self.kinds is not None and (not self.kinds or len(set(self.kinds)) != len(self.kinds)):
             raise ValueError(f"peft.options.sweep.kinds must be a non-empty list of distinct module kinds, or null "
                              f"(every kind the model has), got {self.kinds}")
+        if self.kinds is not None:
+            from vitlab.peft.intrinsic.per_module import check_module_kinds
+
+            check_module_kinds(self.kinds, "peft.options.sweep.kinds")  # before the reference run, not after it
         if self.stop_after_reached is not None and self.stop_after_reached < 1:
             raise ValueError(f"peft.options.sweep.stop_after_reached must be >= 1 or null (sweep the whole grid), got "
                              f"{self.stop_after_reached!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"peft.options.sweep.lr must be positive, got {self.lr!r}")
-        if self.reference is not None and not (math.isfinite(self.reference) and self.reference > 0):
-            raise ValueError(f"peft.options.sweep.reference must be a positive accuracy, got {self.reference!r}")
+        if self.reference is not None and not (math.isfinite(self.reference) and 0 < self.reference <= 1):
+            raise ValueError(f"peft.options.sweep.reference must be an accuracy in (0, 1] (e.g. 0.98, not 98), got "
+                             f"{self.reference!r}")
         if self.refine_ratio is not None and (isinstance(self.refine_ratio, bool) or not isinstance(
                 self.refine_ratio, int | float) or not self.refine_ratio > 1):
             raise ValueError("peft.options.sweep.refine_ratio must be a number > 1 (e.g. 2.0) or null (no refinement), "
@@ -140,6 +146,13 @@ class SweepSettings:
         else:
             from vitlab.peft.intrinsic.sweep import log_grid
 
+            if not 1 <= self.d_min <= self.d_max:
+                raise ValueError(f"peft.options.sweep needs 1 <= d_min <= d_max, got d_min={self.d_min}, "
+                                 f"d_max={self.d_max}")
+            if self.num < 1 or (self.num == 1 and self.d_min != self.d_max):
+                raise ValueError(f"peft.options.sweep.num must be >= 2 log-spaced points from d_min={self.d_min} to "
+                                 f"d_max={self.d_max} (1 only when they are equal), got {self.num}; or list the "
+                                 "points in peft.options.sweep.dims")
             grid = log_grid(self.d_min, self.d_max, self.num)
         if max_dim is None or grid[-1] <= max_dim:
             return grid

@@ -44,8 +44,8 @@ from .sweep import find_d90, plot_sweep, run_sweep
 
 __all__ = [
     "MODULE_KINDS", "PER_MODULE_CSV", "PER_MODULE_JSON", "TABLE_COLUMNS", "ModuleRecord",
-    "available_module_kinds", "module_kind_targets", "read_module_table", "run_per_module_sweep", "select_modules",
-    "write_module_table",
+    "available_module_kinds", "check_module_kinds", "module_kind_targets", "read_module_table", "run_per_module_sweep",
+    "select_modules", "write_module_table",
 ]
 
 MODULE_KINDS: dict[str, tuple[str, ...]] = {
@@ -89,11 +89,16 @@ class ModuleRecord:
     targets: tuple[str, ...]
 
 
-def _check_kinds(kinds: Sequence[str]) -> None:
+def check_module_kinds(kinds: Sequence[str], what: str = "module kinds") -> None:
+    """Refuse names that are not ``MODULE_KINDS`` keys (old spellings such as ``attn_q`` name their new name).
+
+    Example:
+        >>> check_module_kinds(["attn.v", "mlp.fc1"])
+    """
     unknown = [k for k in kinds if k not in MODULE_KINDS]
     if unknown:
         renamed = {k: _OLD_KIND_NAMES[k] for k in unknown if k in _OLD_KIND_NAMES}
-        raise ValueError(f"unknown module kinds {unknown}{f' (renamed: {renamed})' if renamed else ''}; "
+        raise ValueError(f"unknown {what} {unknown}{f' (renamed: {renamed})' if renamed else ''}; "
                          f"choose from {list(MODULE_KINDS)}")
 
 
@@ -119,7 +124,7 @@ def module_kind_targets(model: nn.Module, kind: str, include_head: bool = True,
         include_head: add the head modules (``head_modules`` or timm's ``get_classifier()``) to the subspace.
         head_modules: explicit head module names.
     """
-    _check_kinds([kind])
+    check_module_kinds([kind])
     targets = list(MODULE_KINDS[kind])
     if include_head:
         heads = classifier_names(model, head_modules)
@@ -170,7 +175,7 @@ def run_per_module_sweep(
         The ranked ``ModuleRecord`` list (the table's rows).
     """
     kinds = list(kinds) if kinds is not None else available_module_kinds(model)
-    _check_kinds(kinds)
+    check_module_kinds(kinds)
     sizes = {k: _kind_size(model, k) for k in kinds}
     empty = [k for k, n in sizes.items() if n == 0]
     if not kinds or empty:
