@@ -79,11 +79,19 @@ def _data_parser() -> ArgumentParser:
 
 def _add_data_subcommands(parser: ArgumentParser) -> None:
     commands = parser.add_subcommands(dest="data_command")
-    install = ArgumentParser(description="Install a dataset into $VITLAB_DATA (default ~/.cache/vitlab).")
+    install = ArgumentParser(description="Install a dataset into $VITLAB_DATA (default ~/.cache/vitlab). Prints "
+                             "'NAME: FOLDER' (--json: one JSON object); progress goes to stderr.")
     install.add_argument("name", type=str, help="mnist, fashion_mnist, digits, cifar10, cifar100")
+    listing = ArgumentParser(description="Show datasets and where they are: one line per dataset (name, present or "
+                             "missing, folder, source), or with --json a JSON list of {name, present, path, source}.")
+    for sub in (install, listing):
+        sub.add_argument("--root", type=str | None, default=None,
+                         help="the cache folder (default: $VITLAB_DATA, else ~/.cache/vitlab); a dataset lives in "
+                         "ROOT/NAME. Later runs find it with VITLAB_DATA=ROOT, or data.root: ROOT/NAME")
+        sub.add_argument("--json", type=bool, nargs="?", const=True, default=False,
+                         help="print JSON (for scripts) instead of text")
     commands.add_subcommand("install", install, help="install a dataset into the cache")
-    commands.add_subcommand("list", ArgumentParser(description="Show datasets and where they are."),
-                            help="show what is present and where")
+    commands.add_subcommand("list", listing, help="show what is present and where")
 
 
 def _chosen_command(args: Sequence[str]) -> str | None:
@@ -139,13 +147,50 @@ def _run_peft(ns: Namespace) -> None:
     print(convert_adapter(ns.convert.path, ns.convert.out))
 
 
+def _data_cache(root: str | None, writing: bool) -> Path:
+    """The cache folder of ``vitlab data`` (``--root``, else ``$VITLAB_DATA``, else ~/.cache/vitlab), absolute;
+    refused when a file stands there (or above it) or, for ``writing``, when it cannot be created or written."""
+    from vitlab.data.install import default_cache_dir
+    from vitlab.errors import ConfigError
+
+    if root is not None and not root.strip():
+        raise ConfigError("--root is empty; pass a folder, or leave --root out to use $VITLAB_DATA or ~/.cache/vitlab")
+    path = (Path(root).expanduser() if root is not None else default_cache_dir()).absolute()
+    given = f"--root {root}" if root is not None else (
+        f"VITLAB_DATA={os.environ['VITLAB_DATA']}" if os.environ.get("VITLAB_DATA") else "the cache ~/.cache/vitlab")
+    fix = "pass --root FOLDER (or set VITLAB_DATA=FOLDER) to a folder you can write"
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{given}: {existing} is a file, not a folder; {fix}")
+    if writing and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{given}: cannot create or write {path} ({existing} is not writable); {fix}")
+    return path
+
+
 def _run_data(ns: Namespace) -> None:
-    from vitlab.data import install_dataset, list_datasets
+    import json
+
+    from vitlab.data import install_dataset, is_installed, list_datasets
+    from vitlab.data.registry import get_spec
 
     if ns.data_command == "install":
-        print(f"{ns.install.name}: {install_dataset(ns.install.name)}")
+        sub = ns.install
+        spec = get_spec(sub.name)  # an unknown name is refused before the cache folder is looked at
+        cache = _data_cache(sub.root, writing=spec.installable and spec.name != "digits")
+        present = spec.installable and is_installed(spec.name, cache)
+        path = install_dataset(sub.name, cache)
+        if present and spec.name != "digits":
+            print(f"vitlab: {spec.name} is already installed in {path}; nothing to do", file=sys.stderr)
+        if sub.json:
+            print(json.dumps({"name": spec.name, "path": str(path), "already_installed": bool(present)}))
+        else:
+            print(f"{spec.name}: {path}")
         return
-    for row in list_datasets():
+    rows = list_datasets(_data_cache(ns.list.root, writing=False))
+    if ns.list.json:
+        print(json.dumps(rows))
+        return
+    for row in rows:
         state = "present" if row["present"] else "missing"
         print(f"{row['name']:<14} {state:<8} {row.get('path') or '-'}  ({row.get('source', '')})")
 
