@@ -332,7 +332,8 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
         report = evaluate_imagenet_c(model, imagenet_c, build_eval_transform(data_config),
                                      clean_accuracy=clean_accuracy, n=count, batch_size=batch_size, device=chosen,
                                      corruptions=corruptions or COMMON_CORRUPTIONS,
-                                     alexnet_normalise=alexnet_normalise)
+                                     alexnet_normalise=alexnet_normalise,
+                                     class_names=data_config.get("class_names"))
         stem = f"robustness_{name}_imagenet_c"
     else:
         if corruption_dir:

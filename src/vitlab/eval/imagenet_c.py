@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vitlab.errors import ConfigError, MissingFileError
+from vitlab.errors import ConfigError, DataError, MissingFileError
 from vitlab.eval.corruptions import COMMON_CORRUPTIONS, SEVERITIES, _check_corruption_names, _is_int
 from vitlab.eval.device import resolve_device
 from vitlab.eval.robustness import Accuracies, _is_fraction, corruption_metrics
@@ -37,6 +37,7 @@ def evaluate_imagenet_c(
     num_workers: int = 0,
     alexnet_normalise: bool = True,
     progress: bool = True,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Accuracy on a published ImageNet-C folder ``<root>/<corruption>/<severity>/<wnid>/<image>.JPEG``.
 
@@ -52,9 +53,18 @@ def evaluate_imagenet_c(
         num_workers: DataLoader workers.
         alexnet_normalise: add mCE and relative mCE (needs all 15 common corruptions).
         progress: show a tqdm bar.
+        class_names: the model's class names in index order (e.g. a `vitlab fit` run's ``data.class_names``). When
+            every class folder is one of them, images are labelled by name, so a folder holding a subset of the
+            classes is scored correctly. Otherwise the sorted class folders must be exactly the model's classes in
+            index order (one folder per model output), as in the published set.
+
+    Raises:
+        MissingFileError / DataError: ``root`` is missing, a file (e.g. the downloaded ``.tar``: unpack it), lacks a
+            ``<corruption>/<severity>`` folder, has images outside class folders, or different class folders in
+            different ``<corruption>/<severity>`` folders; checked before any image is evaluated.
+        ConfigError: the class folders do not match the model's classes, or ``n`` exceeds a folder's image count.
     """
     from torch.utils.data import DataLoader, Subset
-    from torchvision.datasets import ImageFolder
     from tqdm.auto import tqdm
 
     if not isinstance(model, nn.Module):
@@ -75,23 +85,34 @@ def evaluate_imagenet_c(
         raise ConfigError(f"n must be an int >= 1 (images per corruption and severity) or None for all, got {n!r}")
     if not _is_int(batch_size) or batch_size < 1:
         raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    root = Path(root)
+    root = _check_root(Path(root))
     missing = [f"{c}/{s}" for c in corruptions for s in SEVERITIES if not (root / c / str(s)).is_dir()]
     if missing:
-        raise MissingFileError(f"{root} lacks ImageNet-C folders {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise MissingFileError(f"{root} lacks ImageNet-C folders {missing[:5]}{' ...' if len(missing) > 5 else ''}: "
+                               "the layout is <root>/<corruption>/<severity 1-5>/<class>/<image>")
     device = resolve_device(device)
     model = model.to(device).eval()
+    datasets = {(c, s): _class_folder_dataset(root, c, s, transform) for c in corruptions for s in SEVERITIES}
+    first = datasets[corruptions[0], SEVERITIES[0]]
+    for (corruption, severity), dataset in datasets.items():
+        if dataset.classes != first.classes:
+            differ = sorted(set(dataset.classes) ^ set(first.classes))
+            raise DataError(f"{root}/{corruption}/{severity} has other class folders than "
+                            f"{root}/{corruptions[0]}/{SEVERITIES[0]} (differing: {differ[:5]}): every "
+                            "<corruption>/<severity> folder must hold the same class folders")
+        if n is not None and n > len(dataset):
+            raise ConfigError(f"n={n} but {corruption}/{severity} has {len(dataset)} images: pass n <= "
+                              f"{len(dataset)} or None")
+    labels = _label_map(model, first, class_names, device, root)
     accuracy: Accuracies = {}
     counts = set()
     bar = tqdm(total=len(corruptions) * len(SEVERITIES), desc="ImageNet-C", unit="set", disable=not progress)
     for corruption in corruptions:
         accuracy[corruption] = {}
         for severity in SEVERITIES:
-            dataset = ImageFolder(str(root / corruption / str(severity)), transform=transform)
+            dataset = datasets[corruption, severity]
+            dataset.target_transform = labels
             if n is not None:
-                if not 1 <= n <= len(dataset):
-                    raise ConfigError(f"n={n} but {corruption}/{severity} has {len(dataset)} images: pass n <= "
-                                      f"{len(dataset)} or None")
                 dataset = Subset(dataset, np.linspace(0, len(dataset) - 1, n).round().astype(int).tolist())
             counts.add(len(dataset))
             loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
@@ -103,3 +124,46 @@ def evaluate_imagenet_c(
         "accuracy": accuracy, "clean_accuracy": clean_accuracy,
         "metrics": corruption_metrics(accuracy, clean_accuracy, alexnet_normalise),
     }
+
+
+def _check_root(root: Path) -> Path:
+    """``root`` must be an existing folder; an archive is named as one (unpack it first)."""
+    if root.is_file():
+        archive = any(root.name.endswith(suffix) for suffix in (".tar", ".tar.gz", ".tgz", ".zip"))
+        hint = f"unpack it first (e.g. `tar -xf {root}`) and pass" if archive else "pass"
+        raise DataError(f"{root} is a file, not a folder: {hint} the ImageNet-C folder "
+                        "<root>/<corruption>/<severity>/<class>/<image>")
+    if not root.is_dir():
+        raise MissingFileError(f"{root} does not exist: pass the ImageNet-C folder "
+                               "<root>/<corruption>/<severity>/<class>/<image>")
+    return root
+
+
+def _class_folder_dataset(root: Path, corruption: str, severity: int, transform: Callable[[Any], Tensor]) -> Any:
+    """The torchvision ``ImageFolder`` of ``root/corruption/severity``, refusing images outside class folders."""
+    from torchvision.datasets import ImageFolder
+
+    folder = root / corruption / str(severity)
+    if not any(path.is_dir() for path in folder.iterdir()):
+        raise DataError(f"{folder} holds no class folders: ImageNet-C is laid out as "
+                        "<root>/<corruption>/<severity>/<class>/<image>; put the images into one folder per class")
+    return ImageFolder(str(folder), transform=transform)
+
+
+def _label_map(model: nn.Module, dataset: Any, class_names: Sequence[str] | None, device: torch.device,
+               root: Path) -> Callable[[int], int] | None:
+    """Folder index -> model class index: by name when every class folder is one of ``class_names``, else the
+    identity, which needs exactly one class folder per model output."""
+    folders = list(dataset.classes)
+    if class_names is not None and set(folders) <= set(class_names):
+        index = {name: i for i, name in enumerate(class_names)}
+        return [index[name] for name in folders].__getitem__
+    with torch.no_grad():
+        num_outputs = model(dataset[0][0].unsqueeze(0).to(device)).shape[-1]
+    if len(folders) != num_outputs:
+        by_name = (f", or name the folders by the model's class names ({', '.join(list(class_names)[:3])}, ...)"
+                   if class_names else "")
+        raise ConfigError(f"{root} has {len(folders)} class folders ({', '.join(folders[:3])}, ...) but the model "
+                          f"predicts {num_outputs} classes: the sorted class folders must be the model's classes in "
+                          f"index order (one per output; the 1000 ImageNet wnids for an ImageNet model){by_name}")
+    return None

@@ -298,7 +298,8 @@ def format_robustness_report(report: dict[str, Any]) -> str:
         f"- unnormalised mCE (100 - mean accuracy): {metrics['mce_unnormalised']:.2f}",
     ]
     if report.get("clean_accuracy") is not None:
-        lines.append(f"- clean accuracy on the same images: {100 * report['clean_accuracy']:.2f} %")
+        where = "(given, for the relative mCE)" if report["source"] == "ImageNet-C" else "on the same images"
+        lines.append(f"- clean accuracy {where}: {100 * report['clean_accuracy']:.2f} %")
     if metrics["missing_common"]:
         lines.append(f"- missing common corruptions: {', '.join(metrics['missing_common'])}")
     if "mce" in metrics:
