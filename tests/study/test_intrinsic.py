@@ -152,15 +152,35 @@ def test_sweep_settings_refine_ratio():
 
 
 def test_sweep_cache_key_names_the_projection_norm_and_matches_old_global_records():
-    from vitlab.study.intrinsic import sweep_cache_key
+    from vitlab.study.intrinsic import canonical_sweep_key, sweep_cache_key
     from vitlab.train.config import PeftConfig, RunConfig
 
     def key(**options):
         config = RunConfig(name="x", peft=PeftConfig(method="subspace", options={"dim": 8, **options}))
-        return sweep_cache_key(config)["config"]["peft"]["options"]
+        return sweep_cache_key(config)
 
-    assert key()["projection_norm"] == "per_tensor" == key(projection_norm="per_tensor")["projection_norm"]
-    assert "projection_norm" not in key(projection_norm="global")  # as recorded before the option existed
+    assert key()["config"]["peft"]["options"]["projection_norm"] == "per_tensor"
+    assert key() == key(projection_norm="per_tensor") != key(projection_norm="global")
+    # a record written before projection_norm existed (and before the key was canonical) means global
+    old = json.loads(json.dumps(key(projection_norm="global")))
+    old["config"].update(name="x", output_dir="runs")
+    old["config"]["peft"]["options"] = {"dim": 8, "sweep": {"lr": None, "engine": None, "metric": None,
+                                                            "patience": None}}
+    assert canonical_sweep_key(old) == json.loads(json.dumps(key(projection_norm="global")))
+
+
+def test_a_default_written_out_or_another_dim_is_the_same_sweep(tmp_path, capsys):
+    config = _write_config(tmp_path, "same", epochs=1, sweep={"engine": "plain", "lr": 0.1, "reference": 0.5})
+    assert main(["intrinsic-dim", "--config", str(config), "--dims", "[4]"]) == 0
+    capsys.readouterr()
+    # each was refused as 'made by another configuration' (e.g. sweep.metric: None -> test/acc, dim: 100 -> 500)
+    for extra in (["--peft.options.sweep.metric", "test/acc"], ["--peft.options.projection", "fastfood"],
+                  ["--peft.options.seed", "0"], ["--peft.options.dim", "500"],
+                  ["--output_dir", str(tmp_path / "runs") + "/"]):
+        assert main(["intrinsic-dim", "--config", str(config), "--dims", "[4]", *extra]) == 0, capsys.readouterr()
+    assert main(["intrinsic-dim", "--config", str(config), "--dims", "[4]", "--peft.options.seed", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "config.peft.options.seed: 0 -> 1)" in err and "dim" not in err.split("(config.")[1]
 
 
 @pytest.mark.parametrize(("sweep", "message"), [

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from vitlab.checks import check_field_types
-from vitlab.study.cache import ensure_cache_matches, write_record
+from vitlab.study.cache import ensure_cache_matches, read_record, write_record
 from vitlab.study.progress import sweep_progress
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from vitlab.peft.intrinsic import SubspaceConfig
     from vitlab.train.config import PeftConfig, RunConfig
 
-__all__ = ["ENGINES", "METRICS", "SweepSettings", "run_intrinsic_dim", "sweep_cache_key"]
+__all__ = ["ENGINES", "METRICS", "SweepSettings", "canonical_sweep_key", "run_intrinsic_dim", "sweep_cache_key"]
 
 ENGINES = ("lightning", "plain")
 METRICS = ("test/acc", "val/acc")  # the accuracies a `vitlab fit` run reports
@@ -160,34 +160,65 @@ class SweepSettings:
 
 
 def sweep_cache_key(config: RunConfig) -> dict[str, Any]:
-    """What the cached runs of a sweep depend on: the run config (the grid keys of ``peft.options.sweep`` left out, as
-    each point is cached by itself; ``peft.options.projection_norm`` resolved, and left out when ``global``, the only
-    form of sweeps made before the option existed) and the SHA-256 of the pretrained weights, if any.
+    """What the cached runs of a sweep depend on: the run config and the SHA-256 of the pretrained weights, if any.
+
+    Only what changes a point's result counts, spelled one way (`canonical_sweep_key`): ``name`` and ``output_dir``
+    (the folder itself) and ``peft.options.dim`` (replaced by each grid point) are left out, as are the grid keys of
+    ``peft.options.sweep`` (each point is cached by itself); the ``SubspaceConfig`` options and the point keys of
+    ``sweep`` (``lr``, ``engine``, ``metric``, ``patience``) are resolved, so writing a default out does not make
+    another experiment.
 
     Example:
         >>> from vitlab.train.config import RunConfig
         >>> key = sweep_cache_key(RunConfig(name="x"))
-        >>> key["pretrained_sha256"] is None and "name" in key["config"]
+        >>> key["pretrained_sha256"] is None and "name" not in key["config"] and "optim" in key["config"]
         True
-        >>> key["config"]["peft"]["options"]["projection_norm"]
-        'per_tensor'
+        >>> options = key["config"]["peft"]["options"]
+        >>> options["projection_norm"], options["projection"], options["sweep"]["metric"]
+        ('per_tensor', 'fastfood', 'test/acc')
     """
     from vitlab.peft.intrinsic import SubspaceConfig
 
     config_dict = asdict(config)
-    sweep = dict(config_dict["peft"]["options"].get("sweep") or {})
-    config_dict["peft"]["options"]["sweep"] = {k: sweep.get(k) for k in _POINT_KEYS}
+    options = config_dict["peft"]["options"]
     # the default projection_norm changed from global to per_tensor: a record without the key was made with global
-    norm = config_dict["peft"]["options"].pop("projection_norm", None) or SubspaceConfig(dim=1).projection_norm
-    if norm != "global":
-        config_dict["peft"]["options"]["projection_norm"] = norm
+    options["projection_norm"] = options.get("projection_norm") or SubspaceConfig(dim=1).projection_norm
     pretrained = config.model.pretrained
     digest = None
     if pretrained:
         from vitlab.checkpoint import resolve_pretrained
 
         digest = resolve_pretrained(pretrained, config.model.name).describe()["sha256"]
-    return {"config": config_dict, "pretrained_sha256": digest}
+    return canonical_sweep_key({"config": config_dict, "pretrained_sha256": digest})
+
+
+def canonical_sweep_key(key: dict[str, Any]) -> dict[str, Any]:
+    """``key`` (a `sweep_cache_key`, or the record of a sweep made by an earlier vitlab) in its one spelling.
+
+    Records of earlier versions kept ``name``, ``output_dir``, ``peft.options.dim`` and the options as written, and
+    left ``projection_norm`` out when it was ``global`` (the only form before the option existed); here a missing
+    ``projection_norm`` therefore reads as ``global``.
+
+    Example:
+        >>> old = {"config": {"name": "a", "output_dir": "runs", "optim": {"lr": 0.1},
+        ...                   "peft": {"options": {"dim": 8, "sweep": {"lr": 0.3, "num": 4}}}}}
+        >>> canonical_sweep_key(old)["config"]["peft"]["options"]["projection_norm"]
+        'global'
+        >>> sorted(canonical_sweep_key(old)["config"])
+        ['optim', 'peft']
+    """
+    from vitlab.peft.intrinsic import SubspaceConfig
+
+    config = {k: v for k, v in key["config"].items() if k not in ("name", "output_dir")}
+    peft = dict(config["peft"])
+    options = {k: v for k, v in peft["options"].items() if k not in ("dim", "sweep", "target_modules")}
+    options.setdefault("projection_norm", "global")
+    resolved = SubspaceConfig(dim=1, **options).to_dict()
+    sweep, defaults = dict(peft["options"].get("sweep") or {}), SweepSettings()
+    resolved["sweep"] = {k: getattr(defaults, k) if sweep.get(k) is None else sweep[k] for k in _POINT_KEYS}
+    peft["options"] = {k: v for k, v in resolved.items() if k not in ("dim", "target_modules")}
+    config["peft"] = peft
+    return {**key, "config": config}
 
 
 def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[int] | None = None,
@@ -230,6 +261,12 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
     folder = Path(config.output_dir) / config.name
     key = sweep_cache_key(config)
     if any((folder / name).is_file() for name in (SWEEP_CSV, PER_MODULE_SWEEP_CSV)):
+        record = read_record(folder)
+        if record is not None and record["config"] != key:  # a record of an earlier vitlab: compare like with like
+            try:
+                write_record(folder, canonical_sweep_key(record["config"]))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                pass  # not a sweep record vitlab can read: ensure_cache_matches names what differs
         ensure_cache_matches(folder, key, "an intrinsic-dimension sweep", reuse_cached_as_is)
     else:
         write_record(folder, key)
