@@ -243,6 +243,23 @@ def _check_geometry(folder: Path, data_config: dict[str, Any]) -> None:
                          "or generate one (leave out --corruption_dir)")
 
 
+def _report_folder(out: str | Path | None, weights: Path, stem: str) -> Path:
+    """The folder ``<stem>.md`` / ``.json`` go to (``out``, default the checkpoint's folder), refused when it is a file
+    or already holds that report of another checkpoint (a different run evaluated into the same ``--out``)."""
+    folder = Path(out) if out else weights.parent
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--out {folder} is a file: give a folder for the report files")
+    previous = folder / f"{stem}.json"
+    try:
+        recorded = json.loads(previous.read_text()).get("checkpoint") if previous.is_file() else None
+    except (ValueError, OSError, AttributeError):
+        recorded = None  # not a report of vitlab's: replaced
+    if isinstance(recorded, str) and Path(recorded).resolve() != weights.resolve():
+        raise ConfigError(f"{previous} is the report of another checkpoint ({recorded}): pass another --out, or "
+                          f"delete {stem}.json and {stem}.md there to replace them")
+    return folder
+
+
 def _generated_set(datamodule: Any, n: str | int | None, corruptions: Sequence[str] | None, cache_dir: str | None,
                    seed: int, workers: int | None) -> tuple[Path, str]:
     """Take the first ``n`` test images back to uint8, generate (or reuse) their corruption set; returns
@@ -315,6 +332,11 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
         raise ConfigError("give either --corruption_dir or --imagenet_c, not both")
     if (alexnet_normalise or clean_accuracy is not None) and not imagenet_c:
         raise ConfigError("--alexnet_normalise and --clean_accuracy apply to ImageNet-C only: add --imagenet_c ROOT")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"--seed must be an int >= 0 (the seed of the generated corruptions), got {seed!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"--workers must be an int >= 1 (processes generating corruptions) or unset for one per "
+                          f"CPU, got {workers!r}")
     chosen = resolve_device(device)
     source = ""
     if corruption_dir or imagenet_c:
@@ -326,6 +348,9 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
     else:
         model, meta, datamodule = load_checkpoint_and_test_data(checkpoint, data, root, batch_size)
         data_config, name = datamodule.data_config(), datamodule.name  # the normalisation `vitlab eval` applies
+    stem = f"robustness_{name}" + ("_imagenet_c" if imagenet_c else "_published" if corruption_dir else "")
+    weights = resolve_weights_path(checkpoint)
+    folder_out = _report_folder(out, weights, stem)
     if imagenet_c:
         from vitlab.data import build_eval_transform
 
@@ -334,23 +359,20 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
                                      corruptions=corruptions or COMMON_CORRUPTIONS,
                                      alexnet_normalise=alexnet_normalise,
                                      class_names=data_config.get("class_names"))
-        stem = f"robustness_{name}_imagenet_c"
     else:
         if corruption_dir:
-            folder, stem = Path(corruption_dir), f"robustness_{name}_published"
+            folder = Path(corruption_dir)
             _check_geometry(folder, data_config)
             print(f"robustness: published-layout folder {folder}, "
                   f"{'all' if count is None else count} images per corruption and severity")
         else:
-            (folder, source), stem = _generated_set(datamodule, n, corruptions, cache_dir, seed, workers), \
-                f"robustness_{name}"
+            folder, source = _generated_set(datamodule, n, corruptions, cache_dir, seed, workers)
             count = None
         report = evaluate_corruptions(model, folder, preprocess=normalize_for(data_config), n=count,
                                       corruptions=corruptions, batch_size=batch_size, device=chosen)
-    report.update({"checkpoint": str(resolve_weights_path(checkpoint)), "data": name, "command": command})
+    report.update({"checkpoint": str(weights), "data": name, "command": command})
     markdown = (f"# Corruption robustness: {report['checkpoint']} on {name}\n\nCommand: `{command}`\n\n{source}"
                 + format_robustness_report(report))
-    folder_out = Path(out) if out else resolve_weights_path(checkpoint).parent
     folder_out.mkdir(parents=True, exist_ok=True)
     (folder_out / f"{stem}.md").write_text(markdown)
     (folder_out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -385,6 +407,8 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
                           f"got {patch_size!r}")
     parse_n(n)  # refuse a bad --n before loading the model and data
     model, _, datamodule = load_checkpoint_and_test_data(checkpoint, data, root, batch_size)
+    stem, weights = f"diagnose_negatives_{datamodule.name}", resolve_weights_path(checkpoint)
+    folder = _report_folder(out, weights, stem)
     own = model_patch_size(model)
     cell = own if patch_size is None else patch_size
     if cell is None:
@@ -399,13 +423,11 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
     kinds = list(KINDS) if kinds is None else kinds  # [] is refused by diagnose_negatives, not taken as "all"
     result = diagnose_negatives(model, datamodule.test_dataloader(), cell, kinds=kinds, n=count, device=chosen,
                                 seed=seed, replace_rate=replace_rate)
-    result.update({"checkpoint": str(resolve_weights_path(checkpoint)), "data": datamodule.name,
+    result.update({"checkpoint": str(weights), "data": datamodule.name,
                    "model_patch_size": own, "seed": seed, "command": command})
     markdown = (f"# Negative-view diagnostics: {result['checkpoint']} on {datamodule.name}\n\nCommand: `{command}`\n\n"
                 + format_negative_diagnostics(result))
-    folder = Path(out) if out else resolve_weights_path(checkpoint).parent
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"diagnose_negatives_{datamodule.name}"
     (folder / f"{stem}.md").write_text(markdown)
     (folder / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(markdown)

@@ -1,0 +1,67 @@
+"""Report files of `vitlab robustness` / `vitlab diagnose-negatives`: one run's report is never silently replaced by
+another run's, ``--out`` must be a folder, and generation options are checked before anything is loaded or made."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from vitlab.cli.main import main
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def other_run(checkpoint, tmp_path):
+    """A second run folder (a copy of the tiny checkpoint under another path)."""
+    return shutil.copytree(checkpoint, tmp_path / "other_run")
+
+
+def test_diagnose_refuses_to_replace_the_report_of_another_run(checkpoint, other_run, tmp_path, capsys):
+    out = tmp_path / "reports"
+    args = ["diagnose-negatives", "--n", "4", "--kinds", "[shuffle]", "--out", str(out)]
+    assert main([*args, "--checkpoint", str(checkpoint)]) == 0
+    assert main([*args, "--checkpoint", str(checkpoint / "model.safetensors")]) == 0  # the same run: replaced
+    first = (out / "diagnose_negatives_digits.json").read_text()
+    capsys.readouterr()
+    assert main([*args, "--checkpoint", str(other_run)]) == 1
+    err = capsys.readouterr().err
+    assert "diagnose_negatives_digits.json is the report of another checkpoint" in err and "another --out" in err
+    assert (out / "diagnose_negatives_digits.json").read_text() == first
+
+
+def test_robustness_refuses_to_replace_the_report_of_another_run(checkpoint, other_run, tmp_path, capsys):
+    published = tmp_path / "published"
+    published.mkdir()
+    np.save(published / "labels.npy", np.arange(10, dtype=np.int64))
+    np.save(published / "contrast.npy", np.zeros((10, 32, 32, 1), dtype=np.uint8))
+    out = tmp_path / "reports"
+    args = ["robustness", "--corruption_dir", str(published), "--out", str(out)]
+    assert main([*args, "--checkpoint", str(checkpoint)]) == 0
+    assert main([*args, "--checkpoint", str(other_run)]) == 1
+    assert "robustness_digits_published.json is the report of another checkpoint" in capsys.readouterr().err
+    assert json.loads((out / "robustness_digits_published.json").read_text())["checkpoint"] == str(
+        checkpoint / "model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--workers", "0"], "--workers must be an int >= 1"),
+        (["--seed", "-1"], "--seed must be an int >= 0"),
+        (["--out", "FILE"], "is a file: give a folder for the report files"),
+    ],
+)
+def test_robustness_refuses_bad_options_before_generating(checkpoint, tmp_path, capsys, extra, message):
+    (tmp_path / "FILE").write_text("x")
+    extra = [str(tmp_path / "FILE") if word == "FILE" else word for word in extra]
+    assert main(["robustness", "--checkpoint", str(checkpoint), "--n", "2", "--corruptions", "[contrast]",
+                 *extra]) == 1
+    captured = capsys.readouterr()
+    assert message in captured.err and "Traceback" not in captured.err
+    assert "corruption set in" not in captured.out  # refused before anything was generated
+    assert not (tmp_path / "cache" / "corruptions").exists()
