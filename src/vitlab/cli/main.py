@@ -24,6 +24,7 @@ from argparse import ArgumentError
 from collections.abc import Callable, Sequence
 from importlib import import_module
 from pathlib import Path
+from typing import Literal
 
 from jsonargparse import ArgumentParser, Namespace
 
@@ -68,8 +69,14 @@ def _eval_parser() -> ArgumentParser:
 def _predict_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="vitlab predict", description="Classify image files with a checkpoint.")
     parser.add_argument("--checkpoint", type=str, required=True, help="model.safetensors or a run folder")
-    parser.add_argument("--topk", type=int, default=1, help="how many classes to print per image")
-    parser.add_argument("images", nargs="+", type=str, help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--topk", type=int, default=1,
+                        help="how many classes to print per image (at most the class count)")
+    parser.add_argument("--format", type=Literal["text", "jsonl", "csv"], default="text",
+                        help="text: 'IMAGE: CLASS PROB, ...' per image; jsonl: one JSON object per image "
+                        '{"image", "predictions": [{"class", "probability"}], "error"?}; csv: header '
+                        "image,rank,class,probability,error and one row per prediction (errors: one row, rank empty)")
+    parser.add_argument("images", nargs="+", type=str,
+                        help="image files (PNG, JPEG, ...) or folders (their image files, sorted by name)")
     return parser
 
 
@@ -206,18 +213,33 @@ def _run_eval(sub: Namespace) -> None:
 
 
 def _run_predict(sub: Namespace) -> None:
+    import csv
+    import json
+
     from vitlab.errors import DataError
     from vitlab.eval.evaluate import predict_images
 
+    rows = predict_images(sub.checkpoint, sub.images, topk=sub.topk)
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    if sub.format == "csv":
+        writer.writerow(["image", "rank", "class", "probability", "error"])
     failed = []
-    for row in predict_images(sub.checkpoint, sub.images, topk=sub.topk):
+    for row in rows:
         if "error" in row:
             print(f"{row['image']}: error: {row['error']}", file=sys.stderr)
             failed.append(row["image"])
-            continue
-        print(row["image"] + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in row["predictions"]))
+        if sub.format == "jsonl":
+            predictions = [{"class": name, "probability": prob} for name, prob in row["predictions"]]
+            print(json.dumps({**row, "predictions": predictions}))
+        elif sub.format == "csv":
+            for rank, (name, prob) in enumerate(row["predictions"], 1):
+                writer.writerow([row["image"], rank, name, f"{prob:.6g}", ""])
+            if "error" in row:
+                writer.writerow([row["image"], "", "", "", row["error"]])
+        elif "error" not in row:
+            print(row["image"] + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in row["predictions"]))
     if failed:
-        raise DataError(f"{len(failed)} of {len(sub.images)} images could not be read ({', '.join(failed[:3])}"
+        raise DataError(f"{len(failed)} of {len(rows)} images could not be read ({', '.join(failed[:3])}"
                         f"{' ...' if len(failed) > 3 else ''}); the others were predicted")
 
 

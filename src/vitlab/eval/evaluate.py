@@ -56,10 +56,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, root: str | None = No
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
     model, meta = load_run_model(checkpoint)
     data_cfg = meta.get("extra", {}).get("data", {})
-    trained_on = data_cfg.get("name")
-    if trained_on is not None and trained_on != data:
-        warnings.warn(f"{checkpoint} was trained on {trained_on!r} but is evaluated on {data!r}: the accuracy is a "
-                      f"transfer result (pass --data {trained_on} for the model's own test set)", stacklevel=2)
     kwargs = meta["model_kwargs"]
     if data_cfg.get("mean") and data_cfg.get("std") and "mean" not in data_options:  # the normalisation it trained on
         data_options = {**data_options, "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])}
@@ -70,6 +66,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, root: str | None = No
     if datamodule.num_classes != kwargs.get("num_classes", datamodule.num_classes):
         raise ConfigError(f"{data} has {datamodule.num_classes} classes but {checkpoint} predicts "
                           f"{kwargs['num_classes']}: evaluate it on a dataset with {kwargs['num_classes']} classes")
+    trained_on = data_cfg.get("name")
+    if trained_on is not None and trained_on != data:  # after the name and the class count are known to be valid
+        warnings.warn(f"{checkpoint} was trained on {trained_on!r} but is evaluated on {data!r}: the accuracy is a "
+                      f"transfer result (pass --data {trained_on} for the model's own test set)", stacklevel=2)
     datamodule.prepare_data()
     datamodule.setup("test" if split == "test" else "validate")
     loader: DataLoader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
@@ -81,9 +81,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, root: str | None = No
 def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: int = 1) -> list[dict[str, Any]]:
     """Classify image files with a ``kind="model"`` checkpoint, preprocessed as in training.
 
-    A file that is missing or cannot be decoded does not stop the others: its row carries an ``"error"`` (one line
-    naming the file) and no predictions. 16-bit greyscale PNGs are scaled to 8 bits (see
-    `vitlab.data.transforms.pil_to_uint8`), not clipped.
+    A folder in ``images`` stands for the image files directly inside it (sorted by name; files whose suffix is not
+    an image format PIL knows, such as ``.txt``, are left out). A file that is missing or cannot be decoded does not
+    stop the others: its row carries an ``"error"`` (one line naming the file) and no predictions. 16-bit greyscale
+    PNGs are scaled to 8 bits (see `vitlab.data.transforms.pil_to_uint8`), not clipped.
 
     Returns:
         One dict per image, in order: ``{"image": path, "predictions": [(class_name, probability), ...]}``
@@ -96,8 +97,9 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
 
     from vitlab.data import build_eval_transform
 
-    if not images:
-        raise ConfigError("give at least one image path")
+    if isinstance(images, str | Path) or not images:
+        raise ConfigError("images must be a non-empty list of image files or folders, e.g. ['shoe.png', 'photos/']")
+    images = _expand_folders(images)
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ConfigError(f"topk must be an int >= 1 (how many classes to list per image), got {topk!r}")
     model, meta = load_run_model(checkpoint)
@@ -112,6 +114,8 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
     results = []
     for path in images:
         try:
+            if Path(path).is_dir():
+                raise DataError("a folder without image files (PNG, JPEG, ...)")
             if not Path(path).is_file():
                 raise DataError("no such image file")
             with Image.open(path) as image:
@@ -127,6 +131,22 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
     if all("error" in row for row in results):
         raise DataError("no image could be read: " + "; ".join(row["error"] for row in results))
     return results
+
+
+def _expand_folders(paths: Sequence[str | Path]) -> list[str | Path]:
+    """``paths`` with each folder replaced by the image files directly inside it (sorted); an empty folder stays, so
+    that its row says it holds no image."""
+    from PIL import Image
+
+    suffixes = {suffix.lower() for suffix in Image.registered_extensions()}
+    expanded: list[str | Path] = []
+    for path in paths:
+        if not Path(path).is_dir():
+            expanded.append(path)
+            continue
+        files = sorted(p for p in Path(path).iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        expanded += [str(p) for p in files] or [path]
+    return expanded
 
 
 def parse_n(value: str | int | None) -> int | None:

@@ -1,0 +1,67 @@
+"""`vitlab predict` on folders and in machine-readable formats (JSON lines, CSV), and `vitlab eval`'s transfer
+warning only for a valid dataset."""
+
+import csv
+import io
+import json
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitlab.cli.main import main
+from vitlab.errors import ConfigError
+from vitlab.eval.evaluate import evaluate_checkpoint, predict_images
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """b.png, a.jpg (RGB), c.png (RGBA) and notes.txt in one folder."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (9, 7), dtype=np.uint8)).save(tmp_path / "b.png")
+    Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    Image.fromarray(rng.integers(0, 256, (6, 6, 4), dtype=np.uint8), "RGBA").save(tmp_path / "c.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+def test_a_folder_stands_for_its_image_files_in_name_order(checkpoint, folder, tmp_path):
+    rows = predict_images(checkpoint, [folder], topk=2)
+    assert [row["image"] for row in rows] == [str(folder / name) for name in ("a.jpg", "b.png", "c.png")]
+    assert rows == predict_images(checkpoint, [folder / "a.jpg", folder / "b.png", folder / "c.png"], topk=2)
+    (tmp_path / "empty").mkdir()
+    mixed = predict_images(checkpoint, [tmp_path / "empty", folder / "a.jpg"])
+    assert mixed[0]["error"] == f"{tmp_path / 'empty'}: a folder without image files (PNG, JPEG, ...)"
+    with pytest.raises(ConfigError, match="non-empty list of image files or folders"):
+        predict_images(checkpoint, str(folder / "a.jpg"))  # a single path string, not a list
+
+
+def test_jsonl_output_parses_back_to_the_predictions(checkpoint, folder, capsys):
+    assert main(["predict", "--checkpoint", str(checkpoint), "--topk", "3", "--format", "jsonl", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = predict_images(checkpoint, [folder], topk=3)
+    assert [json.loads(line) for line in lines] == [
+        {"image": row["image"], "predictions": [{"class": c, "probability": p} for c, p in row["predictions"]]}
+        for row in expected]
+
+
+def test_csv_output_has_one_row_per_prediction_and_per_error(checkpoint, folder, capsys):
+    missing = folder / "missing.png"
+    assert main(["predict", "--checkpoint", str(checkpoint), "--topk", "2", "--format", "csv",
+                 str(folder / "b.png"), str(missing)]) == 1
+    captured = capsys.readouterr()
+    rows = list(csv.DictReader(io.StringIO(captured.out)))
+    (name1, p1), (name2, p2) = predict_images(checkpoint, [folder / "b.png"], topk=2)[0]["predictions"]
+    assert [(r["image"], r["rank"], r["class"]) for r in rows] == [
+        (str(folder / "b.png"), "1", name1), (str(folder / "b.png"), "2", name2), (str(missing), "", "")]
+    assert float(rows[0]["probability"]) == pytest.approx(p1, rel=1e-5) and rows[2]["error"].endswith(
+        "no such image file")
+    assert "1 of 2 images could not be read" in captured.err
+
+
+def test_eval_warns_about_transfer_only_for_a_dataset_it_can_evaluate(checkpoint):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ConfigError, match="unknown dataset 'digitz'"):
+            evaluate_checkpoint(checkpoint, "digitz")
