@@ -66,9 +66,19 @@ Accuracies = dict[str, dict[int, float]]
 
 
 def corruption_metrics(
-    accuracy: Accuracies, clean_accuracy: float | None = None, alexnet_normalise: bool = False
+    accuracy: Accuracies, clean_accuracy: float | None = None, alexnet_normalise: bool = False,
+    baseline_errors: dict[str, float] | None = None, baseline_clean_error: float | None = None,
 ) -> dict[str, Any]:
     """Summaries of ``accuracy[corruption][severity]`` (fractions); see the module docstring for the formulas.
+
+    Args:
+        accuracy: ``{corruption: {severity 1..5 (int): top-1 accuracy fraction}}``.
+        clean_accuracy: the model's clean accuracy (fraction), for the relative mCE.
+        alexnet_normalise: add ``ce`` / ``mce`` (and ``relative_ce`` / ``relative_mce`` given ``clean_accuracy``),
+            normalised by the AlexNet errors of `ALEXNET_ERRORS` / `ALEXNET_CLEAN_ERROR`, or by another baseline's.
+        baseline_errors: with ``alexnet_normalise``, another baseline's mean error over the 5 severities for each of
+            the 15 common corruptions (fractions), in place of `ALEXNET_ERRORS` (e.g. a ResNet-50's table).
+        baseline_clean_error: that baseline's clean error (fraction), needed for its relative mCE.
 
     Returns a dict with ``mean_accuracy``, ``per_severity``, ``per_corruption``, ``mce_unnormalised`` (over the
     common corruptions present), ``missing_common``, ``extra_mean_accuracy`` / ``extra_per_corruption`` (the 4 extra
@@ -78,6 +88,7 @@ def corruption_metrics(
     _check_accuracies(accuracy)
     if clean_accuracy is not None and not _is_fraction(clean_accuracy):
         raise ConfigError(f"clean_accuracy must be a fraction in [0, 1] (e.g. 0.81, not 81), got {clean_accuracy!r}")
+    base_errors, base_clean = _baseline(alexnet_normalise, baseline_errors, baseline_clean_error, clean_accuracy)
     unknown = [c for c in accuracy if c not in ALL_CORRUPTIONS]
     if unknown:
         raise ConfigError(f"unknown corruptions {unknown}; valid: {', '.join(ALL_CORRUPTIONS)}")
@@ -104,14 +115,46 @@ def corruption_metrics(
             raise ConfigError(f"AlexNet-normalised mCE needs all 15 common corruptions at severities 1-5; incomplete: "
                              f"{incomplete}")
         error = {c: 1.0 - per_corruption[c] for c in COMMON_CORRUPTIONS}
-        result["ce"] = {c: error[c] / ALEXNET_ERRORS[c] for c in COMMON_CORRUPTIONS}
+        result["ce"] = {c: error[c] / base_errors[c] for c in COMMON_CORRUPTIONS}
         result["mce"] = 100.0 * float(np.mean(list(result["ce"].values())))
         if clean_accuracy is not None:
             clean_error = 1.0 - clean_accuracy
-            result["relative_ce"] = {c: (error[c] - clean_error) / (ALEXNET_ERRORS[c] - ALEXNET_CLEAN_ERROR)
+            result["relative_ce"] = {c: (error[c] - clean_error) / (base_errors[c] - base_clean)
                                      for c in COMMON_CORRUPTIONS}
             result["relative_mce"] = 100.0 * float(np.mean(list(result["relative_ce"].values())))
     return result
+
+
+def _baseline(normalise: bool, errors: object, clean_error: object,
+              clean_accuracy: float | None) -> tuple[dict[str, float], float]:
+    """The baseline table the CE is normalised by: AlexNet's, or ``errors`` checked to be usable."""
+    if errors is None:
+        if clean_error is not None:
+            raise ConfigError("baseline_clean_error goes with baseline_errors: give both, or neither for AlexNet's")
+        return ALEXNET_ERRORS, ALEXNET_CLEAN_ERROR
+    if not normalise:
+        raise ConfigError("baseline_errors is used only for the normalised mCE: pass alexnet_normalise=True too")
+    if not isinstance(errors, dict):
+        raise ConfigError(f"baseline_errors must be a dict {{corruption: mean error}}, got {type(errors).__name__}")
+    missing = [c for c in COMMON_CORRUPTIONS if c not in errors]
+    if missing:
+        raise ConfigError(f"baseline_errors lacks {missing}: give the baseline's mean error over the 5 severities "
+                          "for each of the 15 common corruptions")
+    bad = {c: errors[c] for c in COMMON_CORRUPTIONS if not _is_fraction(errors[c]) or errors[c] == 0}
+    if bad:
+        raise ConfigError(f"baseline_errors {bad}: errors are fractions in (0, 1] (e.g. 0.8, not 80)")
+    if clean_error is not None and not _is_fraction(clean_error):
+        raise ConfigError(f"baseline_clean_error must be a fraction in [0, 1], got {clean_error!r}")
+    if clean_accuracy is not None:
+        if clean_error is None:
+            raise ConfigError("the relative mCE against baseline_errors needs the baseline's clean error: pass "
+                              "baseline_clean_error (or leave clean_accuracy unset)")
+        equal = [c for c in COMMON_CORRUPTIONS if errors[c] == clean_error]
+        if equal:
+            raise ConfigError(f"baseline_errors of {equal} equal baseline_clean_error {clean_error}: the relative CE "
+                              "divides by their difference")
+    return {c: float(errors[c]) for c in COMMON_CORRUPTIONS}, (ALEXNET_CLEAN_ERROR if clean_error is None
+                                                                else float(clean_error))
 
 
 def _is_fraction(value: object) -> bool:
@@ -130,8 +173,10 @@ def _check_accuracies(accuracy: object) -> None:
                               f"{per_severity!r}")
         for severity, value in per_severity.items():
             if not _is_int(severity) or severity not in SEVERITIES:
+                hint = (" (a report read back from JSON has string keys: {int(s): a for s, a in ...items()})"
+                        if isinstance(severity, str) and severity.isdigit() else "")
                 raise ConfigError(f"accuracy[{corruption!r}] has severity {severity!r}: severities are the ints "
-                                  "1..5")
+                                  f"1..5{hint}")
             if not _is_fraction(value):
                 raise ConfigError(f"accuracy[{corruption!r}][{severity}] = {value!r}: accuracies are fractions in "
                                   "[0, 1] (e.g. 0.5, not 50)")
