@@ -160,3 +160,29 @@ def test_head_modules_as_one_name_and_max_dense_bytes_refuses_a_bool():
             SubspaceConfig(dim=3, head_modules=bad)
     with pytest.raises(ValueError, match="max_dense_bytes must be a positive int"):
         SubspaceConfig(dim=3, max_dense_bytes=True)  # True == 1 byte: every dense P was refused as too large
+
+
+def test_parameters_frozen_before_wrapping_are_named_when_the_subspace_moves_them():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model[0].weight.requires_grad_(False)
+    with pytest.warns(UserWarning, match=r"1 parameter\(s\) of Sequential were frozen .* \['0.weight'\]"):
+        wrapped = wrap_in_subspace(model, SubspaceConfig(dim=5))
+    assert wrapped.num_params == 30  # all of them, as documented (Li et al.)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert wrap_in_subspace(model, SubspaceConfig(dim=5, target_modules=["1"])).num_params == 10  # no warning
+
+
+def test_a_base_state_dict_loaded_into_the_wrapper_says_where_it_goes():
+    base = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    wrapped = wrap_in_subspace(base, SubspaceConfig(dim=5))
+    other = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"state dict of the base model .* model\.base\.load_state_dict"):
+        wrapped.load_state_dict(other.state_dict())  # was torch's list of missing and unexpected keys
+    wrapped.base.load_state_dict(other.state_dict())  # the fix the message names: θ₀ is the new weights
+    x = torch.randn(3, 4)
+    assert torch.equal(wrapped(x), other(x))

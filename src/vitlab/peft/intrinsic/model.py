@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -86,6 +87,12 @@ class SubspaceModel(nn.Module):
         if d < 1:
             raise ValueError(f"said=True needs dim > {num_scales} (one scale per segment is counted inside dim), "
                              f"got dim={config.dim}; raise dim or set said=False")
+        frozen = sorted({s.name for s in self.segments if not base.get_parameter(s.name).requires_grad})
+        if frozen:
+            warnings.warn(f"{len(frozen)} parameter(s) of {type(base).__name__} were frozen (requires_grad=False) "
+                          f"but are put into the subspace and will move with θ_d: {frozen[:5]}"
+                          f"{' ...' if len(frozen) > 5 else ''}; to keep them fixed, select the others with "
+                          "SubspaceConfig(target_modules=...)", UserWarning, stacklevel=3)
         first = next(base.parameters())
         self.base = base
         self.num_classes = getattr(base, "num_classes", None)  # read by the harness (ClassificationTask)
@@ -162,11 +169,15 @@ def _drop_frozen_base(module: SubspaceModel, state_dict: dict, prefix: str, loca
 def _fill_frozen_base(module: SubspaceModel, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
                       missing: list, unexpected: list, errors: list) -> None:
     stored = state_dict.get(prefix + "theta_d")
+    params = dict(module.base.named_parameters())
+    if stored is None and any(prefix + name in state_dict for name in params):
+        raise ValueError("this is a state dict of the base model (its keys have no 'base.' prefix and no theta_d), "
+                         "not of the subspace model: load it into the base, model.base.load_state_dict(...) (θ₀ is "
+                         "read from the base at every forward), or load a state dict saved from the SubspaceModel")
     if stored is not None and stored.shape != module.theta_d.shape:
         raise ValueError(f"the checkpoint's theta_d has {stored.numel()} entries but this subspace has "
                          f"{module.theta_d.numel()}; rebuild with the checkpoint's SubspaceConfig (dim, said, "
                          "target_modules, train_head)")
-    params = dict(module.base.named_parameters())
     for name in module._frozen:
         state_dict.setdefault(f"{prefix}base.{name}", params[name].detach())
 
@@ -175,7 +186,9 @@ def wrap_in_subspace(model: nn.Module, config: SubspaceConfig) -> SubspaceModel:
     """Wrap ``model`` for random-subspace training; the result computes exactly ``model`` until θ_d moves.
 
     Args:
-        model: any ``nn.Module`` (e.g. a timm ViT); its parameters are frozen in place.
+        model: any ``nn.Module`` (e.g. a timm ViT); its parameters are frozen in place. Parameters it had frozen
+            already are in the subspace too when ``target_modules`` selects them (the default selects every
+            parameter, as Li et al.); a warning names them.
         config: the ``SubspaceConfig``.
 
     Returns:
