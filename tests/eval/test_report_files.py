@@ -65,3 +65,16 @@ def test_robustness_refuses_bad_options_before_generating(checkpoint, tmp_path, 
     assert message in captured.err and "Traceback" not in captured.err
     assert "corruption set in" not in captured.out  # refused before anything was generated
     assert not (tmp_path / "cache" / "corruptions").exists()
+
+
+@pytest.mark.parametrize("extra", [["--cache_dir", "SET"], ["--workers", "2"], ["--seed", "3"]])
+def test_generation_options_with_a_published_folder_are_refused(checkpoint, tmp_path, capsys, extra):
+    extra = [str(tmp_path / "set") if word == "SET" else word for word in extra]
+    assert main(["robustness", "--checkpoint", str(checkpoint), "--corruption_dir", str(tmp_path), *extra]) == 1
+    assert f"{extra[0]} apply to generated sets only, not to --corruption_dir: drop them" in capsys.readouterr().err
+
+
+def test_diagnose_refuses_a_replace_rate_that_no_chosen_view_uses(checkpoint, tmp_path, capsys):
+    assert main(["diagnose-negatives", "--checkpoint", str(checkpoint), "--kinds", "[shuffle]", "--replace_rate",
+                 "0.375", "--out", str(tmp_path)]) == 1
+    assert "--replace_rate 0.375 applies to the infill view only" in capsys.readouterr().err

@@ -352,6 +352,11 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
         raise ConfigError("give either --corruption_dir or --imagenet_c, not both")
     if (alexnet_normalise or clean_accuracy is not None) and not imagenet_c:
         raise ConfigError("--alexnet_normalise and --clean_accuracy apply to ImageNet-C only: add --imagenet_c ROOT")
+    generation_only = [name for name, value in (("--cache_dir", cache_dir), ("--workers", workers),
+                                                ("--seed", None if seed == 0 else seed)) if value is not None]
+    if (corruption_dir or imagenet_c) and generation_only:
+        raise ConfigError(f"{', '.join(generation_only)} apply to generated sets only, not to "
+                          f"{'--corruption_dir' if corruption_dir else '--imagenet_c'}: drop them")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"--seed must be an int >= 0 (the seed of the generated corruptions), got {seed!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -426,6 +431,9 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
         raise ConfigError(f"patch_size must be an int >= 1 (the views' cell size in px) or None for the model's own, "
                           f"got {patch_size!r}")
     parse_n(n)  # refuse a bad --n before loading the model and data
+    if kinds is not None and "infill" not in kinds and replace_rate != 0.25:
+        raise ConfigError(f"--replace_rate {replace_rate} applies to the infill view only, which --kinds {list(kinds)} "
+                          "leaves out: add infill to --kinds or drop --replace_rate")
     model, _, datamodule = load_checkpoint_and_test_data(checkpoint, data, root, batch_size)
     stem, weights = f"diagnose_negatives_{datamodule.name}", resolve_weights_path(checkpoint)
     folder = _report_folder(out, weights, stem)
