@@ -128,6 +128,8 @@ def test_intrinsic_dim_refuses_bad_settings(tmp_path, capsys):
     config = _write_config(tmp_path, "full", epochs=1, sweep={})
     assert main(["intrinsic-dim", "--config", str(config), "--peft.method", "lora"]) == 1
     assert "needs peft.method: subspace" in capsys.readouterr().err
+    assert main(["intrinsic-dim", "--config", str(config), "--model.name", "mnist_fc", "--model.kwargs", "{}"]) == 1
+    assert "mnist_fc (Li et al.'s MNIST network) is not a timm model" in capsys.readouterr().err  # was 'unknown model'
 
 
 def test_intrinsic_dim_prints_not_reached_for_both_d90s(tmp_path, capsys):

@@ -256,6 +256,9 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
     settings = SweepSettings.from_options(config.peft.options)
     if dims is not None:
         settings = replace(settings, dims=list(dims))
+    if config.model.name == "mnist_fc" and settings.engine != "plain":
+        raise ValueError("model mnist_fc (Li et al.'s MNIST network) is not a timm model that `vitlab fit` builds: set "
+                         "peft.options.sweep.engine: plain (as configs/intrinsic_dim_mnist_fc.yaml does)")
     probe = SubspaceConfig(dim=1, target_modules=config.peft.target_modules, **options)  # validates the options now
     projection = dict(projection=probe.projection, projection_norm=probe.projection_norm)
     folder = Path(config.output_dir) / config.name
