@@ -78,3 +78,31 @@ def test_diagnose_refuses_a_replace_rate_that_no_chosen_view_uses(checkpoint, tm
     assert main(["diagnose-negatives", "--checkpoint", str(checkpoint), "--kinds", "[shuffle]", "--replace_rate",
                  "0.375", "--out", str(tmp_path)]) == 1
     assert "--replace_rate 0.375 applies to the infill view only" in capsys.readouterr().err
+
+
+def test_published_folder_paths_that_are_not_cifar_c_folders_name_the_fix(checkpoint, tmp_path, capsys):
+    archive = tmp_path / "CIFAR-10-C.tar"
+    archive.write_bytes(b"\0" * 512)
+    (tmp_path / "imagenet_c" / "fog" / "1").mkdir(parents=True)
+    for path, message in [(archive, "is a file, not a folder: unpack it first"),
+                          (tmp_path / "nowhere", "does not exist: pass a CIFAR-C-layout folder"),
+                          (tmp_path / "imagenet_c", "the ImageNet-C JPEG layout: pass it with --imagenet_c")]:
+        assert main(["robustness", "--checkpoint", str(checkpoint), "--corruption_dir", str(path)]) == 1
+        assert message in capsys.readouterr().err
+
+
+def test_a_model_smaller_than_32_px_is_pointed_to_a_folder_of_its_size(tmp_path, capsys):
+    import timm
+
+    from tests.eval.conftest import TINY_VIT
+    from vitlab.checkpoint import save_checkpoint
+    from vitlab.data import build_datamodule
+
+    kwargs = dict(TINY_VIT, img_size=24)
+    save_checkpoint(tmp_path / "run", timm.create_model("vit_vitlab_tiny_patch4_32", **kwargs).state_dict(),
+                    kind="model", model_name="vit_vitlab_tiny_patch4_32", model_kwargs=kwargs,
+                    extra={"data": build_datamodule("digits", img_size=24).data_config()})
+    assert main(["robustness", "--checkpoint", str(tmp_path / "run"), "--n", "2", "--corruptions", "[fog]"]) == 1
+    captured = capsys.readouterr()
+    assert "takes 24x24 images, smaller than the 32x32 px" in captured.err and "--corruption_dir" in captured.err
+    assert not (tmp_path / "cache" / "corruptions").exists()

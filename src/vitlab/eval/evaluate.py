@@ -297,6 +297,11 @@ def _generated_set(datamodule: Any, n: str | int | None, corruptions: Sequence[s
             import_imagecorruptions()
         except ImportError as error:  # a one-line, fixable error for the CLI
             raise ConfigError(f"{error} (or `pip install 'vitlab[robustness]'`)") from error
+    size = int(datamodule.data_config()["img_size"])
+    if size < 32:
+        raise ConfigError(f"this checkpoint takes {size}x{size} images, smaller than the 32x32 px that "
+                          "imagecorruptions corrupts: evaluate it on a corrupted folder of its size "
+                          "(--corruption_dir) instead")
     available = len(datamodule.test_dataset)
     count = count_test_images(n, available, f"the {datamodule.name}")
     print(f"robustness: using {count} of {available} {datamodule.name} test images per corruption and severity "

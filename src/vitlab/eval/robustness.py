@@ -246,6 +246,15 @@ def evaluate_corruptions(
             raise ConfigError(f"corruptions {corruptions} holds none of the 15 common corruptions the summary is "
                               f"over: add at least one of {', '.join(COMMON_CORRUPTIONS)}")
     folder = Path(folder)
+    if folder.is_file():
+        raise DataError(f"{folder} is a file, not a folder: unpack it first (e.g. `tar -xf {folder}`) and pass the "
+                        "folder that holds labels.npy and the <corruption>.npy files")
+    if not folder.is_dir():
+        raise MissingFileError(f"{folder} does not exist: pass a CIFAR-C-layout folder (labels.npy and "
+                               "<corruption>.npy files)")
+    if not (folder / "labels.npy").is_file() and any((folder / c).is_dir() for c in ALL_CORRUPTIONS):
+        raise DataError(f"{folder} holds <corruption>/ folders, the ImageNet-C JPEG layout: pass it with "
+                        "--imagenet_c (vitlab.eval.evaluate_imagenet_c), not as a CIFAR-C-layout folder")
     if not (folder / "labels.npy").is_file():
         raise MissingFileError(f"{folder} has no labels.npy: not a CIFAR-C-layout folder (generate one with "
                                 "vitlab.eval.corruptions.generate_corruption_set)")
