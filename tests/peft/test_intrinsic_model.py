@@ -186,3 +186,11 @@ def test_a_base_state_dict_loaded_into_the_wrapper_says_where_it_goes():
     wrapped.base.load_state_dict(other.state_dict())  # the fix the message names: θ₀ is the new weights
     x = torch.randn(3, 4)
     assert torch.equal(wrapped(x), other(x))
+
+
+def test_a_lazy_model_is_wrapped_after_its_first_forward():
+    model = nn.Sequential(nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(ValueError, match=r"uninitialised lazy parameters \['1.weight', '1.bias'\].*forward pass"):
+        wrap_in_subspace(model, SubspaceConfig(dim=3))  # was torch's RuntimeError about the shape
+    model(torch.randn(1, 5))
+    assert wrap_in_subspace(model, SubspaceConfig(dim=3)).num_params == 12

@@ -264,3 +264,14 @@ def test_refinement_point_cases():
     assert refinement_point({10: 0.1, 100: 0.2}, 0.9) is None  # not reached
     assert refinement_point({2: 0.1, 3: 0.95}, 0.9, max_ratio=1.1) is None  # no integer strictly between
     assert refinement_point({10: 0.1, 40: 0.95, 100: 0.1}, 0.9) == 20  # the first hit counts, not later misses
+
+
+def test_per_module_sweep_of_a_model_without_attention_or_mlp_names_the_whole_model_sweep(tmp_path):
+    from torch import nn
+
+    from vitlab.peft.intrinsic.per_module import run_per_module_sweep
+
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"Sequential has none of the module kinds .* \(without --per_module\)"):
+        run_per_module_sweep(cnn, lambda kind, d: 0.5, [4], tmp_path, reference=0.5)  # was 'kinds [] select nothing'
+    assert not (tmp_path / "intrinsic_dim_per_module_sweep.csv").exists()

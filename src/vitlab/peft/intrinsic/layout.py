@@ -116,9 +116,13 @@ def build_layout(
         Segments in parameter order with consecutive offsets; ``sum(s.numel for s in segments)`` is D.
 
     Raises:
-        ValueError: an entry matches no parameter (the message lists module names), a row slice does not fit, or
-            nothing is left after ``exclude``.
+        ValueError: an entry matches no parameter (the message lists module names), a row slice does not fit,
+            nothing is left after ``exclude``, or a lazy parameter is not initialised yet.
     """
+    lazy = [n for n, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)]
+    if lazy:
+        raise ValueError(f"{type(model).__name__} has uninitialised lazy parameters {lazy[:5]} (nn.LazyLinear, ...), "
+                         "whose size is not known yet: run one forward pass on a sample batch first, then wrap it")
     params = [(n, tuple(p.shape)) for n, p in model.named_parameters() if n not in exclude]
     wanted: dict[str, list[tuple[int, int]] | None] = {}
     if target_modules is None:

@@ -175,6 +175,10 @@ def run_per_module_sweep(
         The ranked ``ModuleRecord`` list (the table's rows).
     """
     kinds = list(kinds) if kinds is not None else available_module_kinds(model)
+    if not kinds:
+        raise ValueError(f"{type(model).__name__} has none of the module kinds {list(MODULE_KINDS)} (timm ViT and "
+                         "Inception Transformer names): a per-module sweep needs such a model; sweep the whole model "
+                         "instead (without --per_module), or choose the parameters with peft.target_modules")
     check_module_kinds(kinds)
     sizes = {k: _kind_size(model, k) for k in kinds}
     empty = [k for k, n in sizes.items() if n == 0]
