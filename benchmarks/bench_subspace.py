@@ -135,6 +135,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.batch_size < 1 or args.iters < 1 or args.warmup < 0 or not all(d >= 1 for d in args.dims):
         parser.error("--batch-size, --iters and --dims must be >= 1 and --warmup >= 0")
+    if not 10 <= args.wht_max_log2 <= 30:  # sizes 2^10 .. 2^max; 2^30 floats are 4 GiB per vector
+        parser.error(f"--wht-max-log2 must be in 10..30 (the FWHT table starts at 2^10), got {args.wht_max_log2}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA build of torch and a GPU")
     if args.child:
