@@ -106,3 +106,30 @@ def test_a_model_smaller_than_32_px_is_pointed_to_a_folder_of_its_size(tmp_path,
     captured = capsys.readouterr()
     assert "takes 24x24 images, smaller than the 32x32 px" in captured.err and "--corruption_dir" in captured.err
     assert not (tmp_path / "cache" / "corruptions").exists()
+
+
+def test_robustness_csv_reads_back_to_the_json_accuracies(checkpoint, tmp_path, capsys):
+    import csv
+
+    published = tmp_path / "published"
+    published.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(published / "labels.npy", rng.integers(0, 10, 40).astype(np.int64))
+    for name in ("contrast", "fog"):
+        np.save(published / f"{name}.npy", rng.integers(0, 256, (40, 32, 32, 1), dtype=np.uint8))
+    assert main(["robustness", "--checkpoint", str(checkpoint), "--corruption_dir", str(published), "--out",
+                 str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "robustness_digits_published.json").read_text())
+    with (tmp_path / "out" / "robustness_digits_published.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [(r["corruption"], int(r["severity"])) for r in rows] == [(c, s) for c in ("fog", "contrast")
+                                                                   for s in range(1, 6)]  # Hendrycks' order
+    assert {(r["corruption"], r["severity"]): float(r["accuracy"]) for r in rows} == {
+        (c, s): a for c, per in report["accuracy"].items() for s, a in per.items()}
+
+
+def test_diagnose_report_states_whether_the_cells_are_aligned(checkpoint, tmp_path):
+    assert main(["diagnose-negatives", "--checkpoint", str(checkpoint), "--n", "4", "--patch_size", "4",
+                 "--kinds", "[shuffle]", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "diagnose_negatives_digits.md").read_text()
+    assert "Views with 4-px cells; model patch size 8 px, NOT aligned (not a multiple)." in text

@@ -15,7 +15,8 @@ Three sources of corrupted images (see `vitlab.eval.robustness` for the metrics 
 
 The model is rebuilt from the checkpoint (``model.safetensors`` or a run folder). Generated sets are normalised as
 ``vitlab eval`` normalises the test set; published folders with the checkpoint's data config. The report goes to
-``<out>/robustness_<data>.md`` and ``.json`` (``--out`` defaults to the checkpoint's folder).
+``<out>/robustness_<data>.md``, ``.json`` and ``.csv`` (``--out`` defaults to the checkpoint's folder; a report of
+another checkpoint there is refused, not replaced).
 
 Example (a shell command; needs a trained run folder)::
 
@@ -54,7 +55,7 @@ def build_robustness_parser() -> ArgumentParser:
         prog="vitlab robustness",
         description="Accuracy of a checkpoint under the 15 common + 4 extra ImageNet-C corruptions x 5 severities, "
         "on a generated set (imagecorruptions-imaug, cached in the CIFAR-10-C layout), a published CIFAR-10-C/100-C "
-        "folder or ImageNet-C. Writes <out>/robustness_<data>.md and .json.",
+        "folder or ImageNet-C. Writes <out>/robustness_<data>.md, .json and .csv.",
     )
     add_checkpoint_arguments(
         parser, "corrupted",

@@ -326,7 +326,8 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
                       alexnet_normalise: bool = False, clean_accuracy: float | None = None, batch_size: int = 256,
                       device: str | None = None, out: str | Path | None = None, command: str = "") -> dict[str, Any]:
     """Corruption accuracy of a checkpoint (``model.safetensors`` or a run folder), written as
-    ``<out>/robustness_<data>[_published|_imagenet_c].md`` and ``.json`` (``out`` default: the checkpoint's folder).
+    ``<out>/robustness_<data>[_published|_imagenet_c].md``, ``.json`` and ``.csv`` (``corruption,severity,accuracy``
+    rows; ``out`` default: the checkpoint's folder; a report of another checkpoint there is refused, not replaced).
 
     The corrupted images come from a generated set (default: the first ``n`` test images, see
     `count_test_images`, corrupted once and cached), a published CIFAR-C-layout folder
@@ -406,9 +407,22 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
     folder_out.mkdir(parents=True, exist_ok=True)
     (folder_out / f"{stem}.md").write_text(markdown)
     (folder_out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    _write_accuracy_csv(folder_out / f"{stem}.csv", report["accuracy"])
     print(markdown)
-    print(f"wrote {folder_out / stem}.md and .json")
+    print(f"wrote {folder_out / stem}.md, .json and .csv")
     return report
+
+
+def _write_accuracy_csv(path: Path, accuracy: dict[str, dict[int, float]]) -> None:
+    """``corruption,severity,accuracy`` rows (accuracy a fraction), one per evaluated set, for spreadsheets and
+    pandas (``pd.read_csv(path).pivot(index="corruption", columns="severity", values="accuracy")``)."""
+    import csv
+
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["corruption", "severity", "accuracy"])
+        for corruption, per_severity in accuracy.items():
+            writer.writerows([corruption, severity, repr(float(value))] for severity, value in per_severity.items())
 
 
 def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root: str | None = None,
@@ -459,6 +473,7 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
     result.update({"checkpoint": str(weights), "data": datamodule.name,
                    "model_patch_size": own, "seed": seed, "command": command})
     markdown = (f"# Negative-view diagnostics: {result['checkpoint']} on {datamodule.name}\n\nCommand: `{command}`\n\n"
+                + (f"Views with {cell}-px cells{aligned}.\n\n" if aligned else "")
                 + format_negative_diagnostics(result))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{stem}.md").write_text(markdown)
