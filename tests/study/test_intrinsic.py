@@ -130,6 +130,13 @@ def test_intrinsic_dim_refuses_bad_settings(tmp_path, capsys):
     assert "needs peft.method: subspace" in capsys.readouterr().err
     assert main(["intrinsic-dim", "--config", str(config), "--model.name", "mnist_fc", "--model.kwargs", "{}"]) == 1
     assert "mnist_fc (Li et al.'s MNIST network) is not a timm model" in capsys.readouterr().err  # was 'unknown model'
+    # without a validation split: refused before the reference run (val/acc was found missing after it, patience
+    # failed inside Lightning's EarlyStopping with a traceback)
+    for option in (["--peft.options.sweep.metric", "val/acc"], ["--peft.options.sweep.patience", "2"]):
+        assert main(["intrinsic-dim", "--config", str(config), "--data.val_fraction", "0", *option]) == 1
+        err = capsys.readouterr().err
+        assert "need a validation split, but data.val_fraction is 0" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "full" / "reference").exists()
 
 
 def test_intrinsic_dim_prints_not_reached_for_both_d90s(tmp_path, capsys):

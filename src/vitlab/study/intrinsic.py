@@ -256,6 +256,12 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
     settings = SweepSettings.from_options(config.peft.options)
     if dims is not None:
         settings = replace(settings, dims=list(dims))
+    needs_val = [what for what, used in (("sweep.metric: val/acc", settings.metric == "val/acc"),
+                                         ("sweep.patience", settings.patience is not None)) if used]
+    if needs_val and not config.data.val_fraction:
+        raise ValueError(f"peft.options.{' and peft.options.'.join(needs_val)} need a validation split, but "
+                         "data.val_fraction is 0: set data.val_fraction (e.g. 0.1), or use sweep.metric: test/acc and "
+                         "sweep.patience: null")
     if config.model.name == "mnist_fc" and settings.engine != "plain":
         raise ValueError("model mnist_fc (Li et al.'s MNIST network) is not a timm model that `vitlab fit` builds: set "
                          "peft.options.sweep.engine: plain (as configs/intrinsic_dim_mnist_fc.yaml does)")
