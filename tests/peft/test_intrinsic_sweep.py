@@ -275,3 +275,27 @@ def test_per_module_sweep_of_a_model_without_attention_or_mlp_names_the_whole_mo
     with pytest.raises(ValueError, match=r"Sequential has none of the module kinds .* \(without --per_module\)"):
         run_per_module_sweep(cnn, lambda kind, d: 0.5, [4], tmp_path, reference=0.5)  # was 'kinds [] select nothing'
     assert not (tmp_path / "intrinsic_dim_per_module_sweep.csv").exists()
+
+
+def test_per_module_grid_stops_at_the_kind_size_when_the_head_is_trained_directly(tmp_path):
+    from torch import nn
+
+    from vitlab.peft.intrinsic.per_module import run_per_module_sweep
+
+    block = nn.Module()
+    block.attn = nn.Module()
+    block.attn.qkv, block.attn.proj = nn.Linear(4, 12), nn.Linear(4, 4)  # attn.proj: 20 numbers
+    model = nn.Sequential(block, nn.Linear(4, 2))  # head "1": 10 numbers
+    asked = []
+
+    def point(kind, d):
+        asked.append(d)
+        return 0.5
+
+    records = run_per_module_sweep(model, point, [10, 25], tmp_path, reference=0.5, kinds=["attn.proj"],
+                                   head_modules=["1"], include_head=False)
+    # d = 25 fits attn.proj + head (30) but not attn.proj alone (20): wrap_in_subspace refused it mid-sweep
+    assert asked == [10] and records[0].targets == ("attn.proj",)
+    records = run_per_module_sweep(model, point, [10, 25], tmp_path / "with_head", reference=0.5,
+                                   kinds=["attn.proj"], head_modules=["1"])
+    assert asked == [10, 10, 25] and records[0].targets == ("attn.proj", "1")

@@ -310,7 +310,7 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
                 return engine.subspace(SubspaceConfig(dim=dim, target_modules=targets, **options), f"{kind}/d{dim}")
 
             records = run_per_module_sweep(base, kind_point, settings.grid(None), folder, kinds=settings.kinds,
-                                           head_modules=heads, **common)
+                                           head_modules=heads, include_head=not train_head, **common)
             return dict(reference=records[0].reference_accuracy, threshold=records[0].threshold, folder=str(folder),
                         per_module=[asdict(r) for r in records], table=str(folder / PER_MODULE_CSV), **projection)
 

@@ -154,6 +154,7 @@ def run_per_module_sweep(
     stop_after_reached: int | None = None,
     refine_ratio: float | None = None,
     head_modules: Sequence[str] | None = None,
+    include_head: bool = True,
 ) -> list[ModuleRecord]:
     """Sweep d for each module kind, then write the ranked table (CSV + JSON) and a plot into ``out_dir``.
 
@@ -170,6 +171,8 @@ def run_per_module_sweep(
         refine_ratio: per kind, add points between the last miss and the first hit until they are at most this
             factor apart (see ``run_sweep``); ``None``: the grid only.
         head_modules: explicit classifier module names (default: timm's ``get_classifier()``).
+        include_head: whether each kind's subspace holds the head too (``False`` when the head is trained directly,
+            ``SubspaceConfig(train_head=True)``): each kind's grid stops at the size of what its subspace holds.
 
     Returns:
         The ranked ``ModuleRecord`` list (the table's rows).
@@ -187,7 +190,7 @@ def run_per_module_sweep(
                          f"available: {available_module_kinds(model)}")
     grid = sorted(set(dims))
     out = Path(out_dir)
-    heads = classifier_names(model, head_modules)
+    heads = classifier_names(model, head_modules) if include_head else []
     head_size = sum(p.numel() for n, p in model.named_parameters() if any(n.startswith(h + ".") for h in heads))
     results, rows = {}, []
     for kind in kinds:
@@ -203,7 +206,7 @@ def run_per_module_sweep(
         rows.append(dict(module=kind, d90=d90.raw, d90_interpolated=d90.interpolated, reached=d90.raw is not None,
                          num_params=sizes[kind], best_accuracy=max(result.points.values()),
                          reference_accuracy=result.reference, threshold=d90.threshold,
-                         targets=tuple(module_kind_targets(model, kind, head_modules=head_modules))))
+                         targets=tuple(module_kind_targets(model, kind, include_head, head_modules))))
     records = _rank(rows)
     write_module_table(records, out, fraction=fraction)
     plot_sweep(results, records[0].reference_accuracy, out / PLOT, fraction=fraction,
