@@ -309,6 +309,14 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
                 targets = module_kind_targets(base, kind, include_head=not train_head, head_modules=heads)
                 return engine.subspace(SubspaceConfig(dim=dim, target_modules=targets, **options), f"{kind}/d{dim}")
 
+            present = available_module_kinds(base)
+            for kind in [k for k in kinds if k in present]:
+                targets = module_kind_targets(base, kind, include_head=not train_head, head_modules=heads)
+                size = subspace_size(base, SubspaceConfig(dim=1, target_modules=targets, **options))
+                above = [d for d in settings.grid(None) if d > size]
+                if above:
+                    print(f"intrinsic-dim: {kind}: d = {above} exceed the {size:,} parameters in its subspace and are "
+                          "skipped", flush=True)
             records = run_per_module_sweep(base, kind_point, settings.grid(None), folder, kinds=settings.kinds,
                                            head_modules=heads, include_head=not train_head, **common)
             return dict(reference=records[0].reference_accuracy, threshold=records[0].threshold, folder=str(folder),
