@@ -65,3 +65,25 @@ def test_eval_warns_about_transfer_only_for_a_dataset_it_can_evaluate(checkpoint
         warnings.simplefilter("error")
         with pytest.raises(ConfigError, match="unknown dataset 'digitz'"):
             evaluate_checkpoint(checkpoint, "digitz")
+
+
+def test_eval_split_val_is_the_runs_own_hold_out(checkpoint, digits, tmp_path):
+    import shutil
+
+    import torch
+
+    from vitlab.checkpoint import load_model
+    from vitlab.data import build_datamodule
+
+    run = shutil.copytree(checkpoint, tmp_path / "run")
+    (run / "config.yaml").write_text("seed: 7\ndata:\n  name: digits\n  val_fraction: 0.3\n")
+    result = evaluate_checkpoint(run, "digits", split="val", device="cpu")
+    held_out = build_datamodule("digits", img_size=32, in_chans=1, val_fraction=0.3, seed=7)
+    held_out.setup("validate")
+    model, _ = load_model(run)
+    images, labels = map(torch.cat, zip(*held_out.val_dataloader(), strict=True))
+    with torch.no_grad():
+        expected = (model(images).argmax(1) == labels).float().mean().item()
+    assert result["samples"] == len(labels) and result["acc"] == pytest.approx(expected)
+    with pytest.warns(UserWarning, match="no run config.yaml beside it: --split val is the default hold-out"):
+        evaluate_checkpoint(checkpoint, "digits", split="val", device="cpu")

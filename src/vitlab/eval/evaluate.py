@@ -59,6 +59,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, root: str | None = No
     kwargs = meta["model_kwargs"]
     if data_cfg.get("mean") and data_cfg.get("std") and "mean" not in data_options:  # the normalisation it trained on
         data_options = {**data_options, "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])}
+    if split == "val" and data_cfg.get("name") == data:
+        data_options = {**_run_val_split(checkpoint), **data_options}
     datamodule = build_datamodule(
         data, root=root, img_size=data_cfg.get("img_size", kwargs.get("img_size", 32)),
         in_chans=kwargs.get("in_chans"), batch_size=batch_size, **data_options,
@@ -131,6 +133,22 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
     if all("error" in row for row in results):
         raise DataError("no image could be read: " + "; ".join(row["error"] for row in results))
     return results
+
+
+def _run_val_split(checkpoint: str | Path) -> dict[str, Any]:
+    """The run's hold-out settings (``val_fraction`` and ``seed`` of the ``config.yaml`` beside the weights), so that
+    ``--split val`` is the run's own validation set; a bare weights file warns that the default split is used."""
+    from vitlab.checkpoint import resolve_weights_path
+    from vitlab.yaml_loader import load_yaml_file
+
+    config_path = resolve_weights_path(checkpoint).parent / "config.yaml"
+    config = load_yaml_file(config_path) if config_path.is_file() else None
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
+        warnings.warn(f"{checkpoint} has no run config.yaml beside it: --split val is the default hold-out (10 % of "
+                      "the training set, seed 0), the run's own only if it trained with those settings", stacklevel=3)
+        return {}
+    split = {"val_fraction": config["data"].get("val_fraction"), "seed": config.get("seed")}
+    return {key: value for key, value in split.items() if value is not None}
 
 
 def _expand_folders(paths: Sequence[str | Path]) -> list[str | Path]:
