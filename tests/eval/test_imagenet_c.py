@@ -89,3 +89,14 @@ def test_n_larger_than_a_folder_is_refused_before_evaluating(tmp_path, monkeypat
     with pytest.raises(ConfigError, match="n=4 but gaussian_noise/1 has 3 images"):
         _evaluate(root, n=4)
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"num_workers": -1}, "num_workers must be an int >= 0"), ({"num_workers": 1.5}, "num_workers must be an int"),
+     ({"class_names": "abc"}, "class_names must be a list of the model's class names"),
+     ({"class_names": [0, 1, 2]}, "class_names must be a list")],
+)
+def test_bad_loader_and_class_name_arguments_are_refused_before_reading(tmp_path, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        _evaluate(tmp_path / "nowhere", **kwargs)

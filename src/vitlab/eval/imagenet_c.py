@@ -85,6 +85,12 @@ def evaluate_imagenet_c(
         raise ConfigError(f"n must be an int >= 1 (images per corruption and severity) or None for all, got {n!r}")
     if not _is_int(batch_size) or batch_size < 1:
         raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not _is_int(num_workers) or num_workers < 0:
+        raise ConfigError(f"num_workers must be an int >= 0 (DataLoader worker processes; 0 loads in this process), "
+                          f"got {num_workers!r}")
+    if class_names is not None and (isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names)):
+        raise ConfigError(f"class_names must be a list of the model's class names (str) in index order, got "
+                          f"{class_names!r}")
     root = _check_root(Path(root))
     missing = [f"{c}/{s}" for c in corruptions for s in SEVERITIES if not (root / c / str(s)).is_dir()]
     if missing:
