@@ -144,9 +144,10 @@ def test_intrinsic_dim_refuses_bad_settings(tmp_path, capsys):
 def test_intrinsic_dim_prints_not_reached_for_both_d90s(tmp_path, capsys):
     sweep = {"engine": "plain", "lr": 0.1, "reference": 1.0}  # 100 % is out of reach: no point reaches 90 %
     config = _write_config(tmp_path, "unreached", epochs=1, sweep=sweep)
-    assert main(["intrinsic-dim", "--config", str(config), "--dims", "[4]"]) == 0
+    assert main(["intrinsic-dim", "--config", str(config), "--dims", "4"]) == 0  # one point (was a parse error)
     out = capsys.readouterr().out
     assert "d90: not reached (grid), not reached (interpolated)" in out  # the grid value printed as 'None'
+    assert [r["dim"] for r in read_sweep(tmp_path / "runs" / "unreached" / "intrinsic_dim.csv")] == [None, 4]
 
 
 

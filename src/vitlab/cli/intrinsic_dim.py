@@ -35,8 +35,8 @@ def build_intrinsic_dim_parser(help_only: bool = False) -> ArgumentParser:
     parser.add_argument("--reuse_cached_as_is", type=bool, default=False,
                         help="resume the sweep folder even if another configuration made its runs (default: refused, "
                         "naming the differing keys)")
-    parser.add_argument("--dims", type=list[int] | None, default=None,
-                        help="override the d grid, e.g. --dims '[10, 100, 1000]'")
+    parser.add_argument("--dims", type=list[int] | int | None, default=None,
+                        help="override the d grid, e.g. --dims '[10, 100, 1000]' (one point: --dims 1000)")
     return parser
 
 
@@ -44,7 +44,8 @@ def run_cli(ns: Namespace) -> None:
     """Run the subcommand from its parsed namespace and print the result."""
     from vitlab.study.intrinsic import run_intrinsic_dim
 
-    summary = run_intrinsic_dim(namespace_to_run_config(ns), per_module=ns.per_module, dims=ns.dims,
+    dims = [ns.dims] if isinstance(ns.dims, int) else ns.dims
+    summary = run_intrinsic_dim(namespace_to_run_config(ns), per_module=ns.per_module, dims=dims,
                                 reuse_cached_as_is=ns.reuse_cached_as_is)
     print(f"reference {summary['reference']:.4f}, threshold {summary['threshold']:.4f}")
     for d, acc in sorted(summary.get("points", {}).items()):
