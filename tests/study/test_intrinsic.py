@@ -105,8 +105,10 @@ def test_intrinsic_dim_per_module_table_feeds_kadaptation_auto(tmp_path, tiny_vi
     sweep = {"engine": "plain", "lr": 0.1, "reference": 0.4, "kinds": ["attn.q", "mlp.fc1"]}
     # measured with the global normalisation (the per-tensor one wants another sweep.lr on this tiny ViT)
     config = _write_config(tmp_path, "per_module", epochs=4, sweep=sweep, batch_size=32, projection_norm="global")
-    assert main(["intrinsic-dim", "--config", str(config), "--dims", "[512, 100000]", "--per-module"]) == 0
+    assert main(["intrinsic-dim", "--config", str(config), "--dims", "[512, 100000]", "--per-module",
+                 "--peft.target_modules", "[head]"]) == 0
     out = capsys.readouterr().out  # the grid's points above a kind's size were dropped without a word
+    assert "peft.target_modules ['head'] applies to the whole-model sweep only" in out  # was ignored silently
     assert "attn.q: d = [100000] exceed the 5,194 parameters in its subspace and are skipped" in out
     folder = tmp_path / "runs" / "per_module"
     assert not (folder / "intrinsic_dim.csv").exists()  # --per-module replaces the whole-model sweep

@@ -309,6 +309,10 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
                 targets = module_kind_targets(base, kind, include_head=not train_head, head_modules=heads)
                 return engine.subspace(SubspaceConfig(dim=dim, target_modules=targets, **options), f"{kind}/d{dim}")
 
+            if config.peft.target_modules is not None:
+                print(f"intrinsic-dim: --per_module puts one module kind (and the head) in the subspace at a time; "
+                      f"peft.target_modules {config.peft.target_modules!r} applies to the whole-model sweep only",
+                      flush=True)
             present = available_module_kinds(base)
             for kind in [k for k in kinds if k in present]:
                 targets = module_kind_targets(base, kind, include_head=not train_head, head_modules=heads)
