@@ -87,3 +87,17 @@ def test_eval_split_val_is_the_runs_own_hold_out(checkpoint, digits, tmp_path):
     assert result["samples"] == len(labels) and result["acc"] == pytest.approx(expected)
     with pytest.warns(UserWarning, match="no run config.yaml beside it: --split val is the default hold-out"):
         evaluate_checkpoint(checkpoint, "digits", split="val", device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [("cifar100", "cifar100 has 100 classes but .* predicts 10: evaluate it on a dataset with 10 classes"),
+     ("cifar10", "takes 1-channel images but cifar10 has 3-channel \\(RGB\\) images: evaluate it on a 1-channel")],
+)
+def test_eval_refuses_a_dataset_the_checkpoint_cannot_take_before_reading_it(checkpoint, tmp_path, monkeypatch,
+                                                                             capsys, data, message):
+    monkeypatch.setenv("VITLAB_DATA", str(tmp_path / "empty_cache"))  # not installed: refused before any read
+    with pytest.raises(ConfigError, match=message):
+        evaluate_checkpoint(checkpoint, data)
+    assert main(["robustness", "--checkpoint", str(checkpoint), "--data", data]) == 1
+    assert "not installed" not in capsys.readouterr().err

@@ -59,6 +59,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, root: str | None = No
     kwargs = meta["model_kwargs"]
     if data_cfg.get("mean") and data_cfg.get("std") and "mean" not in data_options:  # the normalisation it trained on
         data_options = {**data_options, "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])}
+    _check_dataset_fits(data, kwargs, checkpoint)
     if split == "val" and data_cfg.get("name") == data:
         data_options = {**_run_val_split(checkpoint), **data_options}
     datamodule = build_datamodule(
@@ -133,6 +134,20 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
     if all("error" in row for row in results):
         raise DataError("no image could be read: " + "; ".join(row["error"] for row in results))
     return results
+
+
+def _check_dataset_fits(name: str, model_kwargs: dict[str, Any], checkpoint: str | Path) -> None:
+    """Refuse a registered dataset whose class count or channels the checkpoint cannot take, before reading it."""
+    from vitlab.data import check_name, get_spec
+
+    spec = get_spec(check_name(name))
+    classes, channels = model_kwargs.get("num_classes"), model_kwargs.get("in_chans")
+    if spec.num_classes is not None and classes is not None and spec.num_classes != classes:
+        raise ConfigError(f"{name} has {spec.num_classes} classes but {checkpoint} predicts {classes}: evaluate it "
+                          f"on a dataset with {classes} classes (e.g. the one it was trained on)")
+    if spec.channels == 3 and channels == 1:
+        raise ConfigError(f"{checkpoint} takes 1-channel images but {name} has 3-channel (RGB) images: evaluate it "
+                          "on a 1-channel dataset (e.g. the one it was trained on)")
 
 
 def _run_val_split(checkpoint: str | Path) -> dict[str, Any]:
@@ -229,6 +244,7 @@ def load_checkpoint_and_test_data(
     if not name:
         raise ConfigError(f"{checkpoint} does not record its dataset (it was not written by `vitlab fit`): "
                          "pass --data NAME")
+    _check_dataset_fits(name, kwargs, checkpoint)
     stats = {"mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])} if data_cfg.get("mean") else {}
     datamodule = build_datamodule(name, root=root, img_size=data_cfg.get("img_size", kwargs.get("img_size", 32)),
                                   in_chans=kwargs.get("in_chans"), batch_size=batch_size, **stats)
