@@ -133,3 +133,10 @@ def test_diagnose_report_states_whether_the_cells_are_aligned(checkpoint, tmp_pa
                  "--kinds", "[shuffle]", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "diagnose_negatives_digits.md").read_text()
     assert "Views with 4-px cells; model patch size 8 px, NOT aligned (not a multiple)." in text
+
+
+def test_n_beyond_a_published_folder_names_the_command_line_fix(checkpoint, tmp_path, capsys):
+    np.save(tmp_path / "labels.npy", np.zeros(10, dtype=np.int64))
+    np.save(tmp_path / "fog.npy", np.zeros((10, 32, 32, 1), dtype=np.uint8))
+    assert main(["robustness", "--checkpoint", str(checkpoint), "--corruption_dir", str(tmp_path), "--n", "3"]) == 1
+    assert "has 2 images per severity: pass n <= 2 or None (--n all on the command line)" in capsys.readouterr().err

@@ -108,7 +108,7 @@ def evaluate_imagenet_c(
                             "<corruption>/<severity> folder must hold the same class folders")
         if n is not None and n > len(dataset):
             raise ConfigError(f"n={n} but {corruption}/{severity} has {len(dataset)} images: pass n <= "
-                              f"{len(dataset)} or None")
+                              f"{len(dataset)} or None (--n all on the command line)")
     labels = _label_map(model, first, class_names, device, root)
     accuracy: Accuracies = {}
     counts = set()

@@ -271,7 +271,8 @@ def evaluate_corruptions(
     if available == 0:
         raise DataError(f"{folder}/labels.npy is empty: regenerate the set or fetch the folder again")
     if not 1 <= n_used <= available:
-        raise ConfigError(f"n={n} but {folder} has {available} images per severity: pass n <= {available} or None")
+        raise ConfigError(f"n={n} but {folder} has {available} images per severity: pass n <= {available} or None "
+                          "(--n all on the command line)")
     present = [c for c in ALL_CORRUPTIONS if (folder / f"{c}.npy").is_file()]
     names = present if corruptions is None else list(corruptions)
     missing = [c for c in names if c not in present]
