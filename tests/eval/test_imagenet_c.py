@@ -100,3 +100,9 @@ def test_n_larger_than_a_folder_is_refused_before_evaluating(tmp_path, monkeypat
 def test_bad_loader_and_class_name_arguments_are_refused_before_reading(tmp_path, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         _evaluate(tmp_path / "nowhere", **kwargs)
+
+
+def test_a_transform_that_gives_no_image_tensor_is_refused(tmp_path):
+    root = _folder(tmp_path / "c", {"n01": 0, "n02": 1, "n03": 2})
+    with pytest.raises(ConfigError, match="transform must turn a PIL image into a .C, H, W. tensor, it gave Image"):
+        evaluate_imagenet_c(Brightness(), root, lambda image: image, progress=False, alexnet_normalise=False)

@@ -164,8 +164,13 @@ def _label_map(model: nn.Module, dataset: Any, class_names: Sequence[str] | None
     if class_names is not None and set(folders) <= set(class_names):
         index = {name: i for i, name in enumerate(class_names)}
         return [index[name] for name in folders].__getitem__
+    image = dataset[0][0]
+    if not isinstance(image, Tensor) or image.ndim != 3:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ConfigError(f"transform must turn a PIL image into a (C, H, W) tensor, it gave {shape}: e.g. "
+                          "vitlab.data.build_eval_transform(data_config)")
     with torch.no_grad():
-        num_outputs = model(dataset[0][0].unsqueeze(0).to(device)).shape[-1]
+        num_outputs = model(image.unsqueeze(0).to(device)).shape[-1]
     if len(folders) != num_outputs:
         by_name = (f", or name the folders by the model's class names ({', '.join(list(class_names)[:3])}, ...)"
                    if class_names else "")
