@@ -194,3 +194,23 @@ def test_a_lazy_model_is_wrapped_after_its_first_forward():
         wrap_in_subspace(model, SubspaceConfig(dim=3))  # was torch's RuntimeError about the shape
     model(torch.randn(1, 5))
     assert wrap_in_subspace(model, SubspaceConfig(dim=3)).num_params == 12
+
+
+@pytest.mark.parametrize("projection", ["fastfood", "dense"])
+def test_a_model_wrapped_on_the_meta_device_regenerates_p_after_to_empty(projection):
+    real = tiny_vit()
+    config = SubspaceConfig(dim=40, projection=projection, said=True)
+    reference = wrap_in_subspace(tiny_vit(), config)
+    with torch.no_grad():
+        reference.theta_d.normal_(generator=torch.Generator().manual_seed(3))
+    with torch.device("meta"):  # sizes D without memory for the base (the wrap failed here: .item() on meta)
+        lazy = wrap_in_subspace(tiny_vit(), config)
+    assert lazy.num_params == reference.num_params and lazy.theta_d.is_meta
+    lazy.to_empty(device="cpu")
+    lazy.base.load_state_dict(real.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    # P was the uninitialised memory of to_empty: silently another projection
+    assert torch.equal(lazy.eval()(x), real.eval()(x))  # fresh: θ_d = 0, scales 1
+    assert torch.equal(lazy.projection.checksum, reference.projection.checksum)
+    lazy.load_state_dict(reference.state_dict())
+    assert torch.equal(lazy.eval()(x), reference.eval()(x))

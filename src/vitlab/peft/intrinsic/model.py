@@ -96,15 +96,9 @@ class SubspaceModel(nn.Module):
         first = next(base.parameters())
         self.base = base
         self.num_classes = getattr(base, "num_classes", None)  # read by the harness (ClassificationTask)
-        kwargs: dict[str, Any] = dict(seed=config.seed, layout=layout_digest(self.segments), device=first.device)
-        blocks = [s.numel for s in self.segments] if config.projection_norm == "per_tensor" else None
-        self.projection: SubspaceProjection
-        if config.projection == "dense":
-            self.projection = DenseProjection(num_params, d, max_bytes=config.max_dense_bytes, blocks=blocks, **kwargs)
-        elif blocks is not None:
-            self.projection = PerTensorFastfoodProjection(blocks, d, **kwargs)
-        else:
-            self.projection = FastfoodProjection(num_params, d, **kwargs)
+        self.projection = self._build_projection(num_params, d, first.device)
+        # wrapped on the meta device (to size a large model without memory): P is regenerated after ``to_empty``
+        self._on_meta = first.device.type == "meta"
         self.theta_d = nn.Parameter(torch.zeros(d, device=first.device))
         self.said_scales = nn.Parameter(torch.ones(num_scales, device=first.device)) if config.said else None
         for name, p in base.named_parameters():
@@ -116,6 +110,29 @@ class SubspaceModel(nn.Module):
         self.register_state_dict_post_hook(_drop_frozen_base)
         self.register_load_state_dict_pre_hook(_fill_frozen_base)
 
+    def _build_projection(self, num_params: int, d: int, device: torch.device) -> SubspaceProjection:
+        config = self.config
+        kwargs: dict[str, Any] = dict(seed=config.seed, layout=layout_digest(self.segments), device=device)
+        blocks = [s.numel for s in self.segments] if config.projection_norm == "per_tensor" else None
+        with torch.device("cpu"):  # drawn on the CPU (then moved), also inside a `with torch.device("meta")` block
+            if config.projection == "dense":
+                return DenseProjection(num_params, d, max_bytes=config.max_dense_bytes, blocks=blocks, **kwargs)
+            if blocks is not None:
+                return PerTensorFastfoodProjection(blocks, d, **kwargs)
+            return FastfoodProjection(num_params, d, **kwargs)
+
+    def _materialize(self) -> None:
+        """After ``to_empty`` of a model wrapped on the meta device: regenerate P from the seed on the new device and
+        start θ_d at 0 (and the SAID scales at 1), as a fresh wrap does; a state dict loaded next overwrites them."""
+        if not self._on_meta or self.theta_d.device.type == "meta":
+            return
+        self.projection = self._build_projection(self.projection.num_params, self.theta_d.numel(), self.theta_d.device)
+        with torch.no_grad():
+            self.theta_d.zero_()
+            if self.said_scales is not None:
+                self.said_scales.fill_(1.0)
+        self._on_meta = False
+
     @property
     def num_params(self) -> int:
         """D, the number of parameters in the subspace."""
@@ -125,6 +142,7 @@ class SubspaceModel(nn.Module):
         """θ₀ + P·θ_d for every subspace parameter, by name (the dict passed to ``functional_call``)."""
         # one split (segments tile the D-vector in order): its backward is one concatenation, whereas a slice per
         # segment would make each slice's backward allocate and fill a D-sized zero gradient (O(#segments · D))
+        self._materialize()
         pieces = self.projection(self.theta_d).split([s.numel for s in self.segments], dim=-1)
         theta0 = dict(self.base.named_parameters())
         out = {}
@@ -168,6 +186,7 @@ def _drop_frozen_base(module: SubspaceModel, state_dict: dict, prefix: str, loca
 
 def _fill_frozen_base(module: SubspaceModel, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
                       missing: list, unexpected: list, errors: list) -> None:
+    module._materialize()
     stored = state_dict.get(prefix + "theta_d")
     params = dict(module.base.named_parameters())
     if stored is None and any(prefix + name in state_dict for name in params):
