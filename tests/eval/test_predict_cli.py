@@ -101,3 +101,18 @@ def test_eval_refuses_a_dataset_the_checkpoint_cannot_take_before_reading_it(che
         evaluate_checkpoint(checkpoint, data)
     assert main(["robustness", "--checkpoint", str(checkpoint), "--data", data]) == 1
     assert "not installed" not in capsys.readouterr().err
+
+
+def test_eval_without_data_uses_the_runs_dataset(checkpoint, tmp_path, capsys):
+    assert main(["eval", "--checkpoint", str(checkpoint), "--device", "cpu"]) == 0
+    default = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert default == evaluate_checkpoint(checkpoint, "digits", device="cpu")
+    import timm
+
+    from tests.eval.conftest import TINY_VIT
+    from vitlab.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "bare", timm.create_model("vit_vitlab_tiny_patch4_32", **TINY_VIT).state_dict(),
+                    kind="model", model_name="vit_vitlab_tiny_patch4_32", model_kwargs=TINY_VIT)
+    with pytest.raises(ConfigError, match="does not record its dataset .*pass --data NAME"):
+        evaluate_checkpoint(tmp_path / "bare")

@@ -58,7 +58,8 @@ _VITLAB_DIR = Path(__file__).resolve().parents[1]
 def _eval_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="vitlab eval", description="Top-1 accuracy of a checkpoint on a dataset split.")
     parser.add_argument("--checkpoint", type=str, required=True, help="model.safetensors or a run folder")
-    parser.add_argument("--data", type=str, required=True, help="dataset name (see `vitlab data list`)")
+    parser.add_argument("--data", type=str | None, default=None,
+                        help="dataset name (see `vitlab data list`; default: the checkpoint's training dataset)")
     parser.add_argument("--root", type=str | None, default=None, help="data folder (default: vitlab's cache)")
     parser.add_argument("--split", type=str, default="test", help="test (official test set) or val")
     parser.add_argument("--batch_size", type=int, default=256)

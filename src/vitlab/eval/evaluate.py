@@ -32,7 +32,7 @@ __all__ = ["DEFAULT_N", "command_line", "count_test_images", "diagnose_checkpoin
 DEFAULT_N = 1000
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: str, root: str | None = None, split: str = "test",
+def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, root: str | None = None, split: str = "test",
                         batch_size: int = 256, device: str | None = None, **data_options: Any) -> dict[str, float]:
     """Evaluate a ``kind="model"`` checkpoint on a dataset split, with the checkpoint's input size and channels.
 
@@ -41,7 +41,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, root: str | None = No
 
     Args:
         checkpoint: ``model.safetensors`` or a run folder.
-        data: dataset name (see ``vitlab.data``).
+        data: dataset name (see ``vitlab.data``); ``None`` uses the one the checkpoint was trained on.
         root: data folder; ``None`` uses (and fills) vitlab's cache.
         split: ``test`` (the official test set) or ``val`` (the seeded hold-out of the training set).
         batch_size: evaluation batch size.
@@ -57,6 +57,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, root: str | None = No
     model, meta = load_run_model(checkpoint)
     data_cfg = meta.get("extra", {}).get("data", {})
     kwargs = meta["model_kwargs"]
+    data = data or data_cfg.get("name")
+    if not data:
+        raise ConfigError(f"{checkpoint} does not record its dataset (it was not written by `vitlab fit`): "
+                          "pass --data NAME")
     if data_cfg.get("mean") and data_cfg.get("std") and "mean" not in data_options:  # the normalisation it trained on
         data_options = {**data_options, "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])}
     _check_dataset_fits(data, kwargs, checkpoint)
