@@ -299,3 +299,12 @@ def test_per_module_grid_stops_at_the_kind_size_when_the_head_is_trained_directl
     records = run_per_module_sweep(model, point, [10, 25], tmp_path / "with_head", reference=0.5,
                                    kinds=["attn.proj"], head_modules=["1"])
     assert asked == [10, 10, 25] and records[0].targets == ("attn.proj", "1")
+
+
+def test_numpy_integers_are_plain_dims(tmp_path):
+    import numpy as np
+
+    config = SubspaceConfig(dim=np.int64(100), seed=np.int32(3))  # refused as 'must be a positive int, got 100'
+    assert (config.dim, config.seed) == (100, 3) and type(config.dim) is int and type(config.seed) is int
+    result = run_sweep(lambda d: 0.5, np.array([10, 100]), tmp_path / "s.csv", reference=0.5)
+    assert sorted(result.points) == [10, 100] and all(type(d) is int for d in result.points)

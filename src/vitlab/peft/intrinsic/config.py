@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -66,6 +67,10 @@ class SubspaceConfig:
     max_dense_bytes: int | None = field(default=None, metadata={"help": "memory limit of the dense P in bytes"})
 
     def __post_init__(self) -> None:
+        for name in ("dim", "seed", "max_dense_bytes"):  # NumPy integers (a grid from np.logspace) as plain ints
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool | int):
+                setattr(self, name, int(value))
         if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
             raise ValueError(f"dim must be a positive int (the number of trainable numbers), got {self.dim!r}")
         if self.projection not in PROJECTIONS:

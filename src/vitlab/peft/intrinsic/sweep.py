@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import math
+import numbers
 import os
 import socket
 import time
@@ -256,6 +257,7 @@ def run_sweep(
         this sweep holds off the grid.
     """
     path = Path(csv_path)
+    dims = [int(d) if isinstance(d, numbers.Integral) and not isinstance(d, bool) else d for d in dims]  # NumPy ints
     grid = sorted(set(dims))
     if not grid or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in grid):
         raise ValueError(f"dims must be a non-empty list of positive ints, got {grid!r}")
