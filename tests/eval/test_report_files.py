@@ -140,3 +140,20 @@ def test_n_beyond_a_published_folder_names_the_command_line_fix(checkpoint, tmp_
     np.save(tmp_path / "fog.npy", np.zeros((10, 32, 32, 1), dtype=np.uint8))
     assert main(["robustness", "--checkpoint", str(checkpoint), "--corruption_dir", str(tmp_path), "--n", "3"]) == 1
     assert "has 2 images per severity: pass n <= 2 or None (--n all on the command line)" in capsys.readouterr().err
+
+
+def test_diagnose_default_kinds_on_a_grid_without_infill_say_how_to_leave_it_out(tmp_path, capsys):
+    import timm
+
+    from tests.eval.conftest import TINY_VIT
+    from vitlab.checkpoint import save_checkpoint
+    from vitlab.data import build_datamodule
+
+    kwargs = dict(TINY_VIT, img_size=24)  # 8-px cells: a 3x3 grid, on which 25 % infill is no whole cell count
+    save_checkpoint(tmp_path / "run", timm.create_model("vit_vitlab_tiny_patch4_32", **kwargs).state_dict(),
+                    kind="model", model_name="vit_vitlab_tiny_patch4_32", model_kwargs=kwargs,
+                    extra={"data": build_datamodule("digits", img_size=24).data_config()})
+    assert main(["diagnose-negatives", "--checkpoint", str(tmp_path / "run"), "--n", "4"]) == 1
+    assert "or leave the infill view out: --kinds '[shuffle, rotate]'" in capsys.readouterr().err
+    assert main(["diagnose-negatives", "--checkpoint", str(tmp_path / "run"), "--n", "4", "--kinds",
+                 "[shuffle, rotate]"]) == 0

@@ -480,7 +480,7 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
         result = diagnose_checkpoint("runs/vit_fashion_mnist", n=500, kinds=["shuffle"])
         result["views"]["shuffle"]["accuracy"]
     """
-    from vitlab.augment import KINDS
+    from vitlab.augment import KINDS, NegativeViews
     from vitlab.checkpoint import resolve_weights_path
     from vitlab.eval.diagnostics import diagnose_negatives, format_negative_diagnostics, model_patch_size
 
@@ -505,6 +505,14 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
     print(f"diagnose-negatives: {count} of {available} {datamodule.name} test images (--n {n or 'default'}), "
           f"views with {cell}-px cells{aligned}")
     chosen = resolve_device(device)
+    if kinds is None and "infill" in KINDS:  # every kind by default: say how to leave out one the grid cannot make
+        config = datamodule.data_config()
+        probe = torch.zeros(1, int(config["in_chans"]), int(config["img_size"]), int(config["img_size"]))
+        try:
+            NegativeViews(["infill"], cell, replace_rate=replace_rate)(probe)
+        except ConfigError as err:
+            others = [kind for kind in KINDS if kind != "infill"]
+            raise ConfigError(f"{err}; or leave the infill view out: --kinds '[{', '.join(others)}]'") from None
     kinds = list(KINDS) if kinds is None else kinds  # [] is refused by diagnose_negatives, not taken as "all"
     result = diagnose_negatives(model, datamodule.test_dataloader(), cell, kinds=kinds, n=count, device=chosen,
                                 seed=seed, replace_rate=replace_rate)
