@@ -175,6 +175,9 @@ def test_parameters_frozen_before_wrapping_are_named_when_the_subspace_moves_the
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert wrap_in_subspace(model, SubspaceConfig(dim=5, target_modules=["1"])).num_params == 10  # no warning
+        base = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+        for dim in (5, 10):  # one base wrapped once per d: its parameters were frozen by the previous wrap
+            assert wrap_in_subspace(base, SubspaceConfig(dim=dim, train_head=True, head_modules="1")).num_params == 20
 
 
 def test_a_base_state_dict_loaded_into_the_wrapper_says_where_it_goes():

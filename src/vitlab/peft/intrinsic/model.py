@@ -41,6 +41,10 @@ from .projection import DenseProjection, FastfoodProjection, PerTensorFastfoodPr
 __all__ = ["SubspaceModel", "merge_subspace", "subspace_size", "wrap_in_subspace"]
 
 
+#: marks a parameter frozen by a wrap (a base wrapped again, e.g. once per d of a sweep, is not the user's freezing)
+_FROZEN_BY_WRAP = "_vitlab_frozen_by_subspace"
+
+
 def _head_parameter_names(model: nn.Module, config: SubspaceConfig) -> set[str]:
     if not config.train_head:
         return set()
@@ -87,7 +91,8 @@ class SubspaceModel(nn.Module):
         if d < 1:
             raise ValueError(f"said=True needs dim > {num_scales} (one scale per segment is counted inside dim), "
                              f"got dim={config.dim}; raise dim or set said=False")
-        frozen = sorted({s.name for s in self.segments if not base.get_parameter(s.name).requires_grad})
+        frozen = sorted({s.name for s in self.segments if not base.get_parameter(s.name).requires_grad
+                         and not getattr(base.get_parameter(s.name), _FROZEN_BY_WRAP, False)})
         if frozen:
             warnings.warn(f"{len(frozen)} parameter(s) of {type(base).__name__} were frozen (requires_grad=False) "
                           f"but are put into the subspace and will move with θ_d: {frozen[:5]}"
@@ -103,6 +108,8 @@ class SubspaceModel(nn.Module):
         self.said_scales = nn.Parameter(torch.ones(num_scales, device=first.device)) if config.said else None
         for name, p in base.named_parameters():
             p.requires_grad_(name in head)
+            if name not in head:
+                setattr(p, _FROZEN_BY_WRAP, True)
         self._frozen = [n for n, p in base.named_parameters() if not p.requires_grad]
         self._by_param: dict[str, list[int]] = {}
         for i, s in enumerate(self.segments):
@@ -235,4 +242,5 @@ def merge_subspace(model: SubspaceModel) -> nn.Module:
         if name in values:
             p.copy_(values[name])
         p.requires_grad_(True)
+        p.__dict__.pop(_FROZEN_BY_WRAP, None)  # a plain model: freezing it later is the user's own
     return merged
