@@ -227,7 +227,8 @@ LOADER = [(torch.rand(4, 3, 32, 32), torch.arange(4))]
         ({"n": 2.5}, "n must be an int >= 1"),
         ({"n": "all"}, "n must be an int >= 1 .*got 'all'"),
         ({"n": 10}, "asked for n=10 images but the loader has only 4: pass n <= 4 or None"),
-        ({"seed": None}, "seed must be an int, got None"),
+        ({"seed": None}, r"seed must be an int in 0..2\*\*63 - 1, got None"),
+        ({"seed": -1}, r"seed must be an int in 0..2\*\*63 - 1, got -1"),  # robustness refused it, this took it
     ],
 )
 def test_diagnose_negatives_refuses_bad_arguments(kwargs, message):

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from vitlab.augment import KINDS, NegativeViews
+from vitlab.checks import check_seed
 from vitlab.errors import ConfigError, DataError
 from vitlab.eval.device import resolve_device
 
@@ -110,8 +111,7 @@ def _check_arguments(model: Any, kinds: Any, n: Any, seed: Any) -> None:
         raise ConfigError(f"kinds must be a non-empty list of distinct view kinds from {list(KINDS)}, got {kinds}")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ConfigError(f"n must be an int >= 1 (images to use) or None for the whole loader, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an int, got {seed!r}")
+    check_seed("seed", seed)  # as robustness and the corruption generator: an int >= 0
 
 
 def _check_batch(pair: Any, index: int) -> tuple[Tensor, Tensor]:
