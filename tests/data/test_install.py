@@ -53,8 +53,11 @@ def make_tool(bin_dir: Path, name: str, body: str) -> None:
 def test_unknown_and_user_file_names_are_rejected():
     with pytest.raises(ValueError, match="valid names: " + ", ".join(DATASET_NAMES)):
         install_dataset("svhn")
-    with pytest.raises(ConfigError, match="pass root=PATH"):
-        install_dataset("imagefolder")
+    for name in ("imagefolder", "idx"):
+        with pytest.raises(ConfigError, match=r"give their folder as data.root .*Installable datasets: mnist, "
+                                              r"fashion_mnist, digits, cifar10, cifar100$") as info:
+            install_dataset(name)
+        assert "idx" not in str(info.value).split("Installable")[1]  # listed as installable before
 
 
 def test_cache_dir_follows_vitlab_data(monkeypatch, tmp_path):

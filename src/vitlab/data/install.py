@@ -182,8 +182,10 @@ def install_dataset(name: str, cache_dir: str | Path | None = None, progress: bo
     """
     spec = get_spec(name)
     if not spec.installable:
-        raise ConfigError(f"{name!r} reads your own files and has nothing to install: pass root=PATH to "
-                         f"build_datamodule. Installable datasets: {', '.join(n for n in DATASET_NAMES if n != name)}")
+        installable = ", ".join(n for n in DATASET_NAMES if get_spec(n).installable)
+        raise ConfigError(f"{name!r} reads your own files and has nothing to install: give their folder as "
+                          f"data.root (vitlab fit --data.root PATH; build_datamodule(..., root=PATH) in Python). "
+                          f"Installable datasets: {installable}")
     if name == "digits":
         return _digits_path()
     dest = dataset_dir(name, cache_dir)
