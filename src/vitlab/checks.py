@@ -33,7 +33,7 @@ import numpy as np
 from vitlab.errors import ConfigError
 
 __all__ = ["MAX_SEED", "check_bool", "check_field_types", "check_float", "check_int", "check_optional_int",
-           "check_path", "check_seed", "check_stats"]
+           "check_path", "check_probability", "check_seed", "check_stats"]
 
 #: Largest seed accepted (``torch.Generator.manual_seed`` takes 64-bit values; vitlab keeps seeds non-negative int64).
 MAX_SEED = 2**63 - 1
@@ -102,6 +102,14 @@ def check_float(name: str, value: Any, *, minimum: float | None = None, maximum:
             or (maximum is not None and (number >= maximum if below_maximum else number > maximum))):
         raise ConfigError(f"{name} must be {wanted}, got {_describe(value)}{suffix}")
     return number
+
+
+def check_probability(name: str, value: Any) -> float:
+    """``value`` as a float if it is a real number (Python or NumPy, not a bool or str) in [0, 1]: a transform's
+    ``p``, a dropout or drop-path rate."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(f"{name} must be a probability in [0, 1] (a Python or NumPy float), got {value!r}")
+    return float(value)
 
 
 def check_bool(name: str, value: Any) -> bool:

@@ -58,18 +58,12 @@ from vitlab.augment.functional import (
     valid_patch_sizes,
 )
 from vitlab.augment.generators import apply_probability, check_generator
+from vitlab.checks import check_probability
 from vitlab.errors import ConfigError
 
 __all__ = ["Params", "PatchTransform", "check_bool", "check_positive_int", "check_probability"]
 
 Params = dict[str, Tensor]
-
-
-def check_probability(name: str, value: object) -> float:
-    """``value`` as a float if it is a real number (Python or NumPy, not a bool or str) in [0, 1]; else ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
-        raise ConfigError(f"{name} must be a probability in [0, 1] (a Python or NumPy float), got {value!r}")
-    return float(value)
 
 
 def check_bool(name: str, value: object) -> bool:

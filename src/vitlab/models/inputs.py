@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from vitlab.checks import check_probability
 from vitlab.errors import MissingFileError
 
 __all__ = ["check_image_tensor", "check_pretrained_file", "check_rates"]
@@ -45,19 +46,19 @@ def check_image_tensor(x: Any, dtype: torch.dtype | None) -> None:
 
 
 def check_rates(rates: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` naming the first of ``rates`` (constructor keyword -> value) that is not a number in
-    [0, 1] (a string, a bool, a negative rate or one above 1, which torch takes silently for drop path).
+    """Raise `vitlab.errors.ConfigError` (a ``ValueError``) naming the first of ``rates`` (constructor keyword ->
+    value) that is not a probability (a string, a bool, a negative rate or one above 1, which torch takes silently for
+    drop path): `vitlab.checks.check_probability` on each.
 
     Example:
         >>> check_rates({"drop_rate": 0.1, "drop_path_rate": 0})
         >>> check_rates({"drop_path_rate": 1.5})
         Traceback (most recent call last):
         ...
-        ValueError: drop_path_rate must be a number in [0, 1] (a probability), got 1.5
+        vitlab.errors.ConfigError: drop_path_rate must be a probability in [0, 1] (a Python or NumPy float), got 1.5
     """
     for key, value in rates.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"{key} must be a number in [0, 1] (a probability), got {value!r}")
+        check_probability(key, value)
 
 
 def check_pretrained_file(variant: str, pretrained: bool, kwargs: Mapping[str, Any]) -> None:
