@@ -30,6 +30,20 @@ def tiny_vit():
 
 
 @pytest.fixture
+def cuda_device() -> torch.device:
+    """The GPU for the tests marked ``cuda`` (run on a GPU machine with ``pytest -m cuda``).
+
+    ``VITLAB_TEST_CUDA_DEVICE=cpu pytest -m cuda`` runs the same test code on the CPU, to check the tests themselves
+    where no GPU is present (CPU-vs-GPU comparisons then compare the CPU with itself).
+    """
+    device = torch.device(os.environ.get("VITLAB_TEST_CUDA_DEVICE", "cuda"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail("tests marked cuda need a CUDA GPU (torch.cuda.is_available() is False); they are deselected "
+                    "by default, or set VITLAB_TEST_CUDA_DEVICE=cpu to check them on the CPU")
+    return device
+
+
+@pytest.fixture
 def real_data_dir():
     """The folder where `make test` installed the real datasets (tests skip when a dataset is absent)."""
     return REAL_DATA_DIR
