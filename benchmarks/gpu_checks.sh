@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Every GPU check of vitlab in one short run, for a machine with one CUDA GPU (about 5 minutes on an H200):
+#   1. the CUDA correctness tests (`pytest -m cuda`: GPU vs CPU outputs and gradients, bf16 autocast, channels-last,
+#      torch.compile, peft adapters and subspace training, Lightning fits with bf16-mixed);
+#   2. the iFormer speed table on the GPU beside its FLOP peers (bf16 autocast, channels-last, batch 128, cuDNN
+#      autotuning on): benchmarks/bench_iformer.py --gpu-only;
+#   3. ViT-B/16 fine-tuning methods and the iFormer-S step in bf16 (benchmarks/gpu_check.py).
+# Usage: bash benchmarks/gpu_checks.sh OUT_DIR   (each step's output goes to OUT_DIR/<step>.txt and .json;
+# a step that fails or runs past its time limit is reported and the next one still runs).
+set -u
+out=${1:?usage: bash benchmarks/gpu_checks.sh OUT_DIR}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+python=${PYTHON:-python3}
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$out/$name.txt" 2>&1
+    local status=$?
+    echo "== $name: exit $status in $((SECONDS - start)) s"
+    tail -n 40 "$out/$name.txt"
+}
+
+{ nvidia-smi -L; $python -c "import torch, timm, peft, lightning; print('torch', torch.__version__, 'cuda',
+torch.version.cuda, 'timm', timm.__version__, 'peft', peft.__version__, 'lightning', lightning.__version__)"; } \
+    >"$out/env.txt" 2>&1
+cat "$out/env.txt"
+
+step pytest_cuda 240 $python -m pytest -m cuda -q -p no:cacheprovider -rfE tests/*/test_cuda.py \
+    tests/augment/test_transforms.py
+step bench_iformer_gpu 200 $python benchmarks/bench_iformer.py --gpu-only --dtype bfloat16 --channels-last \
+    --batch-size 128 --iters 10 --out "$out/bench_iformer_gpu.json"
+step gpu_check 150 $python benchmarks/gpu_check.py --batch 64 --steps 20 --out "$out/gpu_check.json"
