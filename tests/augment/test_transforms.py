@@ -260,12 +260,12 @@ def test_shuffle_at_model_patch_size_leaves_position_free_vit_unchanged():
 
 
 @pytest.mark.cuda  # deselected by default (pyproject addopts); on a GPU machine: pytest -m cuda
-def test_cuda_input_with_cpu_and_cuda_generator():
-    x = torch.rand(4, 3, 16, 16, device="cuda")
+def test_cuda_input_with_cpu_and_cuda_generator(cuda_device):
+    x = torch.rand(4, 3, 16, 16, device=cuda_device)
     views = NegativeViews(KINDS, 4)
     y = views(x, generator=gen())
     assert y.device == x.device and torch.equal(y.cpu(), views(x.cpu(), params=views.last_params))
-    cuda_gen = torch.Generator(device="cuda").manual_seed(0)
+    cuda_gen = torch.Generator(device=cuda_device).manual_seed(0)
     assert views(x, generator=cuda_gen).device == x.device
 
 
