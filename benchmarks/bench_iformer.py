@@ -178,6 +178,8 @@ def main() -> None:
                         help="time CPU runs by wall clock or by process CPU time (1 thread, shared machine)")
     parser.add_argument("--onednn-peers", action="store_true",
                         help="run the peers' nn.Linear layers through vitlab's oneDNN path too (same kernel for all)")
+    parser.add_argument("--skip-flops", action="store_true",
+                        help="leave the GFLOPs column out (counting needs fvcore, which has no wheel for some Pythons)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_iformer.json"))
     args = parser.parse_args()
     if args.batch_size < 1 or args.iters < 1:
@@ -207,7 +209,7 @@ def main() -> None:
         extra[WITHOUT_ONEDNN] = WithoutOneDnn(models[IFORMER])
     models = {IFORMER: models[IFORMER], **extra, **models}
     rows = {name: {"model": name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-                   "gflops": count_flops(model) / 1e9} for name, model in models.items()}
+                   "gflops": None if args.skip_flops else count_flops(model) / 1e9} for name, model in models.items()}
     if args.channels_last:
         models = {name: model.to(memory_format=torch.channels_last) for name, model in models.items()}
     runnable = {name: torch.compile(model) if args.compile else model for name, model in models.items()}
@@ -243,7 +245,8 @@ def main() -> None:
           + (f", /baseline = / {args.baseline}" if "baseline" in bases else ""))
     print(header)
     for row in rows:
-        line = f"{row['model']:<44} {row['params_m']:>10.2f} {row['gflops']:>7.2f}"
+        gflops = "-" if row["gflops"] is None else f"{row['gflops']:.2f}"
+        line = f"{row['model']:<44} {row['params_m']:>10.2f} {gflops:>7}"
         for column in columns:
             line += f" {row[column]:>16.1f}" + "".join(f" {row[f'{column}_vs_{label}']:>8.2f}x" for label in bases)
         print(line)

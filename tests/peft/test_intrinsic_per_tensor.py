@@ -141,3 +141,11 @@ def test_blocks_are_checked():
         DenseProjection(10, 2, blocks=[4, 5])
     with pytest.raises(ValueError, match="exceeds the D=6"):
         PerTensorFastfoodProjection([3, 3], 7)
+
+
+def test_a_per_tensor_fastfood_built_for_a_device_keeps_every_working_buffer_there():
+    # the group index was made on the CPU, so a projection built on a GPU failed in its first forward
+    proj = PerTensorFastfoodProjection([300, 20, 64, 7], 24, seed=5, device="meta")
+    working = {name: buffer.device.type for name, buffer in proj.named_buffers() if name not in ("seed", "checksum")}
+    assert any(name.endswith("member_index") for name in working)
+    assert set(working.values()) == {"meta"}, working

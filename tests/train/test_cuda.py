@@ -94,7 +94,7 @@ def test_bf16_kadaptation_run_with_negatives_trains_only_the_adapter_and_saves_a
         expected = merged(images)
         torch.testing.assert_close(trained_cpu(images), expected, rtol=1e-4, atol=1e-4)
         with torch.autocast(cuda_device.type, dtype=torch.bfloat16):
-            on_device = trained.eval()(images.to(cuda_device)).float().cpu()
+            on_device = trained.to(cuda_device).eval()(images.to(cuda_device)).float().cpu()  # fit ends on the CPU
     assert bool(torch.isfinite(on_device).all())
     scale = expected.abs().max().item()
     assert (on_device - expected).abs().max().item() <= 0.05 * max(1.0, scale)  # bf16 keeps ~3 significant digits

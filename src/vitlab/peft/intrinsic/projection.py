@@ -243,7 +243,8 @@ class _FastfoodGroup(nn.Module):
                  gain: Tensor) -> None:
         super().__init__()
         self.members, self.sizes, self.padded = members, sizes, padded
-        self.register_buffer("member_index", torch.tensor(members, dtype=torch.int64), persistent=False)
+        self.register_buffer("member_index", torch.tensor(members, dtype=torch.int64, device=gather.device),
+                             persistent=False)  # on the device of the other buffers (a projection built on a GPU)
         self.register_buffer("gather_index", gather, persistent=False)
         self.register_buffer("inverse_index", inverse, persistent=False)
         self.register_buffer("gain", gain, persistent=False)
