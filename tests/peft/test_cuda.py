@@ -129,3 +129,16 @@ def test_hadamard_transform_on_the_gpu_matches_the_cpu(cuda_device, backend):
     got = fwht(x.to(cuda_device), backend)
     assert got.device.type == cuda_device.type
     assert torch.allclose(got.cpu(), expected, atol=1e-3, rtol=1e-5)
+
+
+@pytest.mark.parametrize("projection", ["fastfood", "dense"])
+@pytest.mark.parametrize("norm", ["per_tensor", "global"])
+def test_a_subspace_wrapped_on_the_gpu_keeps_every_tensor_there(cuda_device, projection, norm):
+    # the projection's seed and checksum buffers stayed on the CPU (plain DDP broadcasts them over NCCL)
+    wrapped = wrap_in_subspace(timm_vit().to(cuda_device),
+                               SubspaceConfig(dim=16, projection=projection, projection_norm=norm))
+    devices = {name: t.device.type for name, t in [*wrapped.named_parameters(), *wrapped.named_buffers()]}
+    assert set(devices.values()) == {cuda_device.type}, devices
+    cpu = wrap_in_subspace(timm_vit(), SubspaceConfig(dim=16, projection=projection, projection_norm=norm))
+    assert torch.equal(wrapped.projection.checksum.cpu(), cpu.projection.checksum)
+    wrapped.load_state_dict(cpu.state_dict())  # the seed/checksum checks compare across devices

@@ -6,7 +6,14 @@ import pytest
 import scipy.linalg
 import torch
 
-from vitlab.peft.intrinsic import DenseProjection, FastfoodProjection, fwht
+from vitlab.peft.intrinsic import (
+    DenseProjection,
+    FastfoodProjection,
+    PerTensorFastfoodProjection,
+    SubspaceConfig,
+    fwht,
+    wrap_in_subspace,
+)
 
 
 @pytest.mark.parametrize("backend", ["matmul", "butterfly"])
@@ -96,3 +103,42 @@ def test_dense_refuses_when_it_would_not_fit():
 def test_dim_larger_than_the_subspace_is_refused():
     with pytest.raises(ValueError, match="exceeds the D=10"):
         FastfoodProjection(10, 11)
+
+
+PROJECTIONS = {
+    "dense": lambda **kw: DenseProjection(300, 10, seed=4, **kw),
+    "dense_per_tensor": lambda **kw: DenseProjection(300, 10, seed=4, blocks=[200, 100], **kw),
+    "fastfood": lambda **kw: FastfoodProjection(300, 10, seed=4, **kw),
+    "fastfood_per_tensor": lambda **kw: PerTensorFastfoodProjection([200, 64, 36], 10, seed=4, **kw),
+}
+
+
+@pytest.mark.filterwarnings("ignore:for (seed|checksum). copying from a non-meta")
+@pytest.mark.parametrize("kind", sorted(PROJECTIONS))
+def test_a_projection_built_for_a_device_keeps_seed_and_checksum_there_too(kind):
+    # seed and checksum stayed on the CPU: a projection built on a GPU had CPU buffers in its state dict (plain DDP
+    # broadcasts every buffer over NCCL, which refuses CPU tensors)
+    cpu, meta = PROJECTIONS[kind](), PROJECTIONS[kind](device="meta")
+    devices = {name: t.device.type for name, t in meta.named_buffers()}
+    assert devices == {name: "meta" for name, _ in cpu.named_buffers()}
+    assert repr(meta) == repr(cpu) and "seed=4" in repr(meta)  # read without touching the meta buffers
+    meta.load_state_dict(cpu.state_dict())  # the seed and checksum checks still compare real values
+    other = PROJECTIONS[kind]()
+    other.seed.fill_(5)
+    with pytest.raises(ValueError, match=r"seed mismatch.*SubspaceConfig\(seed=5\)"):
+        meta.load_state_dict(other.state_dict())
+    other = PROJECTIONS[kind]()
+    other.checksum[0] ^= 1
+    with pytest.raises(ValueError, match="checksum of the regenerated projection mismatch"):
+        meta.load_state_dict(other.state_dict())
+
+
+def test_a_model_wrapped_on_the_meta_device_has_every_tensor_there():
+    import timm
+
+    with torch.device("meta"):
+        base = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=2,
+                                 num_heads=2, num_classes=10)
+    wrapped = wrap_in_subspace(base, SubspaceConfig(dim=16))
+    off = [name for name, t in [*wrapped.named_parameters(), *wrapped.named_buffers()] if not t.is_meta]
+    assert off == []

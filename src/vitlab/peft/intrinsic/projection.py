@@ -74,9 +74,10 @@ class SubspaceProjection(nn.Module):
         num_params: D, the length of the output.
         dim: d, the length of the input.
         seed: seed of the ``torch.Generator`` (on the CPU, so every device regenerates the same P).
+        device: where the ``seed`` and ``checksum`` buffers live (with the subclass's other buffers).
     """
 
-    def __init__(self, num_params: int, dim: int, seed: int) -> None:
+    def __init__(self, num_params: int, dim: int, seed: int, device: torch.device | str | None = None) -> None:
         super().__init__()
         if num_params < 1 or dim < 1:
             raise ValueError(f"a projection needs D >= 1 and d >= 1, got D={num_params}, d={dim}")
@@ -84,18 +85,25 @@ class SubspaceProjection(nn.Module):
             raise ValueError(f"d={dim} exceeds the D={num_params} numbers in the subspace: a subspace larger than the "
                              "parameter space is meaningless; lower dim or select more parameters")
         self.num_params, self.dim = num_params, dim
+        # CPU copies of the two buffers: drawing P and checking a loaded state dict also work on the meta device
+        self._reference = {"seed": torch.tensor([seed], dtype=torch.int64),
+                           "checksum": torch.zeros(32, dtype=torch.uint8)}
         # shape [1], not a 0-d scalar: byte views for hashing (``vitlab.checkpoint.state_dict_sha256``) need a dimension
-        self.register_buffer("seed", torch.tensor([seed], dtype=torch.int64))
-        self.register_buffer("checksum", torch.zeros(32, dtype=torch.uint8))
+        self.register_buffer("seed", self._reference["seed"].to(device))
+        self.register_buffer("checksum", self._reference["checksum"].to(device))
+
+    def _set_checksum(self, digest: Tensor) -> None:
+        self._reference["checksum"] = digest
+        self.checksum.copy_(digest)
 
     def _generator(self) -> torch.Generator:
-        return torch.Generator(device="cpu").manual_seed(int(self.seed))
+        return torch.Generator(device="cpu").manual_seed(int(self._reference["seed"]))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
         for key, what in (("seed", "seed"), ("checksum", "checksum of the regenerated projection")):
             stored = state_dict.get(prefix + key)
-            mine = getattr(self, key)
-            if stored is not None and (stored.shape != mine.shape or not torch.equal(stored.cpu(), mine.cpu())):
+            mine = self._reference[key]
+            if stored is not None and (stored.shape != mine.shape or not torch.equal(stored.cpu(), mine)):
                 hint = (f"build the subspace with SubspaceConfig(seed={int(stored)})" if key == "seed" else
                         "the regenerated P differs from the one the checkpoint was trained with (another torch "
                         "version, a different model/target_modules, dim, projection or projection_norm; runs made "
@@ -105,7 +113,7 @@ class SubspaceProjection(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
 
     def extra_repr(self) -> str:
-        return f"num_params={self.num_params}, dim={self.dim}, seed={int(self.seed)}"
+        return f"num_params={self.num_params}, dim={self.dim}, seed={int(self._reference['seed'])}"
 
 
 class DenseProjection(SubspaceProjection):
@@ -128,10 +136,10 @@ class DenseProjection(SubspaceProjection):
 
     def __init__(self, num_params: int, dim: int, seed: int = 0, layout: bytes = b"", max_bytes: int | None = None,
                  device: torch.device | str = "cpu", blocks: Sequence[int] | None = None) -> None:
-        super().__init__(num_params, dim, seed)
+        device = torch.device(device)
+        super().__init__(num_params, dim, seed, device)
         if blocks is not None:
             blocks = _check_blocks(blocks, num_params)
-        device = torch.device(device)
         need = 4 * num_params * dim
         limit = max_bytes if max_bytes is not None else available_memory_bytes(device) // 2
         if need > limit:
@@ -145,7 +153,7 @@ class DenseProjection(SubspaceProjection):
         for rows in [matrix] if blocks is None else matrix.split(blocks):
             rows /= rows.norm(dim=0, keepdim=True)  # in place: ``split`` gives views of ``matrix``
         kind = "dense" if blocks is None else "dense/per_tensor"
-        self.checksum.copy_(_digest(_header(kind, num_params, dim, seed, layout), matrix))
+        self._set_checksum(_digest(_header(kind, num_params, dim, seed, layout), matrix))
         self.blocks = None if blocks is None else len(blocks)
         self.register_buffer("matrix", matrix.to(device), persistent=False)
 
@@ -209,18 +217,18 @@ class FastfoodProjection(SubspaceProjection):
 
     def __init__(self, num_params: int, dim: int, seed: int = 0, layout: bytes = b"",
                  device: torch.device | str = "cpu") -> None:
-        super().__init__(num_params, dim, seed)
+        device = torch.device(device)
+        super().__init__(num_params, dim, seed, device)
         self.padded = 1 << max(0, (num_params - 1).bit_length())
         self.block = 1 << max(0, (dim - 1).bit_length())
         gen = self._generator()
         signs = torch.randint(0, 2, (self.padded,), generator=gen, dtype=torch.int8) * 2 - 1
         perm = torch.randperm(self.padded, generator=gen)
         gains = torch.randn(self.padded, generator=gen)
-        self.checksum.copy_(_digest(_header("fastfood", num_params, dim, seed, layout), signs, perm, gains))
+        self._set_checksum(_digest(_header("fastfood", num_params, dim, seed, layout), signs, perm, gains))
         scale = 1.0 / math.sqrt(num_params * gains.double().square().sum().item())
         index_dtype = torch.int32 if self.padded < 2**31 else torch.int64
         inverse = torch.empty_like(perm).scatter_(0, perm, torch.arange(self.padded))
-        device = torch.device(device)
         self.register_buffer("sign", signs[:dim].float().to(device), persistent=False)
         self.register_buffer("gather_index", (perm % self.block).to(index_dtype).to(device), persistent=False)
         self.register_buffer("inverse_index", inverse.to(index_dtype).to(device), persistent=False)
@@ -287,7 +295,8 @@ class PerTensorFastfoodProjection(SubspaceProjection):
     def __init__(self, blocks: Sequence[int], dim: int, seed: int = 0, layout: bytes = b"",
                  device: torch.device | str = "cpu") -> None:
         blocks = _check_blocks(blocks)
-        super().__init__(sum(blocks), dim, seed)
+        device = torch.device(device)
+        super().__init__(sum(blocks), dim, seed, device)
         self.sizes = blocks
         self.block = 1 << max(0, (dim - 1).bit_length())
         gen = self._generator()
@@ -303,8 +312,7 @@ class PerTensorFastfoodProjection(SubspaceProjection):
             signs.append(sign[:dim].float())
             scale = 1.0 / math.sqrt(size * gains.double().square().sum().item())
             by_padded.setdefault(padded, []).append((i, perm, (gains.double() * scale).float()))
-        self.checksum.copy_(torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8))
-        device = torch.device(device)
+        self._set_checksum(torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8))
         self.register_buffer("sign", torch.stack(signs).to(device), persistent=False)
         groups = []
         for padded, members in sorted(by_padded.items()):
