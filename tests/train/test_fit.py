@@ -128,12 +128,13 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert not (tmp_path / "nan" / "model.safetensors").exists()
 
 
-def test_ddp_two_processes_end_with_identical_weights(tmp_path):
+def test_ddp_processes_end_with_identical_weights_and_draw_their_own_negative_views(tmp_path):
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(yaml.safe_dump({
         "name": "ddp", "seed": 1, "output_dir": str(tmp_path),
         "model": {"name": "vit_vitlab_tiny_patch4_32", "kwargs": TINY},
         "data": {"name": "digits", "batch_size": 32},
+        "negatives": {"enabled": True, "kinds": ["shuffle", "rotate"], "patch_size": 8},
         "trainer": {"max_epochs": 1, "limit_train_batches": 3, "limit_val_batches": 2, "accelerator": "cpu",
                     "devices": 2, "strategy": "ddp", "enable_progress_bar": False},
     }))
@@ -146,6 +147,12 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     assert len(hashes) == 2 and hashes[0] == hashes[1]
     model, _ = load_model(tmp_path / "ddp")
     assert state_dict_sha256(model.state_dict()) == hashes[0]
+    rng = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)["vitlab_rng"]
+    per_rank = rng["loss_terms_per_rank"]  # both processes' streams, for each to resume its own
+    assert len(per_rank) == 2 and per_rank[0].keys() == rng["loss_terms"].keys() == {"0:negatives"}
+    assert torch.equal(per_rank[0]["0:negatives"], rng["loss_terms"]["0:negatives"])
+    # each process drew its own views (before, both drew the same cell permutations and rotations for their images)
+    assert not torch.equal(per_rank[0]["0:negatives"], per_rank[1]["0:negatives"])
 
 
 @pytest.mark.parametrize(("kwargs", "cause"), [({"nosuch": 1}, "unexpected keyword argument 'nosuch'"),

@@ -232,3 +232,57 @@ def test_negatives_section_names_its_keys_in_errors(section, message):
 
     with pytest.raises(ConfigError, match=message):
         NegativesConfig(enabled=True, **section)
+
+
+def _negatives_task(tiny_vit, seed: int = 5):
+    from vitlab.losses import NegativeAugmentationLoss
+
+    term = NegativeAugmentationLoss(["shuffle"], 8, seed=seed)
+    return ClassificationTask(tiny_vit, loss_terms=[term], num_classes=10), term.generator
+
+
+class _FakeTrainer:
+    def __init__(self, global_rank: int):
+        self.global_rank = global_rank
+
+
+@pytest.mark.parametrize("rank", [0, 1, 3])
+def test_each_ddp_process_draws_negative_views_from_its_own_seed(tiny_vit, rank):
+    from vitlab.train.module import rank_seed
+
+    task, generator = _negatives_task(tiny_vit)
+    task._trainer = _FakeTrainer(rank)
+    task.setup("fit")
+    task.setup("fit")  # Lightning calls setup again for a second fit: the stream is not reseeded twice
+    expected = torch.Generator().manual_seed(5 if rank == 0 else rank_seed(5, rank))
+    assert torch.equal(generator.get_state(), expected.get_state())
+    assert len({rank_seed(5, r) for r in range(8)}) == 8
+
+
+def test_a_ddp_checkpoint_gives_each_process_its_own_stream_of_views(tiny_vit):
+    streams = [torch.Generator().manual_seed(seed).get_state() for seed in (11, 12)]
+    checkpoint = {"vitlab_rng": {"cpu": torch.get_rng_state(), "loss_terms": {"0:negatives": streams[0]},
+                                 "loss_terms_per_rank": [{"0:negatives": s} for s in streams]}}
+    for rank in (0, 1):
+        task, generator = _negatives_task(tiny_vit)
+        task._trainer = _FakeTrainer(rank)
+        task.on_load_checkpoint(checkpoint)
+        assert torch.equal(generator.get_state(), streams[rank])  # was: every process got process 0's stream
+    task, generator = _negatives_task(tiny_vit)
+    task._trainer = _FakeTrainer(2)  # resumed on more processes: the new one keeps the stream setup gave it
+    before = generator.get_state()
+    task.on_load_checkpoint(checkpoint)
+    assert torch.equal(generator.get_state(), before)
+
+
+def test_a_single_process_checkpoint_resumes_process_0s_stream_only(tiny_vit):
+    saved = torch.Generator().manual_seed(11).get_state()
+    checkpoint = {"vitlab_rng": {"cpu": torch.get_rng_state(), "loss_terms": {"0:negatives": saved}}}
+    task, generator = _negatives_task(tiny_vit)
+    task.on_load_checkpoint(checkpoint)  # no trainer: process 0
+    assert torch.equal(generator.get_state(), saved)
+    task, generator = _negatives_task(tiny_vit)
+    task._trainer = _FakeTrainer(1)
+    before = generator.get_state()
+    task.on_load_checkpoint(checkpoint)
+    assert torch.equal(generator.get_state(), before)

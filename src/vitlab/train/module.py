@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 import lightning as L
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -246,13 +247,35 @@ class ClassificationTask(L.LightningModule):
         return {f"{i}:{term.name}": term.generator for i, term in enumerate(self.loss_terms)
                 if isinstance(getattr(term, "generator", None), torch.Generator)}
 
+    def _global_rank(self) -> int:
+        return self._trainer.global_rank if self._trainer is not None else 0
+
+    def setup(self, stage: str) -> None:
+        # Under DDP every process builds the same loss terms from the same seed, so every process would draw the same
+        # negative views (the same cell permutations, rotations, infill cells) for its own images. Process r > 0
+        # reseeds its terms' generators from (seed, r); process 0, and so a single-process run, keeps the seed's
+        # stream. Lightning calls setup before it restores a checkpoint, which then sets each process's own state.
+        rank = self._global_rank()
+        if stage != "fit" or rank == 0 or getattr(self, "_rank_streams", False):
+            return
+        for generator in self._term_generators().values():
+            generator.manual_seed(rank_seed(generator.initial_seed(), rank))
+        self._rank_streams = True
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning does not restore the global RNG on resume, nor the loss terms' own generators (they are not
-        # modules); keeping both makes dropout, augmentation and negative views resume exactly.
-        checkpoint["vitlab_rng"] = {"cpu": torch.get_rng_state(),
-                                    "loss_terms": {k: g.get_state() for k, g in self._term_generators().items()}}
+        # modules); keeping both makes dropout, augmentation and negative views resume exactly. Every process runs
+        # this hook (checkpointing is collective) and process 0 writes the file: under DDP the terms' states of all
+        # processes are gathered into it, so each resumes its own stream.
+        terms = {k: g.get_state() for k, g in self._term_generators().items()}
+        checkpoint["vitlab_rng"] = {"cpu": torch.get_rng_state(), "loss_terms": terms}
         if torch.cuda.is_available():
             checkpoint["vitlab_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if terms and distributed and torch.distributed.get_world_size() > 1:
+            per_rank: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(per_rank, terms)
+            checkpoint["vitlab_rng"]["loss_terms_per_rank"] = per_rank
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("vitlab_rng")
@@ -260,10 +283,26 @@ class ClassificationTask(L.LightningModule):
             torch.set_rng_state(state["cpu"])
             if "cuda" in state and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda"])
-            saved = state.get("loss_terms", {})
+            rank, per_rank = self._global_rank(), state.get("loss_terms_per_rank")
+            if per_rank is not None:  # a DDP run's checkpoint: each process its own stream (a new one past its size)
+                saved = per_rank[rank] if rank < len(per_rank) else {}
+            else:  # one process's streams: process 0's; other processes keep the ones setup gave them
+                saved = state.get("loss_terms", {}) if rank == 0 else {}
             for key, generator in self._term_generators().items():
                 if key in saved:
                     generator.set_state(saved[key])
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank`` of a distributed run derived from the run's ``seed`` (``rank`` 0 keeps it).
+
+    Example:
+        >>> rank_seed(7, 0), rank_seed(7, 1) == rank_seed(7, 1), rank_seed(7, 1) != rank_seed(7, 2)
+        (7, True, True)
+    """
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**64, rank]).generate_state(1, np.uint64)[0])
 
 
 def _infer_num_classes(model: nn.Module) -> int:
