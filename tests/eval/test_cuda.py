@@ -123,3 +123,21 @@ def test_diagnose_negatives_on_device_equals_the_cpu(cuda_device, exact_float32,
     for name in ("clean", "infill", "rotate", "shuffle"):
         assert written["views"][name]["accuracy"] == reference["views"][name]["accuracy"], name
     assert (tmp_path / "device" / "diagnose_negatives_digits.json").is_file()
+
+
+def test_evaluations_without_a_device_keep_a_device_model_there(cuda_device, exact_float32, checkpoint, digits,
+                                                                 tmp_path):
+    """``device=None`` (the default) runs where the model is; it was ``"cpu"``, which moved a GPU model off the GPU."""
+    model, _ = load_model(checkpoint)
+    on_device = copy.deepcopy(model).to(cuda_device)
+    result = diagnose_negatives(on_device, digits.test_dataloader(), patch_size=8, n=50, seed=5)
+    assert next(on_device.parameters()).device.type == cuda_device.type
+    expected = diagnose_negatives(copy.deepcopy(model), digits.test_dataloader(), patch_size=8, n=50, seed=5,
+                                  device="cpu")
+    assert {k: v["accuracy"] for k, v in result["views"].items()} == \
+        {k: v["accuracy"] for k, v in expected["views"].items()}
+    folder = _corruption_folder(tmp_path / "cifar_c")
+    report = evaluate_corruptions(on_device, folder, batch_size=16, progress=False)
+    assert next(on_device.parameters()).device.type == cuda_device.type
+    assert report["accuracy"] == evaluate_corruptions(copy.deepcopy(model), folder, batch_size=16, device="cpu",
+                                                      progress=False)["accuracy"]

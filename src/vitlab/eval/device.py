@@ -1,4 +1,5 @@
-"""``resolve_device``: the device an evaluation runs on, refused up front when this machine lacks it.
+"""``resolve_device``: the device an evaluation runs on, refused up front when this machine lacks it;
+``model_device``: the same, defaulting to the device the model is on (so that an evaluation does not move it).
 
 Example:
     >>> resolve_device("cpu")
@@ -11,11 +12,14 @@ Example:
 
 from __future__ import annotations
 
+import itertools
+
 import torch
+from torch import nn
 
 from vitlab.errors import ConfigError
 
-__all__ = ["resolve_device"]
+__all__ = ["model_device", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -39,3 +43,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if chosen.index is not None and chosen.index >= count:
             raise ConfigError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
     return chosen
+
+
+def model_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """``resolve_device(device)``, or with ``None`` the device of ``model``'s first parameter or buffer (the CPU when
+    it has none): an evaluation called without a device runs where the model is and leaves it there.
+
+    Example:
+        >>> model_device(torch.nn.Linear(2, 2, device="meta"), None)
+        device(type='meta')
+    """
+    if device is not None:
+        return resolve_device(device)
+    return next((t.device for t in itertools.chain(model.parameters(), model.buffers())), torch.device("cpu"))

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from vitlab.augment import KINDS, NegativeViews
 from vitlab.checks import check_seed
 from vitlab.errors import ConfigError, DataError
-from vitlab.eval.device import resolve_device
+from vitlab.eval.device import model_device
 
 __all__ = ["diagnose_negatives", "format_negative_diagnostics", "model_patch_size"]
 
@@ -37,7 +37,7 @@ def diagnose_negatives(
     patch_size: int,
     kinds: Sequence[str] = KINDS,
     n: int | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     seed: int = 0,
     **view_options: Any,
 ) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def diagnose_negatives(
         patch_size: cell size of the views.
         kinds: view kinds to measure (default all three).
         n: images to use (``None``: the whole loader).
-        device: where the model runs.
+        device: where the model runs; ``None`` (default): where the model is (it is not moved).
         seed: seed of the views' ``torch.Generator`` (the measurement is reproducible).
         **view_options: `NegativeViews` keywords (``model_patch_size``, ``replace_rate``, ``centre_shape``,
             ``source``).
@@ -62,7 +62,7 @@ def diagnose_negatives(
     _check_arguments(model, kinds, n, seed)
     views = {kind: NegativeViews([kind], patch_size, **view_options) for kind in kinds}
     generator = torch.Generator().manual_seed(seed)
-    device = resolve_device(device)
+    device = model_device(model, device)
     model = model.to(device).eval()
     names = ["clean", *views]
     totals = {name: {"accuracy": 0.0, "confidence": 0.0, "agreement": 0.0} for name in names}

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from vitlab.errors import ConfigError, DataError, MissingFileError
 from vitlab.eval.corruptions import COMMON_CORRUPTIONS, SEVERITIES, _check_corruption_names, _is_int
-from vitlab.eval.device import resolve_device
+from vitlab.eval.device import model_device
 from vitlab.eval.robustness import Accuracies, _is_fraction, corruption_metrics
 from vitlab.metrics import evaluate_classifier
 
@@ -33,7 +33,7 @@ def evaluate_imagenet_c(
     n: int | None = None,
     corruptions: Sequence[str] = COMMON_CORRUPTIONS,
     batch_size: int = 128,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     num_workers: int = 0,
     alexnet_normalise: bool = True,
     progress: bool = True,
@@ -49,7 +49,7 @@ def evaluate_imagenet_c(
         n: images per (corruption, severity), evenly spaced over the folder; ``None`` uses all (50,000).
         corruptions: corruptions to evaluate (the 15 common ones by default).
         batch_size: evaluation batch size.
-        device: where the model runs.
+        device: where the model runs; ``None`` (default): where the model is (it is not moved).
         num_workers: DataLoader workers.
         alexnet_normalise: add mCE and relative mCE (needs all 15 common corruptions).
         progress: show a tqdm bar.
@@ -96,7 +96,7 @@ def evaluate_imagenet_c(
     if missing:
         raise MissingFileError(f"{root} lacks ImageNet-C folders {missing[:5]}{' ...' if len(missing) > 5 else ''}: "
                                "the layout is <root>/<corruption>/<severity 1-5>/<class>/<image>")
-    device = resolve_device(device)
+    device = model_device(model, device)
     model = model.to(device).eval()
     datasets = {(c, s): _class_folder_dataset(root, c, s, transform) for c in corruptions for s in SEVERITIES}
     first = datasets[corruptions[0], SEVERITIES[0]]

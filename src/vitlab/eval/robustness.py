@@ -41,7 +41,7 @@ from vitlab.eval.corruptions import (
     _is_int,
     _read_meta,
 )
-from vitlab.eval.device import resolve_device
+from vitlab.eval.device import model_device
 from vitlab.metrics import evaluate_classifier
 
 __all__ = [
@@ -209,7 +209,7 @@ def evaluate_corruptions(
     n: int | None = None,
     corruptions: Sequence[str] | None = None,
     batch_size: int = 256,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     alexnet_normalise: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -223,7 +223,7 @@ def evaluate_corruptions(
         n: images per severity (the first ``n``); ``None`` uses all of them. The count used is in the report.
         corruptions: subset to evaluate (default: every corruption file in the folder).
         batch_size: evaluation batch size.
-        device: where the model runs.
+        device: where the model runs; ``None`` (default): where the model is (it is not moved).
         alexnet_normalise: add AlexNet-normalised mCE (meaningful for ImageNet-C only).
         progress: show a tqdm bar.
 
@@ -282,7 +282,7 @@ def evaluate_corruptions(
         raise ConfigError(f"preprocess must be a callable uint8 (B, C, H, W) -> model input, got "
                           f"{type(preprocess).__name__}")
     preprocess = preprocess or _default_preprocess
-    device = resolve_device(device)
+    device = model_device(model, device)
     model = model.to(device).eval()
     accuracy: Accuracies = {}
     bar = tqdm(total=len(names) * len(SEVERITIES), desc="robustness", unit="set", disable=not progress)
