@@ -142,3 +142,18 @@ def test_a_subspace_wrapped_on_the_gpu_keeps_every_tensor_there(cuda_device, pro
     cpu = wrap_in_subspace(timm_vit(), SubspaceConfig(dim=16, projection=projection, projection_norm=norm))
     assert torch.equal(wrapped.projection.checksum.cpu(), cpu.projection.checksum)
     wrapped.load_state_dict(cpu.state_dict())  # the seed/checksum checks compare across devices
+
+
+def test_fit_classifier_trains_a_gpu_model_on_data_in_cpu_memory(cuda_device):
+    from vitlab.peft.intrinsic.mnist_fc import MnistFC
+    from vitlab.peft.intrinsic.trainer import FitSettings, fit_classifier
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, generator=g)
+    y = (x[:, 0] > 0).long()
+    settings = FitSettings(epochs=2, batch_size=16, lr=1e-2)
+    expected = fit_classifier(MnistFC(16, hidden=(8,), num_classes=2), (x, y), (x, y), settings)
+    model = MnistFC(16, hidden=(8,), num_classes=2).to(cuda_device)
+    result = fit_classifier(model, (x, y), (x, y), settings)  # the batches stayed on the CPU: a device error
+    assert next(model.parameters()).device.type == cuda_device.type
+    assert result.history == pytest.approx(expected.history, abs=2 / 64)  # at most 2 of 64 predictions differ

@@ -308,3 +308,23 @@ def test_numpy_integers_are_plain_dims(tmp_path):
     assert (config.dim, config.seed) == (100, 3) and type(config.dim) is int and type(config.seed) is int
     result = run_sweep(lambda d: 0.5, np.array([10, 100]), tmp_path / "s.csv", reference=0.5)
     assert sorted(result.points) == [10, 100] and all(type(d) is int for d in result.points)
+
+
+class _Ran(Exception):
+    """Raised by `_MetaProbe.forward` with the devices of its input."""
+
+
+class _MetaProbe(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(2, device="meta"))
+
+    def forward(self, x):
+        raise _Ran(x.device.type)
+
+
+def test_fit_classifier_moves_each_batch_to_the_model():
+    # the batches stayed where the data was: a model on a GPU with the data in CPU memory failed at its first step
+    images, labels = torch.zeros(8, 3), torch.zeros(8, dtype=torch.long)
+    with pytest.raises(_Ran, match="^meta$"):
+        fit_classifier(_MetaProbe(), (images, labels), (images, labels), FitSettings(epochs=1, batch_size=4))

@@ -82,7 +82,8 @@ def fit_classifier(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[T
     """Train ``model`` with cross-entropy and Adam; return test accuracies.
 
     Args:
-        model: any classifier ``[B, ...] -> [B, K]``; only its ``requires_grad`` parameters are trained.
+        model: any classifier ``[B, ...] -> [B, K]``; only its ``requires_grad`` parameters are trained, on the device
+            they are on (each batch is moved there).
         train: ``(images [N, ...], labels [N] int64)`` held in memory.
         test: the same for evaluation.
         settings: ``FitSettings``.
@@ -103,7 +104,7 @@ def fit_classifier(model: nn.Module, train: tuple[Tensor, Tensor], test: tuple[T
         order = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), settings.batch_size):
             idx = order[i: i + settings.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = F.cross_entropy(model(x[idx].to(params[0].device)), y[idx].to(params[0].device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
