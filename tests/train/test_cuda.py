@@ -122,3 +122,26 @@ def test_float32_run_on_device_follows_the_cpu_run(cuda_device, exact_float32, t
         difference = (device_weights[key].cpu() - value).abs().max().item()
         assert difference <= lr_bound, (key, difference)
     assert device_run.metrics["test/loss"] == pytest.approx(cpu_run.metrics["test/loss"], rel=1e-2)
+
+
+def test_a_checkpoint_mapped_to_the_device_restores_the_random_streams(cuda_device, tiny_vit):
+    from vitlab.losses import NegativeAugmentationLoss
+    from vitlab.train import ClassificationTask
+
+    def task_and_generator():
+        term = NegativeAugmentationLoss(["shuffle"], 8, seed=3)
+        return ClassificationTask(copy.deepcopy(tiny_vit), loss_terms=[term], num_classes=10), term.generator
+
+    saved_task, saved_generator = task_and_generator()
+    torch.randperm(10, generator=saved_generator)  # move the stream on
+    checkpoint = {}
+    saved_task.on_save_checkpoint(checkpoint)
+    # what load_from_checkpoint(map_location="cuda") hands the hook: every tensor on the device
+    mapped = {"vitlab_rng": {key: [s.to(cuda_device) for s in value] if key == "cuda" else
+                             ({k: v.to(cuda_device) for k, v in value.items()} if isinstance(value, dict)
+                              else value.to(cuda_device))
+                             for key, value in checkpoint["vitlab_rng"].items()}}
+    task, generator = task_and_generator()
+    task.on_load_checkpoint(mapped)  # torch.set_rng_state / Generator.set_state take CPU byte tensors only
+    assert torch.equal(generator.get_state(), saved_generator.get_state())
+    assert torch.equal(torch.get_rng_state(), checkpoint["vitlab_rng"]["cpu"])

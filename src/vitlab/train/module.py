@@ -280,9 +280,10 @@ class ClassificationTask(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("vitlab_rng")
         if state is not None:
-            torch.set_rng_state(state["cpu"])
+            # RNG states are CPU byte tensors, also when load_from_checkpoint's map_location put them on a GPU
+            torch.set_rng_state(state["cpu"].cpu())
             if "cuda" in state and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda"])
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
             rank, per_rank = self._global_rank(), state.get("loss_terms_per_rank")
             if per_rank is not None:  # a DDP run's checkpoint: each process its own stream (a new one past its size)
                 saved = per_rank[rank] if rank < len(per_rank) else {}
@@ -290,7 +291,7 @@ class ClassificationTask(L.LightningModule):
                 saved = state.get("loss_terms", {}) if rank == 0 else {}
             for key, generator in self._term_generators().items():
                 if key in saved:
-                    generator.set_state(saved[key])
+                    generator.set_state(saved[key].cpu())
 
 
 def rank_seed(seed: int, rank: int) -> int:
