@@ -44,6 +44,16 @@ def cuda_device() -> torch.device:
 
 
 @pytest.fixture
+def exact_float32():
+    """float32 products and convolutions without TF32 (10-bit mantissa) on the GPU while a test runs, so that GPU
+    and CPU results agree to ~1e-5; the flags are restored afterwards."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture
 def real_data_dir():
     """The folder where `make test` installed the real datasets (tests skip when a dataset is absent)."""
     return REAL_DATA_DIR

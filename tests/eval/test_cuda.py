@@ -20,14 +20,6 @@ from vitlab.metrics import evaluate_classifier, tensor_batches
 pytestmark = pytest.mark.cuda
 
 
-@pytest.fixture
-def exact_float32():
-    """float32 matmuls without TF32 (10-bit mantissa) on the GPU while the test runs, restored afterwards."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
 
 def _top2_gaps_and_differences(model, device, batches):
     """Per image: the CPU logits' top-2 gap and the largest |device - CPU| logit difference. A prediction can only

@@ -18,14 +18,6 @@ pytestmark = pytest.mark.cuda
 BF16_RTOL = 2e-2  # bf16 keeps 8 significant bits: a 2-layer product of rounded inputs stays within ~1 %
 
 
-@pytest.fixture
-def exact_float32():
-    """float32 matmuls without TF32 (10-bit mantissa) on the GPU while the test runs, restored afterwards."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
 
 def _call(name, loss, clean, negative, labels):
     if name == "uniform":

@@ -17,16 +17,8 @@ from vitlab.models import iformer_fpn_backbone
 
 from .conftest import small_model
 
-pytestmark = pytest.mark.cuda
+pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("exact_float32")]  # float32 compared to ~1e-5
 
-
-@pytest.fixture(autouse=True)
-def _exact_float32():
-    """Full float32 products and convolutions on the GPU (no TF32), so that GPU and CPU agree to ~1e-5."""
-    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
 def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -17,18 +17,10 @@ from torch import nn
 from vitlab.peft import KAdaptationConfig, LoraQVConfig, SubspaceConfig, merge_subspace, wrap_in_subspace
 from vitlab.peft.intrinsic.hadamard import fwht
 
-pytestmark = pytest.mark.cuda
+pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("exact_float32")]  # float32 compared to ~1e-5
 
 CONFIGS = {"kadaptation": lambda: KAdaptationConfig(n=8), "lora_qv": lambda: LoraQVConfig(r=2)}
 
-
-@pytest.fixture(autouse=True)
-def _exact_float32():
-    """Full float32 products on the GPU (no TF32), so that GPU and CPU agree to ~1e-5."""
-    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
 def timm_vit() -> nn.Module:

@@ -22,14 +22,6 @@ TINY = {"depth": 2, "embed_dim": 48, "num_heads": 2}
 STEPS = 4
 
 
-@pytest.fixture
-def exact_float32():
-    """float32 matmuls without TF32 (10-bit mantissa) on the GPU while the test runs, restored afterwards."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
 
 class Capture(L.Callback):
     """Keeps the weights when training starts, where and how it ran, and the trained task."""
