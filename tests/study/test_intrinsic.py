@@ -240,3 +240,36 @@ def test_grid_points_above_the_parameter_count_are_announced_not_dropped_silentl
     size = seen["grid"][-1]
     assert seen["grid"] == [10, size] and size < 100_000_000
     assert f"d = [100000000] exceed the {size:,} trainable parameters D; the grid stops at D" in out
+
+
+@pytest.mark.parametrize(("trainer", "message"), [
+    ({"accelerator": "gpu"}, "trainer.accelerator 'gpu': this machine has no CUDA GPU"),
+    ({"accelerator": "tpu"}, "trainer.accelerator"),
+    ({"accelerator": "cpu", "devices": 2}, "trainer.devices 2: the plain engine trains on one device"),
+    ({"accelerator": "cpu", "precision": "bf16-mixed"}, "trainer.precision 'bf16-mixed': the plain engine trains in "
+                                                        "float32 only"),
+])
+def test_the_plain_engine_refuses_trainer_settings_it_would_have_ignored(tmp_path, capsys, monkeypatch, trainer,
+                                                                         message):
+    # it trained on the CPU in float32 whatever the trainer section said
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = _write_config(tmp_path, "plain", epochs=1, sweep={"engine": "plain", "lr": 0.1, "reference": 0.5})
+    raw = yaml.safe_load(config.read_text())
+    raw["trainer"].update(trainer)
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["intrinsic-dim", "--config", str(config), "--dims", "4"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "plain" / "d4").exists()
+
+
+@pytest.mark.parametrize(("trainer", "cuda", "expected"), [
+    ({}, False, "cpu"), ({}, True, "cuda"), ({"accelerator": "auto"}, True, "cuda"),
+    ({"accelerator": "cpu"}, True, "cpu"), ({"accelerator": "gpu", "devices": 1}, True, "cuda"),
+    ({"accelerator": "cuda", "precision": "32-true"}, True, "cuda"),
+])
+def test_the_plain_engine_trains_where_lightning_would(monkeypatch, trainer, cuda, expected):
+    from vitlab.study.intrinsic import plain_engine_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert plain_engine_device(trainer) == torch.device(expected)

@@ -37,6 +37,7 @@ from vitlab.study.cache import ensure_cache_matches, read_record, write_record
 from vitlab.study.progress import sweep_progress
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor, nn
 
     from vitlab.peft.intrinsic import SubspaceConfig
@@ -422,6 +423,7 @@ class _PlainEngine:
         if data.mixup or data.cutmix or data.augment != "none":
             raise ValueError("the plain engine trains on a fixed in-memory copy of the data: set data.augment: none "
                              "and data.mixup/cutmix: 0, or use peft.options.sweep.engine: lightning")
+        self.device = plain_engine_device(config.trainer)  # before the data is loaded
         self.train, self.test, self.num_classes = _load_tensors(config)
         epochs = int(config.trainer.get("max_epochs", 10))
         self.fit_settings = FitSettings(epochs=epochs, batch_size=data.batch_size, lr=config.optim.lr,
@@ -433,7 +435,7 @@ class _PlainEngine:
             from vitlab.peft.intrinsic.mnist_fc import MnistFC
 
             in_features = int(self.train[0][0].numel())
-            return MnistFC(in_features, num_classes=self.num_classes, seed=self.config.seed, **kwargs)
+            return MnistFC(in_features, num_classes=self.num_classes, seed=self.config.seed, **kwargs).to(self.device)
         import torch
 
         from vitlab.train.run import build_run_model
@@ -442,7 +444,7 @@ class _PlainEngine:
         # in a forked state that is restored afterwards (the caller's global RNG is neither drawn from nor reseeded)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
-            return build_run_model(self.config, self.num_classes, int(self.train[0].shape[1])).model
+            return build_run_model(self.config, self.num_classes, int(self.train[0].shape[1])).model.to(self.device)
 
     def eval_images(self) -> int:
         """Images behind the accuracy (the plain engine reports ``test/acc``): the test set's size."""
@@ -464,6 +466,46 @@ class _PlainEngine:
 
         settings = replace(self.fit_settings, lr=self.settings.lr or self.fit_settings.lr)
         return fit_classifier(wrap_in_subspace(self.base_model(), config), self.train, self.test, settings).accuracy
+
+
+def plain_engine_device(trainer: dict[str, Any]) -> torch.device:
+    """The device the plain engine trains on, read from a run's ``trainer`` section as Lightning would read it.
+
+    ``accelerator``: ``cpu`` the CPU, ``gpu`` / ``cuda`` the first CUDA GPU, ``auto`` (the default) a CUDA GPU when
+    there is one. Settings the in-memory loop cannot honour (several devices, another precision, another accelerator)
+    are refused rather than ignored.
+
+    Example:
+        >>> plain_engine_device({"accelerator": "cpu", "max_epochs": 3})
+        device(type='cpu')
+        >>> plain_engine_device({"accelerator": "cpu", "precision": "bf16-mixed"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: trainer.precision 'bf16-mixed': the plain engine trains in float32 only; remove it, or use ...
+    """
+    import torch
+
+    from vitlab.study.config import check_accelerator
+
+    lightning = "or use peft.options.sweep.engine: lightning"
+    accelerator = trainer.get("accelerator", "auto")
+    if accelerator not in ("auto", "cpu", "gpu", "cuda"):
+        check_accelerator(accelerator, "trainer.accelerator")  # an unknown name: Lightning's list
+        raise ValueError(f"trainer.accelerator {accelerator!r}: the plain engine runs on the CPU or a CUDA GPU; set "
+                         f"cpu, gpu or auto, {lightning}")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator {accelerator!r}: this machine has no CUDA GPU that torch can use; set "
+                         "trainer.accelerator: cpu (or auto: a GPU when there is one)")
+    devices = trainer.get("devices", 1)
+    if devices not in (1, "1", "auto", None) and devices != [0]:
+        raise ValueError(f"trainer.devices {devices!r}: the plain engine trains on one device; set trainer.devices: 1, "
+                         + lightning)
+    precision = trainer.get("precision")
+    if precision not in (None, 32, "32", "32-true"):
+        raise ValueError(f"trainer.precision {precision!r}: the plain engine trains in float32 only; remove it, "
+                         + lightning)
+    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if use_gpu else "cpu")
 
 
 def _load_tensors(config: RunConfig) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], int]:
