@@ -246,3 +246,12 @@ def test_load_official_checkpoint_refuses_other_kinds_of_model_naming_the_way(sa
     state, _ = saved["inception_transformer_tiny"]
     with pytest.raises(TypeError, match=r"loads into an InceptionTransformer, got a .* features_only=True, pretrained"):
         load_official_checkpoint(model(), state)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_models_on_the_meta_device_name_a_dtype_mismatch(name):
+    # torch.is_autocast_enabled("meta") raised a RuntimeError from inside the image check
+    model = timm.create_model(name).to("meta").eval()
+    with pytest.raises(TypeError, match=r"the images are torch.float16 but the model's weights are torch.float32"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.float16, device="meta"))
+    assert model(torch.zeros(1, 3, 32, 32, device="meta")).device.type == "meta"

@@ -205,3 +205,13 @@ def test_an_adapter_loaded_on_a_base_of_another_shape_names_the_mismatch(tmp_pat
     with pytest.raises(AdapterShapeError, match=r"size mismatch: the adapter does not fit this base model .*" + names):
         PeftModel.from_pretrained(base, str(tmp_path))
     assert issubclass(AdapterShapeError, ValueError) and issubclass(AdapterShapeError, RuntimeError)
+
+
+@pytest.mark.parametrize(("method", "config"), CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_adapted_models_run_on_the_meta_device(method, config):
+    # shape inference / FLOP counting on the meta device: torch.is_autocast_enabled("meta") raised inside the layer
+    model = get_peft_model(timm_vit(), config()).to("meta").train()
+    out = model(torch.randn(2, 3, 32, 32, device="meta"))
+    assert out.shape == (2, 5) and out.device.type == "meta"
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.device.type == "meta" for p in model.parameters() if p.requires_grad)

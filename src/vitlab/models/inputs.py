@@ -24,7 +24,22 @@ import torch
 from vitlab.checks import check_probability
 from vitlab.errors import MissingFileError
 
-__all__ = ["check_image_tensor", "check_pretrained_file", "check_rates"]
+__all__ = ["autocast_enabled", "check_image_tensor", "check_pretrained_file", "check_rates"]
+
+
+def autocast_enabled(device: torch.device | str) -> bool:
+    """Whether ``torch.autocast`` is on for tensors of ``device``; ``False`` for device types autocast does not
+    support (``torch.is_autocast_enabled("meta")`` raises instead, so a forward pass on the meta device failed).
+
+    Example:
+        >>> autocast_enabled("meta"), autocast_enabled("cpu")
+        (False, False)
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+        ...     autocast_enabled(torch.device("cpu"))
+        True
+    """
+    kind = torch.device(device).type
+    return torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
 
 
 @torch.jit.ignore  # eager only: TorchScript checks the Tensor annotation of the callers itself
@@ -40,7 +55,7 @@ def check_image_tensor(x: Any, dtype: torch.dtype | None) -> None:
             "the model's mean/std (timm.data.create_transform(**timm.data.resolve_model_data_config(model)) does "
             "both)"
         )
-    if dtype is not None and x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+    if dtype is not None and x.dtype != dtype and not autocast_enabled(x.device):
         raise TypeError(f"the images are {x.dtype} but the model's weights are {dtype}: pass x.to({dtype}), or "
                         f"convert the model with model.to({x.dtype}), or run it under torch.autocast")
 

@@ -44,6 +44,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from vitlab.models.cpu_linear import linear
+from vitlab.models.inputs import autocast_enabled
 from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer
 from vitlab.peft.targets import Target
 
@@ -283,7 +284,7 @@ class KAdaptationLayer(RowSliceLayer):
         with every tensor in ``x``'s dtype and no autocast (else None: ``RowSliceLayer``'s path)."""
         active = [name for name in self.active_adapters if name in self.slice_rows]
         if self.disable_adapters or self.merged or len(active) != 1 or not self.settings[active[0]]["factored"] \
-                or torch.is_autocast_enabled(x.device.type):
+                or autocast_enabled(x.device):
             return None
         name = active[0]
         tensors = [self.base_layer.weight, *self._rules(name).values(), *self.kadaptation_u[name].values(),
