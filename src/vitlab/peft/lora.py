@@ -117,7 +117,7 @@ class LoraQVLayer(RowSliceLayer):
         for key, (a, b) in rows.items():
             r = lora_b[key].shape[1]
             blocks.append((a, b, start, start + r, lora_b[key] * setting["scale"]))
-            start += r
+            start = start + r  # not +=: under jit.trace a shape is a 0-d tensor, and += would change the block above
         return DeltaTerms(right=right, blocks=tuple(blocks), input_dropout=setting["dropout"])
 
     def delta_weight(self, adapter_name: str) -> tuple[torch.Tensor, None]:

@@ -71,6 +71,24 @@ class DeltaTerms(NamedTuple):
     input_dropout: float = 0.0
 
 
+def recording_graph() -> bool:
+    """True while ``torch.jit.trace`` or ``torch.export`` records a forward pass: the layers' in-place custom autograd
+    Functions do not survive those recorders, so the layers then compute the same sums with plain tensor ops."""
+    exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    return torch.jit.is_tracing() or (exporting is not None and exporting())
+
+
+def _add_to_rows(out: torch.Tensor, h: torch.Tensor, spans: tuple[tuple[int, int, int, int], ...],
+                 lefts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``_AddToRows`` with plain ops (a new tensor; for graph recorders): ``out (..., O)``, ``h (N, K)``."""
+    pieces, end = [], 0
+    for span, left in zip(spans, lefts, strict=True):
+        a, b, k0, k1 = (int(v) for v in span)  # under jit.trace a width read from a shape is a 0-d tensor
+        pieces += [out[..., end:a], out[..., a:b] + (h[:, k0:k1] @ left.T).view(*out.shape[:-1], b - a)]
+        end = b
+    return torch.cat([*pieces, out[..., end:]], dim=-1)
+
+
 class _AddToRows(torch.autograd.Function):
     """``out[..., a:b] += h[:, k0:k1] @ Lᵀ`` for each block, in place on ``out``; the backward pass hands ``out``'s
     gradient through untouched (autograd's in-place-on-a-view path would clone the whole output gradient per block)."""
@@ -165,7 +183,8 @@ class RowSliceLayer(nn.Module, BaseTunerLayer):
             h = (h @ terms.right).to(out.dtype)
             # in place on the rows of the fresh output: no GEMM over rows that are not adapted, no extra pass
             spans = tuple(block[:4] for block in terms.blocks)
-            out = _AddToRows.apply(out, h, spans, *(block[4].to(out.dtype) for block in terms.blocks))
+            lefts = [block[4].to(out.dtype) for block in terms.blocks]
+            out = _add_to_rows(out, h, spans, lefts) if recording_graph() else _AddToRows.apply(out, h, spans, *lefts)
         return out
 
     @torch.no_grad()

@@ -45,7 +45,7 @@ from torch.autograd.function import once_differentiable
 
 from vitlab.models.cpu_linear import linear
 from vitlab.models.inputs import autocast_enabled
-from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer
+from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer, recording_graph
 from vitlab.peft.targets import Target
 
 __all__ = ["KAdaptationLayer", "init_rule"]
@@ -272,7 +272,7 @@ class KAdaptationLayer(RowSliceLayer):
             left, right = self._slice_factors(adapter_name, key)
             rights.append(right)
             blocks.append((a, b, start, start + left.shape[1], left))
-            start += left.shape[1]
+            start = start + left.shape[1]  # not +=: see lora.LoraQVLayer.delta_terms (jit.trace)
         right = rights[0] if len(rights) == 1 else torch.cat(rights, dim=1)
         return DeltaTerms(right=right, blocks=tuple(blocks), bias=self._bias(adapter_name))
 
@@ -281,10 +281,10 @@ class KAdaptationLayer(RowSliceLayer):
 
     def _folded_adapter(self, x: torch.Tensor) -> str | None:
         """The adapter that ``forward`` folds into the weight: the only active one, unmerged, on the factored path,
-        with every tensor in ``x``'s dtype and no autocast (else None: ``RowSliceLayer``'s path)."""
+        with every tensor in ``x``'s dtype, no autocast and no graph recorder (else None: ``RowSliceLayer``'s path)."""
         active = [name for name in self.active_adapters if name in self.slice_rows]
         if self.disable_adapters or self.merged or len(active) != 1 or not self.settings[active[0]]["factored"] \
-                or autocast_enabled(x.device):
+                or autocast_enabled(x.device) or recording_graph():
             return None
         name = active[0]
         tensors = [self.base_layer.weight, *self._rules(name).values(), *self.kadaptation_u[name].values(),
@@ -298,8 +298,8 @@ class KAdaptationLayer(RowSliceLayer):
         With one active factored adapter in ``x``'s dtype (the training case) its ΔW and bias are folded into copies
         of the weight and bias (``_KroneckerLinear``: one Linear, no per-token GEMM over the output rows; gradients of
         the factors from ``x R`` and ``g_s L_s``); otherwise (several active adapters, the dense path, a float32
-        adapter on a bfloat16 base, autocast) ``RowSliceLayer.forward`` (``x R`` then ``h L_sᵀ`` added to each
-        slice's rows).
+        adapter on a bfloat16 base, autocast, ``torch.jit.trace`` / ``torch.export``) ``RowSliceLayer.forward``
+        (``x R`` then ``h L_sᵀ`` added to each slice's rows).
         """
         name = self._folded_adapter(x)
         if name is None:
