@@ -255,3 +255,40 @@ def test_models_on_the_meta_device_name_a_dtype_mismatch(name):
     with pytest.raises(TypeError, match=r"the images are torch.float16 but the model's weights are torch.float32"):
         model(torch.zeros(1, 3, 32, 32, dtype=torch.float16, device="meta"))
     assert model(torch.zeros(1, 3, 32, 32, device="meta")).device.type == "meta"
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("safe", [True, False])
+def test_a_model_saved_for_the_hub_loads_from_its_local_folder(tmp_path, name, safe):
+    # timm.create_model("local-dir:FOLDER") was refused: the pretrained-file check took the folder for a missing file
+    model = timm.create_model(name, num_classes=7).eval()
+    timm.models.save_for_hf(model, tmp_path, safe_serialization=safe)
+    loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    x = torch.randn(2, *model.pretrained_cfg["input_size"])
+    assert type(loaded) is type(model) and loaded.num_classes == 7
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_a_model_pushed_to_the_hub_loads_from_an_offline_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    model = timm.create_model("inception_transformer_tiny", num_classes=4).eval()
+    snapshot = tmp_path / "cache" / "models--someone--iformer-tiny" / "snapshots" / ("0" * 40)
+    timm.models.save_for_hf(model, snapshot)  # what timm.models.push_to_hf_hub uploads
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    loaded = timm.create_model("hf-hub:someone/iformer-tiny", pretrained=True).eval()
+    x = torch.randn(1, *model.pretrained_cfg["input_size"])
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_a_local_dir_source_that_is_not_a_folder_is_named(tmp_path):
+    cfg = {"source": "local-dir", "file": str(tmp_path / "missing")}
+    with pytest.raises(FileNotFoundError, match=r"the folder .*missing does not exist; pass a folder written by "
+                                                r"timm.models.save_for_hf"):
+        timm.create_model("inception_transformer_tiny", pretrained=True, pretrained_cfg_overlay=cfg)

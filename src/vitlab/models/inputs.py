@@ -93,7 +93,13 @@ def check_pretrained_file(variant: str, pretrained: bool, kwargs: Mapping[str, A
     for key in ("pretrained_cfg_overlay", "pretrained_cfg"):
         cfg = kwargs.get(key)
         path = cfg.get("file") if isinstance(cfg, Mapping) else None
-        if isinstance(path, str | Path) and not Path(path).is_file():
+        if not isinstance(path, str | Path):
+            continue
+        if cfg.get("source") == "local-dir":  # timm's create_model("local-dir:FOLDER"): a save_for_hf folder
+            if not Path(path).is_dir():
+                raise MissingFileError(f"pretrained weights for {variant}: the folder {path} does not exist; pass "
+                                       "a folder written by timm.models.save_for_hf (config.json and the weights)")
+        elif not Path(path).is_file():
             raise MissingFileError(
                 f"pretrained weights for {variant}: {path} does not exist; pass the path of a local weights file "
                 f"({key}=dict(file=PATH), .safetensors, .pth or .bin)"
