@@ -174,3 +174,30 @@ def test_short_training_run_learns():
         losses.append(loss.item())
     first, last = losses[0], sum(losses[-5:]) / 5
     assert first > 2.0 and last < 0.5, losses  # from chance (ln 10 = 2.3) to clearly learned
+
+
+@pytest.mark.parametrize("size", [64, (64, 96)])
+def test_set_input_size_resamples_the_grids_as_the_forward_pass_does(size):
+    model = small_model().eval()
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.randn(2, 3, h, w)
+    with torch.no_grad():
+        before = model(x)  # the 32-px grids, resized at forward time
+        model.set_input_size(img_size=size)
+        after = model(x)  # the resampled grids, used as they are
+    assert model.img_size == (h, w) and tuple(model.pos_embed1.shape[1:3]) == (h // 4, w // 4)
+    assert torch.allclose(after, before, atol=1e-6)
+
+
+def test_set_input_size_keeps_frozen_grids_frozen_and_refuses_sizes_the_model_cannot_take():
+    model = small_model()
+    model.requires_grad_(False)
+    model.set_input_size(img_size=64)
+    assert not any(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="cannot take a 72x72 input"):
+        model.set_input_size(img_size=72)
+    with pytest.raises(ValueError, match="img_size must be an int or"):
+        model.set_input_size(img_size="64")
+    assert model.img_size == (64, 64)  # unchanged by the refused calls
+    model.set_input_size(None)
+    assert model.img_size == (64, 64)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, register_notrace_function, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_function, resample_abs_pos_embed_nhwc, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
@@ -56,6 +56,16 @@ def _stage_sizes(height: int, width: int) -> list[tuple[int, int]]:
         h, w = math.ceil(h / 2), math.ceil(w / 2)
         sizes.append((h, w))
     return sizes
+
+
+def _check_img_size(img_size: Any) -> tuple[int, int]:
+    """``img_size`` (int or ``(height, width)``) as a 2-tuple of ints the model can take, else ``ValueError``."""
+    if isinstance(img_size, bool) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                              for v in to_2tuple(img_size)) or len(to_2tuple(img_size)) != 2:
+        raise ValueError(f"img_size must be an int or (height, width) ints, got {img_size!r}")
+    size = tuple(to_2tuple(img_size))
+    check_image_size(*size)
+    return size
 
 
 def check_image_size(height: int, width: int) -> None:
@@ -586,11 +596,7 @@ class InceptionTransformer(nn.Module):
             dict(drop_rate=drop_rate, drop_path_rate=drop_path_rate, attn_drop_rate=attn_drop_rate), mlp_ratio,
             qkv_bias, layer_scale_init_value,
         )
-        if isinstance(img_size, bool) or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                  for v in to_2tuple(img_size)) or len(to_2tuple(img_size)) != 2:
-            raise ValueError(f"img_size must be an int or (height, width) ints, got {img_size!r}")
-        self.img_size = tuple(to_2tuple(img_size))
-        check_image_size(*self.img_size)
+        self.img_size = _check_img_size(img_size)
         pos_sizes = _stage_sizes(*self.img_size)
         self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
         self.output_fmt = "NHWC"
@@ -677,6 +683,29 @@ class InceptionTransformer(nn.Module):
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
+
+    def set_input_size(self, img_size: int | Sequence[int] | None = None) -> None:
+        """Make ``img_size`` (int or ``(H, W)``) the model's native input size, as timm's ``set_input_size``: the four
+        position-embedding grids are resampled to the new stage sizes with the rule the forward pass applies to other
+        sizes (bilinear, ``align_corners=False``, no antialias), so outputs at that size stay the same; a frozen grid
+        stays frozen. ``None`` changes nothing.
+
+        Example:
+            >>> model = InceptionTransformer(depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), num_heads=(2, 4, 6, 8),
+            ...                              attention_heads=(1, 2, 3, 4), num_classes=5, img_size=32)
+            >>> model.set_input_size(64)
+            >>> model.img_size, tuple(model.pos_embed1.shape)
+            ((64, 64), (1, 16, 16, 32))
+        """
+        if img_size is None:
+            return
+        size = _check_img_size(img_size)
+        for i, (h, w) in enumerate(_stage_sizes(*size)):
+            old = getattr(self, f"pos_embed{i + 1}")
+            with torch.no_grad():
+                grid = resample_abs_pos_embed_nhwc(old, [h, w], interpolation="bilinear", antialias=False)
+            setattr(self, f"pos_embed{i + 1}", nn.Parameter(grid, requires_grad=old.requires_grad))
+        self.img_size = size
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head by a fresh ``Linear(num_features, num_classes)`` (``Identity`` for 0); ``global_pool``
