@@ -286,3 +286,47 @@ def test_a_single_process_checkpoint_resumes_process_0s_stream_only(tiny_vit):
     before = generator.get_state()
     task.on_load_checkpoint(checkpoint)
     assert torch.equal(generator.get_state(), before)
+
+
+def _fit_one_step(task, tmp_path):
+    data = TensorDataset(torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,)))
+    trainer = L.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path, limit_val_batches=0)
+    trainer.fit(task, DataLoader(data, batch_size=4))
+    trainer.save_checkpoint(tmp_path / "task.ckpt")
+    return trainer, DataLoader(data, batch_size=4)
+
+
+def test_load_from_checkpoint_rebuilds_a_task_made_from_a_timm_name(tmp_path):
+    from vitlab.train.config import OptimConfig
+
+    task = ClassificationTask("vit_vitlab_tiny_patch4_32", num_classes=10, in_chans=1,
+                              model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2}, optim=OptimConfig(lr=1e-3))
+    _fit_one_step(task, tmp_path)
+    loaded = ClassificationTask.load_from_checkpoint(tmp_path / "task.ckpt")  # was: missing argument 'model'
+    assert loaded.optim == task.optim and loaded.num_classes == 10
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(loaded.eval()(x), task.eval()(x))
+
+
+def test_load_from_checkpoint_of_a_task_made_from_a_module_asks_for_the_module(tmp_path, tiny_vit):
+    import copy
+
+    task = ClassificationTask(copy.deepcopy(tiny_vit), num_classes=10)
+    _fit_one_step(task, tmp_path)
+    with pytest.raises(TypeError, match=r"load_from_checkpoint\(path, model=<the same architecture>"):
+        ClassificationTask.load_from_checkpoint(tmp_path / "task.ckpt")
+    loaded = ClassificationTask.load_from_checkpoint(tmp_path / "task.ckpt", model=tiny_vit)
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(loaded.eval()(x), task.eval()(x))
+
+
+def test_trainer_predict_returns_the_logits_of_each_batch(tmp_path, tiny_vit):
+    task = ClassificationTask(tiny_vit, num_classes=10)
+    trainer, loader = _fit_one_step(task, tmp_path)
+    predictions = trainer.predict(task, loader)  # (images, labels) batches; was: the list went into the model
+    images = torch.cat([batch[0] for batch in loader])
+    assert [p.shape for p in predictions] == [(4, 10), (4, 10)]
+    with torch.no_grad():
+        assert torch.allclose(torch.cat(predictions), task.eval()(images), atol=1e-6)
+    assert torch.equal(task.predict_step(images[:2], 0), task.predict_step((images[:2],), 0))

@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -109,14 +109,19 @@ class ClassificationTask(L.LightningModule):
         in_chans: input channels ``C`` (with a name; ``None`` keeps the model's default).
         img_size: input size (with a name; passed only to models that take ``img_size``).
         model_kwargs: extra ``timm.create_model`` keywords.
-        optim: optimizer and schedule settings.
+        optim: optimizer and schedule settings (an ``OptimConfig``, or a mapping of its fields).
         loss_terms: extra loss terms, each ``term(task, batch, outputs) -> {key: scalar}``.
         model_transform: ``nn.Module -> nn.Module`` applied once after the model is built (extension point B).
+
+    ``ClassificationTask.load_from_checkpoint(path)`` rebuilds a task made from a timm name (its hyper-parameters hold
+    the name, sizes, ``model_kwargs`` and ``optim``); give ``model_transform=`` / ``loss_terms=`` again when it had
+    them, and ``model=`` (the same architecture) for a task made from a module, e.g. a ``vitlab fit`` run's
+    ``last.ckpt``. ``trainer.predict`` returns the logits ``(B, K)`` of each batch (``(images, labels)`` or images).
     """
 
     def __init__(
         self,
-        model: str | nn.Module,
+        model: str | nn.Module | None = None,
         num_classes: int | None = None,
         in_chans: int | None = None,
         img_size: int | None = None,
@@ -126,8 +131,19 @@ class ClassificationTask(L.LightningModule):
         model_transform: ModelTransform | None = None,
     ) -> None:
         super().__init__()
+        if model is None:
+            raise TypeError("ClassificationTask needs model= (a timm name or an nn.Module); a checkpoint of a task "
+                            "made from a module does not hold it: ClassificationTask.load_from_checkpoint(path, "
+                            "model=<the same architecture>, model_transform=<the same transform, if any>)")
+        if isinstance(optim, Mapping):  # the form load_from_checkpoint passes back
+            optim = OptimConfig(**optim)
+        elif optim is not None and not isinstance(optim, OptimConfig):
+            raise TypeError(f"optim must be an OptimConfig or a mapping of its fields, got {type(optim).__name__}")
         self.optim = optim or OptimConfig()
+        hparams: dict[str, Any] = {}
         if isinstance(model, str):
+            hparams = {"model": model, "in_chans": in_chans, "img_size": img_size,
+                       "model_kwargs": dict(model_kwargs or {})}
             if num_classes is None:
                 raise ValueError("ClassificationTask(model=<name>) needs num_classes")
             kwargs = dict(model_kwargs or {}, num_classes=num_classes)
@@ -152,7 +168,7 @@ class ClassificationTask(L.LightningModule):
             self.ema = ModelEmaV3(self.model, decay=self.optim.ema_decay)
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
-        self.save_hyperparameters({"optim": asdict(self.optim), "num_classes": self.num_classes})
+        self.save_hyperparameters({**hparams, "optim": asdict(self.optim), "num_classes": self.num_classes})
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, C, H, W)`` images -> ``(B, K)`` logits of the trained model."""
@@ -222,6 +238,11 @@ class ClassificationTask(L.LightningModule):
         self.log(f"{stage}/loss", F.cross_entropy(logits, targets), on_epoch=True, sync_dist=True)
         metric.update(logits, targets)
         self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True)
+
+    def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
+        """``(B, K)`` logits of the evaluation weights for a batch of images or ``(images, labels, ...)``."""
+        images = batch if isinstance(batch, Tensor) else batch[0]
+        return self.eval_model()(images)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_acc, "val")
