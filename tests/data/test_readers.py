@@ -208,3 +208,27 @@ def test_image_folder_scales_16_bit_pngs_and_names_unreadable_files(tmp_path):
         with pytest.raises(DataError, match="is not a readable image") as err:
             ImageFolderDataset([(str(tmp_path / name), 0)], Normalize([0.0], [1.0], 1), img_size=2, mode="L")[0]
         assert str(tmp_path / name) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("orientation, turns", [(1, 0), (3, 2), (6, -1), (8, 1)])
+@pytest.mark.parametrize("suffix", ["jpg", "png"])
+def test_photos_are_read_upright_by_their_exif_orientation(tmp_path, orientation, turns, suffix):
+    # a phone photo stores its pixels sideways with an EXIF Orientation tag; it was read (and predicted) sideways
+    from PIL import Image
+
+    from vitlab.data.datasets import read_image
+    from vitlab.data.transforms import pil_to_uint8
+
+    pixels = np.zeros((4, 6, 3), dtype=np.uint8)
+    pixels[0, 0], pixels[3, 5] = 255, 128  # corners tell any rotation apart
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"photo.{suffix}"
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), **({"quality": 100} if suffix == "jpg" else {}))
+    upright = np.rot90(pixels, k=turns)  # what a viewer shows (k < 0: clockwise)
+    got = read_image(path, "RGB").permute(1, 2, 0).numpy()
+    assert got.shape == upright.shape
+    assert np.abs(got.astype(int) - upright.astype(int)).max() <= (0 if suffix == "png" else 40)  # JPEG is lossy
+    with Image.open(path) as image:
+        pil_to_uint8(image, "L")
+        assert image.size == (6, 4)  # the caller's image is not turned in place

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -297,11 +297,12 @@ SIXTEEN_BIT_MODES: tuple[str, ...] = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
 def pil_to_uint8(image: Image.Image, mode: str) -> torch.Tensor:
-    """A PIL image as a uint8 tensor [C, H, W] in ``mode`` (``"L"``: C = 1, ``"RGB"``: C = 3).
+    """A PIL image as a uint8 tensor [C, H, W] in ``mode`` (``"L"``: C = 1, ``"RGB"``: C = 3), upright.
 
-    8-bit images go through PIL's ``convert``. 16-bit greyscale images (PNG) are scaled to 8 bits,
-    ``round(v * 255 / 65535)``, where ``convert`` would clip every value above 255 to white. 32-bit integer or
-    float images have no fixed range and are refused with `vitlab.errors.DataError`.
+    An EXIF orientation tag (phone and camera photos) is applied, as image viewers do (``ImageOps.exif_transpose``):
+    the pixels of such a photo are stored sideways. 8-bit images go through PIL's ``convert``. 16-bit greyscale
+    images (PNG) are scaled to 8 bits, ``round(v * 255 / 65535)``, where ``convert`` would clip every value above 255
+    to white. 32-bit integer or float images have no fixed range and are refused with `vitlab.errors.DataError`.
 
     Example:
         >>> import numpy as np
@@ -311,6 +312,8 @@ def pil_to_uint8(image: Image.Image, mode: str) -> torch.Tensor:
     """
     if mode not in ("L", "RGB"):
         raise ConfigError(f"mode must be 'L' or 'RGB', got {mode!r}")
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        image = ImageOps.exif_transpose(image)  # a transposed copy; the caller's image is left as it is
     if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG"):
         values = np.asarray(image).astype(np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):
