@@ -460,3 +460,19 @@ def test_a_run_refused_after_its_loggers_started_leaves_no_folder_to_block_the_f
     assert not (tmp_path / "blocked").exists()
     config.trainer["limit_train_batches"] = 1
     assert fit(config).weights.is_file()
+
+
+@pytest.mark.parametrize("accelerator, match", [
+    ("gpu", r"trainer.accelerator 'gpu': this machine has no such device; use auto \(a GPU when present\) or cpu"),
+    ("cuda", r"trainer.accelerator 'cuda': this machine has no such device"),
+    ("cpus", r"trainer.accelerator must be one of auto, cpu, cuda, gpu, mps, tpu"),
+])
+def test_an_accelerator_this_machine_lacks_is_refused_before_the_run(tmp_path, monkeypatch, accelerator, match):
+    # Lightning: MisconfigurationException "No supported gpu backend found!", after the data was prepared
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+
+    monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: False))
+    monkeypatch.setattr(MPSAccelerator, "is_available", staticmethod(lambda: False))
+    with pytest.raises(ConfigError, match=match):
+        fit(_config(tmp_path, "nogpu", accelerator=accelerator))
+    assert not (tmp_path / "nogpu").exists()

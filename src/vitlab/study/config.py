@@ -49,7 +49,7 @@ from vitlab.study.headline import check_headline
 from vitlab.yaml_loader import load_yaml_file
 
 __all__ = ["CONFIGS_DIR", "DEMO_CONFIG", "BackboneSpec", "EvaluationSpec", "ExtraRun", "FinetuneSpec", "HeadlineSpec",
-           "IntrinsicSpec", "StudyConfig", "check_accelerator", "deep_merge", "load_study_config",
+           "IntrinsicSpec", "StudyConfig", "deep_merge", "load_study_config",
            "study_config_from_dict"]
 
 #: The packaged study configs (the demo's study, pretraining and intrinsic-dimension YAMLs).
@@ -193,27 +193,6 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def check_accelerator(name: str, option: str = "accelerator") -> None:
-    """Refuse a Lightning accelerator name that is unknown or has no device on this machine, before any run starts
-    (each run's process would fail on it, one after another).
-
-    Example:
-        >>> check_accelerator("cpu")
-        >>> check_accelerator("cpus")
-        Traceback (most recent call last):
-        ...
-        ValueError: accelerator must be one of auto, cpu, cuda, gpu, mps, tpu (Lightning's names), got 'cpus'
-    """
-    from lightning.pytorch.accelerators import AcceleratorRegistry
-
-    names = {"auto", "gpu", *AcceleratorRegistry.available_accelerators()}
-    if name not in names:
-        raise ValueError(f"{option} must be one of {', '.join(sorted(names))} (Lightning's names), got {name!r}")
-    kinds = ("cuda", "mps") if name == "gpu" else () if name == "auto" else (name,)
-    if kinds and not any(AcceleratorRegistry[kind]["accelerator"].is_available() for kind in kinds):
-        raise ValueError(f"{option} {name!r}: this machine has no such device; use auto (a GPU when present) or cpu")
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:

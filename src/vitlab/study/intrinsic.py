@@ -485,7 +485,7 @@ def plain_engine_device(trainer: dict[str, Any]) -> torch.device:
     """
     import torch
 
-    from vitlab.study.config import check_accelerator
+    from vitlab.train.config import check_accelerator
 
     lightning = "or use peft.options.sweep.engine: lightning"
     accelerator = trainer.get("accelerator", "auto")

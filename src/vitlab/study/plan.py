@@ -24,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitlab.study.config import StudyConfig, check_accelerator
+from vitlab.study.config import StudyConfig
+from vitlab.train.config import check_accelerator
 
 if TYPE_CHECKING:
     from vitlab.data import VitlabDataModule

@@ -121,11 +121,11 @@ def run_study(config: StudyConfig, command: str, estimate_only: bool = False,
         readme: a README whose ``<!-- study-results:start/end -->`` section is rewritten from the report.
         reuse_cached_as_is: reuse every cached stage even when another configuration made it (`vitlab.study.cache`).
     """
-    from vitlab.study.config import check_accelerator
     from vitlab.study.estimate import estimate_study, format_estimates
     from vitlab.study.plan import finetune_specs
     from vitlab.study.report import check_readme, write_study_report
     from vitlab.study.stages import evaluate_runs, pretrain_backbones, run_finetune, run_intrinsic, write_tables
+    from vitlab.train.config import check_accelerator
 
     check_accelerator(config.accelerator)
     if readme:

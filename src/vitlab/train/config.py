@@ -20,6 +20,7 @@ from typing import Any
 from vitlab.errors import ConfigError
 
 __all__ = [
+    "check_accelerator",
     "DataConfig",
     "ModelConfig",
     "NegativesConfig",
@@ -256,3 +257,24 @@ def _number(value: Any) -> bool:
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+def check_accelerator(name: str, option: str = "accelerator") -> None:
+    """Refuse a Lightning accelerator name that is unknown or has no device on this machine, before any run starts
+    (each run's process would fail on it, one after another).
+
+    Example:
+        >>> check_accelerator("cpu")
+        >>> check_accelerator("cpus")
+        Traceback (most recent call last):
+        ...
+        ValueError: accelerator must be one of auto, cpu, cuda, gpu, mps, tpu (Lightning's names), got 'cpus'
+    """
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    names = {"auto", "gpu", *AcceleratorRegistry.available_accelerators()}
+    if name not in names:
+        raise ValueError(f"{option} must be one of {', '.join(sorted(names))} (Lightning's names), got {name!r}")
+    kinds = ("cuda", "mps") if name == "gpu" else () if name == "auto" else (name,)
+    if kinds and not any(AcceleratorRegistry[kind]["accelerator"].is_available() for kind in kinds):
+        raise ValueError(f"{option} {name!r}: this machine has no such device; use auto (a GPU when present) or cpu")

@@ -54,7 +54,7 @@ from vitlab.data.datamodule import VitlabDataModule
 from vitlab.errors import ConfigError, VitlabError
 from vitlab.peft.export import export_adapted_model
 from vitlab.train.callbacks import FiniteGuard, build_callbacks, build_loggers, check_monitors, drop_rows_after_epoch
-from vitlab.train.config import NegativesConfig, RunConfig
+from vitlab.train.config import NegativesConfig, RunConfig, check_accelerator
 from vitlab.train.extensions import build_loss_terms, build_model_transform
 from vitlab.train.module import ClassificationTask
 from vitlab.train.plots import plot_training_curves
@@ -228,7 +228,14 @@ def build_trainer(
 
 
 def check_trainer_options(kwargs: dict[str, Any]) -> None:
-    """Refuse ``trainer`` values Lightning would accept but that make a run meaningless or fail late."""
+    """Refuse ``trainer`` values Lightning would accept but that make a run meaningless or fail late, and an
+    accelerator name that is unknown or has no device here (Lightning: "No supported gpu backend found!")."""
+    accelerator = kwargs.get("accelerator")
+    if isinstance(accelerator, str):
+        try:
+            check_accelerator(accelerator, "trainer.accelerator")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     epochs = kwargs.get("max_epochs")
     if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
         raise ConfigError(f"trainer.max_epochs must be an integer >= 1, got {epochs!r}: a run with no training would "
