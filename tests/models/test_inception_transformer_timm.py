@@ -97,6 +97,26 @@ def test_forward_intermediates_and_pruning():
         model.forward_intermediates(x, indices=[5])
 
 
+def test_stop_early_keeps_timms_result_form_features_then_maps():
+    """timm's ``forward_intermediates(..., stop_early=True)`` still returns ``(features, maps)`` unless
+    ``intermediates_only``: code written for timm's models unpacks it. A bare list would unpack silently wrong (the
+    first map taken for the features, the second for the list)."""
+    model = small_model().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        last_two_final, last_two = model.forward_intermediates(x, indices=2, stop_early=True)
+        early, first_two = model.forward_intermediates(x, indices=[0, 1], stop_early=True)
+        only = model.forward_intermediates(x, indices=[0, 1], stop_early=True, intermediates_only=True)
+    torch.testing.assert_close(last_two_final, final)
+    assert len(last_two) == 2
+    torch.testing.assert_close(last_two[1], maps[3])
+    assert isinstance(first_two, list) and len(first_two) == 2
+    torch.testing.assert_close(early, maps[1].permute(0, 2, 3, 1))  # the last stage run, before any final norm
+    assert isinstance(only, list) and len(only) == 2
+    torch.testing.assert_close(only[1], maps[1])
+
+
 def test_grad_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     model = small_model(layer_scale_init_value=0.5)

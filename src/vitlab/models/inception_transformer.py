@@ -748,7 +748,9 @@ class InceptionTransformer(nn.Module):
             x: Images ``(B, in_chans, H, W)``.
             indices: Stages to return: ``None`` all, int ``n`` the last ``n``, or a list of stage indices (0-3).
             norm: Apply the final LayerNorm to the last stage's map when it is returned.
-            stop_early: Skip the stages after the last requested one (implies ``intermediates_only``).
+            stop_early: Skip the stages after the last requested one. As in timm, the result keeps its form: with
+                ``intermediates_only=False`` it is still ``(features, maps)``, where ``features`` is the last stage
+                run, ``(B, h, w, C)`` (final-normalised only when that is the last stage, as ``forward_features``).
             output_fmt: ``"NCHW"`` (default) or ``"NHWC"``.
             intermediates_only: Return only the list of maps; otherwise ``(forward_features(x), maps)``.
 
@@ -772,9 +774,9 @@ class InceptionTransformer(nn.Module):
         if last >= 3 and hasattr(self, "blocks4"):
             x = self.blocks4(add_pos_embed(self.patch_embed4(x), self.pos_embed4))
             self._keep(x, 3, take, norm, output_fmt, intermediates)
-        if intermediates_only or stop_early:
+        if intermediates_only:
             return intermediates
-        return self.norm(x), intermediates
+        return (self.norm(x) if last == self.num_stages - 1 else x), intermediates
 
     def _keep(self, x: torch.Tensor, stage: int, take: list[int], norm: bool, output_fmt: str,
               intermediates: list[torch.Tensor]) -> None:
