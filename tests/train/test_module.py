@@ -330,3 +330,19 @@ def test_trainer_predict_returns_the_logits_of_each_batch(tmp_path, tiny_vit):
     with torch.no_grad():
         assert torch.allclose(torch.cat(predictions), task.eval()(images), atol=1e-6)
     assert torch.equal(task.predict_step(images[:2], 0), task.predict_step((images[:2],), 0))
+
+
+def test_load_from_checkpoint_of_an_adapted_task_asks_for_its_model_transform(tmp_path):
+    from vitlab.train.config import PeftConfig
+    from vitlab.train.extensions import build_model_transform
+
+    transform = build_model_transform(PeftConfig(method="lora_qv", options={"r": 2}))
+    task = ClassificationTask("vit_vitlab_tiny_patch4_32", num_classes=10, in_chans=1,
+                              model_kwargs={"depth": 1, "embed_dim": 32, "num_heads": 2}, model_transform=transform)
+    _fit_one_step(task, tmp_path)
+    with pytest.raises(TypeError, match=r"went through a model_transform .*load_from_checkpoint\(path, "
+                                         r"model_transform=\.\.\.\)"):
+        ClassificationTask.load_from_checkpoint(tmp_path / "task.ckpt")  # was: a list of unexpected lora keys
+    loaded = ClassificationTask.load_from_checkpoint(tmp_path / "task.ckpt", model_transform=transform)
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(loaded.eval()(x), task.eval()(x))

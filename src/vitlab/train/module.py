@@ -154,6 +154,7 @@ class ClassificationTask(L.LightningModule):
             model = build_timm_model(model, **kwargs)
         elif not isinstance(model, nn.Module):
             raise TypeError(f"model must be a timm name or an nn.Module, got {type(model).__name__}")
+        self._transformed = model_transform is not None  # recorded in checkpoints (see on_load_checkpoint)
         if model_transform is not None:
             model = model_transform(model)
             if not isinstance(model, nn.Module):
@@ -288,6 +289,7 @@ class ClassificationTask(L.LightningModule):
         # modules); keeping both makes dropout, augmentation and negative views resume exactly. Every process runs
         # this hook (checkpointing is collective) and process 0 writes the file: under DDP the terms' states of all
         # processes are gathered into it, so each resumes its own stream.
+        checkpoint["vitlab_model_transform"] = self._transformed
         terms = {k: g.get_state() for k, g in self._term_generators().items()}
         checkpoint["vitlab_rng"] = {"cpu": torch.get_rng_state(), "loss_terms": terms}
         if torch.cuda.is_available():
@@ -299,6 +301,10 @@ class ClassificationTask(L.LightningModule):
             checkpoint["vitlab_rng"]["loss_terms_per_rank"] = per_rank
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get("vitlab_model_transform") and not self._transformed:  # before the state dict is loaded
+            raise TypeError("this checkpoint is of a task whose model went through a model_transform (e.g. a peft "
+                            "method): pass the same one, ClassificationTask.load_from_checkpoint(path, "
+                            "model_transform=...), e.g. vitlab.train.extensions.build_model_transform(peft_config)")
         state = checkpoint.get("vitlab_rng")
         if state is not None:
             # RNG states are CPU byte tensors, also when load_from_checkpoint's map_location put them on a GPU
