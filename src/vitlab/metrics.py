@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -51,6 +51,42 @@ def tensor_batches(images: Tensor, labels: Tensor, batch_size: int = 2048) -> It
         yield images[start : start + batch_size], labels[start : start + batch_size]
 
 
+_IMAGE_KEYS, _LABEL_KEYS = ("pixel_values", "image", "images"), ("labels", "label")
+
+
+def _images_and_labels(batch: object, index: int) -> tuple[Tensor, Tensor]:
+    """``(images, labels)`` of one batch: a tuple / list ``(images, labels, ...)`` or a dict with an image key
+    (``_IMAGE_KEYS``) and a label key (``_LABEL_KEYS``); anything else is a ``ValueError`` naming the fix."""
+    if isinstance(batch, Mapping):
+        image_key = next((k for k in _IMAGE_KEYS if k in batch), None)
+        label_key = next((k for k in _LABEL_KEYS if k in batch), None)
+        if image_key is None or label_key is None:
+            raise ValueError(f"batch {index} is a dict with keys {sorted(map(str, batch))}: it needs an image entry "
+                             f"(one of {list(_IMAGE_KEYS)}) and a label entry (one of {list(_LABEL_KEYS)}); rename "
+                             "the keys in the collate function or pass (images, labels) tuples")
+        images, labels = batch[image_key], batch[label_key]
+    elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        images, labels = batch[0], batch[1]
+    else:
+        raise ValueError(f"batch {index} is a {type(batch).__name__}, not (images, labels): the batches must be "
+                         "(images (B, C, H, W), labels (B,)) tuples or dicts such as {'pixel_values', 'labels'}")
+    if not isinstance(images, Tensor) or not isinstance(labels, Tensor):
+        raise ValueError(f"batch {index} holds {type(images).__name__} images and {type(labels).__name__} labels: "
+                         "both must be torch tensors (a DataLoader's default collate makes them)")
+    return images, labels
+
+
+def _logits(output: object) -> Tensor:
+    """The logits tensor of a model output: the tensor itself, or its ``logits`` attribute / key (transformers)."""
+    if isinstance(output, Tensor):
+        return output
+    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    if not isinstance(logits, Tensor):
+        raise ValueError(f"the model returned a {type(output).__name__} without logits: it must return class logits "
+                         "(B, K) or an output whose .logits holds them")
+    return logits
+
+
 @torch.no_grad()
 def evaluate_classifier(
     model: nn.Module,
@@ -63,8 +99,12 @@ def evaluate_classifier(
     The model runs in eval mode on ``device`` and is put back into its previous train/eval mode afterwards.
 
     Args:
-        model: classifier ``(B, ...) -> (B, K)`` logits.
-        batches: any iterable of ``(images, int64 labels)``, e.g. a DataLoader or `tensor_batches`.
+        model: classifier ``(B, ...) -> (B, K)`` logits, or an output with a ``.logits`` / ``["logits"]`` entry (a
+            transformers ``ViTForImageClassification``). Float images are cast to the model's dtype (a bfloat16 or
+            float16 model takes the float32 batches of a loader).
+        batches: any iterable of ``(images, int64 labels, ...)`` (items after the first two are ignored) or of dicts
+            with ``pixel_values`` / ``image`` / ``images`` and ``labels`` / ``label`` (transformers / datasets
+            batches), e.g. a DataLoader or `tensor_batches`.
         device: where the model and the batches run; ``None`` keeps the model's device.
         progress: a tqdm bar description; ``None`` shows no bar.
 
@@ -86,10 +126,14 @@ def evaluate_classifier(
     accuracy: MulticlassAccuracy | None = None
     loss = MeanMetric().to(device)
     samples = 0
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     try:
-        for images, labels in batches:
-            images, labels = images.to(device), labels.to(device)
-            logits = model(images)
+        for index, batch in enumerate(batches):
+            images, labels = _images_and_labels(batch, index)
+            # float images in the model's dtype (a bfloat16 / float16 model refuses float32 inputs)
+            images = images.to(device, dtype=dtype if dtype is not None and images.is_floating_point() else None)
+            labels = labels.to(device)
+            logits = _logits(model(images))
             if logits.ndim != 2 or labels.shape != logits.shape[:1]:
                 raise ValueError(f"expected logits (B, K) and labels (B,), got {tuple(logits.shape)} and "
                                  f"{tuple(labels.shape)}: the model must return class logits and labels class indices")
@@ -99,7 +143,7 @@ def evaluate_classifier(
             if accuracy is None:
                 accuracy = MulticlassAccuracy(logits.shape[1], average="micro").to(device)
             accuracy.update(logits, labels)
-            loss.update(F.cross_entropy(logits, labels, reduction="none"))
+            loss.update(F.cross_entropy(logits.float(), labels, reduction="none"))
             samples += labels.numel()
     finally:
         model.train(was_training)

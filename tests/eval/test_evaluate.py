@@ -40,6 +40,43 @@ def test_evaluate_classifier_matches_argmax_and_cross_entropy_by_hand():
         evaluate_classifier("model", [])
 
 
+
+def test_evaluate_classifier_takes_transformers_models_dict_batches_and_low_precision_models():
+    """A transformers classifier (output with .logits), dict batches ({"pixel_values", "labels"}), extra batch items
+    and a bfloat16 model fed a loader's float32 images: all gave AttributeError / ValueError / RuntimeError before."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    hf = ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=64, num_labels=3)).eval()
+    x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 2, 1, 0])
+    with torch.no_grad():
+        logits = hf(pixel_values=x).logits
+    expected_acc = (logits.argmax(1) == y).float().mean().item()
+    expected_loss = nn.functional.cross_entropy(logits, y).item()
+    for batches in ([(x[:4], y[:4]), (x[4:], y[4:])], [{"pixel_values": x, "labels": y}],
+                    [(x, y, torch.arange(6))]):
+        result = evaluate_classifier(hf, batches)
+        assert result["samples"] == 6
+        assert result["acc"] == pytest.approx(expected_acc)
+        assert result["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    with pytest.raises(ValueError, match="needs an image entry"):
+        evaluate_classifier(hf, [{"img": x, "labels": y}])
+    with pytest.raises(ValueError, match=r"without logits"):
+        evaluate_classifier(_NoLogits(), [(x, y)])
+    low = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3)).to(torch.bfloat16)
+    with torch.no_grad():
+        low_logits = low(x.bfloat16()).float()
+    result = evaluate_classifier(low, tensor_batches(x, y, batch_size=4))
+    assert result["acc"] == pytest.approx((low_logits.argmax(1) == y).float().mean().item())
+    assert result["loss"] == pytest.approx(nn.functional.cross_entropy(low_logits, y).item(), rel=1e-5)
+
+
+class _NoLogits(nn.Module):
+    def forward(self, x):
+        return {"scores": x.flatten(1)[:, :3]}
+
+
 def test_predict_reports_an_unreadable_file_and_predicts_the_others(checkpoint, tmp_path):
     good = _png(tmp_path / "good.png", np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8))
     broken = tmp_path / "broken.png"
