@@ -125,3 +125,14 @@ def test_report_puts_chance_beside_the_numbers():
     assert "| clean | 90.0 | 85.0 | - |" in text
     assert "| shuffle | 42.0 | 60.0 | 45.0 |" in text
     assert "| chance | 10.0 | 10.0 | - |" in text
+
+
+@torch.no_grad()
+def test_a_bfloat16_model_takes_the_float32_batches_of_a_loader():
+    """The float32 images are cast to the model's dtype (a RuntimeError on the dtype mismatch before); the views only
+    move pixels, so the result equals that of the loader cast to bfloat16 by hand."""
+    model = _vit("learn").to(torch.bfloat16)
+    loader = _loader(count=8, batch=4, seed=1)
+    result = diagnose_negatives(model, loader, patch_size=8, seed=2)
+    by_hand = diagnose_negatives(model, [(x.bfloat16(), y) for x, y in loader], patch_size=8, seed=2)
+    assert result == by_hand and result["n"] == 8

@@ -44,7 +44,8 @@ def diagnose_negatives(
     """Accuracy, confidence and agreement of ``model`` on each negative-view kind of the images in ``loader``.
 
     Args:
-        model: classifier ``(B, C, H, W) -> (B, K)``; put in eval mode.
+        model: classifier ``(B, C, H, W) -> (B, K)``; put in eval mode. The float images are cast to its dtype
+            (a bfloat16 model takes a loader's float32 batches).
         loader: batches ``(images (B, C, H, W) as the model takes them, labels (B,) or soft (B, K))``; the views
             commute with per-channel normalisation, so normalised images are fine.
         patch_size: cell size of the views.
@@ -64,6 +65,8 @@ def diagnose_negatives(
     generator = torch.Generator().manual_seed(seed)
     device = model_device(model, device)
     model = model.to(device).eval()
+    # the images in the model's float dtype: a bfloat16 / float16 model refuses a loader's float32 batches
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     names = ["clean", *views]
     totals = {name: {"accuracy": 0.0, "confidence": 0.0, "agreement": 0.0} for name in names}
     count, num_classes = 0, None
@@ -72,7 +75,7 @@ def diagnose_negatives(
             break
         images, targets = _check_batch(pair, batch_index)
         take = images.shape[0] if n is None else min(images.shape[0], n - count)
-        images, targets = images[:take].to(device), targets[:take].to(device)
+        images, targets = images[:take].to(device, dtype=dtype), targets[:take].to(device)
         labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
         clean_pred = None
         for name in names:
