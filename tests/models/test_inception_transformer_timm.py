@@ -209,6 +209,22 @@ def test_set_input_size_resamples_the_grids_as_the_forward_pass_does(size):
     assert torch.allclose(after, before, atol=1e-6)
 
 
+def test_set_input_size_works_on_a_pruned_model_as_timms_features_only_wrapper_holds_it():
+    """``features_only=True, out_indices=(0, 1)`` prunes stages 3-4 (their grids are gone): resizing the rest must
+    not look for them."""
+    torch.manual_seed(0)
+    features = timm.create_model("inception_transformer_tiny", features_only=True, out_indices=(0, 1)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = features(x)
+        features.model.set_input_size(64)
+        after = features(x)
+    assert not hasattr(features.model, "pos_embed3")
+    assert tuple(features.model.pos_embed2.shape[1:3]) == (8, 8) and features.model.img_size == (64, 64)
+    for a, b in zip(after, before, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
 def test_set_input_size_keeps_frozen_grids_frozen_and_refuses_sizes_the_model_cannot_take():
     model = small_model()
     model.requires_grad_(False)

@@ -700,7 +700,7 @@ class InceptionTransformer(nn.Module):
         if img_size is None:
             return
         size = _check_img_size(img_size)
-        for i, (h, w) in enumerate(_stage_sizes(*size)):
+        for i, (h, w) in enumerate(_stage_sizes(*size)[: self.num_stages]):  # a pruned model keeps fewer grids
             old = getattr(self, f"pos_embed{i + 1}")
             with torch.no_grad():
                 grid = resample_abs_pos_embed_nhwc(old, [h, w], interpolation="bilinear", antialias=False)
