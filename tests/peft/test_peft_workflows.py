@@ -61,9 +61,16 @@ def test_set_requires_grad_switches_every_parameter_of_the_named_adapter(method,
 def test_add_weighted_adapter_is_refused_with_the_alternatives(method, config):
     model = get_peft_model(timm_vit(), config(train_head=False))
     model.add_adapter("other", config(train_head=False, seed=1))
-    with pytest.raises(TypeError, match=r"does not support add_weighted_adapter.*set_adapter\(\['a', 'b'\]\)"):
+    with pytest.raises(TypeError, match=r"does not support add_weighted_adapter.*set_adapter\(\['a', 'b'\]\)"
+                                        r".*needs adapters made with train_head=False"):
         model.add_weighted_adapter(["default", "other"], [0.5, 0.5], "mix")
     assert sorted(model.peft_config) == ["default", "other"]
+    # the alternative it names works for these head-less adapters, and is what peft refuses with trained heads
+    model.base_model.set_adapter(["default", "other"])
+    with_heads = get_peft_model(timm_vit(), config())
+    with_heads.add_adapter("other", config(seed=1))
+    with pytest.raises(ValueError, match="Only one adapter can be set at a time"):
+        with_heads.base_model.set_adapter(["default", "other"])
 
 
 @pytest.mark.parametrize(("text", "match"), [("{oops", r"vitlab.json is not valid JSON"),

@@ -405,8 +405,9 @@ class RowSliceTuner(BaseTuner):
         raise TypeError(
             f"{type(self).__name__} does not support add_weighted_adapter (a weighted sum of these adapters is not an "
             "adapter of the same form): activate several adapters at once with model.base_model.set_adapter(['a', "
-            "'b']) (their updates add up), or fold them into the weights one after the other with "
-            "model.merge_and_unload(adapter_names=[...])"
+            "'b']) (their updates add up; peft activates one modules_to_save head at a time, so this needs adapters "
+            "made with train_head=False and no modules_to_save), or fold them into the weights one after the other "
+            "with model.merge_and_unload(adapter_names=[...])"
         )
 
     def delete_adapter(self, adapter_name: str) -> None:
