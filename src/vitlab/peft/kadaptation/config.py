@@ -52,10 +52,10 @@ class KAdaptationConfig(SliceAdapterConfig):
         rank: rank ``r`` of each ``B_i = u_i v_iᵀ``.
         a_rank: rank of each shared ``A_i = a_i c_iᵀ``; ``None`` keeps ``A_i`` a full n × n matrix.
         share_a: share the ``A`` factors ("slow weights") across layers, one set per role (``q``, ``v``, or a Linear's
-            last name component such as ``fc1`` or ``query``); ``False`` gives every targeted block its own ``A``.
+            last name component such as ``fc1`` or ``q_proj``); ``False`` gives every targeted block its own ``A``.
         delta_bias: one trainable bias per adapted Linear, added to every adapted slice (shared by Q and V of a
             fused ``qkv``, as in the reference); needs the base Linear to have a bias so that merging can fold it.
-            A model with separate projections (transformers' ``ViTForImageClassification``: ``query`` / ``value``)
+            A model with separate projections (transformers' ``ViTForImageClassification``: ``q_proj`` / ``v_proj``)
             gets one bias per projection, so ViT-B/16 counts 59,392 adaptation parameters there (50,176 + 12 × 768)
             against timm's 50,176. (Called ``bias`` in vitlab 0.1; peft reserves ``bias`` for its ``"none"/"all"``
             option.)
@@ -69,7 +69,8 @@ class KAdaptationConfig(SliceAdapterConfig):
             ``intrinsic_table``; replaced by the chosen module names when the adapter is created).
         fused_slices: rows of a matched fused ``qkv`` Linear to adapt, subset of ``("q", "k", "v")``; only a fused
             ``qkv`` has them, so a model with separate projections refuses anything but the default ``("q", "v")``
-            (choose its projections with ``target_modules``, e.g. ``["query", "key", "value"]``).
+            (choose its projections with ``target_modules``, e.g. ``["q_proj", "k_proj", "v_proj"]``; ``query`` /
+            ``key`` / ``value`` in older transformers).
         intrinsic_table: CSV written by ``vitlab intrinsic-dim --per-module`` (columns ``module,d90``), read when
             ``target_modules == "auto"``.
         auto_top_k: ``auto`` adapts the ``auto_top_k`` module kinds with the smallest d90 that this model has.
