@@ -10,6 +10,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
+from torchvision.models.feature_extraction import create_feature_extractor
 
 import vitlab  # noqa: F401  (registers the models)
 from vitlab.errors import WeightsError
@@ -292,3 +293,24 @@ def test_a_local_dir_source_that_is_not_a_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"the folder .*missing does not exist; pass a folder written by "
                                                 r"timm.models.save_for_hf"):
         timm.create_model("inception_transformer_tiny", pretrained=True, pretrained_cfg_overlay=cfg)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_torchvisions_feature_extractor_and_plain_fx_trace_the_models(name):
+    """torchvision's ``create_feature_extractor`` and ``torch.fx.symbolic_trace`` (not timm's tracer, which knows
+    timm's leaf functions) traced timm's own models but stopped at vitlab's image checks with a misleading "got a
+    Proxy" error. The graphs give the model's outputs and still check their images when run."""
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    x = torch.randn(2, 3, 32, 32)
+    extractor = create_feature_extractor(model, return_nodes={"norm": "features", "head": "logits"})
+    traced = torch.fx.symbolic_trace(model)
+    with torch.no_grad():
+        out, expected = extractor(x), model(x)
+        torch.testing.assert_close(out["logits"], expected)
+        torch.testing.assert_close(traced(x), expected)
+        torch.testing.assert_close(out["features"], model.forward_features(x))
+    with pytest.raises(TypeError, match="expected floating-point images"):
+        extractor(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"expected input \(B, 3, H, W\)"):
+        traced(torch.randn(2, 1, 32, 32))

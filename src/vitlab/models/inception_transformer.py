@@ -934,3 +934,9 @@ def inception_transformer_tiny(pretrained: bool = False, **kwargs) -> InceptionT
         attention_heads=(1, 3, 7, 9, 11), img_size=32,
     )
     return _create_inception_transformer("inception_transformer_tiny", pretrained, **dict(model_args, **kwargs))
+
+
+# Leaves for every torch.fx tracer, not only timm's (torchvision's create_feature_extractor, torch.fx.symbolic_trace):
+# these functions branch on sizes, dtypes or the kernel in use; torch.fx.wrap patches this module's globals in a trace.
+for _leaf in ("check_input_size", "add_pos_embed", "linear", "gelu_mlp", "mlp_in_row_chunks"):
+    torch.fx.wrap(_leaf)

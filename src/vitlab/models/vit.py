@@ -56,6 +56,9 @@ def check_vit_images(
     return x
 
 
+torch.fx.wrap("check_vit_images")  # a leaf for every torch.fx tracer too (torchvision's create_feature_extractor)
+
+
 @torch.jit.ignore
 def _check_vit_images(
     x: Any, in_chans: int, dtype: torch.dtype, img_size: tuple[int, int] | None, patch_size: tuple[int, int],
