@@ -89,6 +89,29 @@ def test_second_derivatives_equal_f_linear():
         torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
 
 
+def test_torch_func_grad_takes_the_path_and_equals_f_linear(recorded):
+    """``torch.func.grad`` over ``functional_call`` (MAML-style inner loops) refused the oneDNN Function ("must
+    override the setup_context staticmethod"); it now runs through it with F.linear's gradients, for the op and a
+    whole iFormer."""
+    x, weight, bias = _operands((5, 16))
+    grads = [torch.func.grad(lambda w, f=fn: f(x, w, bias).tanh().sum())(weight) for fn in (linear, F.linear)]
+    assert recorded  # the oneDNN op ran
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+
+    torch.manual_seed(0)
+    model = timm.create_model("inception_transformer_tiny").eval()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+
+    def loss(p):
+        return F.cross_entropy(torch.func.functional_call(model, p, (images,)), labels)
+
+    functional = torch.func.grad(loss)(params)
+    F.cross_entropy(model(images), labels).backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(functional[name], param.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_strided_operands_are_made_dense(recorded):
     """A weight that is every other column of a wider one, and an input whose features are not adjacent."""
     x, wide, bias = _operands((6, 32))

@@ -126,10 +126,16 @@ class _OneDnnLinear(torch.autograd.Function):
     """``x @ weightᵀ + bias`` with oneDNN in both passes: ``∂x = g @ weight``, ``∂weight = gᵀ @ x``, ``∂bias = Σ g``."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return _POINTWISE(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        """Kept apart from ``forward``, as torch.func.grad (functional_call + grad, e.g. MAML) requires of a Function;
+        torch.func.vmap is not supported (oneDNN's op has no batching rule)."""
+        x, weight, bias = inputs
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _POINTWISE(x, weight, bias, "none", [], "")
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
