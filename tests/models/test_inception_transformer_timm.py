@@ -7,10 +7,12 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import set_fused_attn
 from timm.models import get_pretrained_cfg, is_model_in_modules
 from timm.optim import create_optimizer_v2
 
 from tests.models.conftest import small_model
+from vitlab.models.inception_transformer import LowMixer
 
 VARIANTS = ["small", "base", "large"]
 
@@ -237,3 +239,24 @@ def test_set_input_size_keeps_frozen_grids_frozen_and_refuses_sizes_the_model_ca
     assert model.img_size == (64, 64)  # unchanged by the refused calls
     model.set_input_size(None)
     assert model.img_size == (64, 64)
+
+
+def test_timms_fused_attention_switch_gives_plain_attention_with_second_derivatives():
+    """timm's ``set_fused_attn(False)`` (or ``TIMM_FUSED_ATTN=0``) is how timm users get attention without PyTorch's
+    fused kernel, whose CPU version has no second derivative (gradient penalties, input-gradient regularisers). The
+    iFormer ignored it; built under the switch it now uses plain ops with the same outputs."""
+    torch.manual_seed(0)
+    fused = small_model().eval()
+    set_fused_attn(False)
+    try:
+        plain = small_model().eval()
+    finally:
+        set_fused_attn(True)  # timm's default
+    plain.load_state_dict(fused.state_dict())
+    mixers = [m for m in plain.modules() if isinstance(m, LowMixer)]
+    assert len(mixers) == 4 and not any(getattr(m, "fused_attn", True) for m in mixers)
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    torch.testing.assert_close(plain(x), fused(x), rtol=1e-5, atol=1e-5)
+    (grad,) = torch.autograd.grad(plain(x).logsumexp(-1).sum(), x, create_graph=True)
+    grad.square().sum().backward()  # the fused CPU kernel raises here
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -29,7 +29,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, register_notrace_function, resample_abs_pos_embed_nhwc, to_2tuple, trunc_normal_
+from timm.layers import (
+    DropPath,
+    Mlp,
+    register_notrace_function,
+    resample_abs_pos_embed_nhwc,
+    to_2tuple,
+    trunc_normal_,
+    use_fused_attn,
+)
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
 
@@ -339,6 +347,7 @@ class LowMixer(nn.Module):
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, device=device, dtype=dtype)
         self.attn_drop = attn_drop
+        self.fused_attn = use_fused_attn()  # timm's switch (set_fused_attn / TIMM_FUSED_ATTN), as its own attention
         self.pool = nn.AvgPool2d(pool_size) if pool_size > 1 else nn.Identity()
         self.uppool = nn.Upsample(scale_factor=pool_size, mode="nearest") if pool_size > 1 else nn.Identity()
 
@@ -348,7 +357,12 @@ class LowMixer(nn.Module):
         tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
         qkv = self.qkv(tokens) if torch.jit.is_scripting() else linear_module(self.qkv, tokens)
         qkv = qkv.reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=self.attn_drop if self.training else 0.0)
+        dropout_p = self.attn_drop if self.training else 0.0
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=dropout_p)
+        else:  # plain ops: e.g. second derivatives, which PyTorch's fused CPU kernel lacks
+            attn = (qkv[0] * qkv.shape[-1] ** -0.5) @ qkv[1].transpose(-2, -1)
+            x = F.dropout(attn.softmax(dim=-1), p=dropout_p) @ qkv[2]
         x = x.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
         return self.uppool(x)
 
