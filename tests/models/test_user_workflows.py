@@ -10,6 +10,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
+from torch.nn.utils import prune
 from torchvision.models.feature_extraction import create_feature_extractor
 
 import vitlab  # noqa: F401  (registers the models)
@@ -314,3 +315,35 @@ def test_torchvisions_feature_extractor_and_plain_fx_trace_the_models(name):
         extractor(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"expected input \(B, 3, H, W\)"):
         traced(torch.randn(2, 1, 32, 32))
+
+
+def test_hooks_and_pruning_on_the_iformers_layers_take_effect():
+    """The iFormer's fast paths read Linear / 1x1-conv / conv_fuse weights directly, so forward hooks on those layers
+    (activation capture, per-sample-gradient tools) never fired and ``torch.nn.utils.prune`` (a pre-hook) was
+    silently ignored. A hooked layer is now called; outputs are unchanged by a hook that returns None."""
+    torch.manual_seed(0)
+    model = timm.create_model("inception_transformer_tiny").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    seen: list[str] = []
+    for name, layer in layers.items():
+        layer.register_forward_hook(lambda module, args, out, name=name: seen.append(name))
+    with torch.no_grad():
+        hooked = model(x)
+    assert sorted(set(seen)) == sorted(layers)  # 46 layers, conv_fuse, qkv and the MLPs included
+    torch.testing.assert_close(hooked, reference, rtol=1e-5, atol=1e-5)
+
+    pruned = timm.create_model("inception_transformer_tiny").eval()
+    fc1 = pruned.blocks3[0].mlp.fc1
+    prune.l1_unstructured(fc1, "weight", amount=0.5)
+    with torch.no_grad():
+        before = pruned(x)
+        fc1.weight_orig.zero_()  # the pruned weight is recomputed from weight_orig before each forward
+        after = pruned(x)
+        fc1_out = []
+        fc1.register_forward_hook(lambda module, args, out: fc1_out.append(out))
+        pruned(x)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(fc1_out[0], fc1.bias.expand_as(fc1_out[0]))  # a zero weight leaves the bias

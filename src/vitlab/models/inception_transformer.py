@@ -40,6 +40,7 @@ from timm.layers import (
 )
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 from vitlab.models.cpu_linear import linear, linear_gelu
 from vitlab.models.iformer_checkpoint import checkpoint_filter_fn, load_official_checkpoint
@@ -49,7 +50,7 @@ from vitlab.models.state_dict_shapes import check_state_dict_shapes
 __all__ = [
     "ChunkedMlp", "InceptionTransformer", "add_pos_embed", "batch_norm_explained", "check_image_size",
     "check_input_size", "checkpoint_filter_fn", "gelu_mlp", "linear_module", "load_official_checkpoint",
-    "mlp_in_row_chunks", "pointwise_conv",
+    "mlp_in_row_chunks", "pointwise_conv", "runs_as_plain",
 ]
 
 _NUM_STAGES = 4
@@ -265,9 +266,29 @@ def batch_norm_explained(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         ) from None
 
 
+@torch.jit.unused
+def runs_as_plain(module: nn.Module, cls: type[nn.Module]) -> bool:
+    """Whether calling ``module`` is exactly ``cls.forward``: its type is ``cls`` and no hook is registered on it or on
+    every module (``torch.nn.utils.prune``, old-style ``spectral_norm``, activation-capture or per-sample-gradient
+    hooks must run, so such a module is called, not replaced by the same product).
+
+    Example:
+        >>> layer = nn.Linear(4, 2)
+        >>> runs_as_plain(layer, nn.Linear), runs_as_plain(nn.Identity(), nn.Linear)
+        (True, False)
+    """
+    if type(module) is not cls:
+        return False
+    own = module._forward_pre_hooks or module._forward_hooks or module._backward_pre_hooks or module._backward_hooks
+    every = (torch_module._global_forward_pre_hooks or torch_module._global_forward_hooks
+             or torch_module._global_backward_pre_hooks or torch_module._global_backward_hooks)
+    return not (own or every)
+
+
 def linear_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, through :func:`~vitlab.models.cpu_linear.linear` when ``module`` is exactly an ``nn.Linear``;
-    any other module (a peft adapter wrapping the Linear, a quantised or subclassed layer) runs its own forward.
+    """``module(x)``, through :func:`~vitlab.models.cpu_linear.linear` when ``module`` is exactly an ``nn.Linear``
+    without hooks (:func:`runs_as_plain`); any other module (a peft adapter wrapping the Linear, a quantised or
+    subclassed layer, a hooked or pruned one) runs its own forward.
     (Defined here, not in ``cpu_linear``, so that torch.fx, which patches this module's globals, keeps ``linear`` a
     leaf.)
 
@@ -275,7 +296,7 @@ def linear_module(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         >>> linear_module(nn.Linear(8, 3), torch.randn(4, 8)).shape
         torch.Size([4, 3])
     """
-    if type(module) is nn.Linear:
+    if runs_as_plain(module, nn.Linear):
         return linear(x, module.weight, module.bias)
     return module(x)
 
@@ -289,7 +310,7 @@ def pointwise_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
         >>> pointwise_conv(nn.Conv2d(4, 6, 1), torch.randn(2, 3, 5, 4)).shape
         torch.Size([2, 3, 5, 6])
     """
-    if type(conv) is nn.Conv2d:
+    if runs_as_plain(conv, nn.Conv2d):
         return linear(x, conv.weight.flatten(1), conv.bias)
     return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
@@ -394,13 +415,22 @@ class Mixer(nn.Module):
         x = x.permute(0, 3, 1, 2)  # a view: channels-last memory, NCHW shape
         cx, px = self.high_mixer.branches(x[:, : self.high_dim])
         x = torch.cat((cx, px, self.low_mixer(x[:, self.high_dim :])), dim=1)  # one copy for the three branches
-        # x + conv_fuse(x) in one depthwise conv: the residual is an identity tap added to the kernel's centre
-        weight = self.conv_fuse.weight
-        identity = F.pad(weight.new_ones(weight.shape[0], 1, 1, 1), (1, 1, 1, 1))
-        x = F.conv2d(x, weight + identity, None, 1, 1, 1, weight.shape[0]).permute(0, 2, 3, 1)
+        if torch.jit.is_scripting():
+            x = self._fuse(x)
+        elif runs_as_plain(self.conv_fuse, nn.Conv2d):
+            x = self._fuse(x)
+        else:  # a wrapped (peft), hooked or pruned conv_fuse runs its own forward
+            x = x + self.conv_fuse(x)
+        x = x.permute(0, 2, 3, 1)
         if torch.jit.is_scripting():
             return self.proj_drop(F.linear(x, self.proj.weight.flatten(1), self.proj.bias))
         return self.proj_drop(pointwise_conv(self.proj, x))  # the 1x1 conv, on NHWC
+
+    def _fuse(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + conv_fuse(x)`` in one depthwise conv: the residual is an identity tap added to the kernel's centre."""
+        weight = self.conv_fuse.weight
+        identity = F.pad(weight.new_ones(weight.shape[0], 1, 1, 1), (1, 1, 1, 1))
+        return F.conv2d(x, weight + identity, None, 1, 1, 1, weight.shape[0])
 
 
 @register_notrace_function  # the row loop depends on the input's size: a leaf for torch.fx
@@ -502,7 +532,7 @@ class ChunkedMlp(Mlp):
                     return mlp_in_row_chunks(
                         x, self.fc1.weight, fc1_bias, self.fc2.weight, fc2_bias, self.approximate, self.rows
                     )
-            elif type(self.fc1) is nn.Linear and type(self.fc2) is nn.Linear:  # not wrapped (e.g. by a peft adapter)
+            elif runs_as_plain(self.fc1, nn.Linear) and runs_as_plain(self.fc2, nn.Linear):  # not wrapped or hooked
                 return gelu_mlp(x, self.fc1.weight, fc1_bias, self.fc2.weight, fc2_bias, self.approximate, self.rows)
         if torch.jit.is_scripting():
             return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))  # timm's Mlp.forward
