@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch.nn.utils import prune
@@ -347,3 +348,23 @@ def test_hooks_and_pruning_on_the_iformers_layers_take_effect():
         pruned(x)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(fc1_out[0], fc1.bias.expand_as(fc1_out[0]))  # a zero weight leaves the bias
+
+
+def test_a_peft_adapter_on_conv_fuse_takes_effect():
+    """The folded residual conv read ``conv_fuse.weight`` (the base weight a peft LoRA layer exposes), so a LoRA
+    adapter on ``conv_fuse`` changed nothing; the wrapped layer is now called."""
+    torch.manual_seed(0)
+    model = timm.create_model("inception_transformer_tiny").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        base = model(x)
+    groups = model.blocks1[0].attn.conv_fuse.groups  # peft's LoRA on a depthwise conv needs r divisible by groups
+    with pytest.warns(UserWarning, match="groups > 1"):
+        wrapped = get_peft_model(model, LoraConfig(target_modules=["blocks1.0.attn.conv_fuse"], r=groups,
+                                                   init_lora_weights=False))
+    with torch.no_grad():
+        adapted = wrapped(x)
+        with wrapped.disable_adapter():
+            disabled = wrapped(x)
+    assert (adapted - base).abs().max() > 1e-3
+    torch.testing.assert_close(disabled, base)
