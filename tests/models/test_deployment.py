@@ -8,7 +8,7 @@ import timm
 import torch
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 
-from vitlab.models import export_onnx, iformer_fpn_backbone
+from vitlab.models import IFormerFPN, export_onnx, iformer_fpn_backbone
 
 
 def test_onnx_export_has_a_dynamic_batch_and_matches_pytorch(tmp_path):
@@ -146,3 +146,29 @@ def test_torchvision_detectors_train_and_predict_on_the_backbone(detector, masks
     with torch.no_grad():
         predictions = model(images)
     assert len(predictions) == 2 and all(p["boxes"].shape[1:] == (4,) for p in predictions)
+
+
+def test_a_detector_on_the_backbone_scripts_as_torchvisions_own_do():
+    """torchvision's detectors are scriptable (``torch.jit.script(model)`` for deployment); the FPN backbone's
+    forward was not (a string annotation and a generator expression), so the whole detector refused to script."""
+    torch.manual_seed(0)
+    backbone = iformer_fpn_backbone("inception_transformer_tiny", out_channels=32).eval()
+    model = FasterRCNN(backbone, num_classes=3, min_size=64, max_size=96).eval()
+    scripted = torch.jit.script(model)
+    images = [torch.rand(3, 64, 96)]
+    with torch.no_grad(), pytest.warns(UserWarning, match="always returns a"):
+        _, scripted_predictions = scripted(images)
+    with torch.no_grad():
+        eager_predictions = model(images)
+        maps, scripted_maps = backbone(images[0][None]), torch.jit.script(backbone)(images[0][None])
+    assert list(scripted_maps) == list(maps) == ["0", "1", "2", "3", "pool"]
+    for key in maps:
+        torch.testing.assert_close(scripted_maps[key], maps[key], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(scripted_predictions[0]["scores"], eager_predictions[0]["scores"], rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_the_fpn_refuses_a_body_that_returns_a_dict():
+    body = timm.create_model("inception_transformer_tiny", features_only=True, feature_cls="dict")
+    with pytest.raises(TypeError, match="list of feature maps"):
+        IFormerFPN(body, 16)(torch.randn(1, 3, 64, 64))

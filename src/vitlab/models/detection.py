@@ -15,7 +15,6 @@ Example:
     >>> detector = FasterRCNN(backbone, num_classes=3, min_size=64, max_size=96)
 """
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,8 +49,17 @@ class IFormerFPN(nn.Module):
         )
         self.out_channels = out_channels
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(B, 3, H, W)`` -> the FPN's ordered maps (written so that TorchScript compiles it, as torchvision's
+        detectors are scriptable)."""
+        features = self.body(x)
+        if not torch.jit.isinstance(features, list[torch.Tensor]):  # also TorchScript's refinement of the type
+            raise TypeError("the body must return a list of feature maps, as timm's features_only models do (e.g. "
+                            "feature_cls='getter'); a dict-returning body is not supported")
+        maps: dict[str, torch.Tensor] = {}
+        for i, feature in enumerate(features):
+            maps[str(i)] = feature
+        return self.fpn(maps)
 
 
 def iformer_fpn_backbone(
