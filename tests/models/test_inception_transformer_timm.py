@@ -7,7 +7,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import set_fused_attn
+from timm.layers import set_fused_attn, use_fused_attn
 from timm.models import get_pretrained_cfg, is_model_in_modules
 from timm.optim import create_optimizer_v2
 
@@ -247,11 +247,12 @@ def test_timms_fused_attention_switch_gives_plain_attention_with_second_derivati
     iFormer ignored it; built under the switch it now uses plain ops with the same outputs."""
     torch.manual_seed(0)
     fused = small_model().eval()
+    previous = use_fused_attn()
     set_fused_attn(False)
     try:
         plain = small_model().eval()
     finally:
-        set_fused_attn(True)  # timm's default
+        set_fused_attn(previous)
     plain.load_state_dict(fused.state_dict())
     mixers = [m for m in plain.modules() if isinstance(m, LowMixer)]
     assert len(mixers) == 4 and not any(getattr(m, "fused_attn", True) for m in mixers)
