@@ -9,6 +9,8 @@ from vitlab.eval import diagnose_negatives, evaluate_corruptions, evaluate_image
 from vitlab.eval.corruptions import SEVERITIES
 from vitlab.eval.device import model_device, resolve_device
 
+from ..meta_probe import MetaProbe, Ran
+
 
 def test_a_device_name_becomes_a_torch_device_and_none_picks_what_is_there(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu") == resolve_device(torch.device("cpu"))
@@ -34,20 +36,6 @@ def test_a_cuda_device_the_machine_lacks_is_refused_naming_the_fix(monkeypatch):
     with pytest.raises(ConfigError, match=r"has 2 CUDA GPU\(s\), cuda:0..cuda:1"):
         resolve_device("cuda:2")
 
-
-class _Ran(Exception):
-    """Raised by `_MetaProbe.forward` with the device its input is on."""
-
-
-class _MetaProbe(nn.Module):
-    """A model on the meta device that stops the evaluation at its first forward, reporting the input's device."""
-
-    def __init__(self):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(1, device="meta"))
-
-    def forward(self, x):
-        raise _Ran(x.device.type)
 
 
 def test_model_device_defaults_to_where_the_model_is():
@@ -89,7 +77,7 @@ EVALUATIONS = {
 @pytest.mark.parametrize("name", sorted(EVALUATIONS))
 def test_an_evaluation_without_a_device_runs_where_the_model_is(name, tmp_path):
     # the default was device="cpu": a model on a GPU was silently moved to the CPU, in place, and left there
-    model = _MetaProbe()
-    with pytest.raises(_Ran) as ran:
+    model = MetaProbe()
+    with pytest.raises(Ran) as ran:
         EVALUATIONS[name](model, tmp_path)
     assert str(ran.value) == "meta" and model.weight.is_meta

@@ -25,6 +25,8 @@ from vitlab.peft.intrinsic.per_module import (
 from vitlab.peft.intrinsic.sweep import find_d90, log_grid, read_sweep, refinement_point, run_sweep
 from vitlab.peft.intrinsic.trainer import FitSettings, fit_classifier
 
+from ..meta_probe import MetaProbe, Ran
+
 
 def test_log_grid():
     assert log_grid(10, 1000, 3) == [10, 100, 1000]
@@ -310,21 +312,9 @@ def test_numpy_integers_are_plain_dims(tmp_path):
     assert sorted(result.points) == [10, 100] and all(type(d) is int for d in result.points)
 
 
-class _Ran(Exception):
-    """Raised by `_MetaProbe.forward` with the devices of its input."""
-
-
-class _MetaProbe(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(2, device="meta"))
-
-    def forward(self, x):
-        raise _Ran(x.device.type)
-
 
 def test_fit_classifier_moves_each_batch_to_the_model():
     # the batches stayed where the data was: a model on a GPU with the data in CPU memory failed at its first step
     images, labels = torch.zeros(8, 3), torch.zeros(8, dtype=torch.long)
-    with pytest.raises(_Ran, match="^meta$"):
-        fit_classifier(_MetaProbe(), (images, labels), (images, labels), FitSettings(epochs=1, batch_size=4))
+    with pytest.raises(Ran, match="^meta$"):
+        fit_classifier(MetaProbe(), (images, labels), (images, labels), FitSettings(epochs=1, batch_size=4))
