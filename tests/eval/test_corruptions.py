@@ -12,6 +12,8 @@ from vitlab.data.transforms import Normalize
 from vitlab.eval import ALL_CORRUPTIONS, corrupt_images, evaluate_corruptions, generate_corruption_set
 from vitlab.eval.corruptions import images_from_loader
 
+from .off_cpu import OffCpu
+
 CONTRAST = [0.4, 0.3, 0.2, 0.1, 0.05]  # imagecorruptions' contrast factor per severity
 
 
@@ -192,3 +194,16 @@ def test_images_from_loader_undoes_the_normalisation(tmp_path):
         images_from_loader(batches, [0.286] * 3, [0.353] * 3, n=11)
     with pytest.raises(ValueError, match="3 channels but mean has 1"):
         images_from_loader(batches, [0.286], [0.353])
+
+
+def test_images_from_loader_takes_batches_on_another_device_than_the_cpu():
+    """A loader yielding GPU batches (here `OffCpu`, which fails as a CUDA tensor does when it meets a CPU tensor or
+    numpy) gives the same images and labels as the same batches on the CPU."""
+    images = torch.rand(6, 3, 8, 8)
+    labels = torch.arange(6) % 4
+    on_cpu = [(images[:4], labels[:4]), (images[4:], labels[4:])]
+    off_cpu = [(x.as_subclass(OffCpu), y.as_subclass(OffCpu)) for x, y in on_cpu]
+    want, want_labels = images_from_loader(on_cpu, [0.5] * 3, [0.25] * 3, n=5)
+    got, got_labels = images_from_loader(off_cpu, [0.5] * 3, [0.25] * 3, n=5)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_labels, want_labels)

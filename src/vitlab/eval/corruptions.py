@@ -338,12 +338,14 @@ def images_from_loader(
         if batch.shape[1] != mean_t.shape[1]:
             raise ConfigError(f"loader images have {batch.shape[1]} channels but mean has {mean_t.shape[1]} "
                               "entries: pass the mean and std the loader normalised with")
-        pixels = ((batch.float() * std_t + mean_t) * 255.0).round().clamp(0, 255).to(torch.uint8)
+        # the statistics and the numpy result live on the CPU: a loader may yield batches on any device (CUDA)
+        batch = batch.detach().to("cpu", torch.float32)
+        pixels = ((batch * std_t + mean_t) * 255.0).round().clamp(0, 255).to(torch.uint8)
         if channels is not None:
             pixels = pixels[:, :channels]
         take = batch.shape[0] if n is None else min(batch.shape[0], n - taken)
         images.append(pixels[:take].permute(0, 2, 3, 1).numpy())
-        labels.append(target[:take].numpy())
+        labels.append(torch.as_tensor(target)[:take].detach().cpu().numpy())
         taken += take
         if n is not None and taken >= n:
             break
