@@ -39,12 +39,11 @@ from peft.tuners.tuners_utils import (
     check_target_module_exists,
 )
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from vitlab.peft.auto import auto_targets
 from vitlab.peft.targets import Target, classifier_names, find_targets
 
-__all__ = ["AdapterShapeError", "DeltaTerms", "RowSliceLayer", "RowSliceTuner"]
+__all__ = ["AdapterShapeError", "DeltaTerms", "RowSliceLayer", "RowSliceTuner", "plain_ops_required"]
 
 
 class AdapterShapeError(ValueError, RuntimeError):
@@ -71,16 +70,29 @@ class DeltaTerms(NamedTuple):
     input_dropout: float = 0.0
 
 
-def recording_graph() -> bool:
-    """True while ``torch.jit.trace`` or ``torch.export`` records a forward pass: the layers' in-place custom autograd
-    Functions do not survive those recorders, so the layers then compute the same sums with plain tensor ops."""
-    exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
-    return torch.jit.is_tracing() or (exporting is not None and exporting())
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5 has torch.compiler.is_exporting
+
+
+def plain_ops_required() -> bool:
+    """True while ``torch.jit.trace`` or ``torch.export`` records a forward pass, or a ``torch.func`` transform
+    (``grad``, ``vmap``, ``jvp``, ``jacrev``, ... over ``functional_call``) runs: the layers' in-place custom autograd
+    Functions survive neither, so the layers then compute the same sums with plain tensor ops. The transform check is
+    ``torch._C._are_functorch_transforms_active`` (what ``torch.autograd.Function.apply`` itself asks; torch has no
+    public call for it): about 25 ns, so the eager path keeps its fast Functions at no measurable cost.
+
+    Example:
+        >>> plain_ops_required()
+        False
+        >>> bool(torch.func.vmap(lambda x: x + plain_ops_required())(torch.zeros(2)).all())
+        True
+    """
+    return torch._C._are_functorch_transforms_active() or torch.jit.is_tracing() or _is_exporting()
 
 
 def _add_to_rows(out: torch.Tensor, h: torch.Tensor, spans: tuple[tuple[int, int, int, int], ...],
                  lefts: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``_AddToRows`` with plain ops (a new tensor; for graph recorders): ``out (..., O)``, ``h (N, K)``."""
+    """``_AddToRows`` with plain ops (a new tensor; for graph recorders and ``torch.func`` transforms):
+    ``out (..., O)``, ``h (N, K)``."""
     pieces, end = [], 0
     for span, left in zip(spans, lefts, strict=True):
         a, b, k0, k1 = (int(v) for v in span)  # under jit.trace a width read from a shape is a 0-d tensor
@@ -91,7 +103,9 @@ def _add_to_rows(out: torch.Tensor, h: torch.Tensor, spans: tuple[tuple[int, int
 
 class _AddToRows(torch.autograd.Function):
     """``out[..., a:b] += h[:, k0:k1] @ Lᵀ`` for each block, in place on ``out``; the backward pass hands ``out``'s
-    gradient through untouched (autograd's in-place-on-a-view path would clone the whole output gradient per block)."""
+    gradient through untouched (autograd's in-place-on-a-view path would clone the whole output gradient per block).
+    The backward pass uses differentiable ops on the saved inputs, so ``create_graph=True`` (a gradient penalty)
+    differentiates through it."""
 
     @staticmethod
     def forward(ctx: Any, out: torch.Tensor, h: torch.Tensor, spans: tuple[tuple[int, int, int, int], ...],
@@ -105,7 +119,6 @@ class _AddToRows(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         h, *lefts = ctx.saved_tensors
         flat = grad.reshape(-1, grad.shape[-1])
@@ -184,7 +197,10 @@ class RowSliceLayer(nn.Module, BaseTunerLayer):
             # in place on the rows of the fresh output: no GEMM over rows that are not adapted, no extra pass
             spans = tuple(block[:4] for block in terms.blocks)
             lefts = [block[4].to(out.dtype) for block in terms.blocks]
-            out = _add_to_rows(out, h, spans, lefts) if recording_graph() else _AddToRows.apply(out, h, spans, *lefts)
+            if plain_ops_required():
+                out = _add_to_rows(out, h, spans, lefts)
+            else:
+                out = _AddToRows.apply(out, h, spans, *lefts)
         return out
 
     @torch.no_grad()

@@ -41,11 +41,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from vitlab.models.cpu_linear import linear
 from vitlab.models.inputs import autocast_enabled
-from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer, recording_graph
+from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer, plain_ops_required
 from vitlab.peft.targets import Target
 
 __all__ = ["KAdaptationLayer", "init_rule"]
@@ -72,6 +71,21 @@ def _kron_right(right: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (right.reshape(n, a, 1, j, 1) * v.reshape(n, 1, r, 1, q)).reshape(n * a * r, j * q)
 
 
+def _kronecker_linear_plain(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                            delta_bias: torch.Tensor | None, scale: float, spans: tuple[tuple[int, int], ...],
+                            *factors: torch.Tensor) -> torch.Tensor:
+    """``_KroneckerLinear``'s forward pass with plain differentiable ops (for its double backward)."""
+    pieces, bias_pieces, end = [], [], 0
+    for index, (a, b) in enumerate(spans):
+        left, right, u, v = factors[4 * index:4 * index + 4]
+        pieces += [weight[end:a], weight[a:b] + _kron_left(left, u, scale).T @ _kron_right(right, v)]
+        if bias is not None:
+            bias_pieces += [bias[end:a], bias[a:b] if delta_bias is None else bias[a:b] + delta_bias]
+        end = b
+    merged = torch.cat([*pieces, weight[end:]])
+    return F.linear(x, merged, None if bias is None else torch.cat([*bias_pieces, bias[end:]]))
+
+
 class _KroneckerLinear(torch.autograd.Function):
     """``F.linear(x, W + ΔW, b + Δb)`` with ``ΔW = L_s R_sᵀ`` and ``Δb`` on the rows ``a:b`` of each slice ``s``.
 
@@ -81,7 +95,8 @@ class _KroneckerLinear(torch.autograd.Function):
     dense ``(out, in)`` gradient of ``ΔW``: with ``g`` the output gradient, ``[∂L_sᵀ; ∂Δb_s] = [h_sᵀ; 1ᵀ] g_s`` and
     ``∂Rᵀ = [L_sᵀ g_sᵀ]_s x``, then mapped onto ``left``, ``u``, ``right``, ``v`` (products in the ``(K, ·)`` layout,
     the fastest for these shapes). Inputs after ``spans`` are ``(left, right, u, v)`` per slice (a tensor may appear
-    for several slices; autograd sums its gradients).
+    for several slices; autograd sums its gradients). A backward pass that builds a graph (``create_graph=True``, e.g.
+    a gradient penalty) differentiates ``_kronecker_linear_plain`` instead, so higher derivatives exist.
     """
 
     @staticmethod
@@ -109,14 +124,15 @@ class _KroneckerLinear(torch.autograd.Function):
                 torch.mm(right, inputs.T, out=h_t[start:start + right.shape[0]])
                 start += right.shape[0] + 1
         ctx.scale, ctx.spans = scale, spans
-        ctx.save_for_backward(x, merged, h_t, *lefts, *factors)
+        ctx.save_for_backward(x, merged, h_t, weight, bias, delta_bias, *lefts, *factors)
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, merged, h_t, *rest = ctx.saved_tensors
+        x, merged, h_t, weight, bias, delta_bias, *rest = ctx.saved_tensors
         spans, needs, count = ctx.spans, ctx.needs_input_grad, len(ctx.spans)
+        if torch.is_grad_enabled():  # create_graph=True
+            return _KroneckerLinear._differentiable_backward(ctx, grad, (x, weight, bias, delta_bias), rest[count:])
         lefts, factors = rest[:count], rest[count:]
         flat, inputs = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
         grad_x = linear(flat, merged.t()).view(x.shape) if needs[0] else None
@@ -149,6 +165,25 @@ class _KroneckerLinear(torch.autograd.Function):
                     grad_factors[4 * index + 3] = (part * right.unsqueeze(2).unsqueeze(4)).sum((1, 3))
         grad_factors = [g if needs[6 + i] else None for i, g in enumerate(grad_factors)]
         return grad_x, grad_weight, grad_bias, grad_delta_bias if needs[3] else None, None, None, *grad_factors
+
+    @staticmethod
+    def _differentiable_backward(ctx: Any, grad: torch.Tensor, tensors: tuple[torch.Tensor | None, ...],
+                                 factors: list[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+        """The gradients as a graph: ``_kronecker_linear_plain`` recomputed and differentiated with autograd (a tensor
+        passed several times gets its whole gradient once)."""
+        inputs = [*tensors, None, None, *factors]
+        wanted, seen = {}, set()
+        for index, (tensor, need) in enumerate(zip(inputs, ctx.needs_input_grad, strict=True)):
+            if need and tensor is not None and id(tensor) not in seen:
+                wanted[index] = tensor
+                seen.add(id(tensor))
+        with torch.enable_grad():
+            out = _kronecker_linear_plain(*tensors, ctx.scale, ctx.spans, *factors)
+        grads = torch.autograd.grad(out, list(wanted.values()), grad, create_graph=True, allow_unused=True)
+        result: list[torch.Tensor | None] = [None] * len(inputs)
+        for index, value in zip(wanted, grads, strict=True):
+            result[index] = value
+        return tuple(result)
 
 
 def init_rule(rules: nn.ParameterDict, role: str, n: int, a_rank: int | None, generator: torch.Generator | None,
@@ -284,7 +319,7 @@ class KAdaptationLayer(RowSliceLayer):
         with every tensor in ``x``'s dtype, no autocast and no graph recorder (else None: ``RowSliceLayer``'s path)."""
         active = [name for name in self.active_adapters if name in self.slice_rows]
         if self.disable_adapters or self.merged or len(active) != 1 or not self.settings[active[0]]["factored"] \
-                or autocast_enabled(x.device) or recording_graph():
+                or autocast_enabled(x.device) or plain_ops_required():
             return None
         name = active[0]
         tensors = [self.base_layer.weight, *self._rules(name).values(), *self.kadaptation_u[name].values(),
