@@ -130,14 +130,27 @@ _IMPLEMENTATIONS = {"matmul": _fwht_matmul, "butterfly": _fwht_butterfly, "cuda"
 
 
 class _FWHT(torch.autograd.Function):
+    """``x @ H_N``; the backward and forward-mode (``jvp``) passes are the same transform (``H`` is linear and
+    symmetric). ``setup_context`` apart from ``forward`` and ``generate_vmap_rule`` let every ``torch.func`` transform
+    (``grad``, ``vmap``, ``jvp``, ``jacrev``) run through it."""
+
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor, backend: str) -> Tensor:
-        ctx.backend = backend
+    def forward(x: Tensor, backend: str) -> Tensor:
         return _IMPLEMENTATIONS[backend](x)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, str], output: Tensor) -> None:
+        ctx.backend = inputs[1]
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         return _IMPLEMENTATIONS[ctx.backend](grad), None
+
+    @staticmethod
+    def jvp(ctx, tangent: Tensor, _backend: None) -> Tensor:
+        return _IMPLEMENTATIONS[ctx.backend](tangent)
 
 
 def fwht(x: Tensor, backend: str = "auto") -> Tensor:
@@ -163,4 +176,7 @@ def fwht(x: Tensor, backend: str = "auto") -> Tensor:
                          "zero-pad it, e.g. torch.nn.functional.pad(x, (0, 2**k - n))")
     if backend not in HADAMARD_BACKENDS:
         raise ValueError(f"backend must be one of {HADAMARD_BACKENDS}, got {backend!r}")
-    return _FWHT.apply(x, _resolve_backend(x, backend))
+    resolved = _resolve_backend(x, backend)
+    if resolved == "cuda" and torch._C._are_functorch_transforms_active():
+        resolved = "butterfly"  # the external kernel has no torch.func (vmap) rule; the butterfly is exact too
+    return _FWHT.apply(x, resolved)

@@ -182,11 +182,18 @@ class _TileGather(torch.autograd.Function):
     the flattened ``[..., rows·LL]`` output, each row gathering only from its own vector.
     """
 
+    generate_vmap_rule = True  # with setup_context apart from forward: every torch.func transform runs through it
+
     @staticmethod
-    def forward(ctx, h: Tensor, gather_index: Tensor, inverse_index: Tensor, rows: int = 1) -> Tensor:
-        ctx.save_for_backward(inverse_index)
-        ctx.block, ctx.rows = h.shape[-1] // rows, rows
+    def forward(h: Tensor, gather_index: Tensor, inverse_index: Tensor, rows: int) -> Tensor:
         return h.index_select(-1, gather_index)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, Tensor, Tensor, int], output: Tensor) -> None:
+        h, gather_index, inverse_index, rows = inputs
+        ctx.save_for_backward(inverse_index)
+        ctx.gather_index = gather_index
+        ctx.block, ctx.rows = h.shape[-1] // rows, rows
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
@@ -195,6 +202,10 @@ class _TileGather(torch.autograd.Function):
         if ctx.rows == 1:
             return tiles.unflatten(-1, (-1, ctx.block)).sum(-2), None, None, None
         return tiles.unflatten(-1, (ctx.rows, -1, ctx.block)).sum(-2).flatten(-2), None, None, None
+
+    @staticmethod
+    def jvp(ctx, tangent: Tensor, *_: None) -> Tensor:
+        return tangent.index_select(-1, ctx.gather_index)
 
 
 class FastfoodProjection(SubspaceProjection):
@@ -237,7 +248,7 @@ class FastfoodProjection(SubspaceProjection):
     def forward(self, theta: Tensor) -> Tensor:
         """``[..., d] -> [..., D]``."""
         x = F.pad(theta * self.sign, (0, self.block - self.dim))
-        z = _TileGather.apply(fwht(x), self.gather_index, self.inverse_index) * self.gain
+        z = _TileGather.apply(fwht(x), self.gather_index, self.inverse_index, 1) * self.gain
         return fwht(z)[..., : self.num_params]
 
     def extra_repr(self) -> str:
