@@ -178,3 +178,15 @@ def test_fast_dev_run_checks_a_few_batches_and_saves_no_model(tmp_path, capsys):
                  "--model.kwargs", "{depth: 1, embed_dim: 16, num_heads: 1}", "--trainer.fast_dev_run", "true",
                  "--trainer.enable_progress_bar", "false"])
     assert code == 0 and "no weights, checkpoint or metrics were saved" in capsys.readouterr().out
+
+
+def test_a_real_run_can_follow_a_fast_dev_run_check_with_the_same_name(tmp_path):
+    check = fit(_config(tmp_path, "same", fast_dev_run=1))
+    assert check.extra == {"fast_dev_run": True} and not check.run_dir.exists()  # nothing left to block the run
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "spec.txt").write_text("a launcher's file")
+    fit(_config(tmp_path, "mine", fast_dev_run=1))
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["spec.txt"]  # the caller's file stays
+    real = fit(_config(tmp_path, "same", epochs=1))
+    assert real.weights is not None and real.weights.is_file()
+    assert yaml.safe_load((real.run_dir / "config.yaml").read_text())["trainer"].get("fast_dev_run") is None

@@ -333,11 +333,14 @@ def fit(
         with contextlib.nullcontext() if _is_child_process() else RunLock(run_dir):
             if not resume and not _is_child_process():
                 _refuse_leftovers(run_dir, config)
-            return _fit_locked(config, run_dir, last, resume, callbacks, trainer_overrides, start)
+            result = _fit_locked(config, run_dir, last, resume, callbacks, trainer_overrides, start)
     except BaseException:
         if new_folder and not _is_child_process():
             _remove_if_unstarted(run_dir)
         raise
+    if result.extra.get("fast_dev_run") and not resume and not _is_child_process():
+        _forget_check_run(run_dir, new_folder)
+    return result
 
 
 def _resume_command(config: RunConfig) -> str:
@@ -375,6 +378,16 @@ def _remove_if_unstarted(run_dir: Path) -> None:
     no run behind to be listed, resumed, or to block the corrected command."""
     if run_dir.is_dir() and not (run_dir / "metrics.csv").exists() and not (run_dir / "checkpoints").exists():
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _forget_check_run(run_dir: Path, new_folder: bool) -> None:
+    """After a ``trainer.fast_dev_run`` check, remove what it wrote (its ``config.yaml``, the folder if it made it),
+    so the same command without ``fast_dev_run`` starts the real run instead of being refused as a leftover (and a
+    ``--resume`` cannot pick up the check's ``fast_dev_run: true`` config)."""
+    if new_folder:
+        _remove_if_unstarted(run_dir)
+    else:  # the caller's folder (e.g. a study's spec): only the check's own config goes
+        (run_dir / "config.yaml").unlink(missing_ok=True)
 
 
 def _is_child_process() -> bool:
