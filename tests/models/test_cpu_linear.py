@@ -89,14 +89,20 @@ def test_second_derivatives_equal_f_linear():
         torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
 
 
-def test_torch_func_grad_takes_the_path_and_equals_f_linear(recorded):
-    """``torch.func.grad`` over ``functional_call`` (MAML-style inner loops) refused the oneDNN Function ("must
-    override the setup_context staticmethod"); it now runs through it with F.linear's gradients, for the op and a
+def test_torch_func_transforms_take_f_linear(recorded):
+    """Under ``torch.func`` (``grad`` over ``functional_call`` for MAML-style inner loops, ``vmap``, ``jvp``) the
+    oneDNN op steps aside (it has no batching rule and no forward-mode rule): F.linear's numbers, for the op and a
     whole iFormer."""
     x, weight, bias = _operands((5, 16))
     grads = [torch.func.grad(lambda w, f=fn: f(x, w, bias).tanh().sum())(weight) for fn in (linear, F.linear)]
-    assert recorded  # the oneDNN op ran
+    batched = torch.func.vmap(lambda row: linear(row, weight, bias))(x)
+    _, tangent = torch.func.jvp(lambda w: linear(x, w, bias), (weight,), (torch.ones_like(weight),))
+    assert not recorded  # the oneDNN op did not run under a transform
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(batched, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tangent, x.sum(1, keepdim=True).expand(-1, weight.shape[0]), rtol=1e-5, atol=1e-5)
+    linear(x, weight, bias)
+    assert recorded  # and eager calls still take it
 
     torch.manual_seed(0)
     model = timm.create_model("inception_transformer_tiny").eval()

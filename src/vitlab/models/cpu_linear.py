@@ -9,9 +9,10 @@ through ``torch.ops.mkldnn._linear_pointwise`` (the op inductor's CPU backend em
 backward uses the same op for both gradients.
 
 The result equals ``F.linear`` up to the order of the float32 sums (measured ≤ 1e-6 relative). The fast path is taken
-only for float32 CPU tensors outside autocast, ``torch.compile`` / ``torch.export``, ``torch.jit.trace`` and
-TorchScript (their graphs keep the portable ``aten.linear``), when PyTorch has oneDNN and while it is switched on
-(:func:`onednn_linear`, default on); everything else is ``F.linear``.
+only for float32 CPU tensors outside autocast, ``torch.compile`` / ``torch.export``, ``torch.jit.trace``,
+TorchScript (their graphs keep the portable ``aten.linear``) and ``torch.func`` transforms
+(:func:`capturing_or_transforming`), when PyTorch has oneDNN and while it is switched on (:func:`onednn_linear`,
+default on); everything else is ``F.linear``.
 
 Example:
     >>> import torch
@@ -33,7 +34,10 @@ import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-__all__ = ["linear", "linear_gelu", "onednn_linear", "onednn_linear_available", "set_onednn_linear", "uses_onednn"]
+__all__ = [
+    "capturing_or_transforming", "in_torch_func_transform", "linear", "linear_gelu", "onednn_linear",
+    "onednn_linear_available", "set_onednn_linear", "uses_onednn",
+]
 
 try:
     _POINTWISE = torch.ops.mkldnn._linear_pointwise  # x @ wᵀ + b, then an optional fused activation
@@ -41,6 +45,36 @@ except (AttributeError, RuntimeError):  # a PyTorch build without it
     _POINTWISE = None
 _STATE = {"enabled": True}
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # PyTorch < 2.6 has no such function
+
+
+def in_torch_func_transform() -> bool:
+    """True while a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ``jvp``, ...) runs the code.
+
+    It asks ``torch._C._are_functorch_transforms_active`` (what ``torch.autograd.Function.apply`` itself asks; torch has
+    no public call for it), about 25 ns, so eager calls keep their fast paths at no measurable cost.
+
+    Example:
+        >>> in_torch_func_transform(), bool(torch.func.vmap(lambda x: x + in_torch_func_transform())(torch.zeros(2))[0])
+        (False, True)
+    """
+    return torch._C._are_functorch_transforms_active()
+
+
+def capturing_or_transforming() -> bool:
+    """True while ``torch.compile`` / ``torch.export`` / ``torch.jit.trace`` records, or a ``torch.func`` transform
+    (``grad``, ``vmap``, ``jacrev``, ``jvp``, ...) runs, the code: custom kernels, custom autograd functions, in-place
+    writes and channels-last copies must then give way to plain tensor ops, which every recorder and transform
+    supports (a ``vmap`` over a model ensemble, per-sample gradients, MAML's ``grad`` of ``functional_call``).
+
+    Example:
+        >>> capturing_or_transforming()
+        False
+        >>> bool(torch.func.vmap(lambda x: x + capturing_or_transforming())(torch.zeros(2)).all())
+        True
+    """
+    return (
+        torch.compiler.is_compiling() or _is_exporting() or torch.jit.is_tracing() or in_torch_func_transform()
+    )
 
 
 def _probe() -> bool:
@@ -98,7 +132,7 @@ def set_onednn_linear(enabled: bool) -> bool:
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`linear` takes the oneDNN path for these tensors now (see the module docstring)."""
-    if torch.compiler.is_compiling() or _is_exporting() or torch.jit.is_tracing():  # checked first: dynamo stops here
+    if capturing_or_transforming():  # checked first: dynamo stops here
         return False
     return (
         _AVAILABLE and _STATE["enabled"] and x.device.type == "cpu" and weight.device.type == "cpu"
@@ -131,8 +165,8 @@ class _OneDnnLinear(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        """Kept apart from ``forward``, as torch.func.grad (functional_call + grad, e.g. MAML) requires of a Function;
-        torch.func.vmap is not supported (oneDNN's op has no batching rule)."""
+        """Kept apart from ``forward``, as torch.func requires of a Function (under a transform :func:`linear` takes
+        ``F.linear`` anyway: oneDNN's op has no batching rule for ``vmap``)."""
         x, weight, bias = inputs
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None

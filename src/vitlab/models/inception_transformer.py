@@ -42,7 +42,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-from vitlab.models.cpu_linear import linear, linear_gelu
+from vitlab.models.cpu_linear import capturing_or_transforming, in_torch_func_transform, linear, linear_gelu
 from vitlab.models.iformer_checkpoint import checkpoint_filter_fn, load_official_checkpoint
 from vitlab.models.inputs import check_image_tensor, check_pretrained_file, check_rates
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
@@ -217,7 +217,10 @@ class Stem(nn.Module):
         self.norm2 = nn.BatchNorm2d(dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)  # so every conv below runs channels-last
+        if torch.jit.is_scripting():
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif not in_torch_func_transform():  # vmap has no channels-last copy
+            x = x.contiguous(memory_format=torch.channels_last)  # so every conv below runs channels-last
         x = self.norm2(self.proj2(self.act(self.norm1(self.proj1(x)))))
         return x.permute(0, 2, 3, 1)
 
@@ -234,7 +237,7 @@ class Downsample(nn.Module):
         x = self.proj(x.permute(0, 3, 1, 2))
         if torch.jit.is_scripting():
             x = self.norm(x)
-        elif torch.compiler.is_compiling() or torch.jit.is_tracing():
+        elif capturing_or_transforming():
             x = self.norm(x)
         else:
             x = batch_norm_explained(self.norm, x)
@@ -379,7 +382,10 @@ class LowMixer(nn.Module):
         qkv = self.qkv(tokens) if torch.jit.is_scripting() else linear_module(self.qkv, tokens)
         qkv = qkv.reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         dropout_p = self.attn_drop if self.training else 0.0
-        if self.fused_attn:
+        fused = self.fused_attn
+        if not torch.jit.is_scripting():
+            fused = fused and not in_torch_func_transform()  # the fused CPU kernel has no forward-mode / vmap rule
+        if fused:
             x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=dropout_p)
         else:  # plain ops: e.g. second derivatives, which PyTorch's fused CPU kernel lacks
             attn = (qkv[0] * qkv.shape[-1] ** -0.5) @ qkv[1].transpose(-2, -1)
@@ -483,8 +489,7 @@ def gelu_mlp(
         torch.Size([2, 5, 5, 4])
     """
     if (
-        x.device.type != "cpu" or torch.is_autocast_enabled(x.device.type) or torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
+        x.device.type != "cpu" or torch.is_autocast_enabled(x.device.type) or capturing_or_transforming()
     ):
         return F.linear(F.gelu(F.linear(x, fc1_weight, fc1_bias), approximate=approximate), fc2_weight, fc2_bias)
     return mlp_in_row_chunks(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, approximate, rows)
