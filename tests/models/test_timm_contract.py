@@ -30,6 +30,15 @@ def test_registry_lists_every_model_and_names_tell_the_patch_size():
             assert timm.create_model(name).patch_embed.patch_size == (patch, patch)
 
 
+@pytest.mark.parametrize("alias, name", [("vitlab_vit_tiny_patch8_32", "vit_vitlab_tiny_patch8_32"),
+                                         ("vitlab_vit_tiny_patch4_32", "vit_vitlab_tiny_patch4_32")])
+def test_vitlab_spelling_of_the_names_builds_the_same_model(alias, name):
+    assert alias not in timm.list_models()  # one listed name per model
+    with pytest.warns(UserWarning, match=f"deprecated model name {alias} to current {name}"), torch.device("meta"):
+        model = timm.create_model(alias)
+    assert model.patch_embed.patch_size == timm.create_model(name, pretrained=False).patch_embed.patch_size
+
+
 def test_deprecated_alias_builds_what_it_built_before():
     assert "vitlab_vit_tiny_32" not in timm.list_models()  # hidden from listings, still creatable
     with pytest.warns(UserWarning, match="deprecated model name vitlab_vit_tiny_32 to current vit_vitlab_tiny_patch4"):

@@ -208,4 +208,10 @@ def vit_vitlab_tiny_patch4_32(pretrained: bool = False, **kwargs) -> VitlabVisio
     return _create_vit("vit_vitlab_tiny_patch4_32", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
-register_model_deprecations(__name__, {"vitlab_vit_tiny_32": "vit_vitlab_tiny_patch4_32"})
+# The old name (4-px patches, as it always built), and the vitlab_* spelling of the current names (timm's vit_* group
+# is where timm's tooling looks for ViTs, so the listed names start with vit_): all create the model with a warning.
+register_model_deprecations(__name__, {
+    "vitlab_vit_tiny_32": "vit_vitlab_tiny_patch4_32",
+    "vitlab_vit_tiny_patch8_32": "vit_vitlab_tiny_patch8_32",
+    "vitlab_vit_tiny_patch4_32": "vit_vitlab_tiny_patch4_32",
+})
