@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from vitlab.errors import ConfigError
-from vitlab.losses import ContrastiveNegativeLoss, L2NegativeLoss, UniformNegativeLoss, supcon_masks
+from vitlab.losses import IGNORE_INDEX, ContrastiveNegativeLoss, L2NegativeLoss, UniformNegativeLoss, supcon_masks
 
 
 @pytest.mark.parametrize("classes,expected", [(10, 2.3026), (100, 4.6052), (1000, 6.9078)])
@@ -194,3 +194,20 @@ def test_contrastive_batch_without_any_positive_warns_that_it_is_zero():
     with pytest.warns(UserWarning, match=r"no anchor of this batch of 1 has a same-label positive, so the contrastive"):
         loss = ContrastiveNegativeLoss()(clean, negatives, torch.tensor([3]))
     assert loss.item() == 0.0 and loss.requires_grad
+
+
+def test_contrastive_leaves_out_unlabelled_images_as_cross_entropy_does():
+    """Labels of -100 (F.cross_entropy's ignore_index) were a class of their own: unlabelled images became each
+    other's positives. The loss now equals the loss without those clean images (their negative views kept)."""
+    g = torch.Generator().manual_seed(3)
+    clean, negatives = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    labels = torch.tensor([0, -100, 0, 1, -100, 1])
+    kept = labels != IGNORE_INDEX
+    value = ContrastiveNegativeLoss(0.5)(clean, negatives, labels)
+    expected = ContrastiveNegativeLoss(0.5)(clean[kept], negatives, labels[kept])
+    assert value.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert value.item() != pytest.approx(ContrastiveNegativeLoss(0.5)(clean, negatives, labels.clamp(min=2)).item())
+    positives, candidates = supcon_masks(labels, num_negatives=6)
+    assert positives[1].sum() == 0 and not bool(candidates[:, [1, 4]].any()) and bool(candidates[:, 6:].all())
+    with pytest.raises(ValueError, match=r"class indices >= 0 or -100.*got \[-1\]"):
+        ContrastiveNegativeLoss()(clean, negatives, torch.tensor([0, -1, 0, 1, 1, 1]))

@@ -321,3 +321,20 @@ def test_numpy_numbers_are_accepted_as_plain_python_values():
     assert torch.equal(term.generator.get_state(), torch.Generator().manual_seed(7).get_state())
     with pytest.raises(ConfigError, match="seed must be an int"):
         NegativeAugmentationLoss(seed=np.bool_(True))
+
+
+@pytest.mark.parametrize("loss", ["uniform", "contrastive"])
+def test_unlabelled_images_are_left_out_of_the_negative_accuracy_as_cross_entropy_does(loss):
+    """A batch with -100 labels (unlabelled; the harness's F.cross_entropy ignores them) was refused as labels
+    outside [0, K); the term now runs and ``neg_acc`` counts the labelled images only."""
+    model = tiny_vit()
+    images, labels = batch()
+    labels[[1, 4, 6]] = -100
+    term = NegativeAugmentationLoss(["shuffle"], 4, loss)
+    out = term(SimpleNamespace(model=model), (images, labels), {"logits": model(images)})
+    assert torch.isfinite(out["loss"])
+    predicted = model(NegativeViews(["shuffle"], 4)(images, params=term.views.last_params)).argmax(1)
+    kept = labels != -100
+    assert term.last_metrics["neg_acc"].item() == pytest.approx((predicted[kept] == labels[kept]).float().mean().item())
+    term(SimpleNamespace(model=model), (images, torch.full_like(labels, -100)), {"logits": model(images)})
+    assert set(term.last_metrics) == {"neg_confidence"}  # no labelled image: no accuracy, not a made-up 0

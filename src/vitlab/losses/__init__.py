@@ -7,10 +7,17 @@ Example:
     -0.0
 """
 
-from vitlab.losses.negative import ContrastiveNegativeLoss, L2NegativeLoss, UniformNegativeLoss, supcon_masks
+from vitlab.losses.negative import (
+    IGNORE_INDEX,
+    ContrastiveNegativeLoss,
+    L2NegativeLoss,
+    UniformNegativeLoss,
+    supcon_masks,
+)
 from vitlab.losses.negative_augmentation import LOSSES, NegativeAugmentationLoss
 
 __all__ = [
+    "IGNORE_INDEX",
     "LOSSES",
     "ContrastiveNegativeLoss",
     "L2NegativeLoss",

@@ -11,7 +11,9 @@ With clean logits ``z`` ``(B, K)``, negative-view logits ``z~`` ``(M, K)`` and p
   For anchor i (clean), positives P_i = other clean images with the same label, candidates
   Q_i = (clean images except i) + all M negatives, so ``2B - |P_i| - 1`` negatives when M = B;
   ``L_i = -(1/|P_i|) sum_{p in P_i} log(exp(s_ip/T) / sum_{q in Q_i} exp(s_iq/T))``, averaged over anchors with
-  ``|P_i| > 0`` (zero, with a gradient path and a warning, when no anchor has a positive).
+  ``|P_i| > 0`` (zero, with a gradient path and a warning, when no anchor has a positive). A clean image labelled
+  ``IGNORE_INDEX`` (-100, the ``ignore_index`` default of ``F.cross_entropy``: an unlabelled image) is left out as
+  anchor, positive and candidate; its negative view stays a candidate (a negative needs no label).
 
 All three refuse an empty batch (0 rows) with a `vitlab.errors.ConfigError` (a ValueError) instead of returning NaN
 or 0: a mean over no sample is undefined, and an empty batch is almost always a bug upstream (e.g. a filter that
@@ -38,7 +40,11 @@ from torch import Tensor, nn
 
 from vitlab.errors import ConfigError
 
-__all__ = ["ContrastiveNegativeLoss", "L2NegativeLoss", "UniformNegativeLoss", "supcon_masks"]
+__all__ = ["IGNORE_INDEX", "ContrastiveNegativeLoss", "L2NegativeLoss", "UniformNegativeLoss", "supcon_masks"]
+
+#: Label of an unlabelled image, as ``F.cross_entropy``'s default ``ignore_index``: the contrastive loss and the
+#: negative-view accuracy leave it out, as the cross-entropy does.
+IGNORE_INDEX = -100
 
 
 def _check_logits(name: str, logits: Tensor) -> None:
@@ -66,6 +72,10 @@ def _check_labels(labels: object, batch: int) -> None:
     if labels.dtype == torch.bool:
         raise ConfigError(f"labels must be int class indices ({batch},), got torch.bool; convert with labels.long() "
                           "if True/False are really classes 1/0")
+    if batch and bool(((labels < 0) & (labels != IGNORE_INDEX)).any()):
+        raise ConfigError(f"labels must be class indices >= 0 or {IGNORE_INDEX} (an unlabelled image, as "
+                          f"F.cross_entropy's ignore_index), got {sorted(set(labels[labels < 0].tolist()))}: map "
+                          f"unlabelled images to {IGNORE_INDEX}")
 
 
 class UniformNegativeLoss(nn.Module):
@@ -126,13 +136,17 @@ def supcon_masks(labels: Tensor, num_negatives: int) -> tuple[Tensor, Tensor]:
 
     Returns:
         ``positives`` ``(B, B + M)`` bool (same label, not self, never a negative view) and ``candidates``
-        ``(B, B + M)`` bool (Q_i: every column but the anchor itself).
+        ``(B, B + M)`` bool (Q_i: every column but the anchor itself). A clean image labelled ``IGNORE_INDEX``
+        has no positive, is no one's positive and no clean image's candidate (its negative-view column stays).
 
     Example:
         >>> import torch
         >>> pos, cand = supcon_masks(torch.tensor([0, 0, 1]), num_negatives=3)
         >>> (cand.sum(1) - pos.sum(1)).tolist()  # negatives per anchor: 2B - |P_i| - 1
         [4, 4, 5]
+        >>> pos, cand = supcon_masks(torch.tensor([0, 0, -100]), num_negatives=3)
+        >>> pos.sum(1).tolist(), cand[:, 2].tolist()  # the unlabelled image: no positive, in no denominator
+        ([1, 1, 0], [False, False, False])
     """
     _check_labels(labels, labels.shape[0] if isinstance(labels, Tensor) and labels.ndim >= 1 else 0)
     if isinstance(num_negatives, bool) or not isinstance(num_negatives, numbers.Integral) or num_negatives < 0:
@@ -140,10 +154,11 @@ def supcon_masks(labels: Tensor, num_negatives: int) -> tuple[Tensor, Tensor]:
     num_negatives = int(num_negatives)
     batch = labels.shape[0]
     eye = torch.eye(batch, dtype=torch.bool, device=labels.device)
-    same = (labels[:, None] == labels[None, :]) & ~eye
+    labelled = labels != IGNORE_INDEX
+    same = (labels[:, None] == labels[None, :]) & ~eye & labelled[:, None] & labelled[None, :]
     none = torch.zeros(batch, num_negatives, dtype=torch.bool, device=labels.device)
     positives = torch.cat([same, none], dim=1)
-    candidates = torch.cat([~eye, ~none], dim=1)
+    candidates = torch.cat([~eye & labelled[None, :], ~none], dim=1)
     return positives, candidates
 
 
@@ -175,8 +190,9 @@ class ContrastiveNegativeLoss(nn.Module):
             the anchors are the local clean images.
 
     Call: ``loss(clean_features, negative_features, labels)`` with ``(B, D)``, ``(M, D)`` and int labels ``(B,)``
-    -> scalar (float32, also under ``torch.autocast``: the similarities are computed in float32). An empty batch
-    (B = 0 or M = 0) or bool labels are refused.
+    (``IGNORE_INDEX`` = -100 for an unlabelled image, left out as in ``F.cross_entropy``) -> scalar (float32, also
+    under ``torch.autocast``: the similarities are computed in float32). An empty batch (B = 0 or M = 0), bool
+    labels and negative labels other than -100 are refused.
 
     Example:
         >>> import torch

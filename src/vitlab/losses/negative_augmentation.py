@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from vitlab.augment import NegativeViews
 from vitlab.errors import ConfigError
-from vitlab.losses.negative import ContrastiveNegativeLoss, L2NegativeLoss, UniformNegativeLoss
+from vitlab.losses.negative import IGNORE_INDEX, ContrastiveNegativeLoss, L2NegativeLoss, UniformNegativeLoss
 
 __all__ = ["LOSSES", "NegativeAugmentationLoss", "frozen_running_statistics"]
 
@@ -153,11 +153,16 @@ def _check_call(
 
 
 def _check_label_range(labels: Tensor, classes: int) -> None:
-    """Refuse labels outside ``[0, classes)`` (one min/max read of the small ``(B,)`` label tensor)."""
-    low, high = torch.stack(labels.aminmax()).tolist()
+    """Refuse labels outside ``[0, classes)`` other than ``IGNORE_INDEX`` (one min/max read of the small ``(B,)``
+    label tensor)."""
+    labelled = labels[labels != IGNORE_INDEX]
+    if labelled.numel() == 0:
+        return
+    low, high = torch.stack(labelled.aminmax()).tolist()
     if low < 0 or high >= classes:
         raise ConfigError(f"labels hold values in [{low}, {high}] but the model has {classes} classes: labels must "
-                          f"be in [0, {classes}); check the dataset's labels and the model's num_classes")
+                          f"be in [0, {classes}) (or {IGNORE_INDEX} for an unlabelled image); check the dataset's "
+                          "labels and the model's num_classes")
 
 
 class NegativeAugmentationLoss(nn.Module):
@@ -188,7 +193,9 @@ class NegativeAugmentationLoss(nn.Module):
     (before the model runs) or outside ``[0, K)`` (after it, once K is known) raise `vitlab.errors.ConfigError` (a
     ValueError); a ``task`` without a ``.model`` or labels that are not a tensor raise TypeError. After each call
     ``last_metrics`` holds detached ``neg_acc`` (accuracy of the negative views against the original labels; chance
-    is 1/K) and ``neg_confidence`` (mean max-softmax) for logging.
+    is 1/K) and ``neg_confidence`` (mean max-softmax) for logging. Images labelled ``IGNORE_INDEX`` (-100, ignored
+    by the harness's ``F.cross_entropy`` too) still give negative views for the uniform and L2 losses, but count in
+    neither ``neg_acc`` (left out of the metrics when the whole batch is unlabelled) nor the contrastive anchors.
 
     ``state_dict()`` holds the generator's state (``_extra_state``), so a plain PyTorch loop that saves and reloads
     it (``torch.save`` / ``torch.load(weights_only=True)`` / ``load_state_dict``) resumes the same stream of views.
@@ -273,10 +280,10 @@ class NegativeAugmentationLoss(nn.Module):
         _check_label_range(labels, negative_logits.shape[1])
         with torch.no_grad():
             probs = negative_logits.detach().float().softmax(dim=1)
-            self.last_metrics = {
-                "neg_acc": (probs.argmax(dim=1) == labels).float().mean(),
-                "neg_confidence": probs.max(dim=1).values.mean(),
-            }
+            labelled = labels != IGNORE_INDEX  # accuracy over labelled images only, as the cross-entropy's
+            self.last_metrics = {"neg_confidence": probs.max(dim=1).values.mean()}
+            if bool(labelled.any()):
+                self.last_metrics["neg_acc"] = (probs.argmax(dim=1) == labels)[labelled].float().mean()
         return {"loss": value}
 
     def _negative_loss(self, model: nn.Module, images: Tensor, negatives: Tensor, labels: Tensor,
