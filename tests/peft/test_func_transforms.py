@@ -165,3 +165,16 @@ def test_eager_step_keeps_the_fast_functions() -> None:
     assert type(_model("lora_qv").base_model.model.blocks[0].attn.qkv(torch.randn(2, 16, dtype=torch.float64))
                 .grad_fn).__name__ == "_AddToRowsBackward"
     assert vmap(lambda v: v * plain_ops_required())(torch.ones(2)).tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("case", ["kadaptation", "lora_qv"])
+def test_parameter_gradient_penalty_equals_func(case: str) -> None:
+    """``create_graph=True`` on the adapter parameters' own gradients (``Σ ‖∂loss/∂θ‖²``) equals torch.func's."""
+    model = _model(case)
+    x, y = _data()
+    loss = _loss_fn(model)
+    expected = grad(lambda p: sum(g.square().sum() for g in grad(loss)(p, x, y).values()))(_trainable(model))
+    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(named.values()), create_graph=True)
+    actual = torch.autograd.grad(sum(g.square().sum() for g in grads), list(named.values()))
+    _assert_close(dict(zip(named, actual, strict=True)), expected, atol=1e-10)
