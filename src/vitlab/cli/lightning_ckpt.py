@@ -1,0 +1,82 @@
+"""``vitlab eval`` / ``vitlab predict`` on a Lightning ``.ckpt`` of a finished run (e.g. a ``ModelCheckpoint``'s best).
+
+A run's ``trainer.callbacks`` may keep other checkpoints than the final ``model.safetensors`` (``ModelCheckpoint``
+with ``monitor: val/loss``, ``save_top_k``); Lightning users evaluate those by path. `checkpoint_weights` reads the
+``.ckpt`` with ``weights_only=True`` (never unpickling code), takes the weights the run evaluates (the EMA copy when
+the run kept one) and writes them with the run's own ``model.safetensors`` metadata (architecture, data statistics),
+so eval / predict treat them exactly as the run's final weights.
+
+Example (a run whose best epoch ModelCheckpoint kept)::
+
+    with checkpoint_weights("runs/r/checkpoints/best.ckpt") as weights:  # a temporary model.safetensors
+        evaluate_checkpoint(weights, "digits")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from vitlab.checkpoint import CheckpointError, read_metadata, read_tensor_shapes, save_checkpoint
+
+__all__ = ["checkpoint_weights"]
+
+#: Prefixes of the evaluated model's weights in a ``ClassificationTask`` state dict: the EMA copy first.
+_PREFIXES = ("ema.module.", "model.")
+
+
+def _run_folder(ckpt: Path) -> Path:
+    """The finished run folder that holds ``ckpt`` (``checkpoints/`` or below: ``{val/loss}`` makes sub-folders)."""
+    for folder in list(ckpt.parents)[:4]:
+        if (folder / "config.yaml").is_file():
+            if not (folder / "model.safetensors").is_file():
+                raise CheckpointError(f"{ckpt} belongs to the run {folder}, which has not finished (no "
+                                      "model.safetensors, which records its architecture): finish it with `vitlab fit "
+                                      f"--name {folder.name} --output_dir {folder.parent} --resume true`, then pass "
+                                      "this checkpoint again")
+            return folder
+    raise CheckpointError(f"{ckpt} is a Lightning checkpoint outside a vitlab run folder (no config.yaml above it): "
+                          "pass a run folder, its model.safetensors, or a .ckpt inside a finished run's folder")
+
+
+@contextlib.contextmanager
+def checkpoint_weights(path: str | Path) -> Iterator[str | Path]:
+    """Yield ``path`` itself, or for a ``.ckpt`` a temporary ``model.safetensors`` of its weights (see the module).
+
+    Raises:
+        CheckpointError: the ``.ckpt`` is not in a finished run folder, is unreadable, is of a peft run (its adapted
+            names differ from the merged model), or its weights do not match the run's architecture.
+    """
+    ckpt = Path(path).expanduser()
+    if ckpt.suffix != ".ckpt" or not ckpt.is_file():
+        yield path
+        return
+    run = _run_folder(ckpt)
+    meta = read_metadata(run / "model.safetensors")
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{ckpt} is not a readable Lightning checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'empty or truncated'})") from None
+    state = saved.get("state_dict") if isinstance(saved, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{ckpt} has no Lightning 'state_dict': it is not a checkpoint of `vitlab fit`")
+    if saved.get("vitlab_model_transform") or meta["kind"] != "model":
+        raise CheckpointError(f"{ckpt} is a checkpoint of a peft run, whose adapted weights eval cannot read: pass the "
+                              f"run's merged weights ({run}), or start a run from it with model.pretrained")
+    prefix = next(p for p in _PREFIXES if p == "model." or any(k.startswith(p) for k in state))
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    expected = read_tensor_shapes(run / "model.safetensors")
+    stored = {k: tuple(v.shape) for k, v in weights.items()}
+    if stored != expected:
+        raise CheckpointError(f"{ckpt} does not hold the weights of {run}'s model ({meta['model_name']}): its "
+                              f"'{prefix}*' tensors differ in names or shapes from {run / 'model.safetensors'}")
+    extra = {k: v for k, v in meta["extra"].items() if k != "metrics"}  # the final metrics are not this epoch's
+    with tempfile.TemporaryDirectory(prefix="vitlab-ckpt-") as tmp:
+        yield save_checkpoint(Path(tmp) / "model.safetensors", weights, kind="model", model_name=meta["model_name"],
+                              model_kwargs=meta["model_kwargs"], extra={**extra, "lightning_checkpoint": str(ckpt)})

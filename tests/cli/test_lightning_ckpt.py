@@ -1,0 +1,79 @@
+"""`vitlab eval` / `vitlab predict` on a Lightning .ckpt that a run's ModelCheckpoint kept."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitlab.checkpoint import CheckpointError
+from vitlab.cli.lightning_ckpt import checkpoint_weights
+from vitlab.cli.main import main
+from vitlab.eval.evaluate import evaluate_checkpoint
+from vitlab.train import DataConfig, ModelConfig, OptimConfig, RunConfig, fit
+
+BEST = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"monitor": "val/acc", "mode": "max", "save_top_k": 1, "filename": "best"}}
+
+
+def _run(tmp_path, name, **optim):
+    return fit(RunConfig(
+        name=name, seed=1, output_dir=str(tmp_path),
+        model=ModelConfig(name="vit_vitlab_tiny_patch8_32", kwargs={"depth": 1, "embed_dim": 16, "num_heads": 1}),
+        data=DataConfig(name="digits", img_size=16, batch_size=128), optim=OptimConfig(lr=3e-3, **optim),
+        trainer={"max_epochs": 3, "accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
+                 "callbacks": [BEST]},
+    ))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("ckpt"), "best")
+
+
+def test_eval_of_a_ckpt_uses_that_epochs_weights(run, capsys):
+    last = run.run_dir / "checkpoints" / "last.ckpt"  # the final epoch: the same weights as model.safetensors
+    assert main(["eval", "--checkpoint", str(last), "--data", "digits"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["acc"] == pytest.approx(run.metrics["test/acc"])
+    best = run.run_dir / "checkpoints" / "best.ckpt"
+    epoch_weights = {k[len("model."):]: v for k, v in torch.load(best, weights_only=True)["state_dict"].items()
+                     if k.startswith("model.")}
+    with checkpoint_weights(best) as weights:
+        from safetensors.torch import load_file
+
+        assert all(torch.equal(load_file(str(weights))[k], v) for k, v in epoch_weights.items())
+        assert evaluate_checkpoint(weights, "digits")["samples"] == 360
+    assert not weights.exists()  # temporary
+
+
+def test_predict_of_a_ckpt_prints_classes(run, tmp_path, capsys):
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(image)
+    assert main(["predict", "--checkpoint", str(run.run_dir / "checkpoints" / "best.ckpt"), str(image)]) == 0
+    assert capsys.readouterr().out.startswith(f"{image}: ")
+
+
+def test_the_ema_weights_are_the_ones_evaluated(tmp_path):
+    run = _run(tmp_path, "ema", ema_decay=0.5)
+    state = torch.load(run.run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    with checkpoint_weights(run.run_dir / "checkpoints" / "last.ckpt") as weights:
+        from safetensors.torch import load_file
+
+        assert torch.equal(load_file(str(weights))["head.weight"], state["ema.module.head.weight"])
+        assert not torch.equal(state["ema.module.head.weight"], state["model.head.weight"])
+        assert evaluate_checkpoint(weights, "digits")["acc"] == pytest.approx(run.metrics["test/acc"])
+
+
+def test_a_ckpt_outside_a_finished_run_names_the_fix(run, tmp_path, capsys):
+    loose = tmp_path / "loose.ckpt"
+    loose.write_bytes((run.run_dir / "checkpoints" / "best.ckpt").read_bytes())
+    with pytest.raises(CheckpointError, match="outside a vitlab run folder"):
+        with checkpoint_weights(loose):
+            pass
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    (unfinished / "config.yaml").write_text("name: unfinished\n")
+    (unfinished / "checkpoints" / "last.ckpt").write_bytes(loose.read_bytes())
+    assert main(["eval", "--checkpoint", str(unfinished / "checkpoints" / "last.ckpt")]) == 1
+    assert "--resume true" in capsys.readouterr().err
