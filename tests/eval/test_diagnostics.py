@@ -37,7 +37,7 @@ def _loader(count=12, batch=5, seed=0):
 
 
 def test_constant_model_gives_known_accuracy_and_confidence():
-    loader = _loader()
+    loader = [(x, y % 4) for x, y in _loader()]  # labels of the model's 4 classes
     labels = torch.cat([y for _, y in loader])
     result = diagnose_negatives(Constant([0.0, 2.0, 1.0, 0.0]), loader, patch_size=8)
     assert result["n"] == 12 and result["num_classes"] == 4 and result["chance"] == 0.25 and result["patch_size"] == 8
@@ -136,3 +136,16 @@ def test_a_bfloat16_model_takes_the_float32_batches_of_a_loader():
     result = diagnose_negatives(model, loader, patch_size=8, seed=2)
     by_hand = diagnose_negatives(model, [(x.bfloat16(), y) for x, y in loader], patch_size=8, seed=2)
     assert result == by_hand and result["n"] == 8
+
+
+def test_labels_the_model_cannot_predict_are_refused_not_counted_as_wrong():
+    """A 5-class model diagnosed on 10-class data counted labels 5..9 as wrong predictions (accuracy silently low,
+    'chance' 1/5); soft labels over another class count likewise. Both are refused, naming the fix."""
+    images = torch.rand(6, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"labels 0..9 outside the model's 5 classes"):
+        diagnose_negatives(Constant([1.0, 0, 0, 0, 0]), [(images, torch.tensor([0, 9, 1, 2, 3, 4]))], patch_size=8)
+    with pytest.raises(ValueError, match=r"soft labels over 10 classes but the model predicts 5"):
+        diagnose_negatives(Constant([1.0, 0, 0, 0, 0]), [(images, torch.full((6, 10), 0.1))], patch_size=8)
+    result = diagnose_negatives(Constant([1.0, 0, 0, 0, 0]), [(images, torch.tensor([0, 0, 1, 2, 3, 4]))],
+                                patch_size=8, kinds=["shuffle"])
+    assert result["views"]["clean"]["accuracy"] == pytest.approx(2 / 6)

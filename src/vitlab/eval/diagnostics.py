@@ -87,6 +87,8 @@ def diagnose_negatives(
                                   "pass a classifier (e.g. a timm model with num_classes set)")
             probs = logits.float().softmax(dim=1)
             num_classes = probs.shape[1]
+            if name == "clean":
+                _check_labels(labels, targets, num_classes, batch_index)
             confidence, pred = probs.max(dim=1)
             clean_pred = pred if name == "clean" else clean_pred
             totals[name]["accuracy"] += float((pred == labels).sum())
@@ -136,6 +138,18 @@ def _check_batch(pair: Any, index: int) -> tuple[Tensor, Tensor]:
     if targets.ndim == 1 and (targets.is_floating_point() or targets.dtype == torch.bool):
         raise DataError(f"loader batch {index} labels are {targets.dtype}: pass int64 class indices")
     return images, targets
+
+
+def _check_labels(labels: Tensor, targets: Tensor, num_classes: int, index: int) -> None:
+    """Refuse labels the model's ``num_classes`` logits cannot match (they would count as wrong predictions)."""
+    if targets.ndim == 2 and targets.shape[1] != num_classes:
+        raise DataError(f"loader batch {index} has soft labels over {targets.shape[1]} classes but the model predicts "
+                        f"{num_classes}: diagnose on data with the classes the model predicts")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise DataError(f"loader batch {index} has labels {low}..{high} outside the model's {num_classes} classes: "
+                        "diagnose on data with the classes the model predicts (or a model with num_classes set to "
+                        "the data's)")
 
 
 def format_negative_diagnostics(result: dict[str, Any]) -> str:
