@@ -190,3 +190,17 @@ def test_a_real_run_can_follow_a_fast_dev_run_check_with_the_same_name(tmp_path)
     real = fit(_config(tmp_path, "same", epochs=1))
     assert real.weights is not None and real.weights.is_file()
     assert yaml.safe_load((real.run_dir / "config.yaml").read_text())["trainer"].get("fast_dev_run") is None
+
+
+def test_a_run_extended_on_resume_follows_the_schedule_of_its_new_length(tmp_path):
+    def rates(run):  # the learning rate at the start of each epoch (LearningRateMonitor rows)
+        return [r["lr-AdamW/pg1"] for r in read_metrics(run / "metrics.csv") if "lr-AdamW/pg1" in r]
+
+    fit(_config(tmp_path, "extended", epochs=1, batch_size=128))
+    extended = fit(_config(tmp_path, "extended", epochs=3, batch_size=128), resume=True)
+    planned = fit(_config(tmp_path, "planned", epochs=3, batch_size=128))
+    assert len(rates(extended.run_dir)) == 3
+    # epoch 0 ran under the 1-epoch plan; from the resume on the rates are those of a run planned for 3 epochs
+    # (the restored 1-epoch cosine, stepped past its end, climbed back towards the peak rate instead)
+    assert rates(extended.run_dir)[1:] == pytest.approx(rates(planned.run_dir)[1:], rel=1e-6)
+    assert rates(planned.run_dir)[2] < rates(planned.run_dir)[1] < 3e-3

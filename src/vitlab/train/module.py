@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -262,7 +263,32 @@ class ClassificationTask(L.LightningModule):
             rank_zero_warn(f"optim.warmup_epochs={cfg.warmup_epochs} is as long as the whole run ({total} optimiser "
                            f"steps): warm-up cut to {warmup} steps; lower optim.warmup_epochs")
         scheduler = warmup_cosine_schedule(optimizer, total, warmup, cfg.min_lr)  # OptimConfig: min_lr <= lr
+        # Saved with the scheduler's state (torch keeps its attributes), so a resume can tell the run was extended.
+        scheduler.vitlab_total_steps = total  # type: ignore[attr-defined]
+        self._schedule = (total, warmup)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """A run resumed with a larger ``trainer.max_epochs`` follows the warm-up + cosine planned over its new
+        length (as if planned so from the start) instead of the restored, shorter one, whose cosine, stepped past its
+        end, climbs back to the peak rate and would end the run there."""
+        configs = self.trainer.lr_scheduler_configs
+        saved = getattr(configs[0].scheduler, "vitlab_total_steps", None) if len(configs) == 1 else None
+        if saved is None or not hasattr(self, "_schedule") or saved == self._schedule[0]:
+            return
+        total, warmup = self._schedule
+        optimizer = configs[0].scheduler.optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        with warnings.catch_warnings():  # stepping the schedule with no optimizer step: torch warns of the order
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler = warmup_cosine_schedule(optimizer, total, warmup, self.optim.min_lr)
+            for _ in range(self.global_step):
+                scheduler.step()
+        scheduler.vitlab_total_steps = total  # type: ignore[attr-defined]
+        configs[0].scheduler = scheduler
+        rank_zero_warn(f"the run was extended: its learning-rate schedule was planned for {saved} steps and now runs "
+                       f"over {total} (step {self.global_step}: lr {optimizer.param_groups[0]['lr']:.3g})")
 
     def _term_generators(self) -> dict[str, torch.Generator]:
         """The loss terms' own random streams (e.g. the negative views' ``generator``), keyed by position and name."""
