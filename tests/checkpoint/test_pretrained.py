@@ -273,3 +273,44 @@ def test_a_lightning_checkpoint_of_a_run_starts_a_model_from_its_network(tmp_pat
     with pytest.raises(CheckpointError, match=r"lack 30 tensors .* carry the prefix .model\.. .*own state_dict"):
         create_model("vit_tiny_patch16_224", resolve_pretrained(tmp_path / "other.ckpt", "vit_tiny_patch16_224"),
                      **SMALL_VIT, in_chans=1, num_classes=10)
+
+
+def test_a_timm_train_py_pth_tar_checkpoint_loads_its_state_dict(tmp_path):
+    # timm's train.py writes checkpoint-N.pth.tar / model_best.pth.tar: {epoch, arch, state_dict, state_dict_ema, ...}
+    state, ema = _vit_state(seed=0), _vit_state(seed=1)
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"epoch": 3, "arch": "vit_tiny_patch16_224", "state_dict": state, "state_dict_ema": ema}, path)
+    weights = resolve_pretrained(str(path), "vit_tiny_patch16_224")  # was refused: unknown weights format '.tar'
+    assert weights.source == "file"
+    model, _, _ = create_model("vit_tiny_patch16_224", weights, **SMALL_VIT)
+    _assert_backbone_equal(model, state, skip=())  # the trained weights, as timm's load_checkpoint(use_ema=False)
+
+
+def test_hub_weights_pinned_to_a_revision_load_and_record_that_revision(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    from ..hub_cache import make_hub_cache
+
+    main_state = make_hub_cache(tmp_path)  # refs/main -> revision 000...0
+    pinned = "1" * 40
+    repo = tmp_path / f"models--{HUB_ID.replace('/', '--')}" / "snapshots"
+    (repo / pinned).mkdir()
+    pinned_state = {k: v + 1 for k, v in main_state.items()}
+    save_file({k: v.contiguous() for k, v in pinned_state.items()}, str(repo / pinned / "model.safetensors"))
+    (repo / pinned / "config.json").write_text((repo / ("0" * 40) / "config.json").read_text())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    weights = resolve_pretrained(f"hf-hub:{HUB_ID}@{pinned}", "vit_tiny_patch16_224")
+    model, _, _ = create_model("vit_tiny_patch16_224", weights)
+    _assert_backbone_equal(model, pinned_state, skip=())
+    # describe() (what a run records as its base) crashed on the '@' (HFValidationError); it hashes the pinned file
+    described = weights.describe()
+    from vitlab.checkpoint.pretrained import file_sha256
+
+    assert described["sha256"] == file_sha256(repo / pinned / "model.safetensors")
+    assert described["sha256"] != resolve_pretrained(f"hf-hub:{HUB_ID}", "vit_tiny_patch16_224").describe()["sha256"]
+    assert f"--revision {pinned}" in weights.fetch_hint()
+    with pytest.raises(ConfigError, match="ORG/NAME@REVISION"):
+        resolve_pretrained(f"hf-hub:{HUB_ID}@", "vit_tiny_patch16_224")

@@ -3,13 +3,13 @@
 ``model.pretrained`` (and the Python API) accepts:
 
 - a vitlab ``model.safetensors`` or run folder (kind ``model``, with the ``vitlab`` metadata);
-- a plain weights file: ``.safetensors``, or ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt`` read with
+- a plain weights file: ``.safetensors``, or ``.pth`` / ``.pth.tar`` / ``.pt`` / ``.bin`` / ``.ckpt`` read with
   ``torch.load(weights_only=True)``, holding a state dict in timm's layout or the architecture's original one (a
   ``model`` / ``state_dict`` wrapper and ``module.`` prefixes are fine);
 - ``timm``: the model's default pretrained tag, or the tag in the model name
   (``vit_base_patch16_224.augreg2_in21k_ft_in1k``), fetched by timm's own loader through the Hugging Face Hub and its
   local cache (``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` / ``HF_HOME`` are honoured: nothing of vitlab's in between);
-- ``hf-hub:ORG/NAME``, as ``timm.create_model`` accepts it.
+- ``hf-hub:ORG/NAME`` (``@REVISION`` pins a revision), as ``timm.create_model`` accepts it.
 
 Every source goes through timm's ``load_pretrained`` with the model's own checkpoint filter, so position embeddings
 are resampled, the stem adapted to another channel count and a classifier with another class count dropped exactly
@@ -173,7 +173,9 @@ class PretrainedWeights:
             return f"put the weights file back at {self.location}"
         hub_id = self.pretrained_cfg().get("hf_hub_id") if self.source == "timm" else self.location
         name = self.location if self.source == "timm" else _HUB_PREFIX + self.location
-        return (f"fetch them into the Hugging Face cache on a connected machine (`hf download {hub_id}`, or "
+        repo_id, _, revision = str(hub_id).partition("@")
+        download = f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
+        return (f"fetch them into the Hugging Face cache on a connected machine (`{download}`, or "
                 f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"`) and copy that cache "
                 "here (HF_HUB_CACHE / HF_HOME name its folder)")
 
@@ -192,8 +194,9 @@ def _hub_cached_file(hub_id: str | None) -> str | None:
         return None
     from huggingface_hub import try_to_load_from_cache
 
+    repo_id, _, revision = hub_id.partition("@")  # hf-hub:ORG/NAME@REVISION pins a revision, as timm reads it
     for filename in ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"):
-        found = try_to_load_from_cache(hub_id, filename)
+        found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
         if isinstance(found, str):
             return found
     return None
@@ -237,9 +240,10 @@ def resolve_pretrained(spec: str | Mapping[str, Any] | None, model_name: str) ->
 
 def _hub_id(spec: str) -> str:
     hub_id = spec.removeprefix(_HUB_PREFIX)
-    if hub_id.count("/") != 1 or not all(hub_id.split("/")):
-        raise ConfigError(f"{spec!r} is not a Hub model id: write hf-hub:ORG/NAME (e.g. "
-                          "hf-hub:timm/vit_base_patch16_224.augreg2_in21k_ft_in1k)")
+    repo_id, at, revision = hub_id.partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")) or (at and (not revision or "@" in revision)):
+        raise ConfigError(f"{spec!r} is not a Hub model id: write hf-hub:ORG/NAME, or hf-hub:ORG/NAME@REVISION to "
+                          "pin a revision (e.g. hf-hub:timm/vit_base_patch16_224.augreg2_in21k_ft_in1k)")
     return hub_id
 
 
@@ -291,10 +295,10 @@ def _from_path(path: Path, model_name: str) -> PretrainedWeights:
             raise CheckpointError(f"{path} holds a vitlab {kind!r} checkpoint, not a whole model: start from the "
                                   "run's model.safetensors (the merged weights) instead")
         return PretrainedWeights("vitlab", str(path), model_name)
-    if path.suffix in PICKLE_SUFFIXES:
+    if path.suffix in PICKLE_SUFFIXES or path.name.endswith(".pth.tar"):  # .pth.tar: timm's train.py checkpoints
         return PretrainedWeights("file", str(path), model_name)
-    raise ConfigError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, or .pth / .pt / .bin / "
-                      ".ckpt (read with torch.load(weights_only=True))")
+    raise ConfigError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, or .pth / .pth.tar / .pt / "
+                      ".bin / .ckpt (read with torch.load(weights_only=True))")
 
 
 def _from_description(described: Mapping[str, Any], model_name: str) -> PretrainedWeights:
