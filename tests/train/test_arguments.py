@@ -169,3 +169,23 @@ def test_an_empty_section_means_its_defaults(tmp_path):
     config = load_run_config_file(path)
     assert config.negatives == run_config_from_args([]).negatives
     assert config.trainer == {}  # vitlab's trainer defaults apply when the run starts (TRAINER_DEFAULTS)
+
+
+@pytest.mark.parametrize("where", ["file", "command line"])
+def test_logger_and_callbacks_false_as_lightningcli_writes_them(tmp_path, capsys, where):
+    if where == "file":
+        off = tmp_path / "off.yaml"
+        off.write_text("trainer:\n  logger: false\n  callbacks: false\n")
+        args = ["--config", str(CONFIG), "--config", str(off)]
+    else:
+        args = ["--config", str(CONFIG), "--trainer.logger", "false", "--trainer.callbacks", "false"]
+    config = run_config_from_args(args)
+    assert config.trainer["logger"] is False and config.trainer["callbacks"] is False
+    try:  # jsonargparse prints and exits by itself when no deep key is set
+        code = cli_main.main(["fit", *args, "--print_config"])
+    except SystemExit as done:
+        code = done.code
+    assert code == 0  # was a jsonargparse traceback (the file case: a refusal of `logger: false`)
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    assert run_config_from_args(["--config", str(printed)]) == config

@@ -145,10 +145,10 @@ def add_run_arguments(parser: ArgumentParser, help_only: bool = False) -> Argume
 
 def _add_logger_arguments(parser: ArgumentParser) -> None:
     """``trainer.logger`` / ``trainer.callbacks`` in LightningCLI's form; `vitlab.train.callbacks` builds them."""
-    spec = str | dict | list | None
+    spec = bool | str | dict | list | None  # false (LightningCLI's `logger: false`, `callbacks: false`): none
     parser.add_argument("--trainer.logger", type=spec, default=None,
                         help="loggers beside metrics.csv: {class_path: TensorBoardLogger | MLFlowLogger | WandbLogger "
-                        "| a.full.Path, init_args: {...}}, or a list of them")
+                        "| a.full.Path, init_args: {...}}, or a list of them; false or null: metrics.csv only")
     parser.add_argument("--trainer.callbacks", type=spec, default=None,
                         help="Lightning callbacks in the same form, e.g. {class_path: EarlyStopping, init_args: "
                         "{monitor: val/acc, mode: max}}")
