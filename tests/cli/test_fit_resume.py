@@ -60,3 +60,18 @@ def test_lightning_cli_ckpt_path_is_refused_naming_the_resume_command(tmp_path, 
     assert f"`vitlab fit --name myrun --output_dir {tmp_path / 'out'} --resume true`" in err
     assert main(["fit", "--ckpt_path", "last", "--output_dir", "elsewhere"]) == 1
     assert "`vitlab fit --name NAME --output_dir elsewhere --resume true`" in capsys.readouterr().err
+
+
+def test_an_output_dir_under_home_written_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "output_dir": "~/runs",
+                                      "trainer": {**CONFIG["trainer"], "logger": False}}))
+    assert main(["fit", "--config", str(config)]) == 0  # Lightning expanded `~` and vitlab did not: the end failed
+    assert (home / "runs" / "r" / "model.safetensors").is_file() and not list(cwd.iterdir())
+    assert main(["fit", "--name", "r", "--output_dir", "~/runs", "--resume", "true", "--trainer.max_epochs", "2"]) == 0
+    assert yaml.safe_load((home / "runs" / "r" / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
+    assert not list(cwd.iterdir())

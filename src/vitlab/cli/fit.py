@@ -7,6 +7,7 @@ importing Lightning, so help answers quickly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,6 +98,7 @@ def run_fit(ns: Namespace, argv: Sequence[str] = ()) -> None:
     from vitlab.train.run import fit
     from vitlab.train.run_folder import CONFIG_NAME
 
+    ns.output_dir = os.path.expanduser(ns.output_dir)  # as RunConfig does: the saved run is found under `~/runs`
     check_ckpt_path(ns.ckpt_path, ns.output_dir)
     resuming = ns.resume and argv and (Path(ns.output_dir) / ns.name / CONFIG_NAME).is_file()
     config = resumed_run_config(ns, argv) if resuming else namespace_to_run_config(ns)

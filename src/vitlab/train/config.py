@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -236,6 +237,7 @@ class RunConfig:
                  self.seed, "an integer in [0, 2**32)")
         _require(isinstance(self.output_dir, str) and self.output_dir.strip() != "", "output_dir", self.output_dir,
                  "a folder path")
+        self.output_dir = os.path.expanduser(self.output_dir)  # `~/runs`: Lightning's loggers expand it, so must we
         _require(isinstance(self.trainer, dict), "trainer", self.trainer, "a mapping of lightning.Trainer keywords")
         for name, section in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig),
                               ("negatives", NegativesConfig), ("peft", PeftConfig)):
