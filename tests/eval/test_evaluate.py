@@ -161,3 +161,40 @@ def test_a_corrupt_corruption_file_is_a_one_line_data_error(tmp_path, content):
         evaluate_corruptions(nn.Flatten(), tmp_path, progress=False)
     message = str(caught.value)
     assert message.startswith(f"{tmp_path / 'fog.npy'}: not a readable .npy array") and "\n" not in message
+
+
+def _image_folder(root, classes):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(2):
+                _png(root / split / name / f"{i}.png", rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    return root
+
+
+def test_an_image_folder_with_other_classes_of_the_same_count_is_refused(tmp_path):
+    import timm
+
+    from vitlab.data import build_datamodule
+    from vitlab.eval.evaluate import load_checkpoint_and_test_data
+
+    trained = _image_folder(tmp_path / "a", ["cat", "dog", "fish"])
+    datamodule = build_datamodule("imagefolder", root=trained, img_size=16)
+    kwargs = dict(depth=1, img_size=16, patch_size=8, embed_dim=16, num_heads=2, num_classes=3)
+    run = tmp_path / "run"
+    save_checkpoint(run, timm.create_model("vit_tiny_patch16_224", **kwargs).state_dict(), kind="model",
+                    model_name="vit_tiny_patch16_224", model_kwargs=kwargs, extra={"data": datamodule.data_config()})
+    assert evaluate_checkpoint(run, root=trained)["samples"] == 6  # its own classes: evaluated
+    # 3 classes again, but label 0 is now "bird" (the model's 0 is "cat"): was scored silently against wrong labels
+    other = _image_folder(tmp_path / "b", ["bird", "cat", "dog"])
+    with pytest.raises(ConfigError, match=r"other classes .*not in the model: \['bird'\]; missing: \['fish'\]"):
+        evaluate_checkpoint(run, root=other)
+    with pytest.raises(ConfigError, match="other classes"):  # robustness / diagnose-negatives read the data so
+        load_checkpoint_and_test_data(run, root=other)
+    # a model whose classes are these names in another order (e.g. trained on a dataset that lists them unsorted)
+    config = {**datamodule.data_config(), "class_names": ["dog", "cat", "fish"]}
+    save_checkpoint(run, timm.create_model("vit_tiny_patch16_224", **kwargs).state_dict(), kind="model",
+                    model_name="vit_tiny_patch16_224", model_kwargs=kwargs, extra={"data": config})
+    with pytest.raises(ConfigError, match=r"in another order \(\['cat', 'dog', 'fish'\] vs the model's"):
+        evaluate_checkpoint(run, root=trained)

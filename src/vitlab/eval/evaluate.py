@@ -74,6 +74,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, root: s
         raise ConfigError(f"{data} has {datamodule.num_classes} classes but {checkpoint} predicts "
                           f"{kwargs['num_classes']}: evaluate it on a dataset with {kwargs['num_classes']} classes")
     trained_on = data_cfg.get("name")
+    _check_class_names(data_cfg.get("class_names"), datamodule.class_names, data, trained_on, checkpoint)
     if trained_on is not None and trained_on != data:  # after the name and the class count are known to be valid
         warnings.warn(f"{checkpoint} was trained on {trained_on!r} but is evaluated on {data!r}: the accuracy is a "
                       f"transfer result (pass --data {trained_on} for the model's own test set)", stacklevel=2)
@@ -152,6 +153,24 @@ def _check_dataset_fits(name: str, model_kwargs: dict[str, Any], checkpoint: str
     if spec.channels == 3 and channels == 1:
         raise ConfigError(f"{checkpoint} takes 1-channel images but {name} has 3-channel (RGB) images: evaluate it "
                           "on a 1-channel dataset (e.g. the one it was trained on)")
+
+
+def _check_class_names(recorded: Sequence[str] | None, found: Sequence[str], data: str, trained_on: str | None,
+                       checkpoint: str | Path) -> None:
+    """Refuse data whose label indices mean other classes than the model's: the same class names in another order
+    (any dataset), or other names for the dataset the model was trained on (an image folder with other classes).
+    Another dataset with other names is a transfer evaluation (warned by the caller); no recorded names: no check."""
+    if not recorded or list(recorded) == list(found):
+        return
+    if sorted(recorded) == sorted(found):
+        raise ConfigError(f"{data} has the classes of {checkpoint} in another order ({list(found)} vs the model's "
+                          f"{list(recorded)}): its label indices would mean other classes; name the class folders so "
+                          "they sort as the model's do")
+    if trained_on == data:
+        extra, missing = sorted(set(found) - set(recorded)), sorted(set(recorded) - set(found))
+        raise ConfigError(f"{data} holds other classes than {checkpoint} was trained on (not in the model: {extra}; "
+                          f"missing: {missing}; the model's classes in index order: {list(recorded)}): evaluate it "
+                          "on data with the model's classes")
 
 
 def _run_val_split(checkpoint: str | Path) -> dict[str, Any]:
@@ -255,6 +274,7 @@ def load_checkpoint_and_test_data(
     if datamodule.num_classes != kwargs.get("num_classes", datamodule.num_classes):
         raise ConfigError(f"{name} has {datamodule.num_classes} classes but the checkpoint predicts "
                          f"{kwargs['num_classes']}: pass the dataset it was trained on with --data")
+    _check_class_names(data_cfg.get("class_names"), datamodule.class_names, name, data_cfg.get("name"), checkpoint)
     datamodule.prepare_data()
     datamodule.setup("test")
     return model, meta, datamodule
