@@ -178,3 +178,19 @@ def test_parameter_gradient_penalty_equals_func(case: str) -> None:
     grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(named.values()), create_graph=True)
     actual = torch.autograd.grad(sum(g.square().sum() for g in grads), list(named.values()))
     _assert_close(dict(zip(named, actual, strict=True)), expected, atol=1e-10)
+
+
+def test_fwht_under_vmap_avoids_the_cuda_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The optional CUDA Hadamard kernel has no vmap rule: under a transform ``fwht`` takes the exact butterfly."""
+    from vitlab.peft.intrinsic import hadamard
+
+    def kernel(x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the CUDA kernel ran under vmap")
+
+    monkeypatch.setattr(hadamard, "_resolve_backend", lambda x, backend: "cuda")
+    monkeypatch.setitem(hadamard._IMPLEMENTATIONS, "cuda", kernel)
+    x = torch.randn(3, 8, dtype=torch.float64)
+    expected = x @ hadamard._hadamard_matrix(8, torch.float64, x.device)
+    torch.testing.assert_close(vmap(hadamard.fwht)(x), expected, atol=1e-12, rtol=0)
+    with pytest.raises(AssertionError, match="CUDA kernel ran"):
+        hadamard.fwht(x)  # outside a transform the (stubbed) kernel is used
