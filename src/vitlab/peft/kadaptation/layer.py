@@ -316,7 +316,8 @@ class KAdaptationLayer(RowSliceLayer):
 
     def _folded_adapter(self, x: torch.Tensor) -> str | None:
         """The adapter that ``forward`` folds into the weight: the only active one, unmerged, on the factored path,
-        with every tensor in ``x``'s dtype, no autocast and no graph recorder (else None: ``RowSliceLayer``'s path)."""
+        with every tensor in ``x``'s dtype, no autocast, no graph recorder and no ``torch.func`` transform (else None:
+        ``RowSliceLayer``'s path)."""
         active = [name for name in self.active_adapters if name in self.slice_rows]
         if self.disable_adapters or self.merged or len(active) != 1 or not self.settings[active[0]]["factored"] \
                 or autocast_enabled(x.device) or plain_ops_required():
@@ -333,8 +334,8 @@ class KAdaptationLayer(RowSliceLayer):
         With one active factored adapter in ``x``'s dtype (the training case) its ΔW and bias are folded into copies
         of the weight and bias (``_KroneckerLinear``: one Linear, no per-token GEMM over the output rows; gradients of
         the factors from ``x R`` and ``g_s L_s``); otherwise (several active adapters, the dense path, a float32
-        adapter on a bfloat16 base, autocast, ``torch.jit.trace`` / ``torch.export``) ``RowSliceLayer.forward``
-        (``x R`` then ``h L_sᵀ`` added to each slice's rows).
+        adapter on a bfloat16 base, autocast, ``torch.jit.trace`` / ``torch.export``, ``torch.func`` transforms)
+        ``RowSliceLayer.forward`` (``x R`` then ``h L_sᵀ`` added to each slice's rows).
         """
         name = self._folded_adapter(x)
         if name is None:
