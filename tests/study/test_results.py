@@ -56,3 +56,25 @@ def test_result_rows_round_trip_through_csv(tmp_path):
         assert csv.DictReader(handle).fieldnames == ["run", "method", "shots", "seed", "accuracy", "trainable_params",
                                                      "peak_memory_mb"]
     assert read_result_rows(path) == rows and read_result_rows(tmp_path / "none.csv") == []
+
+
+def test_result_rows_saved_again_by_a_spreadsheet_or_hand_edited_are_read_or_refused_naming_the_file(tmp_path):
+    from vitlab.errors import DataError
+
+    path = tmp_path / "results.csv"
+    rows = [dict(run="a", method="lora", shots=5, seed=0, accuracy=0.5, trainable_params=10, config_hash="h1"),
+            dict(run="b", method="full", shots="full", seed=1, accuracy=0.6, trainable_params=20, config_hash="h2")]
+    write_csv(rows, path)
+    text = path.read_text()
+    path.write_text("\ufeff" + text, encoding="utf-8")  # Excel's "CSV UTF-8" adds a byte-order mark
+    assert read_result_rows(path) == rows  # was a row keyed '\ufeffrun' (KeyError 'run' in the study's cache)
+    path.write_text(text.replace("20", "20.0"))  # a spreadsheet writes integers as floats
+    assert read_result_rows(path)[1]["trainable_params"] == 20
+    for edited, match in [(text.replace("0.6", "60%"), r"line 3: accuracy='60%' is not a number"),
+                          (text.replace("shots", "shot"), r"lacks the column\(s\) \['shots'\]"),
+                          (text.replace(",full,1,", ",all,1,"), "line 3: shots='all' is neither a count nor 'full'"),
+                          (text.replace("b,full", ",full"), "line 3 names no run"),
+                          (text + "c,lora,5,0,0.5,10,h3,extra\n", "line 4 has more cells than the header")]:
+        path.write_text(edited)
+        with pytest.raises(DataError, match=f"{path}: {match}"):  # were ValueError / KeyError without the file
+            read_result_rows(path)

@@ -70,12 +70,23 @@ def read_result_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = []
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
+    fix = "fix that row, or delete it (or the file) to rerun those runs"
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: a file saved again by a spreadsheet
+        reader = csv.DictReader(handle)
+        if reader.fieldnames and (missing := [c for c in ("run", "shots") if c not in reader.fieldnames]):
+            raise _fail(path, f"lacks the column(s) {missing}", "delete the file to rerun its runs")
+        for line, row in enumerate(reader, start=2):
+            if None in row:  # more cells than columns
+                raise _fail(path, f"line {line} has more cells than the header has columns", fix)
             row = {k: v for k, v in row.items() if v not in (None, "")}
-            row["shots"] = row["shots"] if row["shots"] == "full" else int(row["shots"])
-            row.update({k: int(row[k]) for k in _INT_COLUMNS if k in row})
-            row.update({k: float(row[k]) for k in _FLOAT_COLUMNS if k in row})
+            if "run" not in row:
+                raise _fail(path, f"line {line} names no run", fix)
+            shots = row.get("shots", "")
+            if shots != "full" and not shots.isdigit():
+                raise _fail(path, f"line {line}: shots={shots!r} is neither a count nor 'full'", fix)
+            row["shots"] = shots if shots == "full" else int(shots)
+            row.update({k: _number(path, line, k, row[k], int) for k in _INT_COLUMNS if k in row})
+            row.update({k: _number(path, line, k, row[k]) for k in _FLOAT_COLUMNS if k in row})
             rows.append(row)
     return rows
 
