@@ -189,3 +189,19 @@ def test_logger_and_callbacks_false_as_lightningcli_writes_them(tmp_path, capsys
     printed = tmp_path / "printed.yaml"
     printed.write_text(capsys.readouterr().out)
     assert run_config_from_args(["--config", str(printed)]) == config
+
+
+@pytest.mark.parametrize("text, args, fix", [
+    ("seed_everything: 3\n", [], "top-level key seed (--seed N)"),
+    ("", ["--seed_everything", "3"], "top-level key seed (--seed N)"),
+    ("optimizer:\n  class_path: torch.optim.SGD\n", [], "set in the optim section: optim.lr"),
+    ("", ["--lr_scheduler.T_max", "3"], "set in the optim section: optim.lr"),
+    ("model:\n  class_path: vitlab.train.ClassificationTask\n", [], "model.name (a timm model) and model.kwargs"),
+])
+def test_lightningcli_keys_are_refused_naming_vitlabs_own(tmp_path, capsys, text, args, fix):
+    extra = tmp_path / "lightningcli.yaml"
+    extra.write_text(text or "name: x\n")
+    assert cli_main.main(["fit", "--config", str(CONFIG), "--config", str(extra), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fix in err and len(err.splitlines()) == 1
+    assert "set_parsing_settings" not in err  # jsonargparse's advice to the parser's author

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
 from argparse import SUPPRESS
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,16 @@ _SET_BY_VITLAB = {
     "plugins": "vitlab builds the Trainer without plugins; use trainer.precision / trainer.strategy",
     "model_registry": "vitlab saves model.safetensors in the run folder",
 }
+#: ``(pattern of a parser error, what to write instead)`` for LightningCLI's own keys, which users carry over.
+_LIGHTNING_CLI_KEYS = (
+    (r"\bseed_everything\b", "LightningCLI's seed_everything is vitlab's top-level key seed (--seed N)"),
+    (r"'(optimizer|lr_scheduler)[.']|--(optimizer|lr_scheduler)\b",
+     "vitlab's optimiser (AdamW, warm-up then cosine) is set in the optim section: optim.lr, optim.min_lr, "
+     "optim.weight_decay, optim.warmup_epochs, ..."),
+    (r"Subclasses are disabled for (ModelConfig|DataConfig|OptimConfig|NegativesConfig|PeftConfig)",
+     "vitlab's sections take keys, not LightningCLI's class_path / init_args: model.name (a timm model) and "
+     "model.kwargs, data.name and its keys (`vitlab fit --print_config` shows them all)"),
+)
 #: jsonargparse parser mode of vitlab's run parsers: jsonargparse's own YAML loading, but a key given twice in one
 #: mapping (of a ``--config`` file or of a command-line value) is refused (`vitlab.yaml_loader`).
 YAML_MODE = "vitlab_yaml"
@@ -329,6 +340,9 @@ folder is <output_dir>/<name>: set --output_dir and --name'
     """
     reasons = [f"trainer.{key} is set by vitlab: {why}" for key, why in _SET_BY_VITLAB.items()
                if f"trainer.{key}" in message]
+    if "set_parsing_settings" in message:  # jsonargparse's advice is for the parser's author, not for the user
+        message = message.partition(" To accept subclasses")[0]
+    reasons += [why for pattern, why in _LIGHTNING_CLI_KEYS if re.search(pattern, message)]
     return "; ".join([message, *reasons])
 
 
