@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jacrev, jvp, stack_module_state, vmap
 
+from vitlab.models.cpu_linear import recording_or_transforming
 from vitlab.peft import build_peft_transform
-from vitlab.peft.slice_tuner import plain_ops_required
 
 METHODS = {
     "kadaptation": {"n": 4},
@@ -159,12 +159,12 @@ def test_gradient_penalty_double_backward_equals_func(case: str) -> None:
 def test_eager_step_keeps_the_fast_functions() -> None:
     """The plain-ops path is for transforms only: eager KAdaptation / LoRA-QV still run their custom Functions."""
     x, _ = _data()
-    assert not plain_ops_required()
+    assert not recording_or_transforming()
     assert type(_model("kadaptation").base_model.model.blocks[0].attn.qkv(torch.randn(2, 16, dtype=torch.float64))
                 .grad_fn).__name__ == "_KroneckerLinearBackward"
     assert type(_model("lora_qv").base_model.model.blocks[0].attn.qkv(torch.randn(2, 16, dtype=torch.float64))
                 .grad_fn).__name__ == "_AddToRowsBackward"
-    assert vmap(lambda v: v * plain_ops_required())(torch.ones(2)).tolist() == [1.0, 1.0]
+    assert vmap(lambda v: v * recording_or_transforming())(torch.ones(2)).tolist() == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("case", ["kadaptation", "lora_qv"])

@@ -36,7 +36,7 @@ from timm.layers import register_notrace_function
 
 __all__ = [
     "capturing_or_transforming", "in_torch_func_transform", "linear", "linear_gelu", "onednn_linear",
-    "onednn_linear_available", "set_onednn_linear", "uses_onednn",
+    "onednn_linear_available", "recording_or_transforming", "set_onednn_linear", "uses_onednn",
 ]
 
 try:
@@ -60,10 +60,23 @@ def in_torch_func_transform() -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
+def recording_or_transforming() -> bool:
+    """True while ``torch.jit.trace`` or ``torch.export`` records the code, or a ``torch.func`` transform (``grad``,
+    ``vmap``, ``jacrev``, ``jvp``, ...) runs it: in-place custom autograd Functions survive neither, so layers built on
+    them compute the same sums with plain tensor ops (``torch.compile`` handles such Functions: not included).
+
+    Example:
+        >>> recording_or_transforming()
+        False
+        >>> bool(torch.func.vmap(lambda x: x + recording_or_transforming())(torch.zeros(2)).all())
+        True
+    """
+    return in_torch_func_transform() or torch.jit.is_tracing() or _is_exporting()
+
+
 def capturing_or_transforming() -> bool:
-    """True while ``torch.compile`` / ``torch.export`` / ``torch.jit.trace`` records, or a ``torch.func`` transform
-    (``grad``, ``vmap``, ``jacrev``, ``jvp``, ...) runs, the code: custom kernels, custom autograd functions, in-place
-    writes and channels-last copies must then give way to plain tensor ops, which every recorder and transform
+    """:func:`recording_or_transforming`, or ``torch.compile`` compiling: custom kernels, custom autograd functions,
+    in-place writes and channels-last copies must then give way to plain tensor ops, which every recorder and transform
     supports (a ``vmap`` over a model ensemble, per-sample gradients, MAML's ``grad`` of ``functional_call``).
 
     Example:
@@ -72,9 +85,7 @@ def capturing_or_transforming() -> bool:
         >>> bool(torch.func.vmap(lambda x: x + capturing_or_transforming())(torch.zeros(2)).all())
         True
     """
-    return (
-        torch.compiler.is_compiling() or _is_exporting() or torch.jit.is_tracing() or in_torch_func_transform()
-    )
+    return torch.compiler.is_compiling() or recording_or_transforming()
 
 
 def _probe() -> bool:

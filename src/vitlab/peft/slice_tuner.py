@@ -40,10 +40,11 @@ from peft.tuners.tuners_utils import (
 )
 from torch import nn
 
+from vitlab.models.cpu_linear import recording_or_transforming
 from vitlab.peft.auto import auto_targets
 from vitlab.peft.targets import Target, classifier_names, find_targets
 
-__all__ = ["AdapterShapeError", "DeltaTerms", "RowSliceLayer", "RowSliceTuner", "plain_ops_required"]
+__all__ = ["AdapterShapeError", "DeltaTerms", "RowSliceLayer", "RowSliceTuner"]
 
 
 class AdapterShapeError(ValueError, RuntimeError):
@@ -68,25 +69,6 @@ class DeltaTerms(NamedTuple):
     dense: torch.Tensor | None = None
     bias: torch.Tensor | None = None
     input_dropout: float = 0.0
-
-
-_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5 has torch.compiler.is_exporting
-
-
-def plain_ops_required() -> bool:
-    """True while ``torch.jit.trace`` or ``torch.export`` records a forward pass, or a ``torch.func`` transform
-    (``grad``, ``vmap``, ``jvp``, ``jacrev``, ... over ``functional_call``) runs: the layers' in-place custom autograd
-    Functions survive neither, so the layers then compute the same sums with plain tensor ops. The transform check is
-    ``torch._C._are_functorch_transforms_active`` (what ``torch.autograd.Function.apply`` itself asks; torch has no
-    public call for it): about 25 ns, so the eager path keeps its fast Functions at no measurable cost.
-
-    Example:
-        >>> plain_ops_required()
-        False
-        >>> bool(torch.func.vmap(lambda x: x + plain_ops_required())(torch.zeros(2)).all())
-        True
-    """
-    return torch._C._are_functorch_transforms_active() or torch.jit.is_tracing() or _is_exporting()
 
 
 def _add_to_rows(out: torch.Tensor, h: torch.Tensor, spans: tuple[tuple[int, int, int, int], ...],
@@ -197,7 +179,7 @@ class RowSliceLayer(nn.Module, BaseTunerLayer):
             # in place on the rows of the fresh output: no GEMM over rows that are not adapted, no extra pass
             spans = tuple(block[:4] for block in terms.blocks)
             lefts = [block[4].to(out.dtype) for block in terms.blocks]
-            if plain_ops_required():
+            if recording_or_transforming():
                 out = _add_to_rows(out, h, spans, lefts)
             else:
                 out = _AddToRows.apply(out, h, spans, *lefts)

@@ -31,6 +31,8 @@ import math
 import torch
 from torch import Tensor
 
+from vitlab.models.cpu_linear import in_torch_func_transform
+
 __all__ = ["HADAMARD_BACKENDS", "cuda_kernel_available", "fwht", "is_power_of_two"]
 
 HADAMARD_BACKENDS = ("auto", "matmul", "butterfly", "cuda")
@@ -177,6 +179,6 @@ def fwht(x: Tensor, backend: str = "auto") -> Tensor:
     if backend not in HADAMARD_BACKENDS:
         raise ValueError(f"backend must be one of {HADAMARD_BACKENDS}, got {backend!r}")
     resolved = _resolve_backend(x, backend)
-    if resolved == "cuda" and torch._C._are_functorch_transforms_active():
+    if resolved == "cuda" and in_torch_func_transform():
         resolved = "butterfly"  # the external kernel has no torch.func (vmap) rule; the butterfly is exact too
     return _FWHT.apply(x, resolved)

@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitlab.models.cpu_linear import linear
+from vitlab.models.cpu_linear import linear, recording_or_transforming
 from vitlab.models.inputs import autocast_enabled
-from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer, plain_ops_required
+from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer
 from vitlab.peft.targets import Target
 
 __all__ = ["KAdaptationLayer", "init_rule"]
@@ -320,7 +320,7 @@ class KAdaptationLayer(RowSliceLayer):
         ``RowSliceLayer``'s path)."""
         active = [name for name in self.active_adapters if name in self.slice_rows]
         if self.disable_adapters or self.merged or len(active) != 1 or not self.settings[active[0]]["factored"] \
-                or autocast_enabled(x.device) or plain_ops_required():
+                or autocast_enabled(x.device) or recording_or_transforming():
             return None
         name = active[0]
         tensors = [self.base_layer.weight, *self._rules(name).values(), *self.kadaptation_u[name].values(),
