@@ -183,3 +183,17 @@ def test_report_opens_with_headline_effects_computed_from_the_runs(tmp_path):
 def test_report_without_headlines_has_no_headline_section(tmp_path):
     markdown = write_study_report(make_study(tmp_path, intrinsic=False))["markdown"].read_text()
     assert "Headline effects" not in markdown and "does not show" not in markdown
+
+
+def test_a_d90_reached_at_the_smallest_measured_d_is_reported_as_an_upper_bound(tmp_path):
+    study = _study_with_headlines(tmp_path)
+    path = study / "intrinsic" / "vit" / "intrinsic_dim.json"
+    sweep = json.loads(path.read_text())
+    sweep.update(points={"100": 0.80, "1000": 0.84}, d90=100, d90_interpolated=100.0)  # the first point reached it
+    path.write_text(json.dumps(sweep))
+    markdown = write_study_report(study)["markdown"].read_text()
+    # was "100" in both columns and "d90 = 100": nothing below 100 was measured, so d90 is only known to be <= 100
+    table = next(ln for ln in markdown.splitlines() if ln.startswith("| vit | 85.00 | 76.50 |"))
+    assert [c.strip() for c in table.strip("|").split(" | ")][3:5] == ["≤ 100", "≤ 100"]
+    d90 = next(ln for ln in markdown.splitlines() if ln.startswith("| training (intrinsic dimension) |"))
+    assert "d90 ≤ 100" in d90 and "d90 = " not in d90

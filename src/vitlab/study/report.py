@@ -75,6 +75,19 @@ def _int(value: Any, missing: str = DASH) -> str:
     return f"{value:,.0f}" if isinstance(value, int | float) else missing
 
 
+def _d90(sweep: dict[str, Any], value: Any, prefix: str = "= ") -> str:
+    """A d90 as the report states it: ``not reached``; ``≤ d`` when the smallest measured d already reached the
+    threshold (nothing below it was measured, so that d is an upper bound, not a measured d90); else the number."""
+    if not isinstance(value, int | float):
+        return "not reached"
+    points = sweep.get("points") or {}
+    first = min(map(int, points), default=None)
+    reached = sweep.get("d90")
+    if first is not None and isinstance(reached, int | float) and int(reached) == first:
+        return f"≤ {_int(first)}"
+    return f"{prefix}{_int(value)}"
+
+
 def _minutes(seconds: Any, missing: str = DASH) -> str:
     return f"{seconds / 60:.1f}" if isinstance(seconds, int | float) else missing
 
@@ -158,7 +171,7 @@ def _headline_blocks(study: dict[str, Any]) -> list[Block]:
         # a study's sweeps test on its downstream test split (older sweep files do not record their N)
         n = _int(sweep.get("test_images") or _get(study["meta"], "data", "test_images"), NA)
         body.append(["training (intrinsic dimension)", f"{name}: accuracy at d90 (A) vs the threshold (B)",
-                     f"d90 = {_int(d['d90'])}" if d["reached"] else "d90 not reached",
+                     f"d90 {_d90(sweep, d['d90'])}" if d["reached"] else "d90 not reached",
                      f"{_pct(d['accuracy'])} (1 seed)", f"{_pct(d['threshold'])} (90 % of {_pct(d['reference'])})",
                      _signed(d["accuracy"] - d["threshold"]), "1 seed", f"{n} test images",
                      f"reached on its grid ({d['points']} points measured)" if d["reached"]
@@ -192,8 +205,8 @@ def _intrinsic_table(study: dict[str, Any]) -> list[Block]:
     sweeps = study["sweeps"]
     table = ("table", ["backbone", "reference %", "threshold %", "d90 (grid)", "d90 (interpolated)", "points measured",
                        "projection"],
-             [[name, _pct(s["reference"]), _pct(s["threshold"]), _int(s.get("d90"), "not reached"),
-               _int(s.get("d90_interpolated"), "not reached"), str(len(s["points"])),
+             [[name, _pct(s["reference"]), _pct(s["threshold"]), _d90(s, s.get("d90"), ""),
+               _d90(s, s.get("d90_interpolated"), ""), str(len(s["points"])),
                # sweeps written before the option existed used Li et al.'s global normalisation
                f"{s.get('projection', 'fastfood')}, {s.get('projection_norm', 'global')} norm"]
               for name, s in sweeps.items()])
@@ -203,7 +216,8 @@ def _intrinsic_table(study: dict[str, Any]) -> list[Block]:
         for name, s in sweeps.items())
     note = ("Each accuracy is one run (one seed) on the sweep's evaluation images "
             f"({counts}). d90 (grid) is the smallest measured d reaching the threshold; the grid is refined between "
-            "the last miss and the first hit where the sweep recorded it (refine_ratio); projection: per_tensor = "
+            "the last miss and the first hit where the sweep recorded it (refine_ratio); ≤ d: the smallest d "
+            "measured already reached it, so d90 is at most d (add smaller d to measure it); projection: per_tensor = "
             "unit-norm columns per parameter tensor (Aghajanyan et al.), global = over all parameters (Li et al.).")
     return [table, ("p", note)]
 
