@@ -346,3 +346,19 @@ def test_load_from_checkpoint_of_an_adapted_task_asks_for_its_model_transform(tm
     loaded = ClassificationTask.load_from_checkpoint(tmp_path / "task.ckpt", model_transform=transform)
     x = torch.randn(2, 1, 32, 32)
     assert torch.equal(loaded.eval()(x), task.eval()(x))
+
+
+def test_warmup_epochs_count_epochs_when_max_steps_ends_the_run_first(tiny_vit):
+    task = ClassificationTask(tiny_vit, optim=OptimConfig(lr=1e-2, min_lr=1e-4, warmup_epochs=1))
+    lrs = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(max_epochs=10, max_steps=8, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()])
+    loader = DataLoader(TensorDataset(torch.randn(32, 1, 32, 32), torch.randint(0, 10, (32,))), batch_size=8)
+    trainer.fit(task, loader)
+    # 8 steps in all (max_steps), an epoch is 4 steps: warm-up = 4 steps (total / max_epochs gave 8 / 10 -> 1)
+    assert lrs == pytest.approx([_reference_lr(t, 1e-2, 1e-4, 8, 4) for t in range(8)], rel=1e-9)

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -256,8 +257,13 @@ class ClassificationTask(L.LightningModule):
         cfg = self.optim
         optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        wanted = int(round(cfg.warmup_epochs * total / epochs)) if cfg.warmup_epochs > 0 else 0
+        # optimiser steps of one epoch (set once estimated_stepping_batches has loaded the training data); not
+        # total / max_epochs, which is shorter when trainer.max_steps ends the run before max_epochs
+        batches = self.trainer.num_training_batches
+        accumulate = self.trainer.accumulate_grad_batches
+        per_epoch = math.ceil(batches / accumulate) if math.isfinite(batches) and batches > 0 \
+            else total / max(1, self.trainer.max_epochs or 1)
+        wanted = int(round(cfg.warmup_epochs * per_epoch)) if cfg.warmup_epochs > 0 else 0
         warmup = min(total - 1, wanted)
         if wanted > warmup:
             rank_zero_warn(f"optim.warmup_epochs={cfg.warmup_epochs} is as long as the whole run ({total} optimiser "
