@@ -78,3 +78,22 @@ def test_result_rows_saved_again_by_a_spreadsheet_or_hand_edited_are_read_or_ref
         path.write_text(edited)
         with pytest.raises(DataError, match=f"{path}: {match}"):  # were ValueError / KeyError without the file
             read_result_rows(path)
+
+
+def test_a_hand_edited_sweep_file_is_read_as_numbers_or_refused(tmp_path):
+    import json
+
+    from vitlab.errors import DataError
+    from vitlab.study.results import _read_sweep
+
+    path = tmp_path / "intrinsic_dim.json"
+    sweep = dict(reference=0.85, threshold=0.765, points={"100": 0.62, "1000": 0.81})
+    path.write_text(json.dumps(dict(sweep, d90="1000", d90_interpolated="562.3")))
+    read = _read_sweep(path)  # was kept as text, which the report showed as "not reached"
+    assert (read["d90"], read["d90_interpolated"]) == (1000, 562.3)
+    path.write_text(json.dumps(dict(sweep, d90=None)))
+    assert _read_sweep(path)["d90"] is None
+    for d90 in ("about 1000", 500):  # not a number; not a measured point
+        path.write_text(json.dumps(dict(sweep, d90=d90)))
+        with pytest.raises(DataError, match=f"{path}: not an intrinsic_dim.json"):
+            _read_sweep(path)

@@ -223,6 +223,11 @@ def _read_sweep(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
         data["points"] = {int(d): float(a) for d, a in data["points"].items()}
         data["reference"], data["threshold"] = float(data["reference"]), float(data["threshold"])
+        for key in ("d90", "d90_interpolated"):  # absent / null: not reached; a number written as text counts
+            if data.get(key) is not None:
+                data[key] = float(data[key]) if key == "d90_interpolated" else int(float(data[key]))
+        if data.get("d90") is not None and data["d90"] not in data["points"]:
+            raise ValueError(f"d90 {data['d90']} is not one of the measured points {sorted(data['points'])}")
     except (KeyError, TypeError, ValueError, AttributeError) as err:  # JSONDecodeError is a ValueError
         raise _fail(path, f"not an intrinsic_dim.json with reference, threshold and points ({err!r})",
                     "rerun `vitlab intrinsic-dim` for that backbone, or delete the file") from None
