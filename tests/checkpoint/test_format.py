@@ -89,3 +89,14 @@ def test_save_and_hash_refuse_entries_that_are_not_tensors_naming_them(tmp_path)
         with pytest.raises(TypeError, match="state_dict_sha256 expects a dict of name -> tensor"):
             state_dict_sha256(bad)
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_a_file_of_another_checkpoint_format_says_what_to_do(tmp_path):
+    for version, fix in [(2, r"format 2, this vitlab reads 1: upgrade vitlab \(pip install -U vitlab; this is "),
+                         (0, r"format 0, this vitlab reads 1: load its tensors with safetensors.torch.load_file"),
+                         (None, r"format None, this vitlab reads 1: load its tensors")]:
+        path = tmp_path / f"v{version}.safetensors"
+        meta = {"format_version": version, "kind": "model", "model_name": "vit_tiny_patch16_224", "model_kwargs": {}}
+        save_file({"w": torch.zeros(1)}, str(path), metadata={"vitlab": json.dumps(meta)})
+        with pytest.raises(CheckpointError, match=fix):  # named no fix: "has checkpoint format 2, this vitlab reads 1"
+            read_metadata(path)

@@ -260,10 +260,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: its 'vitlab' metadata is not valid JSON ({err})") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: its 'vitlab' metadata is a {type(meta).__name__}, not a JSON object")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format {meta.get('format_version')}, this vitlab reads {FORMAT_VERSION}"
-        )
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
+        fix = (f"upgrade vitlab (pip install -U vitlab; this is {_version()}) to read it" if newer else
+               "load its tensors with safetensors.torch.load_file into the model they belong to and write them "
+               "again with this vitlab's vitlab.checkpoint.save_checkpoint")
+        raise CheckpointError(f"{path} has checkpoint format {version!r}, this vitlab reads {FORMAT_VERSION}: {fix}")
     if meta.get("kind") not in KINDS:
         raise CheckpointError(f"{path}: unknown checkpoint kind {meta.get('kind')!r} (expected one of {KINDS})")
     if not isinstance(meta.get("model_name"), str | None) or not isinstance(meta.get("extra", {}), dict):
