@@ -205,3 +205,13 @@ def test_lightningcli_keys_are_refused_naming_vitlabs_own(tmp_path, capsys, text
     err = capsys.readouterr().err.strip()
     assert fix in err and len(err.splitlines()) == 1
     assert "set_parsing_settings" not in err  # jsonargparse's advice to the parser's author
+
+
+def test_a_null_that_differs_from_lightnings_default_reaches_the_trainer():
+    config = run_config_from_args(["--config", str(CONFIG), "--trainer.val_check_interval", "30",
+                                   "--trainer.check_val_every_n_epoch", "null", "--trainer.gradient_clip_val", "null"])
+    # Lightning's default is 1 (validate per epoch); null validates every val_check_interval batches across epochs.
+    # It was dropped, so Lightning refused val_check_interval > batches per epoch and named this very setting.
+    assert "check_val_every_n_epoch" in config.trainer and config.trainer["check_val_every_n_epoch"] is None
+    assert config.trainer["val_check_interval"] == 30
+    assert "gradient_clip_val" not in config.trainer  # Lightning's default is null too: nothing to pass

@@ -315,6 +315,16 @@ def parse_run_namespace(parser: ArgumentParser, args: Sequence[str]) -> Namespac
     return ns
 
 
+def _trainer_non_null_defaults() -> set[str]:
+    """``lightning.Trainer`` keywords whose default is not ``None`` (the ``trainer`` section is built from them)."""
+    import inspect
+
+    import lightning
+
+    parameters = inspect.signature(lightning.Trainer.__init__).parameters.values()
+    return {p.name for p in parameters if p.default is not None and p.default is not inspect.Parameter.empty}
+
+
 def namespace_to_run_config(ns: Namespace) -> RunConfig:
     """Turn a parsed namespace (from ``add_run_arguments``) into a ``RunConfig``."""
     from vitlab.errors import ConfigError
@@ -326,7 +336,10 @@ def namespace_to_run_config(ns: Namespace) -> RunConfig:
             raise ConfigError(f"{name} must be a mapping of its keys ({name}: {{KEY: VALUE, ...}}), got "
                               f"{ns.get(name)!r}: `vitlab fit --print_config` shows every section's keys")
     sections = {name: cls(**(ns[name] or Namespace()).as_dict()) for name, cls in run_sections().items()}
-    trainer = {k: v for k, v in (ns.trainer or Namespace()).as_dict().items() if v is not None}
+    # a null is dropped (Lightning's default), except where that default is not null, so null is the user's choice
+    # (check_val_every_n_epoch: null, to validate every val_check_interval batches across epochs)
+    keep = _trainer_non_null_defaults()
+    trainer = {k: v for k, v in (ns.trainer or Namespace()).as_dict().items() if v is not None or k in keep}
     return RunConfig(name=ns.name, seed=ns.seed, output_dir=ns.output_dir, trainer=trainer, **sections)
 
 
