@@ -275,7 +275,7 @@ def test_a_lightning_checkpoint_of_a_run_starts_a_model_from_its_network(tmp_pat
                      **SMALL_VIT, in_chans=1, num_classes=10)
 
 
-def test_a_timm_train_py_pth_tar_checkpoint_loads_its_state_dict(tmp_path):
+def test_a_timm_train_py_pth_tar_checkpoint_loads_its_ema_weights_as_timm_does(tmp_path):
     # timm's train.py writes checkpoint-N.pth.tar / model_best.pth.tar: {epoch, arch, state_dict, state_dict_ema, ...}
     state, ema = _vit_state(seed=0), _vit_state(seed=1)
     path = tmp_path / "model_best.pth.tar"
@@ -283,7 +283,28 @@ def test_a_timm_train_py_pth_tar_checkpoint_loads_its_state_dict(tmp_path):
     weights = resolve_pretrained(str(path), "vit_tiny_patch16_224")  # was refused: unknown weights format '.tar'
     assert weights.source == "file"
     model, _, _ = create_model("vit_tiny_patch16_224", weights, **SMALL_VIT)
-    _assert_backbone_equal(model, state, skip=())  # the trained weights, as timm's load_checkpoint(use_ema=False)
+    _assert_backbone_equal(model, ema, skip=())  # as timm.create_model(checkpoint_path=...) / load_checkpoint
+    torch.save({"epoch": 3, "state_dict": state}, path)  # no EMA kept: the trained weights
+    _assert_backbone_equal(create_model("vit_tiny_patch16_224", resolve_pretrained(str(path), "vit_tiny_patch16_224"),
+                                        **SMALL_VIT)[0], state, skip=())
+
+
+def test_the_lightning_checkpoint_of_a_run_with_ema_starts_from_its_ema_weights(tmp_path):
+    from vitlab.train.config import OptimConfig
+    from vitlab.train.module import ClassificationTask
+
+    torch.manual_seed(0)
+    task = ClassificationTask(timm.create_model("vit_tiny_patch16_224", **SMALL_VIT, num_classes=10), num_classes=10,
+                              optim=OptimConfig(ema_decay=0.9))
+    with torch.no_grad():
+        for param in task.ema.module.parameters():
+            param.add_(1.0)
+    path = tmp_path / "last.ckpt"
+    torch.save({"pytorch-lightning_version": "2.6.6", "epoch": 0, "state_dict": task.state_dict()}, path)
+    # was refused: "lack 30 tensors ... (another architecture?)", the model. and ema.module. prefixes both present
+    model, _, _ = create_model("vit_tiny_patch16_224", resolve_pretrained(path, "vit_tiny_patch16_224"), **SMALL_VIT,
+                               num_classes=10)
+    _assert_backbone_equal(model, task.ema.module.state_dict(), skip=())  # the weights the run evaluates and saves
 
 
 def test_hub_weights_pinned_to_a_revision_load_and_record_that_revision(tmp_path, monkeypatch):

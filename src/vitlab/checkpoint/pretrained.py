@@ -61,6 +61,8 @@ __all__ = [
 ]
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+#: Where a `vitlab fit` LightningModule keeps the network in its state dict: the EMA copy (optim.ema_decay) first
+_LIGHTNING_PREFIXES = ("ema.module.", "model.")
 SOURCES = ("vitlab", "file", "timm", "hf-hub")
 _HUB_PREFIX = "hf-hub:"
 
@@ -322,7 +324,9 @@ def _from_description(described: Mapping[str, Any], model_name: str) -> Pretrain
 
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a safetensors file or a ``weights_only`` pickle, unwrapped as timm does (``"model"`` /
-    ``"state_dict"`` containers); pickles that need arbitrary code are refused.
+    ``"state_dict"`` containers; the EMA copy, ``"state_dict_ema"`` / ``"model_ema"``, when the file keeps one, as
+    timm's ``load_checkpoint`` and ``create_model(checkpoint_path=...)`` take it); pickles that need arbitrary code are
+    refused.
 
     Raises:
         MissingFileError: no file at ``path``; CheckpointError: unreadable, not a state dict of tensors, or refused.
@@ -335,7 +339,7 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state_dict = _lightning_state_dict(path) if path.suffix == ".ckpt" else None
         if state_dict is None:
-            state_dict = load_state_dict(str(path), use_ema=False, weights_only=True)
+            state_dict = load_state_dict(str(path), use_ema=True, weights_only=True)  # timm's default
     except (pickle.UnpicklingError, RuntimeError) as err:
         if "global" not in _unpickler_reason(err).lower():  # only a pickle naming a class or function runs code
             raise CheckpointError(f"{path} is not a readable weights file: corrupt, truncated or not a checkpoint "
@@ -358,13 +362,17 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _lightning_state_dict(path: Path) -> dict[str, Any] | None:
     """The network's tensors in a Lightning checkpoint (e.g. a `vitlab fit` run's ``checkpoints/last.ckpt``): its
-    ``state_dict`` less the attribute the LightningModule holds the network in (vitlab's ``model.``), or None when the
-    file is not a Lightning checkpoint."""
+    ``state_dict`` less the attribute the LightningModule holds the network in (vitlab's ``model.``; its EMA copy
+    ``ema.module.`` first when the run kept one, the weights it evaluates and saves), or None when the file is not a
+    Lightning checkpoint."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not (isinstance(checkpoint, Mapping) and "pytorch-lightning_version" in checkpoint
             and isinstance(checkpoint.get("state_dict"), Mapping)):
         return None
     state = checkpoint["state_dict"]
+    for prefix in _LIGHTNING_PREFIXES:
+        if any(str(key).startswith(prefix) for key in state):
+            return {key[len(prefix):]: value for key, value in state.items() if str(key).startswith(prefix)}
     heads = {str(key).split(".", 1)[0] for key in state}
     if len(heads) == 1 and all("." in str(key) for key in state):
         cut = len(heads.pop()) + 1
