@@ -476,3 +476,14 @@ def test_an_accelerator_this_machine_lacks_is_refused_before_the_run(tmp_path, m
     with pytest.raises(ConfigError, match=match):
         fit(_config(tmp_path, "nogpu", accelerator=accelerator))
     assert not (tmp_path / "nogpu").exists()
+
+
+def test_a_val_check_interval_longer_than_an_epoch_is_one_config_error_naming_the_fix(tmp_path):
+    from vitlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"trainer.val_check_interval: .*\(4\).*set trainer.check_val_every_n_epoch: "
+                                          "null"):
+        fit(_config(tmp_path, "long_interval", val_check_interval=4))  # 3 training batches per epoch
+    assert not (tmp_path / "long_interval").exists()  # nothing left to block the corrected command
+    run = fit(_config(tmp_path, "long_interval", epochs=3, val_check_interval=4, check_val_every_n_epoch=None))
+    assert run.weights is not None and "val/acc" in run.metrics

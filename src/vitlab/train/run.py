@@ -434,6 +434,12 @@ def _fit_locked(
         test = trainer.test(task, datamodule=datamodule, verbose=False)
     except FloatingPointError as err:
         raise FloatingPointError(_non_finite_advice(err, config, run_dir, last)) from err
+    except ValueError as err:  # Lightning checks val_check_interval against the loader when fit starts
+        if "`val_check_interval`" not in str(err):
+            raise
+        raise ConfigError(f"trainer.val_check_interval: {' '.join(str(err).split())}".replace(
+            "`check_val_every_n_epoch=None`", "trainer.check_val_every_n_epoch: null").replace(
+            "`limit_val_batches` to 0.0", "trainer.limit_val_batches: 0")) from None
     except SystemExit:
         if trainer.interrupted:  # Lightning's graceful Ctrl-C ends in sys.exit(1)
             raise _interrupted(config, run_dir, last) from None
