@@ -157,3 +157,37 @@ def test_diagnose_default_kinds_on_a_grid_without_infill_say_how_to_leave_it_out
     assert "or leave the infill view out: --kinds '[shuffle, rotate]'" in capsys.readouterr().err
     assert main(["diagnose-negatives", "--checkpoint", str(tmp_path / "run"), "--n", "4", "--kinds",
                  "[shuffle, rotate]"]) == 0
+
+
+def test_a_published_folder_at_the_datasets_own_size_is_resized_as_in_training(checkpoint, tmp_path):
+    # e.g. MNIST-C (28 px) for a model trained on MNIST at 32 px, or CIFAR-10-C (32 px) for a ViT fine-tuned at 224:
+    # was refused ("holds 8x8x1 images but the checkpoint takes 32x32x1"); digits' native size is 8 px
+    import torch
+    import torchvision.transforms.v2.functional as TF
+
+    from vitlab.eval.evaluate import robustness_report
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (5 * 12, 8, 8, 1), dtype=np.uint8)
+    labels = np.tile(rng.integers(0, 10, 12), 5).astype(np.int64)  # CIFAR-C layout: 5 severities x N
+    native, resized = tmp_path / "native", tmp_path / "resized"
+    for folder, images in [(native, small), (resized, TF.resize(torch.from_numpy(small).permute(0, 3, 1, 2), [32, 32],
+                                                               antialias=True).permute(0, 2, 3, 1).numpy())]:
+        folder.mkdir()
+        np.save(folder / "labels.npy", labels)
+        np.save(folder / "contrast.npy", images)
+    got = robustness_report(checkpoint, corruption_dir=str(native), out=tmp_path / "a", device="cpu")
+    reference = robustness_report(checkpoint, corruption_dir=str(resized), out=tmp_path / "b", device="cpu")
+    assert got["accuracy"] == reference["accuracy"] and len(got["accuracy"]["contrast"]) == 5
+    from vitlab.checkpoint import read_metadata
+    from vitlab.data.transforms import normalize_for
+    from vitlab.eval.evaluate import _published_preprocess
+
+    config = read_metadata(checkpoint)["extra"]["data"]
+    batch = torch.from_numpy(small).permute(0, 3, 1, 2)
+    expected = normalize_for(config)(TF.resize(batch, [32, 32], antialias=True))
+    assert torch.equal(_published_preprocess(config)(batch), expected)  # the model sees what training gave it
+    np.save(native / "contrast.npy", np.zeros((60, 16, 16, 1), dtype=np.uint8))  # neither its size nor the data's
+    with pytest.raises(Exception, match=r"16x16x1 images but the checkpoint takes 32x32x1 \(or its dataset's native "
+                                        r"8x8x1, resized as in training\)"):
+        robustness_report(checkpoint, corruption_dir=str(native), out=tmp_path / "c", device="cpu")

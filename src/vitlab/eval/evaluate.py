@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -313,12 +313,24 @@ def _check_geometry(folder: Path, data_config: dict[str, Any]) -> None:
     if len(shape) != 3:
         raise DataError(f"{files[0]} holds arrays of shape {shape} per image, not (H, W, C) images: use a "
                         "CIFAR-C-layout folder (uint8 (5 * N, H, W, C))")
-    size = int(data_config["img_size"])
-    expected = (size, size, int(data_config.get("source_chans") or data_config["in_chans"]))
-    if shape != expected:
+    size, chans = int(data_config["img_size"]), int(data_config.get("source_chans") or data_config["in_chans"])
+    native = data_config.get("native_size")
+    accepted = [(size, size, chans)] + ([(int(native), int(native), chans)] if native else [])
+    if shape not in accepted:
+        also = f" (or its dataset's native {native}x{native}x{chans}, resized as in training)" if native else ""
         raise ConfigError(f"{files[0]} holds {shape[0]}x{shape[1]}x{shape[2]} images but the checkpoint takes "
-                         f"{expected[0]}x{expected[1]}x{expected[2]} (H x W x C): use a folder made for this model "
+                         f"{size}x{size}x{chans}{also} (H x W x C): use a folder made for this model or its dataset, "
                          "or generate one (leave out --corruption_dir)")
+
+
+def _published_preprocess(data_config: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 ``(B, C, h, w)`` images of a published folder -> the model's input: the training geometry (a
+    dataset-size image padded / resized to ``img_size`` as `vitlab.data.transforms.fit_geometry` does), then the
+    run's normalisation. CIFAR-10-C's 32-px images thus reach a ViT fine-tuned at 224 px as its training data did."""
+    from vitlab.data.transforms import fit_geometry, normalize_for
+
+    normalize, size, pad_to = normalize_for(data_config), int(data_config["img_size"]), data_config.get("pad_to")
+    return lambda images: normalize(fit_geometry(images, size, pad_to))
 
 
 def _report_folder(out: str | Path | None, weights: Path, stem: str) -> Path:
@@ -457,7 +469,8 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
         else:
             folder, source = _generated_set(datamodule, n, corruptions, cache_dir, seed, workers)
             count = None
-        report = evaluate_corruptions(model, folder, preprocess=normalize_for(data_config), n=count,
+        preprocess = _published_preprocess(data_config) if corruption_dir else normalize_for(data_config)
+        report = evaluate_corruptions(model, folder, preprocess=preprocess, n=count,
                                       corruptions=corruptions, batch_size=batch_size, device=chosen)
     report.update({"checkpoint": str(weights), "data": name, "command": command})
     markdown = (f"# Corruption robustness: {report['checkpoint']} on {name}\n\nCommand: `{command}`\n\n{source}"
