@@ -487,3 +487,25 @@ def test_a_val_check_interval_longer_than_an_epoch_is_one_config_error_naming_th
     assert not (tmp_path / "long_interval").exists()  # nothing left to block the corrected command
     run = fit(_config(tmp_path, "long_interval", epochs=3, val_check_interval=4, check_val_every_n_epoch=None))
     assert run.weights is not None and "val/acc" in run.metrics
+
+
+def test_a_run_stopped_by_max_steps_or_max_time_continues_under_a_larger_one(tmp_path):
+    import dataclasses
+
+    import yaml
+
+    from vitlab.errors import ConfigError
+    from vitlab.train.run_folder import resume_config
+
+    fit(_config(tmp_path, "steps", epochs=5, max_steps=2))
+    resumed = fit(_config(tmp_path, "steps", epochs=5, max_steps=5), resume=True)
+    assert yaml.safe_load((resumed.run_dir / "config.yaml").read_text())["trainer"]["max_steps"] == 5
+    ckpt = torch.load(resumed.run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 5  # trained on, where a max_steps stop could only be replayed before
+    saved = _config(tmp_path, "timed", max_time="00:00:00:02")
+    (tmp_path / "timed").mkdir()
+    (tmp_path / "timed" / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(saved)))
+    longer = resume_config(tmp_path / "timed", _config(tmp_path, "timed", max_time={"minutes": 1}), tmp_path)
+    assert longer.trainer["max_time"] == {"minutes": 1}
+    with pytest.raises(ConfigError, match="max_time: '00:00:00:02' -> '00:00:00:01'"):  # shorter: not an extension
+        resume_config(tmp_path / "timed", _config(tmp_path, "timed", max_time="00:00:00:01"), tmp_path)

@@ -21,7 +21,6 @@ Example (a few steps on scikit-learn's digits)::
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import math
 import os
@@ -58,7 +57,7 @@ from vitlab.train.config import NegativesConfig, RunConfig, check_accelerator
 from vitlab.train.extensions import build_loss_terms, build_model_transform
 from vitlab.train.module import ClassificationTask
 from vitlab.train.plots import plot_training_curves
-from vitlab.train.run_folder import RunLock, check_run_name, resume_config
+from vitlab.train.run_folder import RunLock, check_run_name, max_time_seconds, resume_config
 
 __all__ = [
     "NORMALIZE_MODES",
@@ -262,30 +261,12 @@ def check_trainer_options(kwargs: dict[str, Any]) -> None:
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float) or not 0 <= clip < math.inf):
         raise ConfigError(f"trainer.gradient_clip_val must be a finite number >= 0 (0 or null: no clipping), got "
                           f"{clip!r}")
-    if _max_time_seconds(kwargs.get("max_time")) == 0:
+    if max_time_seconds(kwargs.get("max_time")) == 0:
         raise ConfigError(f"trainer.max_time is zero ({kwargs['max_time']!r}): {no_training}; give DD:HH:MM:SS > 0")
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _max_time_seconds(value: Any) -> float | None:
-    """Seconds of a Lightning ``max_time`` (``"DD:HH:MM:SS"``, a ``timedelta`` or a dict of its keywords)."""
-    if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
-    if isinstance(value, dict):
-        try:
-            return datetime.timedelta(**value).total_seconds()
-        except TypeError:
-            return None  # Lightning names the bad key
-    if isinstance(value, str) and value.count(":") == 3:
-        try:
-            days, hours, minutes, seconds = (float(part) for part in value.split(":"))
-        except ValueError:
-            return None
-        return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
-    return None
 
 
 def fit(

@@ -4,7 +4,8 @@
 - ``RunLock``: ``<run>/.lock`` holds the writer's host and PID; a second writer is refused, a lock left by a process
   that no longer runs (killed) is taken over;
 - ``resume_config``: a resumed run continues with the ``config.yaml`` it saved; a given configuration that differs is
-  refused with the list of differences, except a larger ``trainer.max_epochs`` (extending the run).
+  refused with the list of differences, except a larger ``trainer.max_epochs``, ``max_steps`` or ``max_time``
+  (extending the run).
 
 Example:
     >>> check_run_name("vit_fashion_mnist")
@@ -15,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -34,7 +36,7 @@ from vitlab.train.config import (
 )
 from vitlab.yaml_loader import load_yaml_file
 
-__all__ = ["RunLock", "check_run_name", "config_differences", "load_run_config", "resume_config"]
+__all__ = ["RunLock", "check_run_name", "config_differences", "load_run_config", "max_time_seconds", "resume_config"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "negatives": NegativesConfig,
@@ -104,6 +106,30 @@ class RunLock:
         return False
 
 
+def max_time_seconds(value: Any) -> float | None:
+    """Seconds of a Lightning ``max_time`` (``"DD:HH:MM:SS"``, a ``timedelta`` or a dict of its keywords); ``None``
+    when it cannot be read (Lightning names the problem).
+
+    Example:
+        >>> max_time_seconds("00:01:30:00"), max_time_seconds({"minutes": 2}), max_time_seconds("soon")
+        (5400.0, 120.0, None)
+    """
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, dict):
+        try:
+            return datetime.timedelta(**value).total_seconds()
+        except TypeError:
+            return None  # Lightning names the bad key
+    if isinstance(value, str) and value.count(":") == 3:
+        try:
+            days, hours, minutes, seconds = (float(part) for part in value.split(":"))
+        except ValueError:
+            return None
+        return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    return None
+
+
 def load_run_config(run_dir: str | Path) -> RunConfig:
     """The ``RunConfig`` a run saved in ``<run>/config.yaml``."""
     path = Path(run_dir) / CONFIG_NAME
@@ -139,7 +165,7 @@ def _plain(value: Any) -> Any:
 
 
 def resume_config(run_dir: str | Path, given: RunConfig, outputs: str | Path) -> RunConfig:
-    """The configuration a resumed run continues with: the saved one, with ``trainer.max_epochs`` extended if asked.
+    """The configuration a resumed run continues with: the saved one, with its limits extended if asked.
 
     Args:
         run_dir: the run folder.
@@ -148,7 +174,8 @@ def resume_config(run_dir: str | Path, given: RunConfig, outputs: str | Path) ->
 
     Raises:
         MissingFileError: no such run (the message lists the runs under ``outputs``).
-        ConfigError: ``given`` differs from the saved configuration other than by a larger ``max_epochs``.
+        ConfigError: ``given`` differs from the saved configuration other than by a larger ``max_epochs``,
+        ``max_steps`` or ``max_time``.
     """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_NAME).is_file():
@@ -158,16 +185,31 @@ def resume_config(run_dir: str | Path, given: RunConfig, outputs: str | Path) ->
     saved = load_run_config(run_dir)
     saved.name, saved.output_dir = given.name, given.output_dir  # where the run lives now (a folder may be moved)
     saved_dict, given_dict = asdict(saved), asdict(given)
-    saved_epochs = saved_dict["trainer"].get("max_epochs")
-    given_epochs = given_dict["trainer"].get("max_epochs")
-    extend = given_epochs is not None and saved_epochs is not None and given_epochs > saved_epochs
-    if extend:
-        given_dict["trainer"]["max_epochs"] = saved_epochs
+    extended = {key: given_dict["trainer"][key] for key in _LIMITS
+                if key in given_dict["trainer"] and _extends(key, saved_dict["trainer"].get(key),
+                                                             given_dict["trainer"][key])}
+    given_dict["trainer"].update({key: saved_dict["trainer"].get(key) for key in extended})
+    for key in extended:
+        if key not in saved_dict["trainer"]:
+            del given_dict["trainer"][key]
     differences = config_differences(saved_dict, given_dict)
     if differences:
         raise ConfigError(f"--resume continues {run_dir} with its own {CONFIG_NAME}; these options differ from it: "
-                          f"{'; '.join(differences)}. Drop them (only a larger trainer.max_epochs may extend a run), "
-                          "or start a new run with another --name")
-    if extend:
-        saved.trainer = dict(saved.trainer, max_epochs=given_epochs)
+                          f"{'; '.join(differences)}. Drop them (only a larger trainer.max_epochs, max_steps or "
+                          "max_time may extend a run), or start a new run with another --name")
+    saved.trainer = dict(saved.trainer, **extended)
     return saved
+
+
+#: The ``trainer`` limits a resumed run may raise (a run stopped by one of them continues under a larger one).
+_LIMITS = ("max_epochs", "max_steps", "max_time")
+
+
+def _extends(key: str, saved: Any, given: Any) -> bool:
+    """Whether ``given`` raises the limit ``key`` the run was saved with (``None`` / ``-1``: none)."""
+    if key == "max_time":
+        before, after = max_time_seconds(saved), max_time_seconds(given)
+        return saved is not None and before is not None and (given is None or (after is not None and after > before))
+    if not isinstance(given, int) or isinstance(given, bool) or not isinstance(saved, int) or saved == -1:
+        return False
+    return (given == -1 and key == "max_steps") or given > saved
