@@ -335,3 +335,17 @@ def test_hub_weights_pinned_to_a_revision_load_and_record_that_revision(tmp_path
     assert f"--revision {pinned}" in weights.fetch_hint()
     with pytest.raises(ConfigError, match="ORG/NAME@REVISION"):
         resolve_pretrained(f"hf-hub:{HUB_ID}@", "vit_tiny_patch16_224")
+
+
+def test_hub_weights_of_another_architecture_than_model_name_are_refused(offline_hub):
+    _, state = offline_hub
+    weights = resolve_pretrained(f"hf-hub:{HUB_ID}", "inception_transformer_tiny")
+    # built the Hub's ViT silently: a run named an iFormer trained a ViT
+    with pytest.raises(ConfigError, match="model.name is inception_transformer_tiny but the weights .* are a "
+                                          "vit_tiny_patch16_224"):
+        create_model("inception_transformer_tiny", weights, num_classes=10)
+    with pytest.raises(ConfigError, match="model.name is vit_small_patch16_224"):
+        load_pretrained(timm.create_model("vit_small_patch16_224", depth=1, img_size=32), f"hf-hub:{HUB_ID}")
+    model, name, _ = create_model(f"hf-hub:{HUB_ID}", resolve_pretrained("timm", f"hf-hub:{HUB_ID}"), img_size=32)
+    assert name == "vit_tiny_patch16_224"
+    _assert_backbone_equal(model, state, skip=("pos_embed",))

@@ -37,3 +37,14 @@ def test_vitlab_run_backbone_reads_its_architecture(tmp_path):
     section, size = backbone_model(str(tmp_path / "run"), None, {}, None)
     assert section == {"name": "vit_tiny_patch16_224", "kwargs": {"depth": 1}, "pretrained": str(tmp_path / "run")}
     assert size == 32
+
+
+def test_a_hub_backbone_with_a_model_of_another_architecture_is_refused(offline_hub):
+    from vitlab.errors import ConfigError
+
+    # --model was ignored: the runs silently trained the Hub's vit_tiny while the study said inception_transformer
+    with pytest.raises(ConfigError, match="model.name is inception_transformer_tiny but the weights hf-hub:.* are a "
+                                          "vit_tiny_patch16_224: set model.name to vit_tiny_patch16_224"):
+        backbone_model(f"hf-hub:{HUB_ID}", "inception_transformer_tiny", {}, 32)
+    section, _ = backbone_model(f"hf-hub:{HUB_ID}", "vit_tiny_patch16_224.augreg_in21k", {}, 32)  # its own: fine
+    assert section["name"] == "vit_tiny_patch16_224"

@@ -103,6 +103,25 @@ class PretrainedWeights:
             return self._hub()[1]
         return timm.models.split_model_name_tag(self.model_name)[0]
 
+    def check_architecture(self, model_name: str) -> None:
+        """Refuse ``hf-hub:`` weights whose Hub config names another architecture than ``model_name`` (timm would
+        build the Hub's architecture, and a run would silently train another model than its ``model.name``); a
+        ``model_name`` that is itself ``hf-hub:...``, and the other sources, pass.
+
+        Raises:
+            ConfigError: naming both architectures and the fix.
+        """
+        import timm
+
+        if self.source != "hf-hub" or model_name.startswith(_HUB_PREFIX):
+            return
+        asked = timm.models.split_model_name_tag(model_name)[0]
+        asked = timm.models.get_deprecated_models().get(asked, asked)
+        if asked != self.architecture():
+            raise ConfigError(f"model.name is {model_name} but the weights {_HUB_PREFIX}{self.location} are a "
+                              f"{self.architecture()}: set model.name to {self.architecture()} (or to {_HUB_PREFIX}"
+                              f"{self.location}), or pass weights of a {asked}")
+
     def in_chans(self) -> int | None:
         """Input channels the weights were trained with (``None`` when unknown)."""
         if self.source == "vitlab":
@@ -441,6 +460,7 @@ def create_model(
     if weights is None:
         check_model_name(model_name)
         return timm.create_model(model_name, pretrained=False, **kwargs), model_name, kwargs
+    weights.check_architecture(model_name)
     architecture = weights.architecture()
     if weights.source == "hf-hub":
         kwargs = {**weights._hub()[2], **kwargs}
@@ -547,6 +567,7 @@ def load_pretrained(model: nn.Module, spec: str | Mapping[str, Any] | Pretrained
     if weights.source in ("vitlab", "file"):
         cfg.update(_file_overlay(weights))
     elif weights.source == "hf-hub":
+        weights.check_architecture(architecture)
         cfg = weights._hub()[0]
     module = importlib.import_module(model_entrypoint(architecture).__module__)
     in_chans = _model_in_chans(model, cfg)

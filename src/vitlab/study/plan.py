@@ -123,6 +123,8 @@ def backbone_model(backbone: str | None, model: str | None, model_kwargs: Mappin
         if not (model or hub):
             raise ValueError(f"--backbone {backbone} needs --model <timm name>: the architecture its weights are for")
         weights = resolve_pretrained(backbone, model or str(backbone))
+        if hub and model:
+            weights.check_architecture(model)  # --model of another architecture than the Hub's: not ignored
         kwargs = dict(model_kwargs)
         size = img_size or kwargs.pop("img_size", None) or int((weights.pretrained_cfg().get("input_size")
                                                                 or (3, 224, 224))[-1])
