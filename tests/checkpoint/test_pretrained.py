@@ -349,3 +349,19 @@ def test_hub_weights_of_another_architecture_than_model_name_are_refused(offline
     model, name, _ = create_model(f"hf-hub:{HUB_ID}", resolve_pretrained("timm", f"hf-hub:{HUB_ID}"), img_size=32)
     assert name == "vit_tiny_patch16_224"
     _assert_backbone_equal(model, state, skip=("pos_embed",))
+
+
+def test_a_symlinked_hub_snapshot_file_passed_as_a_path_loads(tmp_path):
+    # huggingface_hub's cache: snapshots/REV/model.safetensors -> ../../blobs/<sha256> (no suffix); the path was
+    # resolved to the blob and refused as "unknown weights format ''"
+    state = _vit_state()
+    blob = tmp_path / "blobs" / ("a" * 64)
+    blob.parent.mkdir()
+    save_file(state, str(blob))
+    link = tmp_path / "snapshots" / ("0" * 40) / "model.safetensors"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(Path("../..") / "blobs" / blob.name)
+    weights = resolve_pretrained(str(link), "vit_tiny_patch16_224")
+    assert weights.source == "file" and weights.location == str(link)
+    model, _, _ = create_model("vit_tiny_patch16_224", weights, **SMALL_VIT)
+    _assert_backbone_equal(model, state, skip=())

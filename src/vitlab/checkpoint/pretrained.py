@@ -307,7 +307,9 @@ def _from_path(path: Path, model_name: str) -> PretrainedWeights:
     if not path.is_file():
         raise MissingWeightsError(f"model.pretrained: no file or folder at {path}; pass a weights file (.safetensors, "
                                ".pth, .pt, .bin), a vitlab run folder, 'timm' or 'hf-hub:ORG/NAME'")
-    path = path.resolve()
+    # absolute, but a symlink keeps its own name: a Hugging Face cache snapshot's model.safetensors links to a blob
+    # named by its hash, with no suffix to tell the format by
+    path = Path(os.path.abspath(path))
     if path.suffix == ".safetensors":
         if not has_vitlab_metadata(path):  # raises on a corrupt file
             return PretrainedWeights("file", str(path), model_name)
