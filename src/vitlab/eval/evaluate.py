@@ -158,15 +158,16 @@ def _check_dataset_fits(name: str, model_kwargs: dict[str, Any], checkpoint: str
 def _check_class_names(recorded: Sequence[str] | None, found: Sequence[str], data: str, trained_on: str | None,
                        checkpoint: str | Path) -> None:
     """Refuse data whose label indices mean other classes than the model's: the same class names in another order
-    (any dataset), or other names for the dataset the model was trained on (an image folder with other classes).
-    Another dataset with other names is a transfer evaluation (warned by the caller); no recorded names: no check."""
+    (any dataset), or other names in an image folder when the model was trained on one (the classes of a registered
+    dataset are fixed). Another dataset with other names is a transfer evaluation (warned by the caller); no
+    recorded names: no check."""
     if not recorded or list(recorded) == list(found):
         return
     if sorted(recorded) == sorted(found):
         raise ConfigError(f"{data} has the classes of {checkpoint} in another order ({list(found)} vs the model's "
                           f"{list(recorded)}): its label indices would mean other classes; name the class folders so "
                           "they sort as the model's do")
-    if trained_on == data:
+    if trained_on == data == "imagefolder":
         extra, missing = sorted(set(found) - set(recorded)), sorted(set(recorded) - set(found))
         raise ConfigError(f"{data} holds other classes than {checkpoint} was trained on (not in the model: {extra}; "
                           f"missing: {missing}; the model's classes in index order: {list(recorded)}): evaluate it "
