@@ -353,3 +353,38 @@ def test_vit_b16_adaptation_counts_as_documented():
         vit = timm.create_model("vit_base_patch16_224", num_classes=10)
     assert count_parameters(get_peft_model(vit, KAdaptationConfig()))["adaptation"] == 50_176
     assert count_parameters(get_peft_model(hf, KAdaptationConfig()))["adaptation"] == 59_392 == 50_176 + 12 * 768
+
+
+def test_merge_kadaptation_returns_the_plain_base_model_in_float64():
+    """The issue's `merge_kadaptation(model)`: the base model's exact parameter names, outputs unchanged."""
+    from vitlab.peft import apply_kadaptation, merge_kadaptation
+
+    model = apply_kadaptation(timm_vit(dtype=torch.float64), KAdaptationConfig(n=8))
+    randomize_adapter(model)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    adapted = model(x)
+    plain = merge_kadaptation(model)
+    assert type(plain) is type(timm_vit()) and sorted(plain.state_dict()) == sorted(timm_vit().state_dict())
+    torch.testing.assert_close(plain(x), adapted, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="no KAdaptation layers"):
+        merge_kadaptation(plain)
+
+
+def test_disable_adapter_on_the_model_adapted_in_place():
+    """`vitlab.peft.disable_adapter(m)` on the model handed to apply_kadaptation (adapted in place) failed with
+    "'KAdaptationLayer' object has no attribute 'disabled'"; it now runs the base model (base weights, original head)
+    and restores the adapter and its trainable parameters afterwards, as peft's PeftModel.disable_adapter does."""
+    from vitlab.peft import apply_kadaptation, disable_adapter
+
+    x = torch.randn(2, 3, 32, 32)
+    base = timm_vit()(x)
+    inner = timm_vit()
+    model = apply_kadaptation(inner, KAdaptationConfig(n=8))
+    randomize_adapter(model)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    adapted = inner(x)
+    assert not torch.allclose(adapted, base)
+    with disable_adapter(inner):
+        torch.testing.assert_close(inner(x), base, rtol=0, atol=0)
+    torch.testing.assert_close(inner(x), adapted, rtol=0, atol=0)
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == trainable

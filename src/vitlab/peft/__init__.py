@@ -33,7 +33,7 @@ from vitlab.peft.convert import convert_adapter
 from vitlab.peft.export import export_adapted_model, load_adapted_model, load_run_model
 from vitlab.peft.intrinsic import SubspaceConfig, merge_subspace, wrap_in_subspace
 from vitlab.peft.io import adapter_state_dict, frozen_base_sha256, load_adapter, save_adapter
-from vitlab.peft.kadaptation import KAdaptationConfig, KAdaptationModel, apply_kadaptation
+from vitlab.peft.kadaptation import KAdaptationConfig, KAdaptationModel, apply_kadaptation, merge_kadaptation
 from vitlab.peft.lora import LoraQVConfig, LoraQVModel, apply_lokr, apply_lora, apply_lora_qv
 from vitlab.peft.methods import PEFT_METHODS, build_peft_transform, count_parameters, register_method
 from vitlab.peft.targets import TIMM_TARGET_PRESETS
@@ -43,6 +43,6 @@ __all__ = [
     "SubspaceConfig", "adapter_layers", "adapter_state_dict", "apply_bottleneck_adapters", "apply_kadaptation",
     "apply_lokr", "apply_lora", "apply_lora_qv", "build_peft_transform", "convert_adapter", "count_parameters",
     "disable_adapter", "export_adapted_model", "frozen_base_sha256", "get_peft_spec", "load_adapted_model",
-    "load_adapter", "load_run_model", "merge_adapters", "merge_subspace",
+    "load_adapter", "load_run_model", "merge_adapters", "merge_kadaptation", "merge_subspace",
     "register_method", "save_adapter", "set_peft_spec", "unmerge_adapters", "wrap_in_subspace",
 ]

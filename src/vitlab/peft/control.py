@@ -30,6 +30,7 @@ from typing import Any
 
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
 from vitlab.peft.adapter import AdapterWrapper
@@ -123,16 +124,33 @@ def unmerge_adapters(model: nn.Module) -> nn.Module:
 @contextmanager
 def disable_adapter(model: nn.Module) -> Iterator[nn.Module]:
     """Run the base model alone inside the ``with`` block; a merged layer is unmerged first (as in peft)."""
-    layers = _require_layers(model)
+    _require_layers(model)
     if isinstance(model, PeftModel):
         with model.disable_adapter():
             yield model
         return
-    previous = [layer.disabled for _, layer in layers]
-    for _, layer in layers:
-        layer.disabled = True
+    # a bare model: bottleneck adapters, or a model a peft method adapted in place (the one passed to
+    # apply_kadaptation / get_peft_model): its tuner layers and its modules_to_save head, as peft toggles them
+    toggles = [m for m in model.modules() if isinstance(m, (AdapterWrapper, BaseTunerLayer, AuxiliaryTrainingWrapper))]
+    was_disabled = [_is_disabled(m) for m in toggles]
+    for module in toggles:
+        _set_disabled(module, True)
     try:
         yield model
     finally:
-        for (_, layer), before in zip(layers, previous, strict=True):
-            layer.disabled = before
+        for module, before in zip(toggles, was_disabled, strict=True):
+            if not before:
+                _set_disabled(module, False)
+
+
+def _is_disabled(module: nn.Module) -> bool:
+    if isinstance(module, AdapterWrapper):
+        return module.disabled
+    return module.disable_adapters if isinstance(module, BaseTunerLayer) else module._disable_adapters
+
+
+def _set_disabled(module: nn.Module, disabled: bool) -> None:
+    if isinstance(module, AdapterWrapper):
+        module.disabled = disabled
+    else:  # peft's own switch (it also sets requires_grad of the adapter weights, as PeftModel.disable_adapter does)
+        module.enable_adapters(not disabled)

@@ -2,7 +2,7 @@
 
 from vitlab.peft.kadaptation.config import KADAPTATION, KAdaptationConfig
 from vitlab.peft.kadaptation.layer import KAdaptationLayer
-from vitlab.peft.kadaptation.model import KAdaptationModel, apply_kadaptation, kadaptation_layers
+from vitlab.peft.kadaptation.model import KAdaptationModel, apply_kadaptation, kadaptation_layers, merge_kadaptation
 
 __all__ = [
     "KADAPTATION",
@@ -11,4 +11,5 @@ __all__ = [
     "KAdaptationModel",
     "apply_kadaptation",
     "kadaptation_layers",
+    "merge_kadaptation",
 ]

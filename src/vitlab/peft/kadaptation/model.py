@@ -28,13 +28,14 @@ import math
 
 from torch import nn
 
+from vitlab.peft.control import merge_adapters
 from vitlab.peft.kadaptation.config import KADAPTATION, KAdaptationConfig
 from vitlab.peft.kadaptation.layer import KAdaptationLayer
 from vitlab.peft.registration import register_with_peft
 from vitlab.peft.slice_tuner import RowSliceTuner
 from vitlab.peft.targets import Target
 
-__all__ = ["KAdaptationModel", "apply_kadaptation", "kadaptation_layers"]
+__all__ = ["KAdaptationModel", "apply_kadaptation", "kadaptation_layers", "merge_kadaptation"]
 
 
 def _divisors(value: int) -> list[int]:
@@ -91,3 +92,27 @@ def apply_kadaptation(model: nn.Module, config: KAdaptationConfig | None = None,
     if not isinstance(config, KAdaptationConfig):
         raise TypeError(f"config must be a KAdaptationConfig, got {type(config).__name__}")
     return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def merge_kadaptation(model: nn.Module, safe_merge: bool = True) -> nn.Module:
+    """Fold ΔW (and the delta biases) into the weights and return the plain base model: exactly the base model's
+    parameter names and shapes, outputs unchanged, inference as fast as the base (peft's ``merge_and_unload``; what
+    :func:`vitlab.peft.merge_adapters` does for every method).
+
+    Args:
+        model: the ``peft.PeftModel`` that :func:`apply_kadaptation` / ``peft.get_peft_model`` returned.
+        safe_merge: refuse to write non-finite weights.
+
+    Example:
+        >>> import timm, torch
+        >>> def vit():
+        ...     return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=1,
+        ...                              num_heads=2, num_classes=3).eval()
+        >>> plain = merge_kadaptation(apply_kadaptation(vit(), KAdaptationConfig(n=8)))
+        >>> sorted(plain.state_dict()) == sorted(vit().state_dict())
+        True
+    """
+    if not kadaptation_layers(model):
+        raise ValueError(f"{type(model).__name__} has no KAdaptation layers (already merged, or adapted with another "
+                         "method: vitlab.peft.merge_adapters merges any method)")
+    return merge_adapters(model, unload=True, safe_merge=safe_merge)
