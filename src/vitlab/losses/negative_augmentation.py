@@ -12,18 +12,19 @@ that tracks them (BatchNorm, including timm's ``BatchNormAct2d``) normalises wit
 training, but does not update ``running_mean`` / ``running_var`` / ``num_batches_tracked``; only the clean batch
 does (see `frozen_running_statistics`).
 
-The ``negatives`` config section maps onto the constructor directly::
+The constructor takes the issue's ``NegativeAugmentationLoss(negative_loss, weight)`` (kinds and patch size by
+keyword), and the ``negatives`` config section maps onto it directly::
 
-    negatives: {enabled: true, kinds: [shuffle], patch_size: 8, loss: uniform, weight: 1.0,
-                options: {temperature: 0.1}}
-    -> NegativeAugmentationLoss(kinds, patch_size, loss, weight, **options)
+    negatives: {kinds: [shuffle], patch_size: 8, loss: contrastive, weight: 1.0, temperature: 0.1}
+    -> NegativeAugmentationLoss(kinds, patch_size, loss, weight, temperature=0.1, **options)
 
 Example:
     >>> import timm, torch
     >>> from types import SimpleNamespace
     >>> model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=1,
     ...                           num_heads=2, num_classes=10)
-    >>> term = NegativeAugmentationLoss(["shuffle", "rotate"], patch_size=8, loss="uniform", weight=1.0)
+    >>> term = NegativeAugmentationLoss(UniformNegativeLoss(), 1.0, kinds=["shuffle", "rotate"], patch_size=8)
+    >>> same = NegativeAugmentationLoss(["shuffle", "rotate"], patch_size=8, loss="uniform", weight=1.0)
     >>> images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     >>> out = term(SimpleNamespace(model=model), (images, labels), {"logits": model(images)})
     >>> sorted(out), sorted(term.last_metrics)
@@ -165,16 +166,57 @@ def _check_label_range(labels: Tensor, classes: int) -> None:
                           "labels and the model's num_classes")
 
 
+_CALL_FORMS = ("NegativeAugmentationLoss(negative_loss, weight, kinds=..., patch_size=...) or "
+               "NegativeAugmentationLoss(kinds, patch_size, loss, weight)")
+
+
+def _positional(args: tuple[Any, ...], keywords: dict[str, Any]) -> dict[str, Any]:
+    """``kinds``, ``patch_size``, ``loss`` and ``weight`` of a `NegativeAugmentationLoss` call, defaults filled in.
+
+    Positional arguments are ``(negative_loss, weight)`` when the first is a loss (a name from ``LOSSES`` or an
+    ``nn.Module``), else ``(kinds, patch_size, loss, weight)``. ``loss`` and ``negative_loss`` are the same argument.
+    """
+    loss_first = bool(args) and (isinstance(args[0], nn.Module) or (isinstance(args[0], str) and args[0] in LOSSES))
+    names = ("negative_loss", "weight") if loss_first else ("kinds", "patch_size", "loss", "weight")
+    if len(args) > len(names):
+        raise TypeError(f"NegativeAugmentationLoss takes at most {len(names)} positional arguments "
+                        f"({', '.join(names)}) here, got {len(args)}: call {_CALL_FORMS}")
+    for name, value in zip(names, args, strict=False):
+        if keywords[name] is not None:
+            raise TypeError(f"NegativeAugmentationLoss got two values for {name!r} (positional and keyword): give it "
+                            f"once; call {_CALL_FORMS}")
+        keywords[name] = value
+    if keywords["loss"] is not None and keywords["negative_loss"] is not None:
+        raise ConfigError(f"NegativeAugmentationLoss got both loss={keywords['loss']!r} and negative_loss="
+                          f"{keywords['negative_loss']!r}: they are the same argument, give one")
+    if keywords["loss"] is None:
+        keywords["loss"] = keywords["negative_loss"]
+    defaults = {"kinds": ("shuffle",), "patch_size": 8, "loss": "uniform", "weight": 1.0}
+    return {key: default if keywords[key] is None else keywords[key] for key, default in defaults.items()}
+
+
 class NegativeAugmentationLoss(nn.Module):
     """Loss term ``L_neg`` on one patch-based negative view per training image.
 
+    Two call forms build the same term (the harness adds ``weight * L_neg`` to the cross-entropy, L = CE + lambda *
+    L_neg):
+
+    - ``NegativeAugmentationLoss(negative_loss, weight, kinds=..., patch_size=..., ...)``: the issue's form; the
+      first positional argument is a loss (a name or a loss object), the second lambda;
+    - ``NegativeAugmentationLoss(kinds, patch_size, loss, weight, ...)``: the ``negatives`` config section's order.
+
+    Every argument may also be given by keyword. Omitted ones take the defaults below. A loss given twice
+    (``loss=`` and ``negative_loss=``) is refused (ConfigError); an argument given both positionally and by keyword,
+    or too many positional arguments, raise TypeError naming both forms.
+
     Args:
-        kinds: negative-view kinds, one drawn per image (``shuffle``, ``rotate``, ``infill``).
-        patch_size: cell size in pixels; must divide the training image size (ideally a multiple of the model's
-            patch size, which ``model_patch_size`` enforces).
-        loss: ``"uniform"`` (`UniformNegativeLoss`), ``"l2"`` (`L2NegativeLoss`), ``"contrastive"``
-            (`ContrastiveNegativeLoss`), or an instance of one of these classes.
-        weight: lambda, the factor the harness applies before adding the term to the cross-entropy.
+        negative_loss: ``"uniform"`` (`UniformNegativeLoss`), ``"l2"`` (`L2NegativeLoss`), ``"contrastive"``
+            (`ContrastiveNegativeLoss`), or an instance of one of these classes (default ``"uniform"``).
+        weight: lambda, the factor the harness applies before adding the term to the cross-entropy (default 1.0).
+        kinds: negative-view kinds, one drawn per image (``shuffle``, ``rotate``, ``infill``; default ``shuffle``).
+        patch_size: cell size in pixels (default 8); must divide the training image size (ideally a multiple of the
+            model's patch size, which ``model_patch_size`` enforces).
+        loss: the same argument as ``negative_loss`` (the config section's name for it).
         temperature: contrastive temperature (default 0.1); only with ``loss="contrastive"``.
         detach_clean: stop the gradient through the clean branch (default False); only with ``loss="l2"``.
         gather_distributed: contrastive negatives from the global batch under DDP (default True).
@@ -205,11 +247,12 @@ class NegativeAugmentationLoss(nn.Module):
 
     def __init__(
         self,
-        kinds: Sequence[str] = ("shuffle",),
-        patch_size: int = 8,
-        loss: str | nn.Module = "uniform",
-        weight: float = 1.0,
-        *,
+        *args: Any,
+        kinds: Sequence[str] | None = None,
+        patch_size: int | None = None,
+        loss: str | nn.Module | None = None,
+        negative_loss: str | nn.Module | None = None,
+        weight: float | None = None,
         temperature: float | None = None,
         detach_clean: bool | None = None,
         gather_distributed: bool | None = None,
@@ -219,6 +262,9 @@ class NegativeAugmentationLoss(nn.Module):
         source: str = "random",
         seed: int = 0,
     ) -> None:
+        given = _positional(args, {"kinds": kinds, "patch_size": patch_size, "loss": loss,
+                                   "negative_loss": negative_loss, "weight": weight})
+        kinds, patch_size, loss, weight = given["kinds"], given["patch_size"], given["loss"], given["weight"]
         super().__init__()
         if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, numbers.Real) or not (
                 math.isfinite(weight) and weight >= 0):
