@@ -144,35 +144,62 @@ class OptimConfig:
                  self.ema_decay, "null or a number in (0, 1)")
 
 
+#: The ``negatives`` keys that switch the section on when given (``enabled`` unset), with their defaults.
+_NEGATIVES_DEFAULTS: dict[str, Any] = {"kinds": ["shuffle"], "patch_size": 8, "loss": "uniform", "weight": 1.0}
+
+
 @dataclass
 class NegativesConfig:
-    """``negatives`` section (reserved for patch-based negative augmentation, the ``loss terms`` extension point).
+    """``negatives`` section: patch-based negative augmentation (the ``loss terms`` extension point).
+
+    Giving any key switches the term on; ``enabled`` only needs setting to say so explicitly (``true`` with no other
+    key: the defaults) or to refuse keys (``false``). ``__post_init__`` resolves the unset keys, so the built config
+    (and the run's ``config.yaml``) holds a plain ``enabled: true`` / ``false`` and every default.
 
     Args:
-        enabled: add the negative-augmentation loss term.
-        kinds: negative views to draw from (``shuffle``, ``rotate``, ``infill``).
-        patch_size: cell size in pixels of the patch transforms.
-        loss: negative loss (``uniform``, ``l2``, ``contrastive``).
-        weight: weight of the term added to the cross-entropy.
-        options: further keywords of the loss term.
+        enabled: ``null`` (default): on when any other key is given, else off; ``true``: on; ``false``: off (other
+            keys that differ from their defaults are then refused).
+        kinds: negative views to draw from (``shuffle``, ``rotate``, ``infill``); default ``[shuffle]``.
+        patch_size: cell size in pixels of the patch transforms; default 8.
+        loss: negative loss (``uniform``, ``l2``, ``contrastive``); default ``uniform``.
+        weight: weight (lambda) of the term added to the cross-entropy; default 1.0.
+        temperature: temperature of the contrastive loss (only with ``loss: contrastive``; ``null``: the loss's
+            default 0.1); the same as ``options: {temperature: ...}``, which it is copied to (and from).
+        options: further keywords of the loss term (`vitlab.losses.NegativeAugmentationLoss`).
+
+    Example:
+        >>> NegativesConfig(kinds=["rotate"], loss="contrastive", temperature=0.2).enabled
+        True
+        >>> NegativesConfig().enabled, NegativesConfig(enabled=True).kinds
+        (False, ['shuffle'])
     """
 
-    enabled: bool = False
-    kinds: list[str] = field(default_factory=lambda: ["shuffle"])
-    patch_size: int = 8
-    loss: str = "uniform"
-    weight: float = 1.0
+    enabled: bool | None = None
+    kinds: list[str] | None = None
+    patch_size: int | None = None
+    loss: str | None = None
+    weight: float | None = None
+    temperature: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.enabled, bool), "negatives.enabled", self.enabled, "true or false")
-        if not self.enabled:
-            set_keys = [f.name for f in fields(self) if f.name != "enabled"
-                        and getattr(self, f.name) != (f.default_factory() if callable(f.default_factory)
-                                                      else f.default)]
-            if set_keys:
-                raise ConfigError(f"negatives.{', negatives.'.join(set_keys)} set but negatives.enabled is false: set "
-                                  "negatives.enabled: true to train with negative views, or drop those options")
+        _require(self.enabled is None or isinstance(self.enabled, bool), "negatives.enabled", self.enabled,
+                 "true, false or null (null: on when any other negatives key is given)")
+        _require(isinstance(self.options, dict), "negatives.options", self.options,
+                 "a mapping of NegativeAugmentationLoss keywords")
+        given = [key for key in (*_NEGATIVES_DEFAULTS, "temperature") if getattr(self, key) is not None]
+        given += ["options"] if self.options else []
+        if self.enabled is None:
+            self.enabled = bool(given)
+        elif not self.enabled:
+            differing = [key for key in given if getattr(self, key) != _NEGATIVES_DEFAULTS.get(key)]
+            if differing:
+                raise ConfigError(f"negatives.{', negatives.'.join(differing)} set but negatives.enabled is false: "
+                                  "drop negatives.enabled (any negatives key switches the term on) or set it to true "
+                                  "to train with negative views, or drop those options")
+        for key, default in _NEGATIVES_DEFAULTS.items():
+            if getattr(self, key) is None:
+                setattr(self, key, list(default) if isinstance(default, list) else default)
         _require(_number(self.weight) and self.weight >= 0, "negatives.weight", self.weight, "a finite number >= 0")
         if self.enabled:
             from vitlab.augment import KINDS  # here, not at import: `vitlab fit --help` does not import torch
@@ -187,6 +214,25 @@ class NegativesConfig:
         _require(isinstance(self.patch_size, int) and not isinstance(self.patch_size, bool) and self.patch_size >= 2,
                  "negatives.patch_size", self.patch_size,
                  "an integer >= 2 (1-px cells leave the image unchanged: a negative view must differ)")
+        self._resolve_temperature()
+
+    def _resolve_temperature(self) -> None:
+        """Check ``temperature`` and make it and ``options.temperature`` one value (either form gives both)."""
+        in_options = self.options.get("temperature")
+        if self.temperature is None and (in_options is None or self.loss != "contrastive"):
+            return  # options.temperature with another loss: the loss term refuses it, naming the loss
+        key = "negatives.temperature" if self.temperature is not None else "negatives.options.temperature"
+        value = self.temperature if self.temperature is not None else in_options
+        _require(_number(value) and value > 0, key, value, "a finite number > 0 (the contrastive loss's default: 0.1)")
+        if self.loss != "contrastive":
+            raise ConfigError(f"negatives.temperature applies only to loss: contrastive, got loss: {self.loss!r} (the "
+                              "uniform and l2 losses have no temperature): set negatives.loss: contrastive or drop "
+                              "negatives.temperature")
+        if in_options is not None and in_options != value:
+            raise ConfigError(f"negatives.temperature {value!r} and negatives.options.temperature {in_options!r} "
+                              "differ: give the temperature once (negatives.temperature)")
+        self.temperature = float(value)
+        self.options = {**self.options, "temperature": self.temperature}
 
 
 @dataclass
