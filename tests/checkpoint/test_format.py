@@ -100,3 +100,15 @@ def test_a_file_of_another_checkpoint_format_says_what_to_do(tmp_path):
         save_file({"w": torch.zeros(1)}, str(path), metadata={"vitlab": json.dumps(meta)})
         with pytest.raises(CheckpointError, match=fix):  # named no fix: "has checkpoint format 2, this vitlab reads 1"
             read_metadata(path)
+
+
+def test_resolve_weights_path_reads_tilde_and_names_the_way_for_a_lightning_ckpt(tmp_path, monkeypatch):
+    from vitlab.checkpoint import resolve_weights_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.safetensors").write_bytes(b"")
+    assert resolve_weights_path("~/run") == tmp_path / "run" / "model.safetensors"
+    (tmp_path / "run" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"is a Lightning checkpoint: pass its run folder .* also take a \.ckpt"):
+        resolve_weights_path("~/run/last.ckpt")

@@ -1,4 +1,5 @@
-"""`vitlab eval` / `vitlab predict` on a Lightning .ckpt that a run's ModelCheckpoint kept."""
+"""`vitlab eval` / `predict` / `robustness` / `diagnose-negatives` on a Lightning .ckpt that a run's ModelCheckpoint
+kept."""
 
 import json
 
@@ -7,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vitlab.checkpoint import CheckpointError
-from vitlab.cli.lightning_ckpt import checkpoint_weights
+from vitlab.checkpoint import CheckpointError, checkpoint_weights
 from vitlab.cli.main import main
+from vitlab.data import build_datamodule
 from vitlab.eval.evaluate import evaluate_checkpoint
 from vitlab.train import DataConfig, ModelConfig, OptimConfig, RunConfig, fit
 
@@ -77,3 +78,31 @@ def test_a_ckpt_outside_a_finished_run_names_the_fix(run, tmp_path, capsys):
     (unfinished / "checkpoints" / "last.ckpt").write_bytes(loose.read_bytes())
     assert main(["eval", "--checkpoint", str(unfinished / "checkpoints" / "last.ckpt")]) == 1
     assert "--resume true" in capsys.readouterr().err
+
+
+def test_robustness_and_diagnose_negatives_of_a_ckpt_report_it_beside_it(run, tmp_path, capsys):
+    """Both commands read a .ckpt as eval does; the reports name the .ckpt and go beside it (not into the run folder,
+    whose reports are the final weights'), and running them again replaces their own reports."""
+    best = run.run_dir / "checkpoints" / "best.ckpt"
+    with checkpoint_weights(best) as weights:
+        expected = evaluate_checkpoint(weights, "digits")["acc"]
+    for _ in range(2):
+        assert main(["diagnose-negatives", "--checkpoint", str(best), "--n", "all", "--kinds", "[shuffle]"]) == 0
+    report = json.loads((best.parent / "diagnose_negatives_digits.json").read_text())
+    assert report["checkpoint"] == str(best)
+    assert report["views"]["clean"]["accuracy"] == pytest.approx(expected)
+
+    published = tmp_path / "published"  # a CIFAR-C-layout folder at the run's 16 px: the clean images, 5 "severities"
+    published.mkdir()
+    dm = build_datamodule("digits", img_size=16, batch_size=512)
+    dm.setup("test")
+    images, labels = next(iter(dm.test_dataloader()))
+    pixels = ((images * torch.tensor(dm.std).view(1, -1, 1, 1) + torch.tensor(dm.mean).view(1, -1, 1, 1)) * 255)
+    pixels = pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.save(published / "contrast.npy", np.concatenate([pixels] * 5))
+    np.save(published / "labels.npy", np.concatenate([labels.numpy()] * 5))
+    assert main(["robustness", "--checkpoint", str(best), "--corruption_dir", str(published)]) == 0
+    report = json.loads((best.parent / "robustness_digits_published.json").read_text())
+    assert report["checkpoint"] == str(best)
+    assert report["accuracy"]["contrast"]["1"] == pytest.approx(expected, abs=1 / 360)  # uint8 round trip
+    capsys.readouterr()

@@ -73,6 +73,7 @@ def test_robustness_default_cache_n_all_and_published_folder(checkpoint, tmp_pat
         (["--n", "0"], "--n must be a positive int or 'all'"),
         (["--n", "361"], "test set has 360 images: use --n all or less"),
         (["--alexnet_normalise", "true"], "apply to ImageNet-C only"),
+        (["--alexnet-normalise"], "apply to ImageNet-C only"),  # a bare flag, as the issue writes it, means true
         (["--data", "fashion_mnist", "--root", "/nonexistent"], "fashion_mnist files not found in /nonexistent"),
     ],
 )

@@ -37,6 +37,20 @@ def test_a_folder_stands_for_its_image_files_in_name_order(checkpoint, folder, t
         predict_images(checkpoint, str(folder / "a.jpg"))  # a single path string, not a list
 
 
+def test_a_tilde_path_is_the_home_folder(checkpoint, folder, monkeypatch):
+    """A quoted `~` (or one from Python / YAML, where no shell expands it) names the home folder, for the weights and
+    the images alike (it said "no weights at ~/run")."""
+    import shutil
+
+    home = folder / "home"
+    shutil.copytree(checkpoint, home / "run")
+    monkeypatch.setenv("HOME", str(home))
+    shutil.copy(folder / "a.jpg", home / "a.jpg")
+    rows = predict_images("~/run", ["~/a.jpg", "~"], topk=2)
+    assert [row["image"] for row in rows] == [str(home / "a.jpg")] * 2
+    assert rows[0] == predict_images(checkpoint, [folder / "a.jpg"], topk=2)[0] | {"image": str(home / "a.jpg")}
+
+
 def test_jsonl_output_parses_back_to_the_predictions(checkpoint, folder, capsys):
     assert main(["predict", "--checkpoint", str(checkpoint), "--topk", "3", "--format", "jsonl", str(folder)]) == 0
     lines = capsys.readouterr().out.splitlines()

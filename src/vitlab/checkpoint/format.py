@@ -195,11 +195,12 @@ def save_checkpoint(
 
 
 def resolve_weights_path(path: str | Path) -> Path:
-    """Accept a ``.safetensors`` file or a run folder holding ``model.safetensors``; return the file path."""
+    """Accept a ``.safetensors`` file or a run folder holding ``model.safetensors`` (``~`` is the home folder); return
+    the file path."""
     if not isinstance(path, str | os.PathLike):
         raise TypeError(f"weights path must be a model.safetensors file or a run folder (str or pathlib.Path), got "
                         f"{path!r} ({type(path).__name__})")
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         # a run of a nonlinear (bottleneck) adapter has only adapter.safetensors (see vitlab.peft.export)
         path = path / WEIGHTS_NAME if (path / WEIGHTS_NAME).is_file() or not (path / ADAPTER_NAME).is_file() \
@@ -209,6 +210,10 @@ def resolve_weights_path(path: str | Path) -> Path:
             f"no weights at {path}: pass a model.safetensors file or a run folder that holds one "
             "(written at the end of `vitlab fit`)"
         )
+    if path.suffix == ".ckpt":
+        raise CheckpointError(f"{path} is a Lightning checkpoint: pass its run folder (or the run's "
+                              "model.safetensors); the vitlab commands (eval, predict, robustness, diagnose-negatives) "
+                              "also take a .ckpt inside a finished run's folder")
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path} is not a .safetensors file; vitlab never unpickles weights")
     return path

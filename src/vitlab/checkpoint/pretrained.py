@@ -56,13 +56,13 @@ from vitlab.checkpoint.format import (
 from vitlab.errors import ConfigError
 
 __all__ = [
-    "PICKLE_SUFFIXES", "PretrainedWeights", "check_model_name", "create_model", "file_sha256", "load_pretrained",
-    "read_weights_file", "record_state_dict_loads", "resolve_pretrained",
+    "LIGHTNING_PREFIXES", "PICKLE_SUFFIXES", "PretrainedWeights", "check_model_name", "create_model", "file_sha256",
+    "load_pretrained", "read_weights_file", "record_state_dict_loads", "resolve_pretrained",
 ]
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 #: Where a `vitlab fit` LightningModule keeps the network in its state dict: the EMA copy (optim.ema_decay) first
-_LIGHTNING_PREFIXES = ("ema.module.", "model.")
+LIGHTNING_PREFIXES = ("ema.module.", "model.")
 SOURCES = ("vitlab", "file", "timm", "hf-hub")
 _HUB_PREFIX = "hf-hub:"
 
@@ -391,7 +391,7 @@ def _lightning_state_dict(path: Path) -> dict[str, Any] | None:
             and isinstance(checkpoint.get("state_dict"), Mapping)):
         return None
     state = checkpoint["state_dict"]
-    for prefix in _LIGHTNING_PREFIXES:
+    for prefix in LIGHTNING_PREFIXES:
         if any(str(key).startswith(prefix) for key in state):
             return {key[len(prefix):]: value for key, value in state.items() if str(key).startswith(prefix)}
     heads = {str(key).split(".", 1)[0] for key in state}

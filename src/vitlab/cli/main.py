@@ -30,7 +30,7 @@ from jsonargparse import ArgumentParser, Namespace
 
 from vitlab.errors import VitlabError
 
-__all__ = ["COMMANDS", "build_parser", "dispatch", "is_user_error", "main"]
+__all__ = ["CHECKPOINT_HELP", "COMMANDS", "build_parser", "dispatch", "is_user_error", "main"]
 
 #: subcommand -> (module, parser builder in it, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -55,13 +55,14 @@ RUN_CONFIG_COMMANDS = {"fit", "intrinsic-dim"}
 _VITLAB_DIR = Path(__file__).resolve().parents[1]
 
 
-_CHECKPOINT_HELP = ("model.safetensors, a run folder, or a Lightning .ckpt inside a finished run's folder (e.g. the "
-                    "best epoch a trainer.callbacks ModelCheckpoint kept; read with weights_only=True)")
+#: ``--checkpoint``'s help in every command that evaluates a checkpoint.
+CHECKPOINT_HELP = ("model.safetensors, a run folder, or a Lightning .ckpt inside a finished run's folder (e.g. the "
+                   "best epoch a trainer.callbacks ModelCheckpoint kept; read with weights_only=True)")
 
 
 def _eval_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="vitlab eval", description="Top-1 accuracy of a checkpoint on a dataset split.")
-    parser.add_argument("--checkpoint", type=str, required=True, help=_CHECKPOINT_HELP)
+    parser.add_argument("--checkpoint", type=str, required=True, help=CHECKPOINT_HELP)
     parser.add_argument("--data", type=str | None, default=None,
                         help="dataset name (see `vitlab data list`; default: the checkpoint's training dataset)")
     parser.add_argument("--root", type=str | None, default=None, help="data folder (default: vitlab's cache)")
@@ -73,7 +74,7 @@ def _eval_parser() -> ArgumentParser:
 
 def _predict_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="vitlab predict", description="Classify image files with a checkpoint.")
-    parser.add_argument("--checkpoint", type=str, required=True, help=_CHECKPOINT_HELP)
+    parser.add_argument("--checkpoint", type=str, required=True, help=CHECKPOINT_HELP)
     parser.add_argument("--topk", type=int, default=1,
                         help="how many classes to print per image (at most the class count)")
     parser.add_argument("--format", type=Literal["text", "jsonl", "csv"], default="text",
@@ -210,12 +211,10 @@ def _run_data(ns: Namespace) -> None:
 def _run_eval(sub: Namespace) -> None:
     import json
 
-    from vitlab.cli.lightning_ckpt import checkpoint_weights
     from vitlab.eval.evaluate import evaluate_checkpoint
 
-    with checkpoint_weights(sub.checkpoint) as weights:
-        result = evaluate_checkpoint(weights, sub.data, root=sub.root, split=sub.split,
-                                     batch_size=sub.batch_size, device=sub.device)
+    result = evaluate_checkpoint(sub.checkpoint, sub.data, root=sub.root, split=sub.split,
+                                 batch_size=sub.batch_size, device=sub.device)
     print(json.dumps(result))
 
 
@@ -223,12 +222,10 @@ def _run_predict(sub: Namespace) -> None:
     import csv
     import json
 
-    from vitlab.cli.lightning_ckpt import checkpoint_weights
     from vitlab.errors import DataError
     from vitlab.eval.evaluate import predict_images
 
-    with checkpoint_weights(sub.checkpoint) as weights:
-        rows = predict_images(weights, sub.images, topk=sub.topk)
+    rows = predict_images(sub.checkpoint, sub.images, topk=sub.topk)
     writer = csv.writer(sys.stdout, lineterminator="\n")
     if sub.format == "csv":
         writer.writerow(["image", "rank", "class", "probability", "error"])

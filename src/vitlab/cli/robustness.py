@@ -29,6 +29,7 @@ from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
+from vitlab.cli.main import CHECKPOINT_HELP
 from vitlab.eval.evaluate import DEFAULT_N
 
 __all__ = ["add_checkpoint_arguments", "build_robustness_parser", "run_robustness"]
@@ -42,7 +43,7 @@ def add_checkpoint_arguments(parser: ArgumentParser, use: str, n_help: str) -> N
         use: what the command does with the test set, for ``--data``'s help ("corrupted", "used").
         n_help: ``--n``'s help text.
     """
-    parser.add_argument("--checkpoint", type=str, required=True, help="model.safetensors or a run folder")
+    parser.add_argument("--checkpoint", type=str, required=True, help=CHECKPOINT_HELP)
     parser.add_argument("--data", type=str | None, default=None,
                         help=f"dataset whose test set is {use} (default: the checkpoint's training dataset)")
     parser.add_argument("--root", type=str | None, default=None, help="data folder (default: vitlab's cache)")
@@ -74,7 +75,7 @@ def build_robustness_parser() -> ArgumentParser:
                         help="a published CIFAR-10-C / CIFAR-100-C folder (<corruption>.npy + labels.npy) instead")
     parser.add_argument("--imagenet_c", type=str | None, default=None,
                         help="a published ImageNet-C folder <root>/<corruption>/<severity>/<wnid>/*.JPEG instead")
-    parser.add_argument("--alexnet_normalise", "--alexnet-normalise", type=bool, default=False,
+    parser.add_argument("--alexnet_normalise", "--alexnet-normalise", type=bool, nargs="?", const=True, default=False,
                         help="with --imagenet_c: AlexNet-normalised mCE and relative mCE")
     parser.add_argument("--clean_accuracy", type=float | None, default=None,
                         help="with --imagenet_c: the model's clean ImageNet accuracy (for the relative mCE)")

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from vitlab.checkpoint.lightning import checkpoint_weights, is_lightning_checkpoint, lightning_run_folder
 from vitlab.errors import ConfigError, DataError
 from vitlab.eval.device import resolve_device
 from vitlab.metrics import evaluate_classifier
@@ -54,35 +55,36 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, root: s
 
     if split not in ("test", "val"):
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
-    model, meta = load_run_model(checkpoint)
-    data_cfg = meta.get("extra", {}).get("data", {})
-    kwargs = meta["model_kwargs"]
-    data = data or data_cfg.get("name")
-    if not data:
-        raise ConfigError(f"{checkpoint} does not record its dataset (it was not written by `vitlab fit`): "
-                          "pass --data NAME")
-    if data_cfg.get("mean") and data_cfg.get("std") and "mean" not in data_options:  # the normalisation it trained on
-        data_options = {**data_options, "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])}
-    _check_dataset_fits(data, kwargs, checkpoint)
-    if split == "val" and data_cfg.get("name") == data:
-        data_options = {**_run_val_split(checkpoint), **data_options}
-    datamodule = build_datamodule(
-        data, root=root, img_size=data_cfg.get("img_size", kwargs.get("img_size", 32)),
-        in_chans=kwargs.get("in_chans"), batch_size=batch_size, **data_options,
-    )
-    if datamodule.num_classes != kwargs.get("num_classes", datamodule.num_classes):
-        raise ConfigError(f"{data} has {datamodule.num_classes} classes but {checkpoint} predicts "
-                          f"{kwargs['num_classes']}: evaluate it on a dataset with {kwargs['num_classes']} classes")
-    trained_on = data_cfg.get("name")
-    _check_class_names(data_cfg.get("class_names"), datamodule.class_names, data, trained_on, checkpoint)
-    if trained_on is not None and trained_on != data:  # after the name and the class count are known to be valid
-        warnings.warn(f"{checkpoint} was trained on {trained_on!r} but is evaluated on {data!r}: the accuracy is a "
-                      f"transfer result (pass --data {trained_on} for the model's own test set)", stacklevel=2)
-    datamodule.prepare_data()
-    datamodule.setup("test" if split == "test" else "validate")
-    loader: DataLoader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
-    device = resolve_device(device)
-    return evaluate_classifier(model, loader, device=device, progress=f"{data}/{split}")
+    with checkpoint_weights(checkpoint) as weights:  # a Lightning .ckpt: its weights as model.safetensors
+        model, meta = load_run_model(weights)
+        data_cfg = meta.get("extra", {}).get("data", {})
+        kwargs = meta["model_kwargs"]
+        data = data or data_cfg.get("name")
+        if not data:
+            raise ConfigError(f"{checkpoint} does not record its dataset (it was not written by `vitlab fit`): "
+                              "pass --data NAME")
+        if data_cfg.get("mean") and data_cfg.get("std") and "mean" not in data_options:  # the training normalisation
+            data_options = {**data_options, "mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])}
+        _check_dataset_fits(data, kwargs, checkpoint)
+        if split == "val" and data_cfg.get("name") == data:
+            data_options = {**_run_val_split(checkpoint), **data_options}
+        datamodule = build_datamodule(
+            data, root=root, img_size=data_cfg.get("img_size", kwargs.get("img_size", 32)),
+            in_chans=kwargs.get("in_chans"), batch_size=batch_size, **data_options,
+        )
+        if datamodule.num_classes != kwargs.get("num_classes", datamodule.num_classes):
+            raise ConfigError(f"{data} has {datamodule.num_classes} classes but {checkpoint} predicts "
+                              f"{kwargs['num_classes']}: evaluate it on a dataset with {kwargs['num_classes']} classes")
+        trained_on = data_cfg.get("name")
+        _check_class_names(data_cfg.get("class_names"), datamodule.class_names, data, trained_on, checkpoint)
+        if trained_on is not None and trained_on != data:  # after the name and the class count are known to be valid
+            warnings.warn(f"{checkpoint} was trained on {trained_on!r} but is evaluated on {data!r}: the accuracy is a "
+                          f"transfer result (pass --data {trained_on} for the model's own test set)", stacklevel=2)
+        datamodule.prepare_data()
+        datamodule.setup("test" if split == "test" else "validate")
+        loader: DataLoader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+        device = resolve_device(device)
+        return evaluate_classifier(model, loader, device=device, progress=f"{data}/{split}")
 
 
 @torch.no_grad()
@@ -110,35 +112,36 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
     images = _expand_folders(images)
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ConfigError(f"topk must be an int >= 1 (how many classes to list per image), got {topk!r}")
-    model, meta = load_run_model(checkpoint)
-    model.eval()
-    data_cfg = meta.get("extra", {}).get("data")
-    if not data_cfg:
-        raise ConfigError(f"{checkpoint} has no data config in its metadata: it was not written by `vitlab fit`; "
-                          "predict with a run folder or model.safetensors that `vitlab fit` wrote")
-    transform = build_eval_transform(data_cfg)
-    names = data_cfg.get("class_names") or [str(i) for i in range(meta["model_kwargs"]["num_classes"])]
-    topk = min(topk, len(names))
-    results = []
-    for path in images:
-        try:
-            if Path(path).is_dir():
-                raise DataError("a folder without image files (PNG, JPEG, ...)")
-            if not Path(path).is_file():
-                raise DataError("no such image file")
-            with Image.open(path) as image:
-                batch = transform(image).unsqueeze(0)
-        except (OSError, DataError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
-            message = f"{path}: {err}" if isinstance(err, DataError) else f"{path}: not a readable image ({err})"
-            results.append({"image": str(path), "predictions": [], "error": message})
-            continue
-        probs = model(batch).softmax(dim=1)[0]
-        values, indices = probs.topk(topk)
-        predictions = [(names[i], float(v)) for v, i in zip(values, indices, strict=True)]
-        results.append({"image": str(path), "predictions": predictions})
-    if all("error" in row for row in results):
-        raise DataError("no image could be read: " + "; ".join(row["error"] for row in results))
-    return results
+    with checkpoint_weights(checkpoint) as weights:  # a Lightning .ckpt: its weights as model.safetensors
+        model, meta = load_run_model(weights)
+        model.eval()
+        data_cfg = meta.get("extra", {}).get("data")
+        if not data_cfg:
+            raise ConfigError(f"{checkpoint} has no data config in its metadata: it was not written by `vitlab fit`; "
+                              "predict with a run folder or model.safetensors that `vitlab fit` wrote")
+        transform = build_eval_transform(data_cfg)
+        names = data_cfg.get("class_names") or [str(i) for i in range(meta["model_kwargs"]["num_classes"])]
+        topk = min(topk, len(names))
+        results = []
+        for path in images:
+            try:
+                if Path(path).is_dir():
+                    raise DataError("a folder without image files (PNG, JPEG, ...)")
+                if not Path(path).is_file():
+                    raise DataError("no such image file")
+                with Image.open(path) as image:
+                    batch = transform(image).unsqueeze(0)
+            except (OSError, DataError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+                message = f"{path}: {err}" if isinstance(err, DataError) else f"{path}: not a readable image ({err})"
+                results.append({"image": str(path), "predictions": [], "error": message})
+                continue
+            probs = model(batch).softmax(dim=1)[0]
+            values, indices = probs.topk(topk)
+            predictions = [(names[i], float(v)) for v, i in zip(values, indices, strict=True)]
+            results.append({"image": str(path), "predictions": predictions})
+        if all("error" in row for row in results):
+            raise DataError("no image could be read: " + "; ".join(row["error"] for row in results))
+        return results
 
 
 def _check_dataset_fits(name: str, model_kwargs: dict[str, Any], checkpoint: str | Path) -> None:
@@ -174,13 +177,23 @@ def _check_class_names(recorded: Sequence[str] | None, found: Sequence[str], dat
                           "on data with the model's classes")
 
 
+def _named_weights(checkpoint: str | Path) -> Path:
+    """The file a report names for ``checkpoint`` (and whose folder it goes to by default): a Lightning ``.ckpt``
+    itself, else the ``model.safetensors`` a run folder or file resolves to."""
+    from vitlab.checkpoint import resolve_weights_path
+
+    return Path(checkpoint).expanduser() if is_lightning_checkpoint(checkpoint) else resolve_weights_path(checkpoint)
+
+
 def _run_val_split(checkpoint: str | Path) -> dict[str, Any]:
     """The run's hold-out settings (``val_fraction`` and ``seed`` of the ``config.yaml`` beside the weights), so that
     ``--split val`` is the run's own validation set; a bare weights file warns that the default split is used."""
     from vitlab.checkpoint import resolve_weights_path
     from vitlab.yaml_loader import load_yaml_file
 
-    config_path = resolve_weights_path(checkpoint).parent / "config.yaml"
+    folder = lightning_run_folder(Path(checkpoint).expanduser()) if is_lightning_checkpoint(checkpoint) \
+        else resolve_weights_path(checkpoint).parent
+    config_path = folder / "config.yaml"
     config = load_yaml_file(config_path) if config_path.is_file() else None
     if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
         warnings.warn(f"{checkpoint} has no run config.yaml beside it: --split val is the default hold-out (10 % of "
@@ -191,13 +204,15 @@ def _run_val_split(checkpoint: str | Path) -> dict[str, Any]:
 
 
 def _expand_folders(paths: Sequence[str | Path]) -> list[str | Path]:
-    """``paths`` with each folder replaced by the image files directly inside it (sorted); an empty folder stays, so
-    that its row says it holds no image."""
+    """``paths`` (``~`` expanded) with each folder replaced by the image files directly inside it (sorted); an empty
+    folder stays, so that its row says it holds no image."""
     from PIL import Image
 
     suffixes = {suffix.lower() for suffix in Image.registered_extensions()}
     expanded: list[str | Path] = []
     for path in paths:
+        if str(path).startswith("~"):  # a quoted ~ (or one from Python / YAML): the home folder, as the shell reads it
+            path = str(Path(path).expanduser())
         if not Path(path).is_dir():
             expanded.append(path)
             continue
@@ -411,7 +426,6 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
         report = robustness_report("runs/vit_fashion_mnist", n=100)
         report["metrics"]["mean_accuracy"]
     """
-    from vitlab.checkpoint import resolve_weights_path
     from vitlab.data.transforms import normalize_for
     from vitlab.eval.corruptions import COMMON_CORRUPTIONS
     from vitlab.eval.imagenet_c import evaluate_imagenet_c
@@ -439,50 +453,52 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"--workers must be an int >= 1 (processes generating corruptions) or unset for one per "
                           f"CPU, got {workers!r}")
-    chosen = resolve_device(device)
-    source = ""
-    if corruption_dir or imagenet_c:
-        model, meta = load_run_model(checkpoint)
-        data_config = meta.get("extra", {}).get("data")
-        if not data_config:
-            raise ConfigError(f"{checkpoint} has no data config in its metadata: it was not written by `vitlab fit`")
-        name = data or data_config.get("name", "data")
-    else:
-        model, meta, datamodule = load_checkpoint_and_test_data(checkpoint, data, root, batch_size)
-        data_config, name = datamodule.data_config(), datamodule.name  # the normalisation `vitlab eval` applies
-    stem = f"robustness_{name}" + ("_imagenet_c" if imagenet_c else "_published" if corruption_dir else "")
-    weights = resolve_weights_path(checkpoint)
-    folder_out = _report_folder(out, weights, stem)
-    if imagenet_c:
-        from vitlab.data import build_eval_transform
-
-        report = evaluate_imagenet_c(model, imagenet_c, build_eval_transform(data_config),
-                                     clean_accuracy=clean_accuracy, n=count, batch_size=batch_size, device=chosen,
-                                     corruptions=corruptions or COMMON_CORRUPTIONS,
-                                     alexnet_normalise=alexnet_normalise,
-                                     class_names=data_config.get("class_names"))
-    else:
-        if corruption_dir:
-            folder = Path(corruption_dir)
-            _check_geometry(folder, data_config)
-            print(f"robustness: published-layout folder {folder}, "
-                  f"{'all' if count is None else count} images per corruption and severity")
+    with checkpoint_weights(checkpoint) as weights_file:  # a Lightning .ckpt: its weights as model.safetensors
+        chosen = resolve_device(device)
+        source = ""
+        if corruption_dir or imagenet_c:
+            model, meta = load_run_model(weights_file)
+            data_config = meta.get("extra", {}).get("data")
+            if not data_config:
+                raise ConfigError(f"{checkpoint} has no data config in its metadata: it was not written by "
+                                  "`vitlab fit`")
+            name = data or data_config.get("name", "data")
         else:
-            folder, source = _generated_set(datamodule, n, corruptions, cache_dir, seed, workers)
-            count = None
-        preprocess = _published_preprocess(data_config) if corruption_dir else normalize_for(data_config)
-        report = evaluate_corruptions(model, folder, preprocess=preprocess, n=count,
-                                      corruptions=corruptions, batch_size=batch_size, device=chosen)
-    report.update({"checkpoint": str(weights), "data": name, "command": command})
-    markdown = (f"# Corruption robustness: {report['checkpoint']} on {name}\n\nCommand: `{command}`\n\n{source}"
-                + format_robustness_report(report))
-    folder_out.mkdir(parents=True, exist_ok=True)
-    (folder_out / f"{stem}.md").write_text(markdown)
-    (folder_out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    _write_accuracy_csv(folder_out / f"{stem}.csv", report["accuracy"])
-    print(markdown)
-    print(f"wrote {folder_out / stem}.md, .json and .csv")
-    return report
+            model, meta, datamodule = load_checkpoint_and_test_data(weights_file, data, root, batch_size)
+            data_config, name = datamodule.data_config(), datamodule.name  # the normalisation `vitlab eval` applies
+        stem = f"robustness_{name}" + ("_imagenet_c" if imagenet_c else "_published" if corruption_dir else "")
+        weights = _named_weights(checkpoint)
+        folder_out = _report_folder(out, weights, stem)
+        if imagenet_c:
+            from vitlab.data import build_eval_transform
+
+            report = evaluate_imagenet_c(model, imagenet_c, build_eval_transform(data_config),
+                                         clean_accuracy=clean_accuracy, n=count, batch_size=batch_size, device=chosen,
+                                         corruptions=corruptions or COMMON_CORRUPTIONS,
+                                         alexnet_normalise=alexnet_normalise,
+                                         class_names=data_config.get("class_names"))
+        else:
+            if corruption_dir:
+                folder = Path(corruption_dir)
+                _check_geometry(folder, data_config)
+                print(f"robustness: published-layout folder {folder}, "
+                      f"{'all' if count is None else count} images per corruption and severity")
+            else:
+                folder, source = _generated_set(datamodule, n, corruptions, cache_dir, seed, workers)
+                count = None
+            preprocess = _published_preprocess(data_config) if corruption_dir else normalize_for(data_config)
+            report = evaluate_corruptions(model, folder, preprocess=preprocess, n=count,
+                                          corruptions=corruptions, batch_size=batch_size, device=chosen)
+        report.update({"checkpoint": str(weights), "data": name, "command": command})
+        markdown = (f"# Corruption robustness: {report['checkpoint']} on {name}\n\nCommand: `{command}`\n\n{source}"
+                    + format_robustness_report(report))
+        folder_out.mkdir(parents=True, exist_ok=True)
+        (folder_out / f"{stem}.md").write_text(markdown)
+        (folder_out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+        _write_accuracy_csv(folder_out / f"{stem}.csv", report["accuracy"])
+        print(markdown)
+        print(f"wrote {folder_out / stem}.md, .json and .csv")
+        return report
 
 
 def _write_accuracy_csv(path: Path, accuracy: dict[str, dict[int, float]]) -> None:
@@ -515,7 +531,6 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
         result["views"]["shuffle"]["accuracy"]
     """
     from vitlab.augment import KINDS, NegativeViews
-    from vitlab.checkpoint import resolve_weights_path
     from vitlab.eval.diagnostics import diagnose_negatives, format_negative_diagnostics, model_patch_size
 
     if patch_size is not None and (isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1):
@@ -525,39 +540,42 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
     if kinds is not None and "infill" not in kinds and replace_rate != 0.25:
         raise ConfigError(f"--replace_rate {replace_rate} applies to the infill view only, which --kinds {list(kinds)} "
                           "leaves out: add infill to --kinds or drop --replace_rate")
-    model, _, datamodule = load_checkpoint_and_test_data(checkpoint, data, root, batch_size)
-    stem, weights = f"diagnose_negatives_{datamodule.name}", resolve_weights_path(checkpoint)
-    folder = _report_folder(out, weights, stem)
-    own = model_patch_size(model)
-    cell = own if patch_size is None else patch_size
-    if cell is None:
-        raise ConfigError(f"{type(model).__name__} has no patch_embed.patch_size: give the cell size with --patch_size")
-    available = len(datamodule.test_dataset)
-    count = count_test_images(n, available, f"the {datamodule.name}")
-    aligned = "" if own is None else (f"; model patch size {own} px, "
-                                      f"{'aligned' if cell % own == 0 else 'NOT aligned (not a multiple)'}")
-    print(f"diagnose-negatives: {count} of {available} {datamodule.name} test images (--n {n or 'default'}), "
-          f"views with {cell}-px cells{aligned}")
-    chosen = resolve_device(device)
-    if kinds is None and "infill" in KINDS:  # every kind by default: say how to leave out one the grid cannot make
-        config = datamodule.data_config()
-        probe = torch.zeros(1, int(config["in_chans"]), int(config["img_size"]), int(config["img_size"]))
-        try:
-            NegativeViews(["infill"], cell, replace_rate=replace_rate)(probe)
-        except ConfigError as err:
-            others = [kind for kind in KINDS if kind != "infill"]
-            raise ConfigError(f"{err}; or leave the infill view out: --kinds '[{', '.join(others)}]'") from None
-    kinds = list(KINDS) if kinds is None else kinds  # [] is refused by diagnose_negatives, not taken as "all"
-    result = diagnose_negatives(model, datamodule.test_dataloader(), cell, kinds=kinds, n=count, device=chosen,
-                                seed=seed, replace_rate=replace_rate)
-    result.update({"checkpoint": str(weights), "data": datamodule.name,
-                   "model_patch_size": own, "seed": seed, "command": command})
-    markdown = (f"# Negative-view diagnostics: {result['checkpoint']} on {datamodule.name}\n\nCommand: `{command}`\n\n"
-                + (f"Views with {cell}-px cells{aligned}.\n\n" if aligned else "")
-                + format_negative_diagnostics(result))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{stem}.md").write_text(markdown)
-    (folder / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown)
-    print(f"wrote {folder / stem}.md and .json")
-    return result
+    with checkpoint_weights(checkpoint) as weights_file:  # a Lightning .ckpt: its weights as model.safetensors
+        model, _, datamodule = load_checkpoint_and_test_data(weights_file, data, root, batch_size)
+        stem, weights = f"diagnose_negatives_{datamodule.name}", _named_weights(checkpoint)
+        folder = _report_folder(out, weights, stem)
+        own = model_patch_size(model)
+        cell = own if patch_size is None else patch_size
+        if cell is None:
+            raise ConfigError(f"{type(model).__name__} has no patch_embed.patch_size: give the cell size with "
+                              "--patch_size")
+        available = len(datamodule.test_dataset)
+        count = count_test_images(n, available, f"the {datamodule.name}")
+        aligned = "" if own is None else (f"; model patch size {own} px, "
+                                          f"{'aligned' if cell % own == 0 else 'NOT aligned (not a multiple)'}")
+        print(f"diagnose-negatives: {count} of {available} {datamodule.name} test images (--n {n or 'default'}), "
+              f"views with {cell}-px cells{aligned}")
+        chosen = resolve_device(device)
+        if kinds is None and "infill" in KINDS:  # every kind by default: say how to leave out one the grid cannot make
+            config = datamodule.data_config()
+            probe = torch.zeros(1, int(config["in_chans"]), int(config["img_size"]), int(config["img_size"]))
+            try:
+                NegativeViews(["infill"], cell, replace_rate=replace_rate)(probe)
+            except ConfigError as err:
+                others = [kind for kind in KINDS if kind != "infill"]
+                raise ConfigError(f"{err}; or leave the infill view out: --kinds '[{', '.join(others)}]'") from None
+        kinds = list(KINDS) if kinds is None else kinds  # [] is refused by diagnose_negatives, not taken as "all"
+        result = diagnose_negatives(model, datamodule.test_dataloader(), cell, kinds=kinds, n=count, device=chosen,
+                                    seed=seed, replace_rate=replace_rate)
+        result.update({"checkpoint": str(weights), "data": datamodule.name,
+                       "model_patch_size": own, "seed": seed, "command": command})
+        markdown = (f"# Negative-view diagnostics: {result['checkpoint']} on {datamodule.name}\n\n"
+                    f"Command: `{command}`\n\n"
+                    + (f"Views with {cell}-px cells{aligned}.\n\n" if aligned else "")
+                    + format_negative_diagnostics(result))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stem}.md").write_text(markdown)
+        (folder / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(markdown)
+        print(f"wrote {folder / stem}.md and .json")
+        return result

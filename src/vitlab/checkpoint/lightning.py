@@ -1,10 +1,10 @@
-"""``vitlab eval`` / ``vitlab predict`` on a Lightning ``.ckpt`` of a finished run (e.g. a ``ModelCheckpoint``'s best).
+"""Evaluating a Lightning ``.ckpt`` of a finished run (e.g. the best epoch a ``ModelCheckpoint`` kept).
 
 A run's ``trainer.callbacks`` may keep other checkpoints than the final ``model.safetensors`` (``ModelCheckpoint``
 with ``monitor: val/loss``, ``save_top_k``); Lightning users evaluate those by path. `checkpoint_weights` reads the
 ``.ckpt`` with ``weights_only=True`` (never unpickling code), takes the weights the run evaluates (the EMA copy when
 the run kept one) and writes them with the run's own ``model.safetensors`` metadata (architecture, data statistics),
-so eval / predict treat them exactly as the run's final weights.
+so evaluation, prediction, robustness and negative-view reports treat them exactly as the run's final weights.
 
 Example (a run whose best epoch ModelCheckpoint kept)::
 
@@ -22,15 +22,14 @@ from pathlib import Path
 
 import torch
 
-from vitlab.checkpoint import CheckpointError, read_metadata, read_tensor_shapes, save_checkpoint
+from vitlab.checkpoint.format import CheckpointError, read_metadata, read_tensor_shapes, save_checkpoint
+from vitlab.checkpoint.pretrained import LIGHTNING_PREFIXES
 
-__all__ = ["checkpoint_weights"]
-
-#: Prefixes of the evaluated model's weights in a ``ClassificationTask`` state dict: the EMA copy first.
-_PREFIXES = ("ema.module.", "model.")
+__all__ = ["checkpoint_weights", "is_lightning_checkpoint", "lightning_run_folder"]
 
 
-def _run_folder(ckpt: Path) -> Path:
+
+def lightning_run_folder(ckpt: Path) -> Path:
     """The finished run folder that holds ``ckpt`` (``checkpoints/`` or below: ``{val/loss}`` makes sub-folders)."""
     for folder in list(ckpt.parents)[:4]:
         if (folder / "config.yaml").is_file():
@@ -44,6 +43,12 @@ def _run_folder(ckpt: Path) -> Path:
                           "pass a run folder, its model.safetensors, or a .ckpt inside a finished run's folder")
 
 
+def is_lightning_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` names an existing ``.ckpt`` file (``~`` expanded), which :func:`checkpoint_weights` reads."""
+    ckpt = Path(path).expanduser()
+    return ckpt.suffix == ".ckpt" and ckpt.is_file()
+
+
 @contextlib.contextmanager
 def checkpoint_weights(path: str | Path) -> Iterator[str | Path]:
     """Yield ``path`` itself, or for a ``.ckpt`` a temporary ``model.safetensors`` of its weights (see the module).
@@ -52,11 +57,11 @@ def checkpoint_weights(path: str | Path) -> Iterator[str | Path]:
         CheckpointError: the ``.ckpt`` is not in a finished run folder, is unreadable, is of a peft run (its adapted
             names differ from the merged model), or its weights do not match the run's architecture.
     """
-    ckpt = Path(path).expanduser()
-    if ckpt.suffix != ".ckpt" or not ckpt.is_file():
+    if not is_lightning_checkpoint(path):
         yield path
         return
-    run = _run_folder(ckpt)
+    ckpt = Path(path).expanduser()
+    run = lightning_run_folder(ckpt)
     meta = read_metadata(run / "model.safetensors")
     try:
         saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
@@ -69,7 +74,7 @@ def checkpoint_weights(path: str | Path) -> Iterator[str | Path]:
     if saved.get("vitlab_model_transform") or meta["kind"] != "model":
         raise CheckpointError(f"{ckpt} is a checkpoint of a peft run, whose adapted weights eval cannot read: pass the "
                               f"run's merged weights ({run}), or start a run from it with model.pretrained")
-    prefix = next(p for p in _PREFIXES if p == "model." or any(k.startswith(p) for k in state))
+    prefix = next(p for p in LIGHTNING_PREFIXES if p == "model." or any(k.startswith(p) for k in state))
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     expected = read_tensor_shapes(run / "model.safetensors")
     stored = {k: tuple(v.shape) for k, v in weights.items()}
