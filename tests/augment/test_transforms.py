@@ -440,3 +440,9 @@ def test_torch_compile_gives_the_eager_views_for_every_batch_size_and_seed(name)
         drawn = compiled(x)
         torch.manual_seed(size)
         assert torch.equal(drawn, t(x))
+
+
+@pytest.mark.parametrize("cls", [PatchShuffle, PatchRotate, PatchInfill])
+def test_the_one_pixel_refusal_names_the_view_it_refuses(cls):
+    with pytest.raises(ConfigError, match=rf"^{cls.__name__}: patch_size=1 makes 1-pixel cells, which are no patches"):
+        cls(1)

@@ -231,7 +231,8 @@ def test_val_fraction_zero_disables_validation():
 @pytest.mark.parametrize("name", ["fashion_mnist", "mnist"])
 def test_real_dataset_datamodule(real_data_dir, name):
     if not (Path(real_data_dir) / name).is_dir():
-        pytest.skip(f"{name} is not installed in {real_data_dir} (run `vitlab data install {name}`)")
+        pytest.fail(f"{name} is not installed in {real_data_dir}: `make test` installs it first (`make data`), or run "
+                    f"`vitlab data install {name}`")
     dm = ready(name, cache_dir=real_data_dir, batch_size=500)
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (54000, 6000, 10000)
     x, y = next(iter(dm.test_dataloader()))

@@ -140,8 +140,8 @@ def test_fashion_mnist_copies_system_debian_files(monkeypatch, tmp_path):
     assert all(p.is_file() for p in system.iterdir())  # the system files are copied, not moved
 
 
-@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not available")
 def test_fashion_mnist_apt_download_then_dpkg_extract(monkeypatch, tmp_path):
+    assert shutil.which("dpkg-deb"), "this test builds a .deb with dpkg-deb: install it (apt install dpkg)"
     pkg = tmp_path / "pkg"
     write_mnist_dir(pkg / "usr/share/datasets/fashion-mnist", mnist_like(n_train=10, n_test=10), gz=True)
     (pkg / "DEBIAN").mkdir()

@@ -181,7 +181,8 @@ def test_real_installed_files(real_data_dir, name, class0_train):
     folder = Path(real_data_dir) / name
     found, missing = find_idx_files(folder)
     if missing:
-        pytest.skip(f"{name} is not installed in {real_data_dir} (run `vitlab data install {name}`)")
+        pytest.fail(f"{name} is not installed in {real_data_dir}: `make test` installs it first (`make data`), or run "
+                    f"`vitlab data install {name}`")
     train, test = read_idx_split(found)
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert int((train.labels == 0).sum()) == class0_train and sorted(train.labels.unique().tolist()) == list(range(10))

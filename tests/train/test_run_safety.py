@@ -124,6 +124,8 @@ def test_names_must_be_plain_folder_names(tmp_path, name):
 @pytest.mark.parametrize("trainer, match", [
     ({"max_epochs": 0}, "max_epochs must be an integer >= 1"),
     ({"devices": 0}, "devices must be >= 1"),
+    ({"devices": "0"}, "devices must be >= 1"),  # what `--trainer.devices 0` hands over
+    ({"devices": "-2"}, "devices must be >= 1"),
     ({"accumulate_grad_batches": 0}, "accumulate_grad_batches"),
 ])
 def test_meaningless_trainer_options_are_refused(tmp_path, trainer, match):

@@ -102,9 +102,10 @@ class PatchTransform(nn.Module, ABC):
     ) -> None:
         super().__init__()
         if isinstance(patch_size, numbers.Integral) and patch_size == 1 and not isinstance(patch_size, bool):
-            raise ConfigError("patch_size=1 makes 1-pixel cells, which a rotation leaves unchanged and which are no "
-                              "patches: a negative view must differ from its input; use patch_size >= 2 (ideally "
-                              "the model's patch size or a multiple)")
+            raise ConfigError(f"{type(self).__name__}: patch_size=1 makes 1-pixel cells, which are no patches (a view "
+                              "must move or turn patches whose content it keeps; a 1-pixel cell has none, and "
+                              "rotating one leaves it unchanged); use patch_size >= 2 (ideally the model's patch size "
+                              "or a multiple)")
         self.patch_size = check_positive_int("patch_size", patch_size, minimum=2)
         patch_size = self.patch_size
         if model_patch_size is not None:

@@ -240,6 +240,8 @@ def check_trainer_options(kwargs: dict[str, Any]) -> None:
         raise ConfigError(f"trainer.max_epochs must be an integer >= 1, got {epochs!r}: a run with no training would "
                           "save random weights as a finished model")
     devices = kwargs.get("devices")
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():  # `--trainer.devices 0` arrives as '0'
+        devices = int(devices)
     if isinstance(devices, int) and not isinstance(devices, bool) and devices < 1 and devices != -1:
         raise ConfigError(f"trainer.devices must be >= 1 (or -1 for all, or 'auto'), got {devices}")
     accumulate = kwargs.get("accumulate_grad_batches")
