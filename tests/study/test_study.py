@@ -188,3 +188,13 @@ def test_tiny_study_writes_a_report_that_agrees_with_the_runs(tmp_path, monkeypa
     for before, after in zip(record["stages"][:4], again["stages"][:4], strict=True):
         assert after["status"] == "cached" and after["measured_s"] == before["measured_s"]  # times of the real run
     assert again["wall_time_s"] >= record["wall_time_s"]
+
+
+def test_negatives_entries_take_the_run_sections_keys_including_temperature():
+    """A finetune.negatives entry takes what `vitlab fit`'s negatives section takes, the top-level temperature too."""
+    neg = {"kinds": ["shuffle"], "loss": "contrastive", "weight": 1.0, "patch_size": 8, "temperature": 0.1}
+    raw = {"backbones": {"vit": {"pretrain": "x"}}, "finetune": {"negatives": {"none": None, "con": neg}}}
+    assert study_config_from_dict(raw).finetune.negatives["con"] == neg
+    raw["finetune"]["negatives"]["con"] = {**neg, "tau": 0.1}
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['tau'\]"):
+        study_config_from_dict(raw)

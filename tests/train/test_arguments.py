@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vitlab.cli import main as cli_main
 from vitlab.cli.fit import parse_run_config
@@ -143,9 +144,7 @@ def test_load_run_config_file_names_the_file_and_the_problem(tmp_path, content, 
 
 
 def test_a_printed_fit_config_loads_unless_it_asks_to_resume(tmp_path, capsys):
-    with pytest.raises(SystemExit) as done:  # jsonargparse prints and exits
-        cli_main.main(["fit", "--config", str(CONFIG), "--print_config"])
-    assert done.value.code == 0
+    assert cli_main.main(["fit", "--config", str(CONFIG), "--print_config"]) == 0
     printed = tmp_path / "printed.yaml"
     printed.write_text(capsys.readouterr().out)
     assert load_run_config_file(printed) == run_config_from_args(["--config", str(CONFIG)])
@@ -181,11 +180,8 @@ def test_logger_and_callbacks_false_as_lightningcli_writes_them(tmp_path, capsys
         args = ["--config", str(CONFIG), "--trainer.logger", "false", "--trainer.callbacks", "false"]
     config = run_config_from_args(args)
     assert config.trainer["logger"] is False and config.trainer["callbacks"] is False
-    try:  # jsonargparse prints and exits by itself when no deep key is set
-        code = cli_main.main(["fit", *args, "--print_config"])
-    except SystemExit as done:
-        code = done.code
-    assert code == 0  # was a jsonargparse traceback (the file case: a refusal of `logger: false`)
+    # was a jsonargparse traceback (the file case: a refusal of `logger: false`)
+    assert cli_main.main(["fit", *args, "--print_config"]) == 0
     printed = tmp_path / "printed.yaml"
     printed.write_text(capsys.readouterr().out)
     assert run_config_from_args(["--config", str(printed)]) == config
@@ -215,3 +211,24 @@ def test_a_null_that_differs_from_lightnings_default_reaches_the_trainer():
     assert "check_val_every_n_epoch" in config.trainer and config.trainer["check_val_every_n_epoch"] is None
     assert config.trainer["val_check_interval"] == 30
     assert "gradient_clip_val" not in config.trainer  # Lightning's default is null too: nothing to pass
+
+
+def test_print_config_shows_each_section_as_the_run_builds_it(tmp_path, capsys):
+    """A negatives section switched on by its keys prints `enabled: true` (it printed the raw `enabled: null`), and the
+    top-level temperature beside options.temperature: the printed file is the same run."""
+    path = tmp_path / "neg.yaml"
+    path.write_text("name: neg\nnegatives: {kinds: [shuffle], patch_size: 8, loss: contrastive, weight: 1.0, "
+                    "temperature: 0.1}\n")
+    for printer in (lambda: cli_main.main(["fit", "--config", str(path), "--print_config"]),
+                    lambda: run_config_from_args(["--config", str(path), "--print_config"])):
+        try:
+            code = printer()
+        except SystemExit as done:  # run_config_from_args exits as jsonargparse does
+            code = done.code
+        assert code in (0, None)
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["negatives"]["enabled"] is True
+        assert printed["negatives"]["options"] == {"temperature": 0.1}
+    (tmp_path / "printed.yaml").write_text(yaml.safe_dump(printed))
+    assert run_config_from_args(["--config", str(tmp_path / "printed.yaml")]) == run_config_from_args(
+        ["--config", str(path)])

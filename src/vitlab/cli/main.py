@@ -386,10 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from vitlab.train.arguments import split_nested_overrides, take_print_config
 
             parsed_args, overrides = split_nested_overrides(args)
-            if overrides:  # jsonargparse would print before the deep keys are set: print here instead
-                parsed_args, print_flags = take_print_config(parsed_args)
+            # printed here, not by jsonargparse: after the deep keys are set, each section as the run builds it
+            parsed_args, print_flags = take_print_config(parsed_args)
         ns = build_parser(command if command in COMMANDS else None, help_only).parse_args(parsed_args)
-        if overrides:
+        if overrides or print_flags is not None:
             from vitlab.train.arguments import apply_nested_overrides, dump_run_config
 
             apply_nested_overrides(ns[command], overrides)

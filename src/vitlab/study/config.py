@@ -57,7 +57,7 @@ CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 #: What ``vitlab demo`` runs (``configs/demo_study.yaml`` in the repository links to it).
 DEMO_CONFIG = CONFIGS_DIR / "demo_study.yaml"
 
-NEGATIVE_KEYS = ("kinds", "loss", "weight", "patch_size", "options")
+NEGATIVE_KEYS = ("kinds", "loss", "weight", "patch_size", "temperature", "options")
 
 
 @dataclass

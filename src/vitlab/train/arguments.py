@@ -298,16 +298,24 @@ def take_print_config(args: Sequence[str]) -> tuple[list[str], str | None]:
 
 
 def dump_run_config(parser: ArgumentParser, ns: Namespace, flags: str = "") -> str:
-    """The YAML ``--print_config[=flags]`` prints for ``ns``, deep mapping keys included (jsonargparse prints before
-    `apply_nested_overrides` runs, so its own ``--print_config`` would miss them)."""
-    return parser.dump(ns, skip_none="skip_null" in flags)
+    """The YAML ``--print_config[=flags]`` prints for ``ns``: deep mapping keys included (jsonargparse prints before
+    `apply_nested_overrides` runs, so its own ``--print_config`` would miss them), and each section as the run builds
+    it (e.g. ``negatives.enabled: true`` when the section's keys switch it on), so the printed file, given back with
+    ``--config``, is the same run; a config the run would refuse is refused here too."""
+    from dataclasses import asdict
+
+    config = namespace_to_run_config(ns)
+    resolved = ns.clone()
+    for name in run_sections():
+        resolved[name] = Namespace(**asdict(getattr(config, name)))
+    return parser.dump(resolved, skip_none="skip_null" in flags)
 
 
 def parse_run_namespace(parser: ArgumentParser, args: Sequence[str]) -> Namespace:
     """``parser.parse_args(args)`` with deep mapping keys set as `split_nested_overrides` describes; with
-    ``--print_config`` among ``args`` the resolved config (those keys included) is printed and the parser exits."""
+    ``--print_config`` among ``args`` the resolved config is printed (`dump_run_config`) and the parser exits."""
     remaining, overrides = split_nested_overrides(args)
-    remaining, print_flags = take_print_config(remaining) if overrides else (remaining, None)
+    remaining, print_flags = take_print_config(remaining)
     ns = apply_nested_overrides(parser.parse_args(remaining), overrides)
     if print_flags is not None:
         print(dump_run_config(parser, ns, print_flags), end="")
