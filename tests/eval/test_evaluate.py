@@ -1,5 +1,6 @@
 """Clean evaluation and `predict`: the shared top-1 function, unreadable and 16-bit images, a dataset mismatch."""
 
+import json
 import warnings
 
 import numpy as np
@@ -198,3 +199,29 @@ def test_an_image_folder_with_other_classes_of_the_same_count_is_refused(tmp_pat
                     model_name="vit_tiny_patch16_224", model_kwargs=kwargs, extra={"data": config})
     with pytest.raises(ConfigError, match=r"in another order \(\['cat', 'dog', 'fish'\] vs the model's"):
         evaluate_checkpoint(run, root=trained)
+
+
+def test_a_run_on_its_own_data_folder_is_evaluated_without_root_again(tmp_path, capsys):
+    """`vitlab eval --checkpoint runs/x` of a run trained on an image folder said the data was missing unless --root
+    was given again; the run's config.yaml records it (a given --root, or another dataset, still wins)."""
+    import timm
+
+    from vitlab.cli.main import main
+    from vitlab.data import build_datamodule
+    from vitlab.eval.evaluate import load_checkpoint_and_test_data, run_data_root
+
+    trained = _image_folder(tmp_path / "photos", ["cat", "dog", "fish"])
+    datamodule = build_datamodule("imagefolder", root=trained, img_size=16)
+    kwargs = dict(depth=1, img_size=16, patch_size=8, embed_dim=16, num_heads=2, num_classes=3)
+    run = tmp_path / "run"
+    save_checkpoint(run, timm.create_model("vit_tiny_patch16_224", **kwargs).state_dict(), kind="model",
+                    model_name="vit_tiny_patch16_224", model_kwargs=kwargs, extra={"data": datamodule.data_config()})
+    (run / "config.yaml").write_text(f"name: run\nseed: 0\ndata:\n  name: imagefolder\n  root: {trained}\n")
+    expected = evaluate_checkpoint(run, root=trained)
+    assert evaluate_checkpoint(run) == expected and expected["samples"] == 6
+    assert load_checkpoint_and_test_data(run)[2].root == str(trained)
+    assert main(["eval", "--checkpoint", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == expected
+    assert run_data_root(run, "imagefolder", str(tmp_path / "other")) == str(tmp_path / "other")
+    assert run_data_root(run, "digits", None) is None  # another dataset: vitlab's cache, not the run's folder
+    assert run_data_root(run, None, None) == str(trained)

@@ -27,7 +27,7 @@ from vitlab.metrics import evaluate_classifier
 from vitlab.peft.export import load_run_model
 
 __all__ = ["DEFAULT_N", "command_line", "count_test_images", "diagnose_checkpoint", "evaluate_checkpoint",
-           "load_checkpoint_and_test_data", "parse_n", "predict_images", "robustness_report"]
+           "load_checkpoint_and_test_data", "parse_n", "predict_images", "robustness_report", "run_data_root"]
 
 #: Test images used by default for generated corruption sets and diagnostics (fewer when the test set is smaller).
 DEFAULT_N = 1000
@@ -43,7 +43,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, root: s
     Args:
         checkpoint: ``model.safetensors`` or a run folder.
         data: dataset name (see ``vitlab.data``); ``None`` uses the one the checkpoint was trained on.
-        root: data folder; ``None`` uses (and fills) vitlab's cache.
+        root: data folder; ``None``: the run's own ``data.root`` when evaluating on its dataset (`run_data_root`),
+            else vitlab's cache (filled when missing).
         split: ``test`` (the official test set) or ``val`` (the seeded hold-out of the training set).
         batch_size: evaluation batch size.
         device: ``cpu``/``cuda``; default: CUDA when available.
@@ -69,8 +70,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, root: s
         if split == "val" and data_cfg.get("name") == data:
             data_options = {**_run_val_split(checkpoint), **data_options}
         datamodule = build_datamodule(
-            data, root=root, img_size=data_cfg.get("img_size", kwargs.get("img_size", 32)),
-            in_chans=kwargs.get("in_chans"), batch_size=batch_size, **data_options,
+            data, root=run_data_root(checkpoint, data, root),
+            img_size=data_cfg.get("img_size", kwargs.get("img_size", 32)), in_chans=kwargs.get("in_chans"),
+            batch_size=batch_size, **data_options,
         )
         if datamodule.num_classes != kwargs.get("num_classes", datamodule.num_classes):
             raise ConfigError(f"{data} has {datamodule.num_classes} classes but {checkpoint} predicts "
@@ -185,17 +187,40 @@ def _named_weights(checkpoint: str | Path) -> Path:
     return Path(checkpoint).expanduser() if is_lightning_checkpoint(checkpoint) else resolve_weights_path(checkpoint)
 
 
-def _run_val_split(checkpoint: str | Path) -> dict[str, Any]:
-    """The run's hold-out settings (``val_fraction`` and ``seed`` of the ``config.yaml`` beside the weights), so that
-    ``--split val`` is the run's own validation set; a bare weights file warns that the default split is used."""
+def _run_config(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The run's ``config.yaml`` (beside the weights, or in a ``.ckpt``'s run folder) as a mapping, or None."""
     from vitlab.checkpoint import resolve_weights_path
     from vitlab.yaml_loader import load_yaml_file
 
     folder = lightning_run_folder(Path(checkpoint).expanduser()) if is_lightning_checkpoint(checkpoint) \
         else resolve_weights_path(checkpoint).parent
-    config_path = folder / "config.yaml"
-    config = load_yaml_file(config_path) if config_path.is_file() else None
-    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
+    config = load_yaml_file(folder / "config.yaml") if (folder / "config.yaml").is_file() else None
+    return config if isinstance(config, dict) and isinstance(config.get("data"), dict) else None
+
+
+def run_data_root(checkpoint: str | Path, data: str | None, root: str | None) -> str | None:
+    """``root``, or when it is None and ``data`` is the run's own dataset (or None), the ``data.root`` the run trained
+    from (its ``config.yaml``), so a run on an image folder or a dataset copy of its own is evaluated on that data
+    without ``--root`` again; None (vitlab's cache) otherwise.
+
+    Example:
+        >>> run_data_root("runs/any", "digits", "/data/digits")  # a given root wins
+        '/data/digits'
+    """
+    if root is not None:
+        return root
+    config = _run_config(checkpoint)
+    if config is None or data not in (None, config["data"].get("name")):
+        return None
+    recorded = config["data"].get("root")
+    return recorded if isinstance(recorded, str) and recorded else None
+
+
+def _run_val_split(checkpoint: str | Path) -> dict[str, Any]:
+    """The run's hold-out settings (``val_fraction`` and ``seed`` of the ``config.yaml`` beside the weights), so that
+    ``--split val`` is the run's own validation set; a bare weights file warns that the default split is used."""
+    config = _run_config(checkpoint)
+    if config is None:
         warnings.warn(f"{checkpoint} has no run config.yaml beside it: --split val is the default hold-out (10 % of "
                       "the training set, seed 0), the run's own only if it trained with those settings", stacklevel=3)
         return {}
@@ -267,7 +292,8 @@ def load_checkpoint_and_test_data(
     Args:
         checkpoint: ``model.safetensors`` or a run folder.
         data: dataset name; ``None`` uses the one the checkpoint was trained on (its metadata's data config).
-        root: data folder; ``None`` uses (and fills) vitlab's cache.
+        root: data folder; ``None``: the run's own ``data.root`` when evaluating on its dataset (`run_data_root`),
+            else vitlab's cache (filled when missing).
         batch_size: test loader batch size.
 
     Returns:
@@ -285,7 +311,8 @@ def load_checkpoint_and_test_data(
                          "pass --data NAME")
     _check_dataset_fits(name, kwargs, checkpoint)
     stats = {"mean": list(data_cfg["mean"]), "std": list(data_cfg["std"])} if data_cfg.get("mean") else {}
-    datamodule = build_datamodule(name, root=root, img_size=data_cfg.get("img_size", kwargs.get("img_size", 32)),
+    datamodule = build_datamodule(name, root=run_data_root(checkpoint, name, root),
+                                  img_size=data_cfg.get("img_size", kwargs.get("img_size", 32)),
                                   in_chans=kwargs.get("in_chans"), batch_size=batch_size, **stats)
     if datamodule.num_classes != kwargs.get("num_classes", datamodule.num_classes):
         raise ConfigError(f"{name} has {datamodule.num_classes} classes but the checkpoint predicts "
@@ -453,6 +480,7 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"--workers must be an int >= 1 (processes generating corruptions) or unset for one per "
                           f"CPU, got {workers!r}")
+    root = run_data_root(checkpoint, data, root)
     with checkpoint_weights(checkpoint) as weights_file:  # a Lightning .ckpt: its weights as model.safetensors
         chosen = resolve_device(device)
         source = ""
@@ -540,6 +568,7 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
     if kinds is not None and "infill" not in kinds and replace_rate != 0.25:
         raise ConfigError(f"--replace_rate {replace_rate} applies to the infill view only, which --kinds {list(kinds)} "
                           "leaves out: add infill to --kinds or drop --replace_rate")
+    root = run_data_root(checkpoint, data, root)
     with checkpoint_weights(checkpoint) as weights_file:  # a Lightning .ckpt: its weights as model.safetensors
         model, _, datamodule = load_checkpoint_and_test_data(weights_file, data, root, batch_size)
         stem, weights = f"diagnose_negatives_{datamodule.name}", _named_weights(checkpoint)
