@@ -40,9 +40,14 @@ def test_peft_study_summary_uses_the_same_aggregation():
             for s, (a, t) in enumerate([(0.5, 1.0), (0.6, 2.0), (0.7, 3.0)])]
     rows.append({"method": "linear", "shots": "full", "seed": 0, "accuracy": 0.9, "trainable_params": 1290})
     few, full = summarize_study(rows)
+    low, high = few.pop("accuracy_ci_low"), few.pop("accuracy_ci_high")
     assert few == {"method": "linear", "shots": 5, "seeds": 3, "accuracy_mean": 0.6, "accuracy_std": 0.1,
                    "trainable_params": 1290, "train_time_s": 2.0}
-    assert full["accuracy_std"] == 0.0 and full["seeds"] == 1 and "train_time_s" not in full
+    half = 4.302653 * 0.1 / 3 ** 0.5  # t_{0.975, 2} (scipy.stats.t.ppf) x std / sqrt(n)
+    assert (low, high) == pytest.approx((0.6 - half, 0.6 + half), abs=1e-6)
+    # one seed: no spread is estimated, so none is written (it read "± 0.00")
+    assert full["accuracy_std"] is None and full["accuracy_ci_low"] is None and full["seeds"] == 1
+    assert "train_time_s" not in full
     with pytest.raises(ValueError, match="lacks"):
         summarize_study([{"method": "linear", "shots": 5}])
 
@@ -97,3 +102,9 @@ def test_a_hand_edited_sweep_file_is_read_as_numbers_or_refused(tmp_path):
         path.write_text(json.dumps(dict(sweep, d90=d90)))
         with pytest.raises(DataError, match=f"{path}: not an intrinsic_dim.json"):
             _read_sweep(path)
+
+
+@pytest.mark.parametrize("values", [[0.5, float("nan")], [0.5, float("inf")], ["a", "b"], [0.5, None], [True, 0.5]])
+def test_mean_interval_refuses_what_is_not_a_finite_number(values):
+    with pytest.raises(ValueError, match="mean_interval takes finite numbers"):  # was AttributeError / TypeError
+        mean_interval(values)

@@ -72,10 +72,11 @@ def run_peft_study(output_dir: str = "runs/peft_study", keep_checkpoints: bool =
         paths["summary"] = write_csv(summary, out / "summary.csv")
         title = f"{specs[0]['config']['model']['name']} on {specs[0]['config']['data']['name']}"
         paths["plot"] = plot_summary_accuracy_vs_params(summary, out / "accuracy_vs_params.png", title=title)
-        print(f"\n{'method':<12} {'shots':>5} {'accuracy (%)':>14} {'trainable':>11} {'train s':>8} {'peak MB':>8}")
+        print(f"\n{'method':<12} {'shots':>5} {'accuracy (%)':>16} {'trainable':>11} {'train s':>8} {'peak MB':>8}")
         for s in summary:
-            acc = f"{100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f}"
-            print(f"{s['method']:<12} {s['shots']!s:>5} {acc:>14} {s['trainable_params']:>11,} "
+            acc = f"{100 * s['accuracy_mean']:.2f} " + (
+                "(1 seed)" if s["accuracy_std"] is None else f"± {100 * s['accuracy_std']:.2f}")
+            print(f"{s['method']:<12} {s['shots']!s:>5} {acc:>16} {s['trainable_params']:>11,} "
                   f"{s.get('train_time_s', float('nan')):>8.1f} {s.get('peak_memory_mb', float('nan')):>8.0f}")
         print(f"wrote {results_path}, {paths['summary']}, {paths['plot']}")
     if failed:

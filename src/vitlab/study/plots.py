@@ -307,8 +307,10 @@ def plot_summary_accuracy_vs_params(summary: Sequence[Mapping[str, Any]], path: 
     axes = fig.subplots(1, len(settings), squeeze=False)
     for ax, shots in zip(axes[0], settings, strict=True):
         for row in (r for r in summary if r["shots"] == shots):
-            ax.errorbar(row["trainable_params"], 100 * row["accuracy_mean"], yerr=100 * row["accuracy_std"],
-                        fmt="o", capsize=3, label=row["method"])
+            spread = row["accuracy_std"]  # None for one seed: a point without a bar, not a bar of zero
+            ax.errorbar(row["trainable_params"], 100 * row["accuracy_mean"],
+                        yerr=None if spread in (None, "") else 100 * float(spread), fmt="o", capsize=3,
+                        label=row["method"])
             ax.annotate(row["method"], (row["trainable_params"], 100 * row["accuracy_mean"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
         ax.set_xscale("log")

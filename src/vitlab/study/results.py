@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import numbers
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -138,8 +140,12 @@ def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float,
         >>> round(mean, 4), round(std, 4), round(low, 4), round(high, 4)
         (0.72, 0.02, 0.6703, 0.7697)
     """
-    if not 0 < confidence < 1:
+    if isinstance(confidence, bool) or not isinstance(confidence, int | float) or not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}")
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"mean_interval takes finite numbers (one per seed), got {bad[:3]!r}: drop the failed runs' "
+                         "values (None / nan) before aggregating")
     if len(values) < 2:
         return None
     from scipy.stats import t
@@ -179,8 +185,9 @@ def aggregate_seeds(rows: Sequence[Mapping[str, Any]], keys: Sequence[str],
 
 
 def summarize_study(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The ``vitlab peft-study`` summary: per ``(method, shots)`` the accuracy mean and sample std over seeds (0.0
-    for one seed), the trainable parameters and the means of ``train_time_s`` / ``peak_memory_mb`` where present.
+    """The ``vitlab peft-study`` summary: per ``(method, shots)`` the accuracy mean, sample std over seeds and 95 %
+    t-interval of the mean (``accuracy_ci_low`` / ``_high``; std and interval ``None`` for one seed: no spread can be
+    estimated from it), the trainable parameters and the means of ``train_time_s`` / ``peak_memory_mb`` where present.
 
     Each row needs ``method``, ``shots`` (int or ``"full"``), ``seed``, ``accuracy``, ``trainable_params``.
 
@@ -194,8 +201,10 @@ def summarize_study(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             raise ValueError(f"study row {dict(row)} lacks {missing}")
     summary = []
     for group in aggregate_seeds(rows, ("method", "shots"), ("accuracy",)):
+        interval = group["accuracy_ci"] or (None, None)
         entry = {"method": group["method"], "shots": group["shots"], "seeds": group["seeds"],
-                 "accuracy_mean": round(group["accuracy"], 6), "accuracy_std": round(group["accuracy_std"] or 0.0, 6),
+                 "accuracy_mean": round(group["accuracy"], 6), "accuracy_std": _rounded(group["accuracy_std"]),
+                 "accuracy_ci_low": _rounded(interval[0]), "accuracy_ci_high": _rounded(interval[1]),
                  "trainable_params": int(group["members"][0]["trainable_params"])}
         for key in ("train_time_s", "peak_memory_mb"):
             values = [float(r[key]) for r in group["members"] if r.get(key) not in (None, "")]
@@ -203,6 +212,10 @@ def summarize_study(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 entry[key] = round(sum(values) / len(values), 3)
         summary.append(entry)
     return summary
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def _aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
