@@ -7,8 +7,10 @@
   ``timm.create_model`` + ``load_state_dict`` use it, at the base model's speed;
 - for the peft methods (``kadaptation``, ``lora``, ``lokr``, ``lora_qv``): ``adapter/``, a standard peft adapter
   folder (``adapter_config.json`` + ``adapter_model.safetensors``, written by ``PeftModel.save_pretrained``) plus
-  ``adapter/vitlab.json`` (the timm name and kwargs of the base, where its weights came from, the base SHA-256). After
-  ``import vitlab``, ``PeftModel.from_pretrained(base, "runs/<run>/adapter")`` loads it;
+  ``adapter/vitlab.json`` (the timm name and kwargs of the base, where its weights came from, the base SHA-256 and
+  ``frozen_base_sha256``). ``vitlab.peft.load_adapter("runs/<run>/adapter", base)`` loads it after checking that
+  ``base`` is the frozen base it was trained on; after ``import vitlab``, ``PeftModel.from_pretrained(base,
+  "runs/<run>/adapter")`` loads it unchecked;
 - for ``linear`` and ``adapter`` (bottleneck adapters, not peft methods): ``adapter.safetensors`` (kind ``adapter``,
   ``vitlab.peft.save_adapter``); for ``subspace``: ``subspace.safetensors`` (θ_d, the SAID scales and the head;
   θ = θ₀ + P·θ_d is rebuilt from the base weights and the projection seed in ``extra["peft"]``).
@@ -85,7 +87,8 @@ def _base_name(base_weights: Any) -> str | None:
 
 
 def save_peft_folder(folder: str | Path, model: PeftModel, meta: dict[str, Any]) -> Path:
-    """``model.save_pretrained(folder)`` plus ``folder/vitlab.json`` (``meta``: base model name/kwargs, base weights).
+    """``model.save_pretrained(folder)`` plus ``folder/vitlab.json`` (``meta``: base model name/kwargs, base weights,
+    ``frozen_base_sha256``, which ``vitlab.peft.load_adapter`` checks).
 
     ``adapter_config.json``'s ``base_model_name_or_path`` is set from ``meta["base_weights"]`` (its ``hub_id`` or
     ``path``, or the path string). Nothing is looked up on the Hub while saving.
@@ -115,8 +118,8 @@ def export_adapted_model(
         model: a model adapted by ``vitlab.peft`` (any method but ``full``), unmerged; left unchanged.
         model_name, model_kwargs: ``timm.create_model`` arguments that rebuild the base architecture.
         base_sha256: ``state_dict_sha256`` of the base model before wrapping (recorded in the ``subspace`` file and
-            in ``adapter/vitlab.json``; vitlab adapter files record ``frozen_base_sha256``, which ``load_adapter``
-            checks).
+            in ``adapter/vitlab.json``). Adapter files and ``adapter/vitlab.json`` also record
+            ``frozen_base_sha256(model)`` (head excluded), which ``load_adapter`` checks.
         base_weights: where the pretrained base weights came from: a ``model.safetensors`` path, or a JSON dict such
             as ``{"source": "hf-hub", "hub_id": ..., "sha256": ...}`` (opaque here; ``vitlab.checkpoint
             .load_pretrained`` reads it back). ``None``: trained from random init.
@@ -147,7 +150,8 @@ def export_adapted_model(
     elif isinstance(model, PeftModel):
         written.append(save_peft_folder(run_dir / ADAPTER_DIR, model, {
             "model_name": model_name, "model_kwargs": model_kwargs, "base_weights": base_weights,
-            "base_sha256": base_sha256, "peft": peft, "extra": extra or {}}))
+            "base_sha256": base_sha256, "frozen_base_sha256": frozen_base_sha256(model), "peft": peft,
+            "extra": extra or {}}))
     else:
         written.append(save_adapter(run_dir / ADAPTER_NAME, model, base_sha256=frozen_base_sha256(model),
                                     model_name=model_name, model_kwargs=model_kwargs, extra=meta))
