@@ -85,7 +85,7 @@ def convert_adapter(path: str | Path, out_dir: str | Path) -> Path:
     """
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-    from vitlab.peft.export import save_peft_folder
+    from vitlab.peft.io import save_peft_folder
     from vitlab.peft.methods import RENAMED_OPTIONS, build_peft_transform
 
     path, out_dir = _source_file(Path(path)), _check_out_dir(Path(out_dir))

@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +53,13 @@ from vitlab.checkpoint import (
 from vitlab.peft.adapter import AdapterWrapper
 from vitlab.peft.control import PEFT_SPEC_ATTR, adapter_layers, get_peft_spec, merge_adapters
 from vitlab.peft.freeze import restore_norm_statistics
-from vitlab.peft.io import frozen_base_sha256, load_adapter, save_adapter
+from vitlab.peft.io import VITLAB_META, folder_meta, frozen_base_sha256, load_adapter, save_adapter, save_peft_folder
 
 __all__ = ["ADAPTER_DIR", "ADAPTER_NAME", "SUBSPACE_NAME", "VITLAB_META", "export_adapted_model", "load_adapted_model",
            "load_run_model", "save_peft_folder"]
 
 ADAPTER_NAME, SUBSPACE_NAME = "adapter.safetensors", "subspace.safetensors"
-ADAPTER_DIR, VITLAB_META = "adapter", "vitlab.json"
+ADAPTER_DIR = "adapter"
 
 
 def _merged_copy(model: nn.Module) -> nn.Module | None:
@@ -78,32 +77,6 @@ def _merged_copy(model: nn.Module) -> nn.Module | None:
     restore_norm_statistics(merged)  # frozen-statistics BatchNorms back to plain ones (linear probing has no layers)
     merged.__dict__.pop(PEFT_SPEC_ATTR, None)
     return merged
-
-
-def _base_name(base_weights: Any) -> str | None:
-    if isinstance(base_weights, dict):
-        return base_weights.get("hub_id") or base_weights.get("path")
-    return None if base_weights is None else str(base_weights)
-
-
-def save_peft_folder(folder: str | Path, model: PeftModel, meta: dict[str, Any]) -> Path:
-    """``model.save_pretrained(folder)`` plus ``folder/vitlab.json`` (``meta``: base model name/kwargs, base weights,
-    ``frozen_base_sha256``, which ``vitlab.peft.load_adapter`` checks).
-
-    ``adapter_config.json``'s ``base_model_name_or_path`` is set from ``meta["base_weights"]`` (its ``hub_id`` or
-    ``path``, or the path string). Nothing is looked up on the Hub while saving.
-    """
-    folder = Path(folder)
-    name = _base_name(meta.get("base_weights"))
-    for config in model.peft_config.values():
-        config.base_model_name_or_path = name
-    model.save_pretrained(str(folder), save_embedding_layers=False)
-    try:
-        text = json.dumps(meta, indent=2, sort_keys=True)
-    except TypeError as err:
-        raise CheckpointError(f"adapter metadata must be JSON-serialisable: {err}") from err
-    (folder / VITLAB_META).write_text(text + "\n")
-    return folder
 
 
 def export_adapted_model(
@@ -169,36 +142,6 @@ def _load_base(meta: dict[str, Any], base_weights: Any, what: Path) -> nn.Module
     return base
 
 
-def _json_object(path: Path, advice: str) -> dict[str, Any]:
-    """The JSON object in ``path`` (untrusted: ``CheckpointError`` naming ``advice`` when absent or damaged)."""
-    if not path.is_file():
-        raise CheckpointError(f"{path.parent} has no {path.name}: {advice}")
-    try:
-        value = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); the folder is damaged: {advice}") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, not an object; the folder is damaged: "
-                              f"{advice}")
-    return value
-
-
-def _folder_meta(folder: Path) -> dict[str, Any]:
-    """The ``vitlab.json`` object of a peft adapter folder, after checking that its ``adapter_config.json`` is a JSON
-    object naming a peft method known here (peft itself fails with a KeyError or TypeError on a damaged one)."""
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
-    advice = "rebuild the base model yourself and call PeftModel.from_pretrained(base, folder)"
-    if not (folder / VITLAB_META).is_file():
-        raise CheckpointError(f"{folder} has no {VITLAB_META} (not written by vitlab): {advice}")
-    peft_type = _json_object(folder / CONFIG_NAME, "re-export the run, or convert the adapter again").get("peft_type")
-    if not isinstance(peft_type, str) or peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
-        raise CheckpointError(f"{folder / CONFIG_NAME} names peft_type {peft_type!r}, which is no peft method known "
-                              "here (import the package that registers it; vitlab.peft registers KADAPTATION and "
-                              "LORA_QV)")
-    return _json_object(folder / VITLAB_META, advice)
-
-
 def load_adapted_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild an adapted model from a run's ``adapter/`` folder (peft) or ``adapter.safetensors`` (vitlab) and the
     base weights it records; returns ``(model.eval(), meta)``.
@@ -208,7 +151,7 @@ def load_adapted_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """
     path = Path(path)
     if path.is_dir():
-        meta = _folder_meta(path)
+        meta = folder_meta(path)
         base = _load_base(meta, meta.get("base_weights"), path)
         with torch.no_grad():
             model = PeftModel.from_pretrained(base, str(path))

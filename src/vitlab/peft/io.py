@@ -4,7 +4,7 @@
   in peft's own folder format: ``save_adapter(folder, peft_model)`` writes ``adapter_config.json`` +
   ``adapter_model.safetensors`` (``PeftModel.save_pretrained``, the head included through ``modules_to_save``) plus
   ``vitlab.json`` (the base's timm name and kwargs, ``frozen_base_sha256``, ``extra``), through
-  ``vitlab.peft.export.save_peft_folder``, as a run's ``adapter/`` folder. ``load_adapter(folder, base)`` refuses a
+  ``save_peft_folder``, as a run's ``adapter/`` folder. ``load_adapter(folder, base)`` refuses a
   base whose hash differs from the recorded one, then returns ``PeftModel.from_pretrained(base, folder)``; a plain
   peft folder (no ``vitlab.json``) loads without the check. Their vitlab 0.1 ``adapter.safetensors`` files are turned
   into peft folders once by ``vitlab peft convert`` (``vitlab.peft.convert_adapter``).
@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,15 @@ from vitlab.checkpoint import CheckpointError, load_checkpoint, read_metadata, s
 from vitlab.peft.control import PEFT_SPEC_ATTR, get_peft_spec
 from vitlab.peft.targets import classifier_names
 
-__all__ = ["PEFT_NATIVE_METHODS", "adapter_state_dict", "frozen_base_sha256", "load_adapter", "save_adapter"]
+__all__ = [
+    "PEFT_NATIVE_METHODS", "VITLAB_META", "adapter_state_dict", "frozen_base_sha256", "load_adapter", "save_adapter",
+    "folder_meta", "save_peft_folder",
+]
 
 # methods whose models are peft.PeftModel (saved as peft folders; vitlab 0.1 files need `vitlab peft convert`)
 PEFT_NATIVE_METHODS = ("kadaptation", "lora", "lokr", "lora_qv")
-_VITLAB_META = "vitlab.json"  # = vitlab.peft.export.VITLAB_META (export imports this module)
+#: vitlab's own record beside a peft adapter folder's files (base name / kwargs, frozen_base_sha256, extra).
+VITLAB_META = "vitlab.json"
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -150,15 +155,69 @@ def _check_unmerged(model: PeftModel) -> None:
                          "vitlab.peft.unmerge_adapters(model)) before saving")
 
 
+def _base_name(base_weights: Any) -> str | None:
+    if isinstance(base_weights, dict):
+        return base_weights.get("hub_id") or base_weights.get("path")
+    return None if base_weights is None else str(base_weights)
+
+
+def _json_object(path: Path, advice: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (untrusted: ``CheckpointError`` naming ``advice`` when absent or damaged)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent} has no {path.name}: {advice}")
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the folder is damaged: {advice}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, not an object; the folder is damaged: "
+                              f"{advice}")
+    return value
+
+
+def folder_meta(folder: Path) -> dict[str, Any]:
+    """The ``vitlab.json`` object of a peft adapter folder, after checking that its ``adapter_config.json`` is a JSON
+    object naming a peft method known here (peft itself fails with a KeyError or TypeError on a damaged one)."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    advice = "rebuild the base model yourself and call PeftModel.from_pretrained(base, folder)"
+    if not (folder / VITLAB_META).is_file():
+        raise CheckpointError(f"{folder} has no {VITLAB_META} (not written by vitlab): {advice}")
+    peft_type = _json_object(folder / CONFIG_NAME, "re-export the run, or convert the adapter again").get("peft_type")
+    if not isinstance(peft_type, str) or peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        raise CheckpointError(f"{folder / CONFIG_NAME} names peft_type {peft_type!r}, which is no peft method known "
+                              "here (import the package that registers it; vitlab.peft registers KADAPTATION and "
+                              "LORA_QV)")
+    return _json_object(folder / VITLAB_META, advice)
+
+
+def save_peft_folder(folder: str | Path, model: PeftModel, meta: dict[str, Any]) -> Path:
+    """``model.save_pretrained(folder)`` plus ``folder/vitlab.json`` (``meta``: base model name/kwargs, base weights,
+    ``frozen_base_sha256``, which ``vitlab.peft.load_adapter`` checks).
+
+    ``adapter_config.json``'s ``base_model_name_or_path`` is set from ``meta["base_weights"]`` (its ``hub_id`` or
+    ``path``, or the path string). Nothing is looked up on the Hub while saving.
+    """
+    folder = Path(folder)
+    name = _base_name(meta.get("base_weights"))
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = name
+    model.save_pretrained(str(folder), save_embedding_layers=False)
+    try:
+        text = json.dumps(meta, indent=2, sort_keys=True)
+    except TypeError as err:
+        raise CheckpointError(f"adapter metadata must be JSON-serialisable: {err}") from err
+    (folder / VITLAB_META).write_text(text + "\n")
+    return folder
+
+
 def _save_peft_adapter(
     path: Path, model: PeftModel, base_sha256: str | None, model_name: str | None, model_kwargs: dict[str, Any],
     extra: dict[str, Any],
 ) -> Path:
-    from vitlab.peft.export import save_peft_folder  # export imports this module
-
     if path.suffix == ".safetensors":
         raise ValueError(f"{path}: a peft method's model is saved as a peft adapter folder (adapter_config.json + "
-                         f"adapter_model.safetensors + {_VITLAB_META}), not one .safetensors file: pass the folder, "
+                         f"adapter_model.safetensors + {VITLAB_META}), not one .safetensors file: pass the folder, "
                          f"e.g. save_adapter({str(path.with_suffix(''))!r}, model)")
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file; save_adapter writes a peft adapter folder there: pass a folder path")
@@ -218,11 +277,9 @@ def save_adapter(
 
 
 def _load_peft_folder(folder: Path, base_model: nn.Module, check_base: bool) -> PeftModel:
-    meta_path = folder / _VITLAB_META
-    if meta_path.is_file():
-        from vitlab.peft.export import _folder_meta  # validates adapter_config.json and vitlab.json
-
-        recorded = _folder_meta(folder).get("frozen_base_sha256")
+    meta_path = folder / VITLAB_META
+    if meta_path.is_file():  # folder_meta validates adapter_config.json and vitlab.json
+        recorded = folder_meta(folder).get("frozen_base_sha256")
         if recorded is not None and not isinstance(recorded, str):
             raise CheckpointError(f"{meta_path} records frozen_base_sha256 {recorded!r}, not a hex string; the "
                                   "folder is damaged: save the adapter again, or pass check_base=False")
@@ -262,7 +319,7 @@ def load_adapter(path: str | Path, base_model: nn.Module, check_base: bool = Tru
         raise TypeError(f"check_base must be True or False, got {check_base!r}")
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
     if (folder / CONFIG_NAME).is_file():
-        if not Path(path).is_dir() and Path(path).name in (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, _VITLAB_META):
+        if not Path(path).is_dir() and Path(path).name in (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, VITLAB_META):
             raise CheckpointError(f"{path} is one file of the peft adapter folder {folder}: pass the folder, "
                                   f"load_adapter({str(folder)!r}, base)")
         if Path(path).is_dir():
