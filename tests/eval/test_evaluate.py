@@ -174,18 +174,27 @@ def _image_folder(root, classes):
     return root
 
 
-def test_an_image_folder_with_other_classes_of_the_same_count_is_refused(tmp_path):
+def _image_folder_run(tmp_path, folder):
+    """An image folder of cat / dog / fish and a run folder of an untrained 16-px ViT saved on its data config."""
     import timm
 
     from vitlab.data import build_datamodule
-    from vitlab.eval.evaluate import load_checkpoint_and_test_data
 
-    trained = _image_folder(tmp_path / "a", ["cat", "dog", "fish"])
+    trained = _image_folder(tmp_path / folder, ["cat", "dog", "fish"])
     datamodule = build_datamodule("imagefolder", root=trained, img_size=16)
     kwargs = dict(depth=1, img_size=16, patch_size=8, embed_dim=16, num_heads=2, num_classes=3)
     run = tmp_path / "run"
     save_checkpoint(run, timm.create_model("vit_tiny_patch16_224", **kwargs).state_dict(), kind="model",
                     model_name="vit_tiny_patch16_224", model_kwargs=kwargs, extra={"data": datamodule.data_config()})
+    return trained, datamodule, kwargs, run
+
+
+def test_an_image_folder_with_other_classes_of_the_same_count_is_refused(tmp_path):
+    import timm
+
+    from vitlab.eval.evaluate import load_checkpoint_and_test_data
+
+    trained, datamodule, kwargs, run = _image_folder_run(tmp_path, "a")
     assert evaluate_checkpoint(run, root=trained)["samples"] == 6  # its own classes: evaluated
     # 3 classes again, but label 0 is now "bird" (the model's 0 is "cat"): was scored silently against wrong labels
     other = _image_folder(tmp_path / "b", ["bird", "cat", "dog"])
@@ -204,18 +213,11 @@ def test_an_image_folder_with_other_classes_of_the_same_count_is_refused(tmp_pat
 def test_a_run_on_its_own_data_folder_is_evaluated_without_root_again(tmp_path, capsys):
     """`vitlab eval --checkpoint runs/x` of a run trained on an image folder said the data was missing unless --root
     was given again; the run's config.yaml records it (a given --root, or another dataset, still wins)."""
-    import timm
 
     from vitlab.cli.main import main
-    from vitlab.data import build_datamodule
     from vitlab.eval.evaluate import load_checkpoint_and_test_data, run_data_root
 
-    trained = _image_folder(tmp_path / "photos", ["cat", "dog", "fish"])
-    datamodule = build_datamodule("imagefolder", root=trained, img_size=16)
-    kwargs = dict(depth=1, img_size=16, patch_size=8, embed_dim=16, num_heads=2, num_classes=3)
-    run = tmp_path / "run"
-    save_checkpoint(run, timm.create_model("vit_tiny_patch16_224", **kwargs).state_dict(), kind="model",
-                    model_name="vit_tiny_patch16_224", model_kwargs=kwargs, extra={"data": datamodule.data_config()})
+    trained, _, _, run = _image_folder_run(tmp_path, "photos")
     (run / "config.yaml").write_text(f"name: run\nseed: 0\ndata:\n  name: imagefolder\n  root: {trained}\n")
     expected = evaluate_checkpoint(run, root=trained)
     assert evaluate_checkpoint(run) == expected and expected["samples"] == 6

@@ -80,18 +80,24 @@ def _fit(task, steps=12, max_epochs=2):
     return trainer
 
 
-def test_harness_steps_the_schedule_once_per_optimizer_step(tiny_vit):
-    task = ClassificationTask(tiny_vit, optim=OptimConfig(lr=1e-2, min_lr=1e-4, warmup_epochs=1))
+def _learning_rates(model, **trainer_options) -> list[float]:
+    """The learning rate at each training step of a 1-epoch-warm-up cosine run on 32 images in batches of 8."""
+    task = ClassificationTask(model, optim=OptimConfig(lr=1e-2, min_lr=1e-4, warmup_epochs=1))
     lrs = []
 
     class Record(L.Callback):
         def on_train_batch_start(self, trainer, *args):
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[Record()])
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[Record()], **trainer_options)
     loader = DataLoader(TensorDataset(torch.randn(32, 1, 32, 32), torch.randint(0, 10, (32,))), batch_size=8)
     trainer.fit(task, loader)
+    return lrs
+
+
+def test_harness_steps_the_schedule_once_per_optimizer_step(tiny_vit):
+    lrs = _learning_rates(tiny_vit, max_epochs=2)
     # 2 epochs x 4 steps; warm-up = 1 epoch = 4 steps
     assert lrs == pytest.approx([_reference_lr(t, 1e-2, 1e-4, 8, 4) for t in range(8)], rel=1e-9)
 
@@ -349,16 +355,6 @@ def test_load_from_checkpoint_of_an_adapted_task_asks_for_its_model_transform(tm
 
 
 def test_warmup_epochs_count_epochs_when_max_steps_ends_the_run_first(tiny_vit):
-    task = ClassificationTask(tiny_vit, optim=OptimConfig(lr=1e-2, min_lr=1e-4, warmup_epochs=1))
-    lrs = []
-
-    class Record(L.Callback):
-        def on_train_batch_start(self, trainer, *args):
-            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
-
-    trainer = L.Trainer(max_epochs=10, max_steps=8, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()])
-    loader = DataLoader(TensorDataset(torch.randn(32, 1, 32, 32), torch.randint(0, 10, (32,))), batch_size=8)
-    trainer.fit(task, loader)
+    lrs = _learning_rates(tiny_vit, max_epochs=10, max_steps=8)
     # 8 steps in all (max_steps), an epoch is 4 steps: warm-up = 4 steps (total / max_epochs gave 8 / 10 -> 1)
     assert lrs == pytest.approx([_reference_lr(t, 1e-2, 1e-4, 8, 4) for t in range(8)], rel=1e-9)
