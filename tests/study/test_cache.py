@@ -29,6 +29,18 @@ def test_hash_ignores_key_order_and_differing_keys_name_each_leaf():
     assert differing_keys(a, b) == ["new: <absent> -> 1", "trainer.max_steps: 1000 -> 25"]
 
 
+def test_a_key_added_later_as_unset_is_not_a_difference(tmp_path):
+    """A record written before an optional key existed (e.g. negatives.temperature) matches the same config now."""
+    old = {"negatives": {"kinds": ["rotate"], "weight": 1.0}, "seed": 0}
+    new = {"negatives": {"kinds": ["rotate"], "weight": 1.0, "temperature": None}, "seed": 0}
+    assert differing_keys(old, new) == [] and differing_keys(new, old) == []
+    assert differing_keys(old, {**new, "negatives": {**new["negatives"], "temperature": 0.5}}) == [
+        "negatives.temperature: <absent> -> 0.5"]
+    write_record(tmp_path, old)
+    ensure_cache_matches(tmp_path, new, "weights")  # reused, not refused
+    assert read_record(tmp_path)["hash"] == config_hash(new)  # and the record now names the key
+
+
 def test_a_folder_is_reused_only_when_its_record_matches(tmp_path):
     config = {"optim": {"lr": 0.1}, "seed": 0}
     write_record(tmp_path, config)

@@ -52,11 +52,15 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def differing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``"dotted.key: old -> new"`` for every leaf where two configurations differ (``<absent>`` for a missing key)."""
+    """``"dotted.key: old -> new"`` for every leaf where two configurations differ (``<absent>`` for a missing key).
+
+    A key absent on one side and None (unset) on the other is not a difference: it is how a record written before an
+    optional key existed reads against the same configuration now (e.g. ``negatives.temperature``).
+    """
     a, b = _flatten(_canonical(old)), _flatten(_canonical(new))
     missing = "<absent>"
     return [f"{key}: {a.get(key, missing)} -> {b.get(key, missing)}" for key in sorted(set(a) | set(b))
-            if a.get(key, missing) != b.get(key, missing)]
+            if a.get(key, missing) != b.get(key, missing) and (a.get(key) is not None or b.get(key) is not None)]
 
 
 def read_record(folder: str | Path) -> dict[str, Any] | None:
