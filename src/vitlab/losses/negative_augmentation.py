@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vitlab.augment import NegativeViews
+from vitlab.augment import KINDS, NegativeViews
 from vitlab.errors import ConfigError
 from vitlab.losses.negative import IGNORE_INDEX, ContrastiveNegativeLoss, L2NegativeLoss, UniformNegativeLoss
 
@@ -176,6 +176,13 @@ def _positional(args: tuple[Any, ...], keywords: dict[str, Any]) -> dict[str, An
     Positional arguments are ``(negative_loss, weight)`` when the first is a loss (a name from ``LOSSES`` or an
     ``nn.Module``), else ``(kinds, patch_size, loss, weight)``. ``loss`` and ``negative_loss`` are the same argument.
     """
+    if args and isinstance(args[0], type) and issubclass(args[0], nn.Module):
+        raise ConfigError(f"NegativeAugmentationLoss got the class {args[0].__name__}, not a loss object: pass an "
+                          f"instance, e.g. {args[0].__name__}(), or a name from {list(LOSSES)}")
+    if args and isinstance(args[0], str) and args[0] not in LOSSES and args[0] not in KINDS:
+        raise ConfigError(f"NegativeAugmentationLoss: {args[0]!r} is neither a negative loss {list(LOSSES)} (the "
+                          f"issue's form, loss first) nor a view kind {list(KINDS)} (the config's form, kinds first); "
+                          f"call {_CALL_FORMS}")
     loss_first = bool(args) and (isinstance(args[0], nn.Module) or (isinstance(args[0], str) and args[0] in LOSSES))
     names = ("negative_loss", "weight") if loss_first else ("kinds", "patch_size", "loss", "weight")
     if len(args) > len(names):
