@@ -47,8 +47,9 @@ from typing import Any
 import torch
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 from peft.utils.other import AuxiliaryTrainingWrapper
+from safetensors import SafetensorError
 from torch import nn
 
 from vitlab.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint, state_dict_sha256
@@ -288,7 +289,15 @@ def _load_peft_folder(folder: Path, base_model: nn.Module, check_base: bool) -> 
             if actual != recorded:
                 raise CheckpointError(f"{folder} was made for base weights {recorded}, but the given base model "
                                       f"hashes to {actual}: load the base checkpoint it was trained from")
-    return PeftModel.from_pretrained(base_model, str(folder))
+    weights = [folder / name for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME) if (folder / name).is_file()]
+    if not weights:
+        raise CheckpointError(f"{folder} has {CONFIG_NAME} but no {SAFETENSORS_WEIGHTS_NAME}: the folder is "
+                              "incomplete; save the adapter again (save_adapter / model.save_pretrained)")
+    try:
+        return PeftModel.from_pretrained(base_model, str(folder))
+    except SafetensorError as err:
+        raise CheckpointError(f"{weights[0]} is not a readable safetensors file ({err}); the folder is damaged: save "
+                              "the adapter again") from None
 
 
 def load_adapter(path: str | Path, base_model: nn.Module, check_base: bool = True) -> nn.Module:
@@ -317,7 +326,15 @@ def load_adapter(path: str | Path, base_model: nn.Module, check_base: bool = Tru
         raise TypeError(f"base_model must be the nn.Module the adapter was trained on, got {type(base_model).__name__}")
     if not isinstance(check_base, bool):
         raise TypeError(f"check_base must be True or False, got {check_base!r}")
+    if isinstance(base_model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in base_model.modules()):
+        raise ValueError(f"base_model already carries peft adapters ({type(base_model).__name__}); load_adapter "
+                         "wraps a plain base model: pass a fresh base, or add this adapter to the PeftModel with "
+                         "model.load_adapter(folder, adapter_name='<name>')")
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    if Path(path).is_dir() and not (folder / CONFIG_NAME).is_file() and any(
+            (folder / name).is_file() for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, VITLAB_META)):
+        raise CheckpointError(f"{folder} is a peft adapter folder without {CONFIG_NAME}: the folder is incomplete; "
+                              "save the adapter again (save_adapter / model.save_pretrained)")
     if (folder / CONFIG_NAME).is_file():
         if not Path(path).is_dir() and Path(path).name in (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, VITLAB_META):
             raise CheckpointError(f"{path} is one file of the peft adapter folder {folder}: pass the folder, "

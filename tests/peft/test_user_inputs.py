@@ -1,0 +1,68 @@
+"""What peft users do wrong with vitlab's adapters: each call below once failed deep inside peft / safetensors or
+with a message naming the wrong fix; now it is refused with a message that names the fix."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from peft import PeftModel
+from torch import nn
+
+from vitlab.checkpoint import CheckpointError
+from vitlab.peft import KAdaptationConfig, apply_kadaptation, load_adapter, save_adapter
+
+KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 4}
+
+
+def tiny_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", **KWARGS).eval()
+
+
+@pytest.fixture
+def adapter_folder(tmp_path: Path) -> Path:
+    """A KAdaptation adapter folder written by ``save_adapter`` (its factors moved off their initial values)."""
+    model = apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1)
+    return save_adapter(tmp_path / "adapter", model)
+
+
+def _copy_without(folder: Path, tmp_path: Path, name: str) -> Path:
+    damaged = tmp_path / f"without_{name}"
+    shutil.copytree(folder, damaged)
+    (damaged / name).unlink()
+    return damaged
+
+
+def test_folder_without_weights_is_refused_naming_the_file(adapter_folder: Path, tmp_path: Path) -> None:
+    damaged = _copy_without(adapter_folder, tmp_path, "adapter_model.safetensors")  # was a repo-id error
+    with pytest.raises(CheckpointError, match=r"no adapter_model\.safetensors.*save the adapter again"):
+        load_adapter(damaged, tiny_vit())
+
+
+def test_folder_without_config_is_refused_naming_the_file(adapter_folder: Path, tmp_path: Path) -> None:
+    damaged = _copy_without(adapter_folder, tmp_path, "adapter_config.json")  # was "no weights at model.safetensors"
+    with pytest.raises(CheckpointError, match=r"without adapter_config\.json"):
+        load_adapter(damaged, tiny_vit())
+
+
+def test_corrupt_adapter_weights_are_refused_naming_the_file(adapter_folder: Path) -> None:
+    (adapter_folder / "adapter_model.safetensors").write_bytes(b"garbage")  # was safetensors' SafetensorError
+    with pytest.raises(CheckpointError, match=r"adapter_model\.safetensors is not a readable safetensors file"):
+        load_adapter(adapter_folder, tiny_vit())
+
+
+def test_loading_onto_an_adapted_model_is_refused(adapter_folder: Path) -> None:
+    adapted = load_adapter(adapter_folder, tiny_vit())
+    assert isinstance(adapted, PeftModel)
+    with pytest.raises(ValueError, match=r"already carries peft adapters.*load_adapter\(folder, adapter_name="):
+        load_adapter(adapter_folder, adapted)  # was KeyError "attribute 'kadaptation_A' already exists"
+    with pytest.raises(ValueError, match="already carries peft adapters"):
+        load_adapter(adapter_folder, adapted.get_base_model())  # the inner model still holds adapter layers
