@@ -331,6 +331,11 @@ class NegativeAugmentationLoss(nn.Module):
         with frozen_running_statistics(model):  # the negatives must not move BatchNorm's running statistics
             value, negative_logits = self._negative_loss(model, images, negatives, labels, outputs)
         _check_label_range(labels, negative_logits.shape[1])
+        targets = batch[1]
+        if targets.ndim == 2 and targets.shape[1] != negative_logits.shape[1]:
+            raise ConfigError(f"soft targets {tuple(targets.shape)} have {targets.shape[1]} classes but the model has "
+                              f"{negative_logits.shape[1]}: make them with the model's num_classes (e.g. timm's "
+                              f"Mixup(num_classes={negative_logits.shape[1]}))")
         with torch.no_grad():
             probs = negative_logits.detach().float().softmax(dim=1)
             labelled = labels != IGNORE_INDEX  # accuracy over labelled images only, as the cross-entropy's
