@@ -236,9 +236,12 @@ def check_trainer_options(kwargs: dict[str, Any]) -> None:
         except ValueError as err:
             raise ConfigError(str(err)) from None
     epochs = kwargs.get("max_epochs")
-    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
-        raise ConfigError(f"trainer.max_epochs must be an integer >= 1, got {epochs!r}: a run with no training would "
-                          "save random weights as a finished model")
+    steps = kwargs.get("max_steps")
+    step_based = epochs == -1 and _is_int(steps) and steps >= 1  # Lightning's way to train for max_steps alone
+    if epochs is not None and not step_based and (not _is_int(epochs) or epochs < 1):
+        raise ConfigError(f"trainer.max_epochs must be an integer >= 1 (or -1 with trainer.max_steps >= 1), got "
+                          f"{epochs!r}: a run with no training would save random weights as a finished model, and an "
+                          "endless one has no learning-rate schedule")
     devices = kwargs.get("devices")
     if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():  # `--trainer.devices 0` arrives as '0'
         devices = int(devices)
@@ -248,7 +251,6 @@ def check_trainer_options(kwargs: dict[str, Any]) -> None:
     if accumulate is not None and (not isinstance(accumulate, int) or accumulate < 1):
         raise ConfigError(f"trainer.accumulate_grad_batches must be an integer >= 1, got {accumulate!r}")
     no_training = "a run with no training would save random weights as a finished model"
-    steps = kwargs.get("max_steps")
     if steps is not None and (not _is_int(steps) or steps == 0 or steps < -1):
         raise ConfigError(f"trainer.max_steps must be an integer >= 1 (or -1: no limit), got {steps!r}: {no_training}")
     for key in ("limit_train_batches", "val_check_interval"):

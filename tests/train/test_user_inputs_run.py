@@ -1,0 +1,38 @@
+"""Inputs a user of Lightning brings to ``vitlab.train.fit``: Lightning's own conventions are accepted, and what
+cannot train is refused with the fix named."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitlab.errors import ConfigError
+from vitlab.train import DataConfig, ModelConfig, OptimConfig, RunConfig, fit
+
+TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+
+
+def _config(tmp_path, name, **trainer):
+    return RunConfig(
+        name=name, seed=0, output_dir=str(tmp_path),
+        model=ModelConfig(name="vit_vitlab_tiny_patch4_32", kwargs=dict(TINY)),
+        data=DataConfig(name="digits", batch_size=64, options={"limit_train": 256}),
+        optim=OptimConfig(lr=3e-3, warmup_epochs=0),
+        trainer={"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
+                 "limit_val_batches": 1, "limit_test_batches": 1, **trainer},
+    )
+
+
+def test_max_epochs_minus_one_with_max_steps_trains_exactly_max_steps(tmp_path):
+    """Lightning's step-based training (``max_epochs: -1`` + ``max_steps``) was refused as 'no training'."""
+    result = fit(_config(tmp_path, "steps", max_epochs=-1, max_steps=5))
+    checkpoint = torch.load(result.run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 5  # 4 batches per epoch: the run crossed an epoch and stopped at max_steps
+    assert (result.run_dir / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("trainer", [{"max_epochs": -1}, {"max_epochs": -1, "max_steps": -1}, {"max_epochs": -2}])
+def test_endless_or_negative_max_epochs_is_refused_naming_max_steps(tmp_path, trainer):
+    with pytest.raises(ConfigError, match=r"max_epochs must be an integer >= 1 \(or -1 with trainer.max_steps >= 1\)"):
+        fit(_config(tmp_path, "endless", **trainer))
+    assert not (tmp_path / "endless" / "model.safetensors").exists()
