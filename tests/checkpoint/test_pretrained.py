@@ -19,6 +19,7 @@ from vitlab.checkpoint import (
     create_model,
     load_model,
     load_pretrained,
+    read_weights_file,
     resolve_pretrained,
     save_checkpoint,
 )
@@ -365,3 +366,16 @@ def test_a_symlinked_hub_snapshot_file_passed_as_a_path_loads(tmp_path):
     assert weights.source == "file" and weights.location == str(link)
     model, _, _ = create_model("vit_tiny_patch16_224", weights, **SMALL_VIT)
     _assert_backbone_equal(model, state, skip=())
+
+
+def test_read_weights_file_names_a_truncated_safetensors_file_and_expands_a_home_path(tmp_path, monkeypatch):
+    state = _vit_state()
+    whole = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(whole))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # header intact, tensors missing
+    with pytest.raises(CheckpointError, match="cut.safetensors is not a readable weights file"):
+        read_weights_file(cut)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    loaded = read_weights_file("~/w.safetensors")
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)

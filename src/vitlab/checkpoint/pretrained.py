@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from vitlab.checkpoint.format import (
@@ -352,7 +353,7 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         MissingFileError: no file at ``path``; CheckpointError: unreadable, not a state dict of tensors, or refused.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise MissingWeightsError(f"no weights file at {path}: pass the path of a .safetensors or .pth file")
     from timm.models import load_state_dict
@@ -370,7 +371,7 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
             "Save its state dict alone (torch.save(model.state_dict(), path)) or as safetensors on a machine you "
             "trust, then pass that file"
         ) from None
-    except (EOFError, OSError, ValueError) as err:
+    except (EOFError, OSError, ValueError, SafetensorError) as err:
         raise CheckpointError(f"{path} is not a readable weights file ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else 'empty or truncated'})") from None
     except (AttributeError, TypeError):  # timm's unwrapping met something that is not a mapping (e.g. one tensor)
