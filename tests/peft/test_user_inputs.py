@@ -66,3 +66,16 @@ def test_loading_onto_an_adapted_model_is_refused(adapter_folder: Path) -> None:
         load_adapter(adapter_folder, adapted)  # was KeyError "attribute 'kadaptation_A' already exists"
     with pytest.raises(ValueError, match="already carries peft adapters"):
         load_adapter(adapter_folder, adapted.get_base_model())  # the inner model still holds adapter layers
+
+
+@pytest.mark.parametrize("method", ["kadaptation", "lora_qv"])
+def test_mixed_adapter_batch_is_refused_not_silently_ignored(method: str) -> None:
+    from vitlab.peft import build_peft_transform
+
+    options = {"n": 8} if method == "kadaptation" else {"r": 2}
+    model = build_peft_transform(method, **options)(tiny_vit())
+    x = torch.randn(2, 3, 32, 32)
+    # peft dropped adapter_names and ran every sample through the active adapter (a silently wrong mixed batch)
+    with pytest.raises(ValueError, match=r"does not support adapter_names=.*set_adapter"):
+        model(x, adapter_names=["default", "__base__"])
+    assert torch.equal(model(x), model(x, adapter_names=None))  # the plain call is unchanged

@@ -26,7 +26,8 @@ Example:
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
@@ -392,6 +393,23 @@ class RowSliceTuner(BaseTuner):
             for name, state in self._modules[self.shared_attr].items():
                 if name in names:
                     state.requires_grad_(requires_grad)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """``PeftModel.forward`` enters this around the base model's forward with the call's keyword arguments.
+        peft drops ``adapter_names=`` (its mixed-adapter batches, a LoRA-only feature) before the forward, so without
+        this check every sample would silently go through the active adapter.
+
+        Raises:
+            ValueError: ``adapter_names`` is given, naming what to do instead.
+        """
+        if kwargs.get("adapter_names") is not None:
+            raise ValueError(
+                f"{type(self).__name__} does not support adapter_names= in forward (peft's mixed-adapter batches are "
+                "a LoRA feature); run one forward per adapter: model.set_adapter('<name>'); model(x_of_that_adapter) "
+                "(and `with model.disable_adapter():` for the base model's samples)"
+            )
+        yield
 
     def add_weighted_adapter(self, *args: Any, **kwargs: Any) -> None:
         """Refused: a weighted combination of row-slice adapters is not an adapter of the same form (peft offers it
