@@ -344,9 +344,12 @@ def namespace_to_run_config(ns: Namespace) -> RunConfig:
             raise ConfigError(f"{name} must be a mapping of its keys ({name}: {{KEY: VALUE, ...}}), got "
                               f"{ns.get(name)!r}: `vitlab fit --print_config` shows every section's keys")
     sections = {name: cls(**(ns[name] or Namespace()).as_dict()) for name, cls in run_sections().items()}
-    # a null is dropped (Lightning's default), except where that default is not null, so null is the user's choice
-    # (check_val_every_n_epoch: null, to validate every val_check_interval batches across epochs)
-    keep = _trainer_non_null_defaults()
+    # a null is dropped (Lightning's default), except where that default or vitlab's is not null, so null is the
+    # user's choice (check_val_every_n_epoch: null, to validate every val_check_interval batches across epochs;
+    # max_epochs: null with max_steps, to train for max_steps alone instead of vitlab's 10 epochs)
+    from vitlab.train.run import TRAINER_DEFAULTS
+
+    keep = _trainer_non_null_defaults() | {key for key, value in TRAINER_DEFAULTS.items() if value is not None}
     trainer = {k: v for k, v in (ns.trainer or Namespace()).as_dict().items() if v is not None or k in keep}
     return RunConfig(name=ns.name, seed=ns.seed, output_dir=ns.output_dir, trainer=trainer, **sections)
 

@@ -1,0 +1,30 @@
+"""``vitlab fit`` with what users of Lightning write on the command line and in YAML."""
+
+from __future__ import annotations
+
+import torch
+import yaml
+
+from vitlab.cli.main import main
+
+TINY = "{depth: 1, embed_dim: 32, num_heads: 2}"
+
+
+def _fit_args(tmp_path, name, *extra):
+    return ["fit", "--name", name, "--output_dir", str(tmp_path), "--model.name", "vit_vitlab_tiny_patch4_32",
+            "--model.kwargs", TINY, "--data.name", "digits", "--data.batch_size", "64",
+            "--data.options", "{limit_train: 128}", "--trainer.accelerator", "cpu",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+            "--trainer.limit_test_batches", "1",
+            "--optim.warmup_epochs", "0", *extra]
+
+
+def test_max_epochs_null_with_max_steps_trains_max_steps_not_vitlabs_ten_epochs(tmp_path):
+    """``--trainer.max_epochs null`` was dropped, so vitlab's default of 10 epochs silently ended the run at step 10."""
+    assert main(_fit_args(tmp_path, "steps", "--trainer.max_epochs", "null", "--trainer.max_steps", "12")) == 0
+    run_dir = tmp_path / "steps"
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 12  # one batch per epoch: 12 epochs, past the default 10
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["trainer"]["max_epochs"] is None and saved["trainer"]["max_steps"] == 12
