@@ -45,7 +45,7 @@ from .datasets import (
 from .install import install_dataset, is_installed
 from .loading import LoadedData, channel_stats, load_in_memory, resolve_idx_files, resolve_image_folder
 from .registry import check_name, get_spec
-from .transforms import AUGMENT_PRESETS, Normalize, build_augment, check_augment_strengths
+from .transforms import AUGMENT_PRESETS, Normalize, build_augment, check_augment_strengths, check_unit_mean
 
 __all__ = ["VitlabDataModule", "build_datamodule", "check_few_shot", "few_shot_indices"]
 
@@ -249,7 +249,7 @@ class VitlabDataModule(L.LightningDataModule):
             _check(not persistent_workers or num_workers > 0, "persistent_workers=True keeps worker processes alive, "
                    "but num_workers=0 starts none: set num_workers >= 1, or leave persistent_workers unset")
         if mean is not None:
-            mean = list(check_stats("mean", mean))
+            mean = list(check_unit_mean(check_stats("mean", mean), std))
         if std is not None:
             std = list(check_stats("std", std, positive=True))
         randaugment_num_ops, randaugment_magnitude, augmix_severity = check_augment_strengths(

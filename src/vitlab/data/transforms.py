@@ -45,8 +45,8 @@ from vitlab.errors import ConfigError, DataError
 
 __all__ = [
     "AUGMENT_PRESETS", "IMAGENET_C_OPS", "RandAugmentImageNetCDisjoint", "build_augment", "fit_geometry",
-    "resize_center_crop", "Normalize", "check_augment_strengths", "EvalTransform", "build_eval_transform",
-    "normalize_for", "pil_to_uint8",
+    "resize_center_crop", "Normalize", "check_augment_strengths", "check_unit_mean", "EvalTransform",
+    "build_eval_transform", "normalize_for", "pil_to_uint8",
 ]
 
 #: Augmentation preset names accepted by `build_augment` and `build_datamodule(augment=...)`.
@@ -137,6 +137,24 @@ def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     return image
 
 
+def check_unit_mean(mean: Sequence[float], std: object = None) -> Sequence[float]:
+    """``mean`` if every value is in [0, 1] (the scale of ``x / 255`` that `Normalize` subtracts it from); else a
+    `vitlab.errors.ConfigError` naming the fix (statistics on the 0-255 scale, as mmcv writes them, divided by 255).
+
+    Example:
+        >>> check_unit_mean([0.485, 0.456, 0.406])
+        [0.485, 0.456, 0.406]
+    """
+    if any(not 0.0 <= float(m) <= 1.0 for m in mean):
+        scaled = [round(float(m) / 255, 4) for m in mean]
+        hint = (f" and std {[round(float(v) / 255, 4) for v in std]}" if isinstance(std, Sequence)
+                and all(isinstance(v, (int, float)) for v in std) else "")
+        raise ConfigError(f"mean must hold values in [0, 1] (images are scaled to x / 255 before normalising), got "
+                          f"{list(mean)}: statistics on the 0-255 scale must be divided by 255, e.g. mean {scaled}"
+                          f"{hint}")
+    return mean
+
+
 class Normalize:
     """uint8 images [B, C, H, W] -> float32 ((x / 255 - mean) / std), channels repeated to `out_chans`.
 
@@ -148,7 +166,7 @@ class Normalize:
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], out_chans: int) -> None:
-        mean, std = check_stats("mean", mean), check_stats("std", std, positive=True)
+        mean, std = check_unit_mean(check_stats("mean", mean), std), check_stats("std", std, positive=True)
         if len(mean) != len(std):
             raise ConfigError(f"mean {list(mean)} and std {list(std)} need equal lengths (one value per channel)")
         if out_chans != len(mean) and not (len(mean) == 1 and out_chans == 3):

@@ -1,0 +1,25 @@
+"""Bad inputs a user of the datamodule tries: each refused with a message naming the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitlab.data import build_datamodule
+from vitlab.data.transforms import Normalize
+from vitlab.errors import ConfigError
+
+
+def test_mean_std_on_the_0_255_scale_are_refused_naming_the_division():
+    # was: accepted, every pixel normalised to about -2 (x / 255 minus 128), silently
+    with pytest.raises(ConfigError, match=r"mean must hold values in \[0, 1\].*mean \[0\.502\] and std \[0\.251\]"):
+        build_datamodule("digits", mean=[128.0], std=[64.0])
+    with pytest.raises(ConfigError, match=r"divided by 255"):
+        Normalize([123.675, 116.28, 103.53], [58.395, 57.12, 57.375], out_chans=3)
+
+
+def test_unit_scale_statistics_still_normalise():
+    norm = Normalize([0.5], [0.25], out_chans=1)
+    out = norm(torch.tensor([[[[0, 255]]]], dtype=torch.uint8))
+    assert torch.equal(out, torch.tensor([[[[-2.0, 2.0]]]]))
+    assert build_datamodule("digits", mean=[0.0], std=[1.0]).mean == (0.0,)
