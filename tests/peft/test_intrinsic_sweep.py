@@ -318,3 +318,38 @@ def test_fit_classifier_moves_each_batch_to_the_model():
     images, labels = torch.zeros(8, 3), torch.zeros(8, dtype=torch.long)
     with pytest.raises(Ran, match="^meta$"):
         fit_classifier(MetaProbe(), (images, labels), (images, labels), FitSettings(epochs=1, batch_size=4))
+
+
+@pytest.mark.parametrize("points, reference, fraction, match", [
+    ({10: float("nan"), 100: 0.95}, 1.0, 0.9, "accuracy at d=10 must be a finite accuracy"),  # was interpolated=nan
+    ({10: 0.5, 100: 0.95}, 95.0, 0.9, r"reference accuracy .* 0.95, not 95\)"),  # was silently 'not reached'
+    ({10: 50.0, 100: 95.0}, 1.0, 0.9, "accuracy at d=10"),  # percentages against a fraction: was d90 = 10
+    ({10: 0.5}, 1.0, True, "fraction must be a number"),  # a bool was taken as 1
+    ({10: 0.5}, 1.0, "0.9", "fraction must be a number"),  # was a TypeError from a comparison
+])
+def test_find_d90_refuses_nan_percentages_and_bad_fractions(points, reference, fraction, match):
+    with pytest.raises(ValueError, match=match):
+        find_d90(points, reference, fraction)
+
+
+def test_refinement_point_refuses_nan_accuracies_and_threshold():
+    with pytest.raises(ValueError, match="accuracy at d=10"):
+        refinement_point({10: float("nan"), 1000: 0.95}, 0.9)  # was 100, as if NaN were a miss
+    with pytest.raises(ValueError, match="threshold must be a finite accuracy"):
+        refinement_point({10: 0.1, 1000: 0.95}, float("nan"))  # was None: "nothing to refine"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"fraction": 1.5}, "fraction must be a number"), ({"reference": 95.0}, r"0.95, not 95\)"),
+    ({"reference": float("nan")}, "reference must be a finite accuracy"),
+])
+def test_run_sweep_refuses_bad_fraction_and_reference_before_training(tmp_path, kwargs, match):
+    calls = []
+    with pytest.raises(ValueError, match=match):  # before: every point trained, then find_d90 refused (or not)
+        run_sweep(lambda d: calls.append(d) or 0.5, [10, 100], tmp_path / "s.csv", **{"reference": 0.9, **kwargs})
+    assert calls == [] and not (tmp_path / "s.csv").exists()
+
+
+def test_run_sweep_refuses_a_percentage_from_train_and_eval(tmp_path):
+    with pytest.raises(ValueError, match=r"train_and_eval\(10\) returned 95.0; .* \[0, 1\]"):
+        run_sweep(lambda d: 95.0, [10], tmp_path / "s.csv", reference=0.9)

@@ -76,10 +76,10 @@ def find_d90(points: Mapping[int, float], reference: float, fraction: float = 0.
         reference: accuracy of the 100 % run (full fine-tuning or training from scratch).
         fraction: 0.9 for d90.
     """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    if not math.isfinite(reference) or reference <= 0:
-        raise ValueError(f"reference accuracy must be a positive number, got {reference!r}")
+    _check_fraction(fraction)
+    _check_accuracy(reference, "reference accuracy", positive=True)
+    for d, accuracy in points.items():
+        _check_accuracy(accuracy, f"the accuracy at d={d}")
     threshold = fraction * reference
     dims = sorted(points)
     for i, d in enumerate(dims):
@@ -113,6 +113,11 @@ def refinement_point(points: Mapping[int, float], threshold: float, max_ratio: f
     """
     if isinstance(max_ratio, bool) or not isinstance(max_ratio, int | float) or not max_ratio > 1:
         raise ValueError(f"max_ratio must be a number > 1 (e.g. 2: points at most 2x apart), got {max_ratio!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite accuracy (fraction x reference, e.g. 0.9 * 0.95), got "
+                         f"{threshold!r}")
+    for d, accuracy in points.items():
+        _check_accuracy(accuracy, f"the accuracy at d={d}")
     dims = sorted(points)
     hit = next((i for i, d in enumerate(dims) if points[d] >= threshold), None)
     if not hit:  # None (not reached) or 0 (reached at the smallest point)
@@ -122,6 +127,19 @@ def refinement_point(points: Mapping[int, float], threshold: float, max_ratio: f
         return None
     mid = round(math.sqrt(miss * first))
     return mid if miss < mid < first else None
+
+
+def _check_fraction(fraction: float) -> None:
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be a number in (0, 1] (0.9 for d90), got {fraction!r}")
+
+
+def _check_accuracy(value: float, what: str, positive: bool = False) -> None:
+    """Accuracies are fractions in [0, 1] (``positive``: in (0, 1]); NaN, inf and percentages are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not (
+            0 < value <= 1 if positive else 0 <= value <= 1):
+        span = "(0, 1]" if positive else "[0, 1]"
+        raise ValueError(f"{what} must be a finite accuracy in {span} (a fraction: 0.95, not 95), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -200,8 +218,8 @@ def _alive(pid: int) -> bool:
 
 def _finite(value: float, what: str) -> float:
     value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{what} returned {value!r}; it must return a finite accuracy")
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise ValueError(f"{what} returned {value!r}; it must return a finite accuracy in [0, 1] (0.95, not 95)")
     return value
 
 
@@ -263,6 +281,9 @@ def run_sweep(
         raise ValueError(f"dims must be a non-empty list of positive ints, got {grid!r}")
     if group == REFERENCE or not group or "/" in group:
         raise ValueError(f"group must be a non-empty name without '/' other than {REFERENCE!r}, got {group!r}")
+    _check_fraction(fraction)
+    if reference is not None and not callable(reference):
+        _check_accuracy(reference, "reference", positive=True)
     if stop_after_reached is not None and stop_after_reached < 1:
         raise ValueError(f"stop_after_reached must be None or >= 1, got {stop_after_reached!r}")
     if refine_ratio is not None:
