@@ -79,3 +79,14 @@ def test_mixed_adapter_batch_is_refused_not_silently_ignored(method: str) -> Non
     with pytest.raises(ValueError, match=r"does not support adapter_names=.*set_adapter"):
         model(x, adapter_names=["default", "__base__"])
     assert torch.equal(model(x), model(x, adapter_names=None))  # the plain call is unchanged
+
+
+@pytest.mark.parametrize("bottleneck", [True, 0, 4.0, "4"])
+def test_bottleneck_adapter_width_must_be_an_int(bottleneck: object) -> None:
+    from vitlab.peft import apply_bottleneck_adapters, build_peft_transform
+
+    # True was taken as an int and failed inside torch.empty with a TypeError
+    with pytest.raises(ValueError, match=r"bottleneck must be an int >= 1.*hidden width"):
+        build_peft_transform("adapter", bottleneck=bottleneck)(tiny_vit())
+    with pytest.raises(ValueError, match=r"bottleneck must be an int >= 1"):
+        apply_bottleneck_adapters(tiny_vit(), bottleneck=bottleneck)

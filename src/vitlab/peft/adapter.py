@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from vitlab.checks import check_int
 from vitlab.peft.targets import classifier_names, match_module_names, resolve_preset
 
 __all__ = ["AdapterWrapper", "BottleneckAdapter", "apply_bottleneck_adapters"]
@@ -81,8 +82,7 @@ def apply_bottleneck_adapters(
     Returns:
         The same model, adapted. Freezing is left to the caller (``build_peft_transform`` freezes the base).
     """
-    if not isinstance(bottleneck, int) or bottleneck < 1:
-        raise ValueError(f"bottleneck must be a positive int, got {bottleneck!r}")
+    bottleneck = check_int("bottleneck", bottleneck, minimum=1, fix="the adapter's hidden width, e.g. 64")
     heads = classifier_names(model, head_modules)
     names = [n for n, _ in model.named_modules() if n and not any(n == h or n.startswith(h + ".") for h in heads)]
     pattern = DEFAULT_ADAPTER_TARGETS if target_modules is None else resolve_preset(target_modules)
