@@ -23,3 +23,9 @@ def test_unit_scale_statistics_still_normalise():
     out = norm(torch.tensor([[[[0, 255]]]], dtype=torch.uint8))
     assert torch.equal(out, torch.tensor([[[[-2.0, 2.0]]]]))
     assert build_datamodule("digits", mean=[0.0], std=[1.0]).mean == (0.0,)
+
+
+def test_a_val_fraction_that_leaves_no_training_image_names_the_fix():
+    dm = build_datamodule("digits", val_fraction=0.9999, batch_size=8)
+    with pytest.raises(ConfigError, match=r"no training images left: 1437 .*smaller val_fraction \(below 0\.999652 "):
+        dm.setup("fit")

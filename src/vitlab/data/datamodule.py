@@ -414,7 +414,8 @@ class VitlabDataModule(L.LightningDataModule):
         train = perm[n_val:]
         if self.hparams.limit_train is not None:
             train = train[: self.hparams.limit_train]
-        _check(len(train) > 0, f"no training images left: {n} images, val_fraction={self.hparams.val_fraction}")
+        _check(len(train) > 0, f"no training images left: {n} images, val_fraction={self.hparams.val_fraction} "
+               f"holds out {n_val}; use a smaller val_fraction (below {(n - 0.5) / n:.6g} keeps a training image)")
         return train.sort().values, perm[:n_val].sort().values
 
     def _few_shot(self, train: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
