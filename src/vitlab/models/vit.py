@@ -27,10 +27,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from timm.layers import register_notrace_function
+from timm.layers import PatchEmbed, register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_model_deprecations
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
+from vitlab.checks import check_int
 from vitlab.models.inputs import check_image_tensor, check_pretrained_file, check_rates
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
@@ -80,9 +81,16 @@ def _check_vit_images(
                          "dynamic_img_pad=True")
 
 
+def check_patch_embed_input(module: PatchEmbed, args: tuple[torch.Tensor]) -> None:
+    """Forward pre-hook of the patch embedding: :func:`check_vit_images` on its input (eager mode)."""
+    if not torch.jit.is_scripting():
+        check_vit_images(args[0], module.in_chans, module.proj.weight.dtype, module.img_size,
+                         module.patch_size, module.strict_img_size, module.dynamic_img_pad)
+
+
 class VitlabVisionTransformer(VisionTransformer):
-    """timm's ``VisionTransformer`` whose ``forward`` checks its images and whose ``load_state_dict`` explains
-    tensors of another shape (both naming the fix); outputs and parameters are timm's.
+    """timm's ``VisionTransformer`` whose ``forward`` and ``forward_features`` check their images and whose
+    ``load_state_dict`` explains tensors of another shape (both naming the fix); outputs and parameters are timm's.
 
     Input ``(B, in_chans, H, W)`` floats, output ``(B, num_classes)``.
 
@@ -94,7 +102,18 @@ class VitlabVisionTransformer(VisionTransformer):
 
     def __init__(self, *args: Any, **kwargs: Any):
         check_rates({k: v for k, v in kwargs.items() if k.endswith("drop_rate") or k == "drop_path_rate"})
+        _check_sizes(kwargs)
         super().__init__(*args, **kwargs)
+        # forward_features (timm's, called directly too) checks its images: TorchScript compiles no super() call
+        # in an override, so the check runs as the patch embedding's pre-hook
+        self.patch_embed.in_chans = self.in_chans  # the hook's: peft may wrap proj in a module without in_channels
+        self.patch_embed.register_forward_pre_hook(check_patch_embed_input)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """timm's ``reset_classifier`` after refusing a ``num_classes`` that is not an int >= 0 (timm silently
+        builds no head for a negative one)."""
+        _check_sizes({"num_classes": num_classes})
+        super().reset_classifier(num_classes, global_pool)
 
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
@@ -127,6 +146,19 @@ class VitlabVisionTransformer(VisionTransformer):
         side = math.isqrt(max(tokens, 0))
         made_for = f"img_size={side * self.patch_embed.patch_size[0]}" if side * side == tokens else "another size"
         return f"position embeddings for {made_for}, the model's is img_size={self.patch_embed.img_size}"
+
+
+def _check_sizes(kwargs: dict[str, Any]) -> None:
+    """Refuse ``num_classes`` (int >= 0), ``in_chans`` and ``patch_size`` (ints >= 1) of another kind, naming the
+    keyword; timm takes a negative ``num_classes`` as 0 and fails deep inside torch on the others."""
+    if "num_classes" in kwargs:
+        check_int("num_classes", kwargs["num_classes"], minimum=0, fix="0 gives the pooled features, no classifier")
+    if "in_chans" in kwargs:
+        check_int("in_chans", kwargs["in_chans"], minimum=1, fix="the number of image channels, e.g. 1 or 3")
+    if "patch_size" in kwargs:
+        sizes = kwargs["patch_size"]
+        for size in (sizes if isinstance(sizes, tuple | list) and len(sizes) == 2 else [sizes]):
+            check_int("patch_size", size, minimum=1, fix="an int or (height, width) ints, e.g. 8")
 
 
 def _cfg(**kwargs) -> dict:

@@ -1,0 +1,57 @@
+"""What users of timm pass to vitlab's models by mistake: each is refused with a message naming the fix, never a
+traceback from inside timm or torch, and never a silently different model."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import vitlab.models  # noqa: F401  (registers the models)
+
+VIT = "vit_vitlab_tiny_patch8_32"
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(num_classes=-1), "num_classes must be an int >= 0, got -1"),
+    (dict(num_classes="10"), "num_classes must be an int >= 0, got '10'"),
+    (dict(num_classes=1.5), "num_classes must be an int >= 0, got 1.5"),
+    (dict(in_chans=0), "in_chans must be an int >= 1, got 0"),
+    (dict(patch_size=0), "patch_size must be an int >= 1, got 0"),
+    (dict(patch_size=(8, 0)), "patch_size must be an int >= 1, got 0"),
+])
+def test_vit_refuses_bad_sizes_at_construction(kwargs, match):
+    # timm builds no head for num_classes=-1 (a silent (B, 128) output) and fails deep in torch on the others
+    with pytest.raises(ValueError, match=match):
+        timm.create_model(VIT, **kwargs)
+
+
+def test_vit_reset_classifier_refuses_a_bad_class_count_and_keeps_its_head():
+    model = timm.create_model(VIT, num_classes=10)
+    for bad in (-3, "3", 2.0):
+        with pytest.raises(ValueError, match="num_classes must be an int >= 0"):
+            model.reset_classifier(bad)
+    assert model.num_classes == 10 and model.get_classifier().out_features == 10
+    model.reset_classifier(4)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
+
+
+@pytest.mark.parametrize(("images", "error", "match"), [
+    (torch.zeros(2, 3, 40, 40), ValueError, "this ViT takes 32x32 images, got 40x40"),
+    (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), TypeError, "expected floating-point images"),
+    (torch.zeros(2, 1, 32, 32), ValueError, r"expected input \(B, 3, H, W\)"),
+])
+def test_vit_forward_features_checks_its_images_as_forward_does(images, error, match):
+    model = timm.create_model(VIT).eval()
+    with pytest.raises(error, match=match):
+        model.forward_features(images)
+
+
+def test_vit_forward_features_of_good_images_is_timms():
+    model = timm.create_model(VIT).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        expected = timm.models.vision_transformer.VisionTransformer.forward_features(model, x)
+        assert torch.equal(tokens, expected) and tokens.shape == (2, 16, 128)
+        assert torch.equal(model(x), model.forward_head(tokens))
