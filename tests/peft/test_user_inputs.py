@@ -90,3 +90,20 @@ def test_bottleneck_adapter_width_must_be_an_int(bottleneck: object) -> None:
         build_peft_transform("adapter", bottleneck=bottleneck)(tiny_vit())
     with pytest.raises(ValueError, match=r"bottleneck must be an int >= 1"):
         apply_bottleneck_adapters(tiny_vit(), bottleneck=bottleneck)
+
+
+def test_kadaptation_rank_larger_than_its_factor_is_refused() -> None:
+    # n=8 on width 32: B_i is 4 x 4, so rank 5 only added parameters (the count of a PEFT study grew, the update not)
+    with pytest.raises(ValueError, match=r"rank=5 exceeds the size of B_i.*4 x 4.*rank <= 4"):
+        apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8, rank=5))
+    full = apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8, rank=4, train_head=False))
+    # shared A (2 roles x a_i, c_i of n x n) + per layer (2 slices x u_i, v_i of n x 4 x 4, one bias of 32)
+    assert full.get_nb_trainable_parameters()[0] == 2 * 2 * 8 * 8 + 2 * (2 * 2 * 8 * 4 * 4 + 32)
+
+
+def test_lora_qv_rank_larger_than_the_layer_is_refused() -> None:
+    from vitlab.peft import apply_lora_qv
+
+    with pytest.raises(ValueError, match=r"r=33 exceeds the adapted block .*32 x 32.*r <= 32"):
+        apply_lora_qv(tiny_vit(), r=33)
+    assert apply_lora_qv(tiny_vit(), r=32, train_head=False).get_nb_trainable_parameters()[0] == 2 * 2 * 2 * 32 * 32

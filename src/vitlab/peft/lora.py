@@ -134,6 +134,16 @@ class LoraQVModel(RowSliceTuner):
     prefix = "qvlora_"
     tuner_layer_cls = LoraQVLayer
 
+    def _check_targets(self, peft_config: LoraQVConfig, targets: list[Target]) -> None:
+        smallest = min(targets, key=lambda t: min(t.out_features, t.in_features))
+        limit = min(smallest.out_features, smallest.in_features)
+        if peft_config.r > limit:
+            raise ValueError(
+                f"lora_qv r={peft_config.r} exceeds the adapted block of {smallest.module_name}"
+                f"{f' ({smallest.slice_name} rows)' if smallest.slice_name else ''}, {smallest.out_features} x "
+                f"{smallest.in_features}: a larger rank adds parameters but no rank; use r <= {limit}"
+            )
+
 
 register_with_peft(LORA_QV, LoraQVConfig, LoraQVModel)
 

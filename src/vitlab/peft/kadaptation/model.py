@@ -63,6 +63,15 @@ class KAdaptationModel(RowSliceTuner):
                 f"KAdaptation n={n} must divide both dimensions of every targeted weight block; it does not for "
                 + "; ".join(lines) + f". Values of n valid for all {len(targets)} targets: {common}"
             )
+        smallest = min(targets, key=lambda t: min(t.out_features, t.in_features))
+        limit = min(smallest.out_features, smallest.in_features) // n
+        if peft_config.rank > limit:
+            raise ValueError(
+                f"KAdaptation rank={peft_config.rank} exceeds the size of B_i = (out/n) x (in/n), which is "
+                f"{smallest.out_features // n} x {smallest.in_features // n} for {smallest.module_name}"
+                f"{f' ({smallest.slice_name} rows)' if smallest.slice_name else ''} with n={n}: a larger rank adds "
+                f"parameters but no rank; use rank <= {limit}, or a smaller n"
+            )
 
 
 register_with_peft(KADAPTATION, KAdaptationConfig, KAdaptationModel)
