@@ -55,3 +55,60 @@ def test_vit_forward_features_of_good_images_is_timms():
         expected = timm.models.vision_transformer.VisionTransformer.forward_features(model, x)
         assert torch.equal(tokens, expected) and tokens.shape == (2, 16, 128)
         assert torch.equal(model(x), model.forward_head(tokens))
+
+
+@pytest.mark.parametrize("name", ["inception_transformer_tiny", VIT])
+@pytest.mark.parametrize("kind", ["truncated.pth", "empty.pth", "truncated.safetensors", "code.pth"])
+@pytest.mark.parametrize("features_only", [False, True])
+def test_timm_pretrained_from_an_unreadable_local_file_names_the_file(tmp_path, name, kind, features_only):
+    from safetensors.torch import save_file
+
+    from vitlab.checkpoint import CheckpointError
+
+    state = timm.create_model(name).state_dict()
+    path = tmp_path / kind
+    if kind == "truncated.pth":
+        torch.save(state, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "truncated.safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "empty.pth":
+        path.write_bytes(b"")
+    else:
+        marker = tmp_path / "ran"
+        torch.save({"model": _RunsCode(str(marker))}, path)
+    kwargs = dict(features_only=True) if features_only else {}
+    with pytest.raises(CheckpointError) as info:
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    message = str(info.value)
+    assert str(path) in message and name in message and "weights_only=False" not in message
+    assert not (tmp_path / "ran").exists()
+
+
+class _RunsCode:
+    """A pickle that would create ``path`` when unpickled without ``weights_only``."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("name", ["inception_transformer_tiny", VIT])
+def test_timm_pretrained_file_under_home_is_found(tmp_path, monkeypatch, name):
+    source = timm.create_model(name).eval()
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file="~/w.pth")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), source(x))
+
+
+def test_a_shape_error_from_a_readable_pretrained_file_stays_the_models_own(tmp_path):
+    torch.save(timm.create_model(VIT).state_dict(), tmp_path / "vit.pth")
+    with pytest.raises(ValueError, match="does not fit this InceptionTransformer"):
+        timm.create_model("inception_transformer_tiny", pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / "vit.pth")))

@@ -44,7 +44,7 @@ from torch.nn.modules import module as torch_module
 
 from vitlab.models.cpu_linear import capturing_or_transforming, in_torch_func_transform, linear, linear_gelu
 from vitlab.models.iformer_checkpoint import checkpoint_filter_fn, load_official_checkpoint
-from vitlab.models.inputs import check_image_tensor, check_pretrained_file, check_rates
+from vitlab.models.inputs import check_image_tensor, check_rates, pretrained_file_errors
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
 __all__ = [
@@ -881,13 +881,13 @@ class InceptionTransformer(nn.Module):
 
 
 def _create_inception_transformer(variant: str, pretrained: bool = False, **kwargs) -> InceptionTransformer:
-    check_pretrained_file(variant, pretrained, kwargs)
-    return build_model_with_cfg(
-        InceptionTransformer, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-        **kwargs,
-    )
+    with pretrained_file_errors(variant, pretrained, kwargs) as kwargs:
+        return build_model_with_cfg(
+            InceptionTransformer, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+            **kwargs,
+        )
 
 
 def _cfg(url: str = "", **kwargs) -> dict[str, Any]:

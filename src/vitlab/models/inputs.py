@@ -15,16 +15,20 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import pickle
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
+from vitlab.checkpoint import CheckpointError, read_weights_file
 from vitlab.checks import check_probability
 from vitlab.errors import MissingFileError
 
-__all__ = ["autocast_enabled", "check_image_tensor", "check_pretrained_file", "check_rates"]
+__all__ = ["autocast_enabled", "check_image_tensor", "check_pretrained_file", "check_rates", "pretrained_file_errors"]
 
 
 def autocast_enabled(device: torch.device | str) -> bool:
@@ -104,3 +108,38 @@ def check_pretrained_file(variant: str, pretrained: bool, kwargs: Mapping[str, A
                 f"pretrained weights for {variant}: {path} does not exist; pass the path of a local weights file "
                 f"({key}=dict(file=PATH), .safetensors, .pth or .bin)"
             )
+
+
+@contextlib.contextmanager
+def pretrained_file_errors(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Around timm's model building: yield ``kwargs`` with a ``~`` in the local weights file's path expanded (timm
+    would not find ``~/iformer_small.pth``) after :func:`check_pretrained_file`; when building fails while that file
+    is unreadable (truncated, empty, not a checkpoint, a pickle that needs code), raise
+    :class:`~vitlab.checkpoint.CheckpointError` naming the file instead of torch's or safetensors' error (torch's
+    advises ``weights_only=False``, which would run the file's code).
+
+    Example:
+        >>> kwargs = {"pretrained_cfg_overlay": {"file": "~/no.pth"}}
+        >>> with pretrained_file_errors("inception_transformer_tiny", False, kwargs) as expanded:
+        ...     expanded["pretrained_cfg_overlay"]["file"] == str(Path("~/no.pth").expanduser())
+        True
+    """
+    kwargs = dict(kwargs)
+    path = None
+    for key in ("pretrained_cfg_overlay", "pretrained_cfg"):
+        cfg = kwargs.get(key)
+        if isinstance(cfg, Mapping) and isinstance(cfg.get("file"), str | Path):
+            kwargs[key] = {**cfg, "file": str(Path(cfg["file"]).expanduser())}
+            if cfg.get("source") != "local-dir":
+                path = kwargs[key]["file"]
+    check_pretrained_file(variant, pretrained, kwargs)
+    try:
+        yield kwargs
+    except (RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError):
+        if not pretrained or path is None:
+            raise
+        try:
+            read_weights_file(path)  # the file itself is at fault: its one-line reason, naming it
+        except CheckpointError as unreadable:
+            raise CheckpointError(f"pretrained weights for {variant}: {unreadable}") from None
+        raise

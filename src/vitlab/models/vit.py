@@ -32,7 +32,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from vitlab.checks import check_int
-from vitlab.models.inputs import check_image_tensor, check_pretrained_file, check_rates
+from vitlab.models.inputs import check_image_tensor, check_rates, pretrained_file_errors
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
 __all__ = ["VitlabVisionTransformer", "check_vit_images", "vit_vitlab_tiny_patch4_32", "vit_vitlab_tiny_patch8_32"]
@@ -199,18 +199,18 @@ def _check_out_indices(out_indices: Any, depth: int) -> None:
 
 
 def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> VitlabVisionTransformer:
-    check_pretrained_file(variant, pretrained, kwargs)
     depth = kwargs.get("depth", _TINY["depth"])
     # features_only default: the last 3 blocks, as timm's ViTs (all of them in a shallower model)
     out_indices = kwargs.pop("out_indices", min(3, depth) if isinstance(depth, int) and depth > 0 else 3)
     if kwargs.get("features_only") and isinstance(depth, int):
         _check_out_indices(out_indices, depth)
-    return build_model_with_cfg(
-        VitlabVisionTransformer, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **kwargs,
-    )
+    with pretrained_file_errors(variant, pretrained, kwargs) as kwargs:
+        return build_model_with_cfg(
+            VitlabVisionTransformer, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+            **kwargs,
+        )
 
 
 _TINY = dict(
