@@ -112,3 +112,10 @@ def test_a_shape_error_from_a_readable_pretrained_file_stays_the_models_own(tmp_
     with pytest.raises(ValueError, match="does not fit this InceptionTransformer"):
         timm.create_model("inception_transformer_tiny", pretrained=True,
                           pretrained_cfg_overlay=dict(file=str(tmp_path / "vit.pth")))
+
+
+@pytest.mark.parametrize("fmt", [None, "nchw", 1])
+def test_iformer_forward_intermediates_names_a_bad_output_fmt(fmt):
+    model = timm.create_model("inception_transformer_tiny").eval()
+    with pytest.raises(ValueError, match=f"output_fmt must be 'NCHW' or 'NHWC', got {fmt!r}"):
+        model.forward_intermediates(torch.zeros(2, 3, 32, 32), output_fmt=fmt)

@@ -152,6 +152,12 @@ def _check_indices_type(indices: Any) -> None:
                          f"{indices!r}")
 
 
+@torch.jit.ignore
+def _describe_fmt(output_fmt: Any) -> str:
+    """``repr`` of a bad ``output_fmt`` (TorchScript has no ``repr``; eager callers may pass ``None``)."""
+    return repr(output_fmt)
+
+
 def _take_indices(num_features: int, indices: int | list[int] | None) -> tuple[list[int], int]:
     """Absolute stage indices to return (``None``: all, int ``n``: last ``n``, sequence: as given) and their max.
     Written for TorchScript (no f-strings, no generators)."""
@@ -807,7 +813,7 @@ class InceptionTransformer(nn.Module):
         ``features_only`` wrapper calls it).
         """
         if output_fmt != "NCHW" and output_fmt != "NHWC":
-            raise ValueError("output_fmt must be 'NCHW' or 'NHWC', got '" + output_fmt + "'")
+            raise ValueError("output_fmt must be 'NCHW' or 'NHWC', got " + _describe_fmt(output_fmt))
         take, max_index = _take_indices(self.num_stages, indices)
         last = max_index if stop_early or intermediates_only else self.num_stages - 1
         x = check_input_size(x, self.in_chans, self.pos_embed1.dtype)
