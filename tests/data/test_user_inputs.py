@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 from vitlab.data import build_datamodule
 from vitlab.data.transforms import Normalize
-from vitlab.errors import ConfigError
+from vitlab.errors import ConfigError, MissingFileError
 
 
 def test_mean_std_on_the_0_255_scale_are_refused_naming_the_division():
@@ -29,3 +30,23 @@ def test_a_val_fraction_that_leaves_no_training_image_names_the_fix():
     dm = build_datamodule("digits", val_fraction=0.9999, batch_size=8)
     with pytest.raises(ConfigError, match=r"no training images left: 1437 .*smaller val_fraction \(below 0\.999652 "):
         dm.setup("fit")
+
+
+def _image_folder(root):
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 20, 30)).save(root / split / cls / "0.png")
+    return root
+
+
+def test_image_folder_root_that_is_the_train_split_names_its_parent(tmp_path):
+    # was: "must hold train/ and test/" for the train folder itself (inviting root/train/train)
+    root = _image_folder(tmp_path / "data")
+    with pytest.raises(MissingFileError, match=r"is itself a split folder: pass its parent, root=.*data$"):
+        build_datamodule("imagefolder", root=root / "train").setup("fit")
+    with pytest.raises(MissingFileError, match=r"nope does not exist"):
+        build_datamodule("imagefolder", root=tmp_path / "nope").setup("fit")
+    dm = build_datamodule("imagefolder", root=root, img_size=8, val_fraction=0)
+    dm.setup("fit")
+    assert dm.class_names == ("a", "b") and len(dm.train_dataset) == 2

@@ -137,10 +137,15 @@ def resolve_image_folder(root: str | Path | None) -> tuple[Path, Path]:
     layout = "root/train/<class>/<image>.png and root/test/<class>/... (or root/val/<class>/...)"
     if root is None:
         raise ConfigError(f"imagefolder reads your own images: pass root=PATH laid out as {layout}")
-    root = Path(root)
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise MissingFileError(f"imagefolder root {root} does not exist: pass the folder laid out as {layout}")
     test = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or test is None:
-        raise MissingFileError(f"imagefolder root {root} must hold train/ and test/ (or val/): {layout}")
+        hint = ""
+        if root.name in ("train", "test", "val") and (root.parent / "train").is_dir():
+            hint = f"; {root} is itself a split folder: pass its parent, root={root.parent}"
+        raise MissingFileError(f"imagefolder root {root} must hold train/ and test/ (or val/): {layout}{hint}")
     return root / "train", test
 
 
