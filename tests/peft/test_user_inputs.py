@@ -107,3 +107,29 @@ def test_lora_qv_rank_larger_than_the_layer_is_refused() -> None:
     with pytest.raises(ValueError, match=r"r=33 exceeds the adapted block .*32 x 32.*r <= 32"):
         apply_lora_qv(tiny_vit(), r=33)
     assert apply_lora_qv(tiny_vit(), r=32, train_head=False).get_nb_trainable_parameters()[0] == 2 * 2 * 2 * 32 * 32
+
+
+def _tiny_transformers_vit() -> nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
+                       patch_size=8, num_labels=3)
+    return ViTForImageClassification(config).eval()
+
+
+def test_seq_cls_task_type_of_a_transformers_vit_trains_its_classifier() -> None:
+    from peft import get_peft_model
+
+    # peft appends ["classifier", "score"] to modules_to_save before building the tuner for SEQ_CLS; the missing
+    # "score" was refused as "head_modules ['score'] are not modules" (an option the user never set)
+    plain = get_peft_model(_tiny_transformers_vit(), KAdaptationConfig(n=8))
+    model = get_peft_model(_tiny_transformers_vit(), KAdaptationConfig(n=8, task_type="SEQ_CLS"))
+    assert model.peft_config["default"].modules_to_save == ["classifier"]
+    assert model.get_nb_trainable_parameters() == plain.get_nb_trainable_parameters()
+    assert model.base_model.model.classifier.modules_to_save["default"].weight.requires_grad
+
+
+def test_task_type_keeps_checking_the_users_own_modules_to_save() -> None:
+    with pytest.raises(ValueError, match=r"\['haed'\] are not modules"):
+        apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8, task_type="SEQ_CLS", modules_to_save=["haed"]))

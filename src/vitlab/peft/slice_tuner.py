@@ -248,6 +248,23 @@ def _layer_index(name: str, patterns: list[str] | None) -> int | None:
     return None
 
 
+# peft's task models (task_type "SEQ_CLS" / "TOKEN_CLS") append these to modules_to_save, whether the model has them
+TASK_HEAD_DEFAULTS = ["classifier", "score"]
+
+
+def _drop_task_head_defaults(peft_config: Any, model: nn.Module) -> None:
+    """Drop the names peft's task models appended to ``modules_to_save`` (``TASK_HEAD_DEFAULTS``) that ``model``
+    does not have, as peft itself skips them (a transformers ViT has ``classifier`` but no ``score``; a timm ViT has
+    neither, its head is ``head``); a list left empty becomes ``None`` (then ``train_head`` finds the classifier).
+    Names the user gave stay checked."""
+    names = peft_config.modules_to_save
+    if peft_config.task_type is None or not names or list(names[-2:]) != TASK_HEAD_DEFAULTS:
+        return
+    modules = dict(model.named_modules())
+    kept = list(names[:-2]) + [name for name in TASK_HEAD_DEFAULTS if name in modules]
+    peft_config.modules_to_save = kept or None
+
+
 class RowSliceTuner(BaseTuner):
     """``BaseTuner`` for ``RowSliceLayer`` methods: vitlab's target syntax, the classifier in ``modules_to_save``.
 
@@ -265,6 +282,7 @@ class RowSliceTuner(BaseTuner):
 
     def _prepare_model(self, peft_config: Any, model: nn.Module) -> None:
         """Resolve the targets (and the classifier head to train) of the adapter being injected."""
+        _drop_task_head_defaults(peft_config, model)
         heads = list(peft_config.modules_to_save) if peft_config.modules_to_save else None
         if peft_config.target_modules == "auto":
             _, targets = auto_targets(model, peft_config.intrinsic_table, peft_config.auto_top_k, heads)
