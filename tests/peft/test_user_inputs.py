@@ -133,3 +133,9 @@ def test_seq_cls_task_type_of_a_transformers_vit_trains_its_classifier() -> None
 def test_task_type_keeps_checking_the_users_own_modules_to_save() -> None:
     with pytest.raises(ValueError, match=r"\['haed'\] are not modules"):
         apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8, task_type="SEQ_CLS", modules_to_save=["haed"]))
+
+
+def test_modules_to_save_typo_is_refused_naming_modules_to_save() -> None:
+    # the message named head_modules, an option of build_peft_transform that the config has not
+    with pytest.raises(ValueError, match=r"^modules_to_save \['haed'\] are not modules of VisionTransformer.*'head'"):
+        apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8, modules_to_save=["haed"]))

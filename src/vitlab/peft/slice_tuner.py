@@ -284,6 +284,10 @@ class RowSliceTuner(BaseTuner):
         """Resolve the targets (and the classifier head to train) of the adapter being injected."""
         _drop_task_head_defaults(peft_config, model)
         heads = list(peft_config.modules_to_save) if peft_config.modules_to_save else None
+        missing = [name for name in heads or () if name not in dict(model.named_modules())]
+        if missing:
+            raise ValueError(f"modules_to_save {missing} are not modules of {type(model).__name__}; give full dotted "
+                             f"module names (top-level modules are {[n for n, _ in model.named_children()]})")
         if peft_config.target_modules == "auto":
             _, targets = auto_targets(model, peft_config.intrinsic_table, peft_config.auto_top_k, heads)
             # store what was chosen, so that the saved adapter_config.json rebuilds it without the table
