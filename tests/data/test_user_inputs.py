@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from vitlab.data import build_datamodule
+from vitlab.data import build_datamodule, build_eval_transform
 from vitlab.data.transforms import Normalize
 from vitlab.errors import ConfigError, MissingFileError
 
@@ -50,3 +51,20 @@ def test_image_folder_root_that_is_the_train_split_names_its_parent(tmp_path):
     dm = build_datamodule("imagefolder", root=root, img_size=8, val_fraction=0)
     dm.setup("fit")
     assert dm.class_names == ("a", "b") and len(dm.train_dataset) == 2
+
+
+def test_eval_transform_scales_uint16_arrays_as_16_bit_pngs(tmp_path):
+    # was: TypeError "convert float images in [0, 1] with (x * 255)..." for the array cv2 reads from a 16-bit PNG
+    values = np.array([[0, 257 * 64, 257 * 128, 65535]] * 4, dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    transform = build_eval_transform({"img_size": 4, "in_chans": 1, "mean": [0.0], "std": [1.0], "source_chans": 1})
+    from_png = transform(Image.open(tmp_path / "g16.png"))
+    assert torch.equal(transform(values), from_png)
+    assert torch.equal(transform(torch.from_numpy(values)[None]), from_png)
+    assert from_png[0, 0].mul(255).round().tolist() == [0.0, 64.0, 128.0, 255.0]
+
+
+def test_eval_transform_given_a_path_says_to_open_it(tmp_path):
+    transform = build_eval_transform({"img_size": 4, "in_chans": 1, "mean": [0.0], "std": [1.0], "source_chans": 1})
+    with pytest.raises(TypeError, match=r"got the path .*x\.png', not an image: open it first, e.g\. PIL\.Image\.open"):
+        transform(str(tmp_path / "x.png"))

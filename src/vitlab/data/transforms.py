@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -218,7 +219,9 @@ def normalize_for(data_config: dict[str, Any]) -> Normalize:
 class EvalTransform:
     """Turn one image into the model's normalised float tensor [in_chans, img_size, img_size].
 
-    Accepts a PIL image, a uint8 numpy array [H, W] or [H, W, C], or a uint8 tensor [C, H, W]. Steps:
+    Accepts a PIL image, a uint8 numpy array [H, W] or [H, W, C], or a uint8 tensor [C, H, W]; uint16 arrays and
+    tensors (16-bit images as ``cv2.imread(path, cv2.IMREAD_UNCHANGED)`` reads them) are scaled to 8 bits as 16-bit
+    PNG files are, ``round(v * 255 / 65535)`` (see `pil_to_uint8`). Steps:
     convert to the dataset's source channels (RGB -> grey by luma, grey -> RGB by repeat, alpha dropped);
     when the dataset has a native size and the image differs, resize its shorter side to it and center-crop
     (datasets without one: straight to ``img_size`` that way); apply `fit_geometry`; normalise; repeat
@@ -255,6 +258,9 @@ class EvalTransform:
     def _to_tensor(self, image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
         layouts = "a PIL image, a uint8 array [H, W] or [H, W, C], or a uint8 tensor [C, H, W] (C = 1..4)"
         given = image
+        if isinstance(image, (str, Path)):
+            raise TypeError(f"got the path {str(image)!r}, not an image: open it first, e.g. PIL.Image.open(path); "
+                            f"expected {layouts}")
         if isinstance(image, Image.Image):
             if 0 in image.size:
                 raise DataError(f"the image is empty ({image.size[0]}x{image.size[1]} pixels); expected {layouts}")
@@ -268,6 +274,8 @@ class EvalTransform:
                                 f"shape {list(image.shape)}; expected {layouts}")
             image = torch.from_numpy(np.ascontiguousarray(image))
             image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
+        if isinstance(image, torch.Tensor) and image.dtype == torch.uint16:  # 16-bit: scaled as a 16-bit PNG
+            image = ((image.to(torch.int64) * 255 + 32767) // 65535).to(torch.uint8)
         if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.ndim != 3:
             convert = ("(x * 255).round().to(torch.uint8)" if isinstance(given, torch.Tensor)
                        else "(x * 255).round().astype('uint8')")
