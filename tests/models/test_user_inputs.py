@@ -119,3 +119,37 @@ def test_iformer_forward_intermediates_names_a_bad_output_fmt(fmt):
     model = timm.create_model("inception_transformer_tiny").eval()
     with pytest.raises(ValueError, match=f"output_fmt must be 'NCHW' or 'NHWC', got {fmt!r}"):
         model.forward_intermediates(torch.zeros(2, 3, 32, 32), output_fmt=fmt)
+
+
+@pytest.mark.parametrize(("args", "kwargs", "error", "match"), [
+    ((None,), {}, TypeError, "path must be the .onnx file to write .*got None"),
+    ((5,), {}, TypeError, "path must be the .onnx file to write .*got 5"),
+    (("m.onnx",), dict(atol="1e-4"), ValueError, "atol must be a finite number"),
+    (("m.onnx",), dict(atol=float("nan")), ValueError, "atol must be a finite number"),
+    (("m.onnx",), dict(atol=0.0), ValueError, "atol must be > 0"),
+    (("m.onnx",), dict(check="no"), ValueError, "check must be True or False, got 'no'"),
+    (("m.onnx",), dict(max_batch=2.5), ValueError, "max_batch must be an int >= 3, got 2.5"),
+])
+def test_export_onnx_refuses_bad_arguments_before_exporting(tmp_path, monkeypatch, args, kwargs, error, match):
+    from vitlab.models import export_onnx
+
+    monkeypatch.chdir(tmp_path)
+    model = timm.create_model("inception_transformer_tiny").eval()
+    with pytest.raises(error, match=match):
+        export_onnx(model, *args, **kwargs)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_export_onnx_expands_a_home_path_and_takes_a_model_without_parameters(tmp_path, monkeypatch):
+    import onnxruntime
+
+    from vitlab.models import export_onnx
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = torch.nn.Flatten().eval()  # no parameters: traced on the CPU in float32
+    path = export_onnx(model, "~/flat.onnx", (2, 3, 4))
+    assert path == tmp_path / "flat.onnx" and path.is_file()
+    x = torch.randn(5, 2, 3, 4)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"images": x.numpy()})
+    assert torch.equal(torch.from_numpy(out), x.flatten(1))

@@ -21,6 +21,8 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from vitlab.checks import check_bool, check_float, check_int
+
 __all__ = ["export_onnx"]
 
 
@@ -52,8 +54,9 @@ def export_onnx(
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        TypeError: not a module; ValueError: training mode, bad sizes or options, an input the model refuses (its own
-        message), outputs that differ; FileNotFoundError / IsADirectoryError / PermissionError: an unusable ``path``.
+        TypeError: not a module or not a path; ValueError: training mode, bad sizes or options, an input the model
+        refuses (its own message), outputs that differ; FileNotFoundError / IsADirectoryError / PermissionError: an
+        unusable ``path``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"export_onnx needs an nn.Module (e.g. timm.create_model(...).eval()), got "
@@ -61,7 +64,9 @@ def export_onnx(
     if model.training:
         raise ValueError("export_onnx exports inference graphs: call model.eval() first (dropout and batch-norm "
                          "statistics differ in training mode)")
-    path = Path(path)
+    if not isinstance(path, str | os.PathLike) or path == "":
+        raise TypeError(f"path must be the .onnx file to write (a str or pathlib.Path), got {path!r}")
+    path = Path(path).expanduser()
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder: pass the path of the .onnx file to write, e.g. "
                                 f"{path / 'model.onnx'}")
@@ -78,11 +83,14 @@ def export_onnx(
     if isinstance(input_size, str) or not isinstance(input_size, Sequence) or len(input_size) != 3 or any(
             isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in input_size):
         raise ValueError(f"input_size must be (C, H, W) with positive int sizes, got {input_size!r}")
-    if not atol > 0 or isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 3:
-        raise ValueError(f"atol must be > 0 and max_batch an int >= 3, got atol={atol}, max_batch={max_batch}")
+    check_bool("check", check)
+    atol = check_float("atol", atol, minimum=0.0, fix="the largest difference from PyTorch's outputs, e.g. 1e-4")
+    check_int("max_batch", max_batch, minimum=3, fix="the largest batch size the exported graph accepts")
+    if atol == 0:
+        raise ValueError("atol must be > 0, got 0: float outputs of two runtimes differ by rounding, e.g. 1e-4")
     for module in ("onnx", "onnxscript"):
         _require(module)
-    ref = next(model.parameters())
+    ref = next(model.parameters(), torch.empty(0))  # a model without parameters runs on the CPU in float32
     example = torch.randn(2, *input_size, device=ref.device, dtype=ref.dtype)
     with torch.no_grad():
         model(example)  # the model's own error for an input it cannot take, before the exporter wraps it
