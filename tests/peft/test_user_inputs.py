@@ -139,3 +139,22 @@ def test_modules_to_save_typo_is_refused_naming_modules_to_save() -> None:
     # the message named head_modules, an option of build_peft_transform that the config has not
     with pytest.raises(ValueError, match=r"^modules_to_save \['haed'\] are not modules of VisionTransformer.*'head'"):
         apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8, modules_to_save=["haed"]))
+
+
+@pytest.mark.parametrize(("method", "options", "adaptation"), [
+    ("linear", {"head_modules": ["2"]}, 0),
+    ("lora", {"r": 2, "head_modules": ["2"]}, 2 * 16 + 32 * 2),  # A (2 x 16), B (32 x 2) on Linear(16, 32)
+    ("adapter", {"bottleneck": 2, "head_modules": ["2"]}, 2 * 32 + (32 * 2 + 2) + (2 * 32 + 32)),  # norm, down, up
+    ("kadaptation", {"n": 8, "modules_to_save": ["2"]}, 2 * 8 * 8 + 8 * 4 + 8 * 2 + 32),  # A; u, v (32/8, 16/8); bias
+])
+def test_count_parameters_finds_the_head_a_plain_sequential_was_given(method: str, options: dict,
+                                                                      adaptation: int) -> None:
+    from vitlab.peft import build_peft_transform, count_parameters
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    adapted = build_peft_transform(method, None if method == "linear" else ["0"], **options)(model)
+    counts = count_parameters(adapted)
+    # the head (32 * 4 + 4) was counted as adaptation: a plain Sequential has no get_classifier() / `head`
+    assert (counts["head"], counts["adaptation"]) == (32 * 4 + 4, adaptation)
+    assert counts["trainable"] == counts["head"] + counts["adaptation"]

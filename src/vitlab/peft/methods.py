@@ -40,11 +40,12 @@ from dataclasses import fields
 from typing import Any
 
 from peft import PeftConfig
+from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
 from vitlab.checks import check_bool
 from vitlab.peft.adapter import apply_bottleneck_adapters
-from vitlab.peft.control import set_peft_spec
+from vitlab.peft.control import PEFT_SPEC_ATTR, set_peft_spec
 from vitlab.peft.freeze import freeze_base
 from vitlab.peft.kadaptation import KAdaptationConfig, apply_kadaptation
 from vitlab.peft.lora import apply_lokr, apply_lora, apply_lora_qv, lokr_options, lora_options, lora_qv_config
@@ -225,6 +226,12 @@ def count_parameters(model: nn.Module, head_modules: Sequence[str] | None = None
     """Parameter counts, the same way for every method (shared tensors counted once; of a peft ``modules_to_save``
     head only the trained copy, not the frozen original).
 
+    Args:
+        model: the adapted model.
+        head_modules: the classifier modules; default: timm's ``get_classifier()`` or a top-level ``classifier`` /
+            ``head`` Linear, else (a model without either, e.g. an ``nn.Sequential``) the head the method was
+            given: peft's ``modules_to_save`` copies, or the ``head_modules`` option of ``build_peft_transform``.
+
     Returns:
         ``total`` (all parameters), ``trainable``, ``head`` (trainable parameters of the classifier) and
         ``adaptation`` = ``trainable - head`` (the number PEFT papers report, e.g. 50,176 for KAdaptation on ViT-B).
@@ -232,9 +239,20 @@ def count_parameters(model: nn.Module, head_modules: Sequence[str] | None = None
     if not isinstance(model, nn.Module):
         raise TypeError(f"count_parameters needs an nn.Module, got {type(model).__name__}")
     params = {id(p): p for name, p in model.named_parameters() if ".original_module." not in f".{name}"}
-    heads = classifier_names(model, head_modules)
+    heads = classifier_names(model, head_modules) or ([] if head_modules is not None else _recorded_heads(model))
     head_ids = {id(p) for h in heads for p in model.get_submodule(h).parameters()}
     trainable = sum(p.numel() for p in params.values() if p.requires_grad)
     head = sum(p.numel() for i, p in params.items() if p.requires_grad and i in head_ids)
     return {"total": sum(p.numel() for p in params.values()), "trainable": trainable, "head": head,
             "adaptation": trainable - head}
+
+
+def _recorded_heads(model: nn.Module) -> list[str]:
+    """The head a model without a recognisable classifier was adapted with: its peft ``modules_to_save`` wrappers,
+    else the ``head_modules`` option recorded by ``set_peft_spec``."""
+    wrapped = [name for name, module in model.named_modules() if isinstance(module, AuxiliaryTrainingWrapper)]
+    if wrapped:
+        return wrapped
+    recorded = model.__dict__.get(PEFT_SPEC_ATTR, {}).get("options", {}).get("head_modules")
+    return list(recorded) if isinstance(recorded, list | tuple) else []
+
