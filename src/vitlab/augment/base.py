@@ -50,11 +50,11 @@ from torch import Tensor, nn
 from torchvision import tv_tensors
 
 from vitlab.augment.functional import (
+    _move_cells,
     cell_grid,
     check_cell_params,
     check_positive_int,
     inverse_cell_params,
-    move_cells,
     valid_patch_sizes,
 )
 from vitlab.augment.generators import apply_probability, check_generator
@@ -161,7 +161,7 @@ class PatchTransform(nn.Module, ABC):
                 got = tuple(params[key].shape) if key in params else "missing"
                 raise ValueError(f"params[{key!r}] has shape {got} but this batch needs {expected}: replay params "
                                  "only on a batch of the same size and image size they were drawn for")
-        return move_cells(x, self.patch_size, params["source"], params["rotation"])
+        return _move_cells(x, self.patch_size, params["source"], params["rotation"])
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None, params: Params | None = None) -> Tensor:
         """``(B, C, H, W)`` or ``(C, H, W)`` float/uint8 -> a new tensor of the same shape, dtype and device.
@@ -210,7 +210,7 @@ class PatchTransform(nn.Module, ABC):
             source, rotation = inverse_cell_params(params["source"], params["rotation"])
         except ConfigError as err:
             raise ConfigError(f"{type(self).__name__}.inverse: {err}") from None
-        return _like(x, move_cells(images, self.patch_size, source, rotation), single)
+        return _like(x, _move_cells(images, self.patch_size, source, rotation), single)
 
     def _check_generator_argument(self, generator: object) -> None:
         try:

@@ -349,7 +349,24 @@ def move_cells(x: Tensor, patch_size: int, source: Tensor, rotation: Tensor | No
 
     Returns:
         A new tensor ``(B, C, H, W)`` with the dtype and device of ``x``, equal to ``remap_cells(x, ...)``.
+
+    Raises:
+        `vitlab.errors.ConfigError` (TypeError for a non-tensor ``source``) on the inputs `remap_cells` refuses: ``x``
+        not 4-D, a ``patch_size`` that does not divide H and W, parameters of another shape, a cell index outside
+        ``[0, N)``, a turn outside ``{0, 1, 2, 3}`` (never wrapped or read out of bounds).
     """
+    if not isinstance(x, Tensor) or x.ndim != 4:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ConfigError(f"x must be images (B, C, H, W), got {got}; add a batch dimension with x.unsqueeze(0)")
+    rows, cols = cell_grid(x.shape[-2], x.shape[-1], patch_size)
+    check_cell_params(source, rotation, x.shape[0], rows * cols)
+    return _move_cells(x, patch_size, source, rotation)
+
+
+@torch.compiler.disable  # as move_cells
+def _move_cells(x: Tensor, patch_size: int, source: Tensor, rotation: Tensor | None = None) -> Tensor:
+    """`move_cells` without its input checks: the transforms' path (their parameters are drawn valid, and replayed
+    ones are checked once in ``forward``)."""
     if x.requires_grad and torch.is_grad_enabled():
         return remap_cells(x, patch_size, source, rotation)
     batch, channels, height, width = x.shape
