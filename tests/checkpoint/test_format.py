@@ -112,3 +112,50 @@ def test_resolve_weights_path_reads_tilde_and_names_the_way_for_a_lightning_ckpt
     (tmp_path / "run" / "last.ckpt").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"is a Lightning checkpoint: pass its run folder .* also take a \.ckpt"):
         resolve_weights_path("~/run/last.ckpt")
+
+
+def _with_metadata(tmp_path, name, **changes):
+    """The tiny model's tensors under vitlab metadata with ``changes`` applied (a hand-edited or hostile file)."""
+    kwargs = {"num_classes": 10, "in_chans": 1, "depth": 1, "embed_dim": 32, "num_heads": 2}
+    meta = {"format_version": 1, "kind": "model", "model_name": "vit_vitlab_tiny_patch4_32", "model_kwargs": kwargs,
+            "base_sha256": None, "extra": {}}
+    meta.update({k: v for k, v in changes.items() if k != "model_kwargs"})
+    meta["model_kwargs"] = dict(kwargs, **changes.get("model_kwargs", {}))
+    path = tmp_path / f"{name}.safetensors"
+    save_file(_tiny().state_dict(), str(path), metadata={"vitlab": json.dumps(meta)})
+    return path
+
+
+@pytest.mark.parametrize("option", ["act_layer", "norm_layer"])
+def test_metadata_naming_an_unknown_layer_is_a_checkpoint_error_not_timms_key_error(tmp_path, option):
+    path = _with_metadata(tmp_path, option, model_kwargs={option: "nosuch"})
+    with pytest.raises(CheckpointError, match="does not build vit_vitlab_tiny_patch4_32: unknown name 'nosuch'"):
+        load_model(path)
+
+
+def test_metadata_declaring_a_huge_depth_is_refused_quickly_before_the_whole_skeleton_is_built(tmp_path):
+    """depth 20000 took 220 s and 1.3 GB to build on the meta device before the shapes were compared."""
+    import time
+
+    path = _with_metadata(tmp_path, "deep", model_kwargs={"depth": 20000})
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="makes far more tensors than the 19 the file stores"):
+        load_model(path)
+    assert time.perf_counter() - start < 10
+
+
+def test_format_version_true_is_not_format_1(tmp_path):
+    """JSON ``true`` equals 1 in Python, so a file claiming format ``true`` was read as format 1."""
+    with pytest.raises(CheckpointError, match="format True, this vitlab reads 1"):
+        read_metadata(_with_metadata(tmp_path, "bool", format_version=True))
+
+
+def test_the_tensor_budget_admits_real_architectures(tmp_path):
+    """The build budget must not refuse a genuine file: iFormer (BatchNorm, many small convs) round-trips."""
+    import vitlab  # noqa: F401  (registers inception_transformer_*)
+
+    model = timm.create_model("inception_transformer_small", num_classes=3)
+    path = save_checkpoint(tmp_path / "iformer", model.state_dict(), kind="model",
+                           model_name="inception_transformer_small", model_kwargs={"num_classes": 3})
+    rebuilt, _ = load_model(path)
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()

@@ -38,6 +38,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from vitlab.errors import MissingFileError, WeightsError
 
@@ -266,7 +267,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: its 'vitlab' metadata is a {type(meta).__name__}, not a JSON object")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or isinstance(version, bool):  # JSON true == 1 in Python
         newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
         fix = (f"upgrade vitlab (pip install -U vitlab; this is {_version()}) to read it" if newer else
                "load its tensors with safetensors.torch.load_file into the model they belong to and write them "
@@ -328,16 +329,54 @@ def build_model(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]] | None 
         raise CheckpointError(f"checkpoint metadata names model {name!r}, which is not a timm or vitlab model")
     kwargs = check_model_kwargs(meta.get("model_kwargs", {}), "checkpoint metadata")
     if shapes is not None:
+        budget = _TensorOpBudget(_OPS_PER_TENSOR * len(shapes) + _OPS_SPARE)
         try:
-            with torch.device("meta"):
+            with torch.device("meta"), budget:
                 skeleton = timm.create_model(name, pretrained=False, **kwargs)
-        except (TypeError, ValueError, AssertionError, RuntimeError) as err:
-            raise CheckpointError(f"checkpoint metadata does not build {name}: {err}") from None
+        except _BUILD_ERRORS as err:
+            raise CheckpointError(f"checkpoint metadata does not build {name}: {_refusal(err)}") from None
+        except _TooManyTensors:
+            raise CheckpointError(f"the architecture its metadata declares ({name}, {kwargs}) makes far more tensors "
+                                  f"than the {len(shapes)} the file stores: the metadata does not describe these "
+                                  "weights") from None
         expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
         if expected != shapes:
             raise CheckpointError(f"the stored tensors do not match the architecture its metadata declares ({name}, "
                                   f"{kwargs}): {_describe_mismatch(expected, shapes)}")
-    return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except _BUILD_ERRORS as err:
+        raise CheckpointError(f"checkpoint metadata does not build {name}: {_refusal(err)}") from None
+
+
+def _refusal(err: Exception) -> str:
+    return f"unknown name {err} (KeyError)" if isinstance(err, KeyError) else str(err)
+
+
+# A timm constructor's refusal of a keyword value (KeyError: an unknown act_layer / norm_layer name).
+_BUILD_ERRORS = (TypeError, ValueError, AssertionError, RuntimeError, KeyError)
+# timm architectures make 5-11 torch calls per state-dict tensor while built; far more means the metadata declares a
+# much larger model than the file holds (e.g. depth: 100000, which would take hours and GBs even on the meta device).
+_OPS_PER_TENSOR = 100
+_OPS_SPARE = 10_000
+
+
+class _TooManyTensors(Exception):
+    """Raised by `_TensorOpBudget` once the budget is spent."""
+
+
+class _TensorOpBudget(TorchFunctionMode):
+    """Counts the torch calls made while a model is built and stops the build after ``limit`` of them."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit, self.calls = limit, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's signature)
+        self.calls += 1
+        if self.calls > self.limit:
+            raise _TooManyTensors
+        return func(*args, **(kwargs or {}))
 
 
 def _describe_mismatch(expected: dict[str, tuple[int, ...]], stored: dict[str, tuple[int, ...]]) -> str:
