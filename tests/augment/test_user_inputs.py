@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vitlab.augment import PatchShuffle
 from vitlab.augment.functional import move_cells, remap_cells
 from vitlab.errors import ConfigError
 
@@ -39,3 +40,16 @@ def test_move_cells_still_moves_valid_cells():
     x = torch.arange(16.0).view(1, 1, 4, 4)
     out = move_cells(x, 2, torch.tensor([[3, 2, 1, 0]]), torch.tensor([[0, 0, 0, 2]]))
     assert out[0, 0].tolist() == [[10, 11, 8, 9], [14, 15, 12, 13], [2, 3, 5, 4], [6, 7, 1, 0]]
+
+
+@pytest.mark.parametrize("batch", [-1, 2.5, "4", None])
+def test_generate_parameters_refuses_a_bad_batch_size(batch):
+    # were: torch's "Trying to create tensor with negative dimension -1" / "ones(): argument 'size' ... not float"
+    with pytest.raises(ConfigError, match=r"shape\[0\] \(batch size\) must be an int >= 0"):
+        PatchShuffle(8).generate_parameters((batch, 3, 16, 16))
+
+
+def test_generate_parameters_takes_a_torch_size_and_an_empty_batch():
+    t = PatchShuffle(8)
+    assert t.generate_parameters(torch.Size([3, 3, 16, 16]))["source"].shape == (3, 4)
+    assert t.generate_parameters((0, 3, 16, 16))["source"].shape == (0, 4)

@@ -145,6 +145,7 @@ class PatchTransform(nn.Module, ABC):
             raise ConfigError(f"shape must be a batch shape (B, C, H, W), got {shape!r}: for one (C, H, W) image pass "
                               "(1, *image.shape); replaying the result on that image works as on a batch of one")
         batch, height, width = shape[0], shape[-2], shape[-1]
+        batch = check_positive_int("shape[0] (batch size)", batch, minimum=0)
         rows, cols = self.grid(height, width)
         count = 1 if self.same_on_batch else batch
         applied = apply_probability(count, self.p, generator)
