@@ -379,3 +379,25 @@ def test_read_weights_file_names_a_truncated_safetensors_file_and_expands_a_home
     monkeypatch.setenv("HOME", str(tmp_path))
     loaded = read_weights_file("~/w.safetensors")
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_features_only_models_start_from_a_weights_file_through_create_model_and_load_pretrained(tmp_path):
+    name = "inception_transformer_tiny"
+    source = timm.create_model(name).eval()
+    path = tmp_path / "iformer.pth"
+    torch.save({"model": source.state_dict()}, path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = source.forward_intermediates(x, intermediates_only=True)
+    model, _, kwargs = create_model(name, resolve_pretrained(path, name), features_only=True)
+    later = load_pretrained(timm.create_model(name, features_only=True), path)
+    for built in (model, later):
+        assert "state_dict" not in built.pretrained_cfg and "state_dict" not in built.model.pretrained_cfg
+        with torch.no_grad():
+            maps = built.eval()(x)
+        assert len(maps) == 4 and all(torch.equal(a, b) for a, b in zip(maps, expected, strict=True))
+    assert kwargs == {"features_only": True}
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("blocks4.")}
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="lack .* tensors of InceptionTransformer: blocks4"):
+        create_model(name, resolve_pretrained(tmp_path / "partial.pth", name), features_only=True)

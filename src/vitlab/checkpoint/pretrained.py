@@ -478,10 +478,18 @@ def create_model(
     except RuntimeError as err:
         raise CheckpointError(f"weights {weights.location} do not fit {architecture} ({kwargs}): "
                               f"{_first_lines(err)}") from None
-    model.pretrained_cfg.pop("state_dict", None)  # the overlay's tensors: do not keep a second copy on the model
+    for module in (model, _network(model)):  # a features_only wrapper holds a deep copy of the network's cfg
+        module.pretrained_cfg.pop("state_dict", None)  # the overlay's tensors: do not keep a second copy
     weights.release()
-    _check_loaded(model, loads, weights)
+    _check_loaded(_network(model), loads, weights)
     return model, architecture, kwargs
+
+
+def _network(model: nn.Module) -> nn.Module:
+    """The network a ``features_only`` wrapper (timm's ``FeatureGetterNet``, what vitlab's models and most of timm's
+    build) keeps as ``.model``, where timm loads the weights; else ``model`` itself."""
+    inner = getattr(model, "model", None)
+    return inner if isinstance(inner, nn.Module) and hasattr(inner, "pretrained_cfg") else model
 
 
 def _file_overlay(weights: PretrainedWeights) -> dict[str, Any]:
@@ -559,6 +567,7 @@ def load_pretrained(model: nn.Module, spec: str | Mapping[str, Any] | Pretrained
     from timm.models import load_pretrained as timm_load_pretrained
     from timm.models import model_entrypoint
 
+    wrapper, model = model, _network(model)  # features_only: load into the network the wrapper reads
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     architecture = cfg.get("architecture")
     if not architecture:
@@ -582,7 +591,7 @@ def load_pretrained(model: nn.Module, spec: str | Mapping[str, Any] | Pretrained
         raise CheckpointError(f"weights {weights.location} do not fit {architecture}: {_first_lines(err)}") from None
     weights.release()
     _check_loaded(model, loads, weights)
-    return model
+    return wrapper
 
 
 def _model_in_chans(model: nn.Module, cfg: dict[str, Any]) -> int:
