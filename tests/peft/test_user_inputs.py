@@ -13,7 +13,7 @@ from peft import PeftModel
 from torch import nn
 
 from vitlab.checkpoint import CheckpointError
-from vitlab.peft import KAdaptationConfig, apply_kadaptation, load_adapter, save_adapter
+from vitlab.peft import KAdaptationConfig, adapter_layers, apply_kadaptation, load_adapter, save_adapter
 
 KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 4}
 
@@ -158,3 +158,23 @@ def test_count_parameters_finds_the_head_a_plain_sequential_was_given(method: st
     # the head (32 * 4 + 4) was counted as adaptation: a plain Sequential has no get_classifier() / `head`
     assert (counts["head"], counts["adaptation"]) == (32 * 4 + 4, adaptation)
     assert counts["trainable"] == counts["head"] + counts["adaptation"]
+
+
+@pytest.mark.parametrize("call", ["merge_adapters", "unmerge_adapters", "disable_adapter", "adapter_layers"])
+def test_control_functions_refuse_what_is_not_a_model(call: str) -> None:
+    import vitlab.peft
+
+    function = getattr(vitlab.peft, call)
+    with pytest.raises(TypeError, match=r"expected an adapted nn\.Module.*got str"):  # was AttributeError named_modules
+        result = function("runs/my_run")
+        if call == "disable_adapter":
+            result.__enter__()
+
+
+def test_merge_adapters_refuses_a_string_flag() -> None:
+    from vitlab.peft import merge_adapters
+
+    model = apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8))
+    with pytest.raises(ValueError, match="unload must be True or False, got 'False'"):  # "False" was truthy: unloaded
+        merge_adapters(model, unload="False")
+    assert isinstance(model, PeftModel) and not any(layer.merged for _, layer in adapter_layers(model))

@@ -33,6 +33,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
+from vitlab.checks import check_bool
 from vitlab.peft.adapter import AdapterWrapper
 from vitlab.peft.freeze import restore_norm_statistics
 
@@ -68,6 +69,9 @@ def get_peft_spec(model: nn.Module) -> dict[str, Any]:
 
 def adapter_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, layer)`` of every adapter layer in the model (peft tuner layers and bottleneck adapters; outermost)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an adapted nn.Module (the model a vitlab.peft method or peft.get_peft_model "
+                        f"returned), got {type(model).__name__}")
     found: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if isinstance(module, (BaseTunerLayer, AdapterWrapper)) and not any(
@@ -97,6 +101,7 @@ def merge_adapters(model: nn.Module, unload: bool = True, safe_merge: bool = Tru
         The plain base model (``unload``) or ``model``.
     """
     layers = _require_layers(model)
+    unload, safe_merge = check_bool("unload", unload), check_bool("safe_merge", safe_merge)
     bottleneck = [name for name, layer in layers if isinstance(layer, AdapterWrapper)]
     if bottleneck:
         raise ValueError(f"bottleneck adapters ({bottleneck[:3]}...) are nonlinear and cannot be merged into the base "
