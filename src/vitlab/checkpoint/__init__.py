@@ -25,7 +25,7 @@ from vitlab.checkpoint.format import (
     save_checkpoint,
     state_dict_sha256,
 )
-from vitlab.checkpoint.lightning import checkpoint_weights
+from vitlab.checkpoint.lightning import checkpoint_weights, load_lightning_checkpoint
 from vitlab.checkpoint.pretrained import (
     PretrainedWeights,
     check_model_name,
@@ -40,7 +40,8 @@ from vitlab.checkpoint.pretrained import (
 __all__ = [
     "FORMAT_VERSION", "KINDS", "LOADER_KEYWORDS", "CheckpointError", "MissingWeightsError", "PretrainedWeights",
     "build_model", "check_model_kwargs", "checkpoint_weights", "check_model_name", "create_model", "file_sha256",
-    "has_vitlab_metadata", "load_checkpoint", "load_model", "load_pretrained", "read_metadata", "read_tensor_shapes",
+    "has_vitlab_metadata", "load_checkpoint", "load_lightning_checkpoint",
+    "load_model", "load_pretrained", "read_metadata", "read_tensor_shapes",
     "read_weights_file", "record_state_dict_loads", "resolve_pretrained", "resolve_weights_path", "save_checkpoint",
     "state_dict_sha256",
 ]

@@ -25,8 +25,7 @@ import torch
 from vitlab.checkpoint.format import CheckpointError, read_metadata, read_tensor_shapes, save_checkpoint
 from vitlab.checkpoint.pretrained import LIGHTNING_PREFIXES
 
-__all__ = ["checkpoint_weights", "is_lightning_checkpoint", "lightning_run_folder"]
-
+__all__ = ["checkpoint_weights", "is_lightning_checkpoint", "lightning_run_folder", "load_lightning_checkpoint"]
 
 
 def lightning_run_folder(ckpt: Path) -> Path:
@@ -41,6 +40,36 @@ def lightning_run_folder(ckpt: Path) -> Path:
             return folder
     raise CheckpointError(f"{ckpt} is a Lightning checkpoint outside a vitlab run folder (no config.yaml above it): "
                           "pass a run folder, its model.safetensors, or a .ckpt inside a finished run's folder")
+
+
+def load_lightning_checkpoint(path: str | Path, fix: str = "") -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU (memory-mapped); a file it refuses is one `CheckpointError`
+    that says what is wrong (empty, corrupt or truncated, or pickled code) without torch's advice to retry with
+    ``weights_only=False``, followed by ``fix``.
+
+    Example:
+        >>> import tempfile
+        >>> empty = Path(tempfile.mkdtemp()) / "last.ckpt"
+        >>> _ = empty.write_bytes(b"")
+        >>> load_lightning_checkpoint(empty)
+        Traceback (most recent call last):
+        ...
+        vitlab.checkpoint.format.CheckpointError: ... is not a readable Lightning checkpoint: empty (0 bytes; its \
+write was interrupted)
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        size = path.stat().st_size if path.is_file() else 0
+        if size == 0:
+            why = "empty (0 bytes; its write was interrupted)"
+        elif isinstance(err, pickle.UnpicklingError) and "global" in str(err).lower():  # names a class or function
+            why = ("it holds pickled Python objects besides tensors, which could run code when loaded, so it was "
+                   "refused")
+        else:
+            why = f"corrupt or truncated ({size} bytes; {type(err).__name__})"
+    raise CheckpointError(f"{path} is not a readable Lightning checkpoint: {why}{fix}") from None
 
 
 def is_lightning_checkpoint(path: str | Path) -> bool:
@@ -63,14 +92,11 @@ def checkpoint_weights(path: str | Path) -> Iterator[str | Path]:
     ckpt = Path(path).expanduser()
     run = lightning_run_folder(ckpt)
     meta = read_metadata(run / "model.safetensors")
-    try:
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"{ckpt} is not a readable Lightning checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else 'empty or truncated'})") from None
+    saved = load_lightning_checkpoint(ckpt)
     state = saved.get("state_dict") if isinstance(saved, dict) else None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{ckpt} has no Lightning 'state_dict': it is not a checkpoint of `vitlab fit`")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{ckpt} has no Lightning 'state_dict' of tensors: it is not a checkpoint of "
+                              "`vitlab fit`")
     if saved.get("vitlab_model_transform") or meta["kind"] != "model":
         raise CheckpointError(f"{ckpt} is a checkpoint of a peft run, whose adapted weights eval cannot read: pass the "
                               f"run's merged weights ({run}), or start a run from it with model.pretrained")

@@ -24,7 +24,6 @@ import contextlib
 import json
 import math
 import os
-import pickle
 import shutil
 import time
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ from vitlab.checkpoint import (
     PretrainedWeights,
     check_model_name,
     create_model,
+    load_lightning_checkpoint,
     resolve_pretrained,
     save_checkpoint,
     state_dict_sha256,
@@ -453,12 +453,12 @@ def _seeded(negatives: NegativesConfig, seed: int) -> NegativesConfig:
 def _checkpoint_epoch(last: Path) -> int | None:
     if not last.is_file():
         return None
-    try:
-        return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"])
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"{last} is not a readable Lightning checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else 'empty or truncated'}): restore it, or "
-                              "delete it and its run folder's model.safetensors to train the run again") from None
+    fix = ": restore it, or delete it and its run folder's model.safetensors to train the run again"
+    saved = load_lightning_checkpoint(last, fix)
+    epoch = saved.get("epoch") if isinstance(saved, dict) else None
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        raise CheckpointError(f"{last} is not a Lightning checkpoint of `vitlab fit` (no epoch){fix}")
+    return epoch
 
 
 def _drop_replayed_rows(run_dir: Path, last: Path) -> None:
