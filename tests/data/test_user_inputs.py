@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitlab.data import build_datamodule, build_eval_transform
+from vitlab.data import EpochRandomSampler, build_datamodule, build_eval_transform
 from vitlab.data.transforms import Normalize
 from vitlab.errors import ConfigError, MissingFileError
 
@@ -68,3 +68,17 @@ def test_eval_transform_given_a_path_says_to_open_it(tmp_path):
     transform = build_eval_transform({"img_size": 4, "in_chans": 1, "mean": [0.0], "std": [1.0], "source_chans": 1})
     with pytest.raises(TypeError, match=r"got the path .*x\.png', not an image: open it first, e.g\. PIL\.Image\.open"):
         transform(str(tmp_path / "x.png"))
+
+
+@pytest.mark.parametrize("epoch", ["1", 1.5, -1, None])
+def test_sampler_set_epoch_refuses_a_non_epoch_at_once(epoch):
+    # was: accepted, then a TypeError (or a torch seed error) at the next iteration
+    with pytest.raises(ConfigError, match=r"epoch must be an int >= 0"):
+        EpochRandomSampler(range(6), seed=3).set_epoch(epoch)
+
+
+def test_sampler_set_epoch_picks_that_epochs_order():
+    a, b = EpochRandomSampler(range(6), seed=3), EpochRandomSampler(range(6), seed=3)
+    a.set_epoch(2)
+    orders = [list(b) for _ in range(3)]  # without set_epoch, b walks through epochs 0, 1, 2 by itself
+    assert list(a) == orders[2] and sorted(orders[2]) == list(range(6)) and orders[0] != orders[2]

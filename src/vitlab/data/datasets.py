@@ -275,7 +275,8 @@ class EpochRandomSampler(RandomSampler):
         self.seed, self.epoch, self._epoch_set = check_seed("seed", seed), 0, False
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch, self._epoch_set = epoch, True
+        """Use the order of epoch ``epoch`` (an int >= 0) for the next iteration."""
+        self.epoch, self._epoch_set = check_int("epoch", epoch, minimum=0, fix="Lightning passes the epoch index"), True
 
     def __iter__(self):
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**64)
