@@ -49,7 +49,7 @@ from vitlab.study.headline import check_headline
 from vitlab.yaml_loader import load_yaml_file
 
 __all__ = ["CONFIGS_DIR", "DEMO_CONFIG", "BackboneSpec", "EvaluationSpec", "ExtraRun", "FinetuneSpec", "HeadlineSpec",
-           "IntrinsicSpec", "StudyConfig", "deep_merge", "load_study_config",
+           "IntrinsicSpec", "STUDY_METHODS", "StudyConfig", "deep_merge", "load_study_config",
            "study_config_from_dict"]
 
 #: The packaged study configs (the demo's study, pretraining and intrinsic-dimension YAMLs).
@@ -58,6 +58,18 @@ CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DEMO_CONFIG = CONFIGS_DIR / "demo_study.yaml"
 
 NEGATIVE_KEYS = ("kinds", "loss", "weight", "patch_size", "temperature", "options")
+
+# Method -> (peft options, learning rate). PEFT methods take a larger lr than full fine-tuning (as in the reference's
+# ELEVATER search, which picks lr per method); adapter/LoRA sizes are those of the PEViT baselines.
+STUDY_METHODS: dict[str, dict[str, Any]] = {
+    "full": {"options": {}, "lr": 3e-4},
+    "linear": {"options": {}, "lr": 3e-3},
+    "kadaptation": {"options": {}, "lr": 3e-3},
+    "lora": {"options": {"r": 4}, "lr": 3e-3},
+    "lora_qv": {"options": {"r": 4}, "lr": 3e-3},
+    "lokr": {"options": {"r": 4}, "lr": 3e-3},
+    "adapter": {"options": {"bottleneck": 16}, "lr": 3e-3},
+}
 
 
 @dataclass
@@ -219,6 +231,9 @@ def _check(config: StudyConfig) -> None:
         if (spec.pretrain is None) == (spec.pretrained is None) or (spec.pretrained is None) != (spec.model is None):
             raise ValueError(f"backbones.{label} needs either `pretrain: <vitlab fit config>` or `model: <timm name>` "
                              "with `pretrained: timm | hf-hub:ORG/NAME | <weights file>`, not both")
+        if spec.img_size is not None and spec.img_size < 1:
+            raise ValueError(f"backbones.{label}.img_size must be an integer >= 1 (input pixels per side), got "
+                             f"{spec.img_size}; leave it out for the weights' own size")
     ft = config.finetune
     for where, names in (("finetune.backbones", ft.backbones), ("intrinsic_dim.backbones",
                                                                  config.intrinsic_dim.backbones),
@@ -230,6 +245,19 @@ def _check(config: StudyConfig) -> None:
         if neg is not None and set(neg) - set(NEGATIVE_KEYS):
             raise ValueError(f"finetune.negatives.{label} has unknown key(s) {sorted(set(neg) - set(NEGATIVE_KEYS))};"
                              f" valid: {list(NEGATIVE_KEYS)} (the negatives section of `vitlab fit`)")
+    from vitlab.augment import NegativeViews
+    from vitlab.train.config import NegativesConfig
+
+    for label, neg in ft.negatives.items():  # as each run's `negatives` section (refused in its process before)
+        if neg is not None:
+            try:
+                NegativesConfig(**{"enabled": True, **neg})
+            except ValueError as err:
+                raise ValueError(f"finetune.negatives.{label}: {err}") from None
+    try:  # the evaluate stage's views (refused after pretraining and fine-tuning before)
+        NegativeViews(config.evaluation.kinds, config.evaluation.patch_size)
+    except ValueError as err:
+        raise ValueError(f"evaluation.kinds / evaluation.patch_size: {err}") from None
     for run in config.extra_runs:
         if run.negatives not in ft.negatives:
             raise ValueError(f"extra run negatives {run.negatives!r} is not a finetune.negatives label "
@@ -243,11 +271,25 @@ def _check(config: StudyConfig) -> None:
     unknown = [m for m in ft.methods if m not in PEFT_METHODS]
     if unknown:
         raise ValueError(f"finetune.methods names unknown method(s) {unknown}; choose from {sorted(PEFT_METHODS)}")
+    for i, run in enumerate(config.extra_runs):  # refused after pretraining, naming --methods / --seeds, before
+        if run.method not in PEFT_METHODS:
+            raise ValueError(f"extra_runs[{i}].method {run.method!r} is not a peft method; choose from "
+                             f"{sorted(PEFT_METHODS)}")
+        if not 0 <= run.seed < 2**32:
+            raise ValueError(f"extra_runs[{i}].seed must be an integer in [0, 2**32) (the run's seed), got {run.seed}")
+    for label, spec in config.backbones.items():  # options of a misspelt method were dropped without a word
+        unknown = sorted(set(spec.method_options) - set(PEFT_METHODS))
+        if unknown:
+            raise ValueError(f"backbones.{label}.method_options names unknown method(s) {unknown}; choose from "
+                             f"{sorted(PEFT_METHODS)}")
+    _check_method_options(config)
     if any(k < 1 for k in ft.shots) or len(set(ft.shots)) != len(ft.shots):
         raise ValueError(f"finetune.shots must be distinct positive ints (training images per class), got {ft.shots}")
     bad_seeds = [s for s in ft.seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**32]
     if bad_seeds:
         raise ValueError(f"finetune.seeds must be integers in [0, 2**32) (each run's seed), got {ft.seeds}")
+    if len(set(ft.seeds)) != len(ft.seeds):  # refused after pretraining, naming --seeds, before
+        raise ValueError(f"finetune.seeds lists a seed twice ({ft.seeds}): each seed is one run; give each once")
     if min(ft.steps, ft.full_epochs, ft.batch_size, config.evaluation.corruption_n,
            config.evaluation.negative_view_n) < 1:
         raise ValueError("finetune.steps/full_epochs/batch_size and evaluation.corruption_n/negative_view_n must be "
@@ -257,6 +299,28 @@ def _check(config: StudyConfig) -> None:
         check_headline(asdict(headline), groups, where=f"headlines[{i}]")
     if not all(isinstance(item, str) and item.strip() for item in config.not_shown):
         raise ValueError(f"not_shown is a list of non-empty strings (one per item), got {config.not_shown!r}")
+
+
+def _check_method_options(config: StudyConfig) -> None:
+    """Each method's peft options as its runs will get them (``STUDY_METHODS``, then
+    ``finetune.methods``, then the backbone's ``method_options``), validated now rather than in each run's process."""
+    from vitlab.peft.methods import build_peft_transform
+
+    used = {label: set() for label in config.backbones}
+    for label in config.finetune.backbones:
+        used[label].update(config.finetune.methods)
+    for run in config.extra_runs:
+        used[run.backbone].add(run.method)
+    for label, methods in used.items():
+        own = config.backbones[label].method_options
+        for method in sorted(methods):
+            spec = STUDY_METHODS.get(method, {"options": {}})
+            options = {**spec["options"], **config.finetune.methods.get(method, {}), **own.get(method, {})}
+            try:
+                build_peft_transform(method, spec.get("target_modules"), **options)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"the options of method {method!r} for backbone {label!r} (finetune.methods."
+                                 f"{method} over backbones.{label}.method_options.{method}): {err}") from None
 
 
 def study_config_from_dict(raw: dict[str, Any], full: bool = False) -> StudyConfig:
@@ -269,6 +333,9 @@ def study_config_from_dict(raw: dict[str, Any], full: bool = False) -> StudyConf
         raise ValueError(f"a study config is a mapping, got {type(raw).__name__}")
     raw = dict(raw)
     overrides = raw.pop("full", None) or {}
+    if not isinstance(overrides, dict):  # was an AttributeError with --full, unnoticed without
+        raise ValueError(f"full: is a mapping of overrides that --full merges (e.g. {{finetune: {{seeds: [0, 1, 2]}}}})"
+                         f", got {overrides!r}")
     if full:
         if not overrides:
             raise ValueError("--full merges the config's `full:` section (the paper-sized budget), and this config "

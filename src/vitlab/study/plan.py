@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitlab.study.config import StudyConfig
+from vitlab.study.config import STUDY_METHODS, StudyConfig
 from vitlab.train.config import check_accelerator
 
 if TYPE_CHECKING:
@@ -34,18 +34,6 @@ __all__ = ["DEFAULT_BACKBONE", "STUDY_METHODS", "backbone_model", "few_shot_batc
            "plan_study", "run_name", "split_sizes"]
 
 DEFAULT_BACKBONE = "runs/pretrain_vit_mnist"
-
-# Method -> (peft options, learning rate). PEFT methods take a larger lr than full fine-tuning (as in the reference's
-# ELEVATER search, which picks lr per method); adapter/LoRA sizes are those of the PEViT baselines.
-STUDY_METHODS: dict[str, dict[str, Any]] = {
-    "full": {"options": {}, "lr": 3e-4},
-    "linear": {"options": {}, "lr": 3e-3},
-    "kadaptation": {"options": {}, "lr": 3e-3},
-    "lora": {"options": {"r": 4}, "lr": 3e-3},
-    "lora_qv": {"options": {"r": 4}, "lr": 3e-3},
-    "lokr": {"options": {"r": 4}, "lr": 3e-3},
-    "adapter": {"options": {"bottleneck": 16}, "lr": 3e-3},
-}
 
 
 def run_name(backbone: str, method: str, negatives: str, shots: int | str, seed: int) -> str:
