@@ -36,3 +36,24 @@ def test_endless_or_negative_max_epochs_is_refused_naming_max_steps(tmp_path, tr
     with pytest.raises(ConfigError, match=r"max_epochs must be an integer >= 1 \(or -1 with trainer.max_steps >= 1\)"):
         fit(_config(tmp_path, "endless", **trainer))
     assert not (tmp_path / "endless" / "model.safetensors").exists()
+
+
+def test_a_lock_file_just_created_and_not_yet_written_is_respected_and_an_old_empty_one_taken_over(tmp_path):
+    """Two runs started at once: the second read the first's lock before its PID was written, took it for stale,
+    deleted it and ran too."""
+    import os
+    import time
+
+    from vitlab.train.run_folder import RunLock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".lock").write_text("")  # another process's O_EXCL create, before its json.dump
+    with pytest.raises(ConfigError, match=r"in use by another vitlab process .*it is starting.*delete .*\.lock"):
+        RunLock(run_dir).__enter__()
+    assert (run_dir / ".lock").read_text() == ""  # left to its owner
+    old = time.time() - 3600
+    os.utime(run_dir / ".lock", (old, old))  # an empty lock left by a process killed an hour ago
+    with RunLock(run_dir) as lock:
+        assert str(os.getpid()) in lock.path.read_text()
+    assert not (run_dir / ".lock").exists()

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import re
 import socket
+import time
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -69,12 +71,15 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                if holder is not None and not self._stale(holder):
-                    raise ConfigError(f"{self.path.parent} is in use by another vitlab process (host "
-                                      f"{holder.get('host')}, pid {holder.get('pid')}): wait for it to finish, or "
-                                      "choose another --name") from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
+                if holder is None and self._age() < _UNREADABLE_LOCK_S:  # created, not yet written by its process
+                    holder = {"host": "?", "pid": "? (it is starting)"}
+                elif holder is None or self._stale(holder):
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                raise ConfigError(f"{self.path.parent} is in use by another vitlab process (host "
+                                  f"{holder.get('host')}, pid {holder.get('pid')}): wait for it to finish, or "
+                                  "choose another --name (if no such process runs any more, e.g. its machine or "
+                                  f"container was stopped, delete {self.path})") from None
             with os.fdopen(fd, "w") as handle:
                 json.dump({"host": socket.gethostname(), "pid": os.getpid()}, handle)
             return self
@@ -83,11 +88,17 @@ class RunLock:
     def __exit__(self, *exc: object) -> None:
         self.path.unlink(missing_ok=True)
 
+    def _age(self) -> float:
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except OSError:
+            return math.inf  # gone meanwhile: nothing to wait for
+
     def _holder(self) -> dict[str, Any] | None:
         try:
             holder = json.loads(self.path.read_text())
         except (OSError, json.JSONDecodeError):
-            return None  # unreadable: being written right now, or corrupt; treated as stale
+            return None  # unreadable: being written right now (see __enter__), or corrupt
         return holder if isinstance(holder, dict) else None
 
     @staticmethod
@@ -104,6 +115,10 @@ class RunLock:
         except PermissionError:
             return False
         return False
+
+
+#: Seconds an unreadable (empty) lock file is taken as one being written by a starting process, not as stale.
+_UNREADABLE_LOCK_S = 10.0
 
 
 def max_time_seconds(value: Any) -> float | None:
