@@ -117,13 +117,16 @@ class SweepSettings:
         if self.stop_after_reached is not None and self.stop_after_reached < 1:
             raise ValueError(f"peft.options.sweep.stop_after_reached must be >= 1 or null (sweep the whole grid), got "
                              f"{self.stop_after_reached!r}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"peft.options.sweep.lr must be positive, got {self.lr!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"peft.options.sweep.lr must be a finite number > 0 (e.g. 0.3), got {self.lr!r}")
+        if self.published_d90 is not None and not (math.isfinite(self.published_d90) and self.published_d90 >= 1):
+            raise ValueError(f"peft.options.sweep.published_d90 must be a subspace dimension >= 1 (e.g. 750 for Li et "
+                             f"al.'s MNIST FC) or null, got {self.published_d90!r}")
         if self.reference is not None and not (math.isfinite(self.reference) and 0 < self.reference <= 1):
             raise ValueError(f"peft.options.sweep.reference must be an accuracy in (0, 1] (e.g. 0.98, not 98), got "
                              f"{self.reference!r}")
         if self.refine_ratio is not None and (isinstance(self.refine_ratio, bool) or not isinstance(
-                self.refine_ratio, int | float) or not self.refine_ratio > 1):
+                self.refine_ratio, int | float) or not 1 < self.refine_ratio < math.inf):
             raise ValueError("peft.options.sweep.refine_ratio must be a number > 1 (e.g. 2.0) or null (no refinement), "
                              f"got {self.refine_ratio!r}")
         self.grid(max_dim=None)  # validates dims / d_min / d_max / num now
