@@ -153,3 +153,35 @@ def test_export_onnx_expands_a_home_path_and_takes_a_model_without_parameters(tm
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"images": x.numpy()})
     assert torch.equal(torch.from_numpy(out), x.flatten(1))
+
+
+def _iformer(**changes):
+    from vitlab.models import InceptionTransformer
+
+    config = dict(depths=(1, 1, 1, 1), embed_dims=(32, 64, 96, 128), num_heads=(2, 4, 6, 8),
+                  attention_heads=(1, 2, 3, 4), num_classes=5, img_size=32)
+    return InceptionTransformer(**{**config, **changes})
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    (dict(depths=None), r"depths must be a sequence of positive ints .*got None"),
+    (dict(depths="1111"), r"depths must be a sequence of positive ints .*got '1111'"),
+    (dict(depths=(1.0, 1, 1, 1)), r"depths must be a sequence of positive ints"),
+    (dict(embed_dims=(32.0, 64, 96, 128)), r"embed_dims must be a sequence of positive ints"),
+    (dict(embed_dims=(-32, 64, 96, 128)), r"embed_dims must be a sequence of positive ints"),
+    (dict(num_heads=(2.0, 4, 6, 8)), r"num_heads must be a sequence of positive ints"),
+    (dict(attention_heads=(1.0, 2, 3, 4)), r"attention_heads must be a sequence of positive ints"),
+    (dict(attention_heads=(True, 2, 3, 4)), r"attention_heads must be a sequence of positive ints"),
+    (dict(mlp_ratio=float("inf")), "mlp_ratio must be a positive number"),
+    (dict(layer_scale_init_value=float("nan")), r"layer_scale_init_value must be a number \(a finite one"),
+])
+def test_iformer_constructor_names_the_bad_architecture_argument(changes, match):
+    # each used to fail inside torch (zeros(), Conv2d, int(inf)), or build a model (True heads, NaN LayerScale)
+    with pytest.raises(ValueError, match=match):
+        _iformer(**changes)
+
+
+def test_iformer_constructor_still_takes_lists_from_a_json_config():
+    model = _iformer(depths=[1, 1, 1, 1], embed_dims=[32, 64, 96, 128], num_heads=[2, 4, 6, 8],
+                     attention_heads=[1, 2, 3, 4], layer_scale_init_value=None).eval()
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5) and model.embed_dims == [32, 64, 96, 128]

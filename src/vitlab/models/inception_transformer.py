@@ -195,19 +195,30 @@ def _check_num_classes(num_classes: int) -> None:
                          f"{num_classes!r}")
 
 
+def _ints(name: str, values: Any) -> list[int]:
+    """``values`` as a list of positive ints (a sequence of ints, not bools or floats), else ``ValueError`` naming
+    ``name`` (the constructor keyword; the architecture checks of ``InceptionTransformer._validate`` follow)."""
+    if isinstance(values, str) or not isinstance(values, Sequence) or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"{name} must be a sequence of positive ints (e.g. the official iFormer-S "
+                         f"{_SMALL[name] if name != 'attention_heads' else '(1, 1, 1, 3, ...)'}), got {values!r}")
+    return list(values)
+
+
 def _check_hyperparameters(rates: dict[str, Any], mlp_ratio: Any, qkv_bias: Any, layer_scale_init_value: Any) -> None:
     """Refuse dropout/drop-path rates outside [0, 1], a non-positive ``mlp_ratio``, a non-bool ``qkv_bias`` and a
     non-numeric ``layer_scale_init_value``, naming the argument."""
     check_rates(rates)
-    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, int | float) or not mlp_ratio > 0:
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, int | float) or not 0 < mlp_ratio < math.inf:
         raise ValueError(f"mlp_ratio must be a positive number (MLP hidden width / channels, official 4.0), got "
                          f"{mlp_ratio!r}")
     if not isinstance(qkv_bias, bool):
         raise ValueError(f"qkv_bias must be True or False, got {qkv_bias!r}")
     if layer_scale_init_value is not None and (
-            isinstance(layer_scale_init_value, bool) or not isinstance(layer_scale_init_value, int | float)):
-        raise ValueError(f"layer_scale_init_value must be a number (official 1e-6) or None (no LayerScale), got "
-                         f"{layer_scale_init_value!r}")
+            isinstance(layer_scale_init_value, bool) or not isinstance(layer_scale_init_value, int | float)
+            or not math.isfinite(layer_scale_init_value)):
+        raise ValueError(f"layer_scale_init_value must be a number (a finite one, official 1e-6) or None (no "
+                         f"LayerScale), got {layer_scale_init_value!r}")
 
 
 class Stem(nn.Module):
@@ -641,8 +652,9 @@ class InceptionTransformer(nn.Module):
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        depths, embed_dims, num_heads = list(depths), list(embed_dims), list(num_heads)
-        attention_heads = list(attention_heads)
+        depths, embed_dims, num_heads = _ints("depths", depths), _ints("embed_dims", embed_dims), _ints(
+            "num_heads", num_heads)
+        attention_heads = _ints("attention_heads", attention_heads)
         self._validate(depths, embed_dims, num_heads, attention_heads, global_pool)
         if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
             raise ValueError(f"in_chans must be an int >= 1, got {in_chans!r}")
