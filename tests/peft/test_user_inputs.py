@@ -178,3 +178,40 @@ def test_merge_adapters_refuses_a_string_flag() -> None:
     with pytest.raises(ValueError, match="unload must be True or False, got 'False'"):  # "False" was truthy: unloaded
         merge_adapters(model, unload="False")
     assert isinstance(model, PeftModel) and not any(layer.merged for _, layer in adapter_layers(model))
+
+
+@pytest.mark.parametrize("apply", ["apply_kadaptation", "apply_lora", "apply_lokr", "apply_lora_qv"])
+def test_apply_functions_refuse_what_is_not_a_model(apply: str) -> None:
+    import vitlab.peft
+
+    with pytest.raises(TypeError, match=r"model must be the nn\.Module to adapt.*got str"):  # was AttributeError
+        getattr(vitlab.peft, apply)("vit_tiny_patch16_224")
+
+
+@pytest.mark.parametrize("apply", ["apply_kadaptation", "apply_lora_qv"])
+def test_adapting_an_adapted_model_again_is_refused_naming_add_adapter(apply: str) -> None:
+    import vitlab.peft
+
+    function = getattr(vitlab.peft, apply)
+    model = function(tiny_vit())
+    with pytest.raises(ValueError, match=r"already carries peft adapter layers.*add_adapter"):
+        function(model)  # KAdaptation: KeyError "attribute 'kadaptation_A' already exists"
+    with pytest.raises(ValueError, match=r"already carries peft adapter layers.*add_adapter"):
+        function(model.get_base_model())  # silently replaced the trained 'default' adapter of the inner model
+
+
+def test_get_peft_model_on_the_inner_model_does_not_overwrite_its_adapter() -> None:
+    from peft import get_peft_model
+
+    model = apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8))
+    layer = model.base_model.model.blocks[0].attn.qkv
+    trained = layer.kadaptation_v["default"]["q"]
+    with pytest.raises(ValueError, match=r"already has an adapter named 'default'.*add_adapter"):
+        get_peft_model(model.get_base_model(), KAdaptationConfig(n=8, seed=1))
+    assert layer.kadaptation_v["default"]["q"] is trained
+
+
+@pytest.mark.parametrize(("name", "error"), [(3, TypeError), ("", ValueError), ("a.b", ValueError)])
+def test_apply_kadaptation_checks_the_adapter_name(name: object, error: type) -> None:
+    with pytest.raises(error, match="adapter_name must be"):  # was TypeError 'in <string>' / KeyError from torch
+        apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8), adapter_name=name)

@@ -37,7 +37,7 @@ from vitlab.checks import check_bool, check_float, check_int
 from vitlab.errors import ConfigError
 from vitlab.peft.registration import PeftTypeName, register_with_peft
 from vitlab.peft.slice_config import SliceAdapterConfig, check_target_modules
-from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer, RowSliceTuner
+from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer, RowSliceTuner, check_plain_base
 from vitlab.peft.targets import Target, classifier_names, resolve_preset
 
 __all__ = ["LORA_QV", "LoraQVConfig", "LoraQVLayer", "LoraQVModel", "apply_lokr", "apply_lora", "apply_lora_qv",
@@ -240,6 +240,7 @@ def apply_lora(model: nn.Module, target_modules: str | Sequence[str] | None = "q
     """
     from peft import LoraConfig
 
+    check_plain_base(model)
     o = lora_options(target_modules, r=r, alpha=alpha, dropout=dropout, train_head=train_head,
                      head_modules=head_modules)
     config = LoraConfig(r=o["r"], lora_alpha=o["alpha"], lora_dropout=o["dropout"], bias="none",
@@ -258,6 +259,7 @@ def apply_lokr(model: nn.Module, target_modules: str | Sequence[str] | None = "q
     """
     from peft import LoKrConfig
 
+    check_plain_base(model)
     o = lokr_options(target_modules, r=r, alpha=alpha, decompose_factor=decompose_factor,
                      decompose_both=decompose_both, train_head=train_head, head_modules=head_modules)
     config = LoKrConfig(r=o["r"], alpha=o["alpha"], decompose_factor=o["decompose_factor"],
@@ -291,6 +293,7 @@ def apply_lora_qv(model: nn.Module, target_modules: str | Sequence[str] | None =
         r, alpha, dropout: LoRA rank, alpha (default ``r``) and input dropout.
         seed: seed of the ``A`` initialisation; ``None`` uses the global RNG.
     """
+    check_plain_base(model)
     config = lora_qv_config(target_modules, r=r, alpha=alpha, dropout=dropout, fused_slices=fused_slices,
                             train_head=train_head, head_modules=head_modules, seed=seed)
     return _peft_model(model, config)

@@ -45,12 +45,32 @@ from vitlab.models.cpu_linear import recording_or_transforming
 from vitlab.peft.auto import auto_targets
 from vitlab.peft.targets import Target, classifier_names, find_targets
 
-__all__ = ["AdapterShapeError", "DeltaTerms", "RowSliceLayer", "RowSliceTuner"]
+__all__ = ["AdapterShapeError", "DeltaTerms", "RowSliceLayer", "RowSliceTuner", "check_plain_base"]
 
 
 class AdapterShapeError(ValueError, RuntimeError):
     """Saved adapter tensors do not fit the model (a ``ValueError``, and a ``RuntimeError`` as torch's own
     ``load_state_dict`` size-mismatch error, which it replaces)."""
+
+
+def check_plain_base(model: Any, adapter_name: Any = "default") -> None:
+    """Refuse what vitlab's ``apply_*`` functions cannot adapt: a non-module, a model that already carries peft
+    adapter layers (a ``PeftModel`` or the model inside one), or an adapter name peft cannot key a module by.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module`` or ``adapter_name`` not a string.
+        ValueError: the model is adapted already, or ``adapter_name`` is empty or holds a ``"."``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be the nn.Module to adapt (e.g. timm.create_model(...)), got "
+                        f"{type(model).__name__}")
+    if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+        raise ValueError(f"{type(model).__name__} already carries peft adapter layers; a second adapter goes on the "
+                         "PeftModel: peft_model.add_adapter('<name>', config), then peft_model.set_adapter('<name>')")
+    if not isinstance(adapter_name, str):
+        raise TypeError(f"adapter_name must be a string such as 'default', got {type(adapter_name).__name__}")
+    if not adapter_name or "." in adapter_name:
+        raise ValueError(f"adapter_name must be a non-empty name without '.', got {adapter_name!r}")
 
 
 class DeltaTerms(NamedTuple):
@@ -365,6 +385,9 @@ class RowSliceTuner(BaseTuner):
         targets = self._pending_targets[current_key]
         shared = self._modules[self.shared_attr][adapter_name] if self.shared_attr else None
         if isinstance(target, self.tuner_layer_cls):
+            if adapter_name in target.slice_rows:
+                raise ValueError(f"{current_key} already has an adapter named {adapter_name!r} (the model was adapted "
+                                 "before); add another with peft_model.add_adapter('<new name>', config)")
             target.update_layer(adapter_name, peft_config, targets, shared=shared, generator=self._generator)
             return
         if isinstance(target, BaseTunerLayer):

@@ -32,7 +32,7 @@ from vitlab.peft.control import merge_adapters
 from vitlab.peft.kadaptation.config import KADAPTATION, KAdaptationConfig
 from vitlab.peft.kadaptation.layer import KAdaptationLayer
 from vitlab.peft.registration import register_with_peft
-from vitlab.peft.slice_tuner import RowSliceTuner
+from vitlab.peft.slice_tuner import RowSliceTuner, check_plain_base
 from vitlab.peft.targets import Target
 
 __all__ = ["KAdaptationModel", "apply_kadaptation", "kadaptation_layers", "merge_kadaptation"]
@@ -97,6 +97,7 @@ def apply_kadaptation(model: nn.Module, config: KAdaptationConfig | None = None,
     """
     from peft import get_peft_model
 
+    check_plain_base(model, adapter_name)
     config = config or KAdaptationConfig()
     if not isinstance(config, KAdaptationConfig):
         raise TypeError(f"config must be a KAdaptationConfig, got {type(config).__name__}")
