@@ -11,6 +11,8 @@ from vitlab.data import EpochRandomSampler, build_datamodule, build_eval_transfo
 from vitlab.data.transforms import Normalize
 from vitlab.errors import ConfigError, MissingFileError
 
+from .conftest import write_cifar
+
 
 def test_mean_std_on_the_0_255_scale_are_refused_naming_the_division():
     # was: accepted, every pixel normalised to about -2 (x / 255 minus 128), silently
@@ -82,3 +84,14 @@ def test_sampler_set_epoch_picks_that_epochs_order():
     a.set_epoch(2)
     orders = [list(b) for _ in range(3)]  # without set_epoch, b walks through epochs 0, 1, 2 by itself
     assert list(a) == orders[2] and sorted(orders[2]) == list(range(6)) and orders[0] != orders[2]
+
+
+@pytest.mark.parametrize("written,asked", [("cifar100", "cifar10"), ("cifar10", "cifar100")])
+def test_cifar_root_of_the_other_cifar_names_the_right_dataset(tmp_path, written, asked):
+    # was: "cifar10 files not found ... unpack cifar-*-python.tar.gz" for a folder that holds CIFAR-100
+    write_cifar(tmp_path, written)
+    with pytest.raises(MissingFileError, match=rf"holds {written}, not {asked}: use the dataset name {written}"):
+        build_datamodule(asked, root=tmp_path).setup("fit")
+    dm = build_datamodule(written, root=tmp_path, val_fraction=0)
+    dm.setup("fit")
+    assert dm.num_classes == (10 if written == "cifar10" else 100) and len(dm.test_dataset) == 5

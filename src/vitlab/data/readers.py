@@ -241,6 +241,11 @@ def resolve_cifar_dir(root: str | Path, name: str) -> Path:
     for folder in (root / _CIFAR_DIRS[name], root):
         if all((folder / f).is_file() for f in expected):
             return folder
+    other = next(n for n in _CIFAR_DIRS if n != name)
+    other_files = [*_CIFAR_FILES[other][0], *_CIFAR_FILES[other][1], _CIFAR_FILES[other][2]]
+    if any(all((folder / f).is_file() for f in other_files) for folder in (root / _CIFAR_DIRS[other], root)):
+        raise MissingFileError(f"{root} holds {other}, not {name}: use the dataset name {other} (data.name: {other}), "
+                               f"or pass the folder that holds {_CIFAR_DIRS[name]}/")
     raise MissingFileError(
         f"{name} files not found under {root}: expected {root / _CIFAR_DIRS[name]}/ (or {root}/ itself) to hold "
         f"{', '.join(expected)} (the python version of {name}). Leave root unset (root=None; data.root: null) to use "
