@@ -185,3 +185,22 @@ def test_iformer_constructor_still_takes_lists_from_a_json_config():
     model = _iformer(depths=[1, 1, 1, 1], embed_dims=[32, 64, 96, 128], num_heads=[2, 4, 6, 8],
                      attention_heads=[1, 2, 3, 4], layer_scale_init_value=None).eval()
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5) and model.embed_dims == [32, 64, 96, 128]
+
+
+@pytest.mark.parametrize(("args", "kwargs", "error", "match"), [
+    ((None, (3, 32, 32)), {}, TypeError, "count_flops needs an nn.Module"),
+    (("model", 32), {}, ValueError, "input_size must give the per-sample input shape as positive ints"),
+    (("model", "3,32,32"), {}, ValueError, "input_size must give the per-sample input shape as positive ints"),
+    (("model", (3, 32.0, 32)), {}, ValueError, "input_size must give the per-sample input shape as positive ints"),
+    (("model", (3, 32, 32)), dict(batch_size=0), ValueError, "batch_size must be an int >= 1, got 0"),
+    (("model", (3, 32, 32)), dict(batch_size=2.0), ValueError, "batch_size must be an int >= 1, got 2.0"),
+    (("meta", (3, 32, 32)), {}, ValueError, "on the meta device .*to_empty"),
+])
+def test_count_flops_refuses_bad_arguments(args, kwargs, error, match):
+    from vitlab.models.flops import count_flops
+
+    models = {"model": timm.create_model("inception_transformer_tiny"),
+              "meta": timm.create_model("inception_transformer_tiny", device="meta")}
+    model = models.get(args[0]) if isinstance(args[0], str) else args[0]
+    with pytest.raises(error, match=match):
+        count_flops(model, args[1], **kwargs)

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitlab.checks import check_int
+
 __all__ = ["count_flops", "sdpa_flop_jit"]
 
 
@@ -45,15 +47,24 @@ def count_flops(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), bat
 
     Raises:
         ImportError: fvcore is missing (``pip install fvcore``).
-        ValueError: ``input_size`` is empty.
+        TypeError: ``model`` is not a module; ValueError: ``input_size`` is not positive ints, ``batch_size`` is
+        not an int >= 1, or the weights are on the meta device.
     """
     try:
         from fvcore.nn import FlopCountAnalysis
     except ImportError as err:
         raise ImportError("count_flops needs fvcore: pip install fvcore (vitlab's dev extra)") from err
-    if len(input_size) == 0:
-        raise ValueError("input_size must give the per-sample input shape, e.g. (3, 224, 224)")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"count_flops needs an nn.Module (e.g. timm.create_model(...)), got {type(model).__name__}")
+    if isinstance(input_size, str) or not isinstance(input_size, Sequence) or len(input_size) == 0 or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in input_size):
+        raise ValueError(f"input_size must give the per-sample input shape as positive ints, e.g. (3, 224, 224), "
+                         f"got {input_size!r}")
+    check_int("batch_size", batch_size, minimum=1)
     param = next(model.parameters(), None)
+    if param is not None and param.is_meta:
+        raise ValueError("count_flops runs the model, whose weights are on the meta device (no data): materialise "
+                         "them first, e.g. model.to_empty(device='cpu')")
     x = torch.randn(batch_size, *input_size) if param is None else torch.randn(
         batch_size, *input_size, device=param.device, dtype=param.dtype
     )
