@@ -28,3 +28,11 @@ def test_max_epochs_null_with_max_steps_trains_max_steps_not_vitlabs_ten_epochs(
     assert checkpoint["global_step"] == 12  # one batch per epoch: 12 epochs, past the default 10
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["trainer"]["max_epochs"] is None and saved["trainer"]["max_steps"] == 12
+
+
+def test_logger_true_is_lightnings_default_logger_not_an_error(tmp_path):
+    """LightningCLI configs say ``trainer.logger: true`` (Lightning's default logger); vitlab refused it."""
+    assert main(_fit_args(tmp_path, "logged", "--trainer.max_epochs", "1", "--trainer.logger", "true")) == 0
+    run_dir = tmp_path / "logged"
+    assert list(run_dir.rglob("events.out.tfevents.*"))  # tensorboard is in the dev extra: Lightning picks it
+    assert "val/loss" in (run_dir / "metrics.csv").read_text().splitlines()[0]

@@ -159,7 +159,8 @@ def _add_logger_arguments(parser: ArgumentParser) -> None:
     spec = bool | str | dict | list | None  # false (LightningCLI's `logger: false`, `callbacks: false`): none
     parser.add_argument("--trainer.logger", type=spec, default=None,
                         help="loggers beside metrics.csv: {class_path: TensorBoardLogger | MLFlowLogger | WandbLogger "
-                        "| a.full.Path, init_args: {...}}, or a list of them; false or null: metrics.csv only")
+                        "| a.full.Path, init_args: {...}}, or a list of them; false or null: metrics.csv only; "
+                        "true: Lightning's default logger (TensorBoard) too")
     parser.add_argument("--trainer.callbacks", type=spec, default=None,
                         help="Lightning callbacks in the same form, e.g. {class_path: EarlyStopping, init_args: "
                         "{monitor: val/acc, mode: max}}")

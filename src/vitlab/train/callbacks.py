@@ -110,8 +110,17 @@ def _as_list(spec: Any) -> list[Any]:
 
 
 def build_loggers(spec: Any, run_dir: str | Path) -> list[Logger]:
-    """vitlab's ``metrics.csv`` logger, then the loggers ``spec`` names (saving into the run folder by default)."""
+    """vitlab's ``metrics.csv`` logger, then the loggers ``spec`` names (saving into the run folder by default).
+
+    ``spec`` ``true`` is Lightning's ``logger=True``: its default logger, TensorBoard when installed (else its CSV
+    logger, which ``metrics.csv`` already is).
+    """
     run_dir = str(run_dir)
+    if spec is True or (isinstance(spec, str) and spec.strip().lower() == "true"):
+        import importlib.util
+
+        has_tensorboard = any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX"))
+        spec = "TensorBoardLogger" if has_tensorboard else None
     loggers: list[Logger] = [AppendingCSVLogger(run_dir, name="", version="")]
     # MLflow: a SQLite store in the run folder (its plain-file store is deprecated); W&B: offline unless told
     defaults = {"save_dir": run_dir, "tracking_uri": f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}",
