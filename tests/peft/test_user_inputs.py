@@ -215,3 +215,23 @@ def test_get_peft_model_on_the_inner_model_does_not_overwrite_its_adapter() -> N
 def test_apply_kadaptation_checks_the_adapter_name(name: object, error: type) -> None:
     with pytest.raises(error, match="adapter_name must be"):  # was TypeError 'in <string>' / KeyError from torch
         apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8), adapter_name=name)
+
+
+@pytest.mark.parametrize("targets", [5, [], ["blocks.0.mlp", 3]])
+def test_bottleneck_adapter_targets_are_checked_when_the_transform_is_built(targets: object) -> None:
+    from vitlab.peft import build_peft_transform
+
+    with pytest.raises(ValueError, match=r"target_modules must be None, a regex string"):  # 5: TypeError not iterable
+        build_peft_transform("adapter", targets, bottleneck=4)
+
+
+@pytest.mark.parametrize("call", ["export_adapted_model", "adapter_state_dict", "get_peft_spec",
+                                  "apply_bottleneck_adapters"])
+def test_functions_of_an_adapted_model_refuse_a_path(call: str, tmp_path: Path) -> None:
+    import vitlab.peft
+
+    function = getattr(vitlab.peft, call)
+    args = (tmp_path, "runs/my_run") if call == "export_adapted_model" else ("runs/my_run",)
+    kwargs = {"model_name": "vit_tiny_patch16_224", "model_kwargs": {}} if call == "export_adapted_model" else {}
+    with pytest.raises(TypeError, match=r"nn\.Module.*got str"):  # was AttributeError: 'str' has no '__dict__'
+        function(*args, **kwargs)

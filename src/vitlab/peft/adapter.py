@@ -82,6 +82,9 @@ def apply_bottleneck_adapters(
     Returns:
         The same model, adapted. Freezing is left to the caller (``build_peft_transform`` freezes the base).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be the nn.Module to adapt (e.g. timm.create_model(...)), got "
+                        f"{type(model).__name__}")
     bottleneck = check_int("bottleneck", bottleneck, minimum=1, fix="the adapter's hidden width, e.g. 64")
     heads = classifier_names(model, head_modules)
     names = [n for n, _ in model.named_modules() if n and not any(n == h or n.startswith(h + ".") for h in heads)]

@@ -60,6 +60,9 @@ def set_peft_spec(model: nn.Module, method: str, target_modules: Any, options: d
 
 def get_peft_spec(model: nn.Module) -> dict[str, Any]:
     """The record written by ``set_peft_spec``; raises if the model was not adapted by vitlab.peft."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an adapted nn.Module (the model a vitlab.peft method returned), got "
+                        f"{type(model).__name__}")
     spec = model.__dict__.get(PEFT_SPEC_ATTR)
     if spec is None:
         raise ValueError(f"{type(model).__name__} was not adapted by vitlab.peft (no record of the method): build it "

@@ -49,6 +49,7 @@ from vitlab.peft.control import PEFT_SPEC_ATTR, set_peft_spec
 from vitlab.peft.freeze import freeze_base
 from vitlab.peft.kadaptation import KAdaptationConfig, apply_kadaptation
 from vitlab.peft.lora import apply_lokr, apply_lora, apply_lora_qv, lokr_options, lora_options, lora_qv_config
+from vitlab.peft.slice_config import check_target_modules
 from vitlab.peft.subspace import build_subspace_transform
 from vitlab.peft.targets import classifier_names
 
@@ -133,6 +134,7 @@ def _wrap(name: str, fn: Callable[..., nn.Module], validate: Callable[..., Any] 
 def _adapter(target_modules: Any = None, **options: Any) -> Transform:
     allowed = ("bottleneck", "train_head", "head_modules")
     _check_options("adapter", options, allowed)
+    target_modules = check_target_modules(target_modules)
     train_head, head_modules = check_bool("train_head", options.pop("train_head", True)), options.get("head_modules")
 
     def transform(model: nn.Module) -> nn.Module:
