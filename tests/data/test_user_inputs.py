@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitlab.data import EpochRandomSampler, build_datamodule, build_eval_transform
+from vitlab.data import EpochRandomSampler, build_datamodule, build_eval_transform, install_dataset
 from vitlab.data.transforms import Normalize
 from vitlab.errors import ConfigError, MissingFileError
 
@@ -95,3 +95,16 @@ def test_cifar_root_of_the_other_cifar_names_the_right_dataset(tmp_path, written
     dm = build_datamodule(written, root=tmp_path, val_fraction=0)
     dm.setup("fit")
     assert dm.num_classes == (10 if written == "cifar10" else 100) and len(dm.test_dataset) == 5
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_install_into_a_cache_that_is_a_file_names_the_option(tmp_path, monkeypatch, below):
+    # was: FileExistsError / NotADirectoryError from os.mkdir (before any download is tried)
+    blocker = tmp_path / "cache_file"
+    blocker.write_text("not a folder")
+    cache = blocker / below if below else blocker
+    with pytest.raises(ConfigError, match=r"cache_file is a file, not a folder; pass cache_dir=FOLDER"):
+        install_dataset("mnist", cache_dir=cache, progress=False)
+    monkeypatch.setenv("VITLAB_DATA", str(cache))
+    with pytest.raises(ConfigError, match=r"or set VITLAB_DATA=FOLDER"):
+        build_datamodule("mnist").prepare_data()

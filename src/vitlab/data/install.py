@@ -176,7 +176,8 @@ def install_dataset(name: str, cache_dir: str | Path | None = None, progress: bo
         The dataset folder, e.g. ``~/.cache/vitlab/fashion_mnist`` (for ``digits``: scikit-learn's data folder).
 
     Raises:
-        ConfigError: unknown name, or a name whose files the user brings (``imagefolder``, ``idx``).
+        ConfigError: unknown name, a name whose files the user brings (``imagefolder``, ``idx``), or a cache folder
+            that is a file (or lies under one).
         InstallError: every source failed (e.g. no internet); the one-line message says why for each and where to
             put the files instead.
     """
@@ -191,6 +192,10 @@ def install_dataset(name: str, cache_dir: str | Path | None = None, progress: bo
     dest = dataset_dir(name, cache_dir)
     if is_installed(name, cache_dir):
         return dest
+    file = next((p for p in (dest.parent, *dest.parent.parents) if p.exists() and not p.is_dir()), None)
+    if file is not None:
+        raise ConfigError(f"the data cache {dest.parent} cannot be created: {file} is a file, not a folder; pass "
+                          "cache_dir=FOLDER (or set VITLAB_DATA=FOLDER) to a folder you can write")
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for source in _sources(name):
