@@ -204,3 +204,10 @@ def test_count_flops_refuses_bad_arguments(args, kwargs, error, match):
     model = models.get(args[0]) if isinstance(args[0], str) else args[0]
     with pytest.raises(error, match=match):
         count_flops(model, args[1], **kwargs)
+
+
+def test_timm_pretrained_file_that_is_a_folder_says_so(tmp_path):
+    from vitlab.errors import MissingFileError
+
+    with pytest.raises(MissingFileError, match=f"{tmp_path} is a folder, not a file; pass the path of a local"):
+        timm.create_model(VIT, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path)))

@@ -104,8 +104,9 @@ def check_pretrained_file(variant: str, pretrained: bool, kwargs: Mapping[str, A
                 raise MissingFileError(f"pretrained weights for {variant}: the folder {path} does not exist; pass "
                                        "a folder written by timm.models.save_for_hf (config.json and the weights)")
         elif not Path(path).is_file():
+            what = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
             raise MissingFileError(
-                f"pretrained weights for {variant}: {path} does not exist; pass the path of a local weights file "
+                f"pretrained weights for {variant}: {path} {what}; pass the path of a local weights file "
                 f"({key}=dict(file=PATH), .safetensors, .pth or .bin)"
             )
 
