@@ -281,6 +281,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         _require(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**32, "seed",
                  self.seed, "an integer in [0, 2**32)")
+        if isinstance(self.output_dir, os.PathLike):  # a pathlib.Path is a folder path too
+            self.output_dir = os.fspath(self.output_dir)
         _require(isinstance(self.output_dir, str) and self.output_dir.strip() != "", "output_dir", self.output_dir,
                  "a folder path")
         self.output_dir = os.path.expanduser(self.output_dir)  # `~/runs`: Lightning's loggers expand it, so must we
