@@ -57,3 +57,33 @@ def test_a_lock_file_just_created_and_not_yet_written_is_respected_and_an_old_em
     with RunLock(run_dir) as lock:
         assert str(os.getpid()) in lock.path.read_text()
     assert not (run_dir / ".lock").exists()
+
+
+def test_output_dir_given_as_a_pathlib_path_is_accepted(tmp_path):
+    """``RunConfig(output_dir=tmp_path)`` was refused: 'output_dir must be a folder path, got PosixPath(...)'."""
+    from pathlib import Path
+
+    config = RunConfig(output_dir=tmp_path / "runs")
+    assert config.output_dir == str(tmp_path / "runs") and isinstance(config.output_dir, str)
+    assert RunConfig(output_dir=Path("~") / "runs").output_dir == str(Path.home() / "runs")
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda tmp: fit({"name": "x", "output_dir": str(tmp)}), "fit takes a vitlab.train.RunConfig, got dict"),
+    (lambda tmp: fit(_config(tmp, "cb"), callbacks=["EarlyStopping"]), "list of lightning.Callback instances"),
+    (lambda tmp: fit(_config(tmp, "cb"), callbacks=lambda: None), "list of lightning.Callback instances"),
+])
+def test_wrong_python_arguments_to_fit_name_the_fix_before_anything_is_written(tmp_path, call, match):
+    """A dict config raised AttributeError ('dict' object has no attribute 'name'), a str callback an AttributeError
+    from deep inside Lightning after the run folder was made."""
+    with pytest.raises(TypeError, match=match):
+        call(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_config_from_args_refuses_one_string_instead_of_a_list():
+    """A command line as one string was split into characters: '- - c o n f i g ...: unrecognized arguments'."""
+    from vitlab.train.arguments import run_config_from_args
+
+    with pytest.raises(TypeError, match=r"list of argument strings.*shlex.split"):
+        run_config_from_args("--config run.yaml")

@@ -385,6 +385,9 @@ def run_config_from_args(args: Sequence[str], prog: str = "vitlab fit") -> RunCo
 
     from vitlab.errors import ConfigError
 
+    if isinstance(args, str) or not all(isinstance(a, str) for a in args):
+        raise TypeError(f"run_config_from_args takes a list of argument strings, got {args!r}: e.g. "
+                        "['--config', 'run.yaml', '--optim.lr', '0.1'] (shlex.split(text) splits a command line)")
     parser = add_run_arguments(ArgumentParser(prog=prog, exit_on_error=False))
     parser.add_argument("--resume", type=bool, default=False, help=SUPPRESS)
     parser.add_argument("--ckpt_path", type=str | None, default=None, help=SUPPRESS)

@@ -294,6 +294,14 @@ def fit(
         KeyboardInterrupt: Ctrl-C (Lightning shuts down gracefully; the message says which checkpoint is kept and
         gives the ``--resume true`` command).
     """
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"fit takes a vitlab.train.RunConfig, got {type(config).__name__}: build one with "
+                        "RunConfig(...) or vitlab.train.arguments.load_run_config_file(path)")
+    bad = [c for c in callbacks if not isinstance(c, L.Callback)] if isinstance(callbacks, list | tuple) \
+        else [callbacks]
+    if bad:
+        raise TypeError(f"fit's callbacks must be a list of lightning.Callback instances, got {bad[0]!r}: pass "
+                        "callbacks=[MyCallback(...)]")
     start = time.perf_counter()
     check_run_name(config.name)
     check_model_name(config.model.name)  # before the data is installed and loaded
