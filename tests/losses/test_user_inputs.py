@@ -39,3 +39,13 @@ def test_soft_targets_of_another_class_count_are_refused():
         term(SimpleNamespace(model=model), (images, soft), {})
     good = torch.nn.functional.one_hot(torch.arange(4), 10).float()
     assert term(SimpleNamespace(model=model), (images, good), {})["loss"].item() >= torch.log(torch.tensor(10.0)) - 1e-5
+
+
+def test_a_patch_size_that_does_not_divide_the_training_images_names_the_negatives_key():
+    # was: "patch_size=5 does not divide the 16x16 input" (a run config has the model's patch_size too)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2,
+                              num_classes=10)
+    term = NegativeAugmentationLoss("uniform", 1.0, patch_size=5)
+    with pytest.raises(ConfigError, match=r"negatives\.patch_size in a run config\) on the 16x16 training images: "
+                                          r"patch_size=5 does not divide.*fit this 16x16 input: 2, 4, 8"):
+        term(SimpleNamespace(model=model), (torch.rand(2, 3, 16, 16), torch.tensor([0, 1])), {})

@@ -326,6 +326,11 @@ class NegativeAugmentationLoss(nn.Module):
     def forward(self, task: Any, batch: Sequence[Tensor], outputs: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
         """``{"loss": L_neg}`` for ``batch = (images, targets, ...)``; see the class docstring."""
         model, images, labels, outputs = _check_call(task, batch, outputs, isinstance(self.loss, L2NegativeLoss))
+        try:
+            self.views.grid(images.shape[-2], images.shape[-1])
+        except ConfigError as err:  # say which patch_size: the run config has the model's too
+            raise ConfigError(f"negative views (NegativeAugmentationLoss patch_size; negatives.patch_size in a run "
+                              f"config) on the {images.shape[-2]}x{images.shape[-1]} training images: {err}") from None
         with torch.no_grad():
             negatives = self.views(images, generator=self.generator)
         with frozen_running_statistics(model):  # the negatives must not move BatchNorm's running statistics
