@@ -235,3 +235,18 @@ def test_functions_of_an_adapted_model_refuse_a_path(call: str, tmp_path: Path) 
     kwargs = {"model_name": "vit_tiny_patch16_224", "model_kwargs": {}} if call == "export_adapted_model" else {}
     with pytest.raises(TypeError, match=r"nn\.Module.*got str"):  # was AttributeError: 'str' has no '__dict__'
         function(*args, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["linear", "full"])
+def test_merging_a_linear_probe_returns_the_plain_model(method: str) -> None:
+    from vitlab.peft import build_peft_transform, get_peft_spec, merge_adapters
+
+    model = build_peft_transform(method)(tiny_vit())
+    x = torch.randn(2, 3, 32, 32)
+    before = model(x)
+    # was refused: "has no vitlab or peft adapter layers ... build it with build_peft_transform" (it was built so)
+    assert merge_adapters(model, unload=False) is model and get_peft_spec(model)["method"] == method
+    merged = merge_adapters(model)
+    assert merged is model and torch.equal(merged(x), before)
+    with pytest.raises(ValueError, match="not adapted by vitlab.peft"):  # a plain model now, as after an unload
+        get_peft_spec(merged)

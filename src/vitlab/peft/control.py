@@ -101,8 +101,15 @@ def merge_adapters(model: nn.Module, unload: bool = True, safe_merge: bool = Tru
         safe_merge: refuse to write non-finite weights.
 
     Returns:
-        The plain base model (``unload``) or ``model``.
+        The plain base model (``unload``) or ``model``. A ``linear`` probe (or ``full`` fine-tuning) has no adapter
+        layers: its model is already plain and is returned as it is.
     """
+    if not adapter_layers(model) and model.__dict__.get(PEFT_SPEC_ATTR, {}).get("method") in ("linear", "full"):
+        check_bool("safe_merge", safe_merge)
+        if check_bool("unload", unload):
+            restore_norm_statistics(model)  # frozen-statistics BatchNorms back to plain ones, as for the peft methods
+            model.__dict__.pop(PEFT_SPEC_ATTR)
+        return model
     layers = _require_layers(model)
     unload, safe_merge = check_bool("unload", unload), check_bool("safe_merge", safe_merge)
     bottleneck = [name for name, layer in layers if isinstance(layer, AdapterWrapper)]
