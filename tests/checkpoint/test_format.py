@@ -159,3 +159,27 @@ def test_the_tensor_budget_admits_real_architectures(tmp_path):
                            model_name="inception_transformer_small", model_kwargs={"num_classes": 3})
     rebuilt, _ = load_model(path)
     assert rebuilt.state_dict().keys() == model.state_dict().keys()
+
+
+def test_save_checkpoint_expands_tilde_as_reading_does(tmp_path, monkeypatch):
+    """``save_checkpoint("~/run", ...)`` wrote ./~/run/ while load_model("~/run") read the home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    kwargs = {"num_classes": 10, "in_chans": 1, "depth": 1, "embed_dim": 32, "num_heads": 2}
+    path = save_checkpoint("~/run", _tiny().state_dict(), kind="model", model_name="vit_vitlab_tiny_patch4_32",
+                           model_kwargs=kwargs)
+    assert path == tmp_path / "home" / "run" / "model.safetensors" and not (tmp_path / "~").exists()
+    assert load_model("~/run")[1]["model_kwargs"] == kwargs
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    ({"model_kwargs": None}, "model kwargs must be a mapping"),
+    ({"model_name": 5}, "model_name must be a timm model name"),
+    ({"path": "model.pt"}, "writes safetensors, not model.pt"),
+])
+def test_save_checkpoint_refuses_what_reading_would_refuse_and_writes_nothing(tmp_path, changes, match):
+    """These wrote a file that read_metadata then refused, a folder named model.pt, or raised TypeError."""
+    args = {"path": "out", "model_name": "vit_vitlab_tiny_patch4_32", "model_kwargs": {"num_classes": 10}, **changes}
+    with pytest.raises(CheckpointError, match=match):
+        save_checkpoint(tmp_path / args.pop("path"), _tiny().state_dict(), kind="model", **args)
+    assert list(tmp_path.iterdir()) == []

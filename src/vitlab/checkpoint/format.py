@@ -65,6 +65,8 @@ KINDS = ("model", "adapter", "subspace")
 METADATA_KEY = "vitlab"
 WEIGHTS_NAME = "model.safetensors"
 ADAPTER_NAME = "adapter.safetensors"
+# Suffixes of pickled weights files, which save_checkpoint does not write (it would make a folder of that name).
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
 
 # ``timm.create_model`` keywords that load weights. They never belong in stored ``model_kwargs``: rebuilding a model
@@ -172,7 +174,16 @@ def save_checkpoint(
     _check_state_dict(tensors, "save_checkpoint")
     if kind != "model" and not base_sha256:
         raise CheckpointError(f"a {kind!r} checkpoint needs base_sha256=state_dict_sha256(base_model.state_dict())")
-    path = Path(path)
+    if not isinstance(model_name, str | None):
+        raise CheckpointError(f"save_checkpoint: model_name must be a timm model name (str) or None, got "
+                              f"{model_name!r}")
+    if not isinstance(model_kwargs, Mapping):
+        raise CheckpointError(f"save_checkpoint: model kwargs must be a mapping of timm.create_model keywords, got "
+                              f"{type(model_kwargs).__name__}")
+    path = Path(path).expanduser()  # as resolve_weights_path reads it
+    if path.suffix in _PICKLE_SUFFIXES:
+        raise CheckpointError(f"save_checkpoint writes safetensors, not {path.name}: give a .safetensors file or a "
+                              "folder (which gets model.safetensors)")
     if path.suffix != ".safetensors":
         path = path / WEIGHTS_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
