@@ -3,6 +3,8 @@ traceback from inside timm or torch, and never a silently different model."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import timm
 import torch
@@ -211,3 +213,19 @@ def test_timm_pretrained_file_that_is_a_folder_says_so(tmp_path):
 
     with pytest.raises(MissingFileError, match=f"{tmp_path} is a folder, not a file; pass the path of a local"):
         timm.create_model(VIT, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path)))
+
+
+@pytest.mark.parametrize("name", ["inception_transformer_tiny", VIT])
+@pytest.mark.parametrize(("out_indices", "fix"), [((0, 0), r"\(0,\)"), ((2, 1), r"\(1, 2\)"), ((-1, 0), r"\(0, \d\)")])
+def test_features_only_refuses_repeated_or_reordered_out_indices(name, out_indices, fix):
+    # the maps come out in network order, one per stage, but feature_info followed out_indices: (2, 1) paired the
+    # stage-1 map with stage 2's channel count, (0, 0) listed two features for one map
+    with pytest.raises(ValueError, match=f"in increasing order .*got {re.escape(str(out_indices))}: pass {fix}"):
+        timm.create_model(name, features_only=True, out_indices=out_indices)
+
+
+@pytest.mark.parametrize("name", ["inception_transformer_tiny", VIT])
+def test_features_only_maps_match_feature_info_for_increasing_out_indices(name):
+    model = timm.create_model(name, features_only=True, out_indices=(1, -1)).eval()
+    maps = model(torch.randn(2, 3, 32, 32))
+    assert [m.shape[1] for m in maps] == model.feature_info.channels() and len(maps) == 2

@@ -44,7 +44,7 @@ from torch.nn.modules import module as torch_module
 
 from vitlab.models.cpu_linear import capturing_or_transforming, in_torch_func_transform, linear, linear_gelu
 from vitlab.models.iformer_checkpoint import checkpoint_filter_fn, load_official_checkpoint
-from vitlab.models.inputs import check_image_tensor, check_rates, pretrained_file_errors
+from vitlab.models.inputs import check_image_tensor, check_increasing_indices, check_rates, pretrained_file_errors
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
 __all__ = [
@@ -899,6 +899,8 @@ class InceptionTransformer(nn.Module):
 
 
 def _create_inception_transformer(variant: str, pretrained: bool = False, **kwargs) -> InceptionTransformer:
+    if kwargs.get("features_only") and "out_indices" in kwargs:
+        check_increasing_indices(kwargs["out_indices"], _take_indices(_NUM_STAGES, kwargs["out_indices"])[0], "stage")
     with pretrained_file_errors(variant, pretrained, kwargs) as kwargs:
         return build_model_with_cfg(
             InceptionTransformer, variant, pretrained,

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import pickle
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,7 +29,10 @@ from vitlab.checkpoint import CheckpointError, read_weights_file
 from vitlab.checks import check_probability
 from vitlab.errors import MissingFileError
 
-__all__ = ["autocast_enabled", "check_image_tensor", "check_pretrained_file", "check_rates", "pretrained_file_errors"]
+__all__ = [
+    "autocast_enabled", "check_image_tensor", "check_increasing_indices", "check_pretrained_file", "check_rates",
+    "pretrained_file_errors",
+]
 
 
 def autocast_enabled(device: torch.device | str) -> bool:
@@ -78,6 +82,23 @@ def check_rates(rates: Mapping[str, Any]) -> None:
     """
     for key, value in rates.items():
         check_probability(key, value)
+
+
+def check_increasing_indices(given: Any, absolute: list[int], unit: str) -> None:
+    """Raise ``ValueError`` unless ``absolute`` (``given`` ``features_only`` ``out_indices`` with negatives resolved)
+    is strictly increasing: the features come out in network order, one per index, while timm's ``feature_info``
+    follows ``out_indices`` as given, so a repeated or reordered index would pair maps with the wrong channel counts.
+
+    Example:
+        >>> check_increasing_indices((0, -1), [0, 3], "stage")
+        >>> check_increasing_indices((2, 1), [2, 1], "stage")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: out_indices must name each stage once, in increasing order ..., got (2, 1): pass (1, 2)
+    """
+    if any(b <= a for a, b in itertools.pairwise(absolute)):
+        raise ValueError(f"out_indices must name each {unit} once, in increasing order (features come out in network "
+                         f"order), got {given!r}: pass {tuple(sorted(set(absolute)))}")
 
 
 def check_pretrained_file(variant: str, pretrained: bool, kwargs: Mapping[str, Any]) -> None:

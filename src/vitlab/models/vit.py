@@ -32,7 +32,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from vitlab.checks import check_int
-from vitlab.models.inputs import check_image_tensor, check_rates, pretrained_file_errors
+from vitlab.models.inputs import check_image_tensor, check_increasing_indices, check_rates, pretrained_file_errors
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
 __all__ = ["VitlabVisionTransformer", "check_vit_images", "vit_vitlab_tiny_patch4_32", "vit_vitlab_tiny_patch8_32"]
@@ -196,6 +196,8 @@ def _check_out_indices(out_indices: Any, depth: int) -> None:
     if not valid:
         raise ValueError(f"out_indices must be an int n in 1..{depth} (the last n blocks) or a non-empty sequence of "
                          f"block indices in [-{depth}, {depth}), got {out_indices!r}")
+    if not isinstance(out_indices, int):
+        check_increasing_indices(out_indices, [i + depth if i < 0 else i for i in out_indices], "block")
 
 
 def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> VitlabVisionTransformer:
