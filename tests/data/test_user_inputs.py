@@ -11,7 +11,7 @@ from vitlab.data import EpochRandomSampler, build_datamodule, build_eval_transfo
 from vitlab.data.transforms import Normalize
 from vitlab.errors import ConfigError, MissingFileError
 
-from .conftest import write_cifar
+from .conftest import STEMS, mnist_like, write_cifar, write_mnist_dir
 
 
 def test_mean_std_on_the_0_255_scale_are_refused_naming_the_division():
@@ -108,3 +108,15 @@ def test_install_into_a_cache_that_is_a_file_names_the_option(tmp_path, monkeypa
     monkeypatch.setenv("VITLAB_DATA", str(cache))
     with pytest.raises(ConfigError, match=r"or set VITLAB_DATA=FOLDER"):
         build_datamodule("mnist").prepare_data()
+
+
+def test_idx_file_paths_with_a_tilde_are_in_the_home_folder(tmp_path, monkeypatch):
+    # was: "train_images: ~/digits/train-images-idx3-ubyte does not exist" (the '~' was taken literally)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    arrays = mnist_like()
+    write_mnist_dir(tmp_path / "digits", arrays)
+    names = {key: f"~/digits/{stem}" for key, stem in STEMS.items()}
+    dm = build_datamodule("idx", val_fraction=0, **names)
+    dm.setup("fit")
+    assert len(dm.train_dataset) == len(arrays["train_labels"]) and len(dm.test_dataset) == len(arrays["test_labels"])
+    assert dm.num_classes == 10

@@ -63,7 +63,8 @@ def resolve_idx_files(root: str | Path | None, files: dict[str, str | Path | Non
             else:
                 problems.append(f"{key}: no path given and no {stem}[.gz] in root={root}")
             continue
-        path = Path(given) if root is None or Path(given).is_absolute() else Path(root) / given
+        given_path = Path(given).expanduser()  # "~/data/x-ubyte" is the home folder's, as root's "~" is
+        path = given_path if root is None or given_path.is_absolute() else Path(root).expanduser() / given_path
         if path.is_dir():
             raise ConfigError(f"{key}={given!r}: {path} is a folder, not an IDX file. Give the file itself (e.g. "
                               f"{path / stem}), or pass root={str(path)!r} and leave {key} out to use the "
