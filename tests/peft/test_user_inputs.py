@@ -250,3 +250,25 @@ def test_merging_a_linear_probe_returns_the_plain_model(method: str) -> None:
     assert merged is model and torch.equal(merged(x), before)
     with pytest.raises(ValueError, match="not adapted by vitlab.peft"):  # a plain model now, as after an unload
         get_peft_spec(merged)
+
+
+def test_tilde_paths_mean_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vitlab.peft import build_peft_transform, convert_adapter, export_adapted_model, load_run_model
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    model = build_peft_transform("kadaptation", n=8)(tiny_vit())
+    x = torch.randn(2, 3, 32, 32)
+    # a peft folder was written to ./~/adapter and not found again under ~
+    assert save_adapter("~/adapter", model) == home / "adapter"
+    assert torch.equal(load_adapter("~/adapter", tiny_vit())(x), model(x))
+    export_adapted_model("~/run", model, model_name="vit_tiny_patch16_224", model_kwargs=KWARGS)
+    assert (home / "run" / "model.safetensors").is_file()
+    assert torch.allclose(load_run_model("~/run")[0](x), model.eval()(x), atol=1e-6)
+    assert not (tmp_path / "~").exists()
+    with pytest.raises(FileNotFoundError, match=str(home / "old.safetensors")):  # the message named ./~/old...
+        convert_adapter("~/old.safetensors", "~/converted")
+    with pytest.raises(TypeError, match="path must be a path"):  # was os.fspath's TypeError
+        convert_adapter(3, "~/converted")

@@ -16,6 +16,7 @@ runs/old_run/adapter``)::
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,10 @@ def convert_adapter(path: str | Path, out_dir: str | Path) -> Path:
     from vitlab.peft.io import save_peft_folder
     from vitlab.peft.methods import RENAMED_OPTIONS, build_peft_transform
 
-    path, out_dir = _source_file(Path(path)), _check_out_dir(Path(out_dir))
+    for name, value in (("path", path), ("out_dir", out_dir)):
+        if not isinstance(value, str | os.PathLike):
+            raise TypeError(f"{name} must be a path (str or Path), got {type(value).__name__}")
+    path, out_dir = _source_file(Path(path).expanduser()), _check_out_dir(Path(out_dir).expanduser())
     tensors, meta = load_checkpoint(path, expected_kind="adapter")
     method, target_modules, old_options = _peft_record(path, meta)
     renames = RENAMED_OPTIONS.get(method, {})

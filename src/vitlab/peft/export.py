@@ -107,7 +107,7 @@ def export_adapted_model(
     if spec["method"] == "full":
         raise ValueError("full fine-tuning has no adaptation to export: save the model with "
                          "vitlab.checkpoint.save_checkpoint(kind='model')")
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).expanduser()
     meta = {**(extra or {}), "base_weights": base_weights}
     written = []
     merged = _merged_copy(model)
@@ -149,7 +149,7 @@ def load_adapted_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     Raises:
         CheckpointError: not an adapter, or its base weights are not recorded / no longer where they were.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         meta = folder_meta(path)
         base = _load_base(meta, meta.get("base_weights"), path)
@@ -173,7 +173,8 @@ def load_run_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """
     from vitlab.checkpoint import read_metadata, resolve_weights_path
 
-    if Path(path).is_dir() and (Path(path) / CONFIG_NAME).is_file():  # a run's adapter/ folder (peft format)
+    path = Path(path).expanduser()
+    if path.is_dir() and (path / CONFIG_NAME).is_file():  # a run's adapter/ folder (peft format)
         return load_adapted_model(path)
     if read_metadata(path)["kind"] == "adapter":
         return load_adapted_model(resolve_weights_path(path))

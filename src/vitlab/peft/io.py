@@ -267,8 +267,9 @@ def save_adapter(
     if model_kwargs is not None and not isinstance(model_kwargs, dict):
         raise TypeError(f"model_kwargs must be a dict of timm.create_model kwargs or None, got "
                         f"{type(model_kwargs).__name__}")
+    path = Path(path).expanduser()
     if isinstance(model, PeftModel):
-        return _save_peft_adapter(Path(path), model, base_sha256, model_name, model_kwargs or {}, dict(extra or {}))
+        return _save_peft_adapter(path, model, base_sha256, model_name, model_kwargs or {}, dict(extra or {}))
     spec = get_peft_spec(model)
     tensors = adapter_state_dict(model)
     meta_extra = dict(extra or {})
@@ -326,6 +327,7 @@ def load_adapter(path: str | Path, base_model: nn.Module, check_base: bool = Tru
         raise TypeError(f"base_model must be the nn.Module the adapter was trained on, got {type(base_model).__name__}")
     if not isinstance(check_base, bool):
         raise TypeError(f"check_base must be True or False, got {check_base!r}")
+    path = Path(path).expanduser()
     if isinstance(base_model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in base_model.modules()):
         raise ValueError(f"base_model already carries peft adapters ({type(base_model).__name__}); load_adapter "
                          "wraps a plain base model: pass a fresh base, or add this adapter to the PeftModel with "
