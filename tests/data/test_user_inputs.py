@@ -7,7 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from vitlab.data import EpochRandomSampler, build_datamodule, build_eval_transform, install_dataset
+from vitlab.data import (
+    EpochRandomSampler,
+    build_datamodule,
+    build_eval_transform,
+    install_dataset,
+    load_cifar_pickle,
+    read_cifar,
+    read_idx,
+)
+from vitlab.data.datasets import read_image, scan_image_folder
 from vitlab.data.transforms import Normalize
 from vitlab.errors import ConfigError, MissingFileError
 
@@ -120,3 +129,19 @@ def test_idx_file_paths_with_a_tilde_are_in_the_home_folder(tmp_path, monkeypatc
     dm.setup("fit")
     assert len(dm.train_dataset) == len(arrays["train_labels"]) and len(dm.test_dataset) == len(arrays["test_labels"])
     assert dm.num_classes == 10
+
+
+def test_the_public_readers_take_tilde_paths(tmp_path, monkeypatch):
+    # were: "IDX file not found: ~/m/...", "cifar10 files not found under ~/c", "image folder not found: ~/f/train",
+    # "image file not found: ~/f/train/a/0.png" (torchvision's datasets expand '~' too)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    arrays = mnist_like()
+    write_mnist_dir(tmp_path / "m", arrays)
+    assert np.array_equal(read_idx(f"~/m/{STEMS['train_labels']}"), arrays["train_labels"])
+    write_cifar(tmp_path / "c", "cifar10")
+    train, test, names = read_cifar("~/c", "cifar10")
+    assert len(names) == 10 and len(test.labels) == 5
+    assert "data" in load_cifar_pickle("~/c/cifar-10-batches-py/test_batch")
+    _image_folder(tmp_path / "f")
+    assert [label for _, label in scan_image_folder("~/f/train")] == [0, 1]
+    assert read_image("~/f/train/a/0.png", "RGB")[:, 0, 0].tolist() == [10, 20, 30]

@@ -124,7 +124,7 @@ def integer_labels(labels: torch.Tensor | Sequence[int]) -> torch.Tensor:
 
 
 def _folder(folder: str | Path) -> Path:
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     if not folder.exists():
         raise MissingFileError(f"image folder not found: {folder}; expected {folder}/<class>/<image>.png")
     if not folder.is_dir():
@@ -218,7 +218,7 @@ def read_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:
     """
     if mode not in ("L", "RGB"):
         raise ConfigError(f"mode must be 'L' (grey) or 'RGB', got {mode!r}")
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise ConfigError(f"{path} is a folder, not an image file")
     if not path.is_file():

@@ -65,7 +65,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         MissingFileError: no such file. DataError: empty file, corrupt or truncated gzip, bad magic number, unknown
             type code, or a size that does not match the header.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise MissingFileError(f"IDX file not found: {path}")
     raw = path.read_bytes()
@@ -99,7 +99,7 @@ def find_idx_files(folder: str | Path) -> tuple[dict[str, Path], list[str]]:
         ``(found, missing)``: found maps ``train_images``/``train_labels``/``test_images``/``test_labels`` to paths
         (the raw file or its ``.gz``); missing lists the expected file names that were not found.
     """
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     candidates = [folder, folder / "MNIST" / "raw", folder / "FashionMNIST" / "raw"]
     found: dict[str, Path] = {}
     missing: list[str] = []
@@ -210,7 +210,7 @@ def load_cifar_pickle(path: str | Path) -> dict[str, Any]:
         MissingFileError: no such file. DataError: the file is empty, truncated or corrupt, references anything
             other than builtins and numpy arrays, or is not a pickled dict.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise MissingFileError(f"CIFAR batch file not found: {path}")
     if path.stat().st_size == 0:
@@ -235,7 +235,7 @@ def resolve_cifar_dir(root: str | Path, name: str) -> Path:
     Raises:
         MissingFileError: neither holds the expected files; the message lists them.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     train_files, test_files, meta, _, _ = _CIFAR_FILES[name]
     expected = [*train_files, *test_files, meta]
     for folder in (root / _CIFAR_DIRS[name], root):
