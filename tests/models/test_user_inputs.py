@@ -229,3 +229,22 @@ def test_features_only_maps_match_feature_info_for_increasing_out_indices(name):
     model = timm.create_model(name, features_only=True, out_indices=(1, -1)).eval()
     maps = model(torch.randn(2, 3, 32, 32))
     assert [m.shape[1] for m in maps] == model.feature_info.channels() and len(maps) == 2
+
+
+def test_export_onnx_checks_a_float16_model_with_float16_inputs(tmp_path):
+    # the check fed float32 images to the float16 graph (onnxruntime: "Unexpected input data type")
+    from vitlab.models import export_onnx
+
+    model = timm.create_model(VIT).eval().half()
+    with pytest.raises(ValueError, match="float16 kernels round differently .*pass atol=1e-2"):
+        export_onnx(model, tmp_path / "half.onnx", atol=1e-7)
+    assert export_onnx(model, tmp_path / "half.onnx", atol=1e-2).is_file()
+
+
+def test_export_onnx_of_a_model_onnxruntime_cannot_run_names_the_fix(tmp_path):
+    from vitlab.models import export_onnx
+
+    model = timm.create_model(VIT).eval().double()  # onnxruntime's CPU provider has no float64 Conv
+    with pytest.raises(ValueError, match=r"onnxruntime cannot run it .*torch.float64.*model.float\(\).*check=False"):
+        export_onnx(model, tmp_path / "double.onnx")
+    assert export_onnx(model, tmp_path / "double.onnx", check=False).is_file()
