@@ -18,7 +18,7 @@ from vitlab.data import (
 )
 from vitlab.data.datasets import read_image, scan_image_folder
 from vitlab.data.transforms import Normalize
-from vitlab.errors import ConfigError, MissingFileError
+from vitlab.errors import ConfigError, DataError, MissingFileError
 
 from .conftest import STEMS, mnist_like, write_cifar, write_mnist_dir
 
@@ -145,3 +145,13 @@ def test_the_public_readers_take_tilde_paths(tmp_path, monkeypatch):
     _image_folder(tmp_path / "f")
     assert [label for _, label in scan_image_folder("~/f/train")] == [0, 1]
     assert read_image("~/f/train/a/0.png", "RGB")[:, 0, 0].tolist() == [10, 20, 30]
+
+
+def test_a_decompression_bomb_in_an_image_folder_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
+    # was: PIL's DecompressionBombError (not an OSError) escaped as a traceback
+    root = _image_folder(tmp_path / "data")
+    Image.new("L", (64, 64)).save(root / "train" / "a" / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 = 4096 > 2 * 1000: PIL refuses it as a bomb
+    with pytest.raises(DataError, match=r"big\.png is refused as a decompression bomb .*MAX_IMAGE_PIXELS"):
+        read_image(root / "train" / "a" / "big.png", "L")
+    assert read_image(root / "train" / "a" / "0.png", "L").shape == (1, 8, 8)

@@ -206,7 +206,8 @@ def read_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:
     16-bit grayscale images are scaled to 8 bits (65535 -> 255), not clipped to white as PIL's conversion does.
 
     Raises:
-        MissingFileError: no such file. DataError: the file is not an image, or is truncated or corrupt (names it).
+        MissingFileError: no such file. DataError: the file is not an image, is truncated or corrupt, or would
+            decode to more pixels than PIL allows (a decompression bomb) (names it).
 
     Example:
         >>> import numpy as np, tempfile, os
@@ -229,6 +230,9 @@ def read_image(path: str | Path, mode: str = "RGB") -> torch.Tensor:
             return pil_to_uint8(img, mode)
     except DataError as err:
         raise DataError(f"{path}: {err}") from None
+    except Image.DecompressionBombError as err:  # a few-KB file that would decode to GBs of pixels
+        raise DataError(f"{path} is refused as a decompression bomb ({err}): shrink the image, or raise "
+                        "PIL.Image.MAX_IMAGE_PIXELS if you trust it") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:  # PIL's errors for broken files
         raise DataError(f"{path} is not a readable image ({type(err).__name__}: {err}); replace or remove the "
                         "file") from None
