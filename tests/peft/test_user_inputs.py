@@ -272,3 +272,20 @@ def test_tilde_paths_mean_the_home_folder(tmp_path: Path, monkeypatch: pytest.Mo
         convert_adapter("~/old.safetensors", "~/converted")
     with pytest.raises(TypeError, match="path must be a path"):  # was os.fspath's TypeError
         convert_adapter(3, "~/converted")
+
+
+@pytest.mark.parametrize("method", ["kadaptation", "lora_qv"])
+def test_one_config_adapts_a_timm_and_a_transformers_vit(method: str) -> None:
+    from peft import get_peft_model
+
+    from vitlab.peft import LoraQVConfig
+
+    config = LoraQVConfig(r=2) if method == "lora_qv" else KAdaptationConfig(n=8)
+    timm_model = get_peft_model(tiny_vit(), config)
+    # the head found on the timm model (['head']) stayed in the config and was refused on the transformers ViT
+    hf_model = get_peft_model(_tiny_transformers_vit(), config)
+    assert hf_model.peft_config["default"].modules_to_save == ["classifier"]
+    assert timm_model.base_model.model.head.modules_to_save["default"].weight.requires_grad
+    assert hf_model.base_model.model.classifier.modules_to_save["default"].weight.requires_grad
+    with pytest.raises(ValueError, match=r"modules_to_save \['head'\] are not modules"):  # a name the user gave
+        get_peft_model(_tiny_transformers_vit(), KAdaptationConfig(n=8, modules_to_save=["head"]))

@@ -270,6 +270,8 @@ def _layer_index(name: str, patterns: list[str] | None) -> int | None:
 
 # peft's task models (task_type "SEQ_CLS" / "TOKEN_CLS") append these to modules_to_save, whether the model has them
 TASK_HEAD_DEFAULTS = ["classifier", "score"]
+# config instance attribute (not a dataclass field, so never saved): the head names train_head found on the last model
+FOUND_HEADS_ATTR = "_vitlab_found_heads"
 
 
 def _drop_task_head_defaults(peft_config: Any, model: nn.Module) -> None:
@@ -303,6 +305,8 @@ class RowSliceTuner(BaseTuner):
     def _prepare_model(self, peft_config: Any, model: nn.Module) -> None:
         """Resolve the targets (and the classifier head to train) of the adapter being injected."""
         _drop_task_head_defaults(peft_config, model)
+        if peft_config.modules_to_save and peft_config.modules_to_save == peft_config.__dict__.get(FOUND_HEADS_ATTR):
+            peft_config.modules_to_save = None  # found on the model of an earlier get_peft_model: find it again here
         heads = list(peft_config.modules_to_save) if peft_config.modules_to_save else None
         missing = [name for name in heads or () if name not in dict(model.named_modules())]
         if missing:
@@ -328,6 +332,7 @@ class RowSliceTuner(BaseTuner):
                                  "'classifier'/'head' Linear: set modules_to_save=['<head module>'] or "
                                  "train_head=False")
             peft_config.modules_to_save = found
+            peft_config.__dict__[FOUND_HEADS_ATTR] = list(found)
 
     def _select_targets(self, peft_config: Any, targets: list[Target]) -> list[Target]:
         """Drop the targets that ``exclude_modules`` names (peft's rule: ``peft.tuners.tuners_utils
