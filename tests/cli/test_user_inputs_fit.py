@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import yaml
 
@@ -36,3 +37,14 @@ def test_logger_true_is_lightnings_default_logger_not_an_error(tmp_path):
     run_dir = tmp_path / "logged"
     assert list(run_dir.rglob("events.out.tfevents.*"))  # tensorboard is in the dev extra: Lightning picks it
     assert "val/loss" in (run_dir / "metrics.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("form", [["--config=~/my configs/run.yaml"], ["--config", "~/my configs/run.yaml"]])
+def test_a_config_path_with_a_tilde_the_shell_left_alone_is_under_home(tmp_path, monkeypatch, capsys, form):
+    """``--config=~/x.yaml`` (the shell expands no ``~`` after ``=``, nor in quotes) was 'no YAML file at ~/x.yaml'."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "my configs").mkdir()
+    (tmp_path / "my configs" / "run.yaml").write_text("name: from_home\noptim: {lr: 0.0123}\n")
+    assert main(["fit", *form, "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["name"] == "from_home" and printed["optim"]["lr"] == 0.0123

@@ -30,7 +30,7 @@ from jsonargparse import ArgumentParser, Namespace
 
 from vitlab.errors import VitlabError
 
-__all__ = ["CHECKPOINT_HELP", "COMMANDS", "build_parser", "dispatch", "is_user_error", "main"]
+__all__ = ["CHECKPOINT_HELP", "COMMANDS", "build_parser", "dispatch", "expand_config_paths", "is_user_error", "main"]
 
 #: subcommand -> (module, parser builder in it, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -368,6 +368,23 @@ def check_config_files(args: Sequence[str]) -> None:
         read_config_mapping(value)
 
 
+def expand_config_paths(args: Sequence[str]) -> list[str]:
+    """``args`` with a leading ``~`` of each ``--config`` path expanded (the shell leaves ``--config=~/x.yaml`` alone,
+    as it does a quoted ``"~/my runs/x.yaml"``; ``--output_dir`` is expanded the same way by the run config).
+
+    Example:
+        >>> expand_config_paths(["fit", "--config=~/a.yaml"])[1] == "--config=" + str(Path.home() / "a.yaml")
+        True
+    """
+    out = list(args)
+    for i, arg in enumerate(out):
+        if i > 0 and out[i - 1] == "--config" and arg.startswith("~"):
+            out[i] = os.path.expanduser(arg)
+        elif arg.startswith("--config=~"):
+            out[i] = "--config=" + os.path.expanduser(arg.partition("=")[2])
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: parse, run, and turn a user's error into one line on stderr and exit status 1 (a bad
     option or value: status 2, as argparse).
@@ -376,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug_flag = "--debug" in args  # accepted before or after the subcommand
-    args = [a for a in args if a != "--debug"]
+    args = expand_config_paths([a for a in args if a != "--debug"])
     command = _chosen_command(args)
     help_only = any(a in ("-h", "--help") for a in args)
     try:
