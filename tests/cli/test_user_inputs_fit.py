@@ -48,3 +48,12 @@ def test_a_config_path_with_a_tilde_the_shell_left_alone_is_under_home(tmp_path,
     assert main(["fit", *form, "--print_config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["name"] == "from_home" and printed["optim"]["lr"] == 0.0123
+
+
+def test_a_section_given_one_word_says_it_is_a_section_of_keys(tmp_path, capsys):
+    """``optim: fast`` said only 'Unable to load config fast' (jsonargparse read the word as a config file)."""
+    config = tmp_path / "run.yaml"
+    config.write_text("optim: fast\n")
+    assert main(["fit", "--config", str(config)]) == 2
+    assert "optim is a section: a mapping of its keys (optim: {KEY: VALUE, ...}), not one value" in \
+        capsys.readouterr().err

@@ -368,6 +368,10 @@ folder is <output_dir>/<name>: set --output_dir and --name'
     if "set_parsing_settings" in message:  # jsonargparse's advice is for the parser's author, not for the user
         message = message.partition(" To accept subclasses")[0]
     reasons += [why for pattern, why in _LIGHTNING_CLI_KEYS if re.search(pattern, message)]
+    # a section given one word (`optim: fast`): jsonargparse tried to read the word as a config file of the section
+    reasons += [f"{key} is a section: a mapping of its keys ({key}: {{KEY: VALUE, ...}}), not one value; `vitlab fit "
+                "--print_config` shows every section's keys"
+                for key in re.findall(r'Parser key "(\w+)": Unable to load config', message)[:1]]
     return "; ".join([message, *reasons])
 
 
