@@ -289,3 +289,19 @@ def test_one_config_adapts_a_timm_and_a_transformers_vit(method: str) -> None:
     assert hf_model.base_model.model.classifier.modules_to_save["default"].weight.requires_grad
     with pytest.raises(ValueError, match=r"modules_to_save \['head'\] are not modules"):  # a name the user gave
         get_peft_model(_tiny_transformers_vit(), KAdaptationConfig(n=8, modules_to_save=["head"]))
+
+
+@pytest.mark.parametrize("names", [["defualt"], "default"])
+def test_merging_an_unknown_adapter_name_is_refused(names: object) -> None:
+    model = apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8))
+    with torch.no_grad():
+        model.base_model.model.blocks[0].attn.qkv.kadaptation_u["default"]["q"].add_(0.5)
+    x = torch.randn(2, 3, 32, 32)
+    adapted = model(x)
+    # peft skipped the unknown name: merge_and_unload returned the base model with the trained adapter dropped
+    with pytest.raises((ValueError, TypeError), match="adapter_names"):
+        model.merge_and_unload(adapter_names=names)
+    with pytest.raises((ValueError, TypeError), match="adapter_names"):
+        model.merge_adapter(adapter_names=names)
+    assert torch.equal(model(x), adapted)  # nothing merged or unloaded
+    assert torch.allclose(model.merge_and_unload(adapter_names=["default"])(x), adapted, atol=1e-5)

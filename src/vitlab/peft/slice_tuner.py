@@ -444,6 +444,32 @@ class RowSliceTuner(BaseTuner):
                 if name in names:
                     state.requires_grad_(requires_grad)
 
+    def _check_adapter_names(self, adapter_names: Any) -> None:
+        """Refuse ``adapter_names`` that are not adapters of this model (peft skips unknown names, so a typo in
+        ``merge_and_unload(adapter_names=[...])`` unloaded the model with nothing merged)."""
+        if adapter_names is None:
+            return
+        if isinstance(adapter_names, str):
+            raise TypeError(f"adapter_names must be a list of adapter names, got the string {adapter_names!r}: write "
+                            f"adapter_names=[{adapter_names!r}]")
+        unknown = [name for name in adapter_names if name not in self.peft_config]
+        if unknown:
+            raise ValueError(f"adapter_names {unknown} are not adapters of this model; its adapters are "
+                             f"{list(self.peft_config)}")
+
+    def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
+                                     adapter_names: list[str] | None = None) -> nn.Module:
+        """peft's ``merge_and_unload`` / ``unload``, after checking the adapter names to merge."""
+        if merge:
+            self._check_adapter_names(adapter_names)
+        return super()._unload_and_optionally_merge(merge=merge, progressbar=progressbar, safe_merge=safe_merge,
+                                                    adapter_names=adapter_names)
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        """peft's ``merge_adapter``, after checking the adapter names to merge."""
+        self._check_adapter_names(adapter_names)
+        super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+
     @contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
         """``PeftModel.forward`` enters this around the base model's forward with the call's keyword arguments.
