@@ -155,3 +155,19 @@ def test_a_decompression_bomb_in_an_image_folder_is_a_one_line_error_naming_it(t
     with pytest.raises(DataError, match=r"big\.png is refused as a decompression bomb .*MAX_IMAGE_PIXELS"):
         read_image(root / "train" / "a" / "big.png", "L")
     assert read_image(root / "train" / "a" / "0.png", "L").shape == (1, 8, 8)
+
+
+def test_a_damaged_file_in_vitlabs_cache_says_to_delete_and_reinstall(tmp_path, monkeypatch):
+    # was: "... truncated gzip file: download or copy it again", while `vitlab data install` said "already installed"
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VITLAB_DATA", str(cache))
+    write_mnist_dir(cache / "mnist", mnist_like(), gz=True)
+    path = cache / "mnist" / f"{STEMS['train_images']}.gz"
+    path.write_bytes(path.read_bytes()[:60])
+    dm = build_datamodule("mnist")
+    dm.prepare_data()  # every file is there: nothing is installed
+    with pytest.raises(DataError, match=rf"truncated gzip.*in vitlab's cache: delete {cache / 'mnist'} and run "
+                                        r"`vitlab data install mnist`"):
+        dm.setup("fit")
+    with pytest.raises(DataError, match=r"truncated gzip file \([^)]*\): download or copy it again$"):
+        build_datamodule("mnist", root=cache / "mnist").setup("fit")  # the user's own folder: no cache advice

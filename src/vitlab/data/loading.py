@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vitlab.errors import ConfigError, MissingFileError
+from vitlab.errors import ConfigError, DataError, MissingFileError
 
 from .install import dataset_dir, is_installed
 from .readers import Split, find_idx_files, read_cifar, read_digits, read_idx_split
@@ -115,18 +115,24 @@ def load_in_memory(
     folder = Path(root) if root is not None else dataset_dir(name, cache_dir)
     if root is None and not is_installed(name, cache_dir):
         raise _not_installed(name, folder)
-    if name in ("cifar10", "cifar100"):
-        train, test, class_names = read_cifar(folder, name)
-        return LoadedData(train, test, class_names)
-    found, missing = find_idx_files(folder)
-    if missing:
-        raise MissingFileError(
-            f"{name} files not found in {folder}: missing {', '.join(missing)}. Put the IDX files there (raw or "
-            f".gz), or leave root unset (root=None; data.root: null) to use vitlab's cache, which `vitlab data "
-            f"install {name}` fills."
-        )
-    train, test = read_idx_split(found, num_classes=spec.num_classes)
-    return LoadedData(train, test, spec.class_names)
+    try:
+        if name in ("cifar10", "cifar100"):
+            train, test, class_names = read_cifar(folder, name)
+            return LoadedData(train, test, class_names)
+        found, missing = find_idx_files(folder)
+        if missing:
+            raise MissingFileError(
+                f"{name} files not found in {folder}: missing {', '.join(missing)}. Put the IDX files there (raw or "
+                f".gz), or leave root unset (root=None; data.root: null) to use vitlab's cache, which `vitlab data "
+                f"install {name}` fills."
+            )
+        train, test = read_idx_split(found, num_classes=spec.num_classes)
+        return LoadedData(train, test, spec.class_names)
+    except DataError as err:
+        if root is not None:
+            raise
+        # `vitlab data install` skips a dataset whose files are all there, so a damaged one must go first
+        raise DataError(f"{err} (in vitlab's cache: delete {folder} and run `vitlab data install {name}`)") from None
 
 
 def resolve_image_folder(root: str | Path | None) -> tuple[Path, Path]:
