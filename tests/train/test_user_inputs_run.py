@@ -3,11 +3,12 @@ cannot train is refused with the fix named."""
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 
 from vitlab.errors import ConfigError
-from vitlab.train import DataConfig, ModelConfig, OptimConfig, RunConfig, fit
+from vitlab.train import DataConfig, ModelConfig, NegativesConfig, OptimConfig, RunConfig, fit
 
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2}
 
@@ -87,3 +88,15 @@ def test_run_config_from_args_refuses_one_string_instead_of_a_list():
 
     with pytest.raises(TypeError, match=r"list of argument strings.*shlex.split"):
         run_config_from_args("--config run.yaml")
+
+
+def test_negative_views_that_do_not_fit_the_images_are_refused_before_training(tmp_path, monkeypatch):
+    """A negatives.patch_size that does not divide data.img_size failed only at the first training step."""
+    started = []
+    monkeypatch.setattr(L.Trainer, "fit", lambda *args, **kwargs: started.append(1))
+    config = _config(tmp_path, "views", max_steps=2)
+    config.negatives = NegativesConfig(enabled=True, kinds=["shuffle"], patch_size=5)
+    with pytest.raises(ConfigError, match=r"negatives\.patch_size does not fit the 32x32 training images "
+                                          r"\(data\.img_size\): .*patch_size=5 does not divide"):
+        fit(config)
+    assert not started  # refused before the trainer ran (was: at the first step, after the sanity check)

@@ -388,6 +388,19 @@ def _is_child_process() -> bool:
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
 
 
+def _check_views_fit(loss_terms: Sequence[Any], img_size: int) -> None:
+    """Refuse, before the trainer starts, negative views whose patch grid does not fit the training images (the term
+    would only fail at its first training step, after the model summary and the sanity check)."""
+    for term in loss_terms:
+        views = getattr(term, "views", None)
+        if views is not None and hasattr(views, "grid"):
+            try:
+                views.grid(img_size, img_size)
+            except ConfigError as err:
+                raise ConfigError(f"negatives.patch_size does not fit the {img_size}x{img_size} training images "
+                                  f"(data.img_size): {err}") from None
+
+
 def _fit_locked(
     config: RunConfig, run_dir: Path, last: Path, resume: bool, callbacks: Sequence[L.Callback],
     trainer_overrides: dict[str, Any], start: float,
@@ -399,10 +412,10 @@ def _fit_locked(
     _write_config(run_dir, config)  # on resume: the saved configuration, with max_epochs extended if asked
     base = built.model
     base_sha = state_dict_sha256(base.state_dict()) if config.peft.method else None
-    task = ClassificationTask(
-        base, optim=config.optim, loss_terms=build_loss_terms(_seeded(config.negatives, config.seed)),
-        model_transform=build_model_transform(config.peft),
-    )
+    loss_terms = build_loss_terms(_seeded(config.negatives, config.seed))
+    _check_views_fit(loss_terms, datamodule.img_size)
+    task = ClassificationTask(base, optim=config.optim, loss_terms=loss_terms,
+                              model_transform=build_model_transform(config.peft))
     if config.model.compile:  # in place: the module and its state-dict names stay those of the eager model
         options = config.model.compile if isinstance(config.model.compile, dict) else {}
         try:
