@@ -53,6 +53,13 @@ def test_folder_without_config_is_refused_naming_the_file(adapter_folder: Path, 
         load_adapter(damaged, tiny_vit())
 
 
+def test_a_folder_with_no_adapter_is_refused_naming_what_to_pass(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"  # was read_metadata's "pass a model.safetensors file or a run folder"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match=r"no adapter in .*empty: pass a peft adapter folder \(adapter_config"):
+        load_adapter(empty, tiny_vit())
+
+
 def test_corrupt_adapter_weights_are_refused_naming_the_file(adapter_folder: Path) -> None:
     (adapter_folder / "adapter_model.safetensors").write_bytes(b"garbage")  # was safetensors' SafetensorError
     with pytest.raises(CheckpointError, match=r"adapter_model\.safetensors is not a readable safetensors file"):

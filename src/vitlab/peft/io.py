@@ -337,6 +337,10 @@ def load_adapter(path: str | Path, base_model: nn.Module, check_base: bool = Tru
             (folder / name).is_file() for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, VITLAB_META)):
         raise CheckpointError(f"{folder} is a peft adapter folder without {CONFIG_NAME}: the folder is incomplete; "
                               "save the adapter again (save_adapter / model.save_pretrained)")
+    if path.is_dir() and not any((path / name).is_file() for name in (CONFIG_NAME, "model.safetensors")):
+        raise CheckpointError(f"no adapter in {path}: pass a peft adapter folder (adapter_config.json + "
+                              "adapter_model.safetensors, from save_adapter / model.save_pretrained, or a run's "
+                              "adapter/ folder) or a vitlab adapter file (save_adapter of a linear / adapter model)")
     if (folder / CONFIG_NAME).is_file():
         if not Path(path).is_dir() and Path(path).name in (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, VITLAB_META):
             raise CheckpointError(f"{path} is one file of the peft adapter folder {folder}: pass the folder, "
