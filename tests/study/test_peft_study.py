@@ -62,6 +62,9 @@ def test_plan_takes_the_architecture_from_the_backbone_and_sets_the_budget(backb
     (["--methods", "lora", "--method_options", '{"lora": 5}'], "gives each method a mapping of peft options"),
     (["--model_kwargs", '{"foo": 1}'], "--model_kwargs {'foo': 1} were refused"),
     (["--accelerator", "cpus"], "--accelerator must be one of auto, cpu, cuda, gpu"),  # each run's process failed
+    # refused in each run's process (the study 'FAILED' run by run)
+    (["--methods", "lora", "--method_options", '{"lora": {"bogus": 1}}'], "--method_options lora: unknown option(s)"),
+    (["--methods", "full,lora,full"], "--methods lists a method twice"),  # was silently run once
 ])
 def test_bad_options_fail_with_one_line_naming_the_fix(backbone, tmp_path, capsys, args, message):
     base = ["peft-study", "--backbone", str(backbone), "--data", "digits", "--output_dir", str(tmp_path / "s")]

@@ -49,7 +49,7 @@ from vitlab.study.headline import check_headline
 from vitlab.yaml_loader import load_yaml_file
 
 __all__ = ["CONFIGS_DIR", "DEMO_CONFIG", "BackboneSpec", "EvaluationSpec", "ExtraRun", "FinetuneSpec", "HeadlineSpec",
-           "IntrinsicSpec", "STUDY_METHODS", "StudyConfig", "deep_merge", "load_study_config",
+           "IntrinsicSpec", "STUDY_METHODS", "StudyConfig", "check_method_options", "deep_merge", "load_study_config",
            "study_config_from_dict"]
 
 #: The packaged study configs (the demo's study, pretraining and intrinsic-dimension YAMLs).
@@ -301,11 +301,27 @@ def _check(config: StudyConfig) -> None:
         raise ValueError(f"not_shown is a list of non-empty strings (one per item), got {config.not_shown!r}")
 
 
-def _check_method_options(config: StudyConfig) -> None:
-    """Each method's peft options as its runs will get them (``STUDY_METHODS``, then
-    ``finetune.methods``, then the backbone's ``method_options``), validated now rather than in each run's process."""
+def check_method_options(method: str, options: dict[str, Any], where: str) -> None:
+    """Validate the peft ``options`` a run of ``method`` will get (``STUDY_METHODS``' target modules), as the run's
+    own process would, so a bad option is refused before anything trains; ``where`` names the setting in the error.
+
+    Example:
+        >>> check_method_options("lora", {"r": 4, "bogus": 1}, "--method_options lora")
+        Traceback (most recent call last):
+        ...
+        ValueError: --method_options lora: unknown option(s) ['bogus'] for peft method 'lora'; ...
+    """
     from vitlab.peft.methods import build_peft_transform
 
+    try:
+        build_peft_transform(method, STUDY_METHODS.get(method, {}).get("target_modules"), **options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def _check_method_options(config: StudyConfig) -> None:
+    """Each method's peft options as its runs will get them (``STUDY_METHODS``, then ``finetune.methods``, then the
+    backbone's ``method_options``), validated now rather than in each run's process."""
     used = {label: set() for label in config.backbones}
     for label in config.finetune.backbones:
         used[label].update(config.finetune.methods)
@@ -314,13 +330,10 @@ def _check_method_options(config: StudyConfig) -> None:
     for label, methods in used.items():
         own = config.backbones[label].method_options
         for method in sorted(methods):
-            spec = STUDY_METHODS.get(method, {"options": {}})
-            options = {**spec["options"], **config.finetune.methods.get(method, {}), **own.get(method, {})}
-            try:
-                build_peft_transform(method, spec.get("target_modules"), **options)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"the options of method {method!r} for backbone {label!r} (finetune.methods."
-                                 f"{method} over backbones.{label}.method_options.{method}): {err}") from None
+            defaults = STUDY_METHODS.get(method, {"options": {}})["options"]
+            options = {**defaults, **config.finetune.methods.get(method, {}), **own.get(method, {})}
+            check_method_options(method, options, f"the options of method {method!r} for backbone {label!r} "
+                                 f"(finetune.methods.{method} over backbones.{label}.method_options.{method})")
 
 
 def study_config_from_dict(raw: dict[str, Any], full: bool = False) -> StudyConfig:

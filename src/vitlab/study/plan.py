@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitlab.study.config import STUDY_METHODS, StudyConfig
+from vitlab.study.config import STUDY_METHODS, StudyConfig, check_method_options
 from vitlab.train.config import check_accelerator
 
 if TYPE_CHECKING:
@@ -172,6 +172,8 @@ def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mni
     if not names or unknown:
         valid = sorted(set(STUDY_METHODS) | set(PEFT_METHODS))
         raise ValueError(f"unknown or missing method(s) {unknown} in --methods; choose from {valid}")
+    if len(set(names)) != len(names):  # as --shots and --seeds: was silently run once
+        raise ValueError(f"--methods lists a method twice ({names}): give each once")
     shots, seeds = _int_list(shots, "--shots"), _int_list(seeds, "--seeds")
     if any(not 0 <= s < 2**32 for s in seeds):
         raise ValueError(f"--seeds must be integers in [0, 2**32) (a run's seed), got {seeds}")
@@ -200,6 +202,7 @@ def plan_study(backbone: str | None = DEFAULT_BACKBONE, data: str = "fashion_mni
     for name in names:
         spec = dict(STUDY_METHODS.get(name, {"options": {}, "lr": 3e-3}))
         spec["options"] = {**spec["options"], **extra.get(name, {})}
+        check_method_options(name, spec["options"], f"--method_options {name}")  # now, not in each run's process
         specs_by_method[name] = spec
     if not isinstance(model_kwargs or {}, Mapping):
         raise ValueError(f"--model_kwargs is a mapping of timm.create_model keywords, e.g. '{{\"drop_rate\": 0.1}}'; "
