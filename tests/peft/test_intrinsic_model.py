@@ -217,3 +217,12 @@ def test_a_model_wrapped_on_the_meta_device_regenerates_p_after_to_empty(project
     assert torch.equal(lazy.projection.checksum, reference.projection.checksum)
     lazy.load_state_dict(reference.state_dict())
     assert torch.equal(lazy.eval()(x), reference.eval()(x))
+
+
+def test_theta_d_is_zero_right_after_to_empty_of_a_meta_wrap():
+    with torch.device("meta"):
+        lazy = wrap_in_subspace(tiny_vit(), SubspaceConfig(dim=40, said=True))
+    assert lazy.to_empty(device="cpu") is lazy
+    # before: theta_d and state_dict() held to_empty's uninitialised memory until the first forward
+    assert torch.equal(lazy.state_dict()["theta_d"], torch.zeros(40 - lazy.said_scales.numel()))
+    assert torch.equal(lazy.said_scales, torch.ones_like(lazy.said_scales))

@@ -140,6 +140,13 @@ class SubspaceModel(nn.Module):
                 self.said_scales.fill_(1.0)
         self._on_meta = False
 
+    def to_empty(self, *, device: torch.device | str | int | None, recurse: bool = True) -> SubspaceModel:
+        """``nn.Module.to_empty``, then (wrapped on the meta device) P regenerated, θ_d = 0 and SAID scales = 1 at
+        once, so ``theta_d`` and ``state_dict()`` never hold the uninitialised memory of ``to_empty``."""
+        super().to_empty(device=device, recurse=recurse)
+        self._materialize()
+        return self
+
     @property
     def num_params(self) -> int:
         """D, the number of parameters in the subspace."""
