@@ -100,3 +100,16 @@ def test_vitlab_01_option_names_say_what_they_were_renamed_to(tmp_path):
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["delta_bias"] is True and "bias" not in json.loads((folder / "vitlab.json").read_text())["peft"][
         "options"]
+
+
+def test_load_adapter_of_a_vitlab_01_run_folder_names_the_converter(tmp_path):
+    """load_adapter(<0.1 run folder>) said 'no adapter in ...'; the folder's adapter.safetensors is read, as from
+    the file itself, so the message names `vitlab peft convert` (convert_adapter takes the folder too)."""
+    from vitlab.peft import load_adapter
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _old_file(run)
+    base, _ = _trained("kadaptation", n=8)
+    with pytest.raises(CheckpointError, match=r"vitlab 0\.1 'kadaptation' adapter file.*vitlab peft convert"):
+        load_adapter(run, base)

@@ -13,7 +13,14 @@ from peft import PeftModel
 from torch import nn
 
 from vitlab.checkpoint import CheckpointError
-from vitlab.peft import KAdaptationConfig, adapter_layers, apply_kadaptation, load_adapter, save_adapter
+from vitlab.peft import (
+    KAdaptationConfig,
+    adapter_layers,
+    apply_kadaptation,
+    build_peft_transform,
+    load_adapter,
+    save_adapter,
+)
 
 KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 4}
 
@@ -58,6 +65,18 @@ def test_a_folder_with_no_adapter_is_refused_naming_what_to_pass(tmp_path: Path)
     empty.mkdir()
     with pytest.raises(CheckpointError, match=r"no adapter in .*empty: pass a peft adapter folder \(adapter_config"):
         load_adapter(empty, tiny_vit())
+
+
+def test_a_run_folder_holding_an_adapter_file_loads_from_the_folder(tmp_path: Path) -> None:
+    adapted = build_peft_transform("adapter")(tiny_vit())
+    with torch.no_grad():
+        for p in adapted.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)
+    save_adapter(tmp_path / "run" / "adapter.safetensors", adapted)
+    loaded = load_adapter(tmp_path / "run", tiny_vit())  # the folder, as for a run's model.safetensors
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.eval()(x), adapted.eval()(x))
 
 
 def test_corrupt_adapter_weights_are_refused_naming_the_file(adapter_folder: Path) -> None:

@@ -50,6 +50,7 @@ from vitlab.checkpoint import (
     load_pretrained,
     save_checkpoint,
 )
+from vitlab.checkpoint.format import ADAPTER_NAME
 from vitlab.peft.adapter import AdapterWrapper
 from vitlab.peft.control import PEFT_SPEC_ATTR, adapter_layers, get_peft_spec, merge_adapters
 from vitlab.peft.freeze import restore_norm_statistics
@@ -58,7 +59,7 @@ from vitlab.peft.io import VITLAB_META, folder_meta, frozen_base_sha256, load_ad
 __all__ = ["ADAPTER_DIR", "ADAPTER_NAME", "SUBSPACE_NAME", "VITLAB_META", "export_adapted_model", "load_adapted_model",
            "load_run_model", "save_peft_folder"]
 
-ADAPTER_NAME, SUBSPACE_NAME = "adapter.safetensors", "subspace.safetensors"
+SUBSPACE_NAME = "subspace.safetensors"
 ADAPTER_DIR = "adapter"
 
 

@@ -53,6 +53,8 @@ from safetensors import SafetensorError
 from torch import nn
 
 from vitlab.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint, state_dict_sha256
+from vitlab.checkpoint.format import ADAPTER_NAME
+from vitlab.checkpoint.format import WEIGHTS_NAME as MODEL_FILE_NAME
 from vitlab.peft.control import PEFT_SPEC_ATTR, get_peft_spec
 from vitlab.peft.targets import classifier_names
 
@@ -337,7 +339,7 @@ def load_adapter(path: str | Path, base_model: nn.Module, check_base: bool = Tru
             (folder / name).is_file() for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, VITLAB_META)):
         raise CheckpointError(f"{folder} is a peft adapter folder without {CONFIG_NAME}: the folder is incomplete; "
                               "save the adapter again (save_adapter / model.save_pretrained)")
-    if path.is_dir() and not any((path / name).is_file() for name in (CONFIG_NAME, "model.safetensors")):
+    if path.is_dir() and not any((path / name).is_file() for name in (CONFIG_NAME, MODEL_FILE_NAME, ADAPTER_NAME)):
         raise CheckpointError(f"no adapter in {path}: pass a peft adapter folder (adapter_config.json + "
                               "adapter_model.safetensors, from save_adapter / model.save_pretrained, or a run's "
                               "adapter/ folder) or a vitlab adapter file (save_adapter of a linear / adapter model)")
