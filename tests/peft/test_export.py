@@ -11,10 +11,11 @@ from peft import PeftConfig as PeftAdapterConfig
 from peft import PeftModel
 from safetensors import safe_open
 
-from vitlab.checkpoint import CheckpointError, load_model, read_metadata, save_checkpoint
+from vitlab.checkpoint import CheckpointError, load_model, read_metadata, save_checkpoint, state_dict_sha256
 from vitlab.eval.evaluate import evaluate_checkpoint
 from vitlab.peft import build_peft_transform, count_parameters
 from vitlab.peft.export import export_adapted_model, load_adapted_model, load_run_model
+from vitlab.peft.io import frozen_base_sha256
 from vitlab.train import DataConfig, ModelConfig, OptimConfig, PeftConfig, RunConfig, fit
 
 KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 2, "num_classes": 10,
@@ -43,7 +44,7 @@ def test_export_writes_a_merged_model_with_the_adapted_outputs(tmp_path, method,
     base_path = save_checkpoint(tmp_path / "base" / "model.safetensors", base.state_dict(), kind="model",
                                 model_name=NAME, model_kwargs=KWARGS)
     files = export_adapted_model(tmp_path / "run", adapted, model_name=NAME, model_kwargs=KWARGS,
-                                 base_sha256="0" * 64, base_weights=str(base_path))
+                                 base_sha256=state_dict_sha256(base.state_dict()), base_weights=str(base_path))
     assert files[0].name == "model.safetensors"
     merged, meta = load_model(tmp_path / "run")
     assert meta["kind"] == "model" and meta["extra"]["base_weights"] == str(base_path)
@@ -62,9 +63,33 @@ def test_export_writes_a_merged_model_with_the_adapted_outputs(tmp_path, method,
         restored.base_model.model.load_state_dict(base.state_dict(), strict=False)
     else:
         assert read_metadata(side)["kind"] == ("subspace" if method == "subspace" else "adapter")
-    if method != "subspace":
-        restored, _ = load_adapted_model(side)  # base rebuilt from the recorded weights
-        torch.testing.assert_close(restored(x), expected, atol=1e-5, rtol=1e-5)
+    restored, _ = load_adapted_model(side)  # base rebuilt from the recorded weights (subspace: P from its seed)
+    torch.testing.assert_close(restored(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_subspace_file_has_a_real_base_hash_and_a_reader_that_checks_it(tmp_path):
+    """The subspace checkpoint was write-only with base_sha256 'not recorded' (issue 17): it now records the frozen
+    base's hash when none is given, load_adapted_model rebuilds the unmerged model, and another base is refused."""
+    base, adapted = _trained("subspace", dim=50, said=True, train_head=True)
+    base_path = save_checkpoint(tmp_path / "base" / "model.safetensors", base.state_dict(), kind="model",
+                                model_name=NAME, model_kwargs=KWARGS)
+    side = export_adapted_model(tmp_path / "run", adapted, model_name=NAME, model_kwargs=KWARGS,
+                                base_weights=str(base_path))[1]
+    assert read_metadata(side)["base_sha256"] == frozen_base_sha256(base)  # was "not recorded"
+    restored, meta = load_adapted_model(side)
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(restored(x), adapted(x), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(load_run_model(side)[0](x), adapted(x), atol=1e-6, rtol=1e-6)  # eval's reader
+    assert meta["kind"] == "subspace" and restored.said_scales is not None
+    assert [n for n, p in restored.named_parameters() if p.requires_grad] == [
+        n for n, p in adapted.named_parameters() if p.requires_grad]
+    torch.manual_seed(1)  # the recorded base file now holds other weights
+    save_checkpoint(base_path, timm.create_model(NAME, **KWARGS).state_dict(), kind="model", model_name=NAME,
+                    model_kwargs=KWARGS)
+    with pytest.raises(CheckpointError, match="trained on other base weights"):
+        load_adapted_model(side)
+    with pytest.raises(CheckpointError, match="load_adapted_model"):
+        load_model(side)  # a whole-model reader names the subspace reader
 
 
 def test_bottleneck_adapter_runs_keep_only_the_adapter_and_load_through_the_base(tmp_path):

@@ -410,7 +410,8 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     meta = read_metadata(path)
     if meta["kind"] != "model":
         raise CheckpointError(f"{path} holds a {meta['kind']!r} checkpoint, not a whole model: load it with "
-                              "vitlab.peft.load_adapted_model(path) (adapter) or on its base model")
+                              "vitlab.peft.load_adapted_model(path) (it rebuilds the recorded base), or evaluate the "
+                              "run's merged model.safetensors")
     model = build_model(meta, read_tensor_shapes(path))
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.eval(), meta

@@ -48,7 +48,9 @@ from vitlab.checkpoint import (
     load_checkpoint,
     load_model,
     load_pretrained,
+    read_metadata,
     save_checkpoint,
+    state_dict_sha256,
 )
 from vitlab.checkpoint.format import ADAPTER_NAME
 from vitlab.peft.adapter import AdapterWrapper
@@ -92,8 +94,9 @@ def export_adapted_model(
         model: a model adapted by ``vitlab.peft`` (any method but ``full``), unmerged; left unchanged.
         model_name, model_kwargs: ``timm.create_model`` arguments that rebuild the base architecture.
         base_sha256: ``state_dict_sha256`` of the base model before wrapping (recorded in the ``subspace`` file and
-            in ``adapter/vitlab.json``). Adapter files and ``adapter/vitlab.json`` also record
-            ``frozen_base_sha256(model)`` (head excluded), which ``load_adapter`` checks.
+            in ``adapter/vitlab.json``; ``None``: the subspace file records ``frozen_base_sha256`` of its base).
+            Adapter files and ``adapter/vitlab.json`` also record ``frozen_base_sha256(model)`` (head excluded),
+            which ``load_adapter`` checks.
         base_weights: where the pretrained base weights came from: a ``model.safetensors`` path, or a JSON dict such
             as ``{"source": "hf-hub", "hub_id": ..., "sha256": ...}`` (opaque here; ``vitlab.checkpoint
             .load_pretrained`` reads it back). ``None``: trained from random init.
@@ -118,8 +121,10 @@ def export_adapted_model(
     peft = {k: spec[k] for k in ("method", "target_modules", "options")}
     if isinstance(model, SubspaceModel):
         tensors = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+        # θ₀ stays in the wrapped base untouched: its frozen weights identify the base when none was given
         written.append(save_checkpoint(run_dir / SUBSPACE_NAME, tensors, kind="subspace", model_name=model_name,
-                                       model_kwargs=model_kwargs, base_sha256=base_sha256 or "not recorded",
+                                       model_kwargs=model_kwargs,
+                                       base_sha256=base_sha256 or frozen_base_sha256(model.base),
                                        extra={**meta, "peft": peft}))
     elif isinstance(model, PeftModel):
         written.append(save_peft_folder(run_dir / ADAPTER_DIR, model, {
@@ -143,12 +148,45 @@ def _load_base(meta: dict[str, Any], base_weights: Any, what: Path) -> nn.Module
     return base
 
 
+def _load_subspace(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A ``subspace.safetensors`` (θ_d, SAID scales, head) on its recorded base: the unmerged ``SubspaceModel``."""
+    from vitlab.peft.subspace import build_subspace_transform
+
+    tensors, meta = load_checkpoint(path, expected_kind="subspace")
+    extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
+    peft = extra.get("peft")
+    if not isinstance(peft, dict) or peft.get("method") != "subspace" or not isinstance(peft.get("options"), dict):
+        raise CheckpointError(f"{path} has no extra['peft'] record of a subspace run: it was not written by "
+                              "vitlab.peft.export_adapted_model (a `vitlab fit` run with peft.method: subspace)")
+    base = _load_base(meta, extra.get("base_weights"), path)
+    if meta["base_sha256"] not in (state_dict_sha256(base.state_dict()), frozen_base_sha256(base)):
+        raise CheckpointError(f"{path} was trained on other base weights than {extra.get('base_weights')} holds now "
+                              f"(recorded base_sha256 {meta['base_sha256'][:12]}...): restore the base it was trained "
+                              "on, or evaluate the run's merged model.safetensors")
+    try:
+        model = build_subspace_transform(peft.get("target_modules"), **peft["options"])(base)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its recorded subspace options do not rebuild the model ({err})") from err
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    wrong = sorted(n for n in set(params) & set(tensors) if params[n].shape != tensors[n].shape)
+    if set(params) != set(tensors) or wrong:
+        missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+        raise CheckpointError(f"{path} does not fit the rebuilt subspace model: missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}, other shapes {wrong[:5]}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
+    return model.eval(), meta
+
+
 def load_adapted_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild an adapted model from a run's ``adapter/`` folder (peft) or ``adapter.safetensors`` (vitlab) and the
-    base weights it records; returns ``(model.eval(), meta)``.
+    """Rebuild an adapted model from a run's ``adapter/`` folder (peft), ``adapter.safetensors`` (vitlab) or
+    ``subspace.safetensors`` (θ = θ₀ + P·θ_d, unmerged) and the base weights it records; returns
+    ``(model.eval(), meta)``.
 
     Raises:
-        CheckpointError: not an adapter, or its base weights are not recorded / no longer where they were.
+        CheckpointError: not an adapter, its base weights are not recorded / no longer where they were, or (subspace)
+            they are not the weights it was trained on.
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -157,6 +195,8 @@ def load_adapted_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         with torch.no_grad():
             model = PeftModel.from_pretrained(base, str(path))
         return model.eval(), meta
+    if path.is_file() and read_metadata(path)["kind"] == "subspace":
+        return _load_subspace(path)
     _, meta = load_checkpoint(path, expected_kind="adapter")
     base = _load_base(meta, meta.get("extra", {}).get("base_weights"), path)
     with torch.no_grad():
@@ -166,17 +206,18 @@ def load_adapted_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def load_run_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The model a run folder (or weights file) evaluates with: its merged ``model.safetensors``, or, for a run of
-    a non-mergeable bottleneck adapter (only ``adapter.safetensors``), the adapter rebuilt on its recorded base; a
-    run's ``adapter/`` folder (peft format) is read by ``load_adapted_model``.
+    a non-mergeable bottleneck adapter (only ``adapter.safetensors``) or a ``subspace.safetensors`` file, the
+    adaptation rebuilt on its recorded base; a run's ``adapter/`` folder (peft format) is read by
+    ``load_adapted_model``.
 
     Returns:
         ``(model.eval(), metadata)``, as `vitlab.checkpoint.load_model`.
     """
-    from vitlab.checkpoint import read_metadata, resolve_weights_path
+    from vitlab.checkpoint import resolve_weights_path
 
     path = Path(path).expanduser()
     if path.is_dir() and (path / CONFIG_NAME).is_file():  # a run's adapter/ folder (peft format)
         return load_adapted_model(path)
-    if read_metadata(path)["kind"] == "adapter":
+    if read_metadata(path)["kind"] in ("adapter", "subspace"):
         return load_adapted_model(resolve_weights_path(path))
     return load_model(path)
