@@ -117,3 +117,19 @@ def test_diagnose_negatives_options_and_errors(checkpoint, tmp_path, capsys):
     assert "Patch sizes that fit this 32x32 input" in capsys.readouterr().err
     assert main(["diagnose-negatives", "--checkpoint", str(tmp_path / "missing")]) == 1
     assert "no weights at" in capsys.readouterr().err
+
+
+def test_list_options_take_one_name_or_the_comma_form(checkpoint, tmp_path):
+    """`--corruptions contrast` (one name, no brackets) failed with jsonargparse's 'Does not validate against any of
+    the Union subtypes'; one name and the comma form read as lists, as the README's CLI conventions say."""
+    common = ["--checkpoint", str(checkpoint), "--n", "2", "--device", "cpu"]
+    assert main(["robustness", *common, "--corruptions", "contrast", "--workers", "1",
+                 "--out", str(tmp_path / "a")]) == 0
+    assert list(json.loads((tmp_path / "a" / "robustness_digits.json").read_text())["accuracy"]) == ["contrast"]
+    assert main(["robustness", *common, "--corruptions", "contrast,brightness", "--workers", "1",
+                 "--out", str(tmp_path / "b")]) == 0
+    assert list(json.loads((tmp_path / "b" / "robustness_digits.json").read_text())["accuracy"]) == [
+        "contrast", "brightness"]
+    assert main(["diagnose-negatives", *common, "--kinds", "shuffle", "--out", str(tmp_path / "c")]) == 0
+    report = json.loads(next((tmp_path / "c").glob("diagnose_negatives_*.json")).read_text())
+    assert "shuffle" in json.dumps(report) and "rotate" not in json.dumps(report)

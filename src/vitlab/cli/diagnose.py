@@ -18,6 +18,7 @@ from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
+from vitlab.cli.main import names_list
 from vitlab.cli.robustness import add_checkpoint_arguments
 from vitlab.eval.evaluate import DEFAULT_N
 
@@ -36,7 +37,7 @@ def build_diagnose_parser() -> ArgumentParser:
                              f"{DEFAULT_N}, or all when the test set is smaller)")
     parser.add_argument("--patch_size", type=int | None, default=None,
                         help="cell size of the views in pixels (default: the model's patch size)")
-    parser.add_argument("--kinds", type=list[str] | None, default=None,
+    parser.add_argument("--kinds", type=list[str] | str | None, default=None,
                         help="view kinds, e.g. '[shuffle, rotate]' (default: every kind of vitlab.augment.KINDS)")
     parser.add_argument("--replace_rate", type=float, default=0.25, help="P-Infill replace rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the views")
@@ -51,5 +52,6 @@ def run_diagnose(ns: Namespace) -> dict[str, Any]:
     from vitlab.eval.evaluate import command_line, diagnose_checkpoint
 
     options = ns.as_dict()
+    options["kinds"] = names_list(options["kinds"])  # one name, or the older comma form
     command = command_line("vitlab diagnose-negatives", options, build_diagnose_parser().get_defaults())
     return diagnose_checkpoint(options.pop("checkpoint"), **options, command=command)

@@ -30,7 +30,8 @@ from jsonargparse import ArgumentParser, Namespace
 
 from vitlab.errors import VitlabError
 
-__all__ = ["CHECKPOINT_HELP", "COMMANDS", "build_parser", "dispatch", "expand_config_paths", "is_user_error", "main"]
+__all__ = ["CHECKPOINT_HELP", "COMMANDS", "build_parser", "dispatch", "expand_config_paths", "is_user_error", "main",
+           "names_list"]
 
 #: subcommand -> (module, parser builder in it, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -58,6 +59,19 @@ _VITLAB_DIR = Path(__file__).resolve().parents[1]
 #: ``--checkpoint``'s help in every command that evaluates a checkpoint.
 CHECKPOINT_HELP = ("model.safetensors, a run folder, or a Lightning .ckpt inside a finished run's folder (e.g. the "
                    "best epoch a trainer.callbacks ModelCheckpoint kept; read with weights_only=True)")
+
+
+def names_list(value: list[str] | str | None) -> list[str] | None:
+    """A list option of names as the user typed it: ``'[fog, contrast]'`` (parsed already), one name ``fog`` or the
+    older comma form ``fog,contrast`` -> ``["fog", "contrast"]``; ``None`` stays ``None``.
+
+    Example:
+        >>> names_list("fog, contrast"), names_list(["fog"]), names_list(None)
+        (['fog', 'contrast'], ['fog'], None)
+    """
+    if isinstance(value, str):
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return value
 
 
 def _eval_parser() -> ArgumentParser:

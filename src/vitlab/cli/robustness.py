@@ -29,7 +29,7 @@ from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
-from vitlab.cli.main import CHECKPOINT_HELP
+from vitlab.cli.main import CHECKPOINT_HELP, names_list
 from vitlab.eval.evaluate import DEFAULT_N
 
 __all__ = ["add_checkpoint_arguments", "build_robustness_parser", "run_robustness"]
@@ -64,7 +64,7 @@ def build_robustness_parser() -> ArgumentParser:
         f"(default: {DEFAULT_N} for generated sets, or all when the test set is smaller; all for "
         "--corruption_dir and --imagenet_c)",
     )
-    parser.add_argument("--corruptions", type=list[str] | None, default=None,
+    parser.add_argument("--corruptions", type=list[str] | str | None, default=None,
                         help="subset of corruptions, e.g. '[fog, contrast]' (default: all 19)")
     parser.add_argument("--cache_dir", type=str | None, default=None,
                         help="folder of the generated set "
@@ -90,5 +90,6 @@ def run_robustness(ns: Namespace) -> dict[str, Any]:
     from vitlab.eval.evaluate import command_line, robustness_report
 
     options = ns.as_dict()
+    options["corruptions"] = names_list(options["corruptions"])  # one name, or the older comma form
     command = command_line("vitlab robustness", options, build_robustness_parser().get_defaults())
     return robustness_report(options.pop("checkpoint"), **options, command=command)
