@@ -98,6 +98,28 @@ def test_help_builds_only_the_chosen_parser_and_reports_its_time(command):
         assert "lightning" not in modules and "vitlab.train" not in modules
 
 
+_TORCH_FREE_HELP_PROBE = """
+import sys
+sys.argv[0] = "vitlab"  # as the console script: vitlab registers its models only once a subcommand runs
+from vitlab.cli.main import main
+try:
+    main(sys.argv[1:] + ["--help"])
+except SystemExit:
+    pass
+print(" ".join(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_subcommands_help_imports_no_torch(command):
+    """`vitlab robustness --help` / `diagnose-negatives` / `demo` / `peft-study` took 6-10 s: their parsers imported
+    torch (through vitlab.eval's package imports and vitlab.metrics) for a default shown in the help."""
+    proc = subprocess.run([sys.executable, "-c", _TORCH_FREE_HELP_PROBE, *command.split()], capture_output=True,
+                          text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    modules = set(proc.stderr.strip().splitlines()[-1].split())
+    assert proc.stdout.startswith("usage: vitlab") and "torch" not in modules and "timm" not in modules
+
+
 def test_python_dash_m_vitlab_runs_the_same_command():
     out = subprocess.run([sys.executable, "-m", "vitlab", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip().startswith("vitlab ")
@@ -327,3 +349,19 @@ def test_a_trainer_keyword_vitlab_sets_itself_says_why(args, reason, capsys):
     assert main(["fit", *args]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and reason in err
+
+
+def test_boolean_options_take_a_bare_flag_as_true():
+    """`vitlab study --full` (the issue's spelling) failed with 'expected one argument'; a bare flag now means true
+    and an explicit value still works, in every command."""
+    from vitlab.cli.peft_study import build_peft_study_parser
+    from vitlab.cli.study import build_study_parser
+
+    study = build_study_parser()
+    ns = study.parse_args(["--full", "--estimate_only", "--reuse_cached_as_is", "--name", "s"])
+    assert ns.full is True and ns.estimate_only is True and ns.reuse_cached_as_is is True and ns.name == "s"
+    assert study.parse_args(["--full", "false"]).full is False and study.parse_args([]).full is False
+    peft = build_peft_study_parser().parse_args(["--full_data", "false", "--keep_checkpoints"])
+    assert peft.full_data is False and peft.keep_checkpoints is True
+    assert build_fit_parser().parse_args(["--resume", "--name", "r"]).resume is True
+    assert build_intrinsic_dim_parser().parse_args(["--reuse_cached_as_is"]).reuse_cached_as_is is True

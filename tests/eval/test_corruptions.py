@@ -207,3 +207,15 @@ def test_images_from_loader_takes_batches_on_another_device_than_the_cpu():
     got, got_labels = images_from_loader(off_cpu, [0.5] * 3, [0.25] * 3, n=5)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_labels, want_labels)
+
+
+def test_corrupting_leaves_the_global_numpy_stream_as_it_was():
+    """corrupt_images seeded the global NumPy RNG (imagecorruptions reads it) and left it changed (issue 17: nothing
+    reseeds the global RNG); the caller's stream now continues as if nothing ran, and the output is still seeded."""
+    images = grey_images(2)
+    np.random.seed(123)
+    expected = np.random.rand(3)
+    np.random.seed(123)
+    first = corrupt_images(images, "gaussian_noise", 3, seed=0)
+    np.testing.assert_array_equal(np.random.rand(3), expected)
+    np.testing.assert_array_equal(corrupt_images(images, "gaussian_noise", 3, seed=0), first)

@@ -20,7 +20,7 @@ from jsonargparse import ArgumentParser, Namespace
 
 from vitlab.cli.main import names_list
 from vitlab.cli.robustness import add_checkpoint_arguments
-from vitlab.eval.evaluate import DEFAULT_N
+from vitlab.eval.defaults import DEFAULT_N
 
 __all__ = ["build_diagnose_parser", "run_diagnose"]
 

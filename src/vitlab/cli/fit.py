@@ -30,7 +30,8 @@ def build_fit_parser(help_only: bool = False) -> ArgumentParser:
         "Writes runs/<name>/ (config.yaml, checkpoints/last.ckpt, metrics.csv, model.safetensors, curves).",
     )
     add_run_arguments(parser, help_only)
-    parser.add_argument("--resume", type=bool, default=False, help="continue from <run>/checkpoints/last.ckpt")
+    parser.add_argument("--resume", type=bool, nargs="?", const=True, default=False,
+                        help="continue from <run>/checkpoints/last.ckpt")
     parser.add_argument("--ckpt_path", type=str | None, default=None,
                         help="LightningCLI's resume option, not used by vitlab: a run resumes from its own folder "
                         "with --name NAME --resume true (the error says the command for a given checkpoint)")

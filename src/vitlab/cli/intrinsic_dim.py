@@ -32,7 +32,7 @@ def build_intrinsic_dim_parser(help_only: bool = False) -> ArgumentParser:
     parser.add_argument("--per_module", "--per-module", type=bool, nargs="?", const=True, default=False,
                         help="true: sweep each module kind (attention q/k/v/proj, MLP fc1/fc2, high mixer) alone, "
                         "instead of the whole model, and write the ranked table")
-    parser.add_argument("--reuse_cached_as_is", type=bool, default=False,
+    parser.add_argument("--reuse_cached_as_is", type=bool, nargs="?", const=True, default=False,
                         help="resume the sweep folder even if another configuration made its runs (default: refused, "
                         "naming the differing keys)")
     parser.add_argument("--dims", type=list[int] | int | None, default=None,

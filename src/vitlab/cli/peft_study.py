@@ -45,7 +45,8 @@ def build_peft_study_parser() -> ArgumentParser:
     parser.add_argument("--shots", type=list[int] | str, default=[5, 20], help="k (examples per class), e.g. '[5, 20]'")
     parser.add_argument("--seeds", type=list[int] | str, default=[0, 1, 2], help="seeds of the few-shot runs, e.g. "
                         "'[0, 1, 2]'")
-    parser.add_argument("--full_data", type=bool, default=True, help="also fine-tune on the whole training split")
+    parser.add_argument("--full_data", type=bool, nargs="?", const=True, default=True,
+                        help="also fine-tune on the whole training split")
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps of each few-shot run")
     parser.add_argument("--full_epochs", type=int, default=1, help="epochs of each full-data run")
     parser.add_argument("--batch_size", type=int, default=128, help="batch size (few-shot: at most k x classes)")
@@ -53,8 +54,9 @@ def build_peft_study_parser() -> ArgumentParser:
     parser.add_argument("--name", type=str, default="peft_study", help="study name: the study folder is "
                         "<output_dir>/<name>")
     parser.add_argument("--output_dir", type=str, default="runs", help="parent folder of the study folder")
-    parser.add_argument("--keep_checkpoints", type=bool, default=False, help="keep each run's last.ckpt")
-    parser.add_argument("--reuse_cached_as_is", type=bool, default=False,
+    parser.add_argument("--keep_checkpoints", type=bool, nargs="?", const=True, default=False,
+                        help="keep each run's last.ckpt")
+    parser.add_argument("--reuse_cached_as_is", type=bool, nargs="?", const=True, default=False,
                         help="reuse every run in results.csv even if another configuration made it (default: such "
                         "runs are redone)")
     return parser

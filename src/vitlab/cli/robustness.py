@@ -30,7 +30,7 @@ from typing import Any
 from jsonargparse import ArgumentParser, Namespace
 
 from vitlab.cli.main import CHECKPOINT_HELP, names_list
-from vitlab.eval.evaluate import DEFAULT_N
+from vitlab.eval.defaults import DEFAULT_N
 
 __all__ = ["add_checkpoint_arguments", "build_robustness_parser", "run_robustness"]
 

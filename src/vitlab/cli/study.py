@@ -25,12 +25,14 @@ def build_study_parser(prog: str = "vitlab study", default_config: str | None = 
                             "without negative views), evaluate clean, corrupted and negative-view accuracy, sweep the "
                             "intrinsic dimension, and write report.md + report.html. Rerunning resumes.")
     parser.add_argument("--config", type=str, default=default_config, help="study YAML (see configs/study.yaml)")
-    parser.add_argument("--full", type=bool, default=False, help="merge the config's `full` overrides: everything")
+    parser.add_argument("--full", type=bool, nargs="?", const=True, default=False,
+                        help="merge the config's `full` overrides: everything")
     parser.add_argument("--name", type=str | None, default=None, help="study folder name (default: the config's)")
     parser.add_argument("--output_dir", type=str | None, default=None, help="parent folder (default: the config's)")
     parser.add_argument("--accelerator", type=str | None, default=None, help="cpu, gpu or auto (default: config)")
-    parser.add_argument("--estimate_only", type=bool, default=False, help="print the time estimates and stop")
-    parser.add_argument("--reuse_cached_as_is", type=bool, default=False,
+    parser.add_argument("--estimate_only", type=bool, nargs="?", const=True, default=False,
+                        help="print the time estimates and stop")
+    parser.add_argument("--reuse_cached_as_is", type=bool, nargs="?", const=True, default=False,
                         help="reuse cached pretraining, fine-tuning runs and sweeps even if another configuration "
                         "made them (default: fine-tuning runs are redone, pretraining and sweeps refused)")
     parser.add_argument("--readme", type=str | None, default=None,

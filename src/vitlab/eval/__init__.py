@@ -1,48 +1,37 @@
 """vitlab.eval: clean accuracy (``evaluate``), robustness to common corruptions and negative-view diagnostics, of a
 model or of a checkpoint (``robustness_report`` / ``diagnose_checkpoint`` write a run folder's evaluation files).
 
+The names below are imported on first use, so a command's ``--help`` that shows `vitlab.eval.defaults` loads no torch.
+
 Example:
     >>> from vitlab.eval import COMMON_CORRUPTIONS, corruption_metrics
     >>> len(COMMON_CORRUPTIONS)
     15
 """
 
-from vitlab.eval.corruptions import (
-    ALL_CORRUPTIONS,
-    COMMON_CORRUPTIONS,
-    EXTRA_CORRUPTIONS,
-    corrupt_images,
-    generate_corruption_set,
-    images_from_loader,
-)
-from vitlab.eval.diagnostics import diagnose_negatives, format_negative_diagnostics
-from vitlab.eval.evaluate import diagnose_checkpoint, robustness_report
-from vitlab.eval.glass_blur import glass_blur
-from vitlab.eval.imagenet_c import evaluate_imagenet_c
-from vitlab.eval.robustness import (
-    ALEXNET_CLEAN_ERROR,
-    ALEXNET_ERRORS,
-    corruption_metrics,
-    evaluate_corruptions,
-    format_robustness_report,
-)
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "ALEXNET_CLEAN_ERROR",
-    "ALEXNET_ERRORS",
-    "ALL_CORRUPTIONS",
-    "COMMON_CORRUPTIONS",
-    "EXTRA_CORRUPTIONS",
-    "corrupt_images",
-    "corruption_metrics",
-    "diagnose_checkpoint",
-    "diagnose_negatives",
-    "evaluate_corruptions",
-    "evaluate_imagenet_c",
-    "format_negative_diagnostics",
-    "format_robustness_report",
-    "generate_corruption_set",
-    "glass_blur",
-    "images_from_loader",
-    "robustness_report",
-]
+# imported now: the function shares its submodule's name, which the first import of the submodule would bind here
+from vitlab.eval.glass_blur import glass_blur as glass_blur
+
+_HOMES = {
+    "ALL_CORRUPTIONS": "corruptions", "COMMON_CORRUPTIONS": "corruptions", "EXTRA_CORRUPTIONS": "corruptions",
+    "corrupt_images": "corruptions", "generate_corruption_set": "corruptions", "images_from_loader": "corruptions",
+    "diagnose_negatives": "diagnostics", "format_negative_diagnostics": "diagnostics",
+    "diagnose_checkpoint": "evaluate", "robustness_report": "evaluate",
+    "evaluate_imagenet_c": "imagenet_c", "ALEXNET_CLEAN_ERROR": "robustness", "ALEXNET_ERRORS": "robustness",
+    "corruption_metrics": "robustness", "evaluate_corruptions": "robustness", "format_robustness_report": "robustness",
+}
+
+__all__ = sorted([*_HOMES, "glass_blur"])
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'vitlab.eval' has no attribute {name!r}")
+    return getattr(import_module(f"vitlab.eval.{_HOMES[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

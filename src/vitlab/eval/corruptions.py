@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from vitlab.errors import ConfigError, DataError
+from vitlab.eval.defaults import SEVERITIES
 from vitlab.eval.glass_blur import glass_blur
 
 __all__ = [
@@ -59,7 +60,6 @@ COMMON_CORRUPTIONS: tuple[str, ...] = (
 #: The 4 held-out ("validation") corruptions, reported separately.
 EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 ALL_CORRUPTIONS: tuple[str, ...] = COMMON_CORRUPTIONS + EXTRA_CORRUPTIONS
-SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 _INSTALL = "pip install imagecorruptions-imaug"
 
@@ -122,7 +122,8 @@ def corrupt_images(images: np.ndarray, corruption: str, severity: int, seed: int
     """Apply one corruption at one severity to a batch ``(N, H, W, C)`` uint8 (C = 1 or 3) -> same shape.
 
     1-channel images are repeated to 3 channels for the corruption and averaged back. The global NumPy RNG (which
-    imagecorruptions reads) is seeded from ``seed``, so the output is a function of the arguments.
+    imagecorruptions reads) is seeded from ``seed`` for the call and restored after it, so the output is a function of
+    the arguments and the caller's global NumPy stream is left as it was.
     """
     _check_images(images)
     if not isinstance(corruption, str) or corruption not in ALL_CORRUPTIONS:
@@ -141,12 +142,16 @@ def corrupt_images(images: np.ndarray, corruption: str, severity: int, seed: int
         module = import_imagecorruptions()
         function = module.corruption_dict[corruption]
         takes_seed = "seed" in inspect.signature(function).parameters
-        np.random.seed(int(rng.integers(2**31)))
-        out = np.stack([
-            module.corrupt(image, severity=severity, corruption_name=corruption,
-                           **({"seed": int(rng.integers(2**31))} if takes_seed else {}))
-            for image in rgb
-        ])
+        global_state = np.random.get_state()  # imagecorruptions draws from the global RNG: seed it, then put it back
+        try:
+            np.random.seed(int(rng.integers(2**31)))
+            out = np.stack([
+                module.corrupt(image, severity=severity, corruption_name=corruption,
+                               **({"seed": int(rng.integers(2**31))} if takes_seed else {}))
+                for image in rgb
+            ])
+        finally:
+            np.random.set_state(global_state)
     return np.round(out.mean(axis=-1, keepdims=True)).astype(np.uint8) if grey else out
 
 

@@ -22,15 +22,13 @@ from torch.utils.data import DataLoader
 
 from vitlab.checkpoint.lightning import checkpoint_weights, is_lightning_checkpoint, lightning_run_folder
 from vitlab.errors import ConfigError, DataError
+from vitlab.eval.defaults import DEFAULT_N
 from vitlab.eval.device import resolve_device
 from vitlab.metrics import evaluate_classifier
 from vitlab.peft.export import load_run_model
 
 __all__ = ["DEFAULT_N", "command_line", "count_test_images", "diagnose_checkpoint", "evaluate_checkpoint",
            "load_checkpoint_and_test_data", "parse_n", "predict_images", "robustness_report", "run_data_root"]
-
-#: Test images used by default for generated corruption sets and diagnostics (fewer when the test set is smaller).
-DEFAULT_N = 1000
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, root: str | None = None, split: str = "test",

@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
 from vitlab.errors import ConfigError
 
@@ -40,6 +39,8 @@ def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
 
     Runs on blocks of about 2**19 values (cache-sized; large blocks are several times slower).
     """
+    from scipy.ndimage import gaussian_filter  # here: vitlab.eval imports this module for its --help defaults
+
     out = np.empty(images.shape, dtype=np.float64)
     block = max(1, 2**19 // int(np.prod(images.shape[1:])))
     for start in range(0, images.shape[0], block):

@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from vitlab.errors import DataError, MissingFileError
-from vitlab.eval.corruptions import SEVERITIES
-from vitlab.metrics import read_metrics
+from vitlab.eval.defaults import SEVERITIES
 
 __all__ = ["ACCURACY_COLUMNS", "CONFIDENCE_COLUMNS", "REQUIRED_COLUMNS", "SEVERITY_COLUMNS", "STUDY_HINT",
            "aggregate_seeds", "load_study", "mean_interval", "read_result_rows", "summarize_study", "training_curves",
@@ -279,6 +278,8 @@ def training_curves(folder: Path, runs: list[dict[str, Any]]) -> list[dict[str, 
     (total)". ``negative_points``: ``train/negatives/loss_step`` (then ``_epoch``), the negative term before its
     weight, ``[]`` for a run without negatives.
     """
+    from vitlab.metrics import read_metrics  # here: importing torch (vitlab.metrics) would slow the parsers' --help
+
     curves = []
     for run in runs:
         if not run["run_dir"] or not (path := folder / run["run_dir"] / "metrics.csv").is_file():
