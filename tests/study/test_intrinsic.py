@@ -68,6 +68,7 @@ def _write_config(tmp_path, name, epochs, sweep, batch_size=64, **options):
     return path
 
 
+@pytest.mark.slow  # end to end: run by `make test`, deselect with -m "not slow" for a quick pass
 def test_intrinsic_dim_cli_writes_csv_plot_json_and_resumes(tmp_path, monkeypatch):
     config = _write_config(tmp_path, "vit", epochs=2, sweep={"lr": 0.05, "stop_after_reached": None})
     assert main(["intrinsic-dim", "--config", str(config), "--dims", "[8, 256]"]) == 0

@@ -83,6 +83,7 @@ def test_plan_study_refuses_non_integer_shots_from_python(backbone):
         plan_study(str(backbone), "digits", methods="linear", model_kwargs=[("depth", 2)])
 
 
+@pytest.mark.slow  # end to end: run by `make test`, deselect with -m "not slow" for a quick pass
 def test_study_runs_each_config_in_a_process_and_resumes(backbone, tmp_path, capsys):
     out = tmp_path / "study"
     args = ["peft-study", "--backbone", str(backbone), "--data", "digits", "--shots", "5", "--seeds", "1",

@@ -126,6 +126,7 @@ def test_methods_may_be_a_list_of_names_without_overrides():
     assert config.finetune.methods == {"full": {}, "lora": {}}
 
 
+@pytest.mark.slow  # end to end: run by `make test`, deselect with -m "not slow" for a quick pass
 def test_tiny_study_writes_a_report_that_agrees_with_the_runs(tmp_path, monkeypatch, capsys):
     from vitlab.cli.main import main
 

@@ -37,6 +37,7 @@ def learned_run(tmp_path_factory):
     return fit(_config(tmp, "learn", epochs=8, batch_size=16))
 
 
+@pytest.mark.slow  # end to end: run by `make test`, deselect with -m "not slow" for a quick pass
 def test_fit_learns_and_writes_the_run_folder(learned_run):
     run = learned_run.run_dir
     for name in ("config.yaml", "config.json", "metrics.csv", "model.safetensors", "summary.json",
@@ -128,6 +129,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert not (tmp_path / "nan" / "model.safetensors").exists()
 
 
+@pytest.mark.slow  # end to end: run by `make test`, deselect with -m "not slow" for a quick pass
 def test_ddp_processes_end_with_identical_weights_and_draw_their_own_negative_views(tmp_path):
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(yaml.safe_dump({
