@@ -3,6 +3,7 @@ with a message naming the wrong fix; now it is refused with a message that names
 
 from __future__ import annotations
 
+import inspect
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from peft import PeftModel
 from torch import nn
 
 from vitlab.checkpoint import CheckpointError
+from vitlab.errors import ConfigError
 from vitlab.peft import (
     KAdaptationConfig,
     adapter_layers,
@@ -331,3 +333,12 @@ def test_merging_an_unknown_adapter_name_is_refused(names: object) -> None:
         model.merge_adapter(adapter_names=names)
     assert torch.equal(model(x), adapted)  # nothing merged or unloaded
     assert torch.allclose(model.merge_and_unload(adapter_names=["default"])(x), adapted, atol=1e-5)
+
+
+@pytest.mark.parametrize(("keyword", "new"), [("bias", "delta_bias"), ("head_modules", "modules_to_save")])
+def test_vitlab_01_keywords_of_the_config_name_their_new_spelling(keyword: str, new: str) -> None:
+    """KAdaptationConfig(bias=True) raised Python's 'unexpected keyword argument' (the CLI option named the rename)."""
+    with pytest.raises(ConfigError, match=rf"\['{keyword}'\] are no longer accepted: '{keyword}' is now '{new}'"):
+        KAdaptationConfig(**{keyword: True})
+    assert KAdaptationConfig(delta_bias=False).delta_bias is False  # the new spelling, and the signature, unchanged
+    assert "delta_bias" in inspect.signature(KAdaptationConfig).parameters

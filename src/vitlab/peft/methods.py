@@ -48,6 +48,7 @@ from vitlab.peft.adapter import apply_bottleneck_adapters
 from vitlab.peft.control import PEFT_SPEC_ATTR, set_peft_spec
 from vitlab.peft.freeze import freeze_base
 from vitlab.peft.kadaptation import KAdaptationConfig, apply_kadaptation
+from vitlab.peft.kadaptation.config import RENAMED_KEYWORDS
 from vitlab.peft.lora import apply_lokr, apply_lora, apply_lora_qv, lokr_options, lora_options, lora_qv_config
 from vitlab.peft.slice_config import check_target_modules
 from vitlab.peft.subspace import build_subspace_transform
@@ -59,9 +60,9 @@ Transform = Callable[[nn.Module], nn.Module]
 Builder = Callable[..., Transform]
 _PEFT_BASE_FIELDS = {f.name for f in fields(PeftConfig)}
 
-#: vitlab 0.1 option names -> current ones (KAdaptationConfig: bias -> delta_bias, head_modules -> modules_to_save);
+#: vitlab 0.1 option names -> current ones per method (KAdaptationConfig's, e.g. bias -> delta_bias);
 #: ``vitlab peft convert`` renames them, and the option check names the new spelling.
-RENAMED_OPTIONS = {"kadaptation": {"bias": "delta_bias", "head_modules": "modules_to_save"}}
+RENAMED_OPTIONS = {"kadaptation": RENAMED_KEYWORDS}
 
 
 def _full(target_modules: None = None, **options: Any) -> Transform:

@@ -26,17 +26,19 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from vitlab.checks import check_bool, check_float, check_int
 from vitlab.errors import ConfigError
 from vitlab.peft.registration import PeftTypeName
 from vitlab.peft.slice_config import SliceAdapterConfig
 
-__all__ = ["KADAPTATION", "KAdaptationConfig"]
+__all__ = ["KADAPTATION", "RENAMED_KEYWORDS", "KAdaptationConfig"]
 
 KADAPTATION = PeftTypeName("KADAPTATION")  # peft_type (a str: peft's PeftType enum is closed to other packages)
 PATHS = ("auto", "factored", "dense")
@@ -122,3 +124,26 @@ class KAdaptationConfig(SliceAdapterConfig):
             raise ConfigError("target_modules='auto' reads the per-module intrinsic-dimension table: set "
                               "intrinsic_table to the CSV written by `vitlab intrinsic-dim --per-module`")
         self.auto_top_k = check_int("auto_top_k", self.auto_top_k, minimum=1)
+
+
+#: vitlab 0.1 keyword names of ``KAdaptationConfig`` -> current ones (peft reserves ``bias``; the head is peft's
+#: ``modules_to_save``).
+RENAMED_KEYWORDS = {"bias": "delta_bias", "head_modules": "modules_to_save"}
+
+
+def _refusing_renamed_keywords(init: Callable[..., None]) -> Callable[..., None]:
+    """The dataclass ``__init__``, refusing a vitlab 0.1 keyword by name (not Python's 'unexpected keyword')."""
+
+    @functools.wraps(init)
+    def __init__(self: KAdaptationConfig, *args: Any, **kwargs: Any) -> None:
+        renamed = {old: new for old, new in RENAMED_KEYWORDS.items() if old in kwargs}
+        if renamed:
+            spelled = ", ".join(f"{old!r} is now {new!r}" for old, new in renamed.items())
+            raise ConfigError(f"KAdaptationConfig: vitlab 0.1's keyword(s) {sorted(renamed)} are no longer accepted: "
+                              f"{spelled} (e.g. KAdaptationConfig(delta_bias=False))")
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+KAdaptationConfig.__init__ = _refusing_renamed_keywords(KAdaptationConfig.__init__)
