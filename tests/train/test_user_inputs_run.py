@@ -3,6 +3,8 @@ cannot train is refused with the fix named."""
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -100,3 +102,16 @@ def test_negative_views_that_do_not_fit_the_images_are_refused_before_training(t
                                           r"\(data\.img_size\): .*patch_size=5 does not divide"):
         fit(config)
     assert not started  # refused before the trainer ran (was: at the first step, after the sanity check)
+
+
+def test_resuming_a_finished_run_keeps_its_validation_metrics_and_wall_time(tmp_path):
+    """`--resume true` on a finished run re-tested it and rewrote summary.json without its val/ metrics and with
+    the resume's 0.5 s as the wall time (the run trained for 7 s)."""
+    first = fit(_config(tmp_path, "done", max_epochs=1))
+    before = json.loads((first.run_dir / "summary.json").read_text())
+    assert "val/acc" in before["metrics"]
+    again = fit(_config(tmp_path, "done", max_epochs=1), resume=True)
+    after = json.loads((again.run_dir / "summary.json").read_text())
+    assert after["metrics"]["val/acc"] == before["metrics"]["val/acc"]
+    assert after["metrics"]["test/acc"] == pytest.approx(before["metrics"]["test/acc"])
+    assert after["wall_time_s"] > before["wall_time_s"] and again.wall_time_s >= after["wall_time_s"]

@@ -8,7 +8,8 @@ The run folder ``<output_dir>/<name>/`` holds:
   ``trainer.logger`` (TensorBoard, MLflow, W&B ...);
 - ``model.safetensors`` + ``config.json``: final weights with the ``vitlab`` metadata (``vitlab.checkpoint``);
 - ``.lock`` while a process writes the folder (a second writer is refused).
-- ``training_curves.png`` and ``summary.json``: loss/accuracy curves, final metrics, wall time, weight hashes.
+- ``training_curves.png`` and ``summary.json``: loss/accuracy curves, final metrics, wall time (summed over the
+  sessions of a resumed run), weight hashes.
 
 Example (a few steps on scikit-learn's digits)::
 
@@ -434,6 +435,7 @@ def _fit_locked(
     if trainer.limit_val_batches == 0:  # no validation: no val/ metrics
         names = [n for n in names if not n.startswith("val/")]
     check_monitors(trainer.callbacks, names, prefixes)
+    earlier = _earlier_summary(run_dir) if ckpt_path is not None else {}
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -451,6 +453,9 @@ def _fit_locked(
             raise _interrupted(config, run_dir, last) from None
         raise
     metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
+    # a resumed run that validated no more (already finished) keeps its last validation numbers
+    metrics = {**{k: v for k, v in earlier.get("metrics", {}).items() if k.startswith("val/")}, **metrics}
+    start -= earlier.get("wall_time_s", 0.0)  # the run's wall time counts every session that trained it
     if trainer.fast_dev_run:  # Lightning's smoke test: a few batches, no checkpoint, no logs; not a finished model
         return RunResult(run_dir, metrics, None, time.perf_counter() - start, {"fast_dev_run": True})
     hashes = _gather_weight_hashes(task)
@@ -462,6 +467,23 @@ def _fit_locked(
                       f"{last} is kept: free space or fix permissions, then finish with `vitlab fit --name "
                       f"{config.name} --output_dir {config.output_dir} --resume true`") from err
     return RunResult(run_dir, metrics, saved, time.perf_counter() - start, {"weights_sha256_per_rank": hashes})
+
+
+def _earlier_summary(run_dir: Path) -> dict[str, Any]:
+    """``summary.json`` of the session before a resume (``{}`` when it has none or it is not vitlab's): its
+    ``val/`` metrics and ``wall_time_s`` carry over (a finished run resumed again validates no more)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(summary, dict):
+        return {}
+    metrics = summary.get("metrics") if isinstance(summary.get("metrics"), dict) else {}
+    wall = summary.get("wall_time_s")
+    return {"metrics": {k: float(v) for k, v in metrics.items() if isinstance(k, str)
+                        and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)},
+            "wall_time_s": float(wall) if isinstance(wall, int | float) and not isinstance(wall, bool)
+            and math.isfinite(wall) and wall >= 0 else 0.0}
 
 
 def _seeded(negatives: NegativesConfig, seed: int) -> NegativesConfig:
