@@ -170,6 +170,9 @@ class VitlabDataModule(L.LightningDataModule):
         * Normalisation: ``(x / 255 - mean) / std`` per channel with the per-dataset constants listed in
           `vitlab.data.registry` (imagefolder: ImageNet mean/std, or 0.5/0.5 for grey; idx: computed from the
           training images); ``mean``/``std`` override them.
+        * Hyper-parameters: the options are in ``hparams`` and in Trainer checkpoints, but are not sent to loggers
+          (Lightning refuses to merge them with a `ClassificationTask`'s ``img_size`` / ``in_chans`` when the two
+          differ, e.g. the data's ``in_chans=None`` and the model's 1).
         * Installation: with ``root=None``, `prepare_data` installs missing data into vitlab's cache (progress shown);
           with ``root=PATH`` nothing is installed and missing files raise an error naming the fix.
         * Augmentation (training only): ``augment`` preset per sample (see `vitlab.data.transforms`), then
@@ -267,7 +270,9 @@ class VitlabDataModule(L.LightningDataModule):
             resolve_image_folder(root)  # the error showing the folder layout to pass as root
         if name == "idx" and root is None and None in idx_files.values():
             resolve_idx_files(root, idx_files)  # names each file with no path and no root to find it in
-        self.save_hyperparameters()
+        # kept in checkpoints, not sent to loggers: Lightning refuses to merge them with a task's own (a task built
+        # from a timm name records img_size / in_chans as the model's, e.g. in_chans 1 where the data's is None)
+        self.save_hyperparameters(logger=False)
         self.name, self.root, self.cache_dir, self.idx_files = name, root, cache_dir, idx_files
         self.img_size, self.batch_size, self.seed = img_size, batch_size, seed
         self._in_chans, self._meta, self._data = in_chans, None, None
