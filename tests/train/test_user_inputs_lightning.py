@@ -41,3 +41,28 @@ def test_fit_with_a_logger_and_a_name_built_task(tmp_path, task_kwargs):
     assert "vit_vitlab_tiny_patch4_32" in logged and "val_fraction" not in logged
     assert dm.hparams.in_chans is None and dm.hparams.val_fraction == 0.1  # still recorded on the datamodule
 
+
+def test_several_validation_and_test_loaders_each_get_their_own_accuracy():
+    """validation_step / test_step had no dataloader_idx: Lightning refused a list of loaders."""
+    dm = build_datamodule("digits", batch_size=64, in_chans=1)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    task = tiny_task(in_chans=1)
+    val, test = dm.val_dataloader(), dm.test_dataloader()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = trainer().validate(task, dataloaders=[val, test])
+        tested = trainer().test(task, dataloaders=[test, val])
+    task.eval()
+    with torch.no_grad():
+        expected = [sum(int((task(x).argmax(1) == y).sum()) for x, y in loader) / len(loader.dataset)
+                    for loader in (val, test)]
+    assert results[0]["val/acc/dataloader_idx_0"] == pytest.approx(expected[0], abs=1e-6)
+    assert results[1]["val/acc/dataloader_idx_1"] == pytest.approx(expected[1], abs=1e-6)
+    assert tested[0]["test/acc/dataloader_idx_0"] == pytest.approx(expected[1], abs=1e-6)
+    assert tested[1]["test/acc/dataloader_idx_1"] == pytest.approx(expected[0], abs=1e-6)
+    assert expected[0] != expected[1]  # the two loaders are really told apart
+    # a single loader keeps the plain names vitlab's callbacks monitor
+    single = trainer().validate(task, dataloaders=val, verbose=False)[0]
+    assert set(single) == {"val/loss", "val/acc"} and single["val/acc"] == pytest.approx(expected[0], abs=1e-6)
+    assert set(task.state_dict()) == set(tiny_task(in_chans=1).state_dict())  # the extra metrics save no state

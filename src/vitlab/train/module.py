@@ -171,6 +171,7 @@ class ClassificationTask(L.LightningModule):
             self.ema = ModelEmaV3(self.model, decay=self.optim.ema_decay)
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
+        self.extra_accuracies = nn.ModuleDict()  # of further evaluation loaders, made on first use (no saved state)
         self.save_hyperparameters({**hparams, "optim": asdict(self.optim), "num_classes": self.num_classes})
 
     def forward(self, images: Tensor) -> Tensor:
@@ -235,23 +236,34 @@ class ClassificationTask(L.LightningModule):
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
 
-    def _evaluate(self, batch: tuple[Tensor, Tensor], metric: MulticlassAccuracy, stage: str) -> None:
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, dataloader_idx: int) -> None:
         images, targets = batch
         logits = self.eval_model()(images)
         self.log(f"{stage}/loss", F.cross_entropy(logits, targets), on_epoch=True, sync_dist=True)
+        metric, attribute = self._accuracy(stage, dataloader_idx)
         metric.update(logits, targets)
-        self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True, metric_attribute=attribute)
 
-    def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
+    def _accuracy(self, stage: str, dataloader_idx: int) -> tuple[MulticlassAccuracy, str]:
+        """The top-1 metric of one evaluation loader and its attribute name: ``val_acc`` / ``test_acc`` for the
+        first, one more per further loader (several loaders each get their own ``<stage>/acc/dataloader_idx_<i>``)."""
+        if dataloader_idx == 0:
+            return (self.val_acc, "val_acc") if stage == "val" else (self.test_acc, "test_acc")
+        key = f"{stage}_{dataloader_idx}"
+        if key not in self.extra_accuracies:
+            self.extra_accuracies[key] = MulticlassAccuracy(self.num_classes, average="micro").to(self.device)
+        return self.extra_accuracies[key], f"extra_accuracies.{key}"
+
+    def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """``(B, K)`` logits of the evaluation weights for a batch of images or ``(images, labels, ...)``."""
         images = batch if isinstance(batch, Tensor) else batch[0]
         return self.eval_model()(images)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_acc, "val")
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "val", dataloader_idx)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_acc, "test")
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "test", dataloader_idx)
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim
