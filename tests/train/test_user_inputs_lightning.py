@@ -66,3 +66,15 @@ def test_several_validation_and_test_loaders_each_get_their_own_accuracy():
     single = trainer().validate(task, dataloaders=val, verbose=False)[0]
     assert set(single) == {"val/loss", "val/acc"} and single["val/acc"] == pytest.approx(expected[0], abs=1e-6)
     assert set(task.state_dict()) == set(tiny_task(in_chans=1).state_dict())  # the extra metrics save no state
+
+
+@pytest.mark.parametrize("method", ["fit", "validate", "test"])
+def test_a_task_with_fewer_classes_than_the_datamodule_is_refused(method):
+    """num_classes=5 on the 10 digits classes failed deep in torch ('IndexError: Target 5 is out of bounds')."""
+    dm = build_datamodule("digits", batch_size=32)
+    task = ClassificationTask("vit_vitlab_tiny_patch4_32", num_classes=5, in_chans=1, model_kwargs=TINY)
+    with pytest.raises(ValueError, match=r"10 classes but the task's model has 5 outputs: .*num_classes=10"):
+        getattr(trainer(limit_val_batches=1, limit_test_batches=1), method)(task, datamodule=dm)
+    # more outputs than classes is a valid choice (e.g. a head shared with a larger label set)
+    wide = ClassificationTask("vit_vitlab_tiny_patch4_32", num_classes=12, in_chans=1, model_kwargs=TINY)
+    assert trainer(limit_val_batches=1).validate(wide, datamodule=dm, verbose=False)[0]["val/acc"] >= 0

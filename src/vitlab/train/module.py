@@ -317,6 +317,7 @@ class ClassificationTask(L.LightningModule):
         return self._trainer.global_rank if self._trainer is not None else 0
 
     def setup(self, stage: str) -> None:
+        self._check_datamodule_classes()
         # Under DDP every process builds the same loss terms from the same seed, so every process would draw the same
         # negative views (the same cell permutations, rotations, infill cells) for its own images. Process r > 0
         # reseeds its terms' generators from (seed, r); process 0, and so a single-process run, keeps the seed's
@@ -327,6 +328,16 @@ class ClassificationTask(L.LightningModule):
         for generator in self._term_generators().values():
             generator.manual_seed(rank_seed(generator.initial_seed(), rank))
         self._rank_streams = True
+
+    def _check_datamodule_classes(self) -> None:
+        """Refuse a datamodule (e.g. `vitlab.data.VitlabDataModule`) with more classes than the model's outputs,
+        before its labels meet the cross-entropy as an 'out of bounds' error deep in torch."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        classes = getattr(datamodule, "num_classes", None) if datamodule is not None else None
+        if isinstance(classes, int) and classes > self.num_classes:
+            raise ValueError(f"the datamodule has {classes} classes but the task's model has {self.num_classes} "
+                             f"outputs: build the task with num_classes={classes} (e.g. "
+                             "ClassificationTask(name, num_classes=datamodule.num_classes))")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning does not restore the global RNG on resume, nor the loss terms' own generators (they are not
