@@ -45,8 +45,8 @@ def tensor_batches(images: Tensor, labels: Tensor, batch_size: int = 2048) -> It
     """
     if len(images) != len(labels):
         raise ValueError(f"images and labels differ in length ({len(images)} vs {len(labels)}): pass matching tensors")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     for start in range(0, len(images), batch_size):
         yield images[start : start + batch_size], labels[start : start + batch_size]
 
@@ -73,7 +73,10 @@ def _images_and_labels(batch: object, index: int) -> tuple[Tensor, Tensor]:
     if not isinstance(images, Tensor) or not isinstance(labels, Tensor):
         raise ValueError(f"batch {index} holds {type(images).__name__} images and {type(labels).__name__} labels: "
                          "both must be torch tensors (a DataLoader's default collate makes them)")
-    return images, labels
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"batch {index} has {labels.dtype} labels: labels are class indices, an integer tensor "
+                         "(e.g. labels.long())")
+    return images, labels.long()
 
 
 def _logits(output: object) -> Tensor:
@@ -85,6 +88,18 @@ def _logits(output: object) -> Tensor:
         raise ValueError(f"the model returned a {type(output).__name__} without logits: it must return class logits "
                          "(B, K) or an output whose .logits holds them")
     return logits
+
+
+def _checked_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, refusing a name torch does not know and CUDA on a machine without it."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:0', got {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA GPU that torch can use; pass device='cpu' (or "
+                         "None to keep the model's device)")
+    return resolved
 
 
 @torch.no_grad()
@@ -113,7 +128,10 @@ def evaluate_classifier(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"evaluate_classifier needs the classifier as an nn.Module, got {type(model).__name__}")
+    if progress is not None and not isinstance(progress, str):
+        raise TypeError(f"progress is the progress bar's description (a str) or None for no bar, got {progress!r}")
     if device is not None:
+        device = _checked_device(device)
         model = model.to(device)
     else:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -130,6 +148,8 @@ def evaluate_classifier(
     try:
         for index, batch in enumerate(batches):
             images, labels = _images_and_labels(batch, index)
+            if labels.numel() == 0 and images.shape[:1] == (0,):  # an empty batch (e.g. a filtered collate): nothing
+                continue
             # float images in the model's dtype (a bfloat16 / float16 model refuses float32 inputs)
             images = images.to(device, dtype=dtype if dtype is not None and images.is_floating_point() else None)
             labels = labels.to(device)
