@@ -68,3 +68,17 @@ def test_progress_must_be_a_description():
 def test_tensor_batches_refuses_a_non_int_batch_size(batch_size):
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         list(tensor_batches(_X, _Y, batch_size=batch_size))
+
+
+def test_corruption_labels_outside_the_classes_name_the_files(tmp_path):
+    """A labels.npy with class 10 for a 10-class model said only 'labels 0..10 lie outside' (no file named)."""
+    import numpy as np
+
+    from vitlab.errors import DataError
+    from vitlab.eval.robustness import evaluate_corruptions
+
+    np.save(tmp_path / "labels.npy", np.array([0, 1, 2, 3, 10]))  # one image per severity; severity 5's label is 10
+    np.save(tmp_path / "fog.npy", np.zeros((5, 4, 4, 1), dtype=np.uint8))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
+    with pytest.raises(DataError, match=r"fog\.npy \(severity 5\) with its labels\.npy: labels 10\.\.10 lie outside"):
+        evaluate_corruptions(model, tmp_path, progress=False)

@@ -298,7 +298,12 @@ def evaluate_corruptions(
         for severity in SEVERITIES:
             rows = slice((severity - 1) * available, (severity - 1) * available + n_used)
             batches = _uint8_batches(data[rows], labels_all[rows], preprocess, batch_size)
-            accuracy[corruption][severity] = evaluate_classifier(model, batches, device)["acc"]
+            try:
+                accuracy[corruption][severity] = evaluate_classifier(model, batches, device)["acc"]
+            except ValueError as err:  # labels outside the model's classes, logits of the wrong shape: name the files
+                bar.close()
+                raise DataError(f"{folder}/{corruption}.npy (severity {severity}) with its labels.npy: {err}") \
+                    from None
             bar.update(1)
     bar.close()
     clean_accuracy = None
