@@ -5,11 +5,14 @@ from __future__ import annotations
 import warnings
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
+from torch import nn
 
 from vitlab.data import build_datamodule
+from vitlab.errors import ConfigError
 from vitlab.train.module import ClassificationTask
 
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2}
@@ -78,3 +81,36 @@ def test_a_task_with_fewer_classes_than_the_datamodule_is_refused(method):
     # more outputs than classes is a valid choice (e.g. a head shared with a larger label set)
     wide = ClassificationTask("vit_vitlab_tiny_patch4_32", num_classes=12, in_chans=1, model_kwargs=TINY)
     assert trainer(limit_val_batches=1).validate(wide, datamodule=dm, verbose=False)[0]["val/acc"] >= 0
+
+
+class _Term:
+    name, weight = "zero", 0.5
+
+    def __call__(self, task, batch, outputs):
+        return {"loss": outputs["logits"].sum() * 0}
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    # each failed deep inside timm / torchmetrics / Python, or named the wrong fix
+    ({"num_classes": 0}, ConfigError, r"num_classes must be an int >= 1, got 0"),  # said 'pass num_classes='
+    ({"num_classes": "10"}, ConfigError, r"num_classes must be an int >= 1, got '10' \(str\)"),
+    ({"img_size": "32"}, ConfigError, r"img_size must be an int >= 1, got '32'"),  # timm: unsupported operand //
+    ({"optim": {"learning_rate": 1e-3}}, ConfigError, r"unknown key\(s\) learning_rate; .*fields are lr, min_lr"),
+    ({"loss_terms": _Term()}, TypeError, r"wrap one term in a list, loss_terms=\[term\]"),
+    ({"loss_terms": [lambda task, batch, outputs: {}]}, TypeError, r"name: str and weight: float"),
+    ({"model_transform": 3}, TypeError, r"model_transform must be a callable nn.Module -> nn.Module, got int"),
+    ({"model_kwargs": [("depth", 1)]}, TypeError, r"model_kwargs must be a mapping"),
+    ({"model_kwargs": {**TINY, "pretrained": True}}, ConfigError, r"pretrained load weights .*load_pretrained"),
+    ({"model_kwargs": {**TINY, "num_classes": 5}}, ConfigError, r"num_classes=10 contradicts model_kwargs"),
+])
+def test_bad_task_arguments_name_the_fix(kwargs, error, match):
+    options = {"model": "vit_vitlab_tiny_patch4_32", "num_classes": 10, "model_kwargs": TINY, **kwargs}
+    with pytest.raises(error, match=match):
+        ClassificationTask(**options)
+
+
+def test_good_task_arguments_still_build():
+    task = ClassificationTask("vit_vitlab_tiny_patch4_32", num_classes=np.int64(10), img_size=(32, 32),
+                              model_kwargs=TINY, loss_terms=[_Term()], optim={"lr": 1e-3})
+    assert task(torch.zeros(2, 3, 32, 32)).shape == (2, 10) and task.loss_terms[0].name == "zero"
+    assert ClassificationTask(nn.Linear(4, 3), num_classes=3, loss_terms=None).loss_terms == []

@@ -9,9 +9,10 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 import lightning as L
@@ -25,7 +26,9 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 import vitlab.models  # noqa: F401  (registers vitlab's timm models)
-from vitlab.checkpoint import check_model_name
+from vitlab.checkpoint import LOADER_KEYWORDS, check_model_name
+from vitlab.checks import check_int
+from vitlab.errors import ConfigError
 from vitlab.train.config import OptimConfig
 from vitlab.train.extensions import LossTerm, ModelTransform
 
@@ -138,10 +141,45 @@ class ClassificationTask(L.LightningModule):
                             "made from a module does not hold it: ClassificationTask.load_from_checkpoint(path, "
                             "model=<the same architecture>, model_transform=<the same transform, if any>)")
         if isinstance(optim, Mapping):  # the form load_from_checkpoint passes back
+            unknown = sorted(set(optim) - {f.name for f in fields(OptimConfig)})
+            if unknown:
+                raise ConfigError(f"optim: unknown key(s) {', '.join(map(str, unknown))}; OptimConfig's fields are "
+                                  f"{', '.join(f.name for f in fields(OptimConfig))}")
             optim = OptimConfig(**optim)
         elif optim is not None and not isinstance(optim, OptimConfig):
             raise TypeError(f"optim must be an OptimConfig or a mapping of its fields, got {type(optim).__name__}")
         self.optim = optim or OptimConfig()
+        if num_classes is not None:
+            num_classes = check_int("num_classes", num_classes, minimum=1,
+                                    fix="the number of classes of the data (the model's logits)")
+        if in_chans is not None:
+            in_chans = check_int("in_chans", in_chans, minimum=1, fix="the image channels, e.g. 1 or 3")
+        if img_size is not None and not (isinstance(img_size, tuple | list) and len(img_size) == 2):
+            img_size = check_int("img_size", img_size, minimum=1, fix="the input side in pixels, e.g. 32, or (H, W)")
+        if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+            raise TypeError(f"model_kwargs must be a mapping of timm.create_model keywords, got "
+                            f"{type(model_kwargs).__name__}")
+        loaders = sorted(set(model_kwargs or {}) & set(LOADER_KEYWORDS))
+        if loaders:
+            raise ConfigError(f"model_kwargs: {', '.join(loaders)} load weights and are not model options: build the "
+                              "model and load its weights first, e.g. vitlab.checkpoint.load_pretrained("
+                              "timm.create_model(name, ...), 'timm'), and pass it as model=")
+        for key, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+            if value is not None and key in (model_kwargs or {}) and model_kwargs[key] != value:
+                raise ConfigError(f"{key}={value} contradicts model_kwargs[{key!r}]={model_kwargs[key]!r}: give it "
+                                  "once")
+        loss_terms = () if loss_terms is None else loss_terms
+        if callable(loss_terms) or isinstance(loss_terms, str) or not isinstance(loss_terms, Sequence):
+            raise TypeError(f"loss_terms must be a list of loss terms, got {type(loss_terms).__name__}: wrap one "
+                            "term in a list, loss_terms=[term]")
+        for term in loss_terms:
+            if not (callable(term) and isinstance(getattr(term, "name", None), str)
+                    and isinstance(getattr(term, "weight", None), numbers.Real)):
+                raise TypeError(f"each loss term is a callable with name: str and weight: float "
+                                f"(vitlab.train.extensions.LossTerm), got {term!r}")
+        if model_transform is not None and not callable(model_transform):
+            raise TypeError(f"model_transform must be a callable nn.Module -> nn.Module, got "
+                            f"{type(model_transform).__name__}")
         hparams: dict[str, Any] = {}
         if isinstance(model, str):
             hparams = {"model": model, "in_chans": in_chans, "img_size": img_size,
