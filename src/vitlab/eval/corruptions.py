@@ -217,7 +217,7 @@ def generate_corruption_set(
         raise ConfigError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
     if workers is not None and (not _is_int(workers) or workers < 1):
         raise ConfigError(f"workers must be an int >= 1 or None (one per CPU), got {workers!r}")
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder} is a file, not a folder: give a folder path for the corruption set")
     folder.mkdir(parents=True, exist_ok=True)

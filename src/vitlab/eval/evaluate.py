@@ -377,7 +377,7 @@ def _published_preprocess(data_config: dict[str, Any]) -> Callable[[torch.Tensor
 def _report_folder(out: str | Path | None, weights: Path, stem: str) -> Path:
     """The folder ``<stem>.md`` / ``.json`` go to (``out``, default the checkpoint's folder), refused when it is a file
     or already holds that report of another checkpoint (a different run evaluated into the same ``--out``)."""
-    folder = Path(out) if out else weights.parent
+    folder = Path(out).expanduser() if out else weights.parent  # `--out=~/reports`: the shell leaves that ~
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {folder} is a file: give a folder for the report files")
     previous = folder / f"{stem}.json"
@@ -421,7 +421,7 @@ def _generated_set(datamodule: Any, n: str | int | None, corruptions: Sequence[s
     images, labels = images_from_loader(datamodule.test_dataloader(), config["mean"], config["std"], n=count,
                                         channels=int(config.get("source_chans") or config["in_chans"]))
     height, width, channels = images.shape[1:]
-    folder = Path(cache_dir) if cache_dir else (
+    folder = Path(cache_dir).expanduser() if cache_dir else (
         default_cache_dir() / "corruptions" / f"{datamodule.name}_{height}x{width}x{channels}_n{count}_seed{seed}")
     print(f"robustness: corruption set in {folder} (generated once, then reused)")
     folder = generate_corruption_set(images, labels, folder, corruptions=corruptions or ALL_CORRUPTIONS,

@@ -91,7 +91,7 @@ def evaluate_imagenet_c(
     if class_names is not None and (isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names)):
         raise ConfigError(f"class_names must be a list of the model's class names (str) in index order, got "
                           f"{class_names!r}")
-    root = _check_root(Path(root))
+    root = _check_root(Path(root).expanduser())
     missing = [f"{c}/{s}" for c in corruptions for s in SEVERITIES if not (root / c / str(s)).is_dir()]
     if missing:
         raise MissingFileError(f"{root} lacks ImageNet-C folders {missing[:5]}{' ...' if len(missing) > 5 else ''}: "

@@ -245,7 +245,7 @@ def evaluate_corruptions(
         if not any(c in COMMON_CORRUPTIONS for c in corruptions):
             raise ConfigError(f"corruptions {corruptions} holds none of the 15 common corruptions the summary is "
                               f"over: add at least one of {', '.join(COMMON_CORRUPTIONS)}")
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     if folder.is_file():
         raise DataError(f"{folder} is a file, not a folder: unpack it first (e.g. `tar -xf {folder}`) and pass the "
                         "folder that holds labels.npy and the <corruption>.npy files")
