@@ -114,3 +114,20 @@ def test_good_task_arguments_still_build():
                               model_kwargs=TINY, loss_terms=[_Term()], optim={"lr": 1e-3})
     assert task(torch.zeros(2, 3, 32, 32)).shape == (2, 10) and task.loss_terms[0].name == "zero"
     assert ClassificationTask(nn.Linear(4, 3), num_classes=3, loss_terms=None).loss_terms == []
+
+
+def test_plot_training_curves_paths(tmp_path, monkeypatch):
+    """A folder as out_png wrote '<folder>.png' beside it and returned the folder; a name without a suffix returned
+    a path that did not exist (matplotlib appends .png); a missing parent folder and '~' failed."""
+    from vitlab.train.plots import plot_training_curves
+
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("epoch,step,val/loss,val/acc\n0,9,1.5,0.4\n1,19,1.1,0.6\n")
+    with pytest.raises(IsADirectoryError, match="give the image's file path"):
+        plot_training_curves(metrics, tmp_path)
+    assert not tmp_path.with_suffix(".png").exists()
+    written = plot_training_curves(metrics, tmp_path / "curves")
+    assert written == tmp_path / "curves.png" and written.stat().st_size > 0 and written.with_suffix(".svg").is_file()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    nested = plot_training_curves("~/metrics.csv", "~/new/folder/c.png")
+    assert nested == tmp_path / "new" / "folder" / "c.png" and nested.is_file()

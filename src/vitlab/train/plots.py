@@ -85,9 +85,18 @@ def training_curves_figure(metrics_csv: str | Path) -> Figure:
 
 def plot_training_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
     """Write `training_curves_figure` of ``metrics_csv`` to ``out_png`` and, for a ``.png``, the same as ``.svg``
-    beside it; returns the PNG path."""
-    out = Path(out_png)
-    fig = training_curves_figure(metrics_csv)
+    beside it; returns the written path.
+
+    ``~`` is expanded in both paths; a missing parent folder of ``out_png`` is created; a name without a suffix gets
+    ``.png`` (matplotlib's default format, and the returned path says so); an existing folder is refused.
+    """
+    out = Path(out_png).expanduser()
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a folder: give the image's file path, e.g. {out / 'training_curves.png'}")
+    if not out.suffix:
+        out = out.with_suffix(".png")
+    fig = training_curves_figure(Path(metrics_csv).expanduser())
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     if out.suffix.lower() == ".png":
         fig.savefig(out.with_suffix(".svg"))
