@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -131,3 +132,28 @@ def test_plot_training_curves_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     nested = plot_training_curves("~/metrics.csv", "~/new/folder/c.png")
     assert nested == tmp_path / "new" / "folder" / "c.png" and nested.is_file()
+
+
+def test_callbacks_helpers_take_what_lightning_users_hold(tmp_path, monkeypatch):
+    """build_callbacks / build_loggers refused Callback / Logger instances ('entries take the form {class_path...}'),
+    check_monitors(one_callback) raised 'not iterable', and build_loggers put MLflow's store under a literal '~'."""
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from vitlab.train.callbacks import build_callbacks, build_loggers, check_monitors
+
+    stop = EarlyStopping(monitor="val/acc", mode="max")
+    assert build_callbacks([stop, "LearningRateMonitor"])[0] is stop
+    board = TensorBoardLogger(str(tmp_path / "tb"))
+    loggers = build_loggers(board, tmp_path / "run")
+    assert loggers[1] is board and (tmp_path / "run").resolve() == Path(loggers[0].log_dir).resolve()
+    names, prefixes = tiny_task(in_chans=1).monitorable_metrics()
+    check_monitors(stop, names, prefixes)
+    with pytest.raises(ConfigError, match="set init_args.mode: max"):
+        check_monitors(EarlyStopping(monitor="val/acc"), names, prefixes)
+    with pytest.raises(TypeError, match="takes Lightning callbacks, got 'EarlyStopping'"):
+        check_monitors(["EarlyStopping"], names, prefixes)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert Path(build_loggers(None, "~/run")[0].log_dir) == tmp_path / "home" / "run"
+    assert not (tmp_path / "~").exists()

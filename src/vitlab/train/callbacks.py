@@ -71,6 +71,8 @@ def drop_rows_after_epoch(metrics_csv: str | Path, epoch: int) -> None:
 
 
 def _instantiate(spec: Any, package: str, base: type, what: str, defaults: dict[str, Any]) -> Any:
+    if isinstance(spec, base):  # an instance the caller built in Python is used as it is
+        return spec
     if isinstance(spec, str) and spec.lstrip()[:1] in ("{", "["):
         raise ConfigError(f"trainer.{what} {spec!r} was read as text, not as a mapping or list: YAML needs a space "
                           "after each ':', e.g. {class_path: EarlyStopping, init_args: {monitor: val/acc}}")
@@ -112,10 +114,13 @@ def _as_list(spec: Any) -> list[Any]:
 def build_loggers(spec: Any, run_dir: str | Path) -> list[Logger]:
     """vitlab's ``metrics.csv`` logger, then the loggers ``spec`` names (saving into the run folder by default).
 
+    ``spec``: ``None`` / ``false`` (none), a class name or ``{class_path, init_args}`` mapping, a ``Logger`` instance,
+    or a list of these. ``~`` in ``run_dir`` is expanded.
+
     ``spec`` ``true`` is Lightning's ``logger=True``: its default logger, TensorBoard when installed (else its CSV
     logger, which ``metrics.csv`` already is).
     """
-    run_dir = str(run_dir)
+    run_dir = str(Path(run_dir).expanduser())
     if spec is True or (isinstance(spec, str) and spec.strip().lower() == "true"):
         import importlib.util
 
@@ -142,21 +147,22 @@ def build_loggers(spec: Any, run_dir: str | Path) -> list[Logger]:
 
 
 def build_callbacks(spec: Any) -> list[L.Callback]:
-    """The callbacks ``spec`` names (``lightning.pytorch.callbacks`` classes, or full paths)."""
+    """The callbacks ``spec`` names (``lightning.pytorch.callbacks`` classes, or full paths, with ``init_args``);
+    ``Callback`` instances in ``spec`` are kept as they are."""
     return [_instantiate(item, "lightning.pytorch.callbacks", L.Callback, "callbacks", {}) for item in _as_list(spec)]
 
 
 _LOSSES = ("val/loss", "train/loss", "train/loss_step", "train/loss_epoch", "train/loss_ce")
 
 
-def check_monitors(callbacks: list[L.Callback], names: list[str], prefixes: list[str] = ()) -> None:
+def check_monitors(callbacks: L.Callback | list[L.Callback], names: list[str], prefixes: list[str] = ()) -> None:
     """Refuse a callback whose ``monitor`` (``EarlyStopping``, ``ModelCheckpoint``, ...) names a metric the run never
     logs during training (Lightning would find out only after the first epoch, with a traceback), or watches an
     accuracy with ``mode: min`` / a loss with ``mode: max`` (Lightning's default ``min`` on ``val/acc`` stops early
     as accuracy rises, or keeps the worst checkpoint).
 
     Args:
-        callbacks: the trainer's callbacks (a ``monitor`` of ``None`` watches nothing and is fine).
+        callbacks: the trainer's callbacks, or one (a ``monitor`` of ``None`` watches nothing and is fine).
         names: the metric names logged during training (`ClassificationTask.monitorable_metrics`).
         prefixes: families of names whose members are only known once training runs (a loss term's metrics).
 
@@ -172,7 +178,14 @@ def check_monitors(callbacks: list[L.Callback], names: list[str], prefixes: list
         vitlab.errors.ConfigError: trainer.callbacks: EarlyStopping monitors 'val/acc' with mode 'min' (Lightning's \
 default is 'min'), but val/acc is better when higher: set init_args.mode: max
     """
+    if isinstance(callbacks, L.Callback):
+        callbacks = [callbacks]
+    if isinstance(names, str):
+        names = [names]
     for callback in callbacks:
+        if not isinstance(callback, L.Callback):
+            raise TypeError(f"check_monitors takes Lightning callbacks, got {callback!r}: build them first "
+                            "(build_callbacks)")
         monitor = getattr(callback, "monitor", None)
         if monitor is None:
             continue
