@@ -92,7 +92,9 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
     """Classify image files with a ``kind="model"`` checkpoint, preprocessed as in training.
 
     A folder in ``images`` stands for the image files directly inside it (sorted by name; files whose suffix is not
-    an image format PIL knows, such as ``.txt``, are left out). A file that is missing or cannot be decoded does not
+    an image format PIL knows, such as ``.txt``, are left out); a pattern with ``*``, ``?`` or ``[...]`` that names
+    no existing file (one the shell did not expand: quoted, or from Python) stands for the files it matches, sorted
+    (``**`` reaches into sub-folders, e.g. ``"photos/**/*.jpg"``). A file that is missing or cannot be decoded does not
     stop the others: its row carries an ``"error"`` (one line naming the file) and no predictions. 16-bit greyscale
     PNGs are scaled to 8 bits (see `vitlab.data.transforms.pil_to_uint8`), not clipped.
 
@@ -126,9 +128,12 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
         for path in images:
             try:
                 if Path(path).is_dir():
-                    raise DataError("a folder without image files (PNG, JPEG, ...)")
+                    folders = sorted(p.name for p in Path(path).iterdir() if p.is_dir())
+                    inside = (f"; it holds the folders {', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''}"
+                              f": pass them, or a pattern such as '{Path(path) / '**' / '*.png'}'") if folders else ""
+                    raise DataError(f"a folder without image files (PNG, JPEG, ...){inside}")
                 if not Path(path).is_file():
-                    raise DataError("no such image file")
+                    raise DataError("no file matches this pattern" if _is_pattern(path) else "no such image file")
                 with Image.open(path) as image:
                     batch = transform(image).unsqueeze(0)
             except (OSError, DataError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
@@ -226,9 +231,17 @@ def _run_val_split(checkpoint: str | Path) -> dict[str, Any]:
     return {key: value for key, value in split.items() if value is not None}
 
 
+def _is_pattern(path: str | Path) -> bool:
+    """Whether ``path`` is a glob pattern (holds ``*``, ``?`` or ``[``) rather than an existing file or folder."""
+    return not Path(path).exists() and any(char in str(path) for char in "*?[")
+
+
 def _expand_folders(paths: Sequence[str | Path]) -> list[str | Path]:
-    """``paths`` (``~`` expanded) with each folder replaced by the image files directly inside it (sorted); an empty
-    folder stays, so that its row says it holds no image."""
+    """``paths`` (``~`` expanded) with each glob pattern replaced by the files it matches and each folder by the image
+    files directly inside it (both sorted); an empty folder or a pattern matching nothing stays, so that its row says
+    so."""
+    import glob
+
     from PIL import Image
 
     suffixes = {suffix.lower() for suffix in Image.registered_extensions()}
@@ -236,6 +249,10 @@ def _expand_folders(paths: Sequence[str | Path]) -> list[str | Path]:
     for path in paths:
         if str(path).startswith("~"):  # a quoted ~ (or one from Python / YAML): the home folder, as the shell reads it
             path = str(Path(path).expanduser())
+        if _is_pattern(path):  # a pattern the shell did not expand (quoted, or from Python)
+            matches = sorted(match for match in glob.glob(str(path), recursive=True) if Path(match).is_file())
+            expanded += matches or [path]
+            continue
         if not Path(path).is_dir():
             expanded.append(path)
             continue
