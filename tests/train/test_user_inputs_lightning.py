@@ -157,3 +157,27 @@ def test_callbacks_helpers_take_what_lightning_users_hold(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     assert Path(build_loggers(None, "~/run")[0].log_dir) == tmp_path / "home" / "run"
     assert not (tmp_path / "~").exists()
+
+
+def test_load_from_checkpoint_with_an_optim_override_that_drops_ema(tmp_path):
+    """load_from_checkpoint(path, optim={"lr": ...}) of an EMA run replaced the saved optim whole (no EMA) and failed
+    with a wall of 'Unexpected key(s) ema.module...'; now one line names the fix, and the fix loads."""
+    task = tiny_task(in_chans=1, optim={"ema_decay": 0.5})
+    fit = trainer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit.fit(task, build_datamodule("digits", batch_size=32))
+    fit.save_checkpoint(tmp_path / "ema.ckpt")
+    with pytest.raises(ValueError, match=r"holds EMA weights but the task was built without them: set optim "
+                                         r"ema_decay .*\['hyper_parameters'\]\['optim'\]"):
+        ClassificationTask.load_from_checkpoint(tmp_path / "ema.ckpt", optim={"lr": 1e-4})
+    saved = torch.load(tmp_path / "ema.ckpt", weights_only=True)["hyper_parameters"]["optim"]
+    loaded = ClassificationTask.load_from_checkpoint(tmp_path / "ema.ckpt", optim={**saved, "lr": 1e-4})
+    assert loaded.optim.lr == 1e-4 and torch.equal(loaded.eval_model().head.weight, task.eval_model().head.weight)
+    assert not torch.equal(loaded.eval_model().head.weight, loaded.model.head.weight)  # EMA really loaded
+    plain = tiny_task(in_chans=1)
+    fit = trainer()
+    fit.fit(plain, build_datamodule("digits", batch_size=32))
+    fit.save_checkpoint(tmp_path / "plain.ckpt")
+    with pytest.raises(ValueError, match="has no EMA weights but the task was built with them: leave optim ema_decay"):
+        ClassificationTask.load_from_checkpoint(tmp_path / "plain.ckpt", optim={"ema_decay": 0.9})

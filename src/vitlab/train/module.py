@@ -398,6 +398,13 @@ class ClassificationTask(L.LightningModule):
             raise TypeError("this checkpoint is of a task whose model went through a model_transform (e.g. a peft "
                             "method): pass the same one, ClassificationTask.load_from_checkpoint(path, "
                             "model_transform=...), e.g. vitlab.train.extensions.build_model_transform(peft_config)")
+        saved_ema = any(key.startswith("ema.") for key in checkpoint.get("state_dict", {}))
+        if saved_ema != (self.ema is not None):
+            fix = ("set optim ema_decay (an optim= override replaces the saved optim whole: start from "
+                   "torch.load(path, weights_only=True)['hyper_parameters']['optim'])") if saved_ema \
+                else "leave optim ema_decay unset (None)"
+            raise ValueError(f"this checkpoint {'holds' if saved_ema else 'has no'} EMA weights but the task was "
+                             f"built {'without' if saved_ema else 'with'} them: {fix}")
         state = checkpoint.get("vitlab_rng")
         if state is not None:
             # RNG states are CPU byte tensors, also when load_from_checkpoint's map_location put them on a GPU
