@@ -122,6 +122,9 @@ class ClassificationTask(L.LightningModule):
     the name, sizes, ``model_kwargs`` and ``optim``); give ``model_transform=`` / ``loss_terms=`` again when it had
     them, and ``model=`` (the same architecture) for a task made from a module, e.g. a ``vitlab fit`` run's
     ``last.ckpt``. ``trainer.predict`` returns the logits ``(B, K)`` of each batch (``(images, labels)`` or images).
+    Several validation / test loaders each log ``<stage>/loss`` and ``<stage>/acc`` with Lightning's
+    ``/dataloader_idx_<i>`` suffix; one loader logs the plain names. A datamodule with more classes than
+    ``num_classes`` is refused in ``setup``.
     """
 
     def __init__(
