@@ -182,11 +182,23 @@ def _check_class_names(recorded: Sequence[str] | None, found: Sequence[str], dat
                           "on data with the model's classes")
 
 
+def _peft_adapter_folder(checkpoint: str | Path) -> Path | None:
+    """``checkpoint`` (``~`` expanded) when it is a peft adapter folder (a run's ``adapter/``), else None."""
+    from peft.utils import CONFIG_NAME
+
+    path = Path(checkpoint).expanduser()
+    return path if path.is_dir() and (path / CONFIG_NAME).is_file() else None
+
+
 def _named_weights(checkpoint: str | Path) -> Path:
     """The file a report names for ``checkpoint`` (and whose folder it goes to by default): a Lightning ``.ckpt``
-    itself, else the ``model.safetensors`` a run folder or file resolves to."""
+    itself, a peft adapter folder's weights file, else the ``model.safetensors`` a run folder or file resolves to."""
+    from peft.utils import SAFETENSORS_WEIGHTS_NAME
+
     from vitlab.checkpoint import resolve_weights_path
 
+    if (adapter := _peft_adapter_folder(checkpoint)) is not None:
+        return adapter / SAFETENSORS_WEIGHTS_NAME
     return Path(checkpoint).expanduser() if is_lightning_checkpoint(checkpoint) else resolve_weights_path(checkpoint)
 
 
@@ -195,8 +207,12 @@ def _run_config(checkpoint: str | Path) -> dict[str, Any] | None:
     from vitlab.checkpoint import resolve_weights_path
     from vitlab.yaml_loader import load_yaml_file
 
-    folder = lightning_run_folder(Path(checkpoint).expanduser()) if is_lightning_checkpoint(checkpoint) \
-        else resolve_weights_path(checkpoint).parent
+    if (adapter := _peft_adapter_folder(checkpoint)) is not None:  # a run's adapter/ folder: the run is above it
+        folder = adapter.parent
+    elif is_lightning_checkpoint(checkpoint):
+        folder = lightning_run_folder(Path(checkpoint).expanduser())
+    else:
+        folder = resolve_weights_path(checkpoint).parent
     config = load_yaml_file(folder / "config.yaml") if (folder / "config.yaml").is_file() else None
     return config if isinstance(config, dict) and isinstance(config.get("data"), dict) else None
 
