@@ -181,3 +181,22 @@ def test_load_from_checkpoint_with_an_optim_override_that_drops_ema(tmp_path):
     fit.save_checkpoint(tmp_path / "plain.ckpt")
     with pytest.raises(ValueError, match="has no EMA weights but the task was built with them: leave optim ema_decay"):
         ClassificationTask.load_from_checkpoint(tmp_path / "plain.ckpt", optim={"ema_decay": 0.9})
+
+
+def test_numpy_numbers_in_the_arguments_keep_checkpoints_loadable(tmp_path):
+    """NumPy numbers in model_kwargs / optim were stored as such in the hyper-parameters, and the checkpoint then
+    failed to load with weights_only=True (Lightning's and vitlab's resume), echoing torch's advice."""
+    task = ClassificationTask("vit_vitlab_tiny_patch4_32", num_classes=10, in_chans=1, img_size=(32, 32),
+                              model_kwargs={**TINY, "drop_rate": np.float32(0.0)},
+                              optim={"lr": np.float64(2e-3), "betas": (np.float64(0.9), 0.99)})
+    fit = trainer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit.fit(task, build_datamodule("digits", batch_size=32))
+    fit.save_checkpoint(tmp_path / "np.ckpt")
+    hparams = torch.load(tmp_path / "np.ckpt", weights_only=True)["hyper_parameters"]
+    assert type(hparams["model_kwargs"]["drop_rate"]) is float and type(hparams["optim"]["lr"]) is float
+    assert hparams["optim"]["lr"] == pytest.approx(2e-3) and hparams["img_size"] == (32, 32)
+    assert hparams["optim"]["betas"] == pytest.approx((0.9, 0.99))
+    loaded = ClassificationTask.load_from_checkpoint(tmp_path / "np.ckpt", weights_only=True)
+    assert torch.equal(loaded.model.head.weight, task.model.head.weight)

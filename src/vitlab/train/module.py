@@ -151,7 +151,8 @@ class ClassificationTask(L.LightningModule):
             optim = OptimConfig(**optim)
         elif optim is not None and not isinstance(optim, OptimConfig):
             raise TypeError(f"optim must be an OptimConfig or a mapping of its fields, got {type(optim).__name__}")
-        self.optim = optim or OptimConfig()
+        # plain Python numbers: they reach the optimizer's state and the hyper-parameters, which checkpoints store
+        self.optim = OptimConfig(**_plain(asdict(optim))) if optim is not None else OptimConfig()
         if num_classes is not None:
             num_classes = check_int("num_classes", num_classes, minimum=1,
                                     fix="the number of classes of the data (the model's logits)")
@@ -185,8 +186,9 @@ class ClassificationTask(L.LightningModule):
                             f"{type(model_transform).__name__}")
         hparams: dict[str, Any] = {}
         if isinstance(model, str):
-            hparams = {"model": model, "in_chans": in_chans, "img_size": img_size,
-                       "model_kwargs": dict(model_kwargs or {})}
+            model_kwargs = _plain(dict(model_kwargs or {}))  # checkpoints must load with weights_only=True
+            hparams = {"model": model, "in_chans": in_chans, "img_size": _plain(img_size),
+                       "model_kwargs": model_kwargs}
             if num_classes is None:
                 raise ValueError("ClassificationTask(model=<name>) needs num_classes")
             kwargs = dict(model_kwargs or {}, num_classes=num_classes)
@@ -434,6 +436,18 @@ def rank_seed(seed: int, rank: int) -> int:
     if rank == 0:
         return seed
     return int(np.random.SeedSequence([seed % 2**64, rank]).generate_state(1, np.uint64)[0])
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy scalars / arrays as Python numbers / lists (in dicts, lists and tuples too), so the
+    hyper-parameters a checkpoint stores load with ``torch.load(weights_only=True)``."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(item) for item in value)
+    return value
 
 
 def _infer_num_classes(model: nn.Module) -> int:
