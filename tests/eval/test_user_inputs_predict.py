@@ -50,3 +50,25 @@ def test_a_folder_of_class_folders_names_them_and_a_pattern(checkpoint, tmp_path
     (photos / "cat").rename(root / "cat")
     with pytest.raises(DataError, match=r"holds the folders cat, dog: pass them, or a pattern such as '.*/\*\*/"):
         predict_images(checkpoint, [root])
+
+
+@pytest.mark.parametrize("image", [None, 3, ""])
+def test_an_image_that_is_not_a_path_is_refused(checkpoint, photos, image):
+    """None among the images failed with pathlib's 'expected str, bytes or os.PathLike object'."""
+    from vitlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"images must be paths \(str or pathlib.Path\)"):
+        predict_images(checkpoint, [photos / "a.png", image])
+
+
+@pytest.mark.parametrize("function", ["evaluate_checkpoint", "predict_images", "robustness_report",
+                                      "diagnose_checkpoint", "load_checkpoint_and_test_data"])
+@pytest.mark.parametrize("checkpoint", [None, 5, ""])
+def test_a_checkpoint_that_is_not_a_path_is_refused(function, checkpoint, photos):
+    """None or a number failed with pathlib's TypeError; '' looked for ./model.safetensors."""
+    from vitlab.errors import ConfigError
+    from vitlab.eval import evaluate
+
+    args = ([photos / "a.png"],) if function == "predict_images" else ()
+    with pytest.raises(ConfigError, match="checkpoint must be the path"):
+        getattr(evaluate, function)(checkpoint, *args)

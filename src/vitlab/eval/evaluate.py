@@ -54,6 +54,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, root: s
 
     if split not in ("test", "val"):
         raise ConfigError(f"split must be 'test' or 'val', got {split!r}")
+    _check_checkpoint(checkpoint)
     with checkpoint_weights(checkpoint) as weights:  # a Lightning .ckpt: its weights as model.safetensors
         model, meta = load_run_model(weights)
         data_cfg = meta.get("extra", {}).get("data", {})
@@ -114,6 +115,7 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
     images = _expand_folders(images)
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ConfigError(f"topk must be an int >= 1 (how many classes to list per image), got {topk!r}")
+    _check_checkpoint(checkpoint)
     with checkpoint_weights(checkpoint) as weights:  # a Lightning .ckpt: its weights as model.safetensors
         model, meta = load_run_model(weights)
         model.eval()
@@ -147,6 +149,13 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
         if all("error" in row for row in results):
             raise DataError("no image could be read: " + "; ".join(row["error"] for row in results))
         return results
+
+
+def _check_checkpoint(checkpoint: object) -> None:
+    """Refuse a ``checkpoint`` that is not a path (None, a number, a loaded model) before any file is looked up."""
+    if not isinstance(checkpoint, str | Path) or not str(checkpoint).strip():
+        raise ConfigError(f"checkpoint must be the path (str or pathlib.Path) of a run folder, its model.safetensors "
+                          f"or a Lightning .ckpt, got {checkpoint!r}")
 
 
 def _check_dataset_fits(name: str, model_kwargs: dict[str, Any], checkpoint: str | Path) -> None:
@@ -263,6 +272,8 @@ def _expand_folders(paths: Sequence[str | Path]) -> list[str | Path]:
     suffixes = {suffix.lower() for suffix in Image.registered_extensions()}
     expanded: list[str | Path] = []
     for path in paths:
+        if not isinstance(path, str | Path) or not str(path).strip():
+            raise ConfigError(f"images must be paths (str or pathlib.Path) of image files or folders, got {path!r}")
         if str(path).startswith("~"):  # a quoted ~ (or one from Python / YAML): the home folder, as the shell reads it
             path = str(Path(path).expanduser())
         if _is_pattern(path):  # a pattern the shell did not expand (quoted, or from Python)
@@ -333,6 +344,7 @@ def load_checkpoint_and_test_data(
     """
     from vitlab.data import build_datamodule
 
+    _check_checkpoint(checkpoint)
     model, meta = load_run_model(checkpoint)
     data_cfg = meta.get("extra", {}).get("data") or {}
     kwargs = meta["model_kwargs"]
@@ -484,6 +496,7 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
         report = robustness_report("runs/vit_fashion_mnist", n=100)
         report["metrics"]["mean_accuracy"]
     """
+    _check_checkpoint(checkpoint)
     from vitlab.data.transforms import normalize_for
     from vitlab.eval.corruptions import COMMON_CORRUPTIONS
     from vitlab.eval.imagenet_c import evaluate_imagenet_c
@@ -589,6 +602,7 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
         result = diagnose_checkpoint("runs/vit_fashion_mnist", n=500, kinds=["shuffle"])
         result["views"]["shuffle"]["accuracy"]
     """
+    _check_checkpoint(checkpoint)
     from vitlab.augment import KINDS, NegativeViews
     from vitlab.eval.diagnostics import diagnose_negatives, format_negative_diagnostics, model_patch_size
 
