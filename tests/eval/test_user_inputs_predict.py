@@ -72,3 +72,10 @@ def test_a_checkpoint_that_is_not_a_path_is_refused(function, checkpoint, photos
     args = ([photos / "a.png"],) if function == "predict_images" else ()
     with pytest.raises(ConfigError, match="checkpoint must be the path"):
         getattr(evaluate, function)(checkpoint, *args)
+
+
+def test_topk_may_be_a_numpy_int(checkpoint, photos):
+    """np.int64(2) (e.g. read from an array of settings) was refused as 'not an int >= 1'."""
+    rows = predict_images(checkpoint, [photos / "a.png"], topk=np.int64(2))
+    assert rows == predict_images(checkpoint, [photos / "a.png"], topk=2)
+    assert len(rows[0]["predictions"]) == 2

@@ -12,6 +12,7 @@ functions on a tiny checkpoint)::
 from __future__ import annotations
 
 import json
+import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -113,7 +114,7 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
     if isinstance(images, str | Path) or not images:
         raise ConfigError("images must be a non-empty list of image files or folders, e.g. ['shoe.png', 'photos/']")
     images = _expand_folders(images)
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+    if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or topk < 1:  # numbers: NumPy ints too
         raise ConfigError(f"topk must be an int >= 1 (how many classes to list per image), got {topk!r}")
     _check_checkpoint(checkpoint)
     with checkpoint_weights(checkpoint) as weights:  # a Lightning .ckpt: its weights as model.safetensors
@@ -125,7 +126,7 @@ def predict_images(checkpoint: str | Path, images: Sequence[str | Path], topk: i
                               "predict with a run folder or model.safetensors that `vitlab fit` wrote")
         transform = build_eval_transform(data_cfg)
         names = data_cfg.get("class_names") or [str(i) for i in range(meta["model_kwargs"]["num_classes"])]
-        topk = min(topk, len(names))
+        topk = min(int(topk), len(names))
         results = []
         for path in images:
             try:
