@@ -92,6 +92,24 @@ def test_study_refuses_a_cached_pretraining_made_by_another_config(tmp_path, mon
         study_stages.pretrain_backbones(short)
 
 
+def test_a_backbone_pretrained_by_vitlab_fit_on_the_cpu_is_the_studys_on_auto(tmp_path, monkeypatch):
+    """`vitlab fit --config configs/pretrain_vit_mnist.yaml` (trainer.accelerator: cpu) made a folder the study
+    (accelerator: auto) refused ('trainer.accelerator: cpu -> auto') while --estimate_only counted it as cached."""
+    from vitlab.study import stages as study_stages
+
+    monkeypatch.setattr("vitlab.train.fit", lambda config, resume=False: pytest.fail("pretrained again"))
+    on_cpu, run_dir = _tiny_study(tmp_path, max_steps=25)
+    run_dir.mkdir(parents=True)
+    (run_dir / "model.safetensors").write_bytes(b"weights of a 25-step run")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(study_stages.pretrain_config(on_cpu, "vit"))))
+    auto = replace(on_cpu, accelerator="auto")
+    assert study_stages.pretraining_differences(auto, "vit") == []
+    assert study_stages.pretrain_backbones(auto) == {"vit": str(run_dir)}
+    longer = replace(auto, backbones={"vit": replace(auto.backbones["vit"], pretrain=str(
+        _tiny_study(tmp_path, max_steps=4000)[0].backbones["vit"].pretrain))})
+    assert study_stages.pretraining_differences(longer, "vit") == ["trainer.max_steps: 25 -> 4000"]
+
+
 def test_finetune_rows_are_reused_only_for_the_same_spec(tmp_path, capsys):
     spec = {"config": {"name": "lora-k5-s0", "optim": {"lr": 1e-3}}, "backbone_sha256": "aa"}
     changed = {"config": {"name": "lora-k5-s0", "optim": {"lr": 3e-3}}, "backbone_sha256": "aa"}

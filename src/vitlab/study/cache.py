@@ -23,7 +23,7 @@ from typing import Any
 
 from vitlab.errors import ConfigError
 
-__all__ = ["CACHE_RECORD", "config_hash", "differing_keys", "ensure_cache_matches", "read_record",
+__all__ = ["CACHE_RECORD", "cache_differences", "config_hash", "differing_keys", "ensure_cache_matches", "read_record",
            "write_record"]
 
 #: The file, inside a cached stage's folder, that records the configuration which produced it.
@@ -85,8 +85,19 @@ def write_record(folder: str | Path, config: Mapping[str, Any]) -> None:
     (folder / CACHE_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
+def cache_differences(folder: str | Path, config: Mapping[str, Any], fallback: Mapping[str, Any] | None = None,
+                      ignore: tuple[str, ...] = ()) -> list[str] | None:
+    """How ``folder``'s cached work differs from ``config`` (`differing_keys`, minus the dotted keys in ``ignore``);
+    ``None`` when it records no configuration (no cache record and no ``fallback``). Reads only."""
+    record = read_record(folder)
+    made_by = record["config"] if record is not None else fallback
+    if made_by is None:
+        return None
+    return [change for change in differing_keys(made_by, config) if change.split(":", 1)[0] not in ignore]
+
+
 def ensure_cache_matches(folder: str | Path, config: Mapping[str, Any], what: str, reuse_as_is: bool = False,
-                         fallback: Mapping[str, Any] | None = None) -> None:
+                         fallback: Mapping[str, Any] | None = None, ignore: tuple[str, ...] = ()) -> None:
     """Refuse to reuse ``folder``'s cached ``what`` unless it was made by ``config`` (then the record is (re)written).
 
     Args:
@@ -96,6 +107,7 @@ def ensure_cache_matches(folder: str | Path, config: Mapping[str, Any], what: st
         reuse_as_is: reuse whatever is there (``--reuse_cached_as_is true``); the record is left as it is.
         fallback: the configuration the folder says made it when it has no record (e.g. a ``vitlab fit`` run
             folder's ``config.yaml``); None: a folder without a record is refused.
+        ignore: dotted keys whose difference does not matter (e.g. ``trainer.accelerator``: where it ran).
 
     Raises:
         ConfigError: the folder was made by another configuration (the differing keys are named) or records none.
@@ -103,15 +115,14 @@ def ensure_cache_matches(folder: str | Path, config: Mapping[str, Any], what: st
     if reuse_as_is:
         return
     folder = Path(folder)
-    record = read_record(folder)
-    made_by = record["config"] if record is not None else fallback
     fix = (f"delete {folder} to redo it with this configuration, use another output folder or name, or pass "
            "--reuse_cached_as_is true to use it anyway")
-    if made_by is None:
+    changed = cache_differences(folder, config, fallback, ignore)
+    if changed is None:
         raise ConfigError(f"{folder} holds {what} with no record of the configuration that made it: {fix}")
-    changed = differing_keys(made_by, config)
     if changed:
         shown = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
         raise ConfigError(f"{folder} holds {what} made by another configuration ({shown}): {fix}")
+    record = read_record(folder)
     if record is None or record["hash"] != config_hash(config):
         write_record(folder, config)

@@ -168,6 +168,7 @@ def estimate_study(config: Any) -> list[dict[str, Any]]:
     from vitlab.study.intrinsic import SweepSettings
     from vitlab.study.plan import few_shot_batch, run_name, split_sizes
     from vitlab.study.results import read_result_rows
+    from vitlab.study.stages import pretraining_differences
 
     device = "cuda" if config.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
     ft, ev = config.finetune, config.evaluation
@@ -184,6 +185,10 @@ def estimate_study(config: Any) -> list[dict[str, Any]]:
         timings[label] = t = time_model(model, shape, sorted(batches), datamodule.num_classes, device)
         train, test = split_sizes(datamodule)
         run_dir = Path(run_config.output_dir) / run_config.name
+        changed = None if config.backbones[label].given_weights else pretraining_differences(config, label)
+        if changed:
+            print(f"{label}: {run_dir} was pretrained by another configuration ({'; '.join(changed[:4])}): the study "
+                  "will refuse it (delete it to pretrain again, or pass --reuse_cached_as_is true)", flush=True)
         if not config.backbones[label].given_weights and not (run_dir / "model.safetensors").is_file():
             steps = run_config.trainer.get("max_epochs", 10) * math.ceil(train / run_config.data.batch_size)
             stages["pretrain"]["runs"] += 1

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitlab.eval.corruptions import SEVERITIES
-from vitlab.study.cache import config_hash, ensure_cache_matches, write_record
+from vitlab.study.cache import cache_differences, config_hash, ensure_cache_matches, write_record
 from vitlab.study.config import StudyConfig
 from vitlab.study.launch import cached_rows, launch_runs
 from vitlab.study.plan import backbone_model, split_sizes
@@ -32,10 +32,33 @@ from vitlab.yaml_loader import load_yaml_file
 if TYPE_CHECKING:
     from vitlab.train.config import RunConfig
 
-__all__ = ["evaluate_runs", "pretrain_backbones", "pretrain_config", "run_finetune", "run_intrinsic", "write_tables"]
+__all__ = ["PLACEMENT_KEYS", "evaluate_runs", "pretrain_backbones", "pretrain_config", "pretraining_differences",
+           "run_finetune", "run_intrinsic", "write_tables"]
 
 #: Hash of the evaluation settings that made a run folder's robustness and diagnostics JSON (see `evaluate_runs`).
 _EVALUATION_RECORD = "evaluation_key.txt"
+
+
+#: Keys of a pretraining config that say where it ran, not what it made: a backbone pretrained with `vitlab fit
+#: --config configs/pretrain_vit_mnist.yaml` (accelerator cpu) is the study's (accelerator auto).
+PLACEMENT_KEYS = ("trainer.accelerator",)
+
+
+def _fit_config(run_dir: Path) -> dict[str, Any] | None:
+    """What `vitlab fit` recorded in ``run_dir/config.yaml`` (for a folder without a cache record)."""
+    saved = run_dir / "config.yaml"
+    loaded = load_yaml_file(saved) if saved.is_file() else None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def pretraining_differences(config: StudyConfig, label: str) -> list[str] | None:
+    """How backbone ``label``'s cached pretraining folder differs from its pretraining config (`[]`: reusable;
+    ``None``: nothing cached there, or no record of what made it). Reads only (``vitlab study --estimate_only``)."""
+    run_config = pretrain_config(config, label)
+    run_dir = Path(run_config.output_dir) / run_config.name
+    if not (run_dir / "model.safetensors").is_file():
+        return None
+    return cache_differences(run_dir, asdict(run_config), _fit_config(run_dir), PLACEMENT_KEYS)
 
 
 def pretrain_config(config: StudyConfig, label: str) -> RunConfig:
@@ -65,10 +88,8 @@ def pretrain_backbones(config: StudyConfig, reuse_cached_as_is: bool = False) ->
         run_dir = Path(run_config.output_dir) / run_config.name
         wanted = asdict(run_config)
         if (run_dir / "model.safetensors").is_file() or (run_dir / "checkpoints" / "last.ckpt").is_file():
-            saved = run_dir / "config.yaml"  # what `vitlab fit` recorded, for folders without a cache record
-            fallback = load_yaml_file(saved) if saved.is_file() else None
             ensure_cache_matches(run_dir, wanted, f"the {label} backbone's pretraining", reuse_cached_as_is,
-                                 fallback=fallback if isinstance(fallback, dict) else None)
+                                 fallback=_fit_config(run_dir), ignore=PLACEMENT_KEYS)
         if (run_dir / "model.safetensors").is_file():
             print(f"{label}: cached pretrained weights {run_dir / 'model.safetensors'} (same configuration)",
                   flush=True)
