@@ -17,7 +17,7 @@ from vitlab.peft.intrinsic.per_module import PER_MODULE_CSV, read_module_table
 from vitlab.peft.intrinsic.sweep import find_d90, read_sweep
 from vitlab.peft.kadaptation import kadaptation_layers
 from vitlab.train import ClassificationTask
-from vitlab.train.config import OptimConfig, PeftConfig
+from vitlab.train.config import DataConfig, ModelConfig, OptimConfig, PeftConfig, RunConfig
 from vitlab.train.extensions import build_model_transform
 
 TINY = {"patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2}
@@ -274,3 +274,38 @@ def test_the_plain_engine_trains_where_lightning_would(monkeypatch, trainer, cud
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     assert plain_engine_device(trainer) == torch.device(expected)
+
+
+@pytest.mark.parametrize("extra", [{"max_steps": 2}, {"limit_train_batches": 2}, {"limit_val_batches": 0.5},
+                                   {"accumulate_grad_batches": 4}])
+def test_the_plain_engine_refuses_training_options_it_would_ignore(extra):
+    """`--trainer.max_steps 2` with engine: plain trained the full max_epochs silently (rc 0 after 91 s)."""
+    from vitlab.study.intrinsic import plain_engine_device
+
+    lightning_defaults = {"strategy": "auto", "num_nodes": 1, "max_steps": -1, "overfit_batches": 0.0}
+    assert plain_engine_device({"accelerator": "cpu", "max_epochs": 3, **lightning_defaults}) == torch.device("cpu")
+    with pytest.raises(ValueError, match=rf"trainer \['{next(iter(extra))}'\]: the plain engine trains "
+                                         r"trainer\.max_epochs full epochs.*sweep\.engine: lightning"):
+        plain_engine_device({"accelerator": "cpu", "max_epochs": 3, **lightning_defaults, **extra})
+
+
+def test_sweep_early_stopping_survives_a_run_that_ends_before_validating(tmp_path, monkeypatch):
+    """With sweep.patience, a point run stopped by trainer.max_steps before its first validation crashed with
+    Lightning's 'Early stopping conditioned on metric val/acc which is not available' (a raw traceback)."""
+    captured = []
+
+    def capture(config, **kw):
+        captured.extend(kw.get("callbacks") or [])
+        raise KeyboardInterrupt  # stop the sweep: only the callbacks it builds are wanted here
+
+    monkeypatch.setattr(vitlab.train.run, "fit", capture)
+    config = _write_config(tmp_path, "patience", epochs=1, sweep={"dims": [4], "reference": 0.5, "patience": 1})
+    main(["intrinsic-dim", "--config", str(config)])
+    assert captured
+    monkeypatch.undo()
+    short = RunConfig(
+        name="short", output_dir=str(tmp_path / "short"),
+        model=ModelConfig(name="vit_vitlab_tiny_patch4_32", kwargs=TINY),
+        data=DataConfig(name="digits", batch_size=64), optim=OptimConfig(lr=3e-3, warmup_epochs=0),
+        trainer={"accelerator": "cpu", "max_steps": 2, "enable_progress_bar": False, "enable_model_summary": False})
+    assert vitlab.train.run.fit(short, callbacks=captured).run_dir.is_dir()  # ended at step 2, before validating

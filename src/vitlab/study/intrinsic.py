@@ -386,7 +386,8 @@ class _LightningEngine:
             if self.settings.patience is not None:
                 from lightning.pytorch.callbacks import EarlyStopping
 
-                callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=self.settings.patience))
+                callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=self.settings.patience,
+                                               check_on_train_epoch_end=False))
             metrics = fit(config, resume=resume, callbacks=callbacks).metrics
         if self.settings.metric not in metrics:
             raise ValueError(f"metric {self.settings.metric!r} is not among the run's metrics {sorted(metrics)}; "
@@ -471,12 +472,20 @@ class _PlainEngine:
         return fit_classifier(wrap_in_subspace(self.base_model(), config), self.train, self.test, settings).accuracy
 
 
+#: The trainer keys the plain engine honours (or that change nothing it computes: progress and logging switches).
+PLAIN_ENGINE_TRAINER_KEYS = frozenset({
+    "accelerator", "devices", "precision", "max_epochs", "enable_progress_bar", "enable_model_summary",
+    "log_every_n_steps", "logger", "callbacks", "enable_checkpointing", "num_sanity_val_steps", "deterministic",
+    "default_root_dir"})
+
+
 def plain_engine_device(trainer: dict[str, Any]) -> torch.device:
     """The device the plain engine trains on, read from a run's ``trainer`` section as Lightning would read it.
 
     ``accelerator``: ``cpu`` the CPU, ``gpu`` / ``cuda`` the first CUDA GPU, ``auto`` (the default) a CUDA GPU when
-    there is one. Settings the in-memory loop cannot honour (several devices, another precision, another accelerator)
-    are refused rather than ignored.
+    there is one. Settings the in-memory loop cannot honour (several devices, another precision, another accelerator,
+    ``max_steps``, ``limit_*_batches`` and every other training option but ``max_epochs``) are refused rather than
+    ignored.
 
     Example:
         >>> plain_engine_device({"accelerator": "cpu", "max_epochs": 3})
@@ -507,6 +516,16 @@ def plain_engine_device(trainer: dict[str, Any]) -> torch.device:
     if precision not in (None, 32, "32", "32-true"):
         raise ValueError(f"trainer.precision {precision!r}: the plain engine trains in float32 only; remove it, "
                          + lightning)
+    import inspect
+
+    import lightning as L
+
+    defaults = {name: p.default for name, p in inspect.signature(L.Trainer.__init__).parameters.items()}
+    ignored = sorted(key for key, value in trainer.items() if key not in PLAIN_ENGINE_TRAINER_KEYS
+                     and (key not in defaults or value != defaults[key]))  # Lightning's own defaults change nothing
+    if ignored:
+        raise ValueError(f"trainer {ignored}: the plain engine trains trainer.max_epochs full epochs and honours no "
+                         f"other training option; remove them, {lightning}")
     use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     return torch.device("cuda" if use_gpu else "cpu")
 
