@@ -82,3 +82,16 @@ def test_corruption_labels_outside_the_classes_name_the_files(tmp_path):
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
     with pytest.raises(DataError, match=r"fog\.npy \(severity 5\) with its labels\.npy: labels 10\.\.10 lie outside"):
         evaluate_corruptions(model, tmp_path, progress=False)
+
+
+def test_diagnose_negatives_skips_an_empty_batch():
+    """A 0-image batch failed inside torch ('min(): Expected reduction dim to be specified')."""
+    from vitlab.eval.diagnostics import diagnose_negatives
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    images = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    expected = diagnose_negatives(model, [(images, labels)], kinds=["shuffle"], patch_size=2)
+    result = diagnose_negatives(model, [(images[:0], labels[:0]), (images, labels)], kinds=["shuffle"], patch_size=2)
+    assert result == expected
+    assert result["n"] == 6

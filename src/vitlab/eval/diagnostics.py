@@ -74,6 +74,8 @@ def diagnose_negatives(
         if n is not None and count >= n:
             break
         images, targets = _check_batch(pair, batch_index)
+        if images.shape[0] == 0:  # an empty batch (e.g. a filtering collate): nothing to count
+            continue
         take = images.shape[0] if n is None else min(images.shape[0], n - count)
         images, targets = images[:take].to(device, dtype=dtype), targets[:take].to(device)
         labels = targets.argmax(dim=1) if targets.ndim == 2 else targets
