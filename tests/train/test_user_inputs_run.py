@@ -115,3 +115,16 @@ def test_resuming_a_finished_run_keeps_its_validation_metrics_and_wall_time(tmp_
     assert after["metrics"]["val/acc"] == before["metrics"]["val/acc"]
     assert after["metrics"]["test/acc"] == pytest.approx(before["metrics"]["test/acc"])
     assert after["wall_time_s"] > before["wall_time_s"] and again.wall_time_s >= after["wall_time_s"]
+
+
+def test_numpy_numbers_in_the_optim_section_are_taken_as_plain_numbers():
+    """OptimConfig(betas=(np.float32(0.9), 0.99)) was refused ('two numbers in [0, 1)'): np.float32 is no float."""
+    import numpy as np
+    import yaml
+
+    optim = OptimConfig(lr=np.float32(0.5), betas=(np.float32(0.9), np.float64(0.99)), weight_decay=np.int64(0))
+    assert optim.betas == pytest.approx((0.9, 0.99)) and type(optim.betas[0]) is float and type(optim.lr) is float
+    assert yaml.safe_load(yaml.safe_dump({"lr": optim.lr, "betas": list(optim.betas)}))["lr"] == 0.5  # plain YAML
+    for bad in ({"lr": np.bool_(True)}, {"betas": (np.float32(1.5), 0.9)}, {"lr": np.float32("nan")}):
+        with pytest.raises(ConfigError):
+            OptimConfig(**bad)

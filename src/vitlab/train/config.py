@@ -14,9 +14,12 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+import numpy as np
 
 from vitlab.errors import ConfigError
 
@@ -135,13 +138,15 @@ class OptimConfig:
         _require(isinstance(self.betas, list | tuple) and len(self.betas) == 2
                  and all(_number(b) and 0 <= b < 1 for b in self.betas), "optim.betas", self.betas,
                  "two numbers in [0, 1)")
-        self.betas = tuple(self.betas)
+        self.betas = tuple(float(b) for b in self.betas)
         _require(_number(self.warmup_epochs) and self.warmup_epochs >= 0, "optim.warmup_epochs", self.warmup_epochs,
                  "a finite number >= 0")
         _require(_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "optim.label_smoothing",
                  self.label_smoothing, "a number in [0, 1)")
         _require(self.ema_decay is None or (_number(self.ema_decay) and 0 < self.ema_decay < 1), "optim.ema_decay",
                  self.ema_decay, "null or a number in (0, 1)")
+        for name in ("lr", "min_lr", "weight_decay", "warmup_epochs", "label_smoothing", "ema_decay"):
+            setattr(self, name, _plain(getattr(self, name)))
 
 
 #: The ``negatives`` keys that switch the section on when given (``enabled`` unset), with their defaults.
@@ -201,6 +206,7 @@ class NegativesConfig:
             if getattr(self, key) is None:
                 setattr(self, key, list(default) if isinstance(default, list) else default)
         _require(_number(self.weight) and self.weight >= 0, "negatives.weight", self.weight, "a finite number >= 0")
+        self.weight = _plain(self.weight)
         if self.enabled:
             from vitlab.augment import KINDS  # here, not at import: `vitlab fit --help` does not import torch
             from vitlab.losses import LOSSES
@@ -301,7 +307,14 @@ class RunConfig:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number: Python or NumPy (``np.float32(0.9)``), not a bool."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+            and math.isfinite(float(value)))
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy number as the Python number it equals (the run's config.yaml and checkpoints hold plain values)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
