@@ -106,3 +106,15 @@ def test_robustness_and_diagnose_negatives_of_a_ckpt_report_it_beside_it(run, tm
     assert report["checkpoint"] == str(best)
     assert report["accuracy"]["contrast"]["1"] == pytest.approx(expected, abs=1 / 360)  # uint8 round trip
     capsys.readouterr()
+
+
+def test_a_ckpt_of_a_bottleneck_adapter_run_names_the_run_folder(run, tmp_path, capsys):
+    """Such a run only ever writes adapter.safetensors: its .ckpt was said to belong to an unfinished run (resume)."""
+    adapter_run = tmp_path / "adapter_run"
+    (adapter_run / "checkpoints").mkdir(parents=True)
+    (adapter_run / "config.yaml").write_text("name: adapter_run\n")
+    (adapter_run / "adapter.safetensors").write_bytes(b"the run's adapter")
+    (adapter_run / "checkpoints" / "last.ckpt").write_bytes((run.run_dir / "checkpoints" / "best.ckpt").read_bytes())
+    assert main(["eval", "--checkpoint", str(adapter_run / "checkpoints" / "last.ckpt")]) == 1
+    err = capsys.readouterr().err
+    assert "bottleneck-adapter run" in err and f"pass the run folder ({adapter_run})" in err and "--resume" not in err

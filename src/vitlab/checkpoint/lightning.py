@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from vitlab.checkpoint.format import CheckpointError, read_metadata, read_tensor_shapes, save_checkpoint
+from vitlab.checkpoint.format import ADAPTER_NAME, CheckpointError, read_metadata, read_tensor_shapes, save_checkpoint
 from vitlab.checkpoint.pretrained import LIGHTNING_PREFIXES
 
 __all__ = ["checkpoint_weights", "is_lightning_checkpoint", "lightning_run_folder", "load_lightning_checkpoint"]
@@ -32,6 +32,10 @@ def lightning_run_folder(ckpt: Path) -> Path:
     """The finished run folder that holds ``ckpt`` (``checkpoints/`` or below: ``{val/loss}`` makes sub-folders)."""
     for folder in list(ckpt.parents)[:4]:
         if (folder / "config.yaml").is_file():
+            if (folder / ADAPTER_NAME).is_file() and not (folder / "model.safetensors").is_file():
+                raise CheckpointError(f"{ckpt} is a checkpoint of a bottleneck-adapter run, whose adapted weights eval "
+                                      f"cannot read from a .ckpt: pass the run folder ({folder}), which holds its "
+                                      f"{ADAPTER_NAME}")
             if not (folder / "model.safetensors").is_file():
                 raise CheckpointError(f"{ckpt} belongs to the run {folder}, which has not finished (no "
                                       "model.safetensors, which records its architecture): finish it with `vitlab fit "
