@@ -96,7 +96,8 @@ def _predict_parser() -> ArgumentParser:
                         '{"image", "predictions": [{"class", "probability"}], "error"?}; csv: header '
                         "image,rank,class,probability,error and one row per prediction (errors: one row, rank empty)")
     parser.add_argument("images", nargs="+", type=str,
-                        help="image files (PNG, JPEG, ...) or folders (their image files, sorted by name)")
+                        help="image files (PNG, JPEG, ...), folders (their image files, sorted by name) or quoted "
+                        "patterns such as 'photos/**/*.jpg'")
     return parser
 
 
