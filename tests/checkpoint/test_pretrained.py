@@ -183,8 +183,13 @@ def test_metadata_declaring_a_huge_model_is_refused_before_allocation(tmp_path):
 
 
 def test_loader_keyword_in_stored_kwargs_is_refused(tmp_path):
-    path = save_checkpoint(tmp_path / "m.safetensors", _vit_state(), kind="model", model_name="vit_tiny_patch16_224",
-                           model_kwargs={**SMALL_VIT, "checkpoint_path": str(tmp_path / "other.pth")})
+    kwargs = {**SMALL_VIT, "checkpoint_path": str(tmp_path / "other.pth")}
+    with pytest.raises(CheckpointError, match="checkpoint_path"):  # vitlab never writes such a file ...
+        save_checkpoint(tmp_path / "m.safetensors", _vit_state(), kind="model", model_name="vit_tiny_patch16_224",
+                        model_kwargs=kwargs)
+    path = tmp_path / "m.safetensors"  # ... but a hand-made (hostile) one is refused when read
+    meta = {"format_version": 1, "kind": "model", "model_name": "vit_tiny_patch16_224", "model_kwargs": kwargs}
+    save_file(_vit_state(), str(path), metadata={"vitlab": json.dumps(meta)})
     with pytest.raises(CheckpointError, match="checkpoint_path"):
         load_model(path)
 

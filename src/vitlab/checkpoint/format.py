@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -97,9 +99,13 @@ def check_model_kwargs(model_kwargs: Any, where: str) -> dict[str, Any]:
         >>> check_model_kwargs({"num_classes": 10}, "model.kwargs")
         {'num_classes': 10}
     """
-    if not isinstance(model_kwargs, dict) or not all(isinstance(k, str) for k in model_kwargs):
+    if not isinstance(model_kwargs, dict):
         raise CheckpointError(f"{where}: model kwargs must be a mapping of keyword names to values, "
                               f"got {type(model_kwargs).__name__}")
+    bad_keys = [k for k in model_kwargs if not isinstance(k, str)]
+    if bad_keys:
+        raise CheckpointError(f"{where}: model kwargs are keyword arguments, so their names must be strings; got "
+                              f"{bad_keys[0]!r} ({type(bad_keys[0]).__name__})")
     loaders = sorted(set(model_kwargs) & set(LOADER_KEYWORDS))
     if loaders:
         raise CheckpointError(
@@ -110,7 +116,8 @@ def check_model_kwargs(model_kwargs: Any, where: str) -> dict[str, Any]:
 
 
 def _check_state_dict(state_dict: Any, caller: str) -> None:
-    """Refuse anything but a mapping of str names to tensors, naming the first bad entry (``TypeError``)."""
+    """Refuse anything but a mapping of str names to dense tensors with data, naming the first bad entry
+    (``TypeError`` for a wrong type, ``ValueError`` for a meta or sparse tensor)."""
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"{caller} expects a dict of tensors (model.state_dict()), got {type(state_dict).__name__}")
     bad = next(((k, v) for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)),
@@ -118,6 +125,36 @@ def _check_state_dict(state_dict: Any, caller: str) -> None:
     if bad is not None:
         raise TypeError(f"{caller} expects a dict of name -> tensor (model.state_dict()); entry {bad[0]!r} is a "
                         f"{type(bad[1]).__name__}")
+    for name, tensor in state_dict.items():
+        if tensor.is_meta:
+            raise ValueError(f"{caller}: tensor {name!r} is on the meta device and holds no data: load or initialise "
+                             "the weights first (model.to_empty(device='cpu') then load_state_dict / reset_parameters)")
+        if tensor.layout != torch.strided:
+            raise ValueError(f"{caller}: tensor {name!r} has layout {tensor.layout}; pass dense tensors "
+                             "(tensor.to_dense())")
+
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _check_sha256(value: Any, what: str) -> str:
+    """A 64-digit hex SHA-256 (``state_dict_sha256``'s form), lower-cased; anything else is a ``CheckpointError``."""
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise CheckpointError(f"{what} must be a 64-digit hex SHA-256 as state_dict_sha256(base_model.state_dict()) "
+                              f"returns, got {value!r}")
+    return value.lower()
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """The key path of the first NaN / inf float inside nested dicts and lists (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "(the value itself)"
+    if isinstance(value, Mapping):
+        return next((found for k, v in value.items() if (found := _non_finite(v, f"{where}.{k}" if where else str(k)))),
+                    None)
+    if isinstance(value, list | tuple):
+        return next((found for i, v in enumerate(value) if (found := _non_finite(v, f"{where}[{i}]"))), None)
+    return None
 
 
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
@@ -132,7 +169,7 @@ def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     _check_state_dict(state_dict, "state_dict_sha256")
     digest = hashlib.sha256()
     for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
+        tensor = state_dict[name].detach().resolve_conj().resolve_neg().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         # reshape(-1) first: a 0-d tensor (e.g. BatchNorm num_batches_tracked) cannot be viewed as bytes
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
@@ -174,17 +211,26 @@ def save_checkpoint(
     _check_state_dict(tensors, "save_checkpoint")
     if kind != "model" and not base_sha256:
         raise CheckpointError(f"a {kind!r} checkpoint needs base_sha256=state_dict_sha256(base_model.state_dict())")
-    if not isinstance(model_name, str | None):
+    if base_sha256 is not None:
+        base_sha256 = _check_sha256(base_sha256, "save_checkpoint: base_sha256")
+    if not isinstance(model_name, str | None) or model_name == "":
         raise CheckpointError(f"save_checkpoint: model_name must be a timm model name (str) or None, got "
                               f"{model_name!r}")
     if not isinstance(model_kwargs, Mapping):
         raise CheckpointError(f"save_checkpoint: model kwargs must be a mapping of timm.create_model keywords, got "
                               f"{type(model_kwargs).__name__}")
+    model_kwargs = check_model_kwargs(dict(model_kwargs), "save_checkpoint")  # read_metadata refuses the same
+    if not isinstance(extra, Mapping | None):
+        raise CheckpointError(f"save_checkpoint: extra must be a dict of JSON metadata or None, got "
+                              f"{type(extra).__name__}")
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"save_checkpoint: path must be a .safetensors file or a folder (str or pathlib.Path), got "
+                        f"{path!r} ({type(path).__name__})")
     path = Path(path).expanduser()  # as resolve_weights_path reads it
-    if path.suffix in _PICKLE_SUFFIXES:
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
         raise CheckpointError(f"save_checkpoint writes safetensors, not {path.name}: give a .safetensors file or a "
                               "folder (which gets model.safetensors)")
-    if path.suffix != ".safetensors":
+    if path.suffix.lower() != ".safetensors":
         path = path / WEIGHTS_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
@@ -196,10 +242,15 @@ def save_checkpoint(
         "extra": dict(extra or {}),
         "vitlab_version": _version(),
     }
+    non_finite = _non_finite(meta)
+    if non_finite is not None:
+        raise CheckpointError(f"checkpoint metadata must be JSON, which has no NaN or inf: {non_finite} is not "
+                              "finite; store None or a string (e.g. 'nan') instead")
     try:
-        text = json.dumps(meta, sort_keys=True)
-    except TypeError as err:
-        raise CheckpointError(f"checkpoint metadata must be JSON-serialisable: {err}") from err
+        text = json.dumps(meta, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint metadata must be JSON-serialisable (str, int, float, bool, None, lists "
+                              f"and dicts with str keys): {err}") from err
     cpu = {name: t.detach().cpu().clone().contiguous() for name, t in tensors.items()}
     save_file(cpu, str(path), metadata={METADATA_KEY: text})
     (path.parent / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -222,11 +273,11 @@ def resolve_weights_path(path: str | Path) -> Path:
             f"no weights at {path}: pass a model.safetensors file or a run folder that holds one "
             "(written at the end of `vitlab fit`)"
         )
-    if path.suffix == ".ckpt":
+    if path.suffix.lower() == ".ckpt":
         raise CheckpointError(f"{path} is a Lightning checkpoint: pass its run folder (or the run's "
                               "model.safetensors); the vitlab commands (eval, predict, robustness, diagnose-negatives) "
                               "also take a .ckpt inside a finished run's folder")
-    if path.suffix != ".safetensors":
+    if path.suffix.lower() != ".safetensors":
         raise CheckpointError(f"{path} is not a .safetensors file; vitlab never unpickles weights")
     return path
 
@@ -248,9 +299,18 @@ def has_vitlab_metadata(path: str | Path) -> bool:
     """True when a ``.safetensors`` file carries the ``vitlab`` metadata entry (read from its header only).
 
     Raises:
+        TypeError: ``path`` is not a str or Path; MissingWeightsError: no file there (a folder is not a file);
         CheckpointError: the file is not a readable safetensors file.
     """
-    return METADATA_KEY in _read_header(Path(path))[0]
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"has_vitlab_metadata: path must be a .safetensors file (str or pathlib.Path), got {path!r} "
+                        f"({type(path).__name__})")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise MissingWeightsError(f"has_vitlab_metadata: {path} {what}; pass a .safetensors file (a run folder's is "
+                                  f"{WEIGHTS_NAME})")
+    return METADATA_KEY in _read_header(path)[0]
 
 
 def read_tensor_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -305,12 +365,20 @@ def load_checkpoint(
     Returns:
         ``(tensors, metadata)`` with tensors on the CPU.
     """
+    if expected_kind is not None and expected_kind not in KINDS:
+        raise CheckpointError(f"load_checkpoint: expected_kind {expected_kind!r} is not a checkpoint kind; use one of "
+                              f"{KINDS} or None")
+    if base_sha256 is not None:
+        base_sha256 = _check_sha256(base_sha256, "load_checkpoint: base_sha256")
     meta = read_metadata(path)
     if expected_kind is not None and meta["kind"] != expected_kind:
         raise CheckpointError(
             f"{path} holds a {meta['kind']!r} checkpoint but a {expected_kind!r} one was expected"
         )
-    if base_sha256 is not None and meta.get("base_sha256") != base_sha256:
+    if base_sha256 is not None and not meta.get("base_sha256"):
+        raise CheckpointError(f"{path} is a {meta['kind']!r} checkpoint that records no base weights, so there is no "
+                              "base hash to check: pass base_sha256=None for it")
+    if base_sha256 is not None and str(meta["base_sha256"]).lower() != base_sha256:
         raise CheckpointError(
             f"{path} was made for base weights {meta.get('base_sha256')}, but the given base model hashes to "
             f"{base_sha256}: load the base checkpoint it was trained from"
@@ -333,6 +401,9 @@ def build_model(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]] | None 
     """
     import timm
 
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"build_model expects checkpoint metadata (a dict from read_metadata(path)), got "
+                        f"{type(meta).__name__}")
     name = meta.get("model_name")
     if not name:
         raise CheckpointError("checkpoint metadata has no model_name: rebuild the module yourself and load_state_dict")
