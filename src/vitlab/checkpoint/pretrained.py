@@ -203,7 +203,25 @@ class PretrainedWeights:
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    """SHA-256 of a file's bytes (read in 1 MiB blocks); ``~`` is the home folder.
+
+    Raises:
+        TypeError: ``path`` is not a str or Path; MissingWeightsError: no file there (a folder is not a file).
+
+    Example:
+        >>> import tempfile
+        >>> path = tempfile.mkdtemp() + "/empty.bin"
+        >>> _ = open(path, "wb").close()
+        >>> file_sha256(path)
+        'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855'
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"file_sha256: path must be a file path (str or pathlib.Path), got {path!r} "
+                        f"({type(path).__name__})")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingWeightsError(f"file_sha256: {path} {'is a folder' if path.is_dir() else 'does not exist'}; "
+                                  "pass the path of a file")
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
