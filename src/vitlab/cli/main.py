@@ -404,7 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: parse, run, and turn a user's error into one line on stderr and exit status 1 (a bad
     option or value: status 2, as argparse).
 
-    ``--debug`` (anywhere in the arguments) or ``VITLAB_DEBUG=1`` re-raises the error with its traceback instead.
+    ``--debug`` (anywhere in the arguments) or ``VITLAB_DEBUG=1`` re-raises the error with its traceback instead
+    (``VITLAB_DEBUG`` empty, ``0``, ``false``, ``no`` or ``off`` leaves it off). Ctrl-C at any point prints one line
+    and exits with status 130.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug_flag = "--debug" in args  # accepted before or after the subcommand
@@ -432,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VitlabError as err:
         print(f"vitlab {command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while the parser's libraries (torch, Lightning) import
+        print(f"vitlab{' ' + command if command in COMMANDS else ''}: interrupted", file=sys.stderr)
+        return 130
     except ArgumentError as err:
         where = f"vitlab {command}" if command in COMMANDS else "vitlab"
         problem = " ".join(str(err).split())
@@ -441,11 +446,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             problem = explain_parse_error(problem)
         print(f"{where}: error: {problem} (`{where} --help` lists the options)", file=sys.stderr)
         return 2
-    debug = debug_flag or os.environ.get("VITLAB_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    debug = debug_flag or os.environ.get("VITLAB_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
     import vitlab
 
-    vitlab.register()  # timm models and peft methods (deferred by `vitlab/__init__` in the console script)
     try:
+        vitlab.register()  # timm models and peft methods (deferred by `vitlab/__init__` in the console script)
         dispatch(ns, args)
     except KeyboardInterrupt as err:
         print(f"vitlab {ns.command}: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
