@@ -31,3 +31,30 @@ def test_vitlab_debug_off_means_off(monkeypatch, capsys, value, shows_traceback)
         return
     assert main(["data", "install", "no_such_data"]) == 1
     assert "unknown dataset 'no_such_data'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["peft", "convert", "x.safetensors", "--out", ""], "--out is empty"),
+    (["peft", "convert", "", "--out", "new"], "the adapter path is empty"),
+])
+def test_peft_convert_empty_paths_are_named(tmp_path, monkeypatch, capsys, args, expected):
+    """``--out ''`` used to be read as the current folder ("--out . is a folder that is not empty") and an empty path
+    as ``./adapter.safetensors``."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "something").write_text("x")  # the current folder is not empty
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "--out ." not in err and "at adapter.safetensors" not in err
+
+
+def test_peft_convert_of_a_new_run_folder_says_its_adapter_is_peft_already(tmp_path, capsys):
+    """A run folder written by today's vitlab (model.safetensors + a peft adapter/ folder) used to get "no adapter
+    file at RUN/adapter.safetensors ... written by vitlab 0.1"; it now says adapter/ needs no conversion."""
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "model.safetensors").write_bytes(b"")
+    assert main(["peft", "convert", str(run), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"{run / 'adapter'} is already in peft format" in err
+    assert not (tmp_path / "out").exists()

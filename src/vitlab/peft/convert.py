@@ -79,10 +79,11 @@ def convert_adapter(path: str | Path, out_dir: str | Path) -> Path:
 
     Raises:
         MissingWeightsError: ``path`` does not exist (or the run folder holds no ``adapter.safetensors``).
-        CheckpointError: not a vitlab 0.1 adapter of a peft method (a peft folder already, another kind of file,
-            damaged ``extra.peft`` metadata), or its tensors do not map one-to-one onto the rebuilt adapter (the
-            unmatched names are listed).
-        ConfigError: ``out_dir`` is a file or a non-empty folder (nothing is overwritten or mixed in).
+        CheckpointError: not a vitlab 0.1 adapter of a peft method (a peft folder already, or a run folder whose
+            ``adapter/`` is one; another kind of file; damaged ``extra.peft`` metadata), or its tensors do not map
+            one-to-one onto the rebuilt adapter (the unmatched names are listed).
+        ConfigError: ``path`` or ``out_dir`` is empty, or ``out_dir`` is a file or a non-empty folder (nothing is
+            overwritten or mixed in).
     """
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -92,6 +93,10 @@ def convert_adapter(path: str | Path, out_dir: str | Path) -> Path:
     for name, value in (("path", path), ("out_dir", out_dir)):
         if not isinstance(value, str | os.PathLike):
             raise TypeError(f"{name} must be a path (str or Path), got {type(value).__name__}")
+        if not str(value).strip():
+            raise ConfigError(f"{'--out' if name == 'out_dir' else 'the adapter path'} is empty: pass "
+                              + ("the peft adapter folder to write" if name == "out_dir" else
+                                 "the vitlab 0.1 adapter.safetensors or its run folder"))
     path, out_dir = _source_file(Path(path).expanduser()), _check_out_dir(Path(out_dir).expanduser())
     tensors, meta = load_checkpoint(path, expected_kind="adapter")
     method, target_modules, old_options = _peft_record(path, meta)
@@ -137,6 +142,8 @@ def _source_file(path: Path) -> Path:
     """The old ``adapter.safetensors`` named by ``path`` (a file or a run folder), with convert-specific advice."""
     folder = path if path.is_dir() else path.parent
     peft_file = path.is_dir() or path.name in (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME)
+    if path.is_dir() and not (folder / CONFIG_NAME).is_file() and (folder / "adapter" / CONFIG_NAME).is_file():
+        folder = folder / "adapter"  # a run folder of today's vitlab: its adapter/ is a peft folder already
     if peft_file and (folder / CONFIG_NAME).is_file():
         raise CheckpointError(f"{folder} is already in peft format ({CONFIG_NAME} is there); nothing to convert: "
                               "load it with PeftModel.from_pretrained(base, folder) after `import vitlab.peft`")
