@@ -66,6 +66,7 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 LIGHTNING_PREFIXES = ("ema.module.", "model.")
 SOURCES = ("vitlab", "file", "timm", "hf-hub")
 _HUB_PREFIX = "hf-hub:"
+_LOCAL_DIR_PREFIX = "local-dir:"
 
 
 @dataclass
@@ -247,7 +248,9 @@ def resolve_pretrained(spec: str | Mapping[str, Any] | None, model_name: str) ->
 
     Args:
         spec: ``None`` / ``""`` / ``"none"`` (random init), ``"timm"``, ``"hf-hub:ORG/NAME"``, a path (vitlab file or
-            run folder, or a plain weights file), or a dict written by ``PretrainedWeights.describe``.
+            run folder, or a plain weights file; ``local-dir:FOLDER`` as timm spells a folder holding
+            ``model.safetensors``), or a dict written by ``PretrainedWeights.describe``. URLs are refused (vitlab
+            downloads only through timm / the Hub).
         model_name: the timm model name of the run (``model.name``); may carry a pretrained tag.
 
     Raises:
@@ -262,6 +265,14 @@ def resolve_pretrained(spec: str | Mapping[str, Any] | None, model_name: str) ->
     if not isinstance(spec, str | os.PathLike):
         raise ConfigError(f"model.pretrained must be timm, hf-hub:ORG/NAME or a path, got {type(spec).__name__}")
     spec = str(spec).strip()
+    if "://" in spec:
+        raise ConfigError(f"model.pretrained {spec!r} is a URL, which vitlab does not download: download the file "
+                          "(e.g. curl -L -o weights.pth URL) and pass its path, or name Hub weights as "
+                          "hf-hub:ORG/NAME (or 'timm' for the model's default weights)")
+    if spec.startswith(_LOCAL_DIR_PREFIX):  # timm's spelling of a local folder holding model.safetensors
+        spec = spec.removeprefix(_LOCAL_DIR_PREFIX)
+    elif spec.lower() == "timm" and not Path(spec).exists():
+        spec = "timm"
     if spec == "timm":
         if model_name.startswith(_HUB_PREFIX):
             return PretrainedWeights("hf-hub", _hub_id(model_name), model_name)
@@ -371,6 +382,9 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         MissingFileError: no file at ``path``; CheckpointError: unreadable, not a state dict of tensors, or refused.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"read_weights_file: path must be a weights file path (str or pathlib.Path), got {path!r} "
+                        f"({type(path).__name__})")
     path = Path(path).expanduser()
     if not path.is_file():
         raise MissingWeightsError(f"no weights file at {path}: pass the path of a .safetensors or .pth file")
@@ -397,6 +411,9 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors (a name -> tensor mapping, optionally "
                               "under 'model' or 'state_dict')")
+    if not state_dict:  # timm's loader would take an empty overlay for 'no file' and go to the Hub
+        raise CheckpointError(f"{path} holds no tensors (an empty state dict): save the model's weights "
+                              "(torch.save(model.state_dict(), path) or safetensors) and pass that file")
     return dict(state_dict)
 
 
@@ -457,13 +474,14 @@ def _hub_errors(weights: PretrainedWeights) -> Iterator[None]:
 
 
 def create_model(
-    model_name: str, weights: PretrainedWeights | None, **kwargs: Any
+    model_name: str, weights: PretrainedWeights | str | os.PathLike | Mapping[str, Any] | None, **kwargs: Any
 ) -> tuple[nn.Module, str, dict[str, Any]]:
     """Build ``model_name`` through ``timm.create_model`` and load ``weights`` with timm's loader.
 
     Args:
         model_name: timm model name (a tag after a dot picks the pretrained config / weights).
-        weights: from ``resolve_pretrained``; ``None`` for random initialisation.
+        weights: from ``resolve_pretrained`` (anything it takes, a path or ``"timm"``, is resolved for
+            ``model_name``); ``None`` for random initialisation.
         kwargs: ``timm.create_model`` keywords (``num_classes``, ``in_chans``, ``img_size`` ...); loader keywords
             (``pretrained``, ``pretrained_cfg_overlay``, ``checkpoint_path`` ...) are refused.
 
@@ -478,6 +496,9 @@ def create_model(
     import timm
 
     kwargs = check_model_kwargs(kwargs, "model.kwargs")
+    if weights is not None and not isinstance(weights, PretrainedWeights):
+        check_model_name(model_name)
+        weights = resolve_pretrained(weights, model_name)
     if weights is None:
         check_model_name(model_name)
         return timm.create_model(model_name, pretrained=False, **kwargs), model_name, kwargs
