@@ -128,3 +128,14 @@ def test_numpy_numbers_in_the_optim_section_are_taken_as_plain_numbers():
     for bad in ({"lr": np.bool_(True)}, {"betas": (np.float32(1.5), 0.9)}, {"lr": np.float32("nan")}):
         with pytest.raises(ConfigError):
             OptimConfig(**bad)
+
+
+def test_a_non_finite_final_metric_is_recorded_as_null_not_refused(tmp_path, monkeypatch):
+    """save_checkpoint refuses NaN in metadata (not standard JSON): a NaN test loss must not lose the final weights."""
+    from vitlab.checkpoint import read_metadata
+
+    monkeypatch.setattr(L.Trainer, "test", lambda *a, **k: [{"test/acc": 0.5, "test/loss": float("nan")}])
+    result = fit(_config(tmp_path, "nanloss", max_steps=2))
+    assert read_metadata(result.weights)["extra"]["metrics"]["test/loss"] is None
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["metrics"]["test/loss"] is None and summary["metrics"]["test/acc"] == 0.5

@@ -546,7 +546,8 @@ def _save_outputs(
 ) -> Path:
     model = task.eval_model()
     base_weights = built.weights.describe() if built.weights is not None else None
-    extra = {"data": datamodule.data_config(), "metrics": metrics, "run": config.name, "peft": asdict(config.peft),
+    recorded = {k: v if math.isfinite(v) else None for k, v in metrics.items()}  # standard JSON: a NaN loss is null
+    extra = {"data": datamodule.data_config(), "metrics": recorded, "run": config.name, "peft": asdict(config.peft),
              "base_weights": base_weights}
     if config.peft.method in (None, "full"):
         weights = save_checkpoint(run_dir / "model.safetensors", model.state_dict(), kind="model",
@@ -554,7 +555,7 @@ def _save_outputs(
     else:  # merged model.safetensors (what eval reads) + the adaptation alone (adapter/subspace.safetensors)
         weights = export_adapted_model(run_dir, model, model_name=built.model_name, model_kwargs=built.model_kwargs,
                                        base_sha256=base_sha, base_weights=base_weights, extra=extra)[0]
-    summary = {"metrics": metrics, "wall_time_s": wall_time_s, "weights_sha256_per_rank": hashes,
+    summary = {"metrics": recorded, "wall_time_s": wall_time_s, "weights_sha256_per_rank": hashes,
                "parameters": sum(p.numel() for p in model.parameters()),
                "trainable_parameters": sum(p.numel() for p in task.model.parameters() if p.requires_grad)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
