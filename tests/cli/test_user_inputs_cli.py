@@ -58,3 +58,21 @@ def test_peft_convert_of_a_new_run_folder_says_its_adapter_is_peft_already(tmp_p
     err = capsys.readouterr().err
     assert f"{run / 'adapter'} is already in peft format" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["data", "install"], "vitlab data install: error: the following arguments are required: NAME "
+     "(`vitlab data install --help` lists the options)"),
+    (["peft", "convert", "old.safetensors"], "vitlab peft convert: error: the following arguments are required: "
+     "--out (`vitlab peft convert --help` lists the options)"),
+    (["data", "list", "extra"], "vitlab data list: error: unrecognized arguments: extra "
+     "(`vitlab data list --help` lists the options)"),
+    (["data"], "vitlab data: error: expected a subcommand to be one of {install,list}"),
+])
+def test_nested_command_parse_errors_name_that_command_and_its_options(capsys, args, expected):
+    """These used to name jsonargparse's keys (``data.install.name``, ``peft.convert.out``) and send the user to
+    ``vitlab data --help``, which does not list the nested command's options."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(expected) and err.count("\n") == 1
+    assert "data.install." not in err and "peft.convert." not in err and "data_command" not in err

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 from argparse import ArgumentError
@@ -51,6 +52,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 #: subcommands whose parser builder takes ``help_only`` (a quick parser for ``--help``; see `vitlab.cli.fit`)
 _HELP_ONLY = {"fit", "intrinsic-dim"}
+#: subcommands with subcommands of their own -> {nested command: its positional argument}; their parse errors name
+#: the nested command (``vitlab data install --help``) and plain option names (``NAME``, ``--out``)
+_NESTED = {"data": {"install": "name", "list": None}, "peft": {"convert": "path"}}
 #: subcommands that take a run config (``--peft.options.sweep.lr 0.1`` sets one key deep inside a mapping)
 RUN_CONFIG_COMMANDS = {"fit", "intrinsic-dim"}
 _VITLAB_DIR = Path(__file__).resolve().parents[1]
@@ -440,6 +444,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArgumentError as err:
         where = f"vitlab {command}" if command in COMMANDS else "vitlab"
         problem = " ".join(str(err).split())
+        nested = _chosen_command(args[args.index(command) + 1:]) if command in _NESTED else None
+        if nested in _NESTED.get(command, {}):  # `vitlab data install`: its own help, its own option names
+            where = f"vitlab {command} {nested}"
+            positional = _NESTED[command][nested]
+            problem = re.sub(rf"\b{command}\.{nested}\.(\w+)",
+                             lambda m: m[1].upper() if m[1] == positional else f"--{m[1]}", problem)
+        elif command in _NESTED:
+            problem = problem.replace(f'"{command}.{command}_command"', "a subcommand").replace(
+                f"argument {command}_command:", "subcommand:")
         if command in RUN_CONFIG_COMMANDS:
             from vitlab.train.arguments import explain_parse_error
 
