@@ -6,6 +6,7 @@ import pytest
 import vitlab
 from vitlab.cli import main as cli_main
 from vitlab.cli.main import main
+from vitlab.data.registry import IDX_FILE_STEMS
 
 
 def _interrupt(*args, **kwargs):
@@ -76,3 +77,17 @@ def test_nested_command_parse_errors_name_that_command_and_its_options(capsys, a
     err = capsys.readouterr().err
     assert err.startswith(expected) and err.count("\n") == 1
     assert "data.install." not in err and "peft.convert." not in err and "data_command" not in err
+
+
+@pytest.mark.parametrize("command", [["data", "list"], ["data", "install", "mnist"]])
+def test_data_root_given_as_a_dataset_folder_names_the_cache_above(tmp_path, capsys, command):
+    """``--root CACHE/mnist`` (the folder ``data.root`` takes) used to list mnist as missing and install a second copy
+    into CACHE/mnist/mnist; it is now refused, naming CACHE."""
+    folder = tmp_path / "cache" / "mnist"
+    folder.mkdir(parents=True)
+    for stem in IDX_FILE_STEMS.values():
+        (folder / stem).write_bytes(b"")  # presence is all `is_installed` looks at
+    assert main([*command, "--root", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "the mnist dataset's own folder" in err and f"--root {tmp_path / 'cache'} " in err
+    assert sorted(p.name for p in folder.iterdir()) == sorted(IDX_FILE_STEMS.values())  # nothing written

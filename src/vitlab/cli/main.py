@@ -181,8 +181,10 @@ def _run_peft(ns: Namespace) -> None:
 
 def _data_cache(root: str | None, writing: bool) -> Path:
     """The cache folder of ``vitlab data`` (``--root``, else ``$VITLAB_DATA``, else ~/.cache/vitlab), absolute;
-    refused when a file stands there (or above it) or, for ``writing``, when it cannot be created or written."""
-    from vitlab.data.install import default_cache_dir
+    refused when a file stands there (or above it), when it is one installed dataset's own folder (``ROOT/NAME``)
+    or, for ``writing``, when it cannot be created or written."""
+    from vitlab.data.install import default_cache_dir, is_installed
+    from vitlab.data.registry import DATASET_NAMES
     from vitlab.errors import ConfigError
 
     if root is not None and not root.strip():
@@ -196,6 +198,9 @@ def _data_cache(root: str | None, writing: bool) -> Path:
         raise ConfigError(f"{given}: {existing} is a file, not a folder; {fix}")
     if writing and not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{given}: cannot create or write {path} ({existing} is not writable); {fix}")
+    if path.name in DATASET_NAMES and path.name != "digits" and is_installed(path.name, path.parent):
+        raise ConfigError(f"{given} is the {path.name} dataset's own folder, not a cache of datasets (a dataset lives "
+                          f"in ROOT/NAME): pass --root {path.parent} (or VITLAB_DATA={path.parent})")
     return path
 
 
