@@ -91,3 +91,17 @@ def test_data_root_given_as_a_dataset_folder_names_the_cache_above(tmp_path, cap
     err = capsys.readouterr().err
     assert "the mnist dataset's own folder" in err and f"--root {tmp_path / 'cache'} " in err
     assert sorted(p.name for p in folder.iterdir()) == sorted(IDX_FILE_STEMS.values())  # nothing written
+
+
+def test_debug_shows_the_traceback_of_a_refused_config_file(tmp_path, monkeypatch, capsys):
+    """``--debug`` / ``VITLAB_DEBUG=1`` used to be ignored for a config file refused before parsing (malformed YAML):
+    the one line was printed and no traceback, unlike every other error."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [\n")
+    assert main(["fit", "--config", str(bad)]) == 2
+    assert "is not valid YAML at line 2" in capsys.readouterr().err
+    with pytest.raises(vitlab.errors.ConfigError, match="is not valid YAML at line 2"):
+        main(["fit", "--config", str(bad), "--debug"])
+    monkeypatch.setenv("VITLAB_DEBUG", "1")
+    with pytest.raises(vitlab.errors.ConfigError, match="is not valid YAML at line 2"):
+        main(["fit", "--config", str(bad)])

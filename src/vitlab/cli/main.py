@@ -422,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = expand_config_paths([a for a in args if a != "--debug"])
     command = _chosen_command(args)
     help_only = any(a in ("-h", "--help") for a in args)
+    debug = debug_flag or os.environ.get("VITLAB_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
     try:
         check_config_files(args)
         parsed_args, overrides, print_flags = args, [], None
@@ -440,7 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 module, builder, _ = COMMANDS[command]
                 print(dump_run_config(getattr(import_module(module), builder)(), ns[command], print_flags), end="")
                 return 0
-    except VitlabError as err:
+    except VitlabError as err:  # a config file refused before parsing (malformed YAML, a key given twice, ...)
+        if debug:
+            raise
         print(f"vitlab {command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C while the parser's libraries (torch, Lightning) import
@@ -464,7 +467,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             problem = explain_parse_error(problem)
         print(f"{where}: error: {problem} (`{where} --help` lists the options)", file=sys.stderr)
         return 2
-    debug = debug_flag or os.environ.get("VITLAB_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
     import vitlab
 
     try:
