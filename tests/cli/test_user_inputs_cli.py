@@ -2,8 +2,10 @@
 paths."""
 
 import pytest
+import torch
 
 import vitlab
+from vitlab.checkpoint import save_checkpoint
 from vitlab.cli import main as cli_main
 from vitlab.cli.main import main
 from vitlab.data.registry import IDX_FILE_STEMS
@@ -105,3 +107,19 @@ def test_debug_shows_the_traceback_of_a_refused_config_file(tmp_path, monkeypatc
     monkeypatch.setenv("VITLAB_DEBUG", "1")
     with pytest.raises(vitlab.errors.ConfigError, match="is not valid YAML at line 2"):
         main(["fit", "--config", str(bad)])
+
+
+def test_peft_convert_of_a_full_model_says_there_is_nothing_to_convert(tmp_path, capsys):
+    """A vitlab ``model.safetensors`` (or its run folder) used to get "holds a 'model' checkpoint but a 'adapter' one
+    was expected" / "no adapter file ... written by vitlab 0.1"; both now say there is nothing to convert."""
+    run = tmp_path / "run"
+    weights = save_checkpoint(run, {"w": torch.zeros(2)}, kind="model", model_name="vit_vitlab_tiny_patch8_32",
+                              model_kwargs={"num_classes": 10})
+    assert main(["peft", "convert", str(weights), "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "is a vitlab 'model' file, not a vitlab 0.1 adapter: nothing to convert" in err
+    assert f"vitlab eval --checkpoint {weights}" in err
+    assert main(["peft", "convert", str(run), "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert f"{run} holds model.safetensors and no adapter.safetensors" in err and "nothing to convert" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
-from vitlab.checkpoint import CheckpointError, MissingWeightsError, build_model, load_checkpoint
+from vitlab.checkpoint import CheckpointError, MissingWeightsError, build_model, load_checkpoint, read_metadata
 from vitlab.errors import ConfigError
 
 __all__ = ["convert_adapter", "legacy_key"]
@@ -80,7 +80,8 @@ def convert_adapter(path: str | Path, out_dir: str | Path) -> Path:
     Raises:
         MissingWeightsError: ``path`` does not exist (or the run folder holds no ``adapter.safetensors``).
         CheckpointError: not a vitlab 0.1 adapter of a peft method (a peft folder already, or a run folder whose
-            ``adapter/`` is one; another kind of file; damaged ``extra.peft`` metadata), or its tensors do not map
+            ``adapter/`` is one; a vitlab ``model`` file or a run folder holding only one; another kind of file;
+            damaged ``extra.peft`` metadata), or its tensors do not map
             one-to-one onto the rebuilt adapter (the unmatched names are listed).
         ConfigError: ``path`` or ``out_dir`` is empty, or ``out_dir`` is a file or a non-empty folder (nothing is
             overwritten or mixed in).
@@ -98,6 +99,11 @@ def convert_adapter(path: str | Path, out_dir: str | Path) -> Path:
                               + ("the peft adapter folder to write" if name == "out_dir" else
                                  "the vitlab 0.1 adapter.safetensors or its run folder"))
     path, out_dir = _source_file(Path(path).expanduser()), _check_out_dir(Path(out_dir).expanduser())
+    kind = read_metadata(path)["kind"]
+    if kind != "adapter":
+        use = f", e.g. `vitlab eval --checkpoint {path}`" if kind == "model" else ""
+        raise CheckpointError(f"{path} is a vitlab {kind!r} file, not a vitlab 0.1 adapter: nothing to convert "
+                              f"(use it as it is{use})")
     tensors, meta = load_checkpoint(path, expected_kind="adapter")
     method, target_modules, old_options = _peft_record(path, meta)
     renames = RENAMED_OPTIONS.get(method, {})
@@ -149,6 +155,10 @@ def _source_file(path: Path) -> Path:
                               "load it with PeftModel.from_pretrained(base, folder) after `import vitlab.peft`")
     if path.is_dir():
         path = path / "adapter.safetensors"
+    if not path.is_file() and (path.parent / "model.safetensors").is_file():
+        raise CheckpointError(f"{path.parent} holds model.safetensors and no adapter.safetensors: its run saved whole "
+                              "weights, nothing to convert (use it as it is, e.g. `vitlab eval --checkpoint "
+                              f"{path.parent}`)")
     if not path.is_file():
         raise MissingWeightsError(f"no adapter file at {path}: pass an adapter.safetensors written by vitlab 0.1 "
                                   "(kadaptation, lora_qv, lora or lokr), or the run folder that holds one")
