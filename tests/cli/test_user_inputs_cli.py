@@ -8,7 +8,9 @@ import vitlab
 from vitlab.checkpoint import save_checkpoint
 from vitlab.cli import main as cli_main
 from vitlab.cli.main import main
+from vitlab.data.install import dataset_dir, install_dataset, is_installed, list_datasets
 from vitlab.data.registry import IDX_FILE_STEMS
+from vitlab.errors import ConfigError
 
 
 def _interrupt(*args, **kwargs):
@@ -123,3 +125,21 @@ def test_peft_convert_of_a_full_model_says_there_is_nothing_to_convert(tmp_path,
     err = capsys.readouterr().err
     assert f"{run} holds model.safetensors and no adapter.safetensors" in err and "nothing to convert" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("call", [lambda: install_dataset("digits", 5), lambda: list_datasets(5),
+                                  lambda: list_datasets(b"/tmp")])
+def test_data_cache_dir_of_a_wrong_type_is_refused_naming_it(call):
+    """``list_datasets(5)`` used to fail inside pathlib; ``install_dataset("digits", 5)`` took the 5 silently."""
+    with pytest.raises(TypeError, match="cache_dir must be a folder path"):
+        call()
+
+
+def test_data_empty_cache_dir_is_not_read_as_the_default_cache(tmp_path, monkeypatch):
+    """``is_installed("mnist", "")`` used to answer about $VITLAB_DATA (an empty string read as 'not given')."""
+    monkeypatch.setenv("VITLAB_DATA", str(tmp_path))
+    with pytest.raises(ConfigError, match="cache_dir is empty"):
+        is_installed("mnist", "")
+    with pytest.raises(ConfigError, match="cache_dir is empty"):
+        dataset_dir("mnist", " ")
+    assert dataset_dir("mnist") == tmp_path / "mnist"

@@ -63,9 +63,21 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VITLAB_DATA") or "~/.cache/vitlab").expanduser()
 
 
+def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    """``cache_dir`` as a path (``None``: `default_cache_dir()`); an empty string or a non-path is refused."""
+    if cache_dir is None:
+        return default_cache_dir()
+    if not isinstance(cache_dir, str | os.PathLike) or isinstance(os.fspath(cache_dir), bytes):
+        raise TypeError(f"cache_dir must be a folder path (str or pathlib.Path) or None (for $VITLAB_DATA or "
+                        f"~/.cache/vitlab), got {type(cache_dir).__name__}")
+    if not str(cache_dir).strip():
+        raise ConfigError("cache_dir is empty; pass a folder, or None to use $VITLAB_DATA or ~/.cache/vitlab")
+    return Path(cache_dir).expanduser()
+
+
 def dataset_dir(name: str, cache_dir: str | Path | None = None) -> Path:
     """The folder that holds dataset `name` inside the cache (whether or not it is installed)."""
-    return Path(cache_dir or default_cache_dir()).expanduser() / get_spec(name).name
+    return _cache_root(cache_dir) / get_spec(name).name
 
 
 def is_installed(name: str, cache_dir: str | Path | None = None) -> bool:
@@ -176,12 +188,13 @@ def install_dataset(name: str, cache_dir: str | Path | None = None, progress: bo
         The dataset folder, e.g. ``~/.cache/vitlab/fashion_mnist`` (for ``digits``: scikit-learn's data folder).
 
     Raises:
-        ConfigError: unknown name, a name whose files the user brings (``imagefolder``, ``idx``), or a cache folder
-            that is a file (or lies under one).
+        ConfigError: unknown name, a name whose files the user brings (``imagefolder``, ``idx``), an empty
+            ``cache_dir``, or a cache folder that is a file (or lies under one).
+        TypeError: ``cache_dir`` is not a path or None.
         InstallError: every source failed (e.g. no internet); the one-line message says why for each and where to
             put the files instead.
     """
-    spec = get_spec(name)
+    spec, _ = get_spec(name), _cache_root(cache_dir)
     if not spec.installable:
         installable = ", ".join(n for n in DATASET_NAMES if get_spec(n).installable)
         raise ConfigError(f"{name!r} reads your own files and has nothing to install: give their folder as "
@@ -252,6 +265,7 @@ def list_datasets(cache_dir: str | Path | None = None) -> list[dict]:
 
     ``present`` says whether the files are in the cache; ``path`` is the folder (None for user-file formats).
     """
+    _cache_root(cache_dir)  # a bad cache_dir is refused even though digits does not use it
     rows = []
     for name in DATASET_NAMES:
         spec = get_spec(name)
