@@ -143,3 +143,16 @@ def test_data_empty_cache_dir_is_not_read_as_the_default_cache(tmp_path, monkeyp
     with pytest.raises(ConfigError, match="cache_dir is empty"):
         dataset_dir("mnist", " ")
     assert dataset_dir("mnist") == tmp_path / "mnist"
+
+
+@pytest.mark.parametrize("typo, meant", [("fitt", "fit"), ("evaluate", "eval"), ("predcit", "predict")])
+def test_misspelt_subcommand_suggests_the_close_one(capsys, typo, meant):
+    """A misspelt subcommand listed every command but, unlike a misspelt dataset name, suggested none."""
+    assert main([typo]) == 2
+    err = capsys.readouterr().err
+    assert f"invalid choice: '{typo}'" in err and f"did you mean `vitlab {meant}`?" in err and err.count("\n") == 1
+
+
+def test_unknown_subcommand_far_from_all_gets_no_suggestion(capsys):
+    assert main(["xyz"]) == 2
+    assert "did you mean" not in capsys.readouterr().err

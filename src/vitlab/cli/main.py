@@ -458,6 +458,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             positional = _NESTED[command][nested]
             problem = re.sub(rf"\b{command}\.{nested}\.(\w+)",
                              lambda m: m[1].upper() if m[1] == positional else f"--{m[1]}", problem)
+        elif command is not None and command not in COMMANDS and "invalid choice" in problem:
+            from difflib import get_close_matches
+
+            close = get_close_matches(command, list(COMMANDS), n=1)
+            problem += f"; did you mean `vitlab {close[0]}`?" if close else ""
         elif command in _NESTED:
             problem = problem.replace(f'"{command}.{command}_command"', "a subcommand").replace(
                 f"argument {command}_command:", "subcommand:")
