@@ -156,3 +156,13 @@ def test_misspelt_subcommand_suggests_the_close_one(capsys, typo, meant):
 def test_unknown_subcommand_far_from_all_gets_no_suggestion(capsys):
     assert main(["xyz"]) == 2
     assert "did you mean" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [[], ["--debug"]])
+def test_no_command_lists_every_command(capsys, args):
+    """``vitlab`` alone printed jsonargparse's 'expected "command" to be one of {fit,eval,...}' with the list cut
+    short; it now names every command."""
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitlab: error: no command given; choose one of fit, eval, predict,") and "..." not in err
+    assert all(name in err for name in cli_main.COMMANDS)

@@ -458,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             positional = _NESTED[command][nested]
             problem = re.sub(rf"\b{command}\.{nested}\.(\w+)",
                              lambda m: m[1].upper() if m[1] == positional else f"--{m[1]}", problem)
+        elif command is None and 'expected "command"' in problem:  # jsonargparse's list is cut short ("...")
+            problem = f"no command given; choose one of {', '.join(COMMANDS)}"
         elif command is not None and command not in COMMANDS and "invalid choice" in problem:
             from difflib import get_close_matches
 
