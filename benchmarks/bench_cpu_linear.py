@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _args import check_out, check_positive
 
 from vitlab.models.cpu_linear import linear, onednn_linear, onednn_linear_available
 
@@ -80,15 +81,27 @@ def measure(name: str, tokens: int, fan_in: int, fan_out: int, repeats: int, gen
             "forward_gmacs_F.linear": macs / ms["forward F.linear"] / 1e6, "relative_difference": error}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (its options are those of the module docstring's Usage)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per kernel (median reported)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_cpu_linear.json"))
-    args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed and checked arguments; a bad one exits with status 2 and a line naming the fix."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_positive(parser, repeats=args.repeats)
+    check_out(parser, args.out)
     if not onednn_linear_available():
-        raise SystemExit("this PyTorch build cannot run oneDNN's linear op: nothing to compare")
+        parser.error("this PyTorch build cannot run oneDNN's linear op: nothing to compare; use a build with oneDNN")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
 
     generator = torch.Generator().manual_seed(0)
     rows = [measure(*shape, args.repeats, generator) for shape in SHAPES]
@@ -104,7 +117,6 @@ def main() -> None:
               f"{r['forward_ratio']:>5.2f}x {r['train F.linear']:>17.2f} {r['train oneDNN']:>15.2f} "
               f"{r['train_ratio']:>5.2f}x {r['forward_gmacs_F.linear']:>10.1f} / {r['forward_gmacs_oneDNN']:>8.1f} "
               f"{r['relative_difference']:>9.1e}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
            "processor": platform.processor(), "repeats": args.repeats}
     args.out.write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")

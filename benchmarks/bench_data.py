@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from _args import check_out, check_positive
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
@@ -58,14 +59,26 @@ def images_per_second(loader: DataLoader, batches: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (its options are those of the module docstring's Usage)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=60)
+    parser.add_argument("--batches", type=int, default=60, help="timed batches per pipeline (after one warm-up)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_data.json"))
-    args = parser.parse_args()
-    if args.batches < 1 or args.batch_size < 1:
-        parser.error("--batches and --batch-size must be >= 1")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed and checked arguments; a bad one exits with status 2 and a line naming the fix."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_positive(parser, batches=args.batches, batch_size=args.batch_size)
+    check_out(parser, args.out)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
 
     rows = []
     for augment in ("none", "randaugment"):
@@ -73,6 +86,10 @@ def main() -> None:
         dm.prepare_data()
         dm.setup("fit")
         config = dm.data_config()
+        available = len(dm.train_dataloader()) - 1
+        if args.batches > available:  # one warm-up batch, then --batches timed ones, from one pass over the data
+            build_parser().error(f"--batches {args.batches}: one pass over the training set has only {available} "
+                                 f"batches of {args.batch_size} after the warm-up; pass --batches {available} or less")
         train = dm.train_dataloader().dataset
         reference = PerSampleDataset(train.images, train.labels, config["mean"][0], config["std"][0],
                                      build_augment(augment))
@@ -88,7 +105,6 @@ def main() -> None:
     for row in rows:
         print(f"{row['augment']:<12} {row['per_sample_img_s']:>17.0f} {row['vitlab_img_s']:>13.0f} "
               f"{row['speedup']:>19.1f}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
            "batch_size": args.batch_size, "batches": args.batches}
     args.out.write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")

@@ -21,9 +21,9 @@ speed-up step against the code before it (ratio column ``/baseline``), e.g.
 ``git show <commit>:src/vitlab/models/inception_transformer.py > /tmp/before.py``.
 
 Usage:
-    python benchmarks/bench_iformer.py [--batch-size 8] [--iters 3] [--official PATH] [--baseline PATH] [--compile]
-        [--clock wall|cpu] [--onednn-peers] [--cpu-only | --gpu-only] [--dtype float32|bfloat16] [--channels-last]
-        [--out benchmarks/results/bench_iformer.json]
+    python benchmarks/bench_iformer.py [--batch-size 8] [--iters 3] [--reference convnext_tiny] [--official PATH]
+        [--baseline PATH] [--compile] [--clock wall|cpu] [--onednn-peers] [--cpu-only | --gpu-only]
+        [--dtype float32|bfloat16] [--channels-last] [--skip-flops] [--out benchmarks/results/bench_iformer.json]
 
 On a GPU (cuDNN autotuning on), the usual setting:
     python benchmarks/bench_iformer.py --gpu-only --dtype bfloat16 --channels-last --batch-size 128 --iters 10
@@ -42,6 +42,7 @@ from pathlib import Path
 
 import timm
 import torch
+from _args import check_out, check_positive, check_python_file
 from torch import nn
 
 import vitlab  # noqa: F401  (registers inception_transformer_*)
@@ -161,11 +162,13 @@ def images_per_second(
     return {name: batch_size / sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (its options are those of the module docstring's Usage)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--reference", default="convnext_tiny", help="model the ratio columns divide by")
+    parser.add_argument("--reference", default="convnext_tiny", choices=(IFORMER, *PEERS),
+                        help="model the ratio columns divide by")
     parser.add_argument("--official", type=Path, help="your copy of the official models/inception_transformer.py")
     parser.add_argument("--baseline", type=Path, help="an earlier vitlab inception_transformer.py to compare with")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model (compiled vs compiled)")
@@ -181,17 +184,28 @@ def main() -> None:
     parser.add_argument("--skip-flops", action="store_true",
                         help="leave the GFLOPs column out (counting needs fvcore, which has no wheel for some Pythons)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_iformer.json"))
-    args = parser.parse_args()
-    if args.batch_size < 1 or args.iters < 1:
-        parser.error("--batch-size and --iters must be >= 1")
-    if args.reference not in (IFORMER, *PEERS):
-        parser.error(f"--reference must be one of {[IFORMER, *PEERS]}")
-    dtype = getattr(torch, args.dtype)
+    return parser
 
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed and checked arguments; a bad one exits with status 2 and a line naming the fix."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_positive(parser, batch_size=args.batch_size, iters=args.iters)
     if args.gpu_only and not torch.cuda.is_available():
-        parser.error("--gpu-only needs a CUDA GPU (torch.cuda.is_available() is False)")
+        parser.error("--gpu-only needs a CUDA GPU (torch.cuda.is_available() is False); leave it out on this machine")
     if args.gpu_only and args.onednn_peers:
         parser.error("--onednn-peers changes CPU products only; leave it out with --gpu-only")
+    check_python_file(parser, args.official, "--official", "models/inception_transformer.py of sail-sg/iFormer")
+    check_python_file(parser, args.baseline, "--baseline", "an earlier src/vitlab/models/inception_transformer.py")
+    check_out(parser, args.out)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+
     devices = [] if args.gpu_only else [torch.device("cpu")]
     if torch.cuda.is_available() and not args.cpu_only:
         devices.append(torch.device("cuda"))
@@ -259,7 +273,6 @@ def main() -> None:
            "baseline": str(args.baseline) if args.baseline else None,
            "cuda": torch.cuda.get_device_name() if any(d.type == "cuda" for d in devices) else None,
            "cudnn_benchmark": torch.backends.cudnn.benchmark}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
 

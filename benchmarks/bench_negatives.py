@@ -18,7 +18,7 @@ pool makes every small op wait for a descheduled worker (milliseconds each), whi
 thread gives stable ratios. ``--threads 0`` keeps torch's default. The load average is recorded in the JSON.
 
 Usage:
-    python benchmarks/bench_negatives.py [--threads 1] [--repeats 5] [--min-time 0.3]
+    python benchmarks/bench_negatives.py [--threads 1] [--repeats 5] [--min-time 0.3] [--devices cpu [cuda]]
         [--out benchmarks/results/bench_negatives.json]
 """
 
@@ -37,6 +37,7 @@ from types import SimpleNamespace
 import timm
 import torch
 import torch.nn.functional as F
+from _args import check_out, check_positive
 
 import vitlab  # noqa: F401  (registers vit_vitlab_tiny_patch8_32)
 from vitlab.augment import NegativeViews, PatchInfill, PatchRotate, PatchShuffle
@@ -248,22 +249,38 @@ def print_table(rows: list[dict], steps: list[dict], goals: dict, devices: list[
               f"{g['max_views_share_of_step_met']})")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (its options are those of the module docstring's Usage)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per method (median is kept)")
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds each repeat runs at least")
-    parser.add_argument("--devices", nargs="+", default=None,
+    parser.add_argument("--devices", nargs="+", default=None, choices=("cpu", "cuda"),
                         help="cpu and/or cuda (default: cpu, plus cuda if present)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_negatives.json"))
-    args = parser.parse_args()
-    if args.repeats < 1 or args.min_time <= 0 or args.threads < 0:
-        parser.error("--repeats must be >= 1, --min-time > 0 and --threads >= 0")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed and checked arguments; a bad one exits with status 2 and a line naming the fix."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_positive(parser, repeats=args.repeats, min_time=args.min_time)
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    if args.devices is not None and len(set(args.devices)) < len(args.devices):
+        parser.error(f"--devices {' '.join(args.devices)}: a device given twice; name each once")
+    if args.devices is not None and "cuda" in args.devices and not torch.cuda.is_available():
+        parser.error("--devices cuda: torch sees no CUDA GPU on this machine; pass --devices cpu")
+    check_out(parser, args.out)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    if "cuda" in devices and not torch.cuda.is_available():
-        parser.error("--devices cuda but torch sees no CUDA device")
     rows, steps = [], []
     for device in devices:
         print(f"measuring on {device} ...", flush=True)
@@ -275,7 +292,6 @@ def main() -> None:
            "load_average_1_5_15": list(os.getloadavg()), "machine": platform.machine(),
            "processor": platform.processor(), "cuda": torch.cuda.get_device_name() if "cuda" in devices else None,
            "repeats": args.repeats, "min_time_s": args.min_time}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"env": env, "throughput": rows, "training_step": steps, "goals": goals},
                                    indent=2) + "\n")
     print(f"\nwrote {args.out}")

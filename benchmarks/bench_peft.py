@@ -47,11 +47,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _args import check_git_files, check_out, check_positive
 
 MODEL, NUM_CLASSES, IMG = "vit_small_patch16_224", 10, 224
 WIDTH, DEPTH = 384, 12  # of MODEL: its fused qkv Linears are WIDTH -> 3 * WIDTH
 TRAIN_METHODS = ("kadaptation", "lora", "lokr", "full")
 LEGACY_REV = "b7ef576"  # the last revision with vitlab 0.1's own KAdaptation path (before it became a peft method)
+LEGACY_FILES = ("src/vitlab/peft/kadaptation/layer.py", "src/vitlab/peft/delta_linear.py")  # read by legacy_kadaptation
 
 
 def _legacy_module(rev: str, path: str) -> types.ModuleType:
@@ -71,8 +73,7 @@ def _legacy_module(rev: str, path: str) -> types.ModuleType:
 def legacy_kadaptation(model: torch.nn.Module, rev: str, seed: int = 0) -> torch.nn.Module:
     """vitlab 0.1's ``apply_kadaptation`` defaults (n = 32, r = 1, Q and V rows, shared A, bias), from revision ``rev``:
     the same parameters and seeded initialisation order as the peft path, on every ``blocks.<i>.attn.qkv``."""
-    layer = _legacy_module(rev, "src/vitlab/peft/kadaptation/layer.py")
-    delta_linear = _legacy_module(rev, "src/vitlab/peft/delta_linear.py")
+    layer, delta_linear = (_legacy_module(rev, path) for path in LEGACY_FILES)
     generator = torch.Generator().manual_seed(seed)
     rules: dict[str, torch.nn.Module] = {}
     for block in model.blocks:
@@ -294,7 +295,8 @@ def _spawn(args: argparse.Namespace, *worker: str) -> dict | list:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (its options are those of the module docstring's Usage)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5, help="timed iterations (median reported)")
@@ -303,11 +305,26 @@ def main() -> None:
     parser.add_argument("--legacy-rev", default=LEGACY_REV, help="git revision of vitlab 0.1's KAdaptation path")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_peft.json"))
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
-        parser.error("--batch-size and --steps must be >= 1, --warmup >= 0")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed and checked arguments; a bad one exits with status 2 and a line naming the fix."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_positive(parser, batch_size=args.batch_size, steps=args.steps)
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
         parser.error(f"--device must be cpu, or cuda on a machine with a GPU; got {args.device!r}")
+    if not args.worker:  # the workers get what the parent checked
+        check_git_files(parser, args.legacy_rev, LEGACY_FILES, "--legacy-rev")
+        check_out(parser, args.out)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.worker:
         kind, *rest = args.worker
         if kind == "infer":
@@ -352,7 +369,6 @@ def main() -> None:
            "processor": platform.processor(), "device": args.device, "model": MODEL, "img_size": IMG,
            "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
            "wall_time_s": round(time.perf_counter() - start, 1)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"env": env, "train": train, "inference": infer, "ratios": ratios}, indent=2)
                         + "\n")
     print(f"wrote {args.out}")

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from _args import check_device, check_out, check_positive
 
 MODEL = "vit_small_patch16_224"
 
@@ -122,23 +123,37 @@ def wht_throughput(max_log2: int, device_name: str) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (its options are those of the module docstring's Usage)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--iters", type=int, default=2, help="timed steps per configuration (the minimum is kept)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--dims", type=int, nargs="+", default=[1000, 10_000, 100_000])
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--wht-max-log2", type=int, default=25, help="largest FWHT size (2^25 is ViT-S's padded D)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_subspace.json"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.batch_size < 1 or args.iters < 1 or args.warmup < 0 or not all(d >= 1 for d in args.dims):
-        parser.error("--batch-size, --iters and --dims must be >= 1 and --warmup >= 0")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed and checked arguments; a bad one exits with status 2 and a line naming the fix."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_positive(parser, batch_size=args.batch_size, iters=args.iters)
+    if args.warmup < 0 or not all(d >= 1 for d in args.dims):
+        parser.error(f"--warmup must be >= 0 and every --dims value >= 1, got {args.warmup} and {args.dims}")
     if not 10 <= args.wht_max_log2 <= 30:  # sizes 2^10 .. 2^max; 2^30 floats are 4 GiB per vector
         parser.error(f"--wht-max-log2 must be in 10..30 (the FWHT table starts at 2^10), got {args.wht_max_log2}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda needs a CUDA build of torch and a GPU")
+    check_device(parser, args.device)
+    if not args.child:  # children print their row; only the parent writes
+        check_out(parser, args.out)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.child:
         spec = json.loads(args.child)
         print(json.dumps(run_one(spec["method"], spec["dim"], args.batch_size, args.iters, args.warmup, args.device)))
@@ -177,7 +192,6 @@ def main() -> None:
            "warmup": args.warmup, "wall_s": time.perf_counter() - start}
     if args.device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"env": env, "steps": rows, "wht": wht}, indent=2) + "\n")
     print(f"wrote {args.out} ({env['wall_s']:.0f} s)")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
+from _args import check_out, check_positive
 
 import vitlab  # noqa: F401  (registers vitlab's models)
 from vitlab.peft import build_peft_transform, count_parameters
@@ -62,14 +63,28 @@ def _step_time(model: torch.nn.Module, batch: int, steps: int, device: torch.dev
             "trainable": count_parameters(model)["trainable"]}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (its options are those of the module docstring's Usage)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=64, help="images per training step")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per model (after 3 warm-up)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_check.json"))
-    args = parser.parse_args()
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed and checked arguments; a bad one, or a machine without a CUDA GPU, exits with status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_positive(parser, batch=args.batch, steps=args.steps)
+    check_out(parser, args.out)
     if not torch.cuda.is_available():
-        raise SystemExit("gpu_check needs a CUDA GPU (torch.cuda.is_available() is False)")
+        parser.error("needs a CUDA GPU (torch.cuda.is_available() is False); run it on a machine with one")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.backends.cudnn.benchmark = True
     device = torch.device("cuda")
     rows = {}
@@ -92,9 +107,9 @@ def main() -> None:
         ratio = f"{row['step_vs_lora_r1']:.2f}x" if label.startswith("ViT") else "-"
         print(f"| {label} | {row['trainable']:,} | {row['step_ms']:.1f} | {ratio} | {row['images_per_s']:.0f} | "
               f"{row['peak_mem_gib']:.2f} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"gpu": name, "torch": torch.__version__, "batch": args.batch, "rows": rows},
                                    indent=2) + "\n")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

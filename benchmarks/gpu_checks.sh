@@ -8,10 +8,20 @@
 # Usage: bash benchmarks/gpu_checks.sh OUT_DIR   (each step's output goes to OUT_DIR/<step>.txt and .json;
 # a step that fails or runs past its time limit is reported and the next one still runs).
 set -u
-out=${1:?usage: bash benchmarks/gpu_checks.sh OUT_DIR}
-mkdir -p "$out"
+usage="usage: bash benchmarks/gpu_checks.sh OUT_DIR   (PYTHON=... picks the interpreter; default python3)"
+case ${1:-} in
+    -h|--help) echo "$usage"; exit 0 ;;
+    ''|-*) echo "$usage" >&2; echo "gpu_checks.sh: error: pass the folder for the outputs as OUT_DIR" >&2; exit 2 ;;
+esac
+out=$1
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
+if ! $python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    echo "gpu_checks.sh: error: $python sees no CUDA GPU (torch.cuda.is_available() is False, or torch is missing);" \
+        "run it on a machine with one (the CPU tests and benchmarks need no GPU)" >&2
+    exit 2
+fi
+mkdir -p "$out" || exit 2
 
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2
