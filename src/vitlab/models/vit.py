@@ -31,7 +31,8 @@ from timm.layers import PatchEmbed, register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_model_deprecations
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from vitlab.checks import check_int
+from vitlab.checks import check_float, check_int
+from vitlab.errors import ConfigError
 from vitlab.models.inputs import check_image_tensor, check_increasing_indices, check_rates, pretrained_file_errors
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
@@ -113,6 +114,12 @@ class VitlabVisionTransformer(VisionTransformer):
         """timm's ``reset_classifier`` after refusing a ``num_classes`` that is not an int >= 0 (timm silently
         builds no head for a negative one)."""
         _check_sizes({"num_classes": num_classes})
+        if global_pool is not None:
+            _check_global_pool(global_pool, self.has_class_token)
+            if global_pool in ("map", "prr") and global_pool != self.global_pool:
+                raise ValueError(f"reset_classifier cannot switch global_pool from {self.global_pool!r} to "
+                                 f"{global_pool!r} (attention pooling is built with the model): build a new model "
+                                 f"with global_pool={global_pool!r} and load this one's state_dict with strict=False")
         super().reset_classifier(num_classes, global_pool)
 
     def forward(
@@ -159,6 +166,37 @@ def _check_sizes(kwargs: dict[str, Any]) -> None:
         sizes = kwargs["patch_size"]
         for size in (sizes if isinstance(sizes, tuple | list) and len(sizes) == 2 else [sizes]):
             check_int("patch_size", size, minimum=1, fix="an int or (height, width) ints, e.g. 8")
+    if kwargs.get("img_size") is not None:
+        sizes = kwargs["img_size"]
+        for size in (sizes if isinstance(sizes, tuple | list) and len(sizes) == 2 else [sizes]):
+            check_int("img_size", size, minimum=1, fix="an int or (height, width) ints, e.g. 32")
+    for key, minimum, fix in (("depth", 0, "the number of transformer blocks, e.g. 6"),
+                              ("embed_dim", 1, "the token width, e.g. 128"),
+                              ("num_heads", 1, "the attention heads per block, e.g. 4")):
+        if key in kwargs:
+            check_int(key, kwargs[key], minimum=minimum, fix=fix)
+    embed_dim, num_heads = kwargs.get("embed_dim", 768), kwargs.get("num_heads", 12)  # timm's defaults
+    if embed_dim % num_heads:
+        raise ConfigError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}: each head takes "
+                          "embed_dim // num_heads channels, e.g. embed_dim=128 with num_heads=4")
+    if "mlp_ratio" in kwargs:
+        check_float("mlp_ratio", kwargs["mlp_ratio"], minimum=1e-3,
+                    fix="the MLP's hidden width over embed_dim, e.g. 3.0")
+    if "global_pool" in kwargs:
+        _check_global_pool(kwargs["global_pool"], kwargs.get("class_token", True))
+
+
+def _check_global_pool(global_pool: Any, class_token: bool) -> None:
+    """Refuse a ``global_pool`` timm's ViT does not offer, or ``'token'`` without a class token (timm asserts)."""
+    if not isinstance(global_pool, str) or global_pool not in _POOLS:
+        raise ConfigError(f"global_pool must be one of {', '.join(map(repr, _POOLS))} ('' keeps every token), got "
+                          f"{global_pool!r}")
+    if global_pool == "token" and not class_token:
+        raise ConfigError("global_pool='token' needs a class token, and this ViT has none (class_token=False): use "
+                          "global_pool='avg', or build the model with class_token=True")
+
+
+_POOLS = ("", "avg", "avgmax", "max", "token", "map", "prr")
 
 
 def _cfg(**kwargs) -> dict:

@@ -1,0 +1,54 @@
+"""Users' inputs to the vitlab models that used to fail deep inside timm / torch or do the wrong thing silently."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import vitlab  # noqa: F401  (registers the models)
+from vitlab.errors import ConfigError
+
+VIT = "vit_vitlab_tiny_patch8_32"
+
+
+@pytest.mark.parametrize(("kwargs", "named"), [
+    (dict(img_size=32.0), "img_size"),
+    (dict(img_size=(32,)), "img_size"),
+    (dict(img_size=-32), "img_size"),
+    (dict(depth="6"), "depth"),
+    (dict(num_heads=0), "num_heads"),
+    (dict(num_heads=3), "divisible by num_heads=3"),
+    (dict(mlp_ratio=-1.0), "mlp_ratio"),
+    (dict(mlp_ratio=0), "mlp_ratio"),
+    (dict(global_pool="bogus"), "global_pool must be one of"),
+    (dict(global_pool="token"), "class_token=True"),
+])
+def test_vit_refuses_bad_sizes_naming_the_keyword(kwargs, named):
+    """timm failed with TypeError / IndexError / ZeroDivisionError / AssertionError deep inside its constructor."""
+    with pytest.raises(ConfigError, match=named):
+        timm.create_model(VIT, **kwargs)
+
+
+def test_vit_accepts_valid_sizes_and_token_pool_with_class_token():
+    model = timm.create_model(VIT, img_size=(32, 48), class_token=True, global_pool="token", num_heads=8).eval()
+    assert model(torch.zeros(2, 3, 32, 48)).shape == (2, 10)
+    assert model.blocks[0].attn.num_heads == 8
+
+
+@pytest.mark.parametrize(("global_pool", "match"), [
+    ("token", "class_token=True"), ("catavgmax", "global_pool must be one of"), ("map", "build a new model"),
+])
+def test_vit_reset_classifier_refuses_pools_it_cannot_build(global_pool, match):
+    model = timm.create_model(VIT)
+    with pytest.raises(ValueError, match=match):
+        model.reset_classifier(3, global_pool=global_pool)
+    assert model.global_pool == "avg" and model.num_classes == 10  # untouched
+
+
+def test_vit_reset_classifier_can_drop_attention_pooling_as_timm_does():
+    model = timm.create_model(VIT, global_pool="map").eval()
+    model.reset_classifier(3, global_pool="max")
+    assert model.attn_pool is None and model.global_pool == "max"
+    features = model.forward_features(torch.zeros(1, 3, 32, 32))
+    assert torch.equal(model(torch.zeros(1, 3, 32, 32)), model.head(model.fc_norm(features.amax(dim=1))))
