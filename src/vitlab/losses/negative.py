@@ -68,7 +68,7 @@ def _check_labels(labels: object, batch: int) -> None:
                         f"{type(labels).__name__}; convert with torch.as_tensor(labels)")
     if labels.ndim != 1 or labels.shape[0] != batch or labels.dtype.is_floating_point or labels.dtype.is_complex:
         raise ConfigError(f"labels must be int class indices ({batch},), got {tuple(labels.shape)} {labels.dtype}; "
-                          "reduce soft labels with labels.argmax(1)")
+                          f"{_label_fix(labels)}")
     if labels.dtype == torch.bool:
         raise ConfigError(f"labels must be int class indices ({batch},), got torch.bool; convert with labels.long() "
                           "if True/False are really classes 1/0")
@@ -76,6 +76,17 @@ def _check_labels(labels: object, batch: int) -> None:
         raise ConfigError(f"labels must be class indices >= 0 or {IGNORE_INDEX} (an unlabelled image, as "
                           f"F.cross_entropy's ignore_index), got {sorted(set(labels[labels < 0].tolist()))}: map "
                           f"unlabelled images to {IGNORE_INDEX}")
+
+
+def _label_fix(labels: Tensor) -> str:
+    """How to turn ``labels`` of the wrong shape or dtype into int class indices ``(B,)``."""
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        return "a column of class indices: flatten it with labels.squeeze(1) (argmax(1) would make every label 0)"
+    if labels.ndim == 2:
+        return "reduce one-hot or soft labels with labels.argmax(1)"
+    if labels.ndim == 1 and (labels.dtype.is_floating_point or labels.dtype.is_complex):
+        return "convert whole-number float labels with labels.long()"
+    return "pass one int class index per clean image"
 
 
 class UniformNegativeLoss(nn.Module):

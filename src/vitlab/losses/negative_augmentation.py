@@ -138,8 +138,14 @@ def _check_call(
                                     or targets.dtype == torch.bool):
         labels = targets
     else:
+        if targets.ndim == 2 and targets.shape[1] == 1:
+            fix = "a column of class indices: flatten it with targets.squeeze(1) (argmax(1) would make every label 0)"
+        elif targets.ndim == 2 and not targets.dtype.is_complex:
+            fix = "int one-hot targets: pass targets.argmax(1) (class indices) or targets.float() (soft targets)"
+        else:
+            fix = "convert class indices with targets.long()"
         raise ConfigError(f"targets must be int labels ({size},) or float soft targets ({size}, K), got "
-                          f"{tuple(targets.shape)} {targets.dtype}; convert class indices with targets.long()")
+                          f"{tuple(targets.shape)} {targets.dtype}; {fix}")
     if labels.shape[0] != size:
         raise ConfigError(f"targets hold {labels.shape[0]} labels but the batch has {size} images: pass the labels "
                           "of the same batch")

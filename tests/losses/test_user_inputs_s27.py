@@ -1,0 +1,60 @@
+"""Label layouts users of the negative losses pass (a (B, 1) column, int one-hot, float indices): each refused with
+the fix that actually works for that layout."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from vitlab.errors import ConfigError
+from vitlab.losses import ContrastiveNegativeLoss, NegativeAugmentationLoss
+
+LABELS = torch.tensor([0, 0, 1, 1])
+
+
+def _tiny_vit() -> torch.nn.Module:
+    return timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2,
+                             num_classes=4)
+
+
+def test_contrastive_labels_as_a_column_name_squeeze_not_argmax():
+    # was: "reduce soft labels with labels.argmax(1)", which turns a (B, 1) column into all-zero labels
+    features = torch.randn(4, 8)
+    with pytest.raises(ConfigError, match=r"labels\.squeeze\(1\)") as info:
+        ContrastiveNegativeLoss()(features, features, LABELS[:, None])
+    assert "labels.argmax(1)" not in str(info.value)
+    fixed = ContrastiveNegativeLoss()(features, features, LABELS[:, None].squeeze(1))
+    assert torch.equal(fixed, ContrastiveNegativeLoss()(features, features, LABELS))
+
+
+def test_contrastive_float_index_labels_name_long():
+    features = torch.randn(4, 8)
+    with pytest.raises(ConfigError, match=r"labels\.long\(\)"):
+        ContrastiveNegativeLoss()(features, features, LABELS.float())
+
+
+def test_contrastive_one_hot_labels_still_name_argmax():
+    features = torch.randn(4, 8)
+    with pytest.raises(ConfigError, match=r"labels\.argmax\(1\)"):
+        ContrastiveNegativeLoss()(features, features, F.one_hot(LABELS, 2))
+
+
+@pytest.mark.parametrize(("targets", "fix"), [
+    (LABELS[:, None], r"targets\.squeeze\(1\)"),
+    (F.one_hot(LABELS, 4), r"targets\.argmax\(1\) \(class indices\) or targets\.float\(\) \(soft targets\)"),
+])
+def test_loss_term_int_2d_targets_name_a_fix_that_works(targets, fix):
+    # was: "convert class indices with targets.long()" for targets that were already int64
+    model = _tiny_vit()
+    images = torch.rand(4, 3, 16, 16)
+    term = NegativeAugmentationLoss("uniform", 1.0, patch_size=4)
+    with pytest.raises(ConfigError, match=fix) as info:
+        term(SimpleNamespace(model=model), (images, targets), {})
+    assert "targets.long()" not in str(info.value)
+    fixed = targets.squeeze(1) if targets.shape[1] == 1 else targets.float()
+    term(SimpleNamespace(model=model), (images, fixed), {})
+    assert term.last_metrics["neg_acc"].item() in {0.0, 0.25, 0.5, 0.75, 1.0}
