@@ -8,6 +8,7 @@ import torch
 
 import vitlab  # noqa: F401  (registers the models)
 from vitlab.errors import ConfigError
+from vitlab.models import iformer_fpn_backbone
 
 VIT = "vit_vitlab_tiny_patch8_32"
 
@@ -52,3 +53,22 @@ def test_vit_reset_classifier_can_drop_attention_pooling_as_timm_does():
     assert model.attn_pool is None and model.global_pool == "max"
     features = model.forward_features(torch.zeros(1, 3, 32, 32))
     assert torch.equal(model(torch.zeros(1, 3, 32, 32)), model.head(model.fc_norm(features.amax(dim=1))))
+
+
+def test_fpn_backbone_takes_torchvisions_returned_layers():
+    """torchvision's resnet_fpn_backbone keyword reached InceptionTransformer.__init__ as an unexpected keyword."""
+    backbone = iformer_fpn_backbone("inception_transformer_tiny", returned_layers=[2, 3, 4], out_channels=16)
+    assert backbone.body.feature_info.reduction() == [8, 16, 32]
+    maps = backbone(torch.zeros(1, 3, 64, 64))
+    assert [tuple(v.shape[-2:]) for v in maps.values()] == [(8, 8), (4, 4), (2, 2), (1, 1)]  # + the "pool" map
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(returned_layers=[0, 1]), "stage numbers in 1..4"),
+    (dict(returned_layers=[]), "non-empty"),
+    (dict(returned_layers=4), "sequence"),
+    (dict(returned_layers=[2, 3], out_indices=(1, 2)), "not both"),
+])
+def test_fpn_backbone_refuses_bad_returned_layers(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        iformer_fpn_backbone("inception_transformer_tiny", **kwargs)

@@ -64,7 +64,8 @@ class IFormerFPN(nn.Module):
 
 def iformer_fpn_backbone(
     name: str = "inception_transformer_small", out_indices: Sequence[int] = (0, 1, 2, 3), out_channels: int = 256,
-    extra_blocks: ExtraFPNBlock | None = None, trainable_layers: int | None = None, **model_kwargs: Any,
+    extra_blocks: ExtraFPNBlock | None = None, trainable_layers: int | None = None,
+    returned_layers: Sequence[int] | None = None, **model_kwargs: Any,
 ) -> IFormerFPN:
     """An Inception Transformer backbone with FPN for ``torchvision.models.detection`` models.
 
@@ -76,6 +77,9 @@ def iformer_fpn_backbone(
             R-CNN's default anchors expect: 5 maps for 5 anchor sizes).
         trainable_layers: As torchvision's ``resnet_fpn_backbone``: how many of the iFormer's 4 stages, counted from
             the last, keep trainable weights (0 freezes the whole iFormer, only the FPN trains); ``None`` trains all.
+        returned_layers: torchvision's spelling of ``out_indices``, counting stages from 1 as
+            ``resnet_fpn_backbone`` does: ``returned_layers=[2, 3, 4]`` is ``out_indices=(1, 2, 3)``. Give one of the
+            two.
         **model_kwargs: Passed to ``timm.create_model``, e.g. ``pretrained=True,
             pretrained_cfg_overlay=dict(file="iformer_small.pth")`` for official ImageNet weights, or
             ``drop_path_rate=0.2``. Pretrained weights must cover every tensor of the backbone (timm itself loads
@@ -97,6 +101,15 @@ def iformer_fpn_backbone(
         raise ValueError(f"{name!r} is not an Inception Transformer: use one of {family}")
     if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
         raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
+    if returned_layers is not None:
+        if not isinstance(out_indices, Sequence) or tuple(out_indices) != (0, 1, 2, 3):
+            raise ValueError("give out_indices (stages 0-3) or returned_layers (torchvision's stages 1-4), not both")
+        valid = isinstance(returned_layers, Sequence) and not isinstance(returned_layers, str) and all(
+            isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= _STAGES for i in returned_layers)
+        if not valid or len(returned_layers) == 0:
+            raise ValueError(f"returned_layers must be a non-empty sequence of stage numbers in 1..{_STAGES} "
+                             f"(torchvision's counting; out_indices counts from 0), got {returned_layers!r}")
+        out_indices = [i - 1 for i in returned_layers]
     out_indices = _check_out_indices(out_indices)
     if trainable_layers is not None and (isinstance(trainable_layers, bool) or not isinstance(trainable_layers, int)
                                          or not 0 <= trainable_layers <= _STAGES):
