@@ -46,7 +46,24 @@ class _ImageDataset(Dataset, ABC):
 
     def __init__(self, normalize: Normalize, augment: Augment | None = None,
                  erase: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        if isinstance(augment, str):
+            raise ConfigError(f"augment must be a callable uint8 [C, H, W] -> uint8 [C, H, W] or None, got the string "
+                              f"{augment!r}: build a preset with vitlab.data.build_augment({augment!r})")
+        for name, value in (("augment", augment), ("erase", erase)):
+            if value is not None and not callable(value):
+                raise ConfigError(f"{name} must be a callable or None, got {type(value).__name__}")
         self.normalize, self.augment, self.erase = normalize, augment, erase
+
+    def _augment_one(self, image: torch.Tensor) -> torch.Tensor:
+        """``augment(image)``, checked to be a uint8 tensor of ``image``'s shape (one O(1) check per sample)."""
+        out = self.augment(image)
+        if not isinstance(out, torch.Tensor) or out.dtype != torch.uint8 or out.shape != image.shape:
+            got = (f"{out.dtype} {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__)
+            raise ConfigError(f"augment must map a uint8 image {list(image.shape)} to a uint8 tensor of the same "
+                              f"shape, got {got}: the dataset converts to float, normalises and resizes (img_size) "
+                              "itself, so leave v2.ToDtype / v2.Normalize / v2.ToPILImage / resizing crops out of "
+                              "augment (use size-keeping ops, e.g. v2.RandomCrop(size, padding=4))")
+        return out
 
     @abstractmethod
     def _load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +72,7 @@ class _ImageDataset(Dataset, ABC):
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self._load(indices)
         if self.augment is not None:
-            images = torch.stack([self.augment(img) for img in images])
+            images = torch.stack([self._augment_one(img) for img in images])
         x = self.normalize.scale(images)
         if self.erase is not None:
             x = self.erase(x)
@@ -76,7 +93,8 @@ class TensorImageDataset(_ImageDataset):
         normalize: float conversion, normalisation and channel repeat (`Normalize`).
         img_size: output side; `fit_geometry` (pad to `pad_to`, then resize) runs per batch.
         pad_to: zero-pad side for small native images (MNIST family: 32), or None.
-        augment: per-sample uint8 [C, H, W] -> uint8 [C, H, W] augmentation, or None.
+        augment: per-sample uint8 [C, H, W] -> uint8 [C, H, W] augmentation (same shape; e.g. a size-keeping
+            ``v2.Compose``), or None. A float, PIL or resized output is refused (`vitlab.errors.ConfigError`).
         erase: batch-wise random erasing on normalised floats [B, C, H, W] (timm's RandomErasing), or None.
     """
 

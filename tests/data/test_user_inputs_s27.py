@@ -1,0 +1,48 @@
+"""User-supplied ``augment`` callables of the datasets (torchvision v2 pipelines): a float, PIL or resized output, or
+a preset name instead of a callable, is refused naming the fix; a size- and dtype-keeping v2 pipeline works."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from vitlab.data import TensorImageDataset
+from vitlab.data.transforms import Normalize
+from vitlab.errors import ConfigError
+
+IMAGES = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+LABELS = torch.arange(4)
+
+
+def _dataset(augment) -> TensorImageDataset:
+    return TensorImageDataset(IMAGES, LABELS, Normalize([0.5] * 3, [0.5] * 3, 3), img_size=16, augment=augment)
+
+
+@pytest.mark.parametrize(("augment", "got"), [
+    # was: "Normalize expects uint8 images ...: convert with (x * 255).round()" (still float: the fix did not work)
+    (v2.Compose([v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)]), r"got torch\.float32"),
+    # was: 12-px images yielded silently by a dataset built with img_size=16
+    (v2.Resize(12), r"got torch\.uint8 \[3, 12, 12\]"),
+    # was: torch.stack's "expected Tensor as element 0 in argument 0, but got Image"
+    (v2.ToPILImage(), r"got Image"),
+])
+def test_augment_output_that_is_not_uint8_of_the_same_shape_is_refused(augment, got):
+    with pytest.raises(ConfigError, match=rf"augment must map a uint8 image \[3, 16, 16\].*{got}.*v2\.ToDtype"):
+        _dataset(augment)[0]
+
+
+def test_augment_given_as_a_preset_name_names_build_augment():
+    # was: accepted, then "'str' object is not callable" inside the DataLoader
+    with pytest.raises(ConfigError, match=r"build_augment\('randaugment'\)"):
+        _dataset("randaugment")
+    with pytest.raises(ConfigError, match=r"augment must be a callable or None, got int"):
+        _dataset(3)
+
+
+def test_a_size_keeping_v2_pipeline_is_applied():
+    flip = v2.Compose([v2.RandomHorizontalFlip(p=1.0), v2.RandomCrop(16, padding=0)])
+    flipped, _ = _dataset(flip)[1]
+    plain, _ = _dataset(None)[1]
+    assert flipped.dtype == torch.float32 and flipped.shape == (3, 16, 16)
+    assert torch.equal(flipped, plain.flip(-1))
