@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 
 __all__ = ["run_study"]
 
+#: What a report says for its command when `run_study` was called from Python with ``command=""``.
+PYTHON_COMMAND = "(run from Python: vitlab.study.run_study)"
+
 
 def _hardware(accelerator: str) -> str:
     import torch
@@ -116,8 +119,8 @@ def run_study(config: StudyConfig, command: str, estimate_only: bool = False,
 
     Args:
         config: the study (`vitlab.study.config.load_study_config`).
-        command: the command line, recorded in the report.
-        estimate_only: print the per-stage time estimates and return ``{"estimates": [...]}``.
+        command: the command line, recorded in the report (``""``: the report says it ran from Python).
+        estimate_only: print the per-stage time estimates and return ``{"estimates": [...]}``, writing nothing.
         readme: a README whose ``<!-- study-results:start/end -->`` section is rewritten from the report.
         reuse_cached_as_is: reuse every cached stage even when another configuration made it (`vitlab.study.cache`).
     """
@@ -127,19 +130,22 @@ def run_study(config: StudyConfig, command: str, estimate_only: bool = False,
     from vitlab.study.stages import evaluate_runs, pretrain_backbones, run_finetune, run_intrinsic, write_tables
     from vitlab.train.config import check_accelerator
 
+    if not isinstance(command, str):
+        raise TypeError(f"command must be the command line that reproduces the study (a str, '' from Python), got "
+                        f"{command!r}")
     check_accelerator(config.accelerator)
     if readme:
         check_readme(readme)  # now, not after the whole study
     folder = config.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "study_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
-    estimates = estimate_study(config)
+    estimates = estimate_study(config)  # writes nothing: an estimate leaves no study folder behind
     print(f"study {folder}: measured time estimate per stage (cached work counts zero)\n"
           f"{format_estimates(estimates)}\n{'total':<14} {'':>4} {sum(e['estimated_s'] for e in estimates) / 60:>7.1f}"
           " min", flush=True)
     if estimate_only:
         return {"estimates": estimates}
-    stages = _Stages(config, command, estimates)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "study_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    stages = _Stages(config, command.strip() or PYTHON_COMMAND, estimates)
     stages.save()
     weights = stages.run("pretrain", pretrain_backbones, config, reuse_cached_as_is)
     specs = finetune_specs(config, weights)
