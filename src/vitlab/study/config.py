@@ -40,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,16 @@ def _check(config: StudyConfig) -> None:
     from vitlab.train.run_folder import check_run_name  # the study folder <output_dir>/<name>: one plain name too
 
     check_run_name(config.name)
+    if not config.output_dir.strip():  # "" made the study folder ./<name> in whatever folder the command ran from
+        raise ValueError("output_dir is empty: give the parent folder of the study folder, e.g. --output_dir runs "
+                         "(or `output_dir: runs` in the study YAML)")
+    config.output_dir = os.path.expanduser(config.output_dir)  # `~/runs`: a folder named `~` was made, not home's
+    from vitlab.data import check_name
+
+    try:  # refused when the fine-tuning stage built its data, after pretraining
+        check_name(config.downstream)
+    except ValueError as err:
+        raise ValueError(f"downstream: {err}") from None
     labels = list(config.backbones)
     for label, spec in config.backbones.items():
         if (spec.pretrain is None) == (spec.pretrained is None) or (spec.pretrained is None) != (spec.model is None):
@@ -241,6 +252,10 @@ def _check(config: StudyConfig) -> None:
         missing = [n for n in names if n not in config.backbones]
         if missing:
             raise ValueError(f"{where} names {missing}, which are not in backbones {labels}: add them under backbones")
+    for where, names in (("finetune.backbones", ft.backbones), ("intrinsic_dim.backbones",
+                                                                 config.intrinsic_dim.backbones)):
+        if len(set(names)) != len(names):  # silently ran once, as if listed once
+            raise ValueError(f"{where} lists a backbone twice ({names}): each backbone runs once; give each once")
     for label, neg in ft.negatives.items():
         if neg is not None and set(neg) - set(NEGATIVE_KEYS):
             raise ValueError(f"finetune.negatives.{label} has unknown key(s) {sorted(set(neg) - set(NEGATIVE_KEYS))};"
@@ -364,6 +379,10 @@ def study_config_from_dict(raw: dict[str, Any], full: bool = False) -> StudyConf
     if isinstance(raw.get("finetune"), dict) and isinstance(raw["finetune"].get("methods"), list):
         methods = raw["finetune"]["methods"]  # [full, lora]: the methods without option overrides
         if all(isinstance(m, str) for m in methods):
+            if len(set(methods)) != len(methods):  # silently ran once, as if listed once
+                raise ValueError(f"finetune.methods lists a method twice ({methods}): each method runs once; give "
+                                 "each once (a method with other options is one method, set its options: "
+                                 "`methods: {lora: {r: 8}}`)")
             raw["finetune"] = {**raw["finetune"], "methods": {m: {} for m in methods}}
     kwargs = {key: _build(cls, raw.pop(key), key) for key, cls in sections.items() if key in raw}
     extra = [_build(ExtraRun, r, f"extra_runs[{i}]") for i, r in enumerate(raw.pop("extra_runs", None) or [])]
