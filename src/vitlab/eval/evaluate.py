@@ -157,6 +157,21 @@ def _check_checkpoint(checkpoint: object) -> None:
     if not isinstance(checkpoint, str | Path) or not str(checkpoint).strip():
         raise ConfigError(f"checkpoint must be the path (str or pathlib.Path) of a run folder, its model.safetensors "
                           f"or a Lightning .ckpt, got {checkpoint!r}")
+    text = str(checkpoint).strip()
+    if not Path(text).expanduser().exists() and _is_pretrained_source(text):
+        raise ConfigError(f"checkpoint {text!r} is a source of pretrained weights (`model.pretrained: timm | "
+                          "hf-hub:ORG/NAME` with `model.name` in a run config), not a checkpoint: fine-tune them on "
+                          "your data first, e.g. `vitlab fit --config configs/hub_vit_b16_kadaptation.yaml`, or any "
+                          "run config with `--model.name <timm name> --model.pretrained timm` (README: \"Fine-tune a "
+                          "pretrained ViT from the Hub\"), then evaluate its run folder: `--checkpoint runs/<name>`")
+
+
+def _is_pretrained_source(text: str) -> bool:
+    """Whether ``text`` names pretrained weights the way ``model.pretrained`` / ``model.name`` do (``timm``,
+    ``hf-hub:ORG/NAME``, ``local-dir:FOLDER``, a timm model name with or without its tag)."""
+    import timm
+
+    return text == "timm" or text.startswith(("hf-hub:", "local-dir:")) or timm.is_model(text)
 
 
 def _check_dataset_fits(name: str, model_kwargs: dict[str, Any], checkpoint: str | Path) -> None:
@@ -563,7 +578,7 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
             report = evaluate_corruptions(model, folder, preprocess=preprocess, n=count,
                                           corruptions=corruptions, batch_size=batch_size, device=chosen)
         report.update({"checkpoint": str(weights), "data": name, "command": command})
-        markdown = (f"# Corruption robustness: {report['checkpoint']} on {name}\n\nCommand: `{command}`\n\n{source}"
+        markdown = (f"# Corruption robustness: {report['checkpoint']} on {name}\n\n{_command_line(command)}{source}"
                     + format_robustness_report(report))
         folder_out.mkdir(parents=True, exist_ok=True)
         (folder_out / f"{stem}.md").write_text(markdown)
@@ -572,6 +587,14 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
         print(markdown)
         print(f"wrote {folder_out / stem}.md, .json and .csv")
         return report
+
+
+def _command_line(command: str) -> str:
+    """The report's ``Command:`` paragraph; none for a report written from Python (``command=""``)."""
+    if not isinstance(command, str):
+        raise ConfigError(f"command must be the command line that reproduces the report (a str, '' for none), got "
+                          f"{command!r}")
+    return f"Command: `{command}`\n\n" if command.strip() else ""
 
 
 def _write_accuracy_csv(path: Path, accuracy: dict[str, dict[int, float]]) -> None:
@@ -645,7 +668,7 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
         result.update({"checkpoint": str(weights), "data": datamodule.name,
                        "model_patch_size": own, "seed": seed, "command": command})
         markdown = (f"# Negative-view diagnostics: {result['checkpoint']} on {datamodule.name}\n\n"
-                    f"Command: `{command}`\n\n"
+                    f"{_command_line(command)}"
                     + (f"Views with {cell}-px cells{aligned}.\n\n" if aligned else "")
                     + format_negative_diagnostics(result))
         folder.mkdir(parents=True, exist_ok=True)
