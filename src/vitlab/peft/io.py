@@ -41,6 +41,7 @@ Example:
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -301,6 +302,14 @@ def _load_peft_folder(folder: Path, base_model: nn.Module, check_base: bool) -> 
     except SafetensorError as err:
         raise CheckpointError(f"{weights[0]} is not a readable safetensors file ({err}); the folder is damaged: save "
                               "the adapter again") from None
+    except (pickle.UnpicklingError, EOFError, OSError, RuntimeError) as err:
+        if weights[0].name != WEIGHTS_NAME:
+            raise
+        # peft reads adapter_model.bin with torch.load(weights_only=True); torch's message advises weights_only=False,
+        # which would run whatever code the file holds
+        raise CheckpointError(f"{weights[0]} is not a readable weights-only torch file ({type(err).__name__}); it is "
+                              "damaged, or holds more than tensors (never load such a file with weights_only=False): "
+                              "save the adapter again, with model.save_pretrained(folder) (safetensors)") from None
 
 
 def load_adapter(path: str | Path, base_model: nn.Module, check_base: bool = True) -> nn.Module:

@@ -1,0 +1,56 @@
+"""Multi-adapter and round-trip workflows of peft users on vitlab's adapters (session 27): each test once failed
+(a traceback from deep inside torch / peft, or a message naming the wrong fix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from peft import get_peft_model
+from torch import nn
+
+from vitlab.checkpoint import CheckpointError
+from vitlab.peft import KAdaptationConfig, load_adapter
+
+KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "num_classes": 3}
+
+
+def tiny_vit() -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", **KWARGS).eval()
+
+
+class _Payload:
+    def __reduce__(self) -> tuple:
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", "truncated", "code"])
+def test_a_damaged_or_unsafe_pickle_adapter_is_refused_without_torchs_weights_only_false_advice(
+        tmp_path: Path, content: object) -> None:
+    """``save_pretrained(folder, safe_serialization=False)`` writes ``adapter_model.bin``; a damaged one gave torch's
+    EOFError / OSError / UnpicklingError, the last advising ``weights_only=False`` (arbitrary code execution)."""
+    get_peft_model(tiny_vit(), KAdaptationConfig(n=8)).save_pretrained(tmp_path, safe_serialization=False)
+    weights = tmp_path / "adapter_model.bin"
+    if content == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif content == "code":
+        torch.save({"x": _Payload()}, weights)
+    else:
+        weights.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"adapter_model\.bin is not a readable weights-only torch file") as err:
+        load_adapter(tmp_path, tiny_vit())
+    assert "likely succeed" not in str(err.value) and "trust the source" not in str(err.value)
+
+
+def test_a_pickle_adapter_folder_still_loads(tmp_path: Path) -> None:
+    model = get_peft_model(tiny_vit(), KAdaptationConfig(n=8))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1)
+    model.save_pretrained(tmp_path, safe_serialization=False)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(load_adapter(tmp_path, tiny_vit())(x), model(x))
