@@ -46,3 +46,28 @@ def test_a_size_keeping_v2_pipeline_is_applied():
     plain, _ = _dataset(None)[1]
     assert flipped.dtype == torch.float32 and flipped.shape == (3, 16, 16)
     assert torch.equal(flipped, plain.flip(-1))
+
+
+def test_datamodule_augment_none_means_no_augmentation():
+    # was: ConfigError "unknown augment None" for torchvision's spelling of "no transform"
+    from vitlab.data import build_datamodule
+
+    dm = build_datamodule("digits", augment=None, batch_size=4)
+    assert dm.hparams.augment == "none"
+    dm.setup("fit")
+    assert dm.train_dataset.augment is None
+
+
+def test_datamodule_augment_given_a_v2_transform_names_the_dataset_route():
+    # was: "unknown augment Compose(...)" with no way named to use one's own transform
+    from vitlab.data import build_datamodule
+
+    flip = v2.Compose([v2.RandomHorizontalFlip(p=1.0)])
+    with pytest.raises(ConfigError, match=r"got a Compose: .*datamodule\.train_dataset\.augment = transform"):
+        build_datamodule("digits", augment=flip)
+    dm = build_datamodule("digits", batch_size=4, val_fraction=0.0)
+    dm.setup("fit")
+    plain, _ = dm.train_dataset[0]
+    dm.train_dataset.augment = flip  # the route the message names
+    flipped, _ = dm.train_dataset[0]
+    assert torch.equal(flipped, plain.flip(-1))

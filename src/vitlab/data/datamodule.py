@@ -188,7 +188,7 @@ class VitlabDataModule(L.LightningDataModule):
         in_chans: channels the model takes (1 or 3), or None for the data's own.
         batch_size: training batch size. eval_batch_size: validation/test batch size (default: batch_size).
         val_fraction: share of the training set held out for validation, in [0, 1).
-        augment: ``"none"``, ``"randaugment"`` or ``"augmix"``.
+        augment: ``"none"`` (or None), ``"randaugment"`` or ``"augmix"``.
         seed: seed of the validation split and of the training order (epoch ``e`` uses ``(seed, e)``), an int in
             ``0 .. 2**63 - 1``.
         num_workers: DataLoader worker processes. pin_memory: DataLoader pin_memory.
@@ -236,6 +236,11 @@ class VitlabDataModule(L.LightningDataModule):
         val_fraction = check_float("val_fraction", val_fraction, minimum=0.0, maximum=1.0, below_maximum=True,
                                    fix="the share of the training set held out for validation (1 would leave no "
                                    "training image; 0 disables validation)")
+        if augment is None:  # torchvision's "no transform"
+            augment = "none"
+        _check(isinstance(augment, str), f"augment takes a preset name ({', '.join(AUGMENT_PRESETS)}), got a "
+               f"{type(augment).__name__}: for your own per-sample transform (uint8 [C, H, W] -> uint8, same shape, "
+               "e.g. a size-keeping v2.Compose), set datamodule.train_dataset.augment = transform after setup()")
         _check(augment in AUGMENT_PRESETS, f"unknown augment {augment!r}; valid presets: {', '.join(AUGMENT_PRESETS)}")
         seed = check_seed("seed", seed)
         num_workers = check_int("num_workers", num_workers, minimum=0, fix="0 loads in the main process")
