@@ -54,3 +54,36 @@ def test_a_pickle_adapter_folder_still_loads(tmp_path: Path) -> None:
     model.save_pretrained(tmp_path, safe_serialization=False)
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(load_adapter(tmp_path, tiny_vit())(x), model(x))
+
+
+def _trainable_adapters(model: nn.Module) -> dict[str, int]:
+    """Number of trainable parameters per adapter name (``default`` / ``c``; the base has none)."""
+    counts: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            adapter = next(a for a in ("default", "c") if f".{a}." in f"{name}.")
+            counts[adapter] = counts.get(adapter, 0) + 1
+    return counts
+
+
+# 11 trainable tensors per adapter: 4 shared A factors, u / v of Q and V and the delta bias of one layer, the head
+@pytest.mark.parametrize(("is_trainable", "second", "expected"), [
+    (True, "load", {"default": 11}),  # was 7: loading c for inference froze default's shared A factors
+    (False, "load_trainable", {"c": 11}),  # was default's 4 shared A factors trainable too
+    (False, "add", {}),  # was default's 4 shared A factors trainable (add_adapter un-froze them)
+])
+def test_a_second_adapter_keeps_the_first_ones_trainability_shared_factors_included(
+        tmp_path: Path, is_trainable: bool, second: str, expected: dict[str, int]) -> None:
+    """``PeftModel.from_pretrained(base, folder, is_trainable=...)`` then ``load_adapter(folder, "c", ...)``
+    or ``add_adapter('c', config)``: peft keeps the existing adapter's trainability and leaves an inactive new one
+    frozen unless loaded trainable; KAdaptation's shared ``A`` factors (held by the tuner) now follow the same rule."""
+    from peft import PeftModel
+
+    get_peft_model(tiny_vit(), KAdaptationConfig(n=8)).save_pretrained(tmp_path)
+    model = PeftModel.from_pretrained(tiny_vit(), tmp_path, is_trainable=is_trainable)
+    assert _trainable_adapters(model) == ({"default": 11} if is_trainable else {})
+    if second == "add":
+        model.add_adapter("c", KAdaptationConfig(n=8))
+    else:
+        model.load_adapter(tmp_path, adapter_name="c", is_trainable=second == "load_trainable")
+    assert _trainable_adapters(model) == expected

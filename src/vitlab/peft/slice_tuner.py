@@ -372,9 +372,13 @@ class RowSliceTuner(BaseTuner):
         seeded generator and its shared-state container."""
         seed = self.peft_config[adapter_name].seed
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        existing: list[tuple[nn.Parameter, bool]] = []
         if self.shared_attr is not None:
             if self.shared_attr not in self._modules:
                 self.add_module(self.shared_attr, nn.ModuleDict())
+            # peft keeps the trainability of the layers' existing adapters (load_adapter / add_adapter); the shared
+            # state lives outside the model it snapshots, so keep that of the other adapters here
+            existing = [(p, p.requires_grad) for p in self._modules[self.shared_attr].parameters()]
             self._modules[self.shared_attr][adapter_name] = nn.ParameterDict()
         try:
             super().inject_adapter(model, adapter_name, *args, **kwargs)
@@ -382,6 +386,8 @@ class RowSliceTuner(BaseTuner):
             if self.shared_attr is not None:
                 del self._modules[self.shared_attr][adapter_name]
             raise
+        for param, requires_grad in existing:
+            param.requires_grad_(requires_grad)
 
     def _create_and_replace(
         self, peft_config: Any, adapter_name: str, target: nn.Module, target_name: str, parent: nn.Module,
