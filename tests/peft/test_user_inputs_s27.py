@@ -87,3 +87,14 @@ def test_a_second_adapter_keeps_the_first_ones_trainability_shared_factors_inclu
     else:
         model.load_adapter(tmp_path, adapter_name="c", is_trainable=second == "load_trainable")
     assert _trainable_adapters(model) == expected
+
+
+def test_disable_adapter_freezes_the_shared_factors_too_and_restores_them() -> None:
+    """Inside ``with model.disable_adapter():`` peft freezes every adapter weight; KAdaptation's shared ``A`` factors
+    stayed trainable (an optimiser built there would take them)."""
+    model = get_peft_model(tiny_vit(), KAdaptationConfig(n=8))
+    before = [name for name, p in model.named_parameters() if p.requires_grad]
+    with model.disable_adapter():
+        assert [name for name, p in model.named_parameters() if p.requires_grad] == []
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == before
+    assert sum(".kadaptation_A." in name for name in before) == 4

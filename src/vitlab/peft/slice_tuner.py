@@ -440,6 +440,14 @@ class RowSliceTuner(BaseTuner):
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        """peft's switch behind ``disable_adapter()``, also switching the shared state's gradients as peft switches
+        the layers' (off while disabled, the active adapters' on again after)."""
+        super()._enable_adapter_layers(enabled)
+        if self.shared_attr and self.shared_attr in self._modules:
+            for name, state in self._modules[self.shared_attr].items():
+                state.requires_grad_(enabled and name in self.active_adapters)
+
     def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
         """peft's ``set_requires_grad`` (``PeftModel.set_requires_grad``), also switching the named adapters' shared
         state (KAdaptation's shared ``A`` factors, which live on the tuner, not in a layer)."""
