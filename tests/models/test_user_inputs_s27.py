@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 
 import vitlab  # noqa: F401  (registers the models)
 from vitlab.errors import ConfigError
@@ -72,3 +74,34 @@ def test_fpn_backbone_takes_torchvisions_returned_layers():
 def test_fpn_backbone_refuses_bad_returned_layers(kwargs, match):
     with pytest.raises(ValueError, match=match):
         iformer_fpn_backbone("inception_transformer_tiny", **kwargs)
+
+
+@pytest.mark.parametrize(("name", "mean"), [
+    (VIT, (0.5,)), ("inception_transformer_tiny", (pytest.approx((0.485 + 0.456 + 0.406) / 3),)),
+])
+def test_timm_data_pipeline_feeds_a_one_channel_model_of_another_size(name, mean):
+    """resolve_model_data_config gave (3, 32, 32) and RGB statistics to an in_chans=1, img_size=64 model: Normalize
+    failed on the grayscale image, and the 32-px images it made were refused by the ViT."""
+    model = timm.create_model(name, in_chans=1, img_size=64).eval()
+    cfg = timm.data.resolve_model_data_config(model)
+    assert cfg["input_size"] == (1, 64, 64) and cfg["mean"] == mean and len(cfg["std"]) == 1
+    image = Image.fromarray(np.arange(80 * 100, dtype=np.uint8).reshape(80, 100))
+    x = timm.data.create_transform(**cfg)(image).unsqueeze(0)
+    assert x.shape == (1, 1, 64, 64)
+    assert model(x).shape == (1, 10)
+
+
+def test_data_config_of_features_only_and_iformer_pool_size_follow_img_size():
+    features = timm.create_model("inception_transformer_tiny", features_only=True, img_size=64, in_chans=4)
+    assert features.pretrained_cfg["input_size"] == (4, 64, 64) == features.model.pretrained_cfg["input_size"]
+    assert features.pretrained_cfg["mean"] == (0.485, 0.456, 0.406, 0.485)  # cyclic, as adapt_input_conv
+    assert timm.create_model("inception_transformer_tiny", img_size=64).pretrained_cfg["pool_size"] == (2, 2)
+    registered = timm.create_model("inception_transformer_tiny").pretrained_cfg
+    assert registered["input_size"] == (3, 32, 32) and registered["pool_size"] == (1, 1)
+    assert registered["num_classes"] == timm.create_model(VIT, num_classes=3).pretrained_cfg["num_classes"] == 10
+
+
+@pytest.mark.parametrize("feature_cls", ["dict", "hook"])
+def test_other_feature_classes_still_build(feature_cls):
+    features = timm.create_model("inception_transformer_tiny", features_only=True, feature_cls=feature_cls)
+    assert features.feature_info.reduction() == [4, 8, 16, 32]

@@ -31,7 +31,7 @@ from vitlab.errors import MissingFileError
 
 __all__ = [
     "autocast_enabled", "check_image_tensor", "check_increasing_indices", "check_pretrained_file", "check_rates",
-    "pretrained_file_errors",
+    "match_data_config", "pretrained_file_errors",
 ]
 
 
@@ -165,3 +165,40 @@ def pretrained_file_errors(variant: str, pretrained: bool, kwargs: dict[str, Any
         except CheckpointError as unreadable:
             raise CheckpointError(f"pretrained weights for {variant}: {unreadable}") from None
         raise
+
+
+def match_data_config(
+    model: torch.nn.Module, in_chans: int, img_size: tuple[int, int] | None,
+    pool_size: tuple[int, int] | None = None,
+) -> None:
+    """Make ``model.pretrained_cfg``'s ``input_size``, ``mean`` / ``std`` and ``pool_size`` describe the images the
+    model takes, so ``timm.data.create_transform(**timm.data.resolve_model_data_config(model))`` feeds it: a model
+    built with ``in_chans=1`` or another ``img_size`` than its registered config otherwise got 3-channel statistics
+    (torchvision's ``Normalize`` fails on a grayscale image) or images of the registered size (which it refuses).
+
+    Statistics for other channel counts follow timm's ``adapt_input_conv``: one channel (the RGB filters summed)
+    takes the mean of the three; more channels repeat them cyclically. ``num_classes`` and the weights' fields stay.
+    A ``features_only`` wrapper and its network are both updated.
+
+    Example:
+        >>> import timm, vitlab
+        >>> model = timm.create_model("vit_vitlab_tiny_patch8_32", in_chans=1, img_size=64)
+        >>> cfg = timm.data.resolve_model_data_config(model)
+        >>> cfg["input_size"], cfg["mean"]
+        ((1, 64, 64), (0.5,))
+    """
+    for module in (model, getattr(model, "model", None)):
+        cfg = getattr(module, "pretrained_cfg", None)
+        if not isinstance(cfg, dict) or not cfg.get("input_size"):
+            continue
+        cfg = dict(cfg)
+        size = tuple(img_size) if img_size is not None else tuple(cfg["input_size"][1:])
+        for key in ("mean", "std"):
+            values = tuple(cfg.get(key) or ())
+            if values and len(values) != in_chans:
+                cfg[key] = (sum(values) / len(values),) if in_chans == 1 else tuple(
+                    values[i % len(values)] for i in range(in_chans))
+        cfg["input_size"] = (in_chans, *size)
+        if pool_size is not None and cfg.get("pool_size") is not None:
+            cfg["pool_size"] = tuple(pool_size)
+        module.pretrained_cfg = module.default_cfg = cfg

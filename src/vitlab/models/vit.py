@@ -33,7 +33,13 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from vitlab.checks import check_float, check_int
 from vitlab.errors import ConfigError
-from vitlab.models.inputs import check_image_tensor, check_increasing_indices, check_rates, pretrained_file_errors
+from vitlab.models.inputs import (
+    check_image_tensor,
+    check_increasing_indices,
+    check_rates,
+    match_data_config,
+    pretrained_file_errors,
+)
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
 __all__ = ["VitlabVisionTransformer", "check_vit_images", "vit_vitlab_tiny_patch4_32", "vit_vitlab_tiny_patch8_32"]
@@ -245,12 +251,16 @@ def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> VitlabVisio
     if kwargs.get("features_only") and isinstance(depth, int):
         _check_out_indices(out_indices, depth)
     with pretrained_file_errors(variant, pretrained, kwargs) as kwargs:
-        return build_model_with_cfg(
+        model = build_model_with_cfg(
             VitlabVisionTransformer, variant, pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
             feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
             **kwargs,
         )
+    network = getattr(model, "model", model)  # features_only: the wrapper reads this ViT
+    if isinstance(network, VitlabVisionTransformer):  # timm's dict / hook feature nets keep no reference to it
+        match_data_config(model, network.in_chans, network.patch_embed.img_size)
+    return model
 
 
 _TINY = dict(
