@@ -71,3 +71,29 @@ def test_datamodule_augment_given_a_v2_transform_names_the_dataset_route():
     dm.train_dataset.augment = flip  # the route the message names
     flipped, _ = dm.train_dataset[0]
     assert torch.equal(flipped, plain.flip(-1))
+
+
+@pytest.mark.parametrize(("image", "fix"), [
+    # was: "convert float images in [0, 1] with (x * 255).round().to(torch.uint8)" for images already uint8
+    (torch.zeros(2, 3, 16, 16, dtype=torch.uint8), r"one image at a time: .*torch\.stack\(\[transform\(x\)"),
+    (torch.zeros(16, 16, dtype=torch.uint8), r"image\.unsqueeze\(0\)"),
+    (None, r"a NoneType is no image"),
+])
+def test_eval_transform_names_the_fix_for_batches_2d_tensors_and_non_images(image, fix):
+    from vitlab.data import build_eval_transform
+
+    transform = build_eval_transform({"img_size": 16, "in_chans": 3, "mean": [0.5] * 3, "std": [0.5] * 3})
+    with pytest.raises(TypeError, match=fix) as info:
+        transform(image)
+    assert "convert float images" not in str(info.value)
+    if isinstance(image, torch.Tensor):  # the named fix works
+        fixed = (torch.stack([transform(x) for x in image]) if image.ndim == 4 else transform(image.unsqueeze(0)))
+        assert fixed.shape[-3:] == (3, 16, 16) and torch.allclose(fixed, torch.full_like(fixed, -1.0))
+
+
+def test_eval_transform_float_batch_names_both_fixes():
+    from vitlab.data import build_eval_transform
+
+    transform = build_eval_transform({"img_size": 16, "in_chans": 3, "mean": [0.5] * 3, "std": [0.5] * 3})
+    with pytest.raises(TypeError, match=r"one image at a time.*\(x \* 255\)\.round\(\)\.to\(torch\.uint8\)"):
+        transform(torch.rand(2, 3, 16, 16))

@@ -279,8 +279,18 @@ class EvalTransform:
         if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.ndim != 3:
             convert = ("(x * 255).round().to(torch.uint8)" if isinstance(given, torch.Tensor)
                        else "(x * 255).round().astype('uint8')")
+            fixes = [] if getattr(image, "dtype", None) == torch.uint8 else [
+                f"convert float images in [0, 1] with {convert}"]
+            if isinstance(image, torch.Tensor) and image.ndim == 4:
+                fixes.insert(0, "it takes one image at a time: transform a batch image by image, e.g. "
+                             "torch.stack([transform(x) for x in batch])")
+            elif isinstance(image, torch.Tensor) and image.ndim == 2:
+                fixes.insert(0, "give a grey [H, W] tensor its channel axis: image.unsqueeze(0)")
+            if not isinstance(image, torch.Tensor):
+                fixes = [f"a {type(given).__name__} is no image: pass one of those"]
+            fix = "; ".join(fixes) or f"convert float images in [0, 1] with {convert}"
             raise TypeError(f"expected {layouts}, got {type(given).__name__} {getattr(given, 'dtype', '')} "
-                            f"{list(getattr(given, 'shape', []))}; convert float images in [0, 1] with {convert}")
+                            f"{list(getattr(given, 'shape', []))}; {fix}")
         if image.shape[0] not in (1, 2, 3, 4):
             hint = (" It looks channels-last [H, W, C]: use image.permute(2, 0, 1)."
                     if image.shape[-1] in (1, 3, 4) else "")
