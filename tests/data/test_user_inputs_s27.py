@@ -97,3 +97,13 @@ def test_eval_transform_float_batch_names_both_fixes():
     transform = build_eval_transform({"img_size": 16, "in_chans": 3, "mean": [0.5] * 3, "std": [0.5] * 3})
     with pytest.raises(TypeError, match=r"one image at a time.*\(x \* 255\)\.round\(\)\.to\(torch\.uint8\)"):
         transform(torch.rand(2, 3, 16, 16))
+
+
+def test_normalize_float_input_names_a_conversion_that_gives_uint8():
+    # was: "convert with (x * 255).round()", which is still float and refused again
+    normalize = Normalize([0.5], [0.5], 1)
+    x = torch.rand(2, 1, 4, 4)
+    with pytest.raises(TypeError, match=r"\(x \* 255\)\.round\(\)\.to\(torch\.uint8\)"):
+        normalize(x)
+    out = normalize((x * 255).round().to(torch.uint8))
+    assert torch.allclose(out, (x * 255).round() / 255 * 2 - 1, atol=1e-6)

@@ -183,7 +183,8 @@ class Normalize:
         """uint8 [B, C, H, W] -> float32 (x / 255 - mean) / std, still C channels (torchvision v2 ``to_dtype`` +
         ``normalize``, one call for the whole batch)."""
         if images.dtype != torch.uint8:
-            raise TypeError(f"Normalize expects uint8 images, got {images.dtype}: convert with (x * 255).round()")
+            raise TypeError(f"Normalize expects uint8 images, got {images.dtype}: convert float images in [0, 1] with "
+                            "(x * 255).round().to(torch.uint8)")
         if images.shape[-3] not in (1, len(self.mean)):
             raise ConfigError(f"images have {images.shape[-3]} channels but mean/std have {len(self.mean)} values: "
                               "give one mean/std value per image channel")
