@@ -98,3 +98,16 @@ def test_disable_adapter_freezes_the_shared_factors_too_and_restores_them() -> N
         assert [name for name, p in model.named_parameters() if p.requires_grad] == []
     assert [name for name, p in model.named_parameters() if p.requires_grad] == before
     assert sum(".kadaptation_A." in name for name in before) == 4
+
+
+def test_deleting_the_active_adapter_makes_the_next_one_trainable_shared_factors_included() -> None:
+    """``add_adapter('b')``, ``set_adapter('b')``, ``delete_adapter('b')``: peft activates ``default`` again and makes
+    its layer weights trainable; its shared ``A`` factors stayed frozen (they would not train)."""
+    model = get_peft_model(tiny_vit(), KAdaptationConfig(n=8))
+    before = [name for name, p in model.named_parameters() if p.requires_grad]
+    model.add_adapter("b", KAdaptationConfig(n=8))
+    model.set_adapter("b")
+    with pytest.warns(UserWarning, match="Setting active adapter to default"):
+        model.delete_adapter("b")
+    assert model.active_adapters == ["default"]
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == before

@@ -517,10 +517,16 @@ class RowSliceTuner(BaseTuner):
         )
 
     def delete_adapter(self, adapter_name: str) -> None:
-        """peft's ``delete_adapter``, also dropping the adapter's shared state and slice records."""
+        """peft's ``delete_adapter``, also dropping the adapter's shared state and slice records; when the active
+        adapter goes, peft activates (and makes trainable) another one: its shared state follows its layers."""
         super().delete_adapter(adapter_name)
         if self.shared_attr and adapter_name in self._modules.get(self.shared_attr, {}):
             del self._modules[self.shared_attr][adapter_name]
-        for module in self.model.modules():
-            if isinstance(module, RowSliceLayer):
-                module.slice_rows.pop(adapter_name, None)
+        layers = [module for module in self.model.modules() if isinstance(module, RowSliceLayer)]
+        for module in layers:
+            module.slice_rows.pop(adapter_name, None)
+        for name, state in self._modules.get(self.shared_attr, {}).items() if self.shared_attr else ():
+            layer_params = [p for layer in layers for key, p in layer.named_parameters()
+                            if key.split(".")[0] in layer.adapter_layer_names and f".{name}." in f"{key}."]
+            if layer_params:
+                state.requires_grad_(any(p.requires_grad for p in layer_params))
