@@ -107,3 +107,13 @@ def test_normalize_float_input_names_a_conversion_that_gives_uint8():
         normalize(x)
     out = normalize((x * 255).round().to(torch.uint8))
     assert torch.allclose(out, (x * 255).round() / 255 * 2 - 1, atol=1e-6)
+
+
+def test_read_idx_of_a_folder_says_it_is_a_folder(tmp_path):
+    # was: MissingFileError "IDX file not found: <folder>" for a folder that exists
+    from vitlab.data import read_idx
+
+    with pytest.raises(ConfigError, match=r"is a folder, not an IDX file: .*build_datamodule\('idx', root="):
+        read_idx(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"IDX file not found"):
+        read_idx(tmp_path / "missing-idx1-ubyte")

@@ -62,10 +62,14 @@ def read_idx(path: str | Path) -> np.ndarray:
         An array with the shape the header declares, e.g. uint8 [60000, 28, 28]; big-endian types become native.
 
     Raises:
-        MissingFileError: no such file. DataError: empty file, corrupt or truncated gzip, bad magic number, unknown
-            type code, or a size that does not match the header.
+        MissingFileError: no such file. ConfigError: a folder. DataError: empty file, corrupt or truncated gzip, bad
+            magic number, unknown type code, or a size that does not match the header.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not an IDX file: pass a file in it (e.g. "
+                          f"{path}/train-images-idx3-ubyte), or build_datamodule('idx', root={str(path)!r}) to read "
+                          "the MNIST-named files there")
     if not path.is_file():
         raise MissingFileError(f"IDX file not found: {path}")
     raw = path.read_bytes()
