@@ -111,3 +111,17 @@ def test_deleting_the_active_adapter_makes_the_next_one_trainable_shared_factors
         model.delete_adapter("b")
     assert model.active_adapters == ["default"]
     assert [name for name, p in model.named_parameters() if p.requires_grad] == before
+
+
+@pytest.mark.parametrize(("kwargs", "fix"), [
+    ({"lora_alpha": 16}, r"write LoraQVConfig\(alpha=16\)"),
+    ({"lora_dropout": 0.1}, r"write LoraQVConfig\(dropout=0\.1\)"),
+])
+def test_lora_qv_config_names_alpha_and_dropout_for_peft_loras_keywords(kwargs: dict, fix: str) -> None:
+    """A peft LoRA user writes ``LoraQVConfig(r=8, lora_alpha=16)``: that was Python's 'unexpected keyword'."""
+    from vitlab.errors import ConfigError
+    from vitlab.peft import LoraQVConfig
+
+    with pytest.raises(ConfigError, match=fix):
+        LoraQVConfig(r=8, **kwargs)
+    assert LoraQVConfig(r=8, alpha=16).alpha == 16.0

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,29 @@ class LoraQVConfig(SliceAdapterConfig):
         self.dropout = check_float("dropout", self.dropout, minimum=0.0, maximum=1.0, below_maximum=True,
                                    fix="0 switches it off")
         self.check_slice_fields()
+
+
+#: peft ``LoraConfig`` keyword names -> ``LoraQVConfig``'s (a peft LoRA user's first spelling)
+LORA_KEYWORDS = {"lora_alpha": "alpha", "lora_dropout": "dropout"}
+
+
+def _refusing_lora_keywords(init: Any) -> Any:
+    """The dataclass ``__init__``, refusing peft ``LoraConfig``'s keyword names by name (not Python's 'unexpected
+    keyword')."""
+
+    @functools.wraps(init)
+    def __init__(self: LoraQVConfig, *args: Any, **kwargs: Any) -> None:
+        given = {old: new for old, new in LORA_KEYWORDS.items() if old in kwargs}
+        if given:
+            spelled = ", ".join(f"{new}={kwargs[old]!r}" for old, new in given.items())
+            raise ConfigError(f"LoraQVConfig names peft LoraConfig's {sorted(given)} without the 'lora_' prefix: "
+                              f"write LoraQVConfig({spelled})")
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+LoraQVConfig.__init__ = _refusing_lora_keywords(LoraQVConfig.__init__)
 
 
 class LoraQVLayer(RowSliceLayer):
