@@ -153,3 +153,33 @@ def test_legacy_revision_is_checked_before_the_workers_run(tmp_path: Path, capsy
         "bench_peft", ["--legacy-rev", "HEAD", *out], capsys)
     assert "not a git revision" in refused("bench_peft", ["--legacy-rev=--help", *out], capsys)
     assert load("bench_peft").parse_args(out).legacy_rev == load("bench_peft").LEGACY_REV
+
+
+class _TinyDataModule:
+    """Stands in for ``build_datamodule``'s result: 10 images, so a pass has 3 batches of 4."""
+
+    def __init__(self, name: str, batch_size: int, augment: str) -> None:
+        self.batch_size = batch_size
+
+    def prepare_data(self) -> None:
+        pass
+
+    def setup(self, stage: str) -> None:
+        pass
+
+    def data_config(self) -> dict[str, list[float]]:
+        return {"mean": [0.5], "std": [0.5]}
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        data = torch.utils.data.TensorDataset(torch.zeros(10, 1, 28, 28), torch.zeros(10, dtype=torch.long))
+        return torch.utils.data.DataLoader(data, batch_size=self.batch_size)
+
+
+def test_more_batches_than_one_pass_holds_are_refused_before_timing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    module = load("bench_data")
+    monkeypatch.setattr(module, "build_datamodule", _TinyDataModule)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--batches", "3", "--batch-size", "4", "--out", str(tmp_path / "x.json")])
+    assert exit_info.value.code == 2
+    assert "has only 2 batches of 4 after the warm-up; pass --batches 2 or less" in capsys.readouterr().err
