@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import vitlab  # noqa: F401  (registers the models)
+from vitlab.checkpoint import load_pretrained, save_checkpoint
 from vitlab.errors import ConfigError
 from vitlab.models import iformer_fpn_backbone
 
@@ -76,29 +77,36 @@ def test_fpn_backbone_refuses_bad_returned_layers(kwargs, match):
         iformer_fpn_backbone("inception_transformer_tiny", **kwargs)
 
 
-@pytest.mark.parametrize(("name", "mean"), [
-    (VIT, (0.5,)), ("inception_transformer_tiny", (pytest.approx((0.485 + 0.456 + 0.406) / 3),)),
-])
-def test_timm_data_pipeline_feeds_a_one_channel_model_of_another_size(name, mean):
-    """resolve_model_data_config gave (3, 32, 32) and RGB statistics to an in_chans=1, img_size=64 model: Normalize
-    failed on the grayscale image, and the 32-px images it made were refused by the ViT."""
-    model = timm.create_model(name, in_chans=1, img_size=64).eval()
+@pytest.mark.parametrize("name", [VIT, "inception_transformer_tiny"])
+def test_timm_data_pipeline_makes_images_of_the_models_img_size(name):
+    """resolve_model_data_config gave the registered (3, 32, 32) to an img_size=64 model: the ViT refused the 32-px
+    images create_transform made (its message even pointed to create_transform)."""
+    model = timm.create_model(name, img_size=64).eval()
     cfg = timm.data.resolve_model_data_config(model)
-    assert cfg["input_size"] == (1, 64, 64) and cfg["mean"] == mean and len(cfg["std"]) == 1
-    image = Image.fromarray(np.arange(80 * 100, dtype=np.uint8).reshape(80, 100))
+    assert cfg["input_size"] == (3, 64, 64)
+    image = Image.fromarray(np.arange(80 * 100 * 3, dtype=np.uint8).reshape(80, 100, 3))
     x = timm.data.create_transform(**cfg)(image).unsqueeze(0)
-    assert x.shape == (1, 1, 64, 64)
+    assert x.shape == (1, 3, 64, 64)
     assert model(x).shape == (1, 10)
 
 
-def test_data_config_of_features_only_and_iformer_pool_size_follow_img_size():
-    features = timm.create_model("inception_transformer_tiny", features_only=True, img_size=64, in_chans=4)
-    assert features.pretrained_cfg["input_size"] == (4, 64, 64) == features.model.pretrained_cfg["input_size"]
-    assert features.pretrained_cfg["mean"] == (0.485, 0.456, 0.406, 0.485)  # cyclic, as adapt_input_conv
-    assert timm.create_model("inception_transformer_tiny", img_size=64).pretrained_cfg["pool_size"] == (2, 2)
+def test_data_config_keeps_the_weights_fields_and_follows_features_only_and_pool_size():
+    features = timm.create_model("inception_transformer_tiny", features_only=True, img_size=64, in_chans=1)
+    assert features.pretrained_cfg["input_size"] == (3, 64, 64) == features.model.pretrained_cfg["input_size"]
+    model = timm.create_model("inception_transformer_tiny", img_size=64, num_classes=3)
+    assert model.pretrained_cfg["pool_size"] == (2, 2) and model.pretrained_cfg["num_classes"] == 10
     registered = timm.create_model("inception_transformer_tiny").pretrained_cfg
     assert registered["input_size"] == (3, 32, 32) and registered["pool_size"] == (1, 1)
-    assert registered["num_classes"] == timm.create_model(VIT, num_classes=3).pretrained_cfg["num_classes"] == 10
+
+
+def test_rgb_weights_still_load_into_a_one_channel_model(tmp_path):
+    """timm's loader checks the first conv against pretrained_cfg['input_size'][0]: it must stay the weights'."""
+    source = timm.create_model(VIT)
+    path = save_checkpoint(tmp_path / "rgb.safetensors", source.state_dict(), kind="model", model_name=VIT,
+                           model_kwargs={})
+    model = load_pretrained(timm.create_model(VIT, in_chans=1), str(path))
+    expected = source.patch_embed.proj.weight.sum(dim=1, keepdim=True)  # timm's adapt_input_conv for 1 channel
+    assert torch.allclose(model.patch_embed.proj.weight, expected)
 
 
 @pytest.mark.parametrize("feature_cls", ["dict", "hook"])

@@ -916,7 +916,7 @@ def _create_inception_transformer(variant: str, pretrained: bool = False, **kwar
         )
     network = getattr(model, "model", model)  # features_only: the wrapper reads this network
     if isinstance(network, InceptionTransformer):  # timm's dict / hook feature nets keep no reference to it
-        match_data_config(model, network.in_chans, network.img_size, _stage_sizes(*network.img_size)[-1])
+        match_data_config(model, network.img_size, _stage_sizes(*network.img_size)[-1])
     return model
 
 

@@ -167,38 +167,30 @@ def pretrained_file_errors(variant: str, pretrained: bool, kwargs: dict[str, Any
         raise
 
 
-def match_data_config(
-    model: torch.nn.Module, in_chans: int, img_size: tuple[int, int] | None,
-    pool_size: tuple[int, int] | None = None,
-) -> None:
-    """Make ``model.pretrained_cfg``'s ``input_size``, ``mean`` / ``std`` and ``pool_size`` describe the images the
-    model takes, so ``timm.data.create_transform(**timm.data.resolve_model_data_config(model))`` feeds it: a model
-    built with ``in_chans=1`` or another ``img_size`` than its registered config otherwise got 3-channel statistics
-    (torchvision's ``Normalize`` fails on a grayscale image) or images of the registered size (which it refuses).
+def match_data_config(model: torch.nn.Module, img_size: tuple[int, int] | None,
+                      pool_size: tuple[int, int] | None = None) -> None:
+    """Make ``model.pretrained_cfg``'s ``input_size`` height and width (and ``pool_size``) those of the model's
+    ``img_size``, so ``timm.data.create_transform(**timm.data.resolve_model_data_config(model))`` makes images it
+    takes: a ViT built with ``img_size=64`` got the registered 32-px images, which it refuses.
 
-    Statistics for other channel counts follow timm's ``adapt_input_conv``: one channel (the RGB filters summed)
-    takes the mean of the three; more channels repeat them cyclically. ``num_classes`` and the weights' fields stay.
-    A ``features_only`` wrapper and its network are both updated.
+    The channel count, ``mean`` / ``std`` and ``num_classes`` stay those of the weights (timm's loader checks the
+    first conv against ``input_size[0]``); for a model built with other ``in_chans`` pass them to timm, e.g.
+    ``timm.data.resolve_data_config(dict(in_chans=1, mean=(0.5,), std=(0.5,)), model=model)``. A ``features_only``
+    wrapper and its network are both updated.
 
     Example:
         >>> import timm, vitlab
-        >>> model = timm.create_model("vit_vitlab_tiny_patch8_32", in_chans=1, img_size=64)
-        >>> cfg = timm.data.resolve_model_data_config(model)
-        >>> cfg["input_size"], cfg["mean"]
-        ((1, 64, 64), (0.5,))
+        >>> model = timm.create_model("vit_vitlab_tiny_patch8_32", img_size=64)
+        >>> timm.data.resolve_model_data_config(model)["input_size"]
+        (3, 64, 64)
     """
+    if img_size is None:
+        return
     for module in (model, getattr(model, "model", None)):
         cfg = getattr(module, "pretrained_cfg", None)
         if not isinstance(cfg, dict) or not cfg.get("input_size"):
             continue
-        cfg = dict(cfg)
-        size = tuple(img_size) if img_size is not None else tuple(cfg["input_size"][1:])
-        for key in ("mean", "std"):
-            values = tuple(cfg.get(key) or ())
-            if values and len(values) != in_chans:
-                cfg[key] = (sum(values) / len(values),) if in_chans == 1 else tuple(
-                    values[i % len(values)] for i in range(in_chans))
-        cfg["input_size"] = (in_chans, *size)
+        cfg = dict(cfg, input_size=(cfg["input_size"][0], *img_size))
         if pool_size is not None and cfg.get("pool_size") is not None:
             cfg["pool_size"] = tuple(pool_size)
         module.pretrained_cfg = module.default_cfg = cfg

@@ -259,7 +259,7 @@ def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> VitlabVisio
         )
     network = getattr(model, "model", model)  # features_only: the wrapper reads this ViT
     if isinstance(network, VitlabVisionTransformer):  # timm's dict / hook feature nets keep no reference to it
-        match_data_config(model, network.in_chans, network.patch_embed.img_size)
+        match_data_config(model, network.patch_embed.img_size)
     return model
 
 
