@@ -117,3 +117,12 @@ def test_read_idx_of_a_folder_says_it_is_a_folder(tmp_path):
         read_idx(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"IDX file not found"):
         read_idx(tmp_path / "missing-idx1-ubyte")
+
+
+def test_a_huge_img_size_is_refused_when_the_module_is_built():
+    # was: accepted, then torch's "DefaultCPUAllocator: can't allocate memory" inside the DataLoader
+    from vitlab.data import build_datamodule
+
+    with pytest.raises(ConfigError, match=r"img_size=1000000 makes .* above PIL's decompression-bomb limit"):
+        build_datamodule("digits", img_size=10**6)
+    assert build_datamodule("digits", img_size=9000).img_size == 9000  # large but real sizes stay valid

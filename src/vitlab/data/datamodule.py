@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup
 from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DataLoader
@@ -227,6 +229,10 @@ class VitlabDataModule(L.LightningDataModule):
         _check(root is None or not Path(root).is_file(), f"root={root!r} is a file, not a folder: pass the folder "
                "that holds the data (unpack an archive first, e.g. tar xzf FILE -C FOLDER)")
         img_size = check_int("img_size", img_size, minimum=4)
+        _check(img_size * img_size <= Image.MAX_IMAGE_PIXELS, f"img_size={img_size} makes {img_size}x{img_size} "
+               f"images, above PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels (side <= "
+               f"{math.isqrt(Image.MAX_IMAGE_PIXELS)}); use the model's input size, e.g. 32 or 224 (raise "
+               "PIL.Image.MAX_IMAGE_PIXELS only if you really mean it)")
         if in_chans is not None:
             in_chans = check_int("in_chans", in_chans, minimum=1, fix="None (the data's channels), 1 or 3")
         _check(in_chans in (None, 1, 3), f"in_chans must be None, 1 or 3, got {in_chans!r}")
