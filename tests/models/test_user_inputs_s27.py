@@ -77,26 +77,21 @@ def test_fpn_backbone_refuses_bad_returned_layers(kwargs, match):
         iformer_fpn_backbone("inception_transformer_tiny", **kwargs)
 
 
-@pytest.mark.parametrize("name", [VIT, "inception_transformer_tiny"])
-def test_timm_data_pipeline_makes_images_of_the_models_img_size(name):
-    """resolve_model_data_config gave the registered (3, 32, 32) to an img_size=64 model: the ViT refused the 32-px
-    images create_transform made (its message even pointed to create_transform)."""
-    model = timm.create_model(name, img_size=64).eval()
-    cfg = timm.data.resolve_model_data_config(model)
-    assert cfg["input_size"] == (3, 64, 64)
-    image = Image.fromarray(np.arange(80 * 100 * 3, dtype=np.uint8).reshape(80, 100, 3))
-    x = timm.data.create_transform(**cfg)(image).unsqueeze(0)
-    assert x.shape == (1, 3, 64, 64)
-    assert model(x).shape == (1, 10)
-
-
-def test_data_config_keeps_the_weights_fields_and_follows_features_only_and_pool_size():
-    features = timm.create_model("inception_transformer_tiny", features_only=True, img_size=64, in_chans=1)
-    assert features.pretrained_cfg["input_size"] == (3, 64, 64) == features.model.pretrained_cfg["input_size"]
-    model = timm.create_model("inception_transformer_tiny", img_size=64, num_classes=3)
-    assert model.pretrained_cfg["pool_size"] == (2, 2) and model.pretrained_cfg["num_classes"] == 10
-    registered = timm.create_model("inception_transformer_tiny").pretrained_cfg
-    assert registered["input_size"] == (3, 32, 32) and registered["pool_size"] == (1, 1)
+def test_the_fix_the_image_errors_name_feeds_a_one_channel_model_of_another_size():
+    """The messages named create_transform(**resolve_model_data_config(model)), which makes the registered 3-channel
+    32-px images (the source weights' pretrained_cfg, which timm never changes); resolve_input_data_config makes the
+    model's own size and channels."""
+    model = timm.create_model(VIT, img_size=64, in_chans=1).eval()
+    with pytest.raises(ValueError, match="takes 64x64 images") as size_error:
+        model(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(TypeError, match="x.float") as dtype_error:
+        model(torch.zeros(1, 1, 64, 64, dtype=torch.uint8))
+    for error in (size_error, dtype_error):
+        assert "resolve_input_data_config(model)" in str(error.value)
+    transform = timm.data.create_transform(**timm.data.resolve_input_data_config(model))
+    image = Image.fromarray(np.arange(80 * 100, dtype=np.uint8).reshape(80, 100))
+    assert model(transform(image).unsqueeze(0)).shape == (1, 10)
+    assert model.pretrained_cfg["input_size"] == (3, 32, 32)  # the source metadata stays
 
 
 def test_rgb_weights_still_load_into_a_one_channel_model(tmp_path):

@@ -44,13 +44,7 @@ from torch.nn.modules import module as torch_module
 
 from vitlab.models.cpu_linear import capturing_or_transforming, in_torch_func_transform, linear, linear_gelu
 from vitlab.models.iformer_checkpoint import checkpoint_filter_fn, load_official_checkpoint
-from vitlab.models.inputs import (
-    check_image_tensor,
-    check_increasing_indices,
-    check_rates,
-    match_data_config,
-    pretrained_file_errors,
-)
+from vitlab.models.inputs import check_image_tensor, check_increasing_indices, check_rates, pretrained_file_errors
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
 __all__ = [
@@ -908,16 +902,12 @@ def _create_inception_transformer(variant: str, pretrained: bool = False, **kwar
     if kwargs.get("features_only") and "out_indices" in kwargs:
         check_increasing_indices(kwargs["out_indices"], _take_indices(_NUM_STAGES, kwargs["out_indices"])[0], "stage")
     with pretrained_file_errors(variant, pretrained, kwargs) as kwargs:
-        model = build_model_with_cfg(
+        return build_model_with_cfg(
             InceptionTransformer, variant, pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
             feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
             **kwargs,
         )
-    network = getattr(model, "model", model)  # features_only: the wrapper reads this network
-    if isinstance(network, InceptionTransformer):  # timm's dict / hook feature nets keep no reference to it
-        match_data_config(model, network.img_size, _stage_sizes(*network.img_size)[-1])
-    return model
 
 
 def _cfg(url: str = "", **kwargs) -> dict[str, Any]:

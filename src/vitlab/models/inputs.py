@@ -31,7 +31,7 @@ from vitlab.errors import MissingFileError
 
 __all__ = [
     "autocast_enabled", "check_image_tensor", "check_increasing_indices", "check_pretrained_file", "check_rates",
-    "match_data_config", "pretrained_file_errors",
+    "pretrained_file_errors",
 ]
 
 
@@ -60,8 +60,8 @@ def check_image_tensor(x: Any, dtype: torch.dtype | None) -> None:
     if not x.is_floating_point():
         raise TypeError(
             f"expected floating-point images, got {x.dtype}: convert them, e.g. x.float() / 255 then normalise with "
-            "the model's mean/std (timm.data.create_transform(**timm.data.resolve_model_data_config(model)) does "
-            "both)"
+            "the model's mean/std (timm.data.create_transform(**timm.data.resolve_input_data_config(model)) does "
+            "both, for the model's own size and channels)"
         )
     if dtype is not None and x.dtype != dtype and not autocast_enabled(x.device):
         raise TypeError(f"the images are {x.dtype} but the model's weights are {dtype}: pass x.to({dtype}), or "
@@ -165,32 +165,3 @@ def pretrained_file_errors(variant: str, pretrained: bool, kwargs: dict[str, Any
         except CheckpointError as unreadable:
             raise CheckpointError(f"pretrained weights for {variant}: {unreadable}") from None
         raise
-
-
-def match_data_config(model: torch.nn.Module, img_size: tuple[int, int] | None,
-                      pool_size: tuple[int, int] | None = None) -> None:
-    """Make ``model.pretrained_cfg``'s ``input_size`` height and width (and ``pool_size``) those of the model's
-    ``img_size``, so ``timm.data.create_transform(**timm.data.resolve_model_data_config(model))`` makes images it
-    takes: a ViT built with ``img_size=64`` got the registered 32-px images, which it refuses.
-
-    The channel count, ``mean`` / ``std`` and ``num_classes`` stay those of the weights (timm's loader checks the
-    first conv against ``input_size[0]``); for a model built with other ``in_chans`` pass them to timm, e.g.
-    ``timm.data.resolve_data_config(dict(in_chans=1, mean=(0.5,), std=(0.5,)), model=model)``. A ``features_only``
-    wrapper and its network are both updated.
-
-    Example:
-        >>> import timm, vitlab
-        >>> model = timm.create_model("vit_vitlab_tiny_patch8_32", img_size=64)
-        >>> timm.data.resolve_model_data_config(model)["input_size"]
-        (3, 64, 64)
-    """
-    if img_size is None:
-        return
-    for module in (model, getattr(model, "model", None)):
-        cfg = getattr(module, "pretrained_cfg", None)
-        if not isinstance(cfg, dict) or not cfg.get("input_size"):
-            continue
-        cfg = dict(cfg, input_size=(cfg["input_size"][0], *img_size))
-        if pool_size is not None and cfg.get("pool_size") is not None:
-            cfg["pool_size"] = tuple(pool_size)
-        module.pretrained_cfg = module.default_cfg = cfg

@@ -33,13 +33,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from vitlab.checks import check_float, check_int
 from vitlab.errors import ConfigError
-from vitlab.models.inputs import (
-    check_image_tensor,
-    check_increasing_indices,
-    check_rates,
-    match_data_config,
-    pretrained_file_errors,
-)
+from vitlab.models.inputs import check_image_tensor, check_increasing_indices, check_rates, pretrained_file_errors
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
 
 __all__ = ["VitlabVisionTransformer", "check_vit_images", "vit_vitlab_tiny_patch4_32", "vit_vitlab_tiny_patch8_32"]
@@ -79,7 +73,8 @@ def _check_vit_images(
     size = (x.shape[2], x.shape[3])
     if img_size is not None and strict_img_size and size != tuple(img_size):
         raise ValueError(f"this ViT takes {img_size[0]}x{img_size[1]} images, got {size[0]}x{size[1]}: resize them "
-                         f"(timm.data.create_transform), or build the model with img_size="
+                         "(timm.data.create_transform(**timm.data.resolve_input_data_config(model)) makes this "
+                         "model's size), or build the model with img_size="
                          f"{size[0] if size[0] == size[1] else size} or "
                          "dynamic_img_size=True (position embeddings are then resized to each input)")
     if not dynamic_img_pad and (size[0] % patch_size[0] or size[1] % patch_size[1]):
@@ -251,16 +246,12 @@ def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> VitlabVisio
     if kwargs.get("features_only") and isinstance(depth, int):
         _check_out_indices(out_indices, depth)
     with pretrained_file_errors(variant, pretrained, kwargs) as kwargs:
-        model = build_model_with_cfg(
+        return build_model_with_cfg(
             VitlabVisionTransformer, variant, pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
             feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
             **kwargs,
         )
-    network = getattr(model, "model", model)  # features_only: the wrapper reads this ViT
-    if isinstance(network, VitlabVisionTransformer):  # timm's dict / hook feature nets keep no reference to it
-        match_data_config(model, network.patch_embed.img_size)
-    return model
 
 
 _TINY = dict(
