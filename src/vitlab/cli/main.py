@@ -22,7 +22,7 @@ import re
 import sys
 import traceback
 from argparse import ArgumentError
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import import_module
 from pathlib import Path
 from typing import Literal
@@ -409,6 +409,12 @@ def expand_config_paths(args: Sequence[str]) -> list[str]:
     return out
 
 
+def _run_config_keys(command: str) -> Iterator[str]:
+    """The dotted keys of ``command``'s run-config parser; the parser is built only when the keys are read."""
+    module, builder, _ = COMMANDS[command]
+    yield from getattr(import_module(module), builder)().get_defaults().keys()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: parse, run, and turn a user's error into one line on stderr and exit status 1 (a bad
     option or value: status 2, as argparse).
@@ -427,8 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_config_files(args)
         parsed_args, overrides, print_flags = args, [], None
         if command in RUN_CONFIG_COMMANDS:
-            from vitlab.train.arguments import split_nested_overrides, take_print_config
+            from vitlab.train.arguments import check_empty_mapping_keys, split_nested_overrides, take_print_config
 
+            if not help_only:  # the parser drops a misspelt `modle: {}` without a word
+                check_empty_mapping_keys(args, _run_config_keys(command))
             parsed_args, overrides = split_nested_overrides(args)
             # printed here, not by jsonargparse: after the deep keys are set, each section as the run builds it
             parsed_args, print_flags = take_print_config(parsed_args)

@@ -17,7 +17,7 @@ import ast
 import importlib.util
 import re
 from argparse import SUPPRESS
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from vitlab.train.config import RunConfig
 
 __all__ = ["DICT_FIELDS", "SECTION_NAMES", "YAML_MODE", "add_run_arguments", "apply_nested_overrides",
-           "check_option_values", "dump_run_config", "explain_parse_error", "load_run_config_file",
-           "namespace_to_run_config", "parse_run_namespace", "read_config_mapping", "run_config_from_args",
+           "check_empty_mapping_keys", "check_option_values", "dump_run_config",
+           "explain_parse_error", "load_run_config_file", "namespace_to_run_config", "parse_run_namespace",
+           "read_config_mapping", "run_config_from_args",
            "run_sections", "split_nested_overrides", "take_print_config"]
 
 SECTION_NAMES = ("model", "data", "optim", "negatives", "peft")
@@ -246,6 +247,80 @@ def check_option_values(args: Sequence[str]) -> None:
         check_unique_keys(text, f"{option} {text}")
 
 
+def _empty_mapping_keys(args: Sequence[str]) -> list[tuple[str, str]]:
+    """``(where, dotted key)`` of each key whose value is an empty mapping, in a ``--config`` (a file or inline YAML)
+    or in an option value written as a YAML mapping (``--optim '{lrr: {}}'``)."""
+    found: list[tuple[str, str]] = []
+
+    def walk(node: dict, path: str, where: str) -> None:
+        for key, value in node.items():
+            dotted = f"{path}.{key}" if path else str(key)
+            if isinstance(value, dict):
+                if value:
+                    walk(value, dotted, where)
+                else:
+                    found.append((where, dotted))
+
+    items = list(args)
+    for i, arg in enumerate(items):
+        if not arg.startswith("--"):
+            continue
+        name, has_value, text = arg.partition("=")
+        if not has_value:
+            if i + 1 >= len(items) or items[i + 1].startswith("--"):
+                continue
+            text = items[i + 1]
+        option = name[2:]
+        if option == "config" and Path(text).is_file():
+            content, where = read_config_mapping(text), f"--config {text}"
+        elif text.lstrip()[:1] == "{":
+            content, where = load_yaml(text, f"{name} {text}"), f"{name} {text}"
+        else:
+            continue
+        if isinstance(content, dict):
+            walk(content, "" if option == "config" else option, where)
+    return found
+
+
+def check_empty_mapping_keys(args: Sequence[str], known_keys: Iterable[str]) -> None:
+    """Refuse a misspelt key given as an empty mapping (``modle: {}`` in a ``--config`` file, ``--optim '{lrr: {}}'``,
+    ``--config '{modle: {}}'``): jsonargparse drops such a key without a word, while a misspelt key with a value is
+    refused. ``known_keys``: the parser's dotted keys (``parser.get_defaults().keys()``); a key inside a free-form
+    mapping (``model.kwargs``, ``data.options``, ``trainer.logger``, ...) is never refused.
+
+    Raises:
+        ConfigError: the key, where it was given and the closest known key (``did you mean 'model'?``).
+
+    Example:
+        >>> check_empty_mapping_keys(["--config", "{model: {}}"], ["model.name"])  # an empty known section: fine
+        >>> check_empty_mapping_keys(["--config", "{modle: {}}"], ["model.name"])
+        Traceback (most recent call last):
+        ...
+        vitlab.errors.ConfigError: --config {modle: {}}: unknown key 'modle' (an empty mapping); \
+did you mean 'model'? (`vitlab fit --print_config` shows every key)
+    """
+    from difflib import get_close_matches
+
+    from vitlab.errors import ConfigError
+
+    empty = _empty_mapping_keys(args)
+    if not empty:
+        return
+    known = list(known_keys)
+    for where, dotted in empty:
+        if any(k == dotted or k.startswith(f"{dotted}.") or dotted.startswith(f"{k}.") for k in known):
+            continue  # a section or group left empty (its defaults), or a key inside a free-form mapping
+        parent, _, last = dotted.rpartition(".")
+        depth = dotted.count(".")
+        siblings = sorted({k.split(".")[depth] for k in known
+                           if k.count(".") >= depth and k.startswith(f"{parent}." if parent else "")})
+        close = get_close_matches(last, siblings, n=1)
+        hint = f"did you mean {'.'.join((*([parent] if parent else []), close[0]))!r}?" if close else (
+            f"the keys here are {', '.join(siblings)}")
+        raise ConfigError(f"{where}: unknown key {dotted!r} (an empty mapping); {hint} (`vitlab fit --print_config` "
+                          "shows every key)")
+
+
 def apply_nested_overrides(ns: Namespace, overrides: Sequence[tuple[str, tuple[str, ...], str]]) -> Namespace:
     """Set each ``(dotted field, keys, value text)`` of `split_nested_overrides` in the parsed namespace ``ns``.
 
@@ -315,6 +390,7 @@ def dump_run_config(parser: ArgumentParser, ns: Namespace, flags: str = "") -> s
 def parse_run_namespace(parser: ArgumentParser, args: Sequence[str]) -> Namespace:
     """``parser.parse_args(args)`` with deep mapping keys set as `split_nested_overrides` describes; with
     ``--print_config`` among ``args`` the resolved config is printed (`dump_run_config`) and the parser exits."""
+    check_empty_mapping_keys(args, parser.get_defaults().keys())
     remaining, overrides = split_nested_overrides(args)
     remaining, print_flags = take_print_config(remaining)
     ns = apply_nested_overrides(parser.parse_args(remaining), overrides)
