@@ -3,7 +3,9 @@
 Contract of every transform built on `PatchTransform`:
 
 - ``forward(x, generator=None, params=None)``: ``x`` is float or uint8, ``(B, C, H, W)`` or ``(C, H, W)``; the result
-  is a **new** tensor of the same shape, dtype and device (``x`` is never modified).
+  is a **new** tensor of the same shape, dtype and device (``x`` is never modified). A 3-D input with more than 4
+  channels is refused: it is almost always a batch of grey images ``(B, H, W)``, which would get one shared view
+  (pass ``x.unsqueeze(1)``; a single many-channel image goes as ``x.unsqueeze(0)``).
 - Randomness is per sample, drawn on the generator's device (CPU by default, torch's default generator when
   ``generator`` is None) and moved to ``x``'s device. The drawn parameters are kept in ``last_params`` and can be
   replayed: ``t(y, params=t.last_params)``.
@@ -91,6 +93,11 @@ def _as_batch(x: Tensor) -> tuple[Tensor, bool]:
         raise ValueError(f"expected images (B, C, H, W) or (C, H, W), got shape {tuple(x.shape)}")
     if not (x.dtype.is_floating_point or x.dtype == torch.uint8):
         raise TypeError(f"expected a float or uint8 tensor, got {x.dtype}; convert with x.float() or x.to(torch.uint8)")
+    if x.ndim == 3 and x.shape[0] > 4:  # one image has 1-4 channels; (N, H, W) is a batch of grey images
+        raise ValueError(f"a 3-D input is one image (C, H, W) with C <= 4 channels, got shape {tuple(x.shape)}, which "
+                         f"looks like a batch of {x.shape[0]} grey images (B, H, W) (e.g. raw MNIST): pass "
+                         "x.unsqueeze(1) for (B, 1, H, W) (each image then gets its own view); for one image with more "
+                         "channels pass x.unsqueeze(0)")
     return (x.unsqueeze(0), True) if x.ndim == 3 else (x, False)
 
 
