@@ -125,3 +125,37 @@ def test_lora_qv_config_names_alpha_and_dropout_for_peft_loras_keywords(kwargs: 
     with pytest.raises(ConfigError, match=fix):
         LoraQVConfig(r=8, **kwargs)
     assert LoraQVConfig(r=8, alpha=16).alpha == 16.0
+
+
+def test_save_adapter_of_a_model_whose_adapter_is_not_named_default_loads_back(tmp_path: Path) -> None:
+    """``apply_kadaptation(m, cfg, adapter_name='x')`` (or ``PeftModel.from_pretrained(..., adapter_name='x')``) then
+    ``save_adapter``: peft writes the adapter into ``folder/x``; ``load_adapter(folder, base)`` said the folder was
+    incomplete and to save it again (which wrote the same folder)."""
+    from vitlab.peft import apply_kadaptation, save_adapter
+
+    model = apply_kadaptation(tiny_vit(), KAdaptationConfig(n=8), adapter_name="x")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1)
+    folder = save_adapter(tmp_path / "adapter", model)
+    x = torch.rand(2, 3, 32, 32)
+    loaded = load_adapter(folder, tiny_vit())
+    assert loaded.active_adapters == ["x"]
+    torch.testing.assert_close(loaded(x), model(x))
+    other = tiny_vit()
+    with torch.no_grad():
+        other.head.weight.add_(1.0)
+        other.blocks[0].mlp.fc1.weight.add_(1.0)
+    with pytest.raises(CheckpointError, match="was made for base weights"):  # vitlab.json's base hash still checked
+        load_adapter(folder, other)
+
+
+def test_a_folder_of_several_named_adapters_names_the_peft_calls(tmp_path: Path) -> None:
+    model = get_peft_model(tiny_vit(), KAdaptationConfig(n=8), adapter_name="x")
+    model.add_adapter("y", KAdaptationConfig(n=8))
+    from vitlab.peft import save_adapter
+
+    folder = save_adapter(tmp_path / "adapter", model)
+    with pytest.raises(CheckpointError, match=r"subfolders \['x', 'y'\].*adapter_name='x'.*load_adapter\(.*y'"):
+        load_adapter(folder, tiny_vit())

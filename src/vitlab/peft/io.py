@@ -179,17 +179,19 @@ def _json_object(path: Path, advice: str) -> dict[str, Any]:
     return value
 
 
-def folder_meta(folder: Path) -> dict[str, Any]:
-    """The ``vitlab.json`` object of a peft adapter folder, after checking that its ``adapter_config.json`` is a JSON
-    object naming a peft method known here (peft itself fails with a KeyError or TypeError on a damaged one)."""
+def folder_meta(folder: Path, adapter_dir: Path | None = None) -> dict[str, Any]:
+    """The ``vitlab.json`` object of a peft adapter folder, after checking that its ``adapter_config.json`` (in
+    ``adapter_dir``, default ``folder``) is a JSON object naming a peft method known here (peft itself fails with a
+    KeyError or TypeError on a damaged one)."""
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
     advice = "rebuild the base model yourself and call PeftModel.from_pretrained(base, folder)"
     if not (folder / VITLAB_META).is_file():
         raise CheckpointError(f"{folder} has no {VITLAB_META} (not written by vitlab): {advice}")
-    peft_type = _json_object(folder / CONFIG_NAME, "re-export the run, or convert the adapter again").get("peft_type")
+    config = (adapter_dir or folder) / CONFIG_NAME
+    peft_type = _json_object(config, "re-export the run, or convert the adapter again").get("peft_type")
     if not isinstance(peft_type, str) or peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
-        raise CheckpointError(f"{folder / CONFIG_NAME} names peft_type {peft_type!r}, which is no peft method known "
+        raise CheckpointError(f"{config} names peft_type {peft_type!r}, which is no peft method known "
                               "here (import the package that registers it; vitlab.peft registers KADAPTATION and "
                               "LORA_QV)")
     return _json_object(folder / VITLAB_META, advice)
@@ -281,10 +283,13 @@ def save_adapter(
                            base_sha256=base_sha256 or frozen_base_sha256(model), extra=meta_extra)
 
 
-def _load_peft_folder(folder: Path, base_model: nn.Module, check_base: bool) -> PeftModel:
-    meta_path = folder / VITLAB_META
+def _load_peft_folder(folder: Path, base_model: nn.Module, check_base: bool,
+                      adapter_name: str | None = None) -> PeftModel:
+    """``PeftModel.from_pretrained`` of ``folder`` (or of its subfolder ``adapter_name``, loaded under that name, as
+    peft's ``save_pretrained`` lays out an adapter not named ``default``) after checking ``folder/vitlab.json``."""
+    meta_path, source = folder / VITLAB_META, folder if adapter_name is None else folder / adapter_name
     if meta_path.is_file():  # folder_meta validates adapter_config.json and vitlab.json
-        recorded = folder_meta(folder).get("frozen_base_sha256")
+        recorded = folder_meta(folder, source).get("frozen_base_sha256")
         if recorded is not None and not isinstance(recorded, str):
             raise CheckpointError(f"{meta_path} records frozen_base_sha256 {recorded!r}, not a hex string; the "
                                   "folder is damaged: save the adapter again, or pass check_base=False")
@@ -293,12 +298,12 @@ def _load_peft_folder(folder: Path, base_model: nn.Module, check_base: bool) -> 
             if actual != recorded:
                 raise CheckpointError(f"{folder} was made for base weights {recorded}, but the given base model "
                                       f"hashes to {actual}: load the base checkpoint it was trained from")
-    weights = [folder / name for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME) if (folder / name).is_file()]
+    weights = [source / name for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME) if (source / name).is_file()]
     if not weights:
-        raise CheckpointError(f"{folder} has {CONFIG_NAME} but no {SAFETENSORS_WEIGHTS_NAME}: the folder is "
+        raise CheckpointError(f"{source} has {CONFIG_NAME} but no {SAFETENSORS_WEIGHTS_NAME}: the folder is "
                               "incomplete; save the adapter again (save_adapter / model.save_pretrained)")
     try:
-        return PeftModel.from_pretrained(base_model, str(folder))
+        return PeftModel.from_pretrained(base_model, str(source), adapter_name=adapter_name or "default")
     except SafetensorError as err:
         raise CheckpointError(f"{weights[0]} is not a readable safetensors file ({err}); the folder is damaged: save "
                               "the adapter again") from None
@@ -316,8 +321,10 @@ def load_adapter(path: str | Path, base_model: nn.Module, check_base: bool = Tru
     """Load a saved adaptation onto ``base_model`` (adapted in place) and return the adapted model.
 
     Args:
-        path: a peft adapter folder (``save_adapter`` of a ``PeftModel``, a run's ``adapter/``, or any peft folder),
-            or a vitlab adapter file written by ``save_adapter`` (``linear`` / ``adapter`` methods).
+        path: a peft adapter folder (``save_adapter`` of a ``PeftModel``, a run's ``adapter/``, or any peft folder;
+            a ``save_adapter`` folder whose one adapter is not named ``default`` holds it in a subfolder, as peft
+            saves it, and it loads under its name), or a vitlab adapter file written by ``save_adapter`` (``linear``
+            / ``adapter`` methods).
         base_model: the base the adapter was trained on (same architecture; the head may be freshly initialised).
         check_base: refuse a base whose ``frozen_base_sha256`` differs from the recorded one (a peft folder without
             ``vitlab.json``, or one that records no hash, is loaded unchecked).
@@ -344,6 +351,15 @@ def load_adapter(path: str | Path, base_model: nn.Module, check_base: bool = Tru
                          "wraps a plain base model: pass a fresh base, or add this adapter to the PeftModel with "
                          "model.load_adapter(folder, adapter_name='<name>')")
     folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    named = sorted(sub.name for sub in folder.iterdir() if (sub / CONFIG_NAME).is_file()) \
+        if path.is_dir() and not (folder / CONFIG_NAME).is_file() and (folder / VITLAB_META).is_file() else []
+    if len(named) == 1:  # save_adapter of a model whose one adapter is not named "default" (peft's layout)
+        return _load_peft_folder(folder, base_model, check_base, adapter_name=named[0])
+    if named:
+        first, second = (folder / name for name in named[:2])
+        raise CheckpointError(f"{folder} holds several peft adapters, in subfolders {named}: load one and add the "
+                              f"others, PeftModel.from_pretrained(base, '{first}', adapter_name='{first.name}') then "
+                              f"model.load_adapter('{second}', adapter_name='{second.name}')")
     if Path(path).is_dir() and not (folder / CONFIG_NAME).is_file() and any(
             (folder / name).is_file() for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, VITLAB_META)):
         raise CheckpointError(f"{folder} is a peft adapter folder without {CONFIG_NAME}: the folder is incomplete; "
