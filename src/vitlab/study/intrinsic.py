@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from vitlab.checks import check_field_types
+from vitlab.errors import ConfigError
 from vitlab.study.cache import ensure_cache_matches, read_record, write_record
 from vitlab.study.progress import sweep_progress
 
@@ -256,9 +257,17 @@ def run_intrinsic_dim(config: RunConfig, per_module: bool = False, dims: list[in
 
     if config.peft.method != "subspace":
         raise ValueError(f"vitlab intrinsic-dim needs peft.method: subspace, got {config.peft.method!r}")
+    for flag, value in (("per_module", per_module), ("reuse_cached_as_is", reuse_cached_as_is)):
+        if not isinstance(value, bool):  # a truthy string ('no') ran the per-module sweep
+            raise ConfigError(f"{flag} must be True or False, got {value!r}")
     options = {k: v for k, v in config.peft.options.items() if k not in ("sweep", "dim")}
     settings = SweepSettings.from_options(config.peft.options)
+    if isinstance(dims, int) and not isinstance(dims, bool):
+        dims = [dims]  # one point, as `--dims 1000`
     if dims is not None:
+        if isinstance(dims, str | bytes | Mapping) or not isinstance(dims, Iterable):  # '10' was read as [1, 0]
+            raise ConfigError(f"dims must be a list of positive ints (the d grid, e.g. [10, 100, 1000]) or one int, "
+                              f"got {dims!r}")
         settings = replace(settings, dims=list(dims))
     needs_val = [what for what, used in (("sweep.metric: val/acc", settings.metric == "val/acc"),
                                          ("sweep.patience", settings.patience is not None)) if used]
