@@ -70,4 +70,6 @@ def run_peft_study(ns: Namespace) -> dict[str, Any]:
     name, parent = options.pop("name"), options.pop("output_dir")
     if not name or Path(name).name != name or name in (".", ".."):
         raise ConfigError(f"--name must be a plain folder name (the study folder is <output_dir>/<name>), got {name!r}")
+    if not parent or not parent.strip():  # "" put the study folder in the current folder
+        raise ConfigError("--output_dir is empty: give the parent folder of the study folder, e.g. --output_dir runs")
     return run(output_dir=str(Path(parent) / name), **options)

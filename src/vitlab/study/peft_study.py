@@ -33,9 +33,11 @@ Usage (the library call behind ``vitlab peft-study --methods '[linear, kadaptati
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+from vitlab.errors import ConfigError
 from vitlab.study.launch import cached_rows, launch_runs
 from vitlab.study.plan import plan_study
 from vitlab.study.plots import plot_summary_accuracy_vs_params
@@ -58,6 +60,13 @@ def run_peft_study(output_dir: str = "runs/peft_study", keep_checkpoints: bool =
     Raises:
         ValueError: bad options, or some runs failed (the others are kept; rerun the command to retry them).
     """
+    if not isinstance(output_dir, str | os.PathLike) or not str(output_dir).strip():
+        raise ConfigError(f"output_dir must be the study folder (a non-empty str or pathlib.Path, e.g. "
+                          f"'runs/peft_study'), got {output_dir!r}")
+    for flag, value in (("keep_checkpoints", keep_checkpoints), ("reuse_cached_as_is", reuse_cached_as_is)):
+        if not isinstance(value, bool):  # a truthy string ('false') was taken as True
+            raise ConfigError(f"{flag} must be True or False, got {value!r}")
+    output_dir = os.path.expanduser(output_dir)  # `~/runs`: a folder named `~` was made
     specs = plan_study(output_dir=output_dir, **options)
     out = Path(output_dir)
     results_path = out / "results.csv"
