@@ -133,6 +133,9 @@ def run_study(config: StudyConfig, command: str, estimate_only: bool = False,
     if not isinstance(command, str):
         raise TypeError(f"command must be the command line that reproduces the study (a str, '' from Python), got "
                         f"{command!r}")
+    for flag, value in (("estimate_only", estimate_only), ("reuse_cached_as_is", reuse_cached_as_is)):
+        if not isinstance(value, bool):  # a truthy string ('false') was taken as True
+            raise TypeError(f"{flag} must be True or False, got {value!r}")
     check_accelerator(config.accelerator)
     if readme:
         check_readme(readme)  # now, not after the whole study
