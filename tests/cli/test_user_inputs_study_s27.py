@@ -105,3 +105,73 @@ def test_a_study_run_from_python_with_no_command_says_so(tmp_path, monkeypatch):
     assert json.loads((config.folder / "study.json").read_text())["command"] == PYTHON_COMMAND  # the report's line
     with pytest.raises(TypeError, match="command must be the command line"):
         run_study(config, None)
+
+
+def _intrinsic_config(tmp_path, **data):
+    from dataclasses import replace
+
+    from vitlab.train.arguments import load_run_config_file
+
+    config = load_run_config_file("configs/intrinsic_dim_vit_digits.yaml")
+    return replace(config, output_dir=str(tmp_path), data=replace(config.data, **data))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"per_module": "no"}, r"per_module must be True or False, got 'no'"),  # ran the per-module sweep
+    ({"reuse_cached_as_is": "false"}, r"reuse_cached_as_is must be True or False"),
+    ({"dims": "10"}, r"dims must be a list of positive ints .* got '10'"),  # named ['1', '0']
+])
+def test_intrinsic_dim_python_arguments_are_checked(kwargs, message, tmp_path):
+    from vitlab.study.intrinsic import run_intrinsic_dim
+
+    with pytest.raises(ValueError, match=message):
+        run_intrinsic_dim(_intrinsic_config(tmp_path), **kwargs)
+    assert not any(tmp_path.iterdir())  # refused before the sweep folder is written
+
+
+def test_intrinsic_dim_takes_one_int_as_the_cli_does(tmp_path):
+    from vitlab.study.intrinsic import run_intrinsic_dim
+
+    config = _intrinsic_config(tmp_path, val_fraction=0.0)
+    options = {**config.peft.options, "sweep": {**config.peft.options.get("sweep", {}), "metric": "val/acc"}}
+    from dataclasses import replace
+
+    config = replace(config, peft=replace(config.peft, options=options))
+    # dims=10 was "TypeError: 'int' object is not iterable"; now it reaches the next check, as dims=[10] does
+    for dims in (10, [10]):
+        with pytest.raises(ValueError, match="need a validation split"):
+            run_intrinsic_dim(config, dims=dims)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"output_dir": ""}, r"output_dir must be the study folder"),  # results.csv went into the current folder
+    ({"keep_checkpoints": "no"}, r"keep_checkpoints must be True or False"),
+    ({"reuse_cached_as_is": "false"}, r"reuse_cached_as_is must be True or False"),
+])
+def test_peft_study_python_arguments_are_checked(kwargs, message, tmp_path, monkeypatch):
+    from vitlab.study.peft_study import run_peft_study
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        run_peft_study(**{"output_dir": "runs/p", **kwargs})
+    assert not any(tmp_path.iterdir())
+
+
+def test_peft_study_cli_refuses_an_empty_output_dir(tmp_path, monkeypatch, capsys):
+    from vitlab.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["peft-study", "--output_dir", "", "--methods", "[linear]"]) == 1
+    assert "--output_dir is empty" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_run_study_flags_must_be_bools(tmp_path, monkeypatch):
+    from vitlab.study.run import run_study
+
+    monkeypatch.chdir(tmp_path)
+    config = load_study_config(_write_configs(tmp_path))
+    for flag in ("estimate_only", "reuse_cached_as_is"):
+        with pytest.raises(TypeError, match=f"{flag} must be True or False, got 'false'"):
+            run_study(config, "vitlab study", **{flag: "false"})
+    assert not (tmp_path / "runs").exists()
