@@ -11,7 +11,7 @@ from PIL import Image
 import vitlab  # noqa: F401  (registers the models)
 from vitlab.checkpoint import load_pretrained, save_checkpoint
 from vitlab.errors import ConfigError
-from vitlab.models import iformer_fpn_backbone
+from vitlab.models import export_onnx, iformer_fpn_backbone
 
 VIT = "vit_vitlab_tiny_patch8_32"
 
@@ -108,3 +108,14 @@ def test_rgb_weights_still_load_into_a_one_channel_model(tmp_path):
 def test_other_feature_classes_still_build(feature_cls):
     features = timm.create_model("inception_transformer_tiny", features_only=True, feature_cls=feature_cls)
     assert features.feature_info.reduction() == [4, 8, 16, 32]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "traced"), [
+    (VIT, dict(img_size=48, in_chans=1), (2, 1, 48, 48)),  # refused: the model's size error for 32-px input
+    ("inception_transformer_tiny", dict(img_size=64), (2, 3, 64, 64)),  # silently traced at the registered 32 px
+])
+def test_export_onnx_traces_the_size_the_model_was_built_for(monkeypatch, tmp_path, name, kwargs, traced):
+    shapes = []
+    monkeypatch.setattr(torch.onnx, "export", lambda model, args, *rest, **options: shapes.append(args[0].shape))
+    export_onnx(timm.create_model(name, **kwargs).eval(), tmp_path / "model.onnx", check=False)
+    assert shapes == [traced]

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+from timm.models import get_model_input_config
 from torch import nn
 
 from vitlab.checks import check_bool, check_float, check_int
@@ -47,9 +48,10 @@ def export_onnx(
     Args:
         model: An image model in eval mode, e.g. ``timm.create_model("inception_transformer_small").eval()``.
         path: Where to write the ``.onnx`` file (its folder must exist).
-        input_size: ``(C, H, W)`` of the traced input; default: the model's ``pretrained_cfg["input_size"]`` with
-            ``C`` the model's ``in_chans`` (a model built for 1 channel traces a 1-channel input). Height
-            and width are fixed in the graph, the batch size is free (1 to ``max_batch``).
+        input_size: ``(C, H, W)`` of the traced input; default: the size the model was built for (timm's
+            ``get_model_input_config``: its ``in_chans`` and ``img_size``, e.g. ``(1, 64, 64)`` for
+            ``img_size=64, in_chans=1``; a model built by timm only). Height and width are fixed in the graph,
+            the batch size is free (1 to ``max_batch``).
         check: Run the file with onnxruntime on a batch of 3 random images (the graph is traced with 2) and raise
             ``ValueError`` if any output differs from PyTorch's by more than ``atol``.
         atol: Largest absolute difference the check accepts.
@@ -80,11 +82,10 @@ def export_onnx(
     if not os.access(path.parent, os.W_OK):
         raise PermissionError(f"cannot write into {path.parent}: choose a folder you can write to")
     if input_size is None:
-        input_size = getattr(model, "pretrained_cfg", {}).get("input_size")
-        if input_size is None:
+        if not (getattr(model, "pretrained_cfg", None) or {}).get("input_size"):
             raise ValueError("the model has no pretrained_cfg['input_size']: pass input_size=(C, H, W)")
-        in_chans = getattr(model, "in_chans", None)  # the model may be built for other channels than its weights
-        input_size = (in_chans, *input_size[1:]) if isinstance(in_chans, int) else input_size
+        # the model's own img_size / in_chans (timm's traits), not the source weights' pretrained_cfg
+        input_size = tuple(get_model_input_config(model)["input_size"])
     if isinstance(input_size, str) or not isinstance(input_size, Sequence) or len(input_size) != 3 or any(
             isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in input_size):
         raise ValueError(f"input_size must be (C, H, W) with positive int sizes, got {input_size!r}")
