@@ -159,3 +159,13 @@ def test_a_folder_of_several_named_adapters_names_the_peft_calls(tmp_path: Path)
     folder = save_adapter(tmp_path / "adapter", model)
     with pytest.raises(CheckpointError, match=r"subfolders \['x', 'y'\].*adapter_name='x'.*load_adapter\(.*y'"):
         load_adapter(folder, tiny_vit())
+
+
+@pytest.mark.filterwarnings("ignore:Adapter name .* should not be contained in the prefix:UserWarning")  # peft, for ""
+@pytest.mark.parametrize("name", ["a.b", ""])
+def test_add_adapter_refuses_a_name_modules_cannot_be_keyed_by(name: str) -> None:
+    """``peft_model.add_adapter('a.b', KAdaptationConfig())`` was torch's KeyError 'module name can't contain "."'."""
+    model = get_peft_model(tiny_vit(), KAdaptationConfig(n=8))
+    with pytest.raises(ValueError, match="adapter_name must be a non-empty name without '.'"):
+        model.add_adapter(name, KAdaptationConfig(n=8))
+    assert list(model.peft_config) == ["default"] and list(model.base_model.kadaptation_A) == ["default"]

@@ -370,6 +370,9 @@ class RowSliceTuner(BaseTuner):
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
         """peft's ``inject_adapter`` (used by ``get_peft_model`` and ``add_adapter``), after creating the adapter's
         seeded generator and its shared-state container."""
+        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
+            raise ValueError(f"adapter_name must be a non-empty name without '.' (it keys modules), got "
+                             f"{adapter_name!r}: e.g. model.add_adapter('second', config)")
         seed = self.peft_config[adapter_name].seed
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
         existing: list[tuple[nn.Parameter, bool]] = []
