@@ -513,6 +513,7 @@ def robustness_report(checkpoint: str | Path, *, data: str | None = None, root: 
         report["metrics"]["mean_accuracy"]
     """
     _check_checkpoint(checkpoint)
+    _command_line(command)  # a non-str command is refused now, not after the (long) evaluation
     from vitlab.data.transforms import normalize_for
     from vitlab.eval.corruptions import COMMON_CORRUPTIONS
     from vitlab.eval.imagenet_c import evaluate_imagenet_c
@@ -627,6 +628,7 @@ def diagnose_checkpoint(checkpoint: str | Path, *, data: str | None = None, root
         result["views"]["shuffle"]["accuracy"]
     """
     _check_checkpoint(checkpoint)
+    _command_line(command)  # a non-str command is refused now, not after the evaluation
     from vitlab.augment import KINDS, NegativeViews
     from vitlab.eval.diagnostics import diagnose_negatives, format_negative_diagnostics, model_patch_size
 
