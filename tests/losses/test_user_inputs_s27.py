@@ -58,3 +58,28 @@ def test_loss_term_int_2d_targets_name_a_fix_that_works(targets, fix):
     fixed = targets.squeeze(1) if targets.shape[1] == 1 else targets.float()
     term(SimpleNamespace(model=model), (images, fixed), {})
     assert term.last_metrics["neg_acc"].item() in {0.0, 0.25, 0.5, 0.75, 1.0}
+
+
+@pytest.mark.parametrize("loss", ["uniform", "l2", "contrastive"])
+def test_a_model_without_classifier_head_is_refused(loss):
+    # was: a num_classes=0 timm model's pooled features (B, D) scored silently as logits of D classes
+    model = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2,
+                              num_classes=0)
+    images = torch.rand(4, 3, 16, 16)
+    term = NegativeAugmentationLoss(loss, 1.0, patch_size=4)
+    with pytest.raises(ConfigError, match=r"no classifier head \(num_classes=0\).*reset_classifier"):
+        term(SimpleNamespace(model=model), (images, LABELS), {"logits": torch.zeros(4, 4)})
+    model.reset_classifier(4)  # the named fix
+    assert torch.isfinite(term(SimpleNamespace(model=model), (images, LABELS), {"logits": model(images)})["loss"])
+
+
+@pytest.mark.parametrize(("loss", "source"), [("uniform", "the model"), ("l2", "the model"),
+                                              ("contrastive", r"forward_head\(tokens, pre_logits=True\)")])
+def test_per_token_outputs_name_the_global_pool(loss, source):
+    # was: "negative_logits must be float logits (B, K), got (4, 17, 4)" (contrastive: advised forward_head(...,
+    # pre_logits=True), which is what returned the per-token features)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2,
+                              num_classes=4, global_pool="")
+    term = NegativeAugmentationLoss(loss, 1.0, patch_size=4)
+    with pytest.raises(ConfigError, match=rf"{source} returned \(4, 17, .*one row per token.*global_pool='token'"):
+        term(SimpleNamespace(model=model), (torch.rand(4, 3, 16, 16), LABELS), {"logits": torch.zeros(4, 4)})

@@ -159,6 +159,25 @@ def _check_call(
     return model, images, labels, outputs
 
 
+def _check_classifier(model: nn.Module) -> None:
+    """Refuse a timm model built without a classifier (``num_classes=0``): its pooled features are no logits."""
+    if getattr(model, "num_classes", None) == 0:
+        raise ConfigError(f"task.model ({type(model).__name__}) has no classifier head (num_classes=0), so it returns "
+                          "pooled features, not class logits: the negative losses need logits; build the model with "
+                          "num_classes=K (or model.reset_classifier(K))")
+
+
+def _check_per_image(source: str, output: object, expected: str) -> None:
+    """Refuse a model output that is not one row per image (e.g. per-token outputs of ``global_pool=''``)."""
+    if isinstance(output, Tensor) and output.ndim == 2:
+        return
+    got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+    hint = ("; it returned one row per token: build the model with a global pool (timm's global_pool='token' or "
+            "'avg', not '')" if isinstance(output, Tensor) and output.ndim == 3 else "")
+    raise ConfigError(f"{source} returned {got} for the negative views, but the negative losses need {expected}, one "
+                      f"row per image{hint}")
+
+
 def _check_label_range(labels: Tensor, classes: int) -> None:
     """Refuse labels outside ``[0, classes)`` other than ``IGNORE_INDEX`` (one min/max read of the small ``(B,)``
     label tensor)."""
@@ -332,6 +351,7 @@ class NegativeAugmentationLoss(nn.Module):
     def forward(self, task: Any, batch: Sequence[Tensor], outputs: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
         """``{"loss": L_neg}`` for ``batch = (images, targets, ...)``; see the class docstring."""
         model, images, labels, outputs = _check_call(task, batch, outputs, isinstance(self.loss, L2NegativeLoss))
+        _check_classifier(model)
         try:
             self.views.grid(images.shape[-2], images.shape[-1])
         except ConfigError as err:  # say which patch_size: the run config has the model's too
@@ -372,8 +392,11 @@ class NegativeAugmentationLoss(nn.Module):
                 features, logits = _features_and_logits(model, torch.cat([images, negatives]))
                 clean_features, negative_features = features.split(images.shape[0])
                 negative_logits = logits[images.shape[0]:]
+            _check_per_image("forward_head(tokens, pre_logits=True)", negative_features, "features (B, D)")
+            _check_per_image("forward_head(tokens)", negative_logits, "logits (B, K)")
             return self.loss(clean_features, negative_features, labels), negative_logits
         negative_logits = model(negatives)
+        _check_per_image("the model", negative_logits, "logits (B, K)")
         if isinstance(self.loss, L2NegativeLoss):
             return self.loss(outputs["logits"], negative_logits), negative_logits
         return self.loss(negative_logits), negative_logits
