@@ -12,6 +12,7 @@ import vitlab  # noqa: F401  (registers the models)
 from vitlab.checkpoint import load_pretrained, save_checkpoint
 from vitlab.errors import ConfigError
 from vitlab.models import export_onnx, iformer_fpn_backbone
+from vitlab.models.flops import count_flops
 
 VIT = "vit_vitlab_tiny_patch8_32"
 
@@ -119,3 +120,14 @@ def test_export_onnx_traces_the_size_the_model_was_built_for(monkeypatch, tmp_pa
     monkeypatch.setattr(torch.onnx, "export", lambda model, args, *rest, **options: shapes.append(args[0].shape))
     export_onnx(timm.create_model(name, **kwargs).eval(), tmp_path / "model.onnx", check=False)
     assert shapes == [traced]
+
+
+@pytest.mark.parametrize(("name", "input_size", "message"), [
+    (VIT, (1, 32, 32), "got shape [1, 1, 32, 32];"),
+    ("inception_transformer_tiny", (3, 33, 33), "cannot take a 33x33 input: the stage-1 and stage-2 maps (9, 9)"),
+])
+def test_count_flops_reports_the_models_refusal_with_plain_sizes(name, input_size, message):
+    """Under fvcore's trace the sizes printed as tensors: 'got shape [tensor(1), tensor(1), ...]'."""
+    with pytest.raises(ValueError) as error:
+        count_flops(timm.create_model(name), input_size)
+    assert message in str(error.value) and "tensor(" not in str(error.value)

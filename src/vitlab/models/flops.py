@@ -74,5 +74,12 @@ def count_flops(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), bat
         analysis = FlopCountAnalysis(model, x).set_op_handle("aten::scaled_dot_product_attention", sdpa_flop_jit)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         return int(analysis.total())
+    except ValueError:  # the model refused the input: its message, with sizes as ints (traced ones print as tensors)
+        try:
+            with torch.no_grad():
+                model(x)
+        except ValueError as err:
+            raise err from None
+        raise
     finally:
         model.train(was_training)
