@@ -83,3 +83,12 @@ def test_per_token_outputs_name_the_global_pool(loss, source):
     term = NegativeAugmentationLoss(loss, 1.0, patch_size=4)
     with pytest.raises(ConfigError, match=rf"{source} returned \(4, 17, .*one row per token.*global_pool='token'"):
         term(SimpleNamespace(model=model), (torch.rand(4, 3, 16, 16), LABELS), {"logits": torch.zeros(4, 4)})
+
+
+def test_contrastive_per_token_features_name_pooling():
+    # was: only "e.g. model.forward_head(..., pre_logits=True)", the call that returns them with global_pool=''
+    tokens = torch.randn(4, 17, 8)
+    with pytest.raises(ConfigError, match=r"per-token features \(N, T, D\): pool them.*features\.mean\(1\)"):
+        ContrastiveNegativeLoss()(tokens, tokens, LABELS)
+    pooled = ContrastiveNegativeLoss()(tokens.mean(1), tokens.mean(1), LABELS)
+    assert torch.isfinite(pooled) and pooled > 0

@@ -225,8 +225,11 @@ class ContrastiveNegativeLoss(nn.Module):
     def forward(self, clean_features: Tensor, negative_features: Tensor, labels: Tensor) -> Tensor:
         for name, t in (("clean_features", clean_features), ("negative_features", negative_features)):
             if not isinstance(t, Tensor) or t.ndim != 2 or not t.dtype.is_floating_point:
+                hint = ("; these are per-token features (N, T, D): pool them to one row per image (a model with a "
+                        "global pool, timm's global_pool='token' or 'avg', or e.g. features.mean(1))"
+                        if isinstance(t, Tensor) and t.ndim == 3 else "")
                 raise ConfigError(f"{name} must be float features (N, D), e.g. model.forward_head(..., "
-                                  f"pre_logits=True); got {tuple(t.shape) if isinstance(t, Tensor) else t!r}")
+                                  f"pre_logits=True); got {tuple(t.shape) if isinstance(t, Tensor) else t!r}{hint}")
         if clean_features.shape[1] != negative_features.shape[1]:
             raise ConfigError(f"feature widths differ: {clean_features.shape[1]} vs {negative_features.shape[1]}; take "
                               "both from the same model's forward_head(..., pre_logits=True)")
