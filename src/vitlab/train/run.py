@@ -266,8 +266,10 @@ def check_trainer_options(kwargs: dict[str, Any]) -> None:
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float) or not 0 <= clip < math.inf):
         raise ConfigError(f"trainer.gradient_clip_val must be a finite number >= 0 (0 or null: no clipping), got "
                           f"{clip!r}")
-    if max_time_seconds(kwargs.get("max_time")) == 0:
-        raise ConfigError(f"trainer.max_time is zero ({kwargs['max_time']!r}): {no_training}; give DD:HH:MM:SS > 0")
+    seconds = max_time_seconds(kwargs.get("max_time"))
+    if seconds is not None and not seconds > 0:  # a negative or NaN duration stops Lightning before any step, as zero
+        what = "zero" if seconds == 0 else "not a positive duration"
+        raise ConfigError(f"trainer.max_time is {what} ({kwargs['max_time']!r}): {no_training}; give DD:HH:MM:SS > 0")
 
 
 def _is_int(value: Any) -> bool:
