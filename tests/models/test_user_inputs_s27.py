@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.error
+
 import numpy as np
 import pytest
 import timm
@@ -9,7 +11,7 @@ import torch
 from PIL import Image
 
 import vitlab  # noqa: F401  (registers the models)
-from vitlab.checkpoint import load_pretrained, save_checkpoint
+from vitlab.checkpoint import MissingWeightsError, load_pretrained, save_checkpoint
 from vitlab.errors import ConfigError
 from vitlab.models import export_onnx, iformer_fpn_backbone
 from vitlab.models.flops import count_flops
@@ -131,3 +133,14 @@ def test_count_flops_reports_the_models_refusal_with_plain_sizes(name, input_siz
     with pytest.raises(ValueError) as error:
         count_flops(timm.create_model(name), input_size)
     assert message in str(error.value) and "tensor(" not in str(error.value)
+
+
+def test_pretrained_true_without_network_names_the_local_file_route(monkeypatch):
+    """timm.create_model('inception_transformer_small', pretrained=True) offline ended in urllib's URLError."""
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(timm.models._builder, "load_state_dict_from_url", offline)
+    with torch.device("meta"), pytest.raises(MissingWeightsError, match="pretrained_cfg_overlay=dict") as error:
+        timm.create_model("inception_transformer_small", pretrained=True)
+    assert "iformer_small.pth" in str(error.value) and isinstance(error.value, FileNotFoundError)

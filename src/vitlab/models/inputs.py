@@ -22,12 +22,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from safetensors import SafetensorError
 
-from vitlab.checkpoint import CheckpointError, read_weights_file
+from vitlab.checkpoint import CheckpointError, MissingWeightsError, read_weights_file
 from vitlab.checks import check_probability
-from vitlab.errors import MissingFileError
+from vitlab.errors import MissingFileError, VitlabError
 
 __all__ = [
     "autocast_enabled", "check_image_tensor", "check_increasing_indices", "check_pretrained_file", "check_rates",
@@ -157,6 +158,16 @@ def pretrained_file_errors(variant: str, pretrained: bool, kwargs: dict[str, Any
     check_pretrained_file(variant, pretrained, kwargs)
     try:
         yield kwargs
+    except OSError as err:  # a download (urllib's URLError, the Hub's errors) without network or cache
+        if not pretrained or path is not None or isinstance(err, VitlabError):
+            raise
+        cfg = timm.models.get_pretrained_cfg(variant, allow_unregistered=True)
+        url = f" ({cfg.url})" if cfg is not None and cfg.url else ""
+        reason = " ".join(str(err).split())[:200]
+        raise MissingWeightsError(
+            f"could not fetch the pretrained weights of {variant}: {reason}; without network, download them "
+            f"elsewhere{url} and pass pretrained_cfg_overlay=dict(file=PATH), or build with pretrained=False"
+        ) from err
     except (RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError):
         if not pretrained or path is None:
             raise
