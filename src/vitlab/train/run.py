@@ -243,6 +243,12 @@ def check_trainer_options(kwargs: dict[str, Any]) -> None:
         raise ConfigError(f"trainer.max_epochs must be an integer >= 1 (or -1 with trainer.max_steps >= 1), got "
                           f"{epochs!r}: a run with no training would save random weights as a finished model, and an "
                           "endless one has no learning-rate schedule")
+    for unit, limit in (("epochs", epochs), ("steps", steps)):
+        least = kwargs.get(f"min_{unit}")
+        if _is_int(least) and _is_int(limit) and limit >= 1 and least > limit:  # Lightning stops at max_* silently
+            raise ConfigError(f"trainer.min_{unit} ({least}) is larger than trainer.max_{unit} ({limit}): Lightning "
+                              f"would stop at max_{unit}; raise trainer.max_{unit} to at least {least} or lower "
+                              f"trainer.min_{unit}")
     devices = kwargs.get("devices")
     if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():  # `--trainer.devices 0` arrives as '0'
         devices = int(devices)
