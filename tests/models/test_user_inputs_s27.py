@@ -144,3 +144,18 @@ def test_pretrained_true_without_network_names_the_local_file_route(monkeypatch)
     with torch.device("meta"), pytest.raises(MissingWeightsError, match="pretrained_cfg_overlay=dict") as error:
         timm.create_model("inception_transformer_small", pretrained=True)
     assert "iformer_small.pth" in str(error.value) and isinstance(error.value, FileNotFoundError)
+
+
+def test_fpn_frozen_stages_keep_their_batch_norm_statistics():
+    """trainable_layers froze the weights, but in train mode the frozen stages' BatchNorms still normalised with
+    batch statistics and updated their running ones (torchvision's frozen backbones use FrozenBatchNorm2d)."""
+    backbone = iformer_fpn_backbone("inception_transformer_tiny", trainable_layers=2, out_channels=16)
+    model = torch.nn.Sequential(backbone).train()  # a detector's train() reaches the backbone the same way
+    frozen, trainable = backbone.body.model.patch_embed.norm1, backbone.body.model.patch_embed4.norm
+    before = frozen.running_mean.clone(), trainable.running_mean.clone()
+    backbone(torch.randn(2, 3, 64, 64))
+    assert not frozen.training and torch.equal(frozen.running_mean, before[0])
+    assert trainable.training and not torch.equal(trainable.running_mean, before[1])
+    assert backbone.training and backbone.fpn.training
+    model.eval()
+    assert not trainable.training

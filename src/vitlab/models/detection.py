@@ -48,6 +48,18 @@ class IFormerFPN(nn.Module):
             extra_blocks=LastLevelMaxPool() if extra_blocks is None else extra_blocks,
         )
         self.out_channels = out_channels
+        self.train(body.training)
+
+    def train(self, mode: bool = True) -> "IFormerFPN":
+        """``nn.Module.train``, except that batch norms whose affine weights are frozen (``trainable_layers``) stay
+        in eval mode, as torchvision's frozen backbones (``FrozenBatchNorm2d``): they normalise with their running
+        statistics and never update them."""
+        super().train(mode)
+        for module in self.body.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None and (
+                    not module.weight.requires_grad):
+                module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, 3, H, W)`` -> the FPN's ordered maps (written so that TorchScript compiles it, as torchvision's
@@ -77,6 +89,7 @@ def iformer_fpn_backbone(
             R-CNN's default anchors expect: 5 maps for 5 anchor sizes).
         trainable_layers: As torchvision's ``resnet_fpn_backbone``: how many of the iFormer's 4 stages, counted from
             the last, keep trainable weights (0 freezes the whole iFormer, only the FPN trains); ``None`` trains all.
+            The batch norms of frozen stages stay in eval mode (running statistics fixed, as torchvision's).
         returned_layers: torchvision's spelling of ``out_indices``, counting stages from 1 as
             ``resnet_fpn_backbone`` does: ``returned_layers=[2, 3, 4]`` is ``out_indices=(1, 2, 3)``. Give one of the
             two.
