@@ -175,3 +175,25 @@ def test_run_study_flags_must_be_bools(tmp_path, monkeypatch):
         with pytest.raises(TypeError, match=f"{flag} must be True or False, got 'false'"):
             run_study(config, "vitlab study", **{flag: "false"})
     assert not (tmp_path / "runs").exists()
+
+
+def test_given_weights_missing_offline_are_refused_before_fine_tuning(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    from vitlab.checkpoint import MissingWeightsError
+    from vitlab.study.stages import pretrain_backbones
+
+    empty = tmp_path / "hub"
+    empty.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(empty))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(empty))
+    config = study_config_from_dict({"backbones": {"vit": {"model": "vit_tiny_patch16_224", "pretrained": "timm"}},
+                                     "output_dir": str(tmp_path / "runs"), "downstream": "digits",
+                                     "finetune": {"methods": ["linear"], "shots": [2], "full_data": False,
+                                                  "seeds": [0]},
+                                     "intrinsic_dim": {"backbones": []}})
+    # each fine-tuning run failed in turn with this message, after the pretrain stage had passed
+    with pytest.raises(MissingWeightsError, match=r"not in the Hugging Face cache .*hf download"):
+        pretrain_backbones(config)

@@ -81,6 +81,10 @@ def pretrain_backbones(config: StudyConfig, reuse_cached_as_is: bool = False) ->
     for label in config.used_backbones():
         spec = config.backbones[label]
         if spec.given_weights:
+            from vitlab.checkpoint.pretrained import create_model
+
+            # load them once now: weights neither cached nor downloadable failed every fine-tuning run in turn
+            create_model(spec.model, spec.pretrained)
             print(f"{label}: pretrained weights {spec.model} from {spec.pretrained} (no pretraining stage)", flush=True)
             weights[label] = spec.pretrained
             continue
