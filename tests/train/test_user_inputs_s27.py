@@ -37,3 +37,10 @@ def test_a_minimum_above_the_maximum_is_refused(options, message):
 def test_a_minimum_below_the_maximum_or_with_no_maximum_is_accepted():
     check_trainer_options({"max_epochs": 5, "min_epochs": 2, "min_steps": 10})
     check_trainer_options({"max_epochs": -1, "max_steps": 20, "min_epochs": 3})
+
+
+def test_barebones_is_refused_naming_the_option_not_vitlabs_logger():
+    """``--trainer.barebones true`` failed in Lightning with a message about vitlab's internal CSV logger object."""
+    with pytest.raises(ConfigError, match="trainer.barebones: true turns off logging and checkpointing.*drop it"):
+        check_trainer_options({"barebones": True})
+    check_trainer_options({"barebones": False})

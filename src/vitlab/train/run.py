@@ -249,6 +249,10 @@ def check_trainer_options(kwargs: dict[str, Any]) -> None:
             raise ConfigError(f"trainer.min_{unit} ({least}) is larger than trainer.max_{unit} ({limit}): Lightning "
                               f"would stop at max_{unit}; raise trainer.max_{unit} to at least {least} or lower "
                               f"trainer.min_{unit}")
+    if kwargs.get("barebones") is True:  # Lightning refuses it naming vitlab's own CSV logger, not the option
+        raise ConfigError("trainer.barebones: true turns off logging and checkpointing, which every vitlab run needs "
+                          "(metrics.csv, checkpoints/last.ckpt): drop it; for less overhead set "
+                          "trainer.enable_progress_bar: false and trainer.enable_model_summary: false")
     devices = kwargs.get("devices")
     if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():  # `--trainer.devices 0` arrives as '0'
         devices = int(devices)
