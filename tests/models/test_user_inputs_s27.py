@@ -159,3 +159,16 @@ def test_fpn_frozen_stages_keep_their_batch_norm_statistics():
     assert backbone.training and backbone.fpn.training
     model.eval()
     assert not trainable.training
+
+
+def test_vit_set_input_size_checks_its_sizes():
+    """set_input_size(img_size='64') failed with "unsupported operand type(s) for //: 'str' and 'int'"."""
+    model = timm.create_model(VIT).eval()
+    for bad, named in (("64", "img_size"), ((64, 0), "img_size"), (64.0, "img_size")):
+        with pytest.raises(ConfigError, match=named):
+            model.set_input_size(img_size=bad)
+    with pytest.raises(ConfigError, match="patch_size"):
+        model.set_input_size(patch_size=-8)
+    assert model.patch_embed.img_size == (32, 32)  # untouched
+    model.set_input_size(img_size=(64, 48))
+    assert model(torch.zeros(1, 3, 64, 48)).shape == (1, 10) and model.pos_embed.shape[1] == 8 * 6

@@ -123,6 +123,12 @@ class VitlabVisionTransformer(VisionTransformer):
                                  f"with global_pool={global_pool!r} and load this one's state_dict with strict=False")
         super().reset_classifier(num_classes, global_pool)
 
+    def set_input_size(self, img_size: Any = None, patch_size: Any = None) -> None:
+        """timm's ``set_input_size`` (position embeddings resampled to the new grid) after refusing sizes that are
+        not ints or ``(height, width)`` ints >= 1 (timm fails on them inside its arithmetic)."""
+        _check_sizes({k: v for k, v in (("img_size", img_size), ("patch_size", patch_size)) if v is not None})
+        super().set_input_size(img_size=img_size, patch_size=patch_size)
+
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
     ) -> torch.Tensor:
