@@ -39,3 +39,19 @@ def test_empty_known_sections_and_empty_values_inside_free_form_mappings_are_kep
     config, _ = parse_run_config(["--config", str(cfg)])
     assert config.model.kwargs == {"block_fn_kwargs": {}} and config.data.options == {"x": {}}
     assert config.negatives.enabled is False
+
+
+def test_print_config_skip_null_keeps_max_epochs_null_so_the_printed_file_trains_the_same_steps(tmp_path, capsys):
+    """``--print_config=skip_null`` dropped ``max_epochs: null``: the printed file, given back, trained vitlab's 10
+    epochs instead of max_steps alone."""
+    import yaml
+
+    assert main(["fit", "--trainer.max_epochs", "null", "--trainer.max_steps", "100", "--print_config=skip_null"]) == 0
+    printed = capsys.readouterr().out
+    trainer = yaml.safe_load(printed)["trainer"]
+    assert "max_epochs" in trainer and trainer["max_epochs"] is None and trainer["max_steps"] == 100
+    assert "null" not in printed.replace("max_epochs: null", "")  # the other nulls are still skipped
+    cfg = tmp_path / "printed.yaml"
+    cfg.write_text(printed)
+    config, _ = parse_run_config(["--config", str(cfg)])
+    assert config.trainer["max_epochs"] is None and config.trainer["max_steps"] == 100

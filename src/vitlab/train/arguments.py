@@ -384,7 +384,11 @@ def dump_run_config(parser: ArgumentParser, ns: Namespace, flags: str = "") -> s
     resolved = ns.clone()
     for name in run_sections():
         resolved[name] = Namespace(**asdict(getattr(config, name)))
-    return parser.dump(resolved, skip_none="skip_null" in flags)
+    if "skip_null" in flags:  # a trainer null that is the user's choice (max_epochs: null with max_steps) is kept
+        kept = {f"trainer.{key}" for key in config.trainer}
+        for key in [k for k, value in resolved.items() if value is None and k not in kept]:
+            del resolved[key]
+    return parser.dump(resolved, skip_none=False)
 
 
 def parse_run_namespace(parser: ArgumentParser, args: Sequence[str]) -> Namespace:
