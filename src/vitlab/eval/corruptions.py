@@ -11,6 +11,11 @@ Generation runs over processes (``workers``), in fixed-size chunks each seeded f
 chunk)``, so the result does not depend on the number of workers; finished corruptions are kept on disk and skipped
 when the same images are generated again. Glass blur uses vitlab's vectorised `glass_blur`.
 
+The worker processes are started with "spawn", which re-runs the top level of the calling script in each worker (as
+DataLoader workers do on macOS / Windows): call these functions under ``if __name__ == "__main__":`` in a script. A
+call from a script's top level outside that guard runs in one process instead, with a warning (same images);
+interactive sessions, notebooks and ``python -c`` need no guard.
+
 Example:
     >>> import tempfile
     >>> import numpy as np
@@ -23,12 +28,15 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.metadata
 import inspect
 import json
 import multiprocessing
 import os
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -200,7 +208,8 @@ def generate_corruption_set(
         folder: output folder (created); an existing generated set of the same images is completed, not redone.
         corruptions: names from `ALL_CORRUPTIONS` (default: all 19).
         seed: base seed; each (corruption, severity, chunk) gets its own stream.
-        workers: processes (default ``os.cpu_count()``); 1 runs in this process.
+        workers: processes (default ``os.cpu_count()``); 1 runs in this process, as does a call from a script's
+            top level outside ``if __name__ == "__main__":`` (the spawned workers would re-run that script; warns).
         chunk_size: images per task (fixed so the output does not depend on ``workers``).
         progress: show a tqdm bar.
         on_progress: optional callback ``(done_tasks, total_tasks)``.
@@ -294,6 +303,12 @@ def _generate(images: np.ndarray, folder: Path, corruptions: Sequence[str], seed
         return int(sequence.generate_state(1)[0])
 
     workers = (os.cpu_count() or 1) if workers is None else workers
+    script = _unguarded_main_script() if workers > 1 else None
+    if script is not None:
+        warnings.warn(f"generating corruptions in one process, not {workers}: the call runs at the top level of "
+                      f"{script} outside an `if __name__ == \"__main__\":` block, which each spawned worker would "
+                      "re-run; put the call under that guard to use the workers", stacklevel=3)
+        workers = 1
     if workers <= 1:
         for task in tasks:
             store(task, _task(images[task[2] : task[2] + chunk_size], task[0], task[1], task_seed(task)))
@@ -306,6 +321,38 @@ def _generate(images: np.ndarray, folder: Path, corruptions: Sequence[str], seed
             for future in as_completed(futures):
                 store(futures[future], future.result())
     bar.close()
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    """Whether ``node`` is ``if __name__ == "__main__":`` (either operand order)."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare) or len(node.test.ops) != 1:
+        return False
+    operands = [node.test.left, *node.test.comparators]
+    return (isinstance(node.test.ops[0], ast.Eq)
+            and any(isinstance(o, ast.Name) and o.id == "__name__" for o in operands)
+            and any(isinstance(o, ast.Constant) and o.value == "__main__" for o in operands))
+
+
+def _unguarded_main_script() -> str | None:
+    """The ``__main__`` script whose top level runs this call outside ``if __name__ == "__main__":`` (the code
+    "spawn" workers re-run), or ``None``: a guarded call, an interactive session / notebook / ``python -c`` (no
+    script to re-run), or a package's ``__main__`` (spawn does not re-run those)."""
+    main = sys.modules.get("__main__")
+    if not getattr(main, "__file__", None) or getattr(getattr(main, "__spec__", None), "name", "").endswith("__main__"):
+        return None
+    frame = inspect.currentframe()
+    while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if frame is None:  # e.g. a thread or an atexit hook: not the script's top level
+        return None
+    script, line = frame.f_code.co_filename, frame.f_lineno
+    try:
+        tree = ast.parse(Path(script).read_text())
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return script  # cannot tell: one process is the safe side
+    guarded = any(_is_main_guard(node) and node.body[0].lineno <= line <= node.body[-1].end_lineno
+                  for node in tree.body)
+    return None if guarded else script
 
 
 @torch.no_grad()

@@ -1,0 +1,74 @@
+"""Round-2 user inputs of the evaluation commands: scripts without a main guard, run folders of every kind."""
+
+import sys
+import types
+import warnings
+
+import numpy as np
+import pytest
+
+from vitlab.eval import corruptions as corruptions_module
+from vitlab.eval.corruptions import generate_corruption_set
+
+
+class _ThreadPool:
+    """Stands in for the process pool (records that it was used; threads, so nothing is spawned)."""
+
+    used = 0
+
+    def __init__(self, max_workers, mp_context=None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        type(self).used += 1
+        self._pool = ThreadPoolExecutor(max_workers)
+
+    def __enter__(self):
+        return self._pool.__enter__()
+
+    def __exit__(self, *exc):
+        return self._pool.__exit__(*exc)
+
+
+def _run_as_main(tmp_path, monkeypatch, source: str) -> dict:
+    """Run ``source`` as the ``__main__`` script ``tmp_path/probe.py`` (as `python probe.py` would)."""
+    script = tmp_path / "probe.py"
+    script.write_text(source)
+    main = types.ModuleType("__main__")
+    main.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    main.__dict__["generate_corruption_set"] = generate_corruption_set
+    exec(compile(source, str(script), "exec"), main.__dict__)
+    return main.__dict__
+
+
+_IMAGES = "import numpy as np\nimages = np.arange(2 * 32 * 32 * 3, dtype=np.uint64).reshape(2, 32, 32, 3) % 251\n"
+_CALL = ("generate_corruption_set(images.astype(np.uint8), np.array([0, 1]), FOLDER, corruptions=['glass_blur'], "
+         "workers=2, chunk_size=1, progress=False)")
+
+
+def test_unguarded_script_generates_in_one_process_with_the_same_images(tmp_path, monkeypatch):
+    """A script calling the generation at its top level (no `if __name__ == "__main__":`) was re-run by every spawned
+    worker (and the pool broke); it now runs in one process, warns naming the guard, and makes the same images."""
+    monkeypatch.setattr(corruptions_module, "ProcessPoolExecutor", _ThreadPool)
+    _ThreadPool.used = 0
+    reference = generate_corruption_set(
+        (np.arange(2 * 32 * 32 * 3, dtype=np.uint64).reshape(2, 32, 32, 3) % 251).astype(np.uint8),
+        np.array([0, 1]), tmp_path / "ref", corruptions=["glass_blur"], workers=1, chunk_size=1, progress=False)
+    with pytest.warns(UserWarning, match=r'if __name__ == "__main__"'):
+        _run_as_main(tmp_path, monkeypatch, _IMAGES + f"FOLDER = {str(tmp_path / 'unguarded')!r}\n" + _CALL + "\n")
+    assert _ThreadPool.used == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "unguarded" / "glass_blur.npy"),
+                                  np.load(reference / "glass_blur.npy"))
+
+
+def test_guarded_script_still_uses_the_workers(tmp_path, monkeypatch):
+    """Under the guard (and from a function the guard calls) the workers are used, without a warning."""
+    monkeypatch.setattr(corruptions_module, "ProcessPoolExecutor", _ThreadPool)
+    _ThreadPool.used = 0
+    source = (_IMAGES + f"FOLDER = {str(tmp_path / 'guarded')!r}\n"
+              + f"def main():\n    {_CALL}\n\nif '__main__' == __name__:\n    main()\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _run_as_main(tmp_path, monkeypatch, source)
+    assert _ThreadPool.used == 1
+    assert np.load(tmp_path / "guarded" / "glass_blur.npy").shape == (10, 32, 32, 3)
