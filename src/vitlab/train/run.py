@@ -35,8 +35,8 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import nn
 
 from vitlab.checkpoint import (
@@ -447,10 +447,16 @@ def _fit_locked(
     if trainer.limit_val_batches == 0:  # no validation: no val/ metrics
         names = [n for n in names if not n.startswith("val/")]
     check_monitors(trainer.callbacks, names, prefixes)
+    for callback in trainer.callbacks:  # its monitor was checked above: a run ending before validating just finishes
+        if isinstance(callback, EarlyStopping):
+            callback.strict = False
     earlier = _earlier_summary(run_dir) if ckpt_path is not None else {}
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if not metrics and trainer.limit_val_batches and not trainer.fast_dev_run \
+                and not any(k.startswith("val/") for k in earlier.get("metrics", {})):
+            metrics = _validate_at_end(trainer, task, datamodule)
         test = trainer.test(task, datamodule=datamodule, verbose=False)
     except FloatingPointError as err:
         raise FloatingPointError(_non_finite_advice(err, config, run_dir, last)) from err
@@ -479,6 +485,17 @@ def _fit_locked(
                       f"{last} is kept: free space or fix permissions, then finish with `vitlab fit --name "
                       f"{config.name} --output_dir {config.output_dir} --resume true`") from err
     return RunResult(run_dir, metrics, saved, time.perf_counter() - start, {"weights_sha256_per_rank": hashes})
+
+
+def _validate_at_end(trainer: L.Trainer, task: ClassificationTask, datamodule: Any) -> dict[str, float]:
+    """Validate the final weights of a run that ended (``max_steps``, ``max_time``) before its first validation, so
+    its summary has ``val/`` metrics; warn that callbacks monitoring them saw none."""
+    rank_zero_warn(f"training ended at step {trainer.global_step} before its first validation, so callbacks that "
+                   "monitor val/ metrics (EarlyStopping, ModelCheckpoint) saw none; the final weights are validated "
+                   "once now. To validate during training, set trainer.val_check_interval to a number of batches "
+                   "below trainer.max_steps")
+    trainer.validate(task, datamodule=datamodule, verbose=False)
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
 
 def _earlier_summary(run_dir: Path) -> dict[str, Any]:

@@ -1,0 +1,36 @@
+"""What Lightning users bring to ``vitlab fit`` (round 2 of session 27's hunt): callbacks, trainer options and the
+run folder's ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vitlab.train import DataConfig, ModelConfig, OptimConfig, RunConfig, fit
+
+TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+
+
+def _config(tmp_path, name, **trainer):
+    return RunConfig(
+        name=name, seed=0, output_dir=str(tmp_path),
+        model=ModelConfig(name="vit_vitlab_tiny_patch4_32", kwargs=dict(TINY)),
+        data=DataConfig(name="digits", batch_size=64, options={"limit_train": 256}),
+        optim=OptimConfig(lr=3e-3, warmup_epochs=0),
+        trainer={"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
+                 "limit_val_batches": 1, "limit_test_batches": 1, **trainer},
+    )
+
+
+@pytest.mark.parametrize("callback", ["EarlyStopping", "ModelCheckpoint"])
+def test_a_run_that_ends_before_its_first_validation_finishes_validated_with_its_weights(tmp_path, callback):
+    """``max_steps: 2`` (4 batches an epoch) + ``EarlyStopping(monitor=val/acc)`` crashed in Lightning's strict check
+    ("metric `val/acc` ... not available") and lost the run; the run now finishes, its final weights validated once
+    (val/ metrics in the summary), with a warning naming trainer.val_check_interval."""
+    spec = {"class_path": callback, "init_args": {"monitor": "val/acc", "mode": "max"}}
+    with pytest.warns(UserWarning, match="before its first validation.*trainer.val_check_interval"):
+        result = fit(_config(tmp_path, callback, max_steps=2, callbacks=[spec]))
+    assert (result.run_dir / "model.safetensors").is_file()
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert 0 <= summary["metrics"]["val/acc"] <= 1 and summary["metrics"]["val/loss"] > 0
