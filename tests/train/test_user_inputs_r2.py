@@ -7,7 +7,9 @@ import json
 
 import pytest
 
+from vitlab.errors import ConfigError
 from vitlab.train import DataConfig, ModelConfig, OptimConfig, RunConfig, fit
+from vitlab.train.arguments import check_empty_mapping_keys
 
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2}
 
@@ -34,3 +36,11 @@ def test_a_run_that_ends_before_its_first_validation_finishes_validated_with_its
     assert (result.run_dir / "model.safetensors").is_file()
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert 0 <= summary["metrics"]["val/acc"] <= 1 and summary["metrics"]["val/loss"] > 0
+
+
+@pytest.mark.parametrize("command", ["intrinsic-dim", "fit"])
+def test_the_empty_mapping_error_names_the_command_that_was_run(command):
+    """``vitlab intrinsic-dim --config`` with ``modle: {}`` advised `vitlab fit --print_config`."""
+    args = [command, "--config", "{modle: {}}"]
+    with pytest.raises(ConfigError, match=rf"did you mean 'model'\? \(`vitlab {command} --print_config` shows"):
+        check_empty_mapping_keys(args, ["model.name", "data.name"])

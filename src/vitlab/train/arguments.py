@@ -286,7 +286,8 @@ def check_empty_mapping_keys(args: Sequence[str], known_keys: Iterable[str]) -> 
     """Refuse a misspelt key given as an empty mapping (``modle: {}`` in a ``--config`` file, ``--optim '{lrr: {}}'``,
     ``--config '{modle: {}}'``): jsonargparse drops such a key without a word, while a misspelt key with a value is
     refused. ``known_keys``: the parser's dotted keys (``parser.get_defaults().keys()``); a key inside a free-form
-    mapping (``model.kwargs``, ``data.options``, ``trainer.logger``, ...) is never refused.
+    mapping (``model.kwargs``, ``data.options``, ``trainer.logger``, ...) is never refused. ``args`` may start with
+    the subcommand (``intrinsic-dim``), which the message's ``--print_config`` hint then names (``fit`` otherwise).
 
     Raises:
         ConfigError: the key, where it was given and the closest known key (``did you mean 'model'?``).
@@ -307,6 +308,8 @@ did you mean 'model'? (`vitlab fit --print_config` shows every key)
     if not empty:
         return
     known = list(known_keys)
+    command = next((a for a in args if not a.startswith("-")), None)
+    command = command if command in ("fit", "intrinsic-dim") else "fit"  # the subcommand, when args name it
     for where, dotted in empty:
         if any(k == dotted or k.startswith(f"{dotted}.") or dotted.startswith(f"{k}.") for k in known):
             continue  # a section or group left empty (its defaults), or a key inside a free-form mapping
@@ -317,8 +320,8 @@ did you mean 'model'? (`vitlab fit --print_config` shows every key)
         close = get_close_matches(last, siblings, n=1)
         hint = f"did you mean {'.'.join((*([parent] if parent else []), close[0]))!r}?" if close else (
             f"the keys here are {', '.join(siblings)}")
-        raise ConfigError(f"{where}: unknown key {dotted!r} (an empty mapping); {hint} (`vitlab fit --print_config` "
-                          "shows every key)")
+        raise ConfigError(f"{where}: unknown key {dotted!r} (an empty mapping); {hint} (`vitlab {command} "
+                          "--print_config` shows every key)")
 
 
 def apply_nested_overrides(ns: Namespace, overrides: Sequence[tuple[str, tuple[str, ...], str]]) -> Namespace:
