@@ -138,13 +138,27 @@ class VitlabVisionTransformer(VisionTransformer):
                                  embed.patch_size, embed.strict_img_size, embed.dynamic_img_pad)
         return self.forward_head(self.forward_features(x, attn_mask=attn_mask, is_causal=is_causal))
 
-    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, *args: Any,
+                              **kwargs: Any) -> Any:
         """timm's ``VisionTransformer.forward_intermediates`` (same arguments and results; ``features_only`` models
-        call it), after the image checks of :meth:`forward`."""
+        call it), after the image checks of :meth:`forward` and a ``ValueError`` naming the valid range for
+        ``indices`` out of range and an ``output_fmt`` other than ``'NCHW'`` / ``'NLC'`` (timm asserts, which
+        ``python -O`` skips)."""
+        _check_block_indices(indices, len(self.blocks), allow_none=True)
+        output_fmt = kwargs.get("output_fmt", "NCHW")
+        if not isinstance(output_fmt, str) or output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' (token maps as images) or 'NLC' (token sequences), got "
+                             f"{output_fmt!r}")
         embed = self.patch_embed
         x = check_vit_images(x, self.in_chans, embed.proj.weight.dtype, embed.img_size, embed.patch_size,
                              embed.strict_img_size, embed.dynamic_img_pad)
-        return super().forward_intermediates(x, *args, **kwargs)
+        return super().forward_intermediates(x, indices, *args, **kwargs)
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, *args: Any, **kwargs: Any) -> list[int]:
+        """timm's ``prune_intermediate_layers`` (blocks after the last of ``indices`` deleted), after a ``ValueError``
+        naming the valid range for ``indices`` (timm asserts, which ``python -O`` skips)."""
+        _check_block_indices(indices, len(self.blocks), allow_none=False)
+        return super().prune_intermediate_layers(indices, *args, **kwargs)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         check_state_dict_shapes(
@@ -160,6 +174,25 @@ class VitlabVisionTransformer(VisionTransformer):
         side = math.isqrt(max(tokens, 0))
         made_for = f"img_size={side * self.patch_embed.patch_size[0]}" if side * side == tokens else "another size"
         return f"position embeddings for {made_for}, the model's is img_size={self.patch_embed.img_size}"
+
+
+def _check_block_indices(indices: Any, depth: int, allow_none: bool) -> None:
+    """Refuse ``indices`` that are not an int ``n`` in ``1..depth`` (the last ``n`` blocks) or a non-empty sequence
+    of block indices in ``[-depth, depth)`` (``None``, all blocks, when ``allow_none``), naming the range."""
+    if indices is None and allow_none:
+        return
+    ints = [indices] if isinstance(indices, int) else indices
+    valid = not isinstance(indices, bool | str) and isinstance(ints, Sequence) and len(ints) > 0 and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in ints)
+    if valid and isinstance(indices, int):
+        valid = 1 <= indices <= depth
+    elif valid:
+        valid = all(-depth <= i < depth for i in ints)
+    if not valid:
+        everything = "None (all blocks), " if allow_none else ""
+        raise ValueError(f"indices must be {everything}an int n in 1..{depth} (the last n blocks) or a non-empty "
+                         f"list of block indices in [-{depth}, {depth}) (this ViT has {depth} blocks), got "
+                         f"{indices!r}")
 
 
 def _check_sizes(kwargs: dict[str, Any]) -> None:
