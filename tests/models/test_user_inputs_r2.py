@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import timm
 import torch
 
 import vitlab  # noqa: F401  (registers the models)
+from vitlab.errors import ConfigError
 
 VIT = "vit_vitlab_tiny_patch8_32"
 IFORMER = "inception_transformer_tiny"
@@ -37,3 +40,39 @@ def test_vit_intermediates_valid_indices_and_bad_output_fmt():
     assert model.prune_intermediate_layers([0]) == [0] and len(model.blocks) == 1
 
 
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(act_layer="bogus"), "act_layer must be a timm activation name"),
+    (dict(act_layer=3), "act_layer must be"),
+    (dict(norm_layer="bogus"), "norm_layer must be a timm norm name"),
+    (dict(embed_norm_layer="bogus"), "embed_norm_layer must be"),
+    (dict(weight_init="bogus"), "weight_init must be one of .*'jax'"),
+    (dict(pos_embed="bogus"), "pos_embed must be one of 'learn'"),
+    (dict(reg_tokens=-1), "reg_tokens must be an int >= 0"),
+    (dict(reg_tokens="2"), "reg_tokens must be an int >= 0"),
+    (dict(class_token="no"), "class_token must be True or False"),
+    (dict(no_embed_class="yes"), "no_embed_class must be True or False"),
+    (dict(dynamic_img_size="yes"), "dynamic_img_size must be True or False"),
+    (dict(fc_norm="no"), "fc_norm must be True or False"),
+    (dict(init_values="a"), "init_values must be a finite number"),
+    (dict(attn_layer="bogus"), "attn_layer must be one of"),
+    (dict(block_fn="Block"), "block_fn must be a module class"),
+])
+def test_vit_refuses_bad_keywords_naming_them(kwargs, match):
+    """timm raised KeyError('bogus'), a bare AssertionError, a negative-dimension RuntimeError, or (class_token='no')
+    silently built a class token."""
+    with pytest.raises(ConfigError, match=match):
+        timm.create_model(VIT, **_SMALL_VIT, **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "check"), [
+    (dict(act_layer="relu"), lambda m: isinstance(m.blocks[0].mlp.act, torch.nn.ReLU)),
+    (dict(act_layer=torch.nn.SiLU), lambda m: isinstance(m.blocks[0].mlp.act, torch.nn.SiLU)),
+    (dict(norm_layer="rmsnorm"), lambda m: type(m.blocks[0].norm1).__name__ == "RmsNorm"),
+    (dict(norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-3)), lambda m: m.blocks[0].norm1.eps == 1e-3),
+    (dict(weight_init="jax", pos_embed="none"), lambda m: m.pos_embed is None),
+    (dict(reg_tokens=2, class_token=True, global_pool="token"), lambda m: m.num_prefix_tokens == 3),
+    (dict(fc_norm=None, init_values=1e-5), lambda m: m.blocks[0].ls1.gamma[0].item() == pytest.approx(1e-5)),
+])
+def test_vit_keeps_accepting_timm_values(kwargs, check):
+    model = timm.create_model(VIT, **_SMALL_VIT, **kwargs)
+    assert check(model)

@@ -22,16 +22,18 @@ Example:
     torch.Size([2, 10])
 """
 
+import functools
 import math
+import types
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from timm.layers import PatchEmbed, register_notrace_function
+from timm.layers import PatchEmbed, get_act_layer, get_norm_layer, register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_model_deprecations
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models.vision_transformer import ATTN_LAYERS, VisionTransformer, checkpoint_filter_fn
 
-from vitlab.checks import check_float, check_int
+from vitlab.checks import check_bool, check_float, check_int
 from vitlab.errors import ConfigError
 from vitlab.models.inputs import check_image_tensor, check_increasing_indices, check_rates, pretrained_file_errors
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
@@ -104,6 +106,7 @@ class VitlabVisionTransformer(VisionTransformer):
 
     def __init__(self, *args: Any, **kwargs: Any):
         check_rates({k: v for k, v in kwargs.items() if k.endswith("drop_rate") or k == "drop_path_rate"})
+        _check_keywords(kwargs)
         _check_sizes(kwargs)
         super().__init__(*args, **kwargs)
         # forward_features (timm's, called directly too) checks its images: TorchScript compiles no super() call
@@ -193,6 +196,60 @@ def _check_block_indices(indices: Any, depth: int, allow_none: bool) -> None:
         raise ValueError(f"indices must be {everything}an int n in 1..{depth} (the last n blocks) or a non-empty "
                          f"list of block indices in [-{depth}, {depth}) (this ViT has {depth} blocks), got "
                          f"{indices!r}")
+
+
+_BOOL_KEYWORDS = ("class_token", "no_embed_class", "dynamic_img_size", "dynamic_img_pad", "qkv_bias", "qk_norm",
+                  "proj_bias", "pre_norm", "final_norm", "fix_init", "pool_include_prefix", "scale_attn_norm",
+                  "scale_mlp_norm")
+_WEIGHT_INITS = ("", "skip", "reset", "jax", "jax_nlhb", "moco")
+_POS_EMBEDS = ("learn", "none", "")
+
+
+def _check_keywords(kwargs: dict[str, Any]) -> None:
+    """Refuse, naming the keyword and its valid values, what timm's ``VisionTransformer`` fails on deep inside
+    (KeyError, bare AssertionError, a negative tensor size) or takes silently (``class_token='no'`` is truthy):
+    flags that are not bools, unknown layer names, ``weight_init`` / ``pos_embed`` modes and ``reg_tokens`` < 0.
+    timm's layer names, classes and callables stay accepted."""
+    for key in _BOOL_KEYWORDS:
+        if key in kwargs:
+            check_bool(key, kwargs[key])
+    if kwargs.get("fc_norm") is not None:
+        check_bool("fc_norm", kwargs["fc_norm"])
+    if "reg_tokens" in kwargs:
+        check_int("reg_tokens", kwargs["reg_tokens"], minimum=0, fix="the number of register tokens, e.g. 0 or 4")
+    if kwargs.get("init_values") is not None:
+        check_float("init_values", kwargs["init_values"], fix="the LayerScale init, e.g. 1e-5, or None for none")
+    for key, modes in (("weight_init", _WEIGHT_INITS), ("pos_embed", _POS_EMBEDS)):
+        if key in kwargs and (not isinstance(kwargs[key], str) or kwargs[key] not in modes):
+            raise ConfigError(f"{key} must be one of {', '.join(map(repr, modes))}, got {kwargs[key]!r}")
+    act = kwargs.get("act_layer")
+    if act is not None and not callable(act) and not _known_layer(get_act_layer, act):
+        raise ConfigError(f"act_layer must be a timm activation name (e.g. 'gelu', 'gelu_tanh', 'quick_gelu', "
+                          f"'relu', 'silu'), an nn.Module class or None (GELU), got {act!r}")
+    for key in ("norm_layer", "embed_norm_layer"):
+        norm = kwargs.get(key)
+        if norm is not None and not isinstance(norm, type | types.FunctionType | functools.partial) and not (
+                _known_layer(get_norm_layer, norm)):
+            raise ConfigError(f"{key} must be a timm norm name (e.g. 'layernorm', 'rmsnorm', 'layernormfp32'), an "
+                              f"nn.Module class, a function or functools.partial building one, or None, got {norm!r}")
+    attn = kwargs.get("attn_layer")
+    if attn is not None and not callable(attn) and not (isinstance(attn, str) and attn in ATTN_LAYERS):
+        raise ConfigError(f"attn_layer must be one of {', '.join(map(repr, ATTN_LAYERS))} or an attention module "
+                          f"class, got {attn!r}")
+    for key in ("embed_layer", "block_fn", "mlp_layer"):
+        if key in kwargs and not callable(kwargs[key]):
+            raise ConfigError(f"{key} must be a module class (or a callable building one), got {kwargs[key]!r}")
+
+
+def _known_layer(lookup: Any, name: Any) -> bool:
+    """Whether timm's ``lookup`` (``get_act_layer`` / ``get_norm_layer``) knows the layer name ``name``."""
+    if not isinstance(name, str):
+        return False
+    try:
+        lookup(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _check_sizes(kwargs: dict[str, Any]) -> None:
