@@ -76,3 +76,21 @@ def test_vit_refuses_bad_keywords_naming_them(kwargs, match):
 def test_vit_keeps_accepting_timm_values(kwargs, check):
     model = timm.create_model(VIT, **_SMALL_VIT, **kwargs)
     assert check(model)
+
+
+def test_output_stride_refused_where_the_model_cannot_dilate():
+    """timm said "unexpected keyword argument 'output_stride'" even for the model's own stride."""
+    with pytest.raises(ValueError, match="output_stride=16 is not possible.*4, 8, 16 and 32"):
+        timm.create_model(IFORMER, features_only=True, output_stride=16)
+    with pytest.raises(ValueError, match="output_stride=True is not possible"):
+        timm.create_model(IFORMER, output_stride=True)
+    with pytest.raises(ConfigError, match=r"output_stride=32 is not possible.*8x8 patch \(stride 8\)"):
+        timm.create_model(VIT, **_SMALL_VIT, features_only=True, output_stride=32)
+
+
+def test_output_stride_of_the_model_itself_is_accepted():
+    backbone = timm.create_model(IFORMER, features_only=True, output_stride=32)
+    assert backbone.feature_info.reduction() == [4, 8, 16, 32]
+    assert [f.shape[-1] for f in backbone(torch.zeros(2, 3, 32, 32))] == [8, 4, 2, 1]
+    vit = timm.create_model(VIT, **_SMALL_VIT, features_only=True, output_stride=8)
+    assert vit.feature_info.reduction() == [8, 8]

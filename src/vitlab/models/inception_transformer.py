@@ -189,6 +189,17 @@ def _check_global_pool(global_pool: str) -> None:
                          "'avgmax', 'token', ...) are not offered: pool forward_features' (B, H, W, C) maps yourself")
 
 
+def _check_output_stride(output_stride: Any) -> None:
+    """Refuse an ``output_stride`` other than ``None`` or 32: the strides of the stage maps are fixed (4, 8, 16, 32)
+    because the position-embedding grids and the stage-1/2 attention pooling are built for them, so the iFormer
+    cannot dilate its last stages as a CNN can (timm's ConvNeXt takes 8 or 16)."""
+    if output_stride is None or (type(output_stride) is int and output_stride == 32):
+        return
+    raise ValueError(f"output_stride={output_stride!r} is not possible: the iFormer's stages have fixed strides "
+                     "4, 8, 16 and 32 (it cannot dilate); leave output_stride out or pass 32, and for stride-16 "
+                     "features take stage 2's map (features_only=True, out_indices=(0, 1, 2): strides 4, 8, 16)")
+
+
 def _check_num_classes(num_classes: int) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes must be an int >= 0 (0: no classifier, the pooled features), got "
@@ -631,6 +642,8 @@ class InceptionTransformer(nn.Module):
         attn_drop_rate: Attention dropout.
         qkv_bias: Bias in the attention's qkv projection (official: True).
         global_pool: ``"avg"`` (mean over tokens after the final norm) or ``""`` (no pooling).
+        output_stride: ``None`` or 32, the only stride of the last stage (timm's keyword for dilated backbones; the
+            iFormer cannot dilate, so other values are refused).
 
     Shapes: input ``(B, in_chans, H, W)``; stage ``i`` works on ``(B, H_i, W_i, embed_dims[i])`` channels-last with
     ``H_1 = ceil(H / 4)`` and ``H_{i+1} = ceil(H_i / 2)``; ``forward_features`` returns ``(B, H_4, W_4, C)``
@@ -648,9 +661,10 @@ class InceptionTransformer(nn.Module):
         attention_heads: Sequence[int], num_classes: int = 1000, in_chans: int = 3,
         img_size: int | Sequence[int] = 224, mlp_ratio: float = 4.0, drop_rate: float = 0.0,
         drop_path_rate: float = 0.0, layer_scale_init_value: float | None = 1e-6, attn_drop_rate: float = 0.0,
-        qkv_bias: bool = True, global_pool: str = "avg", device=None, dtype=None,
+        qkv_bias: bool = True, global_pool: str = "avg", output_stride: int | None = None, device=None, dtype=None,
     ):
         super().__init__()
+        _check_output_stride(output_stride)
         dd = dict(device=device, dtype=dtype)
         depths, embed_dims, num_heads = _ints("depths", depths), _ints("embed_dims", embed_dims), _ints(
             "num_heads", num_heads)

@@ -33,7 +33,7 @@ from timm.layers import PatchEmbed, get_act_layer, get_norm_layer, register_notr
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_model_deprecations
 from timm.models.vision_transformer import ATTN_LAYERS, VisionTransformer, checkpoint_filter_fn
 
-from vitlab.checks import check_bool, check_float, check_int
+from vitlab.checks import check_bool, check_float, check_int, check_optional_int
 from vitlab.errors import ConfigError
 from vitlab.models.inputs import check_image_tensor, check_increasing_indices, check_rates, pretrained_file_errors
 from vitlab.models.state_dict_shapes import check_state_dict_shapes
@@ -104,11 +104,12 @@ class VitlabVisionTransformer(VisionTransformer):
         torch.Size([1, 10])
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, output_stride: int | None = None, **kwargs: Any):
         check_rates({k: v for k, v in kwargs.items() if k.endswith("drop_rate") or k == "drop_path_rate"})
         _check_keywords(kwargs)
         _check_sizes(kwargs)
         super().__init__(*args, **kwargs)
+        _check_output_stride(output_stride, self.patch_embed.patch_size)
         # forward_features (timm's, called directly too) checks its images: TorchScript compiles no super() call
         # in an override, so the check runs as the patch embedding's pre-hook
         self.patch_embed.in_chans = self.in_chans  # the hook's: peft may wrap proj in a module without in_channels
@@ -196,6 +197,18 @@ def _check_block_indices(indices: Any, depth: int, allow_none: bool) -> None:
         raise ValueError(f"indices must be {everything}an int n in 1..{depth} (the last n blocks) or a non-empty "
                          f"list of block indices in [-{depth}, {depth}) (this ViT has {depth} blocks), got "
                          f"{indices!r}")
+
+
+def _check_output_stride(output_stride: Any, patch_size: tuple[int, int]) -> None:
+    """Refuse an ``output_stride`` other than the patch size (or ``None``): every token map of a ViT has the patch
+    size as its stride, and a ViT cannot dilate to another one (timm's ViTs refuse the keyword)."""
+    check_optional_int("output_stride", output_stride, minimum=1)
+    if output_stride is not None and (output_stride, output_stride) != tuple(patch_size):
+        stride = patch_size[0] if patch_size[0] == patch_size[1] else tuple(patch_size)
+        raise ConfigError(f"output_stride={output_stride} is not possible: every block of this ViT outputs one token "
+                          f"per {patch_size[0]}x{patch_size[1]} patch (stride {stride}) and a ViT cannot dilate; "
+                          "leave output_stride out (or pass the patch size), or choose the feature stride with "
+                          "patch_size")
 
 
 _BOOL_KEYWORDS = ("class_token", "no_embed_class", "dynamic_img_size", "dynamic_img_pad", "qkv_bias", "qk_norm",
