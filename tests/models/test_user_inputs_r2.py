@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -94,3 +95,13 @@ def test_output_stride_of_the_model_itself_is_accepted():
     assert [f.shape[-1] for f in backbone(torch.zeros(2, 3, 32, 32))] == [8, 4, 2, 1]
     vit = timm.create_model(VIT, **_SMALL_VIT, features_only=True, output_stride=8)
     assert vit.feature_info.reduction() == [8, 8]
+
+
+def test_vit_takes_numpy_int_sizes_as_its_checks_promise():
+    """The ViT's checks accepted np.int64 sizes, then timm failed on them ('numpy.int64' object is not iterable,
+    'truth value of an array is ambiguous')."""
+    model = timm.create_model(VIT, **_SMALL_VIT, img_size=np.int64(48), patch_size=np.int64(16))
+    assert model.patch_embed.img_size == (48, 48) and model.patch_embed.patch_size == (16, 16)
+    model.set_input_size(img_size=(np.int64(64), np.int64(32)))
+    assert model.patch_embed.grid_size == (4, 2) and model.pos_embed.shape[1] == 8
+    assert model(torch.zeros(1, 3, 64, 32)).shape == (1, 10)

@@ -24,6 +24,7 @@ Example:
 
 import functools
 import math
+import operator
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -130,8 +131,8 @@ class VitlabVisionTransformer(VisionTransformer):
     def set_input_size(self, img_size: Any = None, patch_size: Any = None) -> None:
         """timm's ``set_input_size`` (position embeddings resampled to the new grid) after refusing sizes that are
         not ints or ``(height, width)`` ints >= 1 (timm fails on them inside its arithmetic)."""
-        _check_sizes({k: v for k, v in (("img_size", img_size), ("patch_size", patch_size)) if v is not None})
-        super().set_input_size(img_size=img_size, patch_size=patch_size)
+        sizes = _plain_sizes({k: v for k, v in (("img_size", img_size), ("patch_size", patch_size)) if v is not None})
+        super().set_input_size(**sizes)
 
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
@@ -265,6 +266,18 @@ def _known_layer(lookup: Any, name: Any) -> bool:
     return True
 
 
+def _plain_sizes(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` after :func:`_check_sizes`, with an ``img_size`` / ``patch_size`` of NumPy ints as Python ints (timm's
+    size arithmetic and model traits take only Python ints, e.g. ``img_size=np.int64(64)`` failed in them)."""
+    _check_sizes(kwargs)
+    plain = dict(kwargs)
+    for key in ("img_size", "patch_size"):
+        size = kwargs.get(key)
+        if size is not None:
+            plain[key] = tuple(map(operator.index, size)) if isinstance(size, tuple | list) else operator.index(size)
+    return plain
+
+
 def _check_sizes(kwargs: dict[str, Any]) -> None:
     """Refuse ``num_classes`` (int >= 0), ``in_chans`` and ``patch_size`` (ints >= 1) of another kind, naming the
     keyword; timm takes a negative ``num_classes`` as 0 and fails deep inside torch on the others."""
@@ -354,6 +367,7 @@ def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> VitlabVisio
     out_indices = kwargs.pop("out_indices", min(3, depth) if isinstance(depth, int) and depth > 0 else 3)
     if kwargs.get("features_only") and isinstance(depth, int):
         _check_out_indices(out_indices, depth)
+    kwargs = _plain_sizes(kwargs)
     with pretrained_file_errors(variant, pretrained, kwargs) as kwargs:
         return build_model_with_cfg(
             VitlabVisionTransformer, variant, pretrained,
