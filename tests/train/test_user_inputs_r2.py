@@ -9,7 +9,7 @@ import pytest
 
 from vitlab.errors import ConfigError
 from vitlab.train import DataConfig, ModelConfig, OptimConfig, RunConfig, fit
-from vitlab.train.arguments import check_empty_mapping_keys
+from vitlab.train.arguments import check_empty_mapping_keys, run_config_from_args
 
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2}
 
@@ -44,3 +44,14 @@ def test_the_empty_mapping_error_names_the_command_that_was_run(command):
     args = [command, "--config", "{modle: {}}"]
     with pytest.raises(ConfigError, match=rf"did you mean 'model'\? \(`vitlab {command} --print_config` shows"):
         check_empty_mapping_keys(args, ["model.name", "data.name"])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_gradient_clip_val_is_refused_in_one_line_naming_the_fix(value):
+    """``--trainer.gradient_clip_val nan`` was refused with jsonargparse's multi-line "Union subtypes" dump."""
+    with pytest.raises(ConfigError) as caught:
+        run_config_from_args([f"--trainer.gradient_clip_val={value}"])
+    message = str(caught.value)
+    assert "Union subtypes" not in message and "<class" not in message and "\n" not in message
+    assert f"trainer.gradient_clip_val takes an integer, a number or null, got '{value}': give a finite number" \
+        in message

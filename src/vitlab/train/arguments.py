@@ -446,6 +446,7 @@ def explain_parse_error(message: str) -> str:
         'unrecognized arguments: --trainer.default_root_dir x; trainer.default_root_dir is set by vitlab: the run \
 folder is <output_dir>/<name>: set --output_dir and --name'
     """
+    message = _shorten_union_error(message)
     reasons = [f"trainer.{key} is set by vitlab: {why}" for key, why in _SET_BY_VITLAB.items()
                if f"trainer.{key}" in message]
     if "set_parsing_settings" in message:  # jsonargparse's advice is for the parser's author, not for the user
@@ -456,6 +457,26 @@ folder is <output_dir>/<name>: set --output_dir and --name'
                 "--print_config` shows every section's keys"
                 for key in re.findall(r'Parser key "(\w+)": Unable to load config', message)[:1]]
     return "; ".join([message, *reasons])
+
+
+_UNION_ERROR = re.compile(r'Parser key "(?P<key>[\w.]+)": Does not validate against any of the Union subtypes '
+                          r"Subtypes: \[(?P<types>[^\]]*)\] Errors: .* Given value: (?P<value>.*)$")
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "NoneType": "null", "bool": "true/false", "str": "a text"}
+
+
+def _shorten_union_error(message: str) -> str:
+    """jsonargparse's multi-line "Does not validate against any of the Union subtypes" error for a value of simple
+    types as one line: ``trainer.gradient_clip_val takes an integer, a number or null, got 'nan'``."""
+    match = _UNION_ERROR.search(message)
+    types = re.findall(r"<class '(\w+)'>", match["types"]) if match else []
+    if not match or len(types) != match["types"].count("<class") or not set(types) <= set(_TYPE_WORDS):
+        return message
+    value = match["value"].strip()
+    words = [_TYPE_WORDS[t] for t in dict.fromkeys(types)]
+    text = f"{match['key']} takes {', '.join(words[:-1])} or {words[-1]}" if len(words) > 1 else \
+        f"{match['key']} takes {words[0]}"
+    finite = value.lower().lstrip("+-") in ("nan", "inf", "infinity", ".nan", ".inf")
+    return f"{message[:match.start()]}{text}, got {value!r}" + (": give a finite number" if finite else "")
 
 
 def run_config_from_args(args: Sequence[str], prog: str = "vitlab fit") -> RunConfig:
