@@ -10,6 +10,7 @@ import pytest
 from vitlab.errors import ConfigError
 from vitlab.train import DataConfig, ModelConfig, OptimConfig, RunConfig, fit
 from vitlab.train.arguments import check_empty_mapping_keys, run_config_from_args
+from vitlab.train.run import check_trainer_options
 
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2}
 
@@ -55,3 +56,12 @@ def test_a_non_finite_gradient_clip_val_is_refused_in_one_line_naming_the_fix(va
     assert "Union subtypes" not in message and "<class" not in message and "\n" not in message
     assert f"trainer.gradient_clip_val takes an integer, a number or null, got '{value}': give a finite number" \
         in message
+
+
+@pytest.mark.parametrize("algorithm", ["bogus", 1, ""])
+def test_an_unknown_gradient_clip_algorithm_is_refused_as_a_config_error(algorithm):
+    """``--trainer.gradient_clip_algorithm bogus`` ended in Lightning's MisconfigurationException (not a config
+    error: the CLI showed its class name)."""
+    with pytest.raises(ConfigError, match="trainer.gradient_clip_algorithm must be 'norm' or 'value'"):
+        check_trainer_options({"gradient_clip_algorithm": algorithm, "gradient_clip_val": 1.0})
+    check_trainer_options({"gradient_clip_algorithm": "Value", "gradient_clip_val": 1.0})  # Lightning ignores case

@@ -276,6 +276,10 @@ def check_trainer_options(kwargs: dict[str, Any]) -> None:
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float) or not 0 <= clip < math.inf):
         raise ConfigError(f"trainer.gradient_clip_val must be a finite number >= 0 (0 or null: no clipping), got "
                           f"{clip!r}")
+    algorithm = kwargs.get("gradient_clip_algorithm")  # Lightning refuses others with a MisconfigurationException
+    if algorithm is not None and (not isinstance(algorithm, str) or algorithm.lower() not in ("norm", "value")):
+        raise ConfigError(f"trainer.gradient_clip_algorithm must be 'norm' or 'value' (null: Lightning's 'norm'), "
+                          f"got {algorithm!r}")
     seconds = max_time_seconds(kwargs.get("max_time"))
     if seconds is not None and not seconds > 0:  # a negative or NaN duration stops Lightning before any step, as zero
         what = "zero" if seconds == 0 else "not a positive duration"
