@@ -65,3 +65,23 @@ def test_an_unknown_gradient_clip_algorithm_is_refused_as_a_config_error(algorit
     with pytest.raises(ConfigError, match="trainer.gradient_clip_algorithm must be 'norm' or 'value'"):
         check_trainer_options({"gradient_clip_algorithm": algorithm, "gradient_clip_val": 1.0})
     check_trainer_options({"gradient_clip_algorithm": "Value", "gradient_clip_val": 1.0})  # Lightning ignores case
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"num_sanity_val_steps": -2}, r"trainer.num_sanity_val_steps must be an integer >= 0 .* or -1"),
+    ({"num_sanity_val_steps": 1.5}, r"trainer.num_sanity_val_steps must be an integer"),
+    ({"log_every_n_steps": -5}, r"trainer.log_every_n_steps must be an integer >= 1, or 0"),
+    ({"log_every_n_steps": 2.5}, r"trainer.log_every_n_steps must be an integer"),
+])
+def test_trainer_counts_lightning_would_misread_are_refused(options, message):
+    """``num_sanity_val_steps: -2`` ran no sanity check and ``log_every_n_steps: -5`` logged every 5 steps, both
+    without a word (Lightning only gives -1 / 0 a meaning)."""
+    with pytest.raises(ConfigError, match=message):
+        check_trainer_options(options)
+
+
+def test_meaningful_sanity_and_logging_counts_are_accepted():
+    for sanity in (-1, 0, 2):
+        check_trainer_options({"num_sanity_val_steps": sanity})
+    for every_n in (0, 1, 50):  # 0: epoch-level rows only (metrics.csv and the plots still work)
+        check_trainer_options({"log_every_n_steps": every_n})

@@ -276,6 +276,14 @@ def check_trainer_options(kwargs: dict[str, Any]) -> None:
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float) or not 0 <= clip < math.inf):
         raise ConfigError(f"trainer.gradient_clip_val must be a finite number >= 0 (0 or null: no clipping), got "
                           f"{clip!r}")
+    sanity = kwargs.get("num_sanity_val_steps")  # Lightning runs none for -2 and all for -1, without a word
+    if sanity is not None and (not _is_int(sanity) or sanity < -1):
+        raise ConfigError(f"trainer.num_sanity_val_steps must be an integer >= 0 (0: no sanity check) or -1 (every "
+                          f"validation batch), got {sanity!r}")
+    every_n = kwargs.get("log_every_n_steps")  # Lightning logs every |n| steps for a negative n
+    if every_n is not None and (not _is_int(every_n) or every_n < 0):
+        raise ConfigError(f"trainer.log_every_n_steps must be an integer >= 1, or 0 to log per epoch only, got "
+                          f"{every_n!r}")
     algorithm = kwargs.get("gradient_clip_algorithm")  # Lightning refuses others with a MisconfigurationException
     if algorithm is not None and (not isinstance(algorithm, str) or algorithm.lower() not in ("norm", "value")):
         raise ConfigError(f"trainer.gradient_clip_algorithm must be 'norm' or 'value' (null: Lightning's 'norm'), "
