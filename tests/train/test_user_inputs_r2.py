@@ -85,3 +85,27 @@ def test_meaningful_sanity_and_logging_counts_are_accepted():
         check_trainer_options({"num_sanity_val_steps": sanity})
     for every_n in (0, 1, 50):  # 0: epoch-level rows only (metrics.csv and the plots still work)
         check_trainer_options({"log_every_n_steps": every_n})
+
+
+@pytest.mark.parametrize(("trainer", "record"), [
+    ({"max_epochs": 1}, {"epochs_trained": 1, "global_step": 4, "stopped_early": False, "stop_reason": "max_epochs"}),
+    ({"max_epochs": 3, "callbacks": [{"class_path": "EarlyStopping", "init_args": {
+        "monitor": "val/loss", "patience": 0, "min_delta": 10.0}}]},
+     {"epochs_trained": 2, "global_step": 8, "stopped_early": True, "stop_reason": "early_stopping"}),
+    ({"max_epochs": 2, "max_steps": 3}, {"epochs_trained": 1, "global_step": 3, "stopped_early": False,
+                                         "stop_reason": "max_steps"}),
+])
+def test_summary_says_how_far_training_got_and_why_it_stopped(tmp_path, trainer, record):
+    """``summary.json`` of a run stopped by EarlyStopping did not say how many epochs / steps ran or why it stopped
+    (4 batches an epoch; the EarlyStopping run cannot improve by min_delta 10, so it stops after its second epoch)."""
+    result = fit(_config(tmp_path, "stop", **trainer))
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert {key: summary[key] for key in record} == record
+    assert "test/acc" in summary["metrics"] and summary["wall_time_s"] > 0  # the earlier keys stay
+
+
+def test_summary_of_a_run_stopped_by_max_time_says_so(tmp_path):
+    result = fit(_config(tmp_path, "timed", max_epochs=10_000, max_time={"seconds": 1}))
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["stop_reason"] == "max_time" and summary["stopped_early"] is True
+    assert 1 <= summary["epochs_trained"] < 10_000 and summary["global_step"] >= 1

@@ -9,7 +9,8 @@ The run folder ``<output_dir>/<name>/`` holds:
 - ``model.safetensors`` + ``config.json``: final weights with the ``vitlab`` metadata (``vitlab.checkpoint``);
 - ``.lock`` while a process writes the folder (a second writer is refused).
 - ``training_curves.png`` and ``summary.json``: loss/accuracy curves, final metrics, wall time (summed over the
-  sessions of a resumed run), weight hashes.
+  sessions of a resumed run), weight hashes, and how training ended (``epochs_trained``, ``global_step``,
+  ``stopped_early``, ``stop_reason``: see `_stop_record`).
 
 Example (a few steps on scikit-learn's digits)::
 
@@ -35,7 +36,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import nn
 
@@ -491,12 +492,32 @@ def _fit_locked(
     hashes = _gather_weight_hashes(task)
     try:
         saved = _save_outputs(run_dir, config, task, datamodule, built, metrics, hashes, base_sha,
-                              time.perf_counter() - start)
+                              time.perf_counter() - start, _stop_record(trainer))
     except OSError as err:
         raise OSError(f"training finished but the final weights could not be written to {run_dir} ({err}); "
                       f"{last} is kept: free space or fix permissions, then finish with `vitlab fit --name "
                       f"{config.name} --output_dir {config.output_dir} --resume true`") from err
     return RunResult(run_dir, metrics, saved, time.perf_counter() - start, {"weights_sha256_per_rank": hashes})
+
+
+def _stop_record(trainer: L.Trainer) -> dict[str, Any]:
+    """How far a finished ``trainer.fit`` got and why it ended, for ``summary.json``: ``epochs_trained`` (a last
+    epoch cut short by ``max_steps`` / ``max_time`` counts), ``global_step`` (optimizer steps), ``stop_reason``
+    (``max_epochs``, ``max_steps``, ``max_time``, ``early_stopping``, or ``callback``: another callback set
+    ``trainer.should_stop``) and ``stopped_early`` (true unless ``max_epochs`` / ``max_steps`` ended it)."""
+    callbacks = trainer.callbacks
+    if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        reason = "max_steps"
+    elif trainer.max_epochs is not None and trainer.max_epochs != -1 and trainer.current_epoch >= trainer.max_epochs:
+        reason = "max_epochs"
+    elif any(isinstance(c, Timer) and (c.time_remaining() or 0.0) <= 0 for c in callbacks):
+        reason = "max_time"
+    elif any(isinstance(c, EarlyStopping) for c in callbacks):
+        reason = "early_stopping"
+    else:
+        reason = "callback"
+    return {"epochs_trained": trainer.current_epoch, "global_step": trainer.global_step,
+            "stopped_early": reason not in ("max_epochs", "max_steps"), "stop_reason": reason}
 
 
 def _validate_at_end(trainer: L.Trainer, task: ClassificationTask, datamodule: Any) -> dict[str, float]:
@@ -583,7 +604,7 @@ def _write_config(run_dir: Path, config: RunConfig) -> None:
 @rank_zero_only
 def _save_outputs(
     run_dir: Path, config: RunConfig, task: ClassificationTask, datamodule: Any, built: RunModel,
-    metrics: dict[str, float], hashes: list[str], base_sha: str | None, wall_time_s: float,
+    metrics: dict[str, float], hashes: list[str], base_sha: str | None, wall_time_s: float, stop: dict[str, Any],
 ) -> Path:
     model = task.eval_model()
     base_weights = built.weights.describe() if built.weights is not None else None
@@ -598,7 +619,7 @@ def _save_outputs(
                                        base_sha256=base_sha, base_weights=base_weights, extra=extra)[0]
     summary = {"metrics": recorded, "wall_time_s": wall_time_s, "weights_sha256_per_rank": hashes,
                "parameters": sum(p.numel() for p in model.parameters()),
-               "trainable_parameters": sum(p.numel() for p in task.model.parameters() if p.requires_grad)}
+               "trainable_parameters": sum(p.numel() for p in task.model.parameters() if p.requires_grad), **stop}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png")
     return weights
