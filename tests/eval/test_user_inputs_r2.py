@@ -72,3 +72,24 @@ def test_guarded_script_still_uses_the_workers(tmp_path, monkeypatch):
         _run_as_main(tmp_path, monkeypatch, source)
     assert _ThreadPool.used == 1
     assert np.load(tmp_path / "guarded" / "glass_blur.npy").shape == (10, 32, 32, 3)
+
+
+@pytest.mark.parametrize("locked", [False, True])
+@pytest.mark.parametrize("target", ["", "model.safetensors"])
+def test_unfinished_run_names_resume_or_wait(tmp_path, locked, target):
+    """A run folder without model.safetensors (killed before the end, or still training) said only "no weights at
+    ...model.safetensors"; every evaluation now names `--resume true` (and waiting, while the .lock is held)."""
+    from vitlab.errors import ConfigError
+    from vitlab.eval.evaluate import diagnose_checkpoint, evaluate_checkpoint, predict_images, robustness_report
+
+    run = tmp_path / "my run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "config.yaml").write_text("name: my run\ndata:\n  name: digits\n")
+    if locked:
+        (run / ".lock").write_text('{"host": "here", "pid": 1}')
+    fix = "still being trained" if locked else "has not finished"
+    for call in (lambda c: evaluate_checkpoint(c), lambda c: robustness_report(c, n=4),
+                 lambda c: diagnose_checkpoint(c, n=4), lambda c: predict_images(c, ["x.png"])):
+        with pytest.raises(ConfigError, match=rf"{fix}.*--name 'my run' --output_dir .*--resume true"):
+            call(run / target)

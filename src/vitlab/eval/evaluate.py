@@ -164,6 +164,28 @@ def _check_checkpoint(checkpoint: object) -> None:
                           "your data first, e.g. `vitlab fit --config configs/hub_vit_b16_kadaptation.yaml`, or any "
                           "run config with `--model.name <timm name> --model.pretrained timm` (README: \"Fine-tune a "
                           "pretrained ViT from the Hub\"), then evaluate its run folder: `--checkpoint runs/<name>`")
+    _check_run_finished(Path(text).expanduser())
+
+
+def _check_run_finished(path: Path) -> None:
+    """Refuse a run folder (or its ``model.safetensors``) of a run that has not written its weights yet, naming what
+    to do: wait for a run still training (its ``.lock`` held), else finish it with ``--resume true``."""
+    from vitlab.checkpoint.format import ADAPTER_NAME, WEIGHTS_NAME
+
+    folder = path if path.is_dir() else path.parent if path.name == WEIGHTS_NAME and not path.exists() else None
+    if (folder is None or not (folder / "config.yaml").is_file() or (folder / WEIGHTS_NAME).exists()
+            or (folder / ADAPTER_NAME).exists()):
+        return
+    import shlex
+
+    words = ["vitlab", "fit", "--name", folder.name, "--output_dir", str(folder.parent), "--resume", "true"]
+    resume = f"`{shlex.join(words)}`"
+    if (folder / ".lock").exists():
+        raise ConfigError(f"{folder} is a run still being trained (its .lock is held; {WEIGHTS_NAME} is written when "
+                          f"training ends): wait for `vitlab fit` to finish, or if it was killed, finish the run with "
+                          f"{resume}; then evaluate it")
+    raise ConfigError(f"{folder} is a run that has not finished (no {WEIGHTS_NAME}, written when training ends): "
+                      f"finish it with {resume}, then evaluate it")
 
 
 def _is_pretrained_source(text: str) -> bool:
