@@ -109,3 +109,12 @@ def test_summary_of_a_run_stopped_by_max_time_says_so(tmp_path):
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["stop_reason"] == "max_time" and summary["stopped_early"] is True
     assert 1 <= summary["epochs_trained"] < 10_000 and summary["global_step"] >= 1
+
+
+def test_enable_checkpointing_false_is_refused_naming_the_option_not_vitlabs_callback(tmp_path):
+    """``trainer.enable_checkpointing: false`` failed in Lightning: "found `ModelCheckpoint` in callbacks list" (a
+    MisconfigurationException about a callback the user never added); it is refused up front, writing nothing."""
+    with pytest.raises(ConfigError, match="trainer.enable_checkpointing: false turns off checkpoints/last.ckpt.*drop"):
+        fit(_config(tmp_path, "nockpt", max_epochs=1, enable_checkpointing=False))
+    assert not (tmp_path / "nockpt").exists()
+    check_trainer_options({"enable_checkpointing": True})

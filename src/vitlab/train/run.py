@@ -254,6 +254,10 @@ def check_trainer_options(kwargs: dict[str, Any]) -> None:
         raise ConfigError("trainer.barebones: true turns off logging and checkpointing, which every vitlab run needs "
                           "(metrics.csv, checkpoints/last.ckpt): drop it; for less overhead set "
                           "trainer.enable_progress_bar: false and trainer.enable_model_summary: false")
+    if kwargs.get("enable_checkpointing") is False:  # Lightning refuses it naming vitlab's own ModelCheckpoint
+        raise ConfigError("trainer.enable_checkpointing: false turns off checkpoints/last.ckpt, which every vitlab run "
+                          "writes (--resume, the last good weights after a non-finite loss): drop it; the final "
+                          "weights are model.safetensors either way")
     devices = kwargs.get("devices")
     if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():  # `--trainer.devices 0` arrives as '0'
         devices = int(devices)
