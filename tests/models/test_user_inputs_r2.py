@@ -105,3 +105,17 @@ def test_vit_takes_numpy_int_sizes_as_its_checks_promise():
     model.set_input_size(img_size=(np.int64(64), np.int64(32)))
     assert model.patch_embed.grid_size == (4, 2) and model.pos_embed.shape[1] == 8
     assert model(torch.zeros(1, 3, 64, 32)).shape == (1, 10)
+
+
+def test_vit_refuses_a_native_size_of_partial_patches_it_would_refuse_as_input():
+    """img_size=36 with 8-px patches built a model whose forward then refused every 36x36 image."""
+    with pytest.raises(ConfigError, match=r"img_size=36 is not a multiple of patch_size=8.*pass img_size=32"):
+        timm.create_model(VIT, **_SMALL_VIT, img_size=36)
+    model = timm.create_model(VIT, **_SMALL_VIT)
+    with pytest.raises(ConfigError, match=r"img_size=\(40, 36\) is not a multiple.*img_size=\(40, 32\)"):
+        model.set_input_size(img_size=(40, 36))
+    assert model.patch_embed.img_size == (32, 32)  # untouched
+    with pytest.raises(ConfigError, match="dynamic_img_pad=True with dynamic_img_size=True"):
+        timm.create_model(VIT, **_SMALL_VIT, img_size=36, dynamic_img_pad=True)  # timm: a token-count mismatch
+    padded = timm.create_model(VIT, **_SMALL_VIT, img_size=36, dynamic_img_pad=True, dynamic_img_size=True)
+    assert padded(torch.zeros(1, 3, 36, 36)).shape == (1, 10)

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from timm.layers import PatchEmbed, get_act_layer, get_norm_layer, register_notrace_function
+from timm.layers import PatchEmbed, get_act_layer, get_norm_layer, register_notrace_function, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, register_model_deprecations
 from timm.models.vision_transformer import ATTN_LAYERS, VisionTransformer, checkpoint_filter_fn
 
@@ -111,6 +111,8 @@ class VitlabVisionTransformer(VisionTransformer):
         _check_sizes(kwargs)
         super().__init__(*args, **kwargs)
         _check_output_stride(output_stride, self.patch_embed.patch_size)
+        _check_whole_patches(self.patch_embed.img_size, self.patch_embed.patch_size,
+                             self.patch_embed.dynamic_img_pad and self.dynamic_img_size)
         # forward_features (timm's, called directly too) checks its images: TorchScript compiles no super() call
         # in an override, so the check runs as the patch embedding's pre-hook
         self.patch_embed.in_chans = self.in_chans  # the hook's: peft may wrap proj in a module without in_channels
@@ -130,8 +132,12 @@ class VitlabVisionTransformer(VisionTransformer):
 
     def set_input_size(self, img_size: Any = None, patch_size: Any = None) -> None:
         """timm's ``set_input_size`` (position embeddings resampled to the new grid) after refusing sizes that are
-        not ints or ``(height, width)`` ints >= 1 (timm fails on them inside its arithmetic)."""
+        not ints or ``(height, width)`` ints >= 1 (timm fails on them inside its arithmetic), and an image size that
+        is not a multiple of the patch size (unless padded, see :func:`_check_whole_patches`)."""
         sizes = _plain_sizes({k: v for k, v in (("img_size", img_size), ("patch_size", patch_size)) if v is not None})
+        embed = self.patch_embed
+        _check_whole_patches(sizes.get("img_size", embed.img_size), sizes.get("patch_size", embed.patch_size),
+                             embed.dynamic_img_pad and self.dynamic_img_size)
         super().set_input_size(**sizes)
 
     def forward(
@@ -264,6 +270,22 @@ def _known_layer(lookup: Any, name: Any) -> bool:
     except KeyError:
         return False
     return True
+
+
+def _check_whole_patches(img_size: Any, patch_size: Any, padded: bool) -> None:
+    """Refuse a native ``img_size`` that is not a multiple of ``patch_size`` unless ``padded`` (``dynamic_img_pad``
+    with ``dynamic_img_size``): the model's forward refuses images that would leave a partial patch, and timm's
+    padding alone makes more tokens than the position embeddings (a size-mismatch RuntimeError), so such a model
+    could take no image of its own size."""
+    if img_size is None or padded:
+        return
+    img, patch = tuple(to_2tuple(img_size)), tuple(to_2tuple(patch_size))
+    if img[0] % patch[0] or img[1] % patch[1]:
+        whole = tuple(max(p, i // p * p) for i, p in zip(img, patch, strict=True))
+        raise ConfigError(f"img_size={img[0] if img[0] == img[1] else img} is not a multiple of patch_size="
+                          f"{patch[0] if patch[0] == patch[1] else patch}, and this ViT refuses images that leave a "
+                          f"partial patch: pass img_size={whole[0] if whole[0] == whole[1] else whole} (whole "
+                          "patches), or dynamic_img_pad=True with dynamic_img_size=True to pad images to whole patches")
 
 
 def _plain_sizes(kwargs: dict[str, Any]) -> dict[str, Any]:
