@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import json
 import os
 import pickle
 from collections.abc import Iterator, Mapping
@@ -230,13 +231,14 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _hub_cached_file(hub_id: str | None) -> str | None:
+def _hub_cached_file(hub_id: str | None, filenames: tuple[str, ...] | None = None) -> str | None:
+    """Path of the first of ``filenames`` (default: the weights files timm reads) in the cache's copy of ``hub_id``."""
     if not hub_id:
         return None
     from huggingface_hub import try_to_load_from_cache
 
     repo_id, _, revision = hub_id.partition("@")  # hf-hub:ORG/NAME@REVISION pins a revision, as timm reads it
-    for filename in ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"):
+    for filename in filenames or ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"):
         found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
         if isinstance(found, str):
             return found
@@ -461,16 +463,34 @@ def record_state_dict_loads() -> Iterator[list[tuple[nn.Module, Any]]]:
 
 @contextlib.contextmanager
 def _hub_errors(weights: PretrainedWeights) -> Iterator[None]:
-    """Turn the Hub's 'not cached and offline / unreachable' errors into one line saying what to fetch."""
+    """Turn the Hub's 'not cached and offline / unreachable' errors, and a corrupt cached file, into one line saying
+    what to fetch."""
+    from huggingface_hub import constants
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
         yield
     except (LocalEntryNotFoundError, RepositoryNotFoundError, HFValidationError, OSError) as err:
-        where = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
         raise MissingWeightsError(f"{weights.source} weights {weights.location} are not in the Hugging Face cache "
-                               f"({where}) and could not be downloaded ({type(err).__name__}): "
-                               f"{weights.fetch_hint()}") from None
+                                  f"({constants.HF_HUB_CACHE}{_cache_env_note()}) and could not be downloaded "
+                                  f"({type(err).__name__}): {weights.fetch_hint()}") from None
+    except (SafetensorError, json.JSONDecodeError, EOFError, pickle.UnpicklingError) as err:
+        if weights.source not in ("timm", "hf-hub"):
+            raise
+        hub_id = weights.pretrained_cfg().get("hf_hub_id") if weights.source == "timm" else weights.location
+        cached = _hub_cached_file(hub_id, ("config.json",) if isinstance(err, json.JSONDecodeError) else None)
+        raise CheckpointError(f"the Hugging Face cache's copy of {weights.source} weights {weights.location} "
+                              f"({cached or constants.HF_HUB_CACHE}) is corrupt or truncated ({type(err).__name__}: "
+                              f"{_first_lines(err, 1)}): delete it, then {weights.fetch_hint()}") from None
+
+
+def _cache_env_note() -> str:
+    """A note when TRANSFORMERS_CACHE is set: transformers reads it, but timm's loader (huggingface_hub) does not."""
+    folder = os.environ.get("TRANSFORMERS_CACHE")
+    if not folder:
+        return ""
+    return (f"; TRANSFORMERS_CACHE={folder} is read by transformers only, not by timm's loader: "
+            f"set HF_HUB_CACHE={folder} instead")
 
 
 def create_model(
