@@ -118,3 +118,13 @@ def test_enable_checkpointing_false_is_refused_naming_the_option_not_vitlabs_cal
         fit(_config(tmp_path, "nockpt", max_epochs=1, enable_checkpointing=False))
     assert not (tmp_path / "nockpt").exists()
     check_trainer_options({"enable_checkpointing": True})
+
+
+def test_a_non_finite_loss_under_16_true_precision_advises_mixed_precision_not_a_lower_lr(tmp_path):
+    """``trainer.precision: 16-true`` (float16 weights and AdamW moments: eps 1e-8 is 0 in float16) gave a NaN loss
+    at step 1 with the advice to lower the lr and clip gradients, which fails the same way."""
+    with pytest.raises(FloatingPointError) as caught:
+        fit(_config(tmp_path, "half", max_epochs=1, precision="16-true"))
+    message = str(caught.value)
+    assert "trainer.precision 16-true keeps the weights and AdamW's moments in float16" in message
+    assert "--trainer.precision 16-mixed" in message and "lower optim.lr" not in message

@@ -586,6 +586,13 @@ def _non_finite_advice(err: FloatingPointError, config: RunConfig, run_dir: Path
     kept = (f"The last good checkpoint (end of epoch {epoch}, finite weights) is kept at {last}."
             if epoch is not None else "No checkpoint was written (no epoch finished with finite values).")
     first = str(err).splitlines()[0].split(". The last good")[0]
+    if str(config.trainer.get("precision")) == "16-true":  # a lower lr or clipping fails the same way
+        first = first.split(": lower optim.lr")[0]
+        retry = (f"vitlab fit --config {run_dir / 'config.yaml'} --name {config.name}_16mixed "
+                 "--trainer.precision 16-mixed")
+        return (f"{first}: trainer.precision 16-true keeps the weights and AdamW's moments in float16, where its eps "
+                f"(1e-8) is 0 and small updates overflow. Training stopped. {kept} Start a new run with mixed "
+                f"precision (16-mixed or bf16-mixed) instead: {retry}")
     return (f"{first}. Training stopped. {kept} Resuming would replay the same steps; start a new run with a lower "
             f"learning rate and gradient clipping instead: {retry}")
 
