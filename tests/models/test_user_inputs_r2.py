@@ -119,3 +119,16 @@ def test_vit_refuses_a_native_size_of_partial_patches_it_would_refuse_as_input()
         timm.create_model(VIT, **_SMALL_VIT, img_size=36, dynamic_img_pad=True)  # timm: a token-count mismatch
     padded = timm.create_model(VIT, **_SMALL_VIT, img_size=36, dynamic_img_pad=True, dynamic_img_size=True)
     assert padded(torch.zeros(1, 3, 36, 36)).shape == (1, 10)
+
+
+def test_iformer_takes_numpy_int_class_and_channel_counts_as_timm_models_do():
+    """num_classes=labels.max() + 1 (np.int64) was refused as 'not an int' by the iFormer (timm's models take it)."""
+    model = timm.create_model(IFORMER, num_classes=np.int64(5), in_chans=np.int64(1)).eval()
+    assert type(model.num_classes) is int and type(model.in_chans) is int
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 5)
+    model.reset_classifier(np.int32(3))
+    assert model.head.out_features == 3 and type(model.num_classes) is int
+    with pytest.raises(ValueError, match="num_classes must be an int >= 0"):
+        model.reset_classifier(np.float64(3))
+    with pytest.raises(ValueError, match="in_chans must be an int >= 1"):
+        timm.create_model(IFORMER, in_chans=np.bool_(True))

@@ -23,9 +23,11 @@ Example:
 """
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -200,10 +202,18 @@ def _check_output_stride(output_stride: Any) -> None:
                      "features take stage 2's map (features_only=True, out_indices=(0, 1, 2): strides 4, 8, 16)")
 
 
-def _check_num_classes(num_classes: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+def _count(value: Any) -> int | None:
+    """``value`` as a Python int if it is an integer (NumPy's too, e.g. ``labels.max() + 1``), else ``None``."""
+    return None if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral) else int(value)
+
+
+def _check_num_classes(num_classes: Any) -> int:
+    """``num_classes`` as a Python int >= 0, else ``ValueError``."""
+    count = _count(num_classes)
+    if count is None or count < 0:
         raise ValueError(f"num_classes must be an int >= 0 (0: no classifier, the pooled features), got "
                          f"{num_classes!r}")
+    return count
 
 
 def _ints(name: str, values: Any) -> list[int]:
@@ -670,9 +680,9 @@ class InceptionTransformer(nn.Module):
             "num_heads", num_heads)
         attention_heads = _ints("attention_heads", attention_heads)
         self._validate(depths, embed_dims, num_heads, attention_heads, global_pool)
-        if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        if _count(in_chans) is None or in_chans < 1:
             raise ValueError(f"in_chans must be an int >= 1, got {in_chans!r}")
-        _check_num_classes(num_classes)
+        in_chans, num_classes = int(in_chans), _check_num_classes(num_classes)
         _check_hyperparameters(
             dict(drop_rate=drop_rate, drop_path_rate=drop_path_rate, attn_drop_rate=attn_drop_rate), mlp_ratio,
             qkv_bias, layer_scale_init_value,
@@ -791,7 +801,7 @@ class InceptionTransformer(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head by a fresh ``Linear(num_features, num_classes)`` (``Identity`` for 0); ``global_pool``
         ``"avg"`` or ``""`` (``None`` keeps the current one)."""
-        _check_num_classes(num_classes)
+        num_classes = _check_num_classes(num_classes)
         if global_pool is not None:
             _check_global_pool(global_pool)
             self.global_pool = global_pool
