@@ -128,3 +128,11 @@ def test_a_non_finite_loss_under_16_true_precision_advises_mixed_precision_not_a
     message = str(caught.value)
     assert "trainer.precision 16-true keeps the weights and AdamW's moments in float16" in message
     assert "--trainer.precision 16-mixed" in message and "lower optim.lr" not in message
+
+
+def test_a_max_time_lightning_cannot_read_is_a_config_error_naming_the_format(tmp_path):
+    """``trainer.max_time: '00:00:01'`` (HH:MM:SS) ended in Lightning's MisconfigurationException about a
+    ``Timer(duration=...)`` the user never made; it is now the trainer section's ConfigError, writing nothing."""
+    with pytest.raises(ConfigError, match=r"trainer section was refused by lightning.Trainer.*DD:HH:MM:SS.*trainer\."):
+        fit(_config(tmp_path, "timer", max_epochs=1, max_time="00:00:01"))
+    assert not (tmp_path / "timer").exists()

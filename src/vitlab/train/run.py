@@ -36,6 +36,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import nn
@@ -222,7 +223,7 @@ def build_trainer(
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     try:
         return L.Trainer(default_root_dir=str(run_dir), logger=loggers, callbacks=callbacks, **kwargs)
-    except (TypeError, ValueError, ImportError) as err:  # Lightning checks its keywords here, before any batch
+    except (TypeError, ValueError, ImportError, MisconfigurationException) as err:  # Lightning checks its keywords
         reason = " ".join(str(err).split())[:300]
         raise ConfigError(f"the trainer section was refused by lightning.Trainer ({type(err).__name__}: {reason}); "
                           "fix that trainer.* option (`vitlab fit --help` lists them)") from err
