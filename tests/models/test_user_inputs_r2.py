@@ -132,3 +132,15 @@ def test_iformer_takes_numpy_int_class_and_channel_counts_as_timm_models_do():
         model.reset_classifier(np.float64(3))
     with pytest.raises(ValueError, match="in_chans must be an int >= 1"):
         timm.create_model(IFORMER, in_chans=np.bool_(True))
+
+
+def test_vit_takes_numpy_int_depth_and_refuses_intermediates_without_blocks():
+    """depth=np.int64(2) passed the checks and failed in timm's drop-path schedule ('numpy.int64' object is not
+    iterable); depth=0 asserted in timm's forward_intermediates ('last-n (0) is out of range (1 to 0)')."""
+    model = timm.create_model(VIT, depth=np.int64(2), embed_dim=np.int64(32), num_heads=np.int64(2), features_only=True)
+    assert [f.shape for f in model(torch.zeros(1, 3, 32, 32))] == [(1, 32, 4, 4)] * 2
+    empty = timm.create_model(VIT, depth=0)
+    with pytest.raises(ValueError, match=r"no blocks \(depth=0\).*depth >= 1"):
+        empty.forward_intermediates(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"has none \(depth=0\): build it with depth >= 1"):
+        timm.create_model(VIT, depth=0, features_only=True)

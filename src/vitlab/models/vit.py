@@ -190,6 +190,9 @@ class VitlabVisionTransformer(VisionTransformer):
 def _check_block_indices(indices: Any, depth: int, allow_none: bool) -> None:
     """Refuse ``indices`` that are not an int ``n`` in ``1..depth`` (the last ``n`` blocks) or a non-empty sequence
     of block indices in ``[-depth, depth)`` (``None``, all blocks, when ``allow_none``), naming the range."""
+    if depth == 0:
+        raise ValueError("this ViT has no blocks (depth=0), so it has no intermediate layers: build it with "
+                         "depth >= 1, or take the patch embeddings from forward_features")
     if indices is None and allow_none:
         return
     ints = [indices] if isinstance(indices, int) else indices
@@ -289,14 +292,18 @@ def _check_whole_patches(img_size: Any, patch_size: Any, padded: bool) -> None:
 
 
 def _plain_sizes(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` after :func:`_check_sizes`, with an ``img_size`` / ``patch_size`` of NumPy ints as Python ints (timm's
-    size arithmetic and model traits take only Python ints, e.g. ``img_size=np.int64(64)`` failed in them)."""
+    """``kwargs`` after :func:`_check_sizes`, with sizes and counts of NumPy ints as Python ints (timm's size
+    arithmetic and model traits take only Python ints: ``img_size=np.int64(64)`` and ``depth=np.int64(2)`` failed
+    in them)."""
     _check_sizes(kwargs)
     plain = dict(kwargs)
     for key in ("img_size", "patch_size"):
         size = kwargs.get(key)
         if size is not None:
             plain[key] = tuple(map(operator.index, size)) if isinstance(size, tuple | list) else operator.index(size)
+    for key in ("depth", "embed_dim", "num_heads", "num_classes", "in_chans"):
+        if key in kwargs:
+            plain[key] = operator.index(kwargs[key])
     return plain
 
 
@@ -369,6 +376,9 @@ default_cfgs = generate_default_cfgs({
 def _check_out_indices(out_indices: Any, depth: int) -> None:
     """``out_indices`` for ``features_only``: an int ``n`` (the last ``n`` blocks) or a non-empty sequence of block
     indices in ``[-depth, depth)``; anything else is refused naming the form (timm fails on it with a TypeError)."""
+    if depth == 0:
+        raise ValueError("features_only needs transformer blocks, and this ViT has none (depth=0): build it with "
+                         "depth >= 1")
     items = [out_indices] if isinstance(out_indices, int) else out_indices
     valid = not isinstance(out_indices, bool | str) and isinstance(items, Sequence) and len(items) > 0 and all(
         isinstance(i, int) and not isinstance(i, bool) for i in items)
@@ -384,12 +394,12 @@ def _check_out_indices(out_indices: Any, depth: int) -> None:
 
 
 def _create_vit(variant: str, pretrained: bool = False, **kwargs) -> VitlabVisionTransformer:
+    kwargs = _plain_sizes(kwargs)
     depth = kwargs.get("depth", _TINY["depth"])
     # features_only default: the last 3 blocks, as timm's ViTs (all of them in a shallower model)
     out_indices = kwargs.pop("out_indices", min(3, depth) if isinstance(depth, int) and depth > 0 else 3)
     if kwargs.get("features_only") and isinstance(depth, int):
         _check_out_indices(out_indices, depth)
-    kwargs = _plain_sizes(kwargs)
     with pretrained_file_errors(variant, pretrained, kwargs) as kwargs:
         return build_model_with_cfg(
             VitlabVisionTransformer, variant, pretrained,
