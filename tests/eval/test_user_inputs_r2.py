@@ -93,3 +93,20 @@ def test_unfinished_run_names_resume_or_wait(tmp_path, locked, target):
                  lambda c: diagnose_checkpoint(c, n=4), lambda c: predict_images(c, ["x.png"])):
         with pytest.raises(ConfigError, match=rf"{fix}.*--name 'my run' --output_dir .*--resume true"):
             call(run / target)
+
+
+def test_adapter_weights_file_names_its_folder(tmp_path):
+    """`--checkpoint RUN/adapter/adapter_model.safetensors` said the file was "not written by vitlab" and to start a
+    run from it; it now names the adapter folder and the run folder to pass instead."""
+    from peft import LoraConfig, get_peft_model
+    from torch import nn
+
+    from vitlab.errors import ConfigError
+    from vitlab.eval.evaluate import evaluate_checkpoint
+
+    model = get_peft_model(nn.Sequential(nn.Linear(4, 4)), LoraConfig(r=1, target_modules=["0"]))
+    model.save_pretrained(tmp_path / "run" / "adapter")
+    file = tmp_path / "run" / "adapter" / "adapter_model.safetensors"
+    assert file.is_file()
+    with pytest.raises(ConfigError, match=r"pass the folder \(.*adapter\) or its run folder \(.*run\)"):
+        evaluate_checkpoint(file)

@@ -165,6 +165,16 @@ def _check_checkpoint(checkpoint: object) -> None:
                           "run config with `--model.name <timm name> --model.pretrained timm` (README: \"Fine-tune a "
                           "pretrained ViT from the Hub\"), then evaluate its run folder: `--checkpoint runs/<name>`")
     _check_run_finished(Path(text).expanduser())
+    _check_not_adapter_file(Path(text).expanduser())
+
+
+def _check_not_adapter_file(path: Path) -> None:
+    """Refuse the weights file inside a peft adapter folder (its folder is what the evaluations take)."""
+    from peft.utils import SAFETENSORS_WEIGHTS_NAME
+
+    if path.name == SAFETENSORS_WEIGHTS_NAME and _peft_adapter_folder(path.parent) is not None:
+        raise ConfigError(f"{path} is the weights file of the peft adapter folder {path.parent}, which cannot be read "
+                          f"alone: pass the folder ({path.parent}) or its run folder ({path.parent.parent})")
 
 
 def _check_run_finished(path: Path) -> None:
