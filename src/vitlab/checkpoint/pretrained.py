@@ -468,6 +468,7 @@ def _hub_errors(weights: PretrainedWeights) -> Iterator[None]:
     from huggingface_hub import constants
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    _check_hub_reachable(weights)
     try:
         yield
     except (LocalEntryNotFoundError, RepositoryNotFoundError, HFValidationError, OSError) as err:
@@ -482,6 +483,30 @@ def _hub_errors(weights: PretrainedWeights) -> Iterator[None]:
         raise CheckpointError(f"the Hugging Face cache's copy of {weights.source} weights {weights.location} "
                               f"({cached or constants.HF_HUB_CACHE}) is corrupt or truncated ({type(err).__name__}: "
                               f"{_first_lines(err, 1)}): delete it, then {weights.fetch_hint()}") from None
+
+
+def _check_hub_reachable(weights: PretrainedWeights) -> None:
+    """Refuse at once Hub weights that are not cached when the Hub cannot be reached (HF_HUB_OFFLINE unset), which
+    huggingface_hub would only report after a minute of retries; cached weights, and HF_HUB_OFFLINE=1, pass."""
+    from huggingface_hub import constants
+
+    if weights.source not in ("timm", "hf-hub") or constants.HF_HUB_OFFLINE:
+        return
+    hub_id = weights.pretrained_cfg().get("hf_hub_id") if weights.source == "timm" else weights.location
+    if not hub_id or (_hub_cached_file(hub_id) and (weights.source == "timm"
+                                                   or _hub_cached_file(hub_id, ("config.json",)))):
+        return
+    import httpx2  # huggingface_hub's HTTP client
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=10)  # one try: any answer means the Hub is reachable
+    except httpx2.TransportError as err:
+        raise MissingWeightsError(
+            f"{weights.source} weights {weights.location} are not in the Hugging Face cache ({constants.HF_HUB_CACHE}"
+            f"{_cache_env_note()}) and the Hub ({constants.ENDPOINT}) cannot be reached ({type(err).__name__}): "
+            f"{weights.fetch_hint()}, then set HF_HUB_OFFLINE=1; or pass a local weights file "
+            "(model.pretrained: PATH)") from None
 
 
 def _cache_env_note() -> str:
