@@ -85,3 +85,20 @@ def test_uncached_weights_with_the_hub_unreachable_fail_at_once_naming_hf_hub_of
     make_hub_cache(tmp_path)  # cached: loads with the Hub unreachable, as huggingface_hub falls back to the cache
     model, _, _ = create_model(HUB_MODEL, resolve_pretrained(spec, HUB_MODEL), **SMALL)
     assert model.head.out_features == 10
+
+
+def test_a_hub_id_with_a_space_after_the_prefix_loads(offline_hub):
+    weights = resolve_pretrained(f"hf-hub: {HUB_ID}", HUB_MODEL)  # YAML users space it; was location " timm/..."
+    assert weights.location == HUB_ID
+    model, _, _ = create_model(HUB_MODEL, weights, **SMALL)
+    assert model.head.out_features == 10
+
+
+@pytest.mark.parametrize("spec", [HUB_ID, f"hf_hub:{HUB_ID}", f"HF-HUB: {HUB_ID}"])
+def test_a_bare_or_misspelt_hub_id_is_named_with_the_hf_hub_spelling(spec, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MissingWeightsError, match=rf"no file or folder at .*\(a Hub model id\? write hf-hub:{HUB_ID}\)"):
+        resolve_pretrained(spec, HUB_MODEL)
+    (tmp_path / "runs").mkdir()  # a missing run folder under an existing folder is not taken for a Hub id
+    with pytest.raises(MissingWeightsError, match=r"no file or folder at runs/x; pass"):
+        resolve_pretrained("runs/x", HUB_MODEL)

@@ -292,7 +292,7 @@ def resolve_pretrained(spec: str | Mapping[str, Any] | None, model_name: str) ->
 
 
 def _hub_id(spec: str) -> str:
-    hub_id = spec.removeprefix(_HUB_PREFIX)
+    hub_id = spec.removeprefix(_HUB_PREFIX).strip()  # "hf-hub: ORG/NAME" as YAML users space it
     repo_id, at, revision = hub_id.partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")) or (at and (not revision or "@" in revision)):
         raise ConfigError(f"{spec!r} is not a Hub model id: write hf-hub:ORG/NAME, or hf-hub:ORG/NAME@REVISION to "
@@ -337,8 +337,13 @@ def _from_path(path: Path, model_name: str) -> PretrainedWeights:
                                    "`vitlab fit`, or the weights file itself")
         path = path / WEIGHTS_NAME
     if not path.is_file():
-        raise MissingWeightsError(f"model.pretrained: no file or folder at {path}; pass a weights file (.safetensors, "
-                               ".pth, .pt, .bin), a vitlab run folder, 'timm' or 'hf-hub:ORG/NAME'")
+        name = str(path).split(":", 1)[-1].strip()  # a Hub id written bare or with a misspelt prefix (hf_hub:)
+        org = name.split("/")[0]
+        hub = (f" (a Hub model id? write hf-hub:{name})" if not path.is_absolute() and name.count("/") == 1
+               and all(name.split("/")) and not Path(org).exists()
+               and Path(name).suffix not in (*PICKLE_SUFFIXES, ".safetensors") else "")
+        raise MissingWeightsError(f"model.pretrained: no file or folder at {path}{hub}; pass a weights file "
+                                  "(.safetensors, .pth, .pt, .bin), a vitlab run folder, 'timm' or 'hf-hub:ORG/NAME'")
     # absolute, but a symlink keeps its own name: a Hugging Face cache snapshot's model.safetensors links to a blob
     # named by its hash, with no suffix to tell the format by
     path = Path(os.path.abspath(path))
