@@ -102,3 +102,17 @@ def test_a_bare_or_misspelt_hub_id_is_named_with_the_hf_hub_spelling(spec, tmp_p
     (tmp_path / "runs").mkdir()  # a missing run folder under an existing folder is not taken for a Hub id
     with pytest.raises(MissingWeightsError, match=r"no file or folder at runs/x; pass"):
         resolve_pretrained("runs/x", HUB_MODEL)
+
+
+def test_a_truncated_cached_pytorch_model_bin_is_named_as_corrupt_not_as_another_architecture(damaged_cache):
+    import torch
+    from safetensors.torch import load_file
+
+    weights = damaged_cache / "model.safetensors"  # a repo that ships only pytorch_model.bin (timm reads it next)
+    torch.save(load_file(str(weights)), damaged_cache / "pytorch_model.bin")
+    weights.unlink()
+    data = (damaged_cache / "pytorch_model.bin").read_bytes()
+    (damaged_cache / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    # was "weights ... do not fit vit_tiny_patch16_224: PytorchStreamReader failed reading zip archive ..."
+    with pytest.raises(CheckpointError, match=r"pytorch_model.bin\) is corrupt or truncated \(RuntimeError"):
+        create_model(HUB_MODEL, resolve_pretrained("timm", HUB_MODEL), **SMALL)

@@ -480,8 +480,11 @@ def _hub_errors(weights: PretrainedWeights) -> Iterator[None]:
         raise MissingWeightsError(f"{weights.source} weights {weights.location} are not in the Hugging Face cache "
                                   f"({constants.HF_HUB_CACHE}{_cache_env_note()}) and could not be downloaded "
                                   f"({type(err).__name__}): {weights.fetch_hint()}") from None
-    except (SafetensorError, json.JSONDecodeError, EOFError, pickle.UnpicklingError) as err:
-        if weights.source not in ("timm", "hf-hub"):
+    except (SafetensorError, json.JSONDecodeError, EOFError, pickle.UnpicklingError, RuntimeError) as err:
+        # torch's reader of a truncated pytorch_model.bin raises a RuntimeError; other RuntimeErrors (a tensor that
+        # does not fit) are the caller's to name
+        if weights.source not in ("timm", "hf-hub") or (type(err) is RuntimeError
+                                                        and "PytorchStreamReader" not in str(err)):
             raise
         hub_id = weights.pretrained_cfg().get("hf_hub_id") if weights.source == "timm" else weights.location
         cached = _hub_cached_file(hub_id, ("config.json",) if isinstance(err, json.JSONDecodeError) else None)
