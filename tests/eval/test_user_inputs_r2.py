@@ -110,3 +110,25 @@ def test_adapter_weights_file_names_its_folder(tmp_path):
     assert file.is_file()
     with pytest.raises(ConfigError, match=r"pass the folder \(.*adapter\) or its run folder \(.*run\)"):
         evaluate_checkpoint(file)
+
+
+@pytest.mark.parametrize("device", ["mps", "xpu", "meta"])
+def test_device_this_machine_lacks_is_refused_naming_cpu(device):
+    """`--device mps` (a Mac habit) on a torch build without MPS failed deep in torch with a RuntimeError traceback,
+    `meta` evaluated nothing; both are now one ConfigError naming --device cpu."""
+    import torch
+
+    from vitlab.errors import ConfigError
+    from vitlab.eval.device import resolve_device
+
+    try:
+        torch.empty(0, device=device)
+        usable = device != "meta"
+    except (RuntimeError, AssertionError, ImportError):
+        usable = False
+    if usable:  # a machine that has the device: it is accepted
+        assert resolve_device(device).type == device
+    else:
+        with pytest.raises(ConfigError, match=r"--device cpu") as info:
+            resolve_device(device)
+        assert "\n" not in str(info.value)

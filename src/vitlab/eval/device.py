@@ -42,6 +42,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
                               "(or leave it unset to pick a GPU when there is one)")
         if chosen.index is not None and chosen.index >= count:
             raise ConfigError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif chosen.type == "meta":
+        raise ConfigError(f"device {device!r} holds no values, so nothing can be evaluated on it: pass --device cpu or "
+                          "cuda")
+    elif chosen.type != "cpu":
+        try:  # e.g. mps on a machine or torch build without it: torch's error is a deep RuntimeError
+            torch.empty(0, device=chosen)
+        except (RuntimeError, AssertionError, ImportError) as err:
+            why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ConfigError(f"device {device!r}: this machine or torch build cannot use it ({why}); pass --device "
+                              "cpu (or leave it unset to pick a CUDA GPU when there is one)") from None
     return chosen
 
 
