@@ -132,3 +132,13 @@ def test_device_this_machine_lacks_is_refused_naming_cpu(device):
         with pytest.raises(ConfigError, match=r"--device cpu") as info:
             resolve_device(device)
         assert "\n" not in str(info.value)
+
+
+def test_generate_corruption_set_takes_none_for_every_corruption(tmp_path, monkeypatch):
+    """`corruptions=None` (what robustness_report and evaluate_corruptions take for "all") failed with "'NoneType'
+    object is not iterable"; it now means all 19, as the default does."""
+    planned = []
+    monkeypatch.setattr(corruptions_module, "_generate", lambda images, folder, todo, *rest: planned.extend(todo))
+    images = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    generate_corruption_set(images, np.array([0]), tmp_path / "set", corruptions=None, workers=1, progress=False)
+    assert planned == list(corruptions_module.ALL_CORRUPTIONS)

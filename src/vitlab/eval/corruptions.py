@@ -193,7 +193,7 @@ def generate_corruption_set(
     images: np.ndarray,
     labels: np.ndarray,
     folder: str | Path,
-    corruptions: Sequence[str] = ALL_CORRUPTIONS,
+    corruptions: Sequence[str] | None = ALL_CORRUPTIONS,
     seed: int = 0,
     workers: int | None = None,
     chunk_size: int = 64,
@@ -206,7 +206,7 @@ def generate_corruption_set(
         images: uint8 ``(N, H, W, C)``, C = 1 or 3, H and W >= 32 (the test images, un-normalised).
         labels: int ``(N,)`` labels.
         folder: output folder (created); an existing generated set of the same images is completed, not redone.
-        corruptions: names from `ALL_CORRUPTIONS` (default: all 19).
+        corruptions: names from `ALL_CORRUPTIONS` (default, or ``None``: all 19).
         seed: base seed; each (corruption, severity, chunk) gets its own stream.
         workers: processes (default ``os.cpu_count()``); 1 runs in this process, as does a call from a script's
             top level outside ``if __name__ == "__main__":`` (the spawned workers would re-run that script; warns).
@@ -220,7 +220,7 @@ def generate_corruption_set(
         raise ConfigError(f"labels must be ints of shape ({images.shape[0]},), got {labels.shape} {labels.dtype}")
     if images.shape[0] == 0:
         raise ConfigError("images is empty (N = 0): pass at least one image")
-    corruptions = _check_corruption_names(corruptions)
+    corruptions = _check_corruption_names(ALL_CORRUPTIONS if corruptions is None else corruptions)
     _check_seed(seed)
     if not _is_int(chunk_size) or chunk_size < 1:
         raise ConfigError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
