@@ -251,6 +251,11 @@ def check_trainer_options(kwargs: dict[str, Any]) -> None:
             raise ConfigError(f"trainer.min_{unit} ({least}) is larger than trainer.max_{unit} ({limit}): Lightning "
                               f"would stop at max_{unit}; raise trainer.max_{unit} to at least {least} or lower "
                               f"trainer.min_{unit}")
+    for flag in _TRAINER_FLAGS:  # Lightning takes any truthy value (`deterministic: "yes"` is not even deterministic)
+        value = kwargs.get(flag)
+        if value is not None and not isinstance(value, bool) and not (flag == "deterministic" and value == "warn"):
+            allowed = "true, false or 'warn'" if flag == "deterministic" else "true or false"
+            raise ConfigError(f"trainer.{flag} must be {allowed}, got {value!r} ({type(value).__name__})")
     if kwargs.get("barebones") is True:  # Lightning refuses it naming vitlab's own CSV logger, not the option
         raise ConfigError("trainer.barebones: true turns off logging and checkpointing, which every vitlab run needs "
                           "(metrics.csv, checkpoints/last.ckpt): drop it; for less overhead set "
@@ -298,6 +303,11 @@ def check_trainer_options(kwargs: dict[str, Any]) -> None:
     if seconds is not None and not seconds > 0:  # a negative or NaN duration stops Lightning before any step, as zero
         what = "zero" if seconds == 0 else "not a positive duration"
         raise ConfigError(f"trainer.max_time is {what} ({kwargs['max_time']!r}): {no_training}; give DD:HH:MM:SS > 0")
+
+
+_TRAINER_FLAGS = ("benchmark", "barebones", "deterministic", "detect_anomaly", "enable_checkpointing",
+                  "enable_model_summary", "enable_progress_bar", "inference_mode", "sync_batchnorm",
+                  "use_distributed_sampler")  # lightning.Trainer's boolean keywords
 
 
 def _is_int(value: Any) -> bool:
