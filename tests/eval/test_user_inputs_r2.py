@@ -3,6 +3,7 @@
 import sys
 import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +143,22 @@ def test_generate_corruption_set_takes_none_for_every_corruption(tmp_path, monke
     images = np.zeros((1, 32, 32, 3), dtype=np.uint8)
     generate_corruption_set(images, np.array([0]), tmp_path / "set", corruptions=None, workers=1, progress=False)
     assert planned == list(corruptions_module.ALL_CORRUPTIONS)
+
+
+def test_moved_run_folder_replaces_its_own_report(tmp_path, checkpoint, monkeypatch):
+    """A run folder moved / copied with its reports (or evaluated from another directory: the report records a
+    relative path) was refused as "the report of another checkpoint"; its own report is now replaced, while a report of
+    another checkpoint in an --out folder is still refused."""
+    import shutil
+
+    from vitlab.errors import ConfigError
+    from vitlab.eval.evaluate import diagnose_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(checkpoint, tmp_path / "run")
+    diagnose_checkpoint("run", n=4, kinds=["rotate"], device="cpu")
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    result = diagnose_checkpoint("moved", n=4, kinds=["rotate"], device="cpu")
+    assert result["checkpoint"] == str(Path("moved") / "model.safetensors")
+    with pytest.raises(ConfigError, match="report of another checkpoint"):
+        diagnose_checkpoint(checkpoint, n=4, kinds=["rotate"], device="cpu", out=tmp_path / "moved")

@@ -478,7 +478,11 @@ def _report_folder(out: str | Path | None, weights: Path, stem: str) -> Path:
         recorded = json.loads(previous.read_text()).get("checkpoint") if previous.is_file() else None
     except (ValueError, OSError, AttributeError):
         recorded = None  # not a report of vitlab's: replaced
-    if isinstance(recorded, str) and Path(recorded).resolve() != weights.resolve():
+    # in the checkpoint's own folder, a report naming a file of its name is its own: the run folder was moved or
+    # copied, or the command ran from another directory (a relative path recorded)
+    own = (isinstance(recorded, str) and Path(recorded).name == weights.name
+           and folder.resolve() == weights.parent.resolve())
+    if isinstance(recorded, str) and not own and Path(recorded).resolve() != weights.resolve():
         raise ConfigError(f"{previous} is the report of another checkpoint ({recorded}): pass another --out, or "
                           f"delete {stem}.json and {stem}.md there to replace them")
     return folder
