@@ -92,6 +92,20 @@ def test_subspace_file_has_a_real_base_hash_and_a_reader_that_checks_it(tmp_path
         load_model(side)  # a whole-model reader names the subspace reader
 
 
+def test_a_subspace_file_trained_from_random_init_names_the_run_folder_not_peft(tmp_path):
+    """`vitlab eval --checkpoint RUN/subspace.safetensors` of a run from random init advised
+    PeftModel.from_pretrained, which cannot read it; the run's merged model.safetensors holds the model."""
+    _, adapted = _trained("subspace", dim=50)
+    side = export_adapted_model(tmp_path / "run", adapted, model_name=NAME, model_kwargs=KWARGS)[1]
+    with pytest.raises(CheckpointError, match=r"not recorded: trained from random init\): evaluate the run's merged "
+                                              r"model instead: pass the run folder") as info:
+        load_adapted_model(side)
+    assert "PeftModel" not in str(info.value)
+    merged, _ = load_model(tmp_path / "run")  # what the message points to holds the adapted outputs
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(merged(x), adapted(x), atol=1e-5, rtol=1e-5)
+
+
 def test_bottleneck_adapter_runs_keep_only_the_adapter_and_load_through_the_base(tmp_path):
     base, adapted = _trained("adapter", bottleneck=4)
     x = torch.randn(2, 1, 32, 32)

@@ -137,12 +137,16 @@ def export_adapted_model(
     return written
 
 
-def _load_base(meta: dict[str, Any], base_weights: Any, what: Path) -> nn.Module:
+_ADAPTER_ADVICE = ("load it on the base it was trained on (PeftModel.from_pretrained(base, folder) for an adapter "
+                   "folder, vitlab.peft.load_adapter(path, base) for an adapter file)")
+_SUBSPACE_ADVICE = ("evaluate the run's merged model instead: pass the run folder (`vitlab eval --checkpoint RUN`) "
+                    "or vitlab.checkpoint.load_model(RUN / 'model.safetensors')")
+
+
+def _load_base(meta: dict[str, Any], base_weights: Any, what: Path, advice: str = _ADAPTER_ADVICE) -> nn.Module:
     if not base_weights or (isinstance(base_weights, str) and not Path(base_weights).exists()):
         recorded = base_weights or "not recorded: trained from random init"
-        raise CheckpointError(f"{what} needs its base weights ({recorded}): load it on the base it was trained on "
-                              "(PeftModel.from_pretrained(base, folder) for an adapter folder, "
-                              "vitlab.peft.load_adapter(path, base) for an adapter file)")
+        raise CheckpointError(f"{what} needs its base weights ({recorded}): {advice}")
     base = build_model(meta)
     load_pretrained(base, base_weights)  # its head, if it fits, is replaced by the adapter's own below
     return base
@@ -158,7 +162,7 @@ def _load_subspace(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     if not isinstance(peft, dict) or peft.get("method") != "subspace" or not isinstance(peft.get("options"), dict):
         raise CheckpointError(f"{path} has no extra['peft'] record of a subspace run: it was not written by "
                               "vitlab.peft.export_adapted_model (a `vitlab fit` run with peft.method: subspace)")
-    base = _load_base(meta, extra.get("base_weights"), path)
+    base = _load_base(meta, extra.get("base_weights"), path, _SUBSPACE_ADVICE)
     if meta["base_sha256"] not in (state_dict_sha256(base.state_dict()), frozen_base_sha256(base)):
         raise CheckpointError(f"{path} was trained on other base weights than {extra.get('base_weights')} holds now "
                               f"(recorded base_sha256 {meta['base_sha256'][:12]}...): restore the base it was trained "
