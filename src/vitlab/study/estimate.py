@@ -17,6 +17,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,55 +32,72 @@ RUN_OVERHEAD_S = 8.0
 NEGATIVES_FACTOR = 2.0
 #: Cost of a subspace (Fastfood) training step relative to full fine-tuning (bench_subspace, small models).
 SUBSPACE_FACTOR = 1.5
+#: Images of the timed evaluation forward: the cost per image at 64 matched the one at 256 (the evaluation batch)
+#: within the load noise on the tiny ViT and iFormer, at a quarter of the time on a large backbone.
+EVAL_IMAGES = 64
 
 
 def time_model(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequence[int], num_classes: int,
-               device: str | torch.device = "cpu", repeats: int = 2) -> dict[str, Any]:
+               device: str | torch.device = "cpu", repeats: int = 2, eval_images: int = EVAL_IMAGES) -> dict[str, Any]:
     """Seconds per training step at each batch size, and evaluation seconds per image.
 
     Args:
         model: the backbone (its weights are restored afterwards).
         input_shape: ``(C, H, W)`` of one image.
-        batch_sizes: training batch sizes to time.
+        batch_sizes: training batch sizes to time (empty: the evaluation throughput only).
         num_classes: logits count (targets are drawn below it).
         device: where to time.
-        repeats: timed steps per batch size (after one warm-up step).
+        repeats: timed steps per batch size and timed evaluation forwards (after one warm-up each; the fastest counts).
+        eval_images: images of the evaluation forward (per-image cost, so a sample stands for the test set).
 
     Returns:
         ``{"train_step_s": {batch: seconds}, "eval_image_s": seconds}``.
+
+    Example:
+        >>> t = time_model(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), (3, 2, 2), [4], 3, eval_images=8)
+        >>> sorted(t["train_step_s"]), t["eval_image_s"] > 0
+        ([4], True)
     """
-    if len(input_shape) != 3 or not batch_sizes or repeats < 1:
-        raise ValueError(f"need input_shape (C, H, W), batch sizes and repeats >= 1; got {input_shape}, "
-                         f"{batch_sizes}, {repeats}")
+    def positive(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    if len(input_shape) != 3 or not all(positive(n) for n in input_shape):
+        raise ValueError(f"input_shape must be (C, H, W) of positive ints, got {input_shape}")
+    if not all(positive(b) for b in batch_sizes) or not positive(repeats) or not positive(eval_images):
+        raise ValueError(f"batch sizes, repeats and eval_images must be positive ints, got {list(batch_sizes)}, "
+                         f"{repeats!r}, {eval_images!r}")
     device = torch.device(device)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    model = model.to(device).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    step_s = {}
-    generator = torch.Generator().manual_seed(0)  # timing inputs; the global RNG is neither drawn from nor reseeded
-    for batch in sorted(set(batch_sizes)):
-        x = torch.randn(batch, *input_shape, generator=generator).to(device)
-        y = torch.randint(0, num_classes, (batch,), generator=generator).to(device)
+
+    def timed(work: Any) -> float:
         times = []
         for i in range(repeats + 1):
             start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
+            work()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i:
                 times.append(time.perf_counter() - start)
-        step_s[batch] = min(times)
+        return min(times)
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model = model.to(device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    generator = torch.Generator().manual_seed(0)  # timing inputs; the global RNG is neither drawn from nor reseeded
+
+    def train_step(x: torch.Tensor, y: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    step_s = {}
+    for batch in sorted(set(batch_sizes)):
+        x = torch.randn(batch, *input_shape, generator=generator).to(device)
+        y = torch.randint(0, num_classes, (batch,), generator=generator).to(device)
+        step_s[batch] = timed(partial(train_step, x, y))
     model.eval()
-    x = torch.randn(256, *input_shape, generator=generator).to(device)
+    x = torch.randn(eval_images, *input_shape, generator=generator).to(device)
     with torch.no_grad():
-        model(x)
-        start = time.perf_counter()
-        model(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        eval_s = (time.perf_counter() - start) / 256
+        eval_s = timed(lambda: model(x)) / eval_images
     model.load_state_dict(state)
     return {"train_step_s": step_s, "eval_image_s": eval_s}
 
@@ -160,54 +178,73 @@ def estimate_study(config: Any) -> list[dict[str, Any]]:
 
     Finished work counts zero: pretrained weights present, runs in ``finetune/results.csv``, evaluation JSONs, the
     corruption set in the cache, intrinsic-dimension rows in the sweep CSVs (counted per backbone: all or nothing).
+    Only the batch sizes of work that will run are timed (a backbone given its weights never pretrains; a backbone
+    whose work is all cached is not timed at all); a line before each timing says what is timed and where, and the
+    first line says whether the estimate is of a CPU or a GPU run.
     The intrinsic-dimension figure is an upper bound: every grid point and the most refinement points the widest gap
     can take (`refine_points`; the sweep may stop early once d90 is found).
     """
     from vitlab.data import default_cache_dir
     from vitlab.peft.intrinsic.per_module import available_module_kinds
     from vitlab.study.intrinsic import SweepSettings
-    from vitlab.study.plan import few_shot_batch, run_name, split_sizes
+    from vitlab.study.plan import run_name, split_sizes
     from vitlab.study.results import read_result_rows
     from vitlab.study.stages import pretraining_differences
+    from vitlab.train.arguments import load_run_config_file
 
     device = "cuda" if config.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
+    where = f"a GPU run ({torch.cuda.get_device_name()})" if device == "cuda" else "a CPU run"
+    print(f"estimating {where} (accelerator: {config.accelerator}): every cost below is timed on this machine's "
+          f"{'GPU' if device == 'cuda' else 'CPU'}", flush=True)
     ft, ev = config.finetune, config.evaluation
     done = {row["run"] for row in read_result_rows(config.folder / "finetune" / "results.csv")}
     stages = {name: {"stage": name, "runs": 0, "estimated_s": 0.0}
               for name in ("pretrain", "finetune", "evaluate", "intrinsic_dim", "report")}
     runs = config.planned_runs()
+    base = load_run_config_file(config.intrinsic_dim.config) if config.intrinsic_dim.backbones else None
+    sweeping = {label for label in config.intrinsic_dim.backbones
+                if not (config.folder / "intrinsic" / label / "intrinsic_dim.json").is_file()}
     timings = {}
     for label in config.used_backbones():
         run_config, model, datamodule = _pretrain_model(config, label)
         shape = (datamodule.in_chans, run_config.data.img_size, run_config.data.img_size)
-        batches = {run_config.data.batch_size, ft.batch_size,
-                   *(few_shot_batch(k, datamodule.num_classes, ft.batch_size) for k in ft.shots)}
-        timings[label] = t = time_model(model, shape, sorted(batches), datamodule.num_classes, device)
         train, test = split_sizes(datamodule)
         run_dir = Path(run_config.output_dir) / run_config.name
         changed = None if config.backbones[label].given_weights else pretraining_differences(config, label)
         if changed:
             print(f"{label}: {run_dir} was pretrained by another configuration ({'; '.join(changed[:4])}): the study "
                   "will refuse it (delete it to pretrain again, or pass --reuse_cached_as_is true)", flush=True)
-        if not config.backbones[label].given_weights and not (run_dir / "model.safetensors").is_file():
+        pretraining = not config.backbones[label].given_weights and not (run_dir / "model.safetensors").is_file()
+        batches = {run_steps(ft.steps, run[3], datamodule.num_classes, ft.batch_size, train, ft.full_epochs)[1]
+                   for run in runs if run[0] == label and run_name(*run) not in done}
+        batches |= {run_config.data.batch_size} if pretraining else set()
+        batches |= {base.data.batch_size} if label in sweeping else set()
+        evaluating = any(not (config.folder / "finetune" / "runs" / run_name(*run) /
+                              f"robustness_{config.downstream}.json").is_file() for run in runs if run[0] == label)
+        t = {"train_step_s": {}, "eval_image_s": 0.0}  # all of this backbone's work is cached: nothing to time
+        if batches or evaluating:
+            print(f"timing {label} ({run_config.model.name}) at {run_config.data.img_size} px, batch "
+                  f"{', '.join(map(str, sorted(batches))) or '- (evaluation only)'} on {device} ...", flush=True)
+            t = time_model(model, shape, sorted(batches), datamodule.num_classes, device)
+        timings[label] = t
+        if pretraining:
             steps = run_config.trainer.get("max_epochs", 10) * math.ceil(train / run_config.data.batch_size)
             stages["pretrain"]["runs"] += 1
             stages["pretrain"]["estimated_s"] += (steps * t["train_step_s"][run_config.data.batch_size] * 1.1
                                                  + 2 * test * t["eval_image_s"]
                                                  + RUN_OVERHEAD_S)
-        timings[label]["train_size"], timings[label]["test_size"] = train, test
-        timings[label]["model"], timings[label]["num_classes"] = model, datamodule.num_classes
+        t["train_size"], t["test_size"] = train, test
+        t["model"], t["num_classes"] = model, datamodule.num_classes
     for backbone, method, negatives, shots, seed in runs:
         t = timings[backbone]
         name = run_name(backbone, method, negatives, shots, seed)
         if name not in done:
             steps, batch = run_steps(ft.steps, shots, t["num_classes"], ft.batch_size, t["train_size"],
-                                          ft.full_epochs)
+                                     ft.full_epochs)
             factor = NEGATIVES_FACTOR if ft.negatives[negatives] else 1.0
-            step_s = t["train_step_s"].get(batch) or max(t["train_step_s"].values()) * batch / ft.batch_size
             stages["finetune"]["runs"] += 1
-            stages["finetune"]["estimated_s"] += steps * step_s * factor + t["test_size"] * t["eval_image_s"] \
-                + RUN_OVERHEAD_S
+            stages["finetune"]["estimated_s"] += steps * t["train_step_s"][batch] * factor \
+                + t["test_size"] * t["eval_image_s"] + RUN_OVERHEAD_S
         run_dir = config.folder / "finetune" / "runs" / name
         if not (run_dir / f"robustness_{config.downstream}.json").is_file():
             images = ev.corruption_n * 96 + ev.negative_view_n * (len(ev.kinds) + 1)
@@ -216,22 +253,19 @@ def estimate_study(config: Any) -> list[dict[str, Any]]:
     pattern = f"{config.downstream}_*_n{ev.corruption_n}_seed0"
     if runs and not any((default_cache_dir() / "corruptions").glob(pattern)):
         stages["evaluate"]["estimated_s"] += ev.corruption_n * 95 * time_corruptions(32, 32) / (os.cpu_count() or 1)
-    if config.intrinsic_dim.backbones:
-        from vitlab.train.arguments import load_run_config_file
-
-        base = load_run_config_file(config.intrinsic_dim.config)
+    if sweeping:
         settings = SweepSettings.from_options(base.peft.options)
         grid = settings.grid(None)
         points = len(grid) + refine_points(grid, settings.refine_ratio)
         for label in config.intrinsic_dim.backbones:
-            t = timings[label]
-            if (config.folder / "intrinsic" / label / "intrinsic_dim.json").is_file():
+            if label not in sweeping:
                 continue
+            t = timings[label]
             kinds = len(available_module_kinds(t["model"])) if config.intrinsic_dim.per_module else 0
             train = min(t["train_size"], base.data.options.get("limit_train") or t["train_size"])
             steps = base.trainer.get("max_epochs", 10) * math.ceil(train / base.data.batch_size)
-            step_s = t["train_step_s"].get(base.data.batch_size) or min(t["train_step_s"].values())
-            per_run = steps * step_s * SUBSPACE_FACTOR + t["test_size"] * t["eval_image_s"] + RUN_OVERHEAD_S
+            per_run = steps * t["train_step_s"][base.data.batch_size] * SUBSPACE_FACTOR \
+                + t["test_size"] * t["eval_image_s"] + RUN_OVERHEAD_S
             scratch = 1 + points if config.intrinsic_dim.from_scratch else 0
             stages["intrinsic_dim"]["runs"] += 1 + points * (1 + kinds) + scratch
             stages["intrinsic_dim"]["estimated_s"] += per_run * (1 + points * (1 + kinds) + scratch)
