@@ -129,3 +129,25 @@ def test_time_model_times_the_evaluation_alone_and_restores_the_weights():
 def test_time_model_refuses_sizes_that_are_not_positive_ints(batches, kwargs):
     with pytest.raises(ValueError, match="must be positive ints"):
         estimate.time_model(nn.Linear(12, 3), (3, 2, 2), batches, 3, **kwargs)
+
+
+def test_estimate_study_of_a_yaml_path_names_the_loader():
+    with pytest.raises(TypeError, match=r"load_study_config\(path\), got str"):  # was AttributeError 'accelerator'
+        estimate.estimate_study("configs/study.yaml")
+
+
+@pytest.mark.parametrize(("grid", "ratio", "match"), [
+    ([10, 100], 1.0, "ratio must be a number > 1"),  # was ZeroDivisionError
+    ([10, 100], 0.5, "ratio must be a number > 1"),  # was 'math domain error'
+    ([10, 100], float("nan"), "ratio must be a number > 1"),  # was 0 points, silently
+    ([0, 100], 2.0, "grid must be increasing positive ints"),  # was ZeroDivisionError
+    ([1000, 10], 2.0, "grid must be increasing positive ints"),  # was 0 points, silently (sorted: 3)
+])
+def test_refine_points_refuses_what_no_sweep_can_have(grid, ratio, match):
+    with pytest.raises(ValueError, match=match):
+        estimate.refine_points(grid, ratio)
+
+
+def test_time_corruptions_of_no_images_is_refused():
+    with pytest.raises(ValueError, match="images must be a positive int"):  # was ZeroDivisionError
+        estimate.time_corruptions(32, 32, images=0)

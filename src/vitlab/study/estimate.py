@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitlab.study.config import StudyConfig
+
 __all__ = ["RUN_OVERHEAD_S", "estimate_study", "format_estimates", "refine_points", "time_corruptions", "time_model"]
 
 #: Allowance per run for starting a process, building the model and data, testing and saving (seconds).
@@ -103,7 +105,10 @@ def time_model(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequen
 
 
 def time_corruptions(height: int, width: int, images: int = 2) -> float:
-    """Mean seconds to corrupt one ``height x width`` RGB image, over every corruption at severity 3."""
+    """Mean seconds to corrupt one ``height x width`` RGB image, over every corruption at severity 3 (``images``
+    random images each)."""
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise ValueError(f"images must be a positive int (images corrupted per corruption), got {images!r}")
     import numpy as np
 
     from vitlab.eval.corruptions import ALL_CORRUPTIONS, corrupt_images
@@ -133,6 +138,12 @@ def refine_points(grid: Sequence[int], ratio: float | None) -> int:
         >>> refine_points([10, 100, 1000, 10000], 2.0), refine_points([10, 100], None), refine_points([10, 15], 2.0)
         (2, 0, 0)
     """
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, int | float)
+                              or not 1 < ratio < math.inf):
+        raise ValueError(f"ratio must be a number > 1 (e.g. 2.0) or None (no refinement), got {ratio!r}")
+    if any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in grid) or not all(
+            low < high for low, high in zip(grid, grid[1:], strict=False)):
+        raise ValueError(f"grid must be increasing positive ints (the sweep's dimensions, sorted), got {list(grid)}")
     if ratio is None or len(grid) < 2:
         return 0
     widest = max(high / low for low, high in zip(grid, grid[1:], strict=False))
@@ -173,7 +184,7 @@ def _pretrain_model(config: Any, label: str) -> tuple[Any, nn.Module, Any]:
     return run_config, model, datamodule
 
 
-def estimate_study(config: Any) -> list[dict[str, Any]]:
+def estimate_study(config: StudyConfig) -> list[dict[str, Any]]:
     """Per-stage ``{"stage", "runs", "estimated_s"}`` of a `vitlab.study.config.StudyConfig` on this machine.
 
     Finished work counts zero: pretrained weights present, runs in ``finetune/results.csv``, evaluation JSONs, the
@@ -192,6 +203,9 @@ def estimate_study(config: Any) -> list[dict[str, Any]]:
     from vitlab.study.stages import pretraining_differences
     from vitlab.train.arguments import load_run_config_file
 
+    if not isinstance(config, StudyConfig):
+        raise TypeError(f"config must be a StudyConfig: load the YAML with "
+                        f"vitlab.study.config.load_study_config(path), got {type(config).__name__}")
     device = "cuda" if config.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
     where = f"a GPU run ({torch.cuda.get_device_name()})" if device == "cuda" else "a CPU run"
     print(f"estimating {where} (accelerator: {config.accelerator}): every cost below is timed on this machine's "
