@@ -44,13 +44,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from vitlab.checkpoint.format import (
+    _BUILD_ERRORS,
+    _OPS_PER_TENSOR,
+    _OPS_SPARE,
+    LOADER_KEYWORDS,
     WEIGHTS_NAME,
     CheckpointError,
     MissingWeightsError,
+    _refusal,
+    _TensorOpBudget,
+    _TooManyTensors,
     check_model_kwargs,
     has_vitlab_metadata,
     read_metadata,
@@ -543,7 +550,9 @@ def create_model(
         same architecture with no network and no weights (a Hub config's ``model_args`` are folded in).
 
     Raises:
-        CheckpointError: missing or mis-shaped non-classifier tensors (named, with the source), refused pickles.
+        CheckpointError: missing or mis-shaped non-classifier tensors (named, with the source), refused pickles, a
+            Hub ``config.json`` whose ``model_args`` / ``num_classes`` declare a far larger model than its weights
+            file (checked on the meta device before anything is built) or name loader keywords.
         MissingFileError: Hub weights neither cached nor downloadable (the message says what to fetch).
     """
     import timm
@@ -558,6 +567,7 @@ def create_model(
     weights.check_architecture(model_name)
     architecture = weights.architecture()
     if weights.source == "hf-hub":
+        _check_hub_model_args(weights)
         kwargs = {**weights._hub()[2], **kwargs}
         target, extra = architecture, {"pretrained_cfg": weights._hub()[0]}
     elif weights.source == "timm":
@@ -575,6 +585,65 @@ def create_model(
     weights.release()
     _check_loaded(_network(model), loads, weights)
     return model, architecture, kwargs
+
+
+# A Hub config's architecture may hold at most this many times the parameters its weights file stores (a config
+# written by timm's push_to_hub describes its file exactly; a checkpoint filter resamples a position embedding or
+# renames tensors, far from this).
+_HUB_NUMEL_RATIO = 4
+
+
+def _check_hub_model_args(weights: PretrainedWeights) -> None:
+    """Refuse a cached Hub ``config.json`` whose ``model_args`` (and ``num_classes``) would build a far larger
+    architecture than its weights file stores (e.g. ``depth: 20000``, ``embed_dim: 1000000``) or name loader keywords,
+    before ``timm.create_model`` builds it: the config is untrusted, and such a build hangs or exhausts memory. The
+    architecture is built on the meta device (no memory) with the torch-call budget vitlab files get
+    (``format.build_model``), then its parameter count is compared with the file's, read from the header.
+
+    Raises:
+        CheckpointError: naming ``config.json`` and the keys; MissingWeightsError: the weights are not cached and the
+            Hub is offline (timm would build the model before finding that out).
+    """
+    import timm
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cfg, architecture, model_args = weights._hub()
+    config = _hub_cached_file(weights.location, ("config.json",)) or f"{weights.location}'s config.json"
+    loaders = sorted(set(model_args) & set(LOADER_KEYWORDS))
+    if loaders:  # timm would load (or torch.load) what the Hub config names
+        raise CheckpointError(f"{config}: its model_args name {', '.join(loaders)}, which load weights and are not "
+                              "model options: delete them from config.json (or fetch the model again)")
+    with _hub_errors(weights):
+        path = _hub_cached_file(weights.location)
+        if path is None:
+            from huggingface_hub import constants
+
+            if not constants.HF_HUB_OFFLINE:
+                return  # timm downloads it after the build; the Hub's own file is trusted as its config is
+            raise LocalEntryNotFoundError(f"no weights file of {weights.location} in the cache")
+        if path.endswith(".safetensors"):  # the header only; a corrupt file is named by _hub_errors
+            with safe_open(path, framework="pt") as handle:
+                shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+        else:  # pytorch_model.bin: mapped, not read
+            shapes = {k: tuple(v.shape) for k, v in torch.load(path, map_location="cpu", weights_only=True,
+                                                                mmap=True).items() if isinstance(v, torch.Tensor)}
+    declared = {**model_args, "num_classes": cfg.get("num_classes")}
+    what = f"its model_args and num_classes ({str(declared)[:200]})"
+    try:
+        with torch.device("meta"), _TensorOpBudget(_OPS_PER_TENSOR * len(shapes) + _OPS_SPARE):
+            skeleton = timm.create_model(architecture, pretrained=False, pretrained_cfg=cfg, **model_args)
+    except _TooManyTensors:
+        raise CheckpointError(f"{config}: {what} make {architecture} far larger than the {len(shapes)} tensors its "
+                              f"weights file {path} stores; the Hub config does not describe these weights: fix "
+                              "or delete config.json, then fetch the model again") from None
+    except _BUILD_ERRORS as err:
+        raise CheckpointError(f"{config}: {what} do not build {architecture}: {_refusal(err)}") from None
+    numel = sum(p.numel() for p in skeleton.state_dict().values())
+    stored = sum(torch.Size(shape).numel() for shape in shapes.values())
+    if numel > _HUB_NUMEL_RATIO * stored:
+        raise CheckpointError(f"{config}: {what} make a {architecture} of {numel:,} values, but its weights file "
+                              f"{path} stores {stored:,}; the Hub config does not describe these weights: fix or "
+                              "delete config.json, then fetch the model again")
 
 
 def _network(model: nn.Module) -> nn.Module:

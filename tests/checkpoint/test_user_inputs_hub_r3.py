@@ -1,0 +1,92 @@
+"""A Hub config.json is untrusted: hostile model_args / num_classes are refused before anything is built (offline)."""
+
+from __future__ import annotations
+
+import json
+
+import huggingface_hub.constants as constants
+import pytest
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from vitlab.checkpoint import CheckpointError, MissingWeightsError, create_model, resolve_pretrained
+
+from ..hub_cache import HUB_ID, HUB_MODEL, REVISION, make_hub_cache
+
+SMALL = dict(img_size=32, num_classes=10)
+HOSTILE = [{"model_args": {"depth": 20000}}, {"model_args": {"embed_dim": 10**6, "num_heads": 1}},
+           {"model_args": {"img_size": 10**6}}, {"num_classes": 10**8}]
+
+
+@pytest.fixture
+def hub_snapshot(tmp_path, monkeypatch):
+    """A private offline cache (the session one must stay intact); returns (snapshot folder, state dict)."""
+    state = make_hub_cache(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    return tmp_path / f"models--{HUB_ID.replace('/', '--')}" / "snapshots" / REVISION, state
+
+
+@pytest.fixture
+def no_real_hostile_build(monkeypatch):
+    """Fail the test at once if a ViT is built off the meta device with a hostile size (the old code did that: it
+    hung for minutes or ran out of memory); builds on the meta device (no memory) pass."""
+    original = VisionTransformer.__init__
+
+    def guarded(self, *args, **kwargs):
+        sizes = (kwargs.get("depth", 0), kwargs.get("embed_dim", 0), kwargs.get("img_size", 0),
+                 kwargs.get("num_classes", 0))
+        if torch.empty(0).device.type != "meta" and max(s if isinstance(s, int) else 0 for s in sizes) >= 20000:
+            pytest.fail(f"built the Hub config's hostile architecture for real: {kwargs}")
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(VisionTransformer, "__init__", guarded)
+
+
+def _write_config(snapshot, **changes):
+    path = snapshot / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    return path
+
+
+@pytest.mark.parametrize("changes", HOSTILE, ids=["depth", "embed_dim", "img_size", "num_classes"])
+def test_a_hub_config_declaring_a_huge_model_is_refused_naming_the_file_and_key(hub_snapshot, no_real_hostile_build,
+                                                                                changes):
+    config = _write_config(hub_snapshot[0], **changes)
+    key = next(iter(changes.get("model_args", changes)))
+    # was: the architecture built for real (depth 20000: minutes; embed_dim / img_size / num_classes: out of memory)
+    with pytest.raises(CheckpointError, match=rf"^{config}: its model_args and num_classes .*'{key}'.*config\.json"):
+        create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), **SMALL)
+
+
+def test_a_hub_config_describing_its_weights_still_loads_them(hub_snapshot):
+    snapshot, state = hub_snapshot
+    _write_config(snapshot, model_args={"embed_dim": 192, "depth": 12, "num_heads": 3, "img_size": 224})
+    model, _, kwargs = create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), **SMALL)
+    assert kwargs == {"embed_dim": 192, "depth": 12, "num_heads": 3, **SMALL}
+    assert torch.equal(model.blocks[11].mlp.fc2.weight, state["blocks.11.mlp.fc2.weight"])
+
+
+def test_a_hub_config_naming_a_checkpoint_path_is_refused_before_timm_loads_it(hub_snapshot, tmp_path, monkeypatch):
+    other = tmp_path / "other.pth"
+    torch.save(timm.create_model(HUB_MODEL, depth=1).state_dict(), other)
+    config = _write_config(hub_snapshot[0], model_args={"checkpoint_path": str(other)})
+    loaded = []
+    monkeypatch.setattr(timm.models._factory, "load_checkpoint", lambda *a, **k: loaded.append(a))
+    # was: timm loaded the file the config names into the model (then a "do not fit" error about model.pretrained)
+    with pytest.raises(CheckpointError, match=rf"^{config}: its model_args name checkpoint_path, which load weights "
+                                              r"and are not model options: delete them from config\.json"):
+        create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), **SMALL)
+    assert not loaded
+
+
+def test_an_uncached_weights_file_offline_is_named_before_a_hostile_config_is_built(hub_snapshot,
+                                                                                  no_real_hostile_build):
+    snapshot, _ = hub_snapshot
+    _write_config(snapshot, model_args={"depth": 20000})
+    (snapshot / "model.safetensors").unlink()  # config.json fetched, the weights not (an interrupted download)
+    # was: the 20000-block model built for real, and only then "not in the Hugging Face cache"
+    with pytest.raises(MissingWeightsError, match=r"not in the Hugging Face cache .*hf download"):
+        create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), **SMALL)
