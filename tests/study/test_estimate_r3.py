@@ -151,3 +151,25 @@ def test_refine_points_refuses_what_no_sweep_can_have(grid, ratio, match):
 def test_time_corruptions_of_no_images_is_refused():
     with pytest.raises(ValueError, match="images must be a positive int"):  # was ZeroDivisionError
         estimate.time_corruptions(32, 32, images=0)
+
+
+class _Counting(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear, self.calls = nn.Linear(12, 3), 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.linear(x.flatten(1))
+
+
+def test_a_slow_warm_up_is_followed_by_one_timed_step(monkeypatch):
+    """ViT-B/16 at 224 px on a CPU: 3 steps per batch size (1.6 s per image each) kept the estimate silent for
+    minutes; a warm-up over SLOW_STEP_S now gets one timed step (and the evaluation one timed forward)."""
+    model = _Counting()
+    estimate.time_model(model, (3, 2, 2), [2, 4], 3, repeats=2, eval_images=4)
+    assert model.calls == 3 * 3  # fast: warm-up + 2 timed, for each batch size and the evaluation
+    monkeypatch.setattr(estimate, "SLOW_STEP_S", 0.0, raising=False)
+    model.calls = 0
+    timing = estimate.time_model(model, (3, 2, 2), [2, 4], 3, repeats=2, eval_images=4)
+    assert model.calls == 3 * 2 and timing["eval_image_s"] > 0 and all(v > 0 for v in timing["train_step_s"].values())

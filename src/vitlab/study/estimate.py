@@ -37,6 +37,9 @@ SUBSPACE_FACTOR = 1.5
 #: Images of the timed evaluation forward: the cost per image at 64 matched the one at 256 (the evaluation batch)
 #: within the load noise on the tiny ViT and iFormer, at a quarter of the time on a large backbone.
 EVAL_IMAGES = 64
+#: A warm-up step slower than this (seconds) is followed by one timed step, not ``repeats``: the fastest of several
+#: guards short steps against timer and load noise, and a step this long is not short (ViT-B/16 at 224 px on a CPU).
+SLOW_STEP_S = 5.0
 
 
 def time_model(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequence[int], num_classes: int,
@@ -49,7 +52,8 @@ def time_model(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequen
         batch_sizes: training batch sizes to time (empty: the evaluation throughput only).
         num_classes: logits count (targets are drawn below it).
         device: where to time.
-        repeats: timed steps per batch size and timed evaluation forwards (after one warm-up each; the fastest counts).
+        repeats: timed steps per batch size and timed evaluation forwards (after one warm-up each; the fastest counts;
+            one when the warm-up took over `SLOW_STEP_S`).
         eval_images: images of the evaluation forward (per-image cost, so a sample stands for the test set).
 
     Returns:
@@ -72,14 +76,15 @@ def time_model(model: nn.Module, input_shape: Sequence[int], batch_sizes: Sequen
 
     def timed(work: Any) -> float:
         times = []
-        for i in range(repeats + 1):
+        for _ in range(repeats + 1):
             start = time.perf_counter()
             work()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            if i:
-                times.append(time.perf_counter() - start)
-        return min(times)
+            times.append(time.perf_counter() - start)
+            if len(times) > 1 and times[0] > SLOW_STEP_S:
+                break
+        return min(times[1:])
 
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model = model.to(device).train()
