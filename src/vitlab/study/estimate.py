@@ -4,7 +4,8 @@ Each backbone's cost is *measured* on this machine: a few timed AdamW training s
 (forward, backward, step; after one warm-up step) and the evaluation throughput; corruption generation is timed on a
 few images per corruption. The stage estimates multiply these by the work each stage will do (optimizer steps,
 images evaluated), so they follow the hardware; process start-up and data loading are a fixed allowance per run.
-Cached stages (pretrained weights present, runs already finished) count zero.
+Cached stages (pretrained weights present, runs already finished) count zero and are not timed; a backbone given its
+weights never pretrains, so its pretraining batch is not timed either.
 
 Example:
     >>> format_estimates([{"stage": "finetune", "runs": 6, "estimated_s": 125.0}])
