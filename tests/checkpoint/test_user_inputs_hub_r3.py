@@ -90,3 +90,25 @@ def test_an_uncached_weights_file_offline_is_named_before_a_hostile_config_is_bu
     # was: the 20000-block model built for real, and only then "not in the Hugging Face cache"
     with pytest.raises(MissingWeightsError, match=r"not in the Hugging Face cache .*hf download"):
         create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), **SMALL)
+
+
+@pytest.mark.parametrize(("config", "problem"), [
+    ({"model_args": [1]}, r"is not a timm model config \(AttributeError: 'list' object has no attribute 'get'\)"),
+    ({"model_args": "depth=2"}, r"is not a timm model config \(AttributeError"),
+    ({"architecture": 5}, r"names architecture 5, not a timm model name"),
+    ({"architecture": None}, r"names architecture None, not a timm model name"),
+    ({"pretrained_cfg": [1]}, r"is not a timm model config \(AttributeError"),
+])
+def test_a_hub_config_of_another_shape_is_named_with_what_is_wrong(hub_snapshot, config, problem):
+    path = _write_config(hub_snapshot[0], **config)
+    # was: timm's parser's AttributeError ('list' object has no attribute 'get') or a "model.name is ... but the
+    # weights are a 5" ConfigError
+    with pytest.raises(CheckpointError, match=rf"^{path} {problem}.*fix or delete config\.json"):
+        create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), **SMALL)
+
+
+def test_a_hub_config_that_is_not_a_json_object_is_named(hub_snapshot):
+    path = hub_snapshot[0] / "config.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=rf"^{path} is not a timm model config \(TypeError"):
+        resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL).pretrained_cfg()

@@ -176,8 +176,17 @@ class PretrainedWeights:
         if self._hub_config is None:
             from timm.models import load_model_config_from_hf
 
+            problem = None
             with _hub_errors(self):
-                cfg, arch, model_args = load_model_config_from_hf(self.location)
+                try:
+                    cfg, arch, model_args = load_model_config_from_hf(self.location)
+                except (KeyError, AttributeError, TypeError) as err:  # timm's parser met another JSON shape
+                    problem = f"is not a timm model config ({type(err).__name__}: {str(err)[:100]})"
+            if problem is None and not (isinstance(arch, str) and arch):
+                problem = f"names architecture {arch!r}, not a timm model name"
+            if problem is not None:
+                config = _hub_cached_file(self.location, ("config.json",)) or f"{self.location}'s config.json"
+                raise CheckpointError(f"{config} {problem}: fix or delete config.json, then fetch the model again")
             self._hub_config = (dict(cfg), arch, dict(model_args or {}))
         return self._hub_config
 
