@@ -112,3 +112,33 @@ def test_a_hub_config_that_is_not_a_json_object_is_named(hub_snapshot):
     path.write_text("[1, 2]")
     with pytest.raises(CheckpointError, match=rf"^{path} is not a timm model config \(TypeError"):
         resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL).pretrained_cfg()
+
+
+@pytest.mark.parametrize(("cfg", "problem"), [
+    ({"input_size": [0, 224, 224]}, r"input_size \[0, 224, 224\], not \[channels, height, width\] of positive"),
+    ({"input_size": "3x224x224"}, r"input_size 3x224x224, not \[channels"),
+    ({"input_size": [3.5, 224, 224]}, r"input_size \[3.5, 224, 224\], not"),
+    ({"std": [0, 0, 0]}, r"mean \[0.5, 0.5, 0.5\] and std \[0, 0, 0\], not per-channel lists of finite numbers"),
+    ({"mean": [float("inf"), 0, 0]}, r"mean \[inf, 0, 0\] and std"),
+    ({"mean": [0.5, 0.5]}, r"mean \[0.5, 0.5\] and std \[0.5, 0.5, 0.5\], not"),
+    ({"mean": "imagenet"}, r"mean imagenet and std"),
+])
+def test_a_hub_pretrained_cfg_with_nonsense_data_statistics_is_refused_naming_the_entry(hub_snapshot, cfg, problem):
+    path = hub_snapshot[0] / "config.json"
+    config = json.loads(path.read_text())
+    config["pretrained_cfg"].update(cfg)
+    path.write_text(json.dumps(config))
+    weights = resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL)
+    # was: in_chans() 0 / a ValueError from int('3'), normalization() std 0 (the data divided by zero) or inf mean
+    for read in (weights.in_chans, weights.normalization):
+        with pytest.raises(CheckpointError, match=rf"^{path} has pretrained_cfg {problem}.*fix or delete config\.json"):
+            read()
+
+
+def test_a_grey_hub_pretrained_cfg_is_read(hub_snapshot):
+    path = hub_snapshot[0] / "config.json"
+    config = json.loads(path.read_text())
+    config["pretrained_cfg"].update(input_size=[1, 28, 28], mean=[0.25], std=[0.5])
+    path.write_text(json.dumps(config))
+    weights = resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL)
+    assert weights.in_chans() == 1 and weights.normalization() == ((0.25,), (0.5,))

@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import importlib
 import json
+import math
 import os
 import pickle
 from collections.abc import Iterator, Mapping
@@ -184,6 +185,7 @@ class PretrainedWeights:
                     problem = f"is not a timm model config ({type(err).__name__}: {str(err)[:100]})"
             if problem is None and not (isinstance(arch, str) and arch):
                 problem = f"names architecture {arch!r}, not a timm model name"
+            problem = problem or _hub_cfg_problem(cfg)
             if problem is not None:
                 config = _hub_cached_file(self.location, ("config.json",)) or f"{self.location}'s config.json"
                 raise CheckpointError(f"{config} {problem}: fix or delete config.json, then fetch the model again")
@@ -218,6 +220,24 @@ class PretrainedWeights:
         return (f"fetch them into the Hugging Face cache on a connected machine (`{download}`, or "
                 f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"`) and copy that cache "
                 "here (HF_HUB_CACHE / HF_HOME name its folder)")
+
+
+def _hub_cfg_problem(cfg: dict[str, Any]) -> str | None:
+    """What is wrong with the ``pretrained_cfg`` entries of a Hub config that vitlab reads (``input_size``: the
+    weights' channels and size; ``mean`` / ``std``: the data's normalisation), or None."""
+    def numbers(value: Any, kind: type) -> bool:
+        return isinstance(value, list | tuple) and len(value) > 0 and all(
+            isinstance(v, kind) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+
+    size = cfg.get("input_size")
+    if size is not None and not (numbers(size, int) and len(size) == 3 and min(size) > 0):
+        return f"has pretrained_cfg input_size {str(size)[:100]}, not [channels, height, width] of positive integers"
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if (mean is not None or std is not None) and not (numbers(mean, int | float) and numbers(std, int | float)
+                                                      and len(mean) == len(std) and min(std) > 0):
+        return (f"has pretrained_cfg mean {str(mean)[:60]} and std {str(std)[:60]}, not per-channel lists of finite "
+                "numbers of one length (std > 0)")
+    return None
 
 
 def file_sha256(path: str | Path) -> str:
