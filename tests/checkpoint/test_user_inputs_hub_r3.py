@@ -135,10 +135,23 @@ def test_a_hub_pretrained_cfg_with_nonsense_data_statistics_is_refused_naming_th
             read()
 
 
-def test_a_grey_hub_pretrained_cfg_is_read(hub_snapshot):
+def test_a_hub_pretrained_cfg_with_one_statistic_for_all_channels_is_read(hub_snapshot):
     path = hub_snapshot[0] / "config.json"
     config = json.loads(path.read_text())
-    config["pretrained_cfg"].update(input_size=[1, 28, 28], mean=[0.25], std=[0.5])
+    config["pretrained_cfg"].update(input_size=[3, 28, 28], mean=[0.25], std=[0.5])
     path.write_text(json.dumps(config))
     weights = resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL)
-    assert weights.in_chans() == 1 and weights.normalization() == ((0.25,), (0.5,))
+    assert weights.in_chans() == 3 and weights.normalization() == ((0.25,), (0.5,))
+
+
+@pytest.mark.parametrize("channels", [3000, 1])
+def test_a_hub_input_size_contradicting_the_cached_stem_is_refused_before_the_data_is_built(hub_snapshot, channels):
+    path = hub_snapshot[0] / "config.json"
+    config = json.loads(path.read_text())
+    config["pretrained_cfg"]["input_size"] = [channels, 224, 224]
+    path.write_text(json.dumps(config))
+    # was: in_chans() gave 3000 (then "the weights' normalisation has 3 channels but the model takes 3000: set
+    # data.normalize: dataset", the wrong fix) or 1 (grey data fed to RGB weights until timm's loader refused)
+    with pytest.raises(CheckpointError, match=rf"^{path} has pretrained_cfg input_size \[{channels}, 224, 224\], but "
+                                              r"patch_embed.proj.weight in .*model.safetensors takes 3 channels"):
+        resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL).in_chans()

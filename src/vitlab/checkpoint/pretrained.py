@@ -146,6 +146,14 @@ class PretrainedWeights:
             if weight is not None and weight.ndim == 4:
                 return int(weight.shape[1])
         size = cfg.get("input_size")
+        if self.source == "hf-hub" and size and isinstance(cfg.get("first_conv"), str):
+            path, shapes = self._hub_shapes() or ("", {})
+            stem = shapes.get(f"{cfg['first_conv']}.weight", ())
+            if len(stem) == 4 and stem[1] != size[0]:  # timm's loader would refuse it only after the data is built
+                config = _hub_cached_file(self.location, ("config.json",))
+                raise CheckpointError(f"{config} has pretrained_cfg input_size {size}, but {cfg['first_conv']}.weight "
+                                      f"in {path} takes {stem[1]} channels: fix or delete config.json, then fetch the "
+                                      "model again")
         return int(size[0]) if size else None
 
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -191,6 +199,29 @@ class PretrainedWeights:
                 raise CheckpointError(f"{config} {problem}: fix or delete config.json, then fetch the model again")
             self._hub_config = (dict(cfg), arch, dict(model_args or {}))
         return self._hub_config
+
+    def _hub_shapes(self) -> tuple[str, dict[str, tuple[int, ...]]] | None:
+        """``(path, name -> shape)`` of the cached Hub weights file, from its header (a ``.bin`` is mapped, not
+        read); None when it is not cached and the Hub can be reached (timm downloads it).
+
+        Raises:
+            MissingWeightsError: not cached and offline; CheckpointError: a corrupt cached file.
+        """
+        from huggingface_hub import constants
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        with _hub_errors(self):
+            path = _hub_cached_file(self.location)
+            if path is None:
+                if not constants.HF_HUB_OFFLINE:
+                    return None
+                raise LocalEntryNotFoundError(f"no weights file of {self.location} in the cache")
+            if path.endswith(".safetensors"):  # the header only; a corrupt file is named by _hub_errors
+                with safe_open(path, framework="pt") as handle:
+                    names = list(handle.keys())  # noqa: SIM118 (a safe_open handle is not a mapping)
+                    return path, {name: tuple(handle.get_slice(name).get_shape()) for name in names}
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return path, {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
 
     def describe(self) -> dict[str, Any]:
         """JSON for metadata: where the weights came from and the SHA-256 of their file (when it is on disk)."""
@@ -634,7 +665,6 @@ def _check_hub_model_args(weights: PretrainedWeights) -> None:
             Hub is offline (timm would build the model before finding that out).
     """
     import timm
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
     cfg, architecture, model_args = weights._hub()
     config = _hub_cached_file(weights.location, ("config.json",)) or f"{weights.location}'s config.json"
@@ -642,20 +672,10 @@ def _check_hub_model_args(weights: PretrainedWeights) -> None:
     if loaders:  # timm would load (or torch.load) what the Hub config names
         raise CheckpointError(f"{config}: its model_args name {', '.join(loaders)}, which load weights and are not "
                               "model options: delete them from config.json (or fetch the model again)")
-    with _hub_errors(weights):
-        path = _hub_cached_file(weights.location)
-        if path is None:
-            from huggingface_hub import constants
-
-            if not constants.HF_HUB_OFFLINE:
-                return  # timm downloads it after the build; the Hub's own file is trusted as its config is
-            raise LocalEntryNotFoundError(f"no weights file of {weights.location} in the cache")
-        if path.endswith(".safetensors"):  # the header only; a corrupt file is named by _hub_errors
-            with safe_open(path, framework="pt") as handle:
-                shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
-        else:  # pytorch_model.bin: mapped, not read
-            shapes = {k: tuple(v.shape) for k, v in torch.load(path, map_location="cpu", weights_only=True,
-                                                                mmap=True).items() if isinstance(v, torch.Tensor)}
+    found = weights._hub_shapes()
+    if found is None:
+        return  # timm downloads the Hub's file after the build; it is trusted as much as its config
+    path, shapes = found
     declared = {**model_args, "num_classes": cfg.get("num_classes")}
     what = f"its model_args and num_classes ({str(declared)[:200]})"
     try:
