@@ -155,3 +155,13 @@ def test_a_hub_input_size_contradicting_the_cached_stem_is_refused_before_the_da
     with pytest.raises(CheckpointError, match=rf"^{path} has pretrained_cfg input_size \[{channels}, 224, 224\], but "
                                               r"patch_embed.proj.weight in .*model.safetensors takes 3 channels"):
         resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL).in_chans()
+
+
+def test_a_hub_config_naming_a_vitlab_architecture_for_vit_weights_is_refused_by_name(hub_snapshot):
+    path = _write_config(hub_snapshot[0], architecture="inception_transformer_tiny")
+    name = f"hf-hub:{HUB_ID}"  # model.name is the Hub id: the config alone says which architecture to build
+    # was: timm's "AttributeError: Stem has no attribute `proj`" from inside its loader
+    with pytest.raises(CheckpointError, match=rf"^{path}: the weights file .* has a stem 'patch_embed.proj' "
+                                              r"\(pretrained_cfg first_conv\), which inception_transformer_tiny has "
+                                              r"not: the Hub config names an architecture these weights are not"):
+        create_model(name, resolve_pretrained(name, name), **SMALL)

@@ -687,6 +687,13 @@ def _check_hub_model_args(weights: PretrainedWeights) -> None:
                               "or delete config.json, then fetch the model again") from None
     except _BUILD_ERRORS as err:
         raise CheckpointError(f"{config}: {what} do not build {architecture}: {_refusal(err)}") from None
+    first = cfg.get("first_conv")
+    names = dict(skeleton.named_modules())
+    for conv in (first,) if isinstance(first, str) else first or ():  # timm's loader looks these up by name
+        if f"{conv}.weight" in shapes and conv not in names:
+            raise CheckpointError(f"{config}: the weights file {path} has a stem {conv!r} (pretrained_cfg first_conv),"
+                                  f" which {architecture} has not: the Hub config names an architecture these weights"
+                                  " are not; fix or delete config.json, then fetch the model again")
     numel = sum(p.numel() for p in skeleton.state_dict().values())
     stored = sum(torch.Size(shape).numel() for shape in shapes.values())
     if numel > _HUB_NUMEL_RATIO * stored:
