@@ -16,7 +16,7 @@ from ..hub_cache import HUB_ID, HUB_MODEL, REVISION, make_hub_cache
 
 SMALL = dict(img_size=32, num_classes=10)
 HOSTILE = [{"model_args": {"depth": 20000}}, {"model_args": {"embed_dim": 10**6, "num_heads": 1}},
-           {"model_args": {"img_size": 10**6}}, {"num_classes": 10**8}]
+           {"model_args": {"img_size": 10**6}}, {"num_classes": 10**8, "pretrained_cfg": {}}]  # no classifier named
 
 
 @pytest.fixture
@@ -165,3 +165,14 @@ def test_a_hub_config_naming_a_vitlab_architecture_for_vit_weights_is_refused_by
                                               r"\(pretrained_cfg first_conv\), which inception_transformer_tiny has "
                                               r"not: the Hub config names an architecture these weights are not"):
         create_model(name, resolve_pretrained(name, name), **SMALL)
+
+
+@pytest.mark.parametrize("classes", [-5, 10**8, 10.0, True])
+def test_a_hub_num_classes_contradicting_the_cached_classifier_is_refused(hub_snapshot, no_real_hostile_build,
+                                                                        classes):
+    path = _write_config(hub_snapshot[0], num_classes=classes)
+    # was: -5 built a 1000-class model whose trained head timm silently dropped (1000 != -5) for a random one;
+    # 10**8 was built for real (out of memory)
+    with pytest.raises(CheckpointError, match=rf"^{path}: its num_classes {classes!r} contradicts head.weight in "
+                                              r".*model.safetensors, which has 1000 classes: fix or delete config"):
+        create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), img_size=32)

@@ -676,7 +676,15 @@ def _check_hub_model_args(weights: PretrainedWeights) -> None:
     if found is None:
         return  # timm downloads the Hub's file after the build; it is trusted as much as its config
     path, shapes = found
-    declared = {**model_args, "num_classes": cfg.get("num_classes")}
+    classifier = cfg.get("classifier")
+    classifier = classifier[0] if isinstance(classifier, list | tuple) and classifier else classifier
+    head = shapes.get(f"{classifier}.weight", ()) if isinstance(classifier, str) else ()
+    classes, offset = cfg.get("num_classes"), cfg.get("label_offset") or 0
+    if head and classes is not None and (type(classes) is not int or classes + offset != head[0]):
+        # timm drops the file's classifier whenever the model's class count differs from num_classes
+        raise CheckpointError(f"{config}: its num_classes {classes!r} contradicts {classifier}.weight in {path}, "
+                              f"which has {head[0]} classes: fix or delete config.json, then fetch the model again")
+    declared = {**model_args, "num_classes": classes}
     what = f"its model_args and num_classes ({str(declared)[:200]})"
     try:
         with torch.device("meta"), _TensorOpBudget(_OPS_PER_TENSOR * len(shapes) + _OPS_SPARE):
