@@ -10,7 +10,13 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from vitlab.checkpoint import CheckpointError, MissingWeightsError, create_model, resolve_pretrained
+from vitlab.checkpoint import (
+    CheckpointError,
+    MissingWeightsError,
+    create_model,
+    load_pretrained,
+    resolve_pretrained,
+)
 
 from ..hub_cache import HUB_ID, HUB_MODEL, REVISION, make_hub_cache
 
@@ -176,3 +182,11 @@ def test_a_hub_num_classes_contradicting_the_cached_classifier_is_refused(hub_sn
     with pytest.raises(CheckpointError, match=rf"^{path}: its num_classes {classes!r} contradicts head.weight in "
                                               r".*model.safetensors, which has 1000 classes: fix or delete config"):
         create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), img_size=32)
+
+
+def test_load_pretrained_from_a_hub_config_whose_num_classes_contradicts_the_file_is_refused(hub_snapshot):
+    path = _write_config(hub_snapshot[0], num_classes=-5)
+    model = timm.create_model(HUB_MODEL, img_size=32)  # 1000 classes, like the file
+    # was: timm dropped the file's trained head (1000 != -5) and left the model's random one, silently
+    with pytest.raises(CheckpointError, match=rf"^{path}: its num_classes -5 contradicts head.weight"):
+        load_pretrained(model, f"hf-hub:{HUB_ID}")

@@ -805,6 +805,7 @@ def load_pretrained(model: nn.Module, spec: str | Mapping[str, Any] | Pretrained
         cfg.update(_file_overlay(weights))
     elif weights.source == "hf-hub":
         weights.check_architecture(architecture)
+        _check_hub_model_args(weights)  # its num_classes decides whether timm keeps the file's classifier
         cfg = weights._hub()[0]
     module = importlib.import_module(model_entrypoint(architecture).__module__)
     in_chans = _model_in_chans(model, cfg)
