@@ -190,3 +190,13 @@ def test_load_pretrained_from_a_hub_config_whose_num_classes_contradicts_the_fil
     # was: timm dropped the file's trained head (1000 != -5) and left the model's random one, silently
     with pytest.raises(CheckpointError, match=rf"^{path}: its num_classes -5 contradicts head.weight"):
         load_pretrained(model, f"hf-hub:{HUB_ID}")
+
+
+@pytest.mark.parametrize("zipfile", [True, False])
+def test_a_cached_pytorch_model_bin_in_either_torch_format_still_loads(hub_snapshot, zipfile):
+    snapshot, state = hub_snapshot
+    (snapshot / "model.safetensors").unlink()  # a repo that ships only pytorch_model.bin
+    torch.save(state, snapshot / "pytorch_model.bin", _use_new_zipfile_serialization=zipfile)
+    # was (legacy format): "RuntimeError: mmap can only be used with files saved with ..." from the config check
+    model, _, _ = create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), **SMALL)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])

@@ -202,7 +202,8 @@ class PretrainedWeights:
 
     def _hub_shapes(self) -> tuple[str, dict[str, tuple[int, ...]]] | None:
         """``(path, name -> shape)`` of the cached Hub weights file, from its header (a ``.bin`` is mapped, not
-        read); None when it is not cached and the Hub can be reached (timm downloads it).
+        read, unless it is in torch's legacy format); None when it is not cached and the Hub can be reached (timm
+        downloads it).
 
         Raises:
             MissingWeightsError: not cached and offline; CheckpointError: a corrupt cached file.
@@ -220,7 +221,12 @@ class PretrainedWeights:
                 with safe_open(path, framework="pt") as handle:
                     names = list(handle.keys())  # noqa: SIM118 (a safe_open handle is not a mapping)
                     return path, {name: tuple(handle.get_slice(name).get_shape()) for name in names}
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:  # a file in torch's legacy (pre-1.6) format cannot be mapped: read it
+                if "mmap" not in str(err):
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=True)
             return path, {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
 
     def describe(self) -> dict[str, Any]:
