@@ -200,3 +200,14 @@ def test_a_cached_pytorch_model_bin_in_either_torch_format_still_loads(hub_snaps
     # was (legacy format): "RuntimeError: mmap can only be used with files saved with ..." from the config check
     model, _, _ = create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), **SMALL)
     assert torch.equal(model.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
+
+
+def test_a_cached_pytorch_model_bin_under_a_model_key_is_measured_inside_it(hub_snapshot, no_real_hostile_build):
+    snapshot, state = hub_snapshot
+    (snapshot / "model.safetensors").unlink()
+    torch.save({"model": state, "epoch": torch.tensor(3)}, snapshot / "pytorch_model.bin")  # timm's filter unwraps
+    model, _, _ = create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), **SMALL)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])  # was: refused, "stores 1"
+    config = _write_config(snapshot, model_args={"embed_dim": 10**6, "num_heads": 1})
+    with pytest.raises(CheckpointError, match=rf"^{config}: its model_args .* stores 5,7"):
+        create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), **SMALL)

@@ -227,7 +227,7 @@ class PretrainedWeights:
                 if "mmap" not in str(err):
                     raise
                 state = torch.load(path, map_location="cpu", weights_only=True)
-            return path, {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+            return path, _tensor_shapes(state)
 
     def describe(self) -> dict[str, Any]:
         """JSON for metadata: where the weights came from and the SHA-256 of their file (when it is on disk)."""
@@ -257,6 +257,17 @@ class PretrainedWeights:
         return (f"fetch them into the Hugging Face cache on a connected machine (`{download}`, or "
                 f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"`) and copy that cache "
                 "here (HF_HUB_CACHE / HF_HOME name its folder)")
+
+
+def _tensor_shapes(state: Any, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the tensors in a loaded checkpoint, nested containers (``{"model": {...}}``, which timm's
+    filters unwrap) included with their key as a prefix."""
+    if isinstance(state, torch.Tensor):
+        return {prefix.rstrip("."): tuple(state.shape)}
+    if not isinstance(state, Mapping):
+        return {}
+    return {name: shape for key, value in state.items()
+            for name, shape in _tensor_shapes(value, f"{prefix}{key}.").items()}
 
 
 def _hub_cfg_problem(cfg: dict[str, Any]) -> str | None:
