@@ -470,7 +470,8 @@ def _fit_locked(
         _drop_replayed_rows(run_dir, last)
     elif resume and not _is_child_process():  # stopped before its first checkpoint: the run starts over
         (run_dir / "metrics.csv").unlink(missing_ok=True)
-    trainer = build_trainer(config, run_dir, callbacks, **trainer_overrides)
+    first_step = _FirstStep()
+    trainer = build_trainer(config, run_dir, [*callbacks, first_step], **trainer_overrides)
     names, prefixes = task.monitorable_metrics()
     if trainer.limit_val_batches == 0:  # no validation: no val/ metrics
         names = [n for n in names if not n.startswith("val/")]
@@ -482,6 +483,8 @@ def _fit_locked(
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if first_step.step is not None and trainer.global_step > first_step.step:  # trained on: old numbers are stale
+            earlier["metrics"] = {}
         if not metrics and trainer.limit_val_batches and not trainer.fast_dev_run \
                 and not any(k.startswith("val/") for k in earlier.get("metrics", {})):
             metrics = _validate_at_end(trainer, task, datamodule)
@@ -499,7 +502,7 @@ def _fit_locked(
             raise _interrupted(config, run_dir, last) from None
         raise
     metrics.update({k: float(v) for k, v in (test[0] if test else {}).items()})
-    # a resumed run that validated no more (already finished) keeps its last validation numbers
+    # a resumed run that trained no more (already finished) keeps its last validation numbers
     metrics = {**{k: v for k, v in earlier.get("metrics", {}).items() if k.startswith("val/")}, **metrics}
     start -= earlier.get("wall_time_s", 0.0)  # the run's wall time counts every session that trained it
     if trainer.fast_dev_run:  # Lightning's smoke test: a few batches, no checkpoint, no logs; not a finished model
@@ -544,6 +547,17 @@ def _validate_at_end(trainer: L.Trainer, task: ClassificationTask, datamodule: A
                    "below trainer.max_steps")
     trainer.validate(task, datamodule=datamodule, verbose=False)
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+
+class _FirstStep(L.Callback):
+    """The optimizer step training starts from (a resumed run's, restored from its checkpoint), so a resume that
+    trains on is told from one that only re-reads a finished run."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.step = trainer.global_step
 
 
 def _earlier_summary(run_dir: Path) -> dict[str, Any]:
