@@ -211,3 +211,19 @@ def test_a_cached_pytorch_model_bin_under_a_model_key_is_measured_inside_it(hub_
     config = _write_config(snapshot, model_args={"embed_dim": 10**6, "num_heads": 1})
     with pytest.raises(CheckpointError, match=rf"^{config}: its model_args .* stores 5,7"):
         create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), **SMALL)
+
+
+def test_a_hub_label_offset_counts_towards_the_classifier_rows(hub_snapshot):
+    snapshot, state = hub_snapshot
+    path = snapshot / "config.json"
+    config = json.loads(path.read_text())
+    config["num_classes"] = config["pretrained_cfg"]["num_classes"] = 999
+    config["pretrained_cfg"]["label_offset"] = 1  # a background class first, as timm's 1001-row heads have
+    path.write_text(json.dumps(config))
+    model, _, _ = create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), **SMALL)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
+    config["pretrained_cfg"]["label_offset"] = "1"
+    path.write_text(json.dumps(config))
+    # was: "TypeError: unsupported operand type(s) for +: 'int' and 'str'" from the check
+    with pytest.raises(CheckpointError, match=r"its num_classes 999 \(label_offset '1'\) contradicts head.weight"):
+        create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), **SMALL)

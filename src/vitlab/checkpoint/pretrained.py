@@ -675,7 +675,9 @@ def _check_hub_model_args(weights: PretrainedWeights) -> None:
     architecture than its weights file stores (e.g. ``depth: 20000``, ``embed_dim: 1000000``) or name loader keywords,
     before ``timm.create_model`` builds it: the config is untrusted, and such a build hangs or exhausts memory. The
     architecture is built on the meta device (no memory) with the torch-call budget vitlab files get
-    (``format.build_model``), then its parameter count is compared with the file's, read from the header.
+    (``format.build_model``), then its parameter count is compared with the file's, read from the header. A
+    ``num_classes`` other than the file's classifier rows (timm would drop the trained head) and a ``first_conv`` the
+    file has but the architecture lacks are refused too.
 
     Raises:
         CheckpointError: naming ``config.json`` and the keys; MissingWeightsError: the weights are not cached and the
@@ -697,10 +699,13 @@ def _check_hub_model_args(weights: PretrainedWeights) -> None:
     classifier = classifier[0] if isinstance(classifier, list | tuple) and classifier else classifier
     head = shapes.get(f"{classifier}.weight", ()) if isinstance(classifier, str) else ()
     classes, offset = cfg.get("num_classes"), cfg.get("label_offset") or 0
-    if head and classes is not None and (type(classes) is not int or classes + offset != head[0]):
+    if head and classes is not None and (type(classes) is not int or type(offset) is not int
+                                         or classes + offset != head[0]):
         # timm drops the file's classifier whenever the model's class count differs from num_classes
-        raise CheckpointError(f"{config}: its num_classes {classes!r} contradicts {classifier}.weight in {path}, "
-                              f"which has {head[0]} classes: fix or delete config.json, then fetch the model again")
+        offset_note = f" (label_offset {offset!r})" if offset else ""
+        raise CheckpointError(f"{config}: its num_classes {classes!r}{offset_note} contradicts {classifier}.weight "
+                              f"in {path}, which has {head[0]} classes: fix or delete config.json, then fetch the "
+                              "model again")
     declared = {**model_args, "num_classes": classes}
     what = f"its model_args and num_classes ({str(declared)[:200]})"
     try:
