@@ -67,25 +67,57 @@ def _hardware(accelerator: str) -> str:
     return f"{threads} ({cpu}), no GPU used"
 
 
+#: The stages that measure what the report shows (``report`` only rewrites it from their files).
+MEASURING_STAGES = ("pretrain", "finetune", "evaluate", "intrinsic_dim")
+
+#: What each stage records of the process that ran it (``study.json``'s top-level fields of the same names).
+PROVENANCE = ("hardware", "vitlab_version", "torch_version")
+
+
+def _distinct(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(v for v in values if v))
+
+
 class _Stages:
-    """Times each stage and records it in ``study.json`` (written after every stage, so a crash keeps the record)."""
+    """Times each stage and records it in ``study.json`` (written after every stage, so a crash keeps the record).
+
+    Each measuring stage records the hardware and versions of the processes that ran it (a list: a stage resumed
+    elsewhere names both); ``study.json``'s ``hardware`` / ``vitlab_version`` / ``torch_version`` name those of the
+    measuring stages, joined with "; " where they differ, so a rerun that only rewrites the report (every measuring
+    stage cached) keeps the record of the run that measured the numbers. Records of earlier versions, without
+    per-stage fields, keep their top-level ones for their cached stages. ``wall_time_s`` adds up the invocations
+    that measured something; one that only rewrote the report adds nothing.
+    """
 
     def __init__(self, config: StudyConfig, command: str, estimates: list[dict[str, Any]]) -> None:
         import torch
 
         self.path = config.folder / "study.json"
         old = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        measured = {s["stage"]: s.get("measured_s") for s in old.get("stages", [])}
+        earlier = {s["stage"]: s for s in old.get("stages", []) if isinstance(s, dict) and "stage" in s}
+        self.current = {"hardware": _hardware(config.accelerator), "vitlab_version": _version(),
+                        "torch_version": torch.__version__}
+        # a record of an earlier version has only the top-level fields: they are what measured its stages
+        self.old = {key: old[key] for key in PROVENANCE if isinstance(old.get(key), str)}
+
+        def stage(e: dict[str, Any]) -> dict[str, Any]:
+            before = earlier.get(e["stage"], {})
+            entry = {**e, "measured_s": before.get("measured_s"), "status": "pending"}
+            if e["stage"] in MEASURING_STAGES and entry["measured_s"] is not None:
+                entry.update({key: before[key] if isinstance(before.get(key), list) else _distinct([self.old.get(key)])
+                              for key in PROVENANCE})
+            return entry
+
         self.record: dict[str, Any] = {
             "name": config.name, "command": command,
             "started": old.get("started", datetime.now(UTC).isoformat(timespec="seconds")),
-            "vitlab_version": _version(), "torch_version": torch.__version__,
-            "hardware": _hardware(config.accelerator), "config": asdict(config),
+            **self.current, "config": asdict(config),
             # measured_s adds up the time every invocation of this study spent on the stage: a cached stage keeps
             # what it took when it ran, a resumed one adds this invocation's time to the earlier ones'
-            "stages": [{**e, "measured_s": measured.get(e["stage"]), "status": "pending"} for e in estimates],
+            "stages": [stage(e) for e in estimates],
         }
         self.earlier_s = float(old.get("wall_time_s") or 0.0)
+        self.measured = False  # whether this invocation ran a measuring stage (else its time is not the study's)
         self.start = time.perf_counter()
 
     def run(self, stage: str, function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -95,15 +127,24 @@ class _Stages:
         entry = next(e for e in self.record["stages"] if e["stage"] == stage)
         if entry["estimated_s"] == 0.0 and entry["measured_s"] is not None:
             entry["status"] = "cached"
-        else:
+        elif stage in MEASURING_STAGES:
             earlier = entry["measured_s"] or 0.0
-            entry.update(measured_s=round(earlier + time.perf_counter() - start, 1), status="done")
+            entry.update(measured_s=round(earlier + time.perf_counter() - start, 1), status="done",
+                         **{key: _distinct([*entry.get(key, []), self.current[key]]) for key in PROVENANCE})
+            self.measured = True
+        else:  # the report is rewritten whole each time: its time is that of the latest writing
+            entry.update(measured_s=round(time.perf_counter() - start, 1), status="done")
         self.save()
         return result
 
     def save(self, **fields: Any) -> None:
-        # wall time of every invocation of this study so far (a resumed study adds up its parts)
-        self.record.update(fields, wall_time_s=round(self.earlier_s + time.perf_counter() - self.start, 1))
+        measuring = [e for e in self.record["stages"] if e["stage"] in MEASURING_STAGES]
+        for key in PROVENANCE:  # before any stage ran: this process, which is about to measure
+            values = _distinct([v for e in measuring for v in e.get(key, [])])
+            self.record[key] = "; ".join(values) if values else self.old.get(key, self.current[key])
+        # wall time of every invocation of this study that measured something (a resumed study adds up its parts)
+        now = time.perf_counter() - self.start if self.measured else 0.0
+        self.record.update(fields, wall_time_s=round(self.earlier_s + now, 1))
         self.path.write_text(json.dumps(self.record, indent=2, default=str) + "\n")
 
 
