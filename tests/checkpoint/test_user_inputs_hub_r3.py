@@ -227,3 +227,21 @@ def test_a_hub_label_offset_counts_towards_the_classifier_rows(hub_snapshot):
     # was: "TypeError: unsupported operand type(s) for +: 'int' and 'str'" from the check
     with pytest.raises(CheckpointError, match=r"its num_classes 999 \(label_offset '1'\) contradicts head.weight"):
         create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL), **SMALL)
+
+
+def test_a_hub_config_naming_another_weights_file_is_the_file_hashed_and_checked(hub_snapshot):
+    """pretrained_cfg.hf_hub_filename makes timm load that file; the recorded SHA-256 and the shape check read
+    model.safetensors instead, so a run's base_weights described another file than the one it trained from."""
+    from safetensors.torch import save_file
+
+    from vitlab.checkpoint import file_sha256
+
+    snapshot, state = hub_snapshot
+    other = {k: torch.randn_like(v) for k, v in state.items()}
+    save_file({k: v.contiguous() for k, v in other.items()}, str(snapshot / "other.safetensors"))
+    cfg = json.loads((snapshot / "config.json").read_text())
+    _write_config(snapshot, pretrained_cfg={**cfg["pretrained_cfg"], "hf_hub_filename": "other.safetensors"})
+    weights = resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL)
+    assert weights.describe()["sha256"] == file_sha256(snapshot / "other.safetensors")
+    model, _, _ = create_model(HUB_MODEL, weights)
+    torch.testing.assert_close(model.state_dict()["blocks.0.attn.qkv.weight"], other["blocks.0.attn.qkv.weight"])

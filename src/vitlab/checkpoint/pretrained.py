@@ -200,6 +200,17 @@ class PretrainedWeights:
             self._hub_config = (dict(cfg), arch, dict(model_args or {}))
         return self._hub_config
 
+    def _hub_weights_filenames(self) -> tuple[str, ...] | None:
+        """The cached file names timm reads these Hub weights from: a ``pretrained_cfg`` ``hf_hub_filename`` (its
+        ``.safetensors`` alternative first, as timm looks), else None (timm's defaults, see `_hub_cached_file`)."""
+        name = self.pretrained_cfg().get("hf_hub_filename")
+        if not isinstance(name, str) or not name:
+            return None
+        if name.endswith(".bin"):  # timm tries the safetensors alternative of a .bin first
+            safe = "model.safetensors" if name == "pytorch_model.bin" else name[:-4] + ".safetensors"
+            return safe, name
+        return (name,)
+
     def _hub_shapes(self) -> tuple[str, dict[str, tuple[int, ...]]] | None:
         """``(path, name -> shape)`` of the cached Hub weights file, from its header (a ``.bin`` is mapped, not
         read, unless it is in torch's legacy format); None when it is not cached and the Hub can be reached (timm
@@ -212,7 +223,7 @@ class PretrainedWeights:
         from huggingface_hub.errors import LocalEntryNotFoundError
 
         with _hub_errors(self):
-            path = _hub_cached_file(self.location)
+            path = _hub_cached_file(self.location, self._hub_weights_filenames())
             if path is None:
                 if not constants.HF_HUB_OFFLINE:
                     return None
@@ -242,7 +253,7 @@ class PretrainedWeights:
             out["hub_id"], out["tag"] = cfg.get("hf_hub_id"), cfg.get("tag")
         else:
             out["hub_id"] = self.location
-        cached = _hub_cached_file(out.get("hub_id"))
+        cached = _hub_cached_file(out.get("hub_id"), self._hub_weights_filenames())
         out["sha256"] = file_sha256(cached) if cached else None
         return out
 
