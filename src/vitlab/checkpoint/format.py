@@ -411,13 +411,11 @@ def build_model(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]] | None 
         raise CheckpointError(f"checkpoint metadata names model {name!r}, which is not a timm or vitlab model")
     kwargs = check_model_kwargs(meta.get("model_kwargs", {}), "checkpoint metadata")
     if shapes is not None:
-        budget = _TensorOpBudget(_OPS_PER_TENSOR * len(shapes) + _OPS_SPARE)
         try:
-            with torch.device("meta"), budget:
-                skeleton = timm.create_model(name, pretrained=False, **kwargs)
-        except _BUILD_ERRORS as err:
-            raise CheckpointError(f"checkpoint metadata does not build {name}: {_refusal(err)}") from None
-        except _TooManyTensors:
+            skeleton = build_meta_skeleton(name, len(shapes), **kwargs)
+        except BUILD_ERRORS as err:
+            raise CheckpointError(f"checkpoint metadata does not build {name}: {describe_build_error(err)}") from None
+        except SkeletonTooLargeError:
             raise CheckpointError(f"the architecture its metadata declares ({name}, {kwargs}) makes far more tensors "
                                   f"than the {len(shapes)} the file stores: the metadata does not describe these "
                                   "weights") from None
@@ -427,24 +425,47 @@ def build_model(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]] | None 
                                   f"{kwargs}): {_describe_mismatch(expected, shapes)}")
     try:
         return timm.create_model(name, pretrained=False, **kwargs)
-    except _BUILD_ERRORS as err:
-        raise CheckpointError(f"checkpoint metadata does not build {name}: {_refusal(err)}") from None
+    except BUILD_ERRORS as err:
+        raise CheckpointError(f"checkpoint metadata does not build {name}: {describe_build_error(err)}") from None
 
 
-def _refusal(err: Exception) -> str:
+def describe_build_error(err: Exception) -> str:
+    """One line for a timm constructor's refusal (one of `BUILD_ERRORS`) of an untrusted keyword value."""
     return f"unknown name {err} (KeyError)" if isinstance(err, KeyError) else str(err)
 
 
 # A timm constructor's refusal of a keyword value (KeyError: an unknown act_layer / norm_layer name).
-_BUILD_ERRORS = (TypeError, ValueError, AssertionError, RuntimeError, KeyError)
+BUILD_ERRORS = (TypeError, ValueError, AssertionError, RuntimeError, KeyError)
 # timm architectures make 5-11 torch calls per state-dict tensor while built; far more means the metadata declares a
 # much larger model than the file holds (e.g. depth: 100000, which would take hours and GBs even on the meta device).
 _OPS_PER_TENSOR = 100
 _OPS_SPARE = 10_000
 
 
-class _TooManyTensors(Exception):
-    """Raised by `_TensorOpBudget` once the budget is spent."""
+class SkeletonTooLargeError(Exception):
+    """`build_meta_skeleton` stopped a build that makes far more tensors than the weights file stores."""
+
+
+def build_meta_skeleton(name: str, n_tensors: int, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, pretrained=False, **kwargs)`` on the meta device (no memory), stopped once it makes
+    far more torch calls than a model of ``n_tensors`` state-dict tensors needs: untrusted metadata (a vitlab file's,
+    a Hub ``config.json``) declaring a huge model is refused at no cost.
+
+    Example:
+        >>> build_meta_skeleton("vit_tiny_patch16_224", 152).patch_embed.proj.weight.device.type
+        'meta'
+        >>> build_meta_skeleton("vit_tiny_patch16_224", 152, depth=100_000)
+        Traceback (most recent call last):
+        ...
+        vitlab.checkpoint.format.SkeletonTooLargeError
+
+    Raises:
+        SkeletonTooLargeError: the build passed the budget; the constructor's own errors (`BUILD_ERRORS`) propagate.
+    """
+    import timm
+
+    with torch.device("meta"), _TensorOpBudget(_OPS_PER_TENSOR * n_tensors + _OPS_SPARE):
+        return timm.create_model(name, pretrained=False, **kwargs)
 
 
 class _TensorOpBudget(TorchFunctionMode):
@@ -457,7 +478,7 @@ class _TensorOpBudget(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's signature)
         self.calls += 1
         if self.calls > self.limit:
-            raise _TooManyTensors
+            raise SkeletonTooLargeError
         return func(*args, **(kwargs or {}))
 
 

@@ -49,17 +49,15 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from vitlab.checkpoint.format import (
-    _BUILD_ERRORS,
-    _OPS_PER_TENSOR,
-    _OPS_SPARE,
+    BUILD_ERRORS,
     LOADER_KEYWORDS,
     WEIGHTS_NAME,
     CheckpointError,
     MissingWeightsError,
-    _refusal,
-    _TensorOpBudget,
-    _TooManyTensors,
+    SkeletonTooLargeError,
+    build_meta_skeleton,
     check_model_kwargs,
+    describe_build_error,
     has_vitlab_metadata,
     read_metadata,
 )
@@ -694,8 +692,6 @@ def _check_hub_model_args(weights: PretrainedWeights) -> None:
         CheckpointError: naming ``config.json`` and the keys; MissingWeightsError: the weights are not cached and the
             Hub is offline (timm would build the model before finding that out).
     """
-    import timm
-
     cfg, architecture, model_args = weights._hub()
     config = _hub_cached_file(weights.location, ("config.json",)) or f"{weights.location}'s config.json"
     loaders = sorted(set(model_args) & set(LOADER_KEYWORDS))
@@ -720,14 +716,13 @@ def _check_hub_model_args(weights: PretrainedWeights) -> None:
     declared = {**model_args, "num_classes": classes}
     what = f"its model_args and num_classes ({str(declared)[:200]})"
     try:
-        with torch.device("meta"), _TensorOpBudget(_OPS_PER_TENSOR * len(shapes) + _OPS_SPARE):
-            skeleton = timm.create_model(architecture, pretrained=False, pretrained_cfg=cfg, **model_args)
-    except _TooManyTensors:
+        skeleton = build_meta_skeleton(architecture, len(shapes), pretrained_cfg=cfg, **model_args)
+    except SkeletonTooLargeError:
         raise CheckpointError(f"{config}: {what} make {architecture} far larger than the {len(shapes)} tensors its "
                               f"weights file {path} stores; the Hub config does not describe these weights: fix "
                               "or delete config.json, then fetch the model again") from None
-    except _BUILD_ERRORS as err:
-        raise CheckpointError(f"{config}: {what} do not build {architecture}: {_refusal(err)}") from None
+    except BUILD_ERRORS as err:
+        raise CheckpointError(f"{config}: {what} do not build {architecture}: {describe_build_error(err)}") from None
     first = cfg.get("first_conv")
     names = dict(skeleton.named_modules())
     for conv in (first,) if isinstance(first, str) else first or ():  # timm's loader looks these up by name
