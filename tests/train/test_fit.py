@@ -144,6 +144,7 @@ def test_ddp_processes_end_with_identical_weights_and_draw_their_own_negative_vi
     out = subprocess.run([str(vitlab), "fit", "--config", str(cfg)], capture_output=True, text=True, timeout=240,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("run folder:") == 1  # the worker process re-ran the command and printed it again
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     hashes = summary["weights_sha256_per_rank"]
     assert len(hashes) == 2 and hashes[0] == hashes[1]

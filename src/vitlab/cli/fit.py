@@ -96,7 +96,7 @@ def resumed_run_config(ns: Namespace, argv: Sequence[str]) -> RunConfig:
 
 def run_fit(ns: Namespace, argv: Sequence[str] = ()) -> None:
     """Run ``vitlab fit`` from its parsed namespace; ``argv`` (the command's arguments) serves ``--resume``."""
-    from vitlab.train.run import fit
+    from vitlab.train.run import fit, is_ddp_worker
     from vitlab.train.run_folder import CONFIG_NAME
 
     ns.output_dir = os.path.expanduser(ns.output_dir)  # as RunConfig does: the saved run is found under `~/runs`
@@ -104,6 +104,8 @@ def run_fit(ns: Namespace, argv: Sequence[str] = ()) -> None:
     resuming = ns.resume and argv and (Path(ns.output_dir) / ns.name / CONFIG_NAME).is_file()
     config = resumed_run_config(ns, argv) if resuming else namespace_to_run_config(ns)
     result = fit(config, resume=ns.resume)
+    if is_ddp_worker():  # Lightning's DDP workers re-run the command: the main process reports the run once
+        return
     print(f"run folder: {result.run_dir}")
     for key, value in sorted(result.metrics.items()):
         print(f"  {key}: {value:.4f}")

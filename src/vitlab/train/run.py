@@ -364,15 +364,15 @@ def fit(
     check_trainer_options(dict(TRAINER_DEFAULTS, **config.trainer, **trainer_overrides))
     new_folder = not run_dir.exists()
     try:
-        with contextlib.nullcontext() if _is_child_process() else RunLock(run_dir):
-            if not resume and not _is_child_process():
+        with contextlib.nullcontext() if is_ddp_worker() else RunLock(run_dir):
+            if not resume and not is_ddp_worker():
                 _refuse_leftovers(run_dir, config)
             result = _fit_locked(config, run_dir, last, resume, callbacks, trainer_overrides, start)
     except BaseException:
-        if new_folder and not _is_child_process():
+        if new_folder and not is_ddp_worker():
             _remove_if_unstarted(run_dir)
         raise
-    if result.extra.get("fast_dev_run") and not resume and not _is_child_process():
+    if result.extra.get("fast_dev_run") and not resume and not is_ddp_worker():
         _forget_check_run(run_dir, new_folder)
     return result
 
@@ -424,8 +424,9 @@ def _forget_check_run(run_dir: Path, new_folder: bool) -> None:
         (run_dir / "config.yaml").unlink(missing_ok=True)
 
 
-def _is_child_process() -> bool:
-    """A DDP worker Lightning started (it re-runs the command): the parent holds the run folder's lock."""
+def is_ddp_worker() -> bool:
+    """A DDP worker Lightning started (it re-runs the command): the parent holds the run folder's lock and prints
+    the run's summary."""
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
 
 
@@ -468,7 +469,7 @@ def _fit_locked(
     ckpt_path = str(last) if resume and last.exists() else None
     if ckpt_path is not None:
         _drop_replayed_rows(run_dir, last)
-    elif resume and not _is_child_process():  # stopped before its first checkpoint: the run starts over
+    elif resume and not is_ddp_worker():  # stopped before its first checkpoint: the run starts over
         (run_dir / "metrics.csv").unlink(missing_ok=True)
     first_step = _FirstStep()
     trainer = build_trainer(config, run_dir, [*callbacks, first_step], **trainer_overrides)
