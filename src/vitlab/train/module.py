@@ -109,7 +109,8 @@ class ClassificationTask(L.LightningModule):
 
     Args:
         model: a timm model name, built with ``num_classes``/``in_chans``/``img_size``/``model_kwargs``, or a built
-            ``nn.Module`` (mapping ``(B, C, H, W) -> (B, K)`` logits).
+            ``nn.Module`` (mapping ``(B, C, H, W) -> (B, K)`` logits, or to a mapping / output object with a ``logits``
+            tensor, e.g. a transformers ``ViTForImageClassification``, whose ``config.num_labels`` gives ``K``).
         num_classes: classes ``K`` (required with a name).
         in_chans: input channels ``C`` (with a name; ``None`` keeps the model's default).
         img_size: input size (with a name; passed only to models that take ``img_size``).
@@ -219,7 +220,7 @@ class ClassificationTask(L.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, C, H, W)`` images -> ``(B, K)`` logits of the trained model."""
-        return self.model(images)
+        return _as_logits(self.model(images))
 
     def monitorable_metrics(self) -> tuple[list[str], list[str]]:
         """``(names, prefixes)`` of what a callback's ``monitor`` can watch during training: the metrics this task
@@ -244,7 +245,7 @@ class ClassificationTask(L.LightningModule):
         model = self.model
         wanted = any(getattr(term, "needs_features", False) for term in self.loss_terms)
         if not (wanted and hasattr(model, "forward_features") and hasattr(model, "forward_head")):
-            return {"logits": model(images)}
+            return {"logits": _as_logits(model(images))}
         tokens = model.forward_features(images)
         return {"logits": model.forward_head(tokens), "features": model.forward_head(tokens, pre_logits=True)}
 
@@ -281,7 +282,7 @@ class ClassificationTask(L.LightningModule):
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, dataloader_idx: int) -> None:
         images, targets = batch
-        logits = self.eval_model()(images)
+        logits = _as_logits(self.eval_model()(images))
         self.log(f"{stage}/loss", F.cross_entropy(logits, targets), on_epoch=True, sync_dist=True)
         metric, attribute = self._accuracy(stage, dataloader_idx)
         metric.update(logits, targets)
@@ -300,7 +301,7 @@ class ClassificationTask(L.LightningModule):
     def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """``(B, K)`` logits of the evaluation weights for a batch of images or ``(images, labels, ...)``."""
         images = batch if isinstance(batch, Tensor) else batch[0]
-        return self.eval_model()(images)
+        return _as_logits(self.eval_model()(images))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, "val", dataloader_idx)
@@ -450,8 +451,23 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _as_logits(output: Any) -> Tensor:
+    """The ``(B, K)`` logits of a model's output: a tensor, or the ``logits`` of a mapping / output object (e.g.
+    transformers' ``ImageClassifierOutput``); anything else (a tuple, e.g. a distilled model's two heads) is refused."""
+    if isinstance(output, Tensor):
+        return output
+    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    raise TypeError(f"the model returned a {type(output).__name__}, not a (B, K) logits tensor (nor an output with "
+                    "a 'logits' tensor): wrap it in an nn.Module whose forward returns the logits, and pass that as "
+                    "model=")
+
+
 def _infer_num_classes(model: nn.Module) -> int:
     classes = getattr(model, "num_classes", None)
+    if classes is None:  # a transformers model: its config's num_labels
+        classes = getattr(getattr(model, "config", None), "num_labels", None)
     if not isinstance(classes, int) or classes <= 0:
         raise ValueError("pass num_classes=: it cannot be read from this model (no positive .num_classes)")
     return classes
