@@ -6,6 +6,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from timm.data import Mixup
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -69,3 +70,27 @@ def test_a_transformers_vit_trains_with_its_num_labels():
     torch.testing.assert_close(task(images), model(images).logits)
     result = trainer().validate(task, _loader())[0]
     assert 0.0 <= result["val/acc"] <= 1.0 and result["val/loss"] > 0
+
+
+def test_soft_mixup_targets_in_validation_count_their_top_class():
+    """Was: val/acc 0.0 for perfect predictions (torchmetrics read the (B, K) targets as multi-dimensional labels)."""
+    images, labels = torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 1])
+    soft = Mixup(mixup_alpha=0.0, cutmix_alpha=0.0, prob=0.0, label_smoothing=0.1, num_classes=3)(images, labels)[1]
+    assert soft.shape == (4, 3) and torch.equal(soft.argmax(dim=1), labels)
+    task = ClassificationTask(_LabelEcho(labels))
+    result = trainer().validate(task, DataLoader([(images, soft)], batch_size=None))[0]
+    assert result["val/acc"] == 1.0
+
+
+class _LabelEcho(nn.Module):
+    """Logits with the top class at ``labels`` (a fixed batch): a perfect classifier of that batch."""
+
+    num_classes = 3
+
+    def __init__(self, labels: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("labels", labels)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, images):
+        return nn.functional.one_hot(self.labels, 3).float() * 5 * self.scale

@@ -285,7 +285,9 @@ class ClassificationTask(L.LightningModule):
         logits = _as_logits(self.eval_model()(images))
         self.log(f"{stage}/loss", F.cross_entropy(logits, targets), on_epoch=True, sync_dist=True)
         metric, attribute = self._accuracy(stage, dataloader_idx)
-        metric.update(logits, targets)
+        # soft (B, K) targets (timm's Mixup / label smoothing) count their top class, as train/acc does; torchmetrics
+        # would read them as multi-dimensional labels and report 0
+        metric.update(logits, targets.argmax(dim=1) if targets.ndim == 2 else targets)
         self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=True, metric_attribute=attribute)
 
     def _accuracy(self, stage: str, dataloader_idx: int) -> tuple[MulticlassAccuracy, str]:
