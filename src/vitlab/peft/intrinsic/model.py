@@ -57,6 +57,11 @@ def _head_parameter_names(model: nn.Module, config: SubspaceConfig) -> set[str]:
 
 def subspace_size(model: nn.Module, config: SubspaceConfig) -> int:
     """D, the number of parameters ``config`` puts into the subspace of ``model`` (e.g. to cap a d grid)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"subspace_size needs an nn.Module, got {type(model).__name__}")
+    if not isinstance(config, SubspaceConfig):
+        raise TypeError(f"config must be a SubspaceConfig, got {type(config).__name__}; "
+                        "build one with SubspaceConfig(dim=...)")
     return sum(s.numel for s in build_layout(model, config.target_modules, _head_parameter_names(model, config)))
 
 
