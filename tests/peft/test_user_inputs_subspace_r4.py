@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
-from vitlab.peft.intrinsic import SubspaceConfig, subspace_size
+from vitlab.peft.intrinsic import SubspaceConfig, subspace_size, wrap_in_subspace
 
 
 def test_subspace_size_refuses_a_dict_config_and_a_non_module() -> None:
@@ -16,3 +17,40 @@ def test_subspace_size_refuses_a_dict_config_and_a_non_module() -> None:
         subspace_size("vit_tiny_patch16_224", SubspaceConfig(dim=5))
     assert subspace_size(model, SubspaceConfig(dim=5)) == 15
     assert subspace_size(model, SubspaceConfig(dim=2, target_modules=["bias"])) == 3
+
+
+class _TiedLM(nn.Module):
+    """Embedding → Linear → output layer sharing the embedding's weight (weight tying)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.mid = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 10, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.mid(self.emb(x)))
+
+
+def test_tied_weight_is_selected_through_its_second_name_and_moves_everywhere() -> None:
+    torch.manual_seed(0)
+    base = _TiedLM()
+    model = wrap_in_subspace(base, SubspaceConfig(dim=3, target_modules=["out"]))  # was: "matched no parameter"
+    assert [s.name for s in model.segments] == ["emb.weight"] and model.num_params == 40
+    with torch.no_grad():
+        model.theta_d.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    moved = model.subspace_parameters()["emb.weight"]
+    x = torch.tensor([1, 2, 3])
+    expected = (base.mid(moved[x])) @ moved.T  # the shared tensor moved in both places
+    torch.testing.assert_close(model(x), expected)
+    assert not torch.equal(moved, base.emb.weight)
+
+
+def test_tied_head_trained_directly_is_found_under_its_head_name() -> None:
+    base = _TiedLM()
+    model = wrap_in_subspace(base, SubspaceConfig(dim=3, train_head=True, head_modules=["out"]))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["theta_d", "base.emb.weight"]  # was: only theta_d, the head silently in the subspace
+    assert "emb.weight" not in [s.name for s in model.segments]
+    assert subspace_size(base, SubspaceConfig(dim=3, train_head=True, head_modules=["out"])) == 4 * 4 + 4

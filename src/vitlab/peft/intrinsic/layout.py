@@ -28,7 +28,7 @@ from torch import nn
 
 from ..targets import FUSED_SLICES, match_module_names
 
-__all__ = ["Segment", "build_layout", "layout_digest", "parse_selector"]
+__all__ = ["Segment", "build_layout", "layout_digest", "parameter_aliases", "parse_selector"]
 
 _ROWS_RE = re.compile(r"^(q|k|v|\d+:\d+)$")
 
@@ -102,6 +102,23 @@ def _ancestors(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
+def parameter_aliases(model: nn.Module) -> dict[str, str]:
+    """``{name: canonical name}`` for every name of every parameter, tied ones included.
+
+    A tied parameter (one tensor under two modules, e.g. an output layer sharing an embedding's weight) is listed once
+    by ``model.named_parameters()``, under its first name; its other names map to that one.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+        >>> model[1].weight = model[0].weight
+        >>> parameter_aliases(model)["1.weight"]
+        '0.weight'
+    """
+    first: dict[int, str] = {}
+    return {name: first.setdefault(id(p), name) for name, p in model.named_parameters(remove_duplicate=False)}
+
+
 def build_layout(
     model: nn.Module, target_modules: str | Sequence[str] | None = None, exclude: Collection[str] = ()
 ) -> list[Segment]:
@@ -129,11 +146,14 @@ def build_layout(
         wanted = {n: None for n, _ in params}
     else:
         entries = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-        names = sorted({a for n, _ in params for a in _ancestors(n)})
+        aliases: dict[str, list[str]] = {}  # a tied parameter is selected through any of its names
+        for alias, canonical in parameter_aliases(model).items():
+            aliases.setdefault(canonical, []).append(alias)
+        names = sorted({a for n, _ in params for alias in aliases[n] for a in _ancestors(alias)})
         for entry in entries:
             pattern, rows = parse_selector(entry)
             matched = set(match_module_names(names, pattern if isinstance(target_modules, str) else [pattern]))
-            hits = [(n, s) for n, s in params if matched.intersection(_ancestors(n))]
+            hits = [(n, s) for n, s in params if any(matched.intersection(_ancestors(a)) for a in aliases[n])]
             if not hits:
                 modules = [n for n, _ in model.named_modules() if n][:15]
                 raise ValueError(f"target_modules entry {entry!r} matched no parameter of {type(model).__name__} "

@@ -35,7 +35,7 @@ from torch.func import functional_call
 
 from ..targets import classifier_names
 from .config import SubspaceConfig
-from .layout import Segment, build_layout, layout_digest
+from .layout import Segment, build_layout, layout_digest, parameter_aliases
 from .projection import DenseProjection, FastfoodProjection, PerTensorFastfoodProjection, SubspaceProjection
 
 __all__ = ["SubspaceModel", "merge_subspace", "subspace_size", "wrap_in_subspace"]
@@ -52,7 +52,9 @@ def _head_parameter_names(model: nn.Module, config: SubspaceConfig) -> set[str]:
     if not heads:
         raise ValueError(f"train_head=True but {type(model).__name__} has no get_classifier(); pass "
                          "SubspaceConfig(head_modules=['<name of the classifier module>'])")
-    return {n for n, _ in model.named_parameters() if any(n.startswith(h + ".") for h in heads)}
+    # a head tied to another module's parameter (e.g. an embedding) is found under its head name too
+    return {canonical for alias, canonical in parameter_aliases(model).items() if any(alias.startswith(h + ".")
+                                                                                      for h in heads)}
 
 
 def subspace_size(model: nn.Module, config: SubspaceConfig) -> int:
