@@ -94,3 +94,41 @@ class _LabelEcho(nn.Module):
 
     def forward(self, images):
         return nn.functional.one_hot(self.labels, 3).float() * 5 * self.scale
+
+
+class _Term:
+    """A user's loss term returning ``make(outputs)``."""
+
+    def __init__(self, make, name: str = "mine", weight: float = 0.5) -> None:
+        self.make, self.name, self.weight = make, name, weight
+
+    def __call__(self, task, batch, outputs):
+        return self.make(outputs)
+
+
+@pytest.mark.parametrize(("make", "got"), [
+    (lambda outputs: {"x": 1.0}, r"\{'x': 'float'\}"),
+    (lambda outputs: {"x": outputs["logits"].mean(dim=1)}, r"\{'x': \(3,\)\}"),
+    (lambda outputs: outputs["logits"].mean(), "Tensor"),
+    (lambda outputs: None, "NoneType"),
+])
+def test_a_loss_term_returning_no_mapping_of_scalars_is_refused_naming_the_protocol(make, got):
+    """Was: AttributeError ('float' has no 'detach', 'Tensor' has no 'items') or Lightning's self.log error."""
+    task = ClassificationTask(_Linear("tensor"), loss_terms=[_Term(make)])
+    with pytest.raises(TypeError, match=rf"loss term 'mine' returned {got}: a term returns \{{key: scalar tensor\}}"):
+        trainer(max_steps=1).fit(task, _loader())
+
+
+@pytest.mark.parametrize(("terms", "error", "match"), [
+    ([_Term(dict, weight=float("nan"))], ValueError, "weight nan: give a finite number"),
+    ([_Term(dict, weight=True)], TypeError, "weight: float"),
+    ([_Term(dict, name="")], ValueError, "non-empty name without '/'"),
+    ([_Term(dict, name="a/b")], ValueError, "non-empty name without '/'"),
+    ([_Term(dict), _Term(dict)], ValueError, "share a name .mine, mine.*its own name"),
+])
+def test_bad_loss_term_names_and_weights_are_refused(terms, error, match):
+    """Was: accepted; a NaN weight ended in 'non-finite training loss: lower optim.lr', two same-named terms mixed
+    their metrics."""
+    with pytest.raises(error, match=match):
+        ClassificationTask(_Linear("tensor"), loss_terms=terms)
+

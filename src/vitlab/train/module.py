@@ -179,9 +179,19 @@ class ClassificationTask(L.LightningModule):
                             "term in a list, loss_terms=[term]")
         for term in loss_terms:
             if not (callable(term) and isinstance(getattr(term, "name", None), str)
-                    and isinstance(getattr(term, "weight", None), numbers.Real)):
+                    and isinstance(getattr(term, "weight", None), numbers.Real)
+                    and not isinstance(term.weight, bool)):
                 raise TypeError(f"each loss term is a callable with name: str and weight: float "
                                 f"(vitlab.train.extensions.LossTerm), got {term!r}")
+            if not math.isfinite(term.weight):
+                raise ValueError(f"loss term {term.name!r} has weight {term.weight}: give a finite number")
+            if not term.name or "/" in term.name:
+                raise ValueError(f"loss term name {term.name!r} names its metrics train/<name>/<key>: give a "
+                                 "non-empty name without '/'")
+        names = [term.name for term in loss_terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"loss terms share a name ({', '.join(names)}): their metrics train/<name>/<key> would "
+                             "mix; give each term its own name")
         if model_transform is not None and not callable(model_transform):
             raise TypeError(f"model_transform must be a callable nn.Module -> nn.Module, got "
                             f"{type(model_transform).__name__}")
@@ -257,7 +267,7 @@ class ClassificationTask(L.LightningModule):
         outputs["loss_ce"] = loss_ce
         loss = loss_ce
         for term in self.loss_terms:
-            for key, value in term(self, batch, outputs).items():
+            for key, value in _term_values(term, term(self, batch, outputs)).items():
                 loss = loss + term.weight * value
                 self.log(f"train/{term.name}/{key}", value.detach(), on_step=True, on_epoch=True)
             # optional diagnostics a term exposes after its call (negatives: neg_acc, neg_confidence)
@@ -451,6 +461,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(_plain(item) for item in value)
     return value
+
+
+def _term_values(term: LossTerm, values: Any) -> Mapping[str, Tensor]:
+    """A loss term's ``{key: scalar tensor}``; anything else is refused naming the term and the protocol."""
+    if isinstance(values, Mapping) and all(isinstance(k, str) and isinstance(v, Tensor) and v.numel() == 1
+                                           for k, v in values.items()):
+        return values
+    got = {k: (tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__) for k, v in values.items()} \
+        if isinstance(values, Mapping) else type(values).__name__
+    raise TypeError(f"loss term {term.name!r} returned {got}: a term returns {{key: scalar tensor}}, e.g. "
+                    "{'loss': value.mean()} (vitlab.train.extensions.LossTerm)")
 
 
 def _as_logits(output: Any) -> Tensor:
