@@ -54,3 +54,26 @@ def test_tied_head_trained_directly_is_found_under_its_head_name() -> None:
     assert trainable == ["theta_d", "base.emb.weight"]  # was: only theta_d, the head silently in the subspace
     assert "emb.weight" not in [s.name for s in model.segments]
     assert subspace_size(base, SubspaceConfig(dim=3, train_head=True, head_modules=["out"])) == 4 * 4 + 4
+
+
+class _WithEmptyParameter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.reg_tokens = nn.Parameter(torch.zeros(1, 0, 3))  # e.g. zero register tokens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) + self.reg_tokens.sum()
+
+
+@pytest.mark.parametrize("options", [{}, {"said": True, "dim": 4}, {"projection": "dense"}])
+def test_an_empty_parameter_is_left_out_of_the_subspace(options: dict) -> None:
+    base = _WithEmptyParameter()
+    x = torch.randn(2, 3)
+    model = wrap_in_subspace(base, SubspaceConfig(**{"dim": 3, **options}))  # was: "blocks must be ... positive"
+    assert [s.name for s in model.segments] == ["lin.weight", "lin.bias"] and model.num_params == 12
+    assert torch.equal(model(x), base(x))
+    if model.said_scales is not None:
+        assert model.said_scales.numel() == 2 and model.theta_d.numel() == 2
+    with pytest.raises(ValueError, match="no parameter of _WithEmptyParameter is left"):
+        wrap_in_subspace(_WithEmptyParameter(), SubspaceConfig(dim=1, target_modules=["reg_tokens"]))

@@ -130,7 +130,8 @@ def build_layout(
         exclude: parameter names kept out of the subspace (e.g. a head trained directly).
 
     Returns:
-        Segments in parameter order with consecutive offsets; ``sum(s.numel for s in segments)`` is D.
+        Segments in parameter order with consecutive offsets (empty parameters have none); ``sum(s.numel for s in
+        segments)`` is D.
 
     Raises:
         ValueError: an entry matches no parameter (the message lists module names), a row slice does not fit,
@@ -165,7 +166,7 @@ def build_layout(
                     wanted[n] = wanted.get(n, []) + [_row_range(n, shape, rows, entry)]
     segments, offset = [], 0
     for name, shape in params:
-        if name not in wanted:
+        if name not in wanted or prod(shape) == 0:  # an empty parameter has no number to move
             continue
         ranges = wanted[name]
         merged = None if ranges is None else _merge(ranges)
