@@ -132,3 +132,10 @@ def test_bad_loss_term_names_and_weights_are_refused(terms, error, match):
     with pytest.raises(error, match=match):
         ClassificationTask(_Linear("tensor"), loss_terms=terms)
 
+
+
+def test_logits_wider_than_num_classes_are_refused_naming_both():
+    """Was: torchmetrics' 'preds.shape[1] should be equal to number of classes' at the first validation batch."""
+    task = ClassificationTask(nn.Sequential(nn.Flatten(), nn.Linear(16, 5)), num_classes=3)
+    with pytest.raises(ValueError, match=r"logits have shape \(3, 5\), not \(B, 3\)"):
+        trainer().validate(task, _loader())

@@ -230,7 +230,7 @@ class ClassificationTask(L.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, C, H, W)`` images -> ``(B, K)`` logits of the trained model."""
-        return _as_logits(self.model(images))
+        return _as_logits(self.model(images), self.num_classes)
 
     def monitorable_metrics(self) -> tuple[list[str], list[str]]:
         """``(names, prefixes)`` of what a callback's ``monitor`` can watch during training: the metrics this task
@@ -255,9 +255,10 @@ class ClassificationTask(L.LightningModule):
         model = self.model
         wanted = any(getattr(term, "needs_features", False) for term in self.loss_terms)
         if not (wanted and hasattr(model, "forward_features") and hasattr(model, "forward_head")):
-            return {"logits": _as_logits(model(images))}
+            return {"logits": _as_logits(model(images), self.num_classes)}
         tokens = model.forward_features(images)
-        return {"logits": model.forward_head(tokens), "features": model.forward_head(tokens, pre_logits=True)}
+        logits = _as_logits(model.forward_head(tokens), self.num_classes)
+        return {"logits": logits, "features": model.forward_head(tokens, pre_logits=True)}
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
@@ -292,7 +293,7 @@ class ClassificationTask(L.LightningModule):
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str, dataloader_idx: int) -> None:
         images, targets = batch
-        logits = _as_logits(self.eval_model()(images))
+        logits = _as_logits(self.eval_model()(images), self.num_classes)
         self.log(f"{stage}/loss", F.cross_entropy(logits, targets), on_epoch=True, sync_dist=True)
         metric, attribute = self._accuracy(stage, dataloader_idx)
         # soft (B, K) targets (timm's Mixup / label smoothing) count their top class, as train/acc does; torchmetrics
@@ -313,7 +314,7 @@ class ClassificationTask(L.LightningModule):
     def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """``(B, K)`` logits of the evaluation weights for a batch of images or ``(images, labels, ...)``."""
         images = batch if isinstance(batch, Tensor) else batch[0]
-        return _as_logits(self.eval_model()(images))
+        return _as_logits(self.eval_model()(images), self.num_classes)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, "val", dataloader_idx)
@@ -474,13 +475,17 @@ def _term_values(term: LossTerm, values: Any) -> Mapping[str, Tensor]:
                     "{'loss': value.mean()} (vitlab.train.extensions.LossTerm)")
 
 
-def _as_logits(output: Any) -> Tensor:
+def _as_logits(output: Any, num_classes: int) -> Tensor:
     """The ``(B, K)`` logits of a model's output: a tensor, or the ``logits`` of a mapping / output object (e.g.
-    transformers' ``ImageClassifierOutput``); anything else (a tuple, e.g. a distilled model's two heads) is refused."""
-    if isinstance(output, Tensor):
-        return output
-    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    transformers' ``ImageClassifierOutput``); anything else (a tuple, e.g. a distilled model's two heads), or logits
+    of another width than ``num_classes``, is refused."""
+    logits = output if isinstance(output, Tensor) else output.get("logits") if isinstance(output, Mapping) \
+        else getattr(output, "logits", None)
     if isinstance(logits, Tensor):
+        if logits.ndim != 2 or logits.shape[1] != num_classes:
+            raise ValueError(f"the model's logits have shape {tuple(logits.shape)}, not (B, {num_classes}): give the "
+                             f"task the model's number of classes (num_classes=) or a model with {num_classes} "
+                             "outputs (B, K)")
         return logits
     raise TypeError(f"the model returned a {type(output).__name__}, not a (B, K) logits tensor (nor an output with "
                     "a 'logits' tensor): wrap it in an nn.Module whose forward returns the logits, and pass that as "
