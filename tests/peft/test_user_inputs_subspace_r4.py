@@ -77,3 +77,22 @@ def test_an_empty_parameter_is_left_out_of_the_subspace(options: dict) -> None:
         assert model.said_scales.numel() == 2 and model.theta_d.numel() == 2
     with pytest.raises(ValueError, match="no parameter of _WithEmptyParameter is left"):
         wrap_in_subspace(_WithEmptyParameter(), SubspaceConfig(dim=1, target_modules=["reg_tokens"]))
+
+
+@pytest.mark.parametrize("options", [{}, {"projection_norm": "global"}, {"projection": "dense"}])
+@pytest.mark.parametrize("cast", ["bfloat16", "half"])
+def test_a_low_precision_cast_keeps_the_float32_projection(options: dict, cast: str) -> None:
+    torch.manual_seed(0)
+    model = wrap_in_subspace(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)), SubspaceConfig(dim=5, **options))
+    theta = torch.tensor([0.3, -0.2, 0.1, 0.5, -0.4])
+    expected = model.projection(theta)
+    getattr(model, cast)()  # e.g. Lightning precision="bf16-true" casts the whole module
+    assert all(b.dtype == torch.float32 for b in model.projection.buffers() if b.is_floating_point())
+    with torch.no_grad():
+        model.theta_d.copy_(theta)
+    low = model.theta_d.dtype
+    assert model.subspace_parameters()["0.weight"].dtype == low and model(torch.randn(2, 4, dtype=low)).dtype == low
+    model.float()
+    assert torch.equal(model.projection(theta), expected)  # was: P rounded to bf16/fp16 for good (1e-3 off)
+    fresh = wrap_in_subspace(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)), SubspaceConfig(dim=5, **options))
+    assert torch.equal(fresh.projection(theta), expected)

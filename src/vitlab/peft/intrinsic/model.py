@@ -154,6 +154,19 @@ class SubspaceModel(nn.Module):
         self._materialize()
         return self
 
+    def _apply(self, fn: Any, recurse: bool = True) -> SubspaceModel:
+        """``nn.Module._apply`` (``.to``, ``.half()``, ``.bfloat16()``, ...); P stays the float32 one of the seed.
+
+        A cast below float32 (e.g. Lightning's ``precision="bf16-true"``) would round P's buffers, so training would
+        use another P than the one regenerated at load (and ``.float()`` would not bring it back): P is regenerated
+        in float32 on its device instead; ``forward`` computes P·θ_d in float32 and casts it to each parameter's dtype.
+        """
+        super()._apply(fn, recurse)
+        low = [b for b in self.projection.buffers() if b.is_floating_point() and torch.finfo(b.dtype).bits < 32]
+        if low and low[0].device.type != "meta":
+            self.projection = self._build_projection(self.projection.num_params, self.theta_d.numel(), low[0].device)
+        return self
+
     @property
     def num_params(self) -> int:
         """D, the number of parameters in the subspace."""
@@ -164,7 +177,8 @@ class SubspaceModel(nn.Module):
         # one split (segments tile the D-vector in order): its backward is one concatenation, whereas a slice per
         # segment would make each slice's backward allocate and fill a D-sized zero gradient (O(#segments · D))
         self._materialize()
-        pieces = self.projection(self.theta_d).split([s.numel for s in self.segments], dim=-1)
+        theta = self.theta_d.to(torch.promote_types(self.theta_d.dtype, torch.float32))  # P is float32 or float64
+        pieces = self.projection(theta).split([s.numel for s in self.segments], dim=-1)
         theta0 = dict(self.base.named_parameters())
         out = {}
         for name, indices in self._by_param.items():
