@@ -139,3 +139,12 @@ def test_logits_wider_than_num_classes_are_refused_naming_both():
     task = ClassificationTask(nn.Sequential(nn.Flatten(), nn.Linear(16, 5)), num_classes=3)
     with pytest.raises(ValueError, match=r"logits have shape \(3, 5\), not \(B, 3\)"):
         trainer().validate(task, _loader())
+
+
+@pytest.mark.parametrize("run_dir", [None, "", 3])
+def test_build_loggers_names_its_run_dir_argument(run_dir):
+    """build_loggers(None, None) raised Path(None)'s 'expected str, bytes or os.PathLike object'."""
+    from vitlab.train.callbacks import build_loggers
+
+    with pytest.raises(TypeError, match=r"run_dir takes the run folder's path"):
+        build_loggers(None, run_dir)

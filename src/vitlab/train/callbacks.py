@@ -20,6 +20,7 @@ import csv
 import importlib
 import inspect
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,8 @@ def build_loggers(spec: Any, run_dir: str | Path) -> list[Logger]:
     ``spec`` ``true`` is Lightning's ``logger=True``: its default logger, TensorBoard when installed (else its CSV
     logger, which ``metrics.csv`` already is).
     """
+    if not isinstance(run_dir, str | os.PathLike) or not str(run_dir):
+        raise TypeError(f"build_loggers: run_dir takes the run folder's path (a str or Path), got {run_dir!r}")
     run_dir = str(Path(run_dir).expanduser())
     if spec is True or (isinstance(spec, str) and spec.strip().lower() == "true"):
         import importlib.util
