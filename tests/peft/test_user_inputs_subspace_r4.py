@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vitlab.peft.intrinsic import SubspaceConfig, subspace_size, wrap_in_subspace
 
@@ -96,3 +98,24 @@ def test_a_low_precision_cast_keeps_the_float32_projection(options: dict, cast: 
     assert torch.equal(model.projection(theta), expected)  # was: P rounded to bf16/fp16 for good (1e-3 off)
     fresh = wrap_in_subspace(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)), SubspaceConfig(dim=5, **options))
     assert torch.equal(fresh.projection(theta), expected)
+
+
+def test_grad_checkpointing_inside_the_base_is_refused_and_whole_model_checkpointing_works() -> None:
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=8, embed_dim=24, depth=1, num_heads=2,
+                            num_classes=3)
+    model = wrap_in_subspace(vit, SubspaceConfig(dim=20))
+    with torch.no_grad():
+        model.theta_d.normal_(0, 0.1)
+    x = torch.randn(2, 3, 16, 16)
+    model(x).sum().backward()
+    plain = model.theta_d.grad.clone()
+    vit.set_grad_checkpointing(True)  # was: torch's CheckpointError in backward (recomputed with θ₀)
+    with pytest.raises(ValueError, match=r"set_grad_checkpointing\(False\)"):
+        model(x)
+    with torch.no_grad():
+        assert model(x).shape == (2, 3)  # inference does not recompute anything
+    vit.set_grad_checkpointing(False)
+    model.theta_d.grad = None
+    checkpoint(model, x, use_reentrant=False).sum().backward()
+    torch.testing.assert_close(model.theta_d.grad, plain)

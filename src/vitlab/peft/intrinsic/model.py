@@ -194,7 +194,20 @@ class SubspaceModel(nn.Module):
         return out
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Calls the base model with the subspace parameters; same inputs and outputs as ``base``."""
+        """Calls the base model with the subspace parameters; same inputs and outputs as ``base``.
+
+        Raises:
+            ValueError: the base model runs gradient checkpointing (timm ``set_grad_checkpointing``, transformers
+                ``gradient_checkpointing_enable``): its blocks would be recomputed in backward with θ₀ instead of
+                θ₀ + P·θ_d. Checkpoint the whole ``SubspaceModel`` instead.
+        """
+        if torch.is_grad_enabled() and any(getattr(m, "grad_checkpointing", False) is True
+                                           or getattr(m, "gradient_checkpointing", False) is True
+                                           for m in self.base.modules()):
+            raise ValueError("the base model has gradient checkpointing on, which recomputes its blocks in backward "
+                             "after the subspace parameters θ₀ + P·θ_d are gone (wrong gradients); turn it off, "
+                             "model.base.set_grad_checkpointing(False), and checkpoint the whole wrapped model "
+                             "instead: torch.utils.checkpoint.checkpoint(model, x, use_reentrant=False)")
         return functional_call(self.base, self.subspace_parameters(), args, kwargs)
 
     def extra_repr(self) -> str:
