@@ -8,22 +8,11 @@ import json
 import pytest
 
 from vitlab.errors import ConfigError
-from vitlab.train import DataConfig, ModelConfig, OptimConfig, RunConfig, fit
+from vitlab.train import fit
 from vitlab.train.arguments import check_empty_mapping_keys, run_config_from_args
 from vitlab.train.run import check_trainer_options
 
-TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2}
-
-
-def _config(tmp_path, name, **trainer):
-    return RunConfig(
-        name=name, seed=0, output_dir=str(tmp_path),
-        model=ModelConfig(name="vit_vitlab_tiny_patch4_32", kwargs=dict(TINY)),
-        data=DataConfig(name="digits", batch_size=64, options={"limit_train": 256}),
-        optim=OptimConfig(lr=3e-3, warmup_epochs=0),
-        trainer={"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
-                 "limit_val_batches": 1, "limit_test_batches": 1, **trainer},
-    )
+from .test_user_inputs_run import _config  # the same tiny digits run
 
 
 @pytest.mark.parametrize("callback", ["EarlyStopping", "ModelCheckpoint"])

@@ -195,18 +195,23 @@ def _check_block_indices(indices: Any, depth: int, allow_none: bool) -> None:
                          "depth >= 1, or take the patch embeddings from forward_features")
     if indices is None and allow_none:
         return
-    ints = [indices] if isinstance(indices, int) else indices
-    valid = not isinstance(indices, bool | str) and isinstance(ints, Sequence) and len(ints) > 0 and all(
-        isinstance(i, int) and not isinstance(i, bool) for i in ints)
-    if valid and isinstance(indices, int):
-        valid = 1 <= indices <= depth
-    elif valid:
-        valid = all(-depth <= i < depth for i in ints)
-    if not valid:
+    if not _valid_block_indices(indices, depth):
         everything = "None (all blocks), " if allow_none else ""
         raise ValueError(f"indices must be {everything}an int n in 1..{depth} (the last n blocks) or a non-empty "
                          f"list of block indices in [-{depth}, {depth}) (this ViT has {depth} blocks), got "
                          f"{indices!r}")
+
+
+def _valid_block_indices(indices: Any, depth: int) -> bool:
+    """Whether ``indices`` is an int ``n`` in ``1..depth`` (the last ``n`` blocks) or a non-empty sequence of block
+    indices in ``[-depth, depth)``, as timm's ``feature_take_indices`` reads them."""
+    items = [indices] if isinstance(indices, int) else indices
+    if isinstance(indices, bool | str) or not isinstance(items, Sequence) or not items or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in items):
+        return False
+    if isinstance(indices, int):
+        return 1 <= indices <= depth
+    return all(-depth <= i < depth for i in items)
 
 
 def _check_output_stride(output_stride: Any, patch_size: tuple[int, int]) -> None:
@@ -379,14 +384,7 @@ def _check_out_indices(out_indices: Any, depth: int) -> None:
     if depth == 0:
         raise ValueError("features_only needs transformer blocks, and this ViT has none (depth=0): build it with "
                          "depth >= 1")
-    items = [out_indices] if isinstance(out_indices, int) else out_indices
-    valid = not isinstance(out_indices, bool | str) and isinstance(items, Sequence) and len(items) > 0 and all(
-        isinstance(i, int) and not isinstance(i, bool) for i in items)
-    if valid and isinstance(out_indices, int):
-        valid = 1 <= out_indices <= depth
-    elif valid:
-        valid = all(-depth <= i < depth for i in items)
-    if not valid:
+    if not _valid_block_indices(out_indices, depth):
         raise ValueError(f"out_indices must be an int n in 1..{depth} (the last n blocks) or a non-empty sequence of "
                          f"block indices in [-{depth}, {depth}), got {out_indices!r}")
     if not isinstance(out_indices, int):
