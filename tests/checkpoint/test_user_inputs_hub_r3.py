@@ -245,3 +245,17 @@ def test_a_hub_config_naming_another_weights_file_is_the_file_hashed_and_checked
     assert weights.describe()["sha256"] == file_sha256(snapshot / "other.safetensors")
     model, _, _ = create_model(HUB_MODEL, weights)
     torch.testing.assert_close(model.state_dict()["blocks.0.attn.qkv.weight"], other["blocks.0.attn.qkv.weight"])
+
+
+def test_weights_cached_under_their_hf_hub_filename_load_with_the_hub_unreachable(hub_snapshot, monkeypatch):
+    """The unreachable-Hub check looked for model.safetensors only, so weights cached under the config's
+    hf_hub_filename were refused as missing although timm reads them from the cache."""
+    snapshot, state = hub_snapshot
+    (snapshot / "model.safetensors").rename(snapshot / "other.safetensors")
+    cfg = json.loads((snapshot / "config.json").read_text())
+    _write_config(snapshot, pretrained_cfg={**cfg["pretrained_cfg"], "hf_hub_filename": "other.safetensors"})
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # refused at once: nothing leaves the machine
+    model, _, _ = create_model(HUB_MODEL, resolve_pretrained(f"hf-hub:{HUB_ID}", HUB_MODEL))
+    torch.testing.assert_close(model.state_dict()["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.weight"])

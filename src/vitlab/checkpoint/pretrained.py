@@ -199,15 +199,8 @@ class PretrainedWeights:
         return self._hub_config
 
     def _hub_weights_filenames(self) -> tuple[str, ...] | None:
-        """The cached file names timm reads these Hub weights from: a ``pretrained_cfg`` ``hf_hub_filename`` (its
-        ``.safetensors`` alternative first, as timm looks), else None (timm's defaults, see `_hub_cached_file`)."""
-        name = self.pretrained_cfg().get("hf_hub_filename")
-        if not isinstance(name, str) or not name:
-            return None
-        if name.endswith(".bin"):  # timm tries the safetensors alternative of a .bin first
-            safe = "model.safetensors" if name == "pytorch_model.bin" else name[:-4] + ".safetensors"
-            return safe, name
-        return (name,)
+        """The cached file names timm reads these Hub weights from (see `_weights_filenames`)."""
+        return _weights_filenames(self.pretrained_cfg())
 
     def _hub_shapes(self) -> tuple[str, dict[str, tuple[int, ...]]] | None:
         """``(path, name -> shape)`` of the cached Hub weights file, from its header (a ``.bin`` is mapped, not
@@ -322,6 +315,18 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _weights_filenames(pretrained_cfg: Any) -> tuple[str, ...] | None:
+    """The file names timm reads Hub weights from: a ``pretrained_cfg`` ``hf_hub_filename`` (its ``.safetensors``
+    alternative first, as timm looks), else None (timm's defaults, see `_hub_cached_file`)."""
+    name = pretrained_cfg.get("hf_hub_filename") if isinstance(pretrained_cfg, Mapping) else None
+    if not isinstance(name, str) or not name:
+        return None
+    if name.endswith(".bin"):  # timm tries the safetensors alternative of a .bin first
+        safe = "model.safetensors" if name == "pytorch_model.bin" else name[:-4] + ".safetensors"
+        return safe, name
+    return (name,)
 
 
 def _hub_cached_file(hub_id: str | None, filenames: tuple[str, ...] | None = None) -> str | None:
@@ -593,9 +598,18 @@ def _check_hub_reachable(weights: PretrainedWeights) -> None:
 
     if weights.source not in ("timm", "hf-hub") or constants.HF_HUB_OFFLINE:
         return
-    hub_id = weights.pretrained_cfg().get("hf_hub_id") if weights.source == "timm" else weights.location
-    if not hub_id or (_hub_cached_file(hub_id) and (weights.source == "timm"
-                                                   or _hub_cached_file(hub_id, ("config.json",)))):
+    if weights.source == "timm":
+        cfg = weights.pretrained_cfg()
+        hub_id, config = cfg.get("hf_hub_id"), None
+    else:  # the cached config.json as written (timm's parse of it runs inside this check's caller)
+        hub_id = weights.location
+        config = _hub_cached_file(hub_id, ("config.json",))
+        try:
+            cfg = json.loads(Path(config).read_text()).get("pretrained_cfg") if config else None
+        except (OSError, ValueError, AttributeError):
+            cfg = None  # a damaged config.json is named by timm's parse
+    if not hub_id or (_hub_cached_file(hub_id, _weights_filenames(cfg))
+                      and (weights.source == "timm" or config)):
         return
     import httpx2  # huggingface_hub's HTTP client
     from huggingface_hub.utils import get_session
