@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from torch import nn
 from vitlab.checks import check_bool, check_float, check_int
 from vitlab.errors import ConfigError
 from vitlab.peft.registration import PeftTypeName, register_with_peft
-from vitlab.peft.slice_config import SliceAdapterConfig, check_target_modules
+from vitlab.peft.slice_config import SliceAdapterConfig, check_target_modules, refuse_keywords
 from vitlab.peft.slice_tuner import DeltaTerms, RowSliceLayer, RowSliceTuner, check_plain_base
 from vitlab.peft.targets import Target, classifier_names, resolve_preset
 
@@ -85,23 +84,9 @@ class LoraQVConfig(SliceAdapterConfig):
 LORA_KEYWORDS = {"lora_alpha": "alpha", "lora_dropout": "dropout"}
 
 
-def _refusing_lora_keywords(init: Any) -> Any:
-    """The dataclass ``__init__``, refusing peft ``LoraConfig``'s keyword names by name (not Python's 'unexpected
-    keyword')."""
-
-    @functools.wraps(init)
-    def __init__(self: LoraQVConfig, *args: Any, **kwargs: Any) -> None:
-        given = {old: new for old, new in LORA_KEYWORDS.items() if old in kwargs}
-        if given:
-            spelled = ", ".join(f"{new}={kwargs[old]!r}" for old, new in given.items())
-            raise ConfigError(f"LoraQVConfig names peft LoraConfig's {sorted(given)} without the 'lora_' prefix: "
-                              f"write LoraQVConfig({spelled})")
-        init(self, *args, **kwargs)
-
-    return __init__
-
-
-LoraQVConfig.__init__ = _refusing_lora_keywords(LoraQVConfig.__init__)
+refuse_keywords(LoraQVConfig, LORA_KEYWORDS, lambda given, kwargs: (
+    f"LoraQVConfig names peft LoraConfig's {sorted(given)} without the 'lora_' prefix: write LoraQVConfig("
+    + ", ".join(f"{new}={kwargs[old]!r}" for old, new in given.items()) + ")"))
 
 
 class LoraQVLayer(RowSliceLayer):

@@ -8,7 +8,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,7 @@ from vitlab.checks import MAX_SEED, check_bool, check_int
 from vitlab.errors import ConfigError
 from vitlab.peft.targets import FUSED_SLICES, resolve_preset
 
-__all__ = ["SliceAdapterConfig", "check_target_modules"]
+__all__ = ["SliceAdapterConfig", "check_target_modules", "refuse_keywords"]
 
 
 def check_target_modules(targets: Any, allow_auto: bool = False) -> str | list[str] | None:
@@ -142,3 +144,20 @@ class SliceAdapterConfig(PeftConfig):
         if self.seed is not None:
             self.seed = check_int("seed", self.seed, minimum=0, maximum=MAX_SEED,
                                   fix="give a non-negative integer seed, e.g. 0, or None for the global RNG")
+
+
+def refuse_keywords(cls: type, table: Mapping[str, str], advice: Callable[[dict[str, str], dict[str, Any]], str]
+                    ) -> None:
+    """Wrap a config dataclass's ``__init__`` so that a keyword of ``table`` (a name users write -> the one the class
+    takes) is a ``ConfigError`` reading ``advice(given, kwargs)`` (``given``: those of ``table`` passed), not Python's
+    'unexpected keyword argument'."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        given = {old: new for old, new in table.items() if old in kwargs}
+        if given:
+            raise ConfigError(advice(given, kwargs))
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__

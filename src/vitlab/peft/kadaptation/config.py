@@ -26,17 +26,15 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from vitlab.checks import check_bool, check_float, check_int
 from vitlab.errors import ConfigError
 from vitlab.peft.registration import PeftTypeName
-from vitlab.peft.slice_config import SliceAdapterConfig
+from vitlab.peft.slice_config import SliceAdapterConfig, refuse_keywords
 
 __all__ = ["KADAPTATION", "RENAMED_KEYWORDS", "KAdaptationConfig"]
 
@@ -131,19 +129,7 @@ class KAdaptationConfig(SliceAdapterConfig):
 RENAMED_KEYWORDS = {"bias": "delta_bias", "head_modules": "modules_to_save"}
 
 
-def _refusing_renamed_keywords(init: Callable[..., None]) -> Callable[..., None]:
-    """The dataclass ``__init__``, refusing a vitlab 0.1 keyword by name (not Python's 'unexpected keyword')."""
-
-    @functools.wraps(init)
-    def __init__(self: KAdaptationConfig, *args: Any, **kwargs: Any) -> None:
-        renamed = {old: new for old, new in RENAMED_KEYWORDS.items() if old in kwargs}
-        if renamed:
-            spelled = ", ".join(f"{old!r} is now {new!r}" for old, new in renamed.items())
-            raise ConfigError(f"KAdaptationConfig: vitlab 0.1's keyword(s) {sorted(renamed)} are no longer accepted: "
-                              f"{spelled} (e.g. KAdaptationConfig(delta_bias=False))")
-        init(self, *args, **kwargs)
-
-    return __init__
-
-
-KAdaptationConfig.__init__ = _refusing_renamed_keywords(KAdaptationConfig.__init__)
+refuse_keywords(KAdaptationConfig, RENAMED_KEYWORDS, lambda given, _: (
+    f"KAdaptationConfig: vitlab 0.1's keyword(s) {sorted(given)} are no longer accepted: "
+    + ", ".join(f"{old!r} is now {new!r}" for old, new in given.items())
+    + " (e.g. KAdaptationConfig(delta_bias=False))"))
